@@ -30,7 +30,7 @@ elif [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] &&
 else
   cat >&2 <<EOF
 wasm-build: no way to build for $target on this machine. Either:
-  rustup target add $target                 (needs rustup and internet), or
+  rustup target add $target   (needs rustup and internet), or
   scripts/toolchain.sh wasm                  (Debian: rustc-web cargo-web rust-web-src lld-22)
 EOF
   exit 1
