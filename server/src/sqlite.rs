@@ -1,0 +1,356 @@
+//! The embedded engine: one SQLite file in WAL mode with a single writer.
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection as _, Row as _, SqliteConnection};
+use uuid::Uuid;
+
+use crate::error::{Result, StoreError};
+use crate::event::{
+    raw_event_from_row, resolve_retry, to_i64, validate_append, AppendResult, NewEvent,
+    StoredEvent, StreamHead, EVENT_COLUMNS,
+};
+use crate::EventStore;
+
+/// The schema, one entry per version; entry `i` moves the schema from version `i` to
+/// `i + 1`. Never edit an entry once released: add a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE streams (
+    stream_id  BLOB PRIMARY KEY,
+    tenant_id  BLOB NOT NULL,
+    version    INTEGER NOT NULL CHECK (version > 0),
+    last_hash  BLOB NOT NULL CHECK (length(last_hash) = 32)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    position       INTEGER PRIMARY KEY CHECK (position > 0),
+    tenant_id      BLOB NOT NULL,
+    stream_id      BLOB NOT NULL REFERENCES streams (stream_id),
+    seq            INTEGER NOT NULL CHECK (seq > 0),
+    event_id       BLOB NOT NULL UNIQUE,
+    event_type     TEXT NOT NULL,
+    schema_version INTEGER NOT NULL CHECK (schema_version BETWEEN 0 AND 65535),
+    body           BLOB NOT NULL,
+    hash           BLOB NOT NULL CHECK (length(hash) = 32),
+    recorded_at_us INTEGER NOT NULL,
+    UNIQUE (stream_id, seq)
+);
+CREATE INDEX events_tenant_position ON events (tenant_id, position);
+CREATE TABLE event_position (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    last INTEGER NOT NULL
+);
+INSERT INTO event_position (id, last) VALUES (1, 0);
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'the events table is append-only: UPDATE is not allowed'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'the events table is append-only: DELETE is not allowed'); END;
+"#];
+
+/// How long a connection waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The event store on a SQLite file.
+///
+/// **Single writer.** All appends of this process go through one connection (a pool of
+/// size one, so concurrent appends queue fairly) and run in `BEGIN IMMEDIATE`
+/// transactions, which also serialises writers in other processes on the same file
+/// (they wait up to 10 s for the lock). Because commits are serial, a position counter
+/// read and bumped inside the transaction is gap-free and in commit order.
+///
+/// **Durability.** The file is in WAL mode with `synchronous = FULL`: every commit
+/// fsyncs the WAL before `append` returns, so an acknowledged append survives a power
+/// loss, not only a crash of the process. (`NORMAL` would be faster but may lose the
+/// last commits on power loss, which an acknowledged payment command must not.)
+///
+/// Reads use a separate pool of read-only connections and never block the writer.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the store in the SQLite file at `path`, and creates or
+    /// upgrades its schema.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let base = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path.as_ref())
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(base.clone().create_if_missing(true))
+            .await?;
+        {
+            let mut conn = writer.acquire().await?;
+            migrate(&mut conn).await?;
+        }
+        let readers = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(base.read_only(true))
+            .await?;
+        tracing::info!(path = %path.as_ref().display(), "sqlite event store open");
+        Ok(Self { writer, readers })
+    }
+
+    /// The pool of the single writer connection, for projections that must commit their
+    /// rows and checkpoint in one transaction.
+    pub fn writer_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The pool of read-only connections.
+    pub fn reader_pool(&self) -> &SqlitePool {
+        &self.readers
+    }
+
+    async fn find_by_ids(conn: &mut SqliteConnection, ids: &[Uuid]) -> Result<Vec<StoredEvent>> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?");
+        let mut found = Vec::new();
+        for id in ids {
+            if let Some(row) = sqlx::query(&sql)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+            {
+                found.push(raw_event_from_row!(&row));
+            }
+        }
+        found.sort_by_key(|e| e.position);
+        Ok(found)
+    }
+
+    async fn query_events(
+        &self,
+        sql: &str,
+        binds: (Option<Uuid>, Option<Uuid>, i64, i64),
+    ) -> Result<Vec<StoredEvent>> {
+        let (a, b, after, limit) = binds;
+        let mut q = sqlx::query(sql);
+        if let Some(a) = a {
+            q = q.bind(a);
+        }
+        if let Some(b) = b {
+            q = q.bind(b);
+        }
+        let rows = q.bind(after).bind(limit).fetch_all(&self.readers).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(raw_event_from_row!(row));
+        }
+        Ok(out)
+    }
+}
+
+async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::Executor::execute(
+        &mut *tx,
+        "CREATE TABLE IF NOT EXISTS trustfold_schema \
+         (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL); \
+         INSERT OR IGNORE INTO trustfold_schema (id, version) VALUES (1, 0);",
+    )
+    .await?;
+    let current: i64 = sqlx::query_scalar("SELECT version FROM trustfold_schema WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?;
+    let known = MIGRATIONS.len();
+    let current = usize::try_from(current).unwrap_or(usize::MAX);
+    if current > known {
+        return Err(StoreError::Schema(format!(
+            "the database has schema version {current} but this build knows only up to \
+             {known}; upgrade trustfold-server"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        sqlx::Executor::execute(&mut *tx, *sql).await?;
+        sqlx::query("UPDATE trustfold_schema SET version = ? WHERE id = 1")
+            .bind(to_i64(u64::try_from(i + 1).unwrap_or(u64::MAX)))
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version = i + 1, "sqlite event store schema migrated");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        tenant: Uuid,
+        stream: Uuid,
+        expected_version: u64,
+        events: &[NewEvent],
+    ) -> Result<AppendResult> {
+        validate_append(expected_version, events)?;
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+
+        // A retry of a stored batch: answer from the store, change nothing.
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let found = Self::find_by_ids(&mut tx, &ids).await?;
+        if let Some(outcome) = resolve_retry(tenant, stream, expected_version, events, &found) {
+            tx.rollback().await?;
+            return outcome;
+        }
+
+        let head: Option<(Uuid, i64)> =
+            sqlx::query_as("SELECT tenant_id, version FROM streams WHERE stream_id = ?")
+                .bind(stream)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let current = match head {
+            Some((owner, _)) if owner != tenant => {
+                tx.rollback().await?;
+                return Err(StoreError::StreamUnavailable { stream_id: stream });
+            }
+            Some((_, v)) => u64::try_from(v).unwrap_or(0),
+            None => 0,
+        };
+        if current != expected_version {
+            tx.rollback().await?;
+            return Err(StoreError::VersionConflict {
+                expected: expected_version,
+                current,
+            });
+        }
+
+        let n = to_i64(events.len() as u64);
+        let last: i64 = sqlx::query_scalar(
+            "UPDATE event_position SET last = last + ? WHERE id = 1 RETURNING last",
+        )
+        .bind(n)
+        .fetch_one(&mut *tx)
+        .await?;
+        let first = last - n + 1;
+        let new_version = to_i64(expected_version) + n;
+        let last_hash = events.last().map(|e| e.hash.to_vec()).unwrap_or_default();
+        if expected_version == 0 {
+            sqlx::query(
+                "INSERT INTO streams (stream_id, tenant_id, version, last_hash) VALUES (?, ?, ?, ?)",
+            )
+            .bind(stream)
+            .bind(tenant)
+            .bind(new_version)
+            .bind(&last_hash)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query("UPDATE streams SET version = ?, last_hash = ? WHERE stream_id = ?")
+                .bind(new_version)
+                .bind(&last_hash)
+                .bind(stream)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let recorded_at = crate::event::now_micros();
+        let first_seq = to_i64(expected_version) + 1;
+        for (offset, e) in (0i64..).zip(events) {
+            let (position, seq) = (first + offset, first_seq + offset);
+            sqlx::query(
+                "INSERT INTO events (position, tenant_id, stream_id, seq, event_id, event_type, \
+                 schema_version, body, hash, recorded_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(position)
+            .bind(tenant)
+            .bind(stream)
+            .bind(seq)
+            .bind(e.event_id)
+            .bind(&e.event_type)
+            .bind(i32::from(e.schema_version))
+            .bind(&e.body)
+            .bind(e.hash.as_slice())
+            .bind(recorded_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let result = AppendResult {
+            first_position: first as u64,
+            last_position: last as u64,
+            new_version: new_version as u64,
+        };
+        tracing::debug!(%tenant, %stream, ?result, "appended");
+        Ok(result)
+    }
+
+    async fn read_stream(
+        &self,
+        tenant: Uuid,
+        stream: Uuid,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND tenant_id = ? \
+             AND seq > ? ORDER BY seq LIMIT ?"
+        );
+        self.query_events(
+            &sql,
+            (
+                Some(stream),
+                Some(tenant),
+                to_i64(after_seq),
+                i64::from(limit),
+            ),
+        )
+        .await
+    }
+
+    async fn stream_head(&self, tenant: Uuid, stream: Uuid) -> Result<Option<StreamHead>> {
+        let row = sqlx::query(
+            "SELECT version, last_hash FROM streams WHERE stream_id = ? AND tenant_id = ?",
+        )
+        .bind(stream)
+        .bind(tenant)
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(|row| head_from(row.try_get("version")?, row.try_get("last_hash")?))
+            .transpose()
+    }
+
+    async fn read_all(
+        &self,
+        tenant: Uuid,
+        after_position: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND position > ? \
+             ORDER BY position LIMIT ?"
+        );
+        self.query_events(
+            &sql,
+            (Some(tenant), None, to_i64(after_position), i64::from(limit)),
+        )
+        .await
+    }
+
+    async fn read_all_tenants(&self, after_position: u64, limit: u32) -> Result<Vec<StoredEvent>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        );
+        self.query_events(&sql, (None, None, to_i64(after_position), i64::from(limit)))
+            .await
+    }
+}
+
+/// Builds a [`StreamHead`] from the `streams` columns of either engine.
+pub(crate) fn head_from(version: i64, last_hash: Vec<u8>) -> Result<StreamHead> {
+    let corrupt = |reason: &str| StoreError::Corrupt(format!("stream head: {reason}"));
+    Ok(StreamHead {
+        version: u64::try_from(version).map_err(|_| corrupt("negative version"))?,
+        last_hash: last_hash
+            .try_into()
+            .map_err(|_| corrupt("last hash is not 32 bytes"))?,
+    })
+}
