@@ -113,8 +113,16 @@ fi
 export DATABASE_URL="postgres://postgres@127.0.0.1:$PORT/trustfold"
 log "PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}') on $DATABASE_URL (data in $WORK)"
 
+# Run the command in the background and wait for it, so that INT/TERM reach this
+# script at once (bash runs traps only between foreground commands), are passed on to
+# the command (as TERM: background jobs of a script ignore INT), and the cluster is
+# still stopped and deleted.
+"$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 130' INT
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 143' TERM
 set +e
-"$@"
+wait "$child"
 status=$?
 set -e
 exit "$status"
