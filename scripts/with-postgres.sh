@@ -25,7 +25,7 @@ find_bindir() {
     if [ -n "${PG_BINDIR:-}" ] && [ -x "$PG_BINDIR/initdb" ]; then
         echo "$PG_BINDIR"; return 0
     fi
-    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
         if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then echo "$d"; return 0; fi
     done
     if command -v pg_config >/dev/null 2>&1; then
@@ -64,6 +64,7 @@ fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/trustfold-pg.XXXXXX")"
 DATA="$WORK/data"
 PORT=""
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local status=$?
     if [ -n "$PORT" ] && [ -f "$DATA/postmaster.pid" ]; then
