@@ -1,0 +1,1586 @@
+//! Deciding: a command against the current state becomes events, or a typed rejection.
+//!
+//! [`decide`] is pure. It checks who is acting (the actor's party must hold the role
+//! it acts in, and the pinned policy must allow that role the command), the payment's
+//! state, and the command's own rules (funds available, quorum, limits, deadlines,
+//! currency…). A rejection is an [`Error::Rejected`] whose `code` names the rule.
+//!
+//! Events are produced one by one and applied to a scratch copy of the state, so a
+//! command that ends in several events (an approval that completes a quorum also
+//! authorizes the release) sees each earlier event's effect. Event ids are derived
+//! from the command id: handling the same command twice yields identical events.
+//!
+//! Rail notices are commands from the `rail` role, idempotent by the rail's reference:
+//! a duplicate notice yields no events, and a return that arrives before its settlement
+//! implies the settlement.
+
+use crate::approval::{may_approve, quorum_met};
+use crate::command::{Command, CommandKind, Context, RailOutcome};
+use crate::envelope::{Envelope, SealedEvent};
+use crate::error::{Error, Result};
+use crate::event::*;
+use crate::fold::{apply_raw, disbursement_total, start};
+use crate::id::{derive, EventId, LegId, PartyId, RequestId};
+use crate::ledger::Account;
+use crate::money::Money;
+use crate::policy::{BorneBy, DeadlineAnchor, OnDeadlineMissed, Policy, Role};
+use crate::state::*;
+use crate::time::Timestamp;
+
+/// The outcome of handling a command: the new events, sealed, and the state after them.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// The new events, in order (empty when the command changes nothing, e.g. a
+    /// duplicate rail notice).
+    pub events: Vec<Envelope>,
+    /// Their canonical bytes and hashes, ready to append.
+    pub sealed: Vec<SealedEvent>,
+    /// The state after applying them.
+    pub state: PaymentState,
+}
+
+/// Decides a command: the events it produces, without the state.
+pub fn decide(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Result<Vec<Envelope>> {
+    handle(state, cmd, ctx).map(|d| d.events)
+}
+
+/// Decides a command and applies its events. `state` is `None` only for `Initiate`.
+pub fn handle(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Result<Decision> {
+    let mut em = match (state, cmd) {
+        (None, Command::Initiate { .. }) => return initiate(cmd, ctx),
+        (Some(_), Command::Initiate { payment, .. }) => {
+            return Err(Error::rejected(
+                "payment_exists",
+                format!("payment {payment} already exists"),
+            ))
+        }
+        (None, _) => {
+            return Err(Error::rejected(
+                "unknown_payment",
+                "no such payment: open it with Initiate first",
+            ))
+        }
+        (Some(s), _) => Emitter::new(s.clone(), ctx),
+    };
+    may(&em.state, cmd.kind(), ctx)?;
+    rules(&mut em, cmd)?;
+    Ok(em.finish())
+}
+
+struct Emitter<'c> {
+    state: PaymentState,
+    ctx: &'c Context,
+    events: Vec<Envelope>,
+    sealed: Vec<SealedEvent>,
+}
+
+impl<'c> Emitter<'c> {
+    fn new(state: PaymentState, ctx: &'c Context) -> Self {
+        Emitter {
+            state,
+            ctx,
+            events: Vec::new(),
+            sealed: Vec::new(),
+        }
+    }
+
+    fn envelope(
+        &self,
+        event: Event,
+        seq: u64,
+        prev: crate::hash::Hash,
+        stream: crate::id::PaymentId,
+    ) -> Envelope {
+        Envelope {
+            prev,
+            stream,
+            seq,
+            id: EventId(derive(
+                self.ctx.command_id.uuid(),
+                "event",
+                self.events.len() as u32,
+            )),
+            schema_version: event.event_type().current_version(),
+            at: self.ctx.now,
+            actor: self.ctx.actor.clone(),
+            causation: Some(self.ctx.command_id.uuid()),
+            correlation: self.ctx.correlation,
+            event,
+        }
+    }
+
+    fn emit(&mut self, event: impl Into<Event>) -> Result<()> {
+        let env = self.envelope(
+            event.into(),
+            self.state.version + 1,
+            self.state.head,
+            self.state.payment,
+        );
+        let sealed = env.seal();
+        apply_raw(&mut self.state, &env, sealed.hash)?;
+        self.events.push(env);
+        self.sealed.push(sealed);
+        Ok(())
+    }
+
+    fn derived(&self, purpose: &str, i: u32) -> uuid::Uuid {
+        derive(self.ctx.command_id.uuid(), purpose, i)
+    }
+
+    fn finish(self) -> Decision {
+        Decision {
+            events: self.events,
+            sealed: self.sealed,
+            state: self.state,
+        }
+    }
+}
+
+fn reject<T>(code: &'static str, msg: impl Into<String>) -> Result<T> {
+    Err(Error::rejected(code, msg))
+}
+
+fn initiate(cmd: &Command, ctx: &Context) -> Result<Decision> {
+    let Command::Initiate {
+        payment,
+        tenant,
+        policy,
+        amount,
+        description,
+        roles,
+        name,
+    } = cmd
+    else {
+        return reject("invalid_command", "expected Initiate");
+    };
+    let Some(initiator) = ctx.actor.party else {
+        return reject("actor_required", "a payment is opened by a party");
+    };
+    policy.validate()?;
+    amount.require_positive()?;
+    policy.check_payment_amount(amount)?;
+    if roles.is_empty() {
+        return reject("roles_required", "the initiator needs at least one role");
+    }
+    for r in roles {
+        if !policy.roles.contains_key(r) {
+            return reject(
+                "unknown_role",
+                format!("role `{r}` is not in policy {}", policy.id),
+            );
+        }
+    }
+    if !roles.contains(&ctx.actor.role) {
+        return reject(
+            "not_permitted",
+            format!(
+                "the initiator acts as `{}` but was given roles {roles:?}",
+                ctx.actor.role
+            ),
+        );
+    }
+    let first = Event::PaymentInitiated(PaymentInitiated {
+        tenant: *tenant,
+        policy: policy.clone(),
+        policy_hash: policy.hash(),
+        amount: *amount,
+        description: description.clone(),
+        initiator,
+        initiator_roles: roles.clone(),
+        initiator_name: name.clone(),
+    });
+    let tmp = Emitter::new_detached(ctx);
+    let env = tmp.envelope(first, 1, crate::hash::Hash::ZERO, *payment);
+    let sealed = env.seal();
+    let state = start(&env, sealed.hash)?;
+    let mut em = Emitter {
+        state,
+        ctx,
+        events: vec![env],
+        sealed: vec![sealed],
+    };
+    if let Some(d) = &policy.funding.deadline {
+        if d.anchor == DeadlineAnchor::Initiated {
+            em.emit(FundingDeadlineSet {
+                deadline: deadline_from(ctx.now, d),
+            })?;
+        }
+    }
+    Ok(em.finish())
+}
+
+impl<'c> Emitter<'c> {
+    fn new_detached(ctx: &'c Context) -> EmitterStub<'c> {
+        EmitterStub { ctx }
+    }
+}
+
+/// Builds the first envelope before any state exists.
+struct EmitterStub<'c> {
+    ctx: &'c Context,
+}
+
+impl EmitterStub<'_> {
+    fn envelope(
+        &self,
+        event: Event,
+        seq: u64,
+        prev: crate::hash::Hash,
+        stream: crate::id::PaymentId,
+    ) -> Envelope {
+        Envelope {
+            prev,
+            stream,
+            seq,
+            id: EventId(derive(self.ctx.command_id.uuid(), "event", 0)),
+            schema_version: event.event_type().current_version(),
+            at: self.ctx.now,
+            actor: self.ctx.actor.clone(),
+            causation: Some(self.ctx.command_id.uuid()),
+            correlation: self.ctx.correlation,
+            event,
+        }
+    }
+}
+
+fn deadline_from(t: Timestamp, d: &crate::policy::DeadlineRule) -> Timestamp {
+    if d.business_days {
+        t.add_business_days(d.days)
+    } else {
+        t.add_days(i64::from(d.days))
+    }
+}
+
+/// Roles of the policy allowed to issue `kind` (besides built-in rules).
+fn permitted_roles(policy: &Policy, kind: CommandKind) -> Vec<Role> {
+    let p = &policy.permissions;
+    match kind {
+        CommandKind::Invite | CommandKind::Remove => p.invite.clone(),
+        CommandKind::AttachFundingMethod | CommandKind::SubmitFunding => {
+            let mut r = p.fund.clone();
+            r.push(policy.payer_role.clone());
+            r
+        }
+        CommandKind::RequestRelease | CommandKind::AmendRelease => p.request_release.clone(),
+        CommandKind::RequestRefund => p.request_refund.clone(),
+        CommandKind::SubmitDisbursement => p.disburse.clone(),
+        CommandKind::OpenDispute => p.dispute.clone(),
+        CommandKind::ResolveDispute => p.resolve.clone(),
+        CommandKind::Cancel => p.cancel.clone(),
+        CommandKind::RecordReversal
+        | CommandKind::RecordShortfallRecovery
+        | CommandKind::WriteOffShortfall
+        | CommandKind::Close => p.administer.clone(),
+        CommandKind::CancelRequest => {
+            let mut r = p.request_release.clone();
+            r.extend(p.request_refund.iter().cloned());
+            r
+        }
+        CommandKind::AgreeToTerms => policy.agreement.clone(),
+        CommandKind::Approve | CommandKind::Deny | CommandKind::WithdrawApproval => {
+            let mut r = policy.release.approvals.roles().to_vec();
+            r.extend(policy.refund.approvals.roles().iter().cloned());
+            r
+        }
+        CommandKind::Join => policy.roles.keys().cloned().collect(),
+        CommandKind::Initiate | CommandKind::RailNotice | CommandKind::Tick => Vec::new(),
+    }
+}
+
+/// Whether the actor may issue `kind` in the current state at all (before looking at
+/// the command's parameters). Used by `decide` and to list a viewer's actions.
+pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
+    let role = &ctx.actor.role;
+    // Who: the rail and the clock are built-in; everyone else is a participant.
+    match kind {
+        CommandKind::RailNotice => {
+            if role.as_str() != "rail" {
+                return reject("not_permitted", "rail notices come from the rail role only");
+            }
+        }
+        CommandKind::Tick => {
+            if role.as_str() != "system" {
+                return reject("not_permitted", "the clock is the system role's");
+            }
+        }
+        CommandKind::Initiate => {
+            return reject(
+                "payment_exists",
+                format!("payment {} already exists", s.payment),
+            )
+        }
+        _ => {
+            let Some(party) = ctx.actor.party else {
+                return reject("actor_required", "this command is issued by a participant");
+            };
+            let Some(p) = s.participants.get(&party).filter(|p| !p.removed) else {
+                return reject(
+                    "unknown_participant",
+                    format!("party {party} is not a participant of this payment"),
+                );
+            };
+            if !p.roles.contains(role) {
+                return reject(
+                    "not_permitted",
+                    format!("party {party} does not hold role `{role}` in this payment"),
+                );
+            }
+            if kind != CommandKind::Join && !p.joined {
+                return reject("not_joined", "join the payment first");
+            }
+            let allowed = permitted_roles(&s.policy_doc, kind);
+            if !allowed.contains(role) {
+                return reject(
+                    "not_permitted",
+                    format!(
+                        "role `{role}` may not {kind:?} under policy {} v{} (allowed: {})",
+                        s.policy.id,
+                        s.policy.version,
+                        if allowed.is_empty() {
+                            "no role".to_string()
+                        } else {
+                            allowed
+                                .iter()
+                                .map(Role::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    // When: the payment's state.
+    let st = s.status;
+    let after_terminal = matches!(
+        kind,
+        CommandKind::RailNotice
+            | CommandKind::Tick
+            | CommandKind::Close
+            | CommandKind::RecordShortfallRecovery
+            | CommandKind::WriteOffShortfall
+            | CommandKind::RecordReversal
+    );
+    if st.is_terminal() && !after_terminal {
+        return reject(
+            "payment_terminal",
+            format!("payment is {st:?}: no further changes"),
+        );
+    }
+    let disputed = s.open_dispute().is_some();
+    let open = s.open_request();
+    let need = |ok: bool, code: &'static str, msg: &str| -> Result<()> {
+        if ok {
+            Ok(())
+        } else {
+            reject(code, format!("{msg} (payment is {st:?})"))
+        }
+    };
+    let wound_down = s.cancelled || s.expired;
+    match kind {
+        CommandKind::Join => {
+            let p = ctx.actor.party.and_then(|id| s.participants.get(&id));
+            need(
+                p.is_some_and(|p| !p.joined),
+                "already_joined",
+                "already joined",
+            )
+        }
+        CommandKind::AgreeToTerms => need(
+            matches!(st, Status::Draft | Status::AwaitingAgreement),
+            "invalid_state",
+            "terms are agreed before funding",
+        ),
+        CommandKind::AttachFundingMethod => need(
+            st.is_before_held() && !wound_down,
+            "invalid_state",
+            "a funding method is attached before funds are held",
+        ),
+        CommandKind::SubmitFunding => need(
+            matches!(
+                st,
+                Status::AwaitingFunds | Status::FundingInFlight | Status::Funded
+            ) && !wound_down,
+            "invalid_state",
+            "funding is accepted once terms are agreed and until fully funded",
+        ),
+        CommandKind::RequestRelease => {
+            need(
+                !disputed,
+                "payment_disputed",
+                "nothing leaves escrow while disputed",
+            )?;
+            need(
+                !wound_down,
+                "invalid_state",
+                "a cancelled or expired payment refunds",
+            )?;
+            need(open.is_none(), "request_open", "another request is open")?;
+            need(
+                st == Status::Held,
+                "invalid_state",
+                "releases draw on held funds",
+            )
+        }
+        CommandKind::RequestRefund => {
+            need(
+                !disputed,
+                "payment_disputed",
+                "nothing leaves escrow while disputed",
+            )?;
+            need(open.is_none(), "request_open", "another request is open")?;
+            need(
+                st == Status::Held,
+                "invalid_state",
+                "refunds draw on held funds",
+            )
+        }
+        CommandKind::AmendRelease
+        | CommandKind::Approve
+        | CommandKind::Deny
+        | CommandKind::WithdrawApproval => need(
+            open.is_some_and(|(_, r)| r.status == RequestStatus::AwaitingApprovals),
+            "no_open_request",
+            "no request awaits approvals",
+        ),
+        CommandKind::CancelRequest => need(
+            open.is_some_and(|(_, r)| {
+                matches!(
+                    r.status,
+                    RequestStatus::AwaitingApprovals | RequestStatus::Authorized
+                )
+            }),
+            "no_open_request",
+            "no request that can be cancelled",
+        ),
+        CommandKind::SubmitDisbursement => {
+            need(
+                !disputed,
+                "payment_disputed",
+                "nothing leaves escrow while disputed",
+            )?;
+            need(
+                open.is_some_and(|(_, r)| r.status == RequestStatus::Authorized),
+                "no_authorized_request",
+                "no authorized request to disburse",
+            )
+        }
+        CommandKind::OpenDispute => {
+            need(!disputed, "dispute_open", "a dispute is already open")?;
+            need(
+                !matches!(
+                    st,
+                    Status::Draft | Status::AwaitingAgreement | Status::Shortfall
+                ),
+                "invalid_state",
+                "disputes are about funded or funding payments",
+            )
+        }
+        CommandKind::ResolveDispute => need(disputed, "no_open_dispute", "no dispute is open"),
+        CommandKind::Cancel => {
+            need(!wound_down, "invalid_state", "already cancelled or expired")?;
+            need(
+                st != Status::Shortfall,
+                "invalid_state",
+                "resolve the shortfall instead",
+            )?;
+            need(
+                s.funding_in_progress().is_zero(),
+                "funds_in_flight",
+                "funding is on a rail: wait until it settles (then funds are refunded) or fails",
+            )?;
+            need(
+                !open.is_some_and(|(_, r)| r.status == RequestStatus::Submitted),
+                "disbursement_in_flight",
+                "a disbursement is on a rail: wait for its outcome",
+            )
+        }
+        CommandKind::RecordShortfallRecovery | CommandKind::WriteOffShortfall => need(
+            st == Status::Shortfall,
+            "invalid_state",
+            "there is no shortfall",
+        ),
+        CommandKind::Close => need(
+            st.is_terminal() && st != Status::Closed,
+            "invalid_state",
+            "only a finished payment can be closed",
+        ),
+        CommandKind::Invite | CommandKind::Remove | CommandKind::RecordReversal => Ok(()),
+        CommandKind::RailNotice | CommandKind::Tick | CommandKind::Initiate => Ok(()),
+    }
+}
+
+/// The commands the actor may issue now: what a widget shows as buttons.
+pub fn allowed_commands(s: &PaymentState, ctx: &Context) -> Vec<CommandKind> {
+    CommandKind::PARTICIPANT
+        .iter()
+        .copied()
+        .filter(|k| may(s, *k, ctx).is_ok())
+        .filter(|k| match k {
+            // Approving is offered only to parties whose approval counts.
+            CommandKind::Approve | CommandKind::Deny => ctx.actor.party.is_some_and(|p| {
+                s.open_request().is_some_and(|(_, r)| {
+                    may_approve(s, r.kind, &p) && r.approvals.get(&p) != Some(&r.allocations_hash)
+                })
+            }),
+            CommandKind::WithdrawApproval => ctx.actor.party.is_some_and(|p| {
+                s.open_request()
+                    .is_some_and(|(_, r)| r.approvals.contains_key(&p))
+            }),
+            CommandKind::AgreeToTerms => ctx
+                .actor
+                .party
+                .and_then(|p| s.participants.get(&p))
+                .is_some_and(|p| !p.agreed),
+            _ => true,
+        })
+        .collect()
+}
+
+fn actor_party(ctx: &Context) -> Result<PartyId> {
+    ctx.actor
+        .party
+        .ok_or_else(|| Error::rejected("actor_required", "this command is issued by a participant"))
+}
+
+fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
+    let ctx = em.ctx;
+    match cmd {
+        Command::Initiate { .. } => reject("payment_exists", "payment already exists"),
+        Command::Invite {
+            party,
+            roles,
+            name,
+            email,
+        } => {
+            let s = &em.state;
+            if roles.is_empty() {
+                return reject("roles_required", "invite with at least one role");
+            }
+            for r in roles {
+                let Some(rule) = s.policy_doc.roles.get(r) else {
+                    return reject(
+                        "unknown_role",
+                        format!("role `{r}` is not in policy {}", s.policy.id),
+                    );
+                };
+                let holders = s
+                    .participants
+                    .values()
+                    .filter(|p| !p.removed && p.roles.contains(r))
+                    .count();
+                if rule.max.is_some_and(|m| holders as u32 >= m) {
+                    return reject(
+                        "role_full",
+                        format!(
+                            "role `{r}` already has its maximum of {} parties",
+                            rule.max.unwrap_or(0)
+                        ),
+                    );
+                }
+            }
+            if s.participants.get(party).is_some_and(|p| !p.removed) {
+                return reject(
+                    "already_participant",
+                    format!("party {party} is already a participant"),
+                );
+            }
+            em.emit(ParticipantInvited {
+                party: *party,
+                roles: roles.clone(),
+                name: name.clone(),
+                email: email.clone(),
+            })
+        }
+        Command::Join => {
+            let party = actor_party(ctx)?;
+            em.emit(ParticipantJoined { party })
+        }
+        Command::Remove { party, reason } => {
+            let s = &em.state;
+            if s.participants.get(party).is_none_or(|p| p.removed) {
+                return reject(
+                    "unknown_participant",
+                    format!("party {party} is not a participant"),
+                );
+            }
+            if *party == s.initiator {
+                return reject("not_permitted", "the initiator cannot be removed");
+            }
+            if !s.status.is_before_held()
+                && s.participants
+                    .get(party)
+                    .is_some_and(|p| p.roles.contains(&s.policy_doc.payer_role))
+            {
+                return reject(
+                    "not_permitted",
+                    "the payer cannot be removed once funds are held",
+                );
+            }
+            em.emit(ParticipantRemoved {
+                party: *party,
+                reason: reason.clone(),
+            })
+        }
+        Command::AgreeToTerms { terms_hash } => {
+            let party = actor_party(ctx)?;
+            let s = &em.state;
+            if *terms_hash != s.terms_hash {
+                return reject(
+                    "terms_mismatch",
+                    format!(
+                        "the terms are {}, not {terms_hash}: reload and agree again",
+                        s.terms_hash
+                    ),
+                );
+            }
+            if s.participants.get(&party).is_some_and(|p| p.agreed) {
+                return reject("already_agreed", "already agreed to these terms");
+            }
+            em.emit(TermsAgreed {
+                party,
+                terms_hash: *terms_hash,
+            })?;
+            let s = &em.state;
+            if s.all_agreed() && s.funding.deadline.is_none() {
+                if let Some(d) = s.policy_doc.funding.deadline.clone() {
+                    if d.anchor == DeadlineAnchor::Agreed {
+                        em.emit(FundingDeadlineSet {
+                            deadline: deadline_from(ctx.now, &d),
+                        })?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::AttachFundingMethod { method } => {
+            if !em.state.policy_doc.funding.rails.contains(&method.rail) {
+                return reject(
+                    "rail_not_allowed",
+                    format!("rail {:?} is not allowed by the policy", method.rail),
+                );
+            }
+            em.emit(FundingMethodAttached {
+                method: method.clone(),
+            })
+        }
+        Command::SubmitFunding {
+            amount,
+            rail,
+            rail_ref,
+        } => submit_funding(em, amount, *rail, rail_ref),
+        Command::RailNotice { rail_ref, notice } => rail_notice(em, rail_ref, notice),
+        Command::Tick => tick(em),
+        Command::RequestRelease {
+            request,
+            allocations,
+        } => {
+            if em.state.requests.contains_key(request) {
+                return reject("request_exists", format!("request {request} exists"));
+            }
+            check_release(&em.state, allocations, false)?;
+            em.emit(ReleaseRequested {
+                request: *request,
+                allocations: allocations.clone(),
+                allocations_hash: allocations_hash(allocations),
+            })?;
+            assess_fees(em, request)?;
+            authorize_if_quorum(em, request)
+        }
+        Command::AmendRelease {
+            request,
+            allocations,
+        } => {
+            let Some((open_id, r)) = em.state.open_request() else {
+                return reject("no_open_request", "no request awaits approvals");
+            };
+            if open_id != *request || r.kind != RequestKind::Release {
+                return reject(
+                    "unknown_request",
+                    format!("request {request} is not the open release"),
+                );
+            }
+            check_release(&em.state, allocations, false)?;
+            em.emit(ReleaseAmended {
+                request: *request,
+                allocations: allocations.clone(),
+                allocations_hash: allocations_hash(allocations),
+            })?;
+            assess_fees(em, request)?;
+            authorize_if_quorum(em, request)
+        }
+        Command::RequestRefund { request, amount } => {
+            if em.state.requests.contains_key(request) {
+                return reject("request_exists", format!("request {request} exists"));
+            }
+            let amount = refund_amount(&em.state, amount.as_ref())?;
+            em.emit(RefundRequested {
+                request: *request,
+                amount,
+                allocations_hash: refund_hash(&amount),
+            })?;
+            authorize_if_quorum(em, request)
+        }
+        Command::Approve {
+            request,
+            allocations_hash,
+        } => {
+            let party = actor_party(ctx)?;
+            let r = open_awaiting(&em.state, request)?;
+            if !may_approve(&em.state, r.kind, &party) {
+                return reject(
+                    "not_an_approver",
+                    "this party's roles do not count toward this request's quorum",
+                );
+            }
+            if *allocations_hash != r.allocations_hash {
+                return reject(
+                    "approval_stale",
+                    format!(
+                        "the allocations changed: approve {} instead",
+                        r.allocations_hash
+                    ),
+                );
+            }
+            if r.approvals.get(&party) == Some(allocations_hash) {
+                return reject("already_approved", "already approved these allocations");
+            }
+            em.emit(ApprovalGranted {
+                request: *request,
+                party,
+                allocations_hash: *allocations_hash,
+            })?;
+            authorize_if_quorum(em, request)
+        }
+        Command::Deny { request, reason } => {
+            let party = actor_party(ctx)?;
+            let r = open_awaiting(&em.state, request)?;
+            if !may_approve(&em.state, r.kind, &party) {
+                return reject(
+                    "not_an_approver",
+                    "this party's roles do not count toward this request's quorum",
+                );
+            }
+            em.emit(ApprovalDenied {
+                request: *request,
+                party,
+                reason: reason.clone(),
+            })
+        }
+        Command::WithdrawApproval { request } => {
+            let party = actor_party(ctx)?;
+            let r = open_awaiting(&em.state, request)?;
+            if !r.approvals.contains_key(&party) {
+                return reject("no_approval", "this party has not approved this request");
+            }
+            em.emit(ApprovalWithdrawn {
+                request: *request,
+                party,
+            })
+        }
+        Command::CancelRequest { request, reason } => {
+            match em.state.requests.get(request) {
+                Some(r)
+                    if matches!(
+                        r.status,
+                        RequestStatus::AwaitingApprovals | RequestStatus::Authorized
+                    ) => {}
+                _ => {
+                    return reject(
+                        "unknown_request",
+                        format!("request {request} cannot be cancelled"),
+                    )
+                }
+            }
+            em.emit(RequestCancelled {
+                request: *request,
+                reason: reason.clone(),
+            })
+        }
+        Command::SubmitDisbursement {
+            request,
+            rail,
+            rail_ref,
+        } => {
+            match em.state.requests.get(request) {
+                Some(r) if r.status == RequestStatus::Authorized => {}
+                _ => {
+                    return reject(
+                        "unknown_request",
+                        format!("request {request} is not authorized"),
+                    )
+                }
+            }
+            check_rail_ref(&em.state, rail_ref)?;
+            em.emit(DisbursementSubmitted {
+                request: *request,
+                rail: *rail,
+                rail_ref: rail_ref.clone(),
+            })
+        }
+        Command::OpenDispute { dispute, reason } => {
+            if em.state.disputes.contains_key(dispute) {
+                return reject("dispute_exists", format!("dispute {dispute} exists"));
+            }
+            if let Some((id, r)) = em.state.open_request() {
+                if r.status == RequestStatus::Authorized {
+                    // Not yet on a rail: pull it back so nothing leaves escrow.
+                    em.emit(RequestCancelled {
+                        request: id,
+                        reason: "dispute opened".into(),
+                    })?;
+                }
+            }
+            em.emit(DisputeOpened {
+                dispute: *dispute,
+                reason: reason.clone(),
+            })
+        }
+        Command::ResolveDispute {
+            dispute,
+            outcome,
+            request,
+            allocations,
+            amount,
+            note,
+        } => resolve_dispute(
+            em,
+            dispute,
+            *outcome,
+            request.as_ref(),
+            allocations,
+            amount.as_ref(),
+            note,
+        ),
+        Command::Cancel {
+            reason,
+            refund_request,
+        } => {
+            if let Some((id, r)) = em.state.open_request() {
+                if matches!(
+                    r.status,
+                    RequestStatus::AwaitingApprovals | RequestStatus::Authorized
+                ) {
+                    em.emit(RequestCancelled {
+                        request: id,
+                        reason: "payment cancelled".into(),
+                    })?;
+                }
+            }
+            let held = em.state.escrow_available();
+            let in_clearing = em.state.ledger.balance(&Account::Clearing).posted;
+            if in_clearing.is_positive() {
+                return reject("funds_not_available", "settled funds are not yet good: cancel once they are available, so they can be refunded");
+            }
+            if held.is_positive() && refund_request.is_none() {
+                return reject(
+                    "refund_request_required",
+                    "funds are held: give refund_request, the id of the refund that returns them",
+                );
+            }
+            em.emit(PaymentCancelled {
+                reason: reason.clone(),
+            })?;
+            if let (true, Some(req)) = (held.is_positive(), refund_request) {
+                em.emit(RefundRequested {
+                    request: *req,
+                    amount: held,
+                    allocations_hash: refund_hash(&held),
+                })?;
+                em.emit(RefundAuthorized { request: *req })?;
+            }
+            Ok(())
+        }
+        Command::RecordReversal { leg, reason } => {
+            if !em
+                .state
+                .ledger
+                .leg(*leg)
+                .is_some_and(|l| l.status == crate::ledger::LegStatus::Posted)
+            {
+                return reject("unknown_leg", format!("no posted leg {leg}"));
+            }
+            em.emit(ReversalRecorded {
+                leg: *leg,
+                reason: reason.clone(),
+            })
+        }
+        Command::RecordShortfallRecovery { amount, rail_ref } => {
+            em.state.amount.same_currency(amount)?;
+            amount.require_positive()?;
+            check_rail_ref(&em.state, rail_ref)?;
+            let short = em.state.ledger.balance(&Account::LossReturns).posted.neg();
+            if *amount > short {
+                return reject("exceeds_shortfall", format!("the shortfall is {short}"));
+            }
+            em.emit(ShortfallRecovered {
+                amount: *amount,
+                rail_ref: rail_ref.clone(),
+            })
+        }
+        Command::WriteOffShortfall { reason } => {
+            let short = em.state.ledger.balance(&Account::LossReturns).posted.neg();
+            em.emit(ShortfallWrittenOff {
+                amount: short,
+                reason: reason.clone(),
+            })
+        }
+        Command::Close { reason } => em.emit(PaymentClosed {
+            reason: reason.clone(),
+        }),
+    }
+}
+
+fn open_awaiting<'a>(s: &'a PaymentState, request: &RequestId) -> Result<&'a Request> {
+    match s.requests.get(request) {
+        Some(r) if r.status == RequestStatus::AwaitingApprovals => Ok(r),
+        Some(_) => reject(
+            "request_closed",
+            format!("request {request} no longer awaits approvals"),
+        ),
+        None => reject("unknown_request", format!("no request {request}")),
+    }
+}
+
+fn check_rail_ref(s: &PaymentState, rail_ref: &str) -> Result<()> {
+    if rail_ref.trim().is_empty() || rail_ref.len() > 128 {
+        return reject(
+            "invalid_rail_ref",
+            "a rail reference is 1 to 128 characters",
+        );
+    }
+    if s.rail_refs.contains_key(rail_ref) {
+        return reject(
+            "rail_ref_reused",
+            format!("rail reference `{rail_ref}` is already used"),
+        );
+    }
+    Ok(())
+}
+
+fn submit_funding(
+    em: &mut Emitter<'_>,
+    amount: &Money,
+    rail: crate::policy::Rail,
+    rail_ref: &str,
+) -> Result<()> {
+    let s = &em.state;
+    s.amount.same_currency(amount)?;
+    amount.require_positive()?;
+    if !s.policy_doc.funding.rails.contains(&rail) {
+        return reject(
+            "rail_not_allowed",
+            format!("rail {rail:?} is not allowed by the policy"),
+        );
+    }
+    check_rail_ref(s, rail_ref)?;
+    if let Some(d) = s.funding.deadline {
+        if em.ctx.now > d && s.policy_doc.funding.on_deadline_missed == OnDeadlineMissed::Expire {
+            return reject(
+                "deadline_passed",
+                format!("the funding deadline {d} has passed"),
+            );
+        }
+    }
+    let remaining = s
+        .amount
+        .checked_sub(&s.funded_total())?
+        .checked_sub(&s.funding_in_progress())?;
+    if *amount > remaining {
+        return reject(
+            "overfunding",
+            format!("only {remaining} remains to be funded"),
+        );
+    }
+    if !s.policy_doc.funding.allow_partial && *amount != remaining {
+        return reject(
+            "partial_funding_not_allowed",
+            format!("the policy requires funding the whole {remaining} at once"),
+        );
+    }
+    let leg = LegId(em.derived("leg", 0));
+    em.emit(FundingSubmitted {
+        leg,
+        amount: *amount,
+        rail,
+        rail_ref: rail_ref.to_string(),
+    })
+}
+
+fn valid_return_code(code: &str) -> bool {
+    let b = code.as_bytes();
+    b.len() == 3 && b[0] == b'R' && b[1].is_ascii_digit() && b[2].is_ascii_digit()
+}
+
+fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Result<()> {
+    let target = em.state.rail_refs.get(rail_ref).copied();
+    match target {
+        None => reject(
+            "unknown_rail_reference",
+            format!("no transfer with rail reference `{rail_ref}`"),
+        ),
+        Some(RailTarget::Recovery) => Ok(()),
+        Some(RailTarget::Funding(leg)) => {
+            let Some(a) = em
+                .state
+                .funding
+                .attempts
+                .iter()
+                .find(|a| a.leg == leg)
+                .cloned()
+            else {
+                return reject("unknown_rail_reference", "no funding for this reference");
+            };
+            let r = rail_ref.to_string();
+            match (notice, a.status) {
+                (RailOutcome::Settled, FundingStatus::Submitted) => {
+                    em.emit(FundingSettled { leg, rail_ref: r })?;
+                    make_available_if_due(em, leg)
+                }
+                (
+                    RailOutcome::Settled,
+                    FundingStatus::Settled | FundingStatus::Available | FundingStatus::Returned,
+                ) => Ok(()),
+                (RailOutcome::Failed { .. }, FundingStatus::Failed) => Ok(()),
+                (RailOutcome::Returned { .. }, FundingStatus::Returned) => Ok(()),
+                (RailOutcome::Failed { code, reason }, FundingStatus::Submitted) => {
+                    em.emit(FundingFailed {
+                        leg,
+                        rail_ref: r,
+                        code: code.clone(),
+                        reason: reason.clone(),
+                    })?;
+                    expire_if_exhausted(em)
+                }
+                (
+                    RailOutcome::Returned {
+                        code,
+                        reason,
+                        amount,
+                    },
+                    FundingStatus::Submitted | FundingStatus::Settled | FundingStatus::Available,
+                ) => {
+                    if !valid_return_code(code) {
+                        return reject(
+                            "invalid_return_code",
+                            format!("`{code}` is not a return code (R and two digits, e.g. R01)"),
+                        );
+                    }
+                    let amount = match amount {
+                        Some(m) => {
+                            em.state.amount.same_currency(m)?;
+                            m.require_positive()?;
+                            if *m > a.amount {
+                                return reject(
+                                    "return_exceeds_funding",
+                                    format!("the transfer was {}", a.amount),
+                                );
+                            }
+                            *m
+                        }
+                        None => a.amount,
+                    };
+                    if a.status == FundingStatus::Submitted {
+                        // A return implies the transfer had settled: record both, in order.
+                        em.emit(FundingSettled {
+                            leg,
+                            rail_ref: r.clone(),
+                        })?;
+                    }
+                    em.emit(FundingReturned {
+                        leg,
+                        rail_ref: r,
+                        return_code: code.clone(),
+                        reason: reason.clone(),
+                        amount,
+                    })
+                }
+                (RailOutcome::Failed { .. }, _) => reject(
+                    "notice_conflict",
+                    "a settled transfer cannot fail; a return is reported as returned",
+                ),
+                (RailOutcome::Settled, FundingStatus::Failed)
+                | (RailOutcome::Returned { .. }, FundingStatus::Failed) => reject(
+                    "notice_conflict",
+                    "the rail already reported this transfer failed",
+                ),
+            }
+        }
+        Some(RailTarget::Disbursement(request)) => {
+            let Some(req) = em.state.requests.get(&request).cloned() else {
+                return reject(
+                    "unknown_rail_reference",
+                    "no disbursement for this reference",
+                );
+            };
+            let r = rail_ref.to_string();
+            match (notice, req.status) {
+                (RailOutcome::Settled, RequestStatus::Submitted) => em.emit(DisbursementSettled {
+                    request,
+                    rail_ref: r,
+                }),
+                (RailOutcome::Failed { code, reason }, RequestStatus::Submitted) => {
+                    em.emit(DisbursementFailed {
+                        request,
+                        rail_ref: r,
+                        code: code.clone(),
+                        reason: reason.clone(),
+                    })
+                }
+                (RailOutcome::Settled, RequestStatus::Settled)
+                | (RailOutcome::Failed { .. }, RequestStatus::Failed) => Ok(()),
+                (RailOutcome::Returned { .. }, _) => reject(
+                    "not_supported",
+                    "returns of disbursements are recorded as reversals by an administrator",
+                ),
+                _ => reject(
+                    "notice_conflict",
+                    format!("the disbursement is already {:?}", req.status).to_lowercase(),
+                ),
+            }
+        }
+    }
+}
+
+fn good_funds_due(s: &PaymentState, a: &FundingAttempt) -> Option<Timestamp> {
+    let days = s
+        .policy_doc
+        .funding
+        .good_funds_days
+        .get(&a.rail)
+        .copied()
+        .unwrap_or(0);
+    a.settled_at.map(|t| t.add_business_days(days))
+}
+
+fn make_available_if_due(em: &mut Emitter<'_>, leg: LegId) -> Result<()> {
+    let Some(a) = em
+        .state
+        .funding
+        .attempts
+        .iter()
+        .find(|a| a.leg == leg)
+        .cloned()
+    else {
+        return Ok(());
+    };
+    if a.status == FundingStatus::Settled
+        && good_funds_due(&em.state, &a).is_some_and(|t| t <= em.ctx.now)
+    {
+        em.emit(FundsAvailable {
+            leg,
+            amount: a.amount,
+        })?;
+    }
+    Ok(())
+}
+
+fn expire_if_exhausted(em: &mut Emitter<'_>) -> Result<()> {
+    let s = &em.state;
+    if s.funding.failed_attempts >= s.policy_doc.funding.max_attempts
+        && s.status.is_before_held()
+        && !s.expired
+    {
+        em.emit(PaymentExpired {
+            reason: "attempts_exhausted".into(),
+        })?;
+        refund_everything(em, "expiry")?;
+    }
+    Ok(())
+}
+
+fn refund_everything(em: &mut Emitter<'_>, why: &str) -> Result<()> {
+    let held = em.state.escrow_available();
+    if held.is_positive() {
+        let request = RequestId(em.derived(why, 0));
+        em.emit(RefundRequested {
+            request,
+            amount: held,
+            allocations_hash: refund_hash(&held),
+        })?;
+        em.emit(RefundAuthorized { request })?;
+    }
+    Ok(())
+}
+
+fn tick(em: &mut Emitter<'_>) -> Result<()> {
+    let now = em.ctx.now;
+    // Good funds.
+    let due: Vec<LegId> = em
+        .state
+        .funding
+        .attempts
+        .iter()
+        .filter(|a| a.status == FundingStatus::Settled)
+        .map(|a| a.leg)
+        .collect();
+    for leg in due {
+        make_available_if_due(em, leg)?;
+    }
+    // Funding deadline.
+    let s = &em.state;
+    if let Some(deadline) = s.funding.deadline {
+        let waiting = matches!(
+            s.status,
+            Status::Draft | Status::AwaitingAgreement | Status::AwaitingFunds
+        );
+        if now > deadline && !s.funding.deadline_missed && waiting && !s.expired && !s.cancelled {
+            let expire = s.policy_doc.funding.on_deadline_missed == OnDeadlineMissed::Expire;
+            em.emit(FundingDeadlineMissed {
+                deadline,
+                outcome: if expire {
+                    DeadlineOutcome::Expired
+                } else {
+                    DeadlineOutcome::Flagged
+                },
+            })?;
+            if expire {
+                em.emit(PaymentExpired {
+                    reason: "deadline_missed".into(),
+                })?;
+                refund_everything(em, "expiry")?;
+            }
+        }
+    }
+    // Automatic release.
+    let s = &em.state;
+    if let (Some(hours), Some(since)) =
+        (s.policy_doc.release.auto_release_after_hours, s.held_since)
+    {
+        if s.status == Status::Held
+            && now >= since.add_hours(i64::from(hours))
+            && s.open_request().is_none()
+            && s.open_dispute().is_none()
+            && !s.cancelled
+            && !s.expired
+        {
+            let available = s.escrow_available();
+            let payees: Vec<PartyId> = s
+                .policy_doc
+                .payee_roles
+                .iter()
+                .flat_map(|r| s.parties_with(r))
+                .fold(Vec::new(), |mut v, p| {
+                    if !v.contains(&p) {
+                        v.push(p);
+                    }
+                    v
+                });
+            if available.is_positive() && !payees.is_empty() {
+                let gross = gross_for_full_release(s, available)?;
+                let parts = gross.allocate(&vec![1; payees.len()])?;
+                let allocations: Vec<Allocation> = payees
+                    .into_iter()
+                    .zip(parts)
+                    .filter(|(_, m)| m.is_positive())
+                    .map(|(party, amount)| Allocation { party, amount })
+                    .collect();
+                let request = RequestId(em.derived("auto_release", 0));
+                em.emit(ReleaseRequested {
+                    request,
+                    allocations_hash: allocations_hash(&allocations),
+                    allocations,
+                })?;
+                assess_fees(em, &request)?;
+                em.emit(ReleaseAuthorized { request })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The gross to allocate so that gross plus payer-borne fees uses what is available.
+fn gross_for_full_release(s: &PaymentState, available: Money) -> Result<Money> {
+    let payer_borne: Vec<_> = s
+        .policy_doc
+        .fees
+        .iter()
+        .filter(|f| f.borne_by == BorneBy::Payer)
+        .collect();
+    if payer_borne.is_empty() {
+        return Ok(available);
+    }
+    // Search down from `available` for the largest gross whose total fits.
+    let mut gross = available;
+    let unit = Money::from_decimal(
+        rust_decimal::Decimal::new(1, available.currency().minor_units()),
+        available.currency(),
+    )?;
+    for _ in 0..10_000 {
+        let fees =
+            fee_lines(s, &gross)?
+                .iter()
+                .try_fold(Money::zero(gross.currency()), |acc, f| {
+                    if f.borne_by == BorneBy::Payer {
+                        acc.checked_add(&f.amount)
+                    } else {
+                        Ok(acc)
+                    }
+                })?;
+        if gross.checked_add(&fees)? <= available {
+            return Ok(gross);
+        }
+        // Jump close to the answer first, then step by the minor unit.
+        let over = gross.checked_add(&fees)?.checked_sub(&available)?;
+        gross = gross.checked_sub(if over > unit { &over } else { &unit })?;
+        if !gross.is_positive() {
+            break;
+        }
+    }
+    reject("insufficient_funds", "held funds do not cover the fees")
+}
+
+fn fee_lines(s: &PaymentState, gross: &Money) -> Result<Vec<FeeLine>> {
+    let mut out = Vec::new();
+    for rule in &s.policy_doc.fees {
+        let Some(party) = s.parties_with(&rule.to_role).into_iter().next() else {
+            return reject(
+                "fee_recipient_missing",
+                format!(
+                    "fee `{}` goes to role `{}`, which no active party holds",
+                    rule.name, rule.to_role
+                ),
+            );
+        };
+        let mut amount = gross.bps(rule.bps)?;
+        if let Some(fixed) = rule.fixed {
+            if !s.fixed_fees_charged.contains(&rule.name) {
+                amount = amount.checked_add(&Money::from_decimal(fixed, gross.currency())?)?;
+            }
+        }
+        out.push(FeeLine {
+            fee: rule.name.clone(),
+            party,
+            amount,
+            borne_by: rule.borne_by,
+        });
+    }
+    Ok(out)
+}
+
+fn assess_fees(em: &mut Emitter<'_>, request: &RequestId) -> Result<()> {
+    let Some(r) = em.state.requests.get(request) else {
+        return Ok(());
+    };
+    let lines = fee_lines(&em.state, &r.amount)?;
+    for f in lines {
+        if f.amount.is_positive() {
+            em.emit(FeeAssessed {
+                request: *request,
+                fee: f.fee,
+                party: f.party,
+                amount: f.amount,
+                borne_by: f.borne_by,
+            })?;
+        }
+    }
+    let r = em.state.requests.get(request).cloned();
+    if let Some(r) = r {
+        let total = disbursement_total(&r)?;
+        if total > em.state.escrow_available() {
+            return reject(
+                "insufficient_funds",
+                format!(
+                    "the release with fees takes {total}, but only {} is available",
+                    em.state.escrow_available()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn authorize_if_quorum(em: &mut Emitter<'_>, request: &RequestId) -> Result<()> {
+    let Some(r) = em.state.requests.get(request).cloned() else {
+        return Ok(());
+    };
+    if r.status == RequestStatus::AwaitingApprovals
+        && em.state.open_dispute().is_none()
+        && (r.mandate.is_some() || quorum_met(&em.state, &r))
+    {
+        match r.kind {
+            RequestKind::Release => em.emit(ReleaseAuthorized { request: *request })?,
+            RequestKind::Refund => em.emit(RefundAuthorized { request: *request })?,
+        }
+    }
+    Ok(())
+}
+
+fn check_release(s: &PaymentState, allocations: &[Allocation], by_resolver: bool) -> Result<()> {
+    if allocations.is_empty() {
+        return reject(
+            "allocations_required",
+            "a release needs at least one allocation",
+        );
+    }
+    let mut total = Money::zero(s.amount.currency());
+    let mut seen = Vec::new();
+    for a in allocations {
+        s.amount.same_currency(&a.amount)?;
+        a.amount.require_positive()?;
+        let Some(p) = s.participants.get(&a.party).filter(|p| !p.removed) else {
+            return reject(
+                "unknown_participant",
+                format!("party {} is not a participant", a.party),
+            );
+        };
+        if !s.policy_doc.payee_roles.iter().any(|r| p.roles.contains(r)) {
+            return reject(
+                "not_a_payee",
+                format!(
+                    "party {} holds no payee role ({:?})",
+                    a.party, s.policy_doc.payee_roles
+                ),
+            );
+        }
+        if seen.contains(&a.party) {
+            return reject(
+                "duplicate_allocation",
+                format!("party {} is allocated twice", a.party),
+            );
+        }
+        seen.push(a.party);
+        total = total.checked_add(&a.amount)?;
+    }
+    let available = s.escrow_available();
+    if total > available {
+        return reject(
+            "insufficient_funds",
+            format!("allocations total {total} but only {available} is available"),
+        );
+    }
+    if !by_resolver {
+        if let Some(max) = s.policy_doc.release.max_per_release {
+            if total.amount() > max {
+                return reject(
+                    "limit_exceeded",
+                    format!("a release may be at most {max} {}", total.currency()),
+                );
+            }
+        }
+        let fees = fee_lines(s, &total)?;
+        let payer_fees = fees
+            .iter()
+            .filter(|f| f.borne_by == BorneBy::Payer)
+            .try_fold(Money::zero(total.currency()), |acc, f| {
+                acc.checked_add(&f.amount)
+            })?;
+        let uses = total.checked_add(&payer_fees)?;
+        if !s.policy_doc.release.partial && uses != available && total != available {
+            return reject(
+                "partial_release_not_allowed",
+                format!("the policy releases everything at once: allocate {available}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn refund_amount(s: &PaymentState, amount: Option<&Money>) -> Result<Money> {
+    let available = s.escrow_available();
+    let amount = match amount {
+        Some(m) => {
+            s.amount.same_currency(m)?;
+            m.require_positive()?;
+            *m
+        }
+        None => available,
+    };
+    if amount > available || !amount.is_positive() {
+        return reject(
+            "insufficient_funds",
+            format!("only {available} is available to refund"),
+        );
+    }
+    Ok(amount)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve_dispute(
+    em: &mut Emitter<'_>,
+    dispute: &RequestId,
+    outcome: DisputeOutcome,
+    request: Option<&RequestId>,
+    allocations: &[Allocation],
+    amount: Option<&Money>,
+    note: &str,
+) -> Result<()> {
+    if !em.state.disputes.get(dispute).is_some_and(|d| d.open) {
+        return reject("no_open_dispute", format!("dispute {dispute} is not open"));
+    }
+    let needs_request = outcome != DisputeOutcome::Resume;
+    if needs_request != request.is_some() {
+        return reject(
+            "invalid_command",
+            "release and refund outcomes name a new request id; resume does not",
+        );
+    }
+    if let Some(r) = request {
+        if em.state.requests.contains_key(r) {
+            return reject("request_exists", format!("request {r} exists"));
+        }
+        // The resolution replaces any request waiting for approvals.
+        if let Some((id, open)) = em.state.open_request() {
+            if open.status == RequestStatus::AwaitingApprovals {
+                em.emit(RequestCancelled {
+                    request: id,
+                    reason: "dispute resolved".into(),
+                })?;
+            } else {
+                return reject(
+                    "disbursement_in_flight",
+                    "a disbursement is on a rail: wait for its outcome",
+                );
+            }
+        }
+    }
+    match outcome {
+        DisputeOutcome::Resume => {
+            em.emit(DisputeResolved {
+                dispute: *dispute,
+                outcome,
+                request: None,
+                note: note.to_string(),
+            })?;
+            if let Some((id, _)) = em.state.open_request() {
+                authorize_if_quorum(em, &id)?;
+            }
+            Ok(())
+        }
+        DisputeOutcome::Release => {
+            let request =
+                *request.ok_or_else(|| Error::rejected("invalid_command", "request required"))?;
+            check_release(&em.state, allocations, true)?;
+            em.emit(DisputeResolved {
+                dispute: *dispute,
+                outcome,
+                request: Some(request),
+                note: note.to_string(),
+            })?;
+            em.emit(ReleaseRequested {
+                request,
+                allocations: allocations.to_vec(),
+                allocations_hash: allocations_hash(allocations),
+            })?;
+            assess_fees(em, &request)?;
+            em.emit(ReleaseAuthorized { request })
+        }
+        DisputeOutcome::Refund => {
+            let request =
+                *request.ok_or_else(|| Error::rejected("invalid_command", "request required"))?;
+            let amount = refund_amount(&em.state, amount)?;
+            em.emit(DisputeResolved {
+                dispute: *dispute,
+                outcome,
+                request: Some(request),
+                note: note.to_string(),
+            })?;
+            em.emit(RefundRequested {
+                request,
+                amount,
+                allocations_hash: refund_hash(&amount),
+            })?;
+            em.emit(RefundAuthorized { request })
+        }
+    }
+}

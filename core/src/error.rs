@@ -1,0 +1,221 @@
+//! The one error enum of the core.
+//!
+//! Every failure has a stable machine-readable [`Error::code`] (the same codes are
+//! used by the HTTP API and the JS SDK) and a short lower-case message that names
+//! the field or rule and, where there is one, the fix.
+
+use crate::money::Currency;
+
+/// Everything that can go wrong in the core: bad input, a broken domain rule,
+/// or a history that does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- input -------------------------------------------------------------
+    /// JSON that does not parse or does not have the expected shape.
+    #[error("malformed json: {0}")]
+    MalformedJson(String),
+    /// An event type this version of trustfold does not know.
+    #[error("unknown event type `{0}`")]
+    UnknownEventType(String),
+    /// An event schema version newer than this build, or one without an upcaster.
+    #[error("unsupported schema version {version} for event type `{event_type}`")]
+    UnsupportedSchemaVersion {
+        /// The event type.
+        event_type: String,
+        /// The version found.
+        version: u16,
+    },
+    /// A currency code that is not ISO 4217 (or not supported).
+    #[error("unknown currency `{0}`: use an ISO 4217 code such as USD")]
+    UnknownCurrency(String),
+    /// An amount string that is not a decimal number.
+    #[error("invalid amount `{0}`: use a decimal string such as \"1500.00\"")]
+    InvalidAmount(String),
+    /// More decimals than the currency has minor units.
+    #[error("amount {amount} has more decimals than {currency} allows ({minor_units})")]
+    InvalidAmountScale {
+        /// The amount as given.
+        amount: String,
+        /// The currency.
+        currency: Currency,
+        /// The currency's minor units.
+        minor_units: u32,
+    },
+    /// Zero or negative where a positive amount is required.
+    #[error("amount must be positive, got {0}")]
+    NonPositiveAmount(String),
+    /// Arithmetic or comparison across currencies.
+    #[error("currency mismatch: expected {expected}, got {found}")]
+    CurrencyMismatch {
+        /// The payment's currency.
+        expected: Currency,
+        /// The currency given.
+        found: Currency,
+    },
+    /// An amount too large to compute with.
+    #[error("amount overflow")]
+    Overflow,
+    /// A timestamp that is not RFC 3339.
+    #[error("invalid timestamp `{0}`: use RFC 3339 UTC such as 2026-11-26T05:35:15Z")]
+    InvalidTimestamp(String),
+    /// An id that is not a UUID.
+    #[error("invalid id `{0}`: expected a UUID")]
+    InvalidId(String),
+    /// A split whose weights are unusable.
+    #[error("invalid split: {0}")]
+    InvalidSplit(String),
+    /// A policy document that fails validation; `field` is a JSON path.
+    #[error("invalid policy at `{field}`: {reason}")]
+    InvalidPolicy {
+        /// Where in the document, e.g. `release.approvals.n_of.n`.
+        field: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A hex string that is not 32 bytes of hex.
+    #[error("invalid hash `{0}`: expected 64 hex digits")]
+    InvalidHash(String),
+    /// A public key or signature in the wrong encoding.
+    #[error("invalid key or signature: {0}")]
+    InvalidKey(String),
+
+    /// Input rejected while parsing JSON, with the stable code of the underlying
+    /// error (e.g. `invalid_amount_scale` inside an event payload).
+    #[error("{message}")]
+    InvalidInput {
+        /// Stable code.
+        code: &'static str,
+        /// Message, with the JSON position where known.
+        message: String,
+    },
+
+    // ---- domain rules (decide) --------------------------------------------
+    /// A domain rule rejected the command. `code` names the rule.
+    #[error("{message}")]
+    Rejected {
+        /// Stable code, e.g. `quorum_not_met`, `insufficient_funds`.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
+
+    // ---- histories (fold and verify) ----------------------------------------
+    /// The history is not a valid sequence of events for one payment.
+    #[error("invalid history at seq {seq}: {reason}")]
+    InvalidHistory {
+        /// The first offending sequence number (1-based).
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The hash chain is broken at `seq`.
+    #[error("hash chain broken at seq {seq}: {reason}")]
+    ChainBroken {
+        /// The first offending sequence number (1-based).
+        seq: u64,
+        /// What is wrong: altered, removed, inserted or reordered event.
+        reason: String,
+    },
+    /// A signed head whose signature does not verify with the given key.
+    #[error("signed head does not verify: {0}")]
+    BadSignature(String),
+}
+
+impl Error {
+    /// The stable machine-readable code of this error.
+    ///
+    /// ```
+    /// use trustfold_core::Error;
+    /// assert_eq!(Error::Overflow.code(), "amount_overflow");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::MalformedJson(_) => "malformed_json",
+            Error::UnknownEventType(_) => "unknown_event_type",
+            Error::UnsupportedSchemaVersion { .. } => "unsupported_schema_version",
+            Error::UnknownCurrency(_) => "unknown_currency",
+            Error::InvalidAmount(_) => "invalid_amount",
+            Error::InvalidAmountScale { .. } => "invalid_amount_scale",
+            Error::NonPositiveAmount(_) => "non_positive_amount",
+            Error::CurrencyMismatch { .. } => "currency_mismatch",
+            Error::Overflow => "amount_overflow",
+            Error::InvalidTimestamp(_) => "invalid_timestamp",
+            Error::InvalidId(_) => "invalid_id",
+            Error::InvalidSplit(_) => "invalid_split",
+            Error::InvalidPolicy { .. } => "invalid_policy",
+            Error::InvalidHash(_) => "invalid_hash",
+            Error::InvalidKey(_) => "invalid_key",
+            Error::InvalidInput { code, .. } => code,
+            Error::Rejected { code, .. } => code,
+            Error::InvalidHistory { .. } => "invalid_history",
+            Error::ChainBroken { .. } => "chain_broken",
+            Error::BadSignature(_) => "bad_signature",
+        }
+    }
+
+    /// The offending field, where one applies (a JSON path).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::InvalidPolicy { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn rejected(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Rejected {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn policy(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidPolicy {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn history(seq: u64, reason: impl Into<String>) -> Self {
+        Error::InvalidHistory {
+            seq,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        // Our own deserializers report errors through serde's `custom` as
+        // "<code>: <message>"; keep the code so callers see e.g. invalid_amount_scale.
+        let msg = e.to_string();
+        if let Some((code, rest)) = msg.split_once(": ") {
+            if let Some(code) = INPUT_CODES.iter().find(|c| **c == code) {
+                return Error::InvalidInput {
+                    code,
+                    message: rest.to_string(),
+                };
+            }
+        }
+        Error::MalformedJson(msg)
+    }
+}
+
+/// Codes that survive a trip through serde's custom errors.
+const INPUT_CODES: &[&str] = &[
+    "unknown_event_type",
+    "unsupported_schema_version",
+    "unknown_currency",
+    "invalid_amount",
+    "invalid_amount_scale",
+    "non_positive_amount",
+    "currency_mismatch",
+    "amount_overflow",
+    "invalid_timestamp",
+    "invalid_id",
+    "invalid_hash",
+    "invalid_policy",
+];
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

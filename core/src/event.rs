@@ -1,0 +1,620 @@
+//! Events: every fact that changes a payment. See `docs/EVENTS.md` for the catalog
+//! with a JSON example of each.
+//!
+//! An [`Event`] is the payload; it travels inside an
+//! [`Envelope`](crate::envelope::Envelope) that says which payment, which sequence
+//! number, who acted, when, and links it into the hash chain.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::Hash;
+use crate::id::{LegId, PartyId, RequestId, TenantId};
+use crate::money::Money;
+use crate::policy::{Policy, Rail, Role};
+use crate::time::Timestamp;
+
+macro_rules! events {
+    ($( $(#[$doc:meta])* $name:ident = $version:literal ),* $(,)?) => {
+        /// The type of an event, with its current schema version.
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+        pub enum EventType {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl EventType {
+            /// Every event type, in catalog order.
+            pub const ALL: &'static [EventType] = &[$(EventType::$name),*];
+
+            /// The type's name as written in envelopes.
+            pub const fn name(self) -> &'static str {
+                match self { $(EventType::$name => stringify!($name),)* }
+            }
+
+            /// The schema version this build writes.
+            pub const fn current_version(self) -> u16 {
+                match self { $(EventType::$name => $version,)* }
+            }
+
+            /// Looks a type up by name.
+            pub fn from_name(name: &str) -> Option<EventType> {
+                match name { $(stringify!($name) => Some(EventType::$name),)* _ => None }
+            }
+        }
+
+        /// An event's payload.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Event {
+            $( $(#[$doc])* $name($name), )*
+        }
+
+        impl Event {
+            /// The event's type.
+            pub fn event_type(&self) -> EventType {
+                match self { $(Event::$name(_) => EventType::$name,)* }
+            }
+
+            /// Serializes the payload alone (the envelope's `data`).
+            pub(crate) fn serialize_data<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self { $(Event::$name(d) => d.serialize(s),)* }
+            }
+
+            /// Deserializes a current-version payload of type `t`.
+            pub(crate) fn deserialize_data<'de, D: serde::Deserializer<'de>>(t: EventType, d: D) -> Result<Event, D::Error> {
+                match t { $(EventType::$name => $name::deserialize(d).map(Event::$name),)* }
+            }
+        }
+
+        $( impl From<$name> for Event { fn from(e: $name) -> Event { Event::$name(e) } } )*
+    };
+}
+
+events! {
+    /// A payment was opened from a pinned policy.
+    PaymentInitiated = 1,
+    /// A party was invited with roles (v1 had a single `role`).
+    ParticipantInvited = 2,
+    /// An invited party joined.
+    ParticipantJoined = 1,
+    /// A party was removed.
+    ParticipantRemoved = 1,
+    /// A party agreed to the exact terms (bound by hash).
+    TermsAgreed = 1,
+    /// The funding deadline was set.
+    FundingDeadlineSet = 1,
+    /// A funding method was attached.
+    FundingMethodAttached = 1,
+    /// Funding was sent on a rail: a pending leg external:payer → clearing.
+    FundingSubmitted = 1,
+    /// The rail settled a funding: the pending leg is posted.
+    FundingSettled = 1,
+    /// Settled funds are good: clearing → escrow posted.
+    FundsAvailable = 1,
+    /// The rail failed a funding before settlement: the pending leg is voided.
+    FundingFailed = 1,
+    /// The rail returned settled funds (ACH R01, R02, R03, R10 …).
+    FundingReturned = 1,
+    /// The funding deadline passed without full funding.
+    FundingDeadlineMissed = 1,
+    /// The payment expired.
+    PaymentExpired = 1,
+    /// A fee was assessed on a release request.
+    FeeAssessed = 1,
+    /// A release was requested with allocations.
+    ReleaseRequested = 1,
+    /// A pending release's allocations changed: earlier approvals no longer count.
+    ReleaseAmended = 1,
+    /// A refund was requested.
+    RefundRequested = 1,
+    /// A party approved a request's exact allocations.
+    ApprovalGranted = 1,
+    /// A party denied a request.
+    ApprovalDenied = 1,
+    /// A party withdrew its approval.
+    ApprovalWithdrawn = 1,
+    /// A release reached quorum: pending linked legs escrow → payees and fees.
+    ReleaseAuthorized = 1,
+    /// A refund reached quorum: a pending leg escrow → external:payer.
+    RefundAuthorized = 1,
+    /// An authorized request was cancelled before it reached a rail.
+    RequestCancelled = 1,
+    /// An authorized disbursement was sent on a rail.
+    DisbursementSubmitted = 1,
+    /// The rail settled a disbursement: its legs are posted.
+    DisbursementSettled = 1,
+    /// The rail failed a disbursement: its legs are voided, funds stay held.
+    DisbursementFailed = 1,
+    /// A dispute was opened: nothing leaves escrow until it is resolved.
+    DisputeOpened = 1,
+    /// A dispute was resolved.
+    DisputeResolved = 1,
+    /// A posted leg was reversed by a correcting leg.
+    ReversalRecorded = 1,
+    /// A shortfall was (partly) recovered.
+    ShortfallRecovered = 1,
+    /// A shortfall was written off.
+    ShortfallWrittenOff = 1,
+    /// The payment was cancelled.
+    PaymentCancelled = 1,
+    /// The payment was closed (archived).
+    PaymentClosed = 1,
+}
+
+/// See [`EventType::PaymentInitiated`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentInitiated {
+    /// The owning tenant.
+    pub tenant: TenantId,
+    /// The policy, embedded whole so the history is self-contained.
+    pub policy: Box<Policy>,
+    /// SHA-256 of the policy's canonical JSON.
+    pub policy_hash: Hash,
+    /// The payment's amount (its currency is the payment's currency).
+    pub amount: Money,
+    /// What the payment is for.
+    #[serde(default)]
+    pub description: String,
+    /// The party who opened it.
+    pub initiator: PartyId,
+    /// The initiator's roles.
+    pub initiator_roles: Vec<Role>,
+    /// The initiator's display name.
+    #[serde(default)]
+    pub initiator_name: String,
+}
+
+/// See [`EventType::ParticipantInvited`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantInvited {
+    /// The party.
+    pub party: PartyId,
+    /// Its roles in this payment.
+    pub roles: Vec<Role>,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Contact e-mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// See [`EventType::ParticipantJoined`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantJoined {
+    /// The party.
+    pub party: PartyId,
+}
+
+/// See [`EventType::ParticipantRemoved`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantRemoved {
+    /// The party.
+    pub party: PartyId,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// See [`EventType::TermsAgreed`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TermsAgreed {
+    /// The party agreeing.
+    pub party: PartyId,
+    /// Hash of the terms agreed to (amount, description, policy).
+    pub terms_hash: Hash,
+}
+
+/// See [`EventType::FundingDeadlineSet`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundingDeadlineSet {
+    /// Funds must be available by then.
+    pub deadline: Timestamp,
+}
+
+/// How the payer will pay. Bank details are hidden from roles whose policy says so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundingMethod {
+    /// The rail.
+    pub rail: Rail,
+    /// Bank or provider name.
+    #[serde(default)]
+    pub institution: String,
+    /// Last four digits of the account.
+    #[serde(default)]
+    pub account_last4: String,
+    /// Account holder.
+    #[serde(default)]
+    pub holder: String,
+}
+
+/// See [`EventType::FundingMethodAttached`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundingMethodAttached {
+    /// The method.
+    pub method: FundingMethod,
+}
+
+/// See [`EventType::FundingSubmitted`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundingSubmitted {
+    /// The pending leg external:payer → clearing.
+    pub leg: LegId,
+    /// Amount sent.
+    pub amount: Money,
+    /// Rail used.
+    pub rail: Rail,
+    /// The rail's reference for this transfer (de-duplicates notices).
+    pub rail_ref: String,
+}
+
+/// See [`EventType::FundingSettled`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundingSettled {
+    /// The funding leg.
+    pub leg: LegId,
+    /// The rail's reference.
+    pub rail_ref: String,
+}
+
+/// See [`EventType::FundsAvailable`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundsAvailable {
+    /// The funding leg whose money became available.
+    pub leg: LegId,
+    /// Amount moved clearing → escrow.
+    pub amount: Money,
+}
+
+/// See [`EventType::FundingFailed`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundingFailed {
+    /// The funding leg.
+    pub leg: LegId,
+    /// The rail's reference.
+    pub rail_ref: String,
+    /// The rail's failure code.
+    pub code: String,
+    /// Human-readable reason.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// See [`EventType::FundingReturned`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundingReturned {
+    /// The funding leg.
+    pub leg: LegId,
+    /// The rail's reference.
+    pub rail_ref: String,
+    /// ACH return code such as `R01`.
+    pub return_code: String,
+    /// Human-readable reason.
+    #[serde(default)]
+    pub reason: String,
+    /// Amount returned.
+    pub amount: Money,
+}
+
+/// What a missed deadline did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadlineOutcome {
+    /// The payment expired.
+    Expired,
+    /// The payment was flagged; funding stays open.
+    Flagged,
+}
+
+/// See [`EventType::FundingDeadlineMissed`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundingDeadlineMissed {
+    /// The deadline that passed.
+    pub deadline: Timestamp,
+    /// What it did.
+    pub outcome: DeadlineOutcome,
+}
+
+/// See [`EventType::PaymentExpired`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentExpired {
+    /// `deadline_missed` or `attempts_exhausted`.
+    pub reason: String,
+}
+
+/// One payee's share of a release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allocation {
+    /// The payee.
+    pub party: PartyId,
+    /// Gross amount for this payee (before payee-borne fees).
+    pub amount: Money,
+}
+
+/// See [`EventType::FeeAssessed`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeeAssessed {
+    /// The request the fee applies to.
+    pub request: RequestId,
+    /// The fee rule's name.
+    pub fee: String,
+    /// Who receives it.
+    pub party: PartyId,
+    /// How much.
+    pub amount: Money,
+    /// Who bears it.
+    pub borne_by: crate::policy::BorneBy,
+}
+
+/// See [`EventType::ReleaseRequested`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequested {
+    /// The request.
+    pub request: RequestId,
+    /// Who gets what.
+    pub allocations: Vec<Allocation>,
+    /// Hash binding approvals to these exact allocations.
+    pub allocations_hash: Hash,
+}
+
+/// See [`EventType::ReleaseAmended`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseAmended {
+    /// The request.
+    pub request: RequestId,
+    /// The new allocations.
+    pub allocations: Vec<Allocation>,
+    /// Their hash.
+    pub allocations_hash: Hash,
+}
+
+/// See [`EventType::RefundRequested`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequested {
+    /// The request.
+    pub request: RequestId,
+    /// Amount to return to the payer.
+    pub amount: Money,
+    /// Hash approvals bind to.
+    pub allocations_hash: Hash,
+}
+
+/// See [`EventType::ApprovalGranted`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalGranted {
+    /// The request.
+    pub request: RequestId,
+    /// The approving party.
+    pub party: PartyId,
+    /// The allocations approved.
+    pub allocations_hash: Hash,
+}
+
+/// See [`EventType::ApprovalDenied`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDenied {
+    /// The request.
+    pub request: RequestId,
+    /// The denying party.
+    pub party: PartyId,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// See [`EventType::ApprovalWithdrawn`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalWithdrawn {
+    /// The request.
+    pub request: RequestId,
+    /// The party withdrawing.
+    pub party: PartyId,
+}
+
+/// See [`EventType::ReleaseAuthorized`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseAuthorized {
+    /// The request.
+    pub request: RequestId,
+}
+
+/// See [`EventType::RefundAuthorized`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundAuthorized {
+    /// The request.
+    pub request: RequestId,
+}
+
+/// See [`EventType::RequestCancelled`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestCancelled {
+    /// The request.
+    pub request: RequestId,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// See [`EventType::DisbursementSubmitted`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisbursementSubmitted {
+    /// The authorized request.
+    pub request: RequestId,
+    /// Rail used.
+    pub rail: Rail,
+    /// The rail's reference.
+    pub rail_ref: String,
+}
+
+/// See [`EventType::DisbursementSettled`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisbursementSettled {
+    /// The request.
+    pub request: RequestId,
+    /// The rail's reference.
+    pub rail_ref: String,
+}
+
+/// See [`EventType::DisbursementFailed`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisbursementFailed {
+    /// The request.
+    pub request: RequestId,
+    /// The rail's reference.
+    pub rail_ref: String,
+    /// The rail's failure code.
+    pub code: String,
+    /// Human-readable reason.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// See [`EventType::DisputeOpened`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisputeOpened {
+    /// The dispute.
+    pub dispute: RequestId,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// How a dispute ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisputeOutcome {
+    /// Back to where it was; requests go on.
+    Resume,
+    /// Funds are released (a release request follows, authorized by the resolver).
+    Release,
+    /// Funds are refunded (a refund request follows, authorized by the resolver).
+    Refund,
+}
+
+/// See [`EventType::DisputeResolved`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisputeResolved {
+    /// The dispute.
+    pub dispute: RequestId,
+    /// How.
+    pub outcome: DisputeOutcome,
+    /// The release or refund request that carries out a `release` or `refund` outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestId>,
+    /// Notes.
+    #[serde(default)]
+    pub note: String,
+}
+
+/// See [`EventType::ReversalRecorded`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReversalRecorded {
+    /// The posted leg being reversed.
+    pub leg: LegId,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// See [`EventType::ShortfallRecovered`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShortfallRecovered {
+    /// Amount recovered.
+    pub amount: Money,
+    /// The rail's reference for the recovery.
+    pub rail_ref: String,
+}
+
+/// See [`EventType::ShortfallWrittenOff`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShortfallWrittenOff {
+    /// Amount written off.
+    pub amount: Money,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// See [`EventType::PaymentCancelled`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentCancelled {
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// See [`EventType::PaymentClosed`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentClosed {
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The hash approvals bind to: SHA-256 of the allocations' canonical JSON.
+///
+/// ```
+/// use trustfold_core::event::{allocations_hash, Allocation};
+/// use trustfold_core::money::{Currency, Money};
+/// use trustfold_core::id::PartyId;
+/// let usd = Currency::new("USD")?;
+/// let a = vec![Allocation { party: PartyId::from_bytes([1; 16]), amount: Money::parse("10", usd)? }];
+/// let mut b = a.clone();
+/// b[0].amount = Money::parse("10.01", usd)?;
+/// assert_ne!(allocations_hash(&a), allocations_hash(&b));
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+pub fn allocations_hash(allocations: &[Allocation]) -> Hash {
+    Hash::of(&serde_json::to_vec(allocations).unwrap_or_default())
+}
+
+/// The hash approvals of a refund bind to.
+pub fn refund_hash(amount: &Money) -> Hash {
+    Hash::of(&serde_json::to_vec(&serde_json::json!({ "refund": amount })).unwrap_or_default())
+}
+
+/// The hash of the terms parties agree to: amount, description and policy.
+pub fn terms_hash(amount: &Money, description: &str, policy_hash: &Hash) -> Hash {
+    Hash::of(
+        &serde_json::to_vec(&serde_json::json!({
+            "amount": amount,
+            "description": description,
+            "policy_hash": policy_hash,
+        }))
+        .unwrap_or_default(),
+    )
+}

@@ -1,0 +1,814 @@
+//! The fold: state is a left fold of [`apply`] over a payment's events.
+//!
+//! `apply` is pure: it reads only the state and the event (deadlines compare event
+//! times, never a clock). It checks that the event fits — the right stream, the next
+//! sequence number, the previous hash, references that exist, ledger invariants — and
+//! reports exactly where and why a history is invalid. On error the state passed in
+//! must be discarded.
+//!
+//! [`replay`] does the whole job for a history as a client fetches it: parse, verify
+//! the hash chain, upcast old events, fold.
+
+use crate::approval::{quorum_met, quorum_possible};
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::event::*;
+use crate::hash::Hash;
+use crate::history::{self, RawRecord};
+use crate::id::{derive, LegId, PartyId};
+use crate::ledger::{Account, Ledger};
+use crate::money::Money;
+use crate::policy::BorneBy;
+use crate::state::*;
+
+/// Starts a state from a payment's first event (which must be `PaymentInitiated`).
+pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
+    if env.seq != 1 {
+        return Err(Error::history(env.seq, "a history starts at seq 1"));
+    }
+    if env.prev != Hash::ZERO {
+        return Err(Error::history(
+            1,
+            "the first event's prev must be all zeros",
+        ));
+    }
+    let Event::PaymentInitiated(e) = &env.event else {
+        return Err(Error::history(1, "a history starts with PaymentInitiated"));
+    };
+    e.policy
+        .validate()
+        .map_err(|err| Error::history(1, format!("embedded policy: {err}")))?;
+    if e.policy.hash() != e.policy_hash {
+        return Err(Error::history(
+            1,
+            "policy_hash does not match the embedded policy",
+        ));
+    }
+    e.amount
+        .require_positive()
+        .map_err(|err| Error::history(1, err.to_string()))?;
+    let currency = e.amount.currency();
+    let mut participants = std::collections::BTreeMap::new();
+    participants.insert(
+        e.initiator,
+        Participant {
+            roles: e.initiator_roles.clone(),
+            name: e.initiator_name.clone(),
+            email: None,
+            joined: true,
+            agreed: false,
+            removed: false,
+        },
+    );
+    let mut s = PaymentState {
+        payment: env.stream,
+        tenant: e.tenant,
+        version: 1,
+        head: hash,
+        status: Status::Draft,
+        policy: PolicyPin {
+            id: e.policy.id.clone(),
+            version: e.policy.version,
+            hash: e.policy_hash,
+        },
+        amount: e.amount,
+        description: e.description.clone(),
+        initiator: e.initiator,
+        created_at: env.at,
+        updated_at: env.at,
+        terms_hash: terms_hash(&e.amount, &e.description, &e.policy_hash),
+        participants,
+        funding: Funding {
+            method: None,
+            deadline: None,
+            deadline_missed: false,
+            failed_attempts: 0,
+            attempts: Vec::new(),
+        },
+        held_since: None,
+        ledger: Ledger::new(currency),
+        requests: Default::default(),
+        disputes: Default::default(),
+        rail_refs: Default::default(),
+        fixed_fees_charged: Vec::new(),
+        cancelled: false,
+        expired: false,
+        closed: false,
+        shortfall_outcome: None,
+        last_settled: None,
+        policy_doc: (*e.policy).clone(),
+    };
+    s.status = s.derive_status();
+    Ok(s)
+}
+
+/// Applies one event (seq ≥ 2) whose canonical bytes hash to `hash`.
+pub fn apply(s: &mut PaymentState, env: &Envelope, hash: Hash) -> Result<()> {
+    let seq = env.seq;
+    apply_raw(s, env, hash).map_err(|e| match e {
+        Error::InvalidHistory { .. } => e,
+        other => Error::history(seq, format!("{} event: {other}", env.event_type().name())),
+    })
+}
+
+/// [`apply`] without wrapping rule errors into [`Error::InvalidHistory`] (for `decide`).
+pub(crate) fn apply_raw(s: &mut PaymentState, env: &Envelope, hash: Hash) -> Result<()> {
+    let seq = env.seq;
+    if env.stream != s.payment {
+        return Err(Error::history(seq, "event belongs to another payment"));
+    }
+    if seq != s.version + 1 {
+        return Err(Error::history(
+            seq,
+            format!("expected seq {}, found {seq}", s.version + 1),
+        ));
+    }
+    if env.prev != s.head {
+        return Err(Error::history(
+            seq,
+            "prev does not match the previous event's hash",
+        ));
+    }
+    apply_event(s, env)?;
+    s.version = seq;
+    s.head = hash;
+    s.updated_at = env.at;
+    let before = s.status;
+    s.status = s.derive_status();
+    if s.status == Status::Held && before != Status::Held && s.held_since.is_none() {
+        s.held_since = Some(env.at);
+    }
+    Ok(())
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::rejected("invalid_event", msg)
+}
+
+fn same_currency(s: &PaymentState, m: &Money) -> Result<()> {
+    s.amount.same_currency(m)
+}
+
+fn attempt_mut(s: &mut PaymentState, leg: LegId) -> Result<&mut FundingAttempt> {
+    s.funding
+        .attempts
+        .iter_mut()
+        .find(|a| a.leg == leg)
+        .ok_or_else(|| bad(format!("no funding leg {leg}")))
+}
+
+fn request_mut<'a>(s: &'a mut PaymentState, id: &crate::id::RequestId) -> Result<&'a mut Request> {
+    s.requests
+        .get_mut(id)
+        .ok_or_else(|| bad(format!("no request {id}")))
+}
+
+/// The legs a release or refund opens: (destination, amount), escrow being the source.
+pub fn disbursement_legs(req: &Request) -> Result<Vec<(Account, Money)>> {
+    let mut out = Vec::new();
+    match req.kind {
+        RequestKind::Refund => out.push((Account::ExternalPayer, req.amount)),
+        RequestKind::Release => {
+            let c = req.amount.currency();
+            let payee_fees = req
+                .fees
+                .iter()
+                .filter(|f| f.borne_by == BorneBy::Payee)
+                .try_fold(Money::zero(c), |acc, f| acc.checked_add(&f.amount))?;
+            // Payee-borne fees are shared by the allocations pro rata, to the cent.
+            let shares = if payee_fees.is_positive() {
+                let weights: Vec<u64> = req
+                    .allocations
+                    .iter()
+                    .map(|a| u64::try_from(a.amount.amount().mantissa()).unwrap_or(0))
+                    .collect();
+                payee_fees.allocate(&weights)?
+            } else {
+                vec![Money::zero(c); req.allocations.len()]
+            };
+            for (a, share) in req.allocations.iter().zip(shares) {
+                let net = a.amount.checked_sub(&share)?;
+                if net.amount().is_sign_negative() {
+                    return Err(Error::rejected(
+                        "fees_exceed_gross",
+                        "fees are larger than the amount released",
+                    ));
+                }
+                if net.is_positive() {
+                    out.push((Account::Payee(a.party), net));
+                }
+            }
+            for f in &req.fees {
+                if f.amount.is_positive() {
+                    out.push((Account::Fee(f.party), f.amount));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Total a request takes out of escrow.
+pub fn disbursement_total(req: &Request) -> Result<Money> {
+    disbursement_legs(req)?
+        .iter()
+        .try_fold(Money::zero(req.amount.currency()), |acc, (_, m)| {
+            acc.checked_add(m)
+        })
+}
+
+fn leg_id(env: &Envelope, i: u32) -> LegId {
+    LegId(derive(env.id.uuid(), "leg", i))
+}
+
+fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
+    let seq = env.seq;
+    let terminal_ok = matches!(
+        env.event,
+        Event::FundingReturned(_)
+            | Event::ShortfallRecovered(_)
+            | Event::ShortfallWrittenOff(_)
+            | Event::PaymentClosed(_)
+            | Event::ReversalRecorded(_)
+    );
+    if s.status.is_terminal() && !terminal_ok {
+        return Err(bad(format!("payment is {:?} (terminal)", s.status)));
+    }
+    match &env.event {
+        Event::PaymentInitiated(_) => return Err(bad("PaymentInitiated may only come first")),
+        Event::ParticipantInvited(e) => {
+            for r in &e.roles {
+                if !s.policy_doc.roles.contains_key(r) {
+                    return Err(bad(format!("unknown role `{r}`")));
+                }
+            }
+            if s.participants.get(&e.party).is_some_and(|p| !p.removed) {
+                return Err(bad(format!("party {} is already a participant", e.party)));
+            }
+            s.participants.insert(
+                e.party,
+                Participant {
+                    roles: e.roles.clone(),
+                    name: e.name.clone(),
+                    email: e.email.clone(),
+                    joined: false,
+                    agreed: false,
+                    removed: false,
+                },
+            );
+        }
+        Event::ParticipantJoined(e) => {
+            let p = s
+                .participants
+                .get_mut(&e.party)
+                .filter(|p| !p.removed)
+                .ok_or_else(|| bad(format!("party {} was not invited", e.party)))?;
+            p.joined = true;
+        }
+        Event::ParticipantRemoved(e) => {
+            let p = s
+                .participants
+                .get_mut(&e.party)
+                .filter(|p| !p.removed)
+                .ok_or_else(|| bad(format!("party {} is not a participant", e.party)))?;
+            p.removed = true;
+        }
+        Event::TermsAgreed(e) => {
+            if e.terms_hash != s.terms_hash {
+                return Err(bad("agreed to terms other than the payment's"));
+            }
+            let p = s
+                .participants
+                .get_mut(&e.party)
+                .filter(|p| !p.removed)
+                .ok_or_else(|| bad(format!("party {} is not a participant", e.party)))?;
+            p.agreed = true;
+        }
+        Event::FundingDeadlineSet(e) => s.funding.deadline = Some(e.deadline),
+        Event::FundingMethodAttached(e) => s.funding.method = Some(e.method.clone()),
+        Event::FundingSubmitted(e) => {
+            same_currency(s, &e.amount)?;
+            if s.rail_refs.contains_key(&e.rail_ref) {
+                return Err(bad(format!("rail reference `{}` already used", e.rail_ref)));
+            }
+            s.ledger.open(
+                e.leg,
+                Account::ExternalPayer,
+                Account::Clearing,
+                e.amount,
+                None,
+                seq,
+            )?;
+            s.rail_refs
+                .insert(e.rail_ref.clone(), RailTarget::Funding(e.leg));
+            s.funding.attempts.push(FundingAttempt {
+                leg: e.leg,
+                amount: e.amount,
+                rail: e.rail,
+                rail_ref: e.rail_ref.clone(),
+                status: FundingStatus::Submitted,
+                submitted_at: env.at,
+                settled_at: None,
+                code: None,
+            });
+        }
+        Event::FundingSettled(e) => {
+            let a = attempt_mut(s, e.leg)?;
+            if a.status != FundingStatus::Submitted {
+                return Err(bad(format!("funding leg {} is not in flight", e.leg)));
+            }
+            a.status = FundingStatus::Settled;
+            a.settled_at = Some(env.at);
+            s.ledger.post(e.leg, seq)?;
+        }
+        Event::FundsAvailable(e) => {
+            let a = attempt_mut(s, e.leg)?;
+            if a.status != FundingStatus::Settled || a.amount != e.amount {
+                return Err(bad(format!(
+                    "funding leg {} is not settled for {}",
+                    e.leg, e.amount
+                )));
+            }
+            a.status = FundingStatus::Available;
+            s.ledger.transfer(
+                leg_id(env, 0),
+                Account::Clearing,
+                Account::Escrow,
+                e.amount,
+                None,
+                seq,
+            )?;
+        }
+        Event::FundingFailed(e) => {
+            let a = attempt_mut(s, e.leg)?;
+            if a.status != FundingStatus::Submitted {
+                return Err(bad(format!("funding leg {} is not in flight", e.leg)));
+            }
+            a.status = FundingStatus::Failed;
+            a.code = Some(e.code.clone());
+            s.funding.failed_attempts += 1;
+            s.ledger.void(e.leg, seq)?;
+        }
+        Event::FundingReturned(e) => {
+            same_currency(s, &e.amount)?;
+            let a = attempt_mut(s, e.leg)?;
+            let from_escrow = match a.status {
+                FundingStatus::Settled => false,
+                FundingStatus::Available => true,
+                _ => return Err(bad(format!("funding leg {} was not settled", e.leg))),
+            };
+            if e.amount > a.amount || !e.amount.is_positive() {
+                return Err(bad("returned amount exceeds the funding"));
+            }
+            a.status = FundingStatus::Returned;
+            a.code = Some(e.return_code.clone());
+            s.funding.failed_attempts += 1;
+            let source = if from_escrow {
+                Account::Escrow
+            } else {
+                Account::Clearing
+            };
+            // Take what is available; the rest is a shortfall in loss:returns.
+            let avail = s.ledger.available(&source);
+            let covered = if avail >= e.amount { e.amount } else { avail };
+            let short = e.amount.checked_sub(&covered)?;
+            let mut i = 0;
+            if covered.is_positive() {
+                s.ledger.transfer(
+                    leg_id(env, i),
+                    source,
+                    Account::ExternalPayer,
+                    covered,
+                    None,
+                    seq,
+                )?;
+                i += 1;
+            }
+            if short.is_positive() {
+                s.ledger.transfer(
+                    leg_id(env, i),
+                    Account::LossReturns,
+                    Account::ExternalPayer,
+                    short,
+                    None,
+                    seq,
+                )?;
+            }
+        }
+        Event::FundingDeadlineMissed(e) => {
+            s.funding.deadline_missed = true;
+            if e.outcome == DeadlineOutcome::Expired {
+                s.expired = true;
+            }
+        }
+        Event::PaymentExpired(_) => s.expired = true,
+        Event::FeeAssessed(e) => {
+            same_currency(s, &e.amount)?;
+            let party_ok = s.participants.contains_key(&e.party);
+            let r = request_mut(s, &e.request)?;
+            if r.status != RequestStatus::AwaitingApprovals || r.kind != RequestKind::Release {
+                return Err(bad("fees are assessed on releases awaiting approval"));
+            }
+            if !party_ok {
+                return Err(bad(format!("fee party {} is not a participant", e.party)));
+            }
+            r.fees.push(FeeLine {
+                fee: e.fee.clone(),
+                party: e.party,
+                amount: e.amount,
+                borne_by: e.borne_by,
+            });
+        }
+        Event::ReleaseRequested(e) => {
+            let total = check_allocations(s, &e.allocations, &e.allocations_hash)?;
+            if s.requests.contains_key(&e.request) {
+                return Err(bad(format!("request {} exists", e.request)));
+            }
+            s.requests.insert(
+                e.request,
+                Request {
+                    kind: RequestKind::Release,
+                    status: RequestStatus::AwaitingApprovals,
+                    allocations: e.allocations.clone(),
+                    amount: total,
+                    fees: Vec::new(),
+                    allocations_hash: e.allocations_hash,
+                    mandate: mandate_for(s, env, &e.request, RequestKind::Release),
+                    approvals: Default::default(),
+                    denials: Default::default(),
+                    requested_by: env.actor.party,
+                    requested_at: env.at,
+                    legs: Vec::new(),
+                    rail_ref: None,
+                    failure: None,
+                },
+            );
+        }
+        Event::ReleaseAmended(e) => {
+            let total = check_allocations(s, &e.allocations, &e.allocations_hash)?;
+            let r = request_mut(s, &e.request)?;
+            if r.status != RequestStatus::AwaitingApprovals || r.kind != RequestKind::Release {
+                return Err(bad("only a release awaiting approvals can be amended"));
+            }
+            r.allocations = e.allocations.clone();
+            r.allocations_hash = e.allocations_hash;
+            r.amount = total;
+            r.fees.clear();
+            // Approvals bound to the old hash no longer count; drop them.
+            r.approvals.clear();
+            r.denials.clear();
+        }
+        Event::RefundRequested(e) => {
+            same_currency(s, &e.amount)?;
+            if !e.amount.is_positive() || e.allocations_hash != refund_hash(&e.amount) {
+                return Err(bad("refund amount or hash is invalid"));
+            }
+            if s.requests.contains_key(&e.request) {
+                return Err(bad(format!("request {} exists", e.request)));
+            }
+            s.requests.insert(
+                e.request,
+                Request {
+                    kind: RequestKind::Refund,
+                    status: RequestStatus::AwaitingApprovals,
+                    allocations: Vec::new(),
+                    amount: e.amount,
+                    fees: Vec::new(),
+                    allocations_hash: e.allocations_hash,
+                    mandate: mandate_for(s, env, &e.request, RequestKind::Refund),
+                    approvals: Default::default(),
+                    denials: Default::default(),
+                    requested_by: env.actor.party,
+                    requested_at: env.at,
+                    legs: Vec::new(),
+                    rail_ref: None,
+                    failure: None,
+                },
+            );
+        }
+        Event::ApprovalGranted(e) => {
+            let r = request_mut(s, &e.request)?;
+            if r.status != RequestStatus::AwaitingApprovals {
+                return Err(bad("request is not awaiting approvals"));
+            }
+            r.approvals.insert(e.party, e.allocations_hash);
+            r.denials.remove(&e.party);
+        }
+        Event::ApprovalDenied(e) => {
+            let r = request_mut(s, &e.request)?;
+            if r.status != RequestStatus::AwaitingApprovals {
+                return Err(bad("request is not awaiting approvals"));
+            }
+            r.approvals.remove(&e.party);
+            r.denials.insert(e.party, e.reason.clone());
+            let r = r.clone();
+            if !quorum_possible(s, &r) {
+                request_mut(s, &e.request)?.status = RequestStatus::Denied;
+            }
+        }
+        Event::ApprovalWithdrawn(e) => {
+            let r = request_mut(s, &e.request)?;
+            if r.status != RequestStatus::AwaitingApprovals {
+                return Err(bad("request is not awaiting approvals"));
+            }
+            r.approvals.remove(&e.party);
+        }
+        Event::ReleaseAuthorized(ReleaseAuthorized { request })
+        | Event::RefundAuthorized(RefundAuthorized { request }) => {
+            let want = if matches!(env.event, Event::ReleaseAuthorized(_)) {
+                RequestKind::Release
+            } else {
+                RequestKind::Refund
+            };
+            let r = s
+                .requests
+                .get(request)
+                .ok_or_else(|| bad(format!("no request {request}")))?
+                .clone();
+            if r.kind != want || r.status != RequestStatus::AwaitingApprovals {
+                return Err(bad("request is not awaiting approvals"));
+            }
+            if s.open_dispute().is_some() {
+                return Err(bad("nothing leaves escrow while disputed"));
+            }
+            if r.mandate.is_none() && !quorum_met(s, &r) {
+                return Err(Error::rejected("quorum_not_met", "quorum not met"));
+            }
+            let legs = disbursement_legs(&r)?;
+            let mut ids = Vec::with_capacity(legs.len());
+            for (i, (to, amount)) in legs.into_iter().enumerate() {
+                let id = leg_id(env, i as u32);
+                s.ledger
+                    .open(id, Account::Escrow, to, amount, Some(*request), seq)?;
+                ids.push(id);
+            }
+            for f in &r.fees {
+                if let Some(rule) = s.policy_doc.fees.iter().find(|x| x.name == f.fee) {
+                    if rule.fixed.is_some() && !s.fixed_fees_charged.contains(&f.fee) {
+                        s.fixed_fees_charged.push(f.fee.clone());
+                    }
+                }
+            }
+            let r = request_mut(s, request)?;
+            r.status = RequestStatus::Authorized;
+            r.legs = ids;
+        }
+        Event::RequestCancelled(e) => {
+            let r = request_mut(s, &e.request)?;
+            if !matches!(
+                r.status,
+                RequestStatus::AwaitingApprovals | RequestStatus::Authorized
+            ) {
+                return Err(bad("only a request not yet on a rail can be cancelled"));
+            }
+            r.status = RequestStatus::Cancelled;
+            r.failure = Some(e.reason.clone());
+            for leg in r.legs.clone() {
+                s.ledger.void(leg, seq)?;
+            }
+        }
+        Event::DisbursementSubmitted(e) => {
+            if s.rail_refs.contains_key(&e.rail_ref) {
+                return Err(bad(format!("rail reference `{}` already used", e.rail_ref)));
+            }
+            let r = request_mut(s, &e.request)?;
+            if r.status != RequestStatus::Authorized {
+                return Err(bad("request is not authorized"));
+            }
+            r.status = RequestStatus::Submitted;
+            r.rail_ref = Some(e.rail_ref.clone());
+            s.rail_refs
+                .insert(e.rail_ref.clone(), RailTarget::Disbursement(e.request));
+        }
+        Event::DisbursementSettled(e) => {
+            let r = request_mut(s, &e.request)?;
+            if r.status != RequestStatus::Submitted {
+                return Err(bad("request is not on a rail"));
+            }
+            r.status = RequestStatus::Settled;
+            let kind = r.kind;
+            for leg in r.legs.clone() {
+                s.ledger.post(leg, seq)?;
+            }
+            s.last_settled = Some(kind);
+        }
+        Event::DisbursementFailed(e) => {
+            let r = request_mut(s, &e.request)?;
+            if r.status != RequestStatus::Submitted {
+                return Err(bad("request is not on a rail"));
+            }
+            r.status = RequestStatus::Failed;
+            r.failure = Some(e.code.clone());
+            for leg in r.legs.clone() {
+                s.ledger.void(leg, seq)?;
+            }
+        }
+        Event::DisputeOpened(e) => {
+            if s.open_dispute().is_some() {
+                return Err(bad("a dispute is already open"));
+            }
+            if s.disputes.contains_key(&e.dispute) {
+                return Err(bad(format!("dispute {} exists", e.dispute)));
+            }
+            if let Some((_, r)) = s.open_request() {
+                if r.status == RequestStatus::Authorized {
+                    return Err(bad("cancel the authorized request before disputing"));
+                }
+            }
+            s.disputes.insert(
+                e.dispute,
+                Dispute {
+                    open: true,
+                    reason: e.reason.clone(),
+                    opened_by: env.actor.party,
+                    opened_at: env.at,
+                    outcome: None,
+                    resolution_request: None,
+                },
+            );
+        }
+        Event::DisputeResolved(e) => {
+            let d = s
+                .disputes
+                .get_mut(&e.dispute)
+                .filter(|d| d.open)
+                .ok_or_else(|| bad(format!("no open dispute {}", e.dispute)))?;
+            if (e.outcome == DisputeOutcome::Resume) != e.request.is_none() {
+                return Err(bad(
+                    "a release or refund outcome names its request; resume does not",
+                ));
+            }
+            d.open = false;
+            d.outcome = Some(e.outcome);
+            d.resolution_request = e.request;
+        }
+        Event::ReversalRecorded(e) => {
+            let leg = s
+                .ledger
+                .leg(e.leg)
+                .filter(|l| l.status == crate::ledger::LegStatus::Posted)
+                .ok_or_else(|| bad(format!("no posted leg {}", e.leg)))?
+                .clone();
+            s.ledger
+                .transfer(leg_id(env, 0), leg.to, leg.from, leg.amount, leg.group, seq)?;
+        }
+        Event::ShortfallRecovered(e) => {
+            same_currency(s, &e.amount)?;
+            let loss = s.ledger.balance(&Account::LossReturns).posted;
+            if e.amount > loss.neg() {
+                return Err(bad("recovery exceeds the shortfall"));
+            }
+            s.ledger.transfer(
+                leg_id(env, 0),
+                Account::ExternalRecovery,
+                Account::LossReturns,
+                e.amount,
+                None,
+                seq,
+            )?;
+            s.rail_refs.insert(e.rail_ref.clone(), RailTarget::Recovery);
+            if s.ledger.balance(&Account::LossReturns).posted.is_zero() {
+                s.shortfall_outcome = Some(Status::Recovered);
+            }
+        }
+        Event::ShortfallWrittenOff(e) => {
+            same_currency(s, &e.amount)?;
+            let loss = s.ledger.balance(&Account::LossReturns).posted;
+            if e.amount != loss.neg() {
+                return Err(bad("a write-off covers the whole shortfall"));
+            }
+            s.ledger.transfer(
+                leg_id(env, 0),
+                Account::ExternalPlatform,
+                Account::LossReturns,
+                e.amount,
+                None,
+                seq,
+            )?;
+            s.shortfall_outcome = Some(Status::WrittenOff);
+        }
+        Event::PaymentCancelled(_) => s.cancelled = true,
+        Event::PaymentClosed(_) => {
+            if !s.status.is_terminal() || s.closed {
+                return Err(bad("only a finished payment can be closed"));
+            }
+            s.closed = true;
+        }
+    }
+    Ok(())
+}
+
+/// Why a new request needs no approvals, if it does not.
+fn mandate_for(
+    s: &PaymentState,
+    env: &Envelope,
+    request: &crate::id::RequestId,
+    kind: RequestKind,
+) -> Option<Mandate> {
+    let resolved = s.disputes.values().any(|d| {
+        d.resolution_request == Some(*request)
+            && d.outcome
+                == Some(match kind {
+                    RequestKind::Release => DisputeOutcome::Release,
+                    RequestKind::Refund => DisputeOutcome::Refund,
+                })
+    });
+    if resolved {
+        Some(Mandate::DisputeResolution)
+    } else if kind == RequestKind::Refund && s.cancelled {
+        Some(Mandate::Cancellation)
+    } else if kind == RequestKind::Refund && s.expired {
+        Some(Mandate::Expiry)
+    } else if kind == RequestKind::Release && env.actor.role.as_str() == "system" {
+        Some(Mandate::AutoRelease)
+    } else {
+        None
+    }
+}
+
+fn check_allocations(s: &PaymentState, allocations: &[Allocation], hash: &Hash) -> Result<Money> {
+    if allocations.is_empty() {
+        return Err(bad("a release needs at least one allocation"));
+    }
+    if *hash != allocations_hash(allocations) {
+        return Err(bad("allocations_hash does not match the allocations"));
+    }
+    let mut total = Money::zero(s.amount.currency());
+    let mut seen: Vec<PartyId> = Vec::new();
+    for a in allocations {
+        same_currency(s, &a.amount)?;
+        if !a.amount.is_positive() {
+            return Err(Error::NonPositiveAmount(a.amount.amount_string()));
+        }
+        if seen.contains(&a.party) {
+            return Err(bad(format!("party {} allocated twice", a.party)));
+        }
+        seen.push(a.party);
+        total = total.checked_add(&a.amount)?;
+    }
+    Ok(total)
+}
+
+/// Folds envelopes (with their hashes) into a state.
+pub fn fold<'a, I>(events: I) -> Result<PaymentState>
+where
+    I: IntoIterator<Item = (&'a Envelope, Hash)>,
+{
+    let mut it = events.into_iter();
+    let (first, h) = it
+        .next()
+        .ok_or_else(|| Error::history(1, "empty history"))?;
+    let mut s = start(first, h)?;
+    for (env, h) in it {
+        apply(&mut s, env, h)?;
+    }
+    Ok(s)
+}
+
+/// Parses a history (a JSON array of `{"hash","event"}` records), verifies its hash
+/// chain, upcasts and folds it.
+///
+/// ```
+/// # use trustfold_core::fold::replay;
+/// let err = replay(b"[]").unwrap_err();
+/// assert_eq!(err.code(), "invalid_history");
+/// let err = replay(b"[{\"hash\":").unwrap_err();
+/// assert_eq!(err.code(), "malformed_json");
+/// ```
+pub fn replay(history_json: &[u8]) -> Result<PaymentState> {
+    let records = history::parse(history_json)?;
+    replay_records(&records, None)
+}
+
+/// Verifies and folds parsed records, stopping after sequence `at` when given.
+pub fn replay_records(records: &[RawRecord<'_>], at: Option<u64>) -> Result<PaymentState> {
+    if records.is_empty() {
+        return Err(Error::history(1, "empty history"));
+    }
+    history::verify_chain(records)?;
+    let limit = at.map_or(records.len(), |n| (n as usize).min(records.len()));
+    let mut state: Option<PaymentState> = None;
+    for (i, r) in records.iter().take(limit).enumerate() {
+        let env = r.envelope().map_err(|e| match e {
+            Error::InvalidHistory { .. } => e,
+            other => Error::history(i as u64 + 1, other.to_string()),
+        })?;
+        match &mut state {
+            None => state = Some(start(&env, r.hash)?),
+            Some(s) => apply(s, &env, r.hash)?,
+        }
+    }
+    state.ok_or_else(|| Error::history(1, "empty history"))
+}
+
+/// Folds a history without verifying its hash chain (for trusted local stores).
+/// Parses each envelope straight into typed structs in one pass.
+pub fn replay_unverified(history_json: &[u8]) -> Result<PaymentState> {
+    #[derive(serde::Deserialize)]
+    struct Rec {
+        hash: Hash,
+        event: Envelope,
+    }
+    let recs: Vec<Rec> = serde_json::from_slice(history_json)?;
+    fold(recs.iter().map(|r| (&r.event, r.hash)))
+}

@@ -1,0 +1,275 @@
+//! Verifiable histories: the hash chain and the server's signed head.
+//!
+//! A history is what a client fetches: a JSON array of records
+//! `{"hash":"<64 hex>","event":{…envelope…}}`, one per line when written by trustfold.
+//! `hash` is SHA-256 over the exact bytes of `event`; each envelope's `prev` is the
+//! previous record's hash. Any altered, removed, inserted or reordered event breaks the
+//! chain at that point, and [`verify_chain`] says where and why.
+//!
+//! The server signs the head of a stream (payment, seq, hash) with Ed25519 at
+//! checkpoints; [`SignedHead::verify`] checks such a signature offline against the
+//! server's published key, so a client can tell the history it holds is the one the
+//! server vouched for, up to that point, and that nothing was cut from its end.
+//!
+//! ```
+//! use trustfold_core::history::{SignedHead, PublicKey};
+//! use trustfold_core::{hash::Hash, id::PaymentId};
+//! let secret = [7u8; 32];
+//! let key = PublicKey::from_secret(&secret);
+//! let head = SignedHead::sign(PaymentId::from_bytes([1; 16]), 3, Hash::of(b"x"), &secret);
+//! assert!(head.verify(&key).is_ok());
+//! let mut forged = head.clone();
+//! forged.seq = 4;
+//! assert_eq!(forged.verify(&key).unwrap_err().code(), "bad_signature");
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::envelope::{Envelope, SealedEvent};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::id::PaymentId;
+
+/// One record of a fetched history, with the event's bytes kept as they came.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecord<'a> {
+    /// The hash the server recorded for the event.
+    pub hash: Hash,
+    /// The event's bytes exactly as received.
+    #[serde(borrow)]
+    pub event: &'a RawValue,
+}
+
+impl RawRecord<'_> {
+    /// Parses the envelope (upcasting old schema versions).
+    pub fn envelope(&self) -> Result<Envelope> {
+        Envelope::from_json(self.event.get().as_bytes())
+    }
+
+    /// The event's `prev` hash, read from the canonical prefix `{"prev":"…"` when
+    /// present, otherwise by parsing.
+    pub fn prev(&self) -> Result<Hash> {
+        let b = self.event.get().as_bytes();
+        const P: &[u8] = b"{\"prev\":\"";
+        if b.len() > P.len() + 65 && b.starts_with(P) && b[P.len() + 64] == b'"' {
+            if let Some(h) = Hash::from_hex(&b[P.len()..P.len() + 64]) {
+                return Ok(h);
+            }
+        }
+        #[derive(Deserialize)]
+        struct PrevOnly {
+            prev: Hash,
+        }
+        let p: PrevOnly = serde_json::from_slice(b)?;
+        Ok(p.prev)
+    }
+}
+
+/// Parses a history's records without parsing the events themselves.
+pub fn parse(history_json: &[u8]) -> Result<Vec<RawRecord<'_>>> {
+    serde_json::from_slice(history_json).map_err(Error::from)
+}
+
+/// What a verified chain ends with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Number of events.
+    pub len: u64,
+    /// The last event's hash.
+    pub hash: Hash,
+}
+
+/// Verifies the hash chain: every event's bytes hash to its recorded hash, and every
+/// `prev` is the previous record's hash (all zeros for the first).
+pub fn verify_chain(records: &[RawRecord<'_>]) -> Result<ChainHead> {
+    let mut prev = Hash::ZERO;
+    for (i, r) in records.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let actual = Hash::of(r.event.get().as_bytes());
+        if actual != r.hash {
+            return Err(Error::ChainBroken {
+                seq,
+                reason: format!(
+                    "event bytes hash to {actual}, the record says {}: the event was altered",
+                    r.hash
+                ),
+            });
+        }
+        let claimed_prev = r.prev().map_err(|e| Error::ChainBroken {
+            seq,
+            reason: format!("cannot read prev: {e}"),
+        })?;
+        if claimed_prev != prev {
+            return Err(Error::ChainBroken {
+                seq,
+                reason: if i == 0 {
+                    "the first event's prev is not all zeros: events before it were removed"
+                        .to_string()
+                } else {
+                    format!(
+                        "prev is {claimed_prev} but the event before it hashes to {prev}: an event was removed, inserted or reordered here"
+                    )
+                },
+            });
+        }
+        prev = r.hash;
+    }
+    Ok(ChainHead {
+        len: records.len() as u64,
+        hash: prev,
+    })
+}
+
+/// Writes sealed events as a history document, one record per line.
+pub fn write(events: &[SealedEvent]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(events.iter().map(|e| e.body.len() + 90).sum::<usize>() + 4);
+    out.extend_from_slice(b"[\n");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b",\n");
+        }
+        e.write_record(&mut out);
+    }
+    out.extend_from_slice(b"\n]\n");
+    out
+}
+
+/// An Ed25519 public key (32 bytes, 64 hex digits in JSON).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The public key of a 32-byte Ed25519 secret.
+    pub fn from_secret(secret: &[u8; 32]) -> Self {
+        PublicKey(SigningKey::from_bytes(secret).verifying_key().to_bytes())
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Hash::from_hex(s.trim().as_bytes())
+            .map(|h| PublicKey(h.0))
+            .ok_or_else(|| Error::InvalidKey("a public key is 64 hex digits".into()))
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s: Cow<'de, str> = Cow::deserialize(d)?;
+        s.parse()
+            .map_err(|e: Error| D::Error::custom(e.to_string()))
+    }
+}
+
+/// The server's signature over a stream's head at some sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedHead {
+    /// The payment.
+    pub stream: PaymentId,
+    /// The sequence number signed.
+    pub seq: u64,
+    /// The hash of the event at `seq`.
+    pub hash: Hash,
+    /// Ed25519 signature over [`SignedHead::message`], 128 hex digits.
+    pub signature: String,
+}
+
+impl SignedHead {
+    /// The exact bytes signed: `trustfold-head-v1\n<stream>\n<seq>\n<hash>`.
+    pub fn message(stream: PaymentId, seq: u64, hash: Hash) -> Vec<u8> {
+        format!("trustfold-head-v1\n{stream}\n{seq}\n{hash}").into_bytes()
+    }
+
+    /// Signs a head with a 32-byte Ed25519 secret (deterministic, no randomness).
+    pub fn sign(stream: PaymentId, seq: u64, hash: Hash, secret: &[u8; 32]) -> SignedHead {
+        let sig = SigningKey::from_bytes(secret).sign(&Self::message(stream, seq, hash));
+        let signature = sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        SignedHead {
+            stream,
+            seq,
+            hash,
+            signature,
+        }
+    }
+
+    /// Checks the signature with the server's public key.
+    pub fn verify(&self, key: &PublicKey) -> Result<()> {
+        let vk = VerifyingKey::from_bytes(&key.0)
+            .map_err(|_| Error::InvalidKey("not a valid Ed25519 public key".into()))?;
+        let raw = self.signature.as_bytes();
+        if raw.len() != 128 {
+            return Err(Error::BadSignature("a signature is 128 hex digits".into()));
+        }
+        let mut bytes = [0u8; 64];
+        for (i, half) in raw.chunks_exact(64).enumerate() {
+            let h = Hash::from_hex(half)
+                .ok_or_else(|| Error::BadSignature("signature is not hex".into()))?;
+            bytes[i * 32..i * 32 + 32].copy_from_slice(&h.0);
+        }
+        vk.verify(
+            &Self::message(self.stream, self.seq, self.hash),
+            &Signature::from_bytes(&bytes),
+        )
+        .map_err(|_| {
+            Error::BadSignature(format!(
+                "head of {} at seq {} was not signed by key {key}",
+                self.stream, self.seq
+            ))
+        })
+    }
+
+    /// Checks the signature and that the history's event at `seq` has the signed hash.
+    pub fn verify_against(&self, key: &PublicKey, records: &[RawRecord<'_>]) -> Result<()> {
+        self.verify(key)?;
+        let idx = usize::try_from(self.seq).unwrap_or(usize::MAX);
+        let rec = idx
+            .checked_sub(1)
+            .and_then(|i| records.get(i))
+            .ok_or_else(|| Error::ChainBroken {
+                seq: self.seq,
+                reason: format!(
+                    "the signed head is at seq {} but the history has only {} events: events were removed from its end",
+                    self.seq,
+                    records.len()
+                ),
+            })?;
+        if rec.hash != self.hash {
+            return Err(Error::ChainBroken {
+                seq: self.seq,
+                reason: "the event at the signed seq differs from the one the server signed".into(),
+            });
+        }
+        Ok(())
+    }
+}

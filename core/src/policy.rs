@@ -1,0 +1,733 @@
+//! Policy: the customer's workflow as a versioned JSON document.
+//!
+//! A tenant writes a policy once and every payment opened from it pins that exact
+//! version: the whole document is embedded in the payment's first event, so quorum,
+//! limits and fees are always judged by the rules in force when the payment was opened,
+//! and a history can be replayed offline with nothing else.
+//!
+//! A policy names the roles (buyer, seller, escrow_holder, lender, …: the core has no
+//! fixed list), who pays and who may be paid, what funding is acceptable, how releases
+//! and refunds are approved (`all_of` roles or `n_of` {n, roles}), fees, limits, who may
+//! cancel, dispute and resolve, and what each role sees and is notified of.
+//!
+//! ```
+//! use trustfold_core::policy::Policy;
+//! let p = Policy::from_json(include_str!("../../examples/policies/marketplace.json"))?;
+//! assert_eq!(p.fees[0].bps, 1000);
+//! let bad = r#"{"id":"x","version":1,"roles":{"buyer":{}},"payer_role":"buyr","payee_roles":["buyer"]}"#;
+//! assert_eq!(Policy::from_json(bad).unwrap_err().field(), Some("payer_role"));
+//! # Ok::<(), trustfold_core::Error>(())
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::event::EventType;
+use crate::hash::Hash;
+use crate::money::{Currency, Money};
+
+/// Roles the system itself acts in; a policy may not define them.
+pub const RESERVED_ROLES: &[&str] = &["system", "rail"];
+
+/// A role name from a policy (`buyer`, `escrow_holder`, …).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Role(pub String);
+
+impl Role {
+    /// A role by name.
+    pub fn new(name: impl Into<String>) -> Self {
+        Role(name.into())
+    }
+    /// The role acting for rail notices (settlements, failures, returns).
+    pub fn rail() -> Self {
+        Role("rail".into())
+    }
+    /// The role acting for time-driven steps (deadlines, good funds, auto-release).
+    pub fn system() -> Self {
+        Role("system".into())
+    }
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    fn is_valid_name(&self) -> bool {
+        let b = self.0.as_bytes();
+        !b.is_empty()
+            && b.len() <= 32
+            && b[0].is_ascii_lowercase()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A payment rail.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rail {
+    /// US ACH: cheap, slow, returnable for up to 60 days (R10).
+    Ach,
+    /// Wire transfer: final once settled.
+    Wire,
+    /// Real-time payments.
+    Rtp,
+    /// Card payment.
+    Card,
+    /// A book transfer inside one bank.
+    Book,
+}
+
+/// How many parties may hold a role.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRule {
+    /// The payment cannot proceed to agreement until a party holding it has joined.
+    #[serde(default)]
+    pub required: bool,
+    /// At most this many parties (unbounded when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// Free text for people reading the policy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// Who must approve: nobody, every listed role, or n distinct parties among roles.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approvals {
+    /// No approval: a request is authorized as soon as it is made.
+    #[default]
+    None,
+    /// One approval from a party holding each listed role.
+    AllOf(Vec<Role>),
+    /// `n` distinct parties, each holding one of `roles`.
+    NOf {
+        /// How many.
+        n: u32,
+        /// Among which roles.
+        roles: Vec<Role>,
+    },
+}
+
+impl Approvals {
+    /// Every role that may approve.
+    pub fn roles(&self) -> &[Role] {
+        match self {
+            Approvals::None => &[],
+            Approvals::AllOf(r) => r,
+            Approvals::NOf { roles, .. } => roles,
+        }
+    }
+}
+
+/// What funding amount is accepted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmountRule {
+    /// Smallest payment amount the policy allows.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_dec")]
+    pub min: Option<Decimal>,
+    /// Largest payment amount the policy allows.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_dec")]
+    pub max: Option<Decimal>,
+}
+
+/// From when a funding deadline counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadlineAnchor {
+    /// When the payment was opened.
+    Initiated,
+    /// When the last required party agreed to the terms.
+    Agreed,
+}
+
+/// A deadline as anchor + offset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineRule {
+    /// What the offset counts from.
+    pub anchor: DeadlineAnchor,
+    /// How many days.
+    pub days: u32,
+    /// Business days (Mon–Fri) rather than calendar days.
+    #[serde(default)]
+    pub business_days: bool,
+}
+
+/// What a missed funding deadline does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeadlineMissed {
+    /// The payment expires (anything already held is refunded).
+    #[default]
+    Expire,
+    /// The payment is only flagged; funding stays open.
+    Flag,
+}
+
+/// Funding rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundingRules {
+    /// Accepted payment amounts.
+    #[serde(default)]
+    pub amount: AmountRule,
+    /// Rails funding may use.
+    pub rails: Vec<Rail>,
+    /// Funding deadline, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DeadlineRule>,
+    /// What a missed deadline does.
+    #[serde(default)]
+    pub on_deadline_missed: OnDeadlineMissed,
+    /// Business days between settlement and availability, per rail (0 when absent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub good_funds_days: BTreeMap<Rail, u32>,
+    /// Failed attempts allowed before the payment expires.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Whether the payer may fund in several parts.
+    #[serde(default)]
+    pub allow_partial: bool,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+/// Release rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRules {
+    /// Approvals a release needs.
+    #[serde(default)]
+    pub approvals: Approvals,
+    /// Whether a release may leave part of the funds held.
+    #[serde(default)]
+    pub partial: bool,
+    /// Release everything to the payees automatically this long after funds are
+    /// held, unless disputed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_release_after_hours: Option<u32>,
+    /// Largest single release (before fees).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_dec")]
+    pub max_per_release: Option<Decimal>,
+}
+
+/// Refund rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRules {
+    /// Approvals a refund needs.
+    #[serde(default)]
+    pub approvals: Approvals,
+}
+
+/// Who bears a fee.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BorneBy {
+    /// Deducted from what the payee receives.
+    #[default]
+    Payee,
+    /// Paid from escrow on top of what the payee receives.
+    Payer,
+}
+
+/// A fee charged on each release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeeRule {
+    /// A name unique within the policy, e.g. `platform_fee`.
+    pub name: String,
+    /// The role that receives it (the first party holding it).
+    pub to_role: Role,
+    /// Basis points of the released gross (1000 = 10 %).
+    #[serde(default)]
+    pub bps: u32,
+    /// A fixed amount charged on the first release.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_dec")]
+    pub fixed: Option<Decimal>,
+    /// Who bears it.
+    #[serde(default)]
+    pub borne_by: BorneBy,
+}
+
+/// Roles allowed to issue each kind of command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    /// Invite and remove participants.
+    #[serde(default)]
+    pub invite: Vec<Role>,
+    /// Submit funding and attach a funding method (besides the payer role).
+    #[serde(default)]
+    pub fund: Vec<Role>,
+    /// Request a release.
+    #[serde(default)]
+    pub request_release: Vec<Role>,
+    /// Request a refund.
+    #[serde(default)]
+    pub request_refund: Vec<Role>,
+    /// Submit an authorized disbursement to a rail.
+    #[serde(default)]
+    pub disburse: Vec<Role>,
+    /// Cancel before funds are held (or with a full refund after).
+    #[serde(default)]
+    pub cancel: Vec<Role>,
+    /// Open a dispute.
+    #[serde(default)]
+    pub dispute: Vec<Role>,
+    /// Resolve a dispute.
+    #[serde(default)]
+    pub resolve: Vec<Role>,
+    /// Record shortfall recoveries, write-offs, reversals, and close.
+    #[serde(default)]
+    pub administer: Vec<Role>,
+}
+
+/// Parts of a payment a role may be kept from seeing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hidden {
+    /// Amounts, balances and allocations.
+    Amounts,
+    /// The funding method (bank, last four digits, holder).
+    BankDetails,
+    /// Participants' names and e-mail addresses.
+    Contacts,
+    /// The ledger legs.
+    Ledger,
+    /// Release and refund requests and their approvals.
+    Requests,
+    /// Disputes and their reasons.
+    Disputes,
+}
+
+/// Which events a role sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventFilter {
+    /// Every event.
+    #[default]
+    All,
+    /// Only these event types.
+    Only(BTreeSet<String>),
+}
+
+/// What one role sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Visibility {
+    /// Which events appear in the role's history.
+    #[serde(default)]
+    pub events: EventFilter,
+    /// Which parts are removed from state and events.
+    #[serde(default)]
+    pub hide: BTreeSet<Hidden>,
+}
+
+/// Limits on amounts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest payment.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_dec")]
+    pub max_payment: Option<Decimal>,
+}
+
+/// A customer's workflow. See the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// The policy's id within its tenant, e.g. `earnest-money`.
+    pub id: String,
+    /// Version, from 1, increased on every change.
+    pub version: u32,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Currencies payments may use (any when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub currencies: Vec<Currency>,
+    /// Roles and how many may hold each.
+    pub roles: BTreeMap<Role, RoleRule>,
+    /// The role that funds the payment.
+    pub payer_role: Role,
+    /// Roles that may receive released funds.
+    pub payee_roles: Vec<Role>,
+    /// Roles whose parties must all agree to the terms before funding.
+    #[serde(default)]
+    pub agreement: Vec<Role>,
+    /// Funding rules.
+    #[serde(default = "default_funding")]
+    pub funding: FundingRules,
+    /// Release rules.
+    #[serde(default)]
+    pub release: ReleaseRules,
+    /// Refund rules.
+    #[serde(default)]
+    pub refund: RefundRules,
+    /// Fees.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fees: Vec<FeeRule>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Who may do what.
+    #[serde(default)]
+    pub permissions: Permissions,
+    /// What each role sees (roles not listed see everything).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub visibility: BTreeMap<Role, Visibility>,
+    /// Which roles are notified of which event types.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notifications: BTreeMap<String, Vec<Role>>,
+}
+
+fn default_funding() -> FundingRules {
+    FundingRules {
+        amount: AmountRule::default(),
+        rails: vec![Rail::Ach, Rail::Wire],
+        deadline: None,
+        on_deadline_missed: OnDeadlineMissed::Expire,
+        good_funds_days: BTreeMap::new(),
+        max_attempts: default_attempts(),
+        allow_partial: false,
+    }
+}
+
+impl Policy {
+    /// Parses and validates a policy document.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let p: Policy = serde_json::from_str(json).map_err(|e| {
+            let err: Error = e.into();
+            match err {
+                Error::MalformedJson(m) => Error::policy("", m),
+                other => other,
+            }
+        })?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// The canonical JSON bytes of this policy (what its hash covers).
+    pub fn canonical_json(&self) -> Vec<u8> {
+        // Serialization of these plain types cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// SHA-256 of the canonical JSON: identifies this exact version.
+    pub fn hash(&self) -> Hash {
+        Hash::of(&self.canonical_json())
+    }
+
+    /// The visibility for a set of roles: the union of what each role may see.
+    /// A role without an entry sees everything.
+    pub fn visibility_for(&self, roles: &[Role]) -> Visibility {
+        let mut hide: Option<BTreeSet<Hidden>> = None;
+        let mut events: Option<EventFilter> = None;
+        for r in roles {
+            let v = self.visibility.get(r).cloned().unwrap_or_default();
+            hide = Some(match hide {
+                None => v.hide,
+                Some(h) => h.intersection(&v.hide).copied().collect(),
+            });
+            events = Some(match (events, v.events) {
+                (None, e) => e,
+                (Some(EventFilter::All), _) | (_, EventFilter::All) => EventFilter::All,
+                (Some(EventFilter::Only(a)), EventFilter::Only(b)) => {
+                    EventFilter::Only(a.union(&b).cloned().collect())
+                }
+            });
+        }
+        Visibility {
+            events: events.unwrap_or_default(),
+            hide: hide.unwrap_or_default(),
+        }
+    }
+
+    /// The approvals rule for a release or a refund.
+    pub fn approvals(&self, refund: bool) -> &Approvals {
+        if refund {
+            &self.refund.approvals
+        } else {
+            &self.release.approvals
+        }
+    }
+
+    /// Checks every rule a policy must satisfy; the error names the offending field.
+    pub fn validate(&self) -> Result<()> {
+        if self.id.trim().is_empty() {
+            return Err(Error::policy("id", "must not be empty"));
+        }
+        if self.version == 0 {
+            return Err(Error::policy("version", "must be 1 or more"));
+        }
+        if self.roles.is_empty() {
+            return Err(Error::policy("roles", "define at least one role"));
+        }
+        for (role, rule) in &self.roles {
+            let f = format!("roles.{role}");
+            if !role.is_valid_name() {
+                return Err(Error::policy(
+                    f,
+                    "role names are lower-case letters, digits and _ (at most 32), starting with a letter",
+                ));
+            }
+            if RESERVED_ROLES.contains(&role.as_str()) {
+                return Err(Error::policy(
+                    f,
+                    "this role name is reserved for the platform",
+                ));
+            }
+            if rule.max == Some(0) {
+                return Err(Error::policy(format!("{f}.max"), "must be 1 or more"));
+            }
+        }
+        self.known("payer_role", &self.payer_role)?;
+        if self.payee_roles.is_empty() {
+            return Err(Error::policy("payee_roles", "name at least one role"));
+        }
+        self.known_all("payee_roles", &self.payee_roles)?;
+        self.known_all("agreement", &self.agreement)?;
+        self.check_approvals("release.approvals", &self.release.approvals)?;
+        self.check_approvals("refund.approvals", &self.refund.approvals)?;
+
+        let f = &self.funding;
+        if f.rails.is_empty() {
+            return Err(Error::policy("funding.rails", "name at least one rail"));
+        }
+        for rail in f.good_funds_days.keys() {
+            if !f.rails.contains(rail) {
+                return Err(Error::policy(
+                    "funding.good_funds_days",
+                    format!("rail {rail:?} is not in funding.rails"),
+                ));
+            }
+        }
+        if f.max_attempts == 0 {
+            return Err(Error::policy("funding.max_attempts", "must be 1 or more"));
+        }
+        positive("funding.amount.min", f.amount.min)?;
+        positive("funding.amount.max", f.amount.max)?;
+        if let (Some(lo), Some(hi)) = (f.amount.min, f.amount.max) {
+            if lo > hi {
+                return Err(Error::policy("funding.amount.min", "is larger than max"));
+            }
+        }
+        positive("release.max_per_release", self.release.max_per_release)?;
+        positive("limits.max_payment", self.limits.max_payment)?;
+        if self.release.auto_release_after_hours == Some(0) {
+            return Err(Error::policy(
+                "release.auto_release_after_hours",
+                "must be 1 or more (or absent)",
+            ));
+        }
+
+        let mut names = BTreeSet::new();
+        for (i, fee) in self.fees.iter().enumerate() {
+            let f = format!("fees[{i}]");
+            if fee.name.trim().is_empty() || !names.insert(fee.name.as_str()) {
+                return Err(Error::policy(
+                    format!("{f}.name"),
+                    "must be non-empty and unique",
+                ));
+            }
+            self.known(&format!("{f}.to_role"), &fee.to_role)?;
+            if fee.bps > 10_000 {
+                return Err(Error::policy(
+                    format!("{f}.bps"),
+                    "at most 10000 (100 %): fees never exceed the gross",
+                ));
+            }
+            if let Some(fixed) = fee.fixed {
+                if fixed.is_sign_negative() {
+                    return Err(Error::policy(
+                        format!("{f}.fixed"),
+                        "fee must not be negative",
+                    ));
+                }
+            }
+        }
+
+        let p = &self.permissions;
+        for (name, roles) in [
+            ("invite", &p.invite),
+            ("fund", &p.fund),
+            ("request_release", &p.request_release),
+            ("request_refund", &p.request_refund),
+            ("disburse", &p.disburse),
+            ("cancel", &p.cancel),
+            ("dispute", &p.dispute),
+            ("resolve", &p.resolve),
+            ("administer", &p.administer),
+        ] {
+            self.known_all(&format!("permissions.{name}"), roles)?;
+        }
+        for (role, vis) in &self.visibility {
+            self.known(&format!("visibility.{role}"), role)?;
+            if let EventFilter::Only(types) = &vis.events {
+                for t in types {
+                    if EventType::from_name(t).is_none() {
+                        return Err(Error::policy(
+                            format!("visibility.{role}.events"),
+                            format!("unknown event type `{t}`"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (t, roles) in &self.notifications {
+            if EventType::from_name(t).is_none() {
+                return Err(Error::policy(
+                    format!("notifications.{t}"),
+                    format!("unknown event type `{t}`"),
+                ));
+            }
+            self.known_all(&format!("notifications.{t}"), roles)?;
+        }
+        Ok(())
+    }
+
+    /// Checks an amount in `currency` against the policy's limits for a payment.
+    pub fn check_payment_amount(&self, amount: &Money) -> Result<()> {
+        if !self.currencies.is_empty() && !self.currencies.contains(&amount.currency()) {
+            return Err(Error::rejected(
+                "currency_not_allowed",
+                format!(
+                    "currency {} is not allowed by policy {} (allowed: {:?})",
+                    amount.currency(),
+                    self.id,
+                    self.currencies
+                ),
+            ));
+        }
+        let a = amount.amount();
+        let over = |lim: Option<Decimal>| lim.is_some_and(|l| a > l);
+        if over(self.limits.max_payment) || over(self.funding.amount.max) {
+            return Err(Error::rejected(
+                "limit_exceeded",
+                format!("amount {amount} is over the policy's maximum"),
+            ));
+        }
+        if self.funding.amount.min.is_some_and(|m| a < m) {
+            return Err(Error::rejected(
+                "below_minimum",
+                format!("amount {amount} is under the policy's minimum"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn known(&self, field: &str, role: &Role) -> Result<()> {
+        if self.roles.contains_key(role) {
+            Ok(())
+        } else {
+            Err(Error::policy(
+                field,
+                format!("unknown role `{role}`: define it under `roles` first"),
+            ))
+        }
+    }
+
+    fn known_all(&self, field: &str, roles: &[Role]) -> Result<()> {
+        for (i, r) in roles.iter().enumerate() {
+            self.known(&format!("{field}[{i}]"), r)
+                .map_err(|e| match e {
+                    Error::InvalidPolicy { reason, .. } => Error::policy(field, reason),
+                    other => other,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn check_approvals(&self, field: &str, a: &Approvals) -> Result<()> {
+        match a {
+            Approvals::None => Ok(()),
+            Approvals::AllOf(roles) => {
+                if roles.is_empty() {
+                    return Err(Error::policy(
+                        format!("{field}.all_of"),
+                        "name at least one role (or use \"none\")",
+                    ));
+                }
+                self.known_all(&format!("{field}.all_of"), roles)
+            }
+            Approvals::NOf { n, roles } => {
+                let f = format!("{field}.n_of");
+                self.known_all(&format!("{f}.roles"), roles)?;
+                if *n == 0 {
+                    return Err(Error::policy(format!("{f}.n"), "must be 1 or more"));
+                }
+                let distinct: BTreeSet<&Role> = roles.iter().collect();
+                let capacity: Option<u64> = distinct.iter().try_fold(0u64, |acc, r| {
+                    self.roles
+                        .get(*r)
+                        .and_then(|rule| rule.max)
+                        .map(|m| acc + u64::from(m))
+                });
+                if let Some(cap) = capacity {
+                    if u64::from(*n) > cap {
+                        return Err(Error::policy(
+                            format!("{f}.n"),
+                            format!(
+                                "impossible quorum: {n} approvals needed but at most {cap} parties can hold these roles"
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn positive(field: &str, v: Option<Decimal>) -> Result<()> {
+    match v {
+        Some(d) if d <= Decimal::ZERO => Err(Error::policy(field, "must be positive")),
+        _ => Ok(()),
+    }
+}
+
+/// Optional decimals as JSON strings.
+mod opt_dec {
+    use rust_decimal::Decimal;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.collect_str(&d.normalize()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        match s {
+            None => Ok(None),
+            Some(s) => crate::money::parse_decimal(&s)
+                .map(Some)
+                .map_err(|e| D::Error::custom(crate::money::tagged(&e))),
+        }
+    }
+}

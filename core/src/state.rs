@@ -1,0 +1,544 @@
+//! The state of one payment: what the fold of its events yields.
+//!
+//! Serialized to JSON deterministically (ordered maps, amounts at the currency's
+//! scale), so the same history gives the same bytes on every platform.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::event::{Allocation, DisputeOutcome, FundingMethod};
+use crate::hash::Hash;
+use crate::id::{LegId, PartyId, PaymentId, RequestId, TenantId};
+use crate::ledger::{Account, Ledger};
+use crate::money::Money;
+use crate::policy::{BorneBy, Policy, Rail, Role};
+use crate::time::Timestamp;
+
+/// Where a payment is in its life. See `docs/ARCHITECTURE.md` for the diagram.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, PartialOrd, Ord)]
+pub enum Status {
+    /// Opened; required parties have not all joined.
+    Draft,
+    /// Everyone required joined; waiting for agreement to the terms.
+    AwaitingAgreement,
+    /// Agreed; waiting for (the rest of) the funds.
+    AwaitingFunds,
+    /// Funding sent on a rail, not settled.
+    FundingInFlight,
+    /// Settled, not yet good funds.
+    Funded,
+    /// Fully funded and held in escrow.
+    Held,
+    /// A release or refund request waits for approvals.
+    AwaitingApprovals,
+    /// A release is authorized or on a rail.
+    Disbursing,
+    /// A refund is authorized or on a rail.
+    Refunding,
+    /// A dispute is open: nothing leaves escrow.
+    Disputed,
+    /// All funds released. Terminal (but for late returns).
+    Completed,
+    /// All funds refunded. Terminal (but for late returns).
+    Refunded,
+    /// Funding deadline missed or attempts exhausted. Terminal.
+    Expired,
+    /// Cancelled. Terminal.
+    Cancelled,
+    /// A late return left a shortfall in `loss:returns`.
+    Shortfall,
+    /// A shortfall was recovered. Terminal.
+    Recovered,
+    /// A shortfall was written off. Terminal.
+    WrittenOff,
+    /// Archived. Terminal.
+    Closed,
+}
+
+impl Status {
+    /// Terminal states accept no commands except the recording of a late return
+    /// (and closing, for those not yet closed).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Status::Completed
+                | Status::Refunded
+                | Status::Expired
+                | Status::Cancelled
+                | Status::Recovered
+                | Status::WrittenOff
+                | Status::Closed
+        )
+    }
+
+    /// Before funds are held.
+    pub fn is_before_held(self) -> bool {
+        matches!(
+            self,
+            Status::Draft
+                | Status::AwaitingAgreement
+                | Status::AwaitingFunds
+                | Status::FundingInFlight
+                | Status::Funded
+        )
+    }
+}
+
+/// A party in this payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Participant {
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// Display name.
+    pub name: String,
+    /// Contact e-mail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Has joined.
+    pub joined: bool,
+    /// Has agreed to the current terms.
+    pub agreed: bool,
+    /// Was removed.
+    pub removed: bool,
+}
+
+impl Participant {
+    /// Active (joined and not removed) and holding `role`.
+    pub fn acts_as(&self, role: &Role) -> bool {
+        !self.removed && self.joined && self.roles.contains(role)
+    }
+}
+
+/// Where one funding transfer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FundingStatus {
+    /// Sent, not settled.
+    Submitted,
+    /// Settled, in clearing.
+    Settled,
+    /// Good funds in escrow.
+    Available,
+    /// Failed before settlement.
+    Failed,
+    /// Returned after settlement.
+    Returned,
+}
+
+/// One funding transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FundingAttempt {
+    /// Its ledger leg.
+    pub leg: LegId,
+    /// Amount.
+    pub amount: Money,
+    /// Rail.
+    pub rail: Rail,
+    /// The rail's reference.
+    pub rail_ref: String,
+    /// Phase.
+    pub status: FundingStatus,
+    /// When submitted.
+    pub submitted_at: Timestamp,
+    /// When settled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<Timestamp>,
+    /// Failure or return code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// Funding facts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Funding {
+    /// How the payer pays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<FundingMethod>,
+    /// Funding deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+    /// The deadline passed without full funding.
+    pub deadline_missed: bool,
+    /// Failed or returned attempts so far.
+    pub failed_attempts: u32,
+    /// Every transfer, in order.
+    pub attempts: Vec<FundingAttempt>,
+}
+
+/// Release or refund.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// Funds to payees.
+    Release,
+    /// Funds back to the payer.
+    Refund,
+}
+
+/// Where a request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// Waiting for approvals.
+    AwaitingApprovals,
+    /// Quorum reached; legs pending.
+    Authorized,
+    /// Sent on a rail.
+    Submitted,
+    /// Settled: legs posted.
+    Settled,
+    /// The rail failed it: legs voided.
+    Failed,
+    /// Quorum became impossible.
+    Denied,
+    /// Cancelled before reaching a rail.
+    Cancelled,
+}
+
+impl RequestStatus {
+    /// Still open (not settled, failed, denied or cancelled).
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            RequestStatus::AwaitingApprovals | RequestStatus::Authorized | RequestStatus::Submitted
+        )
+    }
+}
+
+/// Why a request needs no approvals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mandate {
+    /// The policy's automatic release after the holding period.
+    AutoRelease,
+    /// Refund of everything held after the payment was cancelled.
+    Cancellation,
+    /// Refund of everything held after the payment expired.
+    Expiry,
+    /// Carries out a dispute resolution.
+    DisputeResolution,
+}
+
+/// A fee on a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FeeLine {
+    /// Fee rule name.
+    pub fee: String,
+    /// Receiving party.
+    pub party: PartyId,
+    /// Amount.
+    pub amount: Money,
+    /// Who bears it.
+    pub borne_by: BorneBy,
+}
+
+/// A release or refund request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Request {
+    /// Release or refund.
+    pub kind: RequestKind,
+    /// Phase.
+    pub status: RequestStatus,
+    /// Payee allocations (releases).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allocations: Vec<Allocation>,
+    /// Amount (refunds: to the payer; releases: sum of allocations).
+    pub amount: Money,
+    /// Fees.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fees: Vec<FeeLine>,
+    /// What approvals bind to.
+    pub allocations_hash: Hash,
+    /// Set when the request is authorized without approvals, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mandate: Option<Mandate>,
+    /// Approvals by party (the hash each approved).
+    pub approvals: BTreeMap<PartyId, Hash>,
+    /// Denials by party.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub denials: BTreeMap<PartyId, String>,
+    /// Who asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<PartyId>,
+    /// When.
+    pub requested_at: Timestamp,
+    /// Its legs once authorized.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<LegId>,
+    /// Rail reference once submitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rail_ref: Option<String>,
+    /// Failure code or reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// A dispute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Dispute {
+    /// Still open.
+    pub open: bool,
+    /// Why it was opened.
+    pub reason: String,
+    /// Who opened it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opened_by: Option<PartyId>,
+    /// When.
+    pub opened_at: Timestamp,
+    /// How it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<DisputeOutcome>,
+    /// The request carrying out the outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution_request: Option<RequestId>,
+}
+
+/// What a rail reference points at (for de-duplicating notices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RailTarget {
+    /// A funding leg.
+    Funding(LegId),
+    /// A release or refund.
+    Disbursement(RequestId),
+    /// A shortfall recovery.
+    Recovery,
+}
+
+/// The pinned policy as shown in state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyPin {
+    /// Policy id.
+    pub id: String,
+    /// Version.
+    pub version: u32,
+    /// Hash of its canonical JSON.
+    pub hash: Hash,
+}
+
+/// The state of one payment. Built only by folding events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PaymentState {
+    /// The payment.
+    pub payment: PaymentId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Sequence number of the last event applied.
+    pub version: u64,
+    /// Hash of the last event applied.
+    pub head: Hash,
+    /// Lifecycle state.
+    pub status: Status,
+    /// The pinned policy.
+    pub policy: PolicyPin,
+    /// The payment's amount.
+    pub amount: Money,
+    /// What it is for.
+    pub description: String,
+    /// Who opened it.
+    pub initiator: PartyId,
+    /// When it was opened.
+    pub created_at: Timestamp,
+    /// When the last event happened.
+    pub updated_at: Timestamp,
+    /// Hash of the terms parties agree to.
+    pub terms_hash: Hash,
+    /// Participants.
+    pub participants: BTreeMap<PartyId, Participant>,
+    /// Funding.
+    pub funding: Funding,
+    /// When funds became fully held (auto-release counts from here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<Timestamp>,
+    /// The ledger.
+    pub ledger: Ledger,
+    /// Release and refund requests.
+    pub requests: BTreeMap<RequestId, Request>,
+    /// Disputes.
+    pub disputes: BTreeMap<RequestId, Dispute>,
+    /// Rail references seen.
+    pub rail_refs: BTreeMap<String, RailTarget>,
+    /// Fixed fees already charged (charged on the first release only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fixed_fees_charged: Vec<String>,
+    /// The payment was cancelled (funds, if any, are refunded).
+    pub cancelled: bool,
+    /// The payment expired (funds, if any, are refunded).
+    pub expired: bool,
+    /// The payment was closed.
+    pub closed: bool,
+    /// How a shortfall ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortfall_outcome: Option<Status>,
+    /// The kind of the last settled request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_settled: Option<RequestKind>,
+    /// The full pinned policy (not serialized: see `policy` for its id and hash).
+    #[serde(skip)]
+    pub policy_doc: Policy,
+}
+
+impl PaymentState {
+    /// Parties active (joined, not removed) holding `role`, in id order.
+    pub fn parties_with(&self, role: &Role) -> Vec<PartyId> {
+        self.participants
+            .iter()
+            .filter(|(_, p)| p.acts_as(role))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Escrow's available balance (posted minus reserved by pending releases).
+    pub fn escrow_available(&self) -> Money {
+        self.ledger.available(&Account::Escrow)
+    }
+
+    /// The open request, if any (at most one is open at a time).
+    pub fn open_request(&self) -> Option<(RequestId, &Request)> {
+        self.requests
+            .iter()
+            .find(|(_, r)| r.status.is_open())
+            .map(|(id, r)| (*id, r))
+    }
+
+    /// The open dispute, if any.
+    pub fn open_dispute(&self) -> Option<(RequestId, &Dispute)> {
+        self.disputes
+            .iter()
+            .find(|(_, d)| d.open)
+            .map(|(id, d)| (*id, d))
+    }
+
+    /// Good funds held for this payment so far (available funding not returned).
+    pub fn funded_total(&self) -> Money {
+        self.funding
+            .attempts
+            .iter()
+            .filter(|a| a.status == FundingStatus::Available)
+            .fold(Money::zero(self.amount.currency()), |acc, a| {
+                acc.checked_add(&a.amount).unwrap_or(acc)
+            })
+    }
+
+    /// Money submitted or settled but not yet available (or failed/returned).
+    pub fn funding_in_progress(&self) -> Money {
+        self.funding
+            .attempts
+            .iter()
+            .filter(|a| matches!(a.status, FundingStatus::Submitted | FundingStatus::Settled))
+            .fold(Money::zero(self.amount.currency()), |acc, a| {
+                acc.checked_add(&a.amount).unwrap_or(acc)
+            })
+    }
+
+    /// The state serialized as canonical JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The state serialized as indented JSON (for people).
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The lifecycle state implied by the facts folded so far.
+    pub(crate) fn derive_status(&self) -> Status {
+        if self.closed {
+            return Status::Closed;
+        }
+        let loss = self.ledger.balance(&Account::LossReturns).posted;
+        if loss.amount().is_sign_negative() && !loss.is_zero() {
+            return Status::Shortfall;
+        }
+        if let Some(s) = self.shortfall_outcome {
+            return s;
+        }
+        if self.open_dispute().is_some() {
+            return Status::Disputed;
+        }
+        if let Some((_, r)) = self.open_request() {
+            return match (r.status, r.kind) {
+                (RequestStatus::AwaitingApprovals, _) => Status::AwaitingApprovals,
+                (_, RequestKind::Refund) => Status::Refunding,
+                (_, RequestKind::Release) => Status::Disbursing,
+            };
+        }
+        let escrow = self.ledger.balance(&Account::Escrow);
+        let clearing = self.ledger.balance(&Account::Clearing);
+        let holds_money = !escrow.posted.is_zero()
+            || !clearing.posted.is_zero()
+            || !clearing.pending_in.is_zero();
+        if (self.cancelled || self.expired) && !holds_money {
+            return if self.cancelled {
+                Status::Cancelled
+            } else {
+                Status::Expired
+            };
+        }
+        if self.cancelled || self.expired {
+            // Money is still here: it must be refunded (a failed refund leaves it held).
+            return if clearing.posted.is_zero() && clearing.pending_in.is_zero() {
+                Status::Held
+            } else if !clearing.pending_in.is_zero() {
+                Status::FundingInFlight
+            } else {
+                Status::Funded
+            };
+        }
+        let fully_funded = self.funded_total() >= self.amount;
+        if fully_funded || self.last_settled.is_some() {
+            if !escrow.posted.is_zero() {
+                return Status::Held;
+            }
+            match self.last_settled {
+                Some(RequestKind::Refund) => return Status::Refunded,
+                Some(RequestKind::Release) => return Status::Completed,
+                None => {}
+            }
+        }
+        if self
+            .funding
+            .attempts
+            .iter()
+            .any(|a| a.status == FundingStatus::Submitted)
+        {
+            return Status::FundingInFlight;
+        }
+        if self
+            .funding
+            .attempts
+            .iter()
+            .any(|a| a.status == FundingStatus::Settled)
+        {
+            return Status::Funded;
+        }
+        // Before funding: everyone required joined? everyone required agreed?
+        let policy = &self.policy_doc;
+        let all_joined = policy
+            .roles
+            .iter()
+            .filter(|(_, rule)| rule.required)
+            .all(|(role, _)| self.participants.values().any(|p| p.acts_as(role)));
+        if !all_joined {
+            return Status::Draft;
+        }
+        if !self.all_agreed() {
+            return Status::AwaitingAgreement;
+        }
+        Status::AwaitingFunds
+    }
+
+    /// Every active party holding an agreement role has agreed.
+    pub fn all_agreed(&self) -> bool {
+        let policy = &self.policy_doc;
+        policy.agreement.iter().all(|role| {
+            let holders: Vec<_> = self
+                .participants
+                .values()
+                .filter(|p| p.acts_as(role))
+                .collect();
+            !holders.is_empty() && holders.iter().all(|p| p.agreed)
+        })
+    }
+}

@@ -1,0 +1,269 @@
+//! Timestamps: RFC 3339 UTC strings in JSON, milliseconds since the Unix epoch inside.
+//!
+//! Times are inputs (the event's `at`, the command context's `now`): the core never
+//! reads a clock. Calendar and business-day arithmetic (Monday to Friday, no holiday
+//! calendar) is done here so deadlines compare event times only.
+//!
+//! ```
+//! use trustfold_core::time::Timestamp;
+//! let t: Timestamp = "2026-11-26T05:35:15Z".parse()?;
+//! assert_eq!(t.add_business_days(1).to_string(), "2026-11-27T05:35:15Z"); // Thu -> Fri
+//! assert_eq!(t.add_business_days(2).to_string(), "2026-11-30T05:35:15Z"); // -> Mon
+//! assert_eq!("2026-11-26T05:35:15.120+01:00".parse::<Timestamp>()?.to_string(),
+//!            "2026-11-26T04:35:15.120Z");
+//! # Ok::<(), trustfold_core::Error>(())
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::Error;
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// A UTC instant with millisecond precision.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// From milliseconds since 1970-01-01T00:00:00Z.
+    pub const fn from_unix_millis(ms: i64) -> Self {
+        Timestamp(ms)
+    }
+
+    /// Milliseconds since 1970-01-01T00:00:00Z.
+    pub const fn unix_millis(&self) -> i64 {
+        self.0
+    }
+
+    /// This instant plus `hours` (saturating).
+    pub fn add_hours(&self, hours: i64) -> Self {
+        Timestamp(self.0.saturating_add(hours.saturating_mul(3_600_000)))
+    }
+
+    /// This instant plus `days` calendar days (saturating).
+    pub fn add_days(&self, days: i64) -> Self {
+        Timestamp(self.0.saturating_add(days.saturating_mul(MS_PER_DAY)))
+    }
+
+    /// This instant plus `days` business days (Monday to Friday). Starting on a
+    /// weekend counts from the next Monday's same time of day.
+    pub fn add_business_days(&self, days: u32) -> Self {
+        let mut t = *self;
+        let mut left = days;
+        while left > 0 {
+            t = t.add_days(1);
+            if t.weekday() < 5 {
+                left -= 1;
+            }
+        }
+        t
+    }
+
+    /// Day of week, 0 = Monday … 6 = Sunday.
+    pub fn weekday(&self) -> u8 {
+        let days = self.0.div_euclid(MS_PER_DAY);
+        // 1970-01-01 was a Thursday (3).
+        ((days + 3).rem_euclid(7)) as u8
+    }
+}
+
+// Howard Hinnant's civil-from-days and days-from-civil algorithms.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = b.get(r)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(i64::from(y), mo) {
+        return None;
+    }
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0i64;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 3 {
+                millis = millis * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 || n > 9 {
+            return None;
+        }
+        for _ in n..3 {
+            millis *= 10;
+        }
+    }
+    let offset_min: i64 = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let oh = i64::from(num(i + 1..i + 3)?);
+            let om = i64::from(num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let o = oh * 60 + om;
+            if *sign == b'-' {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(i64::from(y), mo, d);
+    let secs =
+        days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(sec) - offset_min * 60;
+    Some(secs * 1000 + millis)
+}
+
+impl FromStr for Timestamp {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        parse_rfc3339(s)
+            .map(Timestamp)
+            .ok_or_else(|| Error::InvalidTimestamp(s.to_string()))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SSZ`, with `.mmm` only when the milliseconds are not zero.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let days = self.0.div_euclid(MS_PER_DAY);
+        let ms_of_day = self.0.rem_euclid(MS_PER_DAY);
+        let (y, m, d) = civil_from_days(days);
+        let secs = ms_of_day / 1000;
+        let ms = ms_of_day % 1000;
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            y,
+            m,
+            d,
+            secs / 3600,
+            (secs / 60) % 60,
+            secs % 60
+        )?;
+        if ms != 0 {
+            write!(f, ".{ms:03}")?;
+        }
+        f.write_str("Z")
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s: Cow<'de, str> = Cow::deserialize(d)?;
+        s.parse()
+            .map_err(|e: Error| D::Error::custom(crate::money::tagged(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T23:59:59.999Z",
+            "2026-11-26T05:35:15Z",
+            "1969-12-31T23:59:59.500Z",
+            "2400-12-31T00:00:00Z",
+        ] {
+            let t: Timestamp = s.parse().unwrap();
+            assert_eq!(t.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for s in [
+            "",
+            "2026-02-30T00:00:00Z",
+            "2026-11-26 05:35:15Z",
+            "2026-11-26T05:35:15",
+            "2026-11-26T24:00:00Z",
+            "2026-11-26T05:35:15.Z",
+            "2026-11-26T05:35:15+1:00",
+            "2026-13-01T00:00:00Z",
+            "２026-11-26T05:35:15Z",
+        ] {
+            assert!(s.parse::<Timestamp>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn weekdays_and_business_days() {
+        let sat: Timestamp = "2026-11-28T10:00:00Z".parse().unwrap();
+        assert_eq!(sat.weekday(), 5);
+        assert_eq!(sat.add_business_days(1).to_string(), "2026-11-30T10:00:00Z");
+        assert_eq!(sat.add_business_days(0), sat);
+    }
+}
