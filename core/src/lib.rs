@@ -83,6 +83,7 @@
 pub mod approval;
 pub mod command;
 pub mod decide;
+pub mod driver;
 pub mod envelope;
 pub mod error;
 pub mod event;
