@@ -154,6 +154,14 @@ impl Error {
         }
     }
 
+    /// The event (sequence number, from 1) at which a history failed, where one applies.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Error::InvalidHistory { seq, .. } | Error::ChainBroken { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+
     /// The offending field, where one applies (a JSON path).
     pub fn field(&self) -> Option<&str> {
         match self {

@@ -786,6 +786,11 @@ pub fn replay_records(records: &[RawRecord<'_>], at: Option<u64>) -> Result<Paym
         return Err(Error::history(1, "empty history"));
     }
     history::verify_chain(records)?;
+    fold_records(records, at)
+}
+
+/// Folds parsed records whose chain the caller has verified.
+fn fold_records(records: &[RawRecord<'_>], at: Option<u64>) -> Result<PaymentState> {
     let limit = at.map_or(records.len(), |n| (n as usize).min(records.len()));
     let mut state: Option<PaymentState> = None;
     for (i, r) in records.iter().take(limit).enumerate() {
@@ -811,4 +816,29 @@ pub fn replay_unverified(history_json: &[u8]) -> Result<PaymentState> {
     }
     let recs: Vec<Rec> = serde_json::from_slice(history_json)?;
     fold(recs.iter().map(|r| (&r.event, r.hash)))
+}
+
+/// The whole check a client runs on a fetched history: parse, verify the hash chain,
+/// check the server's signed head against its public key (when given), upcast and fold.
+/// The first failure is returned; [`Error::seq`] says at which event.
+pub fn verify_and_replay(
+    history_json: &[u8],
+    head: Option<&crate::history::SignedHead>,
+    key: Option<&crate::history::PublicKey>,
+) -> Result<PaymentState> {
+    let records = history::parse(history_json)?;
+    if records.is_empty() {
+        return Err(Error::history(1, "empty history"));
+    }
+    history::verify_chain(&records)?;
+    match (head, key) {
+        (Some(h), Some(k)) => h.verify_against(k, &records)?,
+        (Some(_), None) => {
+            return Err(Error::InvalidKey(
+                "a signed head is checked against the server's public key: pass the key".into(),
+            ))
+        }
+        _ => {}
+    }
+    fold_records(&records, None)
 }
