@@ -1,0 +1,547 @@
+//! The network client: fetch a payment's history incrementally, verify it (hash chain,
+//! rules, and the server's signed head against a pinned key), send commands with
+//! idempotency keys, and follow live updates over Server-Sent Events with resume.
+//!
+//! ## Wire contract (HTTP API `/v1`)
+//!
+//! - `GET {base}/v1/payments/{id}/events?after=SEQ` →
+//!   `{"events":[{"hash","event"}…], "has_more":bool, "next":SEQ}`; pages are fetched
+//!   until `has_more` is false. A page may carry the server's `"signed_head"`
+//!   (`{"stream","seq","hash","signature"}`); with a pinned key the client requires
+//!   one and checks it against the records it holds.
+//! - `POST {base}/v1/payments/{id}/commands` with the command JSON as body,
+//!   `Idempotency-Key`, optionally `If-Match: "<version>"`; errors are RFC 9457
+//!   problem details whose `code` becomes the thrown error's `code`.
+//! - `GET {base}/v1/payments/{id}/events/stream?after=SEQ` (Server-Sent Events): each
+//!   message's `data` is one record, its `id` the sequence number. The browser resumes
+//!   a dropped stream itself with `Last-Event-ID`; when it gives up, the client opens a
+//!   new stream `after` the last sequence it holds.
+//! - Participant tokens go in `Authorization: Bearer …`, and as `access_token` in the
+//!   stream's query (an `EventSource` cannot send headers).
+//!
+//! Every record is verified as it arrives: its bytes hash to its `hash`, its `prev` is
+//! the hash held for the sequence before, and it folds under the rules. Records the
+//! client already holds (a replay after resume) are checked for equality and skipped.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use futures_util::StreamExt;
+use gloo_net::eventsource::futures::EventSource;
+use gloo_net::http::{Request, RequestBuilder, Response};
+use serde::Deserialize;
+use trustfold_core::envelope::Envelope;
+use trustfold_core::fold;
+use trustfold_core::hash::Hash;
+use trustfold_core::history::{PublicKey, RawRecord, SignedHead};
+use trustfold_core::id::PaymentId;
+use trustfold_core::state::PaymentState;
+use trustfold_core::Error;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, spawn_local};
+
+use crate::error::{js_error, to_js, IntoJs, JsResult};
+use crate::history::state_json;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_CLIENT: &'static str = r#"
+/** Options of `new Client(...)`. */
+export interface ClientOptions {
+  /** Server base URL, e.g. "https://pay.example.com". */
+  baseUrl: string;
+  /** A participant token (sent as a Bearer token). */
+  token?: string;
+  /** The server's Ed25519 public key (64 hex digits): require and check signed heads. */
+  serverKey?: string;
+}
+"#;
+
+/// Connection settings shared by a client and its feeds.
+#[derive(Clone)]
+struct Conn {
+    base: String,
+    token: Option<String>,
+    key: Option<PublicKey>,
+}
+
+impl Conn {
+    fn url(&self, payment: &PaymentId, rest: &str) -> String {
+        format!("{}/v1/payments/{payment}{rest}", self.base)
+    }
+
+    fn auth(&self, b: RequestBuilder) -> RequestBuilder {
+        match &self.token {
+            Some(t) => b.header("Authorization", &format!("Bearer {t}")),
+            None => b,
+        }
+    }
+}
+
+/// A trustfold server, as seen by one participant.
+#[wasm_bindgen]
+pub struct Client {
+    conn: Conn,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientOptions {
+    base_url: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    server_key: Option<String>,
+}
+
+#[wasm_bindgen]
+impl Client {
+    /// A client for `{baseUrl, token?, serverKey?}`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        #[wasm_bindgen(unchecked_param_type = "ClientOptions")] options: JsValue,
+    ) -> JsResult<Client> {
+        let o: ClientOptions = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| js_error("invalid_input", &format!("client options: {e}")))?;
+        let key = o
+            .server_key
+            .map(|k| k.parse::<PublicKey>())
+            .transpose()
+            .js()?;
+        Ok(Client {
+            conn: Conn {
+                base: o.base_url.trim_end_matches('/').to_string(),
+                token: o.token,
+                key,
+            },
+        })
+    }
+
+    /// A feed of one payment: empty until `sync()` or `live()`.
+    pub fn payment(
+        &self,
+        #[wasm_bindgen(js_name = paymentId)] payment_id: &str,
+    ) -> JsResult<PaymentFeed> {
+        let payment: PaymentId = payment_id.parse().js()?;
+        Ok(PaymentFeed {
+            inner: Rc::new(Feed {
+                conn: self.conn.clone(),
+                payment,
+                mirror: RefCell::new(Mirror::default()),
+                live: RefCell::new(None),
+                closed: Cell::new(false),
+            }),
+        })
+    }
+
+    /// Sends a command; resolves to the server's response body (JSON text). Rejects
+    /// with the problem's `code` (and `status`) when the server refuses it.
+    /// `expectedVersion` is sent as `If-Match` so a concurrent change loses cleanly.
+    #[wasm_bindgen(js_name = sendCommand, unchecked_return_type = "Promise<string>")]
+    pub fn send_command(
+        &self,
+        #[wasm_bindgen(js_name = paymentId)] payment_id: &str,
+        #[wasm_bindgen(js_name = commandJson)] command: String,
+        #[wasm_bindgen(js_name = idempotencyKey)] idempotency_key: String,
+        #[wasm_bindgen(js_name = expectedVersion)] expected_version: Option<f64>,
+    ) -> JsResult<js_sys::Promise> {
+        let payment: PaymentId = payment_id.parse().js()?;
+        if idempotency_key.is_empty() {
+            return Err(js_error(
+                "invalid_input",
+                "idempotencyKey must not be empty",
+            ));
+        }
+        let conn = self.conn.clone();
+        Ok(future_to_promise(async move {
+            let mut b = conn
+                .auth(Request::post(&conn.url(&payment, "/commands")))
+                .header("Content-Type", "application/json")
+                .header("Idempotency-Key", &idempotency_key);
+            if let Some(v) = expected_version {
+                b = b.header("If-Match", &format!("\"{v}\""));
+            }
+            let resp = b.body(command).map_err(net)?.send().await.map_err(net)?;
+            let text = body_or_problem(resp).await?;
+            Ok(JsValue::from_str(&text))
+        }))
+    }
+}
+
+/// A verified mirror of one payment's history, kept up to date by `sync()` and `live()`.
+#[wasm_bindgen]
+pub struct PaymentFeed {
+    inner: Rc<Feed>,
+}
+
+struct Feed {
+    conn: Conn,
+    payment: PaymentId,
+    mirror: RefCell<Mirror>,
+    live: RefCell<Option<EventSource>>,
+    closed: Cell<bool>,
+}
+
+/// The records held and the state they fold to.
+#[derive(Default)]
+struct Mirror {
+    hashes: Vec<Hash>,
+    events: Vec<String>,
+    state: Option<PaymentState>,
+}
+
+impl Mirror {
+    fn len(&self) -> u64 {
+        self.hashes.len() as u64
+    }
+
+    /// Appends one record after checking its hash, its link and the rules. Returns
+    /// false for a record already held (same hash at the same seq).
+    fn append(&mut self, hash: Hash, event: &str) -> Result<bool, Error> {
+        let next = self.len() + 1;
+        let actual = Hash::of(event.as_bytes());
+        if actual != hash {
+            return Err(Error::ChainBroken {
+                seq: next,
+                reason: format!(
+                    "event bytes hash to {actual}, the record says {hash}: the event was altered"
+                ),
+            });
+        }
+        let env = Envelope::from_json(event.as_bytes()).map_err(|e| Error::InvalidHistory {
+            seq: next,
+            reason: e.to_string(),
+        })?;
+        if env.seq < next {
+            let held = usize::try_from(env.seq).ok().and_then(|s| s.checked_sub(1));
+            return match held.and_then(|i| self.hashes.get(i)) {
+                Some(h) if *h == hash => Ok(false),
+                _ => Err(Error::ChainBroken {
+                    seq: env.seq,
+                    reason: "the server sent a different event for a sequence already held".into(),
+                }),
+            };
+        }
+        let prev = self.hashes.last().copied().unwrap_or(Hash::ZERO);
+        if env.prev != prev {
+            return Err(Error::ChainBroken {
+                seq: next,
+                reason: format!("prev is {} but the event before it hashes to {prev}: an event was removed, inserted or reordered here", env.prev),
+            });
+        }
+        match &mut self.state {
+            None => self.state = Some(fold::start(&env, hash)?),
+            Some(s) => {
+                // `apply` leaves the state unusable on error: apply to a copy.
+                let mut copy = s.clone();
+                fold::apply(&mut copy, &env, hash)?;
+                *s = copy;
+            }
+        }
+        self.hashes.push(hash);
+        self.events.push(event.to_string());
+        Ok(true)
+    }
+
+    fn check_head(
+        &self,
+        payment: PaymentId,
+        head: &SignedHead,
+        key: &PublicKey,
+    ) -> Result<(), Error> {
+        head.verify(key)?;
+        if head.stream != payment {
+            return Err(Error::BadSignature(format!(
+                "the signed head is for payment {}, not {payment}",
+                head.stream
+            )));
+        }
+        let held = usize::try_from(head.seq)
+            .ok()
+            .and_then(|s| s.checked_sub(1));
+        match held.and_then(|i| self.hashes.get(i)) {
+            Some(h) if *h == head.hash => Ok(()),
+            Some(_) => Err(Error::ChainBroken {
+                seq: head.seq,
+                reason: "the event at the signed seq differs from the one the server signed".into(),
+            }),
+            None => Err(Error::ChainBroken {
+                seq: head.seq,
+                reason: format!(
+                    "the signed head is at seq {} but the history has only {} events",
+                    head.seq,
+                    self.len()
+                ),
+            }),
+        }
+    }
+
+    fn history(&self) -> String {
+        let mut out =
+            String::with_capacity(self.events.iter().map(|e| e.len() + 90).sum::<usize>() + 4);
+        out.push_str("[\n");
+        for (i, (h, e)) in self.hashes.iter().zip(&self.events).enumerate() {
+            if i > 0 {
+                out.push_str(",\n");
+            }
+            out.push_str("{\"hash\":\"");
+            out.push_str(&h.to_string());
+            out.push_str("\",\"event\":");
+            out.push_str(e);
+            out.push('}');
+        }
+        out.push_str("\n]\n");
+        out
+    }
+}
+
+#[derive(Deserialize)]
+struct Page<'a> {
+    #[serde(borrow)]
+    events: Vec<RawRecord<'a>>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    next: Option<u64>,
+    #[serde(default)]
+    signed_head: Option<SignedHead>,
+}
+
+#[wasm_bindgen]
+impl PaymentFeed {
+    /// The sequence number of the last record held (0 when empty).
+    #[wasm_bindgen(getter)]
+    pub fn seq(&self) -> f64 {
+        self.inner.mirror.borrow().len() as f64
+    }
+
+    /// The state of the records held, as canonical JSON (`undefined` when empty).
+    pub fn state(&self) -> Option<String> {
+        self.inner.mirror.borrow().state.as_ref().map(state_json)
+    }
+
+    /// The records held as a history document (for `replay`, `view`, `decide`…).
+    pub fn history(&self) -> String {
+        self.inner.mirror.borrow().history()
+    }
+
+    /// Fetches the records after the last one held, page by page, verifying each;
+    /// resolves to the state JSON.
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    pub fn sync(&self) -> js_sys::Promise {
+        let feed = self.inner.clone();
+        future_to_promise(async move {
+            let mut signed: Option<SignedHead> = None;
+            loop {
+                let after = feed.mirror.borrow().len();
+                let url = feed
+                    .conn
+                    .url(&feed.payment, &format!("/events?after={after}"));
+                let resp = feed
+                    .conn
+                    .auth(Request::get(&url))
+                    .send()
+                    .await
+                    .map_err(net)?;
+                let text = body_or_problem(resp).await?;
+                let page: Page<'_> = serde_json::from_str(&text).map_err(|e| to_js(&e.into()))?;
+                {
+                    let mut m = feed.mirror.borrow_mut();
+                    for r in &page.events {
+                        m.append(r.hash, r.event.get()).js()?;
+                    }
+                }
+                if page.signed_head.is_some() {
+                    signed = page.signed_head;
+                }
+                let now = feed.mirror.borrow().len();
+                if !page.has_more {
+                    break;
+                }
+                if now == after && page.next.is_none_or(|n| n <= after) {
+                    return Err(js_error(
+                        "invalid_history",
+                        "the server said has_more but sent nothing new",
+                    ));
+                }
+            }
+            let m = feed.mirror.borrow();
+            if let Some(key) = &feed.conn.key {
+                let head = signed.ok_or_else(|| {
+                    js_error(
+                        "bad_signature",
+                        "a server key is pinned but the server sent no signed_head",
+                    )
+                })?;
+                m.check_head(feed.payment, &head, key).js()?;
+            }
+            Ok(m.state
+                .as_ref()
+                .map(state_json)
+                .map_or(JsValue::UNDEFINED, |s| JsValue::from_str(&s)))
+        })
+    }
+
+    /// Follows the payment live: `onUpdate(stateJson, seq)` after every verified new
+    /// record; `onError(error)` for a record that does not verify (the stream is then
+    /// closed) or a connection failure (the client reconnects after it). Call
+    /// `sync()` first so the stream starts where the fetched history ends.
+    pub fn live(
+        &self,
+        #[wasm_bindgen(js_name = onUpdate, unchecked_param_type = "(stateJson: string, seq: number) => void")]
+        on_update: js_sys::Function,
+        #[wasm_bindgen(js_name = onError, unchecked_param_type = "(error: Error) => void")]
+        on_error: Option<js_sys::Function>,
+    ) -> JsResult<()> {
+        if self.inner.live.borrow().is_some() {
+            return Err(js_error(
+                "invalid_input",
+                "this feed is already live: close() it first",
+            ));
+        }
+        self.inner.closed.set(false);
+        let feed = self.inner.clone();
+        spawn_local(async move {
+            let mut backoff_ms = 250.0;
+            while !feed.closed.get() {
+                let after = feed.mirror.borrow().len();
+                let mut url = feed
+                    .conn
+                    .url(&feed.payment, &format!("/events/stream?after={after}"));
+                if let Some(t) = &feed.conn.token {
+                    url.push_str("&access_token=");
+                    url.push_str(&String::from(js_sys::encode_uri_component(t)));
+                }
+                let opened = EventSource::new(&url)
+                    .and_then(|mut es| es.subscribe("message").map(|s| (es, s)));
+                let (es, mut messages) = match opened {
+                    Ok(x) => x,
+                    Err(e) => {
+                        report(&on_error, &js_error("network_error", &e.to_string()));
+                        break;
+                    }
+                };
+                *feed.live.borrow_mut() = Some(es);
+                while let Some(item) = messages.next().await {
+                    let Ok((_, msg)) = item else {
+                        break;
+                    };
+                    let data = msg.data().as_string().unwrap_or_default();
+                    let appended = serde_json::from_str::<RawRecord<'_>>(&data)
+                        .map_err(Error::from)
+                        .and_then(|r| feed.mirror.borrow_mut().append(r.hash, r.event.get()));
+                    match appended {
+                        Ok(true) => {
+                            backoff_ms = 250.0;
+                            let (state, seq) = {
+                                let m = feed.mirror.borrow();
+                                (
+                                    m.state.as_ref().map(state_json).unwrap_or_default(),
+                                    m.len(),
+                                )
+                            };
+                            let _ = on_update.call2(
+                                &JsValue::NULL,
+                                &state.into(),
+                                &JsValue::from_f64(seq as f64),
+                            );
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            report(&on_error, &to_js(&e));
+                            feed.closed.set(true);
+                            break;
+                        }
+                    }
+                }
+                drop(feed.live.borrow_mut().take());
+                if feed.closed.get() {
+                    break;
+                }
+                report(
+                    &on_error,
+                    &js_error("network_error", "live stream dropped: resuming"),
+                );
+                sleep(backoff_ms).await;
+                backoff_ms = (backoff_ms * 2.0).min(30_000.0);
+            }
+            drop(feed.live.borrow_mut().take());
+        });
+        Ok(())
+    }
+
+    /// Stops following the payment.
+    pub fn close(&self) {
+        self.inner.closed.set(true);
+        let es = self.inner.live.borrow_mut().take();
+        drop(es);
+    }
+}
+
+fn report(on_error: &Option<js_sys::Function>, err: &JsValue) {
+    if let Some(f) = on_error {
+        let _ = f.call1(&JsValue::NULL, err);
+    }
+}
+
+/// Resolves after `ms` milliseconds (`setTimeout`, in browsers and Node).
+async fn sleep(ms: f64) {
+    let p = js_sys::Promise::new(&mut |resolve, _| {
+        let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        if let Some(f) = set_timeout {
+            let _ = f.call2(&JsValue::NULL, &resolve, &JsValue::from_f64(ms));
+        } else {
+            let _ = resolve.call0(&JsValue::NULL);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(p).await;
+}
+
+fn net(e: gloo_net::Error) -> JsValue {
+    js_error("network_error", &format!("request failed: {e}"))
+}
+
+#[derive(Deserialize)]
+struct Problem {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
+    #[serde(default)]
+    field: Option<String>,
+    #[serde(default)]
+    current_version: Option<u64>,
+}
+
+/// The body of a 2xx response, or the problem details as a thrown error.
+async fn body_or_problem(resp: Response) -> JsResult<String> {
+    let status = resp.status();
+    let text = resp.text().await.map_err(net)?;
+    if resp.ok() {
+        return Ok(text);
+    }
+    let p: Option<Problem> = serde_json::from_str(&text).ok();
+    let code = p
+        .as_ref()
+        .and_then(|p| p.code.clone())
+        .unwrap_or_else(|| format!("http_{status}"));
+    let message = p
+        .as_ref()
+        .and_then(|p| p.detail.clone().or_else(|| p.title.clone()))
+        .unwrap_or_else(|| format!("the server answered {status}"));
+    let err = js_error(&code, &message);
+    let _ = js_sys::Reflect::set(&err, &"status".into(), &JsValue::from(status));
+    if let Some(p) = p {
+        if let Some(f) = p.field {
+            let _ = js_sys::Reflect::set(&err, &"field".into(), &f.into());
+        }
+        if let Some(v) = p.current_version {
+            let _ =
+                js_sys::Reflect::set(&err, &"currentVersion".into(), &JsValue::from_f64(v as f64));
+        }
+    }
+    Err(err)
+}

@@ -1,0 +1,72 @@
+//! Money on decimal strings: exact arithmetic with the core's rules (amounts at the
+//! currency's scale, no floats), so a widget computes splits and fees exactly as the
+//! server will.
+
+use trustfold_core::money::{Currency, Money};
+use wasm_bindgen::prelude::*;
+
+use crate::error::{js_error, to_value, IntoJs, JsResult};
+
+fn money(amount: &str, currency: &str) -> JsResult<Money> {
+    let c = Currency::new(currency).js()?;
+    Money::parse(amount, c).js()
+}
+
+/// `a + b` in `currency`, e.g. `moneyAdd("1.10", "2", "USD") == "3.10"`.
+#[wasm_bindgen(js_name = moneyAdd)]
+pub fn money_add(a: &str, b: &str, currency: &str) -> JsResult<String> {
+    Ok(money(a, currency)?
+        .checked_add(&money(b, currency)?)
+        .js()?
+        .amount_string())
+}
+
+/// `a - b` in `currency` (may be negative).
+#[wasm_bindgen(js_name = moneySub)]
+pub fn money_sub(a: &str, b: &str, currency: &str) -> JsResult<String> {
+    Ok(money(a, currency)?
+        .checked_sub(&money(b, currency)?)
+        .js()?
+        .amount_string())
+}
+
+/// Splits `amount` by integer weights so the parts sum exactly to it (the odd minor
+/// units go to the largest remainders, ties to the earlier part).
+#[wasm_bindgen(js_name = moneyAllocate, unchecked_return_type = "string[]")]
+pub fn money_allocate(
+    amount: &str,
+    currency: &str,
+    #[wasm_bindgen(unchecked_param_type = "number[]")] weights: JsValue,
+) -> JsResult<JsValue> {
+    let weights: Vec<f64> = serde_wasm_bindgen::from_value(weights)
+        .map_err(|_| js_error("invalid_split", "weights must be an array of numbers"))?;
+    let weights = weights
+        .into_iter()
+        .map(|w| {
+            if w >= 0.0 && w.fract() == 0.0 && w <= 9_007_199_254_740_991.0 {
+                Ok(w as u64)
+            } else {
+                Err(js_error(
+                    "invalid_split",
+                    &format!("invalid split: weight {w} is not a whole number >= 0"),
+                ))
+            }
+        })
+        .collect::<JsResult<Vec<u64>>>()?;
+    let parts = money(amount, currency)?.allocate(&weights).js()?;
+    to_value(&parts.iter().map(Money::amount_string).collect::<Vec<_>>())
+}
+
+/// `bps` basis points of `amount` (1 bp = 0.01 %), rounded half away from zero to
+/// the currency's minor unit.
+#[wasm_bindgen(js_name = moneyBps)]
+pub fn money_bps(amount: &str, currency: &str, bps: u32) -> JsResult<String> {
+    Ok(money(amount, currency)?.bps(bps).js()?.amount_string())
+}
+
+/// The amount at the currency's scale followed by the code, e.g. `"1500.00 USD"`;
+/// throws `invalid_amount_scale` for more decimals than the currency has.
+#[wasm_bindgen(js_name = formatMoney)]
+pub fn format_money(amount: &str, currency: &str) -> JsResult<String> {
+    Ok(money(amount, currency)?.to_string())
+}
