@@ -328,7 +328,9 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
             if kind != CommandKind::Join && !p.joined {
                 return reject("not_joined", "join the payment first");
             }
-            let allowed = permitted_roles(&s.policy_doc, kind);
+            let mut allowed = permitted_roles(&s.policy_doc, kind);
+            allowed.sort();
+            allowed.dedup();
             if !allowed.contains(role) {
                 return reject(
                     "not_permitted",

@@ -1,0 +1,385 @@
+//! Bad input never panics: each kind gets its own specific error code.
+
+mod support;
+
+use support::scenarios::{self, as_, pid, usd, BUYER, ESCROW, LENDER, SELLER};
+use trustfold_core::fold::{replay, verify_and_replay};
+use trustfold_core::history::PublicKey;
+use trustfold_core::prelude::*;
+
+fn good_history() -> Vec<u8> {
+    scenarios::em_partial_releases().expect("scenario").history
+}
+
+fn code_of<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+    r.expect_err("expected an error").code().to_string()
+}
+
+#[test]
+fn malformed_and_truncated_histories() {
+    assert_eq!(code_of(replay(b"")), "malformed_json");
+    assert_eq!(code_of(replay(b"{}")), "malformed_json");
+    assert_eq!(code_of(replay(b"[1,2]")), "malformed_json");
+    assert_eq!(code_of(replay(b"[]")), "invalid_history");
+    let h = good_history();
+    // Truncated anywhere: a JSON error, never a panic.
+    for cut in (0..h.len()).step_by(97) {
+        let r = replay(&h[..cut]);
+        assert!(r.is_err(), "truncated at {cut} must fail");
+    }
+    // A record without its hash.
+    let e = replay(br#"[{"event":{}}]"#).unwrap_err();
+    assert_eq!(e.code(), "malformed_json");
+    assert!(e.to_string().contains("hash"), "{e}");
+}
+
+fn first_event_with(h: &[u8], from: &str, to: &str) -> Vec<u8> {
+    // Edit an event's bytes and re-seal the chain from there, so only the edit is judged.
+    let text = String::from_utf8(h.to_vec()).expect("utf8");
+    let records = trustfold_core::history::parse(text.as_bytes()).expect("parse");
+    let mut sealed = Vec::new();
+    let mut prev = Hash::ZERO;
+    let mut done = false;
+    for r in records {
+        let mut body = r.event.get().to_string();
+        let prev_hex = &body[9..73].to_string();
+        body = body.replacen(prev_hex, &prev.to_string(), 1);
+        if !done && body.contains(from) {
+            body = body.replacen(from, to, 1);
+            done = true;
+        }
+        let hash = Hash::of(body.as_bytes());
+        prev = hash;
+        sealed.push(SealedEvent {
+            hash,
+            body: body.into_bytes(),
+        });
+    }
+    assert!(done, "{from} not found");
+    trustfold_core::history::write(&sealed)
+}
+
+#[test]
+fn unknown_event_type_and_schema_version() {
+    let h = good_history();
+    let e = replay(&first_event_with(
+        &h,
+        "\"type\":\"ParticipantJoined\"",
+        "\"type\":\"ParticipantDanced\"",
+    ))
+    .unwrap_err();
+    assert_eq!(e.seq(), Some(3));
+    assert!(
+        e.to_string()
+            .contains("unknown event type `ParticipantDanced`"),
+        "{e}"
+    );
+    let e = replay(&first_event_with(
+        &h,
+        "\"type\":\"ParticipantJoined\",\"v\":1",
+        "\"type\":\"ParticipantJoined\",\"v\":7",
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("unsupported schema version 7"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_currency_too_many_decimals_negative_amounts_in_events() {
+    let h = good_history();
+    // The funding event's amount: `"amount":{"amount":"5000.00","currency":"USD"},"rail"`.
+    let f =
+        |a: &str, c: &str| format!("\"amount\":{{\"amount\":{a},\"currency\":\"{c}\"}},\"rail\"");
+    let from = f("\"5000.00\"", "USD");
+    let cases = [
+        (f("\"5000.00\"", "EUR"), "currency mismatch"),
+        (
+            f("\"5000.005\"", "USD"),
+            "has more decimals than USD allows",
+        ),
+        (f("\"-5000.00\"", "USD"), "amount must be positive"),
+        (f("\"5000.00\"", "XYZ"), "unknown currency"),
+        (f("5000.00", "USD"), "invalid type"),
+    ];
+    for (to, needle) in cases {
+        let e = replay(&first_event_with(&h, &from, &to)).unwrap_err();
+        assert!(e.to_string().contains(needle), "{to}: {e}");
+        assert!(e.seq().is_some(), "{to}: names the event");
+    }
+}
+
+#[test]
+fn money_parsing_errors_are_specific() {
+    let usd = Currency::new("USD").expect("usd");
+    assert_eq!(code_of(Money::parse("1.005", usd)), "invalid_amount_scale");
+    assert_eq!(code_of(Money::parse("1,00", usd)), "invalid_amount");
+    assert_eq!(code_of(Currency::new("usd")), "unknown_currency");
+    assert_eq!(
+        code_of(Money::parse("-1", usd).and_then(Money::require_positive)),
+        "non_positive_amount"
+    );
+    let e: Error = serde_json::from_str::<Money>(r#"{"amount":"1.005","currency":"USD"}"#)
+        .unwrap_err()
+        .into();
+    assert_eq!(e.code(), "invalid_amount_scale");
+}
+
+#[test]
+fn invalid_policies_name_the_field() {
+    let base: serde_json::Value = serde_json::from_str(include_str!(
+        "../../examples/policies/milestone-escrow.json"
+    ))
+    .expect("json");
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("/payer_role", "nobody".into(), "payer_role"),
+        (
+            "/release/approvals",
+            serde_json::json!({"n_of":{"n":5,"roles":["client","inspector","arbiter"]}}),
+            "release.approvals.n_of.n",
+        ),
+        (
+            "/release/approvals",
+            serde_json::json!({"all_of":["ghost"]}),
+            "release.approvals.all_of",
+        ),
+        ("/fees/0/fixed", "-1.00".into(), "fees[0].fixed"),
+        ("/fees/0/bps", 20000.into(), "fees[0].bps"),
+        (
+            "/permissions/resolve",
+            serde_json::json!(["judge"]),
+            "permissions.resolve",
+        ),
+        ("/version", 0.into(), "version"),
+        ("/funding/rails", serde_json::json!([]), "funding.rails"),
+        (
+            "/notifications/NotAnEvent",
+            serde_json::json!(["client"]),
+            "notifications.NotAnEvent",
+        ),
+    ];
+    for (path, value, field) in cases {
+        let mut p = base.clone();
+        let (parent, key) = path.rsplit_once('/').expect("path");
+        let target = if parent.is_empty() {
+            &mut p
+        } else {
+            p.pointer_mut(parent).expect("parent")
+        };
+        target[key] = value;
+        let e = Policy::from_json(&p.to_string()).unwrap_err();
+        assert_eq!(e.code(), "invalid_policy", "{path}");
+        assert_eq!(e.field(), Some(field), "{path}: {e}");
+    }
+    // Unknown role names in roles: reserved ones too.
+    let mut p = base.clone();
+    p["roles"]["system"] = serde_json::json!({});
+    assert_eq!(
+        Policy::from_json(&p.to_string()).unwrap_err().field(),
+        Some("roles.system")
+    );
+    // Malformed JSON and unknown fields.
+    assert_eq!(code_of(Policy::from_json("{")), "invalid_policy");
+    let mut p = base;
+    p["surprise"] = true.into();
+    assert!(Policy::from_json(&p.to_string())
+        .unwrap_err()
+        .to_string()
+        .contains("unknown field `surprise`"));
+}
+
+#[test]
+fn malformed_commands() {
+    assert_eq!(
+        code_of(Command::from_json(b"{\"type\":\"Explode\"}")),
+        "malformed_json"
+    );
+    assert_eq!(
+        code_of(Command::from_json(b"{\"type\":\"Approve\"}")),
+        "malformed_json"
+    );
+    let e = Command::from_json(br#"{"type":"SubmitFunding","amount":{"amount":"1.001","currency":"USD"},"rail":"ach","rail_ref":"x"}"#).unwrap_err();
+    assert_eq!(e.code(), "invalid_amount_scale");
+    let ok = Command::from_json(
+        br#"{"type":"RailNotice","rail_ref":"x","notice":{"kind":"returned","code":"R01"}}"#,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn rejections_name_the_rule() {
+    let mut s = scenarios::earnest_held(90).expect("held");
+    // Wrong role.
+    s.rejects(
+        as_(LENDER, "lender"),
+        Command::RequestRelease {
+            request: scenarios::rid(1),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: usd("1.00"),
+            }],
+        },
+        "not_permitted",
+    );
+    // A party claiming a role it does not hold.
+    s.rejects(
+        as_(BUYER, "seller"),
+        Command::OpenDispute {
+            dispute: scenarios::rid(2),
+            reason: String::new(),
+        },
+        "not_permitted",
+    );
+    // Insufficient funds and currency mismatch.
+    s.rejects(
+        as_(ESCROW, "escrow_holder"),
+        Command::RequestRelease {
+            request: scenarios::rid(1),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: usd("5000.01"),
+            }],
+        },
+        "insufficient_funds",
+    );
+    let eur = Money::parse("10", Currency::new("EUR").expect("eur")).expect("eur");
+    s.rejects(
+        as_(ESCROW, "escrow_holder"),
+        Command::RequestRelease {
+            request: scenarios::rid(1),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: eur,
+            }],
+        },
+        "currency_mismatch",
+    );
+    // Paying someone who is not a payee.
+    s.rejects(
+        as_(ESCROW, "escrow_holder"),
+        Command::RequestRelease {
+            request: scenarios::rid(1),
+            allocations: vec![Allocation {
+                party: pid(LENDER),
+                amount: usd("10"),
+            }],
+        },
+        "not_a_payee",
+    );
+    // Rail notices only from the rail; unknown references.
+    s.rejects(
+        as_(BUYER, "buyer"),
+        Command::RailNotice {
+            rail_ref: "wire-1".into(),
+            notice: RailOutcome::Settled,
+        },
+        "not_permitted",
+    );
+    s.rejects(
+        Actor::rail(),
+        Command::RailNotice {
+            rail_ref: "nope".into(),
+            notice: RailOutcome::Settled,
+        },
+        "unknown_rail_reference",
+    );
+    // A settled transfer cannot fail.
+    s.rejects(
+        Actor::rail(),
+        Command::RailNotice {
+            rail_ref: "wire-1".into(),
+            notice: RailOutcome::Failed {
+                code: "x".into(),
+                reason: String::new(),
+            },
+        },
+        "notice_conflict",
+    );
+    // Quorum: authorization waits for both.
+    s.run(
+        as_(ESCROW, "escrow_holder"),
+        Command::RequestRelease {
+            request: scenarios::rid(1),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: usd("100.00"),
+            }],
+        },
+    )
+    .expect("request");
+    s.rejects(
+        as_(ESCROW, "escrow_holder"),
+        Command::SubmitDisbursement {
+            request: scenarios::rid(1),
+            rail: Rail::Wire,
+            rail_ref: "o".into(),
+        },
+        "no_authorized_request",
+    );
+    // Another request while one is open.
+    s.rejects(
+        as_(ESCROW, "escrow_holder"),
+        Command::RequestRefund {
+            request: scenarios::rid(3),
+            amount: None,
+        },
+        "request_open",
+    );
+}
+
+#[test]
+fn allowed_commands_follow_role_and_state() {
+    let s = scenarios::earnest_held(91).expect("held");
+    let ctx = |n: u8, role: &str| Context {
+        command_id: CommandId::from_bytes([1; 16]),
+        actor: as_(n, role),
+        now: s.d.now(),
+        correlation: None,
+    };
+    let buyer = allowed_commands(s.state(), &ctx(BUYER, "buyer"));
+    assert!(buyer.contains(&CommandKind::OpenDispute));
+    assert!(!buyer.contains(&CommandKind::RequestRelease));
+    assert!(
+        !buyer.contains(&CommandKind::SubmitFunding),
+        "already fully funded"
+    );
+    let escrow = allowed_commands(s.state(), &ctx(ESCROW, "escrow_holder"));
+    assert!(escrow.contains(&CommandKind::RequestRelease));
+    assert!(escrow.contains(&CommandKind::RequestRefund));
+    let lender = allowed_commands(s.state(), &ctx(LENDER, "lender"));
+    assert!(lender.is_empty(), "{lender:?}");
+}
+
+#[test]
+fn signed_head_needs_the_key() {
+    let v = scenarios::em_happy_wire().expect("vector");
+    let head = v.head.expect("head");
+    assert_eq!(
+        code_of(verify_and_replay(&v.history, Some(&head), None)),
+        "invalid_key"
+    );
+    assert_eq!(code_of("zz".parse::<PublicKey>()), "invalid_key");
+    let other = PublicKey::from_secret(&[9; 32]);
+    assert_eq!(
+        code_of(verify_and_replay(&v.history, Some(&head), Some(&other))),
+        "bad_signature"
+    );
+}
+
+#[test]
+fn lender_sees_only_what_the_policy_allows() {
+    let s = scenarios::earnest_held(92).expect("held");
+    let v = trustfold_core::view::state_view(s.state(), &[Role::new("lender")]);
+    assert!(v["amount"].is_null() && v["ledger"].is_null());
+    assert!(v["funding"].get("method").is_none(), "no bank details");
+    assert_eq!(v["status"], "Held");
+    let events =
+        trustfold_core::view::history_view(s.state(), s.d.envelopes(), &[Role::new("lender")]);
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["PaymentInitiated", "FundsAvailable"]);
+    assert!(events[1]["data"].get("amount").is_none());
+    // The escrow holder sees everything.
+    let full = trustfold_core::view::state_view(s.state(), &[Role::new("escrow_holder")]);
+    assert_eq!(full["amount"]["amount"], "5000.00");
+}
