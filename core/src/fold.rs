@@ -234,6 +234,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
     if s.status.is_terminal() && !terminal_ok {
         return Err(bad(format!("payment is {:?} (terminal)", s.status)));
     }
+    check_actor(env)?;
     match &env.event {
         Event::PaymentInitiated(_) => return Err(bad("PaymentInitiated may only come first")),
         Event::ParticipantInvited(e) => {
@@ -698,6 +699,50 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
     Ok(())
 }
 
+/// Facts only certain actors can state: rail outcomes come from the rail, a party's own
+/// approvals, agreement and joining from that party.
+fn check_actor(env: &Envelope) -> Result<()> {
+    let role = env.actor.role.as_str();
+    let own = |party: &PartyId| -> Result<()> {
+        if env.actor.party == Some(*party) {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "{} for party {party} was recorded as acting for someone else",
+                env.event_type().name()
+            )))
+        }
+    };
+    match &env.event {
+        Event::FundingSettled(_)
+        | Event::FundingFailed(_)
+        | Event::FundingReturned(_)
+        | Event::DisbursementSettled(_)
+        | Event::DisbursementFailed(_)
+            if role != "rail" =>
+        {
+            Err(bad(format!(
+                "{} must come from the rail",
+                env.event_type().name()
+            )))
+        }
+        Event::FundsAvailable(_) | Event::FundingDeadlineMissed(_)
+            if role != "rail" && role != "system" =>
+        {
+            Err(bad(format!(
+                "{} must come from the rail or the clock",
+                env.event_type().name()
+            )))
+        }
+        Event::ApprovalGranted(e) => own(&e.party),
+        Event::ApprovalDenied(e) => own(&e.party),
+        Event::ApprovalWithdrawn(e) => own(&e.party),
+        Event::TermsAgreed(e) => own(&e.party),
+        Event::ParticipantJoined(e) => own(&e.party),
+        _ => Ok(()),
+    }
+}
+
 /// Why a new request needs no approvals, if it does not.
 fn mandate_for(
     s: &PaymentState,
@@ -719,10 +764,21 @@ fn mandate_for(
         Some(Mandate::Cancellation)
     } else if kind == RequestKind::Refund && s.expired {
         Some(Mandate::Expiry)
-    } else if kind == RequestKind::Release && env.actor.role.as_str() == "system" {
+    } else if kind == RequestKind::Release
+        && env.actor.role.as_str() == "system"
+        && auto_release_due(s, env.at)
+    {
         Some(Mandate::AutoRelease)
     } else {
         None
+    }
+}
+
+/// The policy's automatic release applies at `at`.
+pub(crate) fn auto_release_due(s: &PaymentState, at: crate::time::Timestamp) -> bool {
+    match (s.policy_doc.release.auto_release_after_hours, s.held_since) {
+        (Some(h), Some(since)) => at >= since.add_hours(i64::from(h)),
+        _ => false,
     }
 }
 
