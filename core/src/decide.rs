@@ -461,6 +461,22 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
                 "payment_disputed",
                 "nothing leaves escrow while disputed",
             )?;
+            if let Some((id, r)) =
+                open.filter(|(_, r)| r.status == RequestStatus::AwaitingApprovals)
+            {
+                let valid = r
+                    .approvals
+                    .values()
+                    .filter(|h| **h == r.allocations_hash)
+                    .count();
+                return reject(
+                    "quorum_not_met",
+                    format!(
+                        "request {id} has {valid} valid approval(s); the policy needs {}",
+                        describe_rule(s.policy_doc.approvals(r.kind == RequestKind::Refund))
+                    ),
+                );
+            }
             need(
                 open.is_some_and(|(_, r)| r.status == RequestStatus::Authorized),
                 "no_authorized_request",
@@ -509,6 +525,16 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
         ),
         CommandKind::Invite | CommandKind::Remove | CommandKind::RecordReversal => Ok(()),
         CommandKind::RailNotice | CommandKind::Tick | CommandKind::Initiate => Ok(()),
+    }
+}
+
+fn describe_rule(a: &crate::policy::Approvals) -> String {
+    use crate::policy::Approvals;
+    let names = |r: &[Role]| r.iter().map(Role::as_str).collect::<Vec<_>>().join(", ");
+    match a {
+        Approvals::None => "none".into(),
+        Approvals::AllOf(r) => format!("one from each of: {}", names(r)),
+        Approvals::NOf { n, roles } => format!("{n} of: {}", names(roles)),
     }
 }
 

@@ -836,6 +836,18 @@ pub fn replay(history_json: &[u8]) -> Result<PaymentState> {
     replay_records(&records, None)
 }
 
+/// The state after event `seq` of a verified history (a view of the past).
+pub fn replay_at(history_json: &[u8], seq: u64) -> Result<PaymentState> {
+    let records = history::parse(history_json)?;
+    if seq == 0 || seq > records.len() as u64 {
+        return Err(Error::history(
+            seq,
+            format!("no event {seq}: the history has {} events", records.len()),
+        ));
+    }
+    replay_records(&records, Some(seq))
+}
+
 /// Verifies and folds parsed records, stopping after sequence `at` when given.
 pub fn replay_records(records: &[RawRecord<'_>], at: Option<u64>) -> Result<PaymentState> {
     if records.is_empty() {

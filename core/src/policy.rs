@@ -465,6 +465,14 @@ impl Policy {
         }
     }
 
+    /// The roles the policy notifies of an event type.
+    pub fn notified_roles(&self, event_type: &str) -> &[Role] {
+        self.notifications
+            .get(event_type)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
     /// The approvals rule for a release or a refund.
     pub fn approvals(&self, refund: bool) -> &Approvals {
         if refund {

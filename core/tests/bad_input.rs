@@ -315,7 +315,7 @@ fn rejections_name_the_rule() {
             rail: Rail::Wire,
             rail_ref: "o".into(),
         },
-        "no_authorized_request",
+        "quorum_not_met",
     );
     // Another request while one is open.
     s.rejects(
@@ -382,4 +382,49 @@ fn lender_sees_only_what_the_policy_allows() {
     // The escrow holder sees everything.
     let full = trustfold_core::view::state_view(s.state(), &[Role::new("escrow_holder")]);
     assert_eq!(full["amount"]["amount"], "5000.00");
+}
+
+#[test]
+fn disbursing_before_quorum_says_so() {
+    let mut s = scenarios::earnest_held(93).expect("held");
+    s.run(
+        as_(ESCROW, "escrow_holder"),
+        Command::RequestRelease {
+            request: scenarios::rid(1),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: usd("100.00"),
+            }],
+        },
+    )
+    .expect("request");
+    s.rejects(
+        as_(ESCROW, "escrow_holder"),
+        Command::SubmitDisbursement {
+            request: scenarios::rid(1),
+            rail: Rail::Wire,
+            rail_ref: "o".into(),
+        },
+        "quorum_not_met",
+    );
+}
+
+#[test]
+fn state_at_a_sequence() {
+    let v = scenarios::em_partial_releases().expect("vector");
+    let s = trustfold_core::fold::replay_at(&v.history, 1).expect("seq 1");
+    assert_eq!(s.status, Status::Draft);
+    assert_eq!(s.version, 1);
+    assert_eq!(
+        trustfold_core::fold::replay_at(&v.history, 0)
+            .unwrap_err()
+            .code(),
+        "invalid_history"
+    );
+    assert_eq!(
+        trustfold_core::fold::replay_at(&v.history, 10_000)
+            .unwrap_err()
+            .code(),
+        "invalid_history"
+    );
 }
