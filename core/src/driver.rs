@@ -1,7 +1,7 @@
 //! An in-memory driver: runs commands against one payment and keeps its history.
 //!
 //! For examples, tests, benchmarks and demos — the same job a server does around
-//! [`handle`](crate::decide::handle), minus storage. Command ids are derived from the
+//! [`crate::decide::handle`], minus storage. Command ids are derived from the
 //! payment id and a counter, and the clock is advanced by hand, so a scenario always
 //! produces the same bytes.
 //!

@@ -15,7 +15,7 @@
 //!
 //! An event's hash is SHA-256 over exactly those bytes as stored; the bytes are never
 //! re-serialized for verification, so events written under an old schema version
-//! still verify after they are [upcast](crate::upcast) on read.
+//! still verify after they are upcast ([`crate::upcast`]) on read.
 
 use std::fmt;
 

@@ -2,7 +2,7 @@
 //!
 //! Where the core must name something new (the events a command produces, the ledger
 //! legs an event opens) it derives the id deterministically from ids it was given,
-//! with [`derive`], so a retried command yields the very same ids.
+//! with [`derive()`], so a retried command yields the very same ids.
 //!
 //! ```
 //! use trustfold_core::id::PaymentId;
