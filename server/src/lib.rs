@@ -1,4 +1,6 @@
-//! The trustfold reference server. So far: its **event store**, one storage contract
+//! The trustfold reference server: an HTTP API ([`api`], started by [`app::start`] or
+//! the `trustfold-server` binary) over read models ([`projections`]) and its **event
+//! store**, one storage contract
 //! ([`EventStore`]) with two engines, an embedded SQLite file ([`SqliteStore`]) and
 //! PostgreSQL for running many server processes over one database ([`PostgresStore`]);
 //! [`AnyStore`] picks one from a location string.
@@ -75,9 +77,14 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod app;
+pub mod cache;
+pub mod db;
 mod error;
 mod event;
 mod postgres;
+pub mod projections;
 mod sqlite;
 
 use std::future::Future;
@@ -130,6 +137,14 @@ pub trait EventStore: Send + Sync {
         tenant: Uuid,
         stream: Uuid,
     ) -> impl Future<Output = Result<Option<StreamHead>>> + Send;
+
+    /// One event by its id, if it is stored in one of `tenant`'s streams (how a server
+    /// finds out that a retried command's events are already stored).
+    fn read_event(
+        &self,
+        tenant: Uuid,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<Option<StoredEvent>>> + Send;
 
     /// The tenant's feed: its events with `position > after_position`, in global order.
     /// Positions have gaps where other tenants' events are.
@@ -207,6 +222,13 @@ impl EventStore for AnyStore {
         match self {
             Self::Sqlite(s) => s.stream_head(tenant, stream).await,
             Self::Postgres(s) => s.stream_head(tenant, stream).await,
+        }
+    }
+
+    async fn read_event(&self, tenant: Uuid, event_id: Uuid) -> Result<Option<StoredEvent>> {
+        match self {
+            Self::Sqlite(s) => s.read_event(tenant, event_id).await,
+            Self::Postgres(s) => s.read_event(tenant, event_id).await,
         }
     }
 

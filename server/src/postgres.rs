@@ -343,6 +343,20 @@ impl EventStore for PostgresStore {
             .transpose()
     }
 
+    async fn read_event(&self, tenant: Uuid, event_id: Uuid) -> Result<Option<StoredEvent>> {
+        let sql =
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1 AND tenant_id = $2");
+        let row = sqlx::query(&sql)
+            .bind(event_id)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(raw_event_from_row!(&row)),
+            None => None,
+        })
+    }
+
     async fn read_all(
         &self,
         tenant: Uuid,

@@ -318,6 +318,20 @@ impl EventStore for SqliteStore {
             .transpose()
     }
 
+    async fn read_event(&self, tenant: Uuid, event_id: Uuid) -> Result<Option<StoredEvent>> {
+        let sql =
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ? AND tenant_id = ?");
+        let row = sqlx::query(&sql)
+            .bind(event_id)
+            .bind(tenant)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(raw_event_from_row!(&row)),
+            None => None,
+        })
+    }
+
     async fn read_all(
         &self,
         tenant: Uuid,

@@ -1,0 +1,234 @@
+//! Credentials: tenant API keys (random secrets stored as SHA-256 hashes, compared in
+//! constant time, rotatable with overlap) and participant tokens (HMAC-SHA256 signed by
+//! the server, bound to one tenant, payment and party, short-lived).
+//!
+//! - API key: `tfk_<key id, 32 hex>_<secret, 43 base64url>`.
+//! - Participant token: `tft_<base64url payload>.<base64url HMAC>`; the payload is JSON
+//!   `{"tenant","payment","party","roles","exp"}` (`exp` in Unix seconds).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use trustfold_core::policy::Role;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::db::{now_us, on_read};
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A tenant, with its API key: sees and does everything in its own data.
+    Tenant {
+        /// The tenant.
+        tenant: Uuid,
+    },
+    /// A participant, with a token: one payment, one party, the policy's view.
+    Participant(TokenClaims),
+}
+
+impl Principal {
+    /// The tenant whose data is accessed.
+    pub fn tenant(&self) -> Uuid {
+        match self {
+            Principal::Tenant { tenant } => *tenant,
+            Principal::Participant(c) => c.tenant,
+        }
+    }
+
+    /// A short description for idempotency hashing.
+    pub fn scope(&self) -> String {
+        match self {
+            Principal::Tenant { tenant } => format!("tenant:{tenant}"),
+            Principal::Participant(c) => format!("party:{}:{}", c.payment, c.party),
+        }
+    }
+
+    /// Requires a tenant API key (participant tokens get 403).
+    pub fn require_tenant(&self) -> Result<Uuid, ApiError> {
+        match self {
+            Principal::Tenant { tenant } => Ok(*tenant),
+            Principal::Participant(_) => Err(ApiError::Forbidden {
+                code: "token_scope",
+                message: "a participant token may only read and act on its own payment; \
+                          use the tenant's API key"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Checks that the caller may touch `payment` (a token only its own: another
+    /// payment is reported as unknown, revealing nothing).
+    pub fn check_payment(&self, payment: Uuid) -> Result<(), ApiError> {
+        match self {
+            Principal::Participant(c) if c.payment != payment => {
+                Err(ApiError::unknown_payment(payment))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a participant token says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenClaims {
+    /// The tenant.
+    pub tenant: Uuid,
+    /// The payment.
+    pub payment: Uuid,
+    /// The party.
+    pub party: Uuid,
+    /// The roles the token may act in and see as.
+    pub roles: Vec<Role>,
+    /// Expiry, Unix seconds.
+    pub exp: i64,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The key participant tokens are signed with, derived from the server secret.
+#[derive(Clone)]
+pub struct TokenKey([u8; 32]);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+impl TokenKey {
+    /// Derives the token key from the server's secret.
+    pub fn derive(server_secret: &[u8; 32]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"trustfold-participant-token-v1\0");
+        h.update(server_secret);
+        TokenKey(h.finalize().into())
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // HMAC accepts keys of any length.
+        match HmacSha256::new_from_slice(&self.0) {
+            Ok(m) => m,
+            Err(_) => unreachable!("hmac takes keys of any length"),
+        }
+    }
+
+    /// Signs claims into a token string.
+    pub fn sign(&self, claims: &TokenClaims) -> String {
+        let payload = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        let sig = B64.encode(mac.finalize().into_bytes());
+        format!("tft_{payload}.{sig}")
+    }
+
+    /// Verifies a token string: signature, then expiry.
+    pub fn verify(&self, token: &str) -> Result<TokenClaims, ApiError> {
+        let bad = || ApiError::Unauthorized("the participant token is invalid".into());
+        let rest = token.strip_prefix("tft_").ok_or_else(bad)?;
+        let (payload, sig) = rest.split_once('.').ok_or_else(bad)?;
+        let sig = B64.decode(sig).map_err(|_| bad())?;
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&sig).map_err(|_| bad())?;
+        let claims: TokenClaims =
+            serde_json::from_slice(&B64.decode(payload).map_err(|_| bad())?).map_err(|_| bad())?;
+        if claims.exp <= now_us() / 1_000_000 {
+            return Err(ApiError::Unauthorized(
+                "the participant token has expired; ask for a new one".into(),
+            ));
+        }
+        Ok(claims)
+    }
+}
+
+/// A new API key: its id, the full secret string (shown once) and its hash.
+pub struct NewApiKey {
+    /// The key's id (its public part).
+    pub key_id: Uuid,
+    /// The whole key, shown to the tenant once.
+    pub secret: String,
+    /// SHA-256 of the whole key, stored.
+    pub hash: [u8; 32],
+}
+
+/// Makes a random API key.
+pub fn new_api_key() -> Result<NewApiKey, ApiError> {
+    let mut raw = [0u8; 32];
+    getrandom::getrandom(&mut raw)
+        .map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
+    let key_id = Uuid::new_v4();
+    let secret = format!("tfk_{}_{}", key_id.simple(), B64.encode(raw));
+    let hash = Sha256::digest(secret.as_bytes()).into();
+    Ok(NewApiKey {
+        key_id,
+        secret,
+        hash,
+    })
+}
+
+/// Constant-time comparison of two secrets by their SHA-256 hashes.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let ha = Sha256::digest(a.as_bytes());
+    let hb = Sha256::digest(b.as_bytes());
+    ha.ct_eq(&hb).into()
+}
+
+/// The bearer credential of a request, if any.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    let v = v.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn check_api_key(state: &AppState, key: &str) -> Result<Uuid, ApiError> {
+    let bad = || ApiError::Unauthorized("the API key is invalid, expired or revoked".into());
+    let rest = key.strip_prefix("tfk_").ok_or_else(bad)?;
+    let (id, _) = rest.split_once('_').ok_or_else(bad)?;
+    let key_id = Uuid::try_parse(id).map_err(|_| bad())?;
+    let row: Option<(Uuid, Vec<u8>, Option<i64>)> = on_read!(&state.db, pool => {
+        sqlx::query_as(
+            "SELECT tenant_id, key_hash, expires_at_us FROM api_keys WHERE key_id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(crate::StoreError::from)?
+    });
+    let (tenant, stored, expires) = row.ok_or_else(bad)?;
+    let given: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    if !bool::from(given.as_slice().ct_eq(stored.as_slice())) {
+        return Err(bad());
+    }
+    if expires.is_some_and(|e| e <= now_us()) {
+        return Err(bad());
+    }
+    Ok(tenant)
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(cred) = bearer(parts) else {
+            return Err(ApiError::Unauthorized(
+                "send an API key or participant token as `Authorization: Bearer …`".into(),
+            ));
+        };
+        if cred.starts_with("tft_") {
+            return state.token_key.verify(cred).map(Principal::Participant);
+        }
+        let tenant = check_api_key(state, cred).await?;
+        Ok(Principal::Tenant { tenant })
+    }
+}

@@ -1,0 +1,257 @@
+//! API errors as RFC 9457 problem details (`application/problem+json`) with a stable
+//! `code`, the offending `field` where one applies and `current_version` on conflicts.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::StoreError;
+
+/// Everything a request can fail with. Client mistakes are 4xx with a stable code; only
+/// [`ApiError::Internal`] is a 5xx, and it means a bug or a database outage.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request body is not JSON (400 `malformed_json`).
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// A JSON body of the wrong shape, or a bad query or path parameter (400).
+    #[error("{message}")]
+    BadRequest {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+        /// The offending field or parameter.
+        field: Option<String>,
+    },
+    /// No or a bad credential (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A credential that may not do this (403).
+    #[error("{message}")]
+    Forbidden {
+        /// Stable code.
+        code: &'static str,
+        /// What is not allowed.
+        message: String,
+    },
+    /// Unknown, or another tenant's (404).
+    #[error("{message}")]
+    NotFound {
+        /// Stable code, e.g. `unknown_payment`.
+        code: &'static str,
+        /// What was not found.
+        message: String,
+    },
+    /// The payment is not at the expected version (409 `version_conflict`).
+    #[error("the payment is at version {current}, not {expected}; read it again and retry")]
+    VersionConflict {
+        /// The version the client expected.
+        expected: u64,
+        /// The payment's version now.
+        current: u64,
+    },
+    /// Another conflict (409), e.g. a policy version stored with other content.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// What conflicts.
+        message: String,
+    },
+    /// The body is larger than the limit (413).
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Well-formed but rejected by a domain rule or an idempotency rule (422).
+    #[error("{message}")]
+    Unprocessable {
+        /// Stable code, e.g. `quorum_not_met`, `idempotency_key_reused`.
+        code: &'static str,
+        /// What rule and why.
+        message: String,
+        /// The offending field.
+        field: Option<String>,
+    },
+    /// Our bug or an outage (500). The message is logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The database is unreachable (503).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// 400 with a code and a field.
+    pub fn bad_request(code: &'static str, field: &str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    /// 404 for a payment that does not exist for this caller.
+    pub fn unknown_payment(id: impl std::fmt::Display) -> Self {
+        ApiError::NotFound {
+            code: "unknown_payment",
+            message: format!("no payment {id}"),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::VersionConflict { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::BadRequest { code, .. }
+            | ApiError::Forbidden { code, .. }
+            | ApiError::NotFound { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Unprocessable { code, .. } => code,
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::VersionConflict { .. } => "version_conflict",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Internal(_) => "internal_error",
+            ApiError::Unavailable(_) => "database_unavailable",
+        }
+    }
+
+    /// The problem document's bytes.
+    pub fn to_body(&self) -> Vec<u8> {
+        let status = self.status();
+        let detail = match self {
+            ApiError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
+            other => other.to_string(),
+        };
+        let problem = Problem {
+            kind: format!("https://trustfold.dev/errors/{}", self.code()),
+            title: status.canonical_reason().unwrap_or("error"),
+            status: status.as_u16(),
+            detail,
+            code: self.code(),
+            field: match self {
+                ApiError::BadRequest { field, .. } | ApiError::Unprocessable { field, .. } => {
+                    field.as_deref()
+                }
+                _ => None,
+            },
+            current_version: match self {
+                ApiError::VersionConflict { current, .. } => Some(*current),
+                _ => None,
+            },
+        };
+        serde_json::to_vec(&problem).unwrap_or_default()
+    }
+
+    /// Maps a core error: rejections by rule, input codes, everything else.
+    pub fn from_core(e: trustfold_core::Error) -> Self {
+        use trustfold_core::Error as E;
+        match e {
+            E::Rejected { code, message } => match code {
+                "not_permitted" | "unknown_participant" | "actor_required" | "not_joined" => {
+                    ApiError::Forbidden { code, message }
+                }
+                "unknown_payment" => ApiError::NotFound { code, message },
+                _ => ApiError::Unprocessable {
+                    code,
+                    message,
+                    field: None,
+                },
+            },
+            E::MalformedJson(m) => ApiError::BadRequest {
+                code: "invalid_request",
+                message: m,
+                field: None,
+            },
+            E::InvalidPolicy { field, reason } => ApiError::Unprocessable {
+                code: "invalid_policy",
+                message: format!("invalid policy at `{field}`: {reason}"),
+                field: Some(field),
+            },
+            E::InvalidHistory { .. } | E::ChainBroken { .. } | E::BadSignature(_) => {
+                ApiError::Internal(e.to_string())
+            }
+            other => ApiError::Unprocessable {
+                code: other.code(),
+                message: other.to_string(),
+                field: other.field().map(str::to_owned),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_version: Option<u64>,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::VersionConflict { expected, current } => {
+                ApiError::VersionConflict { expected, current }
+            }
+            StoreError::EventIdReused { .. } => ApiError::Unprocessable {
+                code: "idempotency_key_reused",
+                message: "this idempotency key was already used for another command".into(),
+                field: None,
+            },
+            StoreError::StreamUnavailable { stream_id } => ApiError::Conflict {
+                code: "payment_id_unavailable",
+                message: format!("payment id {stream_id} cannot be used; choose another"),
+            },
+            StoreError::InvalidAppend(m) => ApiError::Unprocessable {
+                code: "invalid_append",
+                message: m,
+                field: None,
+            },
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut res = (self.status(), self.to_body()).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        res
+    }
+}
+
+/// Results of handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

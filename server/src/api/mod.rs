@@ -1,0 +1,553 @@
+//! The HTTP API: routes, shared state and the small handlers. Payments live in
+//! [`payments`], the live stream in [`sse`].
+//!
+//! Every route is listed once in [`routes`], which builds the router and is what the
+//! OpenAPI document (`/openapi.json`, `server/src/openapi.json`) is checked against.
+
+pub mod auth;
+pub mod error;
+pub mod payments;
+pub mod sse;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use serde::Deserialize;
+use tokio::sync::{broadcast, watch};
+use trustfold_core::history::PublicKey;
+use trustfold_core::policy::Policy;
+use uuid::Uuid;
+
+use crate::cache::StateCache;
+use crate::db::{now_us, on_read, on_write, Db};
+use crate::projections::Projector;
+use crate::{AnyStore, StoreError};
+use auth::{new_api_key, secrets_equal, Principal, TokenKey};
+use error::{ApiError, ApiResult};
+
+/// The OpenAPI 3.1 document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// A stream moved: `stream` is now at `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notice {
+    /// The payment.
+    pub stream: Uuid,
+    /// Its version after the append.
+    pub version: u64,
+}
+
+/// Tunables of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+    /// How often an idle SSE stream sends a heartbeat comment.
+    pub heartbeat: Duration,
+    /// How often an SSE stream looks at the store even without a notice (catches
+    /// appends by processes that cannot notify this one, e.g. over one SQLite file).
+    pub poll_interval: Duration,
+    /// The admin token that may create tenants (`None`: tenant creation is off).
+    pub admin_token: Option<String>,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The event store.
+    pub store: AnyStore,
+    /// The server's own tables.
+    pub db: Db,
+    /// The server's Ed25519 secret (signs stream heads).
+    pub secret: Arc<[u8; 32]>,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Signs participant tokens.
+    pub token_key: TokenKey,
+    /// Recently folded states.
+    pub cache: Arc<StateCache>,
+    /// Stream notices, from this process and (PostgreSQL) from others.
+    pub notices: broadcast::Sender<Notice>,
+    /// The read models.
+    pub projector: Arc<Projector>,
+    /// Tunables.
+    pub config: Arc<HttpConfig>,
+    /// Turns `true` when the server shuts down (ends live streams).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Every route: method, path (as in the OpenAPI document) and handler.
+pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+    vec![
+        ("GET", "/healthz", get(healthz)),
+        ("GET", "/openapi.json", get(openapi)),
+        ("GET", "/v1/server-key", get(server_key)),
+        ("POST", "/v1/tenants", post(create_tenant)),
+        ("POST", "/v1/api-keys", post(rotate_api_key)),
+        ("POST", "/v1/policies", post(create_policy)),
+        ("GET", "/v1/policies/{policy_id}", get(get_policy)),
+        ("POST", "/v1/payments", post(payments::create_payment)),
+        ("GET", "/v1/payments", get(payments::list_payments)),
+        (
+            "GET",
+            "/v1/payments/{payment_id}",
+            get(payments::get_payment),
+        ),
+        (
+            "POST",
+            "/v1/payments/{payment_id}/commands",
+            post(payments::send_command),
+        ),
+        (
+            "GET",
+            "/v1/payments/{payment_id}/events",
+            get(payments::get_events),
+        ),
+        (
+            "GET",
+            "/v1/payments/{payment_id}/head",
+            get(payments::get_head),
+        ),
+        ("GET", "/v1/payments/{payment_id}/stream", get(sse::stream)),
+        (
+            "POST",
+            "/v1/payments/{payment_id}/tokens",
+            post(payments::create_token),
+        ),
+        (
+            "GET",
+            "/v1/payments/{payment_id}/balances",
+            get(payments::get_balances),
+        ),
+        (
+            "GET",
+            "/v1/parties/{party_id}/inbox",
+            get(payments::get_inbox),
+        ),
+        ("GET", "/v1/events", get(payments::get_feed)),
+    ]
+}
+
+/// The router with every route, the fallbacks and the body limit.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    let mut r: Router<AppState> = Router::new();
+    for (_, path, handler) in routes() {
+        r = r.route(path, handler);
+    }
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "route_not_found",
+        message: "no such route; see /openapi.json".into(),
+    }
+}
+
+async fn method_not_allowed() -> Response {
+    let e = ApiError::BadRequest {
+        code: "method_not_allowed",
+        message: "this route does not take that method; see /openapi.json".into(),
+        field: None,
+    };
+    let mut res = e.into_response();
+    *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    res
+}
+
+/// A request body, read up to the limit (413 beyond it).
+pub struct Body(pub Bytes);
+
+impl FromRequest<AppState> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Body(b)),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge {
+                    limit: state.config.body_limit,
+                })
+            }
+            Err(rej) => Err(ApiError::BadRequest {
+                code: "unreadable_body",
+                message: format!("the request body could not be read: {rej}"),
+                field: None,
+            }),
+        }
+    }
+}
+
+/// Parses a JSON body into `T`: 400 `malformed_json` for bad syntax, 400
+/// `invalid_request` for the wrong shape, 422 with the core's code (e.g.
+/// `invalid_amount_scale`) for values the domain rejects.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    serde_json::from_value(value).map_err(|e| {
+        let core: trustfold_core::Error = e.into();
+        match core {
+            trustfold_core::Error::MalformedJson(m) => ApiError::BadRequest {
+                code: "invalid_request",
+                field: field_of(&m),
+                message: m,
+            },
+            other => ApiError::from_core(other),
+        }
+    })
+}
+
+/// The field a serde message names (`missing field `x``, `unknown field `x``).
+fn field_of(message: &str) -> Option<String> {
+    let start = message.find('`')?;
+    let rest = &message[start + 1..];
+    let end = rest.find('`')?;
+    let f = &rest[..end];
+    (message.contains("field") && !f.is_empty()).then(|| f.to_owned())
+}
+
+/// Parses a path id.
+pub fn parse_id(raw: &str, field: &str) -> ApiResult<Uuid> {
+    Uuid::try_parse(raw).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_id",
+            field,
+            format!("`{raw}` is not a UUID ({field})"),
+        )
+    })
+}
+
+/// Query parameters as a map (a malformed query string is a 400).
+pub type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+/// Reads an optional unsigned number parameter.
+pub fn param_u64(params: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+    params
+        .get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    name,
+                    format!("`{name}` must be a non-negative integer, got `{v}`"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The query map, or a 400.
+pub fn params(p: Params) -> ApiResult<HashMap<String, String>> {
+    p.map(|Query(m)| m).map_err(|e| ApiError::BadRequest {
+        code: "invalid_parameter",
+        message: format!("malformed query string: {e}"),
+        field: None,
+    })
+}
+
+/// A `limit` parameter: default `default`, at most `max`, at least 1.
+pub fn limit_param(params: &HashMap<String, String>, default: u32, max: u32) -> ApiResult<u32> {
+    match param_u64(params, "limit")? {
+        None => Ok(default),
+        Some(0) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            "limit",
+            "`limit` must be at least 1",
+        )),
+        Some(n) => Ok(u32::try_from(n).unwrap_or(max).min(max)),
+    }
+}
+
+/// A JSON response with a status.
+pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// A JSON response of a serializable value.
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    json_bytes(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
+    let ok: i64 = on_read!(&state.db, pool => {
+        sqlx::query_scalar("SELECT 1")
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"status": if ok == 1 { "ok" } else { "degraded" }}),
+    ))
+}
+
+async fn openapi() -> Response {
+    let mut res = OPENAPI.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+async fn server_key(State(state): State<AppState>) -> Response {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "algorithm": "ed25519",
+            "public_key": state.public_key.to_string(),
+        }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+}
+
+async fn insert_api_key(db: &Db, tenant: Uuid) -> ApiResult<auth::NewApiKey> {
+    let key = new_api_key()?;
+    on_write!(db, pool => {
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, tenant_id, key_hash, created_at_us) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key.key_id)
+        .bind(tenant)
+        .bind(key.hash.as_slice())
+        .bind(now_us())
+        .execute(pool)
+        .await
+        .map_err(StoreError::from)?;
+    });
+    Ok(key)
+}
+
+async fn create_tenant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let Some(admin) = state.config.admin_token.as_deref() else {
+        return Err(ApiError::Forbidden {
+            code: "tenant_creation_disabled",
+            message: "start the server with --admin-token (or TRUSTFOLD_ADMIN_TOKEN) to create \
+                      tenants"
+                .into(),
+        });
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    match given {
+        Some(t) if secrets_equal(t, admin) => {}
+        _ => {
+            return Err(ApiError::Unauthorized(
+                "creating a tenant needs the admin token as `Authorization: Bearer …`".into(),
+            ))
+        }
+    }
+    let req: NewTenant = parse_json(&body)?;
+    if req.name.trim().is_empty() {
+        return Err(ApiError::Unprocessable {
+            code: "invalid_name",
+            message: "a tenant needs a non-empty name".into(),
+            field: Some("name".into()),
+        });
+    }
+    let tenant = Uuid::new_v4();
+    on_write!(&state.db, pool => {
+        sqlx::query("INSERT INTO tenants (tenant_id, name, created_at_us) VALUES ($1, $2, $3)")
+            .bind(tenant)
+            .bind(&req.name)
+            .bind(now_us())
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?;
+    });
+    let key = insert_api_key(&state.db, tenant).await?;
+    tracing::info!(%tenant, "tenant created");
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"tenant_id": tenant, "name": req.name, "api_key": key.secret}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// Other keys of the tenant stop working after this many seconds (overlap).
+    #[serde(default)]
+    expire_others_after_seconds: Option<u64>,
+}
+
+async fn rotate_api_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let req: Rotate = if body.is_empty() {
+        Rotate::default()
+    } else {
+        parse_json(&body)?
+    };
+    let key = insert_api_key(&state.db, tenant).await?;
+    if let Some(secs) = req.expire_others_after_seconds {
+        let at = now_us().saturating_add(i64::try_from(secs).unwrap_or(i64::MAX / 2) * 1_000_000);
+        on_write!(&state.db, pool => {
+            sqlx::query(
+                "UPDATE api_keys SET expires_at_us = $1 WHERE tenant_id = $2 AND key_id <> $3 \
+                 AND (expires_at_us IS NULL OR expires_at_us > $1)",
+            )
+            .bind(at)
+            .bind(tenant)
+            .bind(key.key_id)
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?;
+        });
+    }
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"tenant_id": tenant, "api_key": key.secret}),
+    ))
+}
+
+fn policy_response(status: StatusCode, body: &str, hash: &[u8]) -> ApiResult<Response> {
+    let policy: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(json(
+        status,
+        &serde_json::json!({
+            "id": policy.get("id"),
+            "version": policy.get("version"),
+            "hash": hex::encode(hash),
+            "policy": policy,
+        }),
+    ))
+}
+
+async fn create_policy(
+    State(state): State<AppState>,
+    principal: Principal,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::MalformedJson("the body is not UTF-8".into()))?;
+    serde_json::from_str::<serde_json::Value>(text)
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let policy = Policy::from_json(text).map_err(ApiError::from_core)?;
+    let canonical = String::from_utf8(policy.canonical_json())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hash = policy.hash().0;
+    let inserted = on_write!(&state.db, pool => {
+        sqlx::query(
+            "INSERT INTO policies (tenant_id, policy_id, version, body, hash, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&policy.id)
+        .bind(i64::from(policy.version))
+        .bind(&canonical)
+        .bind(hash.as_slice())
+        .bind(now_us())
+        .execute(pool)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected()
+    });
+    if inserted == 1 {
+        return policy_response(StatusCode::CREATED, &canonical, &hash);
+    }
+    let (stored, stored_hash) = load_policy(&state.db, tenant, &policy.id, Some(policy.version))
+        .await?
+        .ok_or_else(|| ApiError::Internal("policy insert conflicted but none is stored".into()))?;
+    if stored_hash != hash {
+        return Err(ApiError::Conflict {
+            code: "policy_version_exists",
+            message: format!(
+                "policy {} version {} is already stored with other content; policies are \
+                 immutable, publish version {}",
+                policy.id,
+                policy.version,
+                policy.version + 1
+            ),
+        });
+    }
+    policy_response(StatusCode::OK, &stored, &stored_hash)
+}
+
+/// A stored policy's canonical JSON and hash: the given version, or the latest.
+pub async fn load_policy(
+    db: &Db,
+    tenant: Uuid,
+    id: &str,
+    version: Option<u32>,
+) -> ApiResult<Option<(String, Vec<u8>)>> {
+    let row: Option<(String, Vec<u8>)> = on_read!(db, pool => {
+        match version {
+            Some(v) => sqlx::query_as(
+                "SELECT body, hash FROM policies WHERE tenant_id = $1 AND policy_id = $2 \
+                 AND version = $3",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(i64::from(v))
+            .fetch_optional(pool)
+            .await,
+            None => sqlx::query_as(
+                "SELECT body, hash FROM policies WHERE tenant_id = $1 AND policy_id = $2 \
+                 ORDER BY version DESC LIMIT 1",
+            )
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(pool)
+            .await,
+        }
+        .map_err(StoreError::from)?
+    });
+    Ok(row)
+}
+
+async fn get_policy(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    query: Params,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let q = params(query)?;
+    let version = param_u64(&q, "version")?.map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+    let (body, hash) = load_policy(&state.db, tenant, &id, version)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            code: "unknown_policy",
+            message: match version {
+                Some(v) => format!("no policy {id} version {v}"),
+                None => format!("no policy {id}"),
+            },
+        })?;
+    policy_response(StatusCode::OK, &body, &hash)
+}

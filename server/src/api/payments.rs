@@ -1,0 +1,1178 @@
+//! Payments: open one, send commands (idempotent, optimistic concurrency), read state,
+//! history, signed head, balances, inboxes, the tenant feed, and mint participant tokens.
+//!
+//! # Commands
+//!
+//! A command is judged against the payment's latest state (folded from the store) by
+//! the core's `handle`, and its sealed events are appended with expected version =
+//! the state's version. The command id given to the core is derived from the
+//! `Idempotency-Key` (and the caller), so a retry produces the very same event ids:
+//! if the first attempt's events are already stored, the retry answers from them
+//! instead of deciding again; and the first response is stored with a hash of the
+//! request, replayed for the same key and body, and a different body under the same key
+//! is `422 idempotency_key_reused`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use trustfold_core::command::{Command, Context};
+use trustfold_core::decide::handle;
+use trustfold_core::envelope::{Actor, Envelope};
+use trustfold_core::hash::Hash;
+use trustfold_core::history::SignedHead;
+use trustfold_core::id::{derive, CommandId, PartyId, PaymentId, TenantId};
+use trustfold_core::money::Money;
+use trustfold_core::policy::{Policy, Role};
+use trustfold_core::state::PaymentState;
+use trustfold_core::time::Timestamp;
+use trustfold_core::view;
+use uuid::Uuid;
+
+use super::auth::{Principal, TokenClaims};
+use super::error::{ApiError, ApiResult};
+use super::{
+    json, json_bytes, limit_param, load_policy, param_u64, params, parse_id, parse_json, AppState,
+    Body, Notice, Params,
+};
+use crate::cache::{fold_stream, LoadError};
+use crate::db::{now_us, on_read, on_write};
+use crate::{EventStore, NewEvent, StoreError, StoredEvent};
+
+impl From<LoadError> for ApiError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Store(s) => s.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// How often a command is re-decided when another command won the race and the client
+/// did not ask for a particular version.
+const CONFLICT_RETRIES: usize = 3;
+/// Largest number of events one command may produce (for answering a retry from the
+/// store).
+const MAX_EVENTS_PER_COMMAND: u32 = 64;
+
+// ---------------------------------------------------------------------------------------
+// Idempotency.
+
+struct Idem {
+    key: String,
+    request_hash: [u8; 32],
+}
+
+fn idempotency(
+    headers: &HeaderMap,
+    principal: &Principal,
+    route: &str,
+    body: &[u8],
+) -> ApiResult<Option<Idem>> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key",
+                "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+            )
+        })?
+        .to_owned();
+    let mut h = Sha256::new();
+    for part in [route.as_bytes(), principal.scope().as_bytes(), body] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    Ok(Some(Idem {
+        key,
+        request_hash: h.finalize().into(),
+    }))
+}
+
+fn replayed(status: i32, body: Vec<u8>) -> Response {
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut res = if status.is_success() {
+        json_bytes(status, body)
+    } else {
+        let mut r = (status, body).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        r
+    };
+    res.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    res
+}
+
+fn key_reused() -> ApiError {
+    ApiError::Unprocessable {
+        code: "idempotency_key_reused",
+        message: "this Idempotency-Key was already used with a different request; use a new key \
+                  for a new request"
+            .into(),
+        field: Some("Idempotency-Key".into()),
+    }
+}
+
+async fn idem_lookup(state: &AppState, tenant: Uuid, idem: &Idem) -> ApiResult<Option<Response>> {
+    let row: Option<(Vec<u8>, i32, Vec<u8>)> = on_write!(&state.db, pool => {
+        sqlx::query_as(
+            "SELECT request_hash, status, body FROM idempotency WHERE tenant_id = $1 \
+             AND idem_key = $2",
+        )
+        .bind(tenant)
+        .bind(&idem.key)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    match row {
+        None => Ok(None),
+        Some((hash, status, body)) if hash == idem.request_hash => Ok(Some(replayed(status, body))),
+        Some(_) => Err(key_reused()),
+    }
+}
+
+/// Stores the first response under the key; if another request stored one first,
+/// answers with that one.
+async fn idem_store(
+    state: &AppState,
+    tenant: Uuid,
+    idem: &Idem,
+    status: StatusCode,
+    body: Vec<u8>,
+) -> ApiResult<Response> {
+    let inserted = on_write!(&state.db, pool => {
+        sqlx::query(
+            "INSERT INTO idempotency (tenant_id, idem_key, request_hash, status, body, \
+             created_at_us) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&idem.key)
+        .bind(idem.request_hash.as_slice())
+        .bind(i32::from(status.as_u16()))
+        .bind(&body)
+        .bind(now_us())
+        .execute(pool)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected()
+    });
+    if inserted == 1 {
+        return Ok(if status.is_success() {
+            json_bytes(status, body)
+        } else {
+            replayed_first(status, body)
+        });
+    }
+    idem_lookup(state, tenant, idem)
+        .await?
+        .ok_or_else(|| ApiError::Internal("idempotency record vanished".into()))
+}
+
+fn replayed_first(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
+/// Runs a command with idempotency around it.
+async fn with_idempotency(
+    state: &AppState,
+    principal: &Principal,
+    idem: Option<Idem>,
+    run: impl std::future::Future<Output = ApiResult<(StatusCode, Vec<u8>)>>,
+) -> ApiResult<Response> {
+    let tenant = principal.tenant();
+    let Some(idem) = idem else {
+        let (status, body) = run.await?;
+        return Ok(json_bytes(status, body));
+    };
+    if let Some(res) = idem_lookup(state, tenant, &idem).await? {
+        return Ok(res);
+    }
+    match run.await {
+        Ok((status, body)) => idem_store(state, tenant, &idem, status, body).await,
+        // A domain rejection is a result too: the same request gets it again.
+        Err(e @ ApiError::Unprocessable { .. }) if e.code() != "idempotency_key_reused" => {
+            idem_store(state, tenant, &idem, e.status(), e.to_body()).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn command_id_for(principal: &Principal, idem: Option<&Idem>) -> CommandId {
+    match idem {
+        Some(i) => CommandId(derive(
+            principal.tenant(),
+            &format!("idempotency-key\0{}\0{}", principal.scope(), i.key),
+            0,
+        )),
+        None => CommandId(Uuid::new_v4()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Executing a command.
+
+struct Prepared {
+    payment: Uuid,
+    command: Command,
+    actor: Actor,
+    expected: Option<u64>,
+    correlation: Option<Uuid>,
+    created: bool,
+}
+
+struct Emitted {
+    env: Envelope,
+    body: Vec<u8>,
+    hash: [u8; 32],
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_unix_millis(now_us() / 1000)
+}
+
+fn write_record(out: &mut Vec<u8>, hash: &[u8; 32], body: &[u8]) {
+    out.extend_from_slice(b"{\"hash\":\"");
+    out.extend_from_slice(hex::encode(hash).as_bytes());
+    out.extend_from_slice(b"\",\"event\":");
+    out.extend_from_slice(body);
+    out.push(b'}');
+}
+
+/// The response to a command: the new events (verbatim records, or the participant's
+/// redacted view) and the state after them.
+fn command_body(
+    principal: &Principal,
+    payment: Uuid,
+    events: &[Emitted],
+    state: &PaymentState,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(
+        format!(
+            "{{\"payment_id\":\"{payment}\",\"version\":{},\"events\":[",
+            state.version
+        )
+        .as_bytes(),
+    );
+    match principal {
+        Principal::Tenant { .. } => {
+            for (i, e) in events.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_record(&mut out, &e.hash, &e.body);
+            }
+            out.extend_from_slice(b"],\"state\":");
+            out.extend_from_slice(&state.to_json());
+        }
+        Principal::Participant(c) => {
+            let envs: Vec<Envelope> = events.iter().map(|e| e.env.clone()).collect();
+            let redacted = view::history_view(state, &envs, &c.roles);
+            for (i, v) in redacted.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&serde_json::to_vec(v).unwrap_or_default());
+            }
+            out.extend_from_slice(b"],\"state\":");
+            out.extend_from_slice(
+                &serde_json::to_vec(&view::state_view(state, &c.roles)).unwrap_or_default(),
+            );
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+/// If this command's events are already stored (a retry after a lost response or a
+/// crash), the response built from them.
+async fn already_applied(
+    state: &AppState,
+    principal: &Principal,
+    tenant: Uuid,
+    payment: Uuid,
+    command_id: CommandId,
+) -> ApiResult<Option<Vec<u8>>> {
+    let first = derive(command_id.uuid(), "event", 0);
+    let Some(ev) = state.store.read_event(tenant, first).await? else {
+        return Ok(None);
+    };
+    if ev.stream_id != payment {
+        return Err(key_reused());
+    }
+    let mut found = vec![ev];
+    for i in 1..MAX_EVENTS_PER_COMMAND {
+        match state
+            .store
+            .read_event(tenant, derive(command_id.uuid(), "event", i))
+            .await?
+        {
+            Some(e) if e.stream_id == payment => found.push(e),
+            _ => break,
+        }
+    }
+    let last = found.last().map_or(0, |e| e.seq);
+    let st = fold_stream(&state.store, tenant, payment, None, Some(last))
+        .await?
+        .ok_or_else(|| ApiError::Internal("stored command events do not fold".into()))?;
+    let mut emitted = Vec::with_capacity(found.len());
+    for e in found {
+        let env = Envelope::from_json(&e.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+        emitted.push(Emitted {
+            env,
+            body: e.body,
+            hash: e.hash,
+        });
+    }
+    Ok(Some(command_body(principal, payment, &emitted, &st)))
+}
+
+async fn execute(
+    state: &AppState,
+    principal: &Principal,
+    command_id: CommandId,
+    p: Prepared,
+) -> ApiResult<(StatusCode, Vec<u8>)> {
+    let tenant = principal.tenant();
+    let ok_status = if p.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    if let Some(body) = already_applied(state, principal, tenant, p.payment, command_id).await? {
+        return Ok((ok_status, body));
+    }
+    let ctx = Context {
+        command_id,
+        actor: p.actor.clone(),
+        now: now(),
+        correlation: p.correlation,
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = state.cache.load(&state.store, tenant, p.payment).await?;
+        let version = current.as_ref().map_or(0, |s| s.version);
+        if current.is_none() && !p.created {
+            return Err(ApiError::unknown_payment(p.payment));
+        }
+        if let Some(expected) = p.expected {
+            if expected != version {
+                return Err(ApiError::VersionConflict {
+                    expected,
+                    current: version,
+                });
+            }
+        }
+        let decision = handle(current.as_ref(), &p.command, &ctx).map_err(ApiError::from_core)?;
+        let emitted: Vec<Emitted> = decision
+            .events
+            .into_iter()
+            .zip(decision.sealed)
+            .map(|(env, s)| Emitted {
+                env,
+                body: s.body,
+                hash: s.hash.0,
+            })
+            .collect();
+        if emitted.is_empty() {
+            return Ok((
+                ok_status,
+                command_body(principal, p.payment, &[], &decision.state),
+            ));
+        }
+        let batch: Vec<NewEvent> = emitted
+            .iter()
+            .map(|e| NewEvent {
+                event_id: e.env.id.uuid(),
+                event_type: e.env.event_type().name().to_owned(),
+                schema_version: e.env.schema_version,
+                body: e.body.clone(),
+                hash: e.hash,
+            })
+            .collect();
+        match state.store.append(tenant, p.payment, version, &batch).await {
+            Ok(result) => {
+                state.cache.put(decision.state.clone());
+                after_append(state, tenant, p.payment, result.new_version).await;
+                return Ok((
+                    ok_status,
+                    command_body(principal, p.payment, &emitted, &decision.state),
+                ));
+            }
+            Err(StoreError::VersionConflict { .. })
+                if p.expected.is_none() && attempt < CONFLICT_RETRIES => {}
+            Err(StoreError::EventIdReused { .. }) => {
+                // A concurrent retry of this very command won: answer from its events.
+                if let Some(body) =
+                    already_applied(state, principal, tenant, p.payment, command_id).await?
+                {
+                    return Ok((ok_status, body));
+                }
+                return Err(key_reused());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Tells live streams (here and, on PostgreSQL, in other processes) and brings the read
+/// models up to date before the response, so a client reads its own writes.
+async fn after_append(state: &AppState, tenant: Uuid, payment: Uuid, version: u64) {
+    let _ = state.notices.send(Notice {
+        stream: payment,
+        version,
+    });
+    if let crate::db::Db::Postgres(pool) = &state.db {
+        let payload = format!("{tenant}:{payment}:{version}");
+        if let Err(e) = sqlx::query("SELECT pg_notify('trustfold_events', $1)")
+            .bind(payload)
+            .execute(pool)
+            .await
+        {
+            tracing::warn!(error = %e, "pg_notify failed; other processes will poll");
+        }
+    }
+    if let Err(e) = state.projector.catch_up().await {
+        tracing::warn!(error = %e, "projection catch-up failed; it is retried in the background");
+    }
+}
+
+fn expected_version(headers: &HeaderMap, body_value: Option<u64>) -> ApiResult<Option<u64>> {
+    let header = match headers.get(header::IF_MATCH) {
+        None => None,
+        Some(v) => {
+            let raw = v.to_str().unwrap_or("").trim();
+            let raw = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
+            Some(raw.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    "If-Match",
+                    format!("If-Match must be a payment version such as \"3\", got `{raw}`"),
+                )
+            })?)
+        }
+    };
+    match (header, body_value) {
+        (Some(h), Some(b)) if h != b => Err(ApiError::bad_request(
+            "invalid_parameter",
+            "expected_version",
+            "If-Match and expected_version disagree",
+        )),
+        (h, b) => Ok(h.or(b)),
+    }
+}
+
+/// Checks that a participant acts as itself, in a role its token carries.
+fn check_actor(principal: &Principal, actor: Option<Actor>) -> ApiResult<Actor> {
+    match principal {
+        Principal::Tenant { .. } => actor.ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_request",
+                "actor",
+                "a command sent with an API key names its actor: {\"party\":\"…\",\"role\":\"…\"}",
+            )
+        }),
+        Principal::Participant(c) => {
+            let actor = match actor {
+                Some(a) => a,
+                None => Actor::party(PartyId(c.party), c.roles.first().map_or("", Role::as_str)),
+            };
+            if actor.party.map(|p| p.uuid()) != Some(c.party) {
+                return Err(ApiError::Forbidden {
+                    code: "not_permitted",
+                    message: "a participant token acts only as its own party".into(),
+                });
+            }
+            if !c.roles.contains(&actor.role) {
+                return Err(ApiError::Forbidden {
+                    code: "not_permitted",
+                    message: format!("this token may not act in role `{}`", actor.role),
+                });
+            }
+            Ok(actor)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandRequest {
+    command: Command,
+    #[serde(default)]
+    actor: Option<Actor>,
+    #[serde(default)]
+    expected_version: Option<u64>,
+    #[serde(default)]
+    correlation: Option<Uuid>,
+}
+
+/// `POST /v1/payments/{payment_id}/commands`
+pub async fn send_command(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let payment = parse_id(&id, "payment_id")?;
+    principal.check_payment(payment)?;
+    let idem = idempotency(
+        &headers,
+        &principal,
+        &format!("POST /v1/payments/{payment}/commands"),
+        &body,
+    )?;
+    let command_id = command_id_for(&principal, idem.as_ref());
+    let run = async {
+        let req: CommandRequest = parse_json(&body)?;
+        if matches!(req.command, Command::Initiate { .. }) {
+            return Err(ApiError::Unprocessable {
+                code: "invalid_command",
+                message: "open a payment with POST /v1/payments".into(),
+                field: Some("command.type".into()),
+            });
+        }
+        let expected = expected_version(&headers, req.expected_version)?;
+        let actor = check_actor(&principal, req.actor)?;
+        execute(
+            &state,
+            &principal,
+            command_id,
+            Prepared {
+                payment,
+                command: req.command,
+                actor,
+                expected,
+                correlation: req.correlation,
+                created: false,
+            },
+        )
+        .await
+    };
+    with_idempotency(&state, &principal, idem, run).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Initiator {
+    party: Uuid,
+    roles: Vec<Role>,
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreatePayment {
+    #[serde(default)]
+    payment_id: Option<Uuid>,
+    policy: String,
+    #[serde(default)]
+    policy_version: Option<u32>,
+    amount: Money,
+    #[serde(default)]
+    description: String,
+    initiator: Initiator,
+    #[serde(default)]
+    correlation: Option<Uuid>,
+}
+
+/// `POST /v1/payments`
+pub async fn create_payment(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let idem = idempotency(&headers, &principal, "POST /v1/payments", &body)?;
+    let command_id = command_id_for(&principal, idem.as_ref());
+    let run =
+        async {
+            let req: CreatePayment = parse_json(&body)?;
+            let (text, _) = load_policy(&state.db, tenant, &req.policy, req.policy_version)
+                .await?
+                .ok_or_else(|| ApiError::Unprocessable {
+                    code: "unknown_policy",
+                    message: format!(
+                        "no stored policy {} (publish it with POST /v1/policies)",
+                        req.policy
+                    ),
+                    field: Some("policy".into()),
+                })?;
+            let policy = Policy::from_json(&text).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let role =
+                match &req.initiator.role {
+                    Some(r) => r.clone(),
+                    None => req.initiator.roles.first().cloned().ok_or_else(|| {
+                        ApiError::Unprocessable {
+                            code: "roles_required",
+                            message: "the initiator needs at least one role".into(),
+                            field: Some("initiator.roles".into()),
+                        }
+                    })?,
+                };
+            let payment = req
+                .payment_id
+                .unwrap_or_else(|| derive(command_id.uuid(), "payment", 0));
+            let actor = Actor {
+                party: Some(PartyId(req.initiator.party)),
+                role,
+            };
+            let command = Command::Initiate {
+                payment: PaymentId(payment),
+                tenant: TenantId(tenant),
+                policy: Box::new(policy),
+                amount: req.amount,
+                description: req.description,
+                roles: req.initiator.roles,
+                name: req.initiator.name,
+            };
+            execute(
+                &state,
+                &principal,
+                command_id,
+                Prepared {
+                    payment,
+                    command,
+                    actor,
+                    expected: Some(0),
+                    correlation: req.correlation,
+                    created: true,
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                ApiError::VersionConflict { .. } => ApiError::Conflict {
+                    code: "payment_exists",
+                    message: format!("payment {payment} already exists"),
+                },
+                other => other,
+            })
+        };
+    with_idempotency(&state, &principal, idem, run).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Reads.
+
+async fn load_state(state: &AppState, tenant: Uuid, payment: Uuid) -> ApiResult<PaymentState> {
+    state
+        .cache
+        .load(&state.store, tenant, payment)
+        .await?
+        .ok_or_else(|| ApiError::unknown_payment(payment))
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// `GET /v1/payments/{payment_id}`: the state from the read model (a participant gets
+/// its policy view); `ETag` is the version.
+pub async fn get_payment(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let payment = parse_id(&id, "payment_id")?;
+    principal.check_payment(payment)?;
+    let tenant = principal.tenant();
+    let (version, body) = match &principal {
+        Principal::Tenant { .. } => {
+            let row: Option<(i64, String)> = on_read!(&state.db, pool => {
+                sqlx::query_as(
+                    "SELECT version, state FROM payment_summary WHERE payment_id = $1 \
+                     AND tenant_id = $2",
+                )
+                .bind(payment)
+                .bind(tenant)
+                .fetch_optional(pool)
+                .await
+                .map_err(StoreError::from)?
+            });
+            match row {
+                Some((v, s)) => (u64::try_from(v).unwrap_or(0), s.into_bytes()),
+                // Not projected yet (another process appended it a moment ago).
+                None => {
+                    let s = load_state(&state, tenant, payment).await?;
+                    (s.version, s.to_json())
+                }
+            }
+        }
+        Principal::Participant(c) => {
+            let s = load_state(&state, tenant, payment).await?;
+            (
+                s.version,
+                serde_json::to_vec(&view::state_view(&s, &c.roles)).unwrap_or_default(),
+            )
+        }
+    };
+    let tag = etag(version);
+    if headers.get(header::IF_NONE_MATCH) == Some(&tag) {
+        let mut res = StatusCode::NOT_MODIFIED.into_response();
+        res.headers_mut().insert(header::ETAG, tag);
+        return Ok(res);
+    }
+    let mut res = json_bytes(StatusCode::OK, body);
+    res.headers_mut().insert(header::ETAG, tag);
+    Ok(res)
+}
+
+/// `GET /v1/payments/{payment_id}/events?after=SEQ&limit=N`: the verifiable history,
+/// records byte for byte as stored (a participant gets its redacted view instead).
+pub async fn get_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    query: Params,
+) -> ApiResult<Response> {
+    let payment = parse_id(&id, "payment_id")?;
+    principal.check_payment(payment)?;
+    let tenant = principal.tenant();
+    let q = params(query)?;
+    let after = param_u64(&q, "after")?.unwrap_or(0);
+    let limit = limit_param(&q, 100, 1000)?;
+    if state.store.stream_head(tenant, payment).await?.is_none() {
+        return Err(ApiError::unknown_payment(payment));
+    }
+    let mut events = state
+        .store
+        .read_stream(tenant, payment, after, limit + 1)
+        .await?;
+    let has_more = events.len() > limit as usize;
+    events.truncate(limit as usize);
+    let next = events.last().map_or(after, |e| e.seq);
+    let mut out = Vec::with_capacity(events.iter().map(|e| e.body.len() + 90).sum::<usize>() + 64);
+    out.extend_from_slice(b"{\"events\":[");
+    match &principal {
+        Principal::Tenant { .. } => {
+            for (i, e) in events.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_record(&mut out, &e.hash, &e.body);
+            }
+        }
+        Principal::Participant(c) => {
+            let st = load_state(&state, tenant, payment).await?;
+            let mut first = true;
+            for e in &events {
+                for v in redacted(&st, e, &c.roles)? {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    out.extend_from_slice(
+                        &serde_json::to_vec(&serde_json::json!({"seq": e.seq, "event": v}))
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    }
+    out.extend_from_slice(format!("],\"has_more\":{has_more},\"next\":{next}}}").as_bytes());
+    Ok(json_bytes(StatusCode::OK, out))
+}
+
+/// A stored event as the roles may see it (empty when they may not see it at all).
+pub fn redacted(
+    st: &PaymentState,
+    e: &StoredEvent,
+    roles: &[Role],
+) -> ApiResult<Vec<serde_json::Value>> {
+    let env = Envelope::from_json(&e.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(view::history_view(st, &[env], roles))
+}
+
+/// `GET /v1/payments/{payment_id}/head`: the stream head signed by the server key.
+pub async fn get_head(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let payment = parse_id(&id, "payment_id")?;
+    principal.check_payment(payment)?;
+    let head = state
+        .store
+        .stream_head(principal.tenant(), payment)
+        .await?
+        .ok_or_else(|| ApiError::unknown_payment(payment))?;
+    let signed = SignedHead::sign(
+        PaymentId(payment),
+        head.version,
+        Hash(head.last_hash),
+        &state.secret,
+    );
+    let mut res = json(StatusCode::OK, &signed);
+    res.headers_mut().insert(header::ETAG, etag(head.version));
+    Ok(res)
+}
+
+/// `GET /v1/events?after=POSITION&limit=N`: the tenant's events in global order.
+pub async fn get_feed(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Params,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let q = params(query)?;
+    let after = param_u64(&q, "after")?.unwrap_or(0);
+    let limit = limit_param(&q, 100, 1000)?;
+    let mut events = state.store.read_all(tenant, after, limit + 1).await?;
+    let has_more = events.len() > limit as usize;
+    events.truncate(limit as usize);
+    let next = events.last().map_or(after, |e| e.position);
+    let mut out = Vec::with_capacity(events.iter().map(|e| e.body.len() + 200).sum::<usize>() + 64);
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(
+            format!(
+                "{{\"position\":{},\"payment_id\":\"{}\",\"seq\":{},\"type\":{},\"hash\":\"{}\",\"event\":",
+                e.position,
+                e.stream_id,
+                e.seq,
+                serde_json::to_string(&e.event_type).unwrap_or_default(),
+                hex::encode(e.hash)
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&e.body);
+        out.push(b'}');
+    }
+    out.extend_from_slice(format!("],\"has_more\":{has_more},\"next\":{next}}}").as_bytes());
+    Ok(json_bytes(StatusCode::OK, out))
+}
+
+enum Bind {
+    U(Uuid),
+    I(i64),
+    S(String),
+}
+
+/// `GET /v1/payments?status=&participant=&policy=&after=&limit=`: the read model,
+/// paged by a cursor (the position of each payment's first event).
+pub async fn list_payments(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Params,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let q = params(query)?;
+    let after = param_u64(&q, "after")?.unwrap_or(0);
+    let limit = limit_param(&q, 50, 500)?;
+    let mut sql = String::from(
+        "SELECT s.payment_id, s.policy_id, s.policy_version, s.status, s.amount, s.currency, \
+         s.version, s.created_position, s.created_at, s.updated_at FROM payment_summary s \
+         WHERE s.tenant_id = $1 AND s.created_position > $2",
+    );
+    let mut binds = vec![
+        Bind::U(tenant),
+        Bind::I(i64::try_from(after).unwrap_or(i64::MAX)),
+    ];
+    if let Some(status) = q.get("status") {
+        binds.push(Bind::S(status.clone()));
+        sql.push_str(&format!(" AND s.status = ${}", binds.len()));
+    }
+    if let Some(policy) = q.get("policy") {
+        binds.push(Bind::S(policy.clone()));
+        sql.push_str(&format!(" AND s.policy_id = ${}", binds.len()));
+    }
+    if let Some(party) = q.get("participant") {
+        binds.push(Bind::U(parse_id(party, "participant")?));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM payment_participants p WHERE p.payment_id = s.payment_id \
+             AND p.party_id = ${} AND p.roles <> '[]')",
+            binds.len()
+        ));
+    }
+    binds.push(Bind::I(i64::from(limit) + 1));
+    sql.push_str(&format!(
+        " ORDER BY s.created_position LIMIT ${}",
+        binds.len()
+    ));
+    type Row = (
+        Uuid,
+        String,
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        String,
+        String,
+    );
+    let mut rows: Vec<Row> = on_read!(&state.db, pool => {
+        let mut query = sqlx::query_as::<_, Row>(&sql);
+        for b in &binds {
+            query = match b {
+                Bind::U(u) => query.bind(*u),
+                Bind::I(i) => query.bind(*i),
+                Bind::S(s) => query.bind(s.clone()),
+            };
+        }
+        query.fetch_all(pool).await.map_err(StoreError::from)?
+    });
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = rows
+        .last()
+        .map_or(after, |r| u64::try_from(r.7).unwrap_or(0));
+    let mut participants: HashMap<Uuid, Vec<serde_json::Value>> = HashMap::new();
+    if !rows.is_empty() {
+        let list = (0..rows.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let psql = format!(
+            "SELECT payment_id, party_id, roles FROM payment_participants WHERE tenant_id = $1 \
+             AND roles <> '[]' AND payment_id IN ({list}) ORDER BY party_id"
+        );
+        let prow: Vec<(Uuid, Uuid, String)> = on_read!(&state.db, pool => {
+            let mut query = sqlx::query_as::<_, (Uuid, Uuid, String)>(&psql).bind(tenant);
+            for r in &rows {
+                query = query.bind(r.0);
+            }
+            query.fetch_all(pool).await.map_err(StoreError::from)?
+        });
+        for (pay, party, roles) in prow {
+            let roles: serde_json::Value = serde_json::from_str(&roles).unwrap_or_default();
+            participants
+                .entry(pay)
+                .or_default()
+                .push(serde_json::json!({"party": party, "roles": roles}));
+        }
+    }
+    let payments: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "payment_id": r.0,
+                "policy": {"id": r.1, "version": r.2},
+                "status": r.3,
+                "amount": {"amount": r.4, "currency": r.5},
+                "version": r.6,
+                "created_at": r.8,
+                "updated_at": r.9,
+                "participants": participants.remove(&r.0).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"payments": payments, "has_more": has_more, "next": next}),
+    ))
+}
+
+/// `GET /v1/payments/{payment_id}/balances`: the balances read model.
+pub async fn get_balances(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let payment = parse_id(&id, "payment_id")?;
+    let tenant = principal.require_tenant()?;
+    if state.store.stream_head(tenant, payment).await?.is_none() {
+        return Err(ApiError::unknown_payment(payment));
+    }
+    let rows: Vec<(String, String, String, String, String)> = on_read!(&state.db, pool => {
+        sqlx::query_as(
+            "SELECT account, currency, posted, pending_in, pending_out FROM balances \
+             WHERE payment_id = $1 AND tenant_id = $2 ORDER BY account",
+        )
+        .bind(payment)
+        .bind(tenant)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    let balances: Vec<_> = rows
+        .into_iter()
+        .map(|(account, currency, posted, pin, pout)| {
+            serde_json::json!({
+                "account": account, "currency": currency, "posted": posted,
+                "pending_in": pin, "pending_out": pout,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"payment_id": payment, "balances": balances}),
+    ))
+}
+
+/// `GET /v1/parties/{party_id}/inbox?after=&limit=`: notifications for one party.
+pub async fn get_inbox(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    query: Params,
+) -> ApiResult<Response> {
+    let party = parse_id(&id, "party_id")?;
+    let tenant = principal.tenant();
+    let only_payment = match &principal {
+        Principal::Tenant { .. } => None,
+        Principal::Participant(c) if c.party == party => Some(c.payment),
+        Principal::Participant(_) => {
+            return Err(ApiError::NotFound {
+                code: "unknown_party",
+                message: format!("no inbox for party {party}"),
+            })
+        }
+    };
+    let q = params(query)?;
+    let after = i64::try_from(param_u64(&q, "after")?.unwrap_or(0)).unwrap_or(i64::MAX);
+    let limit = limit_param(&q, 100, 1000)?;
+    type Row = (Uuid, i64, i64, String, String, String);
+    let mut rows: Vec<Row> = on_read!(&state.db, pool => {
+        let sql = if only_payment.is_some() {
+            "SELECT payment_id, seq, position, event_type, roles, at FROM inbox WHERE \
+             tenant_id = $1 AND party_id = $2 AND position > $3 AND payment_id = $5 \
+             ORDER BY position LIMIT $4"
+        } else {
+            "SELECT payment_id, seq, position, event_type, roles, at FROM inbox WHERE \
+             tenant_id = $1 AND party_id = $2 AND position > $3 ORDER BY position LIMIT $4"
+        };
+        let mut query = sqlx::query_as::<_, Row>(sql)
+            .bind(tenant)
+            .bind(party)
+            .bind(after)
+            .bind(i64::from(limit) + 1);
+        if let Some(p) = only_payment {
+            query = query.bind(p);
+        }
+        query.fetch_all(pool).await.map_err(StoreError::from)?
+    });
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = rows.last().map_or(after, |r| r.2);
+    let items: Vec<_> = rows
+        .into_iter()
+        .map(|(payment, seq, position, ty, roles, at)| {
+            serde_json::json!({
+                "payment_id": payment, "seq": seq, "position": position, "type": ty,
+                "roles": serde_json::from_str::<serde_json::Value>(&roles).unwrap_or_default(),
+                "at": at,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"party_id": party, "notifications": items, "has_more": has_more, "next": next}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    party: Uuid,
+    #[serde(default)]
+    roles: Option<Vec<Role>>,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// Longest participant token lifetime.
+const MAX_TOKEN_TTL: u64 = 24 * 3600;
+
+/// `POST /v1/payments/{payment_id}/tokens`: a short-lived participant token.
+pub async fn create_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let payment = parse_id(&id, "payment_id")?;
+    let tenant = principal.require_tenant()?;
+    let req: NewToken = parse_json(&body)?;
+    let st = load_state(&state, tenant, payment).await?;
+    let p = st
+        .participants
+        .get(&PartyId(req.party))
+        .filter(|p| !p.removed)
+        .ok_or_else(|| ApiError::Unprocessable {
+            code: "unknown_participant",
+            message: format!(
+                "party {} is not a participant of payment {payment}",
+                req.party
+            ),
+            field: Some("party".into()),
+        })?;
+    let roles = match req.roles {
+        None => p.roles.clone(),
+        Some(r) => {
+            if let Some(bad) = r.iter().find(|r| !p.roles.contains(r)) {
+                return Err(ApiError::Unprocessable {
+                    code: "role_not_held",
+                    message: format!("party {} does not hold role `{bad}`", req.party),
+                    field: Some("roles".into()),
+                });
+            }
+            if r.is_empty() {
+                return Err(ApiError::Unprocessable {
+                    code: "roles_required",
+                    message: "a token needs at least one role".into(),
+                    field: Some("roles".into()),
+                });
+            }
+            r
+        }
+    };
+    let ttl = req.ttl_seconds.unwrap_or(900);
+    if ttl == 0 || ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::Unprocessable {
+            code: "invalid_ttl",
+            message: format!("ttl_seconds must be between 1 and {MAX_TOKEN_TTL}"),
+            field: Some("ttl_seconds".into()),
+        });
+    }
+    let exp = now_us() / 1_000_000 + i64::try_from(ttl).unwrap_or(0);
+    let claims = TokenClaims {
+        tenant,
+        payment,
+        party: req.party,
+        roles,
+        exp,
+    };
+    let token = state.token_key.sign(&claims);
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "token": token,
+            "payment_id": payment,
+            "party": req.party,
+            "roles": claims.roles,
+            "expires_at": Timestamp::from_unix_millis(exp * 1000).to_string(),
+        }),
+    ))
+}

@@ -1,0 +1,180 @@
+//! `GET /v1/payments/{payment_id}/stream`: a payment's new events as Server-Sent Events.
+//!
+//! Each event's `id:` is its sequence number and `data:` the history record
+//! `{"hash":"…","event":…}` byte for byte (a participant token gets its redacted view).
+//! A client resumes with `Last-Event-ID` (or `?after=SEQ`) and gets exactly the events
+//! after it: the stream always reads from the store, so nothing is lost or repeated
+//! across reconnects. New events are noticed through an in-process broadcast fed by
+//! this process's appends and, on PostgreSQL, by `LISTEN trustfold_events` (so a command
+//! handled by another process reaches this stream); a poll every `poll_interval` covers
+//! anything else. Idle streams get `: heartbeat` comments.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
+use trustfold_core::policy::Role;
+use trustfold_core::state::PaymentState;
+use uuid::Uuid;
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult};
+use super::payments::redacted;
+use super::{param_u64, params, parse_id, AppState, Notice, Params};
+use crate::EventStore;
+
+struct Cursor {
+    state: AppState,
+    tenant: Uuid,
+    payment: Uuid,
+    last: u64,
+    rx: broadcast::Receiver<Notice>,
+    shutdown: watch::Receiver<bool>,
+    buf: VecDeque<Event>,
+    view: Option<(PaymentState, Vec<Role>)>,
+}
+
+impl Cursor {
+    /// Reads new events into the buffer; `false` if the stream should end.
+    async fn fill(&mut self) -> bool {
+        match self
+            .state
+            .store
+            .read_stream(self.tenant, self.payment, self.last, 100)
+            .await
+        {
+            Ok(events) => {
+                for e in events {
+                    self.last = e.seq;
+                    match &self.view {
+                        None => {
+                            let mut data = Vec::with_capacity(e.body.len() + 90);
+                            data.extend_from_slice(b"{\"hash\":\"");
+                            data.extend_from_slice(hex::encode(e.hash).as_bytes());
+                            data.extend_from_slice(b"\",\"event\":");
+                            data.extend_from_slice(&e.body);
+                            data.push(b'}');
+                            self.buf.push_back(
+                                Event::default()
+                                    .id(e.seq.to_string())
+                                    .event(e.event_type.clone())
+                                    .data(String::from_utf8_lossy(&data)),
+                            );
+                        }
+                        Some((st, roles)) => match redacted(st, &e, roles) {
+                            Ok(views) => {
+                                for v in views {
+                                    self.buf.push_back(
+                                        Event::default()
+                                            .id(e.seq.to_string())
+                                            .event(e.event_type.clone())
+                                            .data(v.to_string()),
+                                    );
+                                }
+                            }
+                            Err(err) => {
+                                tracing::error!(error = %err, "cannot render a stored event");
+                                return false;
+                            }
+                        },
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, payment = %self.payment, "live stream read failed");
+                false
+            }
+        }
+    }
+
+    /// Waits for a notice about this payment, the poll interval, or shutdown (`false`).
+    async fn wait(&mut self) -> bool {
+        let poll = tokio::time::sleep(self.state.config.poll_interval);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                r = self.rx.recv() => match r {
+                    Ok(n) if n.stream == self.payment && n.version > self.last => return true,
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => return true,
+                    Err(RecvError::Closed) => return false,
+                },
+                _ = &mut poll => return true,
+                _ = self.shutdown.changed() => return false,
+            }
+        }
+    }
+}
+
+/// The handler.
+pub async fn stream(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Params,
+) -> ApiResult<Response> {
+    let payment = parse_id(&id, "payment_id")?;
+    principal.check_payment(payment)?;
+    let tenant = principal.tenant();
+    let q = params(query)?;
+    let last = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    "Last-Event-ID",
+                    "Last-Event-ID must be a sequence number",
+                )
+            })?,
+        None => param_u64(&q, "after")?.unwrap_or(0),
+    };
+    // Subscribe before the first read, so nothing appended in between is missed.
+    let rx = state.notices.subscribe();
+    let current = state
+        .cache
+        .load(&state.store, tenant, payment)
+        .await?
+        .ok_or_else(|| ApiError::unknown_payment(payment))?;
+    let view = match &principal {
+        Principal::Tenant { .. } => None,
+        Principal::Participant(c) => Some((current, c.roles.clone())),
+    };
+    let cursor = Cursor {
+        shutdown: state.shutdown.clone(),
+        state: state.clone(),
+        tenant,
+        payment,
+        last,
+        rx,
+        buf: VecDeque::new(),
+        view,
+    };
+    let events = stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(ev) = c.buf.pop_front() {
+                return Some((Ok::<Event, Infallible>(ev), c));
+            }
+            if *c.shutdown.borrow() || !c.fill().await {
+                return None;
+            }
+            if c.buf.is_empty() && !c.wait().await {
+                return None;
+            }
+        }
+    });
+    let keep_alive = KeepAlive::new()
+        .interval(state.config.heartbeat)
+        .text("heartbeat");
+    Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+}

@@ -1,0 +1,268 @@
+//! Starting and stopping the server: open the store, create the server key on first
+//! start, run the HTTP API, the background projector and (PostgreSQL) the notification
+//! listener, and shut down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use trustfold_core::history::PublicKey;
+use uuid::Uuid;
+
+use crate::api::auth::TokenKey;
+use crate::api::{router, AppState, HttpConfig, Notice};
+use crate::cache::{LoadError, StateCache};
+use crate::db::{server_secret, Db};
+use crate::projections::Projector;
+use crate::{AnyStore, StoreError};
+
+/// Everything that can stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The read models could not be built.
+    #[error(transparent)]
+    Projection(#[from] LoadError),
+    /// The listen address could not be bound, or serving failed.
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+    /// A configuration value is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A `postgres://` url, or a SQLite file path / `sqlite:` url.
+    pub database: String,
+    /// Where to listen (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Tunables of the HTTP layer.
+    pub http: HttpConfig,
+}
+
+impl Config {
+    /// The defaults: `./trustfold.db` on 127.0.0.1:8080.
+    pub fn new(database: impl Into<String>) -> Self {
+        Config {
+            database: database.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cors_origins: Vec::new(),
+            http: HttpConfig {
+                body_limit: 256 * 1024,
+                heartbeat: Duration::from_secs(15),
+                poll_interval: Duration::from_secs(2),
+                admin_token: None,
+            },
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Running {
+    /// Stops accepting, ends live streams, finishes in-flight requests, and returns.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Config(format!("server task failed: {e}"))),
+        }
+    }
+
+    /// Waits until the server stops (after `signal` resolves), then shuts it down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
+        signal.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        self.shutdown().await
+    }
+}
+
+/// Opens the store and the server tables and brings the read models up to date.
+pub async fn open(database: &str) -> Result<(AnyStore, Db, Arc<Projector>), ServerError> {
+    let store = AnyStore::open(database).await?;
+    let db = Db::of(&store);
+    db.migrate().await?;
+    let projector = Arc::new(Projector::new(store.clone(), db.clone()));
+    projector.init().await?;
+    Ok((store, db, projector))
+}
+
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o)
+                    .map_err(|_| ServerError::Config(format!("bad CORS origin `{o}`")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                header::IF_NONE_MATCH,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([header::ETAG, HeaderName::from_static("idempotent-replayed")])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+/// Starts the server in the background.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let (store, db, projector) = open(&config.database).await?;
+    projector.catch_up().await?;
+    let secret = server_secret(&db).await?;
+    let public_key = PublicKey::from_secret(&secret);
+    tracing::info!(%public_key, "server key loaded");
+    let (notices, _) = broadcast::channel::<Notice>(4096);
+    let (stop, shutdown) = watch::channel(false);
+    let state = AppState {
+        store,
+        db: db.clone(),
+        secret: Arc::new(secret),
+        public_key,
+        token_key: TokenKey::derive(&secret),
+        cache: Arc::new(StateCache::default()),
+        notices: notices.clone(),
+        projector: projector.clone(),
+        config: Arc::new(config.http.clone()),
+        shutdown: shutdown.clone(),
+    };
+    let mut app = router(state).layer(
+        tower_http::trace::TraceLayer::new_for_http()
+            .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
+            .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
+    );
+    if let Some(c) = cors(&config.cors_origins)? {
+        app = app.layer(c);
+    }
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, database = %redact_url(&config.database), "trustfold-server listening");
+
+    let background = spawn_background(db, projector, notices, shutdown.clone(), &config);
+    let mut on_stop = shutdown;
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = on_stop.wait_for(|s| *s).await;
+            })
+            .await;
+        for b in background {
+            b.abort();
+        }
+        served.map_err(ServerError::from)
+    });
+    Ok(Running { addr, stop, task })
+}
+
+/// Hides a password in a database url for logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+fn spawn_background(
+    db: Db,
+    projector: Arc<Projector>,
+    notices: broadcast::Sender<Notice>,
+    shutdown: watch::Receiver<bool>,
+    config: &Config,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    // The projector also runs on a timer and on notices, for appends by other processes.
+    {
+        let mut rx = notices.subscribe();
+        let mut shutdown = shutdown.clone();
+        let every = config.http.poll_interval;
+        let projector = projector.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = rx.recv() => {}
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if let Err(e) = projector.catch_up().await {
+                    tracing::warn!(error = %e, "background projection failed");
+                }
+            }
+        }));
+    }
+    if let Db::Postgres(pool) = db {
+        let mut shutdown = shutdown;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match listen(&pool, &notices).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "LISTEN failed; reconnecting"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// Forwards `NOTIFY trustfold_events` payloads (`tenant:payment:version`) to the
+/// in-process broadcast.
+async fn listen(
+    pool: &sqlx::PgPool,
+    notices: &broadcast::Sender<Notice>,
+) -> Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen("trustfold_events").await?;
+    loop {
+        let n = listener.recv().await?;
+        let mut parts = n.payload().split(':');
+        let (_, Some(stream), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if let (Ok(stream), Ok(version)) = (Uuid::try_parse(stream), version.parse::<u64>()) {
+            let _ = notices.send(Notice { stream, version });
+        }
+    }
+}
+
+/// `trustfold-server rebuild-projections`: drops every read model and replays the log.
+pub async fn rebuild_projections(database: &str) -> Result<u64, ServerError> {
+    let (_, _, projector) = open(database).await?;
+    Ok(projector.rebuild().await?)
+}

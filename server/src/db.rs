@@ -1,0 +1,260 @@
+//! The server's own tables beside the event log: the server key, tenants and their API
+//! keys, policies, idempotency records and the projections' read models.
+//!
+//! The same SQL text runs on both engines (sqlx binds `$1, $2, …` on SQLite too); only
+//! the column types of the schema differ. [`Db`] holds the pools of whichever engine the
+//! event store uses; the `on_write!` / `on_read!` macros run one block of code against
+//! either.
+
+use crate::{AnyStore, StoreError};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+use sqlx::Connection as _;
+
+/// The pools of the engine the event store runs on.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// SQLite: writes go through the store's single writer connection.
+    Sqlite {
+        /// The single writer connection.
+        writer: SqlitePool,
+        /// Read-only connections.
+        reader: SqlitePool,
+    },
+    /// PostgreSQL: one pool for everything.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to the pool that may write.
+macro_rules! on_write {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite { writer: $p, .. } => $body,
+            $crate::db::Db::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_write;
+
+/// Runs `$body` with `$p` bound to a pool for reads.
+macro_rules! on_read {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite { reader: $p, .. } => $body,
+            $crate::db::Db::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_read;
+
+/// The server schema, one entry per version (after the event store's own schema).
+/// `{UUID}`, `{INT}`, `{BLOB}` are replaced by each engine's column types. Never edit a
+/// released entry: add a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE server_keys (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    secret        {BLOB} NOT NULL,
+    created_at_us {INT} NOT NULL
+);
+CREATE TABLE tenants (
+    tenant_id     {UUID} PRIMARY KEY,
+    name          TEXT NOT NULL,
+    created_at_us {INT} NOT NULL
+);
+CREATE TABLE api_keys (
+    key_id        {UUID} PRIMARY KEY,
+    tenant_id     {UUID} NOT NULL REFERENCES tenants (tenant_id),
+    key_hash      {BLOB} NOT NULL,
+    created_at_us {INT} NOT NULL,
+    expires_at_us {INT}
+);
+CREATE TABLE policies (
+    tenant_id     {UUID} NOT NULL,
+    policy_id     TEXT NOT NULL,
+    version       {INT} NOT NULL,
+    body          TEXT NOT NULL,
+    hash          {BLOB} NOT NULL,
+    created_at_us {INT} NOT NULL,
+    PRIMARY KEY (tenant_id, policy_id, version)
+);
+CREATE TABLE idempotency (
+    tenant_id     {UUID} NOT NULL,
+    idem_key      TEXT NOT NULL,
+    request_hash  {BLOB} NOT NULL,
+    status        INTEGER NOT NULL,
+    body          {BLOB} NOT NULL,
+    created_at_us {INT} NOT NULL,
+    PRIMARY KEY (tenant_id, idem_key)
+);
+CREATE TABLE projection_checkpoints (
+    name     TEXT PRIMARY KEY,
+    position {INT} NOT NULL
+);
+CREATE TABLE payment_summary (
+    payment_id       {UUID} PRIMARY KEY,
+    tenant_id        {UUID} NOT NULL,
+    policy_id        TEXT NOT NULL,
+    policy_version   {INT} NOT NULL,
+    status           TEXT NOT NULL,
+    amount           TEXT NOT NULL,
+    currency         TEXT NOT NULL,
+    version          {INT} NOT NULL,
+    created_position {INT} NOT NULL,
+    created_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    state            TEXT NOT NULL
+);
+CREATE INDEX payment_summary_tenant ON payment_summary (tenant_id, created_position);
+CREATE TABLE payment_participants (
+    payment_id {UUID} NOT NULL,
+    party_id   {UUID} NOT NULL,
+    tenant_id  {UUID} NOT NULL,
+    roles      TEXT NOT NULL,
+    PRIMARY KEY (payment_id, party_id)
+);
+CREATE INDEX payment_participants_party ON payment_participants (tenant_id, party_id);
+CREATE TABLE inbox (
+    tenant_id  {UUID} NOT NULL,
+    party_id   {UUID} NOT NULL,
+    payment_id {UUID} NOT NULL,
+    seq        {INT} NOT NULL,
+    position   {INT} NOT NULL,
+    event_type TEXT NOT NULL,
+    roles      TEXT NOT NULL,
+    at         TEXT NOT NULL,
+    PRIMARY KEY (party_id, payment_id, seq)
+);
+CREATE INDEX inbox_party_position ON inbox (tenant_id, party_id, position);
+CREATE TABLE balances (
+    payment_id  {UUID} NOT NULL,
+    account     TEXT NOT NULL,
+    tenant_id   {UUID} NOT NULL,
+    currency    TEXT NOT NULL,
+    posted      TEXT NOT NULL,
+    pending_in  TEXT NOT NULL,
+    pending_out TEXT NOT NULL,
+    PRIMARY KEY (payment_id, account)
+);
+"#];
+
+/// The migration steps, written once for both engines' transactions.
+macro_rules! migrate_in {
+    ($tx:expr, $uuid:expr, $int:expr, $blob:expr) => {{
+        let tx = $tx;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS trustfold_server_schema \
+             (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL)",
+        )
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO trustfold_server_schema (id, version) VALUES (1, 0) \
+             ON CONFLICT DO NOTHING",
+        )
+        .execute(&mut **tx)
+        .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT version FROM trustfold_server_schema WHERE id = 1")
+                .fetch_one(&mut **tx)
+                .await?;
+        let current = usize::try_from(current).unwrap_or(usize::MAX);
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Schema(format!(
+                "the database has server schema version {current} but this build knows only \
+                 up to {}; upgrade trustfold-server",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            let sql = sql
+                .replace("{UUID}", $uuid)
+                .replace("{INT}", $int)
+                .replace("{BLOB}", $blob);
+            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(stmt).execute(&mut **tx).await?;
+            }
+            sqlx::query("UPDATE trustfold_server_schema SET version = $1 WHERE id = 1")
+                .bind(i64::try_from(i + 1).unwrap_or(i64::MAX))
+                .execute(&mut **tx)
+                .await?;
+            tracing::info!(version = i + 1, "server schema migrated");
+        }
+    }};
+}
+
+/// Advisory lock key for the server schema on PostgreSQL ("tfserver").
+const PG_MIGRATION_LOCK: i64 = 0x7466_7365_7276_6572;
+
+impl Db {
+    /// The pools of `store`'s engine.
+    pub fn of(store: &AnyStore) -> Db {
+        match store {
+            AnyStore::Sqlite(s) => Db::Sqlite {
+                writer: s.writer_pool().clone(),
+                reader: s.reader_pool().clone(),
+            },
+            AnyStore::Postgres(s) => Db::Postgres(s.pool().clone()),
+        }
+    }
+
+    /// Whether this is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
+    /// Creates or upgrades the server tables.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite { writer, .. } => {
+                let mut conn = writer.acquire().await?;
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                migrate_in!(&mut tx, "BLOB", "INTEGER", "BLOB");
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PG_MIGRATION_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                migrate_in!(&mut tx, "uuid", "bigint", "bytea");
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Loads the server's Ed25519 secret, creating it on first start. Safe when several
+/// processes start at once: the first insert wins and everyone reads it back.
+pub async fn server_secret(db: &Db) -> Result<[u8; 32], StoreError> {
+    let mut fresh = [0u8; 32];
+    getrandom::getrandom(&mut fresh)
+        .map_err(|e| StoreError::Schema(format!("no randomness for the server key: {e}")))?;
+    on_write!(db, pool => {
+        sqlx::query(
+            "INSERT INTO server_keys (id, secret, created_at_us) VALUES (1, $1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(fresh.as_slice())
+        .bind(now_us())
+        .execute(pool)
+        .await?;
+    });
+    let secret: Vec<u8> = on_write!(db, pool => {
+        sqlx::query_scalar("SELECT secret FROM server_keys WHERE id = 1")
+            .fetch_one(pool)
+            .await?
+    });
+    secret
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("the server key is not 32 bytes".into()))
+}

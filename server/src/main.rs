@@ -1,0 +1,126 @@
+//! `trustfold-server`: the reference server's command line.
+//!
+//! ```text
+//! trustfold-server                                  # ./trustfold.db on 127.0.0.1:8080
+//! trustfold-server --database-url postgres://…      # PostgreSQL (any number of processes)
+//! trustfold-server rebuild-projections              # drop and rebuild the read models
+//! ```
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use trustfold_server::app::{rebuild_projections, start, Config};
+
+/// The trustfold reference server.
+#[derive(Parser, Debug)]
+#[command(name = "trustfold-server", version, about)]
+struct Cli {
+    /// A `postgres://` url, or a SQLite file path.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "trustfold.db",
+        global = true
+    )]
+    database_url: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Origin allowed to call the API from a browser (repeatable; `*` for any).
+    #[arg(long = "cors-origin")]
+    cors_origin: Vec<String>,
+    /// Token that may create tenants (`POST /v1/tenants`).
+    #[arg(long, env = "TRUSTFOLD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    body_limit: usize,
+    /// Seconds between heartbeat comments on idle live streams.
+    #[arg(long, default_value_t = 15)]
+    heartbeat_seconds: u64,
+    /// Milliseconds between store polls of live streams and the projector.
+    #[arg(long, default_value_t = 2000)]
+    poll_ms: u64,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Drop every read model (payment summary, inbox, balances) and rebuild it from the
+    /// event log.
+    RebuildProjections,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trustfold-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Some(Cmd::RebuildProjections) => {
+                let n = rebuild_projections(&cli.database_url).await?;
+                println!("rebuilt the read models from {n} events");
+                Ok(())
+            }
+            None => {
+                let mut config = Config::new(cli.database_url);
+                config.listen = cli.listen;
+                config.cors_origins = cli.cors_origin;
+                config.http.admin_token = cli.admin_token.filter(|t| !t.is_empty());
+                config.http.body_limit = cli.body_limit;
+                config.http.heartbeat = Duration::from_secs(cli.heartbeat_seconds.max(1));
+                config.http.poll_interval = Duration::from_millis(cli.poll_ms.max(10));
+                let running = start(config).await?;
+                println!("trustfold-server listening on http://{}", running.addr);
+                running.run_until(shutdown_signal()).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trustfold-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

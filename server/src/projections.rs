@@ -1,0 +1,506 @@
+//! Read models built from the event log: **payment summary** (status, amount, policy,
+//! participants, the full state; for reads and list/search), **inbox** (per-participant
+//! notifications as the pinned policy's `notifications` define them) and **balances**
+//! (per-payment ledger accounts).
+//!
+//! Each projection has its own checkpoint (a global position) in
+//! `projection_checkpoints`, written in the same transaction as its rows, so a crash
+//! never leaves rows without their checkpoint or the other way round. The checkpoint is
+//! moved with `UPDATE … WHERE position = <old>` as the transaction's first statement:
+//! when several processes project at once (PostgreSQL), one wins and the others roll
+//! back and read again. A projection whose checkpoint is 0 (new, or reset) replays the
+//! whole log; [`Projector::rebuild`] drops every read model and replays.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::Connection as _;
+use tokio::sync::Mutex;
+use trustfold_core::envelope::Envelope;
+use trustfold_core::state::PaymentState;
+use uuid::Uuid;
+
+use crate::cache::{apply_stored, fold_stream, LoadError};
+use crate::db::{on_read, on_write, Db};
+use crate::{AnyStore, EventStore, StoredEvent};
+
+/// The projections, in the order they are applied.
+pub const PROJECTIONS: &[&str] = &["payment_summary", "inbox", "balances"];
+
+/// The tables each projection owns.
+fn tables_of(name: &str) -> &'static [&'static str] {
+    match name {
+        "payment_summary" => &["payment_summary", "payment_participants"],
+        "inbox" => &["inbox"],
+        "balances" => &["balances"],
+        _ => &[],
+    }
+}
+
+/// Events read per projection batch.
+const BATCH: u32 = 256;
+
+/// One row change.
+#[derive(Debug, Clone)]
+enum Op {
+    Summary {
+        payment: Uuid,
+        tenant: Uuid,
+        policy_id: String,
+        policy_version: i64,
+        status: String,
+        amount: String,
+        currency: String,
+        version: i64,
+        /// Known from the payment's first event only; kept by the upsert.
+        created_position: Option<i64>,
+        created_at: String,
+        updated_at: String,
+        state: String,
+    },
+    Participant {
+        payment: Uuid,
+        party: Uuid,
+        tenant: Uuid,
+        roles: String,
+    },
+    Inbox {
+        tenant: Uuid,
+        party: Uuid,
+        payment: Uuid,
+        seq: i64,
+        position: i64,
+        event_type: String,
+        roles: String,
+        at: String,
+    },
+    Balance {
+        payment: Uuid,
+        account: String,
+        tenant: Uuid,
+        currency: String,
+        posted: String,
+        pending_in: String,
+        pending_out: String,
+    },
+}
+
+/// Runs the projections.
+#[derive(Debug)]
+pub struct Projector {
+    store: AnyStore,
+    db: Db,
+    folds: Mutex<HashMap<Uuid, PaymentState>>,
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Projector {
+    /// A projector over `store`'s log, writing into `db`.
+    pub fn new(store: AnyStore, db: Db) -> Self {
+        Projector {
+            store,
+            db,
+            folds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Makes sure every projection has a checkpoint row.
+    pub async fn init(&self) -> Result<(), LoadError> {
+        for name in PROJECTIONS {
+            on_write!(&self.db, pool => {
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(*name)
+                .execute(pool)
+                .await
+                .map_err(crate::StoreError::from)?;
+            });
+        }
+        Ok(())
+    }
+
+    /// The checkpoints, in [`PROJECTIONS`] order.
+    pub async fn checkpoints(&self) -> Result<Vec<u64>, LoadError> {
+        let rows: Vec<(String, i64)> = on_write!(&self.db, pool => {
+            sqlx::query_as("SELECT name, position FROM projection_checkpoints")
+                .fetch_all(pool)
+                .await
+                .map_err(crate::StoreError::from)?
+        });
+        Ok(PROJECTIONS
+            .iter()
+            .map(|n| {
+                rows.iter()
+                    .find(|(name, _)| name == n)
+                    .map_or(0, |(_, p)| u64::try_from(*p).unwrap_or(0))
+            })
+            .collect())
+    }
+
+    /// Applies every event after the checkpoints; returns how many events were read.
+    pub async fn catch_up(&self) -> Result<u64, LoadError> {
+        let mut folds = self.folds.lock().await;
+        let mut total = 0u64;
+        loop {
+            let old = self.checkpoints().await?;
+            let from = old.iter().copied().min().unwrap_or(0);
+            let events = self.store.read_all_tenants(from, BATCH).await?;
+            if events.is_empty() {
+                return Ok(total);
+            }
+            let mut new = old.clone();
+            let mut ops = Vec::new();
+            for ev in &events {
+                let (env, state) = self.state_after(&mut folds, ev).await?;
+                for (i, name) in PROJECTIONS.iter().enumerate() {
+                    if ev.position > old[i] {
+                        project(name, ev, &env, &state, &mut ops);
+                        new[i] = ev.position;
+                    }
+                }
+            }
+            if folds.len() > 10_000 {
+                folds.clear();
+            }
+            total += events.len() as u64;
+            if !self.commit(&old, &new, coalesce(ops)).await? {
+                tracing::debug!("projection checkpoint moved by another process; reading again");
+            }
+        }
+    }
+
+    async fn state_after(
+        &self,
+        folds: &mut HashMap<Uuid, PaymentState>,
+        ev: &StoredEvent,
+    ) -> Result<(Envelope, PaymentState), LoadError> {
+        let mut state = match folds.remove(&ev.stream_id) {
+            Some(s) if s.version + 1 == ev.seq => Some(s),
+            _ if ev.seq == 1 => None,
+            _ => {
+                fold_stream(
+                    &self.store,
+                    ev.tenant_id,
+                    ev.stream_id,
+                    None,
+                    Some(ev.seq - 1),
+                )
+                .await?
+            }
+        };
+        let env = apply_stored(&mut state, ev)?;
+        let state = state.ok_or_else(|| LoadError::Fold {
+            stream: ev.stream_id,
+            seq: ev.seq,
+            error: trustfold_core::Error::InvalidHistory {
+                seq: ev.seq,
+                reason: "no state after the event".into(),
+            },
+        })?;
+        folds.insert(ev.stream_id, state.clone());
+        Ok((env, state))
+    }
+
+    async fn commit(&self, old: &[u64], new: &[u64], ops: Vec<Op>) -> Result<bool, LoadError> {
+        let begin = if self.db.is_postgres() {
+            "BEGIN"
+        } else {
+            "BEGIN IMMEDIATE"
+        };
+        let ok = on_write!(&self.db, pool => {
+            async {
+                let mut conn = pool.acquire().await?;
+                let mut tx = conn.begin_with(begin).await?;
+                for (i, name) in PROJECTIONS.iter().enumerate() {
+                    if old[i] == new[i] {
+                        continue;
+                    }
+                    let moved = sqlx::query(
+                        "UPDATE projection_checkpoints SET position = $1 \
+                         WHERE name = $2 AND position = $3",
+                    )
+                    .bind(i64_of(new[i]))
+                    .bind(*name)
+                    .bind(i64_of(old[i]))
+                    .execute(&mut *tx)
+                    .await?;
+                    if moved.rows_affected() != 1 {
+                        tx.rollback().await?;
+                        return Ok::<bool, sqlx::Error>(false);
+                    }
+                }
+                for op in &ops {
+                    match op {
+                        Op::Summary {
+                            payment, tenant, policy_id, policy_version, status, amount,
+                            currency, version, created_position, created_at, updated_at, state,
+                        } => {
+                            sqlx::query(
+                                "INSERT INTO payment_summary (payment_id, tenant_id, policy_id, \
+                                 policy_version, status, amount, currency, version, \
+                                 created_position, created_at, updated_at, state) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                                 ON CONFLICT (payment_id) DO UPDATE SET status = excluded.status, \
+                                 amount = excluded.amount, currency = excluded.currency, \
+                                 version = excluded.version, updated_at = excluded.updated_at, \
+                                 state = excluded.state",
+                            )
+                            .bind(payment).bind(tenant).bind(policy_id).bind(policy_version)
+                            .bind(status).bind(amount).bind(currency).bind(version)
+                            .bind(created_position.unwrap_or(0)).bind(created_at).bind(updated_at).bind(state)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        Op::Participant { payment, party, tenant, roles } => {
+                            sqlx::query(
+                                "INSERT INTO payment_participants (payment_id, party_id, \
+                                 tenant_id, roles) VALUES ($1, $2, $3, $4) ON CONFLICT \
+                                 (payment_id, party_id) DO UPDATE SET roles = excluded.roles",
+                            )
+                            .bind(payment).bind(party).bind(tenant).bind(roles)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        Op::Inbox { tenant, party, payment, seq, position, event_type, roles, at } => {
+                            sqlx::query(
+                                "INSERT INTO inbox (tenant_id, party_id, payment_id, seq, \
+                                 position, event_type, roles, at) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                            )
+                            .bind(tenant).bind(party).bind(payment).bind(seq).bind(position)
+                            .bind(event_type).bind(roles).bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        Op::Balance {
+                            payment, account, tenant, currency, posted, pending_in, pending_out,
+                        } => {
+                            sqlx::query(
+                                "INSERT INTO balances (payment_id, account, tenant_id, currency, \
+                                 posted, pending_in, pending_out) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT \
+                                 (payment_id, account) DO UPDATE SET posted = excluded.posted, \
+                                 pending_in = excluded.pending_in, \
+                                 pending_out = excluded.pending_out",
+                            )
+                            .bind(payment).bind(account).bind(tenant).bind(currency)
+                            .bind(posted).bind(pending_in).bind(pending_out)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+            .await
+            .map_err(crate::StoreError::from)?
+        });
+        Ok(ok)
+    }
+
+    /// Empties one projection's tables and resets its checkpoint to 0, so the next
+    /// [`Projector::catch_up`] replays it from the start of the log (what a newly added
+    /// projection does).
+    pub async fn reset(&self, names: &[&str]) -> Result<(), LoadError> {
+        let begin = if self.db.is_postgres() {
+            "BEGIN"
+        } else {
+            "BEGIN IMMEDIATE"
+        };
+        on_write!(&self.db, pool => {
+            async {
+                let mut conn = pool.acquire().await?;
+                let mut tx = conn.begin_with(begin).await?;
+                for name in names {
+                    for table in tables_of(name) {
+                        sqlx::query(&format!("DELETE FROM {table}"))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query("UPDATE projection_checkpoints SET position = 0 WHERE name = $1")
+                        .bind(*name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            }
+            .await
+            .map_err(crate::StoreError::from)?
+        });
+        self.folds.lock().await.clear();
+        Ok(())
+    }
+
+    /// Drops every read model and rebuilds it from the log; returns the events read.
+    pub async fn rebuild(&self) -> Result<u64, LoadError> {
+        self.reset(PROJECTIONS).await?;
+        self.catch_up().await
+    }
+
+    /// Every row of every read model as text, sorted: for comparing a rebuilt read
+    /// model with a live one.
+    pub async fn dump(&self) -> Result<Vec<String>, LoadError> {
+        let mut out = Vec::new();
+        macro_rules! dump {
+            ($sql:expr, $ty:ty) => {{
+                let rows: Vec<$ty> = on_read!(&self.db, pool => {
+                    sqlx::query_as($sql)
+                        .fetch_all(pool)
+                        .await
+                        .map_err(crate::StoreError::from)?
+                });
+                out.extend(rows.into_iter().map(|r| format!("{r:?}")));
+            }};
+        }
+        dump!(
+            "SELECT payment_id, tenant_id, policy_id, policy_version, status, amount, currency, \
+             version, created_position, created_at, updated_at, state FROM payment_summary",
+            (Uuid, Uuid, String, i64, String, String, String, i64, i64, String, String, String)
+        );
+        dump!(
+            "SELECT payment_id, party_id, tenant_id, roles FROM payment_participants",
+            (Uuid, Uuid, Uuid, String)
+        );
+        dump!(
+            "SELECT tenant_id, party_id, payment_id, seq, position, event_type, roles, at \
+             FROM inbox",
+            (Uuid, Uuid, Uuid, i64, i64, String, String, String)
+        );
+        dump!(
+            "SELECT payment_id, account, tenant_id, currency, posted, pending_in, pending_out \
+             FROM balances",
+            (Uuid, String, Uuid, String, String, String, String)
+        );
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Keeps the last summary, participant and balance row per key (inbox rows all).
+fn coalesce(ops: Vec<Op>) -> Vec<Op> {
+    let mut keyed: BTreeMap<(u8, Uuid, String), usize> = BTreeMap::new();
+    let mut out: Vec<Option<Op>> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let key = match &op {
+            Op::Summary { payment, .. } => Some((0, *payment, String::new())),
+            Op::Participant { payment, party, .. } => Some((1, *payment, party.to_string())),
+            Op::Balance {
+                payment, account, ..
+            } => Some((2, *payment, account.clone())),
+            Op::Inbox { .. } => None,
+        };
+        let mut op = op;
+        if let Some(k) = key {
+            if let Some(i) = keyed.insert(k, out.len()) {
+                if let (
+                    Some(Op::Summary {
+                        created_position: Some(first),
+                        ..
+                    }),
+                    Op::Summary {
+                        created_position, ..
+                    },
+                ) = (out[i].take(), &mut op)
+                {
+                    created_position.get_or_insert(first);
+                }
+            }
+        }
+        out.push(Some(op));
+    }
+    out.into_iter().flatten().collect()
+}
+
+fn roles_json(roles: &[trustfold_core::policy::Role]) -> String {
+    serde_json::to_string(roles).unwrap_or_else(|_| "[]".into())
+}
+
+/// The row changes one event makes in one projection.
+fn project(name: &str, ev: &StoredEvent, env: &Envelope, s: &PaymentState, ops: &mut Vec<Op>) {
+    let payment = ev.stream_id;
+    let tenant = ev.tenant_id;
+    match name {
+        "payment_summary" => {
+            let status = serde_json::to_value(s.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            ops.push(Op::Summary {
+                payment,
+                tenant,
+                policy_id: s.policy.id.clone(),
+                policy_version: i64::from(s.policy.version),
+                status,
+                amount: s.amount.amount_string(),
+                currency: s.amount.currency().code().to_owned(),
+                version: i64_of(s.version),
+                created_position: (ev.seq == 1).then(|| i64_of(ev.position)),
+                created_at: s.created_at.to_string(),
+                updated_at: s.updated_at.to_string(),
+                state: String::from_utf8(s.to_json()).unwrap_or_default(),
+            });
+            for (party, p) in &s.participants {
+                ops.push(Op::Participant {
+                    payment,
+                    party: party.uuid(),
+                    tenant,
+                    roles: if p.removed {
+                        "[]".into()
+                    } else {
+                        roles_json(&p.roles)
+                    },
+                });
+            }
+        }
+        "inbox" => {
+            let ty = env.event_type().name();
+            let Some(notify) = s.policy_doc.notifications.get(ty) else {
+                return;
+            };
+            for (party, p) in &s.participants {
+                if p.removed {
+                    continue;
+                }
+                let matched: Vec<_> = p
+                    .roles
+                    .iter()
+                    .filter(|r| notify.contains(r))
+                    .cloned()
+                    .collect();
+                if matched.is_empty() {
+                    continue;
+                }
+                ops.push(Op::Inbox {
+                    tenant,
+                    party: party.uuid(),
+                    payment,
+                    seq: i64_of(ev.seq),
+                    position: i64_of(ev.position),
+                    event_type: ty.to_owned(),
+                    roles: roles_json(&matched),
+                    at: env.at.to_string(),
+                });
+            }
+        }
+        "balances" => {
+            let currency = s.ledger.currency().code().to_owned();
+            for (account, b) in &s.ledger.balances {
+                ops.push(Op::Balance {
+                    payment,
+                    account: account.to_string(),
+                    tenant,
+                    currency: currency.clone(),
+                    posted: b.posted.amount_string(),
+                    pending_in: b.pending_in.amount_string(),
+                    pending_out: b.pending_out.amount_string(),
+                });
+            }
+        }
+        _ => {}
+    }
+}
