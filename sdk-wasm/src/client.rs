@@ -343,7 +343,8 @@ impl PaymentFeed {
                     .await
                     .map_err(net)?;
                 let text = body_or_problem(resp).await?;
-                let page: Page<'_> = serde_json::from_str(&text).map_err(|e| to_js(&e.into()))?;
+                let page: Page<'_> =
+                    serde_json::from_slice(text.as_bytes()).map_err(|e| to_js(&e.into()))?;
                 {
                     let mut m = feed.mirror.borrow_mut();
                     for r in &page.events {
@@ -389,7 +390,7 @@ impl PaymentFeed {
         &self,
         #[wasm_bindgen(js_name = onUpdate, unchecked_param_type = "(stateJson: string, seq: number) => void")]
         on_update: js_sys::Function,
-        #[wasm_bindgen(js_name = onError, unchecked_param_type = "(error: Error) => void")]
+        #[wasm_bindgen(js_name = onError, unchecked_param_type = "((error: Error) => void) | undefined")]
         on_error: Option<js_sys::Function>,
     ) -> JsResult<()> {
         if self.inner.live.borrow().is_some() {
@@ -426,7 +427,7 @@ impl PaymentFeed {
                         break;
                     };
                     let data = msg.data().as_string().unwrap_or_default();
-                    let appended = serde_json::from_str::<RawRecord<'_>>(&data)
+                    let appended = serde_json::from_slice::<RawRecord<'_>>(data.as_bytes())
                         .map_err(Error::from)
                         .and_then(|r| feed.mirror.borrow_mut().append(r.hash, r.event.get()));
                     match appended {
@@ -523,7 +524,7 @@ async fn body_or_problem(resp: Response) -> JsResult<String> {
     if resp.ok() {
         return Ok(text);
     }
-    let p: Option<Problem> = serde_json::from_str(&text).ok();
+    let p: Option<Problem> = serde_json::from_slice(text.as_bytes()).ok();
     let code = p
         .as_ref()
         .and_then(|p| p.code.clone())

@@ -26,7 +26,7 @@ fn state_of(history: &JsValue) -> JsResult<Option<PaymentState>> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(json: &str) -> JsResult<T> {
-    serde_json::from_str(json).map_err(|e| to_js(&e.into()))
+    serde_json::from_slice(json.as_bytes()).map_err(|e| to_js(&e.into()))
 }
 
 /// The command types (e.g. `"Approve"`) the actor may issue now. `actorJson` is

@@ -77,7 +77,8 @@ pub fn verify(
     let head = match (signed_head, public_key) {
         (Some(h), Some(k)) => {
             let key: PublicKey = k.parse().js()?;
-            let head: SignedHead = serde_json::from_str(&h).map_err(|e| to_js(&e.into()))?;
+            let head: SignedHead =
+                serde_json::from_slice(h.as_bytes()).map_err(|e| to_js(&e.into()))?;
             Some((head, key))
         }
         (Some(_), None) => {

@@ -1,0 +1,220 @@
+/**
+ * The typed API over the wasm bindings, shared by the Node and browser entry points.
+ * Every function throws a {@link TrustfoldError} (`code`, `message`, `seq?`, `field?`)
+ * on failure, with the same code and message as the Rust core.
+ */
+import * as raw from "../pkg/trustfold_wasm.js";
+import type {
+  Actor, Command, CommandContext, CommandKind, EventEnvelope, PaymentState, PaymentView,
+  PolicyDocument,
+} from "./types.js";
+
+export type { HistoryInput, VerifyResult, PolicySummary, ClientOptions } from "../pkg/trustfold_wasm.js";
+import type { HistoryInput, VerifyResult, PolicySummary, ClientOptions } from "../pkg/trustfold_wasm.js";
+
+/** The error every trustfold function throws. */
+export interface TrustfoldError extends Error {
+  name: "TrustfoldError";
+  /** Stable machine-readable code, shared with the Rust API and the HTTP API. */
+  code: string;
+  /** The offending sequence number, for history errors. */
+  seq?: number;
+  /** The offending field (a JSON path), for policy errors. */
+  field?: string;
+  /** HTTP status, for errors from the server. */
+  status?: number;
+}
+
+/** True when `e` is an error thrown by trustfold. */
+export function isTrustfoldError(e: unknown): e is TrustfoldError {
+  return e instanceof Error && e.name === "TrustfoldError" && typeof (e as { code?: unknown }).code === "string";
+}
+
+let ready = false;
+
+/** @internal Called by the entry points once the module is instantiated. */
+export function markReady(): void {
+  ready = true;
+}
+
+/** True once the wasm module is ready (always in Node; after `await init()` in browsers). */
+export function isReady(): boolean {
+  return ready;
+}
+
+function need(): void {
+  if (!ready) {
+    const err = new Error(
+      "trustfold: the WebAssembly module is not initialised yet: `await init()` before calling trustfold functions (in Node the module loads on import)",
+    ) as TrustfoldError;
+    err.name = "TrustfoldError";
+    err.code = "not_initialized";
+    throw err;
+  }
+}
+
+/** Verifies and folds a history into canonical state JSON (the exact bytes native Rust gives). */
+export function replayJson(history: HistoryInput): string {
+  need();
+  return raw.replay(history);
+}
+
+/** Verifies and folds a history. */
+export function replay(history: HistoryInput): PaymentState {
+  return JSON.parse(replayJson(history)) as PaymentState;
+}
+
+/** Canonical state JSON after sequence `seq`. */
+export function stateAtJson(history: HistoryInput, seq: number): string {
+  need();
+  return raw.stateAt(history, seq);
+}
+
+/** The state after sequence `seq`. */
+export function stateAt(history: HistoryInput, seq: number): PaymentState {
+  return JSON.parse(stateAtJson(history, seq)) as PaymentState;
+}
+
+/**
+ * Verifies a history (hash chain, rules and, with both given, the server's signed head
+ * against its public key). Never throws for a history that does not verify: see `ok`.
+ */
+export function verify(history: HistoryInput, signedHeadJson?: string, publicKeyHex?: string): VerifyResult {
+  need();
+  return raw.verify(history, signedHeadJson, publicKeyHex);
+}
+
+/** What the given roles may see of the payment (state and events, redacted by the policy). */
+export function view(history: HistoryInput, roles: readonly string[]): PaymentView {
+  need();
+  return JSON.parse(raw.view(history, [...roles])) as PaymentView;
+}
+
+/** The commands `actor` may issue now (`now` defaults to the time of the last event). */
+export function allowedCommands(history: HistoryInput, actor: Actor, now?: string): CommandKind[] {
+  need();
+  return raw.allowedCommands(history, JSON.stringify(actor), now) as CommandKind[];
+}
+
+/**
+ * Decides a command against the history's state without sending it: the events it
+ * would produce, or throws the rejection (`code` names the rule). Pass `"[]"` as the
+ * history for `Initiate`.
+ */
+export function decide(history: HistoryInput, command: Command, context: CommandContext): EventEnvelope[] {
+  need();
+  return JSON.parse(raw.decide(history, JSON.stringify(command), JSON.stringify(context))) as EventEnvelope[];
+}
+
+/** Validates a policy document; throws `invalid_policy` with the `field` at fault. */
+export function validatePolicy(policy: PolicyDocument | string): PolicySummary {
+  need();
+  return raw.validatePolicy(typeof policy === "string" ? policy : JSON.stringify(policy));
+}
+
+/** `a + b` in `currency`, exact: `moneyAdd("1.10", "2", "USD") === "3.10"`. */
+export function moneyAdd(a: string, b: string, currency: string): string {
+  need();
+  return raw.moneyAdd(a, b, currency);
+}
+
+/** `a - b` in `currency`, exact (may be negative). */
+export function moneySub(a: string, b: string, currency: string): string {
+  need();
+  return raw.moneySub(a, b, currency);
+}
+
+/** Splits `amount` by integer weights; the parts sum exactly to `amount`. */
+export function moneyAllocate(amount: string, currency: string, weights: readonly number[]): string[] {
+  need();
+  return raw.moneyAllocate(amount, currency, [...weights]);
+}
+
+/** `bps` basis points of `amount`, rounded half away from zero to the minor unit. */
+export function moneyBps(amount: string, currency: string, bps: number): string {
+  need();
+  return raw.moneyBps(amount, currency, bps);
+}
+
+/** `"1500.00 USD"`: the amount at the currency's scale and its code. */
+export function formatMoney(amount: string, currency: string): string {
+  need();
+  return raw.formatMoney(amount, currency);
+}
+
+/** The package version. */
+export function version(): string {
+  need();
+  return raw.version();
+}
+
+/** One payment followed from the server: verified history, state, live updates. */
+export class PaymentFeed {
+  readonly #raw: raw.PaymentFeed;
+
+  /** @internal */
+  constructor(inner: raw.PaymentFeed) {
+    this.#raw = inner;
+  }
+
+  /** Sequence number of the last verified record held (0 when empty). */
+  get seq(): number {
+    return this.#raw.seq;
+  }
+
+  /** The state of the records held, or `undefined` before the first sync. */
+  state(): PaymentState | undefined {
+    const s = this.#raw.state();
+    return s === undefined ? undefined : (JSON.parse(s) as PaymentState);
+  }
+
+  /** The records held as a history document (for `replay`, `view`, `decide`…). */
+  history(): string {
+    return this.#raw.history();
+  }
+
+  /** Fetches new records page by page, verifying each; resolves to the state. */
+  async sync(): Promise<PaymentState | undefined> {
+    const s = await this.#raw.sync();
+    return s === undefined ? undefined : (JSON.parse(s) as PaymentState);
+  }
+
+  /** Follows the payment over Server-Sent Events, resuming after drops. */
+  live(onUpdate: (state: PaymentState, seq: number) => void, onError?: (error: TrustfoldError) => void): void {
+    this.#raw.live(
+      (json: string, seq: number) => onUpdate(JSON.parse(json) as PaymentState, seq),
+      onError === undefined ? undefined : (e: Error) => onError(e as TrustfoldError),
+    );
+  }
+
+  /** Stops following. */
+  close(): void {
+    this.#raw.close();
+  }
+}
+
+/** A trustfold server, seen by one participant (token) and pinned to its key. */
+export class Client {
+  readonly #raw: raw.Client;
+
+  constructor(options: ClientOptions) {
+    need();
+    this.#raw = new raw.Client(options);
+  }
+
+  /** A feed for one payment (empty until `sync()`). */
+  payment(paymentId: string): PaymentFeed {
+    return new PaymentFeed(this.#raw.payment(paymentId));
+  }
+
+  /**
+   * Sends a command with an idempotency key (and the expected version as `If-Match`);
+   * resolves to the server's JSON response.
+   */
+  async sendCommand(paymentId: string, command: Command, idempotencyKey: string, expectedVersion?: number): Promise<unknown> {
+    const body = await this.#raw.sendCommand(paymentId, JSON.stringify(command), idempotencyKey, expectedVersion);
+    return body === "" ? undefined : (JSON.parse(body) as unknown);
+  }
+}
+
+export type * from "./types.js";
