@@ -361,7 +361,6 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
             | CommandKind::Close
             | CommandKind::RecordShortfallRecovery
             | CommandKind::WriteOffShortfall
-            | CommandKind::RecordReversal
     );
     if st.is_terminal() && !after_terminal {
         return reject(
@@ -1121,7 +1120,8 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                         return_code: code.clone(),
                         reason: reason.clone(),
                         amount,
-                    })
+                    })?;
+                    expire_if_exhausted(em)
                 }
                 (RailOutcome::Failed { .. }, _) => reject(
                     "notice_conflict",

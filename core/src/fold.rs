@@ -229,7 +229,6 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             | Event::ShortfallRecovered(_)
             | Event::ShortfallWrittenOff(_)
             | Event::PaymentClosed(_)
-            | Event::ReversalRecorded(_)
     );
     if s.status.is_terminal() && !terminal_ok {
         return Err(bad(format!("payment is {:?} (terminal)", s.status)));

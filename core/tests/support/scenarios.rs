@@ -149,7 +149,10 @@ impl Sim {
                 party: pid(n),
                 roles: vec![Role::new(role)],
                 name: name.into(),
-                email: Some(format!("{}@example.com", name.to_lowercase())),
+                email: Some(format!(
+                    "{}@example.com",
+                    name.to_lowercase().replace(' ', ".")
+                )),
             },
         )?;
         self.run(as_(n, role), Command::Join)
@@ -177,9 +180,14 @@ fn settled() -> RailOutcome {
 }
 
 fn failed(code: &str) -> RailOutcome {
+    let reason = match code {
+        "R01" => "insufficient funds",
+        "card_declined" => "card declined by the issuer",
+        _ => "rejected by the receiving bank",
+    };
     RailOutcome::Failed {
         code: code.into(),
-        reason: "rejected by the receiving bank".into(),
+        reason: reason.into(),
     }
 }
 
@@ -851,6 +859,166 @@ pub fn em_concurrent_conflict() -> R<Vector> {
     ))
 }
 
+pub fn em_notice_never_arrives() -> R<Vector> {
+    let mut s = earnest(21)?;
+    fund(&mut s, Rail::Ach, "ach-1", "5000.00")?;
+    // No webhook ever comes: days pass, the clock changes nothing while in flight.
+    for _ in 0..5 {
+        s.hours(24);
+        s.tick()?;
+        assert_eq!(s.status(), Status::FundingInFlight);
+    }
+    // The server's reconciliation poll asks the rail and records what it says,
+    // through the same idempotent notice.
+    s.notice("ach-1", settled())?;
+    s.tick()?; // good funds count from when the settlement was recorded
+    assert_eq!(
+        s.status(),
+        Status::Funded,
+        "good funds count from the recorded settlement"
+    );
+    s.hours(24 * 3);
+    s.tick()?;
+    assert_eq!(s.status(), Status::Held);
+    Ok(s.vector(
+        "em_notice_never_arrives",
+        "The rail's settlement webhook never arrives; days later the reconciliation poll records it, then funds become good.",
+    ))
+}
+
+pub fn em_duplicate_commands() -> R<Vector> {
+    let mut s = earnest(22)?;
+    s.rejects(as_(BUYER, "buyer"), Command::Join, "already_joined");
+    let terms_hash = s.state().terms_hash;
+    s.rejects(
+        as_(BUYER, "buyer"),
+        Command::AgreeToTerms { terms_hash },
+        "invalid_state",
+    );
+    fund(&mut s, Rail::Wire, "wire-1", "5000.00")?;
+    s.rejects(
+        as_(BUYER, "buyer"),
+        Command::SubmitFunding {
+            amount: usd("5000.00"),
+            rail: Rail::Wire,
+            rail_ref: "wire-1".into(),
+        },
+        "rail_ref_reused",
+    );
+    s.notice("wire-1", settled())?;
+    request_release(&mut s, 1, &[(SELLER, "5000.00")])?;
+    s.rejects(
+        escrow(),
+        Command::RequestRelease {
+            request: rid(1),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: usd("5000.00"),
+            }],
+        },
+        "request_open",
+    );
+    approve(&mut s, 1, BUYER, "buyer")?;
+    let h = s.state().requests[&rid(1)].allocations_hash;
+    s.rejects(
+        as_(BUYER, "buyer"),
+        Command::Approve {
+            request: rid(1),
+            allocations_hash: h,
+        },
+        "already_approved",
+    );
+    approve(&mut s, 1, SELLER, "seller")?;
+    disburse(&mut s, 1, escrow(), "out-1")?;
+    s.rejects(
+        escrow(),
+        Command::SubmitDisbursement {
+            request: rid(1),
+            rail: Rail::Wire,
+            rail_ref: "out-1".into(),
+        },
+        "no_authorized_request",
+    );
+    // Handling the very same command twice against the same state gives the very same
+    // events (ids derive from the command id): a store appends them once.
+    let st = s.state().clone();
+    let ctx = Context {
+        command_id: CommandId::from_bytes([0x55; 16]),
+        actor: Actor::rail(),
+        now: s.d.now(),
+        correlation: None,
+    };
+    let cmd = Command::RailNotice {
+        rail_ref: "out-1".into(),
+        notice: settled(),
+    };
+    let a = trustfold_core::decide::handle(Some(&st), &cmd, &ctx)?;
+    let b = trustfold_core::decide::handle(Some(&st), &cmd, &ctx)?;
+    assert_eq!(a.sealed, b.sealed);
+    s.notice("out-1", settled())?;
+    assert_eq!(s.status(), Status::Completed);
+    Ok(s.vector(
+        "em_duplicate_commands",
+        "Commands sent twice (join, funding, release request, approval, disbursement) are refused the second time; nothing is recorded twice.",
+    ))
+}
+
+pub fn em_participant_removed() -> R<Vector> {
+    let mut s = earnest(23)?;
+    s.run(
+        as_(LISTING_AGENT, "listing_agent"),
+        Command::Remove {
+            party: pid(BUYER_AGENT),
+            reason: "buyer changed agents".into(),
+        },
+    )?;
+    s.rejects(
+        as_(BUYER_AGENT, "buyer_agent"),
+        Command::SubmitFunding {
+            amount: usd("5000.00"),
+            rail: Rail::Wire,
+            rail_ref: "w".into(),
+        },
+        "unknown_participant",
+    );
+    s.invite_join(
+        as_(LISTING_AGENT, "listing_agent"),
+        BROKERAGE,
+        "brokerage",
+        "Bay Brokerage",
+    )?;
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    Ok(s.vector(
+        "em_participant_removed",
+        "The buyer's agent is removed and can no longer act; a brokerage joins.",
+    ))
+}
+
+pub fn em_reversal_correction() -> R<Vector> {
+    let mut s = earnest_held(24)?;
+    request_release(&mut s, 1, &[(SELLER, "2000.00")])?;
+    approve(&mut s, 1, BUYER, "buyer")?;
+    approve(&mut s, 1, SELLER, "seller")?;
+    disburse(&mut s, 1, escrow(), "out-1")?;
+    s.notice("out-1", settled())?;
+    assert_eq!(s.balance(Account::Escrow), "3000.00");
+    let leg = s.state().requests[&rid(1)].legs[0];
+    s.run(
+        escrow(),
+        Command::RecordReversal {
+            leg,
+            reason: "payout bounced back by the seller's bank".into(),
+        },
+    )?;
+    assert_eq!(s.balance(Account::Escrow), "5000.00");
+    assert_eq!(s.balance(Account::Payee(pid(SELLER))), "0.00");
+    assert_eq!(s.status(), Status::Held);
+    Ok(s.vector(
+        "em_reversal_correction",
+        "A settled payout came back: the escrow holder records a reversing leg; the funds are held again.",
+    ))
+}
+
 // ---------------------------------------------------------------- marketplace
 
 fn market(n: u8) -> R<Sim> {
@@ -1463,6 +1631,10 @@ pub fn all() -> R<Vec<Vector>> {
         em_cancel_after_funds()?,
         em_deadline_flagged()?,
         em_concurrent_conflict()?,
+        em_notice_never_arrives()?,
+        em_duplicate_commands()?,
+        em_participant_removed()?,
+        em_reversal_correction()?,
         mp_auto_release()?,
         mp_dispute_blocks_auto_release()?,
         mp_buyer_confirms()?,
