@@ -1,0 +1,120 @@
+//! Test harness: a real server on loopback, started in-process, on a fresh SQLite file
+//! or a fresh PostgreSQL database.
+
+#![allow(dead_code)]
+
+pub mod scenario;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sqlx::{Connection, Executor, PgConnection};
+use trustfold_server::app::{start, Config, Running};
+
+pub use scenario::Client;
+
+pub const ADMIN: &str = "test-admin-token";
+
+pub struct Server {
+    pub running: Option<Running>,
+    pub client: Client,
+    pub database: String,
+    pub dir: Option<tempfile::TempDir>,
+    pub pg_admin: Option<(String, String)>,
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.running.as_ref().expect("running").addr
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("graceful shutdown");
+        }
+    }
+
+    pub async fn finish(mut self) {
+        self.stop().await;
+        if let Some((admin_url, name)) = self.pg_admin.take() {
+            let mut admin = PgConnection::connect(&admin_url)
+                .await
+                .expect("admin connection");
+            admin
+                .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await
+                .expect("drop test database");
+        }
+    }
+}
+
+pub fn config(database: &str) -> Config {
+    let mut c = Config::new(database);
+    c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.http.admin_token = Some(ADMIN.into());
+    c.http.body_limit = 64 * 1024;
+    c.http.heartbeat = Duration::from_millis(500);
+    c.http.poll_interval = Duration::from_millis(200);
+    c
+}
+
+pub async fn serve(config: Config) -> Running {
+    start(config).await.expect("server starts")
+}
+
+pub async fn sqlite() -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = dir.path().join("trustfold.db").display().to_string();
+    let running = serve(config(&database)).await;
+    let client = Client::new(format!("http://{}", running.addr));
+    Server {
+        running: Some(running),
+        client,
+        database,
+        dir: Some(dir),
+        pg_admin: None,
+    }
+}
+
+/// `DATABASE_URL`, or `None` when the PostgreSQL tests are knowingly skipped.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("TRUSTFOLD_SKIP_PG").as_deref() == Ok("1") => {
+            eprintln!("TRUSTFOLD_SKIP_PG=1: skipping a PostgreSQL HTTP test");
+            None
+        }
+        _ => panic!(
+            "DATABASE_URL is not set: run `scripts/with-postgres.sh cargo test -p trustfold-server` \
+             or set TRUSTFOLD_SKIP_PG=1 to skip the PostgreSQL tests knowingly"
+        ),
+    }
+}
+
+/// A fresh database on the PostgreSQL server of `DATABASE_URL`.
+pub async fn postgres_database() -> Option<(String, String, String)> {
+    let admin_url = postgres_url()?;
+    let name = format!("tf_http_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to DATABASE_URL");
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create test database");
+    let (base, _) = admin_url.rsplit_once('/').expect("url has a database");
+    Some((admin_url.clone(), name.clone(), format!("{base}/{name}")))
+}
+
+pub async fn postgres() -> Option<Server> {
+    let (admin_url, name, url) = postgres_database().await?;
+    let running = serve(config(&url)).await;
+    let client = Client::new(format!("http://{}", running.addr));
+    Some(Server {
+        running: Some(running),
+        client,
+        database: url,
+        dir: None,
+        pg_admin: Some((admin_url, name)),
+    })
+}

@@ -1,0 +1,342 @@
+//! A tiny HTTP client for the trustfold API and the earnest-money scenario driven
+//! through it. Shared by the HTTP tests and `examples/earnest_money_http.rs`.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+
+/// The earnest-money policy shipped in `examples/policies`.
+pub const EARNEST_MONEY: &str = include_str!("../../../examples/policies/earnest-money.json");
+
+/// One response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub bytes: Vec<u8>,
+    pub body: Value,
+}
+
+/// A client for one server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Client {
+    pub fn new(base: impl Into<String>) -> Self {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            base: base.into(),
+        }
+    }
+
+    /// Sends a request with an optional bearer credential, extra headers and raw body.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, reqwest::Error> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(a) = auth {
+            req = req.bearer_auth(a);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let res = req.send().await?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await?.to_vec();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            headers,
+            bytes,
+            body,
+        })
+    }
+
+    pub async fn get(&self, path: &str, auth: &str) -> Reply {
+        self.raw("GET", path, Some(auth), &[], None)
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, auth: &str, body: &Value) -> Reply {
+        self.raw(
+            "POST",
+            path,
+            Some(auth),
+            &[],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+        .expect("POST")
+    }
+
+    pub async fn post_idem(&self, path: &str, auth: &str, key: &str, body: &Value) -> Reply {
+        self.raw(
+            "POST",
+            path,
+            Some(auth),
+            &[("idempotency-key", key)],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+        .expect("POST")
+    }
+
+    /// Creates a tenant with the admin token; returns its API key.
+    pub async fn tenant(&self, admin: &str, name: &str) -> Result<String, String> {
+        let r = self
+            .post("/v1/tenants", admin, &json!({ "name": name }))
+            .await;
+        if r.status != 201 {
+            return Err(format!("create tenant: {} {}", r.status, r.body));
+        }
+        Ok(r.body["api_key"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Sends one command as `party` in `role`; `Err` unless it is accepted.
+    pub async fn command(
+        &self,
+        key: &str,
+        payment: &str,
+        party: Option<&str>,
+        role: &str,
+        command: Value,
+    ) -> Result<Reply, String> {
+        let r = self
+            .post(
+                &format!("/v1/payments/{payment}/commands"),
+                key,
+                &json!({"command": command, "actor": {"party": party, "role": role}}),
+            )
+            .await;
+        if r.status != 200 {
+            return Err(format!(
+                "command {} as {role}: {} {}",
+                command["type"], r.status, r.body
+            ));
+        }
+        Ok(r)
+    }
+}
+
+/// The parties and payment of one earnest-money run.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub payment: String,
+    pub agent: String,
+    pub buyer: String,
+    pub seller: String,
+    pub escrow: String,
+    pub request: String,
+}
+
+fn id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Opens an earnest-money payment of 5,000 USD and invites and joins everyone.
+pub async fn open_and_join(c: &Client, key: &str) -> Result<Flow, String> {
+    let r = c
+        .post(
+            "/v1/policies",
+            key,
+            &serde_json::from_str(EARNEST_MONEY).map_err(|e| e.to_string())?,
+        )
+        .await;
+    if r.status != 201 && r.status != 200 {
+        return Err(format!("publish policy: {} {}", r.status, r.body));
+    }
+    let f = Flow {
+        payment: String::new(),
+        agent: id(),
+        buyer: id(),
+        seller: id(),
+        escrow: id(),
+        request: id(),
+    };
+    let r = c
+        .post(
+            "/v1/payments",
+            key,
+            &json!({
+                "policy": "earnest-money",
+                "amount": {"amount": "5000.00", "currency": "USD"},
+                "description": "12 Elm St, earnest money",
+                "initiator": {"party": f.agent, "roles": ["listing_agent"], "name": "Lee (listing agent)"}
+            }),
+        )
+        .await;
+    if r.status != 201 {
+        return Err(format!("open payment: {} {}", r.status, r.body));
+    }
+    let f = Flow {
+        payment: r.body["payment_id"].as_str().unwrap_or_default().to_owned(),
+        ..f
+    };
+    let p = f.payment.as_str();
+    for (party, role, name) in [
+        (&f.buyer, "buyer", "Bo (buyer)"),
+        (&f.seller, "seller", "Sam (seller)"),
+        (&f.escrow, "escrow_holder", "Escrow Co"),
+    ] {
+        c.command(
+            key,
+            p,
+            Some(&f.agent),
+            "listing_agent",
+            json!({"type": "Invite", "party": party, "roles": [role], "name": name}),
+        )
+        .await?;
+    }
+    for (party, role) in [
+        (&f.buyer, "buyer"),
+        (&f.seller, "seller"),
+        (&f.escrow, "escrow_holder"),
+    ] {
+        c.command(key, p, Some(party), role, json!({"type": "Join"}))
+            .await?;
+    }
+    Ok(f)
+}
+
+/// Agrees, funds by wire, settles, releases to the seller with both approvals,
+/// disburses and settles: the payment ends `Completed`.
+pub async fn fund_and_release(c: &Client, key: &str, f: &Flow) -> Result<(), String> {
+    let p = f.payment.as_str();
+    let state = c.get(&format!("/v1/payments/{p}"), key).await;
+    let terms = state.body["terms_hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for (party, role) in [(&f.buyer, "buyer"), (&f.seller, "seller")] {
+        c.command(
+            key,
+            p,
+            Some(party),
+            role,
+            json!({"type": "AgreeToTerms", "terms_hash": terms}),
+        )
+        .await?;
+    }
+    c.command(key, p, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
+        "method": {"rail": "wire", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}})).await?;
+    c.command(
+        key,
+        p,
+        Some(&f.buyer),
+        "buyer",
+        json!({"type": "SubmitFunding",
+        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "wire", "rail_ref": "WIRE-1"}),
+    )
+    .await?;
+    c.command(
+        key,
+        p,
+        None,
+        "rail",
+        json!({"type": "RailNotice", "rail_ref": "WIRE-1",
+        "notice": {"kind": "settled"}}),
+    )
+    .await?;
+    let r = c.command(key, p, Some(&f.escrow), "escrow_holder", json!({"type": "RequestRelease",
+        "request": f.request, "allocations": [{"party": f.seller, "amount": {"amount": "5000.00", "currency": "USD"}}]})).await?;
+    let hash = r.body["state"]["requests"][&f.request]["allocations_hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for (party, role) in [(&f.buyer, "buyer"), (&f.seller, "seller")] {
+        c.command(
+            key,
+            p,
+            Some(party),
+            role,
+            json!({"type": "Approve", "request": f.request,
+            "allocations_hash": hash}),
+        )
+        .await?;
+    }
+    c.command(
+        key,
+        p,
+        Some(&f.escrow),
+        "escrow_holder",
+        json!({"type": "SubmitDisbursement",
+        "request": f.request, "rail": "wire", "rail_ref": "WIRE-OUT-1"}),
+    )
+    .await?;
+    let r = c
+        .command(
+            key,
+            p,
+            None,
+            "rail",
+            json!({"type": "RailNotice", "rail_ref": "WIRE-OUT-1",
+        "notice": {"kind": "settled"}}),
+        )
+        .await?;
+    let status = r.body["state"]["status"].as_str().unwrap_or_default();
+    if status != "Completed" {
+        return Err(format!("expected Completed, the payment is {status}"));
+    }
+    Ok(())
+}
+
+/// Reads a payment's whole history through the paged events endpoint and returns it as
+/// a history document (`[record,…]`) with the records' bytes exactly as served.
+pub async fn history(c: &Client, key: &str, payment: &str, page: u32) -> Result<Vec<u8>, String> {
+    let mut after = 0u64;
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let r = c
+            .get(
+                &format!("/v1/payments/{payment}/events?after={after}&limit={page}"),
+                key,
+            )
+            .await;
+        if r.status != 200 {
+            return Err(format!("events: {} {}", r.status, r.body));
+        }
+        // Cut the records out of the raw bytes: they must be served verbatim.
+        let raw: &serde_json::value::RawValue = serde_json::from_slice::<Page>(&r.bytes)
+            .map_err(|e| e.to_string())?
+            .events;
+        let list: Vec<&serde_json::value::RawValue> =
+            serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+        records.extend(list.iter().map(|v| v.get().as_bytes().to_vec()));
+        if !r.body["has_more"].as_bool().unwrap_or(false) {
+            break;
+        }
+        after = r.body["next"].as_u64().unwrap_or(0);
+    }
+    let mut out = b"[".to_vec();
+    for (i, rec) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(rec);
+    }
+    out.push(b']');
+    Ok(out)
+}
+
+#[derive(serde::Deserialize)]
+struct Page<'a> {
+    #[serde(borrow)]
+    events: &'a serde_json::value::RawValue,
+}

@@ -1,0 +1,693 @@
+//! The HTTP API over real loopback connections, against a server started in-process on
+//! a real SQLite file (and, where it matters, on PostgreSQL via `DATABASE_URL`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::scenario::{fund_and_release, history, open_and_join, Client};
+use common::{Server, ADMIN};
+use serde_json::{json, Value};
+use trustfold_core::fold::replay;
+use trustfold_core::history::{parse, PublicKey, SignedHead};
+use trustfold_server::app::open;
+
+async fn earnest_money(srv: &Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "Acme Realty").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open and join");
+    fund_and_release(c, &key, &f)
+        .await
+        .expect("fund and release");
+    let p = &f.payment;
+
+    // State from the read model, with its version as ETag.
+    let state = c.get(&format!("/v1/payments/{p}"), &key).await;
+    assert_eq!(state.status, 200);
+    assert_eq!(state.body["status"], "Completed");
+    let version = state.body["version"].as_u64().expect("version");
+    let etag = state.headers["etag"].to_str().expect("etag").to_owned();
+    assert_eq!(etag, format!("\"{version}\""));
+    let again = c
+        .raw(
+            "GET",
+            &format!("/v1/payments/{p}"),
+            Some(&key),
+            &[("if-none-match", &etag)],
+            None,
+        )
+        .await
+        .expect("GET");
+    assert_eq!(again.status, 304);
+
+    // The history, fetched in pages of 3, verifies and folds to the same state.
+    let doc = history(c, &key, p, 3).await.expect("history");
+    let rebuilt = replay(&doc).expect("the served history verifies and folds");
+    assert_eq!(rebuilt.version, version);
+    let served: Value = serde_json::from_slice(&rebuilt.to_json()).expect("state json");
+    assert_eq!(
+        served, state.body,
+        "read model equals the fold of the history"
+    );
+
+    // The signed head verifies with the published key against that history.
+    let head = c.get(&format!("/v1/payments/{p}/head"), &key).await;
+    let head: SignedHead = serde_json::from_value(head.body).expect("signed head");
+    let pk = c
+        .raw("GET", "/v1/server-key", None, &[], None)
+        .await
+        .expect("key");
+    let pk: PublicKey = pk.body["public_key"]
+        .as_str()
+        .expect("hex")
+        .parse()
+        .expect("key");
+    let records = parse(&doc).expect("records");
+    head.verify_against(&pk, &records).expect("head verifies");
+    assert_eq!(head.seq, version);
+
+    // The tenant feed has every event in global order.
+    let feed = c.get("/v1/events?limit=1000", &key).await;
+    let items = feed.body["events"].as_array().expect("events");
+    assert_eq!(items.len() as u64, version);
+    assert!(items
+        .windows(2)
+        .all(|w| w[0]["position"].as_u64() < w[1]["position"].as_u64()));
+
+    // List and search.
+    for q in [
+        "status=Completed".to_string(),
+        format!("participant={}", f.buyer),
+        "policy=earnest-money".into(),
+    ] {
+        let l = c.get(&format!("/v1/payments?{q}"), &key).await;
+        assert_eq!(
+            l.body["payments"].as_array().map(Vec::len),
+            Some(1),
+            "{q}: {}",
+            l.body
+        );
+    }
+    let l = c.get("/v1/payments?status=Held", &key).await;
+    assert_eq!(l.body["payments"].as_array().map(Vec::len), Some(0));
+
+    // Inbox (ReleaseRequested notifies buyer and seller) and balances.
+    let inbox = c
+        .get(&format!("/v1/parties/{}/inbox", f.seller), &key)
+        .await;
+    let types: Vec<&str> = inbox.body["notifications"]
+        .as_array()
+        .expect("notifications")
+        .iter()
+        .filter_map(|n| n["type"].as_str())
+        .collect();
+    assert!(types.contains(&"ReleaseRequested"), "{}", inbox.body);
+    let bal = c.get(&format!("/v1/payments/{p}/balances"), &key).await;
+    let seller_account = format!("payee:{}", f.seller);
+    let seller = bal.body["balances"]
+        .as_array()
+        .expect("balances")
+        .iter()
+        .find(|b| b["account"] == seller_account.as_str())
+        .cloned()
+        .expect("seller balance");
+    assert_eq!(seller["posted"], "5000.00");
+}
+
+async fn projections_rebuild_equal_live(database: &str) {
+    let (_, _, projector) = open(database).await.expect("open");
+    projector.catch_up().await.expect("catch up");
+    let live = projector.dump().await.expect("dump");
+    assert!(!live.is_empty());
+    projector.rebuild().await.expect("rebuild");
+    assert_eq!(
+        projector.dump().await.expect("dump"),
+        live,
+        "rebuilt = live"
+    );
+    // A projection that starts from 0 (as a newly added one does) fills from history.
+    projector.reset(&["inbox"]).await.expect("reset");
+    assert_ne!(projector.dump().await.expect("dump"), live);
+    projector.catch_up().await.expect("catch up");
+    assert_eq!(
+        projector.dump().await.expect("dump"),
+        live,
+        "replayed = live"
+    );
+}
+
+#[tokio::test]
+async fn earnest_money_end_to_end_sqlite() {
+    let mut srv = common::sqlite().await;
+    earnest_money(&srv).await;
+    srv.stop().await;
+    projections_rebuild_equal_live(&srv.database).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn earnest_money_end_to_end_postgres() {
+    let Some(mut srv) = common::postgres().await else {
+        return;
+    };
+    earnest_money(&srv).await;
+    srv.stop().await;
+    projections_rebuild_equal_live(&srv.database).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn idempotency_replays_and_rejects_reuse() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let other = uuid::Uuid::new_v4().to_string();
+    let body = json!({"command": {"type": "Invite", "party": other, "roles": ["lender"], "name": "L"},
+                      "actor": {"party": f.agent, "role": "listing_agent"}});
+    let first = c.post_idem(&path, &key, "invite-lender-1", &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let second = c.post_idem(&path, &key, "invite-lender-1", &body).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second.bytes, first.bytes,
+        "the stored response is replayed byte for byte"
+    );
+    assert_eq!(second.headers["idempotent-replayed"], "true");
+    let v = c
+        .get(&format!("/v1/payments/{}", f.payment), &key)
+        .await
+        .body["version"]
+        .clone();
+    assert_eq!(v, first.body["version"], "the replay appended nothing");
+
+    let changed = json!({"command": {"type": "Invite", "party": other, "roles": ["brokerage"], "name": "L"},
+                         "actor": {"party": f.agent, "role": "listing_agent"}});
+    let reused = c.post_idem(&path, &key, "invite-lender-1", &changed).await;
+    assert_eq!(reused.status, 422);
+    assert_eq!(reused.body["code"], "idempotency_key_reused");
+
+    // A rejection is a result too: replayed for the same key and body.
+    let bad = json!({"command": {"type": "Invite", "party": other, "roles": ["nobody"], "name": "L"},
+                     "actor": {"party": f.agent, "role": "listing_agent"}});
+    let r1 = c.post_idem(&path, &key, "bad-1", &bad).await;
+    assert_eq!(r1.status, 422, "{}", r1.body);
+    let r2 = c.post_idem(&path, &key, "bad-1", &bad).await;
+    assert_eq!((r2.status, r2.bytes), (r1.status, r1.bytes));
+
+    // Creating a payment with a key twice gives one payment.
+    let open = json!({"policy": "earnest-money", "amount": {"amount": "100.00", "currency": "USD"},
+                      "initiator": {"party": f.agent, "roles": ["listing_agent"]}});
+    let a = c.post_idem("/v1/payments", &key, "open-1", &open).await;
+    let b = c.post_idem("/v1/payments", &key, "open-1", &open).await;
+    assert_eq!((a.status, b.status), (201, 201));
+    assert_eq!(a.body["payment_id"], b.body["payment_id"]);
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn version_conflict_is_409_with_current_version() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let state = c.get(&format!("/v1/payments/{}", f.payment), &key).await;
+    let version = state.body["version"].as_u64().expect("version");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let cmd = |v: u64| {
+        json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["brokerage"]},
+                              "actor": {"party": f.agent, "role": "listing_agent"}, "expected_version": v})
+    };
+    let stale = c.post(&path, &key, &cmd(version - 1)).await;
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert_eq!(stale.body["code"], "version_conflict");
+    assert_eq!(stale.body["current_version"], version);
+    let ok = c.post(&path, &key, &cmd(version)).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    // If-Match does the same.
+    let body = json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["brokerage"]},
+                      "actor": {"party": f.agent, "role": "listing_agent"}});
+    let r = c
+        .raw(
+            "POST",
+            &path,
+            Some(&key),
+            &[("if-match", &format!("\"{version}\""))],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+        .expect("POST");
+    assert_eq!(r.status, 409);
+    assert_eq!(r.body["current_version"], version + 1);
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_other() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let a = c.tenant(ADMIN, "a").await.expect("tenant a");
+    let b = c.tenant(ADMIN, "b").await.expect("tenant b");
+    let f = open_and_join(c, &a).await.expect("open");
+    let p = &f.payment;
+    for path in [
+        format!("/v1/payments/{p}"),
+        format!("/v1/payments/{p}/events"),
+        format!("/v1/payments/{p}/head"),
+        format!("/v1/payments/{p}/stream"),
+        format!("/v1/payments/{p}/balances"),
+    ] {
+        let r = c.get(&path, &b).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert_eq!(r.body["code"], "unknown_payment");
+    }
+    let r = c
+        .post(
+            &format!("/v1/payments/{p}/commands"),
+            &b,
+            &json!({"command": {"type": "Join"}, "actor": {"party": f.buyer, "role": "buyer"}}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = c
+        .post(
+            &format!("/v1/payments/{p}/tokens"),
+            &b,
+            &json!({"party": f.buyer}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(c.get("/v1/payments", &b).await.body["payments"], json!([]));
+    assert_eq!(c.get("/v1/events", &b).await.body["events"], json!([]));
+    assert_eq!(c.get("/v1/policies/earnest-money", &b).await.status, 404);
+    let inbox = c.get(&format!("/v1/parties/{}/inbox", f.buyer), &b).await;
+    assert_eq!(inbox.body["notifications"], json!([]));
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn participant_tokens_see_the_policy_view_and_act_as_their_party() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = &f.payment;
+    let lender = uuid::Uuid::new_v4().to_string();
+    c.command(
+        &key,
+        p,
+        Some(&f.agent),
+        "listing_agent",
+        json!({"type": "Invite", "party": lender, "roles": ["lender"], "name": "Big Bank"}),
+    )
+    .await
+    .expect("invite");
+    c.command(&key, p, Some(&lender), "lender", json!({"type": "Join"}))
+        .await
+        .expect("join");
+    fund_and_release(c, &key, &f).await.expect("flow");
+
+    let t = c
+        .post(
+            &format!("/v1/payments/{p}/tokens"),
+            &key,
+            &json!({"party": lender, "ttl_seconds": 60}),
+        )
+        .await;
+    assert_eq!(t.status, 201, "{}", t.body);
+    let token = t.body["token"].as_str().expect("token").to_owned();
+
+    // The lender's view: no amounts, no contacts, only the events it may see.
+    let s = c.get(&format!("/v1/payments/{p}"), &token).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.body["amount"], Value::Null);
+    assert!(s.body["participants"]
+        .as_object()
+        .expect("participants")
+        .values()
+        .all(|p| p.get("name").is_none()));
+    let ev = c.get(&format!("/v1/payments/{p}/events"), &token).await;
+    let types: Vec<&str> = ev.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"]["type"].as_str())
+        .collect();
+    assert!(
+        types.iter().all(|t| [
+            "PaymentInitiated",
+            "FundsAvailable",
+            "PaymentCancelled",
+            "PaymentExpired"
+        ]
+        .contains(t)),
+        "{types:?}"
+    );
+    assert!(types.contains(&"FundsAvailable"));
+    assert!(
+        !ev.bytes.windows(6).any(|w| w == b"5000.0"),
+        "no amounts leak into the lender's history"
+    );
+
+    // It may not act as anyone else, nor in a role it does not hold, nor see the tenant's data.
+    let r = c.post(&format!("/v1/payments/{p}/commands"), &token,
+        &json!({"command": {"type": "OpenDispute", "dispute": uuid::Uuid::new_v4()}, "actor": {"party": f.buyer, "role": "buyer"}})).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (403, Some("not_permitted"))
+    );
+    assert_eq!(c.get("/v1/events", &token).await.status, 403);
+    assert_eq!(c.get("/v1/payments", &token).await.status, 403);
+    let other = open_and_join(c, &key).await.expect("another payment");
+    assert_eq!(
+        c.get(&format!("/v1/payments/{}", other.payment), &token)
+            .await
+            .status,
+        404
+    );
+
+    // A buyer's token acts as the buyer (the core still judges the role's permissions).
+    let bt = c
+        .post(
+            &format!("/v1/payments/{}/tokens", other.payment),
+            &key,
+            &json!({"party": other.buyer}),
+        )
+        .await;
+    let bt = bt.body["token"].as_str().expect("token").to_owned();
+    let st = c.get(&format!("/v1/payments/{}", other.payment), &bt).await;
+    let terms = st.body["terms_hash"].as_str().expect("terms").to_owned();
+    let r = c
+        .post(
+            &format!("/v1/payments/{}/commands", other.payment),
+            &bt,
+            &json!({"command": {"type": "AgreeToTerms", "terms_hash": terms}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["events"][0]["actor"]["party"], other.buyer.as_str());
+
+    // Tampered and wrong tokens are 401.
+    let mut bad = token.clone();
+    bad.pop();
+    assert_eq!(c.get(&format!("/v1/payments/{p}"), &bad).await.status, 401);
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_4xx_with_a_code_never_5xx() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let cmds = format!("/v1/payments/{}/commands", f.payment);
+    let unknown = format!("/v1/payments/{}/commands", uuid::Uuid::new_v4());
+    let big = vec![b' '; 70 * 1024];
+    let actor = json!({"party": f.agent, "role": "listing_agent"});
+    let cases: Vec<(&str, &str, String, Option<&str>, Option<Vec<u8>>, u16, &str)> = vec![
+        ("bad json", "POST", cmds.clone(), Some(&key), Some(b"{\"command\":".to_vec()), 400, "malformed_json"),
+        ("not an object", "POST", cmds.clone(), Some(&key), Some(b"[1,2]".to_vec()), 400, "invalid_request"),
+        ("wrong type", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Invite", "party": 7, "roles": ["buyer"]}, "actor": actor}).to_string().into_bytes()), 400, "invalid_request"),
+        ("unknown command", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Teleport"}, "actor": actor}).to_string().into_bytes()), 400, "invalid_request"),
+        ("unknown field", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Join"}, "actor": actor, "extra": 1}).to_string().into_bytes()), 400, "invalid_request"),
+        ("bad amount scale", "POST", "/v1/payments".into(), Some(&key),
+            Some(json!({"policy": "earnest-money", "amount": {"amount": "100.001", "currency": "USD"},
+                        "initiator": {"party": f.agent, "roles": ["listing_agent"]}}).to_string().into_bytes()), 422, "invalid_amount_scale"),
+        ("unknown policy", "POST", "/v1/payments".into(), Some(&key),
+            Some(json!({"policy": "nope", "amount": {"amount": "100.00", "currency": "USD"},
+                        "initiator": {"party": f.agent, "roles": ["listing_agent"]}}).to_string().into_bytes()), 422, "unknown_policy"),
+        ("domain rule", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Join"}, "actor": actor}).to_string().into_bytes()), 422, "already_joined"),
+        ("not permitted", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Cancel"}, "actor": {"party": f.buyer, "role": "buyer"}}).to_string().into_bytes()), 403, "not_permitted"),
+        ("unknown payment", "POST", unknown, Some(&key),
+            Some(json!({"command": {"type": "Join"}, "actor": actor}).to_string().into_bytes()), 404, "unknown_payment"),
+        ("unknown payment read", "GET", format!("/v1/payments/{}", uuid::Uuid::new_v4()), Some(&key), None, 404, "unknown_payment"),
+        ("bad id", "GET", "/v1/payments/not-a-uuid".into(), Some(&key), None, 400, "invalid_id"),
+        ("bad limit", "GET", format!("/v1/payments/{}/events?limit=abc", f.payment), Some(&key), None, 400, "invalid_parameter"),
+        ("oversize body", "POST", cmds.clone(), Some(&key), Some(big), 413, "payload_too_large"),
+        ("bad key", "GET", "/v1/payments".into(), Some("tfk_00000000000000000000000000000000_nope"), None, 401, "unauthorized"),
+        ("garbage key", "GET", "/v1/payments".into(), Some("hello"), None, 401, "unauthorized"),
+        ("no key", "GET", "/v1/payments".into(), None, None, 401, "unauthorized"),
+        ("bad admin token", "POST", "/v1/tenants".into(), Some("wrong"), Some(b"{\"name\":\"x\"}".to_vec()), 401, "unauthorized"),
+        ("invalid policy", "POST", "/v1/policies".into(), Some(&key),
+            Some(common::scenario::EARNEST_MONEY.replace("\"payer_role\": \"buyer\"", "\"payer_role\": \"ghost\"").into_bytes()), 422, "invalid_policy"),
+        ("policy version reused", "POST", "/v1/policies".into(), Some(&key),
+            Some(common::scenario::EARNEST_MONEY.replace("Real-estate", "Other").into_bytes()), 409, "policy_version_exists"),
+        ("bad If-Match", "POST", cmds.clone(), Some(&key), None, 400, "invalid_parameter"),
+        ("no route", "GET", "/v2/nothing".into(), Some(&key), None, 404, "route_not_found"),
+        ("wrong method", "DELETE", "/v1/payments".into(), Some(&key), None, 405, "method_not_allowed"),
+    ];
+    for (name, method, path, auth, body, status, code) in cases {
+        let headers: Vec<(&str, &str)> = if name == "bad If-Match" {
+            vec![("if-match", "soon")]
+        } else {
+            vec![]
+        };
+        let body = if name == "bad If-Match" {
+            Some(
+                json!({"command": {"type": "Join"}, "actor": actor})
+                    .to_string()
+                    .into_bytes(),
+            )
+        } else {
+            body
+        };
+        let r = c
+            .raw(method, &path, auth, &headers, body)
+            .await
+            .expect(name);
+        assert_eq!(r.status, status, "{name}: {}", r.body);
+        assert_eq!(r.body["code"], code, "{name}: {}", r.body);
+        assert!(
+            r.headers["content-type"]
+                .to_str()
+                .unwrap_or("")
+                .contains("problem+json"),
+            "{name}"
+        );
+        assert!(
+            r.body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{name}"
+        );
+    }
+    let field = c
+        .post(
+            "/v1/policies",
+            &key,
+            &serde_json::from_str::<Value>(
+                &common::scenario::EARNEST_MONEY
+                    .replace("\"payer_role\": \"buyer\"", "\"payer_role\": \"ghost\""),
+            )
+            .expect("json"),
+        )
+        .await;
+    assert_eq!(field.body["field"], "payer_role", "{}", field.body);
+    srv.finish().await;
+}
+
+/// Reads SSE events (id, data) from a streaming response until `n` arrived.
+async fn sse_events(res: &mut reqwest::Response, n: usize, buf: &mut String) -> Vec<(u64, Value)> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut id = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                }
+                if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if let Some(id) = id {
+                out.push((id, serde_json::from_str(&data).expect("data is JSON")));
+            }
+        }
+        if out.len() >= n {
+            break;
+        }
+        let chunk = tokio::time::timeout_at(deadline, res.chunk())
+            .await
+            .expect("SSE events in time")
+            .expect("chunk");
+        buf.push_str(&String::from_utf8_lossy(&chunk.expect("stream open")));
+    }
+    out
+}
+
+#[tokio::test]
+async fn sse_delivers_live_and_resumes_with_last_event_id() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = &f.payment;
+    let url = format!("{}/v1/payments/{p}/stream", c.base);
+    let mut res = c
+        .http
+        .get(&url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(res.status(), 200);
+    let mut buf = String::new();
+    let first = sse_events(&mut res, 7, &mut buf).await;
+    assert_eq!(
+        first.iter().map(|e| e.0).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    // Records are the stored bytes: hash matches.
+    assert!(first
+        .iter()
+        .all(|(_, v)| v["hash"].is_string() && v["event"]["seq"].is_u64()));
+    // Live: a new command reaches the open stream.
+    c.command(
+        &key,
+        p,
+        Some(&f.agent),
+        "listing_agent",
+        json!({"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["brokerage"]}),
+    )
+    .await
+    .expect("invite");
+    let live = sse_events(&mut res, 1, &mut buf).await;
+    assert_eq!(live[0].0, 8);
+    drop(res);
+    // Two more while disconnected; resume after 8 gets exactly 9 and 10.
+    for role in ["brokerage", "lender"] {
+        c.command(
+            &key,
+            p,
+            Some(&f.agent),
+            "listing_agent",
+            json!({"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": [role]}),
+        )
+        .await
+        .expect("invite");
+    }
+    let mut res = c
+        .http
+        .get(&url)
+        .bearer_auth(&key)
+        .header("last-event-id", "8")
+        .send()
+        .await
+        .expect("stream");
+    let mut buf = String::new();
+    let resumed = sse_events(&mut res, 2, &mut buf).await;
+    assert_eq!(resumed.iter().map(|e| e.0).collect::<Vec<_>>(), vec![9, 10]);
+    // Idle: heartbeats arrive as comments.
+    let chunk = tokio::time::timeout(Duration::from_secs(5), res.chunk())
+        .await
+        .expect("heartbeat")
+        .expect("chunk");
+    assert!(String::from_utf8_lossy(&chunk.expect("open")).contains(": heartbeat"));
+    drop(res);
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn sse_reaches_a_stream_on_another_process_postgres() {
+    let Some(srv) = common::postgres().await else {
+        return;
+    };
+    // A second server on the same database, polling too slowly to matter: only
+    // LISTEN/NOTIFY can deliver in time.
+    let mut cfg = common::config(&srv.database);
+    cfg.http.poll_interval = Duration::from_secs(60);
+    let second = common::serve(cfg).await;
+    let c2 = Client::new(format!("http://{}", second.addr));
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let mut res = c2
+        .http
+        .get(format!("{}/v1/payments/{}/stream", c2.base, f.payment))
+        .bearer_auth(&key)
+        .header("last-event-id", "7")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(res.status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    c.command(
+        &key,
+        &f.payment,
+        Some(&f.agent),
+        "listing_agent",
+        json!({"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["brokerage"]}),
+    )
+    .await
+    .expect("invite");
+    let mut buf = String::new();
+    let got = sse_events(&mut res, 1, &mut buf).await;
+    assert_eq!(got[0].0, 8);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "delivered by NOTIFY, not by polling"
+    );
+    drop(res);
+    second.shutdown().await.expect("shutdown");
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route_the_server_serves() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let doc = c
+        .raw("GET", "/openapi.json", None, &[], None)
+        .await
+        .expect("openapi");
+    assert_eq!(doc.status, 200);
+    assert!(doc.body["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.1")));
+    let paths = doc.body["paths"].as_object().expect("paths");
+    let routes = trustfold_server::api::routes();
+    for (method, path, _) in &routes {
+        let op = paths.get(*path).and_then(|p| p.get(method.to_lowercase()));
+        assert!(
+            op.is_some(),
+            "{method} {path} is served but not in /openapi.json"
+        );
+        // And the running server answers it (not the router's fallbacks).
+        let concrete = path
+            .replace("{payment_id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{party_id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{policy_id}", "p");
+        let r = c
+            .raw(method, &concrete, None, &[], Some(b"{}".to_vec()))
+            .await
+            .expect("request");
+        assert_ne!(r.body["code"], "route_not_found", "{method} {path}");
+        assert_ne!(r.status, 405, "{method} {path}");
+        assert!(r.status < 500, "{method} {path}: {}", r.status);
+    }
+    let documented: usize = paths
+        .values()
+        .map(|p| {
+            p.as_object().map_or(0, |o| {
+                o.keys()
+                    .filter(|k| ["get", "post", "put", "delete", "patch"].contains(&k.as_str()))
+                    .count()
+            })
+        })
+        .sum();
+    assert_eq!(
+        documented,
+        routes.len(),
+        "/openapi.json documents routes the server does not serve"
+    );
+    srv.finish().await;
+}
