@@ -405,7 +405,16 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
     let unknown = format!("/v1/payments/{}/commands", uuid::Uuid::new_v4());
     let big = vec![b' '; 70 * 1024];
     let actor = json!({"party": f.agent, "role": "listing_agent"});
-    let cases: Vec<(&str, &str, String, Option<&str>, Option<Vec<u8>>, u16, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        Option<&'a str>,
+        Option<Vec<u8>>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         ("bad json", "POST", cmds.clone(), Some(&key), Some(b"{\"command\":".to_vec()), 400, "malformed_json"),
         ("not an object", "POST", cmds.clone(), Some(&key), Some(b"[1,2]".to_vec()), 400, "invalid_request"),
         ("wrong type", "POST", cmds.clone(), Some(&key),
