@@ -13,11 +13,7 @@ pub type JsResult<T> = Result<T, JsValue>;
 
 /// Builds the JS error for a core error.
 pub fn to_js(e: &Error) -> JsValue {
-    let seq = match e {
-        Error::InvalidHistory { seq, .. } | Error::ChainBroken { seq, .. } => Some(*seq),
-        _ => None,
-    };
-    make(e.code(), &e.to_string(), seq, e.field())
+    make(e.code(), &e.to_string(), e.seq(), e.field())
 }
 
 /// A `TrustfoldError` with an explicit code (for errors the SDK itself raises).

@@ -7,9 +7,10 @@
 
 use serde::Serialize;
 use trustfold_core::envelope::Envelope;
-use trustfold_core::fold::replay_records;
+use trustfold_core::fold::{replay_records, verify_and_replay};
 use trustfold_core::history::{self, PublicKey, SignedHead};
 use trustfold_core::policy::Role;
+use trustfold_core::state::PaymentState;
 use trustfold_core::view;
 use trustfold_core::Error;
 use wasm_bindgen::prelude::*;
@@ -27,7 +28,8 @@ pub fn replay(
     Ok(state_json(&state))
 }
 
-/// The state after sequence `seq` (the chain is verified in full first).
+/// The state after event `seq` (the chain is verified in full first); throws
+/// `invalid_history` for a `seq` the history does not have.
 #[wasm_bindgen(js_name = stateAt)]
 pub fn state_at(
     #[wasm_bindgen(js_name = historyJson, unchecked_param_type = "HistoryInput")] history: JsValue,
@@ -40,12 +42,12 @@ pub fn state_at(
             &format!("seq must be a whole number from 1, got {seq}"),
         ));
     }
-    let records = history::parse(&bytes).js()?;
-    let state = replay_records(&records, Some(seq as u64)).js()?;
+    let state = trustfold_core::fold::replay_at(&bytes, seq as u64).js()?;
     Ok(state_json(&state))
 }
 
-/// What `verify` reports.
+/// What `verify` reports: field for field the golden vectors' `verify` outcome
+/// (native Rust's [`verify_and_replay`]).
 #[derive(Serialize)]
 #[serde(untagged)]
 enum VerifyOutcome {
@@ -58,15 +60,15 @@ enum VerifyOutcome {
         ok: bool,
         code: &'static str,
         message: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
     },
 }
 
-/// Verifies a history: the hash chain, that it folds under the rules, and, when
-/// given, the server's signed head against the pinned public key. Returns
-/// `{ok: true, len, head}` or `{ok: false, code, message, seq?}`; it throws only for
-/// unusable arguments (a signed head without a key, a malformed key).
+/// Verifies a history as a client must: the hash chain, the server's signed head
+/// against its pinned public key (when given), and that it folds under the rules.
+/// Returns `{ok: true, len, head}` or `{ok: false, code, message, seq}` (`seq` is
+/// `null` when the failure is not at an event); it throws only for arguments that
+/// are not a string / `Uint8Array` or a signed head that is not JSON.
 #[wasm_bindgen(js_name = verify, unchecked_return_type = "VerifyResult")]
 pub fn verify(
     #[wasm_bindgen(js_name = historyJson, unchecked_param_type = "HistoryInput")] history: JsValue,
@@ -74,56 +76,34 @@ pub fn verify(
     #[wasm_bindgen(js_name = publicKeyHex)] public_key: Option<String>,
 ) -> JsResult<JsValue> {
     let bytes = input_bytes(&history, "history")?;
-    let head = match (signed_head, public_key) {
-        (Some(h), Some(k)) => {
-            let key: PublicKey = k.parse().js()?;
-            let head: SignedHead =
-                serde_json::from_slice(h.as_bytes()).map_err(|e| to_js(&e.into()))?;
-            Some((head, key))
-        }
-        (Some(_), None) => {
-            return Err(js_error(
-                "invalid_key",
-                "a signed head is verified against the server's public key: pass publicKeyHex",
-            ))
-        }
-        (None, _) => None,
+    let head: Option<SignedHead> = match signed_head.as_deref().map(str::trim) {
+        None | Some("") | Some("null") => None,
+        Some(h) => Some(serde_json::from_slice(h.as_bytes()).map_err(|e| to_js(&e.into()))?),
     };
-    let outcome = match verify_bytes(&bytes, head.as_ref()) {
-        Ok((len, head)) => VerifyOutcome::Ok {
+    let outcome = match verify_bytes(&bytes, head.as_ref(), public_key.as_deref()) {
+        Ok(state) => VerifyOutcome::Ok {
             ok: true,
-            len,
-            head,
+            len: state.version,
+            head: state.head.to_string(),
         },
         Err(e) => VerifyOutcome::Failed {
             ok: false,
             code: e.code(),
             message: e.to_string(),
-            seq: error_seq(&e),
+            seq: e.seq(),
         },
     };
     to_value(&outcome)
 }
 
-/// Native core of [`verify`]: `(len, head hash hex)` or the first error.
+/// Native core of [`verify`]: the verified state or the first error.
 pub fn verify_bytes(
     bytes: &[u8],
-    head: Option<&(SignedHead, PublicKey)>,
-) -> Result<(u64, String), Error> {
-    let records = history::parse(bytes)?;
-    let state = replay_records(&records, None)?;
-    if let Some((signed, key)) = head {
-        signed.verify_against(key, &records)?;
-    }
-    Ok((state.version, state.head.to_string()))
-}
-
-/// The sequence number a history error points at.
-pub fn error_seq(e: &Error) -> Option<u64> {
-    match e {
-        Error::InvalidHistory { seq, .. } | Error::ChainBroken { seq, .. } => Some(*seq),
-        _ => None,
-    }
+    head: Option<&SignedHead>,
+    public_key: Option<&str>,
+) -> Result<PaymentState, Error> {
+    let key: Option<PublicKey> = public_key.map(str::parse).transpose()?;
+    verify_and_replay(bytes, head, key.as_ref())
 }
 
 /// A role's view: `{"state": …, "events": […]}` as JSON text, redacted by the pinned
@@ -151,7 +131,7 @@ pub fn view(
     Ok(out.to_string())
 }
 
-pub(crate) fn state_json(state: &trustfold_core::state::PaymentState) -> String {
+pub(crate) fn state_json(state: &PaymentState) -> String {
     // The core writes JSON with serde_json: always UTF-8.
     String::from_utf8(state.to_json()).unwrap_or_default()
 }

@@ -57,7 +57,7 @@ export type HistoryInput = string | Uint8Array;
 /** The outcome of `verify`. */
 export type VerifyResult =
   | { ok: true; len: number; head: string }
-  | { ok: false; code: string; message: string; seq?: number };
+  | { ok: false; code: string; message: string; seq: number | null };
 
 /** What `validatePolicy` returns for a valid policy. */
 export interface PolicySummary { id: string; version: number; hash: string }
