@@ -1,0 +1,168 @@
+//! The one error enum of the SDK.
+//!
+//! Every variant has a stable [`Error::code`]; the codes of the core (`chain_broken`,
+//! `invalid_history`, `bad_signature`, …) and of the server's problem details
+//! (`version_conflict`, `quorum_not_met`, …) come through unchanged.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::id::PaymentId;
+use crate::CoreError;
+
+/// Where a history or export stopped verifying, and why.
+///
+/// `error` is the core's own error (its message and [`CoreError::code`] are the ones
+/// every trustfold implementation reports for the same input); `stream`, `seq` and
+/// `line` locate the broken event in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// The payment, when it could be read.
+    pub stream: Option<PaymentId>,
+    /// The broken event's sequence number within its payment (1-based), where one applies.
+    pub seq: Option<u64>,
+    /// The 1-based line of the file holding that event, where known.
+    pub line: Option<u64>,
+    /// What is wrong, as the core reports it.
+    pub error: CoreError,
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(s) = self.stream {
+            write!(f, "payment {s}")?;
+        } else {
+            write!(f, "history")?;
+        }
+        if let Some(seq) = self.seq {
+            write!(f, ", event seq {seq}")?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        write!(f, ": {}", self.error)
+    }
+}
+
+/// Everything the SDK can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A history or export does not verify; see [`Broken`] for where and why.
+    #[error("{0}")]
+    Broken(Box<Broken>),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// An error of the core outside a history (a bad key, a bad id, …).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// A usage error: options that do not fit together, or a file in the wrong format.
+    #[error("{0}")]
+    Usage(String),
+
+    // ---- client ---------------------------------------------------------------
+    /// The server rejected a command by a domain rule (HTTP 422), e.g. `quorum_not_met`.
+    #[error("rejected ({code}): {message}")]
+    Rejected {
+        /// The stable code from the problem details.
+        code: String,
+        /// The server's explanation.
+        message: String,
+        /// The offending field, where one applies.
+        field: Option<String>,
+    },
+    /// Another writer changed the payment first (HTTP 409): reload and retry.
+    #[error("version conflict: the payment is at version {current_version:?}: {message}")]
+    VersionConflict {
+        /// The payment's current version, as the server reported it.
+        current_version: Option<u64>,
+        /// The server's explanation.
+        message: String,
+    },
+    /// Missing or bad credentials (401), or not allowed (403).
+    #[error("not authorized (HTTP {status}): {message}")]
+    Auth {
+        /// 401 or 403.
+        status: u16,
+        /// The server's explanation.
+        message: String,
+    },
+    /// Unknown (or another tenant's) object (404).
+    #[error("not found: {message}")]
+    NotFound {
+        /// The server's explanation.
+        message: String,
+    },
+    /// Any other HTTP error status, with the problem's code when there was one.
+    #[error("HTTP {status} ({code}): {message}")]
+    Http {
+        /// The status.
+        status: u16,
+        /// The problem's code, or `http_<status>`.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The request never got an answer (connection refused, reset, timeout, TLS…),
+    /// after the retries.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// A webhook whose signature or timestamp does not verify.
+    #[error("webhook: {0}")]
+    Webhook(String),
+}
+
+impl Error {
+    /// A stable machine-readable code.
+    ///
+    /// ```
+    /// use trustfold::Error;
+    /// assert_eq!(Error::Usage("x".into()).code(), "usage");
+    /// assert_eq!(Error::Core(trustfold::CoreError::Overflow).code(), "amount_overflow");
+    /// ```
+    pub fn code(&self) -> &str {
+        match self {
+            Error::Broken(b) => b.error.code(),
+            Error::Io { .. } => "io",
+            Error::Core(e) => e.code(),
+            Error::Usage(_) => "usage",
+            Error::Rejected { code, .. } | Error::Http { code, .. } => code,
+            Error::VersionConflict { .. } => "version_conflict",
+            Error::Auth { status: 403, .. } => "forbidden",
+            Error::Auth { .. } => "unauthorized",
+            Error::NotFound { .. } => "not_found",
+            Error::Transport(_) => "transport",
+            Error::Webhook(_) => "webhook_invalid",
+        }
+    }
+
+    /// Where a history broke, when this is a verification failure.
+    pub fn broken(&self) -> Option<&Broken> {
+        match self {
+            Error::Broken(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<Broken> for Error {
+    fn from(b: Broken) -> Self {
+        Error::Broken(Box::new(b))
+    }
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,332 @@
+//! The `trustfold` command-line tool: verify and replay payment histories offline,
+//! fetch and follow them from a server.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use trustfold::history::PublicKey;
+use trustfold::id::PaymentId;
+use trustfold::policy::Role;
+use trustfold::verify::{Layout, Report, Verifier};
+use trustfold::Error;
+
+/// Verify, replay, fetch and follow trustfold payment histories.
+#[derive(Parser)]
+#[command(name = "trustfold", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check a history or an export offline: hash chain, sequence, signed heads, fold.
+    ///
+    /// Exit status: 0 verified, 1 the history does not verify (the broken event is
+    /// printed), 2 a usage or I/O error.
+    Verify {
+        /// A history (JSON array, one record per line) or an export (NDJSON).
+        history: PathBuf,
+        /// The server's public key: 64 hex digits, or a file holding them (or the JSON
+        /// of GET /v1/server-key).
+        #[arg(long)]
+        key: String,
+        /// The signed head (one JSON object), or for an export the heads file (NDJSON,
+        /// one head per payment, in payment order).
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// Print the outcome as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Print a payment's state (or a role's redacted view of it) as JSON, at the end
+    /// of its history or at any sequence number. The hash chain is checked.
+    Replay {
+        /// A history or an export.
+        history: PathBuf,
+        /// Show what these roles may see (repeat for a party with several roles).
+        #[arg(long = "as", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Fold only up to this sequence number.
+        #[arg(long)]
+        at: Option<u64>,
+        /// In an export, the payment to show.
+        #[arg(long)]
+        payment: Option<PaymentId>,
+        /// Indent the JSON.
+        #[arg(long)]
+        pretty: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Verify {
+            history,
+            key,
+            head,
+            json,
+            quiet,
+        } => verify(&history, &key, head.as_deref(), json, quiet),
+        Cmd::Replay {
+            history,
+            roles,
+            at,
+            payment,
+            pretty,
+        } => replay(&history, &roles, at, payment, pretty),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A key given inline or in a file (hex, or the server-key JSON).
+fn parse_key(arg: &str) -> Result<PublicKey, Error> {
+    if let Ok(k) = arg.parse() {
+        return Ok(k);
+    }
+    let text = std::fs::read_to_string(arg).map_err(|e| {
+        Error::Usage(format!(
+            "--key {arg}: neither 64 hex digits nor a readable file ({e})"
+        ))
+    })?;
+    if let Ok(k) = text.trim().parse() {
+        return Ok(k);
+    }
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| Error::Usage(format!("{arg}: no public key in this file")))?;
+    v.get("public_key")
+        .or_else(|| v.get("key"))
+        .and_then(|k| k.as_str())
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(|| Error::Usage(format!("{arg}: no `public_key` of 64 hex digits")))
+}
+
+/// A byte-progress bar on stderr for files worth it, when stderr is a terminal.
+fn progress(
+    path: &Path,
+    quiet: bool,
+) -> Option<(indicatif::ProgressBar, trustfold::verify::Progress)> {
+    let len = std::fs::metadata(path).ok()?.len();
+    if quiet || len < 16 << 20 || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec}, {eta} left",
+    ) {
+        bar.set_style(style);
+    }
+    let b = bar.clone();
+    Some((bar, Arc::new(move |n| b.set_position(n))))
+}
+
+fn verify(
+    path: &Path,
+    key: &str,
+    head: Option<&Path>,
+    json: bool,
+    quiet: bool,
+) -> Result<ExitCode, Error> {
+    let key = parse_key(key)?;
+    let mut v = Verifier::new().key(key);
+    if let Some(h) = head {
+        v = v.heads_file(h);
+    }
+    let bar = progress(path, quiet || json);
+    if let Some((_, p)) = &bar {
+        v = v.progress(p.clone());
+    }
+    let t0 = Instant::now();
+    let result = v.verify_path(path);
+    let secs = t0.elapsed().as_secs_f64();
+    if let Some((b, _)) = bar {
+        b.finish_and_clear();
+    }
+    let mut out = std::io::stdout().lock();
+    match result {
+        Ok(r) => {
+            if json {
+                let _ = writeln!(out, "{}", success_json(&r));
+            } else {
+                print_summary(&mut out, &r, secs, head.is_some());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Error::Broken(b)) => {
+            if json {
+                let v = serde_json::json!({
+                    "ok": false,
+                    "code": b.error.code(),
+                    "seq": b.error.seq(),
+                    "message": b.error.to_string(),
+                    "stream": b.stream.map(|s| s.to_string()),
+                    "line": b.line,
+                });
+                let _ = writeln!(out, "{v}");
+            }
+            eprintln!("FAILED: {b}");
+            eprintln!("code: {}", b.error.code());
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn success_json(r: &Report) -> String {
+    match (&r.last, r.layout) {
+        (Some(s), Layout::History | Layout::Whole) => {
+            format!(
+                "{{\"ok\":true,\"len\":{},\"head\":\"{}\"}}",
+                s.version, s.head
+            )
+        }
+        _ => serde_json::json!({
+            "ok": true,
+            "payments": r.payments,
+            "events": r.events,
+            "signed": r.signed,
+        })
+        .to_string(),
+    }
+}
+
+fn print_summary(out: &mut impl Write, r: &Report, secs: f64, had_head: bool) {
+    let rate = if secs > 0.0 {
+        r.events as f64 / secs
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        out,
+        "verified: {} payment{}, {} events, {} signed head{} checked ({} bytes in {:.2}s, {:.0} events/s)",
+        r.payments,
+        if r.payments == 1 { "" } else { "s" },
+        r.events,
+        r.signed,
+        if r.signed == 1 { "" } else { "s" },
+        r.bytes,
+        secs,
+        rate
+    );
+    if !had_head {
+        let _ = writeln!(
+            out,
+            "note: no signed head given: the history is consistent, but nothing shows the server wrote it or that its end is complete"
+        );
+    }
+    if r.payments > 1 {
+        let statuses: Vec<String> = r
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{s:?} {n}"))
+            .collect();
+        let _ = writeln!(out, "statuses: {}", statuses.join(", "));
+    }
+    if let Some(s) = &r.last {
+        let label = if r.payments > 1 {
+            "last payment"
+        } else {
+            "payment"
+        };
+        let _ = writeln!(
+            out,
+            "{label} {}: {:?} at version {}",
+            s.payment, s.status, s.version
+        );
+        let _ = writeln!(out, "  head      {}", s.head);
+        let _ = writeln!(out, "  policy    {} v{}", s.policy.id, s.policy.version);
+        let _ = writeln!(out, "  amount    {}", s.amount);
+        let _ = writeln!(out, "  funded    {}", s.funded_total());
+        let _ = writeln!(out, "  escrow    {} available", s.escrow_available());
+        let _ = writeln!(
+            out,
+            "  parties   {}",
+            s.participants.values().filter(|p| !p.removed).count()
+        );
+        let _ = writeln!(out, "  updated   {}", s.updated_at);
+    }
+}
+
+fn replay(
+    path: &Path,
+    roles: &[String],
+    at: Option<u64>,
+    payment: Option<PaymentId>,
+    pretty: bool,
+) -> Result<ExitCode, Error> {
+    let mut v = Verifier::new();
+    if let Some(a) = at {
+        v = v.at(a);
+    }
+    if let Some(p) = payment {
+        v = v.payment(p);
+    }
+    let r = match v.verify_path(path) {
+        Ok(r) => r,
+        Err(Error::Broken(b)) => {
+            eprintln!("FAILED: {b}");
+            eprintln!("code: {}", b.error.code());
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e),
+    };
+    if r.payments > 1 && payment.is_none() {
+        return Err(Error::Usage(format!(
+            "{} holds {} payments: choose one with --payment ID",
+            path.display(),
+            r.payments
+        )));
+    }
+    let state = r
+        .last
+        .ok_or_else(|| Error::Usage("no payment in this file".into()))?;
+    let text = if roles.is_empty() {
+        if pretty {
+            state.to_json_pretty()
+        } else {
+            String::from_utf8_lossy(&state.to_json()).into_owned()
+        }
+    } else {
+        let roles: Vec<Role> = roles.iter().map(Role::new).collect();
+        for r in &roles {
+            if !state.policy_doc.roles.contains_key(r) {
+                return Err(Error::Usage(format!(
+                    "role `{}` is not in policy {}: roles are {}",
+                    r.0,
+                    state.policy.id,
+                    state
+                        .policy_doc
+                        .roles
+                        .keys()
+                        .map(|r| r.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let view = trustfold::view::state_view(&state, &roles);
+        if pretty {
+            serde_json::to_string_pretty(&view)
+        } else {
+            serde_json::to_string(&view)
+        }
+        .map_err(|e| Error::Usage(e.to_string()))?
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    Ok(ExitCode::SUCCESS)
+}
