@@ -495,6 +495,11 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
         }
         CommandKind::ResolveDispute => need(disputed, "no_open_dispute", "no dispute is open"),
         CommandKind::Cancel => {
+            need(
+                !disputed,
+                "payment_disputed",
+                "resolve the dispute before cancelling",
+            )?;
             need(!wound_down, "invalid_state", "already cancelled or expired")?;
             need(
                 st != Status::Shortfall,
@@ -930,7 +935,8 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
             em.emit(ReversalRecorded {
                 leg: *leg,
                 reason: reason.clone(),
-            })
+            })?;
+            cancel_unfunded_request(em)
         }
         Command::RecordShortfallRecovery { amount, rail_ref } => {
             em.state.amount.same_currency(amount)?;
@@ -1121,6 +1127,7 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                         reason: reason.clone(),
                         amount,
                     })?;
+                    cancel_unfunded_request(em)?;
                     expire_if_exhausted(em)
                 }
                 (RailOutcome::Failed { .. }, _) => reject(
@@ -1168,6 +1175,23 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
             }
         }
     }
+}
+
+/// A request still waiting for approvals reserves nothing: if a return took the funds
+/// it would draw on, it is cancelled (an authorized one keeps its reservation).
+fn cancel_unfunded_request(em: &mut Emitter<'_>) -> Result<()> {
+    let open = em.state.open_request().map(|(id, r)| (id, r.clone()));
+    if let Some((id, r)) = open {
+        if r.status == RequestStatus::AwaitingApprovals
+            && disbursement_total(&r)? > em.state.escrow_available()
+        {
+            em.emit(RequestCancelled {
+                request: id,
+                reason: "funds returned by the payer's bank".into(),
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn good_funds_due(s: &PaymentState, a: &FundingAttempt) -> Option<Timestamp> {

@@ -229,6 +229,9 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             | Event::ShortfallRecovered(_)
             | Event::ShortfallWrittenOff(_)
             | Event::PaymentClosed(_)
+            // A disbursement already on a rail ends as the rail says, whatever came since.
+            | Event::DisbursementSettled(_)
+            | Event::DisbursementFailed(_)
     );
     if s.status.is_terminal() && !terminal_ok {
         return Err(bad(format!("payment is {:?} (terminal)", s.status)));
@@ -395,12 +398,8 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                 )?;
             }
         }
-        Event::FundingDeadlineMissed(e) => {
-            s.funding.deadline_missed = true;
-            if e.outcome == DeadlineOutcome::Expired {
-                s.expired = true;
-            }
-        }
+        // Expiry itself is the PaymentExpired that follows an `expired` outcome.
+        Event::FundingDeadlineMissed(_) => s.funding.deadline_missed = true,
         Event::PaymentExpired(_) => s.expired = true,
         Event::FeeAssessed(e) => {
             same_currency(s, &e.amount)?;
