@@ -1,0 +1,83 @@
+// `npm pack` the real package, install the tarball into a fresh Node project (ESM)
+// and into a page built with Vite, and use it in both (the page in Chromium).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { launchChromium, loadVectors, npmDir, serve } from "./support.mjs";
+
+const vectors = loadVectors();
+const ok = vectors.find((v) => v.verify.ok);
+const work = mkdtempSync(join(tmpdir(), "trustfold-pack-"));
+const npm = (args, cwd) => execFileSync("npm", [...args, "--no-audit", "--no-fund", "--loglevel=error"], { cwd, encoding: "utf8" });
+
+test.after(() => rmSync(work, { recursive: true, force: true }));
+
+const out = npm(["pack", "--pack-destination", work, "--json"], npmDir);
+const tarball = join(work, JSON.parse(out)[0].filename);
+
+function project(name, files) {
+  const dir = join(work, name);
+  mkdirSync(dir, { recursive: true });
+  for (const [f, text] of Object.entries(files)) {
+    mkdirSync(join(dir, f, ".."), { recursive: true });
+    writeFileSync(join(dir, f), text);
+  }
+  npm(["install", "--offline", tarball], dir);
+  return dir;
+}
+
+test("the packed tarball holds only the built package", () => {
+  const files = JSON.parse(out)[0].files.map((f) => f.path).sort();
+  assert.ok(files.includes("pkg/trustfold_wasm_bg.wasm"));
+  assert.ok(files.includes("dist/node.js") && files.includes("dist/web.js") && files.includes("dist/web.d.ts"));
+  assert.ok(!files.some((f) => f.startsWith("src/") || f.startsWith("test/") || f.includes("node_modules")));
+});
+
+test("installed into a fresh Node project (ESM), it verifies and folds", () => {
+  const dir = project("node-esm", {
+    "package.json": JSON.stringify({ name: "consumer", private: true, type: "module" }),
+    "main.js": `
+import { readFileSync } from "node:fs";
+import { replayJson, verify, moneyAdd } from "trustfold";
+const v = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const r = verify(v.history, v.head, v.key);
+process.stdout.write(JSON.stringify({ ok: r.ok, state: replayJson(v.history), sum: moneyAdd("1.10", "2", "USD") }));
+`,
+  });
+  const input = join(work, "vector.json");
+  writeFileSync(input, JSON.stringify(ok));
+  const res = JSON.parse(execFileSync(process.execPath, ["main.js", input], { cwd: dir, encoding: "utf8" }));
+  assert.deepEqual(res, { ok: true, state: ok.state, sum: "3.10" });
+});
+
+test("installed into a Vite page, it runs in Chromium", async () => {
+  const dir = project("vite-page", {
+    "package.json": JSON.stringify({ name: "page", private: true, type: "module" }),
+    "index.html": `<!doctype html><meta charset="utf-8"><title>page</title><script type="module" src="/main.js"></script>`,
+    "main.js": `
+import { init, replayJson, verify } from "trustfold";
+const v = ${JSON.stringify({ history: ok.history, head: ok.head, key: ok.key })};
+init().then(() => {
+  window.result = { ok: verify(v.history, v.head, v.key).ok, state: replayJson(v.history) };
+}, (e) => { window.result = { error: String(e) }; });
+`,
+  });
+  execFileSync(process.execPath, [join(npmDir, "node_modules", "vite", "bin", "vite.js"), "build", "--logLevel", "error"], { cwd: dir, encoding: "utf8" });
+  const assets = readdirSync(join(dir, "dist", "assets"));
+  assert.ok(assets.some((f) => f.endsWith(".wasm")), `vite emitted the .wasm asset: ${assets}`);
+  const srv = await serve({ "/": join(dir, "dist") });
+  const browser = await launchChromium();
+  try {
+    const tab = await browser.context.newPage();
+    await tab.goto(`${srv.url}/`);
+    await tab.waitForFunction(() => window.result !== undefined, null, { timeout: 20000 });
+    const result = await tab.evaluate(() => window.result);
+    assert.deepEqual(result, { ok: true, state: ok.state });
+  } finally {
+    await browser.close();
+    await srv.close();
+  }
+});
