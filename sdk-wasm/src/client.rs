@@ -12,7 +12,7 @@
 //! - `POST {base}/v1/payments/{id}/commands` with the command JSON as body,
 //!   `Idempotency-Key`, optionally `If-Match: "<version>"`; errors are RFC 9457
 //!   problem details whose `code` becomes the thrown error's `code`.
-//! - `GET {base}/v1/payments/{id}/events/stream?after=SEQ` (Server-Sent Events): each
+//! - `GET {base}/v1/payments/{id}/stream?after=SEQ` (Server-Sent Events): each
 //!   message's `data` is one record, its `id` the sequence number. The browser resumes
 //!   a dropped stream itself with `Last-Event-ID`; when it gives up, the client opens a
 //!   new stream `after` the last sequence it holds.
@@ -365,16 +365,28 @@ impl PaymentFeed {
                     ));
                 }
             }
-            let m = feed.mirror.borrow();
             if let Some(key) = &feed.conn.key {
-                let head = signed.ok_or_else(|| {
-                    js_error(
-                        "bad_signature",
-                        "a server key is pinned but the server sent no signed_head",
-                    )
-                })?;
-                m.check_head(feed.payment, &head, key).js()?;
+                let head = match signed {
+                    Some(h) => h,
+                    None => {
+                        let url = feed.conn.url(&feed.payment, "/head");
+                        let resp = feed
+                            .conn
+                            .auth(Request::get(&url))
+                            .send()
+                            .await
+                            .map_err(net)?;
+                        let text = body_or_problem(resp).await?;
+                        serde_json::from_slice::<SignedHead>(text.as_bytes())
+                            .map_err(|e| to_js(&e.into()))?
+                    }
+                };
+                feed.mirror
+                    .borrow()
+                    .check_head(feed.payment, &head, key)
+                    .js()?;
             }
+            let m = feed.mirror.borrow();
             Ok(m.state
                 .as_ref()
                 .map(state_json)
@@ -407,7 +419,7 @@ impl PaymentFeed {
                 let after = feed.mirror.borrow().len();
                 let mut url = feed
                     .conn
-                    .url(&feed.payment, &format!("/events/stream?after={after}"));
+                    .url(&feed.payment, &format!("/stream?after={after}"));
                 if let Some(t) = &feed.conn.token {
                     url.push_str("&access_token=");
                     url.push_str(&String::from(js_sys::encode_uri_component(t)));
