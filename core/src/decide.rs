@@ -181,7 +181,7 @@ fn initiate(cmd: &Command, ctx: &Context) -> Result<Decision> {
     }
     let first = Event::PaymentInitiated(PaymentInitiated {
         tenant: *tenant,
-        policy: policy.clone(),
+        policy: EmbeddedPolicy::new((**policy).clone()),
         policy_hash: policy.hash(),
         amount: *amount,
         description: description.clone(),

@@ -146,7 +146,7 @@ pub struct PaymentInitiated {
     /// The owning tenant.
     pub tenant: TenantId,
     /// The policy, embedded whole so the history is self-contained.
-    pub policy: Box<Policy>,
+    pub policy: EmbeddedPolicy,
     /// SHA-256 of the policy's canonical JSON.
     pub policy_hash: Hash,
     /// The payment's amount (its currency is the payment's currency).
@@ -161,6 +161,62 @@ pub struct PaymentInitiated {
     /// The initiator's display name.
     #[serde(default)]
     pub initiator_name: String,
+}
+
+/// A policy embedded in `PaymentInitiated`, with the SHA-256 of its bytes as written
+/// (canonical JSON when written by trustfold) so the fold can check `policy_hash`
+/// without serializing the policy again. Dereferences to [`Policy`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddedPolicy {
+    policy: std::sync::Arc<Policy>,
+    bytes_hash: Hash,
+}
+
+impl EmbeddedPolicy {
+    /// Embeds a policy (hashing its canonical JSON).
+    pub fn new(policy: Policy) -> Self {
+        let bytes_hash = policy.hash();
+        EmbeddedPolicy {
+            policy: std::sync::Arc::new(policy),
+            bytes_hash,
+        }
+    }
+
+    /// SHA-256 of the policy's JSON bytes as embedded.
+    pub fn bytes_hash(&self) -> Hash {
+        self.bytes_hash
+    }
+
+    /// The shared policy.
+    pub fn shared(&self) -> std::sync::Arc<Policy> {
+        self.policy.clone()
+    }
+}
+
+impl std::ops::Deref for EmbeddedPolicy {
+    type Target = Policy;
+    fn deref(&self) -> &Policy {
+        &self.policy
+    }
+}
+
+impl Serialize for EmbeddedPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.policy.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for EmbeddedPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+        let bytes_hash = Hash::of(raw.get().as_bytes());
+        let policy: Policy = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+        Ok(EmbeddedPolicy {
+            policy: std::sync::Arc::new(policy),
+            bytes_hash,
+        })
+    }
 }
 
 /// See [`EventType::ParticipantInvited`].

@@ -38,7 +38,7 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
     e.policy
         .validate()
         .map_err(|err| Error::history(1, format!("embedded policy: {err}")))?;
-    if e.policy.hash() != e.policy_hash {
+    if e.policy.bytes_hash() != e.policy_hash {
         return Err(Error::history(
             1,
             "policy_hash does not match the embedded policy",
@@ -96,7 +96,7 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
         closed: false,
         shortfall_outcome: None,
         last_settled: None,
-        policy_doc: (*e.policy).clone(),
+        policy_doc: e.policy.shared(),
     };
     s.status = s.derive_status();
     Ok(s)

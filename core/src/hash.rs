@@ -35,10 +35,18 @@ impl Hash {
             return None;
         }
         let mut out = [0u8; 32];
+        let mut bad = 0u8;
         for (i, pair) in hex.chunks_exact(2).enumerate() {
-            out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+            let hi = HEX_VALUE[usize::from(pair[0])];
+            let lo = HEX_VALUE[usize::from(pair[1])];
+            bad |= (hi | lo) & 0x80;
+            out[i] = (hi << 4) | (lo & 0x0f);
         }
-        Some(Hash(out))
+        if bad == 0 {
+            Some(Hash(out))
+        } else {
+            None
+        }
     }
 
     /// Writes the 64 lower-case hex digits into `out`.
@@ -51,14 +59,22 @@ impl Hash {
     }
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Hex digit values; 0x80 marks a byte that is not a hex digit.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 impl fmt::Display for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -37,6 +37,24 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::id::PaymentId;
 
+/// An event's bytes exactly as received, borrowed from the history document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventBytes<'a>(&'a str);
+
+impl<'a> EventBytes<'a> {
+    /// The event's JSON text.
+    pub fn get(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for EventBytes<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let raw: &'de RawValue = Deserialize::deserialize(d)?;
+        Ok(EventBytes(raw.get()))
+    }
+}
+
 /// One record of a fetched history, with the event's bytes kept as they came.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,8 +63,10 @@ pub struct RawRecord<'a> {
     pub hash: Hash,
     /// The event's bytes exactly as received.
     #[serde(borrow)]
-    pub event: &'a RawValue,
+    pub event: EventBytes<'a>,
 }
+
+const PREV_PREFIX: &[u8] = b"{\"prev\":\"";
 
 impl RawRecord<'_> {
     /// Parses the envelope (upcasting old schema versions).
@@ -58,9 +78,9 @@ impl RawRecord<'_> {
     /// present, otherwise by parsing.
     pub fn prev(&self) -> Result<Hash> {
         let b = self.event.get().as_bytes();
-        const P: &[u8] = b"{\"prev\":\"";
-        if b.len() > P.len() + 65 && b.starts_with(P) && b[P.len() + 64] == b'"' {
-            if let Some(h) = Hash::from_hex(&b[P.len()..P.len() + 64]) {
+        let p = PREV_PREFIX.len();
+        if b.len() > p + 65 && b.starts_with(PREV_PREFIX) && b[p + 64] == b'"' {
+            if let Some(h) = Hash::from_hex(&b[p..p + 64]) {
                 return Ok(h);
             }
         }
@@ -74,8 +94,51 @@ impl RawRecord<'_> {
 }
 
 /// Parses a history's records without parsing the events themselves.
+///
+/// Histories written by trustfold put one record per line
+/// (`[\n{"hash":"…","event":…},\n…\n]`); those are split by a byte scanner that reads
+/// no JSON at all. Anything else goes through a full JSON parser, with the same result.
 pub fn parse(history_json: &[u8]) -> Result<Vec<RawRecord<'_>>> {
+    if let Some(records) = parse_lines(history_json) {
+        return Ok(records);
+    }
     serde_json::from_slice(history_json).map_err(Error::from)
+}
+
+/// The fast path of [`parse`]: `None` unless the document is exactly in the layout
+/// [`write`] produces.
+fn parse_lines(doc: &[u8]) -> Option<Vec<RawRecord<'_>>> {
+    const HEAD: &[u8] = b"{\"hash\":\"";
+    const MID: &[u8] = b"\",\"event\":";
+    let text = std::str::from_utf8(doc).ok()?;
+    let body = text.strip_prefix("[\n")?;
+    let body = body
+        .strip_suffix("\n]\n")
+        .or_else(|| body.strip_suffix("\n]"))?;
+    let mut out = Vec::with_capacity(body.len() / 512 + 1);
+    let mut lines = body.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        let last = lines.peek().is_none();
+        let line = if last { line } else { line.strip_suffix(',')? };
+        let b = line.as_bytes();
+        let min = HEAD.len() + 64 + MID.len() + 3;
+        if b.len() < min
+            || !b.starts_with(HEAD)
+            || &b[HEAD.len() + 64..HEAD.len() + 64 + MID.len()] != MID
+        {
+            return None;
+        }
+        let hash = Hash::from_hex(&b[HEAD.len()..HEAD.len() + 64])?;
+        let ev = &line[HEAD.len() + 64 + MID.len()..line.len() - 1];
+        if !ev.starts_with('{') || !ev.ends_with('}') || !line.ends_with('}') {
+            return None;
+        }
+        out.push(RawRecord {
+            hash,
+            event: EventBytes(ev),
+        });
+    }
+    Some(out)
 }
 
 /// What a verified chain ends with.
@@ -271,5 +334,77 @@ impl SignedHead {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::Driver;
+    use crate::prelude::*;
+
+    fn history() -> Vec<u8> {
+        let mut d = Driver::new(
+            PaymentId::from_bytes([1; 16]),
+            Timestamp::from_unix_millis(0),
+        );
+        let policy = Policy::from_json(include_str!("../../examples/policies/marketplace.json"))
+            .expect("policy");
+        d.run(
+            Actor::party(PartyId::from_bytes([2; 16]), "platform"),
+            Command::Initiate {
+                payment: d.payment(),
+                tenant: TenantId::from_bytes([3; 16]),
+                policy: Box::new(policy),
+                amount: Money::parse("10", Currency::new("USD").expect("usd")).expect("amount"),
+                description: String::new(),
+                roles: vec![Role::new("platform")],
+                name: String::new(),
+            },
+        )
+        .expect("initiate");
+        d.run(
+            Actor::party(PartyId::from_bytes([2; 16]), "platform"),
+            Command::Invite {
+                party: PartyId::from_bytes([4; 16]),
+                roles: vec![Role::new("buyer")],
+                name: "B".into(),
+                email: None,
+            },
+        )
+        .expect("invite");
+        d.history()
+    }
+
+    #[test]
+    fn line_scanner_and_json_parser_agree() {
+        let h = history();
+        let fast = parse_lines(&h).expect("canonical layout takes the fast path");
+        let text = String::from_utf8(h.clone()).expect("utf8");
+        // Same records on one line: only the JSON parser reads that.
+        let one_line = text
+            .replace(",\n{", ", {")
+            .replace("[\n", "[ ")
+            .replace("\n]", " ]");
+        assert!(parse_lines(one_line.as_bytes()).is_none());
+        let slow = parse(one_line.as_bytes()).expect("json path");
+        assert_eq!(fast.len(), slow.len());
+        for (a, b) in fast.iter().zip(&slow) {
+            assert_eq!(a.hash, b.hash);
+            assert_eq!(a.event.get(), b.event.get());
+        }
+        assert_eq!(
+            verify_chain(&fast).expect("chain"),
+            verify_chain(&slow).expect("chain")
+        );
+        // Not quite the layout (a stray space): falls back, same answer.
+        let spaced = text.replacen("{\"hash\"", "{ \"hash\"", 1);
+        assert!(parse_lines(spaced.as_bytes()).is_none());
+        assert_eq!(
+            parse(spaced.as_bytes()).expect("json path").len(),
+            fast.len()
+        );
+        // Garbage never takes the fast path into a wrong answer.
+        assert!(parse(b"[\n{\"hash\":\"zz\",\"event\":{}}\n]\n").is_err());
     }
 }

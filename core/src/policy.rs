@@ -494,29 +494,29 @@ impl Policy {
             return Err(Error::policy("roles", "define at least one role"));
         }
         for (role, rule) in &self.roles {
-            let f = format!("roles.{role}");
+            let f = || format!("roles.{role}");
             if !role.is_valid_name() {
                 return Err(Error::policy(
-                    f,
+                    f(),
                     "role names are lower-case letters, digits and _ (at most 32), starting with a letter",
                 ));
             }
             if RESERVED_ROLES.contains(&role.as_str()) {
                 return Err(Error::policy(
-                    f,
+                    f(),
                     "this role name is reserved for the platform",
                 ));
             }
             if rule.max == Some(0) {
-                return Err(Error::policy(format!("{f}.max"), "must be 1 or more"));
+                return Err(Error::policy(format!("{}.max", f()), "must be 1 or more"));
             }
         }
         self.known("payer_role", &self.payer_role)?;
         if self.payee_roles.is_empty() {
             return Err(Error::policy("payee_roles", "name at least one role"));
         }
-        self.known_all("payee_roles", &self.payee_roles)?;
-        self.known_all("agreement", &self.agreement)?;
+        self.known_all(&|| "payee_roles".into(), &self.payee_roles)?;
+        self.known_all(&|| "agreement".into(), &self.agreement)?;
         self.check_approvals("release.approvals", &self.release.approvals)?;
         self.check_approvals("refund.approvals", &self.refund.approvals)?;
 
@@ -553,7 +553,7 @@ impl Policy {
 
         let mut names = BTreeSet::new();
         for (i, fee) in self.fees.iter().enumerate() {
-            let f = format!("fees[{i}]");
+            let f = format!("fees[{i}]"); // few fees: eager is fine
             if fee.name.trim().is_empty() || !names.insert(fee.name.as_str()) {
                 return Err(Error::policy(
                     format!("{f}.name"),
@@ -589,10 +589,12 @@ impl Policy {
             ("resolve", &p.resolve),
             ("administer", &p.administer),
         ] {
-            self.known_all(&format!("permissions.{name}"), roles)?;
+            self.known_all(&|| format!("permissions.{name}"), roles)?;
         }
         for (role, vis) in &self.visibility {
-            self.known(&format!("visibility.{role}"), role)?;
+            if !self.roles.contains_key(role) {
+                self.known(&format!("visibility.{role}"), role)?;
+            }
             if let EventFilter::Only(types) = &vis.events {
                 for t in types {
                     if EventType::from_name(t).is_none() {
@@ -611,7 +613,7 @@ impl Policy {
                     format!("unknown event type `{t}`"),
                 ));
             }
-            self.known_all(&format!("notifications.{t}"), roles)?;
+            self.known_all(&|| format!("notifications.{t}"), roles)?;
         }
         Ok(())
     }
@@ -657,15 +659,12 @@ impl Policy {
         }
     }
 
-    fn known_all(&self, field: &str, roles: &[Role]) -> Result<()> {
-        for (i, r) in roles.iter().enumerate() {
-            self.known(&format!("{field}[{i}]"), r)
-                .map_err(|e| match e {
-                    Error::InvalidPolicy { reason, .. } => Error::policy(field, reason),
-                    other => other,
-                })?;
+    /// Every role known; the field name is only built on error.
+    fn known_all(&self, field: &dyn Fn() -> String, roles: &[Role]) -> Result<()> {
+        match roles.iter().find(|r| !self.roles.contains_key(*r)) {
+            None => Ok(()),
+            Some(r) => self.known(&field(), r),
         }
-        Ok(())
     }
 
     fn check_approvals(&self, field: &str, a: &Approvals) -> Result<()> {
@@ -678,11 +677,11 @@ impl Policy {
                         "name at least one role (or use \"none\")",
                     ));
                 }
-                self.known_all(&format!("{field}.all_of"), roles)
+                self.known_all(&|| format!("{field}.all_of"), roles)
             }
             Approvals::NOf { n, roles } => {
                 let f = format!("{field}.n_of");
-                self.known_all(&format!("{f}.roles"), roles)?;
+                self.known_all(&|| format!("{f}.roles"), roles)?;
                 if *n == 0 {
                     return Err(Error::policy(format!("{f}.n"), "must be 1 or more"));
                 }

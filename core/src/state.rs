@@ -376,7 +376,7 @@ pub struct PaymentState {
     pub last_settled: Option<RequestKind>,
     /// The full pinned policy (not serialized: see `policy` for its id and hash).
     #[serde(skip)]
-    pub policy_doc: Policy,
+    pub policy_doc: std::sync::Arc<Policy>,
 }
 
 impl PaymentState {
