@@ -274,7 +274,13 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
             (None, Some(raw)) => {
                 let current =
                     upcast::upcast(ty, v, raw).map_err(|e| A::Error::custom(tagged(&e)))?;
-                Event::deserialize_data(ty, current).map_err(|e| A::Error::custom(e.to_string()))?
+                // Back to bytes, so events are only ever decoded by the one slice
+                // deserializer (decoding from a `Value` would compile every event type's
+                // decoder a second time into the wasm module).
+                let bytes = serde_json::to_vec(&current).map_err(A::Error::custom)?;
+                let mut de = serde_json::Deserializer::from_slice(&bytes);
+                Event::deserialize_data(ty, &mut de)
+                    .map_err(|e| A::Error::custom(e.to_string()))?
             }
             (None, None) => return Err(A::Error::missing_field("data")),
         };

@@ -211,7 +211,8 @@ impl<'de> Deserialize<'de> for EmbeddedPolicy {
         use serde::de::Error as _;
         let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
         let bytes_hash = Hash::of(raw.get().as_bytes());
-        let policy: Policy = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+        let policy: Policy =
+            serde_json::from_slice(raw.get().as_bytes()).map_err(D::Error::custom)?;
         Ok(EmbeddedPolicy {
             policy: std::sync::Arc::new(policy),
             bytes_hash,

@@ -418,7 +418,7 @@ fn default_funding() -> FundingRules {
 impl Policy {
     /// Parses and validates a policy document.
     pub fn from_json(json: &str) -> Result<Self> {
-        let p: Policy = serde_json::from_str(json).map_err(|e| {
+        let p: Policy = serde_json::from_slice(json.as_bytes()).map_err(|e| {
             let err: Error = e.into();
             match err {
                 Error::MalformedJson(m) => Error::policy("", m),
