@@ -15,3 +15,23 @@ test-server:
 	TRUSTFOLD_SKIP_PG=0 scripts/with-postgres.sh $(CARGO) test -p trustfold-server
 
 TEST_TARGETS += test-server
+
+# demo-server: the earnest-money scenario through HTTP against a real server on the
+# embedded default (a SQLite file), started in the background and stopped afterwards.
+DEMO_SERVER_DIR ?= target/demo-server
+DEMO_SERVER_ADDR ?= 127.0.0.1:18080
+SERVER_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+.PHONY: demo-server
+demo-server:
+	$(CARGO) build --release -p trustfold-server --bin trustfold-server --example earnest_money_http
+	rm -rf $(DEMO_SERVER_DIR) && mkdir -p $(DEMO_SERVER_DIR)
+	bin=$(abspath $(SERVER_TARGET_DIR))/release; \
+	( cd $(DEMO_SERVER_DIR) && TRUSTFOLD_ADMIN_TOKEN=demo-admin RUST_LOG=info \
+	    exec "$$bin/trustfold-server" --listen $(DEMO_SERVER_ADDR) ) > $(DEMO_SERVER_DIR)/server.log 2>&1 & \
+	pid=$$!; trap 'kill -TERM $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
+	TRUSTFOLD_URL=http://$(DEMO_SERVER_ADDR) TRUSTFOLD_ADMIN_TOKEN=demo-admin "$$bin/examples/earnest_money_http"; \
+	echo; echo "demo-server: database $(DEMO_SERVER_DIR)/trustfold.db, server log $(DEMO_SERVER_DIR)/server.log"; \
+	echo "demo-server: serve it again with: cd $(DEMO_SERVER_DIR) && trustfold-server"
+
+DEMO_TARGETS += demo-server
