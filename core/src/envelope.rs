@@ -279,8 +279,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 // decoder a second time into the wasm module).
                 let bytes = serde_json::to_vec(&current).map_err(A::Error::custom)?;
                 let mut de = serde_json::Deserializer::from_slice(&bytes);
-                Event::deserialize_data(ty, &mut de)
-                    .map_err(|e| A::Error::custom(e.to_string()))?
+                Event::deserialize_data(ty, &mut de).map_err(|e| A::Error::custom(e.to_string()))?
             }
             (None, None) => return Err(A::Error::missing_field("data")),
         };

@@ -154,6 +154,22 @@ impl Error {
         }
     }
 
+    /// True when the command was refused because of who is acting (HTTP 403), not
+    /// because of what it asks (422).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(
+            self,
+            Error::Rejected {
+                code: "not_permitted"
+                    | "unknown_participant"
+                    | "actor_required"
+                    | "not_joined"
+                    | "not_an_approver",
+                ..
+            }
+        )
+    }
+
     /// The event (sequence number, from 1) at which a history failed, where one applies.
     pub fn seq(&self) -> Option<u64> {
         match self {

@@ -57,6 +57,30 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status's name as written in JSON (`"AwaitingFunds"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "Draft",
+            Status::AwaitingAgreement => "AwaitingAgreement",
+            Status::AwaitingFunds => "AwaitingFunds",
+            Status::FundingInFlight => "FundingInFlight",
+            Status::Funded => "Funded",
+            Status::Held => "Held",
+            Status::AwaitingApprovals => "AwaitingApprovals",
+            Status::Disbursing => "Disbursing",
+            Status::Refunding => "Refunding",
+            Status::Disputed => "Disputed",
+            Status::Completed => "Completed",
+            Status::Refunded => "Refunded",
+            Status::Expired => "Expired",
+            Status::Cancelled => "Cancelled",
+            Status::Shortfall => "Shortfall",
+            Status::Recovered => "Recovered",
+            Status::WrittenOff => "WrittenOff",
+            Status::Closed => "Closed",
+        }
+    }
+
     /// Terminal states accept no commands except the recording of a late return
     /// (and closing, for those not yet closed).
     pub fn is_terminal(self) -> bool {
@@ -540,5 +564,25 @@ impl PaymentState {
                 .collect();
             !holders.is_empty() && holders.iter().all(|p| p.agreed)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn status_names_match_json() {
+        for s in [
+            Status::Draft,
+            Status::AwaitingFunds,
+            Status::WrittenOff,
+            Status::Closed,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
     }
 }
