@@ -42,7 +42,7 @@
 //! let key: PublicKey = "2152f8d19b791d24453242e15f2eab6cb7cffa7b6a5ed30097960e069881db12".parse()?;
 //! let report = Verifier::new().key(key).heads_file(&head_file).verify_path(&history)?;
 //! let state = report.last.expect("one payment");
-//! assert_eq!(state.status, Status::Completed);
+//! assert_eq!(state.status, Status::Closed);
 //! assert_eq!(report.signed, 1);
 //!
 //! // A tampered copy fails at the exact event.
