@@ -69,8 +69,11 @@
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod client;
 pub mod error;
 pub mod export;
+pub mod replica;
+pub mod subscription;
 pub mod verify;
 pub mod webhook;
 
@@ -88,6 +91,7 @@ pub use trustfold_core::{
 /// The types most programs need: the core's prelude plus this crate's verifier and
 /// client.
 pub mod prelude {
+    pub use crate::client::{Client, CommandResult};
     pub use crate::error::{Broken, Error, Result};
     pub use crate::verify::{Report, Verifier};
     pub use trustfold_core::prelude::*;

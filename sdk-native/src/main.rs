@@ -64,6 +64,37 @@ enum Cmd {
         #[arg(long)]
         pretty: bool,
     },
+    /// Download a payment's history (and its signed head) from a server.
+    Fetch {
+        /// The payment id.
+        payment: PaymentId,
+        /// The server's base URL.
+        #[arg(long, env = "TRUSTFOLD_SERVER")]
+        server: String,
+        /// Where to write the history (the head goes to FILE.head.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// A tenant API key or participant token.
+        #[arg(long, env = "TRUSTFOLD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Verify the download against this pinned server key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Follow a payment live: verify and fold each new event, print one line each.
+    Tail {
+        /// The payment id.
+        payment: PaymentId,
+        /// The server's base URL.
+        #[arg(long, env = "TRUSTFOLD_SERVER")]
+        server: String,
+        /// A tenant API key or participant token.
+        #[arg(long, env = "TRUSTFOLD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// The pinned server key (hex, or a file).
+        #[arg(long)]
+        key: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +114,27 @@ fn main() -> ExitCode {
             payment,
             pretty,
         } => replay(&history, &roles, at, payment, pretty),
+        Cmd::Fetch {
+            payment,
+            server,
+            out,
+            api_key,
+            key,
+        } => runtime().and_then(|rt| {
+            rt.block_on(fetch(
+                payment,
+                &server,
+                &out,
+                api_key.as_deref(),
+                key.as_deref(),
+            ))
+        }),
+        Cmd::Tail {
+            payment,
+            server,
+            api_key,
+            key,
+        } => runtime().and_then(|rt| rt.block_on(tail(payment, &server, api_key.as_deref(), &key))),
     };
     match result {
         Ok(code) => code,
@@ -329,4 +381,101 @@ fn replay(
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))
+}
+
+fn client(server: &str, api_key: Option<&str>) -> Result<trustfold::client::Client, Error> {
+    let c = trustfold::client::Client::new(server)?;
+    Ok(match api_key {
+        Some(k) => c.api_key(k),
+        None => c,
+    })
+}
+
+async fn fetch(
+    payment: PaymentId,
+    server: &str,
+    out: &Path,
+    api_key: Option<&str>,
+    key: Option<&str>,
+) -> Result<ExitCode, Error> {
+    let c = client(server, api_key)?;
+    let mut body: Vec<u8> = b"[\n".to_vec();
+    let (mut after, mut n) = (0u64, 0u64);
+    loop {
+        let page = c.events(payment, after, 1000).await?;
+        for r in &page.events {
+            if n > 0 {
+                body.extend_from_slice(b",\n");
+            }
+            body.extend_from_slice(format!("{{\"hash\":\"{}\",\"event\":", r.hash).as_bytes());
+            body.extend_from_slice(r.event.get().as_bytes());
+            body.push(b'}');
+            n += 1;
+        }
+        after = page.next;
+        if !page.has_more || page.events.is_empty() {
+            break;
+        }
+    }
+    body.extend_from_slice(b"\n]\n");
+    let head = c.head(payment).await?;
+    std::fs::write(out, &body).map_err(|e| Error::Usage(format!("{}: {e}", out.display())))?;
+    let head_path = PathBuf::from(format!("{}.head.json", out.display()));
+    let head_json = serde_json::to_string(&head).map_err(|e| Error::Usage(e.to_string()))?;
+    std::fs::write(&head_path, head_json)
+        .map_err(|e| Error::Usage(format!("{}: {e}", head_path.display())))?;
+    eprintln!(
+        "fetched {n} events of {payment} to {} (signed head at seq {} in {})",
+        out.display(),
+        head.seq,
+        head_path.display()
+    );
+    match key {
+        Some(k) => verify(out, k, Some(&head_path), false, true),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+async fn tail(
+    payment: PaymentId,
+    server: &str,
+    api_key: Option<&str>,
+    key: &str,
+) -> Result<ExitCode, Error> {
+    let key = parse_key(key)?;
+    let mut r = trustfold::replica::Replica::new(client(server, api_key)?, payment, key);
+    let n = r.sync().await?;
+    if let Some(s) = r.state() {
+        println!(
+            "{payment}: {n} events verified, {:?} at version {}",
+            s.status, s.version
+        );
+    }
+    let result = r
+        .follow(|s| {
+            println!(
+                "#{} {:?} escrow {} (head {})",
+                s.version,
+                s.status,
+                s.escrow_available(),
+                s.head
+            );
+            true
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(Error::Broken(b)) => {
+            eprintln!("FAILED: {b}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e),
+    }
 }
