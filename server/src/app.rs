@@ -162,7 +162,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     };
     let mut app = router(state).layer(
         tower_http::trace::TraceLayer::new_for_http()
-            .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
+            // As `DefaultMakeSpan`, but a participant token in `?access_token=` (the
+            // live stream's) is not written to the logs.
+            .make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+                tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    uri = %crate::api::auth::loggable_uri(req.uri()),
+                    version = ?req.version(),
+                )
+            })
             .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
     );
     if let Some(c) = cors(&config.cors_origins)? {
@@ -248,7 +257,7 @@ async fn listen(
     notices: &broadcast::Sender<Notice>,
 ) -> Result<(), sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    listener.listen("trustfold_events").await?;
+    listener.listen(crate::NOTIFY_CHANNEL).await?;
     loop {
         let n = listener.recv().await?;
         let mut parts = n.payload().split(':');

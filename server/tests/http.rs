@@ -604,6 +604,111 @@ async fn sse_delivers_live_and_resumes_with_last_event_id() {
     srv.finish().await;
 }
 
+/// A participant token for `party` on `payment`.
+async fn token_for(c: &Client, key: &str, payment: &str, party: &str) -> String {
+    let t = c
+        .post(
+            &format!("/v1/payments/{payment}/tokens"),
+            key,
+            &json!({"party": party, "ttl_seconds": 60}),
+        )
+        .await;
+    assert_eq!(t.status, 201, "{}", t.body);
+    t.body["token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn sse_takes_a_participant_token_as_access_token() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = &f.payment;
+    let buyer = token_for(c, &key, p, &f.buyer).await;
+    let url = format!("{}/v1/payments/{p}/stream", c.base);
+    let get = |u: String| c.http.get(u).send();
+
+    // An EventSource cannot send headers: the token rides in the query, and (the buyer
+    // sees everything) the records are the verifiable stored bytes, as with the API key.
+    let mut res = get(format!("{url}?after=5&access_token={buyer}"))
+        .await
+        .expect("stream");
+    assert_eq!(res.status(), 200);
+    let mut buf = String::new();
+    let got = sse_events(&mut res, 2, &mut buf).await;
+    assert_eq!(got.iter().map(|e| e.0).collect::<Vec<_>>(), vec![6, 7]);
+    let tenant_view = c
+        .get(&format!("/v1/payments/{p}/events?after=5"), &key)
+        .await;
+    assert_eq!(
+        got.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+        tenant_view.body["events"]
+            .as_array()
+            .expect("events")
+            .clone()
+    );
+    // The buyer's paged history is the same verifiable records too.
+    let buyer_history = history(c, &buyer, p, 3).await.expect("history");
+    let tenant_history = history(c, &key, p, 100).await.expect("history");
+    assert_eq!(buyer_history, tenant_history);
+    replay(&buyer_history).expect("the buyer's history verifies and folds");
+    drop(res);
+
+    // A token that may not see everything still gets its redacted view.
+    let lender = uuid::Uuid::new_v4().to_string();
+    c.command(
+        &key,
+        p,
+        Some(&f.agent),
+        "listing_agent",
+        json!({"type": "Invite", "party": lender, "roles": ["lender"]}),
+    )
+    .await
+    .expect("invite");
+    let lender_token = token_for(c, &key, p, &lender).await;
+    let mut res = get(format!("{url}?access_token={lender_token}"))
+        .await
+        .expect("stream");
+    assert_eq!(res.status(), 200);
+    let mut buf = String::new();
+    let got = sse_events(&mut res, 1, &mut buf).await;
+    assert_eq!(got[0].1["type"], "PaymentInitiated");
+    assert_eq!(got[0].1["redacted"], true);
+    drop(res);
+
+    // The same checks as the header: tampered, another payment's, or an API key.
+    let mut bad = buyer.clone();
+    bad.pop();
+    let r = get(format!("{url}?access_token={bad}")).await.expect("get");
+    assert_eq!(r.status(), 401);
+    let other = open_and_join(c, &key).await.expect("another payment");
+    let r = get(format!(
+        "{}/v1/payments/{}/stream?access_token={buyer}",
+        c.base, other.payment
+    ))
+    .await
+    .expect("get");
+    assert_eq!(r.status(), 404);
+    let r = get(format!("{url}?access_token={key}")).await.expect("get");
+    assert_eq!(r.status(), 401, "API keys do not go in URLs");
+    // Not both at once; and no token at all is still a 401.
+    let r = c
+        .http
+        .get(format!("{url}?access_token={buyer}"))
+        .bearer_auth(&buyer)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 400);
+    assert_eq!(get(url.clone()).await.expect("get").status(), 401);
+    // Only the stream takes it: other routes still want the header.
+    let r = get(format!("{}/v1/payments/{p}?access_token={buyer}", c.base))
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401);
+    srv.finish().await;
+}
+
 #[tokio::test]
 async fn sse_reaches_a_stream_on_another_process_postgres() {
     let Some(srv) = common::postgres().await else {

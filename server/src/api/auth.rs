@@ -232,3 +232,110 @@ impl FromRequestParts<AppState> for Principal {
         Ok(Principal::Tenant { tenant })
     }
 }
+
+/// The query parameter that carries a participant token where headers cannot be sent.
+pub const ACCESS_TOKEN: &str = "access_token";
+
+/// The caller of the live stream (`GET /v1/payments/{id}/stream`): the bearer
+/// credential as everywhere, or a participant token as `?access_token=`, because a
+/// browser's `EventSource` cannot send headers (RFC 6750 §2.3). The token gets the
+/// same checks as in the header (signature, expiry, its own payment only). API keys
+/// are refused there: they are long-lived and URLs end up in logs and histories.
+/// Sending both a header and the parameter is a 400.
+#[derive(Debug, Clone)]
+pub struct StreamPrincipal(pub Principal);
+
+impl FromRequestParts<AppState> for StreamPrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(token) = query_access_token(parts)? else {
+            return Principal::from_request_parts(parts, state)
+                .await
+                .map(StreamPrincipal);
+        };
+        if parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                ACCESS_TOKEN,
+                "send the credential either as `Authorization: Bearer …` or as \
+                 `?access_token=`, not both",
+            ));
+        }
+        if !token.starts_with("tft_") {
+            return Err(ApiError::Unauthorized(
+                "`access_token` takes a participant token (tft_…); send API keys as \
+                 `Authorization: Bearer …`"
+                    .into(),
+            ));
+        }
+        state
+            .token_key
+            .verify(&token)
+            .map(|c| StreamPrincipal(Principal::Participant(c)))
+    }
+}
+
+/// The `access_token` query parameter, if any (a malformed query is a 400).
+fn query_access_token(parts: &Parts) -> Result<Option<String>, ApiError> {
+    if parts.uri.query().is_none() {
+        return Ok(None);
+    }
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                ACCESS_TOKEN,
+                format!("malformed query string: {e}"),
+            )
+        })?;
+    let mut found = pairs.into_iter().filter(|(k, _)| k == ACCESS_TOKEN);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            ACCESS_TOKEN,
+            "`access_token` given more than once",
+        ));
+    }
+    Ok(first.map(|(_, v)| v))
+}
+
+/// `uri` for logs, with the value of any `access_token` parameter replaced by `…`.
+pub fn loggable_uri(uri: &axum::http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.to_string();
+    };
+    if !query.contains(ACCESS_TOKEN) {
+        return uri.to_string();
+    }
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k == ACCESS_TOKEN => format!("{k}=…"),
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), redacted.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loggable_uri_hides_the_access_token() {
+        let uri: axum::http::Uri = "/v1/payments/x/stream?after=3&access_token=tft_abc.def"
+            .parse()
+            .expect("uri");
+        assert_eq!(
+            loggable_uri(&uri),
+            "/v1/payments/x/stream?after=3&access_token=…"
+        );
+        let plain: axum::http::Uri = "/v1/payments?limit=2".parse().expect("uri");
+        assert_eq!(loggable_uri(&plain), "/v1/payments?limit=2");
+    }
+}

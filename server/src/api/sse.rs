@@ -1,7 +1,10 @@
 //! `GET /v1/payments/{payment_id}/stream`: a payment's new events as Server-Sent Events.
 //!
 //! Each event's `id:` is its sequence number and `data:` the history record
-//! `{"hash":"…","event":…}` byte for byte (a participant token gets its redacted view).
+//! `{"hash":"…","event":…}` byte for byte (a participant token whose roles may not see
+//! everything gets its redacted view instead). A browser's `EventSource` cannot send
+//! headers, so this route also takes a participant token as `?access_token=`
+//! ([`StreamPrincipal`]).
 //! A client resumes with `Last-Event-ID` (or `?after=SEQ`) and gets exactly the events
 //! after it: the stream always reads from the store, so nothing is lost or repeated
 //! across reconnects. New events are noticed through an in-process broadcast fed by
@@ -23,9 +26,9 @@ use trustfold_core::policy::Role;
 use trustfold_core::state::PaymentState;
 use uuid::Uuid;
 
-use super::auth::Principal;
+use super::auth::{Principal, StreamPrincipal};
 use super::error::{ApiError, ApiResult};
-use super::payments::redacted;
+use super::payments::{redacted, sees_everything};
 use super::{param_u64, params, parse_id, AppState, Notice, Params};
 use crate::EventStore;
 
@@ -116,7 +119,7 @@ impl Cursor {
 /// The handler.
 pub async fn stream(
     State(state): State<AppState>,
-    principal: Principal,
+    StreamPrincipal(principal): StreamPrincipal,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Params,
@@ -148,6 +151,7 @@ pub async fn stream(
         .ok_or_else(|| ApiError::unknown_payment(payment))?;
     let view = match &principal {
         Principal::Tenant { .. } => None,
+        Principal::Participant(c) if sees_everything(&current, &c.roles) => None,
         Principal::Participant(c) => Some((current, c.roles.clone())),
     };
     let cursor = Cursor {
