@@ -83,6 +83,7 @@ pub mod cache;
 pub mod db;
 mod error;
 mod event;
+mod group;
 mod postgres;
 pub mod projections;
 mod sqlite;
@@ -93,7 +94,7 @@ use uuid::Uuid;
 
 pub use error::{Result, StoreError};
 pub use event::{AppendResult, NewEvent, StoredEvent, StreamHead};
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, NOTIFY_CHANNEL};
 pub use sqlite::SqliteStore;
 
 /// The storage contract of the event store, implemented by every engine and checked by

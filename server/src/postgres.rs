@@ -1,5 +1,6 @@
 //! The scale-out engine: PostgreSQL, shared by any number of server processes.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -8,9 +9,10 @@ use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
 use crate::event::{
-    now_micros, raw_event_from_row, resolve_retry, to_i64, validate_append, AppendResult, NewEvent,
-    StoredEvent, StreamHead, EVENT_COLUMNS,
+    now_micros, raw_event_from_row, to_i64, validate_append, AppendResult, NewEvent, StoredEvent,
+    StreamHead, EVENT_COLUMNS,
 };
+use crate::group::{plan, Appender, Committer, Heads, Outcome, Request, Writes};
 use crate::sqlite::head_from;
 use crate::EventStore;
 
@@ -57,42 +59,63 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION trustfold_events_append_only();
 "#];
 
-/// Inserts a batch and hands out its global positions. This is the last statement of
-/// every append: the counter row is locked as late as possible and held until commit,
-/// so positions are gap-free and commits happen in position order.
+/// Inserts a batch's events and hands out their global positions, in array order. This
+/// is the last statement of every batch: the counter row is locked as late as possible
+/// and held until commit, so positions are gap-free and commits happen in position
+/// order. Returns the first position and the number of rows.
 const INSERT_EVENTS: &str = r#"
 WITH counter AS (
-    UPDATE event_position SET last = last + $3 WHERE id = 1 RETURNING last - $3 AS base
+    UPDATE event_position SET last = last + $1 WHERE id = 1 RETURNING last - $1 AS base
+), ins AS (
+    INSERT INTO events (position, tenant_id, stream_id, seq, event_id, event_type,
+                        schema_version, body, hash, recorded_at_us)
+    SELECT counter.base + e.ord, e.tenant_id, e.stream_id, e.seq, e.event_id, e.event_type,
+           e.schema_version, e.body, e.hash, $10
+    FROM counter,
+         UNNEST($2::uuid[], $3::uuid[], $4::int8[], $5::uuid[], $6::text[], $7::int4[],
+                $8::bytea[], $9::bytea[])
+             WITH ORDINALITY AS e (tenant_id, stream_id, seq, event_id, event_type,
+                                   schema_version, body, hash, ord)
+    RETURNING position
 )
-INSERT INTO events (position, tenant_id, stream_id, seq, event_id, event_type,
-                    schema_version, body, hash, recorded_at_us)
-SELECT counter.base + e.ord, $1, $2, $4 + e.ord, e.event_id, e.event_type,
-       e.schema_version, e.body, e.hash, $10
-FROM counter,
-     UNNEST($5::uuid[], $6::text[], $7::int4[], $8::bytea[], $9::bytea[])
-         WITH ORDINALITY AS e (event_id, event_type, schema_version, body, hash, ord)
-RETURNING position
+SELECT (SELECT min(position) FROM ins), (SELECT count(*) FROM ins)
 "#;
+
+/// The channel every committed append is announced on, with the payload
+/// `tenant:stream:version`, in the append's own transaction (so it is sent exactly when
+/// the events are visible, by whichever process appended them).
+pub const NOTIFY_CHANNEL: &str = "trustfold_events";
+
+/// How often a batch is tried again when a concurrent process got in its way (created
+/// one of its streams or stored one of its event ids first, or a deadlock).
+const BATCH_ATTEMPTS: usize = 4;
 
 /// The event store on PostgreSQL.
 ///
-/// **Global order.** Every append runs in one READ COMMITTED transaction: it first
-/// moves the stream's row (`INSERT ... ON CONFLICT DO NOTHING` for a new stream,
-/// `UPDATE ... WHERE version = expected` otherwise; a concurrent append of the same
-/// version waits on that row and then finds the version moved), then, as its last
-/// statement, bumps the single-row counter `event_position` and inserts the events with
+/// **Global order.** Every batch of appends runs in one READ COMMITTED transaction: it
+/// first locks and moves the streams' rows (a concurrent append to the same stream from
+/// another process waits on that row and then finds the version moved), then, as its
+/// last statement, bumps the single-row counter `event_position` and inserts the events with
 /// the positions it returned. The counter's row lock is held until commit, so appends
 /// commit one after another in position order: positions are gap-free (a rolled-back
 /// append also rolls back its bump) and a reader following `position > checkpoint` never
 /// meets an event that commits later with a smaller position. This is the design of the
-/// Elixir EventStore (commanded); it costs one serialised commit per append, which the
-/// server amortises by batching.
+/// Elixir EventStore (commanded); it costs one serialised commit per transaction.
+///
+/// **Group commit.** One appender task per store commits the appends queued by
+/// concurrent callers in one transaction: it reads the stored ids and locks the batch's
+/// existing stream rows (in id order), judges each append on its own (retry, version,
+/// tenant: a loser fails alone), creates new streams with `ON CONFLICT DO NOTHING`
+/// (another process won: the batch is tried again), moves the heads, notifies
+/// [`NOTIFY_CHANNEL`] and inserts all winners' events with one counter bump. So one
+/// fsync and one counter lock serve the whole batch; see `group.rs`.
 ///
 /// **Durability** is PostgreSQL's: with the default `synchronous_commit = on` an append
 /// returns after its WAL record is flushed.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    appender: Appender,
 }
 
 impl PostgresStore {
@@ -112,59 +135,14 @@ impl PostgresStore {
     pub async fn from_pool(pool: PgPool) -> Result<Self> {
         migrate(&pool).await?;
         tracing::info!("postgres event store ready");
-        Ok(Self { pool })
+        let appender = Appender::spawn(PgCommitter { pool: pool.clone() });
+        Ok(Self { pool, appender })
     }
 
     /// The connection pool, for projections that must commit their rows and checkpoint
     /// in one transaction.
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    async fn find_by_ids(&self, ids: &[Uuid]) -> Result<Vec<StoredEvent>> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1) ORDER BY position"
-        );
-        let rows = sqlx::query(&sql).bind(ids).fetch_all(&self.pool).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.push(raw_event_from_row!(row));
-        }
-        Ok(out)
-    }
-
-    /// Works out why an append changed nothing: an exact retry (the original result), a
-    /// reused event id, a stream of another tenant, or a version conflict.
-    async fn explain_rejection(
-        &self,
-        tenant: Uuid,
-        stream: Uuid,
-        expected_version: u64,
-        events: &[NewEvent],
-    ) -> Result<AppendResult> {
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let found = self.find_by_ids(&ids).await?;
-        if let Some(outcome) = resolve_retry(tenant, stream, expected_version, events, &found) {
-            return outcome;
-        }
-        let head: Option<(Uuid, i64)> =
-            sqlx::query_as("SELECT tenant_id, version FROM streams WHERE stream_id = $1")
-                .bind(stream)
-                .fetch_optional(&self.pool)
-                .await?;
-        match head {
-            Some((owner, _)) if owner != tenant => {
-                Err(StoreError::StreamUnavailable { stream_id: stream })
-            }
-            Some((_, v)) => Err(StoreError::VersionConflict {
-                expected: expected_version,
-                current: u64::try_from(v).unwrap_or(0),
-            }),
-            None => Err(StoreError::VersionConflict {
-                expected: expected_version,
-                current: 0,
-            }),
-        }
     }
 
     async fn query_events(
@@ -226,86 +204,10 @@ impl EventStore for PostgresStore {
         events: &[NewEvent],
     ) -> Result<AppendResult> {
         validate_append(expected_version, events)?;
-        let n = to_i64(events.len() as u64);
-        let new_version = to_i64(expected_version) + n;
-        let last_hash = events.last().map(|e| e.hash.to_vec()).unwrap_or_default();
-
-        let mut tx = self.pool.begin().await?;
-        let moved = if expected_version == 0 {
-            sqlx::query(
-                "INSERT INTO streams (stream_id, tenant_id, version, last_hash) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO NOTHING",
-            )
-            .bind(stream)
-            .bind(tenant)
-            .bind(new_version)
-            .bind(&last_hash)
-            .execute(&mut *tx)
-            .await?
-        } else {
-            sqlx::query(
-                "UPDATE streams SET version = $3, last_hash = $4 \
-                 WHERE stream_id = $1 AND tenant_id = $2 AND version = $5",
-            )
-            .bind(stream)
-            .bind(tenant)
-            .bind(new_version)
-            .bind(&last_hash)
-            .bind(to_i64(expected_version))
-            .execute(&mut *tx)
-            .await?
-        };
-        if moved.rows_affected() != 1 {
-            tx.rollback().await?;
-            return self
-                .explain_rejection(tenant, stream, expected_version, events)
-                .await;
-        }
-
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<i32> = events.iter().map(|e| i32::from(e.schema_version)).collect();
-        let bodies: Vec<&[u8]> = events.iter().map(|e| e.body.as_slice()).collect();
-        let hashes: Vec<&[u8]> = events.iter().map(|e| e.hash.as_slice()).collect();
-        let inserted = sqlx::query_scalar::<_, i64>(INSERT_EVENTS)
-            .bind(tenant)
-            .bind(stream)
-            .bind(n)
-            .bind(to_i64(expected_version))
-            .bind(&ids)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&bodies)
-            .bind(&hashes)
-            .bind(now_micros())
-            .fetch_all(&mut *tx)
-            .await;
-        let positions = match inserted {
-            Ok(p) => p,
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                // An event id stored elsewhere: a retry in another shape, or a reuse.
-                tx.rollback().await?;
-                return match self
-                    .explain_rejection(tenant, stream, expected_version, events)
-                    .await
-                {
-                    Err(StoreError::VersionConflict { .. }) => {
-                        Err(StoreError::EventIdReused { event_id: ids[0] })
-                    }
-                    other => other,
-                };
-            }
-            Err(e) => return Err(e.into()),
-        };
-        tx.commit().await?;
-        let (Some(first), Some(last)) = (positions.iter().min(), positions.iter().max()) else {
-            return Err(StoreError::Corrupt("append inserted no rows".into()));
-        };
-        let result = AppendResult {
-            first_position: *first as u64,
-            last_position: *last as u64,
-            new_version: new_version as u64,
-        };
+        let result = self
+            .appender
+            .append(tenant, stream, expected_version, events)
+            .await?;
         tracing::debug!(%tenant, %stream, ?result, "appended");
         Ok(result)
     }
@@ -386,5 +288,158 @@ impl EventStore for PostgresStore {
                 .bind(i64::from(limit)),
         )
         .await
+    }
+}
+
+/// The group-commit transaction (see [`crate::group`]).
+struct PgCommitter {
+    pool: PgPool,
+}
+
+/// Whether a failed batch may succeed when simply tried again.
+fn retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            db.is_unique_violation() || matches!(db.code().as_deref(), Some("40P01" | "40001"))
+        }
+        // A stream created by another process between reading the heads and inserting.
+        StoreError::VersionConflict { .. } => true,
+        _ => false,
+    }
+}
+
+impl Committer for PgCommitter {
+    async fn commit(&mut self, batch: &[Request]) -> Result<Vec<Outcome>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_commit(batch).await {
+                Err(e) if attempt < BATCH_ATTEMPTS && retryable(&e) => {
+                    tracing::debug!(error = %e, attempt, "batch raced another process; again");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl PgCommitter {
+    async fn try_commit(&self, batch: &[Request]) -> Result<Vec<Outcome>> {
+        let mut tx = self.pool.begin().await?;
+        let ids = Writes::ids(batch);
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1) ORDER BY position"
+        );
+        let rows = sqlx::query(&sql).bind(&ids).fetch_all(&mut *tx).await?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            found.push(raw_event_from_row!(row));
+        }
+        // Lock the existing streams in id order (processes never deadlock on them).
+        let locked: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+            "SELECT stream_id, tenant_id, version FROM streams WHERE stream_id = ANY($1) \
+             ORDER BY stream_id FOR UPDATE",
+        )
+        .bind(Writes::streams_of(batch))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut heads = Heads::new();
+        for (stream, owner, v) in locked {
+            heads.insert(stream, (owner, u64::try_from(v).unwrap_or(0)));
+        }
+        let stored: HashSet<Uuid> = heads.keys().copied().collect();
+        let steps = plan(batch, &found, &mut heads);
+        let writes = Writes::of(batch, &steps, &stored);
+        if writes.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(writes.outcomes(batch, steps, 0));
+        }
+
+        let (new, old): (Vec<_>, Vec<_>) = writes.streams.iter().partition(|s| !s.existed);
+        if !new.is_empty() {
+            let inserted = sqlx::query(
+                "INSERT INTO streams (stream_id, tenant_id, version, last_hash) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::bytea[]) \
+                 ON CONFLICT (stream_id) DO NOTHING",
+            )
+            .bind(new.iter().map(|s| s.stream).collect::<Vec<_>>())
+            .bind(new.iter().map(|s| s.tenant).collect::<Vec<_>>())
+            .bind(new.iter().map(|s| s.version).collect::<Vec<_>>())
+            .bind(new.iter().map(|s| s.last_hash.to_vec()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() != new.len() as u64 {
+                tx.rollback().await?;
+                return Err(StoreError::VersionConflict {
+                    expected: 0,
+                    current: 0,
+                });
+            }
+        }
+        if !old.is_empty() {
+            sqlx::query(
+                "UPDATE streams SET version = u.version, last_hash = u.last_hash \
+                 FROM UNNEST($1::uuid[], $2::int8[], $3::bytea[]) AS u (stream_id, version, \
+                 last_hash) WHERE streams.stream_id = u.stream_id",
+            )
+            .bind(old.iter().map(|s| s.stream).collect::<Vec<_>>())
+            .bind(old.iter().map(|s| s.version).collect::<Vec<_>>())
+            .bind(old.iter().map(|s| s.last_hash.to_vec()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let payloads: Vec<String> = writes
+            .streams
+            .iter()
+            .map(|s| format!("{}:{}:{}", s.tenant, s.stream, s.version))
+            .collect();
+        sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+            .bind(NOTIFY_CHANNEL)
+            .bind(&payloads)
+            .execute(&mut *tx)
+            .await?;
+
+        let rows = &writes.rows;
+        let (first, count): (Option<i64>, i64) = sqlx::query_as(INSERT_EVENTS)
+            .bind(to_i64(rows.len() as u64))
+            .bind(rows.iter().map(|r| r.tenant).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.event.event_id).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.event.event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| i32::from(r.event.schema_version))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.event.body.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.event.hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(now_micros())
+            .fetch_one(&mut *tx)
+            .await?;
+        let first = match first {
+            Some(f) if count == to_i64(rows.len() as u64) => f,
+            _ => {
+                tx.rollback().await?;
+                return Err(StoreError::Corrupt(format!(
+                    "a batch of {} events inserted {count} rows",
+                    rows.len()
+                )));
+            }
+        };
+        tx.commit().await?;
+        Ok(writes.outcomes(batch, steps, u64::try_from(first).unwrap_or(0)))
     }
 }

@@ -205,16 +205,32 @@ impl Projector {
         Ok((env, state))
     }
 
+    /// Writes the rows and moves the checkpoints in one transaction. The commit does not
+    /// wait for its own fsync (`synchronous_commit = off` on PostgreSQL, `synchronous =
+    /// NORMAL` on SQLite): read models are derived data, rows and checkpoint still commit
+    /// atomically, and a crash can only lose the last projection commits, which the next
+    /// catch-up replays from the older checkpoint. The events themselves are always
+    /// durable before anyone is told about them.
     async fn commit(&self, old: &[u64], new: &[u64], ops: Vec<Op>) -> Result<bool, LoadError> {
         let begin = if self.db.is_postgres() {
             "BEGIN"
         } else {
             "BEGIN IMMEDIATE"
         };
+        let postgres = self.db.is_postgres();
         let ok = on_write!(&self.db, pool => {
             async {
                 let mut conn = pool.acquire().await?;
+                if !postgres {
+                    // Not durable on its own: see above. The event store sets FULL
+                    // again before every append on this connection.
+                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                }
+                let done = async {
                 let mut tx = conn.begin_with(begin).await?;
+                if postgres {
+                    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+                }
                 for (i, name) in PROJECTIONS.iter().enumerate() {
                     if old[i] == new[i] {
                         continue;
@@ -296,6 +312,12 @@ impl Projector {
                 }
                 tx.commit().await?;
                 Ok(true)
+                }
+                .await;
+                if !postgres {
+                    sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+                }
+                done
             }
             .await
             .map_err(crate::StoreError::from)?

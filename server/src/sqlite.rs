@@ -1,5 +1,6 @@
 //! The embedded engine: one SQLite file in WAL mode with a single writer.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -12,9 +13,10 @@ use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
 use crate::event::{
-    raw_event_from_row, resolve_retry, to_i64, validate_append, AppendResult, NewEvent,
-    StoredEvent, StreamHead, EVENT_COLUMNS,
+    now_micros, raw_event_from_row, to_i64, validate_append, AppendResult, NewEvent, StoredEvent,
+    StreamHead, EVENT_COLUMNS,
 };
+use crate::group::{plan, Appender, Committer, Heads, Outcome, Request, Writes};
 use crate::EventStore;
 
 /// The schema, one entry per version; entry `i` moves the schema from version `i` to
@@ -62,6 +64,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// (they wait up to 10 s for the lock). Because commits are serial, a position counter
 /// read and bumped inside the transaction is gap-free and in commit order.
 ///
+/// **Group commit.** One appender task per store takes the appends queued by concurrent
+/// callers and commits them together in one transaction (one fsync), each judged on its
+/// own (version, retry, tenant); see `group.rs`.
+///
 /// **Durability.** The file is in WAL mode with `synchronous = FULL`: every commit
 /// fsyncs the WAL before `append` returns, so an acknowledged append survives a power
 /// loss, not only a crash of the process. (`NORMAL` would be faster but may lose the
@@ -72,6 +78,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    appender: Appender,
 }
 
 impl SqliteStore {
@@ -99,7 +106,14 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await?;
         tracing::info!(path = %path.as_ref().display(), "sqlite event store open");
-        Ok(Self { writer, readers })
+        let appender = Appender::spawn(SqliteCommitter {
+            writer: writer.clone(),
+        });
+        Ok(Self {
+            writer,
+            readers,
+            appender,
+        })
     }
 
     /// The pool of the single writer connection, for projections that must commit their
@@ -111,22 +125,6 @@ impl SqliteStore {
     /// The pool of read-only connections.
     pub fn reader_pool(&self) -> &SqlitePool {
         &self.readers
-    }
-
-    async fn find_by_ids(conn: &mut SqliteConnection, ids: &[Uuid]) -> Result<Vec<StoredEvent>> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?");
-        let mut found = Vec::new();
-        for id in ids {
-            if let Some(row) = sqlx::query(&sql)
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
-            {
-                found.push(raw_event_from_row!(&row));
-            }
-        }
-        found.sort_by_key(|e| e.position);
-        Ok(found)
     }
 
     async fn query_events(
@@ -192,93 +190,10 @@ impl EventStore for SqliteStore {
         events: &[NewEvent],
     ) -> Result<AppendResult> {
         validate_append(expected_version, events)?;
-        let mut conn = self.writer.acquire().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-
-        // A retry of a stored batch: answer from the store, change nothing.
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let found = Self::find_by_ids(&mut tx, &ids).await?;
-        if let Some(outcome) = resolve_retry(tenant, stream, expected_version, events, &found) {
-            tx.rollback().await?;
-            return outcome;
-        }
-
-        let head: Option<(Uuid, i64)> =
-            sqlx::query_as("SELECT tenant_id, version FROM streams WHERE stream_id = ?")
-                .bind(stream)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let current = match head {
-            Some((owner, _)) if owner != tenant => {
-                tx.rollback().await?;
-                return Err(StoreError::StreamUnavailable { stream_id: stream });
-            }
-            Some((_, v)) => u64::try_from(v).unwrap_or(0),
-            None => 0,
-        };
-        if current != expected_version {
-            tx.rollback().await?;
-            return Err(StoreError::VersionConflict {
-                expected: expected_version,
-                current,
-            });
-        }
-
-        let n = to_i64(events.len() as u64);
-        let last: i64 = sqlx::query_scalar(
-            "UPDATE event_position SET last = last + ? WHERE id = 1 RETURNING last",
-        )
-        .bind(n)
-        .fetch_one(&mut *tx)
-        .await?;
-        let first = last - n + 1;
-        let new_version = to_i64(expected_version) + n;
-        let last_hash = events.last().map(|e| e.hash.to_vec()).unwrap_or_default();
-        if expected_version == 0 {
-            sqlx::query(
-                "INSERT INTO streams (stream_id, tenant_id, version, last_hash) VALUES (?, ?, ?, ?)",
-            )
-            .bind(stream)
-            .bind(tenant)
-            .bind(new_version)
-            .bind(&last_hash)
-            .execute(&mut *tx)
+        let result = self
+            .appender
+            .append(tenant, stream, expected_version, events)
             .await?;
-        } else {
-            sqlx::query("UPDATE streams SET version = ?, last_hash = ? WHERE stream_id = ?")
-                .bind(new_version)
-                .bind(&last_hash)
-                .bind(stream)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let recorded_at = crate::event::now_micros();
-        let first_seq = to_i64(expected_version) + 1;
-        for (offset, e) in (0i64..).zip(events) {
-            let (position, seq) = (first + offset, first_seq + offset);
-            sqlx::query(
-                "INSERT INTO events (position, tenant_id, stream_id, seq, event_id, event_type, \
-                 schema_version, body, hash, recorded_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(position)
-            .bind(tenant)
-            .bind(stream)
-            .bind(seq)
-            .bind(e.event_id)
-            .bind(&e.event_type)
-            .bind(i32::from(e.schema_version))
-            .bind(&e.body)
-            .bind(e.hash.as_slice())
-            .bind(recorded_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        let result = AppendResult {
-            first_position: first as u64,
-            last_position: last as u64,
-            new_version: new_version as u64,
-        };
         tracing::debug!(%tenant, %stream, ?result, "appended");
         Ok(result)
     }
@@ -355,6 +270,97 @@ impl EventStore for SqliteStore {
         );
         self.query_events(&sql, (None, None, to_i64(after_position), i64::from(limit)))
             .await
+    }
+}
+
+/// The group-commit transaction on the single writer connection (see [`crate::group`]).
+struct SqliteCommitter {
+    writer: SqlitePool,
+}
+
+impl Committer for SqliteCommitter {
+    async fn commit(&mut self, batch: &[Request]) -> Result<Vec<Outcome>> {
+        let mut conn = self.writer.acquire().await?;
+        // The projector may lower it for its own (rebuildable) commits; appends are
+        // always fully durable.
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?");
+        let mut found = Vec::new();
+        for id in Writes::ids(batch) {
+            if let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? {
+                found.push(raw_event_from_row!(&row));
+            }
+        }
+        found.sort_by_key(|e| e.position);
+        let mut heads = Heads::new();
+        for stream in Writes::streams_of(batch) {
+            let head: Option<(Uuid, i64)> =
+                sqlx::query_as("SELECT tenant_id, version FROM streams WHERE stream_id = ?")
+                    .bind(stream)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((owner, v)) = head {
+                heads.insert(stream, (owner, u64::try_from(v).unwrap_or(0)));
+            }
+        }
+        let stored: HashSet<Uuid> = heads.keys().copied().collect();
+        let steps = plan(batch, &found, &mut heads);
+        let writes = Writes::of(batch, &steps, &stored);
+        if writes.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(writes.outcomes(batch, steps, 0));
+        }
+
+        for s in &writes.streams {
+            let sql = if s.existed {
+                "UPDATE streams SET version = ?3, last_hash = ?4 WHERE stream_id = ?1 \
+                 AND tenant_id = ?2"
+            } else {
+                "INSERT INTO streams (stream_id, tenant_id, version, last_hash) \
+                 VALUES (?1, ?2, ?3, ?4)"
+            };
+            sqlx::query(sql)
+                .bind(s.stream)
+                .bind(s.tenant)
+                .bind(s.version)
+                .bind(s.last_hash.as_slice())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let n = to_i64(writes.rows.len() as u64);
+        let last: i64 = sqlx::query_scalar(
+            "UPDATE event_position SET last = last + ? WHERE id = 1 RETURNING last",
+        )
+        .bind(n)
+        .fetch_one(&mut *tx)
+        .await?;
+        let first = last - n + 1;
+        let recorded_at = now_micros();
+        for (offset, row) in (0i64..).zip(&writes.rows) {
+            let e = row.event;
+            sqlx::query(
+                "INSERT INTO events (position, tenant_id, stream_id, seq, event_id, event_type, \
+                 schema_version, body, hash, recorded_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(first + offset)
+            .bind(row.tenant)
+            .bind(row.stream)
+            .bind(row.seq)
+            .bind(e.event_id)
+            .bind(&e.event_type)
+            .bind(i32::from(e.schema_version))
+            .bind(&e.body)
+            .bind(e.hash.as_slice())
+            .bind(recorded_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(writes.outcomes(batch, steps, u64::try_from(first).unwrap_or(0)))
     }
 }
 
