@@ -10,7 +10,16 @@ build-wasm:
 	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	node $(NPM_DIR)/scripts/build.mjs
 
+# network.test.mjs runs the network client against a real trustfold-server (built
+# here; the test finds the binary through cargo, so CARGO_TARGET_DIR is honoured).
 test-wasm: build-wasm
-	cd $(NPM_DIR) && node --test test/node.test.mjs test/browser.test.mjs test/pack.test.mjs
+	$(CARGO) build -p trustfold-server --bin trustfold-server
+	cd $(NPM_DIR) && node --test test/node.test.mjs test/browser.test.mjs test/pack.test.mjs test/network.test.mjs
+
+# wasm vs native Rust vs a plain JS reducer, in one Node run (docs/BENCHMARKS.md).
+.PHONY: bench-wasm
+bench-wasm: build-wasm
+	node $(NPM_DIR)/bench/fold.mjs
 
 TEST_TARGETS += test-wasm
+BENCH_TARGETS += bench-wasm

@@ -9,11 +9,13 @@
 //!   until `has_more` is false. A page may carry the server's `"signed_head"`
 //!   (`{"stream","seq","hash","signature"}`); with a pinned key the client requires
 //!   one and checks it against the records it holds.
-//! - `POST {base}/v1/payments/{id}/commands` with the command JSON as body,
+//! - `POST {base}/v1/payments/{id}/commands` with `{"command": …}` as body (a bare
+//!   command is wrapped; with a participant token the server takes the actor from it),
 //!   `Idempotency-Key`, optionally `If-Match: "<version>"`; errors are RFC 9457
 //!   problem details whose `code` becomes the thrown error's `code`.
 //! - `GET {base}/v1/payments/{id}/stream?after=SEQ` (Server-Sent Events): each
-//!   message's `data` is one record, its `id` the sequence number. The browser resumes
+//!   message's `data` is one record, its `id` the sequence number, its `event` name the
+//!   event type (the client listens to every type of this build). The browser resumes
 //!   a dropped stream itself with `Last-Event-ID`; when it gives up, the client opens a
 //!   new stream `after` the last sequence it holds.
 //! - Participant tokens go in `Authorization: Bearer …`, and as `access_token` in the
@@ -31,6 +33,7 @@ use gloo_net::eventsource::futures::EventSource;
 use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::Deserialize;
 use trustfold_core::envelope::Envelope;
+use trustfold_core::event::EventType;
 use trustfold_core::fold;
 use trustfold_core::hash::Hash;
 use trustfold_core::history::{PublicKey, RawRecord, SignedHead};
@@ -160,7 +163,12 @@ impl Client {
             if let Some(v) = expected_version {
                 b = b.header("If-Match", &format!("\"{v}\""));
             }
-            let resp = b.body(command).map_err(net)?.send().await.map_err(net)?;
+            let resp = b
+                .body(request_body(command)?)
+                .map_err(net)?
+                .send()
+                .await
+                .map_err(net)?;
             let text = body_or_problem(resp).await?;
             Ok(JsValue::from_str(&text))
         }))
@@ -424,8 +432,16 @@ impl PaymentFeed {
                     url.push_str("&access_token=");
                     url.push_str(&String::from(js_sys::encode_uri_component(t)));
                 }
-                let opened = EventSource::new(&url)
-                    .and_then(|mut es| es.subscribe("message").map(|s| (es, s)));
+                let opened = EventSource::new(&url).and_then(|mut es| {
+                    // The server names each message after its event type (`event:`),
+                    // and an EventSource only dispatches named messages to listeners of
+                    // that name: listen to every type (and to unnamed messages).
+                    let mut subs = vec![es.subscribe("message")?];
+                    for t in EventType::ALL {
+                        subs.push(es.subscribe(t.name())?);
+                    }
+                    Ok((es, futures_util::stream::select_all(subs)))
+                });
                 let (es, mut messages) = match opened {
                     Ok(x) => x,
                     Err(e) => {
@@ -488,6 +504,27 @@ impl PaymentFeed {
         let es = self.inner.live.borrow_mut().take();
         drop(es);
     }
+}
+
+/// The body of `POST …/commands`: `{"command": …}` around a bare command (one with a
+/// `type`); a full request (`{"command", "actor"?, "correlation"?}`) is sent as given.
+fn request_body(command: String) -> JsResult<String> {
+    #[derive(Deserialize)]
+    struct Shape<'a> {
+        #[serde(default, borrow)]
+        command: Option<&'a serde_json::value::RawValue>,
+    }
+    let shape: Shape<'_> = serde_json::from_str(&command).map_err(|e| {
+        js_error(
+            "malformed_json",
+            &format!("the command is not a JSON object: {e}"),
+        )
+    })?;
+    Ok(if shape.command.is_some() {
+        command
+    } else {
+        format!("{{\"command\":{command}}}")
+    })
 }
 
 fn report(on_error: &Option<js_sys::Function>, err: &JsValue) {

@@ -28,6 +28,18 @@ pub fn replay(
     Ok(state_json(&state))
 }
 
+/// Folds a history **without verifying it**: no hash chain, no signed head (the rules
+/// still apply). For histories already verified, or for benchmarks; returns the same
+/// canonical state JSON as [`replay`] for a valid history.
+#[wasm_bindgen(js_name = replayUnverified)]
+pub fn replay_unverified(
+    #[wasm_bindgen(js_name = historyJson, unchecked_param_type = "HistoryInput")] history: JsValue,
+) -> JsResult<String> {
+    let bytes = input_bytes(&history, "history")?;
+    let state = trustfold_core::fold::replay_unverified(&bytes).js()?;
+    Ok(state_json(&state))
+}
+
 /// The state after event `seq` (the chain is verified in full first); throws
 /// `invalid_history` for a `seq` the history does not have.
 #[wasm_bindgen(js_name = stateAt)]

@@ -1,0 +1,317 @@
+// The network client against a real `trustfold-server` started by the test (a temp
+// SQLite file on a free loopback port): incremental history fetch, verification
+// against the pinned server key, a command with an idempotency key (in Node, where
+// `fetch` is global), then, in headless Chromium (Node 20 has no `EventSource`),
+// live updates over Server-Sent Events with the participant token as `access_token`,
+// resumed without loss or duplicates after the feed is closed and after the server
+// is restarted.
+//
+// The server binary: $TRUSTFOLD_SERVER_BIN, else built here with `cargo build`
+// (mk/wasm.mk builds it before the tests).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as t from "../dist/node.js";
+import { launchChromium, loadVectors, npmDir, rootDir, serve } from "./support.mjs";
+
+const ADMIN = "network-test-admin";
+const POLICY = readFileSync(join(rootDir, "examples", "policies", "earnest-money.json"), "utf8");
+
+function serverBinary() {
+  if (process.env.TRUSTFOLD_SERVER_BIN) return process.env.TRUSTFOLD_SERVER_BIN;
+  const r = spawnSync(
+    process.env.CARGO ?? "cargo",
+    ["build", "-p", "trustfold-server", "--bin", "trustfold-server", "--message-format=json-render-diagnostics"],
+    { cwd: rootDir, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], maxBuffer: 64 << 20 },
+  );
+  assert.equal(r.status, 0, "cargo build -p trustfold-server failed");
+  for (const line of r.stdout.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    const m = JSON.parse(line);
+    if (m.reason === "compiler-artifact" && m.target?.name === "trustfold-server" && m.executable) return m.executable;
+  }
+  throw new Error("cargo built no trustfold-server executable");
+}
+
+async function freePort() {
+  const s = createServer();
+  await new Promise((r) => s.listen(0, "127.0.0.1", r));
+  const { port } = s.address();
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** The real server as a child process; `restart()` keeps its port and database. */
+class Server {
+  constructor(bin, dir, port, corsOrigin) {
+    Object.assign(this, { bin, dir, port, corsOrigin, log: "" });
+    this.base = `http://127.0.0.1:${port}`;
+  }
+
+  async start() {
+    this.proc = spawn(this.bin, [
+      "--database-url", join(this.dir, "trustfold.db"),
+      "--listen", `127.0.0.1:${this.port}`,
+      "--cors-origin", this.corsOrigin,
+      "--poll-ms", "200",
+      "--heartbeat-seconds", "1",
+    ], { env: { ...process.env, TRUSTFOLD_ADMIN_TOKEN: ADMIN, RUST_LOG: "warn" }, stdio: ["ignore", "ignore", "pipe"] });
+    this.proc.stderr.on("data", (d) => { this.log += d; });
+    const exited = new Promise((r) => this.proc.once("exit", r));
+    this.exited = exited;
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r(undefined), 100))]);
+      if (code !== undefined) throw new Error(`trustfold-server exited (${code}):\n${this.log}`);
+      try {
+        if ((await fetch(`${this.base}/healthz`)).ok) return;
+      } catch {}
+      if (Date.now() > deadline) throw new Error(`trustfold-server did not come up:\n${this.log}`);
+    }
+  }
+
+  async stop() {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    this.proc.kill("SIGTERM");
+    const killer = setTimeout(() => this.proc.kill("SIGKILL"), 10_000);
+    await this.exited;
+    clearTimeout(killer);
+  }
+
+  async restart() {
+    await this.stop();
+    await this.start();
+  }
+
+  async call(method, path, auth, body, headers = {}) {
+    const res = await fetch(`${this.base}${path}`, {
+      method,
+      headers: {
+        ...(auth ? { authorization: `Bearer ${auth}` } : {}),
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+        ...headers,
+      },
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, text, body: text ? JSON.parse(text) : undefined };
+  }
+
+  async ok(method, path, auth, body) {
+    const r = await this.call(method, path, auth, body);
+    assert.ok(r.status >= 200 && r.status < 300, `${method} ${path}: ${r.status} ${r.text}`);
+    return r.body;
+  }
+
+  /** A command sent with the tenant's API key as `party` in `role`. */
+  command(key, payment, party, role, command) {
+    return this.ok("POST", `/v1/payments/${payment}/commands`, key, { command, actor: { party, role } });
+  }
+}
+
+const uuid = () => crypto.randomUUID();
+let bin, dir, web, srv, key, flow, serverKey, buyerToken;
+
+before(async () => {
+  bin = serverBinary();
+  dir = mkdtempSync(join(tmpdir(), "trustfold-network-"));
+  // The page's origin must be known before the server starts (CORS).
+  web = await serve({ "/pkg-root/": npmDir }, { "/": () => ["text/html; charset=utf-8", PAGE] });
+  srv = new Server(bin, dir, await freePort(), web.url);
+  await srv.start();
+  key = (await srv.ok("POST", "/v1/tenants", ADMIN, { name: "network test" })).api_key;
+  await srv.ok("POST", "/v1/policies", key, POLICY);
+  flow = { agent: uuid(), buyer: uuid(), seller: uuid(), escrow: uuid() };
+  flow.payment = (await srv.ok("POST", "/v1/payments", key, {
+    policy: "earnest-money",
+    amount: { amount: "5000.00", currency: "USD" },
+    description: "12 Elm St, earnest money",
+    initiator: { party: flow.agent, roles: ["listing_agent"], name: "Lee (listing agent)" },
+  })).payment_id;
+  for (const [party, role] of [[flow.buyer, "buyer"], [flow.seller, "seller"], [flow.escrow, "escrow_holder"]]) {
+    await srv.command(key, flow.payment, flow.agent, "listing_agent", { type: "Invite", party, roles: [role], name: role });
+  }
+  for (const [party, role] of [[flow.buyer, "buyer"], [flow.seller, "seller"], [flow.escrow, "escrow_holder"]]) {
+    await srv.command(key, flow.payment, party, role, { type: "Join" });
+  }
+  serverKey = (await srv.ok("GET", "/v1/server-key")).public_key;
+  buyerToken = (await srv.ok("POST", `/v1/payments/${flow.payment}/tokens`, key, { party: flow.buyer, ttl_seconds: 3600 })).token;
+});
+
+after(async () => {
+  await srv?.stop();
+  await web?.close();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+/** The payment's records as the tenant gets them: `[{hash, event}]` with raw event text. */
+async function tenantRecords() {
+  const r = await srv.call("GET", `/v1/payments/${flow.payment}/events?limit=1000`, key);
+  return r.body.events.map((e) => ({ hash: e.hash, seq: e.event.seq }));
+}
+
+/** One more event (a party invited, then its join; the policy caps each role); the new version. */
+const spareRoles = ["brokerage", "brokerage", "lender", "buyer_agent", "buyer", "seller"];
+let invited;
+async function oneMoreEvent() {
+  let r;
+  if (invited) {
+    r = await srv.command(key, flow.payment, invited.party, invited.role, { type: "Join" });
+    invited = undefined;
+  } else {
+    const role = spareRoles.shift();
+    assert.ok(role, "no spare role left to invite");
+    invited = { party: uuid(), role };
+    r = await srv.command(key, flow.payment, flow.agent, "listing_agent",
+      { type: "Invite", party: invited.party, roles: [role], name: role });
+  }
+  return r.state.version;
+}
+
+test("Node: incremental fetch, pinned-key verification, a command with an idempotency key", async () => {
+  const requests = [];
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = (input, init) => {
+    requests.push(typeof input === "string" ? input : input.url);
+    return realFetch(input, init);
+  };
+  try {
+    const client = new t.Client({ baseUrl: srv.base, token: buyerToken, serverKey });
+    const feed = client.payment(flow.payment);
+    const s1 = await feed.sync();
+    assert.equal(feed.seq, 7);
+    assert.equal(s1.version, 7);
+    assert.deepEqual(feed.state(), t.replay(feed.history()));
+    const afters = () => requests.filter((u) => new URL(u).pathname.endsWith("/events")).map((u) => new URL(u).searchParams.get("after"));
+    assert.deepEqual(afters(), ["0"], requests.join("\n"));
+
+    // Incremental: the next sync asks only for what follows seq 7.
+    await oneMoreEvent();
+    requests.length = 0;
+    const s2 = await feed.sync();
+    assert.equal(s2.version, 8);
+    assert.deepEqual(afters(), ["7"], requests.join("\n"));
+    // The mirror is the server's history record for record.
+    const mine = JSON.parse(feed.history()).map((r) => ({ hash: r.hash, seq: r.event.seq }));
+    assert.deepEqual(mine, await tenantRecords());
+    assert.deepEqual(t.verify(feed.history()), { ok: true, len: 8, head: mine[7].hash });
+
+    // Pinned to another key, the same server's signed head is refused.
+    const otherKey = loadVectors().find((v) => v.key && v.key !== serverKey)?.key;
+    assert.ok(otherKey, "a golden vector with a key");
+    const wrong = new t.Client({ baseUrl: srv.base, token: buyerToken, serverKey: otherKey }).payment(flow.payment);
+    await assert.rejects(wrong.sync(), (e) => t.isTrustfoldError(e) && e.code === "bad_signature");
+
+    // A command as the buyer (the token names the actor), with an idempotency key
+    // and the expected version; the same key again replays the same answer.
+    const terms = feed.state().terms_hash;
+    const idem = `agree-${uuid()}`;
+    const sent = await client.sendCommand(flow.payment, { type: "AgreeToTerms", terms_hash: terms }, idem, feed.seq);
+    assert.equal(sent.state.version, 9);
+    assert.equal(sent.events[0].actor.party, flow.buyer);
+    const again = await client.sendCommand(flow.payment, { type: "AgreeToTerms", terms_hash: terms }, idem, feed.seq);
+    assert.deepEqual(again, sent);
+    assert.equal((await feed.sync()).version, 9, "the replayed command appended nothing");
+    // A stale expected version loses cleanly with the server's problem code.
+    await assert.rejects(
+      client.sendCommand(flow.payment, { type: "AgreeToTerms", terms_hash: terms }, `stale-${uuid()}`, 3),
+      (e) => t.isTrustfoldError(e) && e.code === "version_conflict" && e.status === 409,
+    );
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
+
+const PAGE = `<!doctype html><meta charset="utf-8"><title>trustfold live</title>
+<script type="module">
+import * as t from "/pkg-root/dist/web.js";
+window.start = async (opts, paymentId) => {
+  await t.init();
+  const client = new t.Client(opts);
+  const feed = client.payment(paymentId);
+  window.feed = feed;
+  window.updates = [];
+  window.errors = [];
+  await feed.sync();
+  window.synced = feed.seq;
+  window.follow = () => feed.live(
+    (state, seq) => window.updates.push({ seq, version: state.version }),
+    (e) => window.errors.push({ code: e.code, message: e.message }),
+  );
+  window.follow();
+  return feed.seq;
+};
+window.snapshot = () => ({
+  seq: window.feed.seq,
+  updates: window.updates,
+  errors: window.errors,
+  history: window.feed.history(),
+  stateVersion: window.feed.state()?.version,
+  replayed: JSON.stringify(JSON.parse(t.replayJson(window.feed.history()))),
+  state: JSON.stringify(window.feed.state()),
+});
+window.ready = true;
+</script>`;
+
+test("Chromium: live over SSE with access_token, resumed after close and after a server restart", async () => {
+  const browser = await launchChromium();
+  try {
+    const tab = await browser.context.newPage();
+    const pageErrors = [];
+    tab.on("pageerror", (e) => pageErrors.push(e.message));
+    await tab.goto(`${web.url}/`);
+    await tab.waitForFunction(() => window.ready === true, null, { timeout: 20_000 });
+    const startSeq = await tab.evaluate(
+      ([opts, p]) => window.start(opts, p),
+      [{ baseUrl: srv.base, token: buyerToken, serverKey }, flow.payment],
+    );
+    assert.ok(startSeq >= 7);
+    const waitSeq = async (n) => {
+      try {
+        await tab.waitForFunction((n) => window.feed.seq >= n, n, { timeout: 30_000 });
+      } catch (e) {
+        const got = await tab.evaluate(() => ({ seq: window.feed.seq, updates: window.updates, errors: window.errors }));
+        throw new Error(`waiting for seq ${n}: ${e.message}\npage: ${JSON.stringify(got)}\nserver log:\n${srv.log.slice(-2000)}`);
+      }
+    };
+
+    // Live: a command sent by someone else reaches the page.
+    let v = await oneMoreEvent();
+    await waitSeq(v);
+
+    // Dropped by the client: close, two events happen, follow again: exactly those.
+    await tab.evaluate(() => window.feed.close());
+    await oneMoreEvent();
+    v = await oneMoreEvent();
+    await tab.evaluate(() => window.follow());
+    await waitSeq(v);
+
+    // Dropped by the server: restart it (same port, same database). The browser's
+    // EventSource reconnects with Last-Event-ID (or, once it gives up, the client opens
+    // a new stream after its `seq`) and gets what was appended since.
+    await srv.restart();
+    await oneMoreEvent();
+    v = await oneMoreEvent();
+    await waitSeq(v);
+
+    await new Promise((r) => setTimeout(r, 500)); // let any duplicate show up
+    const snap = await tab.evaluate(() => window.snapshot());
+    const seqs = snap.updates.map((u) => u.seq);
+    const expected = Array.from({ length: v - startSeq }, (_, i) => startSeq + 1 + i);
+    assert.deepEqual(seqs, expected, "every event once, in order");
+    assert.ok(snap.updates.every((u) => u.seq === u.version));
+    assert.equal(snap.seq, v);
+    assert.equal(snap.replayed, snap.state);
+    const mine = JSON.parse(snap.history).map((r) => ({ hash: r.hash, seq: r.event.seq }));
+    assert.deepEqual(mine, await tenantRecords());
+    assert.ok(snap.errors.every((e) => e.code === "network_error"), JSON.stringify(snap.errors));
+    assert.deepEqual(pageErrors, []);
+    await tab.evaluate(() => window.feed.close());
+  } finally {
+    await browser.close();
+  }
+});
