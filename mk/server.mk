@@ -35,3 +35,12 @@ demo-server:
 	echo "demo-server: serve it again with: cd $(DEMO_SERVER_DIR) && trustfold-server"
 
 DEMO_TARGETS += demo-server
+
+# bench-server: commands/s through the HTTP API (1 and 16 clients), the raw database
+# insert limit and command→SSE latency, on a throwaway PostgreSQL cluster (fsync on) and
+# on a SQLite file, from one run (about 1 to 2 minutes); see docs/BENCHMARKS.md.
+.PHONY: bench-server
+bench-server:
+	scripts/with-postgres.sh $(CARGO) bench -p trustfold-server --bench server
+
+BENCH_TARGETS += bench-server
