@@ -111,6 +111,16 @@ impl StateCache {
         Ok(state)
     }
 
+    /// The cached state of the payment, without looking at the store (it may be behind:
+    /// only for callers whose next step checks the version, like an append).
+    pub fn peek(&self, tenant: Uuid, stream: Uuid) -> Option<PaymentState> {
+        self.map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&stream).cloned())
+            .filter(|s| s.tenant.uuid() == tenant)
+    }
+
     /// Remembers a state (unless a newer one is cached).
     pub fn put(&self, state: PaymentState) {
         if let Ok(mut m) = self.map.lock() {

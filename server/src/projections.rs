@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use sqlx::Connection as _;
 use tokio::sync::Mutex;
 use trustfold_core::envelope::Envelope;
@@ -90,6 +92,9 @@ pub struct Projector {
     store: AnyStore,
     db: Db,
     folds: Mutex<HashMap<Uuid, PaymentState>>,
+    /// Every projection is known to be at least at this position (the lowest checkpoint
+    /// after this process's last catch-up).
+    done: AtomicU64,
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -103,6 +108,7 @@ impl Projector {
             store,
             db,
             folds: Mutex::new(HashMap::new()),
+            done: AtomicU64::new(0),
         }
     }
 
@@ -141,13 +147,31 @@ impl Projector {
             .collect())
     }
 
+    /// Makes sure every projection has applied the event at `position`: returns at once
+    /// when a catch-up (of any caller) already got there, so concurrent commands share one
+    /// catch-up instead of queueing for one each.
+    pub async fn catch_up_to(&self, position: u64) -> Result<(), LoadError> {
+        if self.done.load(Ordering::Acquire) >= position {
+            return Ok(());
+        }
+        self.catch_up_inner(Some(position)).await.map(|_| ())
+    }
+
     /// Applies every event after the checkpoints; returns how many events were read.
     pub async fn catch_up(&self) -> Result<u64, LoadError> {
+        self.catch_up_inner(None).await
+    }
+
+    async fn catch_up_inner(&self, upto: Option<u64>) -> Result<u64, LoadError> {
         let mut folds = self.folds.lock().await;
+        if upto.is_some_and(|p| self.done.load(Ordering::Acquire) >= p) {
+            return Ok(0);
+        }
         let mut total = 0u64;
         loop {
             let old = self.checkpoints().await?;
             let from = old.iter().copied().min().unwrap_or(0);
+            self.done.fetch_max(from, Ordering::AcqRel);
             let events = self.store.read_all_tenants(from, BATCH).await?;
             if events.is_empty() {
                 return Ok(total);
@@ -169,6 +193,13 @@ impl Projector {
             total += events.len() as u64;
             if !self.commit(&old, &new, coalesce(ops)).await? {
                 tracing::debug!("projection checkpoint moved by another process; reading again");
+                continue;
+            }
+            let reached = new.iter().copied().min().unwrap_or(0);
+            self.done.fetch_max(reached, Ordering::AcqRel);
+            // A short page was the end of the log when it was read.
+            if events.len() < BATCH as usize {
+                return Ok(total);
             }
         }
     }
@@ -355,6 +386,7 @@ impl Projector {
             .map_err(crate::StoreError::from)?
         });
         self.folds.lock().await.clear();
+        self.done.store(0, Ordering::Release);
         Ok(())
     }
 

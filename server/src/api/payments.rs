@@ -40,7 +40,7 @@ use super::{
 };
 use crate::cache::{fold_stream, LoadError};
 use crate::db::{now_us, on_read, on_write};
-use crate::{EventStore, NewEvent, StoreError, StoredEvent};
+use crate::{AppendResult, EventStore, NewEvent, StoreError, StoredEvent};
 
 impl From<LoadError> for ApiError {
     fn from(e: LoadError) -> Self {
@@ -240,6 +240,9 @@ struct Prepared {
     expected: Option<u64>,
     correlation: Option<Uuid>,
     created: bool,
+    /// Whether the command id comes from an `Idempotency-Key` (a retry has the same one,
+    /// so its events may already be stored); a fresh random id never does.
+    retryable: bool,
 }
 
 struct Emitted {
@@ -361,8 +364,11 @@ async fn execute(
     } else {
         StatusCode::OK
     };
-    if let Some(body) = already_applied(state, principal, tenant, p.payment, command_id).await? {
-        return Ok((ok_status, body));
+    if p.retryable {
+        if let Some(body) = already_applied(state, principal, tenant, p.payment, command_id).await?
+        {
+            return Ok((ok_status, body));
+        }
     }
     let ctx = Context {
         command_id,
@@ -370,23 +376,49 @@ async fn execute(
         now: now(),
         correlation: p.correlation,
     };
+    // First try the state cached by this process without reading the store: the append's
+    // expected-version check is the real judge. Anything that fails on the cached state
+    // (another process may have appended since) is decided again on a fresh load.
+    let mut optimistic = true;
     let mut attempt = 0;
     loop {
-        attempt += 1;
-        let current = state.cache.load(&state.store, tenant, p.payment).await?;
+        let cached = if optimistic {
+            state.cache.peek(tenant, p.payment)
+        } else {
+            None
+        };
+        let current = match cached {
+            Some(s) => Some(s),
+            None => {
+                optimistic = false;
+                attempt += 1;
+                state.cache.load(&state.store, tenant, p.payment).await?
+            }
+        };
         let version = current.as_ref().map_or(0, |s| s.version);
         if current.is_none() && !p.created {
             return Err(ApiError::unknown_payment(p.payment));
         }
         if let Some(expected) = p.expected {
             if expected != version {
+                if optimistic {
+                    optimistic = false;
+                    continue;
+                }
                 return Err(ApiError::VersionConflict {
                     expected,
                     current: version,
                 });
             }
         }
-        let decision = handle(current.as_ref(), &p.command, &ctx).map_err(ApiError::from_core)?;
+        let decision = match handle(current.as_ref(), &p.command, &ctx) {
+            Ok(d) => d,
+            Err(_) if optimistic => {
+                optimistic = false;
+                continue;
+            }
+            Err(e) => return Err(ApiError::from_core(e)),
+        };
         let emitted: Vec<Emitted> = decision
             .events
             .into_iter()
@@ -398,6 +430,10 @@ async fn execute(
             })
             .collect();
         if emitted.is_empty() {
+            if optimistic {
+                optimistic = false;
+                continue;
+            }
             return Ok((
                 ok_status,
                 command_body(principal, p.payment, &[], &decision.state),
@@ -415,13 +451,12 @@ async fn execute(
             .collect();
         match state.store.append(tenant, p.payment, version, &batch).await {
             Ok(result) => {
-                state.cache.put(decision.state.clone());
-                after_append(state, p.payment, result.new_version).await;
-                return Ok((
-                    ok_status,
-                    command_body(principal, p.payment, &emitted, &decision.state),
-                ));
+                let body = command_body(principal, p.payment, &emitted, &decision.state);
+                state.cache.put(decision.state);
+                after_append(state, p.payment, result).await;
+                return Ok((ok_status, body));
             }
+            Err(StoreError::VersionConflict { .. }) if optimistic => optimistic = false,
             Err(StoreError::VersionConflict { .. })
                 if p.expected.is_none() && attempt < CONFLICT_RETRIES => {}
             Err(StoreError::EventIdReused { .. }) => {
@@ -441,12 +476,12 @@ async fn execute(
 /// Tells this process's live streams and brings the read models up to date before the
 /// response, so a client reads its own writes. (On PostgreSQL the append itself notified
 /// the other processes, in its transaction: see `PostgresStore`.)
-async fn after_append(state: &AppState, payment: Uuid, version: u64) {
+async fn after_append(state: &AppState, payment: Uuid, result: AppendResult) {
     let _ = state.notices.send(Notice {
         stream: payment,
-        version,
+        version: result.new_version,
     });
-    if let Err(e) = state.projector.catch_up().await {
+    if let Err(e) = state.projector.catch_up_to(result.last_position).await {
         tracing::warn!(error = %e, "projection catch-up failed; it is retried in the background");
     }
 }
@@ -537,6 +572,7 @@ pub async fn send_command(
         &body,
     )?;
     let command_id = command_id_for(&principal, idem.as_ref());
+    let retryable = idem.is_some();
     let run = async {
         let req: CommandRequest = parse_json(&body)?;
         if matches!(req.command, Command::Initiate { .. }) {
@@ -559,6 +595,7 @@ pub async fn send_command(
                 expected,
                 correlation: req.correlation,
                 created: false,
+                retryable,
             },
         )
         .await
@@ -603,6 +640,7 @@ pub async fn create_payment(
     let tenant = principal.require_tenant()?;
     let idem = idempotency(&headers, &principal, "POST /v1/payments", &body)?;
     let command_id = command_id_for(&principal, idem.as_ref());
+    let retryable = idem.is_some();
     let run =
         async {
             let req: CreatePayment = parse_json(&body)?;
@@ -655,6 +693,7 @@ pub async fn create_payment(
                     expected: Some(0),
                     correlation: req.correlation,
                     created: true,
+                    retryable,
                 },
             )
             .await
