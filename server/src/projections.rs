@@ -179,10 +179,10 @@ impl Projector {
             let mut new = old.clone();
             let mut ops = Vec::new();
             for ev in &events {
-                let (env, state) = self.state_after(&mut folds, ev).await?;
+                let (env, state, changed) = self.state_after(&mut folds, ev).await?;
                 for (i, name) in PROJECTIONS.iter().enumerate() {
                     if ev.position > old[i] {
-                        project(name, ev, &env, &state, &mut ops);
+                        project(name, ev, &env, &state, changed, &mut ops);
                         new[i] = ev.position;
                     }
                 }
@@ -208,7 +208,7 @@ impl Projector {
         &self,
         folds: &mut HashMap<Uuid, PaymentState>,
         ev: &StoredEvent,
-    ) -> Result<(Envelope, PaymentState), LoadError> {
+    ) -> Result<(Envelope, PaymentState, Changed), LoadError> {
         let mut state = match folds.remove(&ev.stream_id) {
             Some(s) if s.version + 1 == ev.seq => Some(s),
             _ if ev.seq == 1 => None,
@@ -223,6 +223,9 @@ impl Projector {
                 .await?
             }
         };
+        let before = state
+            .as_ref()
+            .map(|s| (s.participants.clone(), s.ledger.balances.clone()));
         let env = apply_stored(&mut state, ev)?;
         let state = state.ok_or_else(|| LoadError::Fold {
             stream: ev.stream_id,
@@ -232,8 +235,18 @@ impl Projector {
                 reason: "no state after the event".into(),
             },
         })?;
+        let changed = match before {
+            Some((participants, balances)) => Changed {
+                participants: participants != state.participants,
+                balances: balances != state.ledger.balances,
+            },
+            None => Changed {
+                participants: true,
+                balances: true,
+            },
+        };
         folds.insert(ev.stream_id, state.clone());
-        Ok((env, state))
+        Ok((env, state, changed))
     }
 
     /// Writes the rows and moves the checkpoints in one transaction. The commit does not
@@ -474,8 +487,23 @@ fn roles_json(roles: &[trustfold_core::policy::Role]) -> String {
     serde_json::to_string(roles).unwrap_or_else(|_| "[]".into())
 }
 
+/// What an event changed besides the summary, so rows it did not change are not
+/// rewritten (most events touch neither participants nor balances).
+#[derive(Debug, Clone, Copy)]
+struct Changed {
+    participants: bool,
+    balances: bool,
+}
+
 /// The row changes one event makes in one projection.
-fn project(name: &str, ev: &StoredEvent, env: &Envelope, s: &PaymentState, ops: &mut Vec<Op>) {
+fn project(
+    name: &str,
+    ev: &StoredEvent,
+    env: &Envelope,
+    s: &PaymentState,
+    changed: Changed,
+    ops: &mut Vec<Op>,
+) {
     let payment = ev.stream_id;
     let tenant = ev.tenant_id;
     match name {
@@ -498,7 +526,7 @@ fn project(name: &str, ev: &StoredEvent, env: &Envelope, s: &PaymentState, ops: 
                 updated_at: s.updated_at.to_string(),
                 state: String::from_utf8(s.to_json()).unwrap_or_default(),
             });
-            for (party, p) in &s.participants {
+            for (party, p) in s.participants.iter().filter(|_| changed.participants) {
                 ops.push(Op::Participant {
                     payment,
                     party: party.uuid(),
@@ -542,6 +570,9 @@ fn project(name: &str, ev: &StoredEvent, env: &Envelope, s: &PaymentState, ops: 
             }
         }
         "balances" => {
+            if !changed.balances {
+                return;
+            }
             let currency = s.ledger.currency().code().to_owned();
             for (account, b) in &s.ledger.balances {
                 ops.push(Op::Balance {
