@@ -85,8 +85,27 @@ impl SqliteStore {
     /// Opens (creating if missing) the store in the SQLite file at `path`, and creates or
     /// upgrades its schema.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        // Several processes creating the same new file at once can meet SQLITE_BUSY while
+        // one of them switches it to WAL (that switch does not wait on the busy handler):
+        // try again shortly.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::open_once(path.as_ref()).await {
+                Err(StoreError::Database(sqlx::Error::Database(e)))
+                    if attempt < 20 && e.code().as_deref() == Some("5") =>
+                {
+                    tracing::debug!(error = %e, attempt, "sqlite file busy while opening; again");
+                    tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(path: &Path) -> Result<Self> {
         let base = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path.as_ref())
+            .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
@@ -105,7 +124,7 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(base.read_only(true))
             .await?;
-        tracing::info!(path = %path.as_ref().display(), "sqlite event store open");
+        tracing::info!(path = %path.display(), "sqlite event store open");
         let appender = Appender::spawn(SqliteCommitter {
             writer: writer.clone(),
         });

@@ -795,6 +795,19 @@ mod contract {
             assert_eq!((e.tenant_id, e.stream_id, e.seq), (*tenant, *stream, *seq));
             assert!(r.first_position <= e.position && e.position <= r.last_position);
         }
+        // Group commit happened: some commit (one `recorded_at` per transaction) holds
+        // events of several streams.
+        let mut streams_per_commit: HashMap<SystemTime, HashSet<Uuid>> = HashMap::new();
+        for e in &all {
+            streams_per_commit
+                .entry(e.recorded_at)
+                .or_default()
+                .insert(e.stream_id);
+        }
+        assert!(
+            streams_per_commit.values().any(|s| s.len() > 1),
+            "no two appenders ever shared a commit"
+        );
         let victim_events = s
             .read_stream(tenants[1], victim, 0, 10)
             .await
