@@ -16,21 +16,37 @@ test-server:
 
 TEST_TARGETS += test-server
 
-# demo-server: the earnest-money scenario through HTTP against a real server on the
+# demo-server: the earnest-money flow through HTTP against a real server on the
 # embedded default (a SQLite file), started in the background and stopped afterwards.
+# The flow is driven by examples/earnest-money (a Rust program using only the
+# `trustfold` SDK: ACH return, partial release, verified replica, export); the exported
+# history is then checked offline with the `trustfold` CLI, and a tampered copy of it
+# must fail at the exact event.
 DEMO_SERVER_DIR ?= target/demo-server
+DEMO_OUT_DIR ?= target/demo
 DEMO_SERVER_ADDR ?= 127.0.0.1:18080
 SERVER_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: demo-server
 demo-server:
-	$(CARGO) build --release -p trustfold-server --bin trustfold-server --example earnest_money_http
+	$(CARGO) build --release -p trustfold-server -p earnest-money -p trustfold \
+	    --bin trustfold-server --bin earnest-money --bin trustfold
 	rm -rf $(DEMO_SERVER_DIR) && mkdir -p $(DEMO_SERVER_DIR)
-	bin=$(abspath $(SERVER_TARGET_DIR))/release; \
+	@bin=$(abspath $(SERVER_TARGET_DIR))/release; \
 	( cd $(DEMO_SERVER_DIR) && TRUSTFOLD_ADMIN_TOKEN=demo-admin RUST_LOG=info \
 	    exec "$$bin/trustfold-server" --listen $(DEMO_SERVER_ADDR) ) > $(DEMO_SERVER_DIR)/server.log 2>&1 & \
 	pid=$$!; trap 'kill -TERM $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
-	TRUSTFOLD_URL=http://$(DEMO_SERVER_ADDR) TRUSTFOLD_ADMIN_TOKEN=demo-admin "$$bin/examples/earnest_money_http"; \
+	TRUSTFOLD_URL=http://$(DEMO_SERVER_ADDR) TRUSTFOLD_ADMIN_TOKEN=demo-admin \
+	    "$$bin/earnest-money" --out-dir $(DEMO_OUT_DIR); \
+	out=$(DEMO_OUT_DIR); \
+	printf '\n$$ trustfold verify %s --key %s --head %s\n' \
+	    "$$out/earnest-money.history.json" "$$out/server-key.txt" "$$out/earnest-money.history.json.head.json"; \
+	"$$bin/trustfold" verify "$$out/earnest-money.history.json" --key "$$out/server-key.txt" \
+	    --head "$$out/earnest-money.history.json.head.json" --quiet; \
+	printf '\n$$ trustfold verify %s ... (one digit changed; must fail)\n' "$$out/earnest-money.tampered.history.json"; \
+	if "$$bin/trustfold" verify "$$out/earnest-money.tampered.history.json" --key "$$out/server-key.txt" \
+	    --head "$$out/earnest-money.history.json.head.json" --quiet; then \
+	    echo "demo-server: the tampered copy verified" >&2; exit 1; fi; \
 	echo; echo "demo-server: database $(DEMO_SERVER_DIR)/trustfold.db, server log $(DEMO_SERVER_DIR)/server.log"; \
 	echo "demo-server: serve it again with: cd $(DEMO_SERVER_DIR) && trustfold-server"
 
