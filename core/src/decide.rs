@@ -91,22 +91,7 @@ impl<'c> Emitter<'c> {
         prev: crate::hash::Hash,
         stream: crate::id::PaymentId,
     ) -> Envelope {
-        Envelope {
-            prev,
-            stream,
-            seq,
-            id: EventId(derive(
-                self.ctx.command_id.uuid(),
-                "event",
-                self.events.len() as u32,
-            )),
-            schema_version: event.event_type().current_version(),
-            at: self.ctx.now,
-            actor: self.ctx.actor.clone(),
-            causation: Some(self.ctx.command_id.uuid()),
-            correlation: self.ctx.correlation,
-            event,
-        }
+        stamp(self.ctx, self.events.len() as u32, event, seq, prev, stream)
     }
 
     fn emit(&mut self, event: impl Into<Event>) -> Result<()> {
@@ -189,8 +174,7 @@ fn initiate(cmd: &Command, ctx: &Context) -> Result<Decision> {
         initiator_roles: roles.clone(),
         initiator_name: name.clone(),
     });
-    let tmp = Emitter::new_detached(ctx);
-    let env = tmp.envelope(first, 1, crate::hash::Hash::ZERO, *payment);
+    let env = stamp(ctx, 0, first, 1, crate::hash::Hash::ZERO, *payment);
     let sealed = env.seal();
     let state = start(&env, sealed.hash)?;
     let mut em = Emitter {
@@ -209,37 +193,26 @@ fn initiate(cmd: &Command, ctx: &Context) -> Result<Decision> {
     Ok(em.finish())
 }
 
-impl<'c> Emitter<'c> {
-    fn new_detached(ctx: &'c Context) -> EmitterStub<'c> {
-        EmitterStub { ctx }
-    }
-}
-
-/// Builds the first envelope before any state exists.
-struct EmitterStub<'c> {
-    ctx: &'c Context,
-}
-
-impl EmitterStub<'_> {
-    fn envelope(
-        &self,
-        event: Event,
-        seq: u64,
-        prev: crate::hash::Hash,
-        stream: crate::id::PaymentId,
-    ) -> Envelope {
-        Envelope {
-            prev,
-            stream,
-            seq,
-            id: EventId(derive(self.ctx.command_id.uuid(), "event", 0)),
-            schema_version: event.event_type().current_version(),
-            at: self.ctx.now,
-            actor: self.ctx.actor.clone(),
-            causation: Some(self.ctx.command_id.uuid()),
-            correlation: self.ctx.correlation,
-            event,
-        }
+/// Wraps the `index`-th event a command produces in its envelope.
+fn stamp(
+    ctx: &Context,
+    index: u32,
+    event: Event,
+    seq: u64,
+    prev: crate::hash::Hash,
+    stream: crate::id::PaymentId,
+) -> Envelope {
+    Envelope {
+        prev,
+        stream,
+        seq,
+        id: EventId(derive(ctx.command_id.uuid(), "event", index)),
+        schema_version: event.event_type().current_version(),
+        at: ctx.now,
+        actor: ctx.actor.clone(),
+        causation: Some(ctx.command_id.uuid()),
+        correlation: ctx.correlation,
+        event,
     }
 }
 
