@@ -29,7 +29,11 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::history::{PublicKey, SignedHead};
-use crate::id::PaymentId;
+use crate::id::{PartyId, PaymentId};
+use crate::ledger::Account;
+use crate::money::Money;
+use crate::policy::{Policy, Role};
+use crate::time::Timestamp;
 
 /// How many times a request is tried in all (connection errors and 5xx only).
 pub const ATTEMPTS: u32 = 4;
@@ -119,6 +123,173 @@ pub struct CommandResult {
     /// The payment's state after the command (the caller's view).
     #[serde(default)]
     pub state: Option<Value>,
+}
+
+/// Filters for [`Client::payments`] (all optional; unset means any).
+#[derive(Debug, Clone, Default)]
+pub struct PaymentQuery {
+    /// Only payments in this status (as the read model spells it, e.g. `"Funded"`).
+    pub status: Option<String>,
+    /// Only payments where this party holds a role.
+    pub participant: Option<PartyId>,
+    /// Only payments under this policy id.
+    pub policy: Option<String>,
+}
+
+/// The policy a payment is pinned to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PolicyRef {
+    /// The policy id.
+    pub id: String,
+    /// Its version.
+    pub version: u32,
+}
+
+/// A participant of a listed payment.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ListedParticipant {
+    /// The party.
+    pub party: PartyId,
+    /// The roles it holds.
+    pub roles: Vec<Role>,
+}
+
+/// One payment of the read model, as [`Client::payments`] lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentSummary {
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// Its pinned policy.
+    pub policy: PolicyRef,
+    /// Its status (the core's `Status`, as serialized).
+    pub status: String,
+    /// The amount it was opened for.
+    pub amount: Money,
+    /// Its version.
+    pub version: u64,
+    /// When it was opened.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// The parties holding a role, by party id.
+    pub participants: Vec<ListedParticipant>,
+}
+
+/// A page of [`Client::payments`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentsPage {
+    /// The payments, oldest first.
+    pub payments: Vec<PaymentSummary>,
+    /// More after `next`.
+    pub has_more: bool,
+    /// The cursor to continue after.
+    pub next: u64,
+}
+
+/// One ledger account's balance (amounts as decimal strings in `currency`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Balance {
+    /// The account.
+    pub account: Account,
+    /// The currency code.
+    pub currency: String,
+    /// Posted (settled) balance.
+    pub posted: String,
+    /// Pending credits.
+    pub pending_in: String,
+    /// Pending debits.
+    pub pending_out: String,
+}
+
+/// A payment's balances, per account.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Balances {
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// One entry per account, by account name.
+    pub balances: Vec<Balance>,
+}
+
+/// One notification of a party's inbox.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Notification {
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// The event's sequence number in the payment.
+    pub seq: u64,
+    /// The event's global position (the inbox cursor).
+    pub position: u64,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The roles of the party the policy notifies for this event.
+    pub roles: Vec<Role>,
+    /// When the event happened.
+    pub at: Timestamp,
+}
+
+/// A page of a party's inbox.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InboxPage {
+    /// The party.
+    pub party_id: PartyId,
+    /// The notifications, in global order.
+    pub notifications: Vec<Notification>,
+    /// More after `next`.
+    pub has_more: bool,
+    /// The cursor (global position) to continue after.
+    pub next: u64,
+}
+
+/// A participant token, as [`Client::create_token`] minted it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ParticipantToken {
+    /// The bearer token (use with [`Client::token`]).
+    pub token: String,
+    /// The payment it is bound to.
+    pub payment_id: PaymentId,
+    /// The party it acts for.
+    pub party: PartyId,
+    /// The roles it carries.
+    pub roles: Vec<Role>,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+}
+
+/// A new API key, as [`Client::rotate_api_key`] returned it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKey {
+    /// The tenant.
+    pub tenant_id: uuid::Uuid,
+    /// The secret (shown once; use with [`Client::api_key`]).
+    pub api_key: String,
+}
+
+/// A stored policy version.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoredPolicy {
+    /// The policy id.
+    pub id: String,
+    /// The version.
+    pub version: u32,
+    /// The hash of its canonical JSON (what payments pin).
+    pub hash: Hash,
+    /// The document.
+    pub policy: Policy,
+}
+
+/// What `/healthz` answered.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Health {
+    /// `"ok"`, or `"degraded"`.
+    pub status: String,
+}
+
+impl Health {
+    /// True when the server and its database answered.
+    pub fn is_ok(&self) -> bool {
+        self.status == "ok"
+    }
 }
 
 #[derive(Deserialize)]
@@ -371,6 +542,175 @@ impl Client {
         self.get_json(&format!("/v1/events?after={after}&limit={limit}"))
             .await
     }
+
+    /// `GET /healthz`: liveness and a database check (no authentication). A server
+    /// whose database is down answers 503, an [`Error::Http`].
+    pub async fn health(&self) -> Result<Health> {
+        self.get_json("/healthz").await
+    }
+
+    /// `GET /openapi.json`: the server's OpenAPI 3.1 document (no authentication).
+    pub async fn openapi(&self) -> Result<Value> {
+        self.get_json("/openapi.json").await
+    }
+
+    /// `POST /v1/api-keys`: a new API key of the caller's tenant. With
+    /// `expire_others_after`, every other key of the tenant stops working after that
+    /// overlap (whole seconds); without it, they keep working.
+    pub async fn rotate_api_key(&self, expire_others_after: Option<Duration>) -> Result<ApiKey> {
+        let body = match expire_others_after {
+            Some(d) => serde_json::json!({"expire_others_after_seconds": d.as_secs()}),
+            None => serde_json::json!({}),
+        };
+        self.post_json("/v1/api-keys", &body, None).await
+    }
+
+    /// `GET /v1/policies/{id}?version=`: a stored policy, the given version or the
+    /// latest; [`Error::NotFound`] when there is none.
+    pub async fn policy(&self, id: &str, version: Option<u32>) -> Result<StoredPolicy> {
+        let mut path = format!("/v1/policies/{}", encode(id));
+        if let Some(v) = version {
+            path.push_str(&format!("?version={v}"));
+        }
+        self.get_json(&path).await
+    }
+
+    /// `GET /v1/payments?status=&participant=&policy=&after=&limit=`: a page of the
+    /// tenant's payments (read model), oldest first. Start with `after = 0`, continue
+    /// with the page's `next` while `has_more`; [`Client::all_payments`] does that.
+    pub async fn payments(
+        &self,
+        query: &PaymentQuery,
+        after: u64,
+        limit: u32,
+    ) -> Result<PaymentsPage> {
+        let mut path = format!("/v1/payments?after={after}&limit={limit}");
+        if let Some(s) = &query.status {
+            path.push_str(&format!("&status={}", encode(s)));
+        }
+        if let Some(p) = &query.participant {
+            path.push_str(&format!("&participant={p}"));
+        }
+        if let Some(p) = &query.policy {
+            path.push_str(&format!("&policy={}", encode(p)));
+        }
+        self.get_json(&path).await
+    }
+
+    /// Every payment matching `query`: [`Client::payments`] paged to the end (500 a
+    /// page, the server's largest).
+    pub async fn all_payments(&self, query: &PaymentQuery) -> Result<Vec<PaymentSummary>> {
+        let (mut out, mut after) = (Vec::new(), 0);
+        loop {
+            let page = self.payments(query, after, 500).await?;
+            let done = !page.has_more || page.payments.is_empty();
+            out.extend(page.payments);
+            after = page.next;
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// `GET /v1/payments/{id}/balances`: the ledger balances per account (read model;
+    /// tenant keys only).
+    pub async fn balances(&self, payment: PaymentId) -> Result<Balances> {
+        self.get_json(&format!("/v1/payments/{payment}/balances"))
+            .await
+    }
+
+    /// `GET /v1/parties/{party}/inbox?after=&limit=`: the party's notifications, as
+    /// the payments' policies define them. A participant token sees only its own
+    /// party's, of its payment.
+    pub async fn inbox(&self, party: PartyId, after: u64, limit: u32) -> Result<InboxPage> {
+        self.get_json(&format!(
+            "/v1/parties/{party}/inbox?after={after}&limit={limit}"
+        ))
+        .await
+    }
+
+    /// `POST /v1/payments/{id}/tokens`: mints a short-lived participant token for
+    /// `party` (a participant of the payment) with `roles` (default: all it holds;
+    /// each must be held) valid for `ttl` (whole seconds; default 15 minutes, at most
+    /// a day). A domain refusal (`unknown_participant`, `role_not_held`,
+    /// `invalid_ttl`) is an [`Error::Rejected`].
+    pub async fn create_token(
+        &self,
+        payment: PaymentId,
+        party: PartyId,
+        roles: Option<&[Role]>,
+        ttl: Option<Duration>,
+    ) -> Result<ParticipantToken> {
+        let mut body = serde_json::json!({ "party": party });
+        if let Some(r) = roles {
+            body["roles"] = serde_json::to_value(r).map_err(|e| Error::Usage(e.to_string()))?;
+        }
+        if let Some(t) = ttl {
+            body["ttl_seconds"] = t.as_secs().into();
+        }
+        self.post_json(&format!("/v1/payments/{payment}/tokens"), &body, None)
+            .await
+    }
+
+    /// The whole history of a payment and its signed head: pages
+    /// `GET /v1/payments/{id}/events` to the end, then `GET /v1/payments/{id}/head`.
+    /// The document is written exactly as [`crate::history::write`] writes one (one
+    /// record per line, each event's bytes as received), ready for the
+    /// [`Verifier`](crate::verify::Verifier) with the head. Needs a view that can be
+    /// verified (a tenant key, or a token whose roles see everything).
+    pub async fn fetch_history(&self, payment: PaymentId) -> Result<(Vec<u8>, SignedHead)> {
+        let mut body: Vec<u8> = b"[\n".to_vec();
+        let (mut after, mut n) = (0u64, 0u64);
+        loop {
+            let page = self.events(payment, after, 1000).await?;
+            for r in &page.events {
+                if n > 0 {
+                    body.extend_from_slice(b",\n");
+                }
+                let mut hex = [0u8; 64];
+                r.hash.write_hex(&mut hex);
+                body.extend_from_slice(b"{\"hash\":\"");
+                body.extend_from_slice(&hex);
+                body.extend_from_slice(b"\",\"event\":");
+                body.extend_from_slice(r.event.get().as_bytes());
+                body.push(b'}');
+                n += 1;
+            }
+            after = page.next;
+            if !page.has_more || page.events.is_empty() {
+                break;
+            }
+        }
+        body.extend_from_slice(b"\n]\n");
+        let head = self.head(payment).await?;
+        Ok((body, head))
+    }
+
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<T> {
+        let b = self
+            .send(Method::POST, path, Some(body), idempotency_key, None)
+            .await?;
+        serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(format!("bad response: {e}")))
+    }
+}
+
+/// Percent-encodes a path segment or query value (everything but RFC 3986's
+/// unreserved characters).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Maps an error response (RFC 9457 problem details) to a typed error.
@@ -436,6 +776,12 @@ mod tests {
         assert_eq!(problem(StatusCode::NOT_FOUND, b"{}").code(), "not_found");
         assert_eq!(problem(StatusCode::FORBIDDEN, b"{}").code(), "forbidden");
         assert_eq!(problem(StatusCode::BAD_REQUEST, b"nope").code(), "http_400");
+    }
+
+    #[test]
+    fn encode_escapes_all_but_unreserved() {
+        assert_eq!(encode("earnest-money_v1.x~"), "earnest-money_v1.x~");
+        assert_eq!(encode("a b/c?d&é"), "a%20b%2Fc%3Fd%26%C3%A9");
     }
 
     #[tokio::test]

@@ -406,26 +406,10 @@ async fn fetch(
     key: Option<&str>,
 ) -> Result<ExitCode, Error> {
     let c = client(server, api_key)?;
-    let mut body: Vec<u8> = b"[\n".to_vec();
-    let (mut after, mut n) = (0u64, 0u64);
-    loop {
-        let page = c.events(payment, after, 1000).await?;
-        for r in &page.events {
-            if n > 0 {
-                body.extend_from_slice(b",\n");
-            }
-            body.extend_from_slice(format!("{{\"hash\":\"{}\",\"event\":", r.hash).as_bytes());
-            body.extend_from_slice(r.event.get().as_bytes());
-            body.push(b'}');
-            n += 1;
-        }
-        after = page.next;
-        if !page.has_more || page.events.is_empty() {
-            break;
-        }
-    }
-    body.extend_from_slice(b"\n]\n");
-    let head = c.head(payment).await?;
+    let (body, head) = c.fetch_history(payment).await?;
+    let n = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body)
+        .map_err(|e| Error::Transport(format!("bad history: {e}")))?
+        .len();
     std::fs::write(out, &body).map_err(|e| Error::Usage(format!("{}: {e}", out.display())))?;
     let head_path = PathBuf::from(format!("{}.head.json", out.display()));
     let head_json = serde_json::to_string(&head).map_err(|e| Error::Usage(e.to_string()))?;

@@ -186,3 +186,399 @@ async fn client_replica_subscription_and_fetch_against_a_real_server() {
 
     running.shutdown().await.expect("shutdown");
 }
+
+/// Polls `f` until it returns `Some` (the read models are projected just after the
+/// append that feeds them).
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_of_the_api_typed_end_to_end() {
+    use std::collections::BTreeSet;
+    use trustfold::client::PaymentQuery;
+    use trustfold::id::PartyId;
+    use trustfold::policy::Role;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let base = format!("http://{}", running.addr);
+    let anon = Client::new(&base).expect("client");
+
+    // Unauthenticated: health and the OpenAPI document, which lists no route this
+    // client lacks a call for.
+    let h = anon.health().await.expect("health");
+    assert!(h.is_ok(), "{h:?}");
+    let doc = anon.openapi().await.expect("openapi");
+    let mut routes: Vec<String> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for m in ops.as_object().expect("operations").keys() {
+            routes.push(format!("{} {path}", m.to_uppercase()));
+        }
+    }
+    routes.sort();
+    let covered = [
+        "GET /healthz",                            // health
+        "GET /openapi.json",                       // openapi
+        "GET /v1/server-key",                      // server_key
+        "POST /v1/tenants",                        // create_tenant
+        "POST /v1/api-keys",                       // rotate_api_key
+        "POST /v1/policies",                       // create_policy
+        "GET /v1/policies/{policy_id}",            // policy
+        "POST /v1/payments",                       // create_payment
+        "GET /v1/payments",                        // payments, all_payments
+        "GET /v1/payments/{payment_id}",           // payment
+        "POST /v1/payments/{payment_id}/commands", // send_command
+        "GET /v1/payments/{payment_id}/events",    // events, fetch_history
+        "GET /v1/payments/{payment_id}/head",      // head
+        "GET /v1/payments/{payment_id}/stream",    // replica::Replica::follow
+        "POST /v1/payments/{payment_id}/tokens",   // create_token
+        "GET /v1/payments/{payment_id}/balances",  // balances
+        "GET /v1/parties/{party_id}/inbox",        // inbox
+        "GET /v1/events",                          // feed
+    ];
+    let mut covered: Vec<String> = covered.iter().map(|s| s.to_string()).collect();
+    covered.sort();
+    assert_eq!(routes, covered, "every documented route has a client call");
+
+    // Tenant; policy published and read back (latest and by version).
+    let t = anon
+        .create_tenant(ADMIN, "Typed Realty")
+        .await
+        .expect("tenant");
+    let key1 = t["api_key"].as_str().expect("api key").to_string();
+    let c1 = Client::new(&base).expect("client").api_key(&key1);
+    let policy: Value =
+        serde_json::from_str(include_str!("../../examples/policies/earnest-money.json"))
+            .expect("policy");
+    let published = c1.create_policy(&policy).await.expect("publish");
+    let stored = c1.policy("earnest-money", None).await.expect("latest");
+    assert_eq!((stored.id.as_str(), stored.version), ("earnest-money", 1));
+    assert_eq!(stored.policy.id, "earnest-money");
+    assert_eq!(
+        published["hash"].as_str(),
+        Some(stored.hash.to_string().as_str())
+    );
+    let v1 = c1.policy("earnest-money", Some(1)).await.expect("v1");
+    assert_eq!(v1.hash, stored.hash);
+    let e = c1
+        .policy("earnest-money", Some(2))
+        .await
+        .expect_err("no v2");
+    assert!(matches!(e, trustfold::Error::NotFound { .. }), "{e:?}");
+    let e = c1.policy("no such/policy", None).await.expect_err("none");
+    assert_eq!(e.code(), "not_found");
+
+    // API-key rotation: the new key works, the old one too until expired.
+    let k2 = c1.rotate_api_key(None).await.expect("rotate");
+    assert_eq!(
+        k2.tenant_id.to_string(),
+        t["tenant_id"].as_str().expect("id")
+    );
+    let c2 = Client::new(&base).expect("client").api_key(&k2.api_key);
+    c2.payments(&PaymentQuery::default(), 0, 10)
+        .await
+        .expect("the rotated key works");
+    c1.payments(&PaymentQuery::default(), 0, 10)
+        .await
+        .expect("the old key still works (no expiry asked)");
+    let k3 = c2
+        .rotate_api_key(Some(Duration::ZERO))
+        .await
+        .expect("rotate, expiring the others now");
+    let c = Client::new(&base).expect("client").api_key(&k3.api_key);
+    for old in [&c1, &c2] {
+        let e = old
+            .payments(&PaymentQuery::default(), 0, 10)
+            .await
+            .expect_err("expired");
+        assert_eq!(e.code(), "unauthorized");
+    }
+    assert!(
+        c.policy("earnest-money", None).await.is_ok(),
+        "the newest works"
+    );
+    let e = anon.rotate_api_key(None).await.expect_err("no auth");
+    assert_eq!(e.code(), "unauthorized");
+
+    // A payment taken to FundsAvailable, with a lender who may see little.
+    let party = || PartyId::from_uuid(uuid::Uuid::new_v4());
+    let (agent, buyer, seller, escrow, lender) = (party(), party(), party(), party(), party());
+    let open = |desc: &str| {
+        json!({
+            "policy": "earnest-money",
+            "amount": {"amount": "5000.00", "currency": "USD"},
+            "description": desc,
+            "initiator": {"party": agent, "roles": ["listing_agent"], "name": "Lee"}
+        })
+    };
+    let p = c
+        .create_payment(&open("12 Elm St"), None)
+        .await
+        .expect("open")
+        .payment_id;
+    let as_ = |who: PartyId, role: &str| json!({"party": who, "role": role});
+    let run = |cmd: Value, actor: Value| {
+        let c = c.clone();
+        async move {
+            c.send_command(p, &cmd, Some(&actor), None, None)
+                .await
+                .unwrap_or_else(|e| panic!("{cmd}: {e:?}"))
+        }
+    };
+    for (who, role) in [
+        (buyer, "buyer"),
+        (seller, "seller"),
+        (escrow, "escrow_holder"),
+        (lender, "lender"),
+    ] {
+        run(
+            json!({"type": "Invite", "party": who, "roles": [role], "name": role}),
+            as_(agent, "listing_agent"),
+        )
+        .await;
+        run(json!({"type": "Join"}), as_(who, role)).await;
+    }
+    let (_, st) = c.payment(p).await.expect("state");
+    let terms = st["terms_hash"].clone();
+    for (who, role) in [(buyer, "buyer"), (seller, "seller")] {
+        run(
+            json!({"type": "AgreeToTerms", "terms_hash": terms}),
+            as_(who, role),
+        )
+        .await;
+    }
+    run(
+        json!({"type": "AttachFundingMethod", "method": {"rail": "wire", "institution": "First Bank", "account_last4": "4321", "holder": "Bea"}}),
+        as_(buyer, "buyer"),
+    )
+    .await;
+    run(
+        json!({"type": "SubmitFunding", "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "wire", "rail_ref": "w-1"}),
+        as_(buyer, "buyer"),
+    )
+    .await;
+    let r = run(
+        json!({"type": "RailNotice", "rail_ref": "w-1", "notice": {"kind": "settled"}}),
+        json!({"party": null, "role": "rail"}),
+    )
+    .await;
+    let version = r.version;
+
+    // Balances (tenant keys only).
+    let b = eventually("balances", || {
+        let c = c.clone();
+        async move {
+            let b = c.balances(p).await.expect("balances");
+            b.balances
+                .iter()
+                .any(|x| x.posted != "0.00" && x.posted != "0")
+                .then_some(b)
+        }
+    })
+    .await;
+    assert_eq!(b.payment_id, p);
+    assert!(b.balances.iter().all(|x| x.currency == "USD"), "{b:?}");
+    let e = c
+        .balances(PaymentId::from_uuid(uuid::Uuid::new_v4()))
+        .await
+        .expect_err("unknown payment");
+    assert_eq!(e.code(), "not_found");
+
+    // The lender's inbox: FundsAvailable, as the policy's notifications say.
+    let inbox = eventually("inbox", || {
+        let c = c.clone();
+        async move {
+            let i = c.inbox(lender, 0, 100).await.expect("inbox");
+            (!i.notifications.is_empty()).then_some(i)
+        }
+    })
+    .await;
+    assert_eq!(inbox.party_id, lender);
+    let n = &inbox.notifications[0];
+    assert_eq!((n.payment_id, n.event_type.as_str()), (p, "FundsAvailable"));
+    assert_eq!(n.roles, vec![Role::new("lender")]);
+    let rest = c.inbox(lender, inbox.next, 100).await.expect("after");
+    assert!(rest.notifications.is_empty() && !rest.has_more);
+    assert!(c
+        .inbox(party(), 0, 100)
+        .await
+        .expect("nobody's inbox")
+        .notifications
+        .is_empty());
+
+    // Participant tokens: the lender gets its redacted view.
+    let tok = c
+        .create_token(p, lender, None, Some(Duration::from_secs(120)))
+        .await
+        .expect("token");
+    assert_eq!((tok.payment_id, tok.party), (p, lender));
+    assert_eq!(tok.roles, vec![Role::new("lender")]);
+    let as_lender = Client::new(&base).expect("client").token(&tok.token);
+    let (full_v, full) = c.payment(p).await.expect("tenant view");
+    let (view_v, view) = as_lender.payment(p).await.expect("lender view");
+    assert_eq!((full_v, view_v), (Some(version), Some(version)));
+    assert!(
+        full["amount"].is_object() && full["ledger"].is_object(),
+        "{full}"
+    );
+    assert!(view["amount"].is_null(), "amounts hidden: {view}");
+    assert!(view["ledger"].is_null(), "ledger hidden: {view}");
+    assert_ne!(full, view);
+    let own = as_lender.inbox(lender, 0, 100).await.expect("own inbox");
+    assert_eq!(own.notifications.len(), 1);
+    let e = as_lender
+        .inbox(buyer, 0, 100)
+        .await
+        .expect_err("other inbox");
+    assert_eq!(e.code(), "not_found");
+    let e = as_lender.balances(p).await.expect_err("tenant only");
+    assert!(matches!(e, trustfold::Error::Auth { .. }), "{e:?}");
+    let e = as_lender
+        .payments(&PaymentQuery::default(), 0, 10)
+        .await
+        .expect_err("tenant only");
+    assert!(matches!(e, trustfold::Error::Auth { .. }), "{e:?}");
+    // Typed refusals when minting.
+    let e = c
+        .create_token(p, party(), None, None)
+        .await
+        .expect_err("not a participant");
+    assert_eq!(e.code(), "unknown_participant");
+    let e = c
+        .create_token(p, lender, Some(&[Role::new("buyer")]), None)
+        .await
+        .expect_err("role not held");
+    assert_eq!(e.code(), "role_not_held");
+    let e = c
+        .create_token(p, lender, None, Some(Duration::from_secs(3 * 86_400)))
+        .await
+        .expect_err("too long");
+    assert!(matches!(e, trustfold::Error::Rejected { .. }), "{e:?}");
+    // Roles may be narrowed to ones the party holds.
+    let bt = c
+        .create_token(p, buyer, Some(&[Role::new("buyer")]), None)
+        .await
+        .expect("buyer token");
+    assert_eq!(bt.roles, vec![Role::new("buyer")]);
+
+    // The history, as `trustfold::history::write` writes it, verified with its head.
+    let key = anon.server_key().await.expect("key");
+    let (doc, head) = c.fetch_history(p).await.expect("history");
+    assert_eq!(head.seq, version);
+    let records = trustfold::history::parse(&doc).expect("parses");
+    assert_eq!(records.len() as u64, version);
+    head.verify_against(&key, &records).expect("signed head");
+    let sealed: Vec<trustfold::envelope::SealedEvent> = records
+        .iter()
+        .map(|r| trustfold::envelope::SealedEvent {
+            hash: r.hash,
+            body: r.event.get().as_bytes().to_vec(),
+        })
+        .collect();
+    assert_eq!(trustfold::history::write(&sealed), doc, "byte for byte");
+    let file = dir.path().join("p.history.json");
+    std::fs::write(&file, &doc).expect("write");
+    let report = trustfold::verify::Verifier::new()
+        .key(key)
+        .head(head)
+        .verify_path(&file)
+        .expect("verifies offline");
+    assert_eq!(report.signed, 1);
+
+    // Listing: more payments, paged two at a time, every one exactly once.
+    let mut opened = vec![p];
+    for i in 0..6 {
+        let r = c
+            .create_payment(&open(&format!("lot {i}")), None)
+            .await
+            .expect("open");
+        opened.push(r.payment_id);
+    }
+    let all = eventually("listing", || {
+        let c = c.clone();
+        let want = opened.len();
+        async move {
+            let all = c.all_payments(&PaymentQuery::default()).await.expect("all");
+            (all.len() == want).then_some(all)
+        }
+    })
+    .await;
+    let (mut paged, mut after, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        let page = c
+            .payments(&PaymentQuery::default(), after, 2)
+            .await
+            .expect("page");
+        assert!(page.payments.len() <= 2);
+        pages += 1;
+        paged.extend(page.payments.iter().map(|s| s.payment_id));
+        after = page.next;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(pages, 4, "7 payments, 2 a page");
+    assert_eq!(paged, opened, "every payment once, oldest first");
+    assert_eq!(all.iter().map(|s| s.payment_id).collect::<Vec<_>>(), opened);
+    let first = &all[0];
+    assert_eq!(first.policy.id, "earnest-money");
+    assert_eq!(first.policy.version, 1);
+    assert_eq!(first.version, version);
+    assert_eq!(first.amount.to_string(), "5000.00 USD");
+    let parties: BTreeSet<PartyId> = first.participants.iter().map(|x| x.party).collect();
+    assert_eq!(
+        parties,
+        BTreeSet::from([agent, buyer, seller, escrow, lender])
+    );
+    // Filters: by participant, by status, by policy.
+    let only = |q: PaymentQuery| {
+        let c = c.clone();
+        async move {
+            c.all_payments(&q)
+                .await
+                .expect("filtered")
+                .into_iter()
+                .map(|s| s.payment_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_lender = only(PaymentQuery {
+        participant: Some(lender),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_lender, vec![p]);
+    let by_status = only(PaymentQuery {
+        status: Some(first.status.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_status, vec![p], "only p is {}", first.status);
+    assert_ne!(all[1].status, first.status);
+    let by_policy = only(PaymentQuery {
+        policy: Some("earnest-money".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_policy.len(), opened.len());
+    let none = only(PaymentQuery {
+        policy: Some("other policy&x=1".into()),
+        ..Default::default()
+    })
+    .await;
+    assert!(none.is_empty());
+
+    running.shutdown().await.expect("shutdown");
+}
