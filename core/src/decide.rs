@@ -827,15 +827,8 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
             if em.state.disputes.contains_key(dispute) {
                 return reject("dispute_exists", format!("dispute {dispute} exists"));
             }
-            if let Some((id, r)) = em.state.open_request() {
-                if r.status == RequestStatus::Authorized {
-                    // Not yet on a rail: pull it back so nothing leaves escrow.
-                    em.emit(RequestCancelled {
-                        request: id,
-                        reason: "dispute opened".into(),
-                    })?;
-                }
-            }
+            // Authorized but not yet on a rail: pull it back so nothing leaves escrow.
+            cancel_open_request(em, &[RequestStatus::Authorized], "dispute opened")?;
             em.emit(DisputeOpened {
                 dispute: *dispute,
                 reason: reason.clone(),
@@ -861,17 +854,11 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
             reason,
             refund_request,
         } => {
-            if let Some((id, r)) = em.state.open_request() {
-                if matches!(
-                    r.status,
-                    RequestStatus::AwaitingApprovals | RequestStatus::Authorized
-                ) {
-                    em.emit(RequestCancelled {
-                        request: id,
-                        reason: "payment cancelled".into(),
-                    })?;
-                }
-            }
+            cancel_open_request(
+                em,
+                &[RequestStatus::AwaitingApprovals, RequestStatus::Authorized],
+                "payment cancelled",
+            )?;
             let held = em.state.escrow_available();
             let in_clearing = em.state.ledger.balance(&Account::Clearing).posted;
             if in_clearing.is_positive() {
@@ -1148,6 +1135,23 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
             }
         }
     }
+}
+
+/// Cancels the open request if it is in one of `statuses` (not yet on a rail).
+fn cancel_open_request(
+    em: &mut Emitter<'_>,
+    statuses: &[RequestStatus],
+    reason: &str,
+) -> Result<()> {
+    if let Some((id, r)) = em.state.open_request() {
+        if statuses.contains(&r.status) {
+            em.emit(RequestCancelled {
+                request: id,
+                reason: reason.into(),
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// A request still waiting for approvals reserves nothing: if a return took the funds
