@@ -220,6 +220,99 @@ impl<'de> Deserialize<'de> for EmbeddedPolicy {
     }
 }
 
+/// Policies already parsed, by their bytes as embedded in `PaymentInitiated` events:
+/// see [`Envelope::from_json_cached`](crate::envelope::Envelope::from_json_cached).
+///
+/// A cache is an ordinary value owned by its caller (e.g. one per verifying thread);
+/// it only ever maps bytes to what parsing those bytes gives (the policy and the
+/// SHA-256 of the bytes), so it never changes a result. It holds at most
+/// [`PolicyCache::CAPACITY`] policies and starts over when full.
+#[derive(Clone, Default)]
+pub struct PolicyCache {
+    entries: Vec<(Box<[u8]>, EmbeddedPolicy)>,
+}
+
+impl std::fmt::Debug for PolicyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyCache")
+            .field("len", &self.entries.len())
+            .finish()
+    }
+}
+
+impl PolicyCache {
+    /// How many policies a cache holds before it starts over.
+    pub const CAPACITY: usize = 64;
+
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many policies it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The policy embedded as `raw`: from the cache, or parsed and remembered.
+    /// `None` when it does not parse (the caller then reports the parser's error).
+    fn get_or_parse(&mut self, raw: &[u8]) -> Option<EmbeddedPolicy> {
+        if let Some((_, p)) = self.entries.iter().find(|(bytes, _)| **bytes == *raw) {
+            return Some(p.clone());
+        }
+        let policy = EmbeddedPolicy {
+            policy: std::sync::Arc::new(serde_json::from_slice::<Policy>(raw).ok()?),
+            bytes_hash: Hash::of(raw),
+        };
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.clear();
+        }
+        self.entries.push((raw.into(), policy.clone()));
+        Some(policy)
+    }
+}
+
+/// [`PaymentInitiated`] with the policy's bytes borrowed, not yet parsed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitiatedRawPolicy<'a> {
+    tenant: TenantId,
+    #[serde(borrow)]
+    policy: &'a serde_json::value::RawValue,
+    policy_hash: Hash,
+    amount: Money,
+    #[serde(default)]
+    description: String,
+    initiator: PartyId,
+    initiator_roles: Vec<Role>,
+    #[serde(default)]
+    initiator_name: String,
+}
+
+/// Deserializes a [`PaymentInitiated`] payload, taking its policy from `cache`. `None`
+/// on any error: the caller then parses without the cache, which reports the error.
+pub(crate) fn initiated_cached<'de>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+    cache: &mut PolicyCache,
+) -> Option<PaymentInitiated> {
+    let e = InitiatedRawPolicy::deserialize(de).ok()?;
+    Some(PaymentInitiated {
+        tenant: e.tenant,
+        policy: cache.get_or_parse(e.policy.get().as_bytes())?,
+        policy_hash: e.policy_hash,
+        amount: e.amount,
+        description: e.description,
+        initiator: e.initiator,
+        initiator_roles: e.initiator_roles,
+        initiator_name: e.initiator_name,
+    })
+}
+
 /// See [`EventType::ParticipantInvited`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,0 +1,141 @@
+//! `Envelope::from_json` reads canonical envelopes with a byte scanner and leaves the
+//! rest to the JSON parser: both must give the same envelope, and the same error, for
+//! any input. Checked against the plain serde parse on every golden-vector event and on
+//! many damaged copies of some of them.
+
+use std::path::Path;
+
+use trustfold_core::envelope::Envelope;
+use trustfold_core::event::PolicyCache;
+use trustfold_core::Error;
+
+fn vectors() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("vectors")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".history.json"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect()
+}
+
+fn events(history: &[u8]) -> Vec<Vec<u8>> {
+    match trustfold_core::history::parse(history) {
+        Ok(records) => records
+            .iter()
+            .map(|r| r.event.get().as_bytes().to_vec())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The reference: serde over the whole envelope, as before the byte scanner.
+fn reference(bytes: &[u8]) -> Result<Envelope, String> {
+    serde_json::from_slice::<Envelope>(bytes).map_err(|e| Error::from(e).to_string())
+}
+
+fn check(bytes: &[u8], cache: &mut PolicyCache) {
+    let want = reference(bytes);
+    let got = Envelope::from_json(bytes).map_err(|e| e.to_string());
+    assert_eq!(got, want, "{}", String::from_utf8_lossy(bytes));
+    let cached = Envelope::from_json_cached(bytes, cache).map_err(|e| e.to_string());
+    assert_eq!(cached, want, "{}", String::from_utf8_lossy(bytes));
+}
+
+#[test]
+fn every_vector_event_parses_as_the_json_parser_does() {
+    let mut cache = PolicyCache::new();
+    let mut n = 0;
+    for h in vectors() {
+        for e in events(&h) {
+            check(&e, &mut cache);
+            // Twice: the second time the policy comes from the cache.
+            check(&e, &mut cache);
+            n += 1;
+        }
+    }
+    assert!(n > 500, "{n} events");
+    assert!(!cache.is_empty() && cache.len() <= PolicyCache::CAPACITY);
+}
+
+#[test]
+fn damaged_envelopes_fail_as_the_json_parser_says() {
+    let mut cache = PolicyCache::new();
+    let mut samples = Vec::new();
+    for (i, h) in vectors().iter().enumerate() {
+        let evs = events(h);
+        // The first event (with the policy) and one other of a few vectors, and every
+        // event of the upcast vector.
+        if i % 9 == 0 {
+            samples.extend(evs.iter().take(2).cloned());
+        }
+        if String::from_utf8_lossy(h).contains("\"type\":\"ParticipantInvited\",\"v\":1") {
+            samples.extend(evs.iter().take(3).cloned());
+        }
+    }
+    assert!(samples.len() >= 8);
+    let replacements: &[&[u8]] = &[
+        b"",
+        b" ",
+        b"\"",
+        b"\\",
+        b"0",
+        b"x",
+        b"}",
+        b"\\u0041",
+        b"\xc3\xa9",
+    ];
+    for e in &samples {
+        for at in 0..e.len() {
+            // A short event is damaged everywhere; a long one in its envelope and the
+            // start and end of its payload.
+            if e.len() > 600 && at > 400 && at < e.len() - 100 {
+                continue;
+            }
+            for r in replacements {
+                let mut m = e[..at].to_vec();
+                m.extend_from_slice(r);
+                m.extend_from_slice(&e[at + 1..]);
+                check(&m, &mut cache);
+            }
+            let mut m = e.clone();
+            m.insert(at, b' ');
+            check(&m, &mut cache);
+        }
+    }
+    // Trailing bytes, numbers out of range, signs and fractions.
+    let e = &samples[0];
+    let text = String::from_utf8(e.clone()).expect("utf8");
+    for (from, to) in [
+        ("\"seq\":1,", "\"seq\":01,"),
+        ("\"seq\":1,", "\"seq\":-1,"),
+        ("\"seq\":1,", "\"seq\":1.0,"),
+        ("\"seq\":1,", "\"seq\":18446744073709551616,"),
+        ("\"seq\":1,", "\"seq\":18446744073709551615,"),
+        ("\"v\":1,", "\"v\":65537,"),
+        ("\"v\":1,", "\"v\":7,"),
+        ("\"correlation\":null", "\"correlation\":\"not a uuid\""),
+        (
+            "\"correlation\":null",
+            "\"correlation\":\"a66e4bee-4203-847f-9ec0-529c88837719\"",
+        ),
+        (
+            "\"correlation\":null",
+            "\"correlation\":\"a66e4bee4203847f9ec0529c88837719\"",
+        ),
+        ("\"at\":\"", "\"at\":\"x"),
+    ] {
+        let m = text.replacen(from, to, 1);
+        check(m.as_bytes(), &mut cache);
+    }
+    for tail in [&b"\n"[..], b" ", b"x", b"}", b"{}"] {
+        let mut m = e.clone();
+        m.extend_from_slice(tail);
+        check(&m, &mut cache);
+    }
+}
