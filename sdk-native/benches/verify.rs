@@ -73,8 +73,10 @@ fn bench(bin: &str, dir: &Path, n: u64) -> (u64, u64, f64, u64, u64) {
     let runs: Vec<Run> = (0..3).map(|_| run(bin, &events, &heads)).collect();
     let best = runs.iter().map(|r| r.secs).fold(f64::INFINITY, f64::min);
     let rss = runs.iter().map(|r| r.rss_kib).max().unwrap_or(0);
-    let _ = std::fs::remove_file(&events);
-    let _ = std::fs::remove_file(&heads);
+    if std::env::var_os("TRUSTFOLD_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_file(&events);
+        let _ = std::fs::remove_file(&heads);
+    }
     (payments, written, best, rss, bytes)
 }
 
@@ -86,7 +88,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 20_000 } else { 1_000_000 });
     let bin = env!("CARGO_BIN_EXE_trustfold");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // TRUSTFOLD_BENCH_KEEP=DIR writes the exports there and keeps them (to profile).
+    let keep = std::env::var_os("TRUSTFOLD_BENCH_KEEP").map(std::path::PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(tmp.path());
     println!(
         "trustfold verify (export + heads, {} cores)",
         std::thread::available_parallelism()
@@ -96,7 +101,7 @@ fn main() {
     println!("| events | payments | file | wall (best of 3) | events/s | MB/s | peak RSS |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for size in [n / 4, n] {
-        let (payments, events, secs, rss, bytes) = bench(bin, dir.path(), size);
+        let (payments, events, secs, rss, bytes) = bench(bin, dir, size);
         println!(
             "| {events} | {payments} | {:.0} MB | {secs:.2} s | {:.0} | {:.0} | {:.1} MiB |",
             bytes as f64 / 1e6,

@@ -24,10 +24,13 @@
 //!
 //! # How it runs
 //!
-//! Two threads: one reads the file in 1 MiB chunks, splits lines, hashes each event
-//! and checks the chain and the signed heads; the calling thread parses the events and
-//! folds them with the core. Only the current payment's state is kept: a bounded queue
-//! of chunks sits between the two, so memory does not grow with the file.
+//! One thread reads the file in 1 MiB chunks, splits lines, hashes each event and
+//! checks the chain and the signed heads (batch-verified); payments go round-robin to
+//! folding threads (one per core, at least two) that parse the events and fold them
+//! with the core, each parsing a policy embedded in many payments only once (a
+//! [`PolicyCache`]); the calling thread takes the results back in file order. Only the
+//! current payment's state is kept per folding thread, and bounded queues of chunks sit
+//! between the threads, so memory does not grow with the file.
 //!
 //! Within one payment the order of checks is the core's: a broken chain is reported
 //! before a bad signed head, which is reported before an event that does not fold, even
@@ -57,6 +60,7 @@ use uuid::Uuid;
 
 use crate::envelope::Envelope;
 use crate::error::{Broken, Error, Result};
+use crate::event::PolicyCache;
 use crate::fold;
 use crate::hash::Hash;
 use crate::history::{self, PublicKey, SignedHead};
@@ -556,6 +560,9 @@ struct Group {
     stream: Option<PaymentId>,
     count: u64,
     prev: Hash,
+    /// `prev` as 64 hex digits, when known as written (so the next event's `prev` is
+    /// compared as text, without decoding it).
+    prev_hex: Option<[u8; 64]>,
     head: Option<SignedHead>,
     /// The head's signature is already known to verify.
     head_ok: bool,
@@ -570,6 +577,7 @@ impl Group {
             stream,
             count: 0,
             prev: Hash::ZERO,
+            prev_hex: Some([b'0'; 64]),
             head: None,
             head_ok: false,
             head_err: None,
@@ -748,7 +756,7 @@ impl Scanner {
                         array = ArrayState::AfterLast;
                     }
                 }
-                let Some((hash, es, ee)) = record(line) else {
+                let Some((hash, hex, es, ee)) = record(line) else {
                     if self.layout == Layout::History {
                         rt.outcome(Item::Fallback);
                     } else {
@@ -848,7 +856,7 @@ impl Scanner {
                 }
                 g.count += 1;
                 let seq = g.count;
-                if let Some(err) = chain_step(g, hash, event) {
+                if let Some(err) = chain_step(g, hash, hex, event) {
                     let g = group.take();
                     if let Some(g) = g {
                         let mut end = self.finish(g);
@@ -1032,8 +1040,14 @@ fn removed_payment(h: &SignedHead) -> Broken {
     }
 }
 
-/// One step of the hash chain, with the core's messages.
-fn chain_step(g: &mut Group, recorded: Hash, event: &[u8]) -> Option<CoreError> {
+/// One step of the hash chain, with the core's messages. `recorded_hex` is the record's
+/// hash as written, when the record was read by the fast path.
+fn chain_step(
+    g: &mut Group,
+    recorded: Hash,
+    recorded_hex: Option<[u8; 64]>,
+    event: &[u8],
+) -> Option<CoreError> {
     let seq = g.count;
     let actual = Hash::of(event);
     if actual != recorded {
@@ -1044,13 +1058,24 @@ fn chain_step(g: &mut Group, recorded: Hash, event: &[u8]) -> Option<CoreError> 
             ),
         });
     }
-    let claimed = match prev_of(event) {
-        Ok(p) => p,
-        Err(e) => {
-            return Some(CoreError::ChainBroken {
-                seq,
-                reason: format!("cannot read prev: {e}"),
-            })
+    // The same digits as the previous record's hash decode to the same hash.
+    let same_text = g.prev_hex.is_some_and(|hex| {
+        event.len() > PREV.len() + 65
+            && event.starts_with(PREV)
+            && event[PREV.len()..PREV.len() + 64] == hex
+            && event[PREV.len() + 64] == b'"'
+    });
+    let claimed = if same_text {
+        g.prev
+    } else {
+        match prev_of(event) {
+            Ok(p) => p,
+            Err(e) => {
+                return Some(CoreError::ChainBroken {
+                    seq,
+                    reason: format!("cannot read prev: {e}"),
+                })
+            }
         }
     };
     if claimed != g.prev {
@@ -1067,6 +1092,7 @@ fn chain_step(g: &mut Group, recorded: Hash, event: &[u8]) -> Option<CoreError> 
         });
     }
     g.prev = recorded;
+    g.prev_hex = recorded_hex;
     None
 }
 
@@ -1108,9 +1134,10 @@ fn stream_of(event: &[u8]) -> Option<PaymentId> {
 const REC: &[u8] = b"{\"hash\":\"";
 const EV: &[u8] = b"\",\"event\":";
 
-/// Splits a record line into its hash and the event's byte range (relative to the
-/// line). The fast path reads trustfold's own layout; anything else goes through serde.
-fn record(line: &[u8]) -> Option<(Hash, usize, usize)> {
+/// Splits a record line into its hash (and its hex digits, on the fast path) and the
+/// event's byte range (relative to the line). The fast path reads trustfold's own
+/// layout; anything else goes through serde.
+fn record(line: &[u8]) -> Option<(Hash, Option<[u8; 64]>, usize, usize)> {
     let ev = REC.len() + 64 + EV.len();
     if line.len() > ev + 2
         && line.starts_with(REC)
@@ -1118,13 +1145,14 @@ fn record(line: &[u8]) -> Option<(Hash, usize, usize)> {
         && line[ev] == b'{'
         && line.ends_with(b"}}")
     {
-        let hash = Hash::from_hex(&line[REC.len()..REC.len() + 64])?;
-        return Some((hash, ev, line.len() - 1));
+        let hex: [u8; 64] = line[REC.len()..REC.len() + 64].try_into().ok()?;
+        let hash = Hash::from_hex(&hex)?;
+        return Some((hash, Some(hex), ev, line.len() - 1));
     }
     let r: history::RawRecord<'_> = serde_json::from_slice(line).ok()?;
     let raw: &str = r.event.get();
     let start = (raw.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
-    (start + raw.len() <= line.len()).then_some((r.hash, start, start + raw.len()))
+    (start + raw.len() <= line.len()).then_some((r.hash, None, start, start + raw.len()))
 }
 
 fn trim_range(buf: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
@@ -1206,6 +1234,8 @@ fn fold_batches(
     let mut state: Option<PaymentState> = None;
     let mut fold_err: Option<(CoreError, u64)> = None;
     let mut seq = 0u64;
+    // Exports repeat a few policies over many payments: parse each once per thread.
+    let mut policies = PolicyCache::new();
     for batch in rx {
         for item in &batch.items {
             let outcome = match item {
@@ -1221,7 +1251,7 @@ fn fold_batches(
                         continue;
                     }
                     let bytes = &batch.buf[r.start..r.end];
-                    let step = Envelope::from_json(bytes)
+                    let step = Envelope::from_json_cached(bytes, &mut policies)
                         .map_err(|e| match e {
                             CoreError::InvalidHistory { .. } => e,
                             other => CoreError::InvalidHistory {
