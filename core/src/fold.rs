@@ -873,8 +873,21 @@ fn fold_records(records: &[RawRecord<'_>], at: Option<u64>) -> Result<PaymentSta
 }
 
 /// Folds a history without verifying its hash chain (for trusted local stores).
-/// Parses each envelope straight into typed structs in one pass.
+///
+/// A history in trustfold's own layout (one record per line, canonical envelopes) is
+/// split by the line scanner and each envelope read by [`Envelope::from_json`];
+/// anything else, or any parse error, goes through one typed pass of the JSON parser
+/// over the whole document, which reports the error.
 pub fn replay_unverified(history_json: &[u8]) -> Result<PaymentState> {
+    let fast = history::parse(history_json).ok().and_then(|records| {
+        records
+            .iter()
+            .map(|r| Some((Envelope::from_json(r.event.get().as_bytes()).ok()?, r.hash)))
+            .collect::<Option<Vec<_>>>()
+    });
+    if let Some(envelopes) = fast {
+        return fold(envelopes.iter().map(|(e, h)| (e, *h)));
+    }
     #[derive(serde::Deserialize)]
     struct Rec {
         hash: Hash,
