@@ -295,6 +295,46 @@ fn export_verifies_and_tampering_fails_at_the_right_event() {
 }
 
 #[test]
+fn a_bad_heads_line_fails_when_its_block_of_heads_is_reached() {
+    // Heads are read in blocks of 128 lines: a malformed line fails its block, which is
+    // reported when the verifier reaches the first payment of that block (however far
+    // ahead the heads are read), so an earlier broken payment is reported first.
+    let x = export(4000);
+    let all = lines(&x.events);
+    let heads = lines(&x.heads);
+    assert!(heads.len() > 150, "{} heads", heads.len());
+    let third: Value = serde_json::from_str(&heads[2]).expect("head");
+    let third = third["stream"].as_str().expect("stream").to_string();
+    let target = all.iter().position(|l| l.contains(&third)).expect("third") + 1;
+    let mut t = all.clone();
+    t[target] = t[target].replacen("\"at\":\"2026", "\"at\":\"2027", 1);
+    std::fs::write(&x.events, t.join("\n") + "\n").expect("write");
+    let mut h = heads.clone();
+    h[149] = "{\"stream\":".into();
+    std::fs::write(&x.heads, h.join("\n") + "\n").expect("write");
+    let v = json_out(&verify_export(&x.events, &x.heads));
+    assert_eq!(v["code"], "chain_broken", "{v}");
+    assert_eq!(v["stream"], third.as_str());
+    assert_eq!(v["line"], target + 1);
+
+    // In the first block: reported at the first payment, before the broken one.
+    let mut h = heads.clone();
+    h[49] = "{\"stream\":".into();
+    std::fs::write(&x.heads, h.join("\n") + "\n").expect("write");
+    let v = json_out(&verify_export(&x.events, &x.heads));
+    assert_eq!(v["code"], "malformed_json", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .expect("msg")
+            .contains("line 50: not a signed head"),
+        "{v}"
+    );
+    let first: Value = serde_json::from_str(&heads[0]).expect("head");
+    assert_eq!(v["stream"], first["stream"]);
+}
+
+#[test]
 fn replay_one_payment_of_an_export() {
     let x = export(500);
     let all = lines(&x.events);
