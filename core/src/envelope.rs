@@ -123,7 +123,7 @@ impl Envelope {
     /// an old schema version, an error) is parsed by the full JSON parser, so the result
     /// and every error are the same either way.
     pub fn from_json(bytes: &[u8]) -> Result<Envelope> {
-        if let Some(env) = canonical::parse(bytes, None) {
+        if let Some(env) = canonical::parse(bytes, |ty, de| Event::deserialize_data(ty, de).ok()) {
             return Ok(env);
         }
         serde_json::from_slice(bytes).map_err(Error::from)
@@ -149,7 +149,13 @@ impl Envelope {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_json_cached(bytes: &[u8], cache: &mut PolicyCache) -> Result<Envelope> {
-        if let Some(env) = canonical::parse(bytes, Some(cache)) {
+        let data = |ty, de: &mut canonical::Data<'_>| match ty {
+            EventType::PaymentInitiated => {
+                crate::event::initiated_cached(de, cache).map(Event::PaymentInitiated)
+            }
+            _ => Event::deserialize_data(ty, de).ok(),
+        };
+        if let Some(env) = canonical::parse(bytes, data) {
             return Ok(env);
         }
         serde_json::from_slice(bytes).map_err(Error::from)
@@ -161,7 +167,7 @@ mod canonical {
     use uuid::Uuid;
 
     use super::{Actor, Envelope};
-    use crate::event::{Event, EventType, PolicyCache};
+    use crate::event::{Event, EventType};
     use crate::hash::Hash;
     use crate::id::{EventId, PartyId, PaymentId};
     use crate::policy::Role;
@@ -230,9 +236,15 @@ mod canonical {
         }
     }
 
+    /// The JSON parser over an envelope's `data`.
+    pub(super) type Data<'a> = serde_json::Deserializer<serde_json::de::SliceRead<'a>>;
+
     /// `None` unless `b` is an envelope in the canonical layout with a current-version
-    /// payload that parses; the caller then runs the full parser.
-    pub(super) fn parse(b: &[u8], cache: Option<&mut PolicyCache>) -> Option<Envelope> {
+    /// payload that `data` parses; the caller then runs the full parser.
+    pub(super) fn parse<'a>(
+        b: &'a [u8],
+        data: impl FnOnce(EventType, &mut Data<'a>) -> Option<Event>,
+    ) -> Option<Envelope> {
         let mut c = Cursor { b, i: 0 };
         c.lit(b"{\"prev\":\"")?;
         let prev = Hash::from_hex(c.take(64)?)?;
@@ -261,17 +273,12 @@ mod canonical {
         let correlation = c.opt_uuid()?;
         c.lit(b",\"data\":")?;
         // The payload runs to the envelope's closing brace, the last byte.
-        let data = b.get(c.i..b.len().checked_sub(1)?)?;
+        let payload = b.get(c.i..b.len().checked_sub(1)?)?;
         if b.last() != Some(&b'}') {
             return None;
         }
-        let mut de = serde_json::Deserializer::from_slice(data);
-        let event = match (ty, cache) {
-            (EventType::PaymentInitiated, Some(cache)) => {
-                Event::PaymentInitiated(crate::event::initiated_cached(&mut de, cache)?)
-            }
-            _ => Event::deserialize_data(ty, &mut de).ok()?,
-        };
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let event = data(ty, &mut de)?;
         de.end().ok()?;
         Some(Envelope {
             prev,
