@@ -140,6 +140,7 @@ events! {
 }
 
 /// See [`EventType::PaymentInitiated`].
+// `InitiatedRawPolicy` below mirrors these fields: keep the two in step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentInitiated {
@@ -277,7 +278,8 @@ impl PolicyCache {
     }
 }
 
-/// [`PaymentInitiated`] with the policy's bytes borrowed, not yet parsed.
+/// [`PaymentInitiated`] with the policy's bytes borrowed, not yet parsed (the same
+/// fields, defaults and checks; `core/tests/canonical_parse.rs` compares the two).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InitiatedRawPolicy<'a> {

@@ -1,12 +1,11 @@
 //! The offline verifier: checks a history file, or a whole multi-payment export, with
 //! memory that stays flat however long the file is.
 //!
-//! It checks everything [`fold::verify_and_replay`](crate::fold::verify_and_replay)
-//! checks, and reports the same error (code and message) for the same input: every
-//! event's bytes hash to its recorded hash, every `prev` is the previous event's hash
-//! (all zeros first), the server's signed head verifies against the pinned key and
-//! matches the event at its sequence number, and the events fold into a valid state
-//! with the core. On failure, [`Error::Broken`] says which payment, which event
+//! It checks everything [`fold::verify_and_replay`] checks, and reports the same error
+//! (code and message) for the same input: every event's bytes hash to its recorded
+//! hash, every `prev` is the previous event's hash (all zeros first), the server's
+//! signed head verifies against the pinned key and matches the event at its sequence
+//! number, and the events fold into a valid state with the core. On failure, [`Error::Broken`] says which payment, which event
 //! (sequence number) and which line of the file.
 //!
 //! # Layouts
@@ -25,12 +24,13 @@
 //! # How it runs
 //!
 //! One thread reads the file in 1 MiB chunks, splits lines, hashes each event and
-//! checks the chain and the signed heads (batch-verified); payments go round-robin to
+//! checks the chain and each payment's signed head; for an export, another thread reads
+//! the heads file ahead and batch-verifies the signatures. Payments go round-robin to
 //! folding threads (one per core, at least two) that parse the events and fold them
 //! with the core, each parsing a policy embedded in many payments only once (a
 //! [`PolicyCache`]); the calling thread takes the results back in file order. Only the
-//! current payment's state is kept per folding thread, and bounded queues of chunks sit
-//! between the threads, so memory does not grow with the file.
+//! current payment's state is kept per folding thread, and bounded queues sit between
+//! the threads, so memory does not grow with the file.
 //!
 //! Within one payment the order of checks is the core's: a broken chain is reported
 //! before a bad signed head, which is reported before an event that does not fold, even
