@@ -154,6 +154,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         secret: Arc::new(secret),
         public_key,
         token_key: TokenKey::derive(&secret),
+        api_keys: Arc::default(),
         cache: Arc::new(StateCache::default()),
         notices: notices.clone(),
         projector: projector.clone(),
@@ -205,6 +206,10 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// How long the background projector lets appends gather after a notice before it
+/// applies them.
+const PROJECTION_DELAY: Duration = Duration::from_millis(5);
+
 fn spawn_background(
     db: Db,
     projector: Arc<Projector>,
@@ -222,7 +227,13 @@ fn spawn_background(
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = rx.recv() => {}
+                    _ = rx.recv() => {
+                        // Let the appends of the next moments join this catch-up: one
+                        // projection transaction for many commands. (A read of a read
+                        // model does not wait for this: it catches up itself.)
+                        tokio::time::sleep(PROJECTION_DELAY).await;
+                        while rx.try_recv().is_ok() {}
+                    }
                     _ = tokio::time::sleep(every) => {}
                     _ = shutdown.changed() => return,
                 }

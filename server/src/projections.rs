@@ -57,7 +57,8 @@ enum Op {
         created_position: Option<i64>,
         created_at: String,
         updated_at: String,
-        state: String,
+        /// Serialized at commit time, once per payment and batch (after [`coalesce`]).
+        state: Box<PaymentState>,
     },
     Participant {
         payment: Uuid,
@@ -95,6 +96,9 @@ pub struct Projector {
     /// Every projection is known to be at least at this position (the lowest checkpoint
     /// after this process's last catch-up).
     done: AtomicU64,
+    /// The last position this process appended (or was told of): reads of the read models
+    /// wait until the projections reach it, so a client reads its own writes.
+    appended: AtomicU64,
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -109,6 +113,7 @@ impl Projector {
             db,
             folds: Mutex::new(HashMap::new()),
             done: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
         }
     }
 
@@ -155,6 +160,21 @@ impl Projector {
             return Ok(());
         }
         self.catch_up_inner(Some(position)).await.map(|_| ())
+    }
+
+    /// Records that this process appended events up to `position`. Commands do not wait
+    /// for the projections (the background projector, woken by the append's notice,
+    /// applies them); reads of the read models call [`Projector::read_own_writes`] first.
+    pub fn appended(&self, position: u64) {
+        self.appended.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// Read-your-writes for the read models: returns once every projection has applied
+    /// every event this process appended so far (at once when the background projector
+    /// already got there, which is the usual case; otherwise this call catches up).
+    pub async fn read_own_writes(&self) -> Result<(), LoadError> {
+        self.catch_up_to(self.appended.load(Ordering::Acquire))
+            .await
     }
 
     /// Applies every event after the checkpoints; returns how many events were read.
@@ -249,12 +269,15 @@ impl Projector {
         Ok((env, state, changed))
     }
 
-    /// Writes the rows and moves the checkpoints in one transaction. The commit does not
-    /// wait for its own fsync (`synchronous_commit = off` on PostgreSQL, `synchronous =
-    /// NORMAL` on SQLite): read models are derived data, rows and checkpoint still commit
+    /// Writes the rows and moves the checkpoints in one transaction. On PostgreSQL the
+    /// commit does not wait for its own fsync (`synchronous_commit = off`, for this
+    /// transaction only): read models are derived data, rows and checkpoint still commit
     /// atomically, and a crash can only lose the last projection commits, which the next
-    /// catch-up replays from the older checkpoint. The events themselves are always
-    /// durable before anyone is told about them.
+    /// catch-up replays from the older checkpoint. On SQLite the writer connection stays
+    /// at `synchronous = FULL` (a per-connection setting: lowering it here would risk an
+    /// append committing with it lowered); the background projector batches, so its
+    /// fsyncs are few. The events themselves are always durable before anyone is told
+    /// about them.
     async fn commit(&self, old: &[u64], new: &[u64], ops: Vec<Op>) -> Result<bool, LoadError> {
         let begin = if self.db.is_postgres() {
             "BEGIN"
@@ -265,11 +288,6 @@ impl Projector {
         let ok = on_write!(&self.db, pool => {
             async {
                 let mut conn = pool.acquire().await?;
-                if !postgres {
-                    // Not durable on its own: see above. The event store sets FULL
-                    // again before every append on this connection.
-                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                }
                 let done = async {
                 let mut tx = conn.begin_with(begin).await?;
                 if postgres {
@@ -293,74 +311,80 @@ impl Projector {
                         return Ok::<bool, sqlx::Error>(false);
                     }
                 }
-                for op in &ops {
-                    match op {
-                        Op::Summary {
-                            payment, tenant, policy_id, policy_version, status, amount,
-                            currency, version, created_position, created_at, updated_at, state,
-                        } => {
-                            sqlx::query(
-                                "INSERT INTO payment_summary (payment_id, tenant_id, policy_id, \
-                                 policy_version, status, amount, currency, version, \
-                                 created_position, created_at, updated_at, state) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                                 ON CONFLICT (payment_id) DO UPDATE SET status = excluded.status, \
-                                 amount = excluded.amount, currency = excluded.currency, \
-                                 version = excluded.version, updated_at = excluded.updated_at, \
-                                 state = excluded.state",
-                            )
-                            .bind(payment).bind(tenant).bind(policy_id).bind(policy_version)
-                            .bind(status).bind(amount).bind(currency).bind(version)
-                            .bind(created_position.unwrap_or(0)).bind(created_at).bind(updated_at).bind(state)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        Op::Participant { payment, party, tenant, roles } => {
-                            sqlx::query(
-                                "INSERT INTO payment_participants (payment_id, party_id, \
-                                 tenant_id, roles) VALUES ($1, $2, $3, $4) ON CONFLICT \
-                                 (payment_id, party_id) DO UPDATE SET roles = excluded.roles",
-                            )
-                            .bind(payment).bind(party).bind(tenant).bind(roles)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        Op::Inbox { tenant, party, payment, seq, position, event_type, roles, at } => {
-                            sqlx::query(
-                                "INSERT INTO inbox (tenant_id, party_id, payment_id, seq, \
-                                 position, event_type, roles, at) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                            )
-                            .bind(tenant).bind(party).bind(payment).bind(seq).bind(position)
-                            .bind(event_type).bind(roles).bind(at)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        Op::Balance {
-                            payment, account, tenant, currency, posted, pending_in, pending_out,
-                        } => {
-                            sqlx::query(
-                                "INSERT INTO balances (payment_id, account, tenant_id, currency, \
-                                 posted, pending_in, pending_out) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT \
-                                 (payment_id, account) DO UPDATE SET posted = excluded.posted, \
-                                 pending_in = excluded.pending_in, \
-                                 pending_out = excluded.pending_out",
-                            )
-                            .bind(payment).bind(account).bind(tenant).bind(currency)
-                            .bind(posted).bind(pending_in).bind(pending_out)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
+                // One multi-row statement per table and chunk: each statement is a round
+                // trip (or, on SQLite, a hand-off to the connection thread) made while
+                // the single writer is held.
+                let rows = Rows::of(ops);
+                for chunk in rows.summaries.chunks(CHUNK) {
+                    let sql = multi_row(
+                        "INSERT INTO payment_summary (payment_id, tenant_id, policy_id, \
+                         policy_version, status, amount, currency, version, created_position, \
+                         created_at, updated_at, state)",
+                        12,
+                        chunk.len(),
+                        " ON CONFLICT (payment_id) DO UPDATE SET status = excluded.status, \
+                         amount = excluded.amount, currency = excluded.currency, \
+                         version = excluded.version, updated_at = excluded.updated_at, \
+                         state = excluded.state",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for r in chunk {
+                        q = q.bind(r.payment).bind(r.tenant).bind(&r.policy_id)
+                            .bind(r.policy_version).bind(&r.status).bind(&r.amount)
+                            .bind(&r.currency).bind(r.version).bind(r.created_position)
+                            .bind(&r.created_at).bind(&r.updated_at).bind(&r.state);
                     }
+                    q.execute(&mut *tx).await?;
+                }
+                for chunk in rows.participants.chunks(CHUNK) {
+                    let sql = multi_row(
+                        "INSERT INTO payment_participants (payment_id, party_id, tenant_id, roles)",
+                        4,
+                        chunk.len(),
+                        " ON CONFLICT (payment_id, party_id) DO UPDATE SET roles = excluded.roles",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (payment, party, tenant, roles) in chunk {
+                        q = q.bind(payment).bind(party).bind(tenant).bind(roles);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+                for chunk in rows.inbox.chunks(CHUNK) {
+                    let sql = multi_row(
+                        "INSERT INTO inbox (tenant_id, party_id, payment_id, seq, position, \
+                         event_type, roles, at)",
+                        8,
+                        chunk.len(),
+                        " ON CONFLICT DO NOTHING",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for r in chunk {
+                        q = q.bind(r.tenant).bind(r.party).bind(r.payment).bind(r.seq)
+                            .bind(r.position).bind(&r.event_type).bind(&r.roles).bind(&r.at);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+                for chunk in rows.balances.chunks(CHUNK) {
+                    let sql = multi_row(
+                        "INSERT INTO balances (payment_id, account, tenant_id, currency, posted, \
+                         pending_in, pending_out)",
+                        7,
+                        chunk.len(),
+                        " ON CONFLICT (payment_id, account) DO UPDATE SET \
+                         posted = excluded.posted, pending_in = excluded.pending_in, \
+                         pending_out = excluded.pending_out",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for r in chunk {
+                        q = q.bind(r.payment).bind(&r.account).bind(r.tenant).bind(&r.currency)
+                            .bind(&r.posted).bind(&r.pending_in).bind(&r.pending_out);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(true)
                 }
                 .await;
-                if !postgres {
-                    sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
-                }
                 done
             }
             .await
@@ -448,6 +472,163 @@ impl Projector {
     }
 }
 
+/// Rows per multi-row statement (at most 12 parameters each: well under both engines'
+/// limits on bound parameters).
+const CHUNK: usize = 200;
+
+/// `INSERT … VALUES ($1, …), (…), …` with `rows` tuples of `cols` numbered parameters,
+/// then `tail`.
+fn multi_row(head: &str, cols: usize, rows: usize, tail: &str) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * cols * 5 + 8);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", r * cols + c + 1);
+        }
+        sql.push(')');
+    }
+    sql.push_str(tail);
+    sql
+}
+
+/// A summary row with its state serialized.
+struct SummaryRow {
+    payment: Uuid,
+    tenant: Uuid,
+    policy_id: String,
+    policy_version: i64,
+    status: String,
+    amount: String,
+    currency: String,
+    version: i64,
+    created_position: i64,
+    created_at: String,
+    updated_at: String,
+    state: String,
+}
+
+/// An inbox row.
+struct InboxRow {
+    tenant: Uuid,
+    party: Uuid,
+    payment: Uuid,
+    seq: i64,
+    position: i64,
+    event_type: String,
+    roles: String,
+    at: String,
+}
+
+/// A balance row.
+struct BalanceRow {
+    payment: Uuid,
+    account: String,
+    tenant: Uuid,
+    currency: String,
+    posted: String,
+    pending_in: String,
+    pending_out: String,
+}
+
+/// The coalesced row changes of one commit, by table.
+#[derive(Default)]
+struct Rows {
+    summaries: Vec<SummaryRow>,
+    participants: Vec<(Uuid, Uuid, Uuid, String)>,
+    inbox: Vec<InboxRow>,
+    balances: Vec<BalanceRow>,
+}
+
+impl Rows {
+    fn of(ops: Vec<Op>) -> Self {
+        let mut rows = Rows::default();
+        for op in ops {
+            match op {
+                Op::Summary {
+                    payment,
+                    tenant,
+                    policy_id,
+                    policy_version,
+                    status,
+                    amount,
+                    currency,
+                    version,
+                    created_position,
+                    created_at,
+                    updated_at,
+                    state,
+                } => rows.summaries.push(SummaryRow {
+                    payment,
+                    tenant,
+                    policy_id,
+                    policy_version,
+                    status,
+                    amount,
+                    currency,
+                    version,
+                    created_position: created_position.unwrap_or(0),
+                    created_at,
+                    updated_at,
+                    state: String::from_utf8(state.to_json()).unwrap_or_default(),
+                }),
+                Op::Participant {
+                    payment,
+                    party,
+                    tenant,
+                    roles,
+                } => {
+                    rows.participants.push((payment, party, tenant, roles));
+                }
+                Op::Inbox {
+                    tenant,
+                    party,
+                    payment,
+                    seq,
+                    position,
+                    event_type,
+                    roles,
+                    at,
+                } => {
+                    rows.inbox.push(InboxRow {
+                        tenant,
+                        party,
+                        payment,
+                        seq,
+                        position,
+                        event_type,
+                        roles,
+                        at,
+                    });
+                }
+                Op::Balance {
+                    payment,
+                    account,
+                    tenant,
+                    currency,
+                    posted,
+                    pending_in,
+                    pending_out,
+                } => rows.balances.push(BalanceRow {
+                    payment,
+                    account,
+                    tenant,
+                    currency,
+                    posted,
+                    pending_in,
+                    pending_out,
+                }),
+            }
+        }
+        rows
+    }
+}
+
 /// Keeps the last summary, participant and balance row per key (inbox rows all).
 fn coalesce(ops: Vec<Op>) -> Vec<Op> {
     let mut keyed: BTreeMap<(u8, Uuid, String), usize> = BTreeMap::new();
@@ -524,7 +705,7 @@ fn project(
                 created_position: (ev.seq == 1).then(|| i64_of(ev.position)),
                 created_at: s.created_at.to_string(),
                 updated_at: s.updated_at.to_string(),
-                state: String::from_utf8(s.to_json()).unwrap_or_default(),
+                state: Box::new(s.clone()),
             });
             for (party, p) in s.participants.iter().filter(|_| changed.participants) {
                 ops.push(Op::Participant {

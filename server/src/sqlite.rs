@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection as _, Row as _, SqliteConnection};
+use sqlx::{Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
@@ -16,12 +16,13 @@ use crate::event::{
     now_micros, raw_event_from_row, to_i64, validate_append, AppendResult, NewEvent, StoredEvent,
     StreamHead, EVENT_COLUMNS,
 };
-use crate::group::{plan, Appender, Committer, Heads, Outcome, Request, Writes};
+use crate::group::{plan, Appender, Committer, Heads, Outcome, Request, Row, Step, Writes};
 use crate::EventStore;
 
 /// The schema, one entry per version; entry `i` moves the schema from version `i` to
 /// `i + 1`. Never edit an entry once released: add a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE streams (
     stream_id  BLOB PRIMARY KEY,
     tenant_id  BLOB NOT NULL,
@@ -51,7 +52,31 @@ CREATE TRIGGER events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'the events table is append-only: UPDATE is not allowed'); END;
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'the events table is append-only: DELETE is not allowed'); END;
-"#];
+"#,
+    r#"
+DROP TABLE event_position;
+CREATE TRIGGER events_expected_version BEFORE INSERT ON events
+BEGIN
+    SELECT RAISE(ABORT, 'trustfold: stream version conflict')
+    WHERE NEW.seq <> COALESCE((SELECT version FROM streams WHERE stream_id = NEW.stream_id), 0) + 1;
+    SELECT RAISE(ABORT, 'trustfold: the stream belongs to another tenant')
+    WHERE EXISTS (SELECT 1 FROM streams WHERE stream_id = NEW.stream_id
+                  AND tenant_id <> NEW.tenant_id);
+END;
+CREATE TRIGGER events_stream_head AFTER INSERT ON events
+BEGIN
+    INSERT INTO streams (stream_id, tenant_id, version, last_hash)
+    VALUES (NEW.stream_id, NEW.tenant_id, NEW.seq, NEW.hash)
+    ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,
+        last_hash = excluded.last_hash;
+END;
+"#,
+];
+
+/// Ids per `IN (…)` list, and rows per multi-row `INSERT` (10 parameters each), well
+/// under SQLite's limit of bound parameters per statement.
+const IN_CHUNK: usize = 500;
+const ROW_CHUNK: usize = 500;
 
 /// How long a connection waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,14 +84,20 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The event store on a SQLite file.
 ///
 /// **Single writer.** All appends of this process go through one connection (a pool of
-/// size one, so concurrent appends queue fairly) and run in `BEGIN IMMEDIATE`
-/// transactions, which also serialises writers in other processes on the same file
-/// (they wait up to 10 s for the lock). Because commits are serial, a position counter
-/// read and bumped inside the transaction is gap-free and in commit order.
+/// size one, so concurrent appends queue fairly); SQLite's write lock also serialises
+/// writers in other processes on the same file (they wait up to 10 s for it). Because
+/// commits are serial, each event's position is the next rowid (the largest plus one),
+/// gap-free and in commit order; nothing is ever deleted from `events`.
 ///
 /// **Group commit.** One appender task per store takes the appends queued by concurrent
-/// callers and commits them together in one transaction (one fsync), each judged on its
-/// own (version, retry, tenant); see `group.rs`.
+/// callers and commits them together (one fsync); see `group.rs`. Triggers on `events`
+/// (schema version 2) check each row's sequence against its stream's head and owner and
+/// move the head, so a batch is first tried as **one multi-row `INSERT`** in autocommit
+/// (one statement, the cost of a plain insert). If any append in it fails (a stale
+/// version, a retried or reused id, another tenant's stream) the statement writes
+/// nothing, and the batch is judged append by append in a `BEGIN IMMEDIATE`
+/// transaction (stored ids and heads read, each append's own result), as PostgreSQL
+/// always does.
 ///
 /// **Durability.** The file is in WAL mode with `synchronous = FULL`: every commit
 /// fsyncs the WAL before `append` returns, so an acknowledged append survives a power
@@ -299,30 +330,52 @@ struct SqliteCommitter {
 
 impl Committer for SqliteCommitter {
     async fn commit(&mut self, batch: &[Request]) -> Result<Vec<Outcome>> {
+        // The connection is opened with `synchronous = FULL` and nothing lowers it.
         let mut conn = self.writer.acquire().await?;
-        // The projector may lower it for its own (rebuildable) commits; appends are
-        // always fully durable.
-        sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *conn)
-            .await?;
+        let rows: usize = batch.iter().map(|r| r.events.len()).sum();
+        if rows <= ROW_CHUNK {
+            // Fast path: the whole batch as one autocommit statement (one hand-off to
+            // the connection thread, one fsync). The triggers check every row's version
+            // and owner and move the heads; positions are the next rowids, so they stay
+            // gap-free and in commit order. A failed statement writes nothing: then
+            // the batch is judged append by append below.
+            let steps: Vec<Step> = batch.iter().map(|_| Step::Write).collect();
+            let writes = Writes::of(batch, &steps, &HashSet::new());
+            match insert_rows(&mut conn, &writes.rows).await {
+                Ok(first) => return Ok(writes.outcomes(batch, steps, first)),
+                Err(e) => tracing::debug!(error = %e, "batch needs judging append by append"),
+            }
+        }
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?");
+        // A few statements per batch, whatever its size: each statement is a hand-off to
+        // sqlx's connection thread, so per-row statements would cost more than the fsync.
         let mut found = Vec::new();
-        for id in Writes::ids(batch) {
-            if let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? {
+        for ids in Writes::ids(batch).chunks(IN_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ("
+            ));
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *tx).await? {
                 found.push(raw_event_from_row!(&row));
             }
         }
         found.sort_by_key(|e| e.position);
         let mut heads = Heads::new();
-        for stream in Writes::streams_of(batch) {
-            let head: Option<(Uuid, i64)> =
-                sqlx::query_as("SELECT tenant_id, version FROM streams WHERE stream_id = ?")
-                    .bind(stream)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some((owner, v)) = head {
+        for streams in Writes::streams_of(batch).chunks(IN_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT stream_id, tenant_id, version FROM streams WHERE stream_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for s in streams {
+                list.push_bind(*s);
+            }
+            q.push(")");
+            let rows: Vec<(Uuid, Uuid, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            for (stream, owner, v) in rows {
                 heads.insert(stream, (owner, u64::try_from(v).unwrap_or(0)));
             }
         }
@@ -333,54 +386,52 @@ impl Committer for SqliteCommitter {
             tx.rollback().await?;
             return Ok(writes.outcomes(batch, steps, 0));
         }
-
-        for s in &writes.streams {
-            let sql = if s.existed {
-                "UPDATE streams SET version = ?3, last_hash = ?4 WHERE stream_id = ?1 \
-                 AND tenant_id = ?2"
-            } else {
-                "INSERT INTO streams (stream_id, tenant_id, version, last_hash) \
-                 VALUES (?1, ?2, ?3, ?4)"
-            };
-            sqlx::query(sql)
-                .bind(s.stream)
-                .bind(s.tenant)
-                .bind(s.version)
-                .bind(s.last_hash.as_slice())
-                .execute(&mut *tx)
-                .await?;
-        }
-        let n = to_i64(writes.rows.len() as u64);
-        let last: i64 = sqlx::query_scalar(
-            "UPDATE event_position SET last = last + ? WHERE id = 1 RETURNING last",
-        )
-        .bind(n)
-        .fetch_one(&mut *tx)
-        .await?;
-        let first = last - n + 1;
-        let recorded_at = now_micros();
-        for (offset, row) in (0i64..).zip(&writes.rows) {
-            let e = row.event;
-            sqlx::query(
-                "INSERT INTO events (position, tenant_id, stream_id, seq, event_id, event_type, \
-                 schema_version, body, hash, recorded_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(first + offset)
-            .bind(row.tenant)
-            .bind(row.stream)
-            .bind(row.seq)
-            .bind(e.event_id)
-            .bind(&e.event_type)
-            .bind(i32::from(e.schema_version))
-            .bind(&e.body)
-            .bind(e.hash.as_slice())
-            .bind(recorded_at)
-            .execute(&mut *tx)
-            .await?;
+        let mut first = None;
+        for rows in writes.rows.chunks(ROW_CHUNK) {
+            let f = insert_rows(&mut tx, rows).await?;
+            first.get_or_insert(f);
         }
         tx.commit().await?;
-        Ok(writes.outcomes(batch, steps, u64::try_from(first).unwrap_or(0)))
+        Ok(writes.outcomes(batch, steps, first.unwrap_or(0)))
     }
+}
+
+/// Inserts `rows` with one statement and returns the position of the first; they get
+/// consecutive positions in order. The triggers of schema version 2 check each row's
+/// sequence against its stream's head and owner and move the head.
+async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> Result<u64> {
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO events (tenant_id, stream_id, seq, event_id, event_type, schema_version, \
+         body, hash, recorded_at_us) ",
+    );
+    let recorded_at = now_micros();
+    q.push_values(rows, |mut b, row| {
+        let e = row.event;
+        b.push_bind(row.tenant)
+            .push_bind(row.stream)
+            .push_bind(row.seq)
+            .push_bind(e.event_id)
+            .push_bind(e.event_type.as_str())
+            .push_bind(i32::from(e.schema_version))
+            .push_bind(e.body.as_slice())
+            .push_bind(e.hash.as_slice())
+            .push_bind(recorded_at);
+    });
+    q.push(" RETURNING position");
+    let positions: Vec<i64> = q.build_query_scalar().fetch_all(&mut *conn).await?;
+    let (Some(&min), Some(&max)) = (positions.iter().min(), positions.iter().max()) else {
+        return Err(StoreError::Corrupt(
+            "an insert of events returned no positions".into(),
+        ));
+    };
+    if positions.len() != rows.len() || max - min + 1 != to_i64(rows.len() as u64) {
+        return Err(StoreError::Corrupt(format!(
+            "{} events were inserted at {} positions from {min} to {max}",
+            rows.len(),
+            positions.len()
+        )));
+    }
+    u64::try_from(min).map_err(|_| StoreError::Corrupt(format!("event position {min}")))
 }
 
 /// Builds a [`StreamHead`] from the `streams` columns of either engine.

@@ -6,6 +6,10 @@
 //! - Participant token: `tft_<base64url payload>.<base64url HMAC>`; the payload is JSON
 //!   `{"tenant","payment","party","roles","exp"}` (`exp` in Unix seconds).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -191,29 +195,92 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// How long this process trusts a looked-up API key row before reading it again. A
+/// rotation in this process clears the cache at once; one made through another process
+/// over the same database is seen within this time.
+pub const API_KEY_CACHE_TTL: Duration = Duration::from_secs(2);
+/// Largest number of cached keys (the cache is emptied when full).
+const API_KEY_CACHE_MAX: usize = 10_000;
+
+/// A key's stored row, as cached.
+#[derive(Debug, Clone)]
+struct CachedKey {
+    tenant: Uuid,
+    hash: Vec<u8>,
+    expires_at_us: Option<i64>,
+    fetched: Instant,
+}
+
+/// Recently looked-up API key rows by key id, so a command does not cost a database
+/// round trip to authenticate. The secret is still checked (SHA-256, constant time) and
+/// the expiry against the clock on every request; only the row is cached, for at most
+/// [`API_KEY_CACHE_TTL`]. Unknown key ids are never cached.
+#[derive(Debug, Default)]
+pub struct ApiKeyCache {
+    rows: Mutex<HashMap<Uuid, CachedKey>>,
+}
+
+impl ApiKeyCache {
+    fn get(&self, key_id: Uuid) -> Option<CachedKey> {
+        let rows = self.rows.lock().ok()?;
+        rows.get(&key_id)
+            .filter(|c| c.fetched.elapsed() < API_KEY_CACHE_TTL)
+            .cloned()
+    }
+
+    fn put(&self, key_id: Uuid, row: CachedKey) {
+        if let Ok(mut rows) = self.rows.lock() {
+            if rows.len() >= API_KEY_CACHE_MAX {
+                rows.clear();
+            }
+            rows.insert(key_id, row);
+        }
+    }
+
+    /// Forgets every cached row (after a rotation changed expiries).
+    pub fn clear(&self) {
+        if let Ok(mut rows) = self.rows.lock() {
+            rows.clear();
+        }
+    }
+}
+
 async fn check_api_key(state: &AppState, key: &str) -> Result<Uuid, ApiError> {
     let bad = || ApiError::Unauthorized("the API key is invalid, expired or revoked".into());
     let rest = key.strip_prefix("tfk_").ok_or_else(bad)?;
     let (id, _) = rest.split_once('_').ok_or_else(bad)?;
     let key_id = Uuid::try_parse(id).map_err(|_| bad())?;
-    let row: Option<(Uuid, Vec<u8>, Option<i64>)> = on_read!(&state.db, pool => {
-        sqlx::query_as(
-            "SELECT tenant_id, key_hash, expires_at_us FROM api_keys WHERE key_id = $1",
-        )
-        .bind(key_id)
-        .fetch_optional(pool)
-        .await
-        .map_err(crate::StoreError::from)?
-    });
-    let (tenant, stored, expires) = row.ok_or_else(bad)?;
+    let cached = match state.api_keys.get(key_id) {
+        Some(c) => c,
+        None => {
+            let row: Option<(Uuid, Vec<u8>, Option<i64>)> = on_read!(&state.db, pool => {
+                sqlx::query_as(
+                    "SELECT tenant_id, key_hash, expires_at_us FROM api_keys WHERE key_id = $1",
+                )
+                .bind(key_id)
+                .fetch_optional(pool)
+                .await
+                .map_err(crate::StoreError::from)?
+            });
+            let (tenant, hash, expires_at_us) = row.ok_or_else(bad)?;
+            let c = CachedKey {
+                tenant,
+                hash,
+                expires_at_us,
+                fetched: Instant::now(),
+            };
+            state.api_keys.put(key_id, c.clone());
+            c
+        }
+    };
     let given: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    if !bool::from(given.as_slice().ct_eq(stored.as_slice())) {
+    if !bool::from(given.as_slice().ct_eq(cached.hash.as_slice())) {
         return Err(bad());
     }
-    if expires.is_some_and(|e| e <= now_us()) {
+    if cached.expires_at_us.is_some_and(|e| e <= now_us()) {
         return Err(bad());
     }
-    Ok(tenant)
+    Ok(cached.tenant)
 }
 
 impl FromRequestParts<AppState> for Principal {

@@ -71,6 +71,8 @@ pub struct AppState {
     pub public_key: PublicKey,
     /// Signs participant tokens.
     pub token_key: TokenKey,
+    /// Recently checked API keys.
+    pub api_keys: Arc<auth::ApiKeyCache>,
     /// Recently folded states.
     pub cache: Arc<StateCache>,
     /// Stream notices, from this process and (PostgreSQL) from others.
@@ -427,6 +429,7 @@ async fn rotate_api_key(
             .await
             .map_err(StoreError::from)?;
         });
+        state.api_keys.clear();
     }
     Ok(json(
         StatusCode::CREATED,

@@ -453,7 +453,7 @@ async fn execute(
             Ok(result) => {
                 let body = command_body(principal, p.payment, &emitted, &decision.state);
                 state.cache.put(decision.state);
-                after_append(state, p.payment, result).await;
+                after_append(state, p.payment, result);
                 return Ok((ok_status, body));
             }
             Err(StoreError::VersionConflict { .. }) if optimistic => optimistic = false,
@@ -473,17 +473,17 @@ async fn execute(
     }
 }
 
-/// Tells this process's live streams and brings the read models up to date before the
-/// response, so a client reads its own writes. (On PostgreSQL the append itself notified
-/// the other processes, in its transaction: see `PostgresStore`.)
-async fn after_append(state: &AppState, payment: Uuid, result: AppendResult) {
+/// Tells this process's live streams and its background projector. The response does
+/// not wait for the read models: it carries the state folded by the command itself, and
+/// the next read of a read model by this process waits for them
+/// ([`crate::projections::Projector::read_own_writes`]). (On PostgreSQL the append itself
+/// notified the other processes, in its transaction: see `PostgresStore`.)
+fn after_append(state: &AppState, payment: Uuid, result: AppendResult) {
+    state.projector.appended(result.last_position);
     let _ = state.notices.send(Notice {
         stream: payment,
         version: result.new_version,
     });
-    if let Err(e) = state.projector.catch_up_to(result.last_position).await {
-        tracing::warn!(error = %e, "projection catch-up failed; it is retried in the background");
-    }
 }
 
 fn expected_version(headers: &HeaderMap, body_value: Option<u64>) -> ApiResult<Option<u64>> {
@@ -734,6 +734,7 @@ pub async fn get_payment(
     let payment = parse_id(&id, "payment_id")?;
     principal.check_payment(payment)?;
     let tenant = principal.tenant();
+    state.projector.read_own_writes().await?;
     let (version, body) = match &principal {
         Principal::Tenant { .. } => {
             let row: Option<(i64, String)> = on_read!(&state.db, pool => {
@@ -939,6 +940,7 @@ pub async fn list_payments(
     let q = params(query)?;
     let after = param_u64(&q, "after")?.unwrap_or(0);
     let limit = limit_param(&q, 50, 500)?;
+    state.projector.read_own_writes().await?;
     let mut sql = String::from(
         "SELECT s.payment_id, s.policy_id, s.policy_version, s.status, s.amount, s.currency, \
          s.version, s.created_position, s.created_at, s.updated_at FROM payment_summary s \
@@ -1054,6 +1056,7 @@ pub async fn get_balances(
     if state.store.stream_head(tenant, payment).await?.is_none() {
         return Err(ApiError::unknown_payment(payment));
     }
+    state.projector.read_own_writes().await?;
     let rows: Vec<(String, String, String, String, String)> = on_read!(&state.db, pool => {
         sqlx::query_as(
             "SELECT account, currency, posted, pending_in, pending_out FROM balances \
@@ -1102,6 +1105,7 @@ pub async fn get_inbox(
     let q = params(query)?;
     let after = i64::try_from(param_u64(&q, "after")?.unwrap_or(0)).unwrap_or(i64::MAX);
     let limit = limit_param(&q, 100, 1000)?;
+    state.projector.read_own_writes().await?;
     type Row = (Uuid, i64, i64, String, String, String);
     let mut rows: Vec<Row> = on_read!(&state.db, pool => {
         let sql = if only_payment.is_some() {
