@@ -82,6 +82,7 @@
 
 pub mod approval;
 pub mod command;
+mod command_de;
 pub mod decide;
 pub mod driver;
 pub mod envelope;
