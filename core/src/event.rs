@@ -661,17 +661,29 @@ pub fn allocations_hash(allocations: &[Allocation]) -> Hash {
 
 /// The hash approvals of a refund bind to.
 pub fn refund_hash(amount: &Money) -> Hash {
-    Hash::of(&serde_json::to_vec(&serde_json::json!({ "refund": amount })).unwrap_or_default())
+    // Keys in sorted order, as the `serde_json::Value` this was first written with.
+    #[derive(Serialize)]
+    struct Refund<'a> {
+        refund: &'a Money,
+    }
+    Hash::of(&serde_json::to_vec(&Refund { refund: amount }).unwrap_or_default())
 }
 
 /// The hash of the terms parties agree to: amount, description and policy.
 pub fn terms_hash(amount: &Money, description: &str, policy_hash: &Hash) -> Hash {
+    // Keys in sorted order, as the `serde_json::Value` this was first written with.
+    #[derive(Serialize)]
+    struct Terms<'a> {
+        amount: &'a Money,
+        description: &'a str,
+        policy_hash: &'a Hash,
+    }
     Hash::of(
-        &serde_json::to_vec(&serde_json::json!({
-            "amount": amount,
-            "description": description,
-            "policy_hash": policy_hash,
-        }))
+        &serde_json::to_vec(&Terms {
+            amount,
+            description,
+            policy_hash,
+        })
         .unwrap_or_default(),
     )
 }
