@@ -39,7 +39,6 @@
 //! # Ok::<(), trustfold_core::Error>(())
 //! ```
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -48,6 +47,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::id::{LegId, PartyId, RequestId};
+use crate::map::SortedMap;
 use crate::money::{Currency, Money};
 
 /// A ledger account of one payment.
@@ -210,7 +210,7 @@ pub struct Ledger {
     /// Legs in the order they were opened.
     pub legs: Vec<Leg>,
     /// Balances by account (only accounts that ever moved).
-    pub balances: BTreeMap<Account, Balance>,
+    pub balances: SortedMap<Account, Balance>,
 }
 
 impl Ledger {
@@ -219,7 +219,7 @@ impl Ledger {
         Ledger {
             currency,
             legs: Vec::new(),
-            balances: BTreeMap::new(),
+            balances: SortedMap::new(),
         }
     }
 

@@ -93,6 +93,7 @@ pub mod hash;
 pub mod history;
 pub mod id;
 pub mod ledger;
+pub mod map;
 pub mod money;
 pub mod policy;
 pub mod state;

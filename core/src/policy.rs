@@ -19,7 +19,6 @@
 //! # Ok::<(), trustfold_core::Error>(())
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use rust_decimal::Decimal;
@@ -28,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::event::EventType;
 use crate::hash::Hash;
+use crate::map::{SortedMap, SortedSet};
 use crate::money::{Currency, Money};
 
 /// Roles the system itself acts in; a policy may not define them.
@@ -199,8 +199,8 @@ pub struct FundingRules {
     #[serde(default)]
     pub on_deadline_missed: OnDeadlineMissed,
     /// Business days between settlement and availability, per rail (0 when absent).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub good_funds_days: BTreeMap<Rail, u32>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub good_funds_days: SortedMap<Rail, u32>,
     /// Failed attempts allowed before the payment expires.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
@@ -330,7 +330,7 @@ pub enum EventFilter {
     #[default]
     All,
     /// Only these event types.
-    Only(BTreeSet<String>),
+    Only(SortedSet<String>),
 }
 
 /// What one role sees.
@@ -342,7 +342,7 @@ pub struct Visibility {
     pub events: EventFilter,
     /// Which parts are removed from state and events.
     #[serde(default)]
-    pub hide: BTreeSet<Hidden>,
+    pub hide: SortedSet<Hidden>,
 }
 
 /// Limits on amounts.
@@ -369,7 +369,7 @@ pub struct Policy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub currencies: Vec<Currency>,
     /// Roles and how many may hold each.
-    pub roles: BTreeMap<Role, RoleRule>,
+    pub roles: SortedMap<Role, RoleRule>,
     /// The role that funds the payment.
     pub payer_role: Role,
     /// Roles that may receive released funds.
@@ -396,11 +396,11 @@ pub struct Policy {
     #[serde(default)]
     pub permissions: Permissions,
     /// What each role sees (roles not listed see everything).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub visibility: BTreeMap<Role, Visibility>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub visibility: SortedMap<Role, Visibility>,
     /// Which roles are notified of which event types.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub notifications: BTreeMap<String, Vec<Role>>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub notifications: SortedMap<String, Vec<Role>>,
 }
 
 fn default_funding() -> FundingRules {
@@ -409,7 +409,7 @@ fn default_funding() -> FundingRules {
         rails: vec![Rail::Ach, Rail::Wire],
         deadline: None,
         on_deadline_missed: OnDeadlineMissed::Expire,
-        good_funds_days: BTreeMap::new(),
+        good_funds_days: SortedMap::new(),
         max_attempts: default_attempts(),
         allow_partial: false,
     }
@@ -443,7 +443,7 @@ impl Policy {
     /// The visibility for a set of roles: the union of what each role may see.
     /// A role without an entry sees everything.
     pub fn visibility_for(&self, roles: &[Role]) -> Visibility {
-        let mut hide: Option<BTreeSet<Hidden>> = None;
+        let mut hide: Option<SortedSet<Hidden>> = None;
         let mut events: Option<EventFilter> = None;
         for r in roles {
             let v = self.visibility.get(r).cloned().unwrap_or_default();
@@ -551,7 +551,7 @@ impl Policy {
             ));
         }
 
-        let mut names = BTreeSet::new();
+        let mut names = SortedSet::new();
         for (i, fee) in self.fees.iter().enumerate() {
             let f = format!("fees[{i}]"); // few fees: eager is fine
             if fee.name.trim().is_empty() || !names.insert(fee.name.as_str()) {
@@ -685,7 +685,7 @@ impl Policy {
                 if *n == 0 {
                     return Err(Error::policy(format!("{f}.n"), "must be 1 or more"));
                 }
-                let distinct: BTreeSet<&Role> = roles.iter().collect();
+                let distinct: SortedSet<&Role> = roles.iter().collect();
                 let capacity: Option<u64> = distinct.iter().try_fold(0u64, |acc, r| {
                     self.roles
                         .get(*r)
