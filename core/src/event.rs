@@ -206,17 +206,45 @@ impl Serialize for EmbeddedPolicy {
     }
 }
 
+/// How many distinct embedded policies [`EmbeddedPolicy`]'s decoder remembers (per
+/// thread). Payments opened from the same policy embed the very same bytes, so a
+/// replay of many histories parses and hashes each policy once.
+const REMEMBERED_POLICIES: usize = 8;
+
+thread_local! {
+    /// Embedded policies decoded last: their bytes, hash and parsed form (immutable).
+    static POLICIES: std::cell::RefCell<Vec<(Box<str>, EmbeddedPolicy)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl<'de> Deserialize<'de> for EmbeddedPolicy {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
-        let bytes_hash = Hash::of(raw.get().as_bytes());
-        let policy: Policy =
-            serde_json::from_slice(raw.get().as_bytes()).map_err(D::Error::custom)?;
-        Ok(EmbeddedPolicy {
+        let text = raw.get();
+        let known = POLICIES.with(|c| {
+            c.borrow()
+                .iter()
+                .find(|(bytes, _)| **bytes == *text)
+                .map(|(_, p)| p.clone())
+        });
+        if let Some(p) = known {
+            return Ok(p);
+        }
+        let bytes_hash = Hash::of(text.as_bytes());
+        let policy: Policy = serde_json::from_slice(text.as_bytes()).map_err(D::Error::custom)?;
+        let p = EmbeddedPolicy {
             policy: std::sync::Arc::new(policy),
             bytes_hash,
-        })
+        };
+        POLICIES.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= REMEMBERED_POLICIES {
+                c.remove(0);
+            }
+            c.push((raw.into(), p.clone()));
+        });
+        Ok(p)
     }
 }
 
