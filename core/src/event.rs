@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::de::compact_de;
+
 use crate::hash::Hash;
 use crate::id::{LegId, PartyId, RequestId, TenantId};
 use crate::money::Money;
@@ -140,7 +142,7 @@ events! {
 }
 
 /// See [`EventType::PaymentInitiated`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentInitiated {
     /// The owning tenant.
@@ -162,6 +164,7 @@ pub struct PaymentInitiated {
     #[serde(default)]
     pub initiator_name: String,
 }
+compact_de!(PaymentInitiated { tenant: TenantId, policy: EmbeddedPolicy, policy_hash: Hash, amount: Money, description: String [default], initiator: PartyId, initiator_roles: Vec<Role>, initiator_name: String [default] });
 
 /// A policy embedded in `PaymentInitiated`, with the SHA-256 of its bytes as written
 /// (canonical JSON when written by trustfold) so the fold can check `policy_hash`
@@ -249,7 +252,7 @@ impl<'de> Deserialize<'de> for EmbeddedPolicy {
 }
 
 /// See [`EventType::ParticipantInvited`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantInvited {
     /// The party.
@@ -263,17 +266,19 @@ pub struct ParticipantInvited {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
 }
+compact_de!(ParticipantInvited { party: PartyId, roles: Vec<Role>, name: String [default], email: Option<String> [default] });
 
 /// See [`EventType::ParticipantJoined`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantJoined {
     /// The party.
     pub party: PartyId,
 }
+compact_de!(ParticipantJoined { party: PartyId });
 
 /// See [`EventType::ParticipantRemoved`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantRemoved {
     /// The party.
@@ -282,9 +287,13 @@ pub struct ParticipantRemoved {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(ParticipantRemoved {
+    party: PartyId,
+    reason: String[default]
+});
 
 /// See [`EventType::TermsAgreed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TermsAgreed {
     /// The party agreeing.
@@ -292,17 +301,24 @@ pub struct TermsAgreed {
     /// Hash of the terms agreed to (amount, description, policy).
     pub terms_hash: Hash,
 }
+compact_de!(TermsAgreed {
+    party: PartyId,
+    terms_hash: Hash
+});
 
 /// See [`EventType::FundingDeadlineSet`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingDeadlineSet {
     /// Funds must be available by then.
     pub deadline: Timestamp,
 }
+compact_de!(FundingDeadlineSet {
+    deadline: Timestamp
+});
 
 /// How the payer will pay. Bank details are hidden from roles whose policy says so.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingMethod {
     /// The rail.
@@ -317,17 +333,26 @@ pub struct FundingMethod {
     #[serde(default)]
     pub holder: String,
 }
+compact_de!(FundingMethod {
+    rail: Rail,
+    institution: String[default],
+    account_last4: String[default],
+    holder: String[default]
+});
 
 /// See [`EventType::FundingMethodAttached`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingMethodAttached {
     /// The method.
     pub method: FundingMethod,
 }
+compact_de!(FundingMethodAttached {
+    method: FundingMethod
+});
 
 /// See [`EventType::FundingSubmitted`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingSubmitted {
     /// The pending leg external:payer → clearing.
@@ -339,9 +364,15 @@ pub struct FundingSubmitted {
     /// The rail's reference for this transfer (de-duplicates notices).
     pub rail_ref: String,
 }
+compact_de!(FundingSubmitted {
+    leg: LegId,
+    amount: Money,
+    rail: Rail,
+    rail_ref: String
+});
 
 /// See [`EventType::FundingSettled`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingSettled {
     /// The funding leg.
@@ -349,9 +380,13 @@ pub struct FundingSettled {
     /// The rail's reference.
     pub rail_ref: String,
 }
+compact_de!(FundingSettled {
+    leg: LegId,
+    rail_ref: String
+});
 
 /// See [`EventType::FundsAvailable`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundsAvailable {
     /// The funding leg whose money became available.
@@ -359,9 +394,13 @@ pub struct FundsAvailable {
     /// Amount moved clearing → escrow.
     pub amount: Money,
 }
+compact_de!(FundsAvailable {
+    leg: LegId,
+    amount: Money
+});
 
 /// See [`EventType::FundingFailed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingFailed {
     /// The funding leg.
@@ -374,9 +413,15 @@ pub struct FundingFailed {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(FundingFailed {
+    leg: LegId,
+    rail_ref: String,
+    code: String,
+    reason: String[default]
+});
 
 /// See [`EventType::FundingReturned`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingReturned {
     /// The funding leg.
@@ -391,6 +436,13 @@ pub struct FundingReturned {
     /// Amount returned.
     pub amount: Money,
 }
+compact_de!(FundingReturned {
+    leg: LegId,
+    rail_ref: String,
+    return_code: String,
+    reason: String[default],
+    amount: Money
+});
 
 /// What a missed deadline did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,7 +455,7 @@ pub enum DeadlineOutcome {
 }
 
 /// See [`EventType::FundingDeadlineMissed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingDeadlineMissed {
     /// The deadline that passed.
@@ -411,17 +463,22 @@ pub struct FundingDeadlineMissed {
     /// What it did.
     pub outcome: DeadlineOutcome,
 }
+compact_de!(FundingDeadlineMissed {
+    deadline: Timestamp,
+    outcome: DeadlineOutcome
+});
 
 /// See [`EventType::PaymentExpired`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentExpired {
     /// `deadline_missed` or `attempts_exhausted`.
     pub reason: String,
 }
+compact_de!(PaymentExpired { reason: String });
 
 /// One payee's share of a release.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Allocation {
     /// The payee.
@@ -429,9 +486,13 @@ pub struct Allocation {
     /// Gross amount for this payee (before payee-borne fees).
     pub amount: Money,
 }
+compact_de!(Allocation {
+    party: PartyId,
+    amount: Money
+});
 
 /// See [`EventType::FeeAssessed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeeAssessed {
     /// The request the fee applies to.
@@ -445,9 +506,16 @@ pub struct FeeAssessed {
     /// Who bears it.
     pub borne_by: crate::policy::BorneBy,
 }
+compact_de!(FeeAssessed {
+    request: RequestId,
+    fee: String,
+    party: PartyId,
+    amount: Money,
+    borne_by: crate::policy::BorneBy
+});
 
 /// See [`EventType::ReleaseRequested`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequested {
     /// The request.
@@ -457,9 +525,10 @@ pub struct ReleaseRequested {
     /// Hash binding approvals to these exact allocations.
     pub allocations_hash: Hash,
 }
+compact_de!(ReleaseRequested { request: RequestId, allocations: Vec<Allocation>, allocations_hash: Hash });
 
 /// See [`EventType::ReleaseAmended`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseAmended {
     /// The request.
@@ -469,9 +538,10 @@ pub struct ReleaseAmended {
     /// Their hash.
     pub allocations_hash: Hash,
 }
+compact_de!(ReleaseAmended { request: RequestId, allocations: Vec<Allocation>, allocations_hash: Hash });
 
 /// See [`EventType::RefundRequested`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefundRequested {
     /// The request.
@@ -481,9 +551,14 @@ pub struct RefundRequested {
     /// Hash approvals bind to.
     pub allocations_hash: Hash,
 }
+compact_de!(RefundRequested {
+    request: RequestId,
+    amount: Money,
+    allocations_hash: Hash
+});
 
 /// See [`EventType::ApprovalGranted`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalGranted {
     /// The request.
@@ -493,9 +568,14 @@ pub struct ApprovalGranted {
     /// The allocations approved.
     pub allocations_hash: Hash,
 }
+compact_de!(ApprovalGranted {
+    request: RequestId,
+    party: PartyId,
+    allocations_hash: Hash
+});
 
 /// See [`EventType::ApprovalDenied`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalDenied {
     /// The request.
@@ -506,9 +586,14 @@ pub struct ApprovalDenied {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(ApprovalDenied {
+    request: RequestId,
+    party: PartyId,
+    reason: String[default]
+});
 
 /// See [`EventType::ApprovalWithdrawn`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalWithdrawn {
     /// The request.
@@ -516,25 +601,31 @@ pub struct ApprovalWithdrawn {
     /// The party withdrawing.
     pub party: PartyId,
 }
+compact_de!(ApprovalWithdrawn {
+    request: RequestId,
+    party: PartyId
+});
 
 /// See [`EventType::ReleaseAuthorized`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseAuthorized {
     /// The request.
     pub request: RequestId,
 }
+compact_de!(ReleaseAuthorized { request: RequestId });
 
 /// See [`EventType::RefundAuthorized`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefundAuthorized {
     /// The request.
     pub request: RequestId,
 }
+compact_de!(RefundAuthorized { request: RequestId });
 
 /// See [`EventType::RequestCancelled`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestCancelled {
     /// The request.
@@ -543,9 +634,13 @@ pub struct RequestCancelled {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(RequestCancelled {
+    request: RequestId,
+    reason: String[default]
+});
 
 /// See [`EventType::DisbursementSubmitted`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisbursementSubmitted {
     /// The authorized request.
@@ -555,9 +650,14 @@ pub struct DisbursementSubmitted {
     /// The rail's reference.
     pub rail_ref: String,
 }
+compact_de!(DisbursementSubmitted {
+    request: RequestId,
+    rail: Rail,
+    rail_ref: String
+});
 
 /// See [`EventType::DisbursementSettled`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisbursementSettled {
     /// The request.
@@ -565,9 +665,13 @@ pub struct DisbursementSettled {
     /// The rail's reference.
     pub rail_ref: String,
 }
+compact_de!(DisbursementSettled {
+    request: RequestId,
+    rail_ref: String
+});
 
 /// See [`EventType::DisbursementFailed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisbursementFailed {
     /// The request.
@@ -580,9 +684,15 @@ pub struct DisbursementFailed {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(DisbursementFailed {
+    request: RequestId,
+    rail_ref: String,
+    code: String,
+    reason: String[default]
+});
 
 /// See [`EventType::DisputeOpened`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisputeOpened {
     /// The dispute.
@@ -591,6 +701,10 @@ pub struct DisputeOpened {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(DisputeOpened {
+    dispute: RequestId,
+    reason: String[default]
+});
 
 /// How a dispute ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -605,7 +719,7 @@ pub enum DisputeOutcome {
 }
 
 /// See [`EventType::DisputeResolved`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisputeResolved {
     /// The dispute.
@@ -619,9 +733,10 @@ pub struct DisputeResolved {
     #[serde(default)]
     pub note: String,
 }
+compact_de!(DisputeResolved { dispute: RequestId, outcome: DisputeOutcome, request: Option<RequestId> [default], note: String [default] });
 
 /// See [`EventType::ReversalRecorded`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReversalRecorded {
     /// The posted leg being reversed.
@@ -630,9 +745,13 @@ pub struct ReversalRecorded {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(ReversalRecorded {
+    leg: LegId,
+    reason: String[default]
+});
 
 /// See [`EventType::ShortfallRecovered`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShortfallRecovered {
     /// Amount recovered.
@@ -640,9 +759,13 @@ pub struct ShortfallRecovered {
     /// The rail's reference for the recovery.
     pub rail_ref: String,
 }
+compact_de!(ShortfallRecovered {
+    amount: Money,
+    rail_ref: String
+});
 
 /// See [`EventType::ShortfallWrittenOff`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShortfallWrittenOff {
     /// Amount written off.
@@ -651,24 +774,34 @@ pub struct ShortfallWrittenOff {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(ShortfallWrittenOff {
+    amount: Money,
+    reason: String[default]
+});
 
 /// See [`EventType::PaymentCancelled`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentCancelled {
     /// Why.
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(PaymentCancelled {
+    reason: String[default]
+});
 
 /// See [`EventType::PaymentClosed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentClosed {
     /// Why.
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(PaymentClosed {
+    reason: String[default]
+});
 
 /// The hash approvals bind to: SHA-256 of the allocations' canonical JSON.
 ///

@@ -83,6 +83,7 @@
 pub mod approval;
 pub mod command;
 mod command_de;
+pub mod de;
 pub mod decide;
 pub mod driver;
 pub mod envelope;
