@@ -64,6 +64,99 @@ impl Expected for FieldIndex {
     }
 }
 
+/// Decodes a unit-only enum as the index of its variant (one visitor for every such
+/// enum, see [`unit_enum_de!`]).
+pub(crate) struct UnitEnum(pub(crate) &'static str, pub(crate) &'static [&'static str]);
+
+impl<'de> Visitor<'de> for UnitEnum {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<usize, A::Error> {
+        let (i, v) = data.variant_seed(VariantSeed(self.1))?;
+        de::VariantAccess::unit_variant(v)?;
+        Ok(i)
+    }
+}
+
+/// Reads a variant name, as its index in `.0`; unknown names are errors.
+struct VariantSeed(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for VariantSeed {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for VariantSeed {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("variant identifier")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+        match usize::try_from(v) {
+            Ok(i) if i < self.0.len() => Ok(i),
+            _ => Err(E::invalid_value(
+                Unexpected::Unsigned(v),
+                &VariantIndex(self.0.len()),
+            )),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+        self.0
+            .iter()
+            .position(|f| *f == v)
+            .ok_or_else(|| E::unknown_variant(v, self.0))
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<usize, E> {
+        self.0
+            .iter()
+            .position(|f| f.as_bytes() == v)
+            .ok_or_else(|| E::unknown_variant(&String::from_utf8_lossy(v), self.0))
+    }
+}
+
+/// "variant index 0 <= i < N", as serde's derive says it.
+struct VariantIndex(usize);
+
+impl Expected for VariantIndex {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "variant index 0 <= i < {}", self.0)
+    }
+}
+
+/// Implements `Deserialize` for a unit-only `Copy` enum:
+/// `unit_enum_de!(Rail { Ach = "ach", Wire = "wire" })` (every variant, in order, with
+/// its name as serialized). Same results and errors as serde's derive.
+macro_rules! unit_enum_de {
+    ($name:ident { $($variant:ident = $text:literal),* $(,)? }) => {
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                const VARIANTS: &[&str] = &[$($text),*];
+                const VALUES: &[$name] = &[$($name::$variant),*];
+                let i = d.deserialize_enum(
+                    stringify!($name),
+                    VARIANTS,
+                    $crate::de::UnitEnum(concat!("enum ", stringify!($name)), VARIANTS),
+                )?;
+                VALUES.get(i).copied().ok_or_else(|| {
+                    <D::Error as serde::de::Error>::custom("variant index out of range")
+                })
+            }
+        }
+    };
+}
+
+pub(crate) use unit_enum_de;
+
 /// "struct NAME with N elements", as serde's derive says it.
 pub(crate) struct SeqLen(pub(crate) &'static str, pub(crate) usize);
 
@@ -183,6 +276,86 @@ mod tests {
             pub c: Option<u8>,
             pub d: Vec<u8>,
         }
+    }
+
+    #[derive(Debug, PartialEq, Clone, Copy)]
+    enum Kind {
+        One,
+        TwoWords,
+    }
+    super::unit_enum_de!(Kind { One = "one", TwoWords = "two_words" });
+
+    #[test]
+    fn unit_enums_as_the_derive() {
+        mod derived {
+            #[derive(Debug, PartialEq, serde::Deserialize)]
+            #[serde(rename_all = "snake_case")]
+            pub enum Kind {
+                One,
+                TwoWords,
+            }
+        }
+        for input in [
+            r#""one""#,
+            r#""two_words""#,
+            r#""three""#,
+            r#"{"one":null}"#,
+            r#"{"two_words":null}"#,
+            r#"{"one":1}"#,
+            r#"{"one":null,"x":1}"#,
+            r#"{}"#,
+            r#"7"#,
+            r#"null"#,
+            r#"["one"]"#,
+            "\"\\u006fne\"",
+        ] {
+            let a = serde_json::from_str::<Kind>(input).map_err(|e| e.to_string());
+            let b = serde_json::from_str::<derived::Kind>(input)
+                .map(|k| match k {
+                    derived::Kind::One => Kind::One,
+                    derived::Kind::TwoWords => Kind::TwoWords,
+                })
+                .map_err(|e| e.to_string());
+            assert_eq!(a, b, "{input}");
+        }
+    }
+
+    /// Every enum decoded by `unit_enum_de!` reads back what its derived `Serialize`
+    /// writes, variant for variant.
+    #[test]
+    fn unit_enum_names_match_serialize() {
+        use crate::event::{DeadlineOutcome, DisputeOutcome};
+        use crate::ledger::LegStatus;
+        use crate::policy::{BorneBy, DeadlineAnchor, Hidden, OnDeadlineMissed, Rail};
+        fn round_trip<T>(all: &[T])
+        where
+            T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+        {
+            for v in all {
+                let json = serde_json::to_string(v).unwrap();
+                assert_eq!(&serde_json::from_str::<T>(&json).unwrap(), v, "{json}");
+            }
+        }
+        use Rail::*;
+        round_trip(&[Ach, Wire, Rtp, Card, Book]);
+        round_trip(&[DeadlineAnchor::Initiated, DeadlineAnchor::Agreed]);
+        round_trip(&[OnDeadlineMissed::Expire, OnDeadlineMissed::Flag]);
+        round_trip(&[BorneBy::Payee, BorneBy::Payer]);
+        round_trip(&[
+            Hidden::Amounts,
+            Hidden::BankDetails,
+            Hidden::Contacts,
+            Hidden::Ledger,
+            Hidden::Requests,
+            Hidden::Disputes,
+        ]);
+        round_trip(&[DeadlineOutcome::Expired, DeadlineOutcome::Flagged]);
+        round_trip(&[
+            DisputeOutcome::Resume,
+            DisputeOutcome::Release,
+            DisputeOutcome::Refund,
+        ]);
+        round_trip(&[LegStatus::Pending, LegStatus::Posted, LegStatus::Voided]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::de::compact_de;
+use crate::de::{compact_de, unit_enum_de};
 
 use crate::hash::Hash;
 use crate::id::{LegId, PartyId, RequestId, TenantId};
@@ -445,7 +445,7 @@ compact_de!(FundingReturned {
 });
 
 /// What a missed deadline did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeadlineOutcome {
     /// The payment expired.
@@ -453,6 +453,7 @@ pub enum DeadlineOutcome {
     /// The payment was flagged; funding stays open.
     Flagged,
 }
+unit_enum_de!(DeadlineOutcome { Expired = "expired", Flagged = "flagged" });
 
 /// See [`EventType::FundingDeadlineMissed`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -707,7 +708,7 @@ compact_de!(DisputeOpened {
 });
 
 /// How a dispute ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DisputeOutcome {
     /// Back to where it was; requests go on.
@@ -717,6 +718,7 @@ pub enum DisputeOutcome {
     /// Funds are refunded (a refund request follows, authorized by the resolver).
     Refund,
 }
+unit_enum_de!(DisputeOutcome { Resume = "resume", Release = "release", Refund = "refund" });
 
 /// See [`EventType::DisputeResolved`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

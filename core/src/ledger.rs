@@ -45,6 +45,7 @@ use std::str::FromStr;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::de::unit_enum_de;
 use crate::error::{Error, Result};
 use crate::id::{LegId, PartyId, RequestId};
 use crate::map::SortedMap;
@@ -140,7 +141,7 @@ impl<'de> Deserialize<'de> for Account {
 }
 
 /// Where a leg is in its two phases.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LegStatus {
     /// Reserved, not yet done.
@@ -150,6 +151,7 @@ pub enum LegStatus {
     /// Undone.
     Voided,
 }
+unit_enum_de!(LegStatus { Pending = "pending", Posted = "posted", Voided = "voided" });
 
 /// One transfer between two accounts.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize)]

@@ -24,6 +24,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::de::unit_enum_de;
 use crate::error::{Error, Result};
 use crate::event::EventType;
 use crate::hash::Hash;
@@ -78,7 +79,7 @@ impl fmt::Debug for Role {
 }
 
 /// A payment rail.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rail {
     /// US ACH: cheap, slow, returnable for up to 60 days (R10).
@@ -92,6 +93,7 @@ pub enum Rail {
     /// A book transfer inside one bank.
     Book,
 }
+unit_enum_de!(Rail { Ach = "ach", Wire = "wire", Rtp = "rtp", Card = "card", Book = "book" });
 
 /// How many parties may hold a role.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +152,7 @@ pub struct AmountRule {
 }
 
 /// From when a funding deadline counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeadlineAnchor {
     /// When the payment was opened.
@@ -158,6 +160,7 @@ pub enum DeadlineAnchor {
     /// When the last required party agreed to the terms.
     Agreed,
 }
+unit_enum_de!(DeadlineAnchor { Initiated = "initiated", Agreed = "agreed" });
 
 /// A deadline as anchor + offset.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +176,7 @@ pub struct DeadlineRule {
 }
 
 /// What a missed funding deadline does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnDeadlineMissed {
     /// The payment expires (anything already held is refunded).
@@ -182,6 +185,7 @@ pub enum OnDeadlineMissed {
     /// The payment is only flagged; funding stays open.
     Flag,
 }
+unit_enum_de!(OnDeadlineMissed { Expire = "expire", Flag = "flag" });
 
 /// Funding rules.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,7 +246,7 @@ pub struct RefundRules {
 }
 
 /// Who bears a fee.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BorneBy {
     /// Deducted from what the payee receives.
@@ -251,6 +255,7 @@ pub enum BorneBy {
     /// Paid from escrow on top of what the payee receives.
     Payer,
 }
+unit_enum_de!(BorneBy { Payee = "payee", Payer = "payer" });
 
 /// A fee charged on each release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,7 +310,7 @@ pub struct Permissions {
 }
 
 /// Parts of a payment a role may be kept from seeing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hidden {
     /// Amounts, balances and allocations.
@@ -321,6 +326,7 @@ pub enum Hidden {
     /// Disputes and their reasons.
     Disputes,
 }
+unit_enum_de!(Hidden { Amounts = "amounts", BankDetails = "bank_details", Contacts = "contacts", Ledger = "ledger", Requests = "requests", Disputes = "disputes" });
 
 /// Which events a role sees.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
