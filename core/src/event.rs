@@ -8,7 +8,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::de::{compact_de, unit_enum_de};
-
 use crate::hash::Hash;
 use crate::id::{LegId, PartyId, RequestId, TenantId};
 use crate::money::Money;
