@@ -5,9 +5,8 @@
 //! participant holding an approving role. `all_of` needs one approval per listed role;
 //! `n_of` needs `n` distinct parties among the listed roles.
 
-use std::collections::BTreeSet;
-
 use crate::id::PartyId;
+use crate::map::SortedSet;
 use crate::policy::Approvals;
 use crate::state::{PaymentState, Request, RequestKind};
 
@@ -15,7 +14,7 @@ fn rule<'a>(state: &'a PaymentState, req: &Request) -> &'a Approvals {
     state.policy_doc.approvals(req.kind == RequestKind::Refund)
 }
 
-fn approvers(state: &PaymentState, req: &Request) -> BTreeSet<PartyId> {
+fn approvers(state: &PaymentState, req: &Request) -> SortedSet<PartyId> {
     req.approvals
         .iter()
         .filter(|(_, h)| **h == req.allocations_hash)
@@ -30,7 +29,7 @@ pub fn quorum_met(state: &PaymentState, req: &Request) -> bool {
     count_ok(state, rule(state, req), &ok)
 }
 
-fn count_ok(state: &PaymentState, rule: &Approvals, parties: &BTreeSet<PartyId>) -> bool {
+fn count_ok(state: &PaymentState, rule: &Approvals, parties: &SortedSet<PartyId>) -> bool {
     let holds = |p: &PartyId, role| state.participants.get(p).is_some_and(|x| x.acts_as(role));
     match rule {
         Approvals::None => true,
@@ -50,7 +49,7 @@ fn count_ok(state: &PaymentState, rule: &Approvals, parties: &BTreeSet<PartyId>)
 /// True while the request could still reach quorum if every eligible party who has
 /// not denied it approved.
 pub fn quorum_possible(state: &PaymentState, req: &Request) -> bool {
-    let eligible: BTreeSet<PartyId> = state
+    let eligible: SortedSet<PartyId> = state
         .participants
         .iter()
         .filter(|(id, p)| !p.removed && p.joined && !req.denials.contains_key(id))

@@ -401,7 +401,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let mut causation = None;
         let mut correlation = None;
         let mut data: Option<Event> = None;
-        let mut raw_data: Option<serde_json::Value> = None;
+        let mut raw_data: Option<Box<serde_json::value::RawValue>> = None;
         macro_rules! once {
             ($slot:ident, $name:literal) => {{
                 if $slot.is_some() {
@@ -445,16 +445,9 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let v = v.ok_or_else(|| A::Error::missing_field("v"))?;
         let event = match (data, raw_data) {
             (Some(e), _) => e,
-            (None, Some(raw)) => {
-                let current =
-                    upcast::upcast(ty, v, raw).map_err(|e| A::Error::custom(tagged(&e)))?;
-                // Back to bytes, so events are only ever decoded by the one slice
-                // deserializer (decoding from a `Value` would compile every event type's
-                // decoder a second time into the wasm module).
-                let bytes = serde_json::to_vec(&current).map_err(A::Error::custom)?;
-                let mut de = serde_json::Deserializer::from_slice(&bytes);
-                Event::deserialize_data(ty, &mut de).map_err(|e| A::Error::custom(e.to_string()))?
-            }
+            (None, Some(raw)) => upcast::decode(ty, v, raw.get())
+                .map_err(|e| A::Error::custom(tagged(&e)))?
+                .map_err(|e| A::Error::custom(e.to_string()))?,
             (None, None) => return Err(A::Error::missing_field("data")),
         };
         Ok(Envelope {

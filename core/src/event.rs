@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::de::{compact_de, unit_enum_de};
 use crate::hash::Hash;
 use crate::id::{LegId, PartyId, RequestId, TenantId};
 use crate::money::Money;
@@ -141,7 +142,7 @@ events! {
 
 /// See [`EventType::PaymentInitiated`].
 // `InitiatedRawPolicy` below mirrors these fields: keep the two in step.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentInitiated {
     /// The owning tenant.
@@ -163,6 +164,7 @@ pub struct PaymentInitiated {
     #[serde(default)]
     pub initiator_name: String,
 }
+compact_de!(PaymentInitiated { tenant: TenantId, policy: EmbeddedPolicy, policy_hash: Hash, amount: Money, description: String [default], initiator: PartyId, initiator_roles: Vec<Role>, initiator_name: String [default] });
 
 /// A policy embedded in `PaymentInitiated`, with the SHA-256 of its bytes as written
 /// (canonical JSON when written by trustfold) so the fold can check `policy_hash`
@@ -207,17 +209,45 @@ impl Serialize for EmbeddedPolicy {
     }
 }
 
+/// How many distinct embedded policies [`EmbeddedPolicy`]'s decoder remembers (per
+/// thread). Payments opened from the same policy embed the very same bytes, so a
+/// replay of many histories parses and hashes each policy once.
+const REMEMBERED_POLICIES: usize = 8;
+
+thread_local! {
+    /// Embedded policies decoded last: their bytes, hash and parsed form (immutable).
+    static POLICIES: std::cell::RefCell<Vec<(Box<str>, EmbeddedPolicy)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl<'de> Deserialize<'de> for EmbeddedPolicy {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
-        let bytes_hash = Hash::of(raw.get().as_bytes());
-        let policy: Policy =
-            serde_json::from_slice(raw.get().as_bytes()).map_err(D::Error::custom)?;
-        Ok(EmbeddedPolicy {
+        let text = raw.get();
+        let known = POLICIES.with(|c| {
+            c.borrow()
+                .iter()
+                .find(|(bytes, _)| **bytes == *text)
+                .map(|(_, p)| p.clone())
+        });
+        if let Some(p) = known {
+            return Ok(p);
+        }
+        let bytes_hash = Hash::of(text.as_bytes());
+        let policy: Policy = serde_json::from_slice(text.as_bytes()).map_err(D::Error::custom)?;
+        let p = EmbeddedPolicy {
             policy: std::sync::Arc::new(policy),
             bytes_hash,
-        })
+        };
+        POLICIES.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= REMEMBERED_POLICIES {
+                c.remove(0);
+            }
+            c.push((raw.into(), p.clone()));
+        });
+        Ok(p)
     }
 }
 
@@ -316,7 +346,7 @@ pub(crate) fn initiated_cached<'de>(
 }
 
 /// See [`EventType::ParticipantInvited`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantInvited {
     /// The party.
@@ -330,17 +360,19 @@ pub struct ParticipantInvited {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
 }
+compact_de!(ParticipantInvited { party: PartyId, roles: Vec<Role>, name: String [default], email: Option<String> [default] });
 
 /// See [`EventType::ParticipantJoined`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantJoined {
     /// The party.
     pub party: PartyId,
 }
+compact_de!(ParticipantJoined { party: PartyId });
 
 /// See [`EventType::ParticipantRemoved`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantRemoved {
     /// The party.
@@ -349,9 +381,13 @@ pub struct ParticipantRemoved {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(ParticipantRemoved {
+    party: PartyId,
+    reason: String[default]
+});
 
 /// See [`EventType::TermsAgreed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TermsAgreed {
     /// The party agreeing.
@@ -359,17 +395,24 @@ pub struct TermsAgreed {
     /// Hash of the terms agreed to (amount, description, policy).
     pub terms_hash: Hash,
 }
+compact_de!(TermsAgreed {
+    party: PartyId,
+    terms_hash: Hash
+});
 
 /// See [`EventType::FundingDeadlineSet`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingDeadlineSet {
     /// Funds must be available by then.
     pub deadline: Timestamp,
 }
+compact_de!(FundingDeadlineSet {
+    deadline: Timestamp
+});
 
 /// How the payer will pay. Bank details are hidden from roles whose policy says so.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingMethod {
     /// The rail.
@@ -384,17 +427,26 @@ pub struct FundingMethod {
     #[serde(default)]
     pub holder: String,
 }
+compact_de!(FundingMethod {
+    rail: Rail,
+    institution: String[default],
+    account_last4: String[default],
+    holder: String[default]
+});
 
 /// See [`EventType::FundingMethodAttached`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingMethodAttached {
     /// The method.
     pub method: FundingMethod,
 }
+compact_de!(FundingMethodAttached {
+    method: FundingMethod
+});
 
 /// See [`EventType::FundingSubmitted`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingSubmitted {
     /// The pending leg external:payer → clearing.
@@ -406,9 +458,15 @@ pub struct FundingSubmitted {
     /// The rail's reference for this transfer (de-duplicates notices).
     pub rail_ref: String,
 }
+compact_de!(FundingSubmitted {
+    leg: LegId,
+    amount: Money,
+    rail: Rail,
+    rail_ref: String
+});
 
 /// See [`EventType::FundingSettled`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingSettled {
     /// The funding leg.
@@ -416,9 +474,13 @@ pub struct FundingSettled {
     /// The rail's reference.
     pub rail_ref: String,
 }
+compact_de!(FundingSettled {
+    leg: LegId,
+    rail_ref: String
+});
 
 /// See [`EventType::FundsAvailable`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundsAvailable {
     /// The funding leg whose money became available.
@@ -426,9 +488,13 @@ pub struct FundsAvailable {
     /// Amount moved clearing → escrow.
     pub amount: Money,
 }
+compact_de!(FundsAvailable {
+    leg: LegId,
+    amount: Money
+});
 
 /// See [`EventType::FundingFailed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingFailed {
     /// The funding leg.
@@ -441,9 +507,15 @@ pub struct FundingFailed {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(FundingFailed {
+    leg: LegId,
+    rail_ref: String,
+    code: String,
+    reason: String[default]
+});
 
 /// See [`EventType::FundingReturned`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingReturned {
     /// The funding leg.
@@ -458,9 +530,16 @@ pub struct FundingReturned {
     /// Amount returned.
     pub amount: Money,
 }
+compact_de!(FundingReturned {
+    leg: LegId,
+    rail_ref: String,
+    return_code: String,
+    reason: String[default],
+    amount: Money
+});
 
 /// What a missed deadline did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeadlineOutcome {
     /// The payment expired.
@@ -468,9 +547,10 @@ pub enum DeadlineOutcome {
     /// The payment was flagged; funding stays open.
     Flagged,
 }
+unit_enum_de!(DeadlineOutcome { Expired = "expired", Flagged = "flagged" });
 
 /// See [`EventType::FundingDeadlineMissed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FundingDeadlineMissed {
     /// The deadline that passed.
@@ -478,17 +558,22 @@ pub struct FundingDeadlineMissed {
     /// What it did.
     pub outcome: DeadlineOutcome,
 }
+compact_de!(FundingDeadlineMissed {
+    deadline: Timestamp,
+    outcome: DeadlineOutcome
+});
 
 /// See [`EventType::PaymentExpired`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentExpired {
     /// `deadline_missed` or `attempts_exhausted`.
     pub reason: String,
 }
+compact_de!(PaymentExpired { reason: String });
 
 /// One payee's share of a release.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Allocation {
     /// The payee.
@@ -496,9 +581,13 @@ pub struct Allocation {
     /// Gross amount for this payee (before payee-borne fees).
     pub amount: Money,
 }
+compact_de!(Allocation {
+    party: PartyId,
+    amount: Money
+});
 
 /// See [`EventType::FeeAssessed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeeAssessed {
     /// The request the fee applies to.
@@ -512,9 +601,16 @@ pub struct FeeAssessed {
     /// Who bears it.
     pub borne_by: crate::policy::BorneBy,
 }
+compact_de!(FeeAssessed {
+    request: RequestId,
+    fee: String,
+    party: PartyId,
+    amount: Money,
+    borne_by: crate::policy::BorneBy
+});
 
 /// See [`EventType::ReleaseRequested`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequested {
     /// The request.
@@ -524,9 +620,10 @@ pub struct ReleaseRequested {
     /// Hash binding approvals to these exact allocations.
     pub allocations_hash: Hash,
 }
+compact_de!(ReleaseRequested { request: RequestId, allocations: Vec<Allocation>, allocations_hash: Hash });
 
 /// See [`EventType::ReleaseAmended`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseAmended {
     /// The request.
@@ -536,9 +633,10 @@ pub struct ReleaseAmended {
     /// Their hash.
     pub allocations_hash: Hash,
 }
+compact_de!(ReleaseAmended { request: RequestId, allocations: Vec<Allocation>, allocations_hash: Hash });
 
 /// See [`EventType::RefundRequested`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefundRequested {
     /// The request.
@@ -548,9 +646,14 @@ pub struct RefundRequested {
     /// Hash approvals bind to.
     pub allocations_hash: Hash,
 }
+compact_de!(RefundRequested {
+    request: RequestId,
+    amount: Money,
+    allocations_hash: Hash
+});
 
 /// See [`EventType::ApprovalGranted`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalGranted {
     /// The request.
@@ -560,9 +663,14 @@ pub struct ApprovalGranted {
     /// The allocations approved.
     pub allocations_hash: Hash,
 }
+compact_de!(ApprovalGranted {
+    request: RequestId,
+    party: PartyId,
+    allocations_hash: Hash
+});
 
 /// See [`EventType::ApprovalDenied`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalDenied {
     /// The request.
@@ -573,9 +681,14 @@ pub struct ApprovalDenied {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(ApprovalDenied {
+    request: RequestId,
+    party: PartyId,
+    reason: String[default]
+});
 
 /// See [`EventType::ApprovalWithdrawn`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalWithdrawn {
     /// The request.
@@ -583,25 +696,31 @@ pub struct ApprovalWithdrawn {
     /// The party withdrawing.
     pub party: PartyId,
 }
+compact_de!(ApprovalWithdrawn {
+    request: RequestId,
+    party: PartyId
+});
 
 /// See [`EventType::ReleaseAuthorized`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseAuthorized {
     /// The request.
     pub request: RequestId,
 }
+compact_de!(ReleaseAuthorized { request: RequestId });
 
 /// See [`EventType::RefundAuthorized`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefundAuthorized {
     /// The request.
     pub request: RequestId,
 }
+compact_de!(RefundAuthorized { request: RequestId });
 
 /// See [`EventType::RequestCancelled`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestCancelled {
     /// The request.
@@ -610,9 +729,13 @@ pub struct RequestCancelled {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(RequestCancelled {
+    request: RequestId,
+    reason: String[default]
+});
 
 /// See [`EventType::DisbursementSubmitted`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisbursementSubmitted {
     /// The authorized request.
@@ -622,9 +745,14 @@ pub struct DisbursementSubmitted {
     /// The rail's reference.
     pub rail_ref: String,
 }
+compact_de!(DisbursementSubmitted {
+    request: RequestId,
+    rail: Rail,
+    rail_ref: String
+});
 
 /// See [`EventType::DisbursementSettled`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisbursementSettled {
     /// The request.
@@ -632,9 +760,13 @@ pub struct DisbursementSettled {
     /// The rail's reference.
     pub rail_ref: String,
 }
+compact_de!(DisbursementSettled {
+    request: RequestId,
+    rail_ref: String
+});
 
 /// See [`EventType::DisbursementFailed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisbursementFailed {
     /// The request.
@@ -647,9 +779,15 @@ pub struct DisbursementFailed {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(DisbursementFailed {
+    request: RequestId,
+    rail_ref: String,
+    code: String,
+    reason: String[default]
+});
 
 /// See [`EventType::DisputeOpened`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisputeOpened {
     /// The dispute.
@@ -658,9 +796,13 @@ pub struct DisputeOpened {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(DisputeOpened {
+    dispute: RequestId,
+    reason: String[default]
+});
 
 /// How a dispute ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DisputeOutcome {
     /// Back to where it was; requests go on.
@@ -670,9 +812,10 @@ pub enum DisputeOutcome {
     /// Funds are refunded (a refund request follows, authorized by the resolver).
     Refund,
 }
+unit_enum_de!(DisputeOutcome { Resume = "resume", Release = "release", Refund = "refund" });
 
 /// See [`EventType::DisputeResolved`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisputeResolved {
     /// The dispute.
@@ -686,9 +829,10 @@ pub struct DisputeResolved {
     #[serde(default)]
     pub note: String,
 }
+compact_de!(DisputeResolved { dispute: RequestId, outcome: DisputeOutcome, request: Option<RequestId> [default], note: String [default] });
 
 /// See [`EventType::ReversalRecorded`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReversalRecorded {
     /// The posted leg being reversed.
@@ -697,9 +841,13 @@ pub struct ReversalRecorded {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(ReversalRecorded {
+    leg: LegId,
+    reason: String[default]
+});
 
 /// See [`EventType::ShortfallRecovered`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShortfallRecovered {
     /// Amount recovered.
@@ -707,9 +855,13 @@ pub struct ShortfallRecovered {
     /// The rail's reference for the recovery.
     pub rail_ref: String,
 }
+compact_de!(ShortfallRecovered {
+    amount: Money,
+    rail_ref: String
+});
 
 /// See [`EventType::ShortfallWrittenOff`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShortfallWrittenOff {
     /// Amount written off.
@@ -718,24 +870,34 @@ pub struct ShortfallWrittenOff {
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(ShortfallWrittenOff {
+    amount: Money,
+    reason: String[default]
+});
 
 /// See [`EventType::PaymentCancelled`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentCancelled {
     /// Why.
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(PaymentCancelled {
+    reason: String[default]
+});
 
 /// See [`EventType::PaymentClosed`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentClosed {
     /// Why.
     #[serde(default)]
     pub reason: String,
 }
+compact_de!(PaymentClosed {
+    reason: String[default]
+});
 
 /// The hash approvals bind to: SHA-256 of the allocations' canonical JSON.
 ///
@@ -756,17 +918,29 @@ pub fn allocations_hash(allocations: &[Allocation]) -> Hash {
 
 /// The hash approvals of a refund bind to.
 pub fn refund_hash(amount: &Money) -> Hash {
-    Hash::of(&serde_json::to_vec(&serde_json::json!({ "refund": amount })).unwrap_or_default())
+    // Keys in sorted order, as the `serde_json::Value` this was first written with.
+    #[derive(Serialize)]
+    struct Refund<'a> {
+        refund: &'a Money,
+    }
+    Hash::of(&serde_json::to_vec(&Refund { refund: amount }).unwrap_or_default())
 }
 
 /// The hash of the terms parties agree to: amount, description and policy.
 pub fn terms_hash(amount: &Money, description: &str, policy_hash: &Hash) -> Hash {
+    // Keys in sorted order, as the `serde_json::Value` this was first written with.
+    #[derive(Serialize)]
+    struct Terms<'a> {
+        amount: &'a Money,
+        description: &'a str,
+        policy_hash: &'a Hash,
+    }
     Hash::of(
-        &serde_json::to_vec(&serde_json::json!({
-            "amount": amount,
-            "description": description,
-            "policy_hash": policy_hash,
-        }))
+        &serde_json::to_vec(&Terms {
+            amount,
+            description,
+            policy_hash,
+        })
         .unwrap_or_default(),
     )
 }

@@ -48,7 +48,7 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
         .require_positive()
         .map_err(|err| Error::history(1, err.to_string()))?;
     let currency = e.amount.currency();
-    let mut participants = std::collections::BTreeMap::new();
+    let mut participants = crate::map::SortedMap::new();
     participants.insert(
         e.initiator,
         Participant {

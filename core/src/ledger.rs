@@ -39,15 +39,16 @@
 //! # Ok::<(), trustfold_core::Error>(())
 //! ```
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::de::unit_enum_de;
 use crate::error::{Error, Result};
 use crate::id::{LegId, PartyId, RequestId};
+use crate::map::SortedMap;
 use crate::money::{Currency, Money};
 
 /// A ledger account of one payment.
@@ -140,7 +141,7 @@ impl<'de> Deserialize<'de> for Account {
 }
 
 /// Where a leg is in its two phases.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LegStatus {
     /// Reserved, not yet done.
@@ -150,6 +151,7 @@ pub enum LegStatus {
     /// Undone.
     Voided,
 }
+unit_enum_de!(LegStatus { Pending = "pending", Posted = "posted", Voided = "voided" });
 
 /// One transfer between two accounts.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize)]
@@ -210,7 +212,7 @@ pub struct Ledger {
     /// Legs in the order they were opened.
     pub legs: Vec<Leg>,
     /// Balances by account (only accounts that ever moved).
-    pub balances: BTreeMap<Account, Balance>,
+    pub balances: SortedMap<Account, Balance>,
 }
 
 impl Ledger {
@@ -219,7 +221,7 @@ impl Ledger {
         Ledger {
             currency,
             legs: Vec::new(),
-            balances: BTreeMap::new(),
+            balances: SortedMap::new(),
         }
     }
 

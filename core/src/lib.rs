@@ -82,6 +82,8 @@
 
 pub mod approval;
 pub mod command;
+mod command_de;
+pub mod de;
 pub mod decide;
 pub mod driver;
 pub mod envelope;
@@ -92,6 +94,7 @@ pub mod hash;
 pub mod history;
 pub mod id;
 pub mod ledger;
+pub mod map;
 pub mod money;
 pub mod policy;
 pub mod state;

@@ -19,15 +19,16 @@
 //! # Ok::<(), trustfold_core::Error>(())
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::de::unit_enum_de;
 use crate::error::{Error, Result};
 use crate::event::EventType;
 use crate::hash::Hash;
+use crate::map::{SortedMap, SortedSet};
 use crate::money::{Currency, Money};
 
 /// Roles the system itself acts in; a policy may not define them.
@@ -78,7 +79,7 @@ impl fmt::Debug for Role {
 }
 
 /// A payment rail.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rail {
     /// US ACH: cheap, slow, returnable for up to 60 days (R10).
@@ -92,6 +93,7 @@ pub enum Rail {
     /// A book transfer inside one bank.
     Book,
 }
+unit_enum_de!(Rail { Ach = "ach", Wire = "wire", Rtp = "rtp", Card = "card", Book = "book" });
 
 /// How many parties may hold a role.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +152,7 @@ pub struct AmountRule {
 }
 
 /// From when a funding deadline counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeadlineAnchor {
     /// When the payment was opened.
@@ -158,6 +160,7 @@ pub enum DeadlineAnchor {
     /// When the last required party agreed to the terms.
     Agreed,
 }
+unit_enum_de!(DeadlineAnchor { Initiated = "initiated", Agreed = "agreed" });
 
 /// A deadline as anchor + offset.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +176,7 @@ pub struct DeadlineRule {
 }
 
 /// What a missed funding deadline does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnDeadlineMissed {
     /// The payment expires (anything already held is refunded).
@@ -182,6 +185,7 @@ pub enum OnDeadlineMissed {
     /// The payment is only flagged; funding stays open.
     Flag,
 }
+unit_enum_de!(OnDeadlineMissed { Expire = "expire", Flag = "flag" });
 
 /// Funding rules.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,8 +203,8 @@ pub struct FundingRules {
     #[serde(default)]
     pub on_deadline_missed: OnDeadlineMissed,
     /// Business days between settlement and availability, per rail (0 when absent).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub good_funds_days: BTreeMap<Rail, u32>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub good_funds_days: SortedMap<Rail, u32>,
     /// Failed attempts allowed before the payment expires.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
@@ -242,7 +246,7 @@ pub struct RefundRules {
 }
 
 /// Who bears a fee.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BorneBy {
     /// Deducted from what the payee receives.
@@ -251,6 +255,7 @@ pub enum BorneBy {
     /// Paid from escrow on top of what the payee receives.
     Payer,
 }
+unit_enum_de!(BorneBy { Payee = "payee", Payer = "payer" });
 
 /// A fee charged on each release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,7 +310,7 @@ pub struct Permissions {
 }
 
 /// Parts of a payment a role may be kept from seeing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hidden {
     /// Amounts, balances and allocations.
@@ -321,6 +326,7 @@ pub enum Hidden {
     /// Disputes and their reasons.
     Disputes,
 }
+unit_enum_de!(Hidden { Amounts = "amounts", BankDetails = "bank_details", Contacts = "contacts", Ledger = "ledger", Requests = "requests", Disputes = "disputes" });
 
 /// Which events a role sees.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,7 +336,7 @@ pub enum EventFilter {
     #[default]
     All,
     /// Only these event types.
-    Only(BTreeSet<String>),
+    Only(SortedSet<String>),
 }
 
 /// What one role sees.
@@ -342,7 +348,7 @@ pub struct Visibility {
     pub events: EventFilter,
     /// Which parts are removed from state and events.
     #[serde(default)]
-    pub hide: BTreeSet<Hidden>,
+    pub hide: SortedSet<Hidden>,
 }
 
 /// Limits on amounts.
@@ -369,7 +375,7 @@ pub struct Policy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub currencies: Vec<Currency>,
     /// Roles and how many may hold each.
-    pub roles: BTreeMap<Role, RoleRule>,
+    pub roles: SortedMap<Role, RoleRule>,
     /// The role that funds the payment.
     pub payer_role: Role,
     /// Roles that may receive released funds.
@@ -396,11 +402,11 @@ pub struct Policy {
     #[serde(default)]
     pub permissions: Permissions,
     /// What each role sees (roles not listed see everything).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub visibility: BTreeMap<Role, Visibility>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub visibility: SortedMap<Role, Visibility>,
     /// Which roles are notified of which event types.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub notifications: BTreeMap<String, Vec<Role>>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub notifications: SortedMap<String, Vec<Role>>,
 }
 
 fn default_funding() -> FundingRules {
@@ -409,7 +415,7 @@ fn default_funding() -> FundingRules {
         rails: vec![Rail::Ach, Rail::Wire],
         deadline: None,
         on_deadline_missed: OnDeadlineMissed::Expire,
-        good_funds_days: BTreeMap::new(),
+        good_funds_days: SortedMap::new(),
         max_attempts: default_attempts(),
         allow_partial: false,
     }
@@ -443,7 +449,7 @@ impl Policy {
     /// The visibility for a set of roles: the union of what each role may see.
     /// A role without an entry sees everything.
     pub fn visibility_for(&self, roles: &[Role]) -> Visibility {
-        let mut hide: Option<BTreeSet<Hidden>> = None;
+        let mut hide: Option<SortedSet<Hidden>> = None;
         let mut events: Option<EventFilter> = None;
         for r in roles {
             let v = self.visibility.get(r).cloned().unwrap_or_default();
@@ -551,7 +557,7 @@ impl Policy {
             ));
         }
 
-        let mut names = BTreeSet::new();
+        let mut names = SortedSet::new();
         for (i, fee) in self.fees.iter().enumerate() {
             let f = format!("fees[{i}]"); // few fees: eager is fine
             if fee.name.trim().is_empty() || !names.insert(fee.name.as_str()) {
@@ -685,7 +691,7 @@ impl Policy {
                 if *n == 0 {
                     return Err(Error::policy(format!("{f}.n"), "must be 1 or more"));
                 }
-                let distinct: BTreeSet<&Role> = roles.iter().collect();
+                let distinct: SortedSet<&Role> = roles.iter().collect();
                 let capacity: Option<u64> = distinct.iter().try_fold(0u64, |acc, r| {
                     self.roles
                         .get(*r)

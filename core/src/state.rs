@@ -3,14 +3,13 @@
 //! Serialized to JSON deterministically (ordered maps, amounts at the currency's
 //! scale), so the same history gives the same bytes on every platform.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::event::{Allocation, DisputeOutcome, FundingMethod};
 use crate::hash::Hash;
 use crate::id::{LegId, PartyId, PaymentId, RequestId, TenantId};
 use crate::ledger::{Account, Ledger};
+use crate::map::SortedMap;
 use crate::money::Money;
 use crate::policy::{BorneBy, Policy, Rail, Role};
 use crate::time::Timestamp;
@@ -278,10 +277,10 @@ pub struct Request {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mandate: Option<Mandate>,
     /// Approvals by party (the hash each approved).
-    pub approvals: BTreeMap<PartyId, Hash>,
+    pub approvals: SortedMap<PartyId, Hash>,
     /// Denials by party.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub denials: BTreeMap<PartyId, String>,
+    #[serde(skip_serializing_if = "SortedMap::is_empty")]
+    pub denials: SortedMap<PartyId, String>,
     /// Who asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<PartyId>,
@@ -369,7 +368,7 @@ pub struct PaymentState {
     /// Hash of the terms parties agree to.
     pub terms_hash: Hash,
     /// Participants.
-    pub participants: BTreeMap<PartyId, Participant>,
+    pub participants: SortedMap<PartyId, Participant>,
     /// Funding.
     pub funding: Funding,
     /// When funds became fully held (auto-release counts from here).
@@ -378,11 +377,11 @@ pub struct PaymentState {
     /// The ledger.
     pub ledger: Ledger,
     /// Release and refund requests.
-    pub requests: BTreeMap<RequestId, Request>,
+    pub requests: SortedMap<RequestId, Request>,
     /// Disputes.
-    pub disputes: BTreeMap<RequestId, Dispute>,
+    pub disputes: SortedMap<RequestId, Dispute>,
     /// Rail references seen.
-    pub rail_refs: BTreeMap<String, RailTarget>,
+    pub rail_refs: SortedMap<String, RailTarget>,
     /// Fixed fees already charged (charged on the first release only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fixed_fees_charged: Vec<String>,

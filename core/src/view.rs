@@ -123,3 +123,335 @@ pub fn redact_event(mut v: Value, vis: &Visibility) -> Value {
     }
     v
 }
+
+/// A role's view as JSON text, `{"events":[…],"state":{…}}`: byte for byte what
+/// serializing `json!({"state": state_view(..), "events": history_view(..)})` gives
+/// (keys in sorted order, as a `serde_json::Value` writes them), but redacted on the
+/// serialized bytes, without building `serde_json::Value`s (less code in WebAssembly).
+pub fn view_json(state: &PaymentState, events: &[Envelope], roles: &[Role]) -> Vec<u8> {
+    let vis = state.policy_doc.visibility_for(roles);
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"events\":[");
+    let visible = events.iter().filter(|e| match &vis.events {
+        EventFilter::All => true,
+        EventFilter::Only(types) => types.contains(e.event_type().name()),
+    });
+    for (i, e) in visible.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let bytes = e.canonical_json();
+        match tree::parse(&bytes) {
+            Some(mut n) => {
+                redact_event_tree(&mut n, &vis);
+                n.write(&mut out);
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"],\"state\":");
+    let bytes = state.to_json();
+    match tree::parse(&bytes) {
+        Some(mut n) => {
+            redact_state_tree(&mut n, &vis);
+            n.write(&mut out);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    out
+}
+
+use tree::ObjectExt as _;
+
+const NULL: tree::Node<'static> = tree::Node::Scalar(b"null");
+
+/// [`redact_state`] on a tree.
+fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    for h in &vis.hide {
+        match h {
+            Hidden::Amounts => {
+                for k in [&b"amount"[..], b"ledger"] {
+                    if obj.field_mut(k).is_some() {
+                        obj.set(k, NULL);
+                    }
+                }
+                if let Some(f) = obj.field_mut(b"funding").and_then(|n| n.as_object_mut()) {
+                    f.set(b"attempts", NULL);
+                }
+                if let Some(reqs) = obj.field_mut(b"requests").and_then(|n| n.as_object_mut()) {
+                    for (_, r) in reqs.iter_mut() {
+                        if let Some(r) = r.as_object_mut() {
+                            for k in [&b"amount"[..], b"allocations", b"fees"] {
+                                r.unset(k);
+                            }
+                        }
+                    }
+                }
+            }
+            Hidden::BankDetails => {
+                if let Some(f) = obj.field_mut(b"funding").and_then(|n| n.as_object_mut()) {
+                    f.unset(b"method");
+                }
+            }
+            Hidden::Contacts => {
+                if let Some(ps) = obj
+                    .field_mut(b"participants")
+                    .and_then(|n| n.as_object_mut())
+                {
+                    for (_, p) in ps.iter_mut() {
+                        if let Some(p) = p.as_object_mut() {
+                            p.unset(b"email");
+                            p.unset(b"name");
+                        }
+                    }
+                }
+            }
+            Hidden::Ledger => obj.set(b"ledger", NULL),
+            Hidden::Requests => obj.set(b"requests", tree::Node::Obj(Vec::new())),
+            Hidden::Disputes => obj.set(b"disputes", tree::Node::Obj(Vec::new())),
+        }
+    }
+    if vis.hide.contains(&Hidden::BankDetails) || vis.hide.contains(&Hidden::Amounts) {
+        obj.unset(b"rail_refs");
+    }
+}
+
+/// [`redact_event`] on a tree.
+fn redact_event_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    if let Some(data) = obj.field_mut(b"data").and_then(|n| n.as_object_mut()) {
+        for h in &vis.hide {
+            let keys: &[&str] = match h {
+                Hidden::Amounts => AMOUNT_KEYS,
+                Hidden::BankDetails => BANK_KEYS,
+                Hidden::Contacts => CONTACT_KEYS,
+                Hidden::Disputes => &["reason", "note"],
+                _ => &[],
+            };
+            for k in keys {
+                data.unset(k.as_bytes());
+            }
+        }
+    }
+    obj.unset(b"prev");
+    let redacted: &[u8] = if vis.hide.is_empty() {
+        b"false"
+    } else {
+        b"true"
+    };
+    obj.set(b"redacted", tree::Node::Scalar(redacted));
+}
+
+/// Just enough JSON to redact what serde_json wrote: a tree over the bytes whose
+/// scalars and keys stay as written, and whose objects are written with their keys in
+/// sorted order (as `serde_json::Map` holds them).
+mod tree {
+    use std::cmp::Ordering;
+
+    /// A JSON value borrowing its text.
+    pub(super) enum Node<'a> {
+        /// A string (with its quotes), number, `true`, `false` or `null`, as written.
+        Scalar(&'a [u8]),
+        /// An array.
+        Arr(Vec<Node<'a>>),
+        /// An object: keys as written between their quotes, and values.
+        Obj(Vec<(&'a [u8], Node<'a>)>),
+    }
+
+    /// An object's entries.
+    pub(super) type Entries<'a> = Vec<(&'a [u8], Node<'a>)>;
+
+    impl<'a> Node<'a> {
+        pub(super) fn as_object_mut(&mut self) -> Option<&mut Entries<'a>> {
+            match self {
+                Node::Obj(entries) => Some(entries),
+                _ => None,
+            }
+        }
+
+        /// Writes compact JSON, object keys sorted.
+        pub(super) fn write(&self, out: &mut Vec<u8>) {
+            match self {
+                Node::Scalar(s) => out.extend_from_slice(s),
+                Node::Arr(items) => {
+                    out.push(b'[');
+                    for (i, n) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        n.write(out);
+                    }
+                    out.push(b']');
+                }
+                Node::Obj(entries) => {
+                    let mut order: Vec<&(&[u8], Node<'_>)> = entries.iter().collect();
+                    order.sort_by(|a, b| key_cmp(a.0, b.0));
+                    out.push(b'{');
+                    for (i, (k, n)) in order.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.push(b'"');
+                        out.extend_from_slice(k);
+                        out.extend_from_slice(b"\":");
+                        n.write(out);
+                    }
+                    out.push(b'}');
+                }
+            }
+        }
+    }
+
+    /// What redaction does to an object.
+    pub(super) trait ObjectExt<'a> {
+        fn field_mut(&mut self, key: &[u8]) -> Option<&mut Node<'a>>;
+        /// Sets `key` (replacing its value, or adding it).
+        fn set(&mut self, key: &'a [u8], n: Node<'a>);
+        fn unset(&mut self, key: &[u8]);
+    }
+
+    impl<'a> ObjectExt<'a> for Entries<'a> {
+        fn field_mut(&mut self, key: &[u8]) -> Option<&mut Node<'a>> {
+            self.iter_mut().find(|(k, _)| *k == key).map(|(_, n)| n)
+        }
+
+        fn set(&mut self, key: &'a [u8], n: Node<'a>) {
+            match self.field_mut(key) {
+                Some(slot) => *slot = n,
+                None => self.push((key, n)),
+            }
+        }
+
+        fn unset(&mut self, key: &[u8]) {
+            self.retain(|(k, _)| *k != key);
+        }
+    }
+
+    /// Keys compare as the strings they stand for (as written unless escaped).
+    fn key_cmp(a: &[u8], b: &[u8]) -> Ordering {
+        if !a.contains(&b'\\') && !b.contains(&b'\\') {
+            return a.cmp(b);
+        }
+        let text = |k: &[u8]| -> String {
+            let mut quoted = Vec::with_capacity(k.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(k);
+            quoted.push(b'"');
+            serde_json::from_slice(&quoted).unwrap_or_default()
+        };
+        text(a).cmp(&text(b))
+    }
+
+    /// Parses one JSON value filling `b` (surrounding whitespace allowed).
+    pub(super) fn parse(b: &[u8]) -> Option<Node<'_>> {
+        let mut p = Parser { b, i: 0 };
+        let n = p.value(0)?;
+        p.ws();
+        (p.i == b.len()).then_some(n)
+    }
+
+    struct Parser<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl<'a> Parser<'a> {
+        fn ws(&mut self) {
+            while self.b.get(self.i).is_some_and(u8::is_ascii_whitespace) {
+                self.i += 1;
+            }
+        }
+
+        fn eat(&mut self, c: u8) -> bool {
+            self.ws();
+            let ok = self.b.get(self.i) == Some(&c);
+            if ok {
+                self.i += 1;
+            }
+            ok
+        }
+
+        /// A string's bytes between its quotes (the opening quote is next).
+        fn string(&mut self) -> Option<&'a [u8]> {
+            if !self.eat(b'"') {
+                return None;
+            }
+            let start = self.i;
+            loop {
+                match *self.b.get(self.i)? {
+                    b'"' => break,
+                    b'\\' => self.i += 2,
+                    _ => self.i += 1,
+                }
+            }
+            let s = self.b.get(start..self.i)?;
+            self.i += 1;
+            Some(s)
+        }
+
+        fn value(&mut self, depth: usize) -> Option<Node<'a>> {
+            if depth > 128 {
+                return None;
+            }
+            self.ws();
+            match *self.b.get(self.i)? {
+                b'{' => {
+                    self.i += 1;
+                    let mut entries = Vec::new();
+                    if self.eat(b'}') {
+                        return Some(Node::Obj(entries));
+                    }
+                    loop {
+                        let k = self.string()?;
+                        if !self.eat(b':') {
+                            return None;
+                        }
+                        entries.push((k, self.value(depth + 1)?));
+                        if self.eat(b'}') {
+                            return Some(Node::Obj(entries));
+                        }
+                        if !self.eat(b',') {
+                            return None;
+                        }
+                    }
+                }
+                b'[' => {
+                    self.i += 1;
+                    let mut items = Vec::new();
+                    if self.eat(b']') {
+                        return Some(Node::Arr(items));
+                    }
+                    loop {
+                        items.push(self.value(depth + 1)?);
+                        if self.eat(b']') {
+                            return Some(Node::Arr(items));
+                        }
+                        if !self.eat(b',') {
+                            return None;
+                        }
+                    }
+                }
+                b'"' => {
+                    let start = self.i;
+                    self.string()?;
+                    Some(Node::Scalar(self.b.get(start..self.i)?))
+                }
+                _ => {
+                    let start = self.i;
+                    while self.b.get(self.i).is_some_and(|c| {
+                        !matches!(c, b',' | b']' | b'}') && !c.is_ascii_whitespace()
+                    }) {
+                        self.i += 1;
+                    }
+                    (self.i > start).then(|| Node::Scalar(&self.b[start..self.i]))
+                }
+            }
+        }
+    }
+}

@@ -475,6 +475,8 @@ impl<'a> Run<'a> {
             correlation: None,
         };
         let sealed_before = self.d.sealed().len();
+        let json = serde_json::to_vec(&cmd).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(Command::from_json(&json).ok(), Some(cmd.clone()));
         match self.d.run(actor, cmd.clone()) {
             Ok(_) => {
                 self.accepted += 1;
@@ -1630,6 +1632,13 @@ proptest! {
             let _ = c.kind();
             let _ = serde_json::to_vec(&c);
         }
+        // The two-pass decoder of `from_json` agrees with the derived `Deserialize`: the
+        // same command, or an error with the same code. (On input with several problems,
+        // e.g. a wrong type and a syntax error further on, the two may name a different
+        // first problem, so messages are not compared here.)
+        let derived = serde_json::from_slice::<Command>(&bad)
+            .map_err(|e| trustfold_core::Error::from(e).code());
+        prop_assert_eq!(Command::from_json(&bad).map_err(|e| e.code()), derived);
         feed_everything(&bad);
     }
 

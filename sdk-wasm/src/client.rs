@@ -514,7 +514,8 @@ fn request_body(command: String) -> JsResult<String> {
         #[serde(default, borrow)]
         command: Option<&'a serde_json::value::RawValue>,
     }
-    let shape: Shape<'_> = serde_json::from_str(&command).map_err(|e| {
+    // From bytes: the module has a slice decoder already, not a `str` one.
+    let shape: Shape<'_> = serde_json::from_slice(command.as_bytes()).map_err(|e| {
         js_error(
             "malformed_json",
             &format!("the command is not a JSON object: {e}"),

@@ -136,11 +136,9 @@ pub fn view(
         .map(|r| r.envelope())
         .collect::<Result<Vec<Envelope>, Error>>()
         .js()?;
-    let out = serde_json::json!({
-        "state": view::state_view(&state, &roles),
-        "events": view::history_view(&state, &envelopes, &roles),
-    });
-    Ok(out.to_string())
+    // Redacted on the serialized bytes: the same text as the core's Value-based views.
+    let out = view::view_json(&state, &envelopes, &roles);
+    Ok(String::from_utf8(out).unwrap_or_default())
 }
 
 pub(crate) fn state_json(state: &PaymentState) -> String {

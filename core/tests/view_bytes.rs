@@ -1,0 +1,48 @@
+//! `view::view_json` (redaction on the serialized bytes, used by the wasm SDK) gives
+//! exactly the bytes of the `serde_json::Value` views, for every golden vector and
+//! every role of its policy, alone and in pairs.
+
+use std::path::Path;
+
+use trustfold_core::fold::replay;
+use trustfold_core::history;
+use trustfold_core::policy::Role;
+use trustfold_core::view;
+
+#[test]
+fn view_json_matches_the_value_views() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("vectors") {
+        let path = entry.expect("entry").path();
+        if !path.to_string_lossy().ends_with(".history.json") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("read");
+        let Ok(state) = replay(&bytes) else { continue };
+        let records = history::parse(&bytes).expect("parse");
+        let envs: Vec<_> = records
+            .iter()
+            .map(|r| r.envelope().expect("envelope"))
+            .collect();
+        let roles: Vec<Role> = state.policy_doc.roles.keys().cloned().collect();
+        let mut sets: Vec<Vec<Role>> = vec![vec![], vec![Role::new("nobody")]];
+        for (i, a) in roles.iter().enumerate() {
+            sets.push(vec![a.clone()]);
+            for b in &roles[i + 1..] {
+                sets.push(vec![a.clone(), b.clone()]);
+            }
+        }
+        for set in sets {
+            let want = serde_json::json!({
+                "state": view::state_view(&state, &set),
+                "events": view::history_view(&state, &envs, &set),
+            })
+            .to_string();
+            let got = String::from_utf8(view::view_json(&state, &envs, &set)).expect("utf8");
+            assert_eq!(got, want, "{} as {set:?}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} views checked");
+}
