@@ -62,6 +62,43 @@ struct Figures {
     lat_max: f64,
     lat_missing: usize,
     errors: usize,
+    /// CPU of this process (server + clients) per command in the 1- and 16-client runs, µs.
+    cpu1_us: f64,
+    cpu16_us: f64,
+    /// Share of the machine's CPU time that was busy (all processes) during the 16-client
+    /// run.
+    busy16: f64,
+}
+
+/// This process's CPU time so far (user + system), in seconds, from `/proc/self/stat`
+/// (0 where there is no procfs).
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here; in ticks
+    // of 1/100 s (USER_HZ on Linux).
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// The machine's (busy, total) CPU ticks so far, from `/proc/stat`.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return (0.0, 0.0);
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let total: f64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -123,6 +160,14 @@ fn print_table(results: &[(&str, Figures)]) {
         println!(
             "| {engine} | events per commit, 16 clients | {:.1} | | |",
             f.events_per_commit16
+        );
+        println!(
+            "| {engine} | CPU per command (server + clients, one process), 1 / 16 clients | {:.0} / {:.0} µs | | |",
+            f.cpu1_us, f.cpu16_us
+        );
+        println!(
+            "| {engine} | machine CPU busy during the 16-client run (all processes) | {:.0} % | | |",
+            f.busy16 * 100.0
         );
         println!(
             "| {engine} | command→SSE p50 / p99 / max at {:.0} commands/s (target rate {LAT_RATE}) | {:.2} / {:.2} / {:.2} ms | p99 ≤ 10 ms | {} |",
@@ -636,7 +681,9 @@ where
 
     eprintln!("bench-server: HTTP, 1 client");
     let one = benches.split_off(CLIENTS);
+    let cpu = process_cpu();
     let (rate, one, e) = closed_loop(&http, &base, &key, one).await?;
+    f.cpu1_us = (process_cpu() - cpu) * 1e6 / (rate * HTTP_SECS as f64).max(1.0);
     f.http1 = rate;
     f.errors += e;
     benches.extend(one);
@@ -644,7 +691,11 @@ where
     eprintln!("bench-server: HTTP, {CLIENTS} clients");
     let (before, _) = batches(0).await?;
     let many: Vec<Bench> = benches.drain(..CLIENTS).collect();
+    let (cpu, machine) = (process_cpu(), machine_cpu());
     let (rate, many, e) = closed_loop(&http, &base, &key, many).await?;
+    f.cpu16_us = (process_cpu() - cpu) * 1e6 / (rate * HTTP_SECS as f64).max(1.0);
+    let machine_after = machine_cpu();
+    f.busy16 = (machine_after.0 - machine.0) / (machine_after.1 - machine.1).max(1.0);
     f.http16 = rate;
     f.errors += e;
     let (events, commits) = batches(before).await?;

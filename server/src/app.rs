@@ -208,7 +208,7 @@ fn redact_url(url: &str) -> String {
 
 /// How long the background projector lets appends gather after a notice before it
 /// applies them.
-const PROJECTION_DELAY: Duration = Duration::from_millis(5);
+const PROJECTION_DELAY: Duration = Duration::from_millis(20);
 
 fn spawn_background(
     db: Db,
