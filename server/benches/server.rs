@@ -60,6 +60,9 @@ struct Figures {
     lat_p50: f64,
     lat_p99: f64,
     lat_max: f64,
+    /// Command round trip (sent → response read) in the fixed-rate run, ms.
+    ack_p50: f64,
+    ack_p99: f64,
     lat_missing: usize,
     errors: usize,
     /// CPU of this process (server + clients) per command in the 1- and 16-client runs, µs.
@@ -176,6 +179,10 @@ fn print_table(results: &[(&str, Figures)]) {
             f.lat_p99,
             f.lat_max,
             ok(f.lat_p99 <= 10.0 && f.lat_rate >= 0.95 * LAT_RATE as f64)
+        );
+        println!(
+            "| {engine} | command round trip (sent → answered) p50 / p99 in that run | {:.2} / {:.2} ms | | |",
+            f.ack_p50, f.ack_p99
         );
         if f.lat_missing > 0 || f.errors > 0 {
             println!(
@@ -600,13 +607,17 @@ async fn latency(
         let offset = Duration::from_micros(1_000_000 * i as u64 / LAT_RATE);
         tasks.push(tokio::spawn(async move {
             let mut sent: Vec<(u64, Instant)> = Vec::new();
+            let mut answered: Vec<f64> = Vec::new();
             let mut errors = 0usize;
             for k in 0..per_payment {
                 let at = start + offset + period * k as u32;
                 tokio::time::sleep_until(at.into()).await;
                 let t = Instant::now();
                 match send_next(&http, &base, &key, &mut b).await {
-                    Ok(v) => sent.push((v, t)),
+                    Ok(v) => {
+                        sent.push((v, t));
+                        answered.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
                     Err(e) => {
                         errors += 1;
                         if errors <= 3 {
@@ -616,12 +627,14 @@ async fn latency(
                     }
                 }
             }
-            (i, sent, errors)
+            (i, sent, errors, answered)
         }));
     }
     let mut sent = Vec::new();
+    let mut answered = Vec::new();
     for t in tasks {
-        let (i, s, e) = t.await.map_err(err)?;
+        let (i, s, e, a) = t.await.map_err(err)?;
+        answered.extend(a);
         f.errors += e;
         sent.extend(s.into_iter().map(|(v, t)| ((i, v), t)));
     }
@@ -647,6 +660,15 @@ async fn latency(
     };
     f.lat_p50 = pct(0.50);
     f.lat_p99 = pct(0.99);
+    answered.sort_by(f64::total_cmp);
+    f.ack_p50 = answered
+        .get(answered.len() / 2)
+        .copied()
+        .unwrap_or(f64::NAN);
+    f.ack_p99 = answered
+        .get((answered.len() as f64 * 0.99) as usize)
+        .copied()
+        .unwrap_or(f64::NAN);
     f.lat_max = lat.last().copied().unwrap_or(f64::NAN);
     Ok(())
 }
