@@ -141,7 +141,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // No ping before each use (`test_before_acquire`): it would cost a hand-off to
+        // the connection thread per statement, and a file connection does not go stale.
         let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(60))
@@ -152,6 +155,7 @@ impl SqliteStore {
             migrate(&mut conn).await?;
         }
         let readers = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(8)
             .connect_with(base.read_only(true))
             .await?;
