@@ -805,3 +805,58 @@ async fn openapi_documents_every_route_the_server_serves() {
     );
     srv.finish().await;
 }
+
+/// Commands do not wait for the read models; reads of the read models wait for this
+/// process's own writes: every read right after a command sees it.
+async fn reads_see_their_own_writes(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = &f.payment;
+    let path = format!("/v1/payments/{p}/commands");
+    let broker = uuid::Uuid::new_v4();
+    for i in 0..30 {
+        // Invite and remove the same brokerage, in turn: one event per command.
+        let command = if i % 2 == 0 {
+            json!({"type": "Invite", "party": broker, "roles": ["brokerage"]})
+        } else {
+            json!({"type": "Remove", "party": broker})
+        };
+        let body = json!({"command": command,
+                          "actor": {"party": f.agent, "role": "listing_agent"}});
+        let r = c.post(&path, &key, &body).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let version = r.body["version"].as_u64().expect("version");
+        let state = c.get(&format!("/v1/payments/{p}"), &key).await;
+        assert_eq!(state.status, 200);
+        assert_eq!(state.body["version"].as_u64(), Some(version), "command {i}");
+        assert_eq!(
+            state.body, r.body["state"],
+            "read model = the command's state"
+        );
+        let list = c.get("/v1/payments?limit=500", &key).await;
+        let row = list.body["payments"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["payment_id"] == json!(p)))
+            .cloned()
+            .unwrap_or_else(|| panic!("payment missing from the list: {}", list.body));
+        assert_eq!(
+            row["version"].as_u64(),
+            Some(version),
+            "list after command {i}"
+        );
+    }
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn reads_see_their_own_writes_sqlite() {
+    reads_see_their_own_writes(common::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn reads_see_their_own_writes_postgres() {
+    if let Some(srv) = common::postgres().await {
+        reads_see_their_own_writes(srv).await;
+    }
+}
