@@ -1,6 +1,7 @@
 # trustfold-server: the event store contract suite on SQLite and on a throwaway
 # PostgreSQL cluster (scripts/with-postgres.sh starts it, exports DATABASE_URL, runs the
-# tests, and deletes the cluster). Included by the root Makefile via `-include mk/*.mk`.
+# tests, and deletes the cluster); then the SDK's tests against a real server
+# (sdk-native/tests/server.rs) on PostgreSQL too. Included by the root Makefile via `-include mk/*.mk`.
 
 CARGO ?= cargo
 
@@ -13,6 +14,7 @@ export TRUSTFOLD_SKIP_PG ?= 1
 .PHONY: test-server
 test-server:
 	TRUSTFOLD_SKIP_PG=0 scripts/with-postgres.sh $(CARGO) test -p trustfold-server
+	TRUSTFOLD_SKIP_PG=0 scripts/with-postgres.sh $(CARGO) test -p trustfold --test server
 
 TEST_TARGETS += test-server
 

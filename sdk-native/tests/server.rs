@@ -1,5 +1,8 @@
 //! The client, replica, subscription and `trustfold fetch` against a real server
-//! (started in-process on a temporary SQLite file, over loopback HTTP).
+//! (started in-process over loopback HTTP, on a temporary SQLite file and, with
+//! `DATABASE_URL`, on PostgreSQL: `make test-server` runs them under
+//! `scripts/with-postgres.sh`), including a replica that keeps following across a
+//! restart of the server.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,12 +17,36 @@ use trustfold_server::app::{start, Config};
 const ADMIN: &str = "admin-secret-for-tests";
 
 async fn server(dir: &std::path::Path) -> trustfold_server::app::Running {
-    let mut c = Config::new(dir.join("trustfold.db").display().to_string());
-    c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    serve(&dir.join("trustfold.db").display().to_string(), 0).await
+}
+
+/// A server on `database` (a SQLite path or a PostgreSQL URL), on `port` of 127.0.0.1
+/// (0: any free one).
+async fn serve(database: &str, port: u16) -> trustfold_server::app::Running {
+    let mut c = Config::new(database);
+    c.listen = SocketAddr::from(([127, 0, 0, 1], port));
     c.http.admin_token = Some(ADMIN.into());
     c.http.heartbeat = Duration::from_millis(300);
     c.http.poll_interval = Duration::from_millis(100);
     start(c).await.expect("server starts")
+}
+
+/// The PostgreSQL server of `DATABASE_URL` (`make test-server` starts a throwaway one
+/// with `scripts/with-postgres.sh`), or `None` when `TRUSTFOLD_SKIP_PG=1` says these
+/// tests are knowingly skipped. Tenants are isolated, so tests may share its database.
+fn postgres() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("TRUSTFOLD_SKIP_PG").as_deref() == Ok("1") => {
+            eprintln!("TRUSTFOLD_SKIP_PG=1: skipping an SDK test against PostgreSQL");
+            None
+        }
+        _ => panic!(
+            "DATABASE_URL is not set: run `scripts/with-postgres.sh cargo test -p trustfold \
+             --test server` (or `make test-server`), or set TRUSTFOLD_SKIP_PG=1 to skip the \
+             PostgreSQL half knowingly"
+        ),
+    }
 }
 
 fn id() -> String {
@@ -29,7 +56,19 @@ fn id() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_replica_subscription_and_fetch_against_a_real_server() {
     let dir = tempfile::tempdir().expect("tmp");
-    let running = server(dir.path()).await;
+    let db = dir.path().join("trustfold.db").display().to_string();
+    client_replica_subscription_and_fetch(&db, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_replica_subscription_and_fetch_against_a_real_server_postgres() {
+    let Some(url) = postgres() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    client_replica_subscription_and_fetch(&url, dir.path()).await;
+}
+
+async fn client_replica_subscription_and_fetch(database: &str, dir: &std::path::Path) {
+    let running = serve(database, 0).await;
     let base = format!("http://{}", running.addr);
 
     // Tenant, API key, policy.
@@ -154,7 +193,7 @@ async fn client_replica_subscription_and_fetch_against_a_real_server() {
     writer.await.expect("writer");
 
     // Catch-up subscription with a file checkpoint: everything once, then resume.
-    let cp = dir.path().join("feed.checkpoint");
+    let cp = dir.join("feed.checkpoint");
     let mut seen = Vec::new();
     let mut sub = Subscription::new(c.clone(), FileCheckpoint::new(&cp));
     sub.catch_up(|e| {
@@ -170,7 +209,7 @@ async fn client_replica_subscription_and_fetch_against_a_real_server() {
     assert_eq!(n, 0, "nothing twice after a restart");
 
     // `trustfold fetch`, then offline verification of the file with the head.
-    let out = dir.path().join("p.history.json");
+    let out = dir.join("p.history.json");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_trustfold"))
         .args(["fetch", &p.to_string(), "--server", &base, "--out"])
         .arg(&out)
@@ -581,4 +620,95 @@ async fn every_operation_of_the_api_typed_end_to_end() {
     assert!(none.is_empty());
 
     running.shutdown().await.expect("shutdown");
+}
+
+/// A replica following the live stream keeps going across a restart of the server: the
+/// stream ends, the replica reconnects with backoff and resumes with `Last-Event-ID`,
+/// nothing lost or applied twice, and the restarted server's head still verifies
+/// against the pinned key (kept in the database).
+async fn follow_resumes_after_a_server_restart(database: &str) {
+    let first = serve(database, 0).await;
+    let addr = first.addr;
+    let base = format!("http://{addr}");
+    let anon = Client::new(&base).expect("client");
+    let t = anon
+        .create_tenant(ADMIN, "Restart Realty")
+        .await
+        .expect("tenant");
+    let api_key = t["api_key"].as_str().expect("api key").to_string();
+    let c = Client::new(&base).expect("client").api_key(&api_key);
+    let policy: Value =
+        serde_json::from_str(include_str!("../../examples/policies/earnest-money.json"))
+            .expect("policy");
+    c.create_policy(&policy).await.expect("policy");
+    let agent = id();
+    let open = json!({
+        "policy": "earnest-money",
+        "amount": {"amount": "750.00", "currency": "USD"},
+        "initiator": {"party": agent, "roles": ["listing_agent"]}
+    });
+    let p = c
+        .create_payment(&open, None)
+        .await
+        .expect("open")
+        .payment_id;
+    let key = anon.server_key().await.expect("key");
+    let mut rep = Replica::new(c.clone(), p, key);
+    assert_eq!(rep.sync().await.expect("sync"), 1);
+
+    let follower = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            rep.follow(|s| {
+                seen.push(s.version);
+                s.version < 3
+            }),
+        )
+        .await;
+        (r, seen, rep)
+    });
+    let as_agent = json!({"party": agent, "role": "listing_agent"});
+    let invite = |roles: &str| json!({"type": "Invite", "party": id(), "roles": [roles]});
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send_command(p, &invite("buyer"), Some(&as_agent), Some(1), None)
+        .await
+        .expect("invite before the restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Restart on the same address and database; the follower is disconnected meanwhile.
+    first.shutdown().await.expect("shutdown");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = serve(database, addr.port()).await;
+    assert_eq!(second.addr, addr);
+    c.send_command(p, &invite("seller"), Some(&as_agent), Some(2), None)
+        .await
+        .expect("invite after the restart");
+
+    let (r, seen, rep) = follower.await.expect("follower");
+    assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+    assert_eq!(
+        seen,
+        vec![2, 3],
+        "each event once, in order, across the restart"
+    );
+    assert_eq!(rep.version(), 3);
+    assert!(
+        rep.diff().await.expect("diff").is_empty(),
+        "replica = read model"
+    );
+    second.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_resumes_after_a_server_restart_sqlite() {
+    let dir = tempfile::tempdir().expect("tmp");
+    follow_resumes_after_a_server_restart(&dir.path().join("t.db").display().to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_resumes_after_a_server_restart_postgres() {
+    if let Some(url) = postgres() {
+        follow_resumes_after_a_server_restart(&url).await;
+    }
 }
