@@ -82,6 +82,32 @@ pub struct EventsPage {
     pub next: u64,
 }
 
+/// One item of a history page as a participant whose roles the policy hides something
+/// from gets it: the sequence number and the redacted event (no hash: it cannot be
+/// verified), one per event, or several for an event the policy splits per role.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ViewItem {
+    /// The event's sequence number (for a verifiable record, read from its event).
+    #[serde(default)]
+    pub seq: u64,
+    /// The recorded hash, present when the item is a verifiable record.
+    #[serde(default)]
+    pub hash: Option<Hash>,
+    /// The event (redacted) as JSON.
+    pub event: Value,
+}
+
+/// A page of a payment's history in the form the caller is allowed to see.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ViewPage {
+    /// The items, in order.
+    pub events: Vec<ViewItem>,
+    /// More after `next`.
+    pub has_more: bool,
+    /// The cursor (sequence number) to continue after.
+    pub next: u64,
+}
+
 /// One event of the tenant-wide feed.
 #[derive(Debug, Clone, Deserialize)]
 pub struct FeedEvent {
@@ -519,12 +545,51 @@ impl Client {
         Ok((b.etag.and_then(|e| e.parse().ok()), v))
     }
 
-    /// `GET /v1/payments/{id}/events?after=&limit=`: a page of the history.
+    /// `GET /v1/payments/{id}/events?after=&limit=`: a page of the history as verifiable
+    /// records (what an API key, or a participant whose roles see everything, gets).
+    /// A participant token that gets a redacted view fails with
+    /// [`Error::RedactedHistory`]; read that view with [`Client::events_view`].
     pub async fn events(&self, payment: PaymentId, after: u64, limit: u32) -> Result<EventsPage> {
-        self.get_json(&format!(
-            "/v1/payments/{payment}/events?after={after}&limit={limit}"
-        ))
-        .await
+        let b = self
+            .send(
+                Method::GET,
+                &format!("/v1/payments/{payment}/events?after={after}&limit={limit}"),
+                None,
+                None,
+                None,
+            )
+            .await?;
+        match serde_json::from_slice::<EventsPage>(&b.bytes) {
+            Ok(page) => Ok(page),
+            Err(e) => match serde_json::from_slice::<ViewPage>(&b.bytes) {
+                Ok(view) if view.events.iter().any(|i| i.hash.is_none()) => {
+                    Err(Error::RedactedHistory)
+                }
+                _ => Err(Error::Transport(format!("bad response: {e}"))),
+            },
+        }
+    }
+
+    /// `GET /v1/payments/{id}/events?after=&limit=` as whatever the credential may see:
+    /// verifiable records (with `hash`) for an API key, the policy's redacted view
+    /// (without) for a participant token whose roles it hides something from.
+    pub async fn events_view(
+        &self,
+        payment: PaymentId,
+        after: u64,
+        limit: u32,
+    ) -> Result<ViewPage> {
+        let mut page: ViewPage = self
+            .get_json(&format!(
+                "/v1/payments/{payment}/events?after={after}&limit={limit}"
+            ))
+            .await?;
+        for item in &mut page.events {
+            if item.hash.is_some() {
+                item.seq = item.event.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            }
+        }
+        Ok(page)
     }
 
     /// `GET /v1/payments/{id}/head`: the signed head.

@@ -116,6 +116,16 @@ pub enum Error {
     /// A webhook whose signature or timestamp does not verify.
     #[error("webhook: {0}")]
     Webhook(String),
+    /// The credential (a participant token whose roles the policy hides something from)
+    /// gets a redacted view of the history, which has no hashes and cannot be verified
+    /// or folded: read it with `Client::events_view`, and the state with
+    /// `Client::payment`.
+    #[error(
+        "this credential gets a redacted view of the history, which cannot be verified; \
+         use Client::events_view to read it, or an API key (or a role that sees \
+         everything) for the verifiable records"
+    )]
+    RedactedHistory,
 }
 
 impl Error {
@@ -139,6 +149,7 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::Transport(_) => "transport",
             Error::Webhook(_) => "webhook_invalid",
+            Error::RedactedHistory => "redacted_history",
         }
     }
 

@@ -475,6 +475,27 @@ async fn every_operation_of_the_api_typed_end_to_end() {
     assert!(view["amount"].is_null(), "amounts hidden: {view}");
     assert!(view["ledger"].is_null(), "ledger hidden: {view}");
     assert_ne!(full, view);
+    // Its history is the redacted view: not verifiable records, a typed error says so,
+    // and `events_view` reads it (one item per event at least, no hashes, no amounts).
+    let e = as_lender.events(p, 0, 500).await.expect_err("redacted");
+    assert_eq!(e.code(), "redacted_history", "{e}");
+    let items = as_lender.events_view(p, 0, 500).await.expect("view");
+    assert!(!items.has_more);
+    assert_eq!(items.next, version);
+    assert!(items.events.iter().all(|i| i.hash.is_none()));
+    assert!(items.events.windows(2).all(|w| w[0].seq <= w[1].seq));
+    assert_eq!(items.events.last().map(|i| i.seq), Some(version));
+    let text = serde_json::to_string(&items.events.iter().map(|i| &i.event).collect::<Vec<_>>())
+        .expect("json");
+    assert!(
+        !text.contains("\"amount\":{\"amount\""),
+        "amounts hidden: {text}"
+    );
+    // The tenant reads the same page as verifiable records, also through events_view.
+    let records = c.events_view(p, 0, 500).await.expect("records");
+    assert_eq!(records.events.len() as u64, version);
+    assert!(records.events.iter().all(|i| i.hash.is_some()));
+    assert_eq!(records.events.last().map(|i| i.seq), Some(version));
     let own = as_lender.inbox(lender, 0, 100).await.expect("own inbox");
     assert_eq!(own.notifications.len(), 1);
     let e = as_lender
