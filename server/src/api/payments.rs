@@ -130,7 +130,9 @@ fn key_reused() -> ApiError {
 }
 
 async fn idem_lookup(state: &AppState, tenant: Uuid, idem: &Idem) -> ApiResult<Option<Response>> {
-    let row: Option<(Vec<u8>, i32, Vec<u8>)> = on_write!(&state.db, pool => {
+    // A reader: records are only ever inserted (`ON CONFLICT DO NOTHING` decides a race),
+    // so a committed one is seen, and the single SQLite writer stays free for appends.
+    let row: Option<(Vec<u8>, i32, Vec<u8>)> = on_read!(&state.db, pool => {
         sqlx::query_as(
             "SELECT request_hash, status, body FROM idempotency WHERE tenant_id = $1 \
              AND idem_key = $2",
