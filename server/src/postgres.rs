@@ -139,6 +139,42 @@ pub const NOTIFY_CHANNEL: &str = "trustfold_events";
 /// one of its streams or stored one of its event ids first, or a deadlock).
 const BATCH_ATTEMPTS: usize = 4;
 
+/// Binds the event rows of a batch as the eight column arrays both inserts take (tenant,
+/// stream, seq, id, type, schema version, body, hash), in row order.
+macro_rules! bind_event_rows {
+    ($query:expr, $rows:expr) => {
+        $query
+            .bind($rows.iter().map(|r| r.tenant).collect::<Vec<_>>())
+            .bind($rows.iter().map(|r| r.stream).collect::<Vec<_>>())
+            .bind($rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind($rows.iter().map(|r| r.event.event_id).collect::<Vec<_>>())
+            .bind(
+                $rows
+                    .iter()
+                    .map(|r| r.event.event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                $rows
+                    .iter()
+                    .map(|r| i32::from(r.event.schema_version))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                $rows
+                    .iter()
+                    .map(|r| r.event.body.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                $rows
+                    .iter()
+                    .map(|r| r.event.hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+    };
+}
+
 /// The event store on PostgreSQL.
 ///
 /// **Global order.** Every batch of appends runs in one READ COMMITTED transaction: it
@@ -415,7 +451,7 @@ impl PgCommitter {
                 h.version - to_i64(n as u64)
             })
             .collect();
-        let first: std::result::Result<i64, sqlx::Error> = sqlx::query_scalar(
+        let query = sqlx::query_scalar(
             "SELECT trustfold_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
              $12, $13, $14)",
         )
@@ -428,34 +464,11 @@ impl PgCommitter {
                 .iter()
                 .map(|h| h.last_hash.to_vec())
                 .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| r.tenant).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.event.event_id).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.event.event_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| i32::from(r.event.schema_version))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.event.body.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.event.hash.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(now_micros())
-        .fetch_one(&self.pool)
-        .await;
+        );
+        let first: std::result::Result<i64, sqlx::Error> = bind_event_rows!(query, rows)
+            .bind(now_micros())
+            .fetch_one(&self.pool)
+            .await;
         match first {
             Ok(first) => {
                 self.notify(&writes);
@@ -534,32 +547,8 @@ impl PgCommitter {
         }
 
         let rows = &writes.rows;
-        let (first, count): (Option<i64>, i64) = sqlx::query_as(INSERT_EVENTS)
-            .bind(to_i64(rows.len() as u64))
-            .bind(rows.iter().map(|r| r.tenant).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.event.event_id).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.event.event_type.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| i32::from(r.event.schema_version))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.event.body.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.event.hash.as_slice())
-                    .collect::<Vec<_>>(),
-            )
+        let query = sqlx::query_as(INSERT_EVENTS).bind(to_i64(rows.len() as u64));
+        let (first, count): (Option<i64>, i64) = bind_event_rows!(query, rows)
             .bind(now_micros())
             .fetch_one(&mut *tx)
             .await?;

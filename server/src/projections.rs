@@ -44,47 +44,17 @@ const BATCH: u32 = 256;
 /// One row change.
 #[derive(Debug, Clone)]
 enum Op {
-    Summary {
-        payment: Uuid,
-        tenant: Uuid,
-        policy_id: String,
-        policy_version: i64,
-        status: String,
-        amount: String,
-        currency: String,
-        version: i64,
-        /// Known from the payment's first event only; kept by the upsert.
-        created_position: Option<i64>,
-        created_at: String,
-        updated_at: String,
-        /// Serialized at commit time, once per payment and batch (after [`coalesce`]).
-        state: Box<PaymentState>,
-    },
+    /// The payment's summary row, with its state serialized at commit time (once per
+    /// payment and batch, after [`coalesce`]).
+    Summary(Summary<Box<PaymentState>>),
     Participant {
         payment: Uuid,
         party: Uuid,
         tenant: Uuid,
         roles: String,
     },
-    Inbox {
-        tenant: Uuid,
-        party: Uuid,
-        payment: Uuid,
-        seq: i64,
-        position: i64,
-        event_type: String,
-        roles: String,
-        at: String,
-    },
-    Balance {
-        payment: Uuid,
-        account: String,
-        tenant: Uuid,
-        currency: String,
-        posted: String,
-        pending_in: String,
-        pending_out: String,
-    },
+    Inbox(InboxRow),
+    Balance(BalanceRow),
 }
 
 /// Runs the projections.
@@ -333,7 +303,7 @@ impl Projector {
                     for r in chunk {
                         q = q.bind(r.payment).bind(r.tenant).bind(&r.policy_id)
                             .bind(r.policy_version).bind(&r.status).bind(&r.amount)
-                            .bind(&r.currency).bind(r.version).bind(r.created_position)
+                            .bind(&r.currency).bind(r.version).bind(r.created_position.unwrap_or(0))
                             .bind(&r.created_at).bind(&r.updated_at).bind(&r.state);
                     }
                     q.execute(&mut *tx).await?;
@@ -499,8 +469,9 @@ fn multi_row(head: &str, cols: usize, rows: usize, tail: &str) -> String {
     sql
 }
 
-/// A summary row with its state serialized.
-struct SummaryRow {
+/// A summary row; `S` is the state, as folded (in an [`Op`]) or serialized (in [`Rows`]).
+#[derive(Debug, Clone)]
+struct Summary<S> {
     payment: Uuid,
     tenant: Uuid,
     policy_id: String,
@@ -509,13 +480,16 @@ struct SummaryRow {
     amount: String,
     currency: String,
     version: i64,
-    created_position: i64,
+    /// Known from the payment's first event only; kept by the upsert (written as 0 when
+    /// not known).
+    created_position: Option<i64>,
     created_at: String,
     updated_at: String,
-    state: String,
+    state: S,
 }
 
 /// An inbox row.
+#[derive(Debug, Clone)]
 struct InboxRow {
     tenant: Uuid,
     party: Uuid,
@@ -528,6 +502,7 @@ struct InboxRow {
 }
 
 /// A balance row.
+#[derive(Debug, Clone)]
 struct BalanceRow {
     payment: Uuid,
     account: String,
@@ -541,7 +516,7 @@ struct BalanceRow {
 /// The coalesced row changes of one commit, by table.
 #[derive(Default)]
 struct Rows {
-    summaries: Vec<SummaryRow>,
+    summaries: Vec<Summary<String>>,
     participants: Vec<(Uuid, Uuid, Uuid, String)>,
     inbox: Vec<InboxRow>,
     balances: Vec<BalanceRow>,
@@ -552,79 +527,28 @@ impl Rows {
         let mut rows = Rows::default();
         for op in ops {
             match op {
-                Op::Summary {
-                    payment,
-                    tenant,
-                    policy_id,
-                    policy_version,
-                    status,
-                    amount,
-                    currency,
-                    version,
-                    created_position,
-                    created_at,
-                    updated_at,
-                    state,
-                } => rows.summaries.push(SummaryRow {
-                    payment,
-                    tenant,
-                    policy_id,
-                    policy_version,
-                    status,
-                    amount,
-                    currency,
-                    version,
-                    created_position: created_position.unwrap_or(0),
-                    created_at,
-                    updated_at,
-                    state: String::from_utf8(state.to_json()).unwrap_or_default(),
+                Op::Summary(r) => rows.summaries.push(Summary {
+                    payment: r.payment,
+                    tenant: r.tenant,
+                    policy_id: r.policy_id,
+                    policy_version: r.policy_version,
+                    status: r.status,
+                    amount: r.amount,
+                    currency: r.currency,
+                    version: r.version,
+                    created_position: r.created_position,
+                    created_at: r.created_at,
+                    updated_at: r.updated_at,
+                    state: String::from_utf8(r.state.to_json()).unwrap_or_default(),
                 }),
                 Op::Participant {
                     payment,
                     party,
                     tenant,
                     roles,
-                } => {
-                    rows.participants.push((payment, party, tenant, roles));
-                }
-                Op::Inbox {
-                    tenant,
-                    party,
-                    payment,
-                    seq,
-                    position,
-                    event_type,
-                    roles,
-                    at,
-                } => {
-                    rows.inbox.push(InboxRow {
-                        tenant,
-                        party,
-                        payment,
-                        seq,
-                        position,
-                        event_type,
-                        roles,
-                        at,
-                    });
-                }
-                Op::Balance {
-                    payment,
-                    account,
-                    tenant,
-                    currency,
-                    posted,
-                    pending_in,
-                    pending_out,
-                } => rows.balances.push(BalanceRow {
-                    payment,
-                    account,
-                    tenant,
-                    currency,
-                    posted,
-                    pending_in,
-                    pending_out,
-                }),
+                } => rows.participants.push((payment, party, tenant, roles)),
+                Op::Inbox(r) => rows.inbox.push(r),
+                Op::Balance(r) => rows.balances.push(r),
             }
         }
         rows
@@ -637,27 +561,18 @@ fn coalesce(ops: Vec<Op>) -> Vec<Op> {
     let mut out: Vec<Option<Op>> = Vec::with_capacity(ops.len());
     for op in ops {
         let key = match &op {
-            Op::Summary { payment, .. } => Some((0, *payment, String::new())),
+            Op::Summary(r) => Some((0, r.payment, String::new())),
             Op::Participant { payment, party, .. } => Some((1, *payment, party.to_string())),
-            Op::Balance {
-                payment, account, ..
-            } => Some((2, *payment, account.clone())),
-            Op::Inbox { .. } => None,
+            Op::Balance(r) => Some((2, r.payment, r.account.clone())),
+            Op::Inbox(_) => None,
         };
         let mut op = op;
         if let Some(k) = key {
             if let Some(i) = keyed.insert(k, out.len()) {
-                if let (
-                    Some(Op::Summary {
-                        created_position: Some(first),
-                        ..
-                    }),
-                    Op::Summary {
-                        created_position, ..
-                    },
-                ) = (out[i].take(), &mut op)
-                {
-                    created_position.get_or_insert(first);
+                if let (Some(Op::Summary(earlier)), Op::Summary(later)) = (out[i].take(), &mut op) {
+                    if let Some(first) = earlier.created_position {
+                        later.created_position.get_or_insert(first);
+                    }
                 }
             }
         }
@@ -695,7 +610,7 @@ fn project(
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
-            ops.push(Op::Summary {
+            ops.push(Op::Summary(Summary {
                 payment,
                 tenant,
                 policy_id: s.policy.id.clone(),
@@ -708,7 +623,7 @@ fn project(
                 created_at: s.created_at.to_string(),
                 updated_at: s.updated_at.to_string(),
                 state: Box::new(s.clone()),
-            });
+            }));
             for (party, p) in s.participants.iter().filter(|_| changed.participants) {
                 ops.push(Op::Participant {
                     payment,
@@ -740,7 +655,7 @@ fn project(
                 if matched.is_empty() {
                     continue;
                 }
-                ops.push(Op::Inbox {
+                ops.push(Op::Inbox(InboxRow {
                     tenant,
                     party: party.uuid(),
                     payment,
@@ -749,7 +664,7 @@ fn project(
                     event_type: ty.to_owned(),
                     roles: roles_json(&matched),
                     at: env.at.to_string(),
-                });
+                }));
             }
         }
         "balances" => {
@@ -758,7 +673,7 @@ fn project(
             }
             let currency = s.ledger.currency().code().to_owned();
             for (account, b) in &s.ledger.balances {
-                ops.push(Op::Balance {
+                ops.push(Op::Balance(BalanceRow {
                     payment,
                     account: account.to_string(),
                     tenant,
@@ -766,7 +681,7 @@ fn project(
                     posted: b.posted.amount_string(),
                     pending_in: b.pending_in.amount_string(),
                     pending_out: b.pending_out.amount_string(),
-                });
+                }));
             }
         }
         _ => {}
