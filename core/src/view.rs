@@ -140,26 +140,26 @@ pub fn view_json(state: &PaymentState, events: &[Envelope], roles: &[Role]) -> V
         if i > 0 {
             out.push(b',');
         }
-        let bytes = e.canonical_json();
-        match tree::parse(&bytes) {
-            Some(mut n) => {
-                redact_event_tree(&mut n, &vis);
-                n.write(&mut out);
-            }
-            None => out.extend_from_slice(b"null"),
-        }
+        write_redacted(&mut out, &e.canonical_json(), |n| {
+            redact_event_tree(n, &vis)
+        });
     }
     out.extend_from_slice(b"],\"state\":");
-    let bytes = state.to_json();
-    match tree::parse(&bytes) {
+    write_redacted(&mut out, &state.to_json(), |n| redact_state_tree(n, &vis));
+    out.push(b'}');
+    out
+}
+
+/// Appends `bytes` (JSON written by trustfold) to `out` after `redact` changed its tree;
+/// `null` if they do not parse.
+fn write_redacted(out: &mut Vec<u8>, bytes: &[u8], redact: impl FnOnce(&mut tree::Node<'_>)) {
+    match tree::parse(bytes) {
         Some(mut n) => {
-            redact_state_tree(&mut n, &vis);
-            n.write(&mut out);
+            redact(&mut n);
+            n.write(out);
         }
         None => out.extend_from_slice(b"null"),
     }
-    out.push(b'}');
-    out
 }
 
 use tree::ObjectExt as _;
