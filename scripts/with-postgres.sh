@@ -7,6 +7,8 @@
 # with fsync on, creates the database `trustfold`, exports
 # DATABASE_URL=postgres://postgres@127.0.0.1:PORT/trustfold, runs the command, and always
 # stops and deletes the cluster afterwards. Exits with the command's status.
+# PG_EXTRA_OPTS adds server options, e.g. to profile a benchmark:
+#   PG_EXTRA_OPTS="-c shared_preload_libraries=pg_stat_statements" scripts/with-postgres.sh …
 #
 # PostgreSQL refuses to run as root: as root the cluster runs as the `postgres` OS user
 # (created if missing, via runuser); as any other user it runs as that user. If no
@@ -96,7 +98,7 @@ for _ in 1 2 3 4 5 6 7 8; do
     if as_pg "$BINDIR/pg_ctl" -D "$DATA" -l "$WORK/server.log" -w -t 60 \
         -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories='$WORK' \
             -c fsync=on -c synchronous_commit=on -c max_connections=300 \
-            -c shared_buffers=128MB" \
+            -c shared_buffers=128MB ${PG_EXTRA_OPTS:-}" \
         start >/dev/null 2>&1; then
         started=1
         break

@@ -110,7 +110,10 @@ async fn main() {
         return;
     }
     let mut results: Vec<(&str, Figures)> = Vec::new();
+    // TRUSTFOLD_BENCH_ENGINE=postgres or =sqlite runs one engine only.
+    let only = std::env::var("TRUSTFOLD_BENCH_ENGINE").unwrap_or_default();
     match std::env::var("DATABASE_URL") {
+        _ if only == "sqlite" => eprintln!("bench-server: PostgreSQL skipped"),
         Ok(url) if url.starts_with("postgres") => match postgres(&url).await {
             Ok(f) => results.push(("PostgreSQL", f)),
             Err(e) => {
@@ -120,11 +123,15 @@ async fn main() {
         },
         _ => eprintln!("bench-server: DATABASE_URL not set, PostgreSQL skipped"),
     }
-    match sqlite().await {
-        Ok(f) => results.push(("SQLite", f)),
-        Err(e) => {
-            eprintln!("bench-server: SQLite failed: {e}");
-            std::process::exit(1);
+    if only == "postgres" {
+        eprintln!("bench-server: SQLite skipped");
+    } else {
+        match sqlite().await {
+            Ok(f) => results.push(("SQLite", f)),
+            Err(e) => {
+                eprintln!("bench-server: SQLite failed: {e}");
+                std::process::exit(1);
+            }
         }
     }
     print_table(&results);
