@@ -401,7 +401,8 @@ impl Committer for SqliteCommitter {
 }
 
 /// Inserts `rows` with one statement and returns the position of the first; they get
-/// consecutive positions in order. The triggers of schema version 2 check each row's
+/// consecutive positions in order (the next rowids: positions are never deleted, and
+/// only this process's single writer connection inserts while it holds the write lock). The triggers of schema version 2 check each row's
 /// sequence against its stream's head and owner and move the head.
 async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> Result<u64> {
     let mut q = QueryBuilder::<Sqlite>::new(
@@ -421,21 +422,22 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> Result<u6
             .push_bind(e.hash.as_slice())
             .push_bind(recorded_at);
     });
-    q.push(" RETURNING position");
-    let positions: Vec<i64> = q.build_query_scalar().fetch_all(&mut *conn).await?;
-    let (Some(&min), Some(&max)) = (positions.iter().min(), positions.iter().max()) else {
-        return Err(StoreError::Corrupt(
-            "an insert of events returned no positions".into(),
-        ));
-    };
-    if positions.len() != rows.len() || max - min + 1 != to_i64(rows.len() as u64) {
+    // No `RETURNING`: sqlx hands each returned row over from the connection's thread
+    // on its own, so a batch would cost a thread hand-off per event. Under the single
+    // writer, the rows of one statement take the next rowids in order, so the last one
+    // and the count give them all.
+    let done = q.build().execute(&mut *conn).await?;
+    let n = to_i64(rows.len() as u64);
+    let last = done.last_insert_rowid();
+    if done.rows_affected() != rows.len() as u64 || last < n {
         return Err(StoreError::Corrupt(format!(
-            "{} events were inserted at {} positions from {min} to {max}",
+            "{} events were inserted but {} rows were written, the last at position {last}",
             rows.len(),
-            positions.len()
+            done.rows_affected()
         )));
     }
-    u64::try_from(min).map_err(|_| StoreError::Corrupt(format!("event position {min}")))
+    let first = last - n + 1;
+    u64::try_from(first).map_err(|_| StoreError::Corrupt(format!("event position {first}")))
 }
 
 /// Builds a [`StreamHead`] from the `streams` columns of either engine.
