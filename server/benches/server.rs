@@ -55,6 +55,8 @@ struct Figures {
     raw16_counter: Option<f64>,
     http1: f64,
     http16: f64,
+    /// 16 clients, each command with an `Idempotency-Key`.
+    http16_keyed: f64,
     events_per_commit16: f64,
     lat_rate: f64,
     lat_p50: f64,
@@ -170,6 +172,10 @@ fn print_table(results: &[(&str, Figures)]) {
         println!(
             "| {engine} | events per commit, 16 clients | {:.1} | | |",
             f.events_per_commit16
+        );
+        println!(
+            "| {engine} | HTTP commands/s = events/s, 16 clients, each command with an Idempotency-Key (as the SDKs send) | {:.0} | | |",
+            f.http16_keyed
         );
         println!(
             "| {engine} | CPU per command (server + clients, one process), 1 / 16 clients | {:.0} / {:.0} µs | | |",
@@ -393,6 +399,8 @@ struct Bench {
     hash: String,
     approved: bool,
     version: u64,
+    /// Send each command with a fresh `Idempotency-Key`, as the SDKs do.
+    keyed: bool,
 }
 
 async fn prepare(c: &Client, key: &str) -> Res<Bench> {
@@ -452,6 +460,7 @@ async fn prepare(c: &Client, key: &str) -> Res<Bench> {
         hash,
         approved: false,
         version,
+        keyed: false,
     })
 }
 
@@ -478,14 +487,15 @@ fn response_version(bytes: &[u8]) -> Option<u64> {
 
 /// Sends the next command; `Ok(version)` when it made exactly one event.
 async fn send_next(http: &reqwest::Client, base: &str, key: &str, b: &mut Bench) -> Res<u64> {
-    let res = http
+    let mut req = http
         .post(format!("{base}/v1/payments/{}/commands", b.flow.payment))
         .bearer_auth(key)
         .header("content-type", "application/json")
-        .body(next_body(b))
-        .send()
-        .await
-        .map_err(err)?;
+        .body(next_body(b));
+    if b.keyed {
+        req = req.header("idempotency-key", uuid::Uuid::new_v4().to_string());
+    }
+    let res = req.send().await.map_err(err)?;
     let status = res.status();
     let bytes = res.bytes().await.map_err(err)?;
     if status != 200 {
@@ -729,6 +739,19 @@ where
     f.errors += e;
     let (events, commits) = batches(before).await?;
     f.events_per_commit16 = events as f64 / commits.max(1) as f64;
+
+    eprintln!("bench-server: HTTP, {CLIENTS} clients with Idempotency-Key");
+    let keyed: Vec<Bench> = many
+        .into_iter()
+        .map(|b| Bench { keyed: true, ..b })
+        .collect();
+    let (rate, keyed, e) = closed_loop(&http, &base, &key, keyed).await?;
+    f.http16_keyed = rate;
+    f.errors += e;
+    let many: Vec<Bench> = keyed
+        .into_iter()
+        .map(|b| Bench { keyed: false, ..b })
+        .collect();
 
     eprintln!("bench-server: command→SSE latency at {LAT_RATE}/s");
     let lat: Vec<Bench> = many.into_iter().take(LAT_PAYMENTS).collect();

@@ -42,6 +42,18 @@ pub enum StoreError {
         stream_id: Uuid,
     },
 
+    /// [`EventStore::append_recorded`](crate::EventStore::append_recorded): a response
+    /// is already stored under this tenant's `Idempotency-Key` (an earlier or concurrent
+    /// request with the key), so nothing was written; answer from that record.
+    #[error(
+        "idempotency key {key:?} already has a stored response; answer from it instead of \
+         appending"
+    )]
+    IdempotencyKeyTaken {
+        /// The key.
+        key: String,
+    },
+
     /// The append request itself is malformed (empty batch, duplicate ids, too large
     /// versions).
     #[error("invalid append: {0}")]

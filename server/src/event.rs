@@ -59,6 +59,22 @@ pub struct AppendResult {
     pub new_version: u64,
 }
 
+/// The response stored under an `Idempotency-Key`, written by
+/// [`EventStore::append_recorded`](crate::EventStore::append_recorded) in the same
+/// commit as the events it answers (one fsync for both), into the server schema's
+/// `idempotency` table (the append's tenant and this key are its primary key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The key the client sent.
+    pub key: String,
+    /// The SHA-256 of the request (method, route and body), to tell a replay from a reuse.
+    pub request_hash: [u8; 32],
+    /// The HTTP status of the response.
+    pub status: u16,
+    /// The response body.
+    pub body: Vec<u8>,
+}
+
 /// The head of a stream: its version and the hash of its last event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StreamHead {

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
-use crate::event::{resolve_retry, AppendResult, NewEvent, StoredEvent};
+use crate::event::{resolve_retry, AppendResult, IdempotencyRecord, NewEvent, StoredEvent};
 
 /// Most appends committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -43,6 +43,8 @@ pub(crate) struct Request {
     pub stream: Uuid,
     pub expected: u64,
     pub events: Vec<NewEvent>,
+    /// The response to store under an `Idempotency-Key` in the same commit.
+    pub record: Option<IdempotencyRecord>,
     reply: oneshot::Sender<Result<AppendResult>>,
 }
 
@@ -51,7 +53,11 @@ impl Request {
         self.events
             .iter()
             .map(|e| e.body.len() + e.event_type.len() + 64)
-            .sum()
+            .sum::<usize>()
+            + self
+                .record
+                .as_ref()
+                .map_or(0, |r| r.body.len() + r.key.len() + 64)
     }
 }
 
@@ -98,6 +104,7 @@ impl Appender {
         stream: Uuid,
         expected: u64,
         events: &[NewEvent],
+        record: Option<IdempotencyRecord>,
     ) -> Result<AppendResult> {
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -106,6 +113,7 @@ impl Appender {
                 stream,
                 expected,
                 events: events.to_vec(),
+                record,
                 reply,
             })
             .await
@@ -211,14 +219,38 @@ pub(crate) enum Step {
 /// A stream's owner and version, as stored or as left by earlier winners of the batch.
 pub(crate) type Heads = HashMap<Uuid, (Uuid, u64)>;
 
+/// A tenant's idempotency key.
+pub(crate) type Key = (Uuid, String);
+
 /// Judges the appends of a batch in order, given the stored events with any of the
-/// batch's ids (`found`) and the stored heads of the batch's streams (`heads`, updated to
-/// the heads after the winners).
-pub(crate) fn plan(batch: &[Request], found: &[StoredEvent], heads: &mut Heads) -> Vec<Step> {
+/// batch's ids (`found`), the stored heads of the batch's streams (`heads`, updated to
+/// the heads after the winners) and the batch's idempotency keys that already have a
+/// stored record (`taken`). An append whose key is taken, or claimed by an earlier
+/// append of the batch, fails with [`StoreError::IdempotencyKeyTaken`]; a winner or an
+/// exact retry claims its key (its record is written).
+pub(crate) fn plan(
+    batch: &[Request],
+    found: &[StoredEvent],
+    heads: &mut Heads,
+    taken: &HashSet<Key>,
+) -> Vec<Step> {
     let mut claimed: HashSet<Uuid> = HashSet::new();
+    let mut keys: HashSet<Key> = HashSet::new();
     let mut steps = Vec::with_capacity(batch.len());
     for r in batch {
+        if let Some(rec) = &r.record {
+            let key = (r.tenant, rec.key.clone());
+            if taken.contains(&key) || !keys.insert(key) {
+                steps.push(Step::Reply(Err(StoreError::IdempotencyKeyTaken {
+                    key: rec.key.clone(),
+                })));
+                continue;
+            }
+        }
         if r.events.iter().any(|e| claimed.contains(&e.event_id)) {
+            if let Some(rec) = &r.record {
+                keys.remove(&(r.tenant, rec.key.clone()));
+            }
             steps.push(Step::Defer);
             continue;
         }
@@ -228,11 +260,19 @@ pub(crate) fn plan(batch: &[Request], found: &[StoredEvent], heads: &mut Heads) 
             .cloned()
             .collect();
         if let Some(outcome) = resolve_retry(r.tenant, r.stream, r.expected, &r.events, &mine) {
+            if outcome.is_err() {
+                if let Some(rec) = &r.record {
+                    keys.remove(&(r.tenant, rec.key.clone()));
+                }
+            }
             steps.push(Step::Reply(outcome));
             continue;
         }
         let current = match heads.get(&r.stream) {
             Some((owner, _)) if *owner != r.tenant => {
+                if let Some(rec) = &r.record {
+                    keys.remove(&(r.tenant, rec.key.clone()));
+                }
                 steps.push(Step::Reply(Err(StoreError::StreamUnavailable {
                     stream_id: r.stream,
                 })));
@@ -242,6 +282,9 @@ pub(crate) fn plan(batch: &[Request], found: &[StoredEvent], heads: &mut Heads) 
             None => 0,
         };
         if current != r.expected {
+            if let Some(rec) = &r.record {
+                keys.remove(&(r.tenant, rec.key.clone()));
+            }
             steps.push(Step::Reply(Err(StoreError::VersionConflict {
                 expected: r.expected,
                 current,
@@ -281,6 +324,9 @@ pub(crate) struct Writes<'a> {
     pub streams: Vec<StreamWrite>,
     /// `(request index, index of its first row)`.
     pub winners: Vec<(usize, usize)>,
+    /// The idempotency records to write, with their tenants: those of the winners and
+    /// of the exact retries.
+    pub records: Vec<(Uuid, &'a IdempotencyRecord)>,
 }
 
 impl<'a> Writes<'a> {
@@ -290,7 +336,11 @@ impl<'a> Writes<'a> {
         let mut rows = Vec::new();
         let mut streams: Vec<StreamWrite> = Vec::new();
         let mut winners = Vec::new();
+        let mut records = Vec::new();
         for (i, (r, step)) in batch.iter().zip(steps).enumerate() {
+            if let (Some(rec), Step::Write | Step::Reply(Ok(_))) = (&r.record, step) {
+                records.push((r.tenant, rec));
+            }
             if !matches!(step, Step::Write) {
                 continue;
             }
@@ -324,6 +374,7 @@ impl<'a> Writes<'a> {
             rows,
             streams,
             winners,
+            records,
         }
     }
 
@@ -355,6 +406,16 @@ impl<'a> Writes<'a> {
             }));
         }
         out
+    }
+
+    /// The batch's idempotency keys (deduplicated), as `(tenants, keys)` columns.
+    pub(crate) fn keys(batch: &[Request]) -> (Vec<Uuid>, Vec<String>) {
+        let mut seen: HashSet<Key> = HashSet::new();
+        batch
+            .iter()
+            .filter_map(|r| r.record.as_ref().map(|rec| (r.tenant, rec.key.clone())))
+            .filter(|k| seen.insert(k.clone()))
+            .unzip()
     }
 
     /// All event ids of the batch.

@@ -93,7 +93,7 @@ use std::future::Future;
 use uuid::Uuid;
 
 pub use error::{Result, StoreError};
-pub use event::{AppendResult, NewEvent, StoredEvent, StreamHead};
+pub use event::{AppendResult, IdempotencyRecord, NewEvent, StoredEvent, StreamHead};
 pub use postgres::{PostgresStore, NOTIFY_CHANNEL};
 pub use sqlite::SqliteStore;
 
@@ -119,6 +119,24 @@ pub trait EventStore: Send + Sync {
         stream: Uuid,
         expected_version: u64,
         events: &[NewEvent],
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
+
+    /// [`EventStore::append`], and in the same commit the response stored under an
+    /// `Idempotency-Key` (the server schema's `idempotency` table must exist: see
+    /// [`db::Db::migrate`]). The record is written when the events are, and also when the
+    /// append is an exact retry of stored events (the same command, so the same
+    /// response).
+    ///
+    /// # Errors
+    /// Those of [`EventStore::append`], and [`StoreError::IdempotencyKeyTaken`] (nothing
+    /// written) if the tenant already has a record under the key.
+    fn append_recorded(
+        &self,
+        tenant: Uuid,
+        stream: Uuid,
+        expected_version: u64,
+        events: &[NewEvent],
+        record: IdempotencyRecord,
     ) -> impl Future<Output = Result<AppendResult>> + Send;
 
     /// Reads the events of a stream with `seq > after_seq`, in order. Empty for an
@@ -203,6 +221,26 @@ impl EventStore for AnyStore {
         match self {
             Self::Sqlite(s) => s.append(tenant, stream, expected_version, events).await,
             Self::Postgres(s) => s.append(tenant, stream, expected_version, events).await,
+        }
+    }
+
+    async fn append_recorded(
+        &self,
+        tenant: Uuid,
+        stream: Uuid,
+        expected_version: u64,
+        events: &[NewEvent],
+        record: IdempotencyRecord,
+    ) -> Result<AppendResult> {
+        match self {
+            Self::Sqlite(s) => {
+                s.append_recorded(tenant, stream, expected_version, events, record)
+                    .await
+            }
+            Self::Postgres(s) => {
+                s.append_recorded(tenant, stream, expected_version, events, record)
+                    .await
+            }
         }
     }
 

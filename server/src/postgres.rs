@@ -11,10 +11,10 @@ use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
 use crate::event::{
-    now_micros, raw_event_from_row, to_i64, validate_append, AppendResult, NewEvent, StoredEvent,
-    StreamHead, EVENT_COLUMNS,
+    now_micros, raw_event_from_row, to_i64, validate_append, AppendResult, IdempotencyRecord,
+    NewEvent, StoredEvent, StreamHead, EVENT_COLUMNS,
 };
-use crate::group::{plan, Appender, Committer, Heads, Outcome, Request, Step, Writes};
+use crate::group::{plan, Appender, Committer, Heads, Key, Outcome, Request, Step, Writes};
 use crate::sqlite::head_from;
 use crate::EventStore;
 
@@ -120,6 +120,68 @@ ALTER FUNCTION trustfold_append_batch(uuid[], uuid[], int8[], int8[], bytea[], u
     uuid[], int8[], uuid[], text[], int4[], bytea[], bytea[], bigint)
     SET plan_cache_mode = force_generic_plan;
 "#,
+    // The batch function of version 2 with the batch's idempotency records, inserted in
+    // the same transaction (the server schema's `idempotency` table; a stored key fails
+    // the insert and the batch is judged append by append). The event-id check is left
+    // to the unique index, which fails the insert the same way.
+    r#"
+CREATE FUNCTION trustfold_append_batch_recorded(
+    a_stream uuid[], a_tenant uuid[], a_expected int8[], a_version int8[],
+    a_last_hash bytea[],
+    e_tenant uuid[], e_stream uuid[], e_seq int8[], e_id uuid[], e_type text[],
+    e_schema int4[], e_body bytea[], e_hash bytea[], recorded bigint,
+    r_tenant uuid[], r_key text[], r_hash bytea[], r_status int4[], r_body bytea[]
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    moved bigint;
+    created bigint;
+    base bigint;
+    n bigint := cardinality(e_id);
+BEGIN
+    PERFORM 1 FROM streams WHERE stream_id = ANY (a_stream) ORDER BY stream_id FOR UPDATE;
+    UPDATE streams s SET version = u.version, last_hash = u.last_hash
+    FROM UNNEST(a_stream, a_tenant, a_expected, a_version, a_last_hash)
+        AS u (stream_id, tenant_id, expected, version, last_hash)
+    WHERE s.stream_id = u.stream_id AND s.tenant_id = u.tenant_id
+        AND u.expected > 0 AND s.version = u.expected;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    INSERT INTO streams (stream_id, tenant_id, version, last_hash)
+    SELECT u.stream_id, u.tenant_id, u.version, u.last_hash
+    FROM UNNEST(a_stream, a_tenant, a_expected, a_version, a_last_hash)
+        AS u (stream_id, tenant_id, expected, version, last_hash)
+    WHERE u.expected = 0
+    ON CONFLICT (stream_id) DO NOTHING;
+    GET DIAGNOSTICS created = ROW_COUNT;
+    IF moved + created <> cardinality(a_stream) THEN
+        RAISE EXCEPTION 'a stream of the batch is not at its expected version'
+            USING ERRCODE = 'TF002';
+    END IF;
+    IF cardinality(r_key) > 0 THEN
+        INSERT INTO idempotency (tenant_id, idem_key, request_hash, status, body,
+                                 created_at_us)
+        SELECT t, k, h, st, b, recorded
+        FROM UNNEST(r_tenant, r_key, r_hash, r_status, r_body) AS r (t, k, h, st, b);
+    END IF;
+    UPDATE event_position SET last = last + n WHERE id = 1 RETURNING last - n INTO base;
+    INSERT INTO events (position, tenant_id, stream_id, seq, event_id, event_type,
+                        schema_version, body, hash, recorded_at_us)
+    SELECT base + e.ord, e.tenant_id, e.stream_id, e.seq, e.event_id, e.event_type,
+           e.schema_version, e.body, e.hash, recorded
+    FROM UNNEST(e_tenant, e_stream, e_seq, e_id, e_type, e_schema, e_body, e_hash)
+        WITH ORDINALITY AS e (tenant_id, stream_id, seq, event_id, event_type,
+                              schema_version, body, hash, ord);
+    RETURN base + 1;
+END
+$$;
+ALTER FUNCTION trustfold_append_batch_recorded(uuid[], uuid[], int8[], int8[], bytea[],
+    uuid[], uuid[], int8[], uuid[], text[], int4[], bytea[], bytea[], bigint, uuid[],
+    text[], bytea[], int4[], bytea[])
+    SET enable_seqscan = off;
+ALTER FUNCTION trustfold_append_batch_recorded(uuid[], uuid[], int8[], int8[], bytea[],
+    uuid[], uuid[], int8[], uuid[], text[], int4[], bytea[], bytea[], bigint, uuid[],
+    text[], bytea[], int4[], bytea[])
+    SET plan_cache_mode = force_generic_plan;
+"#,
 ];
 
 /// Inserts a batch's events and hands out their global positions, in array order. This
@@ -208,7 +270,7 @@ macro_rules! bind_event_rows {
 /// (another process won: the batch is tried again), moves the heads and inserts all
 /// winners' events with one counter bump. So one fsync and one counter lock serve the
 /// whole batch; see `group.rs`. A batch of appends to distinct streams is first tried as
-/// a single call of `trustfold_append_batch` (one round trip); after the commit the
+/// a single call of `trustfold_append_batch_recorded` (one round trip); after the commit the
 /// heads are announced on [`NOTIFY_CHANNEL`] (see [`notifier`]).
 ///
 /// **Durability** is PostgreSQL's: with the default `synchronous_commit = on` an append
@@ -324,9 +386,26 @@ impl EventStore for PostgresStore {
         validate_append(expected_version, events)?;
         let result = self
             .appender
-            .append(tenant, stream, expected_version, events)
+            .append(tenant, stream, expected_version, events, None)
             .await?;
         tracing::debug!(%tenant, %stream, ?result, "appended");
+        Ok(result)
+    }
+
+    async fn append_recorded(
+        &self,
+        tenant: Uuid,
+        stream: Uuid,
+        expected_version: u64,
+        events: &[NewEvent],
+        record: IdempotencyRecord,
+    ) -> Result<AppendResult> {
+        validate_append(expected_version, events)?;
+        let result = self
+            .appender
+            .append(tenant, stream, expected_version, events, Some(record))
+            .await?;
+        tracing::debug!(%tenant, %stream, ?result, "appended with its idempotency record");
         Ok(result)
     }
 
@@ -451,10 +530,11 @@ impl Committer for PgCommitter {
 }
 
 impl PgCommitter {
-    /// The whole batch in one round trip: `trustfold_append_batch` (schema version 2)
-    /// checks that no id is stored and every stream is at its expected version and owned
-    /// by its tenant, moves the heads and inserts with one counter bump, all in
-    /// one autocommit statement. It only applies when every append of the batch is to a
+    /// The whole batch in one round trip: `trustfold_append_batch_recorded` (schema
+    /// version 4) checks that every stream is at its expected version and owned by its
+    /// tenant, moves the heads, inserts the idempotency records and the events with one
+    /// counter bump (a stored event id or key fails its insert), all in one autocommit
+    /// statement. It only applies when every append of the batch is to a
     /// different stream; if any check fails the statement raises and writes nothing,
     /// and `None` sends the batch to [`PgCommitter::try_commit`], which judges each
     /// append on its own.
@@ -478,8 +558,8 @@ impl PgCommitter {
             })
             .collect();
         let query = sqlx::query_scalar(
-            "SELECT trustfold_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14)",
+            "SELECT trustfold_append_batch_recorded($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(heads.iter().map(|h| h.stream).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.tenant).collect::<Vec<_>>())
@@ -491,8 +571,26 @@ impl PgCommitter {
                 .map(|h| h.last_hash.to_vec())
                 .collect::<Vec<_>>(),
         );
+        let recs = &writes.records;
         let first: std::result::Result<i64, sqlx::Error> = bind_event_rows!(query, rows)
             .bind(now_micros())
+            .bind(recs.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+            .bind(recs.iter().map(|(_, r)| r.key.as_str()).collect::<Vec<_>>())
+            .bind(
+                recs.iter()
+                    .map(|(_, r)| r.request_hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                recs.iter()
+                    .map(|(_, r)| i32::from(r.status))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                recs.iter()
+                    .map(|(_, r)| r.body.as_slice())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_one(&self.pool)
             .await;
         match first {
@@ -530,11 +628,58 @@ impl PgCommitter {
         for (stream, owner, v) in locked {
             heads.insert(stream, (owner, u64::try_from(v).unwrap_or(0)));
         }
+        let (tenants, keys) = Writes::keys(batch);
+        let mut taken: HashSet<Key> = HashSet::new();
+        if !keys.is_empty() {
+            let rows: Vec<(Uuid, String)> = sqlx::query_as(
+                "SELECT tenant_id, idem_key FROM idempotency WHERE (tenant_id, idem_key) IN \
+                 (SELECT * FROM UNNEST($1::uuid[], $2::text[]))",
+            )
+            .bind(&tenants)
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+            taken.extend(rows);
+        }
         let stored: HashSet<Uuid> = heads.keys().copied().collect();
-        let steps = plan(batch, &found, &mut heads);
+        let steps = plan(batch, &found, &mut heads, &taken);
         let writes = Writes::of(batch, &steps, &stored);
-        if writes.rows.is_empty() {
+        if writes.rows.is_empty() && writes.records.is_empty() {
             tx.rollback().await?;
+            return Ok(writes.outcomes(batch, steps, 0));
+        }
+        if !writes.records.is_empty() {
+            // A key taken by another process since it was read fails the insert (a
+            // unique violation): the batch is tried again and then finds it taken.
+            let recs = &writes.records;
+            sqlx::query(
+                "INSERT INTO idempotency (tenant_id, idem_key, request_hash, status, body, \
+                 created_at_us) SELECT t, k, h, s, b, $6 FROM UNNEST($1::uuid[], \
+                 $2::text[], $3::bytea[], $4::int4[], $5::bytea[]) AS r (t, k, h, s, b)",
+            )
+            .bind(recs.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+            .bind(recs.iter().map(|(_, r)| r.key.as_str()).collect::<Vec<_>>())
+            .bind(
+                recs.iter()
+                    .map(|(_, r)| r.request_hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                recs.iter()
+                    .map(|(_, r)| i32::from(r.status))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                recs.iter()
+                    .map(|(_, r)| r.body.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if writes.rows.is_empty() {
+            tx.commit().await?;
             return Ok(writes.outcomes(batch, steps, 0));
         }
 

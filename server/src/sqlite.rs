@@ -13,10 +13,10 @@ use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
 use crate::event::{
-    now_micros, raw_event_from_row, to_i64, validate_append, AppendResult, NewEvent, StoredEvent,
-    StreamHead, EVENT_COLUMNS,
+    now_micros, raw_event_from_row, to_i64, validate_append, AppendResult, IdempotencyRecord,
+    NewEvent, StoredEvent, StreamHead, EVENT_COLUMNS,
 };
-use crate::group::{plan, Appender, Committer, Heads, Outcome, Request, Row, Step, Writes};
+use crate::group::{plan, Appender, Committer, Heads, Key, Outcome, Request, Row, Step, Writes};
 use crate::EventStore;
 
 /// The schema, one entry per version; entry `i` moves the schema from version `i` to
@@ -246,9 +246,26 @@ impl EventStore for SqliteStore {
         validate_append(expected_version, events)?;
         let result = self
             .appender
-            .append(tenant, stream, expected_version, events)
+            .append(tenant, stream, expected_version, events, None)
             .await?;
         tracing::debug!(%tenant, %stream, ?result, "appended");
+        Ok(result)
+    }
+
+    async fn append_recorded(
+        &self,
+        tenant: Uuid,
+        stream: Uuid,
+        expected_version: u64,
+        events: &[NewEvent],
+        record: IdempotencyRecord,
+    ) -> Result<AppendResult> {
+        validate_append(expected_version, events)?;
+        let result = self
+            .appender
+            .append(tenant, stream, expected_version, events, Some(record))
+            .await?;
+        tracing::debug!(%tenant, %stream, ?result, "appended with its idempotency record");
         Ok(result)
     }
 
@@ -337,15 +354,42 @@ impl Committer for SqliteCommitter {
         // The connection is opened with `synchronous = FULL` and nothing lowers it.
         let mut conn = self.writer.acquire().await?;
         let rows: usize = batch.iter().map(|r| r.events.len()).sum();
-        if rows <= ROW_CHUNK {
+        if rows <= ROW_CHUNK && writes_records(batch) <= ROW_CHUNK {
             // Fast path: the whole batch as one autocommit statement (one hand-off to
             // the connection thread, one fsync). The triggers check every row's version
             // and owner and move the heads; positions are the next rowids, so they stay
             // gap-free and in commit order. A failed statement writes nothing: then
-            // the batch is judged append by append below.
+            // the batch is judged append by append below. With idempotency records it
+            // is a transaction of two statements, the records inserted only if no key
+            // has one yet.
             let steps: Vec<Step> = batch.iter().map(|_| Step::Write).collect();
             let writes = Writes::of(batch, &steps, &HashSet::new());
-            match insert_rows(&mut conn, &writes.rows).await {
+            let done = if writes.records.is_empty() {
+                insert_rows(&mut conn, &writes.rows).await
+            } else {
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                let done = async {
+                    let first = insert_rows(&mut tx, &writes.rows).await?;
+                    if insert_records(&mut tx, &writes.records, true).await?
+                        != writes.records.len() as u64
+                    {
+                        return Err(StoreError::IdempotencyKeyTaken { key: String::new() });
+                    }
+                    Ok(first)
+                }
+                .await;
+                match done {
+                    Ok(first) => {
+                        tx.commit().await?;
+                        Ok(first)
+                    }
+                    Err(e) => {
+                        tx.rollback().await?;
+                        Err(e)
+                    }
+                }
+            };
+            match done {
                 Ok(first) => return Ok(writes.outcomes(batch, steps, first)),
                 Err(e) => tracing::debug!(error = %e, "batch needs judging append by append"),
             }
@@ -383,10 +427,24 @@ impl Committer for SqliteCommitter {
                 heads.insert(stream, (owner, u64::try_from(v).unwrap_or(0)));
             }
         }
+        let mut taken: HashSet<Key> = HashSet::new();
+        let (tenants, keys) = Writes::keys(batch);
+        for (tenants, keys) in tenants.chunks(IN_CHUNK).zip(keys.chunks(IN_CHUNK)) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT tenant_id, idem_key FROM idempotency WHERE idem_key IN (",
+            );
+            let mut list = q.separated(", ");
+            for k in keys {
+                list.push_bind(k.as_str());
+            }
+            q.push(")");
+            let rows: Vec<(Uuid, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            taken.extend(rows.into_iter().filter(|(t, _)| tenants.contains(t)));
+        }
         let stored: HashSet<Uuid> = heads.keys().copied().collect();
-        let steps = plan(batch, &found, &mut heads);
+        let steps = plan(batch, &found, &mut heads, &taken);
         let writes = Writes::of(batch, &steps, &stored);
-        if writes.rows.is_empty() {
+        if writes.rows.is_empty() && writes.records.is_empty() {
             tx.rollback().await?;
             return Ok(writes.outcomes(batch, steps, 0));
         }
@@ -394,6 +452,9 @@ impl Committer for SqliteCommitter {
         for rows in writes.rows.chunks(ROW_CHUNK) {
             let f = insert_rows(&mut tx, rows).await?;
             first.get_or_insert(f);
+        }
+        for records in writes.records.chunks(ROW_CHUNK) {
+            insert_records(&mut tx, records, false).await?;
         }
         tx.commit().await?;
         Ok(writes.outcomes(batch, steps, first.unwrap_or(0)))
@@ -438,6 +499,38 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> Result<u6
     }
     let first = last - n + 1;
     u64::try_from(first).map_err(|_| StoreError::Corrupt(format!("event position {first}")))
+}
+
+/// How many idempotency records a batch carries.
+fn writes_records(batch: &[Request]) -> usize {
+    batch.iter().filter(|r| r.record.is_some()).count()
+}
+
+/// Inserts idempotency records (tenant, record) with one statement; returns how many
+/// rows were written. With `skip_taken` a key that already has a record is skipped
+/// (and not counted); without, it fails the statement.
+async fn insert_records(
+    conn: &mut SqliteConnection,
+    records: &[(Uuid, &IdempotencyRecord)],
+    skip_taken: bool,
+) -> Result<u64> {
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO idempotency (tenant_id, idem_key, request_hash, status, body, \
+         created_at_us) ",
+    );
+    let at = now_micros();
+    q.push_values(records, |mut b, (tenant, r)| {
+        b.push_bind(*tenant)
+            .push_bind(r.key.as_str())
+            .push_bind(r.request_hash.as_slice())
+            .push_bind(i32::from(r.status))
+            .push_bind(r.body.as_slice())
+            .push_bind(at);
+    });
+    if skip_taken {
+        q.push(" ON CONFLICT DO NOTHING");
+    }
+    Ok(q.build().execute(&mut *conn).await?.rows_affected())
 }
 
 /// Builds a [`StreamHead`] from the `streams` columns of either engine.

@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, PgConnection};
+use trustfold_server::db::Db;
 use trustfold_server::{
-    AnyStore, AppendResult, EventStore, NewEvent, PostgresStore, SqliteStore, StoreError,
+    AnyStore, AppendResult, EventStore, IdempotencyRecord, NewEvent, PostgresStore, SqliteStore,
+    StoreError,
 };
 use uuid::Uuid;
 
@@ -958,4 +960,166 @@ where
         out.push(t.await.expect("task").expect("open store"));
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// Idempotency records committed with their events (`EventStore::append_recorded`).
+
+/// Runs appends concurrently (each in its own task) and returns their results in order.
+async fn join_results<F>(futures: impl Iterator<Item = F>) -> Vec<Result<AppendResult, StoreError>>
+where
+    F: std::future::Future<Output = Result<AppendResult, StoreError>> + Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
+
+fn record(key: &str, body: &str) -> IdempotencyRecord {
+    IdempotencyRecord {
+        key: key.into(),
+        request_hash: Sha256::digest(key.as_bytes()).into(),
+        status: 200,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// The stored records of `tenant`: key → (status, body).
+async fn stored_records(db: &Db, tenant: Uuid) -> HashMap<String, (i32, Vec<u8>)> {
+    let sql = "SELECT idem_key, status, body FROM idempotency WHERE tenant_id = $1";
+    let rows: Vec<(String, i32, Vec<u8>)> = match db {
+        Db::Sqlite { reader, .. } => sqlx::query_as(sql).bind(tenant).fetch_all(reader).await,
+        Db::Postgres(pool) => sqlx::query_as(sql).bind(tenant).fetch_all(pool).await,
+    }
+    .expect("read idempotency records");
+    rows.into_iter().map(|(k, s, b)| (k, (s, b))).collect()
+}
+
+async fn records_commit_with_their_events(store: AnyStore) {
+    let db = Db::of(&store);
+    db.migrate().await.expect("server schema");
+    let (tenant, other) = (Uuid::new_v4(), Uuid::new_v4());
+
+    // Written together.
+    let s1 = Uuid::new_v4();
+    let r = store
+        .append_recorded(tenant, s1, 0, &events(2, "a"), record("k1", "first"))
+        .await
+        .expect("recorded append");
+    assert_eq!(r.new_version, 2);
+    assert_eq!(store.read_stream(tenant, s1, 0, 10).await.unwrap().len(), 2);
+    let recs = stored_records(&db, tenant).await;
+    assert_eq!(recs.get("k1"), Some(&(200, b"first".to_vec())));
+
+    // The key is taken: nothing is written.
+    let s2 = Uuid::new_v4();
+    match store
+        .append_recorded(tenant, s2, 0, &events(1, "b"), record("k1", "second"))
+        .await
+    {
+        Err(StoreError::IdempotencyKeyTaken { key }) => assert_eq!(key, "k1"),
+        other => panic!("expected IdempotencyKeyTaken, got {other:?}"),
+    }
+    assert!(store
+        .read_stream(tenant, s2, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        stored_records(&db, tenant).await.get("k1"),
+        Some(&(200, b"first".to_vec()))
+    );
+
+    // Keys are per tenant.
+    let s3 = Uuid::new_v4();
+    store
+        .append_recorded(other, s3, 0, &events(1, "c"), record("k1", "other tenant"))
+        .await
+        .expect("another tenant's key");
+
+    // An exact retry of stored events gets the original result, and its record.
+    let s4 = Uuid::new_v4();
+    let evs = events(3, "d");
+    let original = store.append(tenant, s4, 0, &evs).await.unwrap();
+    let again = store
+        .append_recorded(tenant, s4, 0, &evs, record("k2", "retry"))
+        .await
+        .expect("exact retry");
+    assert_eq!(again, original);
+    assert!(stored_records(&db, tenant).await.contains_key("k2"));
+
+    // A refused append stores no record.
+    let err = store
+        .append_recorded(tenant, s1, 0, &events(1, "e"), record("k3", "conflict"))
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::VersionConflict { current: 2, .. })),
+        "{err:?}"
+    );
+    assert!(!stored_records(&db, tenant).await.contains_key("k3"));
+
+    // 16 concurrent appends to 16 new streams with one key (they share commits): exactly
+    // one is written, the others are told the key is taken.
+    let streams: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
+    let results = join_results(streams.iter().map(|s| {
+        let (store, s) = (store.clone(), *s);
+        async move {
+            store
+                .append_recorded(tenant, s, 0, &events(1, "race"), record("race", "won"))
+                .await
+        }
+    }))
+    .await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    let taken = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::IdempotencyKeyTaken { .. })))
+        .count();
+    assert_eq!((won, taken), (1, 15), "{results:?}");
+    let mut written = 0;
+    for s in &streams {
+        written += store.read_stream(tenant, *s, 0, 10).await.unwrap().len();
+    }
+    assert_eq!(written, 1);
+
+    // 16 concurrent appends with their own keys: all written, each with its record.
+    let results = join_results((0..16).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .append_recorded(
+                    tenant,
+                    Uuid::new_v4(),
+                    0,
+                    &events(1, "many"),
+                    record(&format!("many-{i}"), "ok"),
+                )
+                .await
+        }
+    }))
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let recs = stored_records(&db, tenant).await;
+    assert_eq!(recs.keys().filter(|k| k.starts_with("many-")).count(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_records_commit_with_their_events() {
+    let Some(fx) = sqlite_fixture().await else {
+        return;
+    };
+    records_commit_with_their_events(AnyStore::Sqlite(fx.store.clone())).await;
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_records_commit_with_their_events() {
+    let Some(fx) = postgres_fixture().await else {
+        return;
+    };
+    records_commit_with_their_events(AnyStore::Postgres(fx.store.clone())).await;
+    fx.finish().await;
 }

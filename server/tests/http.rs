@@ -156,6 +156,81 @@ async fn earnest_money_end_to_end_postgres() {
     srv.finish().await;
 }
 
+/// Concurrent requests with one `Idempotency-Key`: the response is stored in the commit
+/// of the command's events, so exactly one command runs; every request with the same
+/// body gets its response byte for byte, and one with another body gets 422.
+async fn concurrent_requests_share_one_key(srv: &Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let before = c
+        .get(&format!("/v1/payments/{}", f.payment), &key)
+        .await
+        .body["version"]
+        .as_u64()
+        .expect("version");
+    for (round, role) in ["lender", "brokerage", "brokerage"].iter().enumerate() {
+        let idem = format!("race-{round}");
+        let party = uuid::Uuid::new_v4().to_string();
+        let body = json!({"command": {"type": "Invite", "party": party, "roles": [role], "name": "L"},
+                          "actor": {"party": f.agent, "role": "listing_agent"}});
+        let other = json!({"command": {"type": "Invite", "party": party, "roles": [role], "name": "M"},
+                           "actor": {"party": f.agent, "role": "listing_agent"}});
+        let tasks: Vec<_> = (0..12)
+            .map(|i| {
+                let (c, key, path, idem) = (c.clone(), key.clone(), path.clone(), idem.clone());
+                let b = if i == 11 { other.clone() } else { body.clone() };
+                tokio::spawn(async move { (i, c.post_idem(&path, &key, &idem, &b).await) })
+            })
+            .collect();
+        let mut replies = Vec::new();
+        for t in tasks {
+            let (i, r) = t.await.expect("task");
+            assert!(r.status == 200 || r.status == 422, "{}", r.body);
+            if r.status == 422 {
+                assert_eq!(r.body["code"], "idempotency_key_reused", "{}", r.body);
+            }
+            replies.push((i == 11, r.status, r.bytes));
+        }
+        // Whichever body came first ran once; every request with that body got its
+        // response byte for byte, and every one with the other body got 422.
+        let ok: Vec<_> = replies.iter().filter(|(_, s, _)| *s == 200).collect();
+        assert!(!ok.is_empty());
+        assert!(
+            ok.windows(2).all(|w| w[0].2 == w[1].2 && w[0].0 == w[1].0),
+            "every 200 is the same response, to the same body, byte for byte"
+        );
+        let winner_is_other = ok[0].0;
+        assert!(replies
+            .iter()
+            .all(|(is_other, s, _)| (*s == 200) == (*is_other == winner_is_other)));
+    }
+    let after = c
+        .get(&format!("/v1/payments/{}", f.payment), &key)
+        .await
+        .body["version"]
+        .as_u64()
+        .expect("version");
+    assert_eq!(after, before + 3, "one invitation per key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_share_one_key_sqlite() {
+    let srv = common::sqlite().await;
+    concurrent_requests_share_one_key(&srv).await;
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_share_one_key_postgres() {
+    let Some(srv) = common::postgres().await else {
+        return;
+    };
+    concurrent_requests_share_one_key(&srv).await;
+    srv.finish().await;
+}
+
 #[tokio::test]
 async fn idempotency_replays_and_rejects_reuse() {
     let srv = common::sqlite().await;

@@ -40,7 +40,7 @@ use super::{
 };
 use crate::cache::{fold_stream, LoadError};
 use crate::db::{now_us, on_read, on_write};
-use crate::{AppendResult, EventStore, NewEvent, StoreError, StoredEvent};
+use crate::{AppendResult, EventStore, IdempotencyRecord, NewEvent, StoreError, StoredEvent};
 
 impl From<LoadError> for ApiError {
     fn from(e: LoadError) -> Self {
@@ -61,9 +61,21 @@ const MAX_EVENTS_PER_COMMAND: u32 = 64;
 // ---------------------------------------------------------------------------------------
 // Idempotency.
 
+#[derive(Clone)]
 struct Idem {
     key: String,
     request_hash: [u8; 32],
+}
+
+/// What running a command came to.
+enum Executed {
+    /// The response; with an `Idempotency-Key`, [`with_idempotency`] stores it.
+    Answer(StatusCode, Vec<u8>),
+    /// The response, already stored under the key in the commit of its events
+    /// ([`EventStore::append_recorded`]).
+    Recorded(StatusCode, Vec<u8>),
+    /// Another request with the same key stored its response first: answer from it.
+    KeyTaken,
 }
 
 fn idempotency(
@@ -201,18 +213,28 @@ async fn with_idempotency(
     state: &AppState,
     principal: &Principal,
     idem: Option<Idem>,
-    run: impl std::future::Future<Output = ApiResult<(StatusCode, Vec<u8>)>>,
+    run: impl std::future::Future<Output = ApiResult<Executed>>,
 ) -> ApiResult<Response> {
     let tenant = principal.tenant();
     let Some(idem) = idem else {
-        let (status, body) = run.await?;
-        return Ok(json_bytes(status, body));
+        return match run.await? {
+            Executed::Answer(status, body) | Executed::Recorded(status, body) => {
+                Ok(json_bytes(status, body))
+            }
+            Executed::KeyTaken => Err(ApiError::Internal(
+                "a command without an Idempotency-Key found its key taken".into(),
+            )),
+        };
     };
     if let Some(res) = idem_lookup(state, tenant, &idem).await? {
         return Ok(res);
     }
     match run.await {
-        Ok((status, body)) => idem_store(state, tenant, &idem, status, body).await,
+        Ok(Executed::Recorded(status, body)) => Ok(json_bytes(status, body)),
+        Ok(Executed::Answer(status, body)) => idem_store(state, tenant, &idem, status, body).await,
+        Ok(Executed::KeyTaken) => idem_lookup(state, tenant, &idem)
+            .await?
+            .ok_or_else(|| ApiError::Internal("idempotency record vanished".into())),
         // A domain rejection is a result too: the same request gets it again.
         Err(e @ ApiError::Unprocessable { .. }) if e.code() != "idempotency_key_reused" => {
             idem_store(state, tenant, &idem, e.status(), e.to_body()).await
@@ -242,9 +264,10 @@ struct Prepared {
     expected: Option<u64>,
     correlation: Option<Uuid>,
     created: bool,
-    /// Whether the command id comes from an `Idempotency-Key` (a retry has the same one,
-    /// so its events may already be stored); a fresh random id never does.
-    retryable: bool,
+    /// The `Idempotency-Key`, if any. The command id comes from it (a retry has the same
+    /// one, so its events may already be stored; a fresh random id never is), and the
+    /// response is stored under it in the commit of the events.
+    idem: Option<Idem>,
 }
 
 struct Emitted {
@@ -359,19 +382,23 @@ async fn execute(
     principal: &Principal,
     command_id: CommandId,
     p: Prepared,
-) -> ApiResult<(StatusCode, Vec<u8>)> {
+) -> ApiResult<Executed> {
     let tenant = principal.tenant();
     let ok_status = if p.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    if p.retryable {
-        if let Some(body) = already_applied(state, principal, tenant, p.payment, command_id).await?
-        {
-            return Ok((ok_status, body));
+    // A command with an `Idempotency-Key` whose events are stored already (a retry after
+    // a lost response) is normally answered from the key's record, written in the same
+    // commit as the events; its events are looked up only when deciding it again did not
+    // end in an append (events stored before records were, or by another route).
+    let applied = || async {
+        match &p.idem {
+            Some(_) => already_applied(state, principal, tenant, p.payment, command_id).await,
+            None => Ok(None),
         }
-    }
+    };
     let ctx = Context {
         command_id,
         actor: p.actor.clone(),
@@ -407,6 +434,9 @@ async fn execute(
                     optimistic = false;
                     continue;
                 }
+                if let Some(body) = applied().await? {
+                    return Ok(Executed::Answer(ok_status, body));
+                }
                 return Err(ApiError::VersionConflict {
                     expected,
                     current: version,
@@ -419,7 +449,12 @@ async fn execute(
                 optimistic = false;
                 continue;
             }
-            Err(e) => return Err(ApiError::from_core(e)),
+            Err(e) => {
+                if let Some(body) = applied().await? {
+                    return Ok(Executed::Answer(ok_status, body));
+                }
+                return Err(ApiError::from_core(e));
+            }
         };
         let emitted: Vec<Emitted> = decision
             .events
@@ -436,7 +471,10 @@ async fn execute(
                 optimistic = false;
                 continue;
             }
-            return Ok((
+            if let Some(body) = applied().await? {
+                return Ok(Executed::Answer(ok_status, body));
+            }
+            return Ok(Executed::Answer(
                 ok_status,
                 command_body(principal, p.payment, &[], &decision.state),
             ));
@@ -451,13 +489,34 @@ async fn execute(
                 hash: e.hash,
             })
             .collect();
-        match state.store.append(tenant, p.payment, version, &batch).await {
+        let body = command_body(principal, p.payment, &emitted, &decision.state);
+        let appended = match &p.idem {
+            // The response is stored under the key in the same commit as the events.
+            Some(i) => {
+                let record = IdempotencyRecord {
+                    key: i.key.clone(),
+                    request_hash: i.request_hash,
+                    status: ok_status.as_u16(),
+                    body: body.clone(),
+                };
+                state
+                    .store
+                    .append_recorded(tenant, p.payment, version, &batch, record)
+                    .await
+            }
+            None => state.store.append(tenant, p.payment, version, &batch).await,
+        };
+        match appended {
             Ok(result) => {
-                let body = command_body(principal, p.payment, &emitted, &decision.state);
                 state.cache.put(decision.state);
                 after_append(state, p.payment, result);
-                return Ok((ok_status, body));
+                return Ok(if p.idem.is_some() {
+                    Executed::Recorded(ok_status, body)
+                } else {
+                    Executed::Answer(ok_status, body)
+                });
             }
+            Err(StoreError::IdempotencyKeyTaken { .. }) => return Ok(Executed::KeyTaken),
             Err(StoreError::VersionConflict { .. }) if optimistic => optimistic = false,
             Err(StoreError::VersionConflict { .. })
                 if p.expected.is_none() && attempt < CONFLICT_RETRIES => {}
@@ -466,7 +525,7 @@ async fn execute(
                 if let Some(body) =
                     already_applied(state, principal, tenant, p.payment, command_id).await?
                 {
-                    return Ok((ok_status, body));
+                    return Ok(Executed::Answer(ok_status, body));
                 }
                 return Err(key_reused());
             }
@@ -574,7 +633,7 @@ pub async fn send_command(
         &body,
     )?;
     let command_id = command_id_for(&principal, idem.as_ref());
-    let retryable = idem.is_some();
+    let key = idem.clone();
     let run = async {
         let req: CommandRequest = parse_json(&body)?;
         if matches!(req.command, Command::Initiate { .. }) {
@@ -597,7 +656,7 @@ pub async fn send_command(
                 expected,
                 correlation: req.correlation,
                 created: false,
-                retryable,
+                idem: key.clone(),
             },
         )
         .await
@@ -642,7 +701,7 @@ pub async fn create_payment(
     let tenant = principal.require_tenant()?;
     let idem = idempotency(&headers, &principal, "POST /v1/payments", &body)?;
     let command_id = command_id_for(&principal, idem.as_ref());
-    let retryable = idem.is_some();
+    let key = idem.clone();
     let run =
         async {
             let req: CreatePayment = parse_json(&body)?;
@@ -695,7 +754,7 @@ pub async fn create_payment(
                     expected: Some(0),
                     correlation: req.correlation,
                     created: true,
-                    retryable,
+                    idem: key.clone(),
                 },
             )
             .await
