@@ -141,7 +141,16 @@ fn key_reused() -> ApiError {
     }
 }
 
-async fn idem_lookup(state: &AppState, tenant: Uuid, idem: &Idem) -> ApiResult<Option<Response>> {
+/// The stored response under the key, replayed. A record written with its command's
+/// events has an empty body (a response is never empty): the response is rebuilt from
+/// the stored events and the state after them, byte for byte the one first sent, so the
+/// commit does not carry a copy of the whole state.
+async fn idem_lookup(
+    state: &AppState,
+    principal: &Principal,
+    idem: &Idem,
+) -> ApiResult<Option<Response>> {
+    let tenant = principal.tenant();
     // A reader: records are only ever inserted (`ON CONFLICT DO NOTHING` decides a race),
     // so a committed one is seen, and the single SQLite writer stays free for appends.
     let row: Option<(Vec<u8>, i32, Vec<u8>)> = on_read!(&state.db, pool => {
@@ -157,6 +166,24 @@ async fn idem_lookup(state: &AppState, tenant: Uuid, idem: &Idem) -> ApiResult<O
     });
     match row {
         None => Ok(None),
+        Some((hash, status, body)) if hash == idem.request_hash && body.is_empty() => {
+            let command_id = command_id_for(principal, Some(idem));
+            let first = derive(command_id.uuid(), "event", 0);
+            let payment = state
+                .store
+                .read_event(tenant, first)
+                .await?
+                .map(|e| e.stream_id)
+                .ok_or_else(|| {
+                    ApiError::Internal("the events of an idempotency record are missing".into())
+                })?;
+            let body = already_applied(state, principal, tenant, payment, command_id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::Internal("the events of an idempotency record are missing".into())
+                })?;
+            Ok(Some(replayed(status, body)))
+        }
         Some((hash, status, body)) if hash == idem.request_hash => Ok(Some(replayed(status, body))),
         Some(_) => Err(key_reused()),
     }
@@ -166,11 +193,12 @@ async fn idem_lookup(state: &AppState, tenant: Uuid, idem: &Idem) -> ApiResult<O
 /// answers with that one.
 async fn idem_store(
     state: &AppState,
-    tenant: Uuid,
+    principal: &Principal,
     idem: &Idem,
     status: StatusCode,
     body: Vec<u8>,
 ) -> ApiResult<Response> {
+    let tenant = principal.tenant();
     let inserted = on_write!(&state.db, pool => {
         sqlx::query(
             "INSERT INTO idempotency (tenant_id, idem_key, request_hash, status, body, \
@@ -194,7 +222,7 @@ async fn idem_store(
             replayed_first(status, body)
         });
     }
-    idem_lookup(state, tenant, idem)
+    idem_lookup(state, principal, idem)
         .await?
         .ok_or_else(|| ApiError::Internal("idempotency record vanished".into()))
 }
@@ -215,7 +243,6 @@ async fn with_idempotency(
     idem: Option<Idem>,
     run: impl std::future::Future<Output = ApiResult<Executed>>,
 ) -> ApiResult<Response> {
-    let tenant = principal.tenant();
     let Some(idem) = idem else {
         return match run.await? {
             Executed::Answer(status, body) | Executed::Recorded(status, body) => {
@@ -226,20 +253,28 @@ async fn with_idempotency(
             )),
         };
     };
-    if let Some(res) = idem_lookup(state, tenant, &idem).await? {
-        return Ok(res);
-    }
+    // No lookup before running: a command is pure until its append, and every way it
+    // can end meets a stored record under the key. Its append is refused
+    // (`KeyTaken`: events and record are written together), storing its response finds the
+    // record (`idem_store`), and any other error looks the key up before it is returned.
+    // So the first request with a key, the common case, costs no read, and a retry or a
+    // reuse still gets the stored response or 422.
     match run.await {
         Ok(Executed::Recorded(status, body)) => Ok(json_bytes(status, body)),
-        Ok(Executed::Answer(status, body)) => idem_store(state, tenant, &idem, status, body).await,
-        Ok(Executed::KeyTaken) => idem_lookup(state, tenant, &idem)
+        Ok(Executed::Answer(status, body)) => {
+            idem_store(state, principal, &idem, status, body).await
+        }
+        Ok(Executed::KeyTaken) => idem_lookup(state, principal, &idem)
             .await?
             .ok_or_else(|| ApiError::Internal("idempotency record vanished".into())),
         // A domain rejection is a result too: the same request gets it again.
         Err(e @ ApiError::Unprocessable { .. }) if e.code() != "idempotency_key_reused" => {
-            idem_store(state, tenant, &idem, e.status(), e.to_body()).await
+            idem_store(state, principal, &idem, e.status(), e.to_body()).await
         }
-        Err(e) => Err(e),
+        Err(e) => match idem_lookup(state, principal, &idem).await? {
+            Some(stored) => Ok(stored),
+            None => Err(e),
+        },
     }
 }
 
@@ -493,11 +528,13 @@ async fn execute(
         let appended = match &p.idem {
             // The response is stored under the key in the same commit as the events.
             Some(i) => {
+                // Empty body: a replay rebuilds the response from these events (see
+                // `idem_lookup`).
                 let record = IdempotencyRecord {
                     key: i.key.clone(),
                     request_hash: i.request_hash,
                     status: ok_status.as_u16(),
-                    body: body.clone(),
+                    body: Vec::new(),
                 };
                 state
                     .store
