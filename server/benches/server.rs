@@ -57,6 +57,8 @@ struct Figures {
     http16: f64,
     /// 16 clients, each command with an `Idempotency-Key`.
     http16_keyed: f64,
+    /// 16 clients spread over two server instances on one database (PostgreSQL only).
+    http16_two: Option<f64>,
     events_per_commit16: f64,
     lat_rate: f64,
     lat_p50: f64,
@@ -177,6 +179,11 @@ fn print_table(results: &[(&str, Figures)]) {
             "| {engine} | HTTP commands/s = events/s, 16 clients, each command with an Idempotency-Key (as the SDKs send) | {:.0} | | |",
             f.http16_keyed
         );
+        if let Some(two) = f.http16_two {
+            println!(
+                "| {engine} | HTTP commands/s = events/s, 16 clients over two server processes on one database | {two:.0} | | |"
+            );
+        }
         println!(
             "| {engine} | CPU per command (server + clients, one process), 1 / 16 clients | {:.0} / {:.0} µs | | |",
             f.cpu1_us, f.cpu16_us
@@ -401,6 +408,8 @@ struct Bench {
     version: u64,
     /// Send each command with a fresh `Idempotency-Key`, as the SDKs do.
     keyed: bool,
+    /// Send to this server instead of the run's (`http://addr`).
+    server: Option<String>,
 }
 
 async fn prepare(c: &Client, key: &str) -> Res<Bench> {
@@ -461,6 +470,7 @@ async fn prepare(c: &Client, key: &str) -> Res<Bench> {
         approved: false,
         version,
         keyed: false,
+        server: None,
     })
 }
 
@@ -488,7 +498,11 @@ fn response_version(bytes: &[u8]) -> Option<u64> {
 /// Sends the next command; `Ok(version)` when it made exactly one event.
 async fn send_next(http: &reqwest::Client, base: &str, key: &str, b: &mut Bench) -> Res<u64> {
     let mut req = http
-        .post(format!("{base}/v1/payments/{}/commands", b.flow.payment))
+        .post(format!(
+            "{}/v1/payments/{}/commands",
+            b.server.as_deref().unwrap_or(base),
+            b.flow.payment
+        ))
         .bearer_auth(key)
         .header("content-type", "application/json")
         .body(next_body(b));
@@ -748,10 +762,37 @@ where
     let (rate, keyed, e) = closed_loop(&http, &base, &key, keyed).await?;
     f.http16_keyed = rate;
     f.errors += e;
-    let many: Vec<Bench> = keyed
+    let mut many: Vec<Bench> = keyed
         .into_iter()
         .map(|b| Bench { keyed: false, ..b })
         .collect();
+
+    if database.starts_with("postgres") {
+        // A second server on the same database: its own pools, appender, projector and
+        // LISTEN connection, as another process would have.
+        eprintln!("bench-server: HTTP, {CLIENTS} clients over two servers");
+        let mut config = Config::new(database);
+        config.listen = "127.0.0.1:0".parse().map_err(err)?;
+        config.http.admin_token = Some(ADMIN.into());
+        let second = start(config).await.map_err(err)?;
+        let other = format!("http://{}", second.addr);
+        let split: Vec<Bench> = many
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| Bench {
+                server: (i % 2 == 1).then(|| other.clone()),
+                ..b
+            })
+            .collect();
+        let (rate, split, e) = closed_loop(&http, &base, &key, split).await?;
+        f.http16_two = Some(rate);
+        f.errors += e;
+        second.shutdown().await.map_err(err)?;
+        many = split
+            .into_iter()
+            .map(|b| Bench { server: None, ..b })
+            .collect();
+    }
 
     eprintln!("bench-server: command→SSE latency at {LAT_RATE}/s");
     let lat: Vec<Bench> = many.into_iter().take(LAT_PAYMENTS).collect();

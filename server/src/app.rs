@@ -237,7 +237,7 @@ fn spawn_background(
                     _ = tokio::time::sleep(every) => {}
                     _ = shutdown.changed() => return,
                 }
-                if let Err(e) = projector.catch_up().await {
+                if let Err(e) = projector.catch_up_in_background().await {
                     tracing::warn!(error = %e, "background projection failed");
                 }
             }

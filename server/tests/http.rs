@@ -935,3 +935,119 @@ async fn reads_see_their_own_writes_postgres() {
         reads_see_their_own_writes(srv).await;
     }
 }
+
+/// How many sessions hold the projection leader lock of this database (advisory locks
+/// are per database; other tests' servers hold theirs).
+async fn leaders(pool: &sqlx::PgPool) -> i64 {
+    let key = trustfold_server::projections::LEADER_LOCK;
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind((key >> 32) & 0xffff_ffff)
+    .bind(key & 0xffff_ffff)
+    .fetch_one(pool)
+    .await
+    .expect("pg_locks")
+}
+
+/// Two server processes on one PostgreSQL database: exactly one runs the background
+/// projection; both still read their own writes; when the leader stops, the other takes
+/// over and projects in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_projection_leader_across_processes_postgres() {
+    let Some(mut srv) = common::postgres().await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&srv.database).await.expect("pool");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leaders(&pool).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first server leads"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = common::serve(common::config(&srv.database)).await;
+    let c2 = Client::new(format!("http://{}", second.addr));
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        leaders(&pool).await,
+        1,
+        "one leader, the follower tried and failed"
+    );
+
+    // Read-your-writes in the follower (which does not project in the background) and in
+    // the leader.
+    for (i, client) in [&c2, c, &c2, c].iter().enumerate() {
+        let r = client
+            .command(
+                &key,
+                &f.payment,
+                Some(&f.agent),
+                "listing_agent",
+                json!({"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": if i < 2 { ["brokerage"] } else { ["lender"] }, "name": "x"}),
+            )
+            .await;
+        let Ok(r) = r else {
+            // The policy allows two brokerages and one lender; the fourth is refused.
+            assert_eq!(i, 3);
+            break;
+        };
+        let v = r.body["version"].as_u64().expect("version");
+        let read = client
+            .get(&format!("/v1/payments/{}", f.payment), &key)
+            .await;
+        assert_eq!(
+            read.body["version"].as_u64(),
+            Some(v),
+            "read your own write"
+        );
+    }
+
+    // The leader stops: the follower takes over and projects without being asked.
+    srv.stop().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leaders(&pool).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second server takes over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = c2
+        .command(
+            &key,
+            &f.payment,
+            Some(&f.agent),
+            "listing_agent",
+            json!({"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["buyer_agent"], "name": "y"}),
+        )
+        .await
+        .expect("invite");
+    let v = r.body["version"].as_i64().expect("version");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let projected: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM payment_summary WHERE payment_id = $1")
+                .bind(uuid::Uuid::parse_str(&f.payment).expect("uuid"))
+                .fetch_optional(&pool)
+                .await
+                .expect("summary");
+        if projected == Some(v) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new leader projects in the background ({projected:?} < {v})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pool.close().await;
+    second.shutdown().await.expect("shutdown");
+    srv.finish().await;
+}
