@@ -453,15 +453,16 @@ async fn participant_tokens_see_the_policy_view_and_act_as_their_party() {
     let bt = bt.body["token"].as_str().expect("token").to_owned();
     let st = c.get(&format!("/v1/payments/{}", other.payment), &bt).await;
     let terms = st.body["terms_hash"].as_str().expect("terms").to_owned();
-    let r = c
-        .post(
-            &format!("/v1/payments/{}/commands", other.payment),
-            &bt,
-            &json!({"command": {"type": "AgreeToTerms", "terms_hash": terms}}),
-        )
-        .await;
+    let agree = json!({"command": {"type": "AgreeToTerms", "terms_hash": terms}});
+    let path = format!("/v1/payments/{}/commands", other.payment);
+    let r = c.post_idem(&path, &bt, "agree-1", &agree).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["events"][0]["actor"]["party"], other.buyer.as_str());
+    // Its replay (the participant's view, rebuilt from the stored events) is the same
+    // response byte for byte.
+    let again = c.post_idem(&path, &bt, "agree-1", &agree).await;
+    assert_eq!((again.status, &again.bytes), (200, &r.bytes));
+    assert_eq!(again.headers["idempotent-replayed"], "true");
 
     // Tampered and wrong tokens are 401.
     let mut bad = token.clone();
