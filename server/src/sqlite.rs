@@ -367,27 +367,7 @@ impl Committer for SqliteCommitter {
             let done = if writes.records.is_empty() {
                 insert_rows(&mut conn, &writes.rows).await
             } else {
-                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                let done = async {
-                    let first = insert_rows(&mut tx, &writes.rows).await?;
-                    if insert_records(&mut tx, &writes.records, true).await?
-                        != writes.records.len() as u64
-                    {
-                        return Err(StoreError::IdempotencyKeyTaken { key: String::new() });
-                    }
-                    Ok(first)
-                }
-                .await;
-                match done {
-                    Ok(first) => {
-                        tx.commit().await?;
-                        Ok(first)
-                    }
-                    Err(e) => {
-                        tx.rollback().await?;
-                        Err(e)
-                    }
-                }
+                insert_recorded(&mut conn, &writes.rows, &writes.records).await
             };
             match done {
                 Ok(first) => return Ok(writes.outcomes(batch, steps, first)),
@@ -454,7 +434,7 @@ impl Committer for SqliteCommitter {
             first.get_or_insert(f);
         }
         for records in writes.records.chunks(ROW_CHUNK) {
-            insert_records(&mut tx, records, false).await?;
+            insert_records(&mut tx, records).await?;
         }
         tx.commit().await?;
         Ok(writes.outcomes(batch, steps, first.unwrap_or(0)))
@@ -466,7 +446,19 @@ impl Committer for SqliteCommitter {
 /// only this process's single writer connection inserts while it holds the write lock). The triggers of schema version 2 check each row's
 /// sequence against its stream's head and owner and move the head.
 async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> Result<u64> {
-    let mut q = QueryBuilder::<Sqlite>::new(
+    let mut q = QueryBuilder::<Sqlite>::new("");
+    push_insert_rows(&mut q, rows);
+    // No `RETURNING`: sqlx hands each returned row over from the connection's thread
+    // on its own, so a batch would cost a thread hand-off per event. Under the single
+    // writer, the rows of one statement take the next rowids in order, so the last one
+    // and the count give them all.
+    let done = q.build().execute(&mut *conn).await?;
+    first_position(rows.len(), done.rows_affected(), done.last_insert_rowid())
+}
+
+/// The multi-row insert of `rows` into `events` (the statement, into `q`).
+fn push_insert_rows<'q>(q: &mut QueryBuilder<'q, Sqlite>, rows: &'q [Row<'q>]) {
+    q.push(
         "INSERT INTO events (tenant_id, stream_id, seq, event_id, event_type, schema_version, \
          body, hash, recorded_at_us) ",
     );
@@ -483,22 +475,47 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[Row<'_>]) -> Result<u6
             .push_bind(e.hash.as_slice())
             .push_bind(recorded_at);
     });
-    // No `RETURNING`: sqlx hands each returned row over from the connection's thread
-    // on its own, so a batch would cost a thread hand-off per event. Under the single
-    // writer, the rows of one statement take the next rowids in order, so the last one
-    // and the count give them all.
-    let done = q.build().execute(&mut *conn).await?;
-    let n = to_i64(rows.len() as u64);
-    let last = done.last_insert_rowid();
-    if done.rows_affected() != rows.len() as u64 || last < n {
+}
+
+/// The position of the first of `n` events inserted by one statement that wrote
+/// `written` rows, the last with rowid `last`.
+fn first_position(n: usize, written: u64, last: i64) -> Result<u64> {
+    let count = to_i64(n as u64);
+    if written != n as u64 || last < count {
         return Err(StoreError::Corrupt(format!(
-            "{} events were inserted but {} rows were written, the last at position {last}",
-            rows.len(),
-            done.rows_affected()
+            "{n} events were inserted but {written} rows were written, the last at position {last}"
         )));
     }
-    let first = last - n + 1;
+    let first = last - count + 1;
     u64::try_from(first).map_err(|_| StoreError::Corrupt(format!("event position {first}")))
+}
+
+/// The fast path of a batch with idempotency records: one multi-statement query, so one
+/// hand-off to the connection thread: `BEGIN IMMEDIATE`, the records, the events,
+/// `COMMIT`. A stored key or any refused row fails its statement; then the transaction
+/// is rolled back here and the batch goes the careful way.
+async fn insert_recorded(
+    conn: &mut SqliteConnection,
+    rows: &[Row<'_>],
+    records: &[(Uuid, &IdempotencyRecord)],
+) -> Result<u64> {
+    let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
+    push_insert_records(&mut q, records);
+    q.push("; ");
+    push_insert_rows(&mut q, rows);
+    q.push("; COMMIT");
+    match q.build().execute(&mut *conn).await {
+        // Every statement succeeded, so the events' multi-row insert (no conflict clause)
+        // wrote all its rows. The last rowid is the events' (the records are inserted
+        // first, and COMMIT does not change it). `rows_affected` is no help here: SQLite
+        // reports BEGIN and COMMIT with the previous statement's count.
+        Ok(done) => first_position(rows.len(), rows.len() as u64, done.last_insert_rowid()),
+        Err(e) => {
+            // The statement that failed left the transaction open (if `BEGIN` ran).
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e.into())
+        }
+    }
 }
 
 /// How many idempotency records a batch carries.
@@ -506,15 +523,24 @@ fn writes_records(batch: &[Request]) -> usize {
     batch.iter().filter(|r| r.record.is_some()).count()
 }
 
-/// Inserts idempotency records (tenant, record) with one statement; returns how many
-/// rows were written. With `skip_taken` a key that already has a record is skipped
-/// (and not counted); without, it fails the statement.
+/// Inserts idempotency records (tenant, record) with one statement; a key that already
+/// has a record fails it.
 async fn insert_records(
     conn: &mut SqliteConnection,
     records: &[(Uuid, &IdempotencyRecord)],
-    skip_taken: bool,
-) -> Result<u64> {
-    let mut q = QueryBuilder::<Sqlite>::new(
+) -> Result<()> {
+    let mut q = QueryBuilder::<Sqlite>::new("");
+    push_insert_records(&mut q, records);
+    q.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// The multi-row insert of idempotency records (the statement, into `q`).
+fn push_insert_records<'q>(
+    q: &mut QueryBuilder<'q, Sqlite>,
+    records: &'q [(Uuid, &'q IdempotencyRecord)],
+) {
+    q.push(
         "INSERT INTO idempotency (tenant_id, idem_key, request_hash, status, body, \
          created_at_us) ",
     );
@@ -527,10 +553,6 @@ async fn insert_records(
             .push_bind(r.body.as_slice())
             .push_bind(at);
     });
-    if skip_taken {
-        q.push(" ON CONFLICT DO NOTHING");
-    }
-    Ok(q.build().execute(&mut *conn).await?.rows_affected())
 }
 
 /// Builds a [`StreamHead`] from the `streams` columns of either engine.
