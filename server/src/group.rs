@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
-use crate::event::{resolve_retry, AppendResult, IdempotencyRecord, NewEvent, StoredEvent};
+use crate::event::{
+    resolve_retry, validate_append, AppendResult, IdempotencyRecord, NewEvent, StoredEvent,
+};
 
 /// Most appends committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -97,7 +99,8 @@ impl Appender {
         Appender { tx }
     }
 
-    /// Queues an append (already validated) and waits until it is committed or rejected.
+    /// Validates an append (with its idempotency record, if any), queues it and waits
+    /// until it is committed or rejected.
     pub(crate) async fn append(
         &self,
         tenant: Uuid,
@@ -106,6 +109,8 @@ impl Appender {
         events: &[NewEvent],
         record: Option<IdempotencyRecord>,
     ) -> Result<AppendResult> {
+        validate_append(expected, events)?;
+        let recorded = record.is_some();
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Request {
@@ -118,7 +123,9 @@ impl Appender {
             })
             .await
             .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let result = answer.await.map_err(|_| stopped())??;
+        tracing::debug!(%tenant, %stream, ?result, recorded, "appended");
+        Ok(result)
     }
 }
 

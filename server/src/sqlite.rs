@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
 use crate::event::{
-    now_micros, raw_event_from_row, to_i64, validate_append, AppendResult, IdempotencyRecord,
-    NewEvent, StoredEvent, StreamHead, EVENT_COLUMNS,
+    now_micros, raw_event_from_row, to_i64, AppendResult, IdempotencyRecord, NewEvent, StoredEvent,
+    StreamHead, EVENT_COLUMNS,
 };
 use crate::group::{plan, Appender, Committer, Heads, Key, Outcome, Request, Row, Step, Writes};
 use crate::EventStore;
@@ -243,13 +243,9 @@ impl EventStore for SqliteStore {
         expected_version: u64,
         events: &[NewEvent],
     ) -> Result<AppendResult> {
-        validate_append(expected_version, events)?;
-        let result = self
-            .appender
+        self.appender
             .append(tenant, stream, expected_version, events, None)
-            .await?;
-        tracing::debug!(%tenant, %stream, ?result, "appended");
-        Ok(result)
+            .await
     }
 
     async fn append_recorded(
@@ -260,13 +256,9 @@ impl EventStore for SqliteStore {
         events: &[NewEvent],
         record: IdempotencyRecord,
     ) -> Result<AppendResult> {
-        validate_append(expected_version, events)?;
-        let result = self
-            .appender
+        self.appender
             .append(tenant, stream, expected_version, events, Some(record))
-            .await?;
-        tracing::debug!(%tenant, %stream, ?result, "appended with its idempotency record");
-        Ok(result)
+            .await
     }
 
     async fn read_stream(
