@@ -276,7 +276,11 @@ async fn listen(
             continue;
         };
         if let (Ok(stream), Ok(version)) = (Uuid::try_parse(stream), version.parse::<u64>()) {
-            let _ = notices.send(Notice { stream, version });
+            let _ = notices.send(Notice {
+                stream,
+                version,
+                events: None,
+            });
         }
     }
 }

@@ -646,6 +646,12 @@ async fn sse_delivers_live_and_resumes_with_last_event_id() {
     .expect("invite");
     let live = sse_events(&mut res, 1, &mut buf).await;
     assert_eq!(live[0].0, 8);
+    // Delivered from the appending process's notice, it is the stored record.
+    let stored = c
+        .get(&format!("/v1/payments/{p}/events?after=7"), &key)
+        .await;
+    assert_eq!(live[0].1, stored.body["events"][0]);
+    assert!(live[0].1["hash"].is_string());
     drop(res);
     // Two more while disconnected; resume after 8 gets exactly 9 and 10.
     for role in ["brokerage", "lender"] {

@@ -36,12 +36,16 @@ use error::{ApiError, ApiResult};
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// A stream moved: `stream` is now at `version`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     /// The payment.
     pub stream: Uuid,
     /// Its version after the append.
     pub version: u64,
+    /// The appended events (the last `events.len()` sequence numbers up to `version`),
+    /// when this process appended them: live streams deliver them without reading the
+    /// store. `None` for another process's appends (heard through `LISTEN`).
+    pub events: Option<std::sync::Arc<Vec<crate::NewEvent>>>,
 }
 
 /// Tunables of the HTTP layer.

@@ -546,7 +546,7 @@ async fn execute(
         match appended {
             Ok(result) => {
                 state.cache.put(decision.state);
-                after_append(state, p.payment, result);
+                after_append(state, p.payment, result, batch);
                 return Ok(if p.idem.is_some() {
                     Executed::Recorded(ok_status, body)
                 } else {
@@ -576,11 +576,12 @@ async fn execute(
 /// the next read of a read model by this process waits for them
 /// ([`crate::projections::Projector::read_own_writes`]). (On PostgreSQL the append itself
 /// notified the other processes, in its transaction: see `PostgresStore`.)
-fn after_append(state: &AppState, payment: Uuid, result: AppendResult) {
+fn after_append(state: &AppState, payment: Uuid, result: AppendResult, events: Vec<NewEvent>) {
     state.projector.appended(result.last_position);
     let _ = state.notices.send(Notice {
         stream: payment,
         version: result.new_version,
+        events: Some(std::sync::Arc::new(events)),
     });
 }
 

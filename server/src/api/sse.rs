@@ -41,6 +41,23 @@ struct Cursor {
     shutdown: watch::Receiver<bool>,
     buf: VecDeque<Event>,
     view: Option<(PaymentState, Vec<Role>)>,
+    /// The buffer was just filled from this process's own notice: no need to read the
+    /// store before waiting again.
+    delivered: bool,
+}
+
+/// The SSE event of a history record `{"hash":"…","event":…}`, byte for byte.
+fn record_event(seq: u64, event_type: &str, hash: &[u8; 32], body: &[u8]) -> Event {
+    let mut data = Vec::with_capacity(body.len() + 90);
+    data.extend_from_slice(b"{\"hash\":\"");
+    data.extend_from_slice(hex::encode(hash).as_bytes());
+    data.extend_from_slice(b"\",\"event\":");
+    data.extend_from_slice(body);
+    data.push(b'}');
+    Event::default()
+        .id(seq.to_string())
+        .event(event_type)
+        .data(String::from_utf8_lossy(&data))
 }
 
 impl Cursor {
@@ -57,18 +74,8 @@ impl Cursor {
                     self.last = e.seq;
                     match &self.view {
                         None => {
-                            let mut data = Vec::with_capacity(e.body.len() + 90);
-                            data.extend_from_slice(b"{\"hash\":\"");
-                            data.extend_from_slice(hex::encode(e.hash).as_bytes());
-                            data.extend_from_slice(b"\",\"event\":");
-                            data.extend_from_slice(&e.body);
-                            data.push(b'}');
-                            self.buf.push_back(
-                                Event::default()
-                                    .id(e.seq.to_string())
-                                    .event(e.event_type.clone())
-                                    .data(String::from_utf8_lossy(&data)),
-                            );
+                            self.buf
+                                .push_back(record_event(e.seq, &e.event_type, &e.hash, &e.body))
                         }
                         Some((st, roles)) => match redacted(st, &e, roles) {
                             Ok(views) => {
@@ -97,6 +104,29 @@ impl Cursor {
         }
     }
 
+    /// Delivers the events of this process's own append straight from its notice when
+    /// they continue the stream (full views only); anything else (another process's
+    /// append, a gap, a redacted view) is read from the store by the next `fill`.
+    fn take(&mut self, n: &Notice) {
+        let (Some(events), None) = (&n.events, &self.view) else {
+            return;
+        };
+        let Some(first) = (n.version + 1).checked_sub(events.len() as u64) else {
+            return;
+        };
+        if first > self.last + 1 {
+            return;
+        }
+        for (seq, e) in (first..).zip(events.iter()) {
+            if seq > self.last {
+                self.buf
+                    .push_back(record_event(seq, &e.event_type, &e.hash, &e.body));
+                self.last = seq;
+            }
+        }
+        self.delivered = true;
+    }
+
     /// Waits for a notice about this payment, the poll interval, or shutdown (`false`).
     async fn wait(&mut self) -> bool {
         let poll = tokio::time::sleep(self.state.config.poll_interval);
@@ -104,7 +134,10 @@ impl Cursor {
         loop {
             tokio::select! {
                 r = self.rx.recv() => match r {
-                    Ok(n) if n.stream == self.payment && n.version > self.last => return true,
+                    Ok(n) if n.stream == self.payment && n.version > self.last => {
+                        self.take(&n);
+                        return true;
+                    }
                     Ok(_) => continue,
                     Err(RecvError::Lagged(_)) => return true,
                     Err(RecvError::Closed) => return false,
@@ -163,13 +196,19 @@ pub async fn stream(
         rx,
         buf: VecDeque::new(),
         view,
+        delivered: false,
     };
     let events = stream::unfold(cursor, |mut c| async move {
         loop {
             if let Some(ev) = c.buf.pop_front() {
                 return Some((Ok::<Event, Infallible>(ev), c));
             }
-            if *c.shutdown.borrow() || !c.fill().await {
+            if *c.shutdown.borrow() {
+                return None;
+            }
+            if std::mem::take(&mut c.delivered) {
+                // Delivered from this process's notice; later appends notify again.
+            } else if !c.fill().await {
                 return None;
             }
             if c.buf.is_empty() && !c.wait().await {
