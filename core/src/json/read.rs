@@ -1,0 +1,1 @@
+//! Reading JSON: see the [module docs](super).

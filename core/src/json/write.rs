@@ -1,0 +1,1 @@
+//! Writing canonical JSON: see the [module docs](super).
