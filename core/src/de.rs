@@ -7,6 +7,10 @@
 //! keeps the WebAssembly module smaller. Fields marked `[default]` take
 //! `Default::default()` when absent (`#[serde(default)]`); every other field is
 //! required (so an `Option` field that may be absent must be marked `[default]`).
+//!
+//! Both macros also implement the core's own reader
+//! ([`FromJson`](crate::json::read::FromJson)) with the same rules, which the canonical
+//! envelope path uses for payloads; it hands anything it does not take back to serde.
 
 use std::fmt;
 
@@ -152,6 +156,17 @@ macro_rules! unit_enum_de {
                 })
             }
         }
+
+        impl $crate::json::read::FromJson for $name {
+            fn from_json(
+                r: &mut $crate::json::read::Reader<'_, '_>,
+            ) -> $crate::json::read::Read<Self> {
+                const VARIANTS: &[&str] = &[$($text),*];
+                const VALUES: &[$name] = &[$($name::$variant),*];
+                let i = $crate::json::read::variant(r, VARIANTS)?;
+                VALUES.get(i).copied().ok_or($crate::json::read::Reject)
+            }
+        }
     };
 }
 
@@ -229,6 +244,38 @@ macro_rules! compact_de {
                 d.deserialize_struct(stringify!($name), FIELDS, V)
             }
         }
+
+        impl $crate::json::read::FromJson for $name {
+            fn from_json(
+                r: &mut $crate::json::read::Reader<'_, '_>,
+            ) -> $crate::json::read::Read<Self> {
+                const FIELDS: &[&str] = &[$(stringify!($field)),*];
+                $( let mut $field: Option<$ty> = None; )*
+                r.object(FIELDS, &mut |r, k| {
+                    let mut _n = 0usize;
+                    $(
+                        if k == _n {
+                            return $crate::json::read::once(&mut $field, r);
+                        }
+                        _n += 1;
+                    )*
+                    Err($crate::json::read::Reject)
+                })?;
+                $(
+                    let $field: $ty = match $field {
+                        Some(v) => v,
+                        None => $crate::de::compact_de!(@json [$($default)?]),
+                    };
+                )*
+                Ok($name { $($field),* })
+            }
+        }
+    };
+    (@json [default]) => {
+        Default::default()
+    };
+    (@json []) => {
+        return Err($crate::json::read::Reject)
     };
     (@seq [default] $a:ident, $i:ident, $name:ident, $fields:ident) => {
         Default::default()

@@ -123,7 +123,7 @@ impl Envelope {
     /// an old schema version, an error) is parsed by the full JSON parser, so the result
     /// and every error are the same either way.
     pub fn from_json(bytes: &[u8]) -> Result<Envelope> {
-        if let Some(env) = canonical::parse(bytes, |ty, de| Event::deserialize_data(ty, de).ok()) {
+        if let Some(env) = canonical::parse(bytes, None) {
             return Ok(env);
         }
         serde_json::from_slice(bytes).map_err(Error::from)
@@ -149,13 +149,7 @@ impl Envelope {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_json_cached(bytes: &[u8], cache: &mut PolicyCache) -> Result<Envelope> {
-        let data = |ty, de: &mut canonical::Data<'_>| match ty {
-            EventType::PaymentInitiated => {
-                crate::event::initiated_cached(de, cache).map(Event::PaymentInitiated)
-            }
-            _ => Event::deserialize_data(ty, de).ok(),
-        };
-        if let Some(env) = canonical::parse(bytes, data) {
+        if let Some(env) = canonical::parse(bytes, Some(cache)) {
             return Ok(env);
         }
         serde_json::from_slice(bytes).map_err(Error::from)
@@ -167,9 +161,10 @@ mod canonical {
     use uuid::Uuid;
 
     use super::{Actor, Envelope};
-    use crate::event::{Event, EventType};
+    use crate::event::{Event, EventType, PolicyCache};
     use crate::hash::Hash;
     use crate::id::{EventId, PartyId, PaymentId};
+    use crate::json::read::Reader;
     use crate::policy::Role;
     use crate::time::Timestamp;
 
@@ -236,15 +231,10 @@ mod canonical {
         }
     }
 
-    /// The JSON parser over an envelope's `data`.
-    pub(super) type Data<'a> = serde_json::Deserializer<serde_json::de::SliceRead<'a>>;
-
     /// `None` unless `b` is an envelope in the canonical layout with a current-version
-    /// payload that `data` parses; the caller then runs the full parser.
-    pub(super) fn parse<'a>(
-        b: &'a [u8],
-        data: impl FnOnce(EventType, &mut Data<'a>) -> Option<Event>,
-    ) -> Option<Envelope> {
+    /// payload that the core's reader takes (embedded policies from `policies`, when
+    /// given); the caller then runs the full parser.
+    pub(super) fn parse(b: &[u8], policies: Option<&mut PolicyCache>) -> Option<Envelope> {
         let mut c = Cursor { b, i: 0 };
         c.lit(b"{\"prev\":\"")?;
         let prev = Hash::from_hex(c.take(64)?)?;
@@ -277,9 +267,9 @@ mod canonical {
         if b.last() != Some(&b'}') {
             return None;
         }
-        let mut de = serde_json::Deserializer::from_slice(payload);
-        let event = data(ty, &mut de)?;
-        de.end().ok()?;
+        let mut r = Reader::new(payload, policies);
+        let event = Event::read_data(ty, &mut r).ok()?;
+        r.end().ok()?;
         Some(Envelope {
             prev,
             stream,
@@ -468,5 +458,40 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
 impl<'de> Deserialize<'de> for Envelope {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use super::canonical;
+
+    /// The core's own reader takes every current-version event of the golden vectors
+    /// (so the fast path is the one that runs; `tests/canonical_parse.rs` checks that it
+    /// agrees with serde).
+    #[test]
+    fn the_reader_takes_every_current_vector_event() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if !path.to_string_lossy().ends_with(".history.json") {
+                continue;
+            }
+            let history = std::fs::read(&path).unwrap();
+            let Ok(records) = crate::history::parse(&history) else {
+                continue;
+            };
+            for r in records {
+                let bytes = r.event.get().as_bytes();
+                let env = super::Envelope::from_json(bytes).unwrap();
+                if env.schema_version != env.event_type().current_version() {
+                    continue;
+                }
+                let fast = canonical::parse(bytes, None);
+                assert_eq!(fast.as_ref(), Some(&env), "{}", r.event.get());
+                n += 1;
+            }
+        }
+        assert!(n > 500, "{n}");
     }
 }

@@ -59,6 +59,12 @@ macro_rules! events {
                 match self { $(Event::$name(d) => d.serialize(s),)* }
             }
 
+            /// Reads a current-version payload of type `t` with the core's own reader.
+            pub(crate) fn read_data(t: EventType, r: &mut crate::json::read::Reader<'_, '_>) -> crate::json::read::Read<Event> {
+                use crate::json::read::FromJson;
+                match t { $(EventType::$name => $name::from_json(r).map(Event::$name),)* }
+            }
+
             /// Deserializes a current-version payload of type `t`.
             pub(crate) fn deserialize_data<'de, D: serde::Deserializer<'de>>(t: EventType, d: D) -> Result<Event, D::Error> {
                 match t { $(EventType::$name => $name::deserialize(d).map(Event::$name),)* }
@@ -141,7 +147,6 @@ events! {
 }
 
 /// See [`EventType::PaymentInitiated`].
-// `InitiatedRawPolicy` below mirrors these fields: keep the two in step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentInitiated {
@@ -224,18 +229,29 @@ impl<'de> Deserialize<'de> for EmbeddedPolicy {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
-        let text = raw.get();
+        EmbeddedPolicy::from_text(raw.get()).map_err(D::Error::custom)
+    }
+}
+
+impl EmbeddedPolicy {
+    /// The policy embedded as `text`: remembered by this thread, or parsed.
+    pub(crate) fn from_text(text: &str) -> Result<Self, serde_json::Error> {
         let known = POLICIES.with(|c| {
             c.borrow()
                 .iter()
                 .find(|(bytes, _)| **bytes == *text)
                 .map(|(_, p)| p.clone())
         });
-        if let Some(p) = known {
-            return Ok(p);
+        match known {
+            Some(p) => Ok(p),
+            None => Self::parse_new(text),
         }
+    }
+
+    /// Parses a policy not remembered yet, and remembers it.
+    fn parse_new(text: &str) -> Result<Self, serde_json::Error> {
         let bytes_hash = Hash::of(text.as_bytes());
-        let policy: Policy = serde_json::from_slice(text.as_bytes()).map_err(D::Error::custom)?;
+        let policy: Policy = serde_json::from_slice(text.as_bytes())?;
         let p = EmbeddedPolicy {
             policy: std::sync::Arc::new(policy),
             bytes_hash,
@@ -245,7 +261,7 @@ impl<'de> Deserialize<'de> for EmbeddedPolicy {
             if c.len() >= REMEMBERED_POLICIES {
                 c.remove(0);
             }
-            c.push((raw.into(), p.clone()));
+            c.push((text.into(), p.clone()));
         });
         Ok(p)
     }
@@ -292,7 +308,7 @@ impl PolicyCache {
 
     /// The policy embedded as `raw`: from the cache, or parsed and remembered.
     /// `None` when it does not parse (the caller then reports the parser's error).
-    fn get_or_parse(&mut self, raw: &[u8]) -> Option<EmbeddedPolicy> {
+    pub(crate) fn get_or_parse(&mut self, raw: &[u8]) -> Option<EmbeddedPolicy> {
         if let Some((_, p)) = self.entries.iter().find(|(bytes, _)| **bytes == *raw) {
             return Some(p.clone());
         }
@@ -306,43 +322,6 @@ impl PolicyCache {
         self.entries.push((raw.into(), policy.clone()));
         Some(policy)
     }
-}
-
-/// [`PaymentInitiated`] with the policy's bytes borrowed, not yet parsed (the same
-/// fields, defaults and checks; `core/tests/canonical_parse.rs` compares the two).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InitiatedRawPolicy<'a> {
-    tenant: TenantId,
-    #[serde(borrow)]
-    policy: &'a serde_json::value::RawValue,
-    policy_hash: Hash,
-    amount: Money,
-    #[serde(default)]
-    description: String,
-    initiator: PartyId,
-    initiator_roles: Vec<Role>,
-    #[serde(default)]
-    initiator_name: String,
-}
-
-/// Deserializes a [`PaymentInitiated`] payload, taking its policy from `cache`. `None`
-/// on any error: the caller then parses without the cache, which reports the error.
-pub(crate) fn initiated_cached<'de>(
-    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
-    cache: &mut PolicyCache,
-) -> Option<PaymentInitiated> {
-    let e = InitiatedRawPolicy::deserialize(de).ok()?;
-    Some(PaymentInitiated {
-        tenant: e.tenant,
-        policy: cache.get_or_parse(e.policy.get().as_bytes())?,
-        policy_hash: e.policy_hash,
-        amount: e.amount,
-        description: e.description,
-        initiator: e.initiator,
-        initiator_roles: e.initiator_roles,
-        initiator_name: e.initiator_name,
-    })
 }
 
 /// See [`EventType::ParticipantInvited`].

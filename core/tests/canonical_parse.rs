@@ -188,3 +188,87 @@ fn replay_unverified_is_the_one_pass_parse() {
         }
     }
 }
+
+/// The payload of every event type, damaged byte by byte and field by field: the
+/// core's own reader of payloads must agree with serde on each (the same event, or the
+/// same error once it hands the input back to serde).
+#[test]
+fn damaged_payloads_of_every_event_type_fail_as_the_json_parser_says() {
+    let mut cache = PolicyCache::new();
+    let mut by_type: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    for h in vectors() {
+        for e in events(&h) {
+            let env = Envelope::from_json(&e).expect("vector event");
+            by_type
+                .entry(env.event_type().name().to_string())
+                .or_insert(e);
+        }
+    }
+    assert!(by_type.len() >= 30, "{} event types", by_type.len());
+    let replacements: &[&[u8]] = &[b"", b" ", b"\"", b"\\", b"0", b"x", b"}", b",", b"\\u0041"];
+    for e in by_type.values() {
+        let text = String::from_utf8(e.clone()).expect("utf8");
+        let data = text.find(",\"data\":").expect("data") + 8;
+        // Every byte of the payload, except deep inside an embedded policy.
+        let policy = text.find("\"policy\":{").map(|p| (p + 60, p + 2600));
+        for at in data..e.len() {
+            if policy.is_some_and(|(a, b)| at > a && at < b) {
+                continue;
+            }
+            for r in replacements {
+                let mut m = e[..at].to_vec();
+                m.extend_from_slice(r);
+                m.extend_from_slice(&e[at + 1..]);
+                check(&m, &mut cache);
+            }
+        }
+        // Whole fields: unknown, repeated, dropped, reordered, escaped, spaced, null.
+        let payload = &text[data..text.len() - 1];
+        let mut variants = vec![
+            text.replacen(",\"data\":{", ",\"data\":{\"surprise\":1,", 1),
+            text.replacen(",\"data\":{", ",\"data\":{ ", 1),
+            text.replacen(",\"data\":{", ",\"data\":[", 1),
+            format!("{}{}}}", &text[..data], payload.replace("\":", "\" : ")),
+            format!("{}{}}}", &text[..data], payload.replace(',', " ,\n")),
+            format!(
+                "{}{}}}",
+                &text[..data],
+                payload.replacen("\"", "\"\\u0061", 3)
+            ),
+            format!("{}{}}}", &text[..data], payload.replace('a', "\\u0061")),
+            format!("{}{}}}", &text[..data], payload.replace('e', "\\n")),
+            format!(
+                "{}{}}}",
+                &text[..data],
+                payload.replacen(":\"", ":null,\"_\":\"", 1)
+            ),
+            format!(
+                "{}{}}}",
+                &text[..data],
+                payload.replacen(":\"", ":\"\\\"", 1)
+            ),
+            format!(
+                "{}{}}}",
+                &text[..data],
+                payload.replacen(":\"", ":7,\"x\":\"", 1)
+            ),
+        ];
+        // Each top-level field of the payload dropped, and each repeated.
+        let fields: Vec<&str> = payload
+            .trim_start_matches('{')
+            .split(",\"")
+            .filter(|f| !f.contains('{') && !f.contains('['))
+            .collect();
+        for f in &fields {
+            let f = f.trim_start_matches('"').trim_end_matches('}');
+            let field = format!("\"{f}");
+            variants.push(text.replacen(&format!(",{field}"), "", 1));
+            variants.push(text.replacen(&format!("{field},"), "", 1));
+            variants.push(text.replacen(&field, &format!("{field},{field}"), 1));
+            variants.push(text.replacen(&field, &format!("{field} "), 1));
+        }
+        for v in variants {
+            check(v.as_bytes(), &mut cache);
+        }
+    }
+}
