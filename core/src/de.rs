@@ -9,7 +9,7 @@
 //! required (so an `Option` field that may be absent must be marked `[default]`).
 //!
 //! Both macros also implement the core's own reader
-//! ([`FromJson`](crate::json::read::FromJson)) with the same rules, which the canonical
+//! (`json::read::FromJson`) with the same rules, which the canonical
 //! envelope path uses for payloads; it hands anything it does not take back to serde.
 
 use std::fmt;
