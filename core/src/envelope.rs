@@ -218,7 +218,7 @@ mod canonical {
 
         fn uuid(&mut self) -> Option<Uuid> {
             self.lit(b"\"")?;
-            let u = Uuid::try_parse_ascii(self.take(36)?).ok()?;
+            let u = crate::id::uuid_from_ascii(self.take(36)?)?;
             self.lit(b"\"")?;
             Some(u)
         }

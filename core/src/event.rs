@@ -221,7 +221,7 @@ const REMEMBERED_POLICIES: usize = 8;
 
 thread_local! {
     /// Embedded policies decoded last: their bytes, hash and parsed form (immutable).
-    static POLICIES: std::cell::RefCell<Vec<(Box<str>, EmbeddedPolicy)>> =
+    static POLICIES: std::cell::RefCell<Vec<(Box<[u8]>, EmbeddedPolicy)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -229,13 +229,13 @@ impl<'de> Deserialize<'de> for EmbeddedPolicy {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
-        EmbeddedPolicy::from_text(raw.get()).map_err(D::Error::custom)
+        EmbeddedPolicy::from_text(raw.get().as_bytes()).map_err(D::Error::custom)
     }
 }
 
 impl EmbeddedPolicy {
     /// The policy embedded as `text`: remembered by this thread, or parsed.
-    pub(crate) fn from_text(text: &str) -> Result<Self, serde_json::Error> {
+    pub(crate) fn from_text(text: &[u8]) -> Result<Self, serde_json::Error> {
         let known = POLICIES.with(|c| {
             c.borrow()
                 .iter()
@@ -249,9 +249,9 @@ impl EmbeddedPolicy {
     }
 
     /// Parses a policy not remembered yet, and remembers it.
-    fn parse_new(text: &str) -> Result<Self, serde_json::Error> {
-        let bytes_hash = Hash::of(text.as_bytes());
-        let policy: Policy = serde_json::from_slice(text.as_bytes())?;
+    fn parse_new(text: &[u8]) -> Result<Self, serde_json::Error> {
+        let bytes_hash = Hash::of(text);
+        let policy: Policy = serde_json::from_slice(text)?;
         let p = EmbeddedPolicy {
             policy: std::sync::Arc::new(policy),
             bytes_hash,

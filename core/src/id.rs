@@ -21,6 +21,32 @@ use uuid::Uuid;
 
 use crate::error::Error;
 
+/// Parses a UUID from ASCII as `Uuid::try_parse_ascii` does (the same results for any
+/// input), with a quick path for the hyphenated form trustfold writes.
+pub(crate) fn uuid_from_ascii(b: &[u8]) -> Option<Uuid> {
+    fn hex(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    if b.len() == 36 && b[8] == b'-' && b[13] == b'-' && b[18] == b'-' && b[23] == b'-' {
+        // Where each byte's two digits start.
+        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+        let mut out = [0u8; 16];
+        for (o, &i) in out.iter_mut().zip(AT.iter()) {
+            match (hex(b[i]), hex(b[i + 1])) {
+                (Some(h), Some(l)) => *o = (h << 4) | l,
+                _ => return Uuid::try_parse_ascii(b).ok(),
+            }
+        }
+        return Some(Uuid::from_bytes(out));
+    }
+    Uuid::try_parse_ascii(b).ok()
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -116,4 +142,41 @@ pub fn derive(parent: Uuid, purpose: &str, index: u32) -> Uuid {
     let mut b = [0u8; 16];
     b.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(b).into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quick path gives what `Uuid::try_parse_ascii` gives, for every form.
+    #[test]
+    fn uuids_parse_as_the_uuid_crate_does() {
+        let base = "7d0f6a36-8f0e-4e7e-9a51-0c1b2d3e4f50";
+        let mut cases: Vec<String> = vec![
+            base.into(),
+            base.to_uppercase(),
+            base.replace('-', ""),
+            format!("{{{base}}}"),
+            format!("urn:uuid:{base}"),
+            String::new(),
+            "7d0f6a36-8f0e-4e7e-9a51-0c1b2d3e4f5".into(),
+            "7d0f6a3608f0e-4e7e-9a51-0c1b2d3e4f50".into(),
+        ];
+        for i in 0..base.len() {
+            for c in ["g", "-", "0", "F", "é", " "] {
+                let mut s = base.to_string();
+                if s.is_char_boundary(i) && s.is_char_boundary(i + 1) {
+                    s.replace_range(i..i + 1, c);
+                    cases.push(s);
+                }
+            }
+        }
+        for c in cases {
+            assert_eq!(
+                uuid_from_ascii(c.as_bytes()),
+                Uuid::try_parse_ascii(c.as_bytes()).ok(),
+                "{c}"
+            );
+        }
+    }
 }

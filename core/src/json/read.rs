@@ -324,7 +324,7 @@ macro_rules! uints {
 uints!(u8, u16, u32, u64);
 
 fn uuid(r: &mut Reader<'_, '_>) -> Read<Uuid> {
-    Uuid::try_parse(&r.str()?).map_err(|_| Reject)
+    crate::id::uuid_from_ascii(r.str()?.as_bytes()).ok_or(Reject)
 }
 
 macro_rules! ids {
@@ -383,10 +383,7 @@ impl FromJson for EmbeddedPolicy {
         let raw = r.raw()?;
         match r.policies() {
             Some(cache) => cache.get_or_parse(raw).ok_or(Reject),
-            None => {
-                let text = std::str::from_utf8(raw).map_err(|_| Reject)?;
-                EmbeddedPolicy::from_text(text).map_err(|_| Reject)
-            }
+            None => EmbeddedPolicy::from_text(raw).map_err(|_| Reject),
         }
     }
 }
