@@ -158,13 +158,17 @@ pub(crate) fn decimal(out: &mut Vec<u8>, d: &Decimal) {
 
 /// Appends a UUID hyphenated in lower case (no quotes).
 pub(crate) fn uuid(out: &mut Vec<u8>, u: &uuid::Uuid) {
+    let mut s = [b'-'; 36];
+    let mut j = 0;
     for (i, b) in u.as_bytes().iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out.push(b'-');
+            j += 1;
         }
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
+        s[j] = HEX[usize::from(b >> 4)];
+        s[j + 1] = HEX[usize::from(b & 15)];
+        j += 2;
     }
+    out.extend_from_slice(&s);
 }
 
 /// Appends a timestamp's `Display` form (no quotes): `YYYY-MM-DDTHH:MM:SSZ`, with
@@ -174,29 +178,36 @@ pub(crate) fn timestamp(out: &mut Vec<u8>, t: Timestamp) {
     const MS_PER_DAY: i64 = 86_400_000;
     let ms = t.unix_millis();
     let (y, m, d) = civil_from_days(ms.div_euclid(MS_PER_DAY));
-    let ms_of_day = ms.rem_euclid(MS_PER_DAY) as u128;
-    let secs = ms_of_day / 1000;
     if y < 0 {
         out.push(b'-');
         padded(out, u128::from(y.unsigned_abs()), 3);
     } else {
         padded(out, y as u128, 4);
     }
-    out.push(b'-');
-    padded(out, u128::from(m), 2);
-    out.push(b'-');
-    padded(out, u128::from(d), 2);
-    out.push(b'T');
-    padded(out, secs / 3600, 2);
-    out.push(b':');
-    padded(out, (secs / 60) % 60, 2);
-    out.push(b':');
-    padded(out, secs % 60, 2);
-    if ms_of_day % 1000 != 0 {
-        out.push(b'.');
-        padded(out, ms_of_day % 1000, 3);
-    }
-    out.push(b'Z');
+    // The rest has a fixed width: fill it in place and append it once.
+    let ms_of_day = ms.rem_euclid(MS_PER_DAY) as u32;
+    let (secs, ms) = (ms_of_day / 1000, ms_of_day % 1000);
+    let mut s = *b"-00-00T00:00:00.000Z";
+    two(&mut s[1..3], m);
+    two(&mut s[4..6], d);
+    two(&mut s[7..9], secs / 3600);
+    two(&mut s[10..12], (secs / 60) % 60);
+    two(&mut s[13..15], secs % 60);
+    let end = if ms == 0 {
+        s[15] = b'Z';
+        16
+    } else {
+        s[16] = b'0' + (ms / 100) as u8;
+        two(&mut s[17..19], ms % 100);
+        20
+    };
+    out.extend_from_slice(&s[..end]);
+}
+
+/// Writes `v` (below 100) as two digits into `d[0..2]`.
+fn two(d: &mut [u8], v: u32) {
+    d[0] = b'0' + (v / 10) as u8;
+    d[1] = b'0' + (v % 10) as u8;
 }
 
 /// Howard Hinnant's civil-from-days, as in `crate::time` (whose copy is private).
