@@ -11,6 +11,10 @@
 //!   structs (`Vec<{hash: Hash, event: Envelope}>`), no fold, no hashing;
 //! - `limit/sha256` — plain SHA-256 over each event's bytes.
 //!
+//! plus the state's JSON (`state_json/to_json`, [`PaymentState::to_json`] on each
+//! payment's final state, against `state_json/serde_to_vec`, serde's derived
+//! `Serialize` over `serde_json`, which `to_json` must match byte for byte);
+//!
 //! plus a breakdown (record parsing alone, typed envelopes from raw records, the fold
 //! of pre-parsed envelopes, the first event's policy validation and hash) to show
 //! where time goes. Criterion reports each with `Throughput::Elements`; a summary
@@ -366,6 +370,17 @@ fn op_policy_hash(parsed: &[Vec<(Envelope, Hash)>]) -> u64 {
         .sum()
 }
 
+fn op_state_to_json(states: &[PaymentState]) -> u64 {
+    states.iter().map(|s| s.to_json().len() as u64).sum()
+}
+
+fn op_state_serde_to_vec(states: &[PaymentState]) -> u64 {
+    states
+        .iter()
+        .map(|s| serde_json::to_vec(s).expect("serializes").len() as u64)
+        .sum()
+}
+
 fn total_events() -> u64 {
     (PAYMENTS * EVENTS) as u64
 }
@@ -441,6 +456,27 @@ fn benches(c: &mut Criterion) {
         b.iter(|| op_policy_hash(&parsed))
     });
     g.finish();
+    let states: Vec<PaymentState> = docs
+        .iter()
+        .map(|d| fold::replay(&d.bytes).expect("replay"))
+        .collect();
+    let state_bytes = op_state_to_json(&states);
+    assert_eq!(
+        state_bytes,
+        op_state_serde_to_vec(&states),
+        "to_json and serde_json disagree on the size"
+    );
+    let mut g = c.benchmark_group("state_json");
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(PAYMENTS as u64));
+    g.bench_function("to_json", |b| b.iter(|| op_state_to_json(&states)));
+    g.bench_function("serde_to_vec", |b| {
+        b.iter(|| op_state_serde_to_vec(&states))
+    });
+    g.finish();
 
     // The summary: one more timed set of passes, same bytes, same process.
     if std::env::args().any(|a| a == "--test") {
@@ -489,6 +525,8 @@ fn benches(c: &mut Criterion) {
     ];
     let start = time(passes, || op_start_only(&parsed));
     let pol = time(passes, || op_policy_hash(&parsed));
+    let to_json = time(passes, || op_state_to_json(&states));
+    let serde_to_vec = time(passes, || op_state_serde_to_vec(&states));
     println!();
     println!("==== trustfold-core fold benchmark summary ({PAYMENTS} payments x {EVENTS} events, median of {passes} passes) ====");
     println!("envelope avg {:.0} bytes", event_bytes as f64 / n as f64);
@@ -513,6 +551,22 @@ fn benches(c: &mut Criterion) {
         PAYMENTS as f64 / pol.as_secs_f64(),
         pol.as_nanos() as f64 / PAYMENTS as f64
     );
+    println!(
+        "state JSON (final state of each payment): avg {:.0} bytes",
+        state_bytes as f64 / PAYMENTS as f64
+    );
+    for (name, d) in [
+        ("  PaymentState::to_json", to_json),
+        ("  serde_json::to_vec(&state) (reference)", serde_to_vec),
+    ] {
+        println!(
+            "{:<46} {:>14.0} {:>12.0}   (per state; MB/s {:.0})",
+            name,
+            PAYMENTS as f64 / d.as_secs_f64(),
+            d.as_nanos() as f64 / PAYMENTS as f64,
+            state_bytes as f64 / d.as_secs_f64() / 1e6
+        );
+    }
     let r = |i: usize| rate(rows[i].1);
     let fold_ratio = r(0) / r(3);
     let fold_unv_ratio = r(1) / r(3);

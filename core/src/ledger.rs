@@ -48,6 +48,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::de::unit_enum_de;
 use crate::error::{Error, Result};
 use crate::id::{LegId, PartyId, RequestId};
+use crate::json::write::{self, WriteJson};
 use crate::map::SortedMap;
 use crate::money::{Currency, Money};
 
@@ -406,5 +407,92 @@ impl Ledger {
             .try_fold(Money::zero(self.currency), |acc, b| {
                 acc.checked_add(&b.posted)
             })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Canonical JSON: the core's writer, member for member what the serde impls above
+// write (see `PaymentState::to_json`).
+// ---------------------------------------------------------------------------
+
+/// Its `Display` form as a string (`"escrow"`, `"payee:<uuid>"`), as `collect_str`
+/// writes it; none of its characters needs escaping.
+impl WriteJson for Account {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let (prefix, party) = match self {
+            Account::ExternalPayer => ("external:payer", None),
+            Account::Clearing => ("clearing", None),
+            Account::Escrow => ("escrow", None),
+            Account::Payee(p) => ("payee:", Some(p)),
+            Account::Fee(p) => ("fee:", Some(p)),
+            Account::LossReturns => ("loss:returns", None),
+            Account::ExternalRecovery => ("external:recovery", None),
+            Account::ExternalPlatform => ("external:platform", None),
+        };
+        out.push(b'"');
+        out.extend_from_slice(prefix.as_bytes());
+        if let Some(p) = party {
+            write::uuid(out, &p.0);
+        }
+        out.push(b'"');
+    }
+}
+
+impl WriteJson for LegStatus {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write::ascii(
+            out,
+            match self {
+                LegStatus::Pending => "pending",
+                LegStatus::Posted => "posted",
+                LegStatus::Voided => "voided",
+            },
+        );
+    }
+}
+
+impl WriteJson for Leg {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        write::key(out, "id");
+        self.id.write_json(out);
+        write::key(out, "from");
+        self.from.write_json(out);
+        write::key(out, "to");
+        self.to.write_json(out);
+        write::key(out, "amount");
+        self.amount.write_json(out);
+        write::key(out, "status");
+        self.status.write_json(out);
+        write::opt(out, "group", &self.group);
+        write::key(out, "opened_seq");
+        write::uint(out, self.opened_seq);
+        write::opt(out, "resolved_seq", &self.resolved_seq);
+        out.push(b'}');
+    }
+}
+
+impl WriteJson for Balance {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        write::key(out, "posted");
+        self.posted.write_json(out);
+        write::key(out, "pending_in");
+        self.pending_in.write_json(out);
+        write::key(out, "pending_out");
+        self.pending_out.write_json(out);
+        out.push(b'}');
+    }
+}
+
+impl WriteJson for Ledger {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        // `currency` is `#[serde(skip)]`.
+        out.push(b'{');
+        write::key(out, "legs");
+        self.legs.write_json(out);
+        write::key(out, "balances");
+        self.balances.write_json(out);
+        out.push(b'}');
     }
 }
