@@ -24,27 +24,39 @@ use crate::error::Error;
 /// Parses a UUID from ASCII as `Uuid::try_parse_ascii` does (the same results for any
 /// input), with a quick path for the hyphenated form trustfold writes.
 pub(crate) fn uuid_from_ascii(b: &[u8]) -> Option<Uuid> {
-    fn hex(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
+    /// Each byte's value as a hex digit, 0xff for non-digits.
+    static HEX: [u8; 256] = {
+        let mut t = [0xffu8; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
         }
-    }
-    if b.len() == 36 && b[8] == b'-' && b[13] == b'-' && b[18] == b'-' && b[23] == b'-' {
-        // Where each byte's two digits start.
-        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
-        let mut out = [0u8; 16];
-        for (o, &i) in out.iter_mut().zip(AT.iter()) {
-            match (hex(b[i]), hex(b[i + 1])) {
-                (Some(h), Some(l)) => *o = (h << 4) | l,
-                _ => return Uuid::try_parse_ascii(b).ok(),
-            }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
         }
-        return Some(Uuid::from_bytes(out));
+        t
+    };
+    // Where each byte's two digits start.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let Ok(s) = <&[u8; 36]>::try_from(b) else {
+        return Uuid::try_parse_ascii(b).ok();
+    };
+    let mut out = [0u8; 16];
+    let mut bad = (s[8] ^ b'-') | (s[13] ^ b'-') | (s[18] ^ b'-') | (s[23] ^ b'-');
+    for (o, &i) in out.iter_mut().zip(AT.iter()) {
+        let hi = HEX[usize::from(s[i])];
+        let lo = HEX[usize::from(s[i + 1])];
+        bad |= (hi | lo) & 0xf0;
+        *o = (hi << 4) | (lo & 0x0f);
     }
-    Uuid::try_parse_ascii(b).ok()
+    if bad != 0 {
+        return Uuid::try_parse_ascii(b).ok();
+    }
+    Some(Uuid::from_bytes(out))
 }
 
 macro_rules! id_type {
