@@ -178,8 +178,7 @@ mod canonical {
             let end = self.i + s.len();
             // A plain loop: these literals are short, and a call to `memcmp` costs
             // more than the comparison in the size-optimised WebAssembly build.
-            let same = self.b.get(self.i..end)?.iter().zip(s).all(|(a, b)| a == b);
-            same.then(|| self.i = end)
+            crate::json::read::same(self.b.get(self.i..end)?, s).then(|| self.i = end)
         }
 
         fn take(&mut self, n: usize) -> Option<&'a [u8]> {

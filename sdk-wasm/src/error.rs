@@ -53,8 +53,10 @@ pub fn input_bytes(v: &JsValue, what: &str) -> JsResult<Vec<u8>> {
     if let Some(s) = v.as_string() {
         return Ok(s.into_bytes());
     }
-    if v.is_instance_of::<js_sys::Uint8Array>() {
-        return Ok(js_sys::Uint8Array::new(v).to_vec());
+    if let Some(bytes) = v.dyn_ref::<js_sys::Uint8Array>() {
+        // Copied once into the module's memory (`Uint8Array::new` would copy it in JS
+        // first).
+        return Ok(bytes.to_vec());
     }
     Err(js_error(
         "invalid_input",
