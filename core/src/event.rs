@@ -38,7 +38,12 @@ macro_rules! events {
 
             /// Looks a type up by name.
             pub fn from_name(name: &str) -> Option<EventType> {
-                match name { $(stringify!($name) => Some(EventType::$name),)* _ => None }
+                // A scan with an inline comparison rather than a `match` on strings,
+                // whose `memcmp` calls are slow in the size-optimised WebAssembly build.
+                EventType::ALL
+                    .iter()
+                    .copied()
+                    .find(|t| crate::json::read::same(t.name().as_bytes(), name.as_bytes()))
             }
         }
 

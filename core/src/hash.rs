@@ -36,11 +36,15 @@ impl Hash {
         }
         let mut out = [0u8; 32];
         let mut bad = 0u8;
-        for (i, pair) in hex.chunks_exact(2).enumerate() {
-            let hi = HEX_VALUE[usize::from(pair[0])];
-            let lo = HEX_VALUE[usize::from(pair[1])];
+        // An index loop: iterator adapters are not inlined in the size-optimised
+        // WebAssembly build.
+        let mut i = 0;
+        while i < 32 {
+            let hi = HEX_VALUE[usize::from(hex[2 * i])];
+            let lo = HEX_VALUE[usize::from(hex[2 * i + 1])];
             bad |= (hi | lo) & 0x80;
             out[i] = (hi << 4) | (lo & 0x0f);
+            i += 1;
         }
         if bad == 0 {
             Some(Hash(out))

@@ -220,8 +220,9 @@ impl Money {
 
     /// Zero in `currency`.
     pub fn zero(currency: Currency) -> Self {
-        let mut amount = Decimal::ZERO;
-        amount.rescale(currency.minor_units());
+        // Zero at the currency's scale (what `rescale` of `ZERO` gives, without its
+        // arithmetic); minor units are at most 4, far below the 28 allowed.
+        let amount = Decimal::try_new(0, currency.minor_units()).unwrap_or(Decimal::ZERO);
         Money { amount, currency }
     }
 
@@ -455,6 +456,19 @@ mod tests {
 
     fn usd() -> Currency {
         Currency::new("USD").unwrap()
+    }
+
+    #[test]
+    fn zero_is_zero_at_the_currency_scale() {
+        for code in ["USD", "JPY", "KWD", "EUR", "CLF"] {
+            let Ok(c) = Currency::new(code) else { continue };
+            let mut want = Decimal::ZERO;
+            want.rescale(c.minor_units());
+            let z = Money::zero(c);
+            assert_eq!(z.amount().scale(), want.scale(), "{code}");
+            assert_eq!(z.amount().to_string(), want.to_string(), "{code}");
+            assert!(!z.amount().is_sign_negative());
+        }
     }
 
     #[test]
