@@ -194,11 +194,17 @@ mod canonical {
             self.lit(b"\"")?;
             let start = self.i;
             let rest = self.b.get(start..)?;
-            let len = rest.iter().position(|&c| c == b'"')?;
-            let s = &rest[..len];
-            if !s.iter().all(|&c| (0x20..0x7f).contains(&c) && c != b'\\') {
-                return None;
+            // A plain loop (see `json::read::same`): printable ASCII up to the quote.
+            let mut len = 0;
+            loop {
+                match *rest.get(len)? {
+                    b'"' => break,
+                    b'\\' => return None,
+                    0x20..=0x7e => len += 1,
+                    _ => return None,
+                }
             }
+            let s = &rest[..len];
             self.i = start + len + 1;
             std::str::from_utf8(s).ok()
         }

@@ -40,10 +40,15 @@ macro_rules! events {
             pub fn from_name(name: &str) -> Option<EventType> {
                 // A scan with an inline comparison rather than a `match` on strings,
                 // whose `memcmp` calls are slow in the size-optimised WebAssembly build.
-                EventType::ALL
-                    .iter()
-                    .copied()
-                    .find(|t| crate::json::read::same(t.name().as_bytes(), name.as_bytes()))
+                const NAMES: &[&str] = &[$(stringify!($name)),*];
+                let mut i = 0;
+                while i < NAMES.len() {
+                    if crate::json::read::same(NAMES[i].as_bytes(), name.as_bytes()) {
+                        return EventType::ALL.get(i).copied();
+                    }
+                    i += 1;
+                }
+                None
             }
         }
 

@@ -87,10 +87,7 @@ impl<'a, 'c> Reader<'a, 'c> {
         self.eat(b'"')?;
         let start = self.i;
         let rest = self.b.get(start..).ok_or(Reject)?;
-        let len = rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-            .ok_or(Reject)?;
+        let len = plain_len(rest).ok_or(Reject)?;
         let plain = std::str::from_utf8(&rest[..len]).map_err(|_| Reject)?;
         self.i = start + len;
         if rest[len] == b'"' {
@@ -125,10 +122,7 @@ impl<'a, 'c> Reader<'a, 'c> {
                 c if c < 0x20 => return Err(Reject),
                 _ => {
                     let rest = &self.b[self.i..];
-                    let len = rest
-                        .iter()
-                        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                        .ok_or(Reject)?;
+                    let len = plain_len(rest).ok_or(Reject)?;
                     s.push_str(std::str::from_utf8(&rest[..len]).map_err(|_| Reject)?);
                     self.i += len;
                 }
@@ -140,11 +134,11 @@ impl<'a, 'c> Reader<'a, 'c> {
     fn key(&mut self) -> Read<&'a [u8]> {
         self.eat(b'"')?;
         let rest = self.b.get(self.i..).ok_or(Reject)?;
-        let len = rest.iter().position(|&c| c == b'"').ok_or(Reject)?;
-        let key = &rest[..len];
-        if key.iter().any(|&c| c == b'\\' || c < 0x20) {
+        let len = plain_len(rest).ok_or(Reject)?;
+        if rest[len] != b'"' {
             return Err(Reject);
         }
+        let key = &rest[..len];
         self.i += len + 1;
         Ok(key)
     }
@@ -282,6 +276,20 @@ impl<'a, 'c> Reader<'a, 'c> {
     pub(crate) fn policies(&mut self) -> Option<&mut PolicyCache> {
         self.policies.as_deref_mut()
     }
+}
+
+/// How many bytes of `b` precede the first `"`, `\\` or control character (`None`
+/// when there is none). A plain loop, as in [`same`].
+fn plain_len(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Whether two byte strings are equal: a plain loop, since these are short and a call
