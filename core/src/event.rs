@@ -184,11 +184,23 @@ compact_de!(PaymentInitiated { tenant: TenantId, policy: EmbeddedPolicy, policy_
 /// A policy embedded in `PaymentInitiated`, with the SHA-256 of its bytes as written
 /// (canonical JSON when written by trustfold) so the fold can check `policy_hash`
 /// without serializing the policy again. Dereferences to [`Policy`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct EmbeddedPolicy {
     policy: std::sync::Arc<Policy>,
     bytes_hash: Hash,
+    /// The result of validating `policy`, once computed: shared by the clones that
+    /// policy caches hand out, so a replay of many payments opened from one policy
+    /// validates it once.
+    checked: std::sync::Arc<std::sync::OnceLock<crate::Result<()>>>,
 }
+
+impl PartialEq for EmbeddedPolicy {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes_hash == other.bytes_hash && self.policy == other.policy
+    }
+}
+
+impl Eq for EmbeddedPolicy {}
 
 impl EmbeddedPolicy {
     /// Embeds a policy (hashing its canonical JSON).
@@ -197,6 +209,7 @@ impl EmbeddedPolicy {
         EmbeddedPolicy {
             policy: std::sync::Arc::new(policy),
             bytes_hash,
+            checked: Default::default(),
         }
     }
 
@@ -208,6 +221,21 @@ impl EmbeddedPolicy {
     /// The shared policy.
     pub fn shared(&self) -> std::sync::Arc<Policy> {
         self.policy.clone()
+    }
+
+    /// [`Policy::validate`], computed once per embedded policy and its clones.
+    ///
+    /// ```
+    /// # use trustfold_core::event::EmbeddedPolicy;
+    /// # use trustfold_core::policy::Policy;
+    /// let p = Policy::from_json(include_str!("../../examples/policies/marketplace.json"))?;
+    /// let p = EmbeddedPolicy::new(p);
+    /// assert_eq!(p.validated(), p.validate()); // the same answer, remembered
+    /// assert_eq!(p.clone().validated(), Ok(()));
+    /// # Ok::<(), trustfold_core::Error>(())
+    /// ```
+    pub fn validated(&self) -> crate::Result<()> {
+        self.checked.get_or_init(|| self.policy.validate()).clone()
     }
 }
 
@@ -265,6 +293,7 @@ impl EmbeddedPolicy {
         let p = EmbeddedPolicy {
             policy: std::sync::Arc::new(policy),
             bytes_hash,
+            checked: Default::default(),
         };
         POLICIES.with(|c| {
             let mut c = c.borrow_mut();
@@ -325,6 +354,7 @@ impl PolicyCache {
         let policy = EmbeddedPolicy {
             policy: std::sync::Arc::new(serde_json::from_slice::<Policy>(raw).ok()?),
             bytes_hash: Hash::of(raw),
+            checked: Default::default(),
         };
         if self.entries.len() >= Self::CAPACITY {
             self.entries.clear();
@@ -902,34 +932,92 @@ compact_de!(PaymentClosed {
 /// # Ok::<(), trustfold_core::Error>(())
 /// ```
 pub fn allocations_hash(allocations: &[Allocation]) -> Hash {
-    Hash::of(&serde_json::to_vec(allocations).unwrap_or_default())
+    use crate::json::write::WriteJson;
+    let mut out = Vec::with_capacity(16 + 100 * allocations.len());
+    allocations.write_json(&mut out);
+    Hash::of(&out)
 }
 
 /// The hash approvals of a refund bind to.
 pub fn refund_hash(amount: &Money) -> Hash {
-    // Keys in sorted order, as the `serde_json::Value` this was first written with.
-    #[derive(Serialize)]
-    struct Refund<'a> {
-        refund: &'a Money,
-    }
-    Hash::of(&serde_json::to_vec(&Refund { refund: amount }).unwrap_or_default())
+    use crate::json::write::{key, WriteJson};
+    // `{"refund":<money>}`, as the `serde_json::Value` this was first written with.
+    let mut out = Vec::with_capacity(64);
+    out.push(b'{');
+    key(&mut out, "refund");
+    amount.write_json(&mut out);
+    out.push(b'}');
+    Hash::of(&out)
 }
 
 /// The hash of the terms parties agree to: amount, description and policy.
 pub fn terms_hash(amount: &Money, description: &str, policy_hash: &Hash) -> Hash {
+    use crate::json::write::{key, string, WriteJson};
     // Keys in sorted order, as the `serde_json::Value` this was first written with.
-    #[derive(Serialize)]
-    struct Terms<'a> {
-        amount: &'a Money,
-        description: &'a str,
-        policy_hash: &'a Hash,
+    let mut out = Vec::with_capacity(160 + description.len());
+    out.push(b'{');
+    key(&mut out, "amount");
+    amount.write_json(&mut out);
+    key(&mut out, "description");
+    string(&mut out, description);
+    key(&mut out, "policy_hash");
+    policy_hash.write_json(&mut out);
+    out.push(b'}');
+    Hash::of(&out)
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+    use crate::id::PartyId;
+
+    /// The hashed documents are byte for byte what serde_json wrote before the
+    /// core's writer.
+    #[test]
+    fn hashed_documents_as_serde_wrote_them() {
+        let usd = crate::money::Currency::new("USD").unwrap();
+        let m = |s: &str| Money::parse(s, usd).unwrap();
+        let allocations = [
+            Allocation {
+                party: PartyId::from_bytes([7; 16]),
+                amount: m("12.5"),
+            },
+            Allocation {
+                party: PartyId::from_bytes([9; 16]),
+                amount: m("-0.01"),
+            },
+        ];
+        for a in [&allocations[..], &allocations[..1], &[]] {
+            assert_eq!(
+                allocations_hash(a),
+                Hash::of(&serde_json::to_vec(a).unwrap())
+            );
+        }
+        #[derive(Serialize)]
+        struct Refund<'a> {
+            refund: &'a Money,
+        }
+        #[derive(Serialize)]
+        struct Terms<'a> {
+            amount: &'a Money,
+            description: &'a str,
+            policy_hash: &'a Hash,
+        }
+        for amount in [m("1000"), m("0.5"), Money::zero(usd)] {
+            let want = Hash::of(&serde_json::to_vec(&Refund { refund: &amount }).unwrap());
+            assert_eq!(refund_hash(&amount), want);
+            for description in ["", "Earnest money \"123 Main\"\n\u{1}\t é ☃"] {
+                let policy_hash = Hash::of(description.as_bytes());
+                let want = Hash::of(
+                    &serde_json::to_vec(&Terms {
+                        amount: &amount,
+                        description,
+                        policy_hash: &policy_hash,
+                    })
+                    .unwrap(),
+                );
+                assert_eq!(terms_hash(&amount, description, &policy_hash), want);
+            }
+        }
     }
-    Hash::of(
-        &serde_json::to_vec(&Terms {
-            amount,
-            description,
-            policy_hash,
-        })
-        .unwrap_or_default(),
-    )
 }

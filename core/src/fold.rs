@@ -36,7 +36,7 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
         return Err(Error::history(1, "a history starts with PaymentInitiated"));
     };
     e.policy
-        .validate()
+        .validated()
         .map_err(|err| Error::history(1, format!("embedded policy: {err}")))?;
     if e.policy.bytes_hash() != e.policy_hash {
         return Err(Error::history(
