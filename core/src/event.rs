@@ -286,6 +286,12 @@ impl EmbeddedPolicy {
         }
     }
 
+    /// A policy this thread remembers whose bytes `input` starts with, and their
+    /// length: see [`PolicyCache::find_prefix`].
+    pub(crate) fn remembered_prefix(input: &[u8]) -> Option<(usize, Self)> {
+        POLICIES.with(|c| find_prefix(&c.borrow(), input))
+    }
+
     /// Parses a policy not remembered yet, and remembers it.
     fn parse_new(text: &[u8]) -> Result<Self, serde_json::Error> {
         let bytes_hash = Hash::of(text);
@@ -345,6 +351,14 @@ impl PolicyCache {
         self.entries.is_empty()
     }
 
+    /// A cached policy whose bytes `input` starts with, and their length. Every cached
+    /// entry is one complete JSON object (it parsed), so when `input` starts with its
+    /// bytes the JSON value at the start of `input` is exactly those bytes: this finds
+    /// what reading the value and then looking it up would, without scanning it.
+    pub(crate) fn find_prefix(&self, input: &[u8]) -> Option<(usize, EmbeddedPolicy)> {
+        find_prefix(&self.entries, input)
+    }
+
     /// The policy embedded as `raw`: from the cache, or parsed and remembered.
     /// `None` when it does not parse (the caller then reports the parser's error).
     pub(crate) fn get_or_parse(&mut self, raw: &[u8]) -> Option<EmbeddedPolicy> {
@@ -362,6 +376,21 @@ impl PolicyCache {
         self.entries.push((raw.into(), policy.clone()));
         Some(policy)
     }
+}
+
+/// The entry whose bytes (a complete JSON object) `input` starts with.
+fn find_prefix(
+    entries: &[(Box<[u8]>, EmbeddedPolicy)],
+    input: &[u8],
+) -> Option<(usize, EmbeddedPolicy)> {
+    entries.iter().find_map(|(bytes, p)| {
+        let n = bytes.len();
+        let starts = bytes.first() == Some(&b'{')
+            && input
+                .get(..n)
+                .is_some_and(|head| crate::json::read::same(head, bytes));
+        starts.then(|| (n, p.clone()))
+    })
 }
 
 /// See [`EventType::ParticipantInvited`].

@@ -117,22 +117,17 @@ fn parse_lines(doc: &[u8]) -> Option<Vec<RawRecord<'_>>> {
         .or_else(|| body.strip_suffix("\n]"))?;
     use crate::json::read::same;
     let mut out = Vec::with_capacity(body.len() / 512 + 1);
-    let all = body.as_bytes();
-    // Lines split at '\n' by a plain loop (the `str` splitter is slow in the
-    // size-optimised WebAssembly build); every line but the last ends with ','.
-    let mut start = 0;
-    while start <= all.len() {
-        let mut end = start;
-        while end < all.len() && all[end] != b'\n' {
-            end += 1;
-        }
-        let last = end == all.len();
-        let cut = if last { end } else { end.checked_sub(1)? };
-        if !last && (cut < start || all[cut] != b',') {
+    // Every line but the last ends with ','.
+    let mut lines = body.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        let last = lines.peek().is_none();
+        let line = if last {
+            line
+        } else if line.as_bytes().last() == Some(&b',') {
+            line.get(..line.len() - 1)?
+        } else {
             return None;
-        }
-        let line = body.get(start..cut)?;
-        start = end + 1;
+        };
         let b = line.as_bytes();
         let min = HEAD.len() + 64 + MID.len() + 3;
         if b.len() < min

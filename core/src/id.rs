@@ -47,11 +47,14 @@ pub(crate) fn uuid_from_ascii(b: &[u8]) -> Option<Uuid> {
     };
     let mut out = [0u8; 16];
     let mut bad = (s[8] ^ b'-') | (s[13] ^ b'-') | (s[18] ^ b'-') | (s[23] ^ b'-');
-    for (o, &i) in out.iter_mut().zip(AT.iter()) {
+    let mut k = 0;
+    while k < 16 {
+        let i = AT[k];
         let hi = HEX[usize::from(s[i])];
         let lo = HEX[usize::from(s[i + 1])];
         bad |= (hi | lo) & 0xf0;
-        *o = (hi << 4) | (lo & 0x0f);
+        out[k] = (hi << 4) | (lo & 0x0f);
+        k += 1;
     }
     if bad != 0 {
         return Uuid::try_parse_ascii(b).ok();

@@ -222,7 +222,7 @@ impl Money {
     pub fn zero(currency: Currency) -> Self {
         // Zero at the currency's scale (what `rescale` of `ZERO` gives, without its
         // arithmetic); minor units are at most 4, far below the 28 allowed.
-        let amount = Decimal::try_new(0, currency.minor_units()).unwrap_or(Decimal::ZERO);
+        let amount = Decimal::from_parts(0, 0, 0, false, currency.minor_units());
         Money { amount, currency }
     }
 

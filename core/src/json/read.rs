@@ -420,6 +420,16 @@ impl FromJson for Money {
 
 impl FromJson for EmbeddedPolicy {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
+        r.ws();
+        let rest = r.b.get(r.i..).ok_or(Reject)?;
+        let known = match r.policies.as_deref() {
+            Some(cache) => cache.find_prefix(rest),
+            None => EmbeddedPolicy::remembered_prefix(rest),
+        };
+        if let Some((len, p)) = known {
+            r.i += len;
+            return Ok(p);
+        }
         let raw = r.raw()?;
         match r.policies() {
             Some(cache) => cache.get_or_parse(raw).ok_or(Reject),
