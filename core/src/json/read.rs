@@ -170,7 +170,7 @@ impl<'a, 'c> Reader<'a, 'c> {
             let key = self.key()?;
             let k = fields
                 .iter()
-                .position(|f| same(f.as_bytes(), key))
+                .position(|f| f.len() == key.len() && same(f.as_bytes(), key))
                 .ok_or(Reject)?;
             self.eat(b':')?;
             field(self, k)?;
