@@ -164,7 +164,9 @@ macro_rules! unit_enum_de {
                 const VARIANTS: &[&str] = &[$($text),*];
                 const VALUES: &[$name] = &[$($name::$variant),*];
                 let i = $crate::json::read::variant(r, VARIANTS)?;
-                VALUES.get(i).copied().ok_or($crate::json::read::Reject)
+                VALUES.get(i).copied().ok_or_else(|| {
+                    r.fault($crate::json::read::Fault::Syntax("variant index out of range"))
+                })
             }
         }
     };
@@ -255,27 +257,27 @@ macro_rules! compact_de {
                     let mut _n = 0usize;
                     $(
                         if k == _n {
-                            return $crate::json::read::once(&mut $field, r);
+                            return $crate::json::read::once(&mut $field, r, stringify!($field));
                         }
                         _n += 1;
                     )*
-                    Err($crate::json::read::Reject)
+                    Err(r.fault($crate::json::read::Fault::Syntax("unknown field index")))
                 })?;
                 $(
                     let $field: $ty = match $field {
                         Some(v) => v,
-                        None => $crate::de::compact_de!(@json [$($default)?]),
+                        None => $crate::de::compact_de!(@json [$($default)?] r, $field),
                     };
                 )*
                 Ok($name { $($field),* })
             }
         }
     };
-    (@json [default]) => {
+    (@json [default] $r:ident, $field:ident) => {
         Default::default()
     };
-    (@json []) => {
-        return Err($crate::json::read::Reject)
+    (@json [] $r:ident, $field:ident) => {
+        return Err($r.fault($crate::json::read::Fault::MissingField(stringify!($field))))
     };
     (@seq [default] $a:ident, $i:ident, $name:ident, $fields:ident) => {
         Default::default()

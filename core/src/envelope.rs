@@ -17,9 +17,7 @@
 //! re-serialized for verification, so events written under an old schema version
 //! still verify after they are upcast ([`crate::upcast`]) on read.
 
-use std::fmt;
-
-use serde::de::{self, Error as _, MapAccess, Visitor};
+use serde::de::Error as _;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
@@ -31,7 +29,6 @@ use crate::id::{EventId, PartyId, PaymentId};
 use crate::money::tagged;
 use crate::policy::Role;
 use crate::time::Timestamp;
-use crate::upcast;
 
 /// Who caused an event: a party acting in a role, or the platform (`system`, `rail`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,7 +123,7 @@ impl Envelope {
         if let Some(env) = canonical::parse(bytes, None) {
             return Ok(env);
         }
-        serde_json::from_slice(bytes).map_err(Error::from)
+        full::parse(bytes, None)
     }
 
     /// Like [`Envelope::from_json`], with the policy embedded in a `PaymentInitiated`
@@ -149,10 +146,10 @@ impl Envelope {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_json_cached(bytes: &[u8], cache: &mut PolicyCache) -> Result<Envelope> {
-        if let Some(env) = canonical::parse(bytes, Some(cache)) {
+        if let Some(env) = canonical::parse(bytes, Some(&mut *cache)) {
             return Ok(env);
         }
-        serde_json::from_slice(bytes).map_err(Error::from)
+        full::parse(bytes, Some(cache))
     }
 }
 
@@ -342,130 +339,147 @@ impl Serialize for Envelope {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum Field {
-    Prev,
-    Stream,
-    Seq,
-    Id,
-    Type,
-    V,
-    At,
-    Actor,
-    Causation,
-    Correlation,
-    Data,
-}
+/// The full path of [`Envelope::from_json`]: any field order and whitespace, old
+/// schema versions upcast, and every error reported with its position.
+mod full {
+    use uuid::Uuid;
 
-struct TypeName(EventType);
+    use super::{Actor, Envelope};
+    use crate::error::{Error, Result};
+    use crate::event::{EventType, PolicyCache};
+    use crate::hash::Hash;
+    use crate::id::{EventId, PartyId, PaymentId};
+    use crate::json::read::{once, Fault, FromJson, Read, Reader};
+    use crate::policy::Role;
+    use crate::time::Timestamp;
 
-impl<'de> Deserialize<'de> for TypeName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s: std::borrow::Cow<'de, str> = std::borrow::Cow::deserialize(d)?;
-        EventType::from_name(&s)
-            .map(TypeName)
-            .ok_or_else(|| D::Error::custom(tagged(&Error::UnknownEventType(s.into_owned()))))
-    }
-}
-
-struct DataSeed(EventType);
-
-impl<'de> de::DeserializeSeed<'de> for DataSeed {
-    type Value = Event;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
-        Event::deserialize_data(self.0, d)
-    }
-}
-
-struct EnvelopeVisitor;
-
-impl<'de> Visitor<'de> for EnvelopeVisitor {
-    type Value = Envelope;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an event envelope object")
+    /// Parses one envelope. Its JSON is checked first, so a syntax error anywhere is
+    /// reported before a value's (as a JSON parser reads a document before a program
+    /// reads its values; serde users, who read an envelope as a raw value first, see
+    /// the same error).
+    pub(super) fn parse(b: &[u8], policies: Option<&mut PolicyCache>) -> Result<Envelope> {
+        let mut syntax = Reader::new(b, None);
+        syntax
+            .raw()
+            .and_then(|_| syntax.end())
+            .map_err(|rejected| rejected.into_error(b))?;
+        let mut r = Reader::new(b, policies);
+        read(&mut r)
+            .and_then(|env| r.end().map(|()| env))
+            .map_err(|rejected| rejected.into_error(b))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
-        let mut prev = None;
-        let mut stream = None;
-        let mut seq = None;
-        let mut id = None;
+    impl FromJson for Actor {
+        fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
+            const FIELDS: &[&str] = &["party", "role"];
+            let mut party: Option<Option<PartyId>> = None;
+            let mut role: Option<Role> = None;
+            r.object(FIELDS, &mut |r, k| match k {
+                0 => once(&mut party, r, "party"),
+                _ => once(&mut role, r, "role"),
+            })?;
+            Ok(Actor {
+                // An absent `party` is `None`, as serde's derive reads an `Option`.
+                party: party.flatten(),
+                role: role.ok_or_else(|| r.fault(Fault::MissingField("role")))?,
+            })
+        }
+    }
+
+    fn read(r: &mut Reader<'_, '_>) -> Read<Envelope> {
+        const FIELDS: &[&str] = &[
+            "prev",
+            "stream",
+            "seq",
+            "id",
+            "type",
+            "v",
+            "at",
+            "actor",
+            "causation",
+            "correlation",
+            "data",
+        ];
+        let mut prev: Option<Hash> = None;
+        let mut stream: Option<PaymentId> = None;
+        let mut seq: Option<u64> = None;
+        let mut id: Option<EventId> = None;
         let mut ty: Option<EventType> = None;
         let mut v: Option<u16> = None;
-        let mut at = None;
-        let mut actor = None;
-        let mut causation = None;
-        let mut correlation = None;
-        let mut data: Option<Event> = None;
-        let mut raw_data: Option<Box<serde_json::value::RawValue>> = None;
-        macro_rules! once {
-            ($slot:ident, $name:literal) => {{
-                if $slot.is_some() {
-                    return Err(A::Error::duplicate_field($name));
+        let mut at: Option<Timestamp> = None;
+        let mut actor: Option<Actor> = None;
+        let mut causation: Option<Option<Uuid>> = None;
+        let mut correlation: Option<Option<Uuid>> = None;
+        let mut data: Option<(usize, usize)> = None;
+        r.object(FIELDS, &mut |r, k| match k {
+            0 => once(&mut prev, r, "prev"),
+            1 => once(&mut stream, r, "stream"),
+            2 => once(&mut seq, r, "seq"),
+            3 => once(&mut id, r, "id"),
+            4 => {
+                if ty.is_some() {
+                    return Err(r.fault(Fault::DuplicateField("type")));
                 }
-                $slot = Some(map.next_value()?);
-            }};
-        }
-        while let Some(key) = map.next_key::<Field>()? {
-            match key {
-                Field::Prev => once!(prev, "prev"),
-                Field::Stream => once!(stream, "stream"),
-                Field::Seq => once!(seq, "seq"),
-                Field::Id => once!(id, "id"),
-                Field::Type => {
-                    if ty.is_some() {
-                        return Err(A::Error::duplicate_field("type"));
-                    }
-                    ty = Some(map.next_value::<TypeName>()?.0);
-                }
-                Field::V => once!(v, "v"),
-                Field::At => once!(at, "at"),
-                Field::Actor => once!(actor, "actor"),
-                Field::Causation => once!(causation, "causation"),
-                Field::Correlation => once!(correlation, "correlation"),
-                Field::Data => {
-                    if data.is_some() || raw_data.is_some() {
-                        return Err(A::Error::duplicate_field("data"));
-                    }
-                    match (ty, v) {
-                        // The canonical order puts type and v first: decode directly.
-                        (Some(t), Some(ver)) if ver == t.current_version() => {
-                            data = Some(map.next_value_seed(DataSeed(t))?);
-                        }
-                        _ => raw_data = Some(map.next_value()?),
-                    }
-                }
+                r.ws();
+                let start = r.position();
+                let name = r.str()?;
+                let found = EventType::from_name(&name);
+                ty =
+                    Some(found.ok_or_else(|| {
+                        r.invalid(start, Error::UnknownEventType(name.into_owned()))
+                    })?);
+                Ok(())
             }
-        }
-        let ty = ty.ok_or_else(|| A::Error::missing_field("type"))?;
-        let v = v.ok_or_else(|| A::Error::missing_field("v"))?;
-        let event = match (data, raw_data) {
-            (Some(e), _) => e,
-            (None, Some(raw)) => upcast::decode(ty, v, raw.get())
-                .map_err(|e| A::Error::custom(tagged(&e)))?
-                .map_err(|e| A::Error::custom(e.to_string()))?,
-            (None, None) => return Err(A::Error::missing_field("data")),
+            5 => once(&mut v, r, "v"),
+            6 => once(&mut at, r, "at"),
+            7 => once(&mut actor, r, "actor"),
+            8 => once(&mut causation, r, "causation"),
+            9 => once(&mut correlation, r, "correlation"),
+            _ => {
+                if data.is_some() {
+                    return Err(r.fault(Fault::DuplicateField("data")));
+                }
+                r.ws();
+                let start = r.position();
+                r.raw()?;
+                data = Some((start, r.position()));
+                Ok(())
+            }
+        })?;
+        let missing = |r: &Reader<'_, '_>, f| r.fault(Fault::MissingField(f));
+        let ty = ty.ok_or_else(|| missing(r, "type"))?;
+        let v = v.ok_or_else(|| missing(r, "v"))?;
+        let (start, end) = data.ok_or_else(|| missing(r, "data"))?;
+        let event = {
+            let mut d = r.sub(start);
+            let event = crate::upcast::read(ty, v, &mut d)?;
+            d.end_at(end)?;
+            event
         };
         Ok(Envelope {
-            prev: prev.ok_or_else(|| A::Error::missing_field("prev"))?,
-            stream: stream.ok_or_else(|| A::Error::missing_field("stream"))?,
-            seq: seq.ok_or_else(|| A::Error::missing_field("seq"))?,
-            id: id.ok_or_else(|| A::Error::missing_field("id"))?,
+            prev: prev.ok_or_else(|| missing(r, "prev"))?,
+            stream: stream.ok_or_else(|| missing(r, "stream"))?,
+            seq: seq.ok_or_else(|| missing(r, "seq"))?,
+            id: id.ok_or_else(|| missing(r, "id"))?,
             schema_version: v,
-            at: at.ok_or_else(|| A::Error::missing_field("at"))?,
-            actor: actor.ok_or_else(|| A::Error::missing_field("actor"))?,
-            causation: causation.unwrap_or(None),
-            correlation: correlation.unwrap_or(None),
+            at: at.ok_or_else(|| missing(r, "at"))?,
+            actor: actor.ok_or_else(|| missing(r, "actor"))?,
+            causation: causation.flatten(),
+            correlation: correlation.flatten(),
             event,
         })
     }
 }
 
+/// Reads an envelope with [`Envelope::from_json`] (the value's bytes as written), so
+/// serde users get the same envelope and the same error.
 impl<'de> Deserialize<'de> for Envelope {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(EnvelopeVisitor)
+        let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+        Envelope::from_json(raw.get().as_bytes()).map_err(|e| match e {
+            Error::MalformedJson(message) => D::Error::custom(message),
+            e => D::Error::custom(tagged(&e)),
+        })
     }
 }
 
@@ -501,5 +515,111 @@ mod canonical_tests {
             }
         }
         assert!(n > 500, "{n}");
+    }
+
+    /// The core's payload readers agree with serde's derived decoders (the ones
+    /// `compact_de!` writes next to them): on every vector event's payload, and on
+    /// copies damaged byte by byte, both give the same event or both refuse.
+    #[test]
+    fn payload_readers_agree_with_serde() {
+        use crate::event::Event;
+        use crate::json::read::Reader;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+        let mut samples: Vec<(crate::event::EventType, Vec<u8>)> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if !path.to_string_lossy().ends_with(".history.json") {
+                continue;
+            }
+            let history = std::fs::read(&path).unwrap();
+            let Ok(records) = crate::history::parse(&history) else {
+                continue;
+            };
+            for r in records {
+                let text = r.event.get();
+                let env = super::Envelope::from_json(text.as_bytes()).unwrap();
+                let t = env.event_type();
+                if env.schema_version != t.current_version() {
+                    continue;
+                }
+                let data = &text[text.find(",\"data\":").unwrap() + 8..text.len() - 1];
+                // Every payload once as is; the first of each type also damaged.
+                if seen.insert(t) {
+                    samples.push((t, data.as_bytes().to_vec()));
+                }
+                let ours = Event::read_data(t, &mut Reader::new(data.as_bytes(), None)).unwrap();
+                assert_eq!(ours, env.event);
+            }
+        }
+        assert!(samples.len() >= 30);
+        let mut agreed = 0;
+        for (t, data) in samples {
+            let limit = if data.len() > 700 { 300 } else { data.len() };
+            let mut inputs: Vec<Vec<u8>> = Vec::new();
+            for at in 0..limit {
+                for r in [
+                    &b""[..],
+                    b" ",
+                    b"\"",
+                    b"\\",
+                    b"0",
+                    b"x",
+                    b"}",
+                    b",",
+                    b"\\u0041",
+                    b"null",
+                ] {
+                    let mut m = data[..at].to_vec();
+                    m.extend_from_slice(r);
+                    m.extend_from_slice(&data[at + 1..]);
+                    inputs.push(m);
+                }
+            }
+            // Whole fields: unknown, repeated, dropped, spaced, escaped, null.
+            let text = String::from_utf8(data.clone()).unwrap();
+            let mut variants = vec![
+                text.replacen('{', "{\"surprise\":1,", 1),
+                text.replacen('{', "[", 1),
+                text.replace("\":", "\" : "),
+                text.replace('a', "\\u0061"),
+                text.replacen(":\"", ":null,\"_\":\"", 1),
+                text.replace("\"", "\"\\ud83d\\ude00"),
+            ];
+            let inner = text.trim_start_matches('{');
+            for f in inner
+                .split(",\"")
+                .filter(|f| !f.contains('{') && !f.contains('['))
+            {
+                let f = f.trim_start_matches('"').trim_end_matches('}');
+                let field = format!("\"{f}");
+                variants.push(text.replacen(&format!(",{field}"), "", 1));
+                variants.push(text.replacen(&format!("{field},"), "", 1));
+                variants.push(text.replacen(&field, &format!("{field},{field}"), 1));
+            }
+            inputs.extend(variants.into_iter().map(String::into_bytes));
+            for m in inputs {
+                {
+                    let mut reader = Reader::new(&m, None);
+                    let ours =
+                        Event::read_data(t, &mut reader).and_then(|e| reader.end().map(|()| e));
+                    let mut de = serde_json::Deserializer::from_slice(&m);
+                    let theirs =
+                        Event::deserialize_data(t, &mut de).and_then(|e| de.end().map(|()| e));
+                    match (ours, theirs) {
+                        (Ok(a), Ok(b)) => assert_eq!(a, b, "{}", String::from_utf8_lossy(&m)),
+                        (Err(_), Err(_)) => {}
+                        (a, b) => panic!(
+                            "{t:?} {}: ours {:?}, serde {:?}",
+                            String::from_utf8_lossy(&m),
+                            a.map(|_| ()),
+                            b.map(|_| ())
+                        ),
+                    }
+                    agreed += 1;
+                }
+            }
+        }
+        assert!(agreed > 10_000, "{agreed}");
     }
 }

@@ -226,7 +226,7 @@ impl From<serde_json::Error> for Error {
 }
 
 /// Codes that survive a trip through serde's custom errors.
-const INPUT_CODES: &[&str] = &[
+pub(crate) const INPUT_CODES: &[&str] = &[
     "unknown_event_type",
     "unsupported_schema_version",
     "unknown_currency",

@@ -75,7 +75,9 @@ macro_rules! events {
                 match t { $(EventType::$name => $name::from_json(r).map(Event::$name),)* }
             }
 
-            /// Deserializes a current-version payload of type `t`.
+            /// Deserializes a current-version payload of type `t` with serde (the tests'
+            /// reference for [`Event::read_data`]).
+            #[cfg(test)]
             pub(crate) fn deserialize_data<'de, D: serde::Deserializer<'de>>(t: EventType, d: D) -> Result<Event, D::Error> {
                 match t { $(EventType::$name => $name::deserialize(d).map(Event::$name),)* }
             }
@@ -273,7 +275,7 @@ impl<'de> Deserialize<'de> for EmbeddedPolicy {
 
 impl EmbeddedPolicy {
     /// The policy embedded as `text`: remembered by this thread, or parsed.
-    pub(crate) fn from_text(text: &[u8]) -> Result<Self, serde_json::Error> {
+    pub(crate) fn from_text(text: &[u8]) -> crate::Result<Self> {
         let known = POLICIES.with(|c| {
             c.borrow()
                 .iter()
@@ -293,7 +295,7 @@ impl EmbeddedPolicy {
     }
 
     /// Parses a policy not remembered yet, and remembers it.
-    fn parse_new(text: &[u8]) -> Result<Self, serde_json::Error> {
+    fn parse_new(text: &[u8]) -> crate::Result<Self> {
         let bytes_hash = Hash::of(text);
         let policy: Policy = serde_json::from_slice(text)?;
         let p = EmbeddedPolicy {
@@ -361,12 +363,12 @@ impl PolicyCache {
 
     /// The policy embedded as `raw`: from the cache, or parsed and remembered.
     /// `None` when it does not parse (the caller then reports the parser's error).
-    pub(crate) fn get_or_parse(&mut self, raw: &[u8]) -> Option<EmbeddedPolicy> {
+    pub(crate) fn get_or_parse(&mut self, raw: &[u8]) -> crate::Result<EmbeddedPolicy> {
         if let Some((_, p)) = self.entries.iter().find(|(bytes, _)| **bytes == *raw) {
-            return Some(p.clone());
+            return Ok(p.clone());
         }
         let policy = EmbeddedPolicy {
-            policy: std::sync::Arc::new(serde_json::from_slice::<Policy>(raw).ok()?),
+            policy: std::sync::Arc::new(serde_json::from_slice::<Policy>(raw)?),
             bytes_hash: Hash::of(raw),
             checked: Default::default(),
         };
@@ -374,7 +376,7 @@ impl PolicyCache {
             self.entries.clear();
         }
         self.entries.push((raw.into(), policy.clone()));
-        Some(policy)
+        Ok(policy)
     }
 }
 

@@ -13,7 +13,6 @@
 //! # Ok::<(), trustfold_core::Error>(())
 //! ```
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -62,66 +61,91 @@ fn participant_invited_v1_to_v2(data: Value) -> Result<Value> {
     Ok(Value::Object(obj))
 }
 
-/// Decodes a payload written with schema `version` of `event_type` (its JSON bytes)
-/// into the current event: what [`upcast`] then decoding does, without a
-/// `serde_json::Value` in between (each old version has a typed decoder). The outer
-/// error is the upcast's, the inner one the decoder's.
-pub(crate) fn decode(
+/// Reads a payload written with schema `version` of `event_type` into the current
+/// event, with the core's own reader (`r` at the payload): the current version as is,
+/// old versions through their typed readers.
+pub(crate) fn read(
     event_type: EventType,
     version: u16,
-    data: &str,
-) -> Result<std::result::Result<Event, serde_json::Error>> {
+    r: &mut crate::json::read::Reader<'_, '_>,
+) -> crate::json::read::Read<Event> {
+    r.ws();
+    let at = r.position();
     let current = event_type.current_version();
     if version == 0 || version > current {
-        return Err(Error::UnsupportedSchemaVersion {
-            event_type: event_type.name().to_string(),
-            version,
-        });
+        return Err(r.invalid(
+            at,
+            Error::UnsupportedSchemaVersion {
+                event_type: event_type.name().to_string(),
+                version,
+            },
+        ));
     }
     match (event_type, version) {
-        _ if version == current => {
-            // From bytes: one (slice) decoder per type in the wasm module, not a second for `str`.
-            let mut de = serde_json::Deserializer::from_slice(data.as_bytes());
-            Ok(Event::deserialize_data(event_type, &mut de))
-        }
-        (EventType::ParticipantInvited, 1) => participant_invited_v1(data),
-        _ => Err(Error::UnsupportedSchemaVersion {
-            event_type: event_type.name().to_string(),
-            version,
-        }),
+        _ if version == current => Event::read_data(event_type, r),
+        (EventType::ParticipantInvited, 1) => participant_invited_v1_read(r),
+        _ => Err(r.invalid(
+            at,
+            Error::UnsupportedSchemaVersion {
+                event_type: event_type.name().to_string(),
+                version,
+            },
+        )),
     }
 }
 
-/// `ParticipantInvited` v1: `role` instead of `roles`.
-fn participant_invited_v1(data: &str) -> Result<std::result::Result<Event, serde_json::Error>> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct V1 {
-        party: PartyId,
-        role: Option<Role>,
-        #[serde(default)]
-        name: String,
-        #[serde(default)]
-        email: Option<String>,
-    }
-    if !data.trim_start().starts_with('{') {
-        return Err(Error::MalformedJson(
-            "ParticipantInvited v1 data must be an object".into(),
-        ));
-    }
-    let v1: V1 = match serde_json::from_slice(data.as_bytes()) {
-        Ok(v1) => v1,
-        Err(e) => return Ok(Err(e)),
+/// `ParticipantInvited` v1 with the core's reader: the same fields, rules and errors as
+/// the serde decoder it replaced (`upcast` then the v2 decoder: the tests compare the two).
+fn participant_invited_v1_read(
+    r: &mut crate::json::read::Reader<'_, '_>,
+) -> crate::json::read::Read<Event> {
+    use crate::json::read::{once, Fault};
+    const FIELDS: &[&str] = &["party", "role", "name", "email"];
+    r.ws();
+    let at = r.position();
+    let mut party: Option<PartyId> = None;
+    let mut role: Option<Option<Role>> = None;
+    let mut name: Option<String> = None;
+    let mut email: Option<Option<String>> = None;
+    let mut object = || -> crate::json::read::Read<()> {
+        r.object(FIELDS, &mut |r, k| match k {
+            0 => once(&mut party, r, "party"),
+            1 => once(&mut role, r, "role"),
+            2 => once(&mut name, r, "name"),
+            _ => once(&mut email, r, "email"),
+        })
     };
-    let role = v1
-        .role
-        .ok_or_else(|| Error::MalformedJson("ParticipantInvited v1 data has no `role`".into()))?;
-    Ok(Ok(Event::ParticipantInvited(ParticipantInvited {
-        party: v1.party,
+    if let Err(e) = object() {
+        if e.at == at {
+            return Err(r.invalid(
+                at,
+                Error::MalformedJson("ParticipantInvited v1 data must be an object".into()),
+            ));
+        }
+        return Err(e);
+    }
+    let party = party.ok_or_else(|| r.fault(Fault::MissingField("party")))?;
+    let role = role.flatten().ok_or_else(|| {
+        r.invalid(
+            at,
+            Error::MalformedJson("ParticipantInvited v1 data has no `role`".into()),
+        )
+    })?;
+    Ok(Event::ParticipantInvited(ParticipantInvited {
+        party,
         roles: vec![role],
-        name: v1.name,
-        email: v1.email,
-    })))
+        name: name.unwrap_or_default(),
+        email: email.flatten(),
+    }))
+}
+
+/// [`read`] over a whole payload (tests compare it with [`upcast`]).
+#[cfg(test)]
+pub(crate) fn decode(event_type: EventType, version: u16, data: &str) -> Result<Event> {
+    let mut r = crate::json::read::Reader::new(data.as_bytes(), None);
+    read(event_type, version, &mut r)
+        .and_then(|e| r.end().map(|()| e))
+        .map_err(|rejected| rejected.into_error(data.as_bytes()))
 }
 
 #[cfg(test)]
@@ -139,7 +163,7 @@ mod tests {
             let mut de = serde_json::Deserializer::from_slice(&bytes);
             Ok(Event::deserialize_data(t, &mut de)?)
         };
-        let typed = |v: u16, data: &str| -> Result<Event> { Ok(decode(t, v, data)??) };
+        let typed = |v: u16, data: &str| -> Result<Event> { decode(t, v, data) };
         let party = "7d4f3a0e-0b7a-4d44-9a55-0c2b0f9c4e11";
         for (v, data) in [
             (
@@ -156,8 +180,10 @@ mod tests {
             (3, format!(r#"{{"party":"{party}","roles":["buyer"]}}"#)),
             (0, "{}".to_string()),
         ] {
-            let a = via_value(v, &data).map_err(|e| (e.code(), e.to_string()));
-            let b = typed(v, &data).map_err(|e| (e.code(), e.to_string()));
+            // The same event, or an error with the same code (the reader's messages
+            // carry positions of their own).
+            let a = via_value(v, &data).map_err(|e| e.code());
+            let b = typed(v, &data).map_err(|e| e.code());
             assert_eq!(a, b, "v{v} {data}");
         }
     }

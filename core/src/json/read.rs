@@ -2,15 +2,18 @@
 //!
 //! A [`Reader`] walks a byte slice; each type that can be read implements
 //! [`FromJson`], built from the reader's few primitives (strings, `null`, objects with
-//! known field names, arrays, a raw value). The reader is strict: it accepts only what
-//! serde's path accepts, with the same result, and answers [`Reject`] for everything
-//! else (including input serde would accept in a less common form, such as a struct
-//! written as an array), so the caller can fall back to serde for the error.
+//! known field names, arrays, a raw value). The reader accepts what serde's derived
+//! decoders accept, with the same result (the tests compare the two), and reports
+//! anything else as a [`Reject`]: where (a byte offset) and what ([`Fault`]), worded
+//! like serde_json's messages. [`Reject::into_error`] turns it into the crate's
+//! [`Error`](crate::Error), keeping the code of a value's own error (an amount with too
+//! many decimals is `invalid_amount_scale`, a bad JSON shape `malformed_json`).
 
 use std::borrow::Cow;
 
 use uuid::Uuid;
 
+use crate::error::Error;
 use crate::event::{EmbeddedPolicy, PolicyCache};
 use crate::hash::Hash;
 use crate::id::{CommandId, EventId, LegId, PartyId, PaymentId, RequestId, TenantId};
@@ -18,9 +21,77 @@ use crate::money::{Currency, Money};
 use crate::policy::Role;
 use crate::time::Timestamp;
 
-/// The reader did not accept the input (malformed, or a form left to serde).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Reject;
+/// Why the reader did not accept the input, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Reject {
+    /// Byte offset in the reader's input.
+    pub(crate) at: usize,
+    /// What is wrong there.
+    pub(crate) fault: Fault,
+}
+
+/// What the reader found wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Not JSON, or not the JSON shape expected (`expected `:``, `EOF while parsing a
+    /// string`, `expected a string`…).
+    Syntax(&'static str),
+    /// A value of another JSON type than expected: what was found, what was expected
+    /// (`invalid type: number, expected a string`).
+    InvalidType(&'static str, &'static str),
+    /// A required field is absent.
+    MissingField(&'static str),
+    /// A field the type does not have.
+    UnknownField(Box<str>, &'static [&'static str]),
+    /// A field given twice.
+    DuplicateField(&'static str),
+    /// A name that is none of an enum's variants.
+    UnknownVariant(Box<str>, &'static [&'static str]),
+    /// Well-formed JSON whose value the domain refuses (an amount, a currency, an id…).
+    Invalid(Box<Error>),
+}
+
+impl Reject {
+    /// The crate's error for this rejection of `input` (the text the reader read, for
+    /// the line and column): a value's own error keeps its code, anything else is
+    /// `malformed_json`. The message ends with the position, as serde_json's do.
+    pub(crate) fn into_error(self, input: &[u8]) -> Error {
+        let upto = input.get(..self.at).unwrap_or(input);
+        let line = 1 + upto.iter().filter(|&&c| c == b'\n').count();
+        let column = upto.iter().rev().take_while(|&&c| c != b'\n').count() + 1;
+        let at = format!(" at line {line} column {column}");
+        let names = |fields: &[&str]| {
+            fields
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let message = match self.fault {
+            Fault::Syntax(what) => what.to_string(),
+            Fault::InvalidType(found, expected) => format!("invalid type: {found}, {expected}"),
+            Fault::MissingField(f) => format!("missing field `{f}`"),
+            Fault::UnknownField(f, fields) => match fields.len() {
+                0 => format!("unknown field `{f}`, there are no fields"),
+                _ => format!("unknown field `{f}`, expected one of {}", names(fields)),
+            },
+            Fault::DuplicateField(f) => format!("duplicate field `{f}`"),
+            Fault::UnknownVariant(v, names_of) => {
+                format!("unknown variant `{v}`, expected one of {}", names(names_of))
+            }
+            Fault::Invalid(e) => {
+                let message = format!("{e}{at}");
+                let code = e.code();
+                return if crate::error::INPUT_CODES.contains(&code) {
+                    Error::InvalidInput { code, message }
+                } else {
+                    Error::MalformedJson(message)
+                };
+            }
+        };
+        Error::MalformedJson(format!("{message}{at}"))
+    }
+}
 
 /// What a read gives.
 pub(crate) type Read<T> = std::result::Result<T, Reject>;
@@ -39,7 +110,29 @@ impl<'a, 'c> Reader<'a, 'c> {
         Reader { b, i: 0, policies }
     }
 
-    fn ws(&mut self) {
+    /// Where the reader is.
+    pub(crate) fn position(&self) -> usize {
+        self.i
+    }
+
+    /// A fault at the current position.
+    pub(crate) fn fault(&self, fault: Fault) -> Reject {
+        Reject { at: self.i, fault }
+    }
+
+    fn syntax(&self, what: &'static str) -> Reject {
+        self.fault(Fault::Syntax(what))
+    }
+
+    /// A value the domain refuses, reported where the value started.
+    pub(crate) fn invalid(&self, at: usize, e: Error) -> Reject {
+        Reject {
+            at,
+            fault: Fault::Invalid(Box::new(e)),
+        }
+    }
+
+    pub(crate) fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.b.get(self.i) {
             self.i += 1;
         }
@@ -50,12 +143,26 @@ impl<'a, 'c> Reader<'a, 'c> {
         self.b.get(self.i).copied()
     }
 
-    fn eat(&mut self, c: u8) -> Read<()> {
-        if self.peek() == Some(c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(Reject)
+    fn eat(&mut self, c: u8, what: &'static str) -> Read<()> {
+        match self.peek() {
+            Some(x) if x == c => {
+                self.i += 1;
+                Ok(())
+            }
+            None => Err(self.syntax("EOF while parsing a value")),
+            Some(found) if what.starts_with("expected a") => {
+                let found = match found {
+                    b'"' => "string",
+                    b'{' => "map",
+                    b'[' => "sequence",
+                    b't' | b'f' => "boolean",
+                    b'n' => "null",
+                    b'-' | b'0'..=b'9' => "number",
+                    _ => return Err(self.syntax("expected value")),
+                };
+                Err(self.fault(Fault::InvalidType(found, what)))
+            }
+            Some(_) => Err(self.syntax(what)),
         }
     }
 
@@ -65,7 +172,17 @@ impl<'a, 'c> Reader<'a, 'c> {
         if self.i == self.b.len() {
             Ok(())
         } else {
-            Err(Reject)
+            Err(self.syntax("trailing characters"))
+        }
+    }
+
+    /// The value read ends exactly at byte `end` (the end of its span, which holds no
+    /// trailing whitespace).
+    pub(crate) fn end_at(&mut self, end: usize) -> Read<()> {
+        if self.i == end {
+            Ok(())
+        } else {
+            Err(self.syntax("trailing characters"))
         }
     }
 
@@ -78,17 +195,20 @@ impl<'a, 'c> Reader<'a, 'c> {
             self.i += 4;
             Ok(true)
         } else {
-            Err(Reject)
+            Err(self.syntax("expected `null`"))
         }
     }
 
     /// A string, borrowed when it has no escapes.
     pub(crate) fn str(&mut self) -> Read<Cow<'a, str>> {
-        self.eat(b'"')?;
+        self.eat(b'"', "expected a string")?;
         let start = self.i;
-        let rest = self.b.get(start..).ok_or(Reject)?;
-        let len = plain_len(rest).ok_or(Reject)?;
-        let plain = std::str::from_utf8(&rest[..len]).map_err(|_| Reject)?;
+        let rest = self.b.get(start..).unwrap_or_default();
+        let Some(len) = plain_len(rest) else {
+            self.i = self.b.len();
+            return Err(self.syntax("EOF while parsing a string"));
+        };
+        let plain = self.utf8(&rest[..len])?;
         self.i = start + len;
         if rest[len] == b'"' {
             self.i += 1;
@@ -96,13 +216,19 @@ impl<'a, 'c> Reader<'a, 'c> {
         }
         let mut s = String::from(plain);
         loop {
-            match self.b.get(self.i).copied().ok_or(Reject)? {
+            let Some(&c) = self.b.get(self.i) else {
+                return Err(self.syntax("EOF while parsing a string"));
+            };
+            match c {
                 b'"' => {
                     self.i += 1;
                     return Ok(Cow::Owned(s));
                 }
                 b'\\' => {
-                    let e = self.b.get(self.i + 1).copied().ok_or(Reject)?;
+                    let Some(&e) = self.b.get(self.i + 1) else {
+                        self.i = self.b.len();
+                        return Err(self.syntax("EOF while parsing a string"));
+                    };
                     self.i += 2;
                     let c = match e {
                         b'"' => '"',
@@ -113,44 +239,98 @@ impl<'a, 'c> Reader<'a, 'c> {
                         b'n' => '\n',
                         b'r' => '\r',
                         b't' => '\t',
-                        // Surrogates (pairs or not) are left to serde.
-                        b'u' => self.hex4().and_then(char::from_u32).ok_or(Reject)?,
-                        _ => return Err(Reject),
+                        b'u' => self.unicode_escape()?,
+                        _ => {
+                            self.i -= 1;
+                            return Err(self.syntax("invalid escape"));
+                        }
                     };
                     s.push(c);
                 }
-                c if c < 0x20 => return Err(Reject),
+                c if c < 0x20 => {
+                    return Err(self.syntax(
+                        "control character (\\u0000-\\u001F) found while parsing a string",
+                    ))
+                }
                 _ => {
                     let rest = &self.b[self.i..];
-                    let len = plain_len(rest).ok_or(Reject)?;
-                    s.push_str(std::str::from_utf8(&rest[..len]).map_err(|_| Reject)?);
+                    let Some(len) = plain_len(rest) else {
+                        self.i = self.b.len();
+                        return Err(self.syntax("EOF while parsing a string"));
+                    };
+                    s.push_str(self.utf8(&rest[..len])?);
                     self.i += len;
                 }
             }
         }
     }
 
-    /// An object key without escapes (an escaped key is left to serde).
-    fn key(&mut self) -> Read<&'a [u8]> {
-        self.eat(b'"')?;
-        let rest = self.b.get(self.i..).ok_or(Reject)?;
-        let len = plain_len(rest).ok_or(Reject)?;
-        if rest[len] != b'"' {
-            return Err(Reject);
-        }
-        let key = &rest[..len];
-        self.i += len + 1;
-        Ok(key)
+    fn utf8<'s>(&self, b: &'s [u8]) -> Read<&'s str> {
+        std::str::from_utf8(b).map_err(|e| Reject {
+            at: self.i + e.valid_up_to(),
+            fault: Fault::Syntax("invalid unicode code point"),
+        })
     }
 
-    fn hex4(&mut self) -> Option<u32> {
-        let digits = self.b.get(self.i..self.i + 4)?;
+    /// The character of a `\\uXXXX` escape (after the `u`), with the second half of a
+    /// surrogate pair when the first is one.
+    fn unicode_escape(&mut self) -> Read<char> {
+        let hi = self.hex4()?;
+        if !(0xD800..0xE000).contains(&hi) {
+            return char::from_u32(hi).ok_or_else(|| self.syntax("invalid unicode code point"));
+        }
+        if hi >= 0xDC00 {
+            return Err(self.syntax("lone leading surrogate in hex escape"));
+        }
+        if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
+            return Err(self.syntax("unexpected end of hex escape"));
+        }
+        self.i += 2;
+        let lo = self.hex4()?;
+        if !(0xDC00..0xE000).contains(&lo) {
+            return Err(self.syntax("lone leading surrogate in hex escape"));
+        }
+        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+            .ok_or_else(|| self.syntax("invalid unicode code point"))
+    }
+
+    fn hex4(&mut self) -> Read<u32> {
         let mut n = 0u32;
-        for &d in digits {
-            n = n * 16 + char::from(d).to_digit(16)?;
+        for k in 0..4 {
+            let d = self
+                .b
+                .get(self.i + k)
+                .and_then(|&d| char::from(d).to_digit(16));
+            match d {
+                Some(d) => n = n * 16 + d,
+                None => {
+                    self.i += k;
+                    return Err(self.syntax("invalid escape"));
+                }
+            }
         }
         self.i += 4;
-        Some(n)
+        Ok(n)
+    }
+
+    /// An object key: borrowed when plain, decoded when escaped.
+    fn key(&mut self) -> Read<Cow<'a, [u8]>> {
+        match self.peek() {
+            Some(b'"') => {}
+            None => return Err(self.syntax("EOF while parsing an object")),
+            Some(_) => return Err(self.syntax("key must be a string")),
+        }
+        let rest = self.b.get(self.i + 1..).unwrap_or_default();
+        if let Some(len) = plain_len(rest) {
+            if rest[len] == b'"' {
+                self.i += len + 2;
+                return Ok(Cow::Borrowed(&rest[..len]));
+            }
+        }
+        Ok(match self.str()? {
+            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+        })
     }
 
     /// An object whose keys are all in `fields` (each given to `field` by its index,
@@ -158,21 +338,28 @@ impl<'a, 'c> Reader<'a, 'c> {
     /// caller's to reject (see [`once`]).
     pub(crate) fn object(
         &mut self,
-        fields: &[&str],
+        fields: &'static [&'static str],
         field: &mut dyn FnMut(&mut Self, usize) -> Read<()>,
     ) -> Read<()> {
-        self.eat(b'{')?;
+        self.eat(b'{', "expected an object")?;
         if self.peek() == Some(b'}') {
             self.i += 1;
             return Ok(());
         }
         loop {
+            let at = self.i;
             let key = self.key()?;
-            let k = fields
+            let Some(k) = fields
                 .iter()
-                .position(|f| f.len() == key.len() && same(f.as_bytes(), key))
-                .ok_or(Reject)?;
-            self.eat(b':')?;
+                .position(|f| f.len() == key.len() && same(f.as_bytes(), &key))
+            else {
+                let name = String::from_utf8_lossy(&key).into();
+                return Err(Reject {
+                    at,
+                    fault: Fault::UnknownField(name, fields),
+                });
+            };
+            self.eat(b':', "expected `:`")?;
             field(self, k)?;
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -180,14 +367,15 @@ impl<'a, 'c> Reader<'a, 'c> {
                     self.i += 1;
                     return Ok(());
                 }
-                _ => return Err(Reject),
+                None => return Err(self.syntax("EOF while parsing an object")),
+                _ => return Err(self.syntax("expected `,` or `}`")),
             }
         }
     }
 
     /// An array, each element read by `item`.
     pub(crate) fn array<T>(&mut self, mut item: impl FnMut(&mut Self) -> Read<T>) -> Read<Vec<T>> {
-        self.eat(b'[')?;
+        self.eat(b'[', "expected an array")?;
         let mut out = Vec::new();
         if self.peek() == Some(b']') {
             self.i += 1;
@@ -201,75 +389,163 @@ impl<'a, 'c> Reader<'a, 'c> {
                     self.i += 1;
                     return Ok(out);
                 }
-                _ => return Err(Reject),
+                None => return Err(self.syntax("EOF while parsing a list")),
+                _ => return Err(self.syntax("expected `,` or `]`")),
             }
         }
     }
 
-    /// The bytes of the next value, skipped by its brackets and strings only: whoever
-    /// takes them parses them fully.
+    /// The bytes of the next value, checked to be well-formed JSON (whoever takes them
+    /// reads their content).
     pub(crate) fn raw(&mut self) -> Read<&'a [u8]> {
         self.ws();
         let start = self.i;
-        let mut depth = 0usize;
-        loop {
-            let c = *self.b.get(self.i).ok_or(Reject)?;
-            self.i += 1;
-            match c {
-                b'"' => loop {
-                    match *self.b.get(self.i).ok_or(Reject)? {
-                        b'"' => {
-                            self.i += 1;
-                            break;
-                        }
-                        b'\\' => self.i += 2,
-                        _ => self.i += 1,
+        self.skip(0)?;
+        Ok(self.b.get(start..self.i).unwrap_or_default())
+    }
+
+    /// Skips one well-formed value, `depth` levels deep.
+    fn skip(&mut self, depth: usize) -> Read<()> {
+        if depth > 128 {
+            return Err(self.syntax("recursion limit exceeded"));
+        }
+        match self.peek() {
+            None => Err(self.syntax("EOF while parsing a value")),
+            Some(b'"') => self.str().map(drop),
+            Some(b'{') => {
+                self.i += 1;
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    match self.peek() {
+                        Some(b'"') => drop(self.str()?),
+                        None => return Err(self.syntax("EOF while parsing an object")),
+                        Some(_) => return Err(self.syntax("key must be a string")),
                     }
-                },
-                b'{' | b'[' => depth += 1,
-                b'}' | b']' => depth = depth.checked_sub(1).ok_or(Reject)?,
-                _ => {
-                    if depth == 0 {
-                        // A scalar: it runs to the next delimiter.
-                        while let Some(c) = self.b.get(self.i) {
-                            if matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\t' | b'\r') {
-                                break;
-                            }
+                    self.eat(b':', "expected `:`")?;
+                    self.skip(depth + 1)?;
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
                             self.i += 1;
+                            return Ok(());
                         }
+                        None => return Err(self.syntax("EOF while parsing an object")),
+                        _ => return Err(self.syntax("expected `,` or `}`")),
                     }
                 }
             }
-            if depth == 0 {
-                return self.b.get(start..self.i).ok_or(Reject);
+            Some(b'[') => {
+                self.i += 1;
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.skip(depth + 1)?;
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        None => return Err(self.syntax("EOF while parsing a list")),
+                        _ => return Err(self.syntax("expected `,` or `]`")),
+                    }
+                }
             }
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(self.syntax("expected value")),
         }
     }
 
+    fn literal(&mut self, word: &'static [u8]) -> Read<()> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.syntax("expected value"))
+        }
+    }
+
+    /// Skips a number: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    fn number(&mut self) -> Read<()> {
+        let digits = |r: &mut Self| {
+            let from = r.i;
+            while r.b.get(r.i).is_some_and(u8::is_ascii_digit) {
+                r.i += 1;
+            }
+            r.i - from
+        };
+        if self.b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        let lead = self.b.get(self.i).copied();
+        let n = digits(self);
+        if n == 0 {
+            return Err(self.syntax("invalid number"));
+        }
+        if n > 1 && lead == Some(b'0') {
+            return Err(self.syntax("invalid number"));
+        }
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if digits(self) == 0 {
+                return Err(self.syntax("invalid number"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.b.get(self.i) {
+                self.i += 1;
+            }
+            if digits(self) == 0 {
+                return Err(self.syntax("invalid number"));
+            }
+        }
+        Ok(())
+    }
+
     /// An unsigned integer as JSON writes it (no sign, fraction, exponent or leading
-    /// zero: other forms are left to serde).
+    /// zero).
     pub(crate) fn uint(&mut self) -> Read<u64> {
         self.ws();
-        let rest = self.b.get(self.i..).ok_or(Reject)?;
+        let rest = self.b.get(self.i..).unwrap_or_default();
         let len = rest
             .iter()
             .position(|c| !c.is_ascii_digit())
             .unwrap_or(rest.len());
-        if len == 0 || (len > 1 && rest[0] == b'0') {
-            return Err(Reject);
+        if len == 0 {
+            return Err(self.syntax("expected an unsigned integer"));
         }
-        if let Some(b'.' | b'e' | b'E') = rest.get(len) {
-            return Err(Reject);
+        if (len > 1 && rest[0] == b'0') || matches!(rest.get(len), Some(b'.' | b'e' | b'E')) {
+            return Err(
+                self.syntax("expected an unsigned integer (no leading zero, fraction or exponent)")
+            );
         }
         let mut n = 0u64;
         for &c in &rest[..len] {
             n = n
                 .checked_mul(10)
                 .and_then(|n| n.checked_add(u64::from(c - b'0')))
-                .ok_or(Reject)?;
+                .ok_or_else(|| self.syntax("number out of range"))?;
         }
         self.i += len;
         Ok(n)
+    }
+
+    /// A reader over the same input at byte `i`, sharing the policy cache.
+    pub(crate) fn sub(&mut self, i: usize) -> Reader<'a, '_> {
+        Reader {
+            b: self.b,
+            i,
+            policies: self.policies.as_deref_mut(),
+        }
     }
 
     /// The policy cache, if the caller gave one.
@@ -315,18 +591,27 @@ pub(crate) trait FromJson: Sized {
 }
 
 /// Reads a struct field's value into its slot, rejecting a second occurrence.
-pub(crate) fn once<T: FromJson>(slot: &mut Option<T>, r: &mut Reader<'_, '_>) -> Read<()> {
+pub(crate) fn once<T: FromJson>(
+    slot: &mut Option<T>,
+    r: &mut Reader<'_, '_>,
+    name: &'static str,
+) -> Read<()> {
     if slot.is_some() {
-        return Err(Reject);
+        return Err(r.fault(Fault::DuplicateField(name)));
     }
     *slot = Some(T::from_json(r)?);
     Ok(())
 }
 
 /// Reads a string naming one of `names`, as its index (unit enums).
-pub(crate) fn variant(r: &mut Reader<'_, '_>, names: &[&str]) -> Read<usize> {
+pub(crate) fn variant(r: &mut Reader<'_, '_>, names: &'static [&'static str]) -> Read<usize> {
+    r.ws();
+    let at = r.position();
     let s = r.str()?;
-    names.iter().position(|n| *n == s).ok_or(Reject)
+    names.iter().position(|n| *n == s).ok_or(Reject {
+        at,
+        fault: Fault::UnknownVariant(s.into_owned().into(), names),
+    })
 }
 
 impl FromJson for String {
@@ -355,7 +640,7 @@ macro_rules! uints {
     ($($t:ty),*) => {
         $(impl FromJson for $t {
             fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
-                <$t>::try_from(r.uint()?).map_err(|_| Reject)
+                <$t>::try_from(r.uint()?).map_err(|_| r.syntax("number out of range"))
             }
         })*
     };
@@ -363,8 +648,23 @@ macro_rules! uints {
 
 uints!(u8, u16, u32, u64);
 
-fn uuid(r: &mut Reader<'_, '_>) -> Read<Uuid> {
-    crate::id::uuid_from_ascii(r.str()?.as_bytes()).ok_or(Reject)
+/// A string value and where it started, for a domain error about it.
+fn text<'a>(r: &mut Reader<'a, '_>) -> Read<(usize, Cow<'a, str>)> {
+    r.ws();
+    let at = r.position();
+    Ok((at, r.str()?))
+}
+
+pub(crate) fn uuid(r: &mut Reader<'_, '_>) -> Read<Uuid> {
+    let (at, s) = text(r)?;
+    crate::id::uuid_from_ascii(s.as_bytes())
+        .ok_or_else(|| r.invalid(at, Error::InvalidId(s.into_owned())))
+}
+
+impl FromJson for Uuid {
+    fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
+        uuid(r)
+    }
 }
 
 macro_rules! ids {
@@ -381,13 +681,16 @@ ids!(CommandId, EventId, LegId, PartyId, PaymentId, RequestId, TenantId);
 
 impl FromJson for Hash {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
-        Hash::from_hex(r.str()?.as_bytes()).ok_or(Reject)
+        let (at, s) = text(r)?;
+        Hash::from_hex(s.as_bytes())
+            .ok_or_else(|| r.invalid(at, Error::InvalidHash(s.into_owned())))
     }
 }
 
 impl FromJson for Timestamp {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
-        r.str()?.parse().map_err(|_| Reject)
+        let (at, s) = text(r)?;
+        s.parse().map_err(|e| r.invalid(at, e))
     }
 }
 
@@ -399,29 +702,32 @@ impl FromJson for Role {
 
 impl FromJson for Currency {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
-        Currency::new(&r.str()?).map_err(|_| Reject)
+        let (at, s) = text(r)?;
+        Currency::new(&s).map_err(|e| r.invalid(at, e))
     }
 }
 
 impl FromJson for Money {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
+        const FIELDS: &[&str] = &["amount", "currency"];
+        r.ws();
+        let at = r.position();
         let mut amount: Option<String> = None;
         let mut currency: Option<Currency> = None;
-        r.object(&["amount", "currency"], &mut |r, k| match k {
-            0 => once(&mut amount, r),
-            _ => once(&mut currency, r),
+        r.object(FIELDS, &mut |r, k| match k {
+            0 => once(&mut amount, r, "amount"),
+            _ => once(&mut currency, r, "currency"),
         })?;
-        match (amount, currency) {
-            (Some(a), Some(c)) => Money::parse(&a, c).map_err(|_| Reject),
-            _ => Err(Reject),
-        }
+        let amount = amount.ok_or_else(|| r.fault(Fault::MissingField("amount")))?;
+        let currency = currency.ok_or_else(|| r.fault(Fault::MissingField("currency")))?;
+        Money::parse(&amount, currency).map_err(|e| r.invalid(at, e))
     }
 }
 
 impl FromJson for EmbeddedPolicy {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
         r.ws();
-        let rest = r.b.get(r.i..).ok_or(Reject)?;
+        let rest = r.b.get(r.i..).unwrap_or_default();
         let known = match r.policies.as_deref() {
             Some(cache) => cache.find_prefix(rest),
             None => EmbeddedPolicy::remembered_prefix(rest),
@@ -430,11 +736,13 @@ impl FromJson for EmbeddedPolicy {
             r.i += len;
             return Ok(p);
         }
+        let at = r.position();
         let raw = r.raw()?;
-        match r.policies() {
-            Some(cache) => cache.get_or_parse(raw).ok_or(Reject),
-            None => EmbeddedPolicy::from_text(raw).map_err(|_| Reject),
-        }
+        let parsed = match r.policies() {
+            Some(cache) => cache.get_or_parse(raw),
+            None => EmbeddedPolicy::from_text(raw),
+        };
+        parsed.map_err(|e| r.invalid(at, e))
     }
 }
 
@@ -449,8 +757,16 @@ mod tests {
         Ok(v)
     }
 
-    /// Every string the reader accepts reads as serde_json reads it; what it rejects,
-    /// serde_json rejects too or is a form (surrogate escapes) left to serde.
+    /// The message of a rejection of `s`, as the crate reports it.
+    fn message<T: FromJson + std::fmt::Debug>(s: &str) -> String {
+        read::<T>(s)
+            .unwrap_err()
+            .into_error(s.as_bytes())
+            .to_string()
+    }
+
+    /// Every string reads as serde_json reads it, and what one refuses the other
+    /// refuses too.
     #[test]
     fn strings_as_serde_json() {
         let cases = [
@@ -462,30 +778,29 @@ mod tests {
             r#""\u00e9\u0041x""#,
             r#""é ☃ 😀""#,
             r#""\ud83d\ude00""#,
+            r#""\ud83d""#,
+            r#""\ud83dx""#,
+            r#""\ud83d\u0041""#,
+            r#""\ude00""#,
             r#""\x""#,
             "\"raw\ttab\"",
             r#""unterminated"#,
             r#""\u12""#,
+            r#""\u12x4""#,
             r#"  "spaced"  "#,
             r#"7"#,
             r#"null"#,
         ];
         for c in cases {
-            let ours = read::<String>(c);
-            let serde = serde_json::from_str::<String>(c);
-            match ours {
-                Ok(s) => assert_eq!(Some(s), serde.ok(), "{c}"),
-                Err(Reject) => {
-                    assert!(serde.is_err() || c.contains("\\ud8"), "{c}: serde accepts")
-                }
-            }
+            let ours = read::<String>(c).ok();
+            let serde = serde_json::from_str::<String>(c).ok();
+            assert_eq!(ours, serde, "{c}");
         }
         assert!(read::<String>("\"\u{ff}\"").is_ok());
-        let invalid_utf8 = [b'"', 0xff, b'"'];
-        assert_eq!(
-            String::from_json(&mut Reader::new(&invalid_utf8, None)),
-            Err(Reject)
-        );
+        let invalid_utf8 = [b'"', b'a', 0xff, b'"'];
+        let e = String::from_json(&mut Reader::new(&invalid_utf8, None)).unwrap_err();
+        assert_eq!(e.at, 2);
+        assert_eq!(e.fault, Fault::Syntax("invalid unicode code point"));
     }
 
     #[test]
@@ -500,8 +815,34 @@ mod tests {
             assert_eq!(r.raw(), Ok(raw.as_bytes()), "{input}");
             assert_eq!(&input.as_bytes()[r.i..], rest.as_bytes());
         }
-        assert_eq!(Reader::new(b"{\"a\":1", None).raw(), Err(Reject));
-        assert_eq!(Reader::new(b"]", None).raw(), Err(Reject));
+        for bad in [
+            &b"{\"a\":1"[..],
+            b"]",
+            b"\\\"a\"",
+            b"{\"a\" 1}",
+            b"[1,]",
+            b"01",
+            b"-",
+            b"1.",
+            b"1e",
+            b"tru",
+            b"{a:1}",
+        ] {
+            assert!(
+                Reader::new(bad, None).raw().is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(serde_json::from_slice::<serde::de::IgnoredAny>(bad).is_err());
+        }
+        for good in [
+            &b"-0.5e+3"[..],
+            b"[[],{},\"\\u0041\",null,true,false,0]",
+            b"{\"a\":{\"b\":[1]}}",
+        ] {
+            let mut r = Reader::new(good, None);
+            assert_eq!(r.raw(), Ok(good));
+        }
     }
 
     #[test]
@@ -511,30 +852,73 @@ mod tests {
             m,
             serde_json::from_str::<Money>(r#"{"amount":"12.50","currency":"USD"}"#).unwrap()
         );
-        assert_eq!(
-            read::<Money>(r#"{"amount":"1","amount":"2","currency":"USD"}"#),
-            Err(Reject)
-        );
-        assert_eq!(read::<Money>(r#"{"amount":"1"}"#), Err(Reject));
-        assert_eq!(
-            read::<Money>(r#"{"amount":"1","currency":"USD","x":1}"#),
-            Err(Reject)
-        );
-        assert_eq!(
-            read::<Money>(r#"{"amount":"1.001","currency":"USD"}"#),
-            Err(Reject)
-        );
         let id = "7d0f6a36-8f0e-4e7e-9a51-0c1b2d3e4f50";
         let p: PartyId = read(&format!("\"{id}\"")).unwrap();
         assert_eq!(p.to_string(), id);
-        assert_eq!(read::<PartyId>("\"not-a-uuid\""), Err(Reject));
         assert_eq!(read::<Option<PartyId>>(" null "), Ok(None));
-        assert_eq!(read::<Option<PartyId>>("nul"), Err(Reject));
         assert_eq!(
             read::<Vec<Role>>(r#"[ "buyer" , "seller" ]"#).map(|v| v.len()),
             Ok(2)
         );
-        assert_eq!(read::<Vec<Role>>(r#"["buyer",]"#), Err(Reject));
         assert_eq!(read::<Vec<Role>>(r#"[]"#), Ok(vec![]));
+    }
+
+    /// Refusals name the problem and where it is, with the domain's code when a value
+    /// is at fault.
+    #[test]
+    fn refusals_say_what_and_where() {
+        for (input, want) in [
+            (
+                r#"{"amount":"1","amount":"2","currency":"USD"}"#,
+                "duplicate field `amount` at line 1 column 24",
+            ),
+            (
+                r#"{"amount":"1"}"#,
+                "missing field `currency` at line 1 column 15",
+            ),
+            (
+                r#"{"amount":"1","currency":"USD","x":1}"#,
+                "unknown field `x`, expected one of `amount`, `currency` at line 1 column 32",
+            ),
+            (
+                r#"{"amount":"1" "currency":"USD"}"#,
+                "expected `,` or `}` at line 1 column 15",
+            ),
+            (
+                "{\n\"amount\":7}",
+                "invalid type: number, expected a string at line 2 column 10",
+            ),
+            (
+                r#"{"amount":"1","#,
+                "EOF while parsing an object at line 1 column 15",
+            ),
+        ] {
+            assert_eq!(
+                message::<Money>(input),
+                format!("malformed json: {want}"),
+                "{input}"
+            );
+        }
+        let e = read::<Money>(r#"{"amount":"1.001","currency":"USD"}"#)
+            .unwrap_err()
+            .into_error(br#"{"amount":"1.001","currency":"USD"}"#);
+        assert_eq!(e.code(), "invalid_amount_scale");
+        assert!(e.to_string().ends_with(" at line 1 column 1"), "{e}");
+        let e = read::<PartyId>("\"not-a-uuid\"")
+            .unwrap_err()
+            .into_error(b"\"not-a-uuid\"");
+        assert_eq!(e.code(), "invalid_id");
+        assert_eq!(
+            message::<Option<PartyId>>("nul"),
+            "malformed json: expected `null` at line 1 column 1"
+        );
+        assert_eq!(
+            message::<Vec<Role>>(r#"["buyer",]"#),
+            "malformed json: expected value at line 1 column 10"
+        );
+        assert_eq!(
+            message::<crate::policy::Rail>(r#""mail""#),
+            "malformed json: unknown variant `mail`, expected one of `ach`, `wire`, `rtp`, `card`, `book` at line 1 column 1"
+        );
     }
 }
