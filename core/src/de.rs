@@ -6,9 +6,11 @@
 //! names in one shared function ([`FieldSeed`]) instead of a visitor per struct, which
 //! keeps the WebAssembly module smaller. Fields marked `[default]` take
 //! `Default::default()` when absent (`#[serde(default)]`); every other field is
-//! required (so an `Option` field that may be absent must be marked `[default]`).
+//! required (so an `Option` field that may be absent must be marked `[default]`, or
+//! `[skip_none]` when its `Serialize` also leaves it out when `None`).
 //!
-//! Both macros also implement the core's own reader
+//! Both macros also implement the core's own writer (`json::write::WriteJson`, the
+//! fields in order, as serde writes them) and reader
 //! (`json::read::FromJson`) with the same rules, which the canonical
 //! envelope path uses for payloads; it hands anything it does not take back to serde.
 
@@ -157,6 +159,12 @@ macro_rules! unit_enum_de {
             }
         }
 
+        impl $crate::json::write::WriteJson for $name {
+            fn write_json(&self, out: &mut Vec<u8>) {
+                $crate::json::write::ascii(out, match self { $($name::$variant => $text,)* });
+            }
+        }
+
         impl $crate::json::read::FromJson for $name {
             fn from_json(
                 r: &mut $crate::json::read::Reader<'_, '_>,
@@ -247,6 +255,14 @@ macro_rules! compact_de {
             }
         }
 
+        impl $crate::json::write::WriteJson for $name {
+            fn write_json(&self, out: &mut Vec<u8>) {
+                out.push(b'{');
+                $( $crate::de::compact_de!(@write [$($default)?] out, self, $field); )*
+                out.push(b'}');
+            }
+        }
+
         impl $crate::json::read::FromJson for $name {
             fn from_json(
                 r: &mut $crate::json::read::Reader<'_, '_>,
@@ -276,10 +292,23 @@ macro_rules! compact_de {
     (@json [default] $r:ident, $field:ident) => {
         Default::default()
     };
+    (@json [skip_none] $r:ident, $field:ident) => {
+        Default::default()
+    };
+    (@write [skip_none] $out:ident, $self:ident, $field:ident) => {
+        $crate::json::write::opt($out, stringify!($field), &$self.$field)
+    };
+    (@write [$($default:ident)?] $out:ident, $self:ident, $field:ident) => {{
+        $crate::json::write::key($out, stringify!($field));
+        $crate::json::write::WriteJson::write_json(&$self.$field, $out);
+    }};
     (@json [] $r:ident, $field:ident) => {
         return Err($r.fault($crate::json::read::Fault::MissingField(stringify!($field))))
     };
     (@seq [default] $a:ident, $i:ident, $name:ident, $fields:ident) => {
+        Default::default()
+    };
+    (@seq [skip_none] $a:ident, $i:ident, $name:ident, $fields:ident) => {
         Default::default()
     };
     (@seq [] $a:ident, $i:ident, $name:ident, $fields:ident) => {
@@ -289,6 +318,9 @@ macro_rules! compact_de {
         ))
     };
     (@map [default] $a:ident, $field:ident) => {
+        Default::default()
+    };
+    (@map [skip_none] $a:ident, $field:ident) => {
         Default::default()
     };
     (@map [] $a:ident, $field:ident) => {

@@ -69,6 +69,12 @@ macro_rules! events {
                 match self { $(Event::$name(d) => d.serialize(s),)* }
             }
 
+            /// Writes the payload alone (the envelope's `data`) with the core's writer.
+            pub(crate) fn write_data(&self, out: &mut Vec<u8>) {
+                use crate::json::write::WriteJson;
+                match self { $(Event::$name(d) => d.write_json(out),)* }
+            }
+
             /// Reads a current-version payload of type `t` with the core's own reader.
             pub(crate) fn read_data(t: EventType, r: &mut crate::json::read::Reader<'_, '_>) -> crate::json::read::Read<Event> {
                 use crate::json::read::FromJson;
@@ -410,7 +416,7 @@ pub struct ParticipantInvited {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
 }
-compact_de!(ParticipantInvited { party: PartyId, roles: Vec<Role>, name: String [default], email: Option<String> [default] });
+compact_de!(ParticipantInvited { party: PartyId, roles: Vec<Role>, name: String [default], email: Option<String> [skip_none] });
 
 /// See [`EventType::ParticipantJoined`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -879,7 +885,7 @@ pub struct DisputeResolved {
     #[serde(default)]
     pub note: String,
 }
-compact_de!(DisputeResolved { dispute: RequestId, outcome: DisputeOutcome, request: Option<RequestId> [default], note: String [default] });
+compact_de!(DisputeResolved { dispute: RequestId, outcome: DisputeOutcome, request: Option<RequestId> [skip_none], note: String [default] });
 
 /// See [`EventType::ReversalRecorded`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

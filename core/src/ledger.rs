@@ -438,19 +438,6 @@ impl WriteJson for Account {
     }
 }
 
-impl WriteJson for LegStatus {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        write::ascii(
-            out,
-            match self {
-                LegStatus::Pending => "pending",
-                LegStatus::Posted => "posted",
-                LegStatus::Voided => "voided",
-            },
-        );
-    }
-}
-
 impl WriteJson for Leg {
     fn write_json(&self, out: &mut Vec<u8>) {
         out.push(b'{');

@@ -26,12 +26,11 @@
 
 use rust_decimal::Decimal;
 
-use crate::event::{Allocation, DisputeOutcome, FundingMethod};
 use crate::hash::Hash;
 use crate::id::{CommandId, EventId, LegId, PartyId, PaymentId, RequestId, TenantId};
 use crate::map::{SortedMap, SortedSet};
 use crate::money::{Currency, Money};
-use crate::policy::{BorneBy, Rail, Role};
+use crate::policy::Role;
 use crate::time::Timestamp;
 
 /// A value that writes itself as compact JSON, exactly as its serde `Serialize`
@@ -258,6 +257,20 @@ impl WriteJson for u32 {
     }
 }
 
+impl WriteJson for u8 {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        uint(out, u64::from(*self));
+    }
+}
+
+impl WriteJson for uuid::Uuid {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        uuid(out, self);
+        out.push(b'"');
+    }
+}
+
 impl WriteJson for u16 {
     fn write_json(&self, out: &mut Vec<u8>) {
         uint(out, u64::from(*self));
@@ -315,72 +328,6 @@ impl WriteJson for Timestamp {
 impl WriteJson for Role {
     fn write_json(&self, out: &mut Vec<u8>) {
         string(out, &self.0);
-    }
-}
-
-impl WriteJson for Rail {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        ascii(
-            out,
-            match self {
-                Rail::Ach => "ach",
-                Rail::Wire => "wire",
-                Rail::Rtp => "rtp",
-                Rail::Card => "card",
-                Rail::Book => "book",
-            },
-        );
-    }
-}
-
-impl WriteJson for BorneBy {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        ascii(
-            out,
-            match self {
-                BorneBy::Payee => "payee",
-                BorneBy::Payer => "payer",
-            },
-        );
-    }
-}
-
-impl WriteJson for DisputeOutcome {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        ascii(
-            out,
-            match self {
-                DisputeOutcome::Resume => "resume",
-                DisputeOutcome::Release => "release",
-                DisputeOutcome::Refund => "refund",
-            },
-        );
-    }
-}
-
-impl WriteJson for Allocation {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        out.push(b'{');
-        key(out, "party");
-        self.party.write_json(out);
-        key(out, "amount");
-        self.amount.write_json(out);
-        out.push(b'}');
-    }
-}
-
-impl WriteJson for FundingMethod {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        out.push(b'{');
-        key(out, "rail");
-        self.rail.write_json(out);
-        key(out, "institution");
-        string(out, &self.institution);
-        key(out, "account_last4");
-        string(out, &self.account_last4);
-        key(out, "holder");
-        string(out, &self.holder);
-        out.push(b'}');
     }
 }
 
@@ -457,9 +404,20 @@ impl<T: WriteJson> WriteJson for SortedSet<T> {
     }
 }
 
+/// The embedded policy as serde writes it (its canonical JSON, the bytes `policy_hash`
+/// is taken over when trustfold writes it).
+impl WriteJson for crate::event::EmbeddedPolicy {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        // Writing the core's own types to a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &**self);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{DisputeOutcome, FundingMethod};
+    use crate::policy::{BorneBy, Rail};
 
     fn json<T: WriteJson + ?Sized>(v: &T) -> String {
         let mut out = Vec::new();
