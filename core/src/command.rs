@@ -355,7 +355,7 @@ impl Command {
 
     /// Parses a command from JSON.
     pub fn from_json(json: &[u8]) -> crate::Result<Command> {
-        crate::command_de::from_slice(json).map_err(crate::Error::from)
+        crate::command_read::from_slice(json)
     }
 }
 

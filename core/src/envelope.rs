@@ -389,10 +389,10 @@ mod full {
     /// reads its values; serde users, who read an envelope as a raw value first, see
     /// the same error).
     pub(super) fn parse(b: &[u8], policies: Option<&mut PolicyCache>) -> Result<Envelope> {
-        let mut syntax = Reader::new(b, None);
-        syntax
+        // The value's syntax first, what follows it last (as `serde_json` reads a
+        // document).
+        Reader::new(b, None)
             .raw()
-            .and_then(|_| syntax.end())
             .map_err(|rejected| rejected.into_error(b))?;
         let mut r = Reader::new(b, policies);
         read(&mut r)

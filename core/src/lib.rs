@@ -82,7 +82,7 @@
 
 pub mod approval;
 pub mod command;
-mod command_de;
+mod command_read;
 pub mod de;
 pub mod decide;
 pub mod driver;

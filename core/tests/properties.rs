@@ -1638,7 +1638,12 @@ proptest! {
         // first problem, so messages are not compared here.)
         let derived = serde_json::from_slice::<Command>(&bad)
             .map_err(|e| trustfold_core::Error::from(e).code());
-        prop_assert_eq!(Command::from_json(&bad).map_err(|e| e.code()), derived);
+        prop_assert_eq!(
+            Command::from_json(&bad).map_err(|e| (e.code(), e.to_string())).map_err(|e| e.0),
+            derived,
+            "{}",
+            String::from_utf8_lossy(&bad)
+        );
         feed_everything(&bad);
     }
 

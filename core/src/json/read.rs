@@ -373,6 +373,33 @@ impl<'a, 'c> Reader<'a, 'c> {
         }
     }
 
+    /// An object whose every member is given to `member` by its key, with the reader at
+    /// the value (which `member` must read or skip).
+    pub(crate) fn members(
+        &mut self,
+        member: &mut dyn FnMut(&mut Self, &[u8]) -> Read<()>,
+    ) -> Read<()> {
+        self.eat(b'{', "expected an object")?;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            let key = self.key()?;
+            self.eat(b':', "expected `:`")?;
+            member(self, &key)?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                None => return Err(self.syntax("EOF while parsing an object")),
+                _ => return Err(self.syntax("expected `,` or `}`")),
+            }
+        }
+    }
+
     /// An array, each element read by `item`.
     pub(crate) fn array<T>(&mut self, mut item: impl FnMut(&mut Self) -> Read<T>) -> Read<Vec<T>> {
         self.eat(b'[', "expected an array")?;
@@ -657,8 +684,16 @@ fn text<'a>(r: &mut Reader<'a, '_>) -> Read<(usize, Cow<'a, str>)> {
 
 pub(crate) fn uuid(r: &mut Reader<'_, '_>) -> Read<Uuid> {
     let (at, s) = text(r)?;
-    crate::id::uuid_from_ascii(s.as_bytes())
-        .ok_or_else(|| r.invalid(at, Error::InvalidId(s.into_owned())))
+    crate::id::uuid_from_ascii(s.as_bytes()).ok_or_else(|| {
+        // As the uuid crate's serde impl says it (so `malformed_json`, as before).
+        let why = Uuid::try_parse_ascii(s.as_bytes())
+            .err()
+            .map_or_else(|| "invalid UUID".to_string(), |e| e.to_string());
+        r.invalid(
+            at,
+            Error::MalformedJson(format!("UUID parsing failed: {why}")),
+        )
+    })
 }
 
 impl FromJson for Uuid {
@@ -907,7 +942,8 @@ mod tests {
         let e = read::<PartyId>("\"not-a-uuid\"")
             .unwrap_err()
             .into_error(b"\"not-a-uuid\"");
-        assert_eq!(e.code(), "invalid_id");
+        assert_eq!(e.code(), "malformed_json");
+        assert!(e.to_string().contains("UUID parsing failed"), "{e}");
         assert_eq!(
             message::<Option<PartyId>>("nul"),
             "malformed json: expected `null` at line 1 column 1"
