@@ -77,10 +77,7 @@ fn tag(r: &mut Reader<'_, '_>, tag: &'static str, names: &'static [&'static str]
         found = Some(crate::json::read::variant(p, names)?);
         Ok(())
     })?;
-    found.ok_or(crate::json::read::Reject {
-        at: start,
-        fault: Fault::MissingField(tag),
-    })
+    found.ok_or_else(|| crate::json::read::Reject::new(start, Fault::MissingField(tag)))
 }
 
 /// Reads one variant's members (and the tag again, already checked), building the

@@ -116,7 +116,7 @@ fn participant_invited_v1_read(
         })
     };
     if let Err(e) = object() {
-        if e.at == at {
+        if e.at() == at {
             return Err(r.invalid(
                 at,
                 Error::MalformedJson("ParticipantInvited v1 data must be an object".into()),

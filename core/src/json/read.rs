@@ -21,9 +21,14 @@ use crate::money::{Currency, Money};
 use crate::policy::Role;
 use crate::time::Timestamp;
 
-/// Why the reader did not accept the input, and where.
+/// Why the reader did not accept the input, and where. One pointer wide, so that
+/// every read's `Result` stays small (the details are only allocated on failure).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Reject {
+pub(crate) struct Reject(Box<Rejection>);
+
+/// The details of a [`Reject`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Rejection {
     /// Byte offset in the reader's input.
     pub(crate) at: usize,
     /// What is wrong there.
@@ -52,14 +57,25 @@ pub(crate) enum Fault {
 }
 
 impl Reject {
+    /// A rejection at byte `at`.
+    pub(crate) fn new(at: usize, fault: Fault) -> Self {
+        Reject(Box::new(Rejection { at, fault }))
+    }
+
+    /// Where the input was rejected.
+    pub(crate) fn at(&self) -> usize {
+        self.0.at
+    }
+
     /// The crate's error for this rejection of `input` (the text the reader read, for
     /// the line and column): a value's own error keeps its code, anything else is
     /// `malformed_json`. The message ends with the position, as serde_json's do.
     pub(crate) fn into_error(self, input: &[u8]) -> Error {
-        let upto = input.get(..self.at).unwrap_or(input);
+        let Rejection { at, fault } = *self.0;
+        let upto = input.get(..at).unwrap_or(input);
         let line = 1 + upto.iter().filter(|&&c| c == b'\n').count();
         let column = upto.iter().rev().take_while(|&&c| c != b'\n').count() + 1;
-        let at = format!(" at line {line} column {column}");
+        let where_ = format!(" at line {line} column {column}");
         let names = |fields: &[&str]| {
             fields
                 .iter()
@@ -67,7 +83,7 @@ impl Reject {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let message = match self.fault {
+        let message = match fault {
             Fault::Syntax(what) => what.to_string(),
             Fault::InvalidType(found, expected) => format!("invalid type: {found}, {expected}"),
             Fault::MissingField(f) => format!("missing field `{f}`"),
@@ -80,7 +96,7 @@ impl Reject {
                 format!("unknown variant `{v}`, expected one of {}", names(names_of))
             }
             Fault::Invalid(e) => {
-                let message = format!("{e}{at}");
+                let message = format!("{e}{where_}");
                 let code = e.code();
                 return if crate::error::INPUT_CODES.contains(&code) {
                     Error::InvalidInput { code, message }
@@ -89,7 +105,7 @@ impl Reject {
                 };
             }
         };
-        Error::MalformedJson(format!("{message}{at}"))
+        Error::MalformedJson(format!("{message}{where_}"))
     }
 }
 
@@ -117,7 +133,7 @@ impl<'a, 'c> Reader<'a, 'c> {
 
     /// A fault at the current position.
     pub(crate) fn fault(&self, fault: Fault) -> Reject {
-        Reject { at: self.i, fault }
+        Reject::new(self.i, fault)
     }
 
     fn syntax(&self, what: &'static str) -> Reject {
@@ -126,10 +142,7 @@ impl<'a, 'c> Reader<'a, 'c> {
 
     /// A value the domain refuses, reported where the value started.
     pub(crate) fn invalid(&self, at: usize, e: Error) -> Reject {
-        Reject {
-            at,
-            fault: Fault::Invalid(Box::new(e)),
-        }
+        Reject::new(at, Fault::Invalid(Box::new(e)))
     }
 
     pub(crate) fn ws(&mut self) {
@@ -266,9 +279,11 @@ impl<'a, 'c> Reader<'a, 'c> {
     }
 
     fn utf8<'s>(&self, b: &'s [u8]) -> Read<&'s str> {
-        std::str::from_utf8(b).map_err(|e| Reject {
-            at: self.i + e.valid_up_to(),
-            fault: Fault::Syntax("invalid unicode code point"),
+        std::str::from_utf8(b).map_err(|e| {
+            Reject::new(
+                self.i + e.valid_up_to(),
+                Fault::Syntax("invalid unicode code point"),
+            )
         })
     }
 
@@ -354,10 +369,7 @@ impl<'a, 'c> Reader<'a, 'c> {
                 .position(|f| f.len() == key.len() && same(f.as_bytes(), &key))
             else {
                 let name = String::from_utf8_lossy(&key).into();
-                return Err(Reject {
-                    at,
-                    fault: Fault::UnknownField(name, fields),
-                });
+                return Err(Reject::new(at, Fault::UnknownField(name, fields)));
             };
             self.eat(b':', "expected `:`")?;
             field(self, k)?;
@@ -635,10 +647,10 @@ pub(crate) fn variant(r: &mut Reader<'_, '_>, names: &'static [&'static str]) ->
     r.ws();
     let at = r.position();
     let s = r.str()?;
-    names.iter().position(|n| *n == s).ok_or(Reject {
-        at,
-        fault: Fault::UnknownVariant(s.into_owned().into(), names),
-    })
+    names
+        .iter()
+        .position(|n| *n == s)
+        .ok_or_else(|| Reject::new(at, Fault::UnknownVariant(s.into_owned().into(), names)))
 }
 
 impl FromJson for String {
@@ -834,8 +846,8 @@ mod tests {
         assert!(read::<String>("\"\u{ff}\"").is_ok());
         let invalid_utf8 = [b'"', b'a', 0xff, b'"'];
         let e = String::from_json(&mut Reader::new(&invalid_utf8, None)).unwrap_err();
-        assert_eq!(e.at, 2);
-        assert_eq!(e.fault, Fault::Syntax("invalid unicode code point"));
+        assert_eq!(e.at(), 2);
+        assert_eq!(e.0.fault, Fault::Syntax("invalid unicode code point"));
     }
 
     #[test]
