@@ -10,7 +10,7 @@
 //! the value is refused last.
 
 use crate::command::{Command, RailOutcome};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::{Allocation, DisputeOutcome, FundingMethod};
 use crate::hash::Hash;
 use crate::id::{LegId, PartyId, PaymentId, RequestId, TenantId};
@@ -291,8 +291,8 @@ impl FromJson for Box<Policy> {
         r.ws();
         let at = r.position();
         let raw = r.raw()?;
-        serde_json::from_slice::<Policy>(raw)
+        crate::policy_json::parse(raw)
             .map(Box::new)
-            .map_err(|e| r.invalid(at, Error::from(e)))
+            .map_err(|e| r.invalid(at, e))
     }
 }

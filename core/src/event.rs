@@ -303,7 +303,7 @@ impl EmbeddedPolicy {
     /// Parses a policy not remembered yet, and remembers it.
     fn parse_new(text: &[u8]) -> crate::Result<Self> {
         let bytes_hash = Hash::of(text);
-        let policy: Policy = serde_json::from_slice(text)?;
+        let policy: Policy = crate::policy_json::parse(text)?;
         let p = EmbeddedPolicy {
             policy: std::sync::Arc::new(policy),
             bytes_hash,
@@ -374,7 +374,7 @@ impl PolicyCache {
             return Ok(p.clone());
         }
         let policy = EmbeddedPolicy {
-            policy: std::sync::Arc::new(serde_json::from_slice::<Policy>(raw)?),
+            policy: std::sync::Arc::new(crate::policy_json::parse(raw)?),
             bytes_hash: Hash::of(raw),
             checked: Default::default(),
         };

@@ -98,6 +98,7 @@ pub mod ledger;
 pub mod map;
 pub mod money;
 pub mod policy;
+mod policy_json;
 pub mod state;
 pub mod time;
 pub mod upcast;

@@ -213,7 +213,7 @@ pub struct FundingRules {
     pub allow_partial: bool,
 }
 
-fn default_attempts() -> u32 {
+pub(crate) fn default_attempts() -> u32 {
     3
 }
 
@@ -409,7 +409,7 @@ pub struct Policy {
     pub notifications: SortedMap<String, Vec<Role>>,
 }
 
-fn default_funding() -> FundingRules {
+pub(crate) fn default_funding() -> FundingRules {
     FundingRules {
         amount: AmountRule::default(),
         rails: vec![Rail::Ach, Rail::Wire],
@@ -424,12 +424,9 @@ fn default_funding() -> FundingRules {
 impl Policy {
     /// Parses and validates a policy document.
     pub fn from_json(json: &str) -> Result<Self> {
-        let p: Policy = serde_json::from_slice(json.as_bytes()).map_err(|e| {
-            let err: Error = e.into();
-            match err {
-                Error::MalformedJson(m) => Error::policy("", m),
-                other => other,
-            }
+        let p: Policy = crate::policy_json::parse(json.as_bytes()).map_err(|err| match err {
+            Error::MalformedJson(m) => Error::policy("", m),
+            other => other,
         })?;
         p.validate()?;
         Ok(p)
@@ -437,8 +434,11 @@ impl Policy {
 
     /// The canonical JSON bytes of this policy (what its hash covers).
     pub fn canonical_json(&self) -> Vec<u8> {
-        // Serialization of these plain types cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        // The core's writer: byte for byte what the derived `Serialize` writes (the
+        // tests compare the two on the examples and on mutated policies).
+        let mut out = Vec::with_capacity(2048);
+        crate::json::write::WriteJson::write_json(self, &mut out);
+        out
     }
 
     /// SHA-256 of the canonical JSON: identifies this exact version.

@@ -1627,7 +1627,26 @@ proptest! {
             // A policy that parses validates or names its bad field, without panicking.
             let _ = p.validate();
             let _ = p.hash();
+            // Its canonical JSON (what its hash covers) is what serde writes.
+            prop_assert_eq!(p.canonical_json(), serde_json::to_vec(&p).expect("serialize"));
         }
+        if let Ok(p) = serde_json::from_str::<Policy>(&text) {
+            prop_assert_eq!(p.canonical_json(), serde_json::to_vec(&p).expect("serialize"));
+        }
+        // The core's policy reader agrees with the derived `Deserialize`: the same
+        // policy, or an error with the same code.
+        let derived = serde_json::from_str::<Policy>(&text)
+            .map_err(|e| match trustfold_core::Error::from(e) {
+                trustfold_core::Error::MalformedJson(_) => "invalid_policy",
+                other => other.code(),
+            })
+            .and_then(|p| p.validate().map(|()| p).map_err(|e| e.code()));
+        prop_assert_eq!(
+            Policy::from_json(&text).map_err(|e| e.code()),
+            derived,
+            "{}",
+            text
+        );
         if let Ok(c) = Command::from_json(&bad) {
             let _ = c.kind();
             let _ = serde_json::to_vec(&c);

@@ -412,6 +412,79 @@ impl<'a, 'c> Reader<'a, 'c> {
         }
     }
 
+    /// An object's members with their keys decoded as strings: `entry` gets the
+    /// reader at the value, where the key started, and the key.
+    pub(crate) fn entries(
+        &mut self,
+        entry: &mut dyn FnMut(&mut Self, usize, &str) -> Read<()>,
+    ) -> Read<()> {
+        self.eat(b'{', "expected an object")?;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(self.syntax("key must be a string"));
+            }
+            let at = self.i;
+            let key = self.str()?;
+            self.eat(b':', "expected `:`")?;
+            entry(self, at, &key)?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                None => return Err(self.syntax("EOF while parsing an object")),
+                _ => return Err(self.syntax("expected `,` or `}`")),
+            }
+        }
+    }
+
+    /// `true` or `false`.
+    pub(crate) fn boolean(&mut self) -> Read<bool> {
+        match self.peek() {
+            Some(b't') if self.b.get(self.i..self.i + 4) == Some(b"true") => {
+                self.i += 4;
+                Ok(true)
+            }
+            Some(b'f') if self.b.get(self.i..self.i + 5) == Some(b"false") => {
+                self.i += 5;
+                Ok(false)
+            }
+            _ => self.eat(b't', "expected a boolean").map(|()| false),
+        }
+    }
+
+    /// The next byte after whitespace.
+    pub(crate) fn peek_byte(&mut self) -> Option<u8> {
+        self.peek()
+    }
+
+    /// An object's `{`.
+    pub(crate) fn open_object(&mut self) -> Read<()> {
+        self.eat(b'{', "expected an object")
+    }
+
+    /// A member's `:`.
+    pub(crate) fn colon(&mut self) -> Read<()> {
+        self.eat(b':', "expected `:`")
+    }
+
+    /// The `}` of a one-member object.
+    pub(crate) fn close_object(&mut self) -> Read<()> {
+        match self.peek() {
+            Some(b'}') => {
+                self.i += 1;
+                Ok(())
+            }
+            None => Err(self.syntax("EOF while parsing an object")),
+            _ => Err(self.syntax("expected `}` (an enum is a map with one member)")),
+        }
+    }
+
     /// An array, each element read by `item`.
     pub(crate) fn array<T>(&mut self, mut item: impl FnMut(&mut Self) -> Read<T>) -> Read<Vec<T>> {
         self.eat(b'[', "expected an array")?;

@@ -408,8 +408,7 @@ impl<T: WriteJson> WriteJson for SortedSet<T> {
 /// is taken over when trustfold writes it).
 impl WriteJson for crate::event::EmbeddedPolicy {
     fn write_json(&self, out: &mut Vec<u8>) {
-        // Writing the core's own types to a `Vec` cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &**self);
+        WriteJson::write_json(&**self, out);
     }
 }
 
