@@ -80,38 +80,10 @@ fn tag(r: &mut Reader<'_, '_>, tag: &'static str, names: &'static [&'static str]
     found.ok_or_else(|| crate::json::read::Reject::new(start, Fault::MissingField(tag)))
 }
 
-/// Reads one variant's members (and the tag again, already checked), building the
-/// variant with `build` from the slots.
+/// Reads one variant's members (and the tag again, already checked by [`tag`]).
 macro_rules! variant {
-    ($r:ident, $variant:ident { $($field:ident : $ty:ty $([$default:ident])?),* }) => {{
-        const FIELDS: &[&str] = &["type", $(stringify!($field)),*];
-        $( let mut $field: Option<$ty> = None; )*
-        $r.object(FIELDS, &mut |r, k| {
-            if k == 0 {
-                return r.str().map(drop);
-            }
-            let mut _n = 1usize;
-            $(
-                if k == _n {
-                    return once(&mut $field, r, stringify!($field));
-                }
-                _n += 1;
-            )*
-            Err(r.fault(Fault::Syntax("unknown field index")))
-        })?;
-        $(
-            let $field: $ty = match $field {
-                Some(v) => v,
-                None => variant!(@missing [$($default)?] $r, $field),
-            };
-        )*
-        Ok(Command::$variant { $($field),* })
-    }};
-    (@missing [default] $r:ident, $field:ident) => {
-        Default::default()
-    };
-    (@missing [] $r:ident, $field:ident) => {
-        return Err($r.fault(Fault::MissingField(stringify!($field))))
+    ($r:ident, $variant:ident { $($body:tt)* }) => {
+        crate::json::read::read_members!($r, [tag "type"] Command::$variant { $($body)* })
     };
 }
 

@@ -1,9 +1,9 @@
 //! A compact `Deserialize` for plain structs, for the many small event payloads.
 //!
-//! [`compact_de!`](crate::compact_de) generates what `#[derive(Deserialize)]` with
+//! `compact_de!` generates what `#[derive(Deserialize)]` with
 //! `#[serde(deny_unknown_fields)]` generates — the same calls on the deserializer in
 //! the same order, so the same results, errors and error positions — but matches field
-//! names in one shared function ([`FieldSeed`]) instead of a visitor per struct, which
+//! names in one shared function (`FieldSeed`) instead of a visitor per struct, which
 //! keeps the WebAssembly module smaller. Fields marked `[default]` take
 //! `Default::default()` when absent (`#[serde(default)]`); every other field is
 //! required (so an `Option` field that may be absent must be marked `[default]`, or
@@ -267,33 +267,9 @@ macro_rules! compact_de {
             fn from_json(
                 r: &mut $crate::json::read::Reader<'_, '_>,
             ) -> $crate::json::read::Read<Self> {
-                const FIELDS: &[&str] = &[$(stringify!($field)),*];
-                $( let mut $field: Option<$ty> = None; )*
-                r.object(FIELDS, &mut |r, k| {
-                    let mut _n = 0usize;
-                    $(
-                        if k == _n {
-                            return $crate::json::read::once(&mut $field, r, stringify!($field));
-                        }
-                        _n += 1;
-                    )*
-                    Err(r.fault($crate::json::read::Fault::Syntax("unknown field index")))
-                })?;
-                $(
-                    let $field: $ty = match $field {
-                        Some(v) => v,
-                        None => $crate::de::compact_de!(@json [$($default)?] r, $field),
-                    };
-                )*
-                Ok($name { $($field),* })
+                $crate::json::read::read_members!(r, $name { $($field: $ty $([$default])?),* })
             }
         }
-    };
-    (@json [default] $r:ident, $field:ident) => {
-        Default::default()
-    };
-    (@json [skip_none] $r:ident, $field:ident) => {
-        Default::default()
     };
     (@write [skip_none] $out:ident, $self:ident, $field:ident) => {
         $crate::json::write::opt($out, stringify!($field), &$self.$field)
@@ -302,9 +278,6 @@ macro_rules! compact_de {
         $crate::json::write::key($out, stringify!($field));
         $crate::json::write::WriteJson::write_json(&$self.$field, $out);
     }};
-    (@json [] $r:ident, $field:ident) => {
-        return Err($r.fault($crate::json::read::Fault::MissingField(stringify!($field))))
-    };
     (@seq [default] $a:ident, $i:ident, $name:ident, $fields:ident) => {
         Default::default()
     };

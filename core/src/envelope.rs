@@ -518,32 +518,38 @@ impl<'de> Deserialize<'de> for Envelope {
 mod canonical_tests {
     use super::canonical;
 
-    /// The core's own reader takes every current-version event of the golden vectors
-    /// (so the fast path is the one that runs; `tests/canonical_parse.rs` checks that it
-    /// agrees with serde).
-    #[test]
-    fn the_reader_takes_every_current_vector_event() {
+    /// Every event of every golden vector, as stored.
+    fn vector_events() -> Vec<String> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-        let mut n = 0;
+        let mut out = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
             let path = entry.path();
             if !path.to_string_lossy().ends_with(".history.json") {
                 continue;
             }
             let history = std::fs::read(&path).unwrap();
-            let Ok(records) = crate::history::parse(&history) else {
-                continue;
-            };
-            for r in records {
-                let bytes = r.event.get().as_bytes();
-                let env = super::Envelope::from_json(bytes).unwrap();
-                if env.schema_version != env.event_type().current_version() {
-                    continue;
-                }
-                let fast = canonical::parse(bytes, None);
-                assert_eq!(fast.as_ref(), Some(&env), "{}", r.event.get());
-                n += 1;
+            if let Ok(records) = crate::history::parse(&history) {
+                out.extend(records.iter().map(|r| r.event.get().to_string()));
             }
+        }
+        out
+    }
+
+    /// The core's own reader takes every current-version event of the golden vectors
+    /// (so the fast path is the one that runs; `tests/canonical_parse.rs` checks that it
+    /// agrees with serde).
+    #[test]
+    fn the_reader_takes_every_current_vector_event() {
+        let mut n = 0;
+        for text in vector_events() {
+            let bytes = text.as_bytes();
+            let env = super::Envelope::from_json(bytes).unwrap();
+            if env.schema_version != env.event_type().current_version() {
+                continue;
+            }
+            let fast = canonical::parse(bytes, None);
+            assert_eq!(fast.as_ref(), Some(&env), "{text}");
+            n += 1;
         }
         assert!(n > 500, "{n}");
     }
@@ -552,27 +558,16 @@ mod canonical_tests {
     /// current-version vector event is written back to its stored bytes.
     #[test]
     fn canonical_json_is_what_serde_writes() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
         let mut n = 0;
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if !path.to_string_lossy().ends_with(".history.json") {
-                continue;
+        for text in vector_events() {
+            let bytes = text.as_bytes();
+            let env = super::Envelope::from_json(bytes).unwrap();
+            let ours = env.canonical_json();
+            assert_eq!(ours, serde_json::to_vec(&env).unwrap());
+            if env.schema_version == env.event_type().current_version() {
+                assert_eq!(ours, bytes, "{text}");
             }
-            let history = std::fs::read(&path).unwrap();
-            let Ok(records) = crate::history::parse(&history) else {
-                continue;
-            };
-            for r in records {
-                let bytes = r.event.get().as_bytes();
-                let env = super::Envelope::from_json(bytes).unwrap();
-                let ours = env.canonical_json();
-                assert_eq!(ours, serde_json::to_vec(&env).unwrap());
-                if env.schema_version == env.event_type().current_version() {
-                    assert_eq!(ours, bytes, "{}", r.event.get());
-                }
-                n += 1;
-            }
+            n += 1;
         }
         assert!(n > 500, "{n}");
         // The optional fields serde skips when absent, absent and present.
@@ -624,33 +619,21 @@ mod canonical_tests {
     fn payload_readers_agree_with_serde() {
         use crate::event::Event;
         use crate::json::read::Reader;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
         let mut samples: Vec<(crate::event::EventType, Vec<u8>)> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if !path.to_string_lossy().ends_with(".history.json") {
+        for text in vector_events() {
+            let env = super::Envelope::from_json(text.as_bytes()).unwrap();
+            let t = env.event_type();
+            if env.schema_version != t.current_version() {
                 continue;
             }
-            let history = std::fs::read(&path).unwrap();
-            let Ok(records) = crate::history::parse(&history) else {
-                continue;
-            };
-            for r in records {
-                let text = r.event.get();
-                let env = super::Envelope::from_json(text.as_bytes()).unwrap();
-                let t = env.event_type();
-                if env.schema_version != t.current_version() {
-                    continue;
-                }
-                let data = &text[text.find(",\"data\":").unwrap() + 8..text.len() - 1];
-                // Every payload once as is; the first of each type also damaged.
-                if seen.insert(t) {
-                    samples.push((t, data.as_bytes().to_vec()));
-                }
-                let ours = Event::read_data(t, &mut Reader::new(data.as_bytes(), None)).unwrap();
-                assert_eq!(ours, env.event);
+            let data = &text[text.find(",\"data\":").unwrap() + 8..text.len() - 1];
+            // Every payload once as is; the first of each type also damaged.
+            if seen.insert(t) {
+                samples.push((t, data.as_bytes().to_vec()));
             }
+            let ours = Event::read_data(t, &mut Reader::new(data.as_bytes(), None)).unwrap();
+            assert_eq!(ours, env.event);
         }
         assert!(samples.len() >= 30);
         let mut agreed = 0;

@@ -64,7 +64,7 @@ impl Hash {
 }
 
 /// Hex digit values; 0x80 marks a byte that is not a hex digit.
-const HEX_VALUE: [u8; 256] = {
+pub(crate) const HEX_VALUE: [u8; 256] = {
     let mut t = [0x80u8; 256];
     let mut i = 0;
     while i < 10 {

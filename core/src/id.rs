@@ -24,22 +24,8 @@ use crate::error::Error;
 /// Parses a UUID from ASCII as `Uuid::try_parse_ascii` does (the same results for any
 /// input), with a quick path for the hyphenated form trustfold writes.
 pub(crate) fn uuid_from_ascii(b: &[u8]) -> Option<Uuid> {
-    /// Each byte's value as a hex digit, 0xff for non-digits.
-    static HEX: [u8; 256] = {
-        let mut t = [0xffu8; 256];
-        let mut i = 0;
-        while i < 10 {
-            t[b'0' as usize + i] = i as u8;
-            i += 1;
-        }
-        let mut i = 0;
-        while i < 6 {
-            t[b'a' as usize + i] = 10 + i as u8;
-            t[b'A' as usize + i] = 10 + i as u8;
-            i += 1;
-        }
-        t
-    };
+    // Each byte's value as a hex digit, 0x80 for non-digits.
+    use crate::hash::HEX_VALUE as HEX;
     // Where each byte's two digits start.
     const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let Ok(s) = <&[u8; 36]>::try_from(b) else {

@@ -28,42 +28,14 @@ pub(crate) fn parse(json: &[u8]) -> Result<Policy> {
 }
 
 /// Implements [`FromJson`] for a struct read like its derived `Deserialize` with
-/// `deny_unknown_fields`: `[default]` fields take `Default::default()` when absent,
-/// `[default = f]` take `f()`, the others are required.
+/// `deny_unknown_fields` (see [`read_members!`](crate::json::read::read_members)).
 macro_rules! read_struct {
-    ($name:ident { $($field:ident : $ty:ty $([$($default:tt)*])?),* $(,)? }) => {
+    ($name:ident { $($body:tt)* }) => {
         impl FromJson for $name {
             fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
-                const FIELDS: &[&str] = &[$(stringify!($field)),*];
-                $( let mut $field: Option<$ty> = None; )*
-                r.object(FIELDS, &mut |r, k| {
-                    let mut _n = 0usize;
-                    $(
-                        if k == _n {
-                            return once(&mut $field, r, stringify!($field));
-                        }
-                        _n += 1;
-                    )*
-                    Err(r.fault(Fault::Syntax("unknown field index")))
-                })?;
-                $(
-                    let $field: $ty = match $field {
-                        Some(v) => v,
-                        None => read_struct!(@missing [$($($default)*)?] r, $field),
-                    };
-                )*
-                Ok($name { $($field),* })
+                crate::json::read::read_members!(r, $name { $($body)* })
             }
         }
-    };
-    (@missing [] $r:ident, $field:ident) => {
-        return Err($r.fault(Fault::MissingField(stringify!($field))))
-    };
-    (@missing [default] $r:ident, $field:ident) => {
-        Default::default()
-    };
-    (@missing [default = $f:path] $r:ident, $field:ident) => {
-        $f()
     };
 }
 

@@ -112,6 +112,10 @@ impl Reject {
 /// What a read gives.
 pub(crate) type Read<T> = std::result::Result<T, Reject>;
 
+/// What [`Reader::each_member`] calls for each member: the reader at the value, where
+/// the key started, the key.
+type Member<'a, 'c, 'f> = dyn FnMut(&mut Reader<'a, 'c>, usize, &[u8]) -> Read<()> + 'f;
+
 /// A position in a JSON text, and the policy cache for embedded policies.
 pub(crate) struct Reader<'a, 'c> {
     b: &'a [u8],
@@ -348,6 +352,32 @@ impl<'a, 'c> Reader<'a, 'c> {
         })
     }
 
+    /// An object, each member given to `member` with where its key starts and the key
+    /// (escapes decoded), the reader at the value. The one loop over members that the
+    /// readers below share.
+    fn each_member(&mut self, member: &mut Member<'a, 'c, '_>) -> Read<()> {
+        self.eat(b'{', "expected an object")?;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            let at = self.i;
+            let key = self.key()?;
+            self.eat(b':', "expected `:`")?;
+            member(self, at, &key)?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                None => return Err(self.syntax("EOF while parsing an object")),
+                _ => return Err(self.syntax("expected `,` or `}`")),
+            }
+        }
+    }
+
     /// An object whose keys are all in `fields` (each given to `field` by its index,
     /// with the reader at the value). Unknown keys are rejected; duplicates are the
     /// caller's to reject (see [`once`]).
@@ -356,33 +386,18 @@ impl<'a, 'c> Reader<'a, 'c> {
         fields: &'static [&'static str],
         field: &mut dyn FnMut(&mut Self, usize) -> Read<()>,
     ) -> Read<()> {
-        self.eat(b'{', "expected an object")?;
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            let at = self.i;
-            let key = self.key()?;
-            let Some(k) = fields
+        self.each_member(&mut |r, at, key| {
+            let k = fields
                 .iter()
-                .position(|f| f.len() == key.len() && same(f.as_bytes(), &key))
-            else {
-                let name = String::from_utf8_lossy(&key).into();
-                return Err(Reject::new(at, Fault::UnknownField(name, fields)));
-            };
-            self.eat(b':', "expected `:`")?;
-            field(self, k)?;
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
+                .position(|f| f.len() == key.len() && same(f.as_bytes(), key));
+            match k {
+                Some(k) => field(r, k),
+                None => {
+                    let name = String::from_utf8_lossy(key).into();
+                    Err(Reject::new(at, Fault::UnknownField(name, fields)))
                 }
-                None => return Err(self.syntax("EOF while parsing an object")),
-                _ => return Err(self.syntax("expected `,` or `}`")),
             }
-        }
+        })
     }
 
     /// An object whose every member is given to `member` by its key, with the reader at
@@ -391,56 +406,20 @@ impl<'a, 'c> Reader<'a, 'c> {
         &mut self,
         member: &mut dyn FnMut(&mut Self, &[u8]) -> Read<()>,
     ) -> Read<()> {
-        self.eat(b'{', "expected an object")?;
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            let key = self.key()?;
-            self.eat(b':', "expected `:`")?;
-            member(self, &key)?;
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                None => return Err(self.syntax("EOF while parsing an object")),
-                _ => return Err(self.syntax("expected `,` or `}`")),
-            }
-        }
+        self.each_member(&mut |r, _, key| member(r, key))
     }
 
-    /// An object's members with their keys decoded as strings: `entry` gets the
-    /// reader at the value, where the key started, and the key.
+    /// An object's members with their keys as strings: `entry` gets the reader at the
+    /// value, where the key started, and the key.
     pub(crate) fn entries(
         &mut self,
         entry: &mut dyn FnMut(&mut Self, usize, &str) -> Read<()>,
     ) -> Read<()> {
-        self.eat(b'{', "expected an object")?;
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            if self.peek() != Some(b'"') {
-                return Err(self.syntax("key must be a string"));
-            }
-            let at = self.i;
-            let key = self.str()?;
-            self.eat(b':', "expected `:`")?;
-            entry(self, at, &key)?;
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                None => return Err(self.syntax("EOF while parsing an object")),
-                _ => return Err(self.syntax("expected `,` or `}`")),
-            }
-        }
+        self.each_member(&mut |r, at, key| {
+            let key = std::str::from_utf8(key)
+                .map_err(|_| Reject::new(at, Fault::Syntax("invalid unicode code point")))?;
+            entry(r, at, key)
+        })
     }
 
     /// `true` or `false`.
@@ -524,50 +503,8 @@ impl<'a, 'c> Reader<'a, 'c> {
         match self.peek() {
             None => Err(self.syntax("EOF while parsing a value")),
             Some(b'"') => self.str().map(drop),
-            Some(b'{') => {
-                self.i += 1;
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    match self.peek() {
-                        Some(b'"') => drop(self.str()?),
-                        None => return Err(self.syntax("EOF while parsing an object")),
-                        Some(_) => return Err(self.syntax("key must be a string")),
-                    }
-                    self.eat(b':', "expected `:`")?;
-                    self.skip(depth + 1)?;
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        None => return Err(self.syntax("EOF while parsing an object")),
-                        _ => return Err(self.syntax("expected `,` or `}`")),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    self.skip(depth + 1)?;
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        None => return Err(self.syntax("EOF while parsing a list")),
-                        _ => return Err(self.syntax("expected `,` or `]`")),
-                    }
-                }
-            }
+            Some(b'{') => self.each_member(&mut |r, _, _| r.skip(depth + 1)),
+            Some(b'[') => self.array(|r| r.skip(depth + 1)).map(drop),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
@@ -695,6 +632,59 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     }
     true
 }
+
+/// Reads an object's members into a struct (or a struct variant) and builds it:
+/// `read_members!(r, Path { a: A, b: B [default], c: C [default = f], d: D [skip_none] })`
+/// (every field, in declaration order; `[default]` and `[skip_none]` fields take
+/// `Default::default()` when absent, `[default = f]` fields `f()`, the others are
+/// required). `read_members!(r, [tag "type"] Path { … })` also takes the tag member of an
+/// internally tagged enum (checked by the caller) and ignores it. Unknown and repeated
+/// members are refused. Evaluates to `Read<Path>`; a missing field returns from the
+/// enclosing function.
+macro_rules! read_members {
+    ($r:ident, $([tag $tag:literal])? $($ctor:ident)::+ { $($field:ident : $ty:ty $([$($default:tt)*])?),* $(,)? }) => {{
+        const FIELDS: &[&str] = &[$($tag,)? $(stringify!($field)),*];
+        $( let mut $field: Option<$ty> = None; )*
+        $r.object(FIELDS, &mut |r, k| {
+            let mut _n = 0usize;
+            $(
+                let _: &str = $tag;
+                if k == _n {
+                    return r.str().map(drop);
+                }
+                _n += 1;
+            )?
+            $(
+                if k == _n {
+                    return $crate::json::read::once(&mut $field, r, stringify!($field));
+                }
+                _n += 1;
+            )*
+            Err(r.fault($crate::json::read::Fault::Syntax("unknown field index")))
+        })?;
+        $(
+            let $field: $ty = match $field {
+                Some(v) => v,
+                None => $crate::json::read::read_members!(@missing [$($($default)*)?] $r, $field),
+            };
+        )*
+        Ok($($ctor)::+ { $($field),* })
+    }};
+    (@missing [] $r:ident, $field:ident) => {
+        return Err($r.fault($crate::json::read::Fault::MissingField(stringify!($field))))
+    };
+    (@missing [default] $r:ident, $field:ident) => {
+        Default::default()
+    };
+    (@missing [skip_none] $r:ident, $field:ident) => {
+        Default::default()
+    };
+    (@missing [default = $f:path] $r:ident, $field:ident) => {
+        $f()
+    };
+}
+
+pub(crate) use read_members;
 
 /// A type the reader can read.
 pub(crate) trait FromJson: Sized {

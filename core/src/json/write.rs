@@ -176,7 +176,7 @@ pub(crate) fn uuid(out: &mut Vec<u8>, u: &uuid::Uuid) {
 pub(crate) fn timestamp(out: &mut Vec<u8>, t: Timestamp) {
     const MS_PER_DAY: i64 = 86_400_000;
     let ms = t.unix_millis();
-    let (y, m, d) = civil_from_days(ms.div_euclid(MS_PER_DAY));
+    let (y, m, d) = crate::time::civil_from_days(ms.div_euclid(MS_PER_DAY));
     if y < 0 {
         out.push(b'-');
         padded(out, u128::from(y.unsigned_abs()), 3);
@@ -207,20 +207,6 @@ pub(crate) fn timestamp(out: &mut Vec<u8>, t: Timestamp) {
 fn two(d: &mut [u8], v: u32) {
     d[0] = b'0' + (v / 10) as u8;
     d[1] = b'0' + (v % 10) as u8;
-}
-
-/// Howard Hinnant's civil-from-days, as in `crate::time` (whose copy is private).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 // ---------------------------------------------------------------------------
