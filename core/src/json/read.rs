@@ -342,8 +342,10 @@ impl<'a, 'c> Reader<'a, 'c> {
         let rest = self.b.get(self.i + 1..).unwrap_or_default();
         if let Some(len) = plain_len(rest) {
             if rest[len] == b'"' {
-                self.i += len + 2;
-                return Ok(Cow::Borrowed(&rest[..len]));
+                self.i += 1;
+                let key = self.utf8(&rest[..len])?;
+                self.i += len + 1;
+                return Ok(Cow::Borrowed(key.as_bytes()));
             }
         }
         Ok(match self.str()? {
@@ -971,6 +973,16 @@ mod tests {
             Ok(2)
         );
         assert_eq!(read::<Vec<Role>>(r#"[]"#), Ok(vec![]));
+    }
+
+    /// A key that is not UTF-8 is refused where it is, even by the syntax check (as
+    /// serde_json refuses it when it reads keys, e.g. buffering a tagged command).
+    #[test]
+    fn keys_must_be_utf8() {
+        let input = b"{\"type\":\"Join\",\"a\xff\":1}";
+        let e = Reader::new(input, None).raw().unwrap_err();
+        assert_eq!(e.at(), 17);
+        assert!(serde_json::from_slice::<crate::command::Command>(input).is_err());
     }
 
     /// Refusals name the problem and where it is, with the domain's code when a value
