@@ -36,6 +36,14 @@ fn events(history: &[u8]) -> Vec<Vec<u8>> {
     }
 }
 
+/// `e` with the byte at `at` replaced by `r`.
+fn replaced(e: &[u8], at: usize, r: &[u8]) -> Vec<u8> {
+    let mut m = e[..at].to_vec();
+    m.extend_from_slice(r);
+    m.extend_from_slice(&e[at + 1..]);
+    m
+}
+
 /// An error as compared here: its code and its message without the position (the
 /// reference reads a copy one byte longer).
 fn norm(e: Error) -> (&'static str, String) {
@@ -124,10 +132,7 @@ fn damaged_envelopes_fail_as_the_json_parser_says() {
                 continue;
             }
             for r in replacements {
-                let mut m = e[..at].to_vec();
-                m.extend_from_slice(r);
-                m.extend_from_slice(&e[at + 1..]);
-                check(&m, &mut cache);
+                check(&replaced(e, at, r), &mut cache);
             }
             let mut m = e.clone();
             m.insert(at, b' ');
@@ -242,10 +247,7 @@ fn damaged_payloads_of_every_event_type_fail_as_the_json_parser_says() {
                 continue;
             }
             for r in replacements {
-                let mut m = e[..at].to_vec();
-                m.extend_from_slice(r);
-                m.extend_from_slice(&e[at + 1..]);
-                check(&m, &mut cache);
+                check(&replaced(e, at, r), &mut cache);
             }
         }
         // Whole fields: unknown, repeated, dropped, reordered, escaped, spaced, null.

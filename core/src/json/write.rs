@@ -347,14 +347,19 @@ impl<T: WriteJson> WriteJson for Option<T> {
     }
 }
 
+/// Appends the items as a JSON array (slices, vectors and sets alike).
+fn array<'a, T: WriteJson + 'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a T>) {
+    out.push(b'[');
+    for x in items {
+        sep(out);
+        x.write_json(out);
+    }
+    out.push(b']');
+}
+
 impl<T: WriteJson> WriteJson for [T] {
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.push(b'[');
-        for x in self {
-            sep(out);
-            x.write_json(out);
-        }
-        out.push(b']');
+        array(out, self);
     }
 }
 
@@ -381,12 +386,7 @@ impl<K: WriteJson, V: WriteJson> WriteJson for SortedMap<K, V> {
 
 impl<T: WriteJson> WriteJson for SortedSet<T> {
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.push(b'[');
-        for x in self {
-            sep(out);
-            x.write_json(out);
-        }
-        out.push(b']');
+        array(out, self);
     }
 }
 
