@@ -202,6 +202,13 @@ mod canonical {
     }
 
     impl<'a> Cursor<'a> {
+        /// One expected byte (inlined: a quote around every string and id).
+        #[inline(always)]
+        fn byte(&mut self, c: u8) -> Option<()> {
+            (*self.b.get(self.i)? == c).then(|| self.i += 1)
+        }
+
+        #[inline(always)]
         fn lit(&mut self, s: &[u8]) -> Option<()> {
             let end = self.i + s.len();
             // A plain loop: these literals are short, and a call to `memcmp` costs
@@ -219,7 +226,7 @@ mod canonical {
         /// A string of printable ASCII without escapes (anything else: not canonical
         /// enough, left to the JSON parser).
         fn str(&mut self) -> Option<&'a str> {
-            self.lit(b"\"")?;
+            self.byte(b'"')?;
             let start = self.i;
             let rest = self.b.get(start..)?;
             // A plain loop (see `json::read::same`): printable ASCII up to the quote.
@@ -253,9 +260,9 @@ mod canonical {
         }
 
         fn uuid(&mut self) -> Option<Uuid> {
-            self.lit(b"\"")?;
+            self.byte(b'"')?;
             let u = crate::id::uuid_from_ascii(self.take(36)?)?;
-            self.lit(b"\"")?;
+            self.byte(b'"')?;
             Some(u)
         }
 

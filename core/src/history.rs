@@ -117,17 +117,16 @@ fn parse_lines(doc: &[u8]) -> Option<Vec<RawRecord<'_>>> {
         .or_else(|| body.strip_suffix("\n]"))?;
     use crate::json::read::same;
     let mut out = Vec::with_capacity(body.len() / 512 + 1);
+    let all = body.as_bytes();
+    let mut start = 0;
     // Every line but the last ends with ','.
-    let mut lines = body.split('\n').peekable();
-    while let Some(line) = lines.next() {
-        let last = lines.peek().is_none();
-        let line = if last {
-            line
-        } else if line.as_bytes().last() == Some(&b',') {
-            line.get(..line.len() - 1)?
-        } else {
-            return None;
+    loop {
+        let (end, last) = match newline(all, start) {
+            Some(nl) if nl > start && all[nl - 1] == b',' => (nl - 1, false),
+            Some(_) => return None,
+            None => (all.len(), true),
         };
+        let line = body.get(start..end)?;
         let b = line.as_bytes();
         let min = HEAD.len() + 64 + MID.len() + 3;
         if b.len() < min
@@ -137,7 +136,7 @@ fn parse_lines(doc: &[u8]) -> Option<Vec<RawRecord<'_>>> {
             return None;
         }
         let hash = Hash::from_hex(&b[HEAD.len()..HEAD.len() + 64])?;
-        let ev = &line[HEAD.len() + 64 + MID.len()..line.len() - 1];
+        let ev = line.get(HEAD.len() + 64 + MID.len()..line.len() - 1)?;
         let e = ev.as_bytes();
         if e.first() != Some(&b'{') || e.last() != Some(&b'}') || b.last() != Some(&b'}') {
             return None;
@@ -146,8 +145,37 @@ fn parse_lines(doc: &[u8]) -> Option<Vec<RawRecord<'_>>> {
             hash,
             event: EventBytes(ev),
         });
+        if last {
+            break;
+        }
+        start = end + 2;
     }
     Some(out)
+}
+
+/// The index of the first `\n` in `b` at or after `from`, eight bytes at a time
+/// (`memchr` takes four at a time on wasm32, whose `usize` is 32 bits, and is a call per
+/// line at the size-optimised build).
+fn newline(b: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = ONES * b'\n' as u64;
+    let mut i = from;
+    while let Some(Ok(chunk)) = b.get(i..i + 8).map(<&[u8; 8]>::try_from) {
+        let x = u64::from_le_bytes(*chunk) ^ NL;
+        // A zero byte in `x` (a '\n' in the chunk) sets its high bit here.
+        if x.wrapping_sub(ONES) & !x & HIGH != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'\n' {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// What a verified chain ends with.
@@ -383,6 +411,32 @@ mod tests {
         )
         .expect("invite");
         d.history()
+    }
+
+    /// The word-at-a-time line-break search answers what a byte loop answers, for
+    /// every start and every position of one or two breaks.
+    #[test]
+    fn newline_search_agrees_with_a_byte_loop() {
+        for len in 0..40usize {
+            for first in 0..=len {
+                for second in first..=len {
+                    let mut b = vec![b'x'; len];
+                    for at in [first, second] {
+                        if at < len {
+                            b[at] = b'\n';
+                        }
+                    }
+                    b.iter_mut()
+                        .step_by(3)
+                        .filter(|c| **c != b'\n')
+                        .for_each(|c| *c = 0x8a);
+                    for from in 0..=len {
+                        let naive = b[from..].iter().position(|&c| c == b'\n').map(|i| i + from);
+                        assert_eq!(newline(&b, from), naive, "{b:?} from {from}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

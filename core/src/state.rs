@@ -563,12 +563,16 @@ impl PaymentState {
     pub fn all_agreed(&self) -> bool {
         let policy = &self.policy_doc;
         policy.agreement.iter().all(|role| {
-            let holders: Vec<_> = self
-                .participants
-                .values()
-                .filter(|p| p.acts_as(role))
-                .collect();
-            !holders.is_empty() && holders.iter().all(|p| p.agreed)
+            let mut held = false;
+            for p in self.participants.values() {
+                if p.acts_as(role) {
+                    if !p.agreed {
+                        return false;
+                    }
+                    held = true;
+                }
+            }
+            held
         })
     }
 }
