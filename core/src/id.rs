@@ -24,28 +24,23 @@ use crate::error::Error;
 /// Parses a UUID from ASCII as `Uuid::try_parse_ascii` does (the same results for any
 /// input), with a quick path for the hyphenated form trustfold writes.
 pub(crate) fn uuid_from_ascii(b: &[u8]) -> Option<Uuid> {
-    // Each byte's value as a hex digit, 0x80 for non-digits.
-    use crate::hash::HEX_VALUE as HEX;
-    // Where each byte's two digits start.
-    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
-    let Ok(s) = <&[u8; 36]>::try_from(b) else {
-        return Uuid::try_parse_ascii(b).ok();
-    };
-    let mut out = [0u8; 16];
-    let mut bad = (s[8] ^ b'-') | (s[13] ^ b'-') | (s[18] ^ b'-') | (s[23] ^ b'-');
-    let mut k = 0;
-    while k < 16 {
-        let i = AT[k];
-        let hi = HEX[usize::from(s[i])];
-        let lo = HEX[usize::from(s[i + 1])];
-        bad |= (hi | lo) & 0xf0;
-        out[k] = (hi << 4) | (lo & 0x0f);
-        k += 1;
-    }
-    if bad != 0 {
-        return Uuid::try_parse_ascii(b).ok();
-    }
-    Some(Uuid::from_bytes(out))
+    use crate::hash::{hex8, word};
+    let quick = <&[u8; 36]>::try_from(b).ok().and_then(|s| {
+        if (s[8] ^ b'-') | (s[13] ^ b'-') | (s[18] ^ b'-') | (s[23] ^ b'-') != 0 {
+            return None;
+        }
+        // Groups 2 and 3, and 4 and the start of 5, joined around their hyphens.
+        let joined = |at: usize| (word(s, at) & 0xffff_ffff) | (word(s, at + 5) << 32);
+        let a = hex8(word(s, 0))?;
+        let b = hex8(joined(9))?;
+        let c = hex8(joined(19))?;
+        let d = hex8(word(s, 28))?;
+        Some(Uuid::from_bytes([
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]))
+    });
+    quick.or_else(|| Uuid::try_parse_ascii(b).ok())
 }
 
 macro_rules! id_type {
@@ -178,6 +173,23 @@ mod tests {
                 Uuid::try_parse_ascii(c.as_bytes()).ok(),
                 "{c}"
             );
+        }
+    }
+
+    /// Every byte value at every position of the hyphenated form.
+    #[test]
+    fn every_byte_at_every_position_parses_as_the_uuid_crate_does() {
+        let base = b"7d0f6a36-8f0e-4e7e-9a51-0c1b2d3e4f50";
+        for i in 0..base.len() {
+            for c in 0..=255u8 {
+                let mut s = *base;
+                s[i] = c;
+                assert_eq!(
+                    uuid_from_ascii(&s),
+                    Uuid::try_parse_ascii(&s).ok(),
+                    "{c:#x} at {i}"
+                );
+            }
         }
     }
 }
