@@ -10,7 +10,7 @@
 //   - a plain JavaScript reducer as a JS integrator would write it (see `jsFold`).
 //
 // Events/s are the median of PASSES passes over the whole corpus (after a warm-up
-// pass). Usage:
+// pass), the contenders taking turns (see `measureAll`). Usage:
 //   node npm/bench/fold.mjs [--payments N] [--passes P] [--dir DIR] [--json OUT]
 // The corpus is cached in DIR (default target/bench-histories). Needs npm/dist and
 // npm/pkg built (node npm/scripts/build.mjs) and cargo for the native side.
@@ -31,7 +31,7 @@ const opt = (name, dflt) => {
   return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1] : dflt;
 };
 const PAYMENTS = Number(opt("payments", "10000"));
-const PASSES = Number(opt("passes", "3"));
+const PASSES = Number(opt("passes", "5"));
 const DIR = resolve(opt("dir", process.env.TRUSTFOLD_BENCH_DIR ?? join(root, "target", "bench-histories")));
 const JSON_OUT = opt("json", undefined);
 const cargo = process.env.CARGO ?? "cargo";
@@ -194,20 +194,32 @@ function jsFold(text, verify) {
 }
 
 // ---- timing ---------------------------------------------------------------------------
-function measure(name, fn) {
-  fn(); // warm-up pass (JIT, wasm tier-up)
-  const times = [];
+// The contenders take turns: one warm-up pass each (JIT, wasm tier-up), then PASSES
+// rounds in which each runs one pass over the whole corpus. This shared VM's speed
+// drifts by ±5 % over a minute, so taking turns puts every ratio's two sides under the
+// same conditions; a ratio is the median of its per-round ratios.
+function measureAll(entries) {
+  for (const [, fn] of entries) fn();
+  const secs = entries.map(() => []);
   for (let p = 0; p < PASSES; p++) {
-    const t0 = process.hrtime.bigint();
-    fn();
-    times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+    entries.forEach(([, fn], k) => {
+      const t0 = process.hrtime.bigint();
+      fn();
+      secs[k].push(Number(process.hrtime.bigint() - t0) / 1e9);
+    });
   }
-  times.sort((a, b) => a - b);
-  const s = times[Math.floor(times.length / 2)];
-  const rate = EVENTS / s;
-  console.log(`    ${name.padEnd(44)} ${Math.round(rate).toLocaleString("en-US").padStart(11)} events/s  (${(s * 1e9 / EVENTS).toFixed(0)} ns/event)`);
-  return rate;
+  const out = {};
+  entries.forEach(([name, , key], k) => {
+    const sorted = [...secs[k]].sort((a, b) => a - b);
+    const s = sorted[Math.floor(sorted.length / 2)];
+    console.log(`    ${name.padEnd(44)} ${Math.round(EVENTS / s).toLocaleString("en-US").padStart(11)} events/s  (${(s * 1e9 / EVENTS).toFixed(0)} ns/event)`);
+    out[key] = EVENTS / s;
+    out[`${key}Passes`] = secs[k].map((t) => EVENTS / t);
+  });
+  return out;
 }
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const pass = (f) => () => {
   let n = 0;
@@ -230,27 +242,34 @@ console.log(`==> bench: native Rust (core/examples/bench_histories.rs, median of
 const native = JSON.parse(cargoRun(["fold", DIR, String(PASSES)], true).trim().split("\n").pop());
 console.log(`    verify+fold ${Math.round(native.verify_fold_events_per_s).toLocaleString("en-US")} events/s, fold-only ${Math.round(native.fold_only_events_per_s).toLocaleString("en-US")} events/s`);
 
-console.log(`==> bench: in Node ${process.version} (median of ${PASSES} after a warm-up pass)`);
-const r = {
-  wasmVerify: measure("wasm replay (verify+fold), bytes", pass((i) => tf.replayJson(bytes[i]).length)),
-  wasmFold: measure("wasm replayUnverified (fold only), bytes", pass((i) => tf.replayUnverifiedJson(bytes[i]).length)),
-  wasmVerifyText: measure("wasm replay (verify+fold), string", pass((i) => tf.replayJson(texts[i]).length)),
-  jsVerify: measure("JS reducer (verify+fold)", pass((i) => jsFold(texts[i], true).version)),
-  jsFold: measure("JS reducer (fold only)", pass((i) => jsFold(texts[i], false).version)),
-  jsParseOnly: measure("LIMIT: JSON.parse of each event only", pass((i) => records(texts[i]).reduce((n, x) => n + JSON.parse(x.event).seq, 0))),
-  nativeVerify: native.verify_fold_events_per_s,
-  nativeFold: native.fold_only_events_per_s,
-};
+console.log(`==> bench: in Node ${process.version} (median of ${PASSES} rounds after a warm-up pass; contenders take turns)`);
+const r = measureAll([
+  ["wasm replay (verify+fold), bytes", pass((i) => tf.replayJson(bytes[i]).length), "wasmVerify"],
+  ["wasm replayUnverified (fold only), bytes", pass((i) => tf.replayUnverifiedJson(bytes[i]).length), "wasmFold"],
+  ["wasm replay (verify+fold), string", pass((i) => tf.replayJson(texts[i]).length), "wasmVerifyText"],
+  ["JS reducer (verify+fold)", pass((i) => jsFold(texts[i], true).version), "jsVerify"],
+  ["JS reducer (fold only)", pass((i) => jsFold(texts[i], false).version), "jsFold"],
+  ["LIMIT: JSON.parse of each event only", pass((i) => records(texts[i]).reduce((n, x) => n + JSON.parse(x.event).seq, 0)), "jsParseOnly"],
+]);
+r.nativeVerify = native.verify_fold_events_per_s;
+r.nativeFold = native.fold_only_events_per_s;
 
-const ratio = (a, b) => a / b;
+// Against the JS reducer: the median of the rounds' ratios (both sides measured in the
+// same round). Against native (another process, run before): the ratio of medians.
+const perRound = (a, b) => median(r[`${a}Passes`].map((x, p) => x / r[`${b}Passes`][p]));
 const rows = [
-  ["verify+fold: wasm / JS reducer", ratio(r.wasmVerify, r.jsVerify), 1.5],
-  ["fold-only: wasm / JS reducer", ratio(r.wasmFold, r.jsFold), 1.0],
-  ["verify+fold: wasm / native", ratio(r.wasmVerify, r.nativeVerify), 0.5],
-  ["fold-only: wasm / native", ratio(r.wasmFold, r.nativeFold), 0.5],
+  ["verify+fold: wasm / JS reducer", perRound("wasmVerify", "jsVerify"), 1.5],
+  ["fold-only: wasm / JS reducer", perRound("wasmFold", "jsFold"), 1.0],
+  ["verify+fold: wasm / native", r.wasmVerify / r.nativeVerify, 0.5],
+  ["fold-only: wasm / native", r.wasmFold / r.nativeFold, 0.5],
 ];
 console.log("==> bench: ratios vs targets");
 for (const [name, v, target] of rows) {
   console.log(`    ${name.padEnd(34)} ${v.toFixed(2)}×  (target ≥ ${target}×: ${v >= target ? "met" : "MISSED"})`);
 }
+const spread = (a, b) => {
+  const xs = r[`${a}Passes`].map((x, p) => x / r[`${b}Passes`][p]).sort((x, y) => x - y);
+  return `${xs[0].toFixed(2)}–${xs[xs.length - 1].toFixed(2)}×`;
+};
+console.log(`    per-round range: verify+fold ${spread("wasmVerify", "jsVerify")}, fold-only ${spread("wasmFold", "jsFold")}`);
 if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ events: EVENTS, passes: PASSES, node: process.version, rates: r, ratios: rows }, null, 1));
