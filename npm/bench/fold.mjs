@@ -3,8 +3,11 @@
 // earnest-money payments × 20 events, the corpus of core/benches/fold.rs written to
 // disk by core/examples/bench_histories.rs):
 //
-//   - the wasm module (npm `trustfold`): `replay` (verify + fold) and
-//     `replayUnverified` (fold only), each document passed as the bytes received;
+//   - the wasm module (npm `trustfold`) as Node loads it (`pkg/node/`, built for
+//     speed): `replay` (verify + fold) and `replayUnverified` (fold only),
+//     each document passed as the bytes received; and the browsers' module
+//     (`pkg/trustfold_wasm_bg.wasm`, built for size) through its own glue, for
+//     comparison;
 //   - native Rust: the same example binary times `fold::replay` / `replay_unverified`
 //     (+ `PaymentState::to_json`, as the binding does) over the same files;
 //   - a plain JavaScript reducer as a JS integrator would write it (see `jsFold`).
@@ -22,6 +25,8 @@ import Decimal from "decimal.js";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { bytesToHex } from "@noble/hashes/utils.js";
 import * as tf from "../dist/node.js";
+// The browsers' size-optimised module, through its own glue.
+const web = await import("../pkg/trustfold_wasm.js");
 
 const npmDir = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const root = resolve(npmDir, "..");
@@ -57,6 +62,7 @@ const bytes = index.docs.map(([o, l]) => all.subarray(o, o + l));
 const decoder = new TextDecoder();
 const texts = bytes.map((b) => decoder.decode(b));
 const EVENTS = index.events;
+web.initSync({ module: readFileSync(join(npmDir, "pkg", "trustfold_wasm_bg.wasm")) });
 console.log(`    ${index.payments} payments, ${EVENTS} events, ${(all.length / 1e6).toFixed(1)} MB`);
 
 // ---- the plain JavaScript reducer -----------------------------------------------------
@@ -236,6 +242,7 @@ for (let i = 0; i < bytes.length; i += Math.max(1, Math.floor(bytes.length / 200
     throw new Error(`payment ${i}: the JS reducer says ${js.status}@${js.version}, the core ${core.status}@${core.version}`);
   }
   if (tf.replayUnverifiedJson(bytes[i]) !== tf.replayJson(bytes[i])) throw new Error(`payment ${i}: replayUnverified differs`);
+  if (web.replay(bytes[i]) !== tf.replayJson(bytes[i])) throw new Error(`payment ${i}: the browsers' module differs`);
 }
 
 console.log(`==> bench: native Rust (core/examples/bench_histories.rs, median of ${PASSES})`);
@@ -247,6 +254,8 @@ const r = measureAll([
   ["wasm replay (verify+fold), bytes", pass((i) => tf.replayJson(bytes[i]).length), "wasmVerify"],
   ["wasm replayUnverified (fold only), bytes", pass((i) => tf.replayUnverifiedJson(bytes[i]).length), "wasmFold"],
   ["wasm replay (verify+fold), string", pass((i) => tf.replayJson(texts[i]).length), "wasmVerifyText"],
+  ["browsers' module: replay (verify+fold), bytes", pass((i) => web.replay(bytes[i]).length), "webVerify"],
+  ["browsers' module: replayUnverified, bytes", pass((i) => web.replayUnverified(bytes[i]).length), "webFold"],
   ["JS reducer (verify+fold)", pass((i) => jsFold(texts[i], true).version), "jsVerify"],
   ["JS reducer (fold only)", pass((i) => jsFold(texts[i], false).version), "jsFold"],
   ["LIMIT: JSON.parse of each event only", pass((i) => records(texts[i]).reduce((n, x) => n + JSON.parse(x.event).seq, 0)), "jsParseOnly"],
@@ -263,6 +272,14 @@ const rows = [
   ["verify+fold: wasm / native", r.wasmVerify / r.nativeVerify, 0.5],
   ["fold-only: wasm / native", r.wasmFold / r.nativeFold, 0.5],
 ];
+// The browsers' module against the same targets (not the one Node loads; shown so
+// the price of its size optimisation is on record).
+const webRows = [
+  ["verify+fold: browser module / JS", perRound("webVerify", "jsVerify")],
+  ["fold-only: browser module / JS", perRound("webFold", "jsFold")],
+  ["verify+fold: browser module / native", r.webVerify / r.nativeVerify],
+  ["fold-only: browser module / native", r.webFold / r.nativeFold],
+];
 console.log("==> bench: ratios vs targets");
 for (const [name, v, target] of rows) {
   console.log(`    ${name.padEnd(34)} ${v.toFixed(2)}×  (target ≥ ${target}×: ${v >= target ? "met" : "MISSED"})`);
@@ -272,4 +289,6 @@ const spread = (a, b) => {
   return `${xs[0].toFixed(2)}–${xs[xs.length - 1].toFixed(2)}×`;
 };
 console.log(`    per-round range: verify+fold ${spread("wasmVerify", "jsVerify")}, fold-only ${spread("wasmFold", "jsFold")}`);
-if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ events: EVENTS, passes: PASSES, node: process.version, rates: r, ratios: rows }, null, 1));
+console.log("==> bench: the browsers' module (pkg/trustfold_wasm_bg.wasm, size-optimised), for comparison");
+for (const [name, v] of webRows) console.log(`    ${name.padEnd(38)} ${v.toFixed(2)}×`);
+if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ events: EVENTS, passes: PASSES, node: process.version, rates: r, ratios: rows, browserModuleRatios: webRows }, null, 1));

@@ -1,12 +1,21 @@
 #!/usr/bin/env node
-// Builds the npm package `trustfold`:
-//   1. cargo: trustfold-wasm for wasm32-unknown-unknown, profile `wasm-release`
-//      (rustup's wasm32 target when installed, else Debian's rustc-web with
-//      -Zbuild-std, else a clear message; see docs/DEVELOPING.md),
-//   2. wasm-bindgen --target web into npm/pkg/ (one module for Node and browsers),
-//   3. wasm-opt -Oz (binaryen; Debian's 108 needs the --enable-… flags),
+// Builds the npm package `trustfold`. The same Rust is compiled twice:
+//   - for browsers and bundlers, optimised for size (profile `wasm-release`, opt-level
+//     "z", wasm-opt -Oz): `pkg/trustfold_wasm_bg.wasm`, what a page downloads;
+//   - for Node, optimised for speed (profile `wasm-node`, opt-level 3, wasm-opt -O3):
+//     `pkg/node/trustfold_wasm_bg.wasm` with its own glue, read from disk by
+//     `dist/node.js`, where the size costs nothing and bulk verification is what Node
+//     is used for.
+// Both have one interface: the build fails unless wasm-bindgen declares the same
+// public API for both (their glue differs only in internal, hashed names). Steps:
+//   1. cargo: trustfold-wasm for wasm32-unknown-unknown, both profiles (rustup's wasm32
+//      target when installed, else Debian's rustc-web with -Zbuild-std, else a clear
+//      message; see docs/DEVELOPING.md),
+//   2. wasm-bindgen --target web into npm/pkg/,
+//   3. wasm-opt (binaryen; Debian's 108 needs the --enable-… flags),
 //   4. tsc into npm/dist/,
-//   5. a size report (raw, gzip, brotli) on every build; fails above the gzip budget.
+//   5. a size report (raw, gzip, brotli) of both modules on every build; the gzip
+//      budget is the browser module's.
 //
 // Usage: node scripts/build.mjs [--skip-cargo] [--skip-tsc]
 import { execFileSync, spawnSync } from "node:child_process";
@@ -19,8 +28,12 @@ const npmDir = join(dirname(fileURLToPath(import.meta.url)), "..");
 const root = join(npmDir, "..");
 const pkgDir = join(npmDir, "pkg");
 const target = "wasm32-unknown-unknown";
-const profile = "wasm-release";
 const crate = "trustfold-wasm";
+// The two modules: the browser's (size) and Node's (speed).
+const modules = [
+  { name: "browser", profile: "wasm-release", opt: "-Oz", file: "trustfold_wasm_bg.wasm" },
+  { name: "node", profile: "wasm-node", opt: "-O3", file: "node/trustfold_wasm_bg.wasm" },
+];
 const GZIP_BUDGET = 75 * 1024;
 const args = new Set(process.argv.slice(2));
 
@@ -71,16 +84,20 @@ function cargoRoute() {
 }
 
 const route = cargoRoute();
-const rawWasm = join(route.targetDir, target, profile, "trustfold_wasm.wasm");
+const rawWasm = (m) => join(route.targetDir, target, m.profile, "trustfold_wasm.wasm");
 if (!args.has("--skip-cargo")) {
-  step(`cargo (${route.route} route)`);
   const env = { ...process.env, ...route.env };
   for (const [k, v] of Object.entries(route.env)) if (v === "") delete env[k];
-  run(route.cmd, ["build", "--profile", profile, "--target", target, ...route.extra, "-p", crate], { env });
+  for (const m of modules) {
+    step(`cargo (${route.route} route, ${m.name} module: profile ${m.profile})`);
+    run(route.cmd, ["build", "--profile", m.profile, "--target", target, ...route.extra, "-p", crate], { env });
+  }
 }
-if (!existsSync(rawWasm)) {
-  console.error(`build: ${rawWasm} is missing: run without --skip-cargo`);
-  process.exit(1);
+for (const m of modules) {
+  if (!existsSync(rawWasm(m))) {
+    console.error(`build: ${rawWasm(m)} is missing: run without --skip-cargo`);
+    process.exit(1);
+  }
 }
 
 // ---- 2. wasm-bindgen ------------------------------------------------------------------
@@ -94,12 +111,24 @@ if (haveBindgen !== `wasm-bindgen ${want}`) {
 }
 rmSync(pkgDir, { recursive: true, force: true });
 mkdirSync(pkgDir, { recursive: true });
-run("wasm-bindgen", ["--target", "web", "--out-dir", pkgDir, "--out-name", "trustfold_wasm", rawWasm]);
-const bgWasm = join(pkgDir, "trustfold_wasm_bg.wasm");
-const afterBindgen = statSync(bgWasm).size;
+const [browser, node] = modules;
+run("wasm-bindgen", ["--target", "web", "--out-dir", pkgDir, "--out-name", "trustfold_wasm", rawWasm(browser)]);
+const nodeDir = join(pkgDir, "node");
+run("wasm-bindgen", ["--target", "web", "--out-dir", nodeDir, "--out-name", "trustfold_wasm", rawWasm(node)]);
+// The public API: the declarations before wasm-bindgen's own init types.
+const publicApi = (dir) => {
+  const dts = readFileSync(join(dir, "trustfold_wasm.d.ts"), "utf8");
+  return dts.slice(0, dts.indexOf("export type InitInput"));
+};
+if (publicApi(pkgDir) !== publicApi(nodeDir)) {
+  console.error(`build: the ${node.name} module declares another API than the ${browser.name} module (compare ${relative(root, nodeDir)}/trustfold_wasm.d.ts)`);
+  process.exit(1);
+}
+const wasmPath = (m) => join(pkgDir, m.file);
+const afterBindgen = Object.fromEntries(modules.map((m) => [m.name, statSync(wasmPath(m)).size]));
 
 // ---- 3. wasm-opt ----------------------------------------------------------------------
-step("wasm-opt -Oz");
+step("wasm-opt");
 // Prefer the npm `binaryen` (current); Debian's binaryen 108 mangles wasm-bindgen's
 // externref table (Table.set fails at init), so it is used only without reference types.
 const npmWasmOpt = join(npmDir, "node_modules", ".bin", "wasm-opt");
@@ -107,15 +136,17 @@ const features = ["bulk-memory", "sign-ext", "nontrapping-float-to-int", "mutabl
 // --low-memory-unused: rustc links wasm32 with the stack first (data from 1 MiB, the
 // stack growing down from there), so the low 1 KiB is only ever reached by a stack
 // about 1 MiB deep; the flag lets binaryen fold more address arithmetic (-2 KB gzipped).
-const optArgs = (tmp) => ["-Oz", "--low-memory-unused", "--strip-debug", "--strip-producers", ...features.map((f) => `--enable-${f}`), bgWasm, "-o", tmp];
+const optArgs = (m, tmp) => [m.opt, "--low-memory-unused", "--strip-debug", "--strip-producers", ...features.map((f) => `--enable-${f}`), wasmPath(m), "-o", tmp];
 const wasmOpt = existsSync(npmWasmOpt) ? npmWasmOpt : null;
 if (wasmOpt) {
-  const tmp = `${bgWasm}.opt`;
-  run(wasmOpt, optArgs(tmp));
-  copyFileSync(tmp, bgWasm);
-  rmSync(tmp);
+  for (const m of modules) {
+    const tmp = `${wasmPath(m)}.opt`;
+    run(wasmOpt, optArgs(m, tmp));
+    copyFileSync(tmp, wasmPath(m));
+    rmSync(tmp);
+  }
 } else {
-  console.warn("build: npm's binaryen is not installed (npm ci in npm/): the module stays unoptimised");
+  console.warn("build: npm's binaryen is not installed (npm ci in npm/): the modules stay unoptimised");
 }
 
 // ---- 4. tsc ---------------------------------------------------------------------------
@@ -127,18 +158,30 @@ if (!args.has("--skip-tsc")) {
 
 // ---- 5. size report -------------------------------------------------------------------
 step("size report");
-const bytes = readFileSync(bgWasm);
 const glue = readFileSync(join(pkgDir, "trustfold_wasm.js"));
 const size = (b) => ({
   raw: b.length,
   gzip: gzipSync(b, { level: 9 }).length,
   brotli: brotliCompressSync(b, { params: { [constants.BROTLI_PARAM_QUALITY]: 11 } }).length,
 });
-const report = { wasm: size(bytes), wasmAfterBindgen: afterBindgen, glueJs: size(glue), budgetGzip: GZIP_BUDGET };
 const kb = (n) => `${(n / 1024).toFixed(1)} KB`;
-console.log(`  ${relative(root, bgWasm)}: raw ${kb(report.wasm.raw)} (before wasm-opt ${kb(afterBindgen)}), gzip ${kb(report.wasm.gzip)}, brotli ${kb(report.wasm.brotli)}`);
+const sizes = Object.fromEntries(modules.map((m) => [m.name, size(readFileSync(wasmPath(m)))]));
+for (const m of modules) {
+  const z = sizes[m.name];
+  console.log(`  ${relative(root, wasmPath(m))} (${m.name}, ${m.opt}): raw ${kb(z.raw)} (before wasm-opt ${kb(afterBindgen[m.name])}), gzip ${kb(z.gzip)}, brotli ${kb(z.brotli)}`);
+}
+const report = {
+  // What a browser downloads: the figure the budget is about.
+  wasm: sizes.browser,
+  wasmAfterBindgen: afterBindgen.browser,
+  // What Node reads from disk.
+  nodeWasm: sizes.node,
+  nodeWasmAfterBindgen: afterBindgen.node,
+  glueJs: size(glue),
+  budgetGzip: GZIP_BUDGET,
+};
 console.log(`  ${relative(root, join(pkgDir, "trustfold_wasm.js"))}: raw ${kb(report.glueJs.raw)}, gzip ${kb(report.glueJs.gzip)}, brotli ${kb(report.glueJs.brotli)}`);
 writeFileSync(join(pkgDir, "size.json"), JSON.stringify(report, null, 2) + "\n");
 const over = report.wasm.gzip > GZIP_BUDGET;
-console.log(`  budget: gzipped .wasm <= ${kb(GZIP_BUDGET)}: ${over ? "OVER" : "ok"}`);
+console.log(`  budget: gzipped browser .wasm <= ${kb(GZIP_BUDGET)}: ${over ? "OVER" : "ok"}`);
 if (over && process.env.TRUSTFOLD_SIZE_BUDGET === "enforce") process.exit(1);

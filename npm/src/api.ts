@@ -3,7 +3,7 @@
  * Every function throws a {@link TrustfoldError} (`code`, `message`, `seq?`, `field?`)
  * on failure, with the same code and message as the Rust core.
  */
-import * as raw from "../pkg/trustfold_wasm.js";
+import type * as Raw from "../pkg/trustfold_wasm.js";
 import type {
   Actor, Command, CommandContext, CommandKind, EventEnvelope, PaymentState, PaymentView,
   PolicyDocument,
@@ -30,10 +30,17 @@ export function isTrustfoldError(e: unknown): e is TrustfoldError {
   return e instanceof Error && e.name === "TrustfoldError" && typeof (e as { code?: unknown }).code === "string";
 }
 
+/** The wasm-bindgen glue of one instantiated module. */
+type RawModule = typeof Raw;
+
 let ready = false;
+// Set by the entry point that instantiated the module: browsers use the size-optimised
+// module's glue, Node the speed-optimised one's (same interface; the build checks it).
+let raw = undefined as unknown as RawModule;
 
 /** @internal Called by the entry points once the module is instantiated. */
-export function markReady(): void {
+export function markReady(glue: RawModule): void {
+  raw = glue;
   ready = true;
 }
 
@@ -159,10 +166,10 @@ export function version(): string {
 
 /** One payment followed from the server: verified history, state, live updates. */
 export class PaymentFeed {
-  readonly #raw: raw.PaymentFeed;
+  readonly #raw: Raw.PaymentFeed;
 
   /** @internal */
-  constructor(inner: raw.PaymentFeed) {
+  constructor(inner: Raw.PaymentFeed) {
     this.#raw = inner;
   }
 
@@ -204,7 +211,7 @@ export class PaymentFeed {
 
 /** A trustfold server, seen by one participant (token) and pinned to its key. */
 export class Client {
-  readonly #raw: raw.Client;
+  readonly #raw: Raw.Client;
 
   constructor(options: ClientOptions) {
     need();

@@ -5,7 +5,7 @@
  * Calling any function before `init()` throws a `TrustfoldError` with code
  * `not_initialized`.
  */
-import initWasm from "../pkg/trustfold_wasm.js";
+import initWasm, * as glue from "../pkg/trustfold_wasm.js";
 import { isReady, markReady } from "./api.js";
 
 /** Where to load the module from: a URL, a `Response`, bytes or a compiled module. */
@@ -18,7 +18,7 @@ export function init(input?: InitInput): Promise<void> {
   if (isReady()) return Promise.resolve();
   pending ??= initWasm({
     module_or_path: input ?? new URL("../pkg/trustfold_wasm_bg.wasm", import.meta.url),
-  }).then(() => markReady(), (e: unknown) => {
+  }).then(() => markReady(glue), (e: unknown) => {
     pending = undefined;
     throw e;
   });

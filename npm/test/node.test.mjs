@@ -12,6 +12,19 @@ test(`golden vectors fold to the native bytes in Node (${vectors.length})`, () =
   for (const v of vectors) assertOutcome(v, computeOutcome(t, v));
 });
 
+// Node loads the speed-optimised module (pkg/node/); browsers download the
+// size-optimised one (pkg/, tested in Chromium by browser.test.mjs). Both are the same
+// Rust: here the browsers' module runs in Node too, through its own glue.
+test(`the browsers' size-optimised module gives the same bytes (${vectors.length} vectors)`, async () => {
+  const web = await import("../pkg/trustfold_wasm.js");
+  web.initSync({ module: readFileSync(join(rootDir, "npm", "pkg", "trustfold_wasm_bg.wasm")) });
+  const browserModule = { verify: web.verify, replayJson: web.replay, stateAtJson: web.stateAt };
+  for (const v of vectors) assertOutcome(v, computeOutcome(browserModule, v));
+  const nodeWasm = readFileSync(join(rootDir, "npm", "pkg", "node", "trustfold_wasm_bg.wasm"));
+  const browserWasm = readFileSync(join(rootDir, "npm", "pkg", "trustfold_wasm_bg.wasm"));
+  assert.ok(!nodeWasm.equals(browserWasm), "two builds: Node's is optimised for speed");
+});
+
 test("errors are TrustfoldErrors with the Rust code, message and seq", () => {
   assert.throws(() => t.replay("[]"), (e) => t.isTrustfoldError(e) && e.code === "invalid_history" && e.seq === 1 && e.message === "invalid history at seq 1: empty history");
   assert.throws(() => t.replay("[{"), (e) => e.code === "malformed_json");

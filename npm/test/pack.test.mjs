@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { launchChromium, loadVectors, npmDir, serve } from "./support.mjs";
@@ -31,7 +31,7 @@ function project(name, files) {
 
 test("the packed tarball holds only the built package", () => {
   const files = JSON.parse(out)[0].files.map((f) => f.path).sort();
-  assert.ok(files.includes("pkg/trustfold_wasm_bg.wasm"));
+  assert.ok(files.includes("pkg/trustfold_wasm_bg.wasm") && files.includes("pkg/node/trustfold_wasm_bg.wasm") && files.includes("pkg/node/trustfold_wasm.js"));
   assert.ok(files.includes("dist/node.js") && files.includes("dist/web.js") && files.includes("dist/web.d.ts"));
   assert.ok(!files.some((f) => f.startsWith("src/") || f.startsWith("test/") || f.includes("node_modules")));
 });
@@ -67,7 +67,11 @@ init().then(() => {
   });
   execFileSync(process.execPath, [join(npmDir, "node_modules", "vite", "bin", "vite.js"), "build", "--logLevel", "error"], { cwd: dir, encoding: "utf8" });
   const assets = readdirSync(join(dir, "dist", "assets"));
-  assert.ok(assets.some((f) => f.endsWith(".wasm")), `vite emitted the .wasm asset: ${assets}`);
+  const wasm = assets.filter((f) => f.endsWith(".wasm"));
+  assert.equal(wasm.length, 1, `vite emitted one .wasm asset: ${assets}`);
+  // The browsers' size-optimised module, not Node's.
+  const emitted = readFileSync(join(dir, "dist", "assets", wasm[0]));
+  assert.ok(emitted.equals(readFileSync(join(npmDir, "pkg", "trustfold_wasm_bg.wasm"))), "the page ships pkg/trustfold_wasm_bg.wasm");
   const srv = await serve({ "/": join(dir, "dist") });
   const browser = await launchChromium();
   try {
