@@ -190,10 +190,11 @@ pub struct ChainHead {
 /// Verifies the hash chain: every event's bytes hash to its recorded hash, and every
 /// `prev` is the previous record's hash (all zeros for the first).
 pub fn verify_chain(records: &[RawRecord<'_>]) -> Result<ChainHead> {
+    let events: Vec<&[u8]> = records.iter().map(|r| r.event.get().as_bytes()).collect();
+    let hashes = Hash::of_each(&events);
     let mut prev = Hash::ZERO;
-    for (i, r) in records.iter().enumerate() {
+    for (i, (r, &actual)) in records.iter().zip(&hashes).enumerate() {
         let seq = i as u64 + 1;
-        let actual = Hash::of(r.event.get().as_bytes());
         if actual != r.hash {
             return Err(Error::ChainBroken {
                 seq,
