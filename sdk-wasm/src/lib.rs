@@ -7,7 +7,10 @@
 //! checks a command before sending it, and stays live over Server-Sent Events.
 //!
 //! The npm package `trustfold` (in `npm/`) is the public face: a typed TypeScript layer
-//! over these bindings. The bindings themselves follow a few rules:
+//! over these bindings. It ships this crate built twice: for size (profile
+//! `wasm-release`, what browsers download) and for speed (profile `wasm-node`, with
+//! WebAssembly SIMD for the hash chain; what Node reads from disk). The bindings
+//! themselves follow a few rules:
 //!
 //! - **Histories cross the boundary as one string or `Uint8Array`** (the JSON array of
 //!   `{"hash","event"}` records, as the server sends it), never as thousands of JS
