@@ -122,7 +122,12 @@ run("wasm-bindgen", ["--target", "web", "--out-dir", nodeDir, "--out-name", "tru
 // The public API: the declarations before wasm-bindgen's own init types.
 const publicApi = (dir) => {
   const dts = readFileSync(join(dir, "trustfold_wasm.d.ts"), "utf8");
-  return dts.slice(0, dts.indexOf("export type InitInput"));
+  const end = dts.indexOf("export type InitInput");
+  if (end < 0) {
+    console.error(`build: ${relative(root, dir)}/trustfold_wasm.d.ts has no \`export type InitInput\`: has wasm-bindgen's output changed?`);
+    process.exit(1);
+  }
+  return dts.slice(0, end);
 };
 if (publicApi(pkgDir) !== publicApi(nodeDir)) {
   console.error(`build: the ${node.name} module declares another API than the ${browser.name} module (compare ${relative(root, nodeDir)}/trustfold_wasm.d.ts)`);
