@@ -1634,19 +1634,22 @@ proptest! {
             prop_assert_eq!(p.canonical_json(), serde_json::to_vec(&p).expect("serialize"));
         }
         // The core's policy reader agrees with the derived `Deserialize`: the same
-        // policy, or an error with the same code.
+        // policy, or an error with the same code. One difference is by design: serde's
+        // derived decoders also take a struct as a JSON array of its fields in order,
+        // the reader (which the server and the SDKs use) refuses an array where an
+        // object belongs; then serde may accept, or name a value inside the array.
         let derived = serde_json::from_str::<Policy>(&text)
             .map_err(|e| match trustfold_core::Error::from(e) {
                 trustfold_core::Error::MalformedJson(_) => "invalid_policy",
                 other => other.code(),
             })
             .and_then(|p| p.validate().map(|()| p).map_err(|e| e.code()));
-        prop_assert_eq!(
-            Policy::from_json(&text).map_err(|e| e.code()),
-            derived,
-            "{}",
-            text
-        );
+        let ours = Policy::from_json(&text);
+        let array_for_object = matches!(&ours, Err(e)
+            if e.to_string().contains("invalid type: sequence, expected an object"));
+        if !array_for_object {
+            prop_assert_eq!(ours.map_err(|e| e.code()), derived, "{}", text);
+        }
         if let Ok(c) = Command::from_json(&bad) {
             let _ = c.kind();
             let _ = serde_json::to_vec(&c);
@@ -1655,14 +1658,16 @@ proptest! {
         // same command, or an error with the same code. (On input with several problems,
         // e.g. a wrong type and a syntax error further on, the two may name a different
         // first problem, so messages are not compared here.)
+        // The same exception as for policies: an array where an object belongs (an
+        // embedded policy's struct, for one) is refused by the reader.
         let derived = serde_json::from_slice::<Command>(&bad)
             .map_err(|e| trustfold_core::Error::from(e).code());
-        prop_assert_eq!(
-            Command::from_json(&bad).map_err(|e| (e.code(), e.to_string())).map_err(|e| e.0),
-            derived,
-            "{}",
-            String::from_utf8_lossy(&bad)
-        );
+        let ours = Command::from_json(&bad);
+        let array_for_object = matches!(&ours, Err(e)
+            if e.to_string().contains("invalid type: sequence, expected an object"));
+        if !array_for_object {
+            prop_assert_eq!(ours.map_err(|e| e.code()), derived, "{}", String::from_utf8_lossy(&bad));
+        }
         feed_everything(&bad);
     }
 

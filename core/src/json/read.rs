@@ -444,6 +444,9 @@ impl<'a, 'c> Reader<'a, 'c> {
                 self.i += 5;
                 Ok(false)
             }
+            // A word that starts like one but is not (`t`, `fals`): refused.
+            Some(b't' | b'f') => Err(self.syntax("expected `true` or `false`")),
+            // Anything else: "invalid type: …, expected a boolean".
             _ => self.eat(b't', "expected a boolean").map(|()| false),
         }
     }
@@ -1100,6 +1103,18 @@ mod tests {
         assert_eq!(
             message::<Option<PartyId>>("nul"),
             "malformed json: expected `null` at line 1 column 1"
+        );
+        // Found by the property test: `t` alone once read as `false`.
+        for word in ["t", "t }", "tru", "f", "fals", "falsy"] {
+            assert_eq!(
+                message::<bool>(word),
+                "malformed json: expected `true` or `false` at line 1 column 1",
+                "{word}"
+            );
+        }
+        assert_eq!(
+            message::<bool>("\"true\""),
+            "malformed json: invalid type: string, expected a boolean at line 1 column 1"
         );
         assert_eq!(
             message::<Vec<Role>>(r#"["buyer",]"#),
