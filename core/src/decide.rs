@@ -95,8 +95,21 @@ impl<'c> Emitter<'c> {
     }
 
     fn emit(&mut self, event: impl Into<Event>) -> Result<()> {
+        let event = event.into();
+        // A clock tick or a late rail notice may reach a payment that has ended; what
+        // they would change there is refused, not emitted (the fold would refuse it).
+        let st = self.state.status;
+        if st.is_terminal() && !crate::fold::allowed_when_terminal(&event) {
+            return reject(
+                "payment_terminal",
+                format!(
+                    "payment is {st:?}: {} would change it (reconcile it outside the payment)",
+                    event.event_type().name()
+                ),
+            );
+        }
         let env = self.envelope(
-            event.into(),
+            event,
             self.state.version + 1,
             self.state.head,
             self.state.payment,

@@ -221,10 +221,12 @@ fn leg_id(env: &Envelope, i: u32) -> LegId {
     LegId(derive(env.id.uuid(), "leg", i))
 }
 
-fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
-    let seq = env.seq;
-    let terminal_ok = matches!(
-        env.event,
+/// The events a payment in a terminal state still takes: the recording of a late
+/// return and of a shortfall's end, closing, and the end of a disbursement already on a
+/// rail. `decide` refuses to emit anything else there.
+pub(crate) fn allowed_when_terminal(event: &Event) -> bool {
+    matches!(
+        event,
         Event::FundingReturned(_)
             | Event::ShortfallRecovered(_)
             | Event::ShortfallWrittenOff(_)
@@ -232,8 +234,12 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             // A disbursement already on a rail ends as the rail says, whatever came since.
             | Event::DisbursementSettled(_)
             | Event::DisbursementFailed(_)
-    );
-    if s.status.is_terminal() && !terminal_ok {
+    )
+}
+
+fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
+    let seq = env.seq;
+    if s.status.is_terminal() && !allowed_when_terminal(&env.event) {
         return Err(bad(format!("payment is {:?} (terminal)", s.status)));
     }
     check_actor(env)?;

@@ -1241,6 +1241,50 @@ policy_property!(random_commands_earnest_money, 0);
 policy_property!(random_commands_marketplace, 1);
 policy_property!(random_commands_milestone_escrow, 2);
 
+/// Found by `random_commands_milestone_escrow` at 100,000 cases: a rail's late
+/// "settled" notice for a funding leg after the shortfall was written off made
+/// `decide` emit an event the fold refuses (an `invalid_history` error instead of a
+/// rejection). Now such a notice is rejected (`payment_terminal`).
+#[test]
+fn late_settlement_after_a_write_off_is_rejected() {
+    let case = Case {
+        amount: 0,
+        setup: true,
+        prefund: None,
+        ops: vec![
+            Op::Fund {
+                who: 0,
+                amt: Amt::Half,
+                rail: 0,
+                reuse_ref: false,
+            },
+            Op::Notice {
+                pick: 0,
+                notice: Notice::Settled,
+            },
+            Op::Reversal { who: 0, leg: 1 },
+            Op::Fund {
+                who: 0,
+                amt: Amt::All,
+                rail: 0,
+                reuse_ref: false,
+            },
+            Op::Notice {
+                pick: 1,
+                notice: Notice::Returned(0, None),
+            },
+            Op::WriteOff { who: 0 },
+            Op::Notice {
+                pick: 0,
+                notice: Notice::Settled,
+            },
+        ],
+    };
+    let (_, rejected) =
+        run_case(&scenarios()[2], &case, 1).expect("every step folds or is rejected");
+    assert!(rejected >= 1, "the late notice is rejected");
+}
+
 /// The generator is not so hostile that nothing happens: a fixed sample of cases
 /// reaches funded, released and returned states under each policy.
 #[test]
