@@ -348,6 +348,31 @@ struct Case {
     ops: Vec<Op>,
 }
 
+/// A case after setup, with these steps (for fixed cases).
+fn steps(ops: Vec<Op>) -> Case {
+    Case {
+        amount: 0,
+        setup: true,
+        prefund: None,
+        ops,
+    }
+}
+
+/// The first funder funds `amt` on `rail` (fixed cases).
+fn fund(amt: Amt, rail: u8) -> Op {
+    Op::Fund {
+        who: 0,
+        amt,
+        rail,
+        reuse_ref: false,
+    }
+}
+
+/// The rail's `notice` for the `pick`-th open leg (fixed cases).
+fn notice_on(pick: u8, notice: Notice) -> Op {
+    Op::Notice { pick, notice }
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (
         0usize..3,
@@ -584,10 +609,7 @@ impl<'a> Run<'a> {
                 rail,
                 reuse_ref: false,
             },
-            Op::Notice {
-                pick: 0,
-                notice: Notice::Settled,
-            },
+            notice_on(0, Notice::Settled),
             Op::Tick { hours: 6 },
         ] {
             self.step(&op)?;
@@ -1247,39 +1269,15 @@ policy_property!(random_commands_milestone_escrow, 2);
 /// rejection). Now such a notice is rejected (`payment_terminal`).
 #[test]
 fn late_settlement_after_a_write_off_is_rejected() {
-    let case = Case {
-        amount: 0,
-        setup: true,
-        prefund: None,
-        ops: vec![
-            Op::Fund {
-                who: 0,
-                amt: Amt::Half,
-                rail: 0,
-                reuse_ref: false,
-            },
-            Op::Notice {
-                pick: 0,
-                notice: Notice::Settled,
-            },
-            Op::Reversal { who: 0, leg: 1 },
-            Op::Fund {
-                who: 0,
-                amt: Amt::All,
-                rail: 0,
-                reuse_ref: false,
-            },
-            Op::Notice {
-                pick: 1,
-                notice: Notice::Returned(0, None),
-            },
-            Op::WriteOff { who: 0 },
-            Op::Notice {
-                pick: 0,
-                notice: Notice::Settled,
-            },
-        ],
-    };
+    let case = steps(vec![
+        fund(Amt::Half, 0),
+        notice_on(0, Notice::Settled),
+        Op::Reversal { who: 0, leg: 1 },
+        fund(Amt::All, 0),
+        notice_on(1, Notice::Returned(0, None)),
+        Op::WriteOff { who: 0 },
+        notice_on(0, Notice::Settled),
+    ]);
     let (_, rejected) =
         run_case(&scenarios()[2], &case, 1).expect("every step folds or is rejected");
     assert!(rejected >= 1, "the late notice is rejected");
@@ -1361,85 +1359,42 @@ fn samples() -> &'static [(Vec<u8>, Vec<u8>)] {
             .iter()
             .enumerate()
             .map(|(i, sc)| {
-                let case = Case {
-                    amount: 0,
-                    setup: true,
-                    prefund: None,
-                    ops: vec![
-                        Op::Fund {
-                            who: 0,
-                            amt: Amt::Half,
-                            rail: 0,
-                            reuse_ref: false,
-                        },
-                        Op::Notice {
-                            pick: 0,
-                            notice: Notice::Settled,
-                        },
-                        Op::Fund {
-                            who: 0,
-                            amt: Amt::All,
-                            rail: 1,
-                            reuse_ref: false,
-                        },
-                        Op::Notice {
-                            pick: 0,
-                            notice: Notice::Failed,
-                        },
-                        Op::Fund {
-                            who: 0,
-                            amt: Amt::All,
-                            rail: 0,
-                            reuse_ref: false,
-                        },
-                        Op::Notice {
-                            pick: 0,
-                            notice: Notice::Settled,
-                        },
-                        Op::Tick { hours: 6 },
-                        Op::Notice {
-                            pick: 1,
-                            notice: Notice::Returned(0, None),
-                        },
-                        Op::Fund {
-                            who: 0,
-                            amt: Amt::All,
-                            rail: 0,
-                            reuse_ref: false,
-                        },
-                        Op::Notice {
-                            pick: 0,
-                            notice: Notice::Settled,
-                        },
-                        Op::Tick { hours: 6 },
-                        Op::Release {
-                            who: 0,
-                            parts: 1,
-                            amt: Amt::PerMille(300),
-                            reuse_id: false,
-                        },
-                        Op::Approve {
-                            who: 0,
-                            stale: false,
-                        },
-                        Op::Approve {
-                            who: 1,
-                            stale: false,
-                        },
-                        Op::Disburse { who: 0, rail: 1 },
-                        Op::Notice {
-                            pick: 0,
-                            notice: Notice::Settled,
-                        },
-                        Op::OpenDispute { who: 0 },
-                        Op::Resolve {
-                            who: 0,
-                            outcome: 2,
-                            parts: 0,
-                            amt: Amt::All,
-                        },
-                    ],
-                };
+                let case = steps(vec![
+                    fund(Amt::Half, 0),
+                    notice_on(0, Notice::Settled),
+                    fund(Amt::All, 1),
+                    notice_on(0, Notice::Failed),
+                    fund(Amt::All, 0),
+                    notice_on(0, Notice::Settled),
+                    Op::Tick { hours: 6 },
+                    notice_on(1, Notice::Returned(0, None)),
+                    fund(Amt::All, 0),
+                    notice_on(0, Notice::Settled),
+                    Op::Tick { hours: 6 },
+                    Op::Release {
+                        who: 0,
+                        parts: 1,
+                        amt: Amt::PerMille(300),
+                        reuse_id: false,
+                    },
+                    Op::Approve {
+                        who: 0,
+                        stale: false,
+                    },
+                    Op::Approve {
+                        who: 1,
+                        stale: false,
+                    },
+                    Op::Disburse { who: 0, rail: 1 },
+                    notice_on(0, Notice::Settled),
+                    Op::OpenDispute { who: 0 },
+                    Op::Resolve {
+                        who: 0,
+                        outcome: 2,
+                        parts: 0,
+                        amt: Amt::All,
+                    },
+                ]);
                 let payment = PaymentId::from_uuid(Uuid::from_u128(0x5000 + i as u128));
                 let mut run = Run {
                     sc,
