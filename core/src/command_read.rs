@@ -20,15 +20,7 @@ use crate::policy::{Policy, Rail, Role};
 
 /// Parses a command from JSON bytes.
 pub(crate) fn from_slice(json: &[u8]) -> Result<Command> {
-    // The value's syntax first; what follows it is checked last (as `serde_json`
-    // reads a document: the value, then the end).
-    Reader::new(json, None)
-        .raw()
-        .map_err(|rejected| rejected.into_error(json))?;
-    let mut r = Reader::new(json, None);
-    command(&mut r)
-        .and_then(|c| r.end().map(|()| c))
-        .map_err(|rejected| rejected.into_error(json))
+    crate::json::read::document(json, None, command)
 }
 
 /// The names of the command types, in declaration order.

@@ -396,15 +396,7 @@ mod full {
     /// reads its values; serde users, who read an envelope as a raw value first, see
     /// the same error).
     pub(super) fn parse(b: &[u8], policies: Option<&mut PolicyCache>) -> Result<Envelope> {
-        // The value's syntax first, what follows it last (as `serde_json` reads a
-        // document).
-        Reader::new(b, None)
-            .raw()
-            .map_err(|rejected| rejected.into_error(b))?;
-        let mut r = Reader::new(b, policies);
-        read(&mut r)
-            .and_then(|env| r.end().map(|()| env))
-            .map_err(|rejected| rejected.into_error(b))
+        crate::json::read::document(b, policies, read)
     }
 
     impl FromJson for Actor {

@@ -727,6 +727,23 @@ macro_rules! read_members {
 
 pub(crate) use read_members;
 
+/// Reads a whole document as serde_json does: the value's syntax first (so a syntax
+/// error anywhere is reported before what the value means), then the value with
+/// `read`, then that nothing but whitespace follows. Errors carry their position.
+pub(crate) fn document<T>(
+    b: &[u8],
+    policies: Option<&mut PolicyCache>,
+    read: impl FnOnce(&mut Reader<'_, '_>) -> Read<T>,
+) -> crate::Result<T> {
+    Reader::new(b, None)
+        .raw()
+        .map_err(|rejected| rejected.into_error(b))?;
+    let mut r = Reader::new(b, policies);
+    read(&mut r)
+        .and_then(|v| r.end().map(|()| v))
+        .map_err(|rejected| rejected.into_error(b))
+}
+
 /// A type the reader can read.
 pub(crate) trait FromJson: Sized {
     /// Reads one value.
