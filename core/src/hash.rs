@@ -79,27 +79,14 @@ impl Hash {
 #[cfg(any(test, all(target_arch = "wasm32", target_feature = "simd128")))]
 mod lanes;
 
-/// [`Hash::of_each`] in lanes: messages grouped by length (lanes of one group run
-/// until the longest ends), the results put back in order.
+/// [`Hash::of_each`] in lanes (see [`lanes::of_all`]).
 #[cfg(any(test, all(target_arch = "wasm32", target_feature = "simd128")))]
 fn lanes_of_each(messages: &[&[u8]]) -> Vec<Hash> {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     type L = core::arch::wasm32::v128;
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     type L = [u32; 4];
-    use lanes::Lanes as _;
-    let mut order: Vec<usize> = (0..messages.len()).collect();
-    order.sort_by_key(|&i| lanes::blocks(messages[i].len()));
-    let mut out = vec![Hash::ZERO; messages.len()];
-    let mut group: Vec<&[u8]> = Vec::with_capacity(L::N);
-    for indices in order.chunks(L::N) {
-        group.clear();
-        group.extend(indices.iter().map(|&i| messages[i]));
-        for (&i, h) in indices.iter().zip(lanes::of_lanes::<L>(&group)) {
-            out[i] = Hash(h);
-        }
-    }
-    out
+    lanes::of_all::<L>(messages).into_iter().map(Hash).collect()
 }
 
 /// The eight bytes of `b` from `at` as a little-endian word (`0` past the end, which
@@ -212,7 +199,7 @@ mod tests {
         }
     }
 
-    /// Grouped by length and put back in order: the same hashes as one at a time.
+    /// In lanes, in order: the same hashes as one at a time.
     #[test]
     fn four_at_a_time_in_order() {
         let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();

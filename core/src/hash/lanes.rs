@@ -215,53 +215,76 @@ fn compress<L: Lanes>(state: &mut [L; 8], blocks: &[&[u8; 64]; MAX]) {
     }
 }
 
-/// The padded block every lane past the messages given reads.
+/// The padded block an idle lane reads (its result is never used).
 static EMPTY: [u8; 64] = [0; 64];
 
-/// SHA-256 of `L::N` messages (at most [`MAX`]; lanes past `m.len()` are idle). Lanes
-/// stop taking blocks when their message ends (they are fed their last block again,
-/// and keep their state), so messages of similar lengths waste least.
-pub(crate) fn of_lanes<L: Lanes>(m: &[&[u8]]) -> Vec<[u8; 32]> {
-    let used = m.len().min(L::N);
-    let mut n = [0usize; MAX];
-    for (slot, msg) in n.iter_mut().zip(&m[..used]) {
-        *slot = blocks(msg.len());
+/// SHA-256 of every message in `m`, in order, `L::N` lanes at a time.
+///
+/// Each lane works through a queue: when its message ends, its digest is taken and the
+/// lane starts the next message (its state reset to the initial value) in the very
+/// next step. Messages are queued longest first, so a long one (a payment's first
+/// event embeds its whole policy, five times the others) runs beside several short
+/// ones instead of holding three lanes idle until it ends: the steps taken are about
+/// the total blocks ÷ `L::N`, or the longest message if that is more.
+pub(crate) fn of_all<L: Lanes>(m: &[&[u8]]) -> Vec<[u8; 32]> {
+    let mut out = vec![[0u8; 32]; m.len()];
+    let mut queue: Vec<usize> = (0..m.len()).collect();
+    // Longest first; `queue.pop()` takes from the end.
+    queue.sort_by_key(|&i| blocks(m[i].len()));
+    // Per lane: the message it hashes (`usize::MAX` when idle), the block it is at, and
+    // how many blocks that message has.
+    let mut msg = [usize::MAX; MAX];
+    let mut at = [0usize; MAX];
+    let mut count = [0usize; MAX];
+    for lane in 0..L::N {
+        if let Some(i) = queue.pop() {
+            msg[lane] = i;
+            count[lane] = blocks(m[i].len());
+        }
     }
-    let most = n.iter().copied().max().unwrap_or(0);
     let mut state = INITIAL.map(L::splat);
     let mut bufs = [[0u8; 64]; MAX];
-    for i in 0..most {
-        let mut blocks: [&[u8; 64]; MAX] = [&EMPTY; MAX];
-        for ((slot, buf), (msg, &count)) in blocks
-            .iter_mut()
-            .zip(bufs.iter_mut())
-            .zip(m[..used].iter().zip(&n))
-        {
-            *slot = block(msg, i.min(count - 1), buf);
-        }
-        let before = state;
-        compress(&mut state, &blocks);
-        // Lanes whose message has ended keep their state.
-        let mut done = [u32::MAX; MAX];
-        for (d, &count) in done.iter_mut().zip(&n[..used]) {
-            if i < count {
-                *d = 0;
+    while msg[..L::N].iter().any(|&i| i != usize::MAX) {
+        let mut input: [&[u8; 64]; MAX] = [&EMPTY; MAX];
+        for (lane, (slot, buf)) in input.iter_mut().zip(bufs.iter_mut()).enumerate() {
+            if let Some(bytes) = m.get(msg[lane]) {
+                *slot = block(bytes, at[lane], buf);
             }
         }
-        let keep = L::words(&done);
-        for (s, old) in state.iter_mut().zip(before) {
-            *s = L::select(old, *s, keep);
+        compress(&mut state, &input);
+        // Lanes whose message ended: take its digest, start the next.
+        let mut reset = [0u32; MAX];
+        let mut any = false;
+        for lane in 0..L::N {
+            let Some(digest) = out.get_mut(msg[lane]) else {
+                continue;
+            };
+            at[lane] += 1;
+            if at[lane] < count[lane] {
+                continue;
+            }
+            for (j, s) in state.iter().enumerate() {
+                digest[4 * j..4 * j + 4].copy_from_slice(&s.lane(lane).to_be_bytes());
+            }
+            at[lane] = 0;
+            match queue.pop() {
+                Some(i) => {
+                    msg[lane] = i;
+                    count[lane] = blocks(m[i].len());
+                    reset[lane] = u32::MAX;
+                    any = true;
+                }
+                None => msg[lane] = usize::MAX,
+            }
+        }
+        if any {
+            let reset = L::words(&reset);
+            for (s, initial) in state.iter_mut().zip(INITIAL) {
+                *s = L::select(L::splat(initial), *s, reset);
+            }
         }
     }
-    (0..used)
-        .map(|l| {
-            let mut out = [0u8; 32];
-            for (j, s) in state.iter().enumerate() {
-                out[4 * j..4 * j + 4].copy_from_slice(&s.lane(l).to_be_bytes());
-            }
-            out
-        })
-        .collect()
+    out
 }
 
 #[cfg(test)]
@@ -270,9 +293,9 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     /// Every length from 0 to 200 bytes (all the padding cases: the marker and length
-    /// in one block or spilling into the next) in lanes of different lengths.
+    /// in one block or spilling into the next), in lanes of different lengths.
     #[test]
-    fn four_lanes_hash_as_sha2_does() {
+    fn lanes_hash_as_sha2_does() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
         for len in 0..200 {
             let m = [
@@ -281,12 +304,42 @@ mod tests {
                 &data[..0],
                 &data[100..100 + (len + 64) % 300],
             ];
-            for got in [of_lanes::<[u32; 4]>(&m), of_lanes::<[u32; 8]>(&m)] {
+            for got in [of_all::<[u32; 4]>(&m), of_all::<[u32; 8]>(&m)] {
                 assert_eq!(got.len(), 4);
                 for (l, msg) in m.iter().enumerate() {
                     let want: [u8; 32] = Sha256::digest(msg).into();
                     assert_eq!(got[l], want, "lane {l}, {} bytes", msg.len());
                 }
+            }
+        }
+    }
+
+    /// More messages than lanes, of very different lengths (one long among many
+    /// short, as in a history): every lane takes several messages in turn, and the
+    /// digests come back in the messages' order.
+    #[test]
+    fn queued_messages_hash_as_sha2_does() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        for n in [0, 1, 2, 5, 8, 9, 20, 33] {
+            for long in [0, 2700, 4900] {
+                let m: Vec<&[u8]> = (0..n)
+                    .map(|i| {
+                        let len = if i == n / 2 { long } else { (i * 97) % 700 };
+                        &data[i % 50..i % 50 + len.min(4950)]
+                    })
+                    .collect();
+                let want: Vec<[u8; 32]> = m.iter().map(|x| Sha256::digest(x).into()).collect();
+                assert_eq!(
+                    of_all::<[u32; 4]>(&m),
+                    want,
+                    "{n} messages, one of {long} bytes"
+                );
+                assert_eq!(
+                    of_all::<[u32; 8]>(&m),
+                    want,
+                    "{n} messages, one of {long} bytes"
+                );
+                assert_eq!(of_all::<[u32; 1]>(&m), want, "{n} messages, one lane");
             }
         }
     }
