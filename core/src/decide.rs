@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::event::*;
 use crate::fold::{apply_raw, disbursement_total, start};
 use crate::id::{derive, EventId, LegId, PartyId, RequestId};
-use crate::ledger::Account;
+use crate::ledger::{Account, LegStatus};
 use crate::money::Money;
 use crate::policy::{BorneBy, DeadlineAnchor, OnDeadlineMissed, Policy, Role};
 use crate::state::*;
@@ -503,11 +503,38 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
                 "a disbursement is on a rail: wait for its outcome",
             )
         }
-        CommandKind::RecordShortfallRecovery | CommandKind::WriteOffShortfall => need(
+        CommandKind::RecordShortfallRecovery => need(
             st == Status::Shortfall,
             "invalid_state",
             "there is no shortfall",
         ),
+        CommandKind::WriteOffShortfall => {
+            need(
+                st == Status::Shortfall,
+                "invalid_state",
+                "there is no shortfall",
+            )?;
+            // A write-off ends the payment, and an ended payment takes no more money:
+            // a transfer still on a rail (a funding that may yet settle, a release
+            // that may yet fail back into escrow) could change the shortfall, so its
+            // outcome comes first.
+            match s
+                .ledger
+                .legs
+                .iter()
+                .find(|l| l.status == LegStatus::Pending)
+            {
+                Some(leg) => reject(
+                    "transfer_in_flight",
+                    format!(
+                        "leg {} ({} → {}, {}) is still pending: write the shortfall off once \
+                         the rail has reported its outcome",
+                        leg.id, leg.from, leg.to, leg.amount
+                    ),
+                ),
+                None => Ok(()),
+            }
+        }
         CommandKind::Close => need(
             st.is_terminal() && st != Status::Closed,
             "invalid_state",
@@ -901,7 +928,7 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
                 .state
                 .ledger
                 .leg(*leg)
-                .is_some_and(|l| l.status == crate::ledger::LegStatus::Posted)
+                .is_some_and(|l| l.status == LegStatus::Posted)
             {
                 return reject("unknown_leg", format!("no posted leg {leg}"));
             }
