@@ -373,3 +373,68 @@ pub struct Context {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation: Option<Uuid>,
 }
+
+impl Context {
+    /// Reads a context, `{"command_id","actor","now","correlation"?}`, with the core's
+    /// own reader (the same result and error codes as its `Deserialize`).
+    ///
+    /// ```
+    /// use trustfold_core::command::Context;
+    /// let ctx = Context::from_json(br#"{"command_id":"00000000-0000-0000-0000-000000000001",
+    ///     "actor":{"party":null,"role":"system"},"now":"2026-01-02T03:04:05Z"}"#)?;
+    /// assert_eq!(ctx.actor.role.as_str(), "system");
+    /// assert_eq!(Context::from_json(b"{}").unwrap_err().code(), "malformed_json");
+    /// # Ok::<(), trustfold_core::Error>(())
+    /// ```
+    pub fn from_json(json: &[u8]) -> crate::error::Result<Context> {
+        crate::command_read::context(json)
+    }
+}
+
+#[cfg(test)]
+mod context_tests {
+    use super::*;
+    use crate::json::testing::{damaged, serde_code};
+
+    /// The reader reads contexts and actors as their `Deserialize` does: the same
+    /// value, or an error with the same code, for every damaged copy.
+    #[test]
+    fn contexts_read_as_serde_reads_them() {
+        let docs: [&[u8]; 3] = [
+            br#"{"command_id":"00000000-0000-0000-0000-000000000001","actor":{"party":"01010101-0101-0101-0101-010101010101","role":"buyer"},"now":"2026-01-02T03:04:05Z","correlation":"02020202-0202-0202-0202-020202020202"}"#,
+            br#"{ "actor": {"role": "system"}, "now": "2026-01-02T03:04:05.123Z", "command_id": "00000000-0000-0000-0000-000000000002" }"#,
+            br#"{"command_id":"00000000-0000-0000-0000-000000000003","actor":{"party":null,"role":"rail"},"now":"2026-01-02T03:04:05Z","correlation":null}"#,
+        ];
+        let mut accepted = 0;
+        for doc in docs {
+            assert!(Context::from_json(doc).is_ok());
+            for at in 0..doc.len() {
+                for d in damaged(doc, at) {
+                    let ours = Context::from_json(&d).map_err(|e| e.code());
+                    let theirs = serde_code::<Context>(&d);
+                    assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(&d));
+                    accepted += usize::from(ours.is_ok());
+                }
+            }
+            let actor = doc
+                .windows(8)
+                .position(|w| w == b"\"actor\":" || w == b"\"actor\" ")
+                .expect("actor");
+            let start = actor + doc[actor..].iter().position(|&c| c == b'{').expect("{");
+            let end = start + doc[start..].iter().position(|&c| c == b'}').expect("}") + 1;
+            let a = &doc[start..end];
+            for at in 0..a.len() {
+                for d in damaged(a, at) {
+                    let ours = Actor::from_json(&d).map_err(|e| e.code());
+                    assert_eq!(
+                        ours,
+                        serde_code::<Actor>(&d),
+                        "{}",
+                        String::from_utf8_lossy(&d)
+                    );
+                }
+            }
+        }
+        assert!(accepted > 0, "some damage (a space) still reads");
+    }
+}

@@ -9,18 +9,34 @@
 //! members, then that variant's members are read in document order; anything after
 //! the value is refused last.
 
-use crate::command::{Command, RailOutcome};
+use uuid::Uuid;
+
+use crate::command::{Command, Context, RailOutcome};
+use crate::envelope::Actor;
 use crate::error::Result;
 use crate::event::{Allocation, DisputeOutcome, FundingMethod};
 use crate::hash::Hash;
-use crate::id::{LegId, PartyId, PaymentId, RequestId, TenantId};
+use crate::id::{CommandId, LegId, PartyId, PaymentId, RequestId, TenantId};
 use crate::json::read::{once, Fault, FromJson, Read, Reader};
 use crate::money::Money;
 use crate::policy::{Policy, Rail, Role};
+use crate::time::Timestamp;
 
 /// Parses a command from JSON bytes.
 pub(crate) fn from_slice(json: &[u8]) -> Result<Command> {
     crate::json::read::document(json, None, command)
+}
+
+/// Parses a command's context, `{"command_id","actor","now","correlation"?}`.
+pub(crate) fn context(json: &[u8]) -> Result<Context> {
+    crate::json::read::stream(json, |r| {
+        crate::json::read::read_members!(r, Context {
+            command_id: CommandId,
+            actor: Actor,
+            now: Timestamp,
+            correlation: Option<Uuid> [default],
+        })
+    })
 }
 
 /// The names of the command types, in declaration order.

@@ -41,6 +41,19 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// Reads an actor, `{"party": "<uuid>" | null, "role": "…"}` (`party` may be left
+    /// out for the platform's own roles).
+    ///
+    /// ```
+    /// use trustfold_core::envelope::Actor;
+    /// assert_eq!(Actor::from_json(br#"{"role":"system"}"#)?, Actor::system());
+    /// assert_eq!(Actor::from_json(br#"{"party":1}"#).unwrap_err().code(), "malformed_json");
+    /// # Ok::<(), trustfold_core::Error>(())
+    /// ```
+    pub fn from_json(json: &[u8]) -> Result<Actor> {
+        crate::json::read::stream(json, <Actor as crate::json::read::FromJson>::from_json)
+    }
+
     /// A party acting in a role.
     pub fn party(party: PartyId, role: impl Into<String>) -> Self {
         Actor {

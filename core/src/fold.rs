@@ -882,25 +882,24 @@ fn fold_records(records: &[RawRecord<'_>], at: Option<u64>) -> Result<PaymentSta
 ///
 /// A history in trustfold's own layout (one record per line, canonical envelopes) is
 /// split by the line scanner and each envelope read by [`Envelope::from_json`];
-/// anything else, or any parse error, goes through one typed pass of the JSON parser
-/// over the whole document, which reports the error.
+/// anything else, or any parse error, goes through one pass of the JSON reader over
+/// the whole document (the scanner does not check the events' JSON, so its split of a
+/// document in another layout can be wrong), which reports the first error in the
+/// document's order. Unlike [`replay`], members of a record besides `hash` and `event`
+/// are ignored.
 pub fn replay_unverified(history_json: &[u8]) -> Result<PaymentState> {
-    let fast = history::parse(history_json).ok().and_then(|records| {
+    let envelopes = |records: Vec<history::RawRecord<'_>>| {
         records
             .iter()
-            .map(|r| Some((Envelope::from_json(r.event.get().as_bytes()).ok()?, r.hash)))
-            .collect::<Option<Vec<_>>>()
-    });
-    if let Some(envelopes) = fast {
-        return fold(envelopes.iter().map(|(e, h)| (e, *h)));
-    }
-    #[derive(serde::Deserialize)]
-    struct Rec {
-        hash: Hash,
-        event: Envelope,
-    }
-    let recs: Vec<Rec> = serde_json::from_slice(history_json)?;
-    fold(recs.iter().map(|r| (&r.event, r.hash)))
+            .map(|r| Ok((r.envelope()?, r.hash)))
+            .collect::<Result<Vec<_>>>()
+    };
+    let fast = history::parse(history_json).and_then(envelopes);
+    let envelopes = match fast {
+        Ok(e) => e,
+        Err(_) => envelopes(history::parse_json(history_json, true)?)?,
+    };
+    fold(envelopes.iter().map(|(e, h)| (e, *h)))
 }
 
 /// The whole check a client runs on a fetched history: parse, verify the hash chain,

@@ -36,6 +36,8 @@ use crate::envelope::{Envelope, SealedEvent};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::id::PaymentId;
+use crate::json;
+use crate::json::read::{read_members, same, Fault, Read, Reader, Reject};
 
 /// An event's bytes exactly as received, borrowed from the history document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,13 +86,64 @@ impl RawRecord<'_> {
                 return Ok(h);
             }
         }
-        #[derive(Deserialize)]
-        struct PrevOnly {
-            prev: Hash,
-        }
-        let p: PrevOnly = serde_json::from_slice(b)?;
-        Ok(p.prev)
+        // Any other layout: `prev` among the envelope's members (the others skipped).
+        json::read::stream(b, |r| {
+            let mut prev: Option<Hash> = None;
+            r.members(&mut |r, key| {
+                if same(key, b"prev") {
+                    json::read::once(&mut prev, r, "prev")
+                } else {
+                    r.raw().map(drop)
+                }
+            })?;
+            prev.ok_or_else(|| r.fault(Fault::MissingField("prev")))
+        })
     }
+}
+
+/// Reads one record `{"hash":…,"event":…}`, keeping the event's bytes as they are.
+/// Other members are refused, or skipped when `others` (as serde's derive without
+/// `deny_unknown_fields` does).
+fn read_record<'a>(r: &mut Reader<'a, '_>, others: bool) -> Read<RawRecord<'a>> {
+    const FIELDS: &[&str] = &["hash", "event"];
+    let mut hash: Option<Hash> = None;
+    let mut event: Option<&'a str> = None;
+    r.entries(&mut |r, at, key| match key {
+        "hash" => json::read::once(&mut hash, r, "hash"),
+        "event" => {
+            if event.is_some() {
+                return Err(r.fault(Fault::DuplicateField("event")));
+            }
+            r.ws();
+            let start = r.position();
+            let raw = r.raw()?;
+            // Valid UTF-8 unless a string in it is not, which `raw` has refused already.
+            let text = std::str::from_utf8(raw)
+                .map_err(|_| Reject::new(start, Fault::Syntax("invalid unicode code point")))?;
+            event = Some(text);
+            Ok(())
+        }
+        _ if others => r.raw().map(drop),
+        _ => Err(Reject::new(at, Fault::UnknownField(key.into(), FIELDS))),
+    })?;
+    Ok(RawRecord {
+        hash: hash.ok_or_else(|| r.fault(Fault::MissingField("hash")))?,
+        event: EventBytes(event.ok_or_else(|| r.fault(Fault::MissingField("event")))?),
+    })
+}
+
+/// Parses one record on its own, `{"hash":"…","event":{…}}` (what a live stream sends
+/// per event), keeping the event's bytes as they came.
+///
+/// ```
+/// use trustfold_core::history;
+/// let r = history::record(br#"{"hash":"00000000000000000000000000000000000000000000000000000000000000ff","event":{"a": 1}}"#)?;
+/// assert_eq!(r.event.get(), r#"{"a": 1}"#);
+/// assert_eq!(history::record(br#"{"event":{}}"#).unwrap_err().code(), "malformed_json");
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+pub fn record(json: &[u8]) -> Result<RawRecord<'_>> {
+    json::read::stream(json, |r| read_record(r, false))
 }
 
 /// Parses a history's records without parsing the events themselves.
@@ -102,7 +155,15 @@ pub fn parse(history_json: &[u8]) -> Result<Vec<RawRecord<'_>>> {
     if let Some(records) = parse_lines(history_json) {
         return Ok(records);
     }
-    serde_json::from_slice(history_json).map_err(Error::from)
+    parse_json(history_json, false)
+}
+
+/// [`parse`] without the line scanner: the document read as JSON, front to back, as
+/// serde_json reads a `Vec<RawRecord>` (a record's hash is judged before the syntax of
+/// what follows it). Records with members besides `hash` and `event` are refused, or
+/// those members skipped when `others`.
+pub(crate) fn parse_json(history_json: &[u8], others: bool) -> Result<Vec<RawRecord<'_>>> {
+    json::read::stream(history_json, |r| r.array(|r| read_record(r, others)))
 }
 
 /// The fast path of [`parse`]: `None` unless the document is exactly in the layout
@@ -307,6 +368,32 @@ pub struct SignedHead {
 }
 
 impl SignedHead {
+    /// Reads a signed head, `{"stream","seq","hash","signature"}` (as the server
+    /// publishes it; other members are refused).
+    ///
+    /// ```
+    /// use trustfold_core::history::SignedHead;
+    /// use trustfold_core::{hash::Hash, id::PaymentId};
+    /// let head = SignedHead::sign(PaymentId::from_bytes([1; 16]), 3, Hash::of(b"x"), &[7; 32]);
+    /// let json = serde_json::to_vec(&head).unwrap();
+    /// assert_eq!(SignedHead::from_json(&json)?, head);
+    /// assert_eq!(SignedHead::from_json(b"{}").unwrap_err().code(), "malformed_json");
+    /// # Ok::<(), trustfold_core::Error>(())
+    /// ```
+    pub fn from_json(json: &[u8]) -> Result<SignedHead> {
+        json::read::stream(json, |r| {
+            read_members!(
+                r,
+                SignedHead {
+                    stream: PaymentId,
+                    seq: u64,
+                    hash: Hash,
+                    signature: String,
+                }
+            )
+        })
+    }
+
     /// The exact bytes signed: `trustfold-head-v1\n<stream>\n<seq>\n<hash>`.
     pub fn message(stream: PaymentId, seq: u64, hash: Hash) -> Vec<u8> {
         format!("trustfold-head-v1\n{stream}\n{seq}\n{hash}").into_bytes()
@@ -379,6 +466,7 @@ impl SignedHead {
 mod tests {
     use super::*;
     use crate::driver::Driver;
+    use crate::json::testing::{damaged, serde_code};
     use crate::prelude::*;
 
     fn history() -> Vec<u8> {
@@ -519,5 +607,125 @@ mod tests {
             checked > 100 && taken > 0,
             "{checked} damaged, {taken} taken"
         );
+    }
+
+    /// The reader's parse of a whole history in any layout agrees with serde's
+    /// `Vec<RawRecord>`: the same records, or an error with the same code, on the
+    /// document in another layout and damaged at every byte of its first records.
+    #[test]
+    fn history_json_reads_as_serde_reads_it() {
+        let h = history();
+        let text = String::from_utf8(h.clone()).expect("utf8");
+        let compact = text.replace(",\n{", ", {").replace("[\n", "[ ");
+        let mut checked = 0;
+        for doc in [h.clone(), compact.into_bytes()] {
+            let ends = doc.len().min(3500);
+            for at in 0..ends {
+                for d in damaged(&doc, at) {
+                    let ours = parse_json(&d, false).map_err(|e| e.code());
+                    let theirs = serde_code::<Vec<RawRecord<'_>>>(&d);
+                    match (&ours, &theirs) {
+                        (Ok(a), Ok(b)) => {
+                            assert_eq!(a.len(), b.len());
+                            for (x, y) in a.iter().zip(b) {
+                                assert_eq!((x.hash, x.event.get()), (y.hash, y.event.get()));
+                            }
+                        }
+                        (a, b) => assert_eq!(
+                            a.as_ref().err(),
+                            b.as_ref().err(),
+                            "{}",
+                            String::from_utf8_lossy(
+                                &d[at.saturating_sub(40)..(at + 40).min(d.len())]
+                            )
+                        ),
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 50_000, "{checked}");
+        // Unknown members of a record: refused, or skipped when asked.
+        let extra = text.replacen("{\"hash\"", "{\"x\":[1],\"hash\"", 1);
+        assert_eq!(
+            parse_json(extra.as_bytes(), false).unwrap_err().code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            parse_json(extra.as_bytes(), true).expect("skipped").len(),
+            parse(&h).expect("h").len()
+        );
+    }
+
+    /// A record on its own (a live stream's message), and `prev` read from an envelope
+    /// in another layout: as serde reads them.
+    #[test]
+    fn records_and_prev_read_as_serde_reads_them() {
+        let h = history();
+        let records = parse(&h).expect("history");
+        let second = format!(
+            "{{\"hash\":\"{}\",\"event\":{}}}",
+            records[1].hash,
+            records[1].event.get()
+        );
+        #[derive(serde::Deserialize)]
+        struct PrevOnly {
+            prev: Hash,
+        }
+        let spaced = records[1]
+            .event
+            .get()
+            .replacen("{\"prev\"", "{ \"seq\": 2, \"prev\"", 1);
+        for (doc, event) in [(second.as_bytes(), false), (spaced.as_bytes(), true)] {
+            for at in 0..doc.len() {
+                for d in damaged(doc, at) {
+                    if event {
+                        let raw = RawRecord {
+                            hash: Hash::ZERO,
+                            event: EventBytes(std::str::from_utf8(&d).unwrap_or("")),
+                        };
+                        let ours = raw.prev().map_err(|e| e.code());
+                        let theirs =
+                            serde_code::<PrevOnly>(raw.event.get().as_bytes()).map(|p| p.prev);
+                        assert_eq!(ours, theirs, "{}", raw.event.get());
+                    } else {
+                        let ours = record(&d)
+                            .map(|r| (r.hash, r.event.get()))
+                            .map_err(|e| e.code());
+                        let theirs =
+                            serde_code::<RawRecord<'_>>(&d).map(|r| (r.hash, r.event.get()));
+                        assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(&d));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            records[1].prev().expect("canonical"),
+            RawRecord {
+                hash: Hash::ZERO,
+                event: EventBytes(&spaced)
+            }
+            .prev()
+            .expect("spaced")
+        );
+    }
+
+    /// Signed heads: the reader and serde agree on a valid one and on every damaged
+    /// copy.
+    #[test]
+    fn signed_heads_read_as_serde_reads_them() {
+        let head = SignedHead::sign(PaymentId::from_bytes([1; 16]), 3, Hash::of(b"x"), &[7; 32]);
+        let json = serde_json::to_vec(&head).expect("json");
+        assert_eq!(SignedHead::from_json(&json).expect("head"), head);
+        let pretty = serde_json::to_vec_pretty(&head).expect("json");
+        for doc in [json, pretty] {
+            for at in 0..doc.len() {
+                for d in damaged(&doc, at) {
+                    let ours = SignedHead::from_json(&d).map_err(|e| e.code());
+                    let theirs = serde_code::<SignedHead>(&d);
+                    assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(&d));
+                }
+            }
+        }
     }
 }

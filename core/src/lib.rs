@@ -93,7 +93,7 @@ pub mod fold;
 pub mod hash;
 pub mod history;
 pub mod id;
-mod json;
+pub mod json;
 pub mod ledger;
 pub mod map;
 pub mod money;

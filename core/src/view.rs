@@ -343,7 +343,7 @@ mod tree {
             quoted.push(b'"');
             quoted.extend_from_slice(k);
             quoted.push(b'"');
-            serde_json::from_slice(&quoted).unwrap_or_default()
+            crate::json::string(&quoted).unwrap_or_default()
         };
         text(a).cmp(&text(b))
     }

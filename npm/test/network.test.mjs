@@ -219,7 +219,16 @@ test("Node: incremental fetch, pinned-key verification, a command with an idempo
     // A stale expected version loses cleanly with the server's problem code.
     await assert.rejects(
       client.sendCommand(flow.payment, { type: "AgreeToTerms", terms_hash: terms }, `stale-${uuid()}`, 3),
-      (e) => t.isTrustfoldError(e) && e.code === "version_conflict" && e.status === 409,
+      (e) => t.isTrustfoldError(e) && e.code === "version_conflict" && e.status === 409 && e.currentVersion === 9,
+    );
+    // A domain rejection arrives with the rule's code from the problem document.
+    await assert.rejects(
+      client.sendCommand(flow.payment, { type: "AgreeToTerms", terms_hash: "00".repeat(32) }, `bad-${uuid()}`),
+      (e) => t.isTrustfoldError(e) && e.status === 422 && typeof e.code === "string" && e.code !== "http_422",
+    );
+    await assert.rejects(
+      client.sendCommand(flow.payment, { type: "AgreeToTerms", terms_hash: terms }, `frac-${uuid()}`, 8.5),
+      (e) => e.code === "invalid_input" && e.message === "expectedVersion must be a whole number >= 0, got 8.5",
     );
   } finally {
     globalThis.fetch = realFetch;

@@ -34,6 +34,22 @@ test("errors are TrustfoldErrors with the Rust code, message and seq", () => {
     assert.throws(() => t.replay(tampered.history), (e) => e.code === "chain_broken" && typeof e.seq === "number");
   }
   assert.throws(() => t.validatePolicy("{}"), (e) => e.code === "invalid_policy");
+  // Arguments the module reads itself (no serde in it): each refusal names the problem.
+  const ok = vectors.find((v) => v.verify.ok);
+  assert.throws(() => t.stateAt(ok.history, 1.5), (e) => e.code === "invalid_input" && e.message === "seq must be a whole number from 1, got 1.5");
+  assert.throws(() => t.view(ok.history, ["buyer", 7]), (e) => e.code === "invalid_input" && /roles must be an array/.test(e.message));
+  assert.throws(() => t.verify(ok.history, '{"stream":', "00".repeat(32)), (e) => e.code === "malformed_json");
+  assert.throws(() => t.verify(ok.history, '{"seq":1}', "00".repeat(32)), (e) => e.code === "malformed_json" && /missing field `stream`/.test(e.message));
+  const state = t.replay(ok.history);
+  assert.throws(() => t.allowedCommands(ok.history, { party: null }), (e) => e.code === "malformed_json" && /missing field `role`/.test(e.message));
+  assert.throws(
+    () => t.decide(ok.history, { type: "Join" }, { command_id: "nope", actor: { role: "buyer" }, now: state.updated_at }),
+    (e) => e.code === "malformed_json" && /UUID/.test(e.message),
+  );
+  assert.throws(() => new t.Client({}), (e) => e.code === "invalid_input" && e.message === "client options: `baseUrl` is required");
+  assert.throws(() => new t.Client({ baseUrl: 5 }), (e) => e.code === "invalid_input" && /`baseUrl` must be a string/.test(e.message));
+  assert.throws(() => new t.Client({ baseUrl: "http://x", serverKey: "zz" }), (e) => e.code === "invalid_key");
+  assert.throws(() => new t.Client(null), (e) => e.code === "invalid_input");
 });
 
 test("money helpers are exact", () => {
@@ -46,6 +62,9 @@ test("money helpers are exact", () => {
   assert.throws(() => t.moneyAdd("1.005", "1", "USD"), (e) => e.code === "invalid_amount_scale");
   assert.throws(() => t.moneyAdd("1", "1", "XXX"), (e) => e.code === "unknown_currency");
   assert.throws(() => t.moneyAllocate("1.00", "USD", []), (e) => e.code === "invalid_split");
+  assert.throws(() => t.moneyAllocate("1.00", "USD", [1, 2.5]), (e) => e.code === "invalid_split" && e.message === "invalid split: weight #1 (2.5) is not a whole number >= 0");
+  assert.throws(() => t.moneyAllocate("1.00", "USD", [1, "2"]), (e) => e.code === "invalid_split" && e.message === "weights must be an array of numbers");
+  assert.deepEqual(t.moneyAllocate("1.00", "USD", new Set([1, 3])), ["0.25", "0.75"], "any iterable of numbers");
 });
 
 test("view, allowedCommands and decide work on a real history", () => {

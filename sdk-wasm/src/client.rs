@@ -31,19 +31,19 @@ use std::rc::Rc;
 use futures_util::StreamExt;
 use gloo_net::eventsource::futures::EventSource;
 use gloo_net::http::{Request, RequestBuilder, Response};
-use serde::Deserialize;
 use trustfold_core::envelope::Envelope;
 use trustfold_core::event::EventType;
 use trustfold_core::fold;
 use trustfold_core::hash::Hash;
-use trustfold_core::history::{PublicKey, RawRecord, SignedHead};
+use trustfold_core::history::{self, PublicKey, RawRecord, SignedHead};
 use trustfold_core::id::PaymentId;
+use trustfold_core::json;
 use trustfold_core::state::PaymentState;
 use trustfold_core::Error;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, spawn_local};
 
-use crate::error::{js_error, to_js, IntoJs, JsResult};
+use crate::error::{js_error, number_text, string_prop, to_js, whole, IntoJs, JsResult};
 use crate::history::state_json;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -86,16 +86,6 @@ pub struct Client {
     conn: Conn,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ClientOptions {
-    base_url: String,
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    server_key: Option<String>,
-}
-
 #[wasm_bindgen]
 impl Client {
     /// A client for `{baseUrl, token?, serverKey?}`.
@@ -103,17 +93,23 @@ impl Client {
     pub fn new(
         #[wasm_bindgen(unchecked_param_type = "ClientOptions")] options: JsValue,
     ) -> JsResult<Client> {
-        let o: ClientOptions = serde_wasm_bindgen::from_value(options)
-            .map_err(|e| js_error("invalid_input", &format!("client options: {e}")))?;
-        let key = o
-            .server_key
+        if !options.is_object() {
+            return Err(js_error(
+                "invalid_input",
+                "client options: expected an object {baseUrl, token?, serverKey?}",
+            ));
+        }
+        let what = "client options";
+        let base = string_prop(&options, "baseUrl", what)?
+            .ok_or_else(|| js_error("invalid_input", "client options: `baseUrl` is required"))?;
+        let key = string_prop(&options, "serverKey", what)?
             .map(|k| k.parse::<PublicKey>())
             .transpose()
             .js()?;
         Ok(Client {
             conn: Conn {
-                base: o.base_url.trim_end_matches('/').to_string(),
-                token: o.token,
+                base: base.trim_end_matches('/').to_string(),
+                token: string_prop(&options, "token", what)?,
                 key,
             },
         })
@@ -154,6 +150,19 @@ impl Client {
                 "idempotencyKey must not be empty",
             ));
         }
+        let expected_version = expected_version
+            .map(|v| {
+                whole(v).ok_or_else(|| {
+                    js_error(
+                        "invalid_input",
+                        &format!(
+                            "expectedVersion must be a whole number >= 0, got {}",
+                            number_text(v)
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         let conn = self.conn.clone();
         Ok(future_to_promise(async move {
             let mut b = conn
@@ -302,16 +311,39 @@ impl Mirror {
     }
 }
 
-#[derive(Deserialize)]
+/// A page of a payment's events, `{"events":[…],"has_more","next","signed_head"?}`
+/// (other members ignored).
 struct Page<'a> {
-    #[serde(borrow)]
     events: Vec<RawRecord<'a>>,
-    #[serde(default)]
     has_more: bool,
-    #[serde(default)]
     next: Option<u64>,
-    #[serde(default)]
     signed_head: Option<SignedHead>,
+}
+
+impl<'a> Page<'a> {
+    fn from_json(json: &'a [u8]) -> Result<Page<'a>, Error> {
+        let mut page = Page {
+            events: Vec::new(),
+            has_more: false,
+            next: None,
+            signed_head: None,
+        };
+        let mut events = None;
+        for (key, value) in json::object_members(json)? {
+            match key.as_str() {
+                "events" => events = Some(history::parse(value)?),
+                "has_more" if !json::is_null(value) => page.has_more = json::boolean(value)?,
+                "next" if !json::is_null(value) => page.next = Some(json::uint(value)?),
+                "signed_head" if !json::is_null(value) => {
+                    page.signed_head = Some(SignedHead::from_json(value)?)
+                }
+                _ => {}
+            }
+        }
+        page.events =
+            events.ok_or_else(|| Error::MalformedJson("the page has no `events` member".into()))?;
+        Ok(page)
+    }
 }
 
 #[wasm_bindgen]
@@ -351,8 +383,7 @@ impl PaymentFeed {
                     .await
                     .map_err(net)?;
                 let text = body_or_problem(resp).await?;
-                let page: Page<'_> =
-                    serde_json::from_slice(text.as_bytes()).map_err(|e| to_js(&e.into()))?;
+                let page = Page::from_json(text.as_bytes()).js()?;
                 {
                     let mut m = feed.mirror.borrow_mut();
                     for r in &page.events {
@@ -385,8 +416,7 @@ impl PaymentFeed {
                             .await
                             .map_err(net)?;
                         let text = body_or_problem(resp).await?;
-                        serde_json::from_slice::<SignedHead>(text.as_bytes())
-                            .map_err(|e| to_js(&e.into()))?
+                        SignedHead::from_json(text.as_bytes()).js()?
                     }
                 };
                 feed.mirror
@@ -455,8 +485,7 @@ impl PaymentFeed {
                         break;
                     };
                     let data = msg.data().as_string().unwrap_or_default();
-                    let appended = serde_json::from_slice::<RawRecord<'_>>(data.as_bytes())
-                        .map_err(Error::from)
+                    let appended = history::record(data.as_bytes())
                         .and_then(|r| feed.mirror.borrow_mut().append(r.hash, r.event.get()));
                     match appended {
                         Ok(true) => {
@@ -509,19 +538,16 @@ impl PaymentFeed {
 /// The body of `POST …/commands`: `{"command": …}` around a bare command (one with a
 /// `type`); a full request (`{"command", "actor"?, "correlation"?}`) is sent as given.
 fn request_body(command: String) -> JsResult<String> {
-    #[derive(Deserialize)]
-    struct Shape<'a> {
-        #[serde(default, borrow)]
-        command: Option<&'a serde_json::value::RawValue>,
-    }
-    // From bytes: the module has a slice decoder already, not a `str` one.
-    let shape: Shape<'_> = serde_json::from_slice(command.as_bytes()).map_err(|e| {
+    let members = json::object_members(command.as_bytes()).map_err(|e| {
         js_error(
             "malformed_json",
             &format!("the command is not a JSON object: {e}"),
         )
     })?;
-    Ok(if shape.command.is_some() {
+    let full = members
+        .iter()
+        .any(|(key, value)| key == "command" && !json::is_null(value));
+    Ok(if full {
         command
     } else {
         format!("{{\"command\":{command}}}")
@@ -553,18 +579,38 @@ fn net(e: gloo_net::Error) -> JsValue {
     js_error("network_error", &format!("request failed: {e}"))
 }
 
-#[derive(Deserialize)]
+/// An RFC 9457 problem document, as far as the client uses it.
+#[derive(Default)]
 struct Problem {
-    #[serde(default)]
     code: Option<String>,
-    #[serde(default)]
     title: Option<String>,
-    #[serde(default)]
     detail: Option<String>,
-    #[serde(default)]
     field: Option<String>,
-    #[serde(default)]
     current_version: Option<u64>,
+}
+
+impl Problem {
+    /// `None` unless `json` is an object whose members used here have the right types.
+    fn from_json(json: &[u8]) -> Option<Problem> {
+        let mut p = Problem::default();
+        for (key, value) in json::object_members(json).ok()? {
+            let text = || match json::is_null(value) {
+                true => Some(None),
+                false => json::string(value).ok().map(Some),
+            };
+            match key.as_str() {
+                "code" => p.code = text()?,
+                "title" => p.title = text()?,
+                "detail" => p.detail = text()?,
+                "field" => p.field = text()?,
+                "current_version" if !json::is_null(value) => {
+                    p.current_version = Some(json::uint(value).ok()?)
+                }
+                _ => {}
+            }
+        }
+        Some(p)
+    }
 }
 
 /// The body of a 2xx response, or the problem details as a thrown error.
@@ -574,7 +620,7 @@ async fn body_or_problem(resp: Response) -> JsResult<String> {
     if resp.ok() {
         return Ok(text);
     }
-    let p: Option<Problem> = serde_json::from_slice(text.as_bytes()).ok();
+    let p = Problem::from_json(text.as_bytes());
     let code = p
         .as_ref()
         .and_then(|p| p.code.clone())

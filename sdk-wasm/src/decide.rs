@@ -12,7 +12,7 @@ use trustfold_core::state::PaymentState;
 use trustfold_core::time::Timestamp;
 use wasm_bindgen::prelude::*;
 
-use crate::error::{input_bytes, js_error, to_js, to_value, IntoJs, JsResult};
+use crate::error::{input_bytes, js_error, to_value, IntoJs, JsResult};
 
 fn state_of(history: &JsValue) -> JsResult<Option<PaymentState>> {
     let bytes = input_bytes(history, "history")?;
@@ -23,10 +23,6 @@ fn state_of(history: &JsValue) -> JsResult<Option<PaymentState>> {
         return Ok(None);
     }
     replay(&bytes).map(Some).js()
-}
-
-fn parse<T: serde::de::DeserializeOwned>(json: &str) -> JsResult<T> {
-    serde_json::from_slice(json.as_bytes()).map_err(|e| to_js(&e.into()))
 }
 
 /// The command types (e.g. `"Approve"`) the actor may issue now. `actorJson` is
@@ -40,7 +36,7 @@ pub fn allowed_commands(
 ) -> JsResult<JsValue> {
     let state =
         state_of(&history)?.ok_or_else(|| js_error("unknown_payment", "the history is empty"))?;
-    let actor: Actor = parse(actor)?;
+    let actor = Actor::from_json(actor.as_bytes()).js()?;
     let now = match now {
         Some(t) => t.parse::<Timestamp>().js()?,
         None => state.updated_at,
@@ -67,7 +63,7 @@ pub fn decide(
 ) -> JsResult<String> {
     let state = state_of(&history)?;
     let cmd = Command::from_json(command.as_bytes()).js()?;
-    let ctx: Context = parse(context)?;
+    let ctx = Context::from_json(context.as_bytes()).js()?;
     let d = trustfold_core::decide::handle(state.as_ref(), &cmd, &ctx).js()?;
     let mut out = Vec::with_capacity(d.sealed.iter().map(|s| s.body.len() + 1).sum::<usize>() + 2);
     out.push(b'[');

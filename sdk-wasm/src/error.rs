@@ -64,6 +64,47 @@ pub fn input_bytes(v: &JsValue, what: &str) -> JsResult<Vec<u8>> {
     ))
 }
 
+/// The items of a JS iterable (an array, typed array, set…), each converted by `item`;
+/// `None` if `v` is not iterable or an item does not convert.
+pub fn items<T>(v: &JsValue, item: impl Fn(&JsValue) -> Option<T>) -> Option<Vec<T>> {
+    let iter = js_sys::try_iter(v).ok()??;
+    let mut out = Vec::new();
+    for x in iter {
+        out.push(item(&x.ok()?)?);
+    }
+    Some(out)
+}
+
+/// An optional string property of a JS object: `Ok(None)` when absent, `undefined`
+/// or `null`, an `invalid_input` error naming it when it is anything but a string.
+pub fn string_prop(obj: &JsValue, name: &str, what: &str) -> JsResult<Option<String>> {
+    let v = js_sys::Reflect::get(obj, &name.into()).unwrap_or(JsValue::UNDEFINED);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.as_string().map(Some).ok_or_else(|| {
+        js_error(
+            "invalid_input",
+            &format!("{what}: `{name}` must be a string"),
+        )
+    })
+}
+
+/// A JS number as JavaScript writes it (for messages: Rust's own float printing would
+/// add about 10 KB to the module).
+pub fn number_text(n: f64) -> String {
+    js_sys::Number::from(n)
+        .to_string_with_radix(10)
+        .map(String::from)
+        .unwrap_or_default()
+}
+
+/// A whole number from 0 to 2^53 − 1 (a JS number that is an exact integer), else
+/// `None`.
+pub fn whole(n: f64) -> Option<u64> {
+    (n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0).then_some(n as u64)
+}
+
 /// Serializes a result object for JS (plain objects, not `Map`s).
 pub fn to_value<T: serde::Serialize>(v: &T) -> JsResult<JsValue> {
     v.serialize(&serde_wasm_bindgen::Serializer::json_compatible())

@@ -15,7 +15,7 @@ use trustfold_core::view;
 use trustfold_core::Error;
 use wasm_bindgen::prelude::*;
 
-use crate::error::{input_bytes, js_error, to_js, to_value, IntoJs, JsResult};
+use crate::error::{input_bytes, items, js_error, number_text, to_value, whole, IntoJs, JsResult};
 
 /// Verifies and folds a history; returns the state as canonical JSON, the exact
 /// bytes native Rust's `PaymentState::to_json` gives.
@@ -48,13 +48,16 @@ pub fn state_at(
     seq: f64,
 ) -> JsResult<String> {
     let bytes = input_bytes(&history, "history")?;
-    if !(seq >= 1.0 && seq.fract() == 0.0) {
+    let Some(seq) = whole(seq).filter(|&n| n >= 1) else {
         return Err(js_error(
             "invalid_input",
-            &format!("seq must be a whole number from 1, got {seq}"),
+            &format!(
+                "seq must be a whole number from 1, got {}",
+                number_text(seq)
+            ),
         ));
-    }
-    let state = trustfold_core::fold::replay_at(&bytes, seq as u64).js()?;
+    };
+    let state = trustfold_core::fold::replay_at(&bytes, seq).js()?;
     Ok(state_json(&state))
 }
 
@@ -90,7 +93,7 @@ pub fn verify(
     let bytes = input_bytes(&history, "history")?;
     let head: Option<SignedHead> = match signed_head.as_deref().map(str::trim) {
         None | Some("") | Some("null") => None,
-        Some(h) => Some(serde_json::from_slice(h.as_bytes()).map_err(|e| to_js(&e.into()))?),
+        Some(h) => Some(SignedHead::from_json(h.as_bytes()).js()?),
     };
     let outcome = match verify_bytes(&bytes, head.as_ref(), public_key.as_deref()) {
         Ok(state) => VerifyOutcome::Ok {
@@ -126,8 +129,8 @@ pub fn view(
     #[wasm_bindgen(unchecked_param_type = "string[]")] roles: JsValue,
 ) -> JsResult<String> {
     let bytes = input_bytes(&history, "history")?;
-    let roles: Vec<String> = serde_wasm_bindgen::from_value(roles)
-        .map_err(|_| js_error("invalid_input", "roles must be an array of role names"))?;
+    let roles = items(&roles, JsValue::as_string)
+        .ok_or_else(|| js_error("invalid_input", "roles must be an array of role names"))?;
     let roles: Vec<Role> = roles.into_iter().map(Role::new).collect();
     let records = history::parse(&bytes).js()?;
     let state = replay_records(&records, None).js()?;

@@ -5,7 +5,7 @@
 use trustfold_core::money::{Currency, Money};
 use wasm_bindgen::prelude::*;
 
-use crate::error::{js_error, to_value, IntoJs, JsResult};
+use crate::error::{items, js_error, number_text, to_value, whole, IntoJs, JsResult};
 
 fn money(amount: &str, currency: &str) -> JsResult<Money> {
     let c = Currency::new(currency).js()?;
@@ -38,19 +38,21 @@ pub fn money_allocate(
     currency: &str,
     #[wasm_bindgen(unchecked_param_type = "number[]")] weights: JsValue,
 ) -> JsResult<JsValue> {
-    let weights: Vec<f64> = serde_wasm_bindgen::from_value(weights)
-        .map_err(|_| js_error("invalid_split", "weights must be an array of numbers"))?;
+    let weights = items(&weights, JsValue::as_f64)
+        .ok_or_else(|| js_error("invalid_split", "weights must be an array of numbers"))?;
     let weights = weights
         .into_iter()
-        .map(|w| {
-            if w >= 0.0 && w.fract() == 0.0 && w <= 9_007_199_254_740_991.0 {
-                Ok(w as u64)
-            } else {
-                Err(js_error(
+        .enumerate()
+        .map(|(i, w)| {
+            whole(w).ok_or_else(|| {
+                js_error(
                     "invalid_split",
-                    &format!("invalid split: weight {w} is not a whole number >= 0"),
-                ))
-            }
+                    &format!(
+                        "invalid split: weight #{i} ({}) is not a whole number >= 0",
+                        number_text(w)
+                    ),
+                )
+            })
         })
         .collect::<JsResult<Vec<u64>>>()?;
     let parts = money(amount, currency)?.allocate(&weights).js()?;

@@ -730,15 +730,28 @@ pub(crate) use read_members;
 /// Reads a whole document as serde_json does: the value's syntax first (so a syntax
 /// error anywhere is reported before what the value means), then the value with
 /// `read`, then that nothing but whitespace follows. Errors carry their position.
-pub(crate) fn document<T>(
-    b: &[u8],
+pub(crate) fn document<'a, T>(
+    b: &'a [u8],
     policies: Option<&mut PolicyCache>,
-    read: impl FnOnce(&mut Reader<'_, '_>) -> Read<T>,
+    read: impl FnOnce(&mut Reader<'a, '_>) -> Read<T>,
 ) -> crate::Result<T> {
     Reader::new(b, None)
         .raw()
         .map_err(|rejected| rejected.into_error(b))?;
     let mut r = Reader::new(b, policies);
+    read(&mut r)
+        .and_then(|v| r.end().map(|()| v))
+        .map_err(|rejected| rejected.into_error(b))
+}
+
+/// Reads a whole document front to back, as a streaming parser does: the first
+/// error in the document's order is the one reported (a value refused before a syntax
+/// error later in the text), unlike [`document`], which checks the syntax first.
+pub(crate) fn stream<'a, T>(
+    b: &'a [u8],
+    read: impl FnOnce(&mut Reader<'a, '_>) -> Read<T>,
+) -> crate::Result<T> {
+    let mut r = Reader::new(b, None);
     read(&mut r)
         .and_then(|v| r.end().map(|()| v))
         .map_err(|rejected| rejected.into_error(b))
