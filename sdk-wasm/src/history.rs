@@ -145,6 +145,6 @@ pub fn view(
 }
 
 pub(crate) fn state_json(state: &PaymentState) -> String {
-    // The core writes JSON with serde_json: always UTF-8.
+    // The core's JSON writer writes UTF-8 only.
     String::from_utf8(state.to_json()).unwrap_or_default()
 }
