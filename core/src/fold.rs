@@ -836,20 +836,43 @@ where
 /// assert_eq!(err.code(), "malformed_json");
 /// ```
 pub fn replay(history_json: &[u8]) -> Result<PaymentState> {
-    let records = history::parse(history_json)?;
-    replay_records(&records, None)
+    with_records(history_json, |records| replay_records(records, None))
 }
 
 /// The state after event `seq` of a verified history (a view of the past).
 pub fn replay_at(history_json: &[u8], seq: u64) -> Result<PaymentState> {
-    let records = history::parse(history_json)?;
-    if seq == 0 || seq > records.len() as u64 {
-        return Err(Error::history(
-            seq,
-            format!("no event {seq}: the history has {} events", records.len()),
-        ));
+    with_records(history_json, |records| {
+        if seq == 0 || seq > records.len() as u64 {
+            return Err(Error::history(
+                seq,
+                format!("no event {seq}: the history has {} events", records.len()),
+            ));
+        }
+        replay_records(records, Some(seq))
+    })
+}
+
+/// Runs `check` on the records of a history document. The line scanner splits a
+/// document in trustfold's own layout without reading the events' JSON, so a document
+/// in another layout that it takes (two records on one line, say) can come out split
+/// wrongly, and then fails `check`: in that case the document is read as JSON and
+/// `check` runs again on those records, whose answer stands (unless the document is
+/// not JSON at all, when the first answer, which names the event, stands).
+fn with_records<T>(
+    history_json: &[u8],
+    check: impl Fn(&[history::RawRecord<'_>]) -> Result<T>,
+) -> Result<T> {
+    if let Some(records) = history::parse_lines(history_json) {
+        return match check(&records) {
+            Ok(v) => Ok(v),
+            Err(first) => match history::parse_json(history_json, false) {
+                Ok(records) => check(&records),
+                // Not JSON at all: the scanner's records say where (at which event).
+                Err(_) => Err(first),
+            },
+        };
     }
-    replay_records(&records, Some(seq))
+    check(&history::parse_json(history_json, false)?)
 }
 
 /// Verifies and folds parsed records, stopping after sequence `at` when given.
@@ -910,19 +933,20 @@ pub fn verify_and_replay(
     head: Option<&crate::history::SignedHead>,
     key: Option<&crate::history::PublicKey>,
 ) -> Result<PaymentState> {
-    let records = history::parse(history_json)?;
-    if records.is_empty() {
-        return Err(Error::history(1, "empty history"));
-    }
-    history::verify_chain(&records)?;
-    match (head, key) {
-        (Some(h), Some(k)) => h.verify_against(k, &records)?,
-        (Some(_), None) => {
-            return Err(Error::InvalidKey(
-                "a signed head is checked against the server's public key: pass the key".into(),
-            ))
+    with_records(history_json, |records| {
+        if records.is_empty() {
+            return Err(Error::history(1, "empty history"));
         }
-        _ => {}
-    }
-    fold_records(&records, None)
+        history::verify_chain(records)?;
+        match (head, key) {
+            (Some(h), Some(k)) => h.verify_against(k, records)?,
+            (Some(_), None) => {
+                return Err(Error::InvalidKey(
+                    "a signed head is checked against the server's public key: pass the key".into(),
+                ))
+            }
+            _ => {}
+        }
+        fold_records(records, None)
+    })
 }

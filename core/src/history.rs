@@ -151,6 +151,10 @@ pub fn record(json: &[u8]) -> Result<RawRecord<'_>> {
 /// Histories written by trustfold put one record per line
 /// (`[\n{"hash":"…","event":…},\n…\n]`); those are split by a byte scanner that reads
 /// no JSON at all. Anything else goes through a full JSON parser, with the same result.
+/// A document in another layout that still looks like that one line by line (two
+/// records sharing a line) can be split wrongly; such a record's event never hashes
+/// to its recorded hash, so [`verify_chain`] refuses it, and the replays in `fold`
+/// then read the document as JSON instead.
 pub fn parse(history_json: &[u8]) -> Result<Vec<RawRecord<'_>>> {
     if let Some(records) = parse_lines(history_json) {
         return Ok(records);
@@ -168,7 +172,7 @@ pub(crate) fn parse_json(history_json: &[u8], others: bool) -> Result<Vec<RawRec
 
 /// The fast path of [`parse`]: `None` unless the document is exactly in the layout
 /// [`write`] produces.
-fn parse_lines(doc: &[u8]) -> Option<Vec<RawRecord<'_>>> {
+pub(crate) fn parse_lines(doc: &[u8]) -> Option<Vec<RawRecord<'_>>> {
     const HEAD: &[u8] = b"{\"hash\":\"";
     const MID: &[u8] = b"\",\"event\":";
     let text = std::str::from_utf8(doc).ok()?;

@@ -300,3 +300,30 @@ fn damaged_payloads_of_every_event_type_fail_as_the_json_parser_says() {
         }
     }
 }
+
+/// A valid history in another layout that the line scanner still takes (two records
+/// on one line): the scanner's split is wrong, and the verified replays read the
+/// document as JSON instead, with the same answer as for the original.
+#[test]
+fn records_sharing_a_line_verify_as_the_original() {
+    let mut checked = 0;
+    for h in vectors() {
+        let Ok(want) = trustfold_core::fold::replay(&h) else {
+            continue;
+        };
+        let text = String::from_utf8(h.clone()).expect("utf8");
+        let joined = text.replacen("},\n{\"hash\"", "}, {\"hash\"", 1);
+        if joined == text {
+            continue;
+        }
+        let got = trustfold_core::fold::replay(joined.as_bytes()).expect("the joined history");
+        assert_eq!(got.to_json(), want.to_json());
+        let verified = trustfold_core::fold::verify_and_replay(joined.as_bytes(), None, None)
+            .expect("verified");
+        assert_eq!(verified.to_json(), want.to_json());
+        let at = trustfold_core::fold::replay_at(joined.as_bytes(), 1).expect("seq 1");
+        assert_eq!(at.version, 1);
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked} histories");
+}
