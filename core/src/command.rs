@@ -357,7 +357,84 @@ impl Command {
     pub fn from_json(json: &[u8]) -> crate::Result<Command> {
         crate::command_read::from_slice(json)
     }
+
+    /// The command's free-text fields with their longest allowed length in
+    /// characters: [`NAME_MAX`] for names, references and codes, [`TEXT_MAX`] for
+    /// descriptions, reasons and notes. Every event carries its command's text into a
+    /// history that is kept forever and folded in browsers: [`decide`] refuses longer
+    /// text with `text_too_long`.
+    ///
+    /// [`decide`]: crate::decide::decide
+    ///
+    /// ```
+    /// use trustfold_core::command::{Command, TEXT_MAX};
+    /// let c = Command::Close { reason: "done".into() };
+    /// assert_eq!(c.texts(), vec![("reason", "done", TEXT_MAX)]);
+    /// ```
+    pub fn texts(&self) -> Vec<(&'static str, &str, usize)> {
+        fn text<'a>(field: &'static str, v: &'a str) -> (&'static str, &'a str, usize) {
+            (field, v, TEXT_MAX)
+        }
+        fn name<'a>(field: &'static str, v: &'a str) -> (&'static str, &'a str, usize) {
+            (field, v, NAME_MAX)
+        }
+        match self {
+            Command::Initiate {
+                description,
+                name: n,
+                ..
+            } => vec![text("description", description), name("name", n)],
+            Command::Invite { name: n, email, .. } => {
+                let mut v = vec![name("name", n)];
+                if let Some(e) = email {
+                    v.push(name("email", e));
+                }
+                v
+            }
+            Command::AttachFundingMethod { method } => vec![
+                name("method.institution", &method.institution),
+                name("method.account_last4", &method.account_last4),
+                name("method.holder", &method.holder),
+            ],
+            Command::SubmitFunding { rail_ref, .. }
+            | Command::SubmitDisbursement { rail_ref, .. }
+            | Command::RecordShortfallRecovery { rail_ref, .. } => vec![name("rail_ref", rail_ref)],
+            Command::RailNotice { rail_ref, notice } => match notice {
+                RailOutcome::Settled => vec![name("rail_ref", rail_ref)],
+                RailOutcome::Failed { code, reason }
+                | RailOutcome::Returned { code, reason, .. } => {
+                    vec![
+                        name("rail_ref", rail_ref),
+                        name("notice.code", code),
+                        text("notice.reason", reason),
+                    ]
+                }
+            },
+            Command::ResolveDispute { note, .. } => vec![text("note", note)],
+            Command::Remove { reason, .. }
+            | Command::Deny { reason, .. }
+            | Command::CancelRequest { reason, .. }
+            | Command::OpenDispute { reason, .. }
+            | Command::Cancel { reason, .. }
+            | Command::RecordReversal { reason, .. }
+            | Command::WriteOffShortfall { reason }
+            | Command::Close { reason } => vec![text("reason", reason)],
+            Command::Join
+            | Command::AgreeToTerms { .. }
+            | Command::Tick
+            | Command::RequestRelease { .. }
+            | Command::AmendRelease { .. }
+            | Command::RequestRefund { .. }
+            | Command::Approve { .. }
+            | Command::WithdrawApproval { .. } => Vec::new(),
+        }
+    }
 }
+
+/// The longest name, e-mail, rail reference or code a command may carry, in characters.
+pub const NAME_MAX: usize = 200;
+/// The longest description, reason or note a command may carry, in characters.
+pub const TEXT_MAX: usize = 2000;
 
 /// Everything a command is judged with besides the state: who, when, and its id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,6 +46,15 @@ pub fn decide(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Res
 
 /// Decides a command and applies its events. `state` is `None` only for `Initiate`.
 pub fn handle(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Result<Decision> {
+    for (field, text, max) in cmd.texts() {
+        let chars = text.chars().count();
+        if chars > max {
+            return Err(Error::rejected(
+                "text_too_long",
+                format!("`{field}` is {chars} characters long; at most {max} are kept"),
+            ));
+        }
+    }
     let mut em = match (state, cmd) {
         (None, Command::Initiate { .. }) => return initiate(cmd, ctx),
         (Some(_), Command::Initiate { payment, .. }) => {
@@ -199,7 +208,7 @@ fn initiate(cmd: &Command, ctx: &Context) -> Result<Decision> {
     if let Some(d) = &policy.funding.deadline {
         if d.anchor == DeadlineAnchor::Initiated {
             em.emit(FundingDeadlineSet {
-                deadline: deadline_from(ctx.now, d),
+                deadline: deadline_from(ctx.now, d)?,
             })?;
         }
     }
@@ -229,12 +238,23 @@ fn stamp(
     }
 }
 
-fn deadline_from(t: Timestamp, d: &crate::policy::DeadlineRule) -> Timestamp {
-    if d.business_days {
+/// The funding deadline `d` sets at `t`; refused when it would fall past the last
+/// instant a timestamp can be written as (year 9999), so no event ever carries a
+/// time that no reader accepts.
+fn deadline_from(t: Timestamp, d: &crate::policy::DeadlineRule) -> Result<Timestamp> {
+    let deadline = if d.business_days {
         t.add_business_days(d.days)
     } else {
         t.add_days(i64::from(d.days))
-    }
+    };
+    deadline.in_range().ok_or_else(|| Error::Rejected {
+        code: "deadline_out_of_range",
+        message: format!(
+            "a funding deadline {} days after {t} would fall after {}",
+            d.days,
+            Timestamp::MAX
+        ),
+    })
 }
 
 /// Roles of the policy allowed to issue `kind` (besides built-in rules).
@@ -691,7 +711,7 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
                 if let Some(d) = s.policy_doc.funding.deadline.clone() {
                     if d.anchor == DeadlineAnchor::Agreed {
                         em.emit(FundingDeadlineSet {
-                            deadline: deadline_from(ctx.now, &d),
+                            deadline: deadline_from(ctx.now, &d)?,
                         })?;
                     }
                 }

@@ -31,6 +31,12 @@ use crate::hash::Hash;
 use crate::map::{SortedMap, SortedSet};
 use crate::money::{Currency, Money};
 
+/// The longest funding deadline a policy may set, in days: ten years.
+pub const MAX_DEADLINE_DAYS: u32 = 3650;
+/// The longest hold between settlement and good funds a policy may set, in business
+/// days (ACH's return window is 60 calendar days).
+pub const MAX_GOOD_FUNDS_DAYS: u32 = 365;
+
 /// Roles the system itself acts in; a policy may not define them.
 pub const RESERVED_ROLES: &[&str] = &["system", "rail"];
 
@@ -94,6 +100,24 @@ pub enum Rail {
     Book,
 }
 unit_enum_de!(Rail { Ach = "ach", Wire = "wire", Rtp = "rtp", Card = "card", Book = "book" });
+
+impl Rail {
+    /// The rail's name in JSON.
+    ///
+    /// ```
+    /// use trustfold_core::policy::Rail;
+    /// assert_eq!(Rail::Ach.as_str(), "ach");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rail::Ach => "ach",
+            Rail::Wire => "wire",
+            Rail::Rtp => "rtp",
+            Rail::Card => "card",
+            Rail::Book => "book",
+        }
+    }
+}
 
 /// How many parties may hold a role.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -530,16 +554,39 @@ impl Policy {
         if f.rails.is_empty() {
             return Err(Error::policy("funding.rails", "name at least one rail"));
         }
-        for rail in f.good_funds_days.keys() {
+        for (rail, days) in f.good_funds_days.iter() {
             if !f.rails.contains(rail) {
                 return Err(Error::policy(
                     "funding.good_funds_days",
                     format!("rail {rail:?} is not in funding.rails"),
                 ));
             }
+            if *days > MAX_GOOD_FUNDS_DAYS {
+                return Err(Error::policy(
+                    format!("funding.good_funds_days.{}", rail.as_str()),
+                    format!("must be at most {MAX_GOOD_FUNDS_DAYS} business days"),
+                ));
+            }
+        }
+        if let Some(d) = &f.deadline {
+            if d.days > MAX_DEADLINE_DAYS {
+                return Err(Error::policy(
+                    "funding.deadline.days",
+                    format!("must be at most {MAX_DEADLINE_DAYS} (ten years)"),
+                ));
+            }
         }
         if f.max_attempts == 0 {
             return Err(Error::policy("funding.max_attempts", "must be 1 or more"));
+        }
+        for (i, c) in self.currencies.iter().enumerate() {
+            if self.currencies[..i].contains(c) {
+                return Err(Error::policy(
+                    format!("currencies[{i}]"),
+                    format!("{c} is listed twice"),
+                ));
+            }
+            self.fees_payable_in(*c)?;
         }
         positive("funding.amount.min", f.amount.min)?;
         positive("funding.amount.max", f.amount.max)?;
@@ -637,6 +684,7 @@ impl Policy {
                 ),
             ));
         }
+        self.fees_payable_in(amount.currency())?;
         let a = amount.amount();
         let over = |lim: Option<Decimal>| lim.is_some_and(|l| a > l);
         if over(self.limits.max_payment) || over(self.funding.amount.max) {
@@ -650,6 +698,25 @@ impl Policy {
                 "below_minimum",
                 format!("amount {amount} is under the policy's minimum"),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every fixed fee can be charged in `currency` (a fee of 2.50 cannot be charged
+    /// in JPY): otherwise no release of the payment could ever be paid out.
+    fn fees_payable_in(&self, currency: Currency) -> Result<()> {
+        for (i, fee) in self.fees.iter().enumerate() {
+            if let Some(fixed) = fee.fixed {
+                if Money::from_decimal(fixed, currency).is_err() {
+                    return Err(Error::policy(
+                        format!("fees[{i}].fixed"),
+                        format!(
+                            "{fixed} has more decimals than {currency} allows ({})",
+                            currency.minor_units()
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -57,6 +57,40 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order of a payment's life.
+    pub const ALL: [Status; 18] = [
+        Status::Draft,
+        Status::AwaitingAgreement,
+        Status::AwaitingFunds,
+        Status::FundingInFlight,
+        Status::Funded,
+        Status::Held,
+        Status::AwaitingApprovals,
+        Status::Disbursing,
+        Status::Refunding,
+        Status::Disputed,
+        Status::Completed,
+        Status::Refunded,
+        Status::Expired,
+        Status::Cancelled,
+        Status::Shortfall,
+        Status::Recovered,
+        Status::WrittenOff,
+        Status::Closed,
+    ];
+
+    /// The status named `name` exactly as written in JSON.
+    ///
+    /// ```
+    /// use trustfold_core::state::Status;
+    /// assert_eq!(Status::named("AwaitingFunds"), Some(Status::AwaitingFunds));
+    /// assert_eq!(Status::named("awaiting_funds"), None);
+    /// assert!(Status::ALL.iter().all(|s| Status::named(s.as_str()) == Some(*s)));
+    /// ```
+    pub fn named(name: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// The status's name as written in JSON (`"AwaitingFunds"`).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -50,18 +50,48 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(days.saturating_mul(MS_PER_DAY)))
     }
 
-    /// This instant plus `days` business days (Monday to Friday). Starting on a
-    /// weekend counts from the next Monday's same time of day.
+    /// This instant plus `days` business days (Monday to Friday), saturating. Starting
+    /// on a weekend counts from the next Monday's same time of day. Constant time:
+    /// whole weeks first, then the rest.
     pub fn add_business_days(&self, days: u32) -> Self {
-        let mut t = *self;
-        let mut left = days;
-        while left > 0 {
-            t = t.add_days(1);
-            if t.weekday() < 5 {
-                left -= 1;
-            }
+        if days == 0 {
+            return *self;
         }
-        t
+        let w = i64::from(self.weekday());
+        // From a Saturday or Sunday the following business days are those that
+        // follow the Friday before.
+        let (base, w) = if w >= 5 {
+            (self.add_days(4 - w), 4)
+        } else {
+            (*self, w)
+        };
+        let n = i64::from(days);
+        let rest = n % 5;
+        let mut calendar = n / 5 * 7 + rest;
+        if w + rest >= 5 {
+            calendar += 2;
+        }
+        base.add_days(calendar)
+    }
+
+    /// The earliest instant a timestamp can be written as: `0000-01-01T00:00:00Z`.
+    pub const MIN: Timestamp = Timestamp(-62_167_219_200_000);
+    /// The latest instant a timestamp can be written as: `9999-12-31T23:59:59.999Z`.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// `Some(self)` when this instant can be written as RFC 3339 with a four-digit
+    /// year (between [`Timestamp::MIN`] and [`Timestamp::MAX`]), the only form
+    /// [`Timestamp::from_str`] reads back.
+    ///
+    /// ```
+    /// use trustfold_core::time::Timestamp;
+    /// let t: Timestamp = "9999-12-30T00:00:00Z".parse()?;
+    /// assert!(t.add_days(1).in_range().is_some());
+    /// assert!(t.add_days(2).in_range().is_none()); // year 10000
+    /// # Ok::<(), trustfold_core::Error>(())
+    /// ```
+    pub fn in_range(self) -> Option<Self> {
+        (Self::MIN..=Self::MAX).contains(&self).then_some(self)
     }
 
     /// Day of week, 0 = Monday … 6 = Sunday.
@@ -238,6 +268,55 @@ mod tests {
             let t: Timestamp = s.parse().unwrap();
             assert_eq!(t.to_string(), s);
         }
+    }
+
+    #[test]
+    fn business_days_match_counting_day_by_day() {
+        fn by_counting(t: Timestamp, days: u32) -> Timestamp {
+            let mut t = t;
+            let mut left = days;
+            while left > 0 {
+                t = t.add_days(1);
+                if t.weekday() < 5 {
+                    left -= 1;
+                }
+            }
+            t
+        }
+        let monday: Timestamp = "2026-11-23T17:30:00Z".parse().unwrap();
+        for start in 0..14 {
+            let t = monday.add_days(start).add_hours(start % 3);
+            for days in 0..40 {
+                assert_eq!(
+                    t.add_business_days(days),
+                    by_counting(t, days),
+                    "{t} + {days}"
+                );
+            }
+        }
+        // Large counts are quick and saturate instead of wrapping.
+        assert_eq!(
+            monday.add_business_days(5 * 100_000).to_string(),
+            monday.add_days(7 * 100_000).to_string()
+        );
+        assert_eq!(
+            Timestamp::MAX.add_business_days(u32::MAX).in_range(),
+            None,
+            "past the last writable instant"
+        );
+    }
+
+    #[test]
+    fn the_range_is_what_parses() {
+        assert_eq!(Timestamp::MIN, "0000-01-01T00:00:00Z".parse().unwrap());
+        assert_eq!(Timestamp::MAX, "9999-12-31T23:59:59.999Z".parse().unwrap());
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Timestamp::MIN.to_string(), "0000-01-01T00:00:00Z");
+        let after = Timestamp::from_unix_millis(Timestamp::MAX.unix_millis() + 1);
+        assert!(after.in_range().is_none());
+        assert!(after.to_string().parse::<Timestamp>().is_err());
+        let before = Timestamp::from_unix_millis(Timestamp::MIN.unix_millis() - 1);
+        assert!(before.in_range().is_none());
     }
 
     #[test]

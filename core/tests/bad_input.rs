@@ -2,7 +2,10 @@
 
 mod support;
 
-use support::scenarios::{self, as_, pid, usd, BUYER, ESCROW, LENDER, SELLER};
+use support::scenarios::{
+    self, as_, pid, policy, usd, BUYER, ESCROW, LENDER, LISTING_AGENT, SELLER,
+};
+use trustfold_core::driver::Driver;
 use trustfold_core::fold::{replay, verify_and_replay};
 use trustfold_core::history::PublicKey;
 use trustfold_core::prelude::*;
@@ -154,6 +157,21 @@ fn invalid_policies_name_the_field() {
         ("/version", 0.into(), "version"),
         ("/funding/rails", serde_json::json!([]), "funding.rails"),
         (
+            "/currencies",
+            serde_json::json!(["USD", "EUR", "USD"]),
+            "currencies[2]",
+        ),
+        (
+            "/funding/deadline/days",
+            3651.into(),
+            "funding.deadline.days",
+        ),
+        (
+            "/funding/good_funds_days/ach",
+            366.into(),
+            "funding.good_funds_days.ach",
+        ),
+        (
             "/notifications/NotAnEvent",
             serde_json::json!(["client"]),
             "notifications.NotAnEvent",
@@ -172,6 +190,23 @@ fn invalid_policies_name_the_field() {
         assert_eq!(e.code(), "invalid_policy", "{path}");
         assert_eq!(e.field(), Some(field), "{path}: {e}");
     }
+    // A fixed fee must be chargeable in every listed currency.
+    let mut p = base.clone();
+    p["currencies"] = serde_json::json!(["USD", "JPY"]);
+    p["fees"][0]["fixed"] = "25.50".into();
+    let e = Policy::from_json(&p.to_string()).unwrap_err();
+    assert_eq!(e.field(), Some("fees[0].fixed"), "{e}");
+    assert!(e.to_string().contains("JPY"), "{e}");
+    // With no currencies listed, opening a payment in one that cannot carry the fee
+    // is refused instead of every release failing later.
+    p["currencies"] = serde_json::json!([]);
+    let lenient = Policy::from_json(&p.to_string()).expect("valid without currencies");
+    let yen = Money::parse("100000", Currency::new("JPY").expect("jpy")).expect("yen");
+    assert_eq!(
+        lenient.check_payment_amount(&yen).unwrap_err().field(),
+        Some("fees[0].fixed")
+    );
+    assert_eq!(lenient.check_payment_amount(&usd("100000.00")), Ok(()));
     // Unknown role names in roles: reserved ones too.
     let mut p = base.clone();
     p["roles"]["system"] = serde_json::json!({});
@@ -209,6 +244,34 @@ fn malformed_commands() {
 
 #[test]
 fn rejections_name_the_rule() {
+    let mut s = scenarios::earnest_held(90).expect("held");
+    // Text longer than a history should keep.
+    let long = "é".repeat(trustfold_core::command::TEXT_MAX + 1);
+    s.rejects(
+        as_(BUYER, "buyer"),
+        Command::OpenDispute {
+            dispute: scenarios::rid(2),
+            reason: long.clone(),
+        },
+        "text_too_long",
+    );
+    s.rejects(
+        as_(ESCROW, "escrow_holder"),
+        Command::RailNotice {
+            rail_ref: "x".repeat(trustfold_core::command::NAME_MAX + 1),
+            notice: trustfold_core::command::RailOutcome::Settled,
+        },
+        "text_too_long",
+    );
+    // At the limit (in characters, not bytes) it is taken.
+    s.run(
+        as_(BUYER, "buyer"),
+        Command::OpenDispute {
+            dispute: scenarios::rid(2),
+            reason: long[..long.len() - 2].to_string(),
+        },
+    )
+    .expect("a reason of exactly TEXT_MAX characters");
     let mut s = scenarios::earnest_held(90).expect("held");
     // Wrong role.
     s.rejects(
@@ -427,4 +490,46 @@ fn state_at_a_sequence() {
             .code(),
         "invalid_history"
     );
+}
+
+#[test]
+fn a_deadline_past_year_9999_is_refused_not_written() {
+    let mut p = policy("earnest-money");
+    let rule = p.funding.deadline.as_mut().expect("a deadline");
+    rule.anchor = trustfold_core::policy::DeadlineAnchor::Initiated;
+    rule.days = trustfold_core::policy::MAX_DEADLINE_DAYS;
+    rule.business_days = false;
+    let initiate = |p: &Policy, d: &Driver| Command::Initiate {
+        payment: d.payment(),
+        tenant: trustfold_core::id::TenantId::from_bytes([0x7e; 16]),
+        policy: Box::new(p.clone()),
+        amount: usd("5000.00"),
+        description: "Earnest money".into(),
+        roles: vec![trustfold_core::policy::Role::new("listing_agent")],
+        name: "Lee Listing".into(),
+    };
+    let late: Timestamp = "9995-06-01T12:00:00Z".parse().expect("time");
+    let mut d = Driver::new(PaymentId::from_bytes([9; 16]), late);
+    let e = d
+        .run(as_(LISTING_AGENT, "listing_agent"), initiate(&p, &d))
+        .unwrap_err();
+    assert_eq!(e.code(), "deadline_out_of_range", "{e}");
+    assert!(e.to_string().contains("9999-12-31T23:59:59.999Z"), "{e}");
+    assert!(d.state().is_err(), "no state");
+    assert_eq!(d.history(), b"[\n\n]\n", "nothing was written");
+    // Business days reach the same limit.
+    p.funding.deadline.as_mut().expect("deadline").business_days = true;
+    let e = d
+        .run(as_(LISTING_AGENT, "listing_agent"), initiate(&p, &d))
+        .unwrap_err();
+    assert_eq!(e.code(), "deadline_out_of_range", "{e}");
+    // Ten years earlier the same policy works.
+    let mut d = Driver::new(
+        PaymentId::from_bytes([9; 16]),
+        "9985-06-01T12:00:00Z".parse().expect("time"),
+    );
+    d.run(as_(LISTING_AGENT, "listing_agent"), initiate(&p, &d))
+        .expect("initiated");
+    let deadline = d.state().expect("state").funding.deadline.expect("set");
+    assert_eq!(deadline.to_string().parse::<Timestamp>(), Ok(deadline));
 }

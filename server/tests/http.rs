@@ -39,6 +39,27 @@ async fn earnest_money(srv: &Server) {
         .await
         .expect("GET");
     assert_eq!(again.status, 304);
+    let weak = format!("W/{etag}");
+    let older = format!("\"{}\"", version - 1);
+    let listed = format!("{older}, {weak}");
+    for (value, status) in [
+        (weak.as_str(), 304),
+        ("*", 304),
+        (listed.as_str(), 304),
+        (older.as_str(), 200),
+    ] {
+        let r = c
+            .raw(
+                "GET",
+                &format!("/v1/payments/{p}"),
+                Some(&key),
+                &[("if-none-match", value)],
+                None,
+            )
+            .await
+            .expect("GET");
+        assert_eq!(r.status, status, "If-None-Match: {value}");
+    }
 
     // The history, fetched in pages of 3, verifies and folds to the same state.
     let doc = history(c, &key, p, 3).await.expect("history");
@@ -358,6 +379,24 @@ async fn tenants_never_see_each_other() {
     assert_eq!(c.get("/v1/policies/earnest-money", &b).await.status, 404);
     let inbox = c.get(&format!("/v1/parties/{}/inbox", f.buyer), &b).await;
     assert_eq!(inbox.body["notifications"], json!([]));
+    // Opening a payment under a taken id gets the same answer whoever holds it.
+    let open = json!({
+        "payment_id": p,
+        "policy": "earnest-money",
+        "amount": {"amount": "5000.00", "currency": "USD"},
+        "initiator": {"party": f.agent, "roles": ["listing_agent"]}
+    });
+
+    c.post(
+        "/v1/policies",
+        &b,
+        &serde_json::from_str::<Value>(common::scenario::EARNEST_MONEY).expect("policy"),
+    )
+    .await;
+    let own = c.post("/v1/payments", &a, &open).await;
+    let foreign = c.post("/v1/payments", &b, &open).await;
+    assert_eq!((own.status, &own.body), (409, &foreign.body));
+    assert_eq!(own.body["code"], "payment_exists");
     srv.finish().await;
 }
 
@@ -472,6 +511,70 @@ async fn participant_tokens_see_the_policy_view_and_act_as_their_party() {
 }
 
 #[tokio::test]
+async fn a_removed_participants_token_reads_nothing_more() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = &f.payment;
+    let lender = uuid::Uuid::new_v4().to_string();
+    c.command(
+        &key,
+        p,
+        Some(&f.agent),
+        "listing_agent",
+        json!({"type": "Invite", "party": lender, "roles": ["lender"], "name": "Big Bank"}),
+    )
+    .await
+    .expect("invite");
+    let token = token_for(c, &key, p, &lender).await;
+    let reads = [
+        format!("/v1/payments/{p}"),
+        format!("/v1/payments/{p}/events"),
+        format!("/v1/payments/{p}/head"),
+        format!("/v1/parties/{lender}/inbox"),
+    ];
+    for path in &reads {
+        assert_eq!(c.get(path, &token).await.status, 200, "{path}");
+    }
+    let url = format!("{}/v1/payments/{p}/stream?access_token={token}", c.base);
+    let mut live = c.http.get(&url).send().await.expect("stream");
+    assert_eq!(live.status(), 200);
+    let mut buf = String::new();
+    sse_events(&mut live, 1, &mut buf).await;
+
+    c.command(
+        &key,
+        p,
+        Some(&f.agent),
+        "listing_agent",
+        json!({"type": "Remove", "party": lender}),
+    )
+    .await
+    .expect("remove");
+    for path in &reads {
+        let r = c.get(path, &token).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (403, Some("participant_removed")),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let r = c.http.get(&url).send().await.expect("stream");
+    assert_eq!(r.status(), 403);
+    // The stream that was open ends instead of carrying on.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = live.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the removed party's live stream ended");
+    // The tenant still reads everything.
+    assert_eq!(c.get(&format!("/v1/payments/{p}"), &key).await.status, 200);
+    srv.finish().await;
+}
+
+#[tokio::test]
 async fn bad_input_gets_4xx_with_a_code_never_5xx() {
     let srv = common::sqlite().await;
     let c = &srv.client;
@@ -521,17 +624,36 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         ("bad admin token", "POST", "/v1/tenants".into(), Some("wrong"), Some(b"{\"name\":\"x\"}".to_vec()), 401, "unauthorized"),
         ("invalid policy", "POST", "/v1/policies".into(), Some(&key),
             Some(common::scenario::EARNEST_MONEY.replace("\"payer_role\": \"buyer\"", "\"payer_role\": \"ghost\"").into_bytes()), 422, "invalid_policy"),
+        ("deadline past year 9999", "POST", "/v1/policies".into(), Some(&key),
+            Some(common::scenario::EARNEST_MONEY.replace("\"days\": 3,", "\"days\": 4000000,").replace("\"version\": 1", "\"version\": 77").into_bytes()), 422, "invalid_policy"),
+        ("good funds for ages", "POST", "/v1/policies".into(), Some(&key),
+            Some(common::scenario::EARNEST_MONEY.replace("\"ach\": 2,", "\"ach\": 4000000,").replace("\"version\": 1", "\"version\": 78").into_bytes()), 422, "invalid_policy"),
+        ("key overlap overflows", "POST", "/v1/api-keys".into(), Some(&key),
+            Some(json!({"expire_others_after_seconds": u64::MAX}).to_string().into_bytes()), 400, "invalid_parameter"),
         ("policy version reused", "POST", "/v1/policies".into(), Some(&key),
             Some(common::scenario::EARNEST_MONEY.replace("Real-estate", "Other").into_bytes()), 409, "policy_version_exists"),
         ("bad If-Match", "POST", cmds.clone(), Some(&key), None, 400, "invalid_parameter"),
         ("no route", "GET", "/v2/nothing".into(), Some(&key), None, 404, "route_not_found"),
         ("wrong method", "DELETE", "/v1/payments".into(), Some(&key), None, 405, "method_not_allowed"),
+        ("field on a field-less command", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Join", "as": "admin"}, "actor": actor}).to_string().into_bytes()), 400, "invalid_request"),
+        ("not json", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Join"}, "actor": actor}).to_string().into_bytes()), 415, "unsupported_media_type"),
+        ("form body", "POST", "/v1/tenants".into(), Some(ADMIN), Some(b"name=x".to_vec()), 415, "unsupported_media_type"),
+        ("key given twice", "POST", cmds.clone(), Some(&key),
+            Some(format!(r#"{{"command":{{"type":"Cancel","type":"Join"}},"actor":{actor}}}"#).into_bytes()), 400, "duplicate_key"),
+        ("array for the body", "POST", format!("/v1/payments/{}/tokens", f.payment), Some(&key),
+            Some(json!([f.buyer]).to_string().into_bytes()), 400, "invalid_request"),
+        ("unknown status filter", "GET", "/v1/payments?status=awaiting_funds".into(), Some(&key), None, 400, "invalid_parameter"),
+        ("cursor past the range", "GET", format!("/v1/parties/{}/inbox?after=18446744073709551615", f.buyer), Some(&key), None, 400, "invalid_parameter"),
+        ("path not UTF-8", "GET", "/v1/payments/%FF%FE".into(), Some(&key), None, 400, "bad_request"),
     ];
     for (name, method, path, auth, body, status, code) in cases {
-        let headers: Vec<(&str, &str)> = if name == "bad If-Match" {
-            vec![("if-match", "soon")]
-        } else {
-            vec![]
+        let headers: Vec<(&str, &str)> = match name {
+            "bad If-Match" => vec![("if-match", "soon")],
+            "not json" => vec![("content-type", "text/plain")],
+            "form body" => vec![("content-type", "application/x-www-form-urlencoded")],
+            _ => vec![],
         };
         let body = if name == "bad If-Match" {
             Some(
@@ -548,6 +670,10 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
             .expect(name);
         assert_eq!(r.status, status, "{name}: {}", r.body);
         assert_eq!(r.body["code"], code, "{name}: {}", r.body);
+        assert_eq!(
+            r.body["status"], status,
+            "{name}: the document's status is the response's"
+        );
         assert!(
             r.headers["content-type"]
                 .to_str()
@@ -572,6 +698,21 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         )
         .await;
     assert_eq!(field.body["field"], "payer_role", "{}", field.body);
+    let far = c
+        .post(
+            "/v1/policies",
+            &key,
+            &serde_json::from_str::<Value>(
+                &common::scenario::EARNEST_MONEY
+                    .replace("\"days\": 3,", "\"days\": 3651,")
+                    .replace("\"version\": 1", "\"version\": 79"),
+            )
+            .expect("json"),
+        )
+        .await;
+    assert_eq!(far.body["field"], "funding.deadline.days", "{}", far.body);
+    // The key the refused rotation would have expired still works.
+    assert_eq!(c.get("/v1/payments", &key).await.status, 200);
     srv.finish().await;
 }
 

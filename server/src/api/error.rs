@@ -59,6 +59,14 @@ pub enum ApiError {
         /// What conflicts.
         message: String,
     },
+    /// The route exists but not with this method (405 `method_not_allowed`).
+    #[error("this route does not take that method; see /openapi.json")]
+    MethodNotAllowed,
+    /// A body declared as something other than JSON (415 `unsupported_media_type`).
+    #[error(
+        "the request body is declared as `{0}`; send JSON with Content-Type: application/json"
+    )]
+    UnsupportedMediaType(String),
     /// The body is larger than the limit (413).
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -110,6 +118,8 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::VersionConflict { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -128,6 +138,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::VersionConflict { .. } => "version_conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Internal(_) => "internal_error",
             ApiError::Unavailable(_) => "database_unavailable",
         }
@@ -180,6 +192,11 @@ impl ApiError {
                 message: m,
                 field: None,
             },
+            E::InvalidPolicy { field, reason } if field.is_empty() => ApiError::Unprocessable {
+                code: "invalid_policy",
+                message: format!("invalid policy: {reason}"),
+                field: None,
+            },
             E::InvalidPolicy { field, reason } => ApiError::Unprocessable {
                 code: "invalid_policy",
                 message: format!("invalid policy at `{field}`: {reason}"),
@@ -222,9 +239,11 @@ impl From<StoreError> for ApiError {
                 message: "this idempotency key was already used for another command".into(),
                 field: None,
             },
+            // Another tenant's payment: answered exactly like one of the caller's own
+            // (`payment_exists`), so the answer does not tell whose it is.
             StoreError::StreamUnavailable { stream_id } => ApiError::Conflict {
-                code: "payment_id_unavailable",
-                message: format!("payment id {stream_id} cannot be used; choose another"),
+                code: "payment_exists",
+                message: format!("payment {stream_id} already exists"),
             },
             StoreError::InvalidAppend(m) => ApiError::Unprocessable {
                 code: "invalid_append",

@@ -5,6 +5,7 @@
 //! OpenAPI document (`/openapi.json`, `server/src/openapi.json`) is checked against.
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod payments;
 pub mod sse;
@@ -13,8 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
@@ -30,6 +30,7 @@ use crate::db::{now_us, on_read, on_write, Db};
 use crate::projections::Projector;
 use crate::{AnyStore, StoreError};
 use auth::{new_api_key, secrets_equal, Principal, TokenKey};
+pub use body::{parse_json, Body};
 use error::{ApiError, ApiResult};
 
 /// The OpenAPI 3.1 document served at `/openapi.json`.
@@ -151,7 +152,44 @@ pub fn router(state: AppState) -> Router {
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(problem_for_plain_errors))
         .with_state(state)
+}
+
+/// Errors raised before a handler runs (axum's own rejections, e.g. a path segment
+/// that is not UTF-8) come as plain text: they get the same problem document as every
+/// other error, with a code named after the status and the original text as detail.
+async fn problem_for_plain_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return res;
+    }
+    let detail = match axum::body::to_bytes(res.into_body(), 4096).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace([' ', '-'], "_");
+    let body = serde_json::json!({
+        "type": format!("https://trustfold.dev/errors/{code}"),
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+    });
+    let mut out = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    out
 }
 
 async fn not_found() -> ApiError {
@@ -161,66 +199,8 @@ async fn not_found() -> ApiError {
     }
 }
 
-async fn method_not_allowed() -> Response {
-    let e = ApiError::BadRequest {
-        code: "method_not_allowed",
-        message: "this route does not take that method; see /openapi.json".into(),
-        field: None,
-    };
-    let mut res = e.into_response();
-    *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    res
-}
-
-/// A request body, read up to the limit (413 beyond it).
-pub struct Body(pub Bytes);
-
-impl FromRequest<AppState> for Body {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        match Bytes::from_request(req, state).await {
-            Ok(b) => Ok(Body(b)),
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge {
-                    limit: state.config.body_limit,
-                })
-            }
-            Err(rej) => Err(ApiError::BadRequest {
-                code: "unreadable_body",
-                message: format!("the request body could not be read: {rej}"),
-                field: None,
-            }),
-        }
-    }
-}
-
-/// Parses a JSON body into `T`: 400 `malformed_json` for bad syntax, 400
-/// `invalid_request` for the wrong shape, 422 with the core's code (e.g.
-/// `invalid_amount_scale`) for values the domain rejects.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    serde_json::from_value(value).map_err(|e| {
-        let core: trustfold_core::Error = e.into();
-        match core {
-            trustfold_core::Error::MalformedJson(m) => ApiError::BadRequest {
-                code: "invalid_request",
-                field: field_of(&m),
-                message: m,
-            },
-            other => ApiError::from_core(other),
-        }
-    })
-}
-
-/// The field a serde message names (`missing field `x``, `unknown field `x``).
-fn field_of(message: &str) -> Option<String> {
-    let start = message.find('`')?;
-    let rest = &message[start + 1..];
-    let end = rest.find('`')?;
-    let f = &rest[..end];
-    (message.contains("field") && !f.is_empty()).then(|| f.to_owned())
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// Parses a path id.
@@ -237,18 +217,25 @@ pub fn parse_id(raw: &str, field: &str) -> ApiResult<Uuid> {
 /// Query parameters as a map (a malformed query string is a 400).
 pub type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
-/// Reads an optional unsigned number parameter.
+/// A whole-number query parameter (a sequence number or position: 0 to 2^63 − 1, the
+/// range the stores keep), or a 400.
 pub fn param_u64(params: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
     params
         .get(name)
         .map(|v| {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_parameter",
-                    name,
-                    format!("`{name}` must be a non-negative integer, got `{v}`"),
-                )
-            })
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| i64::try_from(*n).is_ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_parameter",
+                        name,
+                        format!(
+                            "`{name}` must be an integer from 0 to {}, got `{v}`",
+                            i64::MAX
+                        ),
+                    )
+                })
         })
         .transpose()
 }
@@ -407,6 +394,9 @@ struct Rotate {
     expire_others_after_seconds: Option<u64>,
 }
 
+/// The longest overlap a key rotation may leave the other keys working: one year.
+const MAX_KEY_OVERLAP_SECONDS: u64 = 365 * 24 * 3600;
+
 async fn rotate_api_key(
     State(state): State<AppState>,
     principal: Principal,
@@ -418,9 +408,28 @@ async fn rotate_api_key(
     } else {
         parse_json(&body)?
     };
+    let expire_at = match req.expire_others_after_seconds {
+        Some(secs) if secs > MAX_KEY_OVERLAP_SECONDS => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "expire_others_after_seconds",
+                format!(
+                    "expire_others_after_seconds must be at most {MAX_KEY_OVERLAP_SECONDS} \
+                     (one year); leave it out to keep the other keys"
+                ),
+            ))
+        }
+        Some(secs) => Some(
+            now_us().saturating_add(
+                i64::try_from(secs)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000),
+            ),
+        ),
+        None => None,
+    };
     let key = insert_api_key(&state.db, tenant).await?;
-    if let Some(secs) = req.expire_others_after_seconds {
-        let at = now_us().saturating_add(i64::try_from(secs).unwrap_or(i64::MAX / 2) * 1_000_000);
+    if let Some(at) = expire_at {
         on_write!(&state.db, pool => {
             sqlx::query(
                 "UPDATE api_keys SET expires_at_us = $1 WHERE tenant_id = $2 AND key_id <> $3 \
@@ -463,8 +472,7 @@ async fn create_policy(
     let tenant = principal.require_tenant()?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::MalformedJson("the body is not UTF-8".into()))?;
-    serde_json::from_str::<serde_json::Value>(text)
-        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    body::strict_value(&body)?;
     let policy = Policy::from_json(text).map_err(ApiError::from_core)?;
     let canonical = String::from_utf8(policy.canonical_json())
         .map_err(|e| ApiError::Internal(e.to_string()))?;

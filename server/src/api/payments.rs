@@ -27,7 +27,7 @@ use trustfold_core::history::SignedHead;
 use trustfold_core::id::{derive, CommandId, PartyId, PaymentId, TenantId};
 use trustfold_core::money::Money;
 use trustfold_core::policy::{EventFilter, Policy, Role};
-use trustfold_core::state::PaymentState;
+use trustfold_core::state::{PaymentState, Status};
 use trustfold_core::time::Timestamp;
 use trustfold_core::view;
 use uuid::Uuid;
@@ -645,7 +645,7 @@ fn check_actor(principal: &Principal, actor: Option<Actor>) -> ApiResult<Actor> 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CommandRequest {
-    command: Command,
+    command: serde_json::Value,
     #[serde(default)]
     actor: Option<Actor>,
     #[serde(default)]
@@ -674,7 +674,21 @@ pub async fn send_command(
     let key = idem.clone();
     let run = async {
         let req: CommandRequest = parse_json(&body)?;
-        if matches!(req.command, Command::Initiate { .. }) {
+        // The core's reader judges the command, as in every SDK (serde's derive lets
+        // unknown fields through on field-less commands such as `Join`).
+        let command = serde_json::to_vec(&req.command)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+            .and_then(|bytes| {
+                Command::from_json(&bytes).map_err(|e| match ApiError::from_core(e) {
+                    ApiError::BadRequest { code, message, .. } => ApiError::BadRequest {
+                        code,
+                        message: format!("command: {message}"),
+                        field: Some("command".into()),
+                    },
+                    other => other,
+                })
+            })?;
+        if matches!(command, Command::Initiate { .. }) {
             return Err(ApiError::Unprocessable {
                 code: "invalid_command",
                 message: "open a payment with POST /v1/payments".into(),
@@ -689,7 +703,7 @@ pub async fn send_command(
             command_id,
             Prepared {
                 payment,
-                command: req.command,
+                command,
                 actor,
                 expected,
                 correlation: req.correlation,
@@ -818,6 +832,53 @@ async fn load_state(state: &AppState, tenant: Uuid, payment: Uuid) -> ApiResult<
         .ok_or_else(|| ApiError::unknown_payment(payment))
 }
 
+/// The roles a participant token reads and acts in now: those of its roles the party
+/// still holds. A token of a removed party (or one whose roles were all taken away)
+/// reads nothing more: 403.
+pub fn participant_roles(st: &PaymentState, c: &TokenClaims) -> ApiResult<Vec<Role>> {
+    let Some(p) = st.participants.get(&PartyId(c.party)) else {
+        return Err(ApiError::Forbidden {
+            code: "participant_removed",
+            message: format!("party {} is not a participant of this payment", c.party),
+        });
+    };
+    if p.removed {
+        return Err(ApiError::Forbidden {
+            code: "participant_removed",
+            message: format!(
+                "party {} was removed from this payment: its tokens no longer read or act",
+                c.party
+            ),
+        });
+    }
+    let roles: Vec<Role> = c
+        .roles
+        .iter()
+        .filter(|r| p.roles.contains(r))
+        .cloned()
+        .collect();
+    if roles.is_empty() {
+        return Err(ApiError::Forbidden {
+            code: "not_permitted",
+            message: "the party no longer holds any of this token's roles; mint a new token".into(),
+        });
+    }
+    Ok(roles)
+}
+
+/// `If-None-Match` names the current version (RFC 9110 §13.1.2: `*`, or a list of
+/// entity tags compared weakly, so `W/"7"` matches `"7"`).
+fn none_match_hits(headers: &HeaderMap, version: u64) -> bool {
+    let current = format!("\"{version}\"");
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == current)
+}
+
 fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
@@ -858,14 +919,15 @@ pub async fn get_payment(
         }
         Principal::Participant(c) => {
             let s = load_state(&state, tenant, payment).await?;
+            let roles = participant_roles(&s, c)?;
             (
                 s.version,
-                serde_json::to_vec(&view::state_view(&s, &c.roles)).unwrap_or_default(),
+                serde_json::to_vec(&view::state_view(&s, &roles)).unwrap_or_default(),
             )
         }
     };
     let tag = etag(version);
-    if headers.get(header::IF_NONE_MATCH) == Some(&tag) {
+    if none_match_hits(&headers, version) {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
         res.headers_mut().insert(header::ETAG, tag);
         return Ok(res);
@@ -889,9 +951,19 @@ pub async fn get_events(
     let q = params(query)?;
     let after = param_u64(&q, "after")?.unwrap_or(0);
     let limit = limit_param(&q, 100, 1000)?;
-    if state.store.stream_head(tenant, payment).await?.is_none() {
-        return Err(ApiError::unknown_payment(payment));
-    }
+    let reader = match &principal {
+        Principal::Tenant { .. } => {
+            if state.store.stream_head(tenant, payment).await?.is_none() {
+                return Err(ApiError::unknown_payment(payment));
+            }
+            None
+        }
+        Principal::Participant(c) => {
+            let st = load_state(&state, tenant, payment).await?;
+            let roles = participant_roles(&st, c)?;
+            Some((st, roles))
+        }
+    };
     let mut events = state
         .store
         .read_stream(tenant, payment, after, limit + 1)
@@ -901,8 +973,8 @@ pub async fn get_events(
     let next = events.last().map_or(after, |e| e.seq);
     let mut out = Vec::with_capacity(events.iter().map(|e| e.body.len() + 90).sum::<usize>() + 64);
     out.extend_from_slice(b"{\"events\":[");
-    match &principal {
-        Principal::Tenant { .. } => {
+    match reader {
+        None => {
             for (i, e) in events.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
@@ -910,9 +982,8 @@ pub async fn get_events(
                 write_record(&mut out, &e.hash, &e.body);
             }
         }
-        Principal::Participant(c) => {
-            let st = load_state(&state, tenant, payment).await?;
-            if sees_everything(&st, &c.roles) {
+        Some((st, roles)) => {
+            if sees_everything(&st, &roles) {
                 for (i, e) in events.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
@@ -926,7 +997,7 @@ pub async fn get_events(
             }
             let mut first = true;
             for e in &events {
-                for v in redacted(&st, e, &c.roles)? {
+                for v in redacted(&st, e, &roles)? {
                     if !first {
                         out.push(b',');
                     }
@@ -968,6 +1039,9 @@ pub async fn get_head(
 ) -> ApiResult<Response> {
     let payment = parse_id(&id, "payment_id")?;
     principal.check_payment(payment)?;
+    if let Principal::Participant(c) = &principal {
+        participant_roles(&load_state(&state, c.tenant, payment).await?, c)?;
+    }
     let head = state
         .store
         .stream_head(principal.tenant(), payment)
@@ -1050,7 +1124,17 @@ pub async fn list_payments(
         Bind::I(i64::try_from(after).unwrap_or(i64::MAX)),
     ];
     if let Some(status) = q.get("status") {
-        binds.push(Bind::S(status.clone()));
+        let status = Status::named(status).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                "status",
+                format!(
+                    "unknown status `{status}`; one of {}",
+                    Status::ALL.map(Status::as_str).join(", ")
+                ),
+            )
+        })?;
+        binds.push(Bind::S(status.as_str().to_owned()));
         sql.push_str(&format!(" AND s.status = ${}", binds.len()));
     }
     if let Some(policy) = q.get("policy") {
@@ -1193,7 +1277,10 @@ pub async fn get_inbox(
     let tenant = principal.tenant();
     let only_payment = match &principal {
         Principal::Tenant { .. } => None,
-        Principal::Participant(c) if c.party == party => Some(c.payment),
+        Principal::Participant(c) if c.party == party => {
+            participant_roles(&load_state(&state, c.tenant, c.payment).await?, c)?;
+            Some(c.payment)
+        }
         Principal::Participant(_) => {
             return Err(ApiError::NotFound {
                 code: "unknown_party",

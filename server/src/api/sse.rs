@@ -26,9 +26,9 @@ use trustfold_core::policy::Role;
 use trustfold_core::state::PaymentState;
 use uuid::Uuid;
 
-use super::auth::{Principal, StreamPrincipal};
+use super::auth::{Principal, StreamPrincipal, TokenClaims};
 use super::error::{ApiError, ApiResult};
-use super::payments::{redacted, sees_everything};
+use super::payments::{participant_roles, redacted, sees_everything};
 use super::{param_u64, params, parse_id, AppState, Notice, Params};
 use crate::EventStore;
 
@@ -41,6 +41,9 @@ struct Cursor {
     shutdown: watch::Receiver<bool>,
     buf: VecDeque<Event>,
     view: Option<(PaymentState, Vec<Role>)>,
+    /// A participant's token: checked again whenever new events arrive, so the stream
+    /// of a party that is removed ends.
+    token: Option<TokenClaims>,
     /// The buffer was just filled from this process's own notice: no need to read the
     /// store before waiting again.
     delivered: bool,
@@ -70,6 +73,21 @@ impl Cursor {
             .await
         {
             Ok(events) => {
+                if let (Some(c), false) = (&self.token, events.is_empty()) {
+                    match self
+                        .state
+                        .cache
+                        .load(&self.state.store, self.tenant, self.payment)
+                        .await
+                    {
+                        Ok(Some(st)) if participant_roles(&st, c).is_ok() => {}
+                        Ok(_) => return false,
+                        Err(e) => {
+                            tracing::warn!(error = %e, payment = %self.payment, "live stream read failed");
+                            return false;
+                        }
+                    }
+                }
                 for e in events {
                     self.last = e.seq;
                     match &self.view {
@@ -108,7 +126,7 @@ impl Cursor {
     /// they continue the stream (full views only); anything else (another process's
     /// append, a gap, a redacted view) is read from the store by the next `fill`.
     fn take(&mut self, n: &Notice) {
-        let (Some(events), None) = (&n.events, &self.view) else {
+        let (Some(events), None, None) = (&n.events, &self.view, &self.token) else {
             return;
         };
         let Some(first) = (n.version + 1).checked_sub(events.len() as u64) else {
@@ -166,6 +184,7 @@ pub async fn stream(
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|n| i64::try_from(*n).is_ok())
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_parameter",
@@ -182,10 +201,16 @@ pub async fn stream(
         .load(&state.store, tenant, payment)
         .await?
         .ok_or_else(|| ApiError::unknown_payment(payment))?;
-    let view = match &principal {
-        Principal::Tenant { .. } => None,
-        Principal::Participant(c) if sees_everything(&current, &c.roles) => None,
-        Principal::Participant(c) => Some((current, c.roles.clone())),
+    let (view, token) = match &principal {
+        Principal::Tenant { .. } => (None, None),
+        Principal::Participant(c) => {
+            let roles = participant_roles(&current, c)?;
+            if sees_everything(&current, &roles) {
+                (None, Some(c.clone()))
+            } else {
+                (Some((current, roles)), Some(c.clone()))
+            }
+        }
     };
     let cursor = Cursor {
         shutdown: state.shutdown.clone(),
@@ -196,6 +221,7 @@ pub async fn stream(
         rx,
         buf: VecDeque::new(),
         view,
+        token,
         delivered: false,
     };
     let events = stream::unfold(cursor, |mut c| async move {

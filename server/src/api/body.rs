@@ -1,0 +1,337 @@
+//! Request bodies: read up to the limit, JSON only, one object, no key twice.
+//!
+//! Every POST body is a JSON object. [`Body`] refuses a body sent with another
+//! `Content-Type` (415; a body without the header is read as JSON) and one over the
+//! limit (413). [`parse_json`] reads it strictly: a key given twice anywhere is a 400,
+//! not "the last one wins" (two parsers reading `{"amount":"1","amount":"1000"}`
+//! differently is how payment requests get smuggled), and so is an array where the
+//! object belongs. Errors name the offending field as a path (`command.party`).
+//!
+//! ```
+//! use trustfold_server::api::body::parse_json;
+//! #[derive(serde::Deserialize, Debug)]
+//! struct Req { name: String }
+//! assert_eq!(parse_json::<Req>(br#"{"name":"a"}"#).unwrap().name, "a");
+//! let twice = parse_json::<Req>(br#"{"name":"a","name":"b"}"#).unwrap_err();
+//! assert_eq!(twice.code(), "duplicate_key");
+//! assert_eq!(parse_json::<Req>(br#"["a"]"#).unwrap_err().code(), "invalid_request");
+//! ```
+
+use std::fmt;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+
+/// A request body, read up to the limit (413 beyond it); 415 when it is declared as
+/// something other than JSON.
+pub struct Body(pub Bytes);
+
+impl FromRequest<AppState> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("?").to_owned());
+        let body = match Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge {
+                    limit: state.config.body_limit,
+                })
+            }
+            Err(rej) => {
+                return Err(ApiError::BadRequest {
+                    code: "unreadable_body",
+                    message: format!("the request body could not be read: {rej}"),
+                    field: None,
+                })
+            }
+        };
+        match declared {
+            Some(t) if !body.is_empty() && !is_json(&t) => Err(ApiError::UnsupportedMediaType(t)),
+            _ => Ok(Body(body)),
+        }
+    }
+}
+
+/// `application/json` or a `+json` type, with any parameters (`; charset=utf-8`).
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a JSON body into `T`: 400 `malformed_json` for bad syntax, 400
+/// `duplicate_key` for a key given twice, 400 `invalid_request` for the wrong shape
+/// (not an object, a missing or unknown field, a value of the wrong type), 422 with
+/// the core's code (e.g. `invalid_amount_scale`) for values the domain rejects.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let value = strict_value(body)?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest {
+            code: "invalid_request",
+            message: "the request body must be a JSON object".into(),
+            field: None,
+        });
+    }
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let core: trustfold_core::Error = e.into_inner().into();
+        match core {
+            trustfold_core::Error::MalformedJson(m) => ApiError::BadRequest {
+                code: "invalid_request",
+                field: field_at(&path, &m),
+                message: m,
+            },
+            other => ApiError::from_core(other),
+        }
+    })
+}
+
+/// The body as a JSON value, refusing syntax errors (`malformed_json`) and keys given
+/// twice in one object (`duplicate_key`, with the key's path as the field).
+pub fn strict_value(body: &[u8]) -> ApiResult<Value> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        match message.strip_prefix(DUPLICATE) {
+            Some(rest) => {
+                let key = rest.split('`').next().unwrap_or("");
+                ApiError::BadRequest {
+                    code: "duplicate_key",
+                    message: format!("the key `{key}` is given twice; give it once"),
+                    // The path is the object's; the field is the key in it.
+                    field: Some(if path == "." {
+                        key.to_owned()
+                    } else {
+                        format!("{path}.{key}")
+                    }),
+                }
+            }
+            None => ApiError::MalformedJson(message),
+        }
+    });
+    let StrictValue(value) = value?;
+    de.end()
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    Ok(value)
+}
+
+const DUPLICATE: &str = "duplicate key `";
+
+/// The field an error is about: the path where it happened, plus the field a serde
+/// message names there (`missing field `x``, `unknown field `x``).
+fn field_at(path: &str, message: &str) -> Option<String> {
+    let named = field_of(message);
+    let path = (path != "." && !path.is_empty()).then_some(path);
+    match (path, named) {
+        (Some(p), Some(n)) if !p.ends_with(&n) => Some(format!("{p}.{n}")),
+        (Some(p), _) => Some(p.to_owned()),
+        (None, n) => n,
+    }
+}
+
+/// The field a serde message names (`missing field `x``, `unknown field `x``).
+fn field_of(message: &str) -> Option<String> {
+    let start = message.find('`')?;
+    let rest = &message[start + 1..];
+    let end = rest.find('`')?;
+    let f = &rest[..end];
+    (message.contains("field") && !f.is_empty()).then(|| f.to_owned())
+}
+
+/// A JSON value read without letting a later key overwrite an earlier one.
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        StrictValue::deserialize(d).map(|StrictValue(v)| v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("{DUPLICATE}{key}`")));
+            }
+            let StrictValue(v) = map.next_value_seed(Seed)?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+struct Seed;
+
+impl<'de> DeserializeSeed<'de> for Seed {
+    type Value = StrictValue;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<StrictValue, D::Error> {
+        StrictValue::deserialize(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        inner: Inner,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        id: uuid::Uuid,
+        n: u32,
+    }
+
+    fn err(body: &str) -> (String, Option<String>) {
+        let e = parse_json::<Outer>(body.as_bytes()).unwrap_err();
+        let field = match &e {
+            ApiError::BadRequest { field, .. } | ApiError::Unprocessable { field, .. } => {
+                field.clone()
+            }
+            _ => None,
+        };
+        (e.code().to_owned(), field)
+    }
+
+    #[test]
+    fn duplicates_are_refused_wherever_they_are() {
+        let id = "\"6f9d2c1e-8a4b-4c3d-9e5f-1a2b3c4d5e6f\"";
+        assert_eq!(
+            err(&format!(r#"{{"inner":{{"id":{id},"n":1,"n":2}}}}"#)),
+            ("duplicate_key".into(), Some("inner.n".into()))
+        );
+        assert_eq!(
+            err(&format!(r#"{{"inner":{{"id":{id},"n":1}},"inner":{{}}}}"#)),
+            ("duplicate_key".into(), Some("inner".into()))
+        );
+        assert_eq!(
+            strict_value(br#"{"a":[{"b":1,"b":1}]}"#)
+                .unwrap_err()
+                .code(),
+            "duplicate_key"
+        );
+        // The same key in different objects is fine.
+        assert!(strict_value(br#"{"a":{"b":1},"c":{"b":1}}"#).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_field_as_a_path() {
+        assert_eq!(
+            err(r#"{"inner":{"id":"nope","n":1}}"#),
+            ("invalid_request".into(), Some("inner.id".into()))
+        );
+        assert_eq!(
+            err(r#"{"inner":{"id":"6f9d2c1e-8a4b-4c3d-9e5f-1a2b3c4d5e6f"}}"#),
+            ("invalid_request".into(), Some("inner.n".into()))
+        );
+        assert_eq!(
+            err(r#"{"inner":{"id":"6f9d2c1e-8a4b-4c3d-9e5f-1a2b3c4d5e6f","n":1,"x":0}}"#),
+            ("invalid_request".into(), Some("inner.x".into()))
+        );
+        assert_eq!(
+            err(r#"{}"#),
+            ("invalid_request".into(), Some("inner".into()))
+        );
+        assert_eq!(err(r#"[{"id":1}]"#).0, "invalid_request");
+        assert_eq!(err(r#"{"inner":{} "#).0, "malformed_json");
+        assert_eq!(err(r#"{"inner":{}} x"#).0, "malformed_json");
+    }
+
+    #[test]
+    fn json_content_types() {
+        for t in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/problem+json",
+        ] {
+            assert!(is_json(t), "{t}");
+        }
+        for t in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "json",
+            "",
+        ] {
+            assert!(!is_json(t), "{t}");
+        }
+    }
+}
