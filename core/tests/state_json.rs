@@ -239,26 +239,7 @@ fn role() -> impl Strategy<Value = Role> {
 }
 
 fn status() -> impl Strategy<Value = Status> {
-    prop::sample::select(vec![
-        Status::Draft,
-        Status::AwaitingAgreement,
-        Status::AwaitingFunds,
-        Status::FundingInFlight,
-        Status::Funded,
-        Status::Held,
-        Status::AwaitingApprovals,
-        Status::Disbursing,
-        Status::Refunding,
-        Status::Disputed,
-        Status::Completed,
-        Status::Refunded,
-        Status::Expired,
-        Status::Cancelled,
-        Status::Shortfall,
-        Status::Recovered,
-        Status::WrittenOff,
-        Status::Closed,
-    ])
+    prop::sample::select(Status::ALL.to_vec())
 }
 
 fn request_kind() -> impl Strategy<Value = RequestKind> {

@@ -400,6 +400,21 @@ async fn tenants_never_see_each_other() {
     srv.finish().await;
 }
 
+/// Invites a lender (who sees only part of the payment) as the listing agent.
+async fn invite_lender(c: &Client, key: &str, f: &common::scenario::Flow) -> String {
+    let lender = uuid::Uuid::new_v4().to_string();
+    c.command(
+        key,
+        &f.payment,
+        Some(&f.agent),
+        "listing_agent",
+        json!({"type": "Invite", "party": lender, "roles": ["lender"], "name": "Big Bank"}),
+    )
+    .await
+    .expect("invite");
+    lender
+}
+
 #[tokio::test]
 async fn participant_tokens_see_the_policy_view_and_act_as_their_party() {
     let srv = common::sqlite().await;
@@ -407,16 +422,7 @@ async fn participant_tokens_see_the_policy_view_and_act_as_their_party() {
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
     let f = open_and_join(c, &key).await.expect("open");
     let p = &f.payment;
-    let lender = uuid::Uuid::new_v4().to_string();
-    c.command(
-        &key,
-        p,
-        Some(&f.agent),
-        "listing_agent",
-        json!({"type": "Invite", "party": lender, "roles": ["lender"], "name": "Big Bank"}),
-    )
-    .await
-    .expect("invite");
+    let lender = invite_lender(c, &key, &f).await;
     c.command(&key, p, Some(&lender), "lender", json!({"type": "Join"}))
         .await
         .expect("join");
@@ -517,16 +523,7 @@ async fn a_removed_participants_token_reads_nothing_more() {
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
     let f = open_and_join(c, &key).await.expect("open");
     let p = &f.payment;
-    let lender = uuid::Uuid::new_v4().to_string();
-    c.command(
-        &key,
-        p,
-        Some(&f.agent),
-        "listing_agent",
-        json!({"type": "Invite", "party": lender, "roles": ["lender"], "name": "Big Bank"}),
-    )
-    .await
-    .expect("invite");
+    let lender = invite_lender(c, &key, &f).await;
     let token = token_for(c, &key, p, &lender).await;
     let reads = [
         format!("/v1/payments/{p}"),
