@@ -163,7 +163,7 @@ fn initiate(cmd: &Command, ctx: &Context) -> Result<Decision> {
     let Some(initiator) = ctx.actor.party else {
         return reject("actor_required", "a payment is opened by a party");
     };
-    policy.validate()?;
+    policy.validate_new()?;
     amount.require_positive()?;
     policy.check_payment_amount(amount)?;
     if roles.is_empty() {

@@ -925,6 +925,57 @@ pub fn replay_unverified(history_json: &[u8]) -> Result<PaymentState> {
     fold(envelopes.iter().map(|(e, h)| (e, *h)))
 }
 
+/// What `roles` may see of a history, verified first: `{"events":[…],"state":{…}}` as
+/// [`crate::view::view_json`] writes it. Every role must be one of the policy's
+/// (`unknown_role`) and at least one must be given (`roles_required`): a view is never
+/// widened by a name the policy does not know.
+///
+/// ```
+/// use trustfold_core::fold::verify_and_view;
+/// use trustfold_core::policy::Role;
+/// let history = include_bytes!("../tests/vectors/em_happy_wire.history.json");
+/// let lender = verify_and_view(history, &[Role::new("lender")])?;
+/// assert!(lender.starts_with(b"{\"events\":["));
+/// assert_eq!(verify_and_view(history, &[Role::new("zzz")]).unwrap_err().code(), "unknown_role");
+/// assert_eq!(verify_and_view(history, &[]).unwrap_err().code(), "roles_required");
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+pub fn verify_and_view(history_json: &[u8], roles: &[crate::policy::Role]) -> Result<Vec<u8>> {
+    with_records(history_json, |records| {
+        let state = replay_records(records, None)?;
+        if roles.is_empty() {
+            return Err(Error::rejected(
+                "roles_required",
+                "name at least one role to view the payment as",
+            ));
+        }
+        if let Some(r) = roles
+            .iter()
+            .find(|r| !state.policy_doc.roles.contains_key(r))
+        {
+            return Err(Error::rejected(
+                "unknown_role",
+                format!(
+                    "role `{r}` is not in policy {}: roles are {}",
+                    state.policy.id,
+                    state
+                        .policy_doc
+                        .roles
+                        .keys()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let envelopes = records
+            .iter()
+            .map(|r| r.envelope())
+            .collect::<Result<Vec<Envelope>>>()?;
+        Ok(crate::view::view_json(&state, &envelopes, roles))
+    })
+}
+
 /// The whole check a client runs on a fetched history: parse, verify the hash chain,
 /// check the server's signed head against its public key (when given), upcast and fold.
 /// The first failure is returned; [`Error::seq`] says at which event.

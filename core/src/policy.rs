@@ -24,6 +24,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::command::TEXT_MAX;
 use crate::de::unit_enum_de;
 use crate::error::{Error, Result};
 use crate::event::EventType;
@@ -36,6 +37,9 @@ pub const MAX_DEADLINE_DAYS: u32 = 3650;
 /// The longest hold between settlement and good funds a policy may set, in business
 /// days (ACH's return window is 60 calendar days).
 pub const MAX_GOOD_FUNDS_DAYS: u32 = 365;
+
+/// The longest policy id, in characters.
+pub const ID_MAX: usize = 100;
 
 /// Roles the system itself acts in; a policy may not define them.
 pub const RESERVED_ROLES: &[&str] = &["system", "rail"];
@@ -350,6 +354,17 @@ pub enum Hidden {
     /// Disputes and their reasons.
     Disputes,
 }
+impl Hidden {
+    /// Every part a view can hide.
+    pub const ALL: [Hidden; 6] = [
+        Hidden::Amounts,
+        Hidden::BankDetails,
+        Hidden::Contacts,
+        Hidden::Ledger,
+        Hidden::Requests,
+        Hidden::Disputes,
+    ];
+}
 unit_enum_de!(Hidden { Amounts = "amounts", BankDetails = "bank_details", Contacts = "contacts", Ledger = "ledger", Requests = "requests", Disputes = "disputes" });
 
 /// Which events a role sees.
@@ -446,13 +461,14 @@ pub(crate) fn default_funding() -> FundingRules {
 }
 
 impl Policy {
-    /// Parses and validates a policy document.
+    /// Parses a policy document and checks it as a new policy
+    /// ([`Policy::validate_new`]).
     pub fn from_json(json: &str) -> Result<Self> {
         let p: Policy = crate::policy_json::parse(json.as_bytes()).map_err(|err| match err {
             Error::MalformedJson(m) => Error::policy("", m),
             other => other,
         })?;
-        p.validate()?;
+        p.validate_new()?;
         Ok(p)
     }
 
@@ -471,11 +487,22 @@ impl Policy {
     }
 
     /// The visibility for a set of roles: the union of what each role may see.
-    /// A role without an entry sees everything.
+    /// A role of the policy without an entry sees everything; a role the policy does
+    /// not define adds nothing, and no role at all sees nothing (fail closed).
+    ///
+    /// ```
+    /// use trustfold_core::policy::{EventFilter, Policy, Role};
+    /// let p = Policy::from_json(include_str!("../../examples/policies/earnest-money.json"))?;
+    /// let lender = p.visibility_for(&[Role::new("lender")]);
+    /// assert_eq!(p.visibility_for(&[Role::new("lender"), Role::new("zzz")]), lender);
+    /// assert_eq!(p.visibility_for(&[]), p.visibility_for(&[Role::new("zzz")]));
+    /// assert!(matches!(p.visibility_for(&[]).events, EventFilter::Only(e) if e.is_empty()));
+    /// # Ok::<(), trustfold_core::Error>(())
+    /// ```
     pub fn visibility_for(&self, roles: &[Role]) -> Visibility {
         let mut hide: Option<SortedSet<Hidden>> = None;
         let mut events: Option<EventFilter> = None;
-        for r in roles {
+        for r in roles.iter().filter(|r| self.roles.contains_key(r)) {
             let v = self.visibility.get(r).cloned().unwrap_or_default();
             hide = Some(match hide {
                 None => v.hide,
@@ -489,9 +516,12 @@ impl Policy {
                 }
             });
         }
-        Visibility {
-            events: events.unwrap_or_default(),
-            hide: hide.unwrap_or_default(),
+        match (events, hide) {
+            (Some(events), Some(hide)) => Visibility { events, hide },
+            _ => Visibility {
+                events: EventFilter::Only(SortedSet::new()),
+                hide: Hidden::ALL.into_iter().collect(),
+            },
         }
     }
 
@@ -554,39 +584,16 @@ impl Policy {
         if f.rails.is_empty() {
             return Err(Error::policy("funding.rails", "name at least one rail"));
         }
-        for (rail, days) in f.good_funds_days.iter() {
+        for rail in f.good_funds_days.keys() {
             if !f.rails.contains(rail) {
                 return Err(Error::policy(
                     "funding.good_funds_days",
                     format!("rail {rail:?} is not in funding.rails"),
                 ));
             }
-            if *days > MAX_GOOD_FUNDS_DAYS {
-                return Err(Error::policy(
-                    format!("funding.good_funds_days.{}", rail.as_str()),
-                    format!("must be at most {MAX_GOOD_FUNDS_DAYS} business days"),
-                ));
-            }
-        }
-        if let Some(d) = &f.deadline {
-            if d.days > MAX_DEADLINE_DAYS {
-                return Err(Error::policy(
-                    "funding.deadline.days",
-                    format!("must be at most {MAX_DEADLINE_DAYS} (ten years)"),
-                ));
-            }
         }
         if f.max_attempts == 0 {
             return Err(Error::policy("funding.max_attempts", "must be 1 or more"));
-        }
-        for (i, c) in self.currencies.iter().enumerate() {
-            if self.currencies[..i].contains(c) {
-                return Err(Error::policy(
-                    format!("currencies[{i}]"),
-                    format!("{c} is listed twice"),
-                ));
-            }
-            self.fees_payable_in(*c)?;
         }
         positive("funding.amount.min", f.amount.min)?;
         positive("funding.amount.max", f.amount.max)?;
@@ -667,6 +674,67 @@ impl Policy {
                 ));
             }
             self.known_all(&|| format!("notifications.{t}"), roles)?;
+        }
+        Ok(())
+    }
+
+    /// The bounds a policy must keep to be published or to open a payment, on top of
+    /// [`Policy::validate`]: day counts a calendar can hold (a deadline at most
+    /// [`MAX_DEADLINE_DAYS`] away, good funds at most [`MAX_GOOD_FUNDS_DAYS`]), each
+    /// currency listed once, every fixed fee payable in each of them, and text of a
+    /// length a history that embeds the policy in its first event can carry.
+    ///
+    /// Replaying a history checks only [`Policy::validate`]: a payment opened before a
+    /// bound was added still folds.
+    ///
+    /// ```
+    /// use trustfold_core::policy::Policy;
+    /// let mut p = Policy::from_json(include_str!("../../examples/policies/earnest-money.json"))?;
+    /// p.funding.deadline.as_mut().unwrap().days = 4000;
+    /// assert_eq!(p.validate(), Ok(()));
+    /// assert_eq!(p.validate_new().unwrap_err().field(), Some("funding.deadline.days"));
+    /// # Ok::<(), trustfold_core::Error>(())
+    /// ```
+    pub fn validate_new(&self) -> Result<()> {
+        self.validate()?;
+        if self.id.chars().count() > ID_MAX || self.id.chars().any(char::is_control) {
+            return Err(Error::policy(
+                "id",
+                format!("at most {ID_MAX} characters, none of them control characters"),
+            ));
+        }
+        bounded("name", &self.name)?;
+        for (role, rule) in self.roles.iter() {
+            bounded(&format!("roles.{role}.description"), &rule.description)?;
+        }
+        for (i, fee) in self.fees.iter().enumerate() {
+            bounded(&format!("fees[{i}].name"), &fee.name)?;
+        }
+        let f = &self.funding;
+        for (rail, days) in f.good_funds_days.iter() {
+            if *days > MAX_GOOD_FUNDS_DAYS {
+                return Err(Error::policy(
+                    format!("funding.good_funds_days.{}", rail.as_str()),
+                    format!("must be at most {MAX_GOOD_FUNDS_DAYS} business days"),
+                ));
+            }
+        }
+        if let Some(d) = &f.deadline {
+            if d.days > MAX_DEADLINE_DAYS {
+                return Err(Error::policy(
+                    "funding.deadline.days",
+                    format!("must be at most {MAX_DEADLINE_DAYS} (ten years)"),
+                ));
+            }
+        }
+        for (i, c) in self.currencies.iter().enumerate() {
+            if self.currencies[..i].contains(c) {
+                return Err(Error::policy(
+                    format!("currencies[{i}]"),
+                    format!("{c} is listed twice"),
+                ));
+            }
+            self.fees_payable_in(*c)?;
         }
         Ok(())
     }
@@ -779,6 +847,17 @@ impl Policy {
             }
         }
     }
+}
+
+/// Free text of a policy: at most [`TEXT_MAX`] characters.
+fn bounded(field: &str, text: &str) -> Result<()> {
+    if text.chars().count() > TEXT_MAX {
+        return Err(Error::policy(
+            field,
+            format!("at most {TEXT_MAX} characters"),
+        ));
+    }
+    Ok(())
 }
 
 fn positive(field: &str, v: Option<Decimal>) -> Result<()> {

@@ -533,3 +533,61 @@ fn a_deadline_past_year_9999_is_refused_not_written() {
     let deadline = d.state().expect("state").funding.deadline.expect("set");
     assert_eq!(deadline.to_string().parse::<Timestamp>(), Ok(deadline));
 }
+
+#[test]
+fn a_payment_opened_before_a_policy_bound_still_folds() {
+    // A policy that breaks bounds added later (a 4000-day deadline, a currency listed
+    // twice) but the structural rules still hold: stored histories embedding it fold.
+    let mut p = policy("earnest-money");
+    p.funding.deadline.as_mut().expect("deadline").days = 4000;
+    p.currencies = vec![Currency::new("USD").expect("usd"); 2];
+    assert_eq!(p.validate(), Ok(()));
+    assert_eq!(
+        p.validate_new().unwrap_err().field(),
+        Some("funding.deadline.days")
+    );
+    let first = Envelope {
+        prev: Hash::ZERO,
+        stream: PaymentId::from_bytes([5; 16]),
+        seq: 1,
+        id: EventId::from_bytes([6; 16]),
+        schema_version: 1,
+        at: "2026-11-02T15:00:00Z".parse().expect("time"),
+        actor: as_(LISTING_AGENT, "listing_agent"),
+        causation: None,
+        correlation: None,
+        event: Event::PaymentInitiated(trustfold_core::event::PaymentInitiated {
+            tenant: trustfold_core::id::TenantId::from_bytes([0x7e; 16]),
+            policy: trustfold_core::event::EmbeddedPolicy::new(p.clone()),
+            policy_hash: p.hash(),
+            amount: usd("5000.00"),
+            description: String::new(),
+            initiator: pid(LISTING_AGENT),
+            initiator_roles: vec![Role::new("listing_agent")],
+            initiator_name: String::new(),
+        }),
+    };
+    let history = trustfold_core::history::write(&[first.seal()]);
+    let state = verify_and_replay(&history, None, None).expect("folds");
+    assert_eq!(
+        state.policy_doc.funding.deadline.as_ref().map(|d| d.days),
+        Some(4000)
+    );
+    // Opening a new payment with it is refused.
+    let mut d = Driver::new(PaymentId::from_bytes([7; 16]), first.at);
+    let e = d
+        .run(
+            as_(LISTING_AGENT, "listing_agent"),
+            Command::Initiate {
+                payment: d.payment(),
+                tenant: trustfold_core::id::TenantId::from_bytes([0x7e; 16]),
+                policy: Box::new(p),
+                amount: usd("5000.00"),
+                description: String::new(),
+                roles: vec![Role::new("listing_agent")],
+                name: String::new(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.field(), Some("funding.deadline.days"), "{e}");
+}

@@ -60,10 +60,61 @@ function need(): void {
   }
 }
 
+function invalid(message: string): TrustfoldError {
+  const err = new Error(message) as TrustfoldError;
+  err.name = "TrustfoldError";
+  err.code = "invalid_input";
+  return err;
+}
+
+function describe(v: unknown): string {
+  return v === null ? "null" : Array.isArray(v) ? "an array" : typeof v;
+}
+
+// Arguments are checked before they reach the wasm glue: it passes a non-string to
+// Rust as if it were one (a trap, not an error) and coerces numbers silently.
+function str(v: unknown, name: string): string {
+  if (typeof v !== "string") throw invalid(`${name} must be a string, got ${describe(v)}`);
+  return v;
+}
+
+function optStr(v: unknown, name: string): string | undefined {
+  return v === undefined ? undefined : str(v, name);
+}
+
+function historyInput(v: unknown): HistoryInput {
+  if (typeof v === "string" || v instanceof Uint8Array) return v;
+  throw invalid(`history must be a JSON string or a Uint8Array of its bytes, got ${describe(v)}`);
+}
+
+function num(v: unknown, name: string): number {
+  if (typeof v !== "number") throw invalid(`${name} must be a number, got ${describe(v)}`);
+  return v;
+}
+
+function strings(v: unknown, name: string): string[] {
+  if (!Array.isArray(v) || !v.every((x) => typeof x === "string")) {
+    throw invalid(`${name} must be an array of strings, got ${describe(v)}`);
+  }
+  return [...(v as string[])];
+}
+
+/** JSON text of an argument given as an object (BigInts and cycles are refused). */
+function json(v: unknown, name: string): string {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw invalid(`${name} must be an object, got ${describe(v)}`);
+  }
+  try {
+    return JSON.stringify(v);
+  } catch (e) {
+    throw invalid(`${name} cannot be written as JSON: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
 /** Verifies and folds a history into canonical state JSON (the exact bytes native Rust gives). */
 export function replayJson(history: HistoryInput): string {
   need();
-  return raw.replay(history);
+  return raw.replay(historyInput(history));
 }
 
 /** Verifies and folds a history. */
@@ -74,7 +125,7 @@ export function replay(history: HistoryInput): PaymentState {
 /** Canonical state JSON after sequence `seq`. */
 export function stateAtJson(history: HistoryInput, seq: number): string {
   need();
-  return raw.stateAt(history, seq);
+  return raw.stateAt(historyInput(history), num(seq, "seq"));
 }
 
 /**
@@ -83,7 +134,7 @@ export function stateAtJson(history: HistoryInput, seq: number): string {
  */
 export function replayUnverifiedJson(history: HistoryInput): string {
   need();
-  return raw.replayUnverified(history);
+  return raw.replayUnverified(historyInput(history));
 }
 
 /** The state after sequence `seq`. */
@@ -97,19 +148,19 @@ export function stateAt(history: HistoryInput, seq: number): PaymentState {
  */
 export function verify(history: HistoryInput, signedHeadJson?: string, publicKeyHex?: string): VerifyResult {
   need();
-  return raw.verify(history, signedHeadJson, publicKeyHex);
+  return raw.verify(historyInput(history), optStr(signedHeadJson, "signedHeadJson"), optStr(publicKeyHex, "publicKeyHex"));
 }
 
 /** What the given roles may see of the payment (state and events, redacted by the policy). */
 export function view(history: HistoryInput, roles: readonly string[]): PaymentView {
   need();
-  return JSON.parse(raw.view(history, [...roles])) as PaymentView;
+  return JSON.parse(raw.view(historyInput(history), strings(roles, "roles"))) as PaymentView;
 }
 
 /** The commands `actor` may issue now (`now` defaults to the time of the last event). */
 export function allowedCommands(history: HistoryInput, actor: Actor, now?: string): CommandKind[] {
   need();
-  return raw.allowedCommands(history, JSON.stringify(actor), now) as CommandKind[];
+  return raw.allowedCommands(historyInput(history), json(actor, "actor"), optStr(now, "now")) as CommandKind[];
 }
 
 /**
@@ -119,43 +170,45 @@ export function allowedCommands(history: HistoryInput, actor: Actor, now?: strin
  */
 export function decide(history: HistoryInput, command: Command, context: CommandContext): EventEnvelope[] {
   need();
-  return JSON.parse(raw.decide(history, JSON.stringify(command), JSON.stringify(context))) as EventEnvelope[];
+  return JSON.parse(raw.decide(historyInput(history), json(command, "command"), json(context, "context"))) as EventEnvelope[];
 }
 
 /** Validates a policy document; throws `invalid_policy` with the `field` at fault. */
 export function validatePolicy(policy: PolicyDocument | string): PolicySummary {
   need();
-  return raw.validatePolicy(typeof policy === "string" ? policy : JSON.stringify(policy));
+  return raw.validatePolicy(typeof policy === "string" ? policy : json(policy, "policy"));
 }
 
 /** `a + b` in `currency`, exact: `moneyAdd("1.10", "2", "USD") === "3.10"`. */
 export function moneyAdd(a: string, b: string, currency: string): string {
   need();
-  return raw.moneyAdd(a, b, currency);
+  return raw.moneyAdd(str(a, "a"), str(b, "b"), str(currency, "currency"));
 }
 
 /** `a - b` in `currency`, exact (may be negative). */
 export function moneySub(a: string, b: string, currency: string): string {
   need();
-  return raw.moneySub(a, b, currency);
+  return raw.moneySub(str(a, "a"), str(b, "b"), str(currency, "currency"));
 }
 
 /** Splits `amount` by integer weights; the parts sum exactly to `amount`. */
 export function moneyAllocate(amount: string, currency: string, weights: readonly number[]): string[] {
   need();
-  return raw.moneyAllocate(amount, currency, [...weights]);
+  // Any iterable of numbers; anything else goes to the module, which says what is wrong.
+  const iterable = typeof (weights as { [Symbol.iterator]?: unknown } | null)?.[Symbol.iterator] === "function";
+  return raw.moneyAllocate(str(amount, "amount"), str(currency, "currency"), iterable ? [...weights] : (weights as number[]));
 }
 
 /** `bps` basis points of `amount`, rounded half away from zero to the minor unit. */
 export function moneyBps(amount: string, currency: string, bps: number): string {
   need();
-  return raw.moneyBps(amount, currency, bps);
+  return raw.moneyBps(str(amount, "amount"), str(currency, "currency"), num(bps, "bps"));
 }
 
 /** `"1500.00 USD"`: the amount at the currency's scale and its code. */
 export function formatMoney(amount: string, currency: string): string {
   need();
-  return raw.formatMoney(amount, currency);
+  return raw.formatMoney(str(amount, "amount"), str(currency, "currency"));
 }
 
 /** The package version. */
@@ -220,7 +273,7 @@ export class Client {
 
   /** A feed for one payment (empty until `sync()`). */
   payment(paymentId: string): PaymentFeed {
-    return new PaymentFeed(this.#raw.payment(paymentId));
+    return new PaymentFeed(this.#raw.payment(str(paymentId, "paymentId")));
   }
 
   /**
@@ -228,7 +281,12 @@ export class Client {
    * resolves to the server's JSON response.
    */
   async sendCommand(paymentId: string, command: Command, idempotencyKey: string, expectedVersion?: number): Promise<unknown> {
-    const body = await this.#raw.sendCommand(paymentId, JSON.stringify(command), idempotencyKey, expectedVersion);
+    const body = await this.#raw.sendCommand(
+      str(paymentId, "paymentId"),
+      json(command, "command"),
+      str(idempotencyKey, "idempotencyKey"),
+      expectedVersion === undefined ? undefined : num(expectedVersion, "expectedVersion"),
+    );
     return body === "" ? undefined : (JSON.parse(body) as unknown);
   }
 }

@@ -324,3 +324,59 @@ test("Chromium: live over SSE with access_token, resumed after close and after a
     await browser.close();
   }
 });
+
+// A server that misbehaves (the client's side of a broken or hostile server): a plain
+// Node HTTP server answering the events route with pages we write here.
+async function fakeServer(page) {
+  const { createServer: createHttp } = await import("node:http");
+  let requests = 0;
+  const server = createHttp((req, res) => {
+    requests += 1;
+    const url = new URL(req.url, "http://x");
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(page(url));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    base: `http://127.0.0.1:${server.address().port}`,
+    requests: () => requests,
+    close: () => new Promise((r) => server.close(r)),
+  };
+}
+
+test("Node: a server that says has_more but never moves on is refused, not polled forever", async () => {
+  const srv = await fakeServer((url) => {
+    const after = Number(url.searchParams.get("after") ?? 0);
+    return JSON.stringify({ events: [], has_more: true, next: after + 5 });
+  });
+  try {
+    const feed = new t.Client({ baseUrl: srv.base }).payment("b0000000-0000-4000-8000-000000000001");
+    await assert.rejects(feed.sync(), (e) => e.code === "invalid_history" && /has_more/.test(e.message));
+    assert.equal(srv.requests(), 1);
+  } finally {
+    await srv.close();
+  }
+});
+
+test("Node: a sync that fails leaves the feed as it was", async () => {
+  // Every record verifies, but the signed head on the page was not made by the pinned key.
+  const v = loadVectors().find((x) => x.name === "bad_head_signature");
+  const records = JSON.parse(v.history);
+  const payment = records[0].event.stream;
+  const srv = await fakeServer(() =>
+    `{"events":${v.history},"has_more":false,"next":${records.length},"signed_head":${v.head}}`,
+  );
+  try {
+    const feed = new t.Client({ baseUrl: srv.base, serverKey: v.key }).payment(payment);
+    await assert.rejects(feed.sync(), (e) => e.code === "bad_signature");
+    assert.equal(feed.seq, 0);
+    assert.equal(feed.state(), undefined);
+    assert.equal(JSON.parse(feed.history()).length, 0);
+    // Without the pin the same pages are taken whole.
+    const open = new t.Client({ baseUrl: srv.base }).payment(payment);
+    await open.sync();
+    assert.equal(open.seq, records.length);
+  } finally {
+    await srv.close();
+  }
+});

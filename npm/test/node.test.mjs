@@ -84,6 +84,64 @@ test("view, allowedCommands and decide work on a real history", () => {
   );
 });
 
+test("arguments of the wrong type are refused with invalid_input, and the module stays usable", () => {
+  const ok = vectors.find((v) => v.verify.ok);
+  const isInput = (e) => t.isTrustfoldError(e) && e.code === "invalid_input";
+  const calls = [
+    () => t.moneyAdd(42, "1", "USD"),
+    () => t.moneySub("1", undefined, "USD"),
+    () => t.formatMoney("1", null),
+    () => t.moneyBps("100.00", "USD", -1),
+    () => t.moneyBps("100.00", "USD", 4294967296),
+    () => t.moneyBps("100.00", "USD", 1.9),
+    () => t.moneyBps("100.00", "USD", NaN),
+    () => t.moneyBps("100.00", "USD", "5"),
+    () => t.stateAt(ok.history, "1"),
+    () => t.stateAt(ok.history, 10n),
+    () => t.view(ok.history, "buyer"),
+    () => t.view(ok.history, undefined),
+    () => t.verify(ok.history, { stream: "x" }, "00".repeat(32)),
+    () => t.verify(ok.history, undefined, 7),
+    () => t.allowedCommands(ok.history, { party: null, role: "buyer" }, Date.now()),
+    () => t.allowedCommands(ok.history, undefined),
+    () => t.decide(ok.history, { type: "Join", n: 1n }, {}),
+    () => t.validatePolicy(7),
+    () => t.replay(new ArrayBuffer(4)),
+    () => new t.Client({ baseUrl: "http://127.0.0.1:9" }).payment(42),
+    () => new t.Client({ baseUrl: "http://127.0.0.1:9", token: "ключ" }),
+    () => new t.Client({ baseUrl: "http://127.0.0.1:9", token: "a\r\nX-Evil: 1" }),
+  ];
+  for (const call of calls) {
+    assert.throws(call, isInput, call.toString());
+    assert.equal(t.moneyAdd("1.10", "2", "USD"), "3.10", "still usable");
+  }
+  assert.throws(() => t.moneyBps("1", "USD", -1), (e) => /bps must be a whole number from 0 to 4294967295, got -1/.test(e.message));
+  assert.equal(t.moneyBps("100.00", "USD", 4294967295), "42949672.95");
+  assert.throws(() => t.moneyAllocate("1.00", "USD", undefined), (e) => e.code === "invalid_split");
+});
+
+test("an idempotency key that cannot be a header rejects the promise (the process lives on)", async () => {
+  const c = new t.Client({ baseUrl: "http://127.0.0.1:9" });
+  const pid = "b0000000-0000-4000-8000-000000000001";
+  for (const key of ["ключ", "a\r\nX-Evil: 1", "", "k".repeat(256)]) {
+    await assert.rejects(c.sendCommand(pid, { type: "Join" }, key), (e) => e.code === "invalid_input", JSON.stringify(key));
+  }
+  await assert.rejects(c.sendCommand(pid, { type: "Join" }, 12345), (e) => e.code === "invalid_input");
+});
+
+test("a view is never widened by a role the policy does not know", () => {
+  const ok = vectors.find((v) => v.verify.ok && v.name === "em_happy_wire") ?? vectors.find((v) => v.verify.ok);
+  const lender = t.view(ok.history, ["lender"]);
+  assert.throws(() => t.view(ok.history, ["zzz"]), (e) => e.code === "unknown_role" && /not in policy/.test(e.message));
+  assert.throws(() => t.view(ok.history, ["lender", "zzz"]), (e) => e.code === "unknown_role");
+  assert.throws(() => t.view(ok.history, []), (e) => e.code === "roles_required");
+  // Two records on one line read as the document they are.
+  const text = typeof ok.history === "string" ? ok.history : new TextDecoder().decode(ok.history);
+  const joined = text.replace('},\n{"hash"', '},{"hash"');
+  assert.notEqual(joined, text);
+  assert.deepEqual(t.view(joined, ["lender"]), lender);
+});
+
 test("policies validate", () => {
   for (const name of ["earnest-money", "marketplace", "milestone-escrow"]) {
     const summary = t.validatePolicy(readPolicy(name));

@@ -59,6 +59,26 @@ export interface ClientOptions {
 }
 "#;
 
+/// Checks that `value` can be sent as an HTTP header value (visible ASCII and spaces):
+/// `fetch` refuses anything else, and inside a request's future that refusal would
+/// escape as an uncaught exception instead of rejecting the promise.
+fn header_value(what: &str, value: &str) -> JsResult<()> {
+    match value
+        .bytes()
+        .position(|b| !(b == b' ' || b.is_ascii_graphic()))
+    {
+        None => Ok(()),
+        Some(i) => Err(js_error(
+            "invalid_input",
+            &format!(
+                "{what} must be visible ASCII characters (it is sent as an HTTP header); \
+                 character {} is not",
+                value[..i].chars().count() + 1
+            ),
+        )),
+    }
+}
+
 /// Connection settings shared by a client and its feeds.
 #[derive(Clone)]
 struct Conn {
@@ -106,10 +126,14 @@ impl Client {
             .map(|k| k.parse::<PublicKey>())
             .transpose()
             .js()?;
+        let token = string_prop(&options, "token", what)?;
+        if let Some(t) = &token {
+            header_value("client options: `token`", t)?;
+        }
         Ok(Client {
             conn: Conn {
                 base: base.trim_end_matches('/').to_string(),
-                token: string_prop(&options, "token", what)?,
+                token,
                 key,
             },
         })
@@ -144,12 +168,13 @@ impl Client {
         #[wasm_bindgen(js_name = expectedVersion)] expected_version: Option<f64>,
     ) -> JsResult<js_sys::Promise> {
         let payment: PaymentId = payment_id.parse().js()?;
-        if idempotency_key.is_empty() {
+        if idempotency_key.is_empty() || idempotency_key.len() > 255 {
             return Err(js_error(
                 "invalid_input",
-                "idempotencyKey must not be empty",
+                "idempotencyKey must be 1 to 255 characters",
             ));
         }
+        header_value("idempotencyKey", &idempotency_key)?;
         let expected_version = expected_version
             .map(|v| {
                 whole(v).ok_or_else(|| {
@@ -198,6 +223,69 @@ struct Feed {
     closed: Cell<bool>,
 }
 
+/// `sync()`'s pages: fetch and verify until `has_more` is false, then the signed head.
+async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
+    let mut signed: Option<SignedHead> = None;
+    loop {
+        let after = feed.mirror.borrow().len();
+        let url = feed
+            .conn
+            .url(&feed.payment, &format!("/events?after={after}"));
+        let resp = feed
+            .conn
+            .auth(Request::get(&url))
+            .send()
+            .await
+            .map_err(net)?;
+        let text = body_or_problem(resp).await?;
+        let page = Page::from_json(text.as_bytes()).js()?;
+        {
+            let mut m = feed.mirror.borrow_mut();
+            for r in &page.events {
+                m.append(r.hash, r.event.get()).js()?;
+            }
+        }
+        if page.signed_head.is_some() {
+            signed = page.signed_head;
+        }
+        let now = feed.mirror.borrow().len();
+        if !page.has_more {
+            break;
+        }
+        if now == after {
+            return Err(js_error(
+                "invalid_history",
+                "the server said has_more but sent nothing new",
+            ));
+        }
+    }
+    if let Some(key) = &feed.conn.key {
+        let head = match signed {
+            Some(h) => h,
+            None => {
+                let url = feed.conn.url(&feed.payment, "/head");
+                let resp = feed
+                    .conn
+                    .auth(Request::get(&url))
+                    .send()
+                    .await
+                    .map_err(net)?;
+                let text = body_or_problem(resp).await?;
+                SignedHead::from_json(text.as_bytes()).js()?
+            }
+        };
+        feed.mirror
+            .borrow()
+            .check_head(feed.payment, &head, key)
+            .js()?;
+    }
+    let m = feed.mirror.borrow();
+    Ok(m.state
+        .as_ref()
+        .map(state_json)
+        .map_or(JsValue::UNDEFINED, |s| JsValue::from_str(&s)))
+}
+
 /// The records held and the state they fold to.
 #[derive(Default)]
 struct Mirror {
@@ -209,6 +297,17 @@ struct Mirror {
 impl Mirror {
     fn len(&self) -> u64 {
         self.hashes.len() as u64
+    }
+
+    /// What to go back to if what follows fails.
+    fn mark(&self) -> (usize, Option<PaymentState>) {
+        (self.hashes.len(), self.state.clone())
+    }
+
+    fn rollback(&mut self, (len, state): (usize, Option<PaymentState>)) {
+        self.hashes.truncate(len);
+        self.events.truncate(len);
+        self.state = state;
     }
 
     /// Appends one record after checking its hash, its link and the rules. Returns
@@ -370,65 +469,14 @@ impl PaymentFeed {
     pub fn sync(&self) -> js_sys::Promise {
         let feed = self.inner.clone();
         future_to_promise(async move {
-            let mut signed: Option<SignedHead> = None;
-            loop {
-                let after = feed.mirror.borrow().len();
-                let url = feed
-                    .conn
-                    .url(&feed.payment, &format!("/events?after={after}"));
-                let resp = feed
-                    .conn
-                    .auth(Request::get(&url))
-                    .send()
-                    .await
-                    .map_err(net)?;
-                let text = body_or_problem(resp).await?;
-                let page = Page::from_json(text.as_bytes()).js()?;
-                {
-                    let mut m = feed.mirror.borrow_mut();
-                    for r in &page.events {
-                        m.append(r.hash, r.event.get()).js()?;
-                    }
-                }
-                if page.signed_head.is_some() {
-                    signed = page.signed_head;
-                }
-                let now = feed.mirror.borrow().len();
-                if !page.has_more {
-                    break;
-                }
-                if now == after && page.next.is_none_or(|n| n <= after) {
-                    return Err(js_error(
-                        "invalid_history",
-                        "the server said has_more but sent nothing new",
-                    ));
-                }
+            // All or nothing: a sync that fails (a record or the signed head does not
+            // verify, the connection drops) leaves the feed as it was before it.
+            let before = feed.mirror.borrow().mark();
+            let result = sync_pages(&feed).await;
+            if result.is_err() {
+                feed.mirror.borrow_mut().rollback(before);
             }
-            if let Some(key) = &feed.conn.key {
-                let head = match signed {
-                    Some(h) => h,
-                    None => {
-                        let url = feed.conn.url(&feed.payment, "/head");
-                        let resp = feed
-                            .conn
-                            .auth(Request::get(&url))
-                            .send()
-                            .await
-                            .map_err(net)?;
-                        let text = body_or_problem(resp).await?;
-                        SignedHead::from_json(text.as_bytes()).js()?
-                    }
-                };
-                feed.mirror
-                    .borrow()
-                    .check_head(feed.payment, &head, key)
-                    .js()?;
-            }
-            let m = feed.mirror.borrow();
-            Ok(m.state
-                .as_ref()
-                .map(state_json)
-                .map_or(JsValue::UNDEFINED, |s| JsValue::from_str(&s)))
+            result
         })
     }
 

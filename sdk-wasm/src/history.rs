@@ -6,12 +6,10 @@
 //! wrong state.
 
 use serde::Serialize;
-use trustfold_core::envelope::Envelope;
-use trustfold_core::fold::{replay_records, verify_and_replay};
-use trustfold_core::history::{self, PublicKey, SignedHead};
+use trustfold_core::fold::verify_and_replay;
+use trustfold_core::history::{PublicKey, SignedHead};
 use trustfold_core::policy::Role;
 use trustfold_core::state::PaymentState;
-use trustfold_core::view;
 use trustfold_core::Error;
 use wasm_bindgen::prelude::*;
 
@@ -75,7 +73,9 @@ enum VerifyOutcome {
         ok: bool,
         code: &'static str,
         message: String,
-        seq: Option<u64>,
+        /// A JS number: a claimed seq beyond 2^53 is reported approximately rather
+        /// than failing the report.
+        seq: Option<f64>,
     },
 }
 
@@ -105,7 +105,7 @@ pub fn verify(
             ok: false,
             code: e.code(),
             message: e.to_string(),
-            seq: e.seq(),
+            seq: e.seq().map(|n| n as f64),
         },
     };
     to_value(&outcome)
@@ -132,15 +132,8 @@ pub fn view(
     let roles = items(&roles, JsValue::as_string)
         .ok_or_else(|| js_error("invalid_input", "roles must be an array of role names"))?;
     let roles: Vec<Role> = roles.into_iter().map(Role::new).collect();
-    let records = history::parse(&bytes).js()?;
-    let state = replay_records(&records, None).js()?;
-    let envelopes = records
-        .iter()
-        .map(|r| r.envelope())
-        .collect::<Result<Vec<Envelope>, Error>>()
-        .js()?;
     // Redacted on the serialized bytes: the same text as the core's Value-based views.
-    let out = view::view_json(&state, &envelopes, &roles);
+    let out = trustfold_core::fold::verify_and_view(&bytes, &roles).js()?;
     Ok(String::from_utf8(out).unwrap_or_default())
 }
 

@@ -62,7 +62,20 @@ pub fn money_allocate(
 /// `bps` basis points of `amount` (1 bp = 0.01 %), rounded half away from zero to
 /// the currency's minor unit.
 #[wasm_bindgen(js_name = moneyBps)]
-pub fn money_bps(amount: &str, currency: &str, bps: u32) -> JsResult<String> {
+pub fn money_bps(amount: &str, currency: &str, bps: f64) -> JsResult<String> {
+    // A JS number is checked, not wrapped: -1 is not 4294967295 basis points.
+    let bps = whole(bps)
+        .and_then(|b| u32::try_from(b).ok())
+        .ok_or_else(|| {
+            js_error(
+                "invalid_input",
+                &format!(
+                    "bps must be a whole number from 0 to {}, got {}",
+                    u32::MAX,
+                    number_text(bps)
+                ),
+            )
+        })?;
     Ok(money(amount, currency)?.bps(bps).js()?.amount_string())
 }
 

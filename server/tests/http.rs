@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::scenario::{fund_and_release, history, open_and_join, Client};
+use common::scenario::{fund, fund_and_release, history, open_and_join, Client};
 use common::{Server, ADMIN};
 use serde_json::{json, Value};
 use trustfold_core::fold::replay;
@@ -303,6 +303,36 @@ async fn idempotency_replays_and_rejects_reuse() {
 }
 
 #[tokio::test]
+async fn a_retried_command_of_many_events_is_answered_whole() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    // No approvals and 70 fees: the release request alone makes 70 FeeAssessed events.
+    let mut policy: Value = serde_json::from_str(common::scenario::EARNEST_MONEY).expect("policy");
+    policy["version"] = 2.into();
+    policy["release"]["approvals"] = "none".into();
+    policy["fees"] = (0..70)
+        .map(|i| json!({"name": format!("fee-{i}"), "to_role": "escrow_holder", "bps": 1}))
+        .collect();
+    assert_eq!(c.post("/v1/policies", &key, &policy).await.status, 201);
+    let f = open_and_join(c, &key).await.expect("open");
+    fund(c, &key, &f).await.expect("fund");
+    let p = &f.payment;
+    let release = json!({"command": {"type": "RequestRelease", "request": f.request,
+        "allocations": [{"party": f.seller, "amount": {"amount": "5000.00", "currency": "USD"}}]},
+        "actor": {"party": f.escrow, "role": "escrow_holder"}});
+    let path = format!("/v1/payments/{p}/commands");
+    let first = c.post_idem(&path, &key, "release-1", &release).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let events = first.body["events"].as_array().expect("events").len();
+    assert!(events > 70, "{events} events");
+    let again = c.post_idem(&path, &key, "release-1", &release).await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!((again.status, &again.bytes), (200, &first.bytes));
+    srv.finish().await;
+}
+
+#[tokio::test]
 async fn version_conflict_is_409_with_current_version() {
     let srv = common::sqlite().await;
     let c = &srv.client;
@@ -508,6 +538,12 @@ async fn participant_tokens_see_the_policy_view_and_act_as_their_party() {
     let again = c.post_idem(&path, &bt, "agree-1", &agree).await;
     assert_eq!((again.status, &again.bytes), (200, &r.bytes));
     assert_eq!(again.headers["idempotent-replayed"], "true");
+    // The buyer's key is the buyer's: the tenant's own key of the same name is another.
+    let invite = json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["lender"]},
+        "actor": {"party": other.agent, "role": "listing_agent"}});
+    let r = c.post_idem(&path, &key, "agree-1", &invite).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.headers.get("idempotent-replayed").is_none());
 
     // Tampered and wrong tokens are 401.
     let mut bad = token.clone();
@@ -637,6 +673,8 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         ("not json", "POST", cmds.clone(), Some(&key),
             Some(json!({"command": {"type": "Join"}, "actor": actor}).to_string().into_bytes()), 415, "unsupported_media_type"),
         ("form body", "POST", "/v1/tenants".into(), Some(ADMIN), Some(b"name=x".to_vec()), 415, "unsupported_media_type"),
+        ("tenant name too long", "POST", "/v1/tenants".into(), Some(ADMIN),
+            Some(json!({"name": "n".repeat(201)}).to_string().into_bytes()), 422, "invalid_name"),
         ("key given twice", "POST", cmds.clone(), Some(&key),
             Some(format!(r#"{{"command":{{"type":"Cancel","type":"Join"}},"actor":{actor}}}"#).into_bytes()), 400, "duplicate_key"),
         ("array for the body", "POST", format!("/v1/payments/{}/tokens", f.payment), Some(&key),
@@ -708,6 +746,31 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         )
         .await;
     assert_eq!(far.body["field"], "funding.deadline.days", "{}", far.body);
+    // The last possible version of a policy: a clash says so instead of failing.
+    let mut last: Value = serde_json::from_str(common::scenario::EARNEST_MONEY).expect("policy");
+    last["id"] = "last-version".into();
+    last["version"] = u32::MAX.into();
+    assert_eq!(c.post("/v1/policies", &key, &last).await.status, 201);
+    last["name"] = "other content".into();
+    let clash = c.post("/v1/policies", &key, &last).await;
+    assert_eq!(clash.status, 409, "{}", clash.body);
+    assert!(clash.body["detail"]
+        .as_str()
+        .unwrap_or("")
+        .contains("new id"));
+    let r = c
+        .get(
+            &format!(
+                "/v1/policies/last-version?version={}",
+                u64::from(u32::MAX) + 1
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_parameter"))
+    );
     // The key the refused rotation would have expired still works.
     assert_eq!(c.get("/v1/payments", &key).await.status, 200);
     srv.finish().await;

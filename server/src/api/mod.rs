@@ -361,10 +361,13 @@ async fn create_tenant(
         }
     }
     let req: NewTenant = parse_json(&body)?;
-    if req.name.trim().is_empty() {
+    if req.name.trim().is_empty() || req.name.chars().count() > trustfold_core::command::NAME_MAX {
         return Err(ApiError::Unprocessable {
             code: "invalid_name",
-            message: "a tenant needs a non-empty name".into(),
+            message: format!(
+                "a tenant needs a name of 1 to {} characters",
+                trustfold_core::command::NAME_MAX
+            ),
             field: Some("name".into()),
         });
     }
@@ -502,13 +505,19 @@ async fn create_policy(
     if stored_hash != hash {
         return Err(ApiError::Conflict {
             code: "policy_version_exists",
-            message: format!(
-                "policy {} version {} is already stored with other content; policies are \
-                 immutable, publish version {}",
-                policy.id,
-                policy.version,
-                policy.version + 1
-            ),
+            message: match policy.version.checked_add(1) {
+                Some(next) => format!(
+                    "policy {} version {} is already stored with other content; policies \
+                     are immutable, publish version {next}",
+                    policy.id, policy.version
+                ),
+                None => format!(
+                    "policy {} version {} is already stored with other content; policies \
+                     are immutable and no later version is possible, publish it under a \
+                     new id",
+                    policy.id, policy.version
+                ),
+            },
         });
     }
     policy_response(StatusCode::OK, &stored, &stored_hash)
@@ -554,7 +563,17 @@ async fn get_policy(
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
     let q = params(query)?;
-    let version = param_u64(&q, "version")?.map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+    let version = param_u64(&q, "version")?
+        .map(|v| {
+            u32::try_from(v).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    "version",
+                    format!("`version` must be a policy version from 1 to {}", u32::MAX),
+                )
+            })
+        })
+        .transpose()?;
     let (body, hash) = load_policy(&state.db, tenant, &id, version)
         .await?
         .ok_or_else(|| ApiError::NotFound {

@@ -54,16 +54,16 @@ impl From<LoadError> for ApiError {
 /// How often a command is re-decided when another command won the race and the client
 /// did not ask for a particular version.
 const CONFLICT_RETRIES: usize = 3;
-/// Largest number of events one command may produce (for answering a retry from the
-/// store).
-const MAX_EVENTS_PER_COMMAND: u32 = 64;
 
 // ---------------------------------------------------------------------------------------
 // Idempotency.
 
 #[derive(Clone)]
 struct Idem {
+    /// The key as stored: the header's value, prefixed with a participant's scope.
     key: String,
+    /// The header's value.
+    given: String,
     request_hash: [u8; 32],
 }
 
@@ -100,6 +100,13 @@ fn idempotency(
             )
         })?
         .to_owned();
+    // Keys are the caller's own: a participant's key never takes one of the tenant's
+    // or another participant's (the tenant's keys are stored as given).
+    let given = key;
+    let key = match principal {
+        Principal::Tenant { .. } => given.clone(),
+        Principal::Participant(_) => format!("{}\0{given}", principal.scope()),
+    };
     let mut h = Sha256::new();
     for part in [route.as_bytes(), principal.scope().as_bytes(), body] {
         h.update((part.len() as u64).to_be_bytes());
@@ -107,6 +114,7 @@ fn idempotency(
     }
     Ok(Some(Idem {
         key,
+        given,
         request_hash: h.finalize().into(),
     }))
 }
@@ -282,7 +290,7 @@ fn command_id_for(principal: &Principal, idem: Option<&Idem>) -> CommandId {
     match idem {
         Some(i) => CommandId(derive(
             principal.tenant(),
-            &format!("idempotency-key\0{}\0{}", principal.scope(), i.key),
+            &format!("idempotency-key\0{}\0{}", principal.scope(), i.given),
             0,
         )),
         None => CommandId(Uuid::new_v4()),
@@ -351,8 +359,11 @@ fn command_body(
             out.extend_from_slice(&state.to_json());
         }
         Principal::Participant(c) => {
+            // The roles the party still holds (none, so nothing, if this command
+            // removed it).
+            let roles = participant_roles(state, c).unwrap_or_default();
             let envs: Vec<Envelope> = events.iter().map(|e| e.env.clone()).collect();
-            let redacted = view::history_view(state, &envs, &c.roles);
+            let redacted = view::history_view(state, &envs, &roles);
             for (i, v) in redacted.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
@@ -361,7 +372,7 @@ fn command_body(
             }
             out.extend_from_slice(b"],\"state\":");
             out.extend_from_slice(
-                &serde_json::to_vec(&view::state_view(state, &c.roles)).unwrap_or_default(),
+                &serde_json::to_vec(&view::state_view(state, &roles)).unwrap_or_default(),
             );
         }
     }
@@ -385,30 +396,33 @@ async fn already_applied(
     if ev.stream_id != payment {
         return Err(key_reused());
     }
-    let mut found = vec![ev];
-    for i in 1..MAX_EVENTS_PER_COMMAND {
-        match state
-            .store
-            .read_event(tenant, derive(command_id.uuid(), "event", i))
-            .await?
-        {
-            Some(e) if e.stream_id == payment => found.push(e),
-            _ => break,
+    // A command's events are appended together, so they are the run of events from
+    // the first one on whose causation is this command (however many it made).
+    let mut emitted = Vec::new();
+    let mut after = ev.seq - 1;
+    'pages: loop {
+        let page = state.store.read_stream(tenant, payment, after, 256).await?;
+        let full = page.len() == 256;
+        for e in page {
+            let env =
+                Envelope::from_json(&e.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if env.causation != Some(command_id.uuid()) {
+                break 'pages;
+            }
+            after = e.seq;
+            emitted.push(Emitted {
+                env,
+                body: e.body,
+                hash: e.hash,
+            });
+        }
+        if !full {
+            break;
         }
     }
-    let last = found.last().map_or(0, |e| e.seq);
-    let st = fold_stream(&state.store, tenant, payment, None, Some(last))
+    let st = fold_stream(&state.store, tenant, payment, None, Some(after))
         .await?
         .ok_or_else(|| ApiError::Internal("stored command events do not fold".into()))?;
-    let mut emitted = Vec::with_capacity(found.len());
-    for e in found {
-        let env = Envelope::from_json(&e.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-        emitted.push(Emitted {
-            env,
-            body: e.body,
-            hash: e.hash,
-        });
-    }
     Ok(Some(command_body(principal, payment, &emitted, &st)))
 }
 
@@ -610,6 +624,69 @@ fn expected_version(headers: &HeaderMap, body_value: Option<u64>) -> ApiResult<O
     }
 }
 
+/// A rejection as a participant may read it: when its view hides amounts, the amounts
+/// a rule's message quotes (`only 4321.98 USD is available`) are masked.
+async fn hide_amounts(state: &AppState, c: &TokenClaims, e: ApiError) -> ApiError {
+    let hides = match load_state(state, c.tenant, c.payment).await {
+        Ok(st) => {
+            let roles = participant_roles(&st, c).unwrap_or_default();
+            st.policy_doc
+                .visibility_for(&roles)
+                .hide
+                .contains(&trustfold_core::policy::Hidden::Amounts)
+        }
+        Err(_) => true,
+    };
+    match e {
+        ApiError::Unprocessable {
+            code,
+            message,
+            field,
+        } if hides => ApiError::Unprocessable {
+            code,
+            message: mask_amounts(&message),
+            field,
+        },
+        ApiError::Forbidden { code, message } if hides => ApiError::Forbidden {
+            code,
+            message: mask_amounts(&message),
+        },
+        other => other,
+    }
+}
+
+/// `… 4321.98 USD …` → `… [amount hidden] …`: a number followed by a currency code.
+fn mask_amounts(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let words: Vec<&str> = message.split(' ').collect();
+    let mut i = 0;
+    while i < words.len() {
+        let number = words[i]
+            .trim_start_matches('-')
+            .chars()
+            .all(|ch| ch.is_ascii_digit() || ch == '.' || ch == ',')
+            && words[i].chars().any(|ch| ch.is_ascii_digit());
+        let currency = words.get(i + 1).is_some_and(|w| {
+            let code = w.trim_end_matches(|ch: char| !ch.is_ascii_alphabetic());
+            code.len() == 3 && code.chars().all(|ch| ch.is_ascii_uppercase())
+        });
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if number && currency {
+            let next = words[i + 1];
+            let tail = next.trim_start_matches(|ch: char| ch.is_ascii_uppercase());
+            out.push_str("[amount hidden]");
+            out.push_str(tail);
+            i += 2;
+        } else {
+            out.push_str(words[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Checks that a participant acts as itself, in a role its token carries.
 fn check_actor(principal: &Principal, actor: Option<Actor>) -> ApiResult<Actor> {
     match principal {
@@ -697,7 +774,7 @@ pub async fn send_command(
         }
         let expected = expected_version(&headers, req.expected_version)?;
         let actor = check_actor(&principal, req.actor)?;
-        execute(
+        let outcome = execute(
             &state,
             &principal,
             command_id,
@@ -711,7 +788,11 @@ pub async fn send_command(
                 idem: key.clone(),
             },
         )
-        .await
+        .await;
+        match (outcome, &principal) {
+            (Err(e), Principal::Participant(c)) => Err(hide_amounts(&state, c, e).await),
+            (outcome, _) => outcome,
+        }
     };
     with_idempotency(&state, &principal, idem, run).await
 }
@@ -767,7 +848,9 @@ pub async fn create_payment(
                     ),
                     field: Some("policy".into()),
                 })?;
-            let policy = Policy::from_json(&text).map_err(|e| ApiError::Internal(e.to_string()))?;
+            // A policy stored before a bound was added is refused for new payments
+            // (422 invalid_policy: publish a new version), not a 500.
+            let policy = Policy::from_json(&text).map_err(ApiError::from_core)?;
             let role =
                 match &req.initiator.role {
                     Some(r) => r.clone(),
@@ -937,6 +1020,25 @@ pub async fn get_payment(
     Ok(res)
 }
 
+/// Largest page of events in bytes (beyond the first event): a page of large events
+/// (each `PaymentInitiated` embeds its policy) ends early, with `has_more`.
+const PAGE_BYTES: usize = 4 << 20;
+
+/// How many of the fetched events (bodies of these sizes) a page of at most `limit`
+/// takes: all up to the limit, unless their bodies pass [`PAGE_BYTES`].
+fn page_len(sizes: impl Iterator<Item = usize>, limit: u32) -> usize {
+    let mut total = 0usize;
+    let mut n = 0usize;
+    for size in sizes.take(limit as usize) {
+        total = total.saturating_add(size);
+        if n > 0 && total > PAGE_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// `GET /v1/payments/{payment_id}/events?after=SEQ&limit=N`: the verifiable history,
 /// records byte for byte as stored (a participant gets its redacted view instead).
 pub async fn get_events(
@@ -968,8 +1070,9 @@ pub async fn get_events(
         .store
         .read_stream(tenant, payment, after, limit + 1)
         .await?;
-    let has_more = events.len() > limit as usize;
-    events.truncate(limit as usize);
+    let keep = page_len(events.iter().map(|e| e.body.len()), limit);
+    let has_more = events.len() > keep;
+    events.truncate(keep);
     let next = events.last().map_or(after, |e| e.seq);
     let mut out = Vec::with_capacity(events.iter().map(|e| e.body.len() + 90).sum::<usize>() + 64);
     out.extend_from_slice(b"{\"events\":[");
@@ -1069,8 +1172,9 @@ pub async fn get_feed(
     let after = param_u64(&q, "after")?.unwrap_or(0);
     let limit = limit_param(&q, 100, 1000)?;
     let mut events = state.store.read_all(tenant, after, limit + 1).await?;
-    let has_more = events.len() > limit as usize;
-    events.truncate(limit as usize);
+    let keep = page_len(events.iter().map(|e| e.body.len()), limit);
+    let has_more = events.len() > keep;
+    events.truncate(keep);
     let next = events.last().map_or(after, |e| e.position);
     let mut out = Vec::with_capacity(events.iter().map(|e| e.body.len() + 200).sum::<usize>() + 64);
     out.extend_from_slice(b"{\"events\":[");
@@ -1414,4 +1518,43 @@ pub async fn create_token(
             "expires_at": Timestamp::from_unix_millis(exp * 1000).to_string(),
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mask_amounts, page_len, PAGE_BYTES};
+
+    #[test]
+    fn pages_end_at_the_limit_or_the_byte_budget() {
+        assert_eq!(page_len([10, 10, 10].into_iter(), 2), 2);
+        assert_eq!(page_len([10, 10].into_iter(), 5), 2);
+        let big = PAGE_BYTES / 2 + 1;
+        assert_eq!(page_len([big, big, big].into_iter(), 100), 1);
+        assert_eq!(
+            page_len([PAGE_BYTES * 3, 1].into_iter(), 100),
+            1,
+            "one event always"
+        );
+        assert_eq!(page_len(std::iter::empty(), 100), 0);
+    }
+
+    #[test]
+    fn amounts_in_messages_are_masked() {
+        assert_eq!(
+            mask_amounts("allocations total 99999.00 USD but only 4321.98 USD is available"),
+            "allocations total [amount hidden] but only [amount hidden] is available"
+        );
+        assert_eq!(
+            mask_amounts("allocate 5000 JPY, then retry"),
+            "allocate [amount hidden], then retry"
+        );
+        assert_eq!(
+            mask_amounts("already joined 2 times; USD only"),
+            "already joined 2 times; USD only"
+        );
+        assert_eq!(
+            mask_amounts("request 3 of 4 ABC"),
+            "request 3 of [amount hidden]"
+        );
+    }
 }

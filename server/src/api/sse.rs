@@ -73,7 +73,9 @@ impl Cursor {
             .await
         {
             Ok(events) => {
-                if let (Some(c), false) = (&self.token, events.is_empty()) {
+                // Checked on every read (each new event and each poll), so the stream
+                // of a removed party ends even when it is waiting past the head.
+                if let Some(c) = &self.token {
                     match self
                         .state
                         .cache

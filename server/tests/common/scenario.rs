@@ -223,7 +223,8 @@ pub async fn open_and_join(c: &Client, key: &str) -> Result<Flow, String> {
 
 /// Agrees, funds by wire, settles, releases to the seller with both approvals,
 /// disburses and settles: the payment ends `Completed`.
-pub async fn fund_and_release(c: &Client, key: &str, f: &Flow) -> Result<(), String> {
+/// Both parties agree and the buyer's wire of 5,000 USD settles.
+pub async fn fund(c: &Client, key: &str, f: &Flow) -> Result<(), String> {
     let p = f.payment.as_str();
     let state = c.get(&format!("/v1/payments/{p}"), key).await;
     let terms = state.body["terms_hash"]
@@ -260,6 +261,12 @@ pub async fn fund_and_release(c: &Client, key: &str, f: &Flow) -> Result<(), Str
         "notice": {"kind": "settled"}}),
     )
     .await?;
+    Ok(())
+}
+
+pub async fn fund_and_release(c: &Client, key: &str, f: &Flow) -> Result<(), String> {
+    fund(c, key, f).await?;
+    let p = f.payment.as_str();
     let r = c.command(key, p, Some(&f.escrow), "escrow_holder", json!({"type": "RequestRelease",
         "request": f.request, "allocations": [{"party": f.seller, "amount": {"amount": "5000.00", "currency": "USD"}}]})).await?;
     let hash = r.body["state"]["requests"][&f.request]["allocations_hash"]
