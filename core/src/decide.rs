@@ -51,7 +51,7 @@ pub fn handle(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Res
         if chars > max {
             return Err(Error::rejected(
                 "text_too_long",
-                format!("`{field}` is {chars} characters long; at most {max} are kept"),
+                format!("`{field}` is {chars} characters long; at most {max} are allowed"),
             ));
         }
     }

@@ -2,8 +2,10 @@
 //!
 //! The pinned policy's `visibility` says, per role, which event types appear in the
 //! role's history and which parts (amounts, bank details, contacts, ledger, requests,
-//! disputes) are removed from state and events. A party with several roles sees the
-//! union of what each role may see. Redacted views are for display: they are not the
+//! disputes) are removed from state and events; hiding requests or disputes also drops
+//! the events about them ([`shown`]). A party with several roles sees the union of what
+//! each role may see; a role the policy does not define adds nothing, and no role sees
+//! nothing. Redacted views are for display: they are not the
 //! verifiable history (which only parties entitled to everything receive).
 //!
 //! ```
@@ -88,12 +90,47 @@ pub fn history_view(state: &PaymentState, events: &[Envelope], roles: &[Role]) -
     let vis = state.policy_doc.visibility_for(roles);
     events
         .iter()
-        .filter(|e| match &vis.events {
-            EventFilter::All => true,
-            EventFilter::Only(types) => types.contains(e.event_type().name()),
-        })
+        .filter(|e| shown(&vis, e.event_type().name()))
         .map(|e| redact_event(serde_json::to_value(e).unwrap_or(Value::Null), &vis))
         .collect()
+}
+
+/// Events about release and refund requests: hidden from a view that hides `requests`
+/// (as its state's requests are), whatever its event filter lets through.
+const REQUEST_EVENTS: &[&str] = &[
+    "ReleaseRequested",
+    "ReleaseAmended",
+    "RefundRequested",
+    "ApprovalGranted",
+    "ApprovalDenied",
+    "ApprovalWithdrawn",
+    "ReleaseAuthorized",
+    "RefundAuthorized",
+    "RequestCancelled",
+    "FeeAssessed",
+];
+/// Events about disputes: hidden from a view that hides `disputes`.
+const DISPUTE_EVENTS: &[&str] = &["DisputeOpened", "DisputeResolved"];
+
+/// Whether an event of this type appears in a view: its filter lets it through and it
+/// is not about a part the view hides.
+///
+/// ```
+/// # use trustfold_core::policy::{EventFilter, Hidden, Visibility};
+/// # use trustfold_core::view::shown;
+/// let v = Visibility { hide: [Hidden::Requests].into_iter().collect(), ..Default::default() };
+/// assert!(!shown(&v, "ApprovalGranted"));
+/// assert!(shown(&v, "FundsAvailable"));
+/// assert!(shown(&Visibility::default(), "ApprovalGranted"));
+/// ```
+pub fn shown(vis: &Visibility, event_type: &str) -> bool {
+    let listed = match &vis.events {
+        EventFilter::All => true,
+        EventFilter::Only(types) => types.contains(event_type),
+    };
+    listed
+        && !(vis.hide.contains(&Hidden::Requests) && REQUEST_EVENTS.contains(&event_type))
+        && !(vis.hide.contains(&Hidden::Disputes) && DISPUTE_EVENTS.contains(&event_type))
 }
 
 const AMOUNT_KEYS: &[&str] = &["amount", "allocations", "policy"];
@@ -132,10 +169,7 @@ pub fn view_json(state: &PaymentState, events: &[Envelope], roles: &[Role]) -> V
     let vis = state.policy_doc.visibility_for(roles);
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(b"{\"events\":[");
-    let visible = events.iter().filter(|e| match &vis.events {
-        EventFilter::All => true,
-        EventFilter::Only(types) => types.contains(e.event_type().name()),
-    });
+    let visible = events.iter().filter(|e| shown(&vis, e.event_type().name()));
     for (i, e) in visible.enumerate() {
         if i > 0 {
             out.push(b',');

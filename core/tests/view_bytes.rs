@@ -46,3 +46,54 @@ fn view_json_matches_the_value_views() {
     }
     assert!(checked > 100, "only {checked} views checked");
 }
+
+#[test]
+fn hiding_requests_or_disputes_hides_their_events_too() {
+    use trustfold_core::policy::{EventFilter, Hidden, Visibility};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let bytes = std::fs::read(dir.join("em_dispute_before_disbursement.history.json"))
+        .expect("a history with requests, approvals and a dispute");
+    let mut state = replay(&bytes).expect("replay");
+    let envs: Vec<_> = history::parse(&bytes)
+        .expect("parse")
+        .iter()
+        .map(|r| r.envelope().expect("envelope"))
+        .collect();
+    let types = |v: &serde_json::Value| -> Vec<String> {
+        v["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["type"].as_str().expect("type").to_owned())
+            .collect()
+    };
+    let auditor = Role::new("lender");
+    let mut policy = (*state.policy_doc).clone();
+    policy.visibility.insert(
+        auditor.clone(),
+        Visibility {
+            events: EventFilter::All,
+            hide: [Hidden::Requests].into_iter().collect(),
+        },
+    );
+    state.policy_doc = std::sync::Arc::new(policy.clone());
+    let seen: serde_json::Value =
+        serde_json::from_slice(&view::view_json(&state, &envs, &[auditor.clone()])).expect("json");
+    let seen = types(&seen);
+    assert!(seen.contains(&"DisputeOpened".to_owned()), "{seen:?}");
+    for hidden in ["ReleaseRequested", "ApprovalGranted", "ReleaseAuthorized"] {
+        assert!(!seen.iter().any(|t| t == hidden), "{hidden} in {seen:?}");
+    }
+    policy.visibility.insert(
+        auditor.clone(),
+        Visibility {
+            events: EventFilter::All,
+            hide: [Hidden::Disputes].into_iter().collect(),
+        },
+    );
+    state.policy_doc = std::sync::Arc::new(policy);
+    let seen = view::history_view(&state, &envs, &[auditor]);
+    let seen = types(&serde_json::json!({ "events": seen }));
+    assert!(seen.contains(&"ReleaseRequested".to_owned()), "{seen:?}");
+    assert!(!seen.iter().any(|t| t.starts_with("Dispute")), "{seen:?}");
+}
