@@ -243,3 +243,12 @@ pub(crate) const INPUT_CODES: &[&str] = &[
 
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Input quoted in an error message: at most 64 characters, then `…` (a message never
+/// carries a megabyte of someone's input back).
+pub(crate) fn echo(input: &str) -> String {
+    match input.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &input[..i]),
+        None => input.to_owned(),
+    }
+}

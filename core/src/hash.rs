@@ -151,7 +151,7 @@ impl fmt::Debug for Hash {
 impl FromStr for Hash {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        Hash::from_hex(s.as_bytes()).ok_or_else(|| Error::InvalidHash(s.to_string()))
+        Hash::from_hex(s.as_bytes()).ok_or_else(|| Error::InvalidHash(crate::error::echo(s)))
     }
 }
 

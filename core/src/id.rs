@@ -82,7 +82,7 @@ macro_rules! id_type {
             fn from_str(s: &str) -> Result<Self, Error> {
                 Uuid::parse_str(s)
                     .map($name)
-                    .map_err(|_| Error::InvalidId(s.to_string()))
+                    .map_err(|_| Error::InvalidId(crate::error::echo(s)))
             }
         }
     };

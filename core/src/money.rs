@@ -107,7 +107,7 @@ impl Currency {
                     minor_units,
                 })
             }
-            Err(_) => Err(Error::UnknownCurrency(code.to_string())),
+            Err(_) => Err(Error::UnknownCurrency(crate::error::echo(code))),
         }
     }
 
@@ -161,18 +161,23 @@ pub(crate) fn tagged(e: &Error) -> String {
 }
 
 /// Parses a decimal string strictly: digits with an optional sign and one point.
+/// A decimal written as JSON writes numbers: `-?(0|[1-9][0-9]*)(\.[0-9]+)?`, at most 40
+/// characters (no `+`, no leading zeros, no bare `.`), so one amount has one spelling.
 pub(crate) fn parse_decimal(s: &str) -> Result<Decimal> {
-    let ok = !s.is_empty()
-        && s.len() <= 40
-        && s.bytes()
-            .enumerate()
-            .all(|(i, b)| b.is_ascii_digit() || b == b'.' || (i == 0 && (b == b'-' || b == b'+')))
-        && s.bytes().filter(|b| *b == b'.').count() <= 1
-        && s.bytes().any(|b| b.is_ascii_digit());
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match digits.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (digits, None),
+    };
+    let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let ok = s.len() <= 40
+        && all_digits(int)
+        && (int == "0" || !int.starts_with('0'))
+        && frac.is_none_or(all_digits);
     if !ok {
-        return Err(Error::InvalidAmount(s.to_string()));
+        return Err(Error::InvalidAmount(crate::error::echo(s)));
     }
-    Decimal::from_str_exact(s).map_err(|_| Error::InvalidAmount(s.to_string()))
+    Decimal::from_str_exact(s).map_err(|_| Error::InvalidAmount(crate::error::echo(s)))
 }
 
 /// An exact amount of one currency. Always kept at the currency's scale.

@@ -203,7 +203,7 @@ impl FromStr for Timestamp {
     fn from_str(s: &str) -> Result<Self, Error> {
         parse_rfc3339(s)
             .map(Timestamp)
-            .ok_or_else(|| Error::InvalidTimestamp(s.to_string()))
+            .ok_or_else(|| Error::InvalidTimestamp(crate::error::echo(s)))
     }
 }
 

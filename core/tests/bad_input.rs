@@ -591,3 +591,38 @@ fn a_payment_opened_before_a_policy_bound_still_folds() {
         .unwrap_err();
     assert_eq!(e.field(), Some("funding.deadline.days"), "{e}");
 }
+
+#[test]
+fn amounts_have_one_spelling_and_errors_quote_input_briefly() {
+    let usd = Currency::new("USD").expect("usd");
+    for ok in ["5000.00", "5000", "0", "0.5", "-1.50", "-0"] {
+        assert!(Money::parse(ok, usd).is_ok(), "{ok}");
+    }
+    for bad in [
+        "+5000.00", "5000.", ".5", "01", "-", "", "1e3", "1.2.3", " 1", "--1", "-.5",
+    ] {
+        assert_eq!(code_of(Money::parse(bad, usd)), "invalid_amount", "{bad:?}");
+    }
+    let e = Money::parse(&"9".repeat(1000), usd)
+        .unwrap_err()
+        .to_string();
+    assert!(e.len() < 200 && e.contains('…'), "{e}");
+    let e = "x"
+        .repeat(10_000)
+        .parse::<Timestamp>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.len() < 200, "{e}");
+    let long_field = format!(r#"{{"type":"Close","{}":1}}"#, "k".repeat(100_000));
+    let e = Command::from_json(long_field.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(e.len() < 400, "{}", &e[..400.min(e.len())]);
+    // One prefix, however deep the error.
+    let e = Context::from_json(
+        br#"{"command_id":"nope","actor":{"role":"buyer"},"now":"2026-11-26T05:35:15Z"}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(e.matches("malformed json").count(), 1, "{e}");
+}

@@ -87,16 +87,25 @@ impl Reject {
             Fault::Syntax(what) => what.to_string(),
             Fault::InvalidType(found, expected) => format!("invalid type: {found}, {expected}"),
             Fault::MissingField(f) => format!("missing field `{f}`"),
-            Fault::UnknownField(f, fields) => match fields.len() {
-                0 => format!("unknown field `{f}`, there are no fields"),
-                _ => format!("unknown field `{f}`, expected one of {}", names(fields)),
-            },
+            Fault::UnknownField(f, fields) => {
+                let f = crate::error::echo(&f);
+                match fields.len() {
+                    0 => format!("unknown field `{f}`, there are no fields"),
+                    _ => format!("unknown field `{f}`, expected one of {}", names(fields)),
+                }
+            }
             Fault::DuplicateField(f) => format!("duplicate field `{f}`"),
             Fault::UnknownVariant(v, names_of) => {
+                let v = crate::error::echo(&v);
                 format!("unknown variant `{v}`, expected one of {}", names(names_of))
             }
             Fault::Invalid(e) => {
-                let message = format!("{e}{where_}");
+                // A malformed-JSON error inside is said once, not as
+                // "malformed json: malformed json: …".
+                let message = match &*e {
+                    Error::MalformedJson(m) => format!("{m}{where_}"),
+                    other => format!("{other}{where_}"),
+                };
                 let code = e.code();
                 return if crate::error::INPUT_CODES.contains(&code) {
                     Error::InvalidInput { code, message }
@@ -864,7 +873,7 @@ impl FromJson for Hash {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
         let (at, s) = text(r)?;
         Hash::from_hex(s.as_bytes())
-            .ok_or_else(|| r.invalid(at, Error::InvalidHash(s.into_owned())))
+            .ok_or_else(|| r.invalid(at, Error::InvalidHash(crate::error::echo(&s))))
     }
 }
 
