@@ -18,10 +18,21 @@ export function init(input?: InitInput): Promise<void> {
   if (isReady()) return Promise.resolve();
   pending ??= initWasm({
     module_or_path: input ?? new URL("../pkg/trustfold_wasm_bg.wasm", import.meta.url),
-  }).then(() => markReady(glue), (e: unknown) => {
-    pending = undefined;
-    throw e;
-  });
+  })
+    .then(() => {
+      // A module that instantiates but is not trustfold's (or is damaged) is not ready.
+      glue.version();
+      markReady(glue);
+    })
+    .catch((e: unknown) => {
+      pending = undefined;
+      const err = new Error(
+        `trustfold: the WebAssembly module could not be loaded: ${e instanceof Error ? e.message : String(e)}`,
+      ) as Error & { code: string };
+      err.name = "TrustfoldError";
+      err.code = "init_failed";
+      throw err;
+    });
   return pending;
 }
 

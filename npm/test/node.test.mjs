@@ -142,6 +142,14 @@ test("a view is never widened by a role the policy does not know", () => {
   assert.deepEqual(t.view(joined, ["lender"]), lender);
 });
 
+test("only the empty history [] stands for 'no payment yet'", () => {
+  const ctx = { command_id: "00000000-0000-4000-8000-000000000001", actor: { role: "buyer" }, now: "2026-11-26T05:35:15Z" };
+  for (const h of ["", "][", "]]]]", "[[[[]]]]", "[ ] [ ]"]) {
+    assert.throws(() => t.decide(h, { type: "Join" }, ctx), (e) => e.code === "malformed_json" || e.code === "invalid_history", JSON.stringify(h));
+  }
+  assert.throws(() => t.decide(" [ \n ] ", { type: "Join" }, ctx), (e) => e.code === "unknown_payment");
+});
+
 test("policies validate", () => {
   for (const name of ["earnest-money", "marketplace", "milestone-escrow"]) {
     const summary = t.validatePolicy(readPolicy(name));

@@ -14,12 +14,16 @@ use wasm_bindgen::prelude::*;
 
 use crate::error::{input_bytes, js_error, to_value, IntoJs, JsResult};
 
+/// The state a history folds to; `None` for the empty history `[]` (whitespace around
+/// and inside it allowed) and nothing else: `""` or `][` is malformed, as in `replay`.
 fn state_of(history: &JsValue) -> JsResult<Option<PaymentState>> {
     let bytes = input_bytes(history, "history")?;
-    let blank = bytes
+    let text: Vec<u8> = bytes
         .iter()
-        .all(|b| b.is_ascii_whitespace() || *b == b'[' || *b == b']');
-    if blank {
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if text == b"[]" {
         return Ok(None);
     }
     replay(&bytes).map(Some).js()
