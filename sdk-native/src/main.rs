@@ -320,6 +320,11 @@ fn replay(
     payment: Option<PaymentId>,
     pretty: bool,
 ) -> Result<ExitCode, Error> {
+    if at == Some(0) {
+        return Err(Error::Usage(
+            "--at 0: sequence numbers run from 1 to the history's length".into(),
+        ));
+    }
     let mut v = Verifier::new();
     if let Some(a) = at {
         v = v.at(a);
@@ -346,6 +351,16 @@ fn replay(
     let state = r
         .last
         .ok_or_else(|| Error::Usage("no payment in this file".into()))?;
+    if let Some(a) = at {
+        // As `stateAt` in the SDKs: a sequence the history does not reach is an error,
+        // not the last state.
+        if a > state.version {
+            return Err(Error::Usage(format!(
+                "--at {a}: no event {a} in this history (sequence numbers run from 1 to {})",
+                state.version
+            )));
+        }
+    }
     let text = if roles.is_empty() {
         if pretty {
             state.to_json_pretty()

@@ -99,6 +99,15 @@ fn text_summary_replay_views_and_usage_errors() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = json_out(&o);
     assert_eq!(v["version"], 3);
+    for beyond in ["26", "0"] {
+        let o = run(&["replay", h, "--at", beyond]);
+        assert_eq!(o.status.code(), Some(2), "--at {beyond}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("run from 1 to"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     let o = run(&["replay", h, "--as", "nobody"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("role `nobody`"));
