@@ -82,8 +82,13 @@ impl Cursor {
                         .load(&self.state.store, self.tenant, self.payment)
                         .await
                     {
-                        Ok(Some(st)) if participant_roles(&st, c).is_ok() => {}
-                        Ok(_) => return false,
+                        Ok(Some(st)) => match participant_roles(&st, c) {
+                            // The view follows the roles the party holds now.
+                            Ok(roles) if sees_everything(&st, &roles) => self.view = None,
+                            Ok(roles) => self.view = Some((st, roles)),
+                            Err(_) => return false,
+                        },
+                        Ok(None) => return false,
                         Err(e) => {
                             tracing::warn!(error = %e, payment = %self.payment, "live stream read failed");
                             return false;
