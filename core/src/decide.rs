@@ -49,10 +49,7 @@ pub fn handle(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Res
     for (field, text, max) in cmd.texts() {
         let chars = text.chars().count();
         if chars > max {
-            return Err(Error::rejected(
-                "text_too_long",
-                format!("`{field}` is {chars} characters long; at most {max} are allowed"),
-            ));
+            return Err(Error::TextTooLong { field, chars, max });
         }
     }
     let mut em = match (state, cmd) {

@@ -100,6 +100,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A command's text longer than a history keeps (`text_too_long`).
+    #[error("`{field}` is {chars} characters long; at most {max} are allowed")]
+    TextTooLong {
+        /// The field, e.g. `reason`.
+        field: &'static str,
+        /// Its length in characters.
+        chars: usize,
+        /// The most allowed.
+        max: usize,
+    },
+
     // ---- histories (fold and verify) ----------------------------------------
     /// The history is not a valid sequence of events for one payment.
     #[error("invalid history at seq {seq}: {reason}")]
@@ -148,6 +159,7 @@ impl Error {
             Error::InvalidKey(_) => "invalid_key",
             Error::InvalidInput { code, .. } => code,
             Error::Rejected { code, .. } => code,
+            Error::TextTooLong { .. } => "text_too_long",
             Error::InvalidHistory { .. } => "invalid_history",
             Error::ChainBroken { .. } => "chain_broken",
             Error::BadSignature(_) => "bad_signature",
@@ -182,6 +194,7 @@ impl Error {
     pub fn field(&self) -> Option<&str> {
         match self {
             Error::InvalidPolicy { field, .. } => Some(field),
+            Error::TextTooLong { field, .. } => Some(field),
             _ => None,
         }
     }

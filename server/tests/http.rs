@@ -746,6 +746,25 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         )
         .await;
     assert_eq!(far.body["field"], "funding.deadline.days", "{}", far.body);
+    // A text too long names its field.
+    let long = c
+        .post(
+            &cmds,
+            &key,
+            &json!({"command": {"type": "OpenDispute", "dispute": uuid::Uuid::new_v4(), "reason": "r".repeat(2001)},
+                "actor": {"party": f.buyer, "role": "buyer"}}),
+        )
+        .await;
+    assert_eq!(
+        (
+            long.status,
+            long.body["code"].as_str(),
+            long.body["field"].as_str()
+        ),
+        (422, Some("text_too_long"), Some("reason")),
+        "{}",
+        long.body
+    );
     // The last possible version of a policy: a clash says so instead of failing.
     let mut last: Value = serde_json::from_str(common::scenario::EARNEST_MONEY).expect("policy");
     last["id"] = "last-version".into();
