@@ -395,14 +395,7 @@ mod tests {
         round_trip(&[DeadlineAnchor::Initiated, DeadlineAnchor::Agreed]);
         round_trip(&[OnDeadlineMissed::Expire, OnDeadlineMissed::Flag]);
         round_trip(&[BorneBy::Payee, BorneBy::Payer]);
-        round_trip(&[
-            Hidden::Amounts,
-            Hidden::BankDetails,
-            Hidden::Contacts,
-            Hidden::Ledger,
-            Hidden::Requests,
-            Hidden::Disputes,
-        ]);
+        round_trip(&Hidden::ALL);
         round_trip(&[DeadlineOutcome::Expired, DeadlineOutcome::Flagged]);
         round_trip(&[
             DisputeOutcome::Resume,

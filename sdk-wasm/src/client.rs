@@ -223,21 +223,27 @@ struct Feed {
     closed: Cell<bool>,
 }
 
-/// `sync()`'s pages: fetch and verify until `has_more` is false, then the signed head.
-async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
-    let mut signed: Option<SignedHead> = None;
-    loop {
-        let after = feed.mirror.borrow().len();
-        let url = feed
-            .conn
-            .url(&feed.payment, &format!("/events?after={after}"));
-        let resp = feed
+impl Feed {
+    /// `GET` one of the payment's routes (`rest` after `/v1/payments/{id}`): the body,
+    /// or the server's problem as an error.
+    async fn get(&self, rest: &str) -> Result<String, JsValue> {
+        let url = self.conn.url(&self.payment, rest);
+        let resp = self
             .conn
             .auth(Request::get(&url))
             .send()
             .await
             .map_err(net)?;
-        let text = body_or_problem(resp).await?;
+        body_or_problem(resp).await
+    }
+}
+
+/// `sync()`'s pages: fetch and verify until `has_more` is false, then the signed head.
+async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
+    let mut signed: Option<SignedHead> = None;
+    loop {
+        let after = feed.mirror.borrow().len();
+        let text = feed.get(&format!("/events?after={after}")).await?;
         let page = Page::from_json(text.as_bytes()).js()?;
         {
             let mut m = feed.mirror.borrow_mut();
@@ -262,17 +268,7 @@ async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
     if let Some(key) = &feed.conn.key {
         let head = match signed {
             Some(h) => h,
-            None => {
-                let url = feed.conn.url(&feed.payment, "/head");
-                let resp = feed
-                    .conn
-                    .auth(Request::get(&url))
-                    .send()
-                    .await
-                    .map_err(net)?;
-                let text = body_or_problem(resp).await?;
-                SignedHead::from_json(text.as_bytes()).js()?
-            }
+            None => SignedHead::from_json(feed.get("/head").await?.as_bytes()).js()?,
         };
         feed.mirror
             .borrow()
