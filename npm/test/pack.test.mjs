@@ -33,6 +33,7 @@ test("the packed tarball holds only the built package", () => {
   const files = JSON.parse(out)[0].files.map((f) => f.path).sort();
   assert.ok(files.includes("pkg/trustfold_wasm_bg.wasm") && files.includes("pkg/node/trustfold_wasm_bg.wasm") && files.includes("pkg/node/trustfold_wasm.js"));
   assert.ok(files.includes("dist/node.js") && files.includes("dist/web.js") && files.includes("dist/web.d.ts"));
+  assert.ok(files.includes("README.md"), "the package says how to use it");
   assert.ok(!files.some((f) => f.startsWith("src/") || f.startsWith("test/") || f.includes("node_modules")));
 });
 
