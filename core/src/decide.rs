@@ -45,7 +45,22 @@ pub fn decide(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Res
 }
 
 /// Decides a command and applies its events. `state` is `None` only for `Initiate`.
+///
+/// **Time never runs backwards in a payment.** A command whose `ctx.now` is before the
+/// payment's last event (`updated_at`: another server with a clock behind, a browser
+/// with a wrong clock) is judged, and its events stamped, at that last event's time.
 pub fn handle(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Result<Decision> {
+    let caught_up;
+    let ctx = match state {
+        Some(s) if ctx.now < s.updated_at => {
+            caught_up = Context {
+                now: s.updated_at,
+                ..ctx.clone()
+            };
+            &caught_up
+        }
+        _ => ctx,
+    };
     for (field, text, max) in cmd.texts() {
         let chars = text.chars().count();
         if chars > max {

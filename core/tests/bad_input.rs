@@ -626,3 +626,42 @@ fn amounts_have_one_spelling_and_errors_quote_input_briefly() {
     .to_string();
     assert_eq!(e.matches("malformed json").count(), 1, "{e}");
 }
+
+#[test]
+fn a_clock_behind_the_payment_stamps_commands_at_its_last_event() {
+    let mut s = scenarios::earnest(0x51).expect("earnest");
+    let attach = || Command::AttachFundingMethod {
+        method: FundingMethod {
+            rail: Rail::Wire,
+            institution: "Second Bank".into(),
+            account_last4: "4321".into(),
+            holder: "Bea Buyer".into(),
+        },
+    };
+    s.hours(10);
+    s.run(as_(BUYER, "buyer"), attach()).expect("attached");
+    let last = s.state().updated_at;
+    assert_eq!(last, s.d.now());
+    // Another server whose clock is 5 hours behind handles the next command.
+    s.hours(-5);
+    let behind = s.d.now();
+    assert!(behind < last);
+    s.run(as_(BUYER, "buyer"), attach())
+        .expect("attached again");
+    let env = s.d.envelopes().last().expect("an event");
+    assert_eq!(
+        env.at, last,
+        "stamped at the last event's time, not {behind}"
+    );
+    assert_eq!(s.state().updated_at, last);
+    // A clock ahead of the payment is used as it is.
+    s.hours(8);
+    s.run(as_(BUYER, "buyer"), attach())
+        .expect("attached later");
+    let env = s.d.envelopes().last().expect("an event");
+    assert_eq!(env.at, s.d.now());
+    assert!(env.at > last);
+    // The history stays valid and folds to the same state.
+    let state = replay(&s.d.history()).expect("folds");
+    assert_eq!(state.to_json(), s.state().to_json());
+}

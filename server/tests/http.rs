@@ -302,6 +302,48 @@ async fn idempotency_replays_and_rejects_reuse() {
     srv.finish().await;
 }
 
+/// A command sent without an `Idempotency-Key` gets a time-ordered (v7) command id and
+/// its events time-ordered ids of the same millisecond, so the event-id index grows at
+/// its end; a keyed command's ids come from the key (v8) and repeat on a retry.
+#[tokio::test]
+async fn unkeyed_commands_get_time_ordered_ids() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let roles = ["brokerage", "brokerage", "lender", "buyer_agent"];
+    let invite = |n: u8| {
+        json!({"command": {"type": "Invite", "party": uuid::Uuid::from_bytes([n; 16]),
+                           "roles": [roles[usize::from(n - 1)]], "name": "L"},
+               "actor": {"party": f.agent, "role": "listing_agent"}})
+    };
+    let uuid_at = |v: &Value, field: &str| -> uuid::Uuid {
+        v[field].as_str().expect(field).parse().expect("a uuid")
+    };
+    let mut previous: Option<uuid::Uuid> = None;
+    for n in 1..=3 {
+        let r = c.post(&path, &key, &invite(n)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let event = &r.body["events"][0]["event"];
+        let (id, command) = (uuid_at(event, "id"), uuid_at(event, "causation"));
+        assert_eq!(command.get_version_num(), 7, "{command}");
+        assert_eq!(id.get_version_num(), 7, "{id}");
+        assert_eq!(id.as_bytes()[..6], command.as_bytes()[..6]);
+        if let Some(p) = previous {
+            assert!(p.as_bytes()[..6] <= id.as_bytes()[..6], "{p} then {id}");
+        }
+        previous = Some(id);
+    }
+    let r = c.post_idem(&path, &key, "invite-4", &invite(4)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        uuid_at(&r.body["events"][0]["event"], "id").get_version_num(),
+        8
+    );
+    srv.finish().await;
+}
+
 #[tokio::test]
 async fn a_retried_command_of_many_events_is_answered_whole() {
     let srv = common::sqlite().await;
