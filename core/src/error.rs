@@ -259,7 +259,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Input quoted in an error message: at most 64 characters, then `…` (a message never
 /// carries a megabyte of someone's input back).
-pub(crate) fn echo(input: &str) -> String {
+///
+/// ```
+/// use trustfold_core::error::echo;
+/// assert_eq!(echo("USD"), "USD");
+/// assert_eq!(echo(&"x".repeat(100)), format!("{}…", "x".repeat(64)));
+/// ```
+pub fn echo(input: &str) -> String {
     match input.char_indices().nth(64) {
         Some((i, _)) => format!("{}…", &input[..i]),
         None => input.to_owned(),

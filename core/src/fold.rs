@@ -129,6 +129,17 @@ pub(crate) fn apply_raw(s: &mut PaymentState, env: &Envelope, hash: Hash) -> Res
             "prev does not match the previous event's hash",
         ));
     }
+    // Time never runs backwards in a payment: `decide` stamps a command whose clock is
+    // behind at the last event's time, so an earlier `at` is a damaged or forged history.
+    if env.at < s.updated_at {
+        return Err(Error::history(
+            seq,
+            format!(
+                "event time {} is before the previous event's {}",
+                env.at, s.updated_at
+            ),
+        ));
+    }
     apply_event(s, env)?;
     s.version = seq;
     s.head = hash;

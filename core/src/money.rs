@@ -217,10 +217,18 @@ impl Money {
             });
         }
         n.rescale(currency.minor_units());
-        Ok(Money {
-            amount: n,
-            currency,
-        })
+        Money::at_scale(n, currency)
+    }
+
+    /// `amount` as money if it is at the currency's scale. `rust_decimal` keeps a
+    /// result whose digits do not fit its 96 bits by dropping decimals (rounding), and
+    /// `rescale` does not add decimals that would not fit: either is an overflow here,
+    /// never a quietly different amount.
+    fn at_scale(amount: Decimal, currency: Currency) -> Result<Money> {
+        if amount.scale() != currency.minor_units() {
+            return Err(Error::Overflow);
+        }
+        Ok(Money { amount, currency })
     }
 
     /// Zero in `currency`.
@@ -289,10 +297,7 @@ impl Money {
             .amount
             .checked_add(other.amount)
             .ok_or(Error::Overflow)?;
-        Ok(Money {
-            amount,
-            currency: self.currency,
-        })
+        Money::at_scale(amount, self.currency)
     }
 
     /// `self - other`, same currency only (may go negative).
@@ -302,10 +307,7 @@ impl Money {
             .amount
             .checked_sub(other.amount)
             .ok_or(Error::Overflow)?;
-        Ok(Money {
-            amount,
-            currency: self.currency,
-        })
+        Money::at_scale(amount, self.currency)
     }
 
     /// The negated amount.
@@ -337,10 +339,7 @@ impl Money {
             RoundingStrategy::MidpointAwayFromZero,
         );
         amount.rescale(self.currency.minor_units());
-        Ok(Money {
-            amount,
-            currency: self.currency,
-        })
+        Money::at_scale(amount, self.currency)
     }
 
     /// Splits this amount by integer weights so the parts sum exactly to the whole
@@ -474,6 +473,54 @@ mod tests {
             assert_eq!(z.amount().to_string(), want.to_string(), "{code}");
             assert!(!z.amount().is_sign_negative());
         }
+    }
+
+    /// Amounts whose minor units do not fit `rust_decimal`'s 96 bits are an overflow,
+    /// never a quietly rescaled or rounded amount: parsed, summed or taken in bps.
+    #[test]
+    fn amounts_beyond_the_scale_are_overflows_not_other_amounts() {
+        let usd = Currency::new("USD").expect("usd");
+        let jpy = Currency::new("JPY").expect("jpy");
+        // The largest USD amount: 2^96 - 1 minor units.
+        let max = Money::parse("792281625142643375935439503.35", usd).expect("fits");
+        assert_eq!(max.amount_string(), "792281625142643375935439503.35");
+        for (text, currency) in [
+            ("1000000000000000000000000000", usd),
+            ("792281625142643375935439503.36", usd),
+            ("79228162514264337593543950335", usd),
+            ("79228162514264337593543950336", jpy),
+        ] {
+            let e = Money::parse(text, currency).unwrap_err();
+            assert!(
+                matches!(e.code(), "amount_overflow" | "invalid_amount"),
+                "{text} {currency}: {e}"
+            );
+        }
+        assert_eq!(
+            Money::parse("79228162514264337593543950335", jpy)
+                .expect("JPY has no minor unit")
+                .amount_string(),
+            "79228162514264337593543950335"
+        );
+        let cents = Money::parse("0.06", usd).expect("cents");
+        assert_eq!(
+            max.checked_add(&cents).unwrap_err().code(),
+            "amount_overflow"
+        );
+        assert_eq!(
+            max.neg().checked_sub(&cents).unwrap_err().code(),
+            "amount_overflow"
+        );
+        assert_eq!(
+            max.checked_sub(&cents).expect("fits").amount_string(),
+            "792281625142643375935439503.29"
+        );
+        assert_eq!(max.bps(10_000).unwrap_err().code(), "amount_overflow");
+        let big = Money::parse("792281625142643375935439.50", usd).expect("fits");
+        assert_eq!(
+            big.bps(5_000).expect("half").amount_string(),
+            "396140812571321687967719.75"
+        );
     }
 
     #[test]

@@ -681,8 +681,9 @@ impl Policy {
     /// The bounds a policy must keep to be published or to open a payment, on top of
     /// [`Policy::validate`]: day counts a calendar can hold (a deadline at most
     /// [`MAX_DEADLINE_DAYS`] away, good funds at most [`MAX_GOOD_FUNDS_DAYS`]), each
-    /// currency listed once, every fixed fee payable in each of them, and text of a
-    /// length a history that embeds the policy in its first event can carry.
+    /// currency listed once, every fixed fee payable in each of them, fees' basis points
+    /// adding up to at most 10000 (so a release can pay them), and text of a length a
+    /// history that embeds the policy in its first event can carry.
     ///
     /// Replaying a history checks only [`Policy::validate`]: a payment opened before a
     /// bound was added still folds.
@@ -693,6 +694,14 @@ impl Policy {
     /// p.funding.deadline.as_mut().unwrap().days = 4000;
     /// assert_eq!(p.validate(), Ok(()));
     /// assert_eq!(p.validate_new().unwrap_err().field(), Some("funding.deadline.days"));
+    ///
+    /// let mut p = Policy::from_json(include_str!("../../examples/policies/marketplace.json"))?;
+    /// let mut second = p.fees[0].clone();
+    /// second.name = "second".into();
+    /// (p.fees[0].bps, second.bps) = (6000, 6000);
+    /// p.fees.push(second);
+    /// assert_eq!(p.validate(), Ok(()));
+    /// assert_eq!(p.validate_new().unwrap_err().field(), Some("fees"));
     /// # Ok::<(), trustfold_core::Error>(())
     /// ```
     pub fn validate_new(&self) -> Result<()> {
@@ -709,6 +718,16 @@ impl Policy {
         }
         for (i, fee) in self.fees.iter().enumerate() {
             bounded(&format!("fees[{i}].name"), &fee.name)?;
+        }
+        let total_bps: u64 = self.fees.iter().map(|f| u64::from(f.bps)).sum();
+        if total_bps > 10_000 {
+            return Err(Error::policy(
+                "fees",
+                format!(
+                    "the fees' bps add up to {total_bps}, over 10000 (100 %): every release \
+                     would owe more in fees than its gross"
+                ),
+            ));
         }
         let f = &self.funding;
         for (rail, days) in f.good_funds_days.iter() {

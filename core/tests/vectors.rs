@@ -171,6 +171,7 @@ fn tampered_vectors_fail_where_they_were_tampered() {
         ("tampered_truncated_end", "chain_broken"),
         ("bad_head_signature", "bad_signature"),
         ("invalid_event_funds_available_twice", "invalid_history"),
+        ("invalid_event_time_backwards", "invalid_history"),
     ];
     for (name, code) in cases {
         let v = read(name);

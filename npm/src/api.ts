@@ -82,7 +82,23 @@ function optStr(v: unknown, name: string): string | undefined {
   return v === undefined ? undefined : str(v, name);
 }
 
+/** A typed array whose buffer was transferred away (reads as empty; copying throws). */
+function isDetached(u: Uint8Array): boolean {
+  if (u.byteLength !== 0) return false;
+  const b = u.buffer as ArrayBufferLike & { detached?: boolean };
+  if (typeof b.detached === "boolean") return b.detached;
+  try {
+    b.slice(0, 0); // engines without `detached` (Node 20) throw here for a detached one
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 function historyInput(v: unknown): HistoryInput {
+  if (v instanceof Uint8Array && isDetached(v)) {
+    throw invalid("history's Uint8Array has a detached buffer (transferred away)");
+  }
   if (typeof v === "string" || v instanceof Uint8Array) return v;
   throw invalid(`history must be a JSON string or a Uint8Array of its bytes, got ${describe(v)}`);
 }
@@ -93,10 +109,17 @@ function num(v: unknown, name: string): number {
 }
 
 function strings(v: unknown, name: string): string[] {
-  if (!Array.isArray(v) || !v.every((x) => typeof x === "string")) {
+  let copy: unknown[];
+  try {
+    copy = Array.isArray(v) ? [...v] : [];
+  } catch (e) {
+    // A Proxy or getter of the caller's that throws.
+    throw invalid(`${name} could not be read: ${e instanceof Error ? e.message : String(e)}`.slice(0, 200));
+  }
+  if (!Array.isArray(v) || !copy.every((x) => typeof x === "string")) {
     throw invalid(`${name} must be an array of strings, got ${describe(v)}`);
   }
-  return [...(v as string[])];
+  return copy as string[];
 }
 
 /** JSON text of an argument given as an object (BigInts and cycles are refused). */
@@ -196,7 +219,15 @@ export function moneyAllocate(amount: string, currency: string, weights: readonl
   need();
   // Any iterable of numbers; anything else goes to the module, which says what is wrong.
   const iterable = typeof (weights as { [Symbol.iterator]?: unknown } | null)?.[Symbol.iterator] === "function";
-  return raw.moneyAllocate(str(amount, "amount"), str(currency, "currency"), iterable ? [...weights] : (weights as number[]));
+  let list: readonly number[] = weights;
+  if (iterable) {
+    try {
+      list = [...weights];
+    } catch (e) {
+      throw invalid(`weights could not be read: ${e instanceof Error ? e.message : String(e)}`.slice(0, 200));
+    }
+  }
+  return raw.moneyAllocate(str(amount, "amount"), str(currency, "currency"), list as number[]);
 }
 
 /** `bps` basis points of `amount`, rounded half away from zero to the minor unit. */
@@ -250,6 +281,10 @@ export class PaymentFeed {
 
   /** Follows the payment over Server-Sent Events, resuming after drops. */
   live(onUpdate: (state: PaymentState, seq: number) => void, onError?: (error: TrustfoldError) => void): void {
+    if (typeof onUpdate !== "function") throw invalid(`onUpdate must be a function, got ${describe(onUpdate)}`);
+    if (onError !== undefined && typeof onError !== "function") {
+      throw invalid(`onError must be a function or undefined, got ${describe(onError)}`);
+    }
     this.#raw.live(
       (json: string, seq: number) => onUpdate(JSON.parse(json) as PaymentState, seq),
       onError === undefined ? undefined : (e: Error) => onError(e as TrustfoldError),

@@ -330,17 +330,27 @@ test("Chromium: live over SSE with access_token, resumed after close and after a
 async function fakeServer(page) {
   const { createServer: createHttp } = await import("node:http");
   let requests = 0;
+  const hanging = [];
   const server = createHttp((req, res) => {
     requests += 1;
     const url = new URL(req.url, "http://x");
-    res.writeHead(200, { "content-type": "application/json" });
-    res.end(page(url));
+    const answer = page(url);
+    if (answer === undefined) {
+      hanging.push(res); // never answered (until close)
+      return;
+    }
+    const { status, body } = typeof answer === "string" ? { status: 200, body: answer } : answer;
+    res.writeHead(status, { "content-type": "application/json" });
+    res.end(body);
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   return {
     base: `http://127.0.0.1:${server.address().port}`,
     requests: () => requests,
-    close: () => new Promise((r) => server.close(r)),
+    close: () => {
+      for (const res of hanging) res.destroy();
+      return new Promise((r) => server.close(r));
+    },
   };
 }
 
@@ -379,4 +389,78 @@ test("Node: a sync that fails leaves the feed as it was", async () => {
   } finally {
     await srv.close();
   }
+});
+
+test("Node: a server that swaps in another payment's history is refused", async () => {
+  const v = loadVectors().find((x) => x.name === "em_happy_wire");
+  const records = JSON.parse(v.history);
+  const srv = await fakeServer(() => `{"events":${v.history},"has_more":false,"next":${records.length}}`);
+  try {
+    // The records are payment …'s; the feed asked for another one.
+    const other = "b0000000-0000-4000-8000-0000000000ff";
+    assert.notEqual(records[0].event.stream, other);
+    const feed = new t.Client({ baseUrl: srv.base }).payment(other);
+    await assert.rejects(feed.sync(), (e) => e.code === "invalid_history" && e.seq === 1 && e.message.includes(other));
+    assert.equal(feed.seq, 0);
+    // The payment the records belong to syncs.
+    const own = new t.Client({ baseUrl: srv.base }).payment(records[0].event.stream);
+    await own.sync();
+    assert.equal(own.seq, records.length);
+  } finally {
+    await srv.close();
+  }
+});
+
+test("Node: a server that never answers fails the request after timeoutMs", async () => {
+  const srv = await fakeServer(() => undefined);
+  try {
+    const client = new t.Client({ baseUrl: srv.base, timeoutMs: 300 });
+    const started = Date.now();
+    await assert.rejects(client.payment("b0000000-0000-4000-8000-000000000001").sync(), (e) => e.code === "network_error" && /timeoutMs/.test(e.message));
+    await assert.rejects(
+      client.sendCommand("b0000000-0000-4000-8000-000000000001", { type: "Join" }, "k-1"),
+      (e) => e.code === "network_error",
+    );
+    assert.ok(Date.now() - started < 10_000);
+    for (const timeoutMs of [0, -1, NaN, Infinity, 600_001, "100"]) {
+      assert.throws(() => new t.Client({ baseUrl: srv.base, timeoutMs }), (e) => e.code === "invalid_input" && /timeoutMs/.test(e.message), String(timeoutMs));
+    }
+  } finally {
+    await srv.close();
+  }
+});
+
+test("Node: what a server says in an error is passed on bounded", async () => {
+  const srv = await fakeServer(() => ({
+    status: 500,
+    body: JSON.stringify({ code: "x".repeat(100_000), detail: "d".repeat(100_000), field: "f".repeat(10_000) }),
+  }));
+  try {
+    const feed = new t.Client({ baseUrl: srv.base }).payment("b0000000-0000-4000-8000-000000000001");
+    await assert.rejects(feed.sync(), (e) => {
+      assert.equal(e.code, "http_500");
+      assert.equal(e.status, 500);
+      assert.ok(e.message.length <= 501 && e.message.endsWith("…"), e.message.length);
+      assert.ok(e.field.length <= 501);
+      return true;
+    });
+  } finally {
+    await srv.close();
+  }
+});
+
+test("Node: client options are checked when the client is made", () => {
+  for (const baseUrl of ["", "not a url", "javascript:alert(1)", "file:///etc/passwd", "http://exa mple.com", "https://x.example/?a=1", "https://x.example/#f", "https://x.example\n"]) {
+    assert.throws(() => new t.Client({ baseUrl }), (e) => e.code === "invalid_input" && /baseUrl/.test(e.message), baseUrl);
+  }
+  assert.throws(
+    () => new t.Client({ get baseUrl() { throw new Error("boom"); } }),
+    (e) => e.code === "invalid_input" && /reading `baseUrl` threw/.test(e.message),
+  );
+  const feed = new t.Client({ baseUrl: "https://pay.example.com/base/" }).payment("b0000000-0000-4000-8000-000000000001");
+  // Node 20 has no EventSource: live() says so instead of failing later.
+  if (typeof globalThis.EventSource === "undefined") {
+    assert.throws(() => feed.live(() => {}), (e) => e.code === "unsupported" && /EventSource/.test(e.message));
+  }
+  assert.throws(() => feed.live(5), (e) => e.code === "invalid_input");
 });

@@ -65,6 +65,32 @@ test("money helpers are exact", () => {
   assert.throws(() => t.moneyAllocate("1.00", "USD", [1, 2.5]), (e) => e.code === "invalid_split" && e.message === "invalid split: weight #1 (2.5) is not a whole number >= 0");
   assert.throws(() => t.moneyAllocate("1.00", "USD", [1, "2"]), (e) => e.code === "invalid_split" && e.message === "weights must be an array of numbers");
   assert.deepEqual(t.moneyAllocate("1.00", "USD", new Set([1, 3])), ["0.25", "0.75"], "any iterable of numbers");
+  // Amounts whose cents do not fit 96 bits are overflows, never ten times smaller or rounded.
+  const max = "792281625142643375935439503.35";
+  assert.equal(t.formatMoney(max, "USD"), `${max} USD`);
+  for (const f of [
+    () => t.formatMoney("1000000000000000000000000000", "USD"),
+    () => t.moneyAllocate("1000000000000000000000000000", "USD", [1]),
+    () => t.moneyAdd(max, "0.06", "USD"),
+  ]) {
+    assert.throws(f, (e) => e.code === "amount_overflow");
+  }
+  // A weight list the caller's code cannot iterate: its error, as a TrustfoldError.
+  const throwing = { *[Symbol.iterator]() { throw new Error("no weights today"); } };
+  assert.throws(() => t.moneyAllocate("1.00", "USD", throwing), (e) => e.code === "invalid_input" && /no weights today/.test(e.message));
+});
+
+test("a detached buffer and a key without a head are refused, not misread", () => {
+  const ok = vectors.find((v) => v.verify.ok);
+  const bytes = new TextEncoder().encode(ok.history);
+  structuredClone(bytes.buffer, { transfer: [bytes.buffer] });
+  for (const f of [() => t.replay(bytes), () => t.verify(bytes), () => t.replayJson(bytes)]) {
+    assert.throws(f, (e) => e.code === "invalid_input" && /detached/.test(e.message));
+  }
+  // A pinned key proves nothing without the head it checks.
+  assert.throws(() => t.verify(ok.history, undefined, ok.key), (e) => e.code === "invalid_input" && /signed head/.test(e.message));
+  assert.deepEqual(t.verify(ok.history, ok.head, ok.key), ok.verify);
+  assert.equal(t.verify(ok.history).ok, true, "no key: the chain alone");
 });
 
 test("view, allowedCommands and decide work on a real history", () => {
@@ -155,6 +181,10 @@ test("policies validate", () => {
     const summary = t.validatePolicy(readPolicy(name));
     assert.match(summary.hash, /^[0-9a-f]{64}$/);
   }
+  // Fees that together take more than the gross can never be paid.
+  const p = JSON.parse(readPolicy("marketplace"));
+  p.fees = [0, 1].map((i) => ({ ...p.fees[0], name: `fee-${i}`, bps: 6000 }));
+  assert.throws(() => t.validatePolicy(JSON.stringify(p)), (e) => e.code === "invalid_policy" && e.field === "fees");
 });
 
 

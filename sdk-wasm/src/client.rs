@@ -56,6 +56,11 @@ export interface ClientOptions {
   token?: string;
   /** The server's Ed25519 public key (64 hex digits): require and check signed heads. */
   serverKey?: string;
+  /**
+   * How long one request may take, answer included, in milliseconds (default 30000,
+   * at most 600000); a request without an answer by then fails with `network_error`.
+   */
+  timeoutMs?: number;
 }
 "#;
 
@@ -85,7 +90,12 @@ struct Conn {
     base: String,
     token: Option<String>,
     key: Option<PublicKey>,
+    timeout_ms: f64,
 }
+
+/// Requests wait this long for their answer unless the options say otherwise.
+const DEFAULT_TIMEOUT_MS: f64 = 30_000.0;
+const MAX_TIMEOUT_MS: f64 = 600_000.0;
 
 impl Conn {
     fn url(&self, payment: &PaymentId, rest: &str) -> String {
@@ -122,6 +132,7 @@ impl Client {
         let what = "client options";
         let base = string_prop(&options, "baseUrl", what)?
             .ok_or_else(|| js_error("invalid_input", "client options: `baseUrl` is required"))?;
+        base_url(&base)?;
         let key = string_prop(&options, "serverKey", what)?
             .map(|k| k.parse::<PublicKey>())
             .transpose()
@@ -130,11 +141,28 @@ impl Client {
         if let Some(t) = &token {
             header_value("client options: `token`", t)?;
         }
+        let timeout = js_sys::Reflect::get(&options, &"timeoutMs".into())
+            .map_err(|_| js_error("invalid_input", "client options: reading `timeoutMs` threw"))?;
+        let timeout_ms = if timeout.is_undefined() || timeout.is_null() {
+            DEFAULT_TIMEOUT_MS
+        } else {
+            timeout
+                .as_f64()
+                .filter(|ms| ms.is_finite() && *ms >= 1.0 && *ms <= MAX_TIMEOUT_MS)
+                .ok_or_else(|| {
+                    js_error(
+                        "invalid_input",
+                        "client options: `timeoutMs` must be a number of milliseconds from 1 \
+                         to 600000",
+                    )
+                })?
+        };
         Ok(Client {
             conn: Conn {
                 base: base.trim_end_matches('/').to_string(),
                 token,
                 key,
+                timeout_ms,
             },
         })
     }
@@ -149,7 +177,7 @@ impl Client {
             inner: Rc::new(Feed {
                 conn: self.conn.clone(),
                 payment,
-                mirror: RefCell::new(Mirror::default()),
+                mirror: RefCell::new(Mirror::new(payment)),
                 live: RefCell::new(None),
                 closed: Cell::new(false),
             }),
@@ -197,13 +225,11 @@ impl Client {
             if let Some(v) = expected_version {
                 b = b.header("If-Match", &format!("\"{v}\""));
             }
-            let resp = b
-                .body(request_body(command)?)
-                .map_err(net)?
-                .send()
-                .await
-                .map_err(net)?;
-            let text = body_or_problem(resp).await?;
+            let request = b.body(request_body(command)?).map_err(net)?;
+            let text = within(conn.timeout_ms, async move {
+                body_or_problem(request.send().await.map_err(net)?).await
+            })
+            .await?;
             Ok(JsValue::from_str(&text))
         }))
     }
@@ -228,13 +254,11 @@ impl Feed {
     /// or the server's problem as an error.
     async fn get(&self, rest: &str) -> Result<String, JsValue> {
         let url = self.conn.url(&self.payment, rest);
-        let resp = self
-            .conn
-            .auth(Request::get(&url))
-            .send()
-            .await
-            .map_err(net)?;
-        body_or_problem(resp).await
+        let request = self.conn.auth(Request::get(&url));
+        within(self.conn.timeout_ms, async move {
+            body_or_problem(request.send().await.map_err(net)?).await
+        })
+        .await
     }
 }
 
@@ -268,7 +292,14 @@ async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
     if let Some(key) = &feed.conn.key {
         let head = match signed {
             Some(h) => h,
-            None => SignedHead::from_json(feed.get("/head").await?.as_bytes()).js()?,
+            None => SignedHead::from_json(feed.get("/head").await?.as_bytes())
+                .map_err(|e| {
+                    Error::BadSignature(format!(
+                        "a key is pinned, the event pages carried no signed head, and the \
+                         server's /head is not one: {e}"
+                    ))
+                })
+                .js()?,
         };
         feed.mirror
             .borrow()
@@ -282,15 +313,24 @@ async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
         .map_or(JsValue::UNDEFINED, |s| JsValue::from_str(&s)))
 }
 
-/// The records held and the state they fold to.
-#[derive(Default)]
+/// The records held of one payment and the state they fold to.
 struct Mirror {
+    payment: PaymentId,
     hashes: Vec<Hash>,
     events: Vec<String>,
     state: Option<PaymentState>,
 }
 
 impl Mirror {
+    fn new(payment: PaymentId) -> Self {
+        Mirror {
+            payment,
+            hashes: Vec::new(),
+            events: Vec::new(),
+            state: None,
+        }
+    }
+
     fn len(&self) -> u64 {
         self.hashes.len() as u64
     }
@@ -323,6 +363,16 @@ impl Mirror {
             seq: next,
             reason: e.to_string(),
         })?;
+        // Only the payment asked for: a server must not swap in another one's history.
+        if env.stream != self.payment {
+            return Err(Error::InvalidHistory {
+                seq: next,
+                reason: format!(
+                    "event belongs to payment {}, not {} (the one asked for)",
+                    env.stream, self.payment
+                ),
+            });
+        }
         if env.seq < next {
             let held = usize::try_from(env.seq).ok().and_then(|s| s.checked_sub(1));
             return match held.and_then(|i| self.hashes.get(i)) {
@@ -493,6 +543,16 @@ impl PaymentFeed {
                 "this feed is already live: close() it first",
             ));
         }
+        let has_event_source = js_sys::Reflect::get(&js_sys::global(), &"EventSource".into())
+            .is_ok_and(|v| v.is_function());
+        if !has_event_source {
+            return Err(js_error(
+                "unsupported",
+                "live() needs the platform's EventSource: browsers have one; in Node set \
+                 globalThis.EventSource first (the `eventsource` package, or Node 22+ with \
+                 --experimental-eventsource)",
+            ));
+        }
         self.inner.closed.set(false);
         let feed = self.inner.clone();
         spawn_local(async move {
@@ -604,19 +664,105 @@ fn report(on_error: &Option<js_sys::Function>, err: &JsValue) {
     }
 }
 
+/// Checks the server's base URL with the platform's `URL` parser: absolute, `http:` or
+/// `https:`, and without a query or fragment (the client appends paths to it).
+fn base_url(base: &str) -> JsResult<()> {
+    let bad = |why: &str| {
+        js_error(
+            "invalid_input",
+            &format!(
+                "client options: `baseUrl` `{}` {why}",
+                trustfold_core::error::echo(base)
+            ),
+        )
+    };
+    let global = js_sys::global();
+    let url_class = js_sys::Reflect::get(&global, &"URL".into())
+        .ok()
+        .and_then(|c| c.dyn_into::<js_sys::Function>().ok())
+        .ok_or_else(|| bad("cannot be checked: this platform has no URL class"))?;
+    let args = js_sys::Array::of1(&base.into());
+    let url = js_sys::Reflect::construct(&url_class, &args)
+        .map_err(|_| bad("is not an absolute URL (e.g. https://pay.example.com)"))?;
+    let part = |name: &str| {
+        js_sys::Reflect::get(&url, &name.into())
+            .ok()
+            .and_then(|v| v.as_string())
+            .unwrap_or_default()
+    };
+    if !matches!(part("protocol").as_str(), "http:" | "https:") {
+        return Err(bad("must be an http: or https: URL"));
+    }
+    if !part("search").is_empty() || !part("hash").is_empty() || base.contains(['?', '#']) {
+        return Err(bad("must not have a query or fragment"));
+    }
+    if base.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("must not contain spaces or control characters"));
+    }
+    Ok(())
+}
+
+/// `request` (sent and its answer read), or `network_error` when it takes longer than
+/// `ms` milliseconds: a server that accepts the connection and never answers must not
+/// leave a `sync()` or `sendCommand()` pending forever.
+async fn within(
+    ms: f64,
+    request: impl std::future::Future<Output = JsResult<String>>,
+) -> JsResult<String> {
+    use futures_util::future::{select, Either};
+    let request = std::pin::pin!(request);
+    let mut timer = Timer::start(ms);
+    match select(request, &mut timer.0).await {
+        Either::Left((answer, _)) => answer,
+        Either::Right(_) => Err(js_error(
+            "network_error",
+            "the server did not answer within the client's timeoutMs",
+        )),
+    }
+}
+
 /// Resolves after `ms` milliseconds (`setTimeout`, in browsers and Node).
 async fn sleep(ms: f64) {
-    let p = js_sys::Promise::new(&mut |resolve, _| {
-        let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
-            .ok()
-            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
-        if let Some(f) = set_timeout {
-            let _ = f.call2(&JsValue::NULL, &resolve, &JsValue::from_f64(ms));
-        } else {
-            let _ = resolve.call0(&JsValue::NULL);
+    let mut timer = Timer::start(ms);
+    let _ = (&mut timer.0).await;
+}
+
+/// A `setTimeout` as a future; dropping it clears the timeout, so a timer that lost
+/// its race does not keep Node's event loop alive until it fires.
+struct Timer(wasm_bindgen_futures::JsFuture, Option<JsValue>);
+
+impl Timer {
+    fn start(ms: f64) -> Timer {
+        let mut handle = None;
+        let p = js_sys::Promise::new(&mut |resolve, _| {
+            let set_timeout = global_function("setTimeout");
+            match set_timeout {
+                Some(f) => {
+                    handle = f
+                        .call2(&JsValue::NULL, &resolve, &JsValue::from_f64(ms))
+                        .ok()
+                }
+                None => {
+                    let _ = resolve.call0(&JsValue::NULL);
+                }
+            }
+        });
+        Timer(wasm_bindgen_futures::JsFuture::from(p), handle)
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if let (Some(h), Some(clear)) = (self.1.take(), global_function("clearTimeout")) {
+            let _ = clear.call1(&JsValue::NULL, &h);
         }
-    });
-    let _ = wasm_bindgen_futures::JsFuture::from(p).await;
+    }
+}
+
+fn global_function(name: &str) -> Option<js_sys::Function> {
+    js_sys::Reflect::get(&js_sys::global(), &name.into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
 }
 
 fn net(e: gloo_net::Error) -> JsValue {
@@ -665,19 +811,21 @@ async fn body_or_problem(resp: Response) -> JsResult<String> {
         return Ok(text);
     }
     let p = Problem::from_json(text.as_bytes());
+    // What the server says is passed on bounded: a code only in the codes' own form.
     let code = p
         .as_ref()
         .and_then(|p| p.code.clone())
+        .filter(|c| is_code(c))
         .unwrap_or_else(|| format!("http_{status}"));
     let message = p
         .as_ref()
-        .and_then(|p| p.detail.clone().or_else(|| p.title.clone()))
+        .and_then(|p| p.detail.as_deref().or(p.title.as_deref()).map(clip))
         .unwrap_or_else(|| format!("the server answered {status}"));
     let err = js_error(&code, &message);
     let _ = js_sys::Reflect::set(&err, &"status".into(), &JsValue::from(status));
     if let Some(p) = p {
         if let Some(f) = p.field {
-            let _ = js_sys::Reflect::set(&err, &"field".into(), &f.into());
+            let _ = js_sys::Reflect::set(&err, &"field".into(), &clip(&f).into());
         }
         if let Some(v) = p.current_version {
             let _ =
@@ -685,4 +833,40 @@ async fn body_or_problem(resp: Response) -> JsResult<String> {
         }
     }
     Err(err)
+}
+
+/// Error codes are lower-case ASCII words joined by `_`, at most 64 characters.
+fn is_code(c: &str) -> bool {
+    (1..=64).contains(&c.len())
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A server's text cut to 500 characters (with `…`), so a runaway response does not
+/// become a runaway error message.
+fn clip(text: &str) -> String {
+    const MAX: usize = 500;
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_codes_and_texts_are_bounded() {
+        assert!(is_code("version_conflict"));
+        assert!(is_code("http_500"));
+        for bad in ["", "Version", "a b", "x\ny", &"x".repeat(65)] {
+            assert!(!is_code(bad), "{bad:?}");
+        }
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(600);
+        let c = clip(&long);
+        assert_eq!(c.chars().count(), 501);
+        assert!(c.ends_with('…'));
+    }
 }

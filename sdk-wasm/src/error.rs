@@ -54,6 +54,19 @@ pub fn input_bytes(v: &JsValue, what: &str) -> JsResult<Vec<u8>> {
         return Ok(s.into_bytes());
     }
     if let Some(bytes) = v.dyn_ref::<js_sys::Uint8Array>() {
+        if bytes.length() == 0 {
+            // A detached buffer (transferred to a worker) reads as empty, but copying
+            // from it throws a TypeError: say what happened instead.
+            let detached = js_sys::Reflect::get(&bytes.buffer(), &"detached".into())
+                .is_ok_and(|d| d.is_truthy());
+            if detached {
+                return Err(js_error(
+                    "invalid_input",
+                    &format!("{what}'s Uint8Array has a detached buffer (transferred away)"),
+                ));
+            }
+            return Ok(Vec::new());
+        }
         // Copied once into the module's memory (`Uint8Array::new` would copy it in JS
         // first).
         return Ok(bytes.to_vec());
@@ -78,7 +91,8 @@ pub fn items<T>(v: &JsValue, item: impl Fn(&JsValue) -> Option<T>) -> Option<Vec
 /// An optional string property of a JS object: `Ok(None)` when absent, `undefined`
 /// or `null`, an `invalid_input` error naming it when it is anything but a string.
 pub fn string_prop(obj: &JsValue, name: &str, what: &str) -> JsResult<Option<String>> {
-    let v = js_sys::Reflect::get(obj, &name.into()).unwrap_or(JsValue::UNDEFINED);
+    let v = js_sys::Reflect::get(obj, &name.into())
+        .map_err(|_| js_error("invalid_input", &format!("{what}: reading `{name}` threw")))?;
     if v.is_undefined() || v.is_null() {
         return Ok(None);
     }

@@ -83,7 +83,8 @@ enum VerifyOutcome {
 /// against its pinned public key (when given), and that it folds under the rules.
 /// Returns `{ok: true, len, head}` or `{ok: false, code, message, seq}` (`seq` is
 /// `null` when the failure is not at an event); it throws only for arguments that
-/// are not a string / `Uint8Array` or a signed head that is not JSON.
+/// are not a string / `Uint8Array`, a signed head that is not JSON, or a key without
+/// a signed head (a pinned key proves nothing without the head it checks).
 #[wasm_bindgen(js_name = verify, unchecked_return_type = "VerifyResult")]
 pub fn verify(
     #[wasm_bindgen(js_name = historyJson, unchecked_param_type = "HistoryInput")] history: JsValue,
@@ -95,6 +96,13 @@ pub fn verify(
         None | Some("") | Some("null") => None,
         Some(h) => Some(SignedHead::from_json(h.as_bytes()).js()?),
     };
+    if head.is_none() && public_key.is_some() {
+        return Err(js_error(
+            "invalid_input",
+            "a public key was given without a signed head: pass the server's signed head \
+             to check against it (or no key to check the hash chain only)",
+        ));
+    }
     let outcome = match verify_bytes(&bytes, head.as_ref(), public_key.as_deref()) {
         Ok(state) => VerifyOutcome::Ok {
             ok: true,

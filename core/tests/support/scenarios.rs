@@ -1605,6 +1605,21 @@ pub fn tampered() -> R<Vec<Vector>> {
     let h = sealed.last().expect("sealed").hash;
     v.head = Some(SignedHead::sign(st.payment, st.version + 1, h, &KEY_SECRET));
     out.push(v);
+    // Chained and signed, but the last event is stamped before the one it follows.
+    let mut sealed = s.d.sealed().to_vec();
+    let mut last = s.d.envelopes().last().expect("events").clone();
+    let before = s.d.envelopes()[s.d.envelopes().len() - 2].at;
+    last.at = before.add_hours(-1);
+    let fs = last.seal();
+    let h = fs.hash;
+    *sealed.last_mut().expect("sealed") = fs;
+    let mut v = s.vector(
+        "invalid_event_time_backwards",
+        "A correctly chained and signed history whose last event is stamped an hour before the event it follows.",
+    );
+    v.history = history::write(&sealed);
+    v.head = Some(SignedHead::sign(st.payment, st.version, h, &KEY_SECRET));
+    out.push(v);
     Ok(out)
 }
 
