@@ -312,13 +312,19 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
     // Who: the rail and the clock are built-in; everyone else is a participant.
     match kind {
         CommandKind::RailNotice => {
-            if role.as_str() != "rail" {
-                return reject("not_permitted", "rail notices come from the rail role only");
+            if role.as_str() != "rail" || ctx.actor.party.is_some() {
+                return reject(
+                    "not_permitted",
+                    "rail notices come from the rail role only (an actor without a party)",
+                );
             }
         }
         CommandKind::Tick => {
-            if role.as_str() != "system" {
-                return reject("not_permitted", "the clock is the system role's");
+            if role.as_str() != "system" || ctx.actor.party.is_some() {
+                return reject(
+                    "not_permitted",
+                    "the clock is the system role's (an actor without a party)",
+                );
             }
         }
         CommandKind::Initiate => {

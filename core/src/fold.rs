@@ -254,6 +254,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
         return Err(bad(format!("payment is {:?} (terminal)", s.status)));
     }
     check_actor(env)?;
+    check_actor_role(s, env)?;
     match &env.event {
         Event::PaymentInitiated(_) => return Err(bad("PaymentInitiated may only come first")),
         Event::ParticipantInvited(e) => {
@@ -756,6 +757,27 @@ fn check_actor(env: &Envelope) -> Result<()> {
         Event::ParticipantJoined(e) => own(&e.party),
         _ => Ok(()),
     }
+}
+
+/// Who may act at all: the platform (no party) only as the rail or the clock, a party
+/// only in a role of the payment's policy (`decide` also requires the party to hold it).
+fn check_actor_role(s: &PaymentState, env: &Envelope) -> Result<()> {
+    let role = &env.actor.role;
+    let known = match env.actor.party {
+        None => matches!(role.as_str(), "rail" | "system"),
+        Some(_) => s.policy_doc.roles.contains_key(role),
+    };
+    if known {
+        return Ok(());
+    }
+    Err(bad(format!(
+        "actor role `{}` is {}",
+        crate::error::echo(role.as_str()),
+        match env.actor.party {
+            None => "not the platform's (an actor without a party is `rail` or `system`)",
+            Some(_) => "not a role of the payment's policy",
+        }
+    )))
 }
 
 /// Why a new request needs no approvals, if it does not.

@@ -665,3 +665,62 @@ fn a_clock_behind_the_payment_stamps_commands_at_its_last_event() {
     let state = replay(&s.d.history()).expect("folds");
     assert_eq!(state.to_json(), s.state().to_json());
 }
+
+#[test]
+fn actors_outside_the_policy_and_the_platform_are_refused() {
+    let s = scenarios::earnest(0x52).expect("earnest");
+    let forge = |actor: Actor| {
+        let mut sealed = s.d.sealed().to_vec();
+        let mut last = s.d.envelopes().last().expect("events").clone();
+        last.actor = actor;
+        *sealed.last_mut().expect("sealed") = last.seal();
+        trustfold_core::history::write(&sealed)
+    };
+    let seq = s.state().version;
+    for (actor, says) in [
+        (
+            Actor {
+                party: None,
+                role: Role::new("x".repeat(100_000)),
+            },
+            "not the platform's",
+        ),
+        (
+            Actor {
+                party: None,
+                role: Role::new("buyer"),
+            },
+            "not the platform's",
+        ),
+        (
+            as_(BUYER, "nobody\u{0}"),
+            "not a role of the payment's policy",
+        ),
+    ] {
+        let e = replay(&forge(actor)).unwrap_err();
+        assert_eq!((e.code(), e.seq()), ("invalid_history", Some(seq)), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+        assert!(e.to_string().len() < 300, "the role is quoted briefly");
+    }
+    // The untouched history folds.
+    assert!(replay(&s.d.history()).is_ok());
+    // And `decide` never lets a party speak as the rail or the clock.
+    let mut s = s;
+    let party_rail = Actor {
+        party: Some(pid(BUYER)),
+        role: Role::new("rail"),
+    };
+    s.rejects(
+        party_rail,
+        Command::RailNotice {
+            rail_ref: "r-1".into(),
+            notice: RailOutcome::Settled,
+        },
+        "not_permitted",
+    );
+    let party_clock = Actor {
+        party: Some(pid(BUYER)),
+        role: Role::new("system"),
+    };
+    s.rejects(party_clock, Command::Tick, "not_permitted");
+}
