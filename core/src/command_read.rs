@@ -267,12 +267,9 @@ impl FromJson for RailOutcome {
 }
 
 impl FromJson for Box<Policy> {
+    /// Read in place, by the same reader: an error inside the policy carries its
+    /// position in the whole command, once.
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
-        r.ws();
-        let at = r.position();
-        let raw = r.raw()?;
-        crate::policy_json::parse(raw)
-            .map(Box::new)
-            .map_err(|e| r.invalid(at, e))
+        <Policy as FromJson>::from_json(r).map(Box::new)
     }
 }

@@ -958,6 +958,39 @@ pub fn replay_unverified(history_json: &[u8]) -> Result<PaymentState> {
     fold(envelopes.iter().map(|(e, h)| (e, *h)))
 }
 
+/// `unknown_role` unless `role` is one of the payment's policy's roles (naming them).
+///
+/// ```
+/// use trustfold_core::fold::{known_role, replay};
+/// use trustfold_core::policy::Role;
+/// let state = replay(include_bytes!("../tests/vectors/em_happy_wire.history.json"))?;
+/// assert!(known_role(&state, &Role::new("buyer")).is_ok());
+/// let e = known_role(&state, &Role::new("zzz")).unwrap_err();
+/// assert_eq!(e.code(), "unknown_role");
+/// assert!(e.to_string().contains("buyer"), "{e}");
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+pub fn known_role(state: &PaymentState, role: &crate::policy::Role) -> Result<()> {
+    if state.policy_doc.roles.contains_key(role) {
+        return Ok(());
+    }
+    Err(Error::rejected(
+        "unknown_role",
+        format!(
+            "role `{}` is not in policy {}: roles are {}",
+            crate::error::echo(role.as_str()),
+            state.policy.id,
+            state
+                .policy_doc
+                .roles
+                .keys()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
 /// What `roles` may see of a history, verified first: `{"events":[…],"state":{…}}` as
 /// [`crate::view::view_json`] writes it. Every role must be one of the policy's
 /// (`unknown_role`) and at least one must be given (`roles_required`): a view is never
@@ -982,24 +1015,8 @@ pub fn verify_and_view(history_json: &[u8], roles: &[crate::policy::Role]) -> Re
                 "name at least one role to view the payment as",
             ));
         }
-        if let Some(r) = roles
-            .iter()
-            .find(|r| !state.policy_doc.roles.contains_key(r))
-        {
-            return Err(Error::rejected(
-                "unknown_role",
-                format!(
-                    "role `{r}` is not in policy {}: roles are {}",
-                    state.policy.id,
-                    state
-                        .policy_doc
-                        .roles
-                        .keys()
-                        .map(|r| r.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
+        for r in roles {
+            known_role(&state, r)?;
         }
         let envelopes = records
             .iter()

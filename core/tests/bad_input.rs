@@ -724,3 +724,19 @@ fn actors_outside_the_policy_and_the_platform_are_refused() {
     };
     s.rejects(party_clock, Command::Tick, "not_permitted");
 }
+
+#[test]
+fn an_error_inside_a_commands_policy_is_located_once_in_the_command() {
+    let cmd = br#"{"type":"Initiate","payment":"b0000000-0000-4000-8000-000000000001","tenant":"b0000000-0000-4000-8000-000000000001","policy":{"id":5},"amount":{"amount":"1","currency":"USD"},"roles":[]}"#;
+    let e = Command::from_json(cmd).unwrap_err();
+    let m = e.to_string();
+    assert_eq!(e.code(), "malformed_json", "{m}");
+    assert_eq!(m.matches(" at line ").count(), 1, "{m}");
+    // The column of the bad value (`5`) in the whole command.
+    let col = cmd
+        .windows(6)
+        .position(|w| w == br#""id":5"#)
+        .expect("there")
+        + 6;
+    assert!(m.ends_with(&format!("at line 1 column {col}")), "{m}");
+}

@@ -161,6 +161,10 @@ test("a view is never widened by a role the policy does not know", () => {
   assert.throws(() => t.view(ok.history, ["zzz"]), (e) => e.code === "unknown_role" && /not in policy/.test(e.message));
   assert.throws(() => t.view(ok.history, ["lender", "zzz"]), (e) => e.code === "unknown_role");
   assert.throws(() => t.view(ok.history, []), (e) => e.code === "roles_required");
+  // Nor are commands offered to such a name.
+  const party = JSON.parse(ok.history.split("\n")[1].replace(/,$/, "")).event.actor.party;
+  assert.throws(() => t.allowedCommands(ok.history, { party, role: "zzz" }), (e) => e.code === "unknown_role");
+  assert.ok(Array.isArray(t.allowedCommands(ok.history, { party, role: "listing_agent" })));
   // Two records on one line read as the document they are.
   const text = typeof ok.history === "string" ? ok.history : new TextDecoder().decode(ok.history);
   const joined = text.replace('},\n{"hash"', '},{"hash"');

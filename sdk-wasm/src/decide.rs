@@ -31,7 +31,8 @@ fn state_of(history: &JsValue) -> JsResult<Option<PaymentState>> {
 
 /// The command types (e.g. `"Approve"`) the actor may issue now. `actorJson` is
 /// `{"party": "<uuid>", "role": "buyer"}`; `now` (RFC 3339) defaults to the time of
-/// the last event.
+/// the last event. A party in a role the policy does not know gets `unknown_role`
+/// (as from `view`), not an empty list.
 #[wasm_bindgen(js_name = allowedCommands, unchecked_return_type = "string[]")]
 pub fn allowed_commands(
     #[wasm_bindgen(js_name = historyJson, unchecked_param_type = "HistoryInput")] history: JsValue,
@@ -41,6 +42,11 @@ pub fn allowed_commands(
     let state =
         state_of(&history)?.ok_or_else(|| js_error("unknown_payment", "the history is empty"))?;
     let actor = Actor::from_json(actor.as_bytes()).js()?;
+    // A party's role must be the policy's (as for `view`): nothing is offered to a
+    // name the policy does not know. The platform's roles are `rail` and `system`.
+    if actor.party.is_some() {
+        trustfold_core::fold::known_role(&state, &actor.role).js()?;
+    }
     let now = match now {
         Some(t) => t.parse::<Timestamp>().js()?,
         None => state.updated_at,
