@@ -346,7 +346,10 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
             if !p.roles.contains(role) {
                 return reject(
                     "not_permitted",
-                    format!("party {party} does not hold role `{role}` in this payment"),
+                    format!(
+                        "party {party} does not hold role `{}` in this payment",
+                        crate::error::echo(role.as_str())
+                    ),
                 );
             }
             if kind != CommandKind::Join && !p.joined {

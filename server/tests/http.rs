@@ -724,15 +724,35 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         ("unknown status filter", "GET", "/v1/payments?status=awaiting_funds".into(), Some(&key), None, 400, "invalid_parameter"),
         ("cursor past the range", "GET", format!("/v1/parties/{}/inbox?after=18446744073709551615", f.buyer), Some(&key), None, 400, "invalid_parameter"),
         ("path not UTF-8", "GET", "/v1/payments/%FF%FE".into(), Some(&key), None, 400, "bad_request"),
+        ("array for the actor", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Join"}, "actor": [f.buyer, "buyer"]}).to_string().into_bytes()), 400, "invalid_request"),
+        ("array for an amount", "POST", "/v1/payments".into(), Some(&key),
+            Some(json!({"policy": "earnest-money", "amount": ["5000.00", "USD"],
+                        "initiator": {"party": f.agent, "roles": ["listing_agent"]}}).to_string().into_bytes()), 400, "invalid_request"),
+        ("array for the initiator", "POST", "/v1/payments".into(), Some(&key),
+            Some(json!({"policy": "earnest-money", "amount": {"amount": "5000.00", "currency": "USD"},
+                        "initiator": [f.agent, ["listing_agent"], null, "n"]}).to_string().into_bytes()), 400, "invalid_request"),
+        ("If-Match without quotes", "POST", cmds.clone(), Some(&key), None, 400, "invalid_parameter"),
+        ("If-Match list", "POST", cmds.clone(), Some(&key), None, 400, "invalid_parameter"),
+        ("tab in an Idempotency-Key", "POST", cmds.clone(), Some(&key), None, 400, "invalid_idempotency_key"),
     ];
     for (name, method, path, auth, body, status, code) in cases {
         let headers: Vec<(&str, &str)> = match name {
             "bad If-Match" => vec![("if-match", "soon")],
+            "If-Match without quotes" => vec![("if-match", "9")],
+            "If-Match list" => vec![("if-match", "\"9\", \"8\"")],
+            "tab in an Idempotency-Key" => vec![("idempotency-key", "k\t1")],
             "not json" => vec![("content-type", "text/plain")],
             "form body" => vec![("content-type", "application/x-www-form-urlencoded")],
             _ => vec![],
         };
-        let body = if name == "bad If-Match" {
+        let body = if matches!(
+            name,
+            "bad If-Match"
+                | "If-Match without quotes"
+                | "If-Match list"
+                | "tab in an Idempotency-Key"
+        ) {
             Some(
                 json!({"command": {"type": "Join"}, "actor": actor})
                     .to_string()

@@ -135,6 +135,67 @@ pub fn strict_value(body: &[u8]) -> ApiResult<Value> {
 
 const DUPLICATE: &str = "duplicate key `";
 
+/// For a struct-typed field (`#[serde(deserialize_with = "body::object")]`): read it
+/// only from a JSON object. serde's derived struct decoders also take an array of the
+/// fields in order (`"amount":["5000.00","USD"]`), which the API refuses as it refuses
+/// an array for the whole body.
+///
+/// ```
+/// use trustfold_server::api::body::parse_json;
+/// #[derive(serde::Deserialize, Debug)]
+/// struct Inner { n: u32 }
+/// #[derive(serde::Deserialize, Debug)]
+/// struct Outer {
+///     #[serde(deserialize_with = "trustfold_server::api::body::object")]
+///     inner: Inner,
+/// }
+/// assert_eq!(parse_json::<Outer>(br#"{"inner":{"n":1}}"#).unwrap().inner.n, 1);
+/// let e = parse_json::<Outer>(br#"{"inner":[1]}"#).unwrap_err();
+/// assert_eq!(e.code(), "invalid_request");
+/// ```
+pub fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Only<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(Only(std::marker::PhantomData))
+}
+
+/// [`object`] for an optional field: absent or `null` is `None`.
+pub fn optional_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Maybe<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Maybe<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Option<T>, D2::Error> {
+            object(d).map(Some)
+        }
+    }
+    d.deserialize_option(Maybe(std::marker::PhantomData))
+}
+
 /// The field an error is about: the path where it happened, plus the field a serde
 /// message names there (`missing field `x``, `unknown field `x``).
 fn field_at(path: &str, message: &str) -> Option<String> {

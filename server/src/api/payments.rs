@@ -33,6 +33,7 @@ use trustfold_core::view;
 use uuid::Uuid;
 
 use super::auth::{Principal, TokenClaims};
+use super::body;
 use super::error::{ApiError, ApiResult};
 use super::{
     json, json_bytes, limit_param, load_policy, param_u64, params, parse_id, parse_json, AppState,
@@ -91,12 +92,13 @@ fn idempotency(
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b != b'\t'))
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_idempotency_key",
                 "Idempotency-Key",
-                "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+                "the Idempotency-Key header must be 1 to 255 visible ASCII characters \
+                 (spaces inside allowed, around it ignored; no tabs)",
             )
         })?
         .to_owned();
@@ -607,13 +609,24 @@ fn expected_version(headers: &HeaderMap, body_value: Option<u64>) -> ApiResult<O
     let header = match headers.get(header::IF_MATCH) {
         None => None,
         Some(v) => {
-            let raw = v.to_str().unwrap_or("").trim();
-            let raw = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
-            Some(raw.parse::<u64>().map_err(|_| {
+            // One entity tag, `"3"` (or `W/"3"`), as the ETag of reads gives it.
+            let given = String::from_utf8_lossy(v.as_bytes());
+            let raw = given.trim();
+            let tag = raw.strip_prefix("W/").unwrap_or(raw);
+            let version = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<u64>().ok());
+            Some(version.ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_parameter",
                     "If-Match",
-                    format!("If-Match must be a payment version such as \"3\", got `{raw}`"),
+                    format!(
+                        "If-Match must be one payment version as an entity tag, such as \"3\", \
+                         got `{}`",
+                        trustfold_core::error::echo(raw)
+                    ),
                 )
             })?)
         }
@@ -715,7 +728,10 @@ fn check_actor(principal: &Principal, actor: Option<Actor>) -> ApiResult<Actor> 
             if !c.roles.contains(&actor.role) {
                 return Err(ApiError::Forbidden {
                     code: "not_permitted",
-                    message: format!("this token may not act in role `{}`", actor.role),
+                    message: format!(
+                        "this token may not act in role `{}`",
+                        trustfold_core::error::echo(actor.role.as_str())
+                    ),
                 });
             }
             Ok(actor)
@@ -727,7 +743,7 @@ fn check_actor(principal: &Principal, actor: Option<Actor>) -> ApiResult<Actor> 
 #[serde(deny_unknown_fields)]
 struct CommandRequest {
     command: serde_json::Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::optional_object")]
     actor: Option<Actor>,
     #[serde(default)]
     expected_version: Option<u64>,
@@ -820,9 +836,11 @@ struct CreatePayment {
     policy: String,
     #[serde(default)]
     policy_version: Option<u32>,
+    #[serde(deserialize_with = "body::object")]
     amount: Money,
     #[serde(default)]
     description: String,
+    #[serde(deserialize_with = "body::object")]
     initiator: Initiator,
     #[serde(default)]
     correlation: Option<Uuid>,
