@@ -715,6 +715,10 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         ("not json", "POST", cmds.clone(), Some(&key),
             Some(json!({"command": {"type": "Join"}, "actor": actor}).to_string().into_bytes()), 415, "unsupported_media_type"),
         ("form body", "POST", "/v1/tenants".into(), Some(ADMIN), Some(b"name=x".to_vec()), 415, "unsupported_media_type"),
+        ("latin-1 json", "POST", "/v1/tenants".into(), Some(ADMIN), Some(b"{\"name\":\"x\"}".to_vec()), 415, "unsupported_media_type"),
+        ("unknown policy version", "POST", "/v1/payments".into(), Some(&key),
+            Some(json!({"policy": "earnest-money", "policy_version": 999, "amount": {"amount": "5000.00", "currency": "USD"},
+                        "initiator": {"party": f.agent, "roles": ["listing_agent"]}}).to_string().into_bytes()), 422, "unknown_policy"),
         ("tenant name too long", "POST", "/v1/tenants".into(), Some(ADMIN),
             Some(json!({"name": "n".repeat(201)}).to_string().into_bytes()), 422, "invalid_name"),
         ("key given twice", "POST", cmds.clone(), Some(&key),
@@ -735,6 +739,7 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         ("If-Match without quotes", "POST", cmds.clone(), Some(&key), None, 400, "invalid_parameter"),
         ("If-Match list", "POST", cmds.clone(), Some(&key), None, 400, "invalid_parameter"),
         ("tab in an Idempotency-Key", "POST", cmds.clone(), Some(&key), None, 400, "invalid_idempotency_key"),
+        ("parameter twice", "GET", format!("/v1/payments/{}/events?after=1&after=2", f.payment), Some(&key), None, 400, "invalid_parameter"),
     ];
     for (name, method, path, auth, body, status, code) in cases {
         let headers: Vec<(&str, &str)> = match name {
@@ -744,6 +749,7 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
             "tab in an Idempotency-Key" => vec![("idempotency-key", "k\t1")],
             "not json" => vec![("content-type", "text/plain")],
             "form body" => vec![("content-type", "application/x-www-form-urlencoded")],
+            "latin-1 json" => vec![("content-type", "application/json; charset=latin1")],
             _ => vec![],
         };
         let body = if matches!(

@@ -63,16 +63,20 @@ impl FromRequest<AppState> for Body {
     }
 }
 
-/// `application/json` or a `+json` type, with any parameters (`; charset=utf-8`).
+/// `application/json` or a `+json` type; a `charset` parameter, if any, must be UTF-8
+/// (JSON exchanged between systems is UTF-8, RFC 8259 §8.1).
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let utf8 = parts.all(|p| match p.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let v = value.trim().trim_matches('"');
+            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    utf8 && (essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json")))
 }
 
 /// Parses a JSON body into `T`: 400 `malformed_json` for bad syntax, 400

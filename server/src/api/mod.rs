@@ -214,8 +214,9 @@ pub fn parse_id(raw: &str, field: &str) -> ApiResult<Uuid> {
     })
 }
 
-/// Query parameters as a map (a malformed query string is a 400).
-pub type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+/// Query parameters in the order given (a malformed query string is a 400); [`params`]
+/// makes them a map.
+pub type Params = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
 
 /// A whole-number query parameter (a sequence number or position: 0 to 2^63 − 1, the
 /// range the stores keep), or a 400.
@@ -240,13 +241,30 @@ pub fn param_u64(params: &HashMap<String, String>, name: &str) -> ApiResult<Opti
         .transpose()
 }
 
-/// The query map, or a 400.
+/// The query map, or a 400: for a malformed query string, and for a parameter given
+/// twice (`after=1&after=2` has no one meaning; "the last one wins" is how two readers
+/// of one URL come to disagree).
 pub fn params(p: Params) -> ApiResult<HashMap<String, String>> {
-    p.map(|Query(m)| m).map_err(|e| ApiError::BadRequest {
+    let Query(pairs) = p.map_err(|e| ApiError::BadRequest {
         code: "invalid_parameter",
         message: format!("malformed query string: {e}"),
         field: None,
-    })
+    })?;
+    let mut map = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if map.contains_key(&name) {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                &name,
+                format!(
+                    "the query parameter `{}` is given twice; give it once",
+                    trustfold_core::error::echo(&name)
+                ),
+            ));
+        }
+        map.insert(name, value);
+    }
+    Ok(map)
 }
 
 /// A `limit` parameter: default `default`, at most `max`, at least 1.

@@ -862,13 +862,25 @@ pub async fn create_payment(
             let req: CreatePayment = parse_json(&body)?;
             let (text, _) = load_policy(&state.db, tenant, &req.policy, req.policy_version)
                 .await?
-                .ok_or_else(|| ApiError::Unprocessable {
-                    code: "unknown_policy",
-                    message: format!(
-                        "no stored policy {} (publish it with POST /v1/policies)",
-                        req.policy
-                    ),
-                    field: Some("policy".into()),
+                .ok_or_else(|| match req.policy_version {
+                    Some(v) => ApiError::Unprocessable {
+                        code: "unknown_policy",
+                        message: format!(
+                            "policy {} has no stored version {v} (GET /v1/policies/{} gives \
+                             its latest; publish a version with POST /v1/policies)",
+                            trustfold_core::error::echo(&req.policy),
+                            trustfold_core::error::echo(&req.policy)
+                        ),
+                        field: Some("policy_version".into()),
+                    },
+                    None => ApiError::Unprocessable {
+                        code: "unknown_policy",
+                        message: format!(
+                            "no stored policy {} (publish it with POST /v1/policies)",
+                            trustfold_core::error::echo(&req.policy)
+                        ),
+                        field: Some("policy".into()),
+                    },
                 })?;
             // A policy stored before a bound was added is refused for new payments
             // (422 invalid_policy: publish a new version), not a 500.
