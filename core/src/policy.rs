@@ -464,10 +464,7 @@ impl Policy {
     /// Parses a policy document and checks it as a new policy
     /// ([`Policy::validate_new`]).
     pub fn from_json(json: &str) -> Result<Self> {
-        let p: Policy = crate::policy_json::parse(json.as_bytes()).map_err(|err| match err {
-            Error::MalformedJson(m) => Error::policy("", m),
-            other => other,
-        })?;
+        let p: Policy = crate::policy_json::parse_document(json.as_bytes())?;
         p.validate_new()?;
         Ok(p)
     }

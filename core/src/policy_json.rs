@@ -9,7 +9,7 @@
 use rust_decimal::Decimal;
 
 use crate::error::Result;
-use crate::json::read::{once, Fault, FromJson, Read, Reader, Reject};
+use crate::json::read::{once, Fault, FromJson, Read, Reader, Reject, Seg};
 use crate::map::{SortedMap, SortedSet};
 use crate::money::Currency;
 use crate::policy::{
@@ -25,6 +25,22 @@ pub(crate) fn parse(json: &[u8]) -> Result<Policy> {
     <Policy as FromJson>::from_json(&mut r)
         .and_then(|p| r.end().map(|()| p))
         .map_err(|rejected| rejected.into_error(json))
+}
+
+/// [`parse`] for a policy document on its own ([`Policy::from_json`]): a shape error
+/// is `invalid_policy` at the field it is about (`fees[1].bps`), with the same
+/// message; a value's own error (an unknown currency…) keeps its code.
+pub(crate) fn parse_document(json: &[u8]) -> Result<Policy> {
+    let mut r = Reader::new(json, None);
+    <Policy as FromJson>::from_json(&mut r)
+        .and_then(|p| r.end().map(|()| p))
+        .map_err(|rejected| {
+            let path = rejected.path();
+            match rejected.into_error(json) {
+                crate::Error::MalformedJson(m) => crate::Error::policy(path, m),
+                other => other,
+            }
+        })
 }
 
 /// Implements [`FromJson`] for a struct read like its derived `Deserialize` with
@@ -232,8 +248,8 @@ impl<K: FromJsonKey + Ord, V: FromJson> FromJson for SortedMap<K, V> {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
         let mut m = SortedMap::new();
         r.entries(&mut |r, at, key| {
-            let k = K::from_key(r, at, key)?;
-            let v = V::from_json(r)?;
+            let entry = K::from_key(r, at, key).and_then(|k| Ok((k, V::from_json(r)?)));
+            let (k, v) = entry.map_err(|e| e.within(Seg::Key(key.into())))?;
             m.insert(k, v);
             Ok(())
         })?;

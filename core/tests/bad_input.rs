@@ -740,3 +740,44 @@ fn an_error_inside_a_commands_policy_is_located_once_in_the_command() {
         + 6;
     assert!(m.ends_with(&format!("at line 1 column {col}")), "{m}");
 }
+
+#[test]
+fn a_policy_of_the_wrong_shape_names_the_field() {
+    let base: serde_json::Value =
+        serde_json::from_str(include_str!("../../examples/policies/marketplace.json"))
+            .expect("json");
+    type Change = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("version", Box::new(|p| p["version"] = (-1).into())),
+        (
+            "funding.rails[1]",
+            Box::new(|p| p["funding"]["rails"][1] = "bitcoin".into()),
+        ),
+        (
+            "roles.buyer.max",
+            Box::new(|p| p["roles"]["buyer"]["max"] = 1e20.into()),
+        ),
+        (
+            "fees[0].bps",
+            Box::new(|p| p["fees"][0]["bps"] = "ten".into()),
+        ),
+        ("surprise", Box::new(|p| p["surprise"] = true.into())),
+        (
+            "payer_role",
+            Box::new(|p| {
+                p.as_object_mut().expect("object").remove("payer_role");
+            }),
+        ),
+    ];
+    for (field, change) in cases {
+        let mut p = base.clone();
+        change(&mut p);
+        let e = Policy::from_json(&p.to_string()).unwrap_err();
+        assert_eq!(
+            (e.code(), e.field()),
+            ("invalid_policy", Some(field)),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
+    }
+}

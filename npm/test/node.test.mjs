@@ -189,6 +189,10 @@ test("policies validate", () => {
   const p = JSON.parse(readPolicy("marketplace"));
   p.fees = [0, 1].map((i) => ({ ...p.fees[0], name: `fee-${i}`, bps: 6000 }));
   assert.throws(() => t.validatePolicy(JSON.stringify(p)), (e) => e.code === "invalid_policy" && e.field === "fees");
+  // A value of the wrong type names its field too.
+  const q = JSON.parse(readPolicy("marketplace"));
+  q.funding.rails = ["card", "bitcoin"];
+  assert.throws(() => t.validatePolicy(JSON.stringify(q)), (e) => e.code === "invalid_policy" && e.field === "funding.rails[1]");
 });
 
 

@@ -33,6 +33,20 @@ pub(crate) struct Rejection {
     pub(crate) at: usize,
     /// What is wrong there.
     pub(crate) fault: Fault,
+    /// Where in the document's structure, innermost first (filled in as the error
+    /// travels out of the readers of members, items and entries).
+    pub(crate) path: Vec<Seg>,
+}
+
+/// One step of a [`Rejection`]'s path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Seg {
+    /// A struct's member.
+    Field(&'static str),
+    /// An array's item.
+    Index(usize),
+    /// A map's entry.
+    Key(Box<str>),
 }
 
 /// What the reader found wrong.
@@ -59,7 +73,47 @@ pub(crate) enum Fault {
 impl Reject {
     /// A rejection at byte `at`.
     pub(crate) fn new(at: usize, fault: Fault) -> Self {
-        Reject(Box::new(Rejection { at, fault }))
+        Reject(Box::new(Rejection {
+            at,
+            fault,
+            path: Vec::new(),
+        }))
+    }
+
+    /// The same rejection, one step further out: inside `seg`.
+    pub(crate) fn within(mut self, seg: Seg) -> Self {
+        self.0.path.push(seg);
+        self
+    }
+
+    /// The path of the value the rejection is about, as the API names fields
+    /// (`fees[1].bps`, `roles.buyer.max`); a missing, unknown or repeated member is
+    /// named itself. Empty for the document as a whole.
+    pub(crate) fn path(&self) -> String {
+        let mut out = String::new();
+        let name = |out: &mut String, n: &str| {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(n);
+        };
+        for seg in self.0.path.iter().rev() {
+            match seg {
+                Seg::Field(f) => name(&mut out, f),
+                Seg::Key(k) => name(&mut out, &crate::error::echo(k)),
+                Seg::Index(i) => {
+                    out.push('[');
+                    out.push_str(&i.to_string());
+                    out.push(']');
+                }
+            }
+        }
+        match &self.0.fault {
+            Fault::MissingField(f) | Fault::DuplicateField(f) => name(&mut out, f),
+            Fault::UnknownField(f, _) => name(&mut out, &crate::error::echo(f)),
+            _ => {}
+        }
+        out
     }
 
     /// Where the input was rejected.
@@ -71,7 +125,7 @@ impl Reject {
     /// the line and column): a value's own error keeps its code, anything else is
     /// `malformed_json`. The message ends with the position, as serde_json's do.
     pub(crate) fn into_error(self, input: &[u8]) -> Error {
-        let Rejection { at, fault } = *self.0;
+        let Rejection { at, fault, .. } = *self.0;
         let upto = input.get(..at).unwrap_or(input);
         let line = 1 + upto.iter().filter(|&&c| c == b'\n').count();
         let column = upto.iter().rev().take_while(|&&c| c != b'\n').count() + 1;
@@ -781,7 +835,7 @@ pub(crate) fn once<T: FromJson>(
     if slot.is_some() {
         return Err(r.fault(Fault::DuplicateField(name)));
     }
-    *slot = Some(T::from_json(r)?);
+    *slot = Some(T::from_json(r).map_err(|e| e.within(Seg::Field(name)))?);
     Ok(())
 }
 
@@ -814,7 +868,12 @@ impl<T: FromJson> FromJson for Option<T> {
 
 impl<T: FromJson> FromJson for Vec<T> {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
-        r.array(T::from_json)
+        let mut i = 0;
+        r.array(|r| {
+            let item = T::from_json(r).map_err(|e| e.within(Seg::Index(i)));
+            i += 1;
+            item
+        })
     }
 }
 
