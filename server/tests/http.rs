@@ -449,8 +449,12 @@ async fn tenants_never_see_each_other() {
     assert_eq!(c.get("/v1/payments", &b).await.body["payments"], json!([]));
     assert_eq!(c.get("/v1/events", &b).await.body["events"], json!([]));
     assert_eq!(c.get("/v1/policies/earnest-money", &b).await.status, 404);
+    // Another tenant's party has no inbox here: the same 404 as a stranger's.
     let inbox = c.get(&format!("/v1/parties/{}/inbox", f.buyer), &b).await;
-    assert_eq!(inbox.body["notifications"], json!([]));
+    assert_eq!(
+        (inbox.status, inbox.body["code"].as_str()),
+        (404, Some("unknown_party"))
+    );
     // Opening a payment under a taken id gets the same answer whoever holds it.
     let open = json!({
         "payment_id": p,
@@ -739,6 +743,7 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         ("If-Match without quotes", "POST", cmds.clone(), Some(&key), None, 400, "invalid_parameter"),
         ("If-Match list", "POST", cmds.clone(), Some(&key), None, 400, "invalid_parameter"),
         ("tab in an Idempotency-Key", "POST", cmds.clone(), Some(&key), None, 400, "invalid_idempotency_key"),
+        ("inbox of a stranger", "GET", format!("/v1/parties/{}/inbox", uuid::Uuid::new_v4()), Some(&key), None, 404, "unknown_party"),
         ("parameter twice", "GET", format!("/v1/payments/{}/events?after=1&after=2", f.payment), Some(&key), None, 400, "invalid_parameter"),
     ];
     for (name, method, path, auth, body, status, code) in cases {

@@ -1430,6 +1430,28 @@ pub async fn get_inbox(
     let after = i64::try_from(param_u64(&q, "after")?.unwrap_or(0)).unwrap_or(i64::MAX);
     let limit = limit_param(&q, 100, 1000)?;
     state.projector.read_own_writes().await?;
+    if only_payment.is_none() {
+        // A party none of the tenant's payments ever had has no inbox: 404, as a
+        // participant token asking for another party's gets (not an empty 200).
+        let known: Option<(i64,)> = on_read!(&state.db, pool => {
+            sqlx::query_as::<_, (i64,)>(
+                "SELECT CAST(1 AS BIGINT) FROM payment_participants WHERE tenant_id = $1 \
+                 AND party_id = $2 \
+                 LIMIT 1",
+            )
+            .bind(tenant)
+            .bind(party)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::from)?
+        });
+        if known.is_none() {
+            return Err(ApiError::NotFound {
+                code: "unknown_party",
+                message: format!("no inbox for party {party}: no payment of this tenant has it"),
+            });
+        }
+    }
     type Row = (Uuid, i64, i64, String, String, String);
     let mut rows: Vec<Row> = on_read!(&state.db, pool => {
         let sql = if only_payment.is_some() {
