@@ -266,8 +266,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// assert_eq!(echo(&"x".repeat(100)), format!("{}…", "x".repeat(64)));
 /// ```
 pub fn echo(input: &str) -> String {
-    match input.char_indices().nth(64) {
-        Some((i, _)) => format!("{}…", &input[..i]),
-        None => input.to_owned(),
+    clip(input, 64)
+}
+
+/// `text` cut to `max` characters, then `…` when anything was cut.
+///
+/// ```
+/// use trustfold_core::error::clip;
+/// assert_eq!(clip("short", 500), "short");
+/// assert_eq!(clip("ééé", 2), "éé…");
+/// ```
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
     }
 }

@@ -21,26 +21,26 @@ use crate::policy::{
 /// are the reader's, the first in document order (as serde_json reports a struct's):
 /// `malformed_json` for the shape, a value's own code otherwise.
 pub(crate) fn parse(json: &[u8]) -> Result<Policy> {
+    read(json).map_err(|rejected| rejected.into_error(json))
+}
+
+/// The policy, then nothing but whitespace.
+fn read(json: &[u8]) -> Read<Policy> {
     let mut r = Reader::new(json, None);
-    <Policy as FromJson>::from_json(&mut r)
-        .and_then(|p| r.end().map(|()| p))
-        .map_err(|rejected| rejected.into_error(json))
+    <Policy as FromJson>::from_json(&mut r).and_then(|p| r.end().map(|()| p))
 }
 
 /// [`parse`] for a policy document on its own ([`Policy::from_json`]): a shape error
 /// is `invalid_policy` at the field it is about (`fees[1].bps`), with the same
 /// message; a value's own error (an unknown currency…) keeps its code.
 pub(crate) fn parse_document(json: &[u8]) -> Result<Policy> {
-    let mut r = Reader::new(json, None);
-    <Policy as FromJson>::from_json(&mut r)
-        .and_then(|p| r.end().map(|()| p))
-        .map_err(|rejected| {
-            let path = rejected.path();
-            match rejected.into_error(json) {
-                crate::Error::MalformedJson(m) => crate::Error::policy(path, m),
-                other => other,
-            }
-        })
+    read(json).map_err(|rejected| {
+        let path = rejected.path();
+        match rejected.into_error(json) {
+            crate::Error::MalformedJson(m) => crate::Error::policy(path, m),
+            other => other,
+        }
+    })
 }
 
 /// Implements [`FromJson`] for a struct read like its derived `Deserialize` with

@@ -108,14 +108,17 @@ function num(v: unknown, name: string): number {
   return v;
 }
 
-function strings(v: unknown, name: string): string[] {
-  let copy: unknown[];
+/** The items of the caller's iterable; one that throws (a Proxy, a getter) is refused. */
+function spread<T>(v: Iterable<T>, name: string): T[] {
   try {
-    copy = Array.isArray(v) ? [...v] : [];
+    return [...v];
   } catch (e) {
-    // A Proxy or getter of the caller's that throws.
     throw invalid(`${name} could not be read: ${e instanceof Error ? e.message : String(e)}`.slice(0, 200));
   }
+}
+
+function strings(v: unknown, name: string): string[] {
+  const copy: unknown[] = Array.isArray(v) ? spread(v, name) : [];
   if (!Array.isArray(v) || !copy.every((x) => typeof x === "string")) {
     throw invalid(`${name} must be an array of strings, got ${describe(v)}`);
   }
@@ -219,14 +222,7 @@ export function moneyAllocate(amount: string, currency: string, weights: readonl
   need();
   // Any iterable of numbers; anything else goes to the module, which says what is wrong.
   const iterable = typeof (weights as { [Symbol.iterator]?: unknown } | null)?.[Symbol.iterator] === "function";
-  let list: readonly number[] = weights;
-  if (iterable) {
-    try {
-      list = [...weights];
-    } catch (e) {
-      throw invalid(`weights could not be read: ${e instanceof Error ? e.message : String(e)}`.slice(0, 200));
-    }
-  }
+  const list = iterable ? spread(weights, "weights") : weights;
   return raw.moneyAllocate(str(amount, "amount"), str(currency, "currency"), list as number[]);
 }
 

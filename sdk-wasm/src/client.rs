@@ -543,9 +543,7 @@ impl PaymentFeed {
                 "this feed is already live: close() it first",
             ));
         }
-        let has_event_source = js_sys::Reflect::get(&js_sys::global(), &"EventSource".into())
-            .is_ok_and(|v| v.is_function());
-        if !has_event_source {
+        if global_function("EventSource").is_none() {
             return Err(js_error(
                 "unsupported",
                 "live() needs the platform's EventSource: browsers have one; in Node set \
@@ -676,10 +674,7 @@ fn base_url(base: &str) -> JsResult<()> {
             ),
         )
     };
-    let global = js_sys::global();
-    let url_class = js_sys::Reflect::get(&global, &"URL".into())
-        .ok()
-        .and_then(|c| c.dyn_into::<js_sys::Function>().ok())
+    let url_class = global_function("URL")
         .ok_or_else(|| bad("cannot be checked: this platform has no URL class"))?;
     let args = js_sys::Array::of1(&base.into());
     let url = js_sys::Reflect::construct(&url_class, &args)
@@ -734,17 +729,14 @@ struct Timer(wasm_bindgen_futures::JsFuture, Option<JsValue>);
 impl Timer {
     fn start(ms: f64) -> Timer {
         let mut handle = None;
-        let p = js_sys::Promise::new(&mut |resolve, _| {
-            let set_timeout = global_function("setTimeout");
-            match set_timeout {
-                Some(f) => {
-                    handle = f
-                        .call2(&JsValue::NULL, &resolve, &JsValue::from_f64(ms))
-                        .ok()
-                }
-                None => {
-                    let _ = resolve.call0(&JsValue::NULL);
-                }
+        let p = js_sys::Promise::new(&mut |resolve, _| match global_function("setTimeout") {
+            Some(f) => {
+                handle = f
+                    .call2(&JsValue::NULL, &resolve, &JsValue::from_f64(ms))
+                    .ok()
+            }
+            None => {
+                let _ = resolve.call0(&JsValue::NULL);
             }
         });
         Timer(wasm_bindgen_futures::JsFuture::from(p), handle)
@@ -759,6 +751,7 @@ impl Drop for Timer {
     }
 }
 
+/// The platform's global function (or class) `name`, if it has one.
 fn global_function(name: &str) -> Option<js_sys::Function> {
     js_sys::Reflect::get(&js_sys::global(), &name.into())
         .ok()
@@ -845,11 +838,7 @@ fn is_code(c: &str) -> bool {
 /// A server's text cut to 500 characters (with `…`), so a runaway response does not
 /// become a runaway error message.
 fn clip(text: &str) -> String {
-    const MAX: usize = 500;
-    match text.char_indices().nth(MAX) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
-    }
+    trustfold_core::error::clip(text, 500)
 }
 
 #[cfg(test)]

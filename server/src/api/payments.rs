@@ -862,25 +862,27 @@ pub async fn create_payment(
             let req: CreatePayment = parse_json(&body)?;
             let (text, _) = load_policy(&state.db, tenant, &req.policy, req.policy_version)
                 .await?
-                .ok_or_else(|| match req.policy_version {
-                    Some(v) => ApiError::Unprocessable {
-                        code: "unknown_policy",
-                        message: format!(
-                            "policy {} has no stored version {v} (GET /v1/policies/{} gives \
-                             its latest; publish a version with POST /v1/policies)",
-                            trustfold_core::error::echo(&req.policy),
-                            trustfold_core::error::echo(&req.policy)
+                .ok_or_else(|| {
+                    let name = trustfold_core::error::echo(&req.policy);
+                    let (message, field) = match req.policy_version {
+                        Some(v) => (
+                            format!(
+                                "policy {name} has no stored version {v} (GET /v1/policies/\
+                                 {name} gives its latest; publish a version with POST \
+                                 /v1/policies)"
+                            ),
+                            "policy_version",
                         ),
-                        field: Some("policy_version".into()),
-                    },
-                    None => ApiError::Unprocessable {
-                        code: "unknown_policy",
-                        message: format!(
-                            "no stored policy {} (publish it with POST /v1/policies)",
-                            trustfold_core::error::echo(&req.policy)
+                        None => (
+                            format!("no stored policy {name} (publish it with POST /v1/policies)"),
+                            "policy",
                         ),
-                        field: Some("policy".into()),
-                    },
+                    };
+                    ApiError::Unprocessable {
+                        code: "unknown_policy",
+                        message,
+                        field: Some(field.into()),
+                    }
                 })?;
             // A policy stored before a bound was added is refused for new payments
             // (422 invalid_policy: publish a new version), not a 500.
