@@ -20,12 +20,15 @@ if command -v rustup >/dev/null &&
   route="rustup"
   cmd=(cargo build --release --target "$target")
 elif [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] &&
-     [ -d /usr/lib/rustlib/src/rust/library ] && [ -x /usr/lib/llvm-22/bin/lld ]; then
+     [ -d /usr/lib/rustlib/src/rust/library ] && [ -x /usr/lib/llvm-22/bin/wasm-ld ]; then
   route="debian"
   # Name Debian's compiler explicitly: rustup's ~/.cargo/bin comes first on PATH.
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
   export CARGO_TARGET_DIR="${WASM_TARGET_DIR:-$PWD/target/wasm-debian}"
   unset RUSTC_WRAPPER RUSTUP_TOOLCHAIN
+  # lld-22's wasm linker by name: Debian's `rust-lld` (the target's default) comes with
+  # rust-web-llvm, which apt does not install without recommends.
+  export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=/usr/lib/llvm-22/bin/wasm-ld
   cmd=(/usr/bin/cargo build --release --target "$target" "-Zbuild-std=std,panic_abort")
 else
   cat >&2 <<EOF

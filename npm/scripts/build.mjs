@@ -57,7 +57,7 @@ function cargoRoute() {
   if (rustupTargets.split("\n").includes(target)) {
     return { route: "rustup", cmd: "cargo", extra: [], env: {}, targetDir: join(root, "target") };
   }
-  const debian = ["/usr/bin/cargo", "/usr/bin/rustc", "/usr/lib/llvm-22/bin/lld"].every(existsSync) &&
+  const debian = ["/usr/bin/cargo", "/usr/bin/rustc", "/usr/lib/llvm-22/bin/wasm-ld"].every(existsSync) &&
     existsSync("/usr/lib/rustlib/src/rust/library");
   if (debian) {
     // Its own target dir: the Debian compiler and rustup's must not share fingerprints,
@@ -69,6 +69,10 @@ function cargoRoute() {
       extra: ["-Zbuild-std=std,panic_abort"],
       env: {
         RUSTC: "/usr/bin/rustc", RUSTDOC: "/usr/bin/rustdoc", RUSTC_BOOTSTRAP: "1", CARGO_TARGET_DIR: targetDir, RUSTC_WRAPPER: "", RUSTUP_TOOLCHAIN: "",
+        // lld-22's wasm linker by name: Debian's `rust-lld` (the target's default) comes
+        // with rust-web-llvm, which a fresh machine may not have (not installed without
+        // recommends; the link would fail with "linker `rust-lld` not found").
+        CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER: "/usr/lib/llvm-22/bin/wasm-ld",
         // std is built here anyway: build it (and everything) with the panic strategy
         // that traps at once, without formatting a message (unstable, hence only on
         // this route): about 12 KB less gzipped. Errors are values, so no panic is

@@ -52,6 +52,12 @@ pub mod money;
 
 use wasm_bindgen::prelude::*;
 
+/// The module's heap: Talc, growing WebAssembly memory on demand (single-threaded
+/// module, so no lock).
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
 /** A history: the JSON array of `{"hash","event"}` records, as text or UTF-8 bytes. */
