@@ -10,11 +10,12 @@ build-wasm:
 	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	node $(NPM_DIR)/scripts/build.mjs
 
-# network.test.mjs runs the network client against a real trustfold-server (built
-# here; the test finds the binary through cargo, so CARGO_TARGET_DIR is honoured).
+# network.test.mjs and widget.test.mjs (the example payment widget in Chromium) run
+# against a real trustfold-server (built here; the tests find the binary through cargo,
+# so CARGO_TARGET_DIR is honoured).
 test-wasm: build-wasm
 	$(CARGO) build -p trustfold-server --bin trustfold-server
-	cd $(NPM_DIR) && node --test test/node.test.mjs test/browser.test.mjs test/pack.test.mjs test/network.test.mjs
+	cd $(NPM_DIR) && node --test test/node.test.mjs test/browser.test.mjs test/pack.test.mjs test/network.test.mjs test/widget.test.mjs
 
 # wasm vs native Rust vs a plain JS reducer, in one Node run (docs/BENCHMARKS.md).
 .PHONY: bench-wasm

@@ -308,6 +308,17 @@ export class Client {
   }
 
   /**
+   * The payment as the server shows this participant: its state and events with the
+   * policy's redactions for the participant's roles applied. **Not verified** (a
+   * redacted view has no hashes to check): for participants from whose roles the
+   * policy hides something, whose feed `sync()` fails with `redacted_history`.
+   * Everyone else should follow a verified `payment(id)` feed.
+   */
+  async paymentView(paymentId: string): Promise<PaymentView> {
+    return JSON.parse(await this.#raw.paymentView(str(paymentId, "paymentId"))) as PaymentView;
+  }
+
+  /**
    * Sends a command with an idempotency key (and the expected version as `If-Match`);
    * resolves to the server's JSON response.
    */

@@ -10,108 +10,12 @@
 // (mk/wasm.mk builds it before the tests).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as t from "../dist/node.js";
-import { launchChromium, loadVectors, npmDir, rootDir, serve } from "./support.mjs";
-
-const ADMIN = "network-test-admin";
-const POLICY = readFileSync(join(rootDir, "examples", "policies", "earnest-money.json"), "utf8");
-
-function serverBinary() {
-  if (process.env.TRUSTFOLD_SERVER_BIN) return process.env.TRUSTFOLD_SERVER_BIN;
-  const r = spawnSync(
-    process.env.CARGO ?? "cargo",
-    ["build", "-p", "trustfold-server", "--bin", "trustfold-server", "--message-format=json-render-diagnostics"],
-    { cwd: rootDir, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], maxBuffer: 64 << 20 },
-  );
-  assert.equal(r.status, 0, "cargo build -p trustfold-server failed");
-  for (const line of r.stdout.split("\n")) {
-    if (!line.startsWith("{")) continue;
-    const m = JSON.parse(line);
-    if (m.reason === "compiler-artifact" && m.target?.name === "trustfold-server" && m.executable) return m.executable;
-  }
-  throw new Error("cargo built no trustfold-server executable");
-}
-
-async function freePort() {
-  const s = createServer();
-  await new Promise((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address();
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-/** The real server as a child process; `restart()` keeps its port and database. */
-class Server {
-  constructor(bin, dir, port, corsOrigin) {
-    Object.assign(this, { bin, dir, port, corsOrigin, log: "" });
-    this.base = `http://127.0.0.1:${port}`;
-  }
-
-  async start() {
-    this.proc = spawn(this.bin, [
-      "--database-url", join(this.dir, "trustfold.db"),
-      "--listen", `127.0.0.1:${this.port}`,
-      "--cors-origin", this.corsOrigin,
-      "--poll-ms", "200",
-      "--heartbeat-seconds", "1",
-    ], { env: { ...process.env, TRUSTFOLD_ADMIN_TOKEN: ADMIN, RUST_LOG: "warn" }, stdio: ["ignore", "ignore", "pipe"] });
-    this.proc.stderr.on("data", (d) => { this.log += d; });
-    const exited = new Promise((r) => this.proc.once("exit", r));
-    this.exited = exited;
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r(undefined), 100))]);
-      if (code !== undefined) throw new Error(`trustfold-server exited (${code}):\n${this.log}`);
-      try {
-        if ((await fetch(`${this.base}/healthz`)).ok) return;
-      } catch {}
-      if (Date.now() > deadline) throw new Error(`trustfold-server did not come up:\n${this.log}`);
-    }
-  }
-
-  async stop() {
-    if (!this.proc || this.proc.exitCode !== null) return;
-    this.proc.kill("SIGTERM");
-    const killer = setTimeout(() => this.proc.kill("SIGKILL"), 10_000);
-    await this.exited;
-    clearTimeout(killer);
-  }
-
-  async restart() {
-    await this.stop();
-    await this.start();
-  }
-
-  async call(method, path, auth, body, headers = {}) {
-    const res = await fetch(`${this.base}${path}`, {
-      method,
-      headers: {
-        ...(auth ? { authorization: `Bearer ${auth}` } : {}),
-        ...(body === undefined ? {} : { "content-type": "application/json" }),
-        ...headers,
-      },
-      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, text, body: text ? JSON.parse(text) : undefined };
-  }
-
-  async ok(method, path, auth, body) {
-    const r = await this.call(method, path, auth, body);
-    assert.ok(r.status >= 200 && r.status < 300, `${method} ${path}: ${r.status} ${r.text}`);
-    return r.body;
-  }
-
-  /** A command sent with the tenant's API key as `party` in `role`. */
-  command(key, payment, party, role, command) {
-    return this.ok("POST", `/v1/payments/${payment}/commands`, key, { command, actor: { party, role } });
-  }
-}
+import { launchChromium, loadVectors, npmDir, serve } from "./support.mjs";
+import { ADMIN, POLICY, Server, freePort, serverBinary } from "./server.mjs";
 
 const uuid = () => crypto.randomUUID();
 let bin, dir, web, srv, key, flow, serverKey, buyerToken;
@@ -126,15 +30,10 @@ before(async () => {
   key = (await srv.ok("POST", "/v1/tenants", ADMIN, { name: "network test" })).api_key;
   await srv.ok("POST", "/v1/policies", key, POLICY);
   flow = { agent: uuid(), buyer: uuid(), seller: uuid(), escrow: uuid() };
-  flow.payment = (await srv.ok("POST", "/v1/payments", key, {
-    policy: "earnest-money",
-    amount: { amount: "5000.00", currency: "USD" },
-    description: "12 Elm St, earnest money",
-    initiator: { party: flow.agent, roles: ["listing_agent"], name: "Lee (listing agent)" },
-  })).payment_id;
-  for (const [party, role] of [[flow.buyer, "buyer"], [flow.seller, "seller"], [flow.escrow, "escrow_holder"]]) {
-    await srv.command(key, flow.payment, flow.agent, "listing_agent", { type: "Invite", party, roles: [role], name: role });
-  }
+  flow.payment = await srv.openPayment(key, {
+    agent: flow.agent,
+    invite: [[flow.buyer, "buyer"], [flow.seller, "seller"], [flow.escrow, "escrow_holder"]],
+  });
   for (const [party, role] of [[flow.buyer, "buyer"], [flow.seller, "seller"], [flow.escrow, "escrow_holder"]]) {
     await srv.command(key, flow.payment, party, role, { type: "Join" });
   }
@@ -263,6 +162,17 @@ window.snapshot = () => ({
   replayed: JSON.stringify(JSON.parse(t.replayJson(window.feed.history()))),
   state: JSON.stringify(window.feed.state()),
 });
+// live() without sync(): resolves with the first update or the first error other
+// than a dropped connection.
+window.liveOnly = async (opts, paymentId) => {
+  await t.init();
+  const feed = new t.Client(opts).payment(paymentId);
+  return new Promise((resolve) => {
+    const done = (r) => { feed.close(); resolve(r); };
+    feed.live(() => done({ update: true }), (e) => { if (e.code !== "network_error") done({ code: e.code, message: e.message }); });
+    setTimeout(() => done({ timeout: true }), 15000);
+  });
+};
 window.ready = true;
 </script>`;
 
@@ -353,6 +263,21 @@ async function fakeServer(page) {
     },
   };
 }
+
+test("Chromium: live() for a participant with a redacted view says so", async () => {
+  const token = (await srv.ok("POST", `/v1/payments/${flow.payment}/tokens`, key, { party: flow.seller, ttl_seconds: 600 })).token;
+  const browser = await launchChromium();
+  try {
+    const tab = await browser.context.newPage();
+    await tab.goto(`${web.url}/`);
+    await tab.waitForFunction(() => window.ready === true, null, { timeout: 20_000 });
+    const got = await tab.evaluate(([opts, p]) => window.liveOnly(opts, p), [{ baseUrl: srv.base, token, serverKey }, flow.payment]);
+    assert.equal(got.code, "redacted_history", JSON.stringify(got));
+    assert.match(got.message, /paymentView/);
+  } finally {
+    await browser.close();
+  }
+});
 
 test("Node: a server that says has_more but never moves on is refused, not polled forever", async () => {
   const srv = await fakeServer((url) => {
@@ -463,4 +388,73 @@ test("Node: client options are checked when the client is made", () => {
     assert.throws(() => feed.live(() => {}), (e) => e.code === "unsupported" && /EventSource/.test(e.message));
   }
   assert.throws(() => feed.live(5), (e) => e.code === "invalid_input");
+});
+
+test("Node: participants with a redacted view: sync() refuses it by name, paymentView() reads it", async () => {
+  // A payment of its own (the other tests use up the policy's spare roles).
+  const p = { agent: uuid(), buyer: uuid(), seller: uuid(), lender: uuid() };
+  p.payment = await srv.openPayment(key, {
+    agent: p.agent,
+    amount: "7500.00",
+    description: "3 Oak Ave, earnest money",
+    invite: [[p.buyer, "buyer"], [p.seller, "seller"], [p.lender, "lender"]],
+  });
+  const client = async (party) => new t.Client({
+    baseUrl: srv.base,
+    serverKey,
+    token: (await srv.ok("POST", `/v1/payments/${p.payment}/tokens`, key, { party, ttl_seconds: 600 })).token,
+  });
+
+  // The buyer sees everything: its view is the verified state, and its feed syncs.
+  const buyer = await client(p.buyer);
+  const feed = buyer.payment(p.payment);
+  const verified = await feed.sync();
+  const buyerView = await buyer.paymentView(p.payment);
+  assert.deepEqual(buyerView.state, verified);
+  assert.deepEqual(buyerView.events, JSON.parse(feed.history()).map((r) => r.event));
+
+  // The policy hides bank details from sellers and almost everything from lenders:
+  // their feeds refuse the redacted history with a code that says so…
+  for (const who of [p.seller, p.lender]) {
+    const f = (await client(who)).payment(p.payment);
+    await assert.rejects(f.sync(), (e) => t.isTrustfoldError(e) && e.code === "redacted_history" && /paymentView/.test(e.message));
+    assert.equal(f.seq, 0);
+  }
+  // …and paymentView() gives what the server shows them.
+  const seller = await (await client(p.seller)).paymentView(p.payment);
+  assert.equal(seller.state.payment, p.payment);
+  assert.deepEqual(seller.state.amount, { amount: "7500.00", currency: "USD" });
+  assert.equal(seller.state.version, verified.version);
+  assert.deepEqual(seller.events.map((e) => e.seq), [1, 2, 3, 4]);
+  const lender = await (await client(p.lender)).paymentView(p.payment);
+  assert.equal(lender.state.amount, null, "amounts are hidden from lenders");
+  assert.deepEqual(lender.events.map((e) => e.type), ["PaymentInitiated"]);
+  assert.equal(lender.events[0].redacted, true);
+  assert.ok(!JSON.stringify(lender).includes("7500"), "no amount anywhere in the lender's view");
+});
+
+test("Node: paymentView() refuses another payment's state or events", async () => {
+  const mine = "b0000000-0000-4000-8000-000000000001";
+  const other = "b0000000-0000-4000-8000-0000000000ff";
+  const state = (payment) => JSON.stringify({ payment, version: 1 });
+  const event = (stream) => JSON.stringify({ seq: 1, event: { stream, seq: 1, type: "PaymentInitiated", redacted: true } });
+  for (const [s, e, what] of [[state(other), event(mine), "state"], [state(mine), event(other), "event"]]) {
+    const srv = await fakeServer((url) =>
+      url.pathname.endsWith("/events") ? `{"events":[${e}],"redacted":true,"has_more":false,"next":1}` : s);
+    try {
+      await assert.rejects(new t.Client({ baseUrl: srv.base }).paymentView(mine),
+        (err) => err.code === "invalid_history" && err.message.includes(mine), what);
+    } finally {
+      await srv.close();
+    }
+  }
+  // The same pages about the payment asked for are read.
+  const srv = await fakeServer((url) =>
+    url.pathname.endsWith("/events") ? `{"events":[${event(mine)}],"redacted":true,"has_more":false,"next":1}` : state(mine));
+  try {
+    const v = await new t.Client({ baseUrl: srv.base }).paymentView(mine);
+    assert.deepEqual(v, { state: { payment: mine, version: 1 }, events: [{ stream: mine, seq: 1, type: "PaymentInitiated", redacted: true }] });
+  } finally {
+    await srv.close();
+  }
 });

@@ -9,6 +9,10 @@
 //!   until `has_more` is false. A page may carry the server's `"signed_head"`
 //!   (`{"stream","seq","hash","signature"}`); with a pinned key the client requires
 //!   one and checks it against the records it holds.
+//!   A participant from whose roles the payment's policy hides something gets a
+//!   redacted view instead (`"redacted": true`, records `{"seq","event"}`): it cannot
+//!   be verified, so `sync()` refuses it with `redacted_history`, and `paymentView()`
+//!   reads it together with `GET {base}/v1/payments/{id}` (the redacted state).
 //! - `POST {base}/v1/payments/{id}/commands` with `{"command": …}` as body (a bare
 //!   command is wrapped; with a participant token the server takes the actor from it),
 //!   `Idempotency-Key`, optionally `If-Match: "<version>"`; errors are RFC 9457
@@ -107,6 +111,16 @@ impl Conn {
             Some(t) => b.header("Authorization", &format!("Bearer {t}")),
             None => b,
         }
+    }
+
+    /// `GET` one of the payment's routes (`rest` after `/v1/payments/{id}`): the body,
+    /// or the server's problem as an error.
+    async fn get(&self, payment: &PaymentId, rest: &str) -> Result<String, JsValue> {
+        let request = self.auth(Request::get(&self.url(payment, rest)));
+        within(self.timeout_ms, async move {
+            body_or_problem(request.send().await.map_err(net)?).await
+        })
+        .await
     }
 }
 
@@ -233,6 +247,60 @@ impl Client {
             Ok(JsValue::from_str(&text))
         }))
     }
+
+    /// The payment as the server shows it to this participant: `{"state","events"}`
+    /// JSON, the state from the server's read model and the events of its history, both
+    /// with the policy's redactions for the participant's roles applied. **Not
+    /// verified**: this is for participants from whose roles the policy hides something
+    /// (a feed's `sync()` refuses their redacted history with `redacted_history`);
+    /// everyone else should follow a verified feed.
+    #[wasm_bindgen(js_name = paymentView, unchecked_return_type = "Promise<string>")]
+    pub fn payment_view(
+        &self,
+        #[wasm_bindgen(js_name = paymentId)] payment_id: &str,
+    ) -> JsResult<js_sys::Promise> {
+        let payment: PaymentId = payment_id.parse().js()?;
+        let conn = self.conn.clone();
+        Ok(future_to_promise(async move {
+            let state = conn.get(&payment, "").await?;
+            let of = member(state.as_bytes(), "payment")?
+                .map(json::string)
+                .transpose()
+                .js()?;
+            if of != Some(payment.to_string()) {
+                return Err(js_error(
+                    "invalid_history",
+                    &format!("the server's state is not of payment {payment}"),
+                ));
+            }
+            let mut out = String::with_capacity(state.len() + 4096);
+            out.push_str("{\"state\":");
+            out.push_str(state.trim());
+            out.push_str(",\"events\":[");
+            let (mut after, mut count) = (0, 0);
+            loop {
+                let text = conn
+                    .get(&payment, &format!("/events?after={after}"))
+                    .await?;
+                let (n, has_more, next) = view_page(&text, &payment, &mut out, count)?;
+                count = n;
+                if !has_more {
+                    break;
+                }
+                match next {
+                    Some(n) if n > after => after = n,
+                    _ => {
+                        return Err(js_error(
+                            "invalid_history",
+                            "the server said has_more but its `next` does not move forward",
+                        ))
+                    }
+                }
+            }
+            out.push_str("]}");
+            Ok(JsValue::from_str(&out))
+        }))
+    }
 }
 
 /// A verified mirror of one payment's history, kept up to date by `sync()` and `live()`.
@@ -250,16 +318,82 @@ struct Feed {
 }
 
 impl Feed {
-    /// `GET` one of the payment's routes (`rest` after `/v1/payments/{id}`): the body,
-    /// or the server's problem as an error.
+    /// `GET` one of the payment's routes (`rest` after `/v1/payments/{id}`).
     async fn get(&self, rest: &str) -> Result<String, JsValue> {
-        let url = self.conn.url(&self.payment, rest);
-        let request = self.conn.auth(Request::get(&url));
-        within(self.conn.timeout_ms, async move {
-            body_or_problem(request.send().await.map_err(net)?).await
-        })
-        .await
+        self.conn.get(&self.payment, rest).await
     }
+}
+
+/// The error for a participant whose roles the policy hides something from: the
+/// server sends it a redacted view, which has no hashes to verify or bytes to fold.
+fn redacted_history() -> JsValue {
+    js_error(
+        "redacted_history",
+        "the server sends this participant a redacted view of the payment (its policy \
+         hides part of it from the participant's roles), which cannot be verified or \
+         folded: read it with client.paymentView(paymentId) instead",
+    )
+}
+
+/// Whether `data` is an event of a redacted view (`"redacted": true` among its members).
+fn is_redacted_event(data: &[u8]) -> bool {
+    matches!(member(data, "redacted"), Ok(Some(b"true")))
+}
+
+/// The value of the member `key` of the JSON object `doc`, if it has one.
+fn member<'a>(doc: &'a [u8], key: &str) -> JsResult<Option<&'a [u8]>> {
+    Ok(json::object_members(doc)
+        .js()?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v))
+}
+
+/// `paymentView()`'s pages: appends each record's `event` to `out` (comma-separated);
+/// returns `(count, has_more, next)`. Every event must be of `payment`.
+fn view_page(
+    text: &str,
+    payment: &PaymentId,
+    out: &mut String,
+    mut count: usize,
+) -> JsResult<(usize, bool, Option<u64>)> {
+    let (mut has_more, mut next, mut events) = (false, None, None);
+    for (key, value) in json::object_members(text.as_bytes()).js()? {
+        match key.as_str() {
+            "events" => events = Some(value),
+            "has_more" if !json::is_null(value) => has_more = json::boolean(value).js()?,
+            "next" if !json::is_null(value) => next = Some(json::uint(value).js()?),
+            _ => {}
+        }
+    }
+    let events = events
+        .ok_or_else(|| Error::MalformedJson("the page has no `events` member".into()))
+        .js()?;
+    let stream = payment.to_string();
+    for record in json::array_items(events).js()? {
+        let event = member(record, "event")?
+            .ok_or_else(|| js_error("malformed_json", "a record has no `event` member"))?;
+        let of = member(event, "stream")?
+            .map(json::string)
+            .transpose()
+            .js()?;
+        if of.as_deref() != Some(stream.as_str()) {
+            return Err(js_error(
+                "invalid_history",
+                &format!("the server sent an event that is not of payment {payment}"),
+            ));
+        }
+        if count > 0 {
+            out.push(',');
+        }
+        // The items are slices of `text` cut at ASCII delimiters: valid UTF-8.
+        out.push_str(
+            std::str::from_utf8(event)
+                .map_err(|_| js_error("malformed_json", "an event is not valid UTF-8"))?,
+        );
+        count += 1;
+    }
+    Ok((count, has_more, next))
 }
 
 /// `sync()`'s pages: fetch and verify until `has_more` is false, then the signed head.
@@ -269,6 +403,9 @@ async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
         let after = feed.mirror.borrow().len();
         let text = feed.get(&format!("/events?after={after}")).await?;
         let page = Page::from_json(text.as_bytes()).js()?;
+        if page.redacted {
+            return Err(redacted_history());
+        }
         {
             let mut m = feed.mirror.borrow_mut();
             for r in &page.events {
@@ -456,10 +593,11 @@ impl Mirror {
     }
 }
 
-/// A page of a payment's events, `{"events":[…],"has_more","next","signed_head"?}`
-/// (other members ignored).
+/// A page of a payment's events, `{"events":[…],"has_more","next","signed_head"?,
+/// "redacted"?}` (other members ignored; the records of a redacted page are not read).
 struct Page<'a> {
     events: Vec<RawRecord<'a>>,
+    redacted: bool,
     has_more: bool,
     next: Option<u64>,
     signed_head: Option<SignedHead>,
@@ -469,6 +607,7 @@ impl<'a> Page<'a> {
     fn from_json(json: &'a [u8]) -> Result<Page<'a>, Error> {
         let mut page = Page {
             events: Vec::new(),
+            redacted: false,
             has_more: false,
             next: None,
             signed_head: None,
@@ -476,7 +615,8 @@ impl<'a> Page<'a> {
         let mut events = None;
         for (key, value) in json::object_members(json)? {
             match key.as_str() {
-                "events" => events = Some(history::parse(value)?),
+                "events" => events = Some(value),
+                "redacted" if !json::is_null(value) => page.redacted = json::boolean(value)?,
                 "has_more" if !json::is_null(value) => page.has_more = json::boolean(value)?,
                 "next" if !json::is_null(value) => page.next = Some(json::uint(value)?),
                 "signed_head" if !json::is_null(value) => {
@@ -485,8 +625,11 @@ impl<'a> Page<'a> {
                 _ => {}
             }
         }
-        page.events =
+        let events =
             events.ok_or_else(|| Error::MalformedJson("the page has no `events` member".into()))?;
+        if !page.redacted {
+            page.events = history::parse(events)?;
+        }
         Ok(page)
     }
 }
@@ -607,7 +750,12 @@ impl PaymentFeed {
                         }
                         Ok(false) => {}
                         Err(e) => {
-                            report(&on_error, &to_js(&e));
+                            let err = if is_redacted_event(data.as_bytes()) {
+                                redacted_history()
+                            } else {
+                                to_js(&e)
+                            };
+                            report(&on_error, &err);
                             feed.closed.set(true);
                             break;
                         }

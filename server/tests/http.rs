@@ -1050,6 +1050,31 @@ async fn sse_takes_a_participant_token_as_access_token() {
     assert_eq!(got[0].1["type"], "PaymentInitiated");
     assert_eq!(got[0].1["redacted"], true);
     drop(res);
+    // Its event pages say they are a redacted view; verifiable pages do not.
+    let page = c
+        .get(&format!("/v1/payments/{p}/events"), &lender_token)
+        .await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.body["redacted"], true);
+    assert_eq!(page.body["events"][0]["event"]["type"], "PaymentInitiated");
+    assert!(page.body["events"][0].get("hash").is_none());
+    let page = c.get(&format!("/v1/payments/{p}/events"), &buyer).await;
+    assert!(page.body.get("redacted").is_none(), "{}", page.body);
+    // Each answer is its caller's alone: a browser must neither keep one participant's
+    // state nor revalidate it (ETag = version, 304) for another whose policy hides more.
+    for (path, auth) in [
+        (format!("/v1/payments/{p}"), &lender_token),
+        (format!("/v1/payments/{p}"), &key),
+        (format!("/v1/payments/{p}/events"), &buyer),
+    ] {
+        let r = c.get(&path, auth).await;
+        assert_eq!(r.headers["cache-control"], "no-store", "{path}");
+        let vary: Vec<_> = r.headers.get_all("vary").iter().collect();
+        assert!(
+            vary.iter().any(|v| v.as_bytes() == b"authorization"),
+            "{path}: {vary:?}"
+        );
+    }
 
     // The same checks as the header: tampered, another payment's, or an API key.
     let mut bad = buyer.clone();

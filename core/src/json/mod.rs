@@ -51,6 +51,21 @@ pub fn object_members(doc: &[u8]) -> Result<Vec<(String, &[u8])>> {
     })
 }
 
+/// The items of the JSON array `doc`, in order: the bytes of each (well-formed JSON,
+/// without the whitespace around it). A document that is not one array, or not
+/// well-formed, is `malformed_json` with its position.
+///
+/// ```
+/// use trustfold_core::json;
+/// let items = json::array_items(br#"[ {"seq": 1}, 2 ,"x"]"#)?;
+/// assert_eq!(items, vec![&br#"{"seq": 1}"#[..], b"2", br#""x""#]);
+/// assert_eq!(json::array_items(b"{}").unwrap_err().code(), "malformed_json");
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+pub fn array_items(doc: &[u8]) -> Result<Vec<&[u8]>> {
+    read::document(doc, None, |r| r.array(|r| r.raw()))
+}
+
 /// The text of a JSON string (escapes resolved); `malformed_json` for anything else.
 pub fn string(value: &[u8]) -> Result<String> {
     read::document(value, None, |r| r.str().map(Cow::into_owned))

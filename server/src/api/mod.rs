@@ -153,7 +153,22 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(problem_for_plain_errors))
+        .layer(axum::middleware::map_response(not_stored))
         .with_state(state)
+}
+
+/// Every answer is for its caller only: `Cache-Control: no-store` (unless the handler
+/// said otherwise) and `Vary: Authorization`. Without them a browser may keep one
+/// participant's answer and, on revalidation (`If-None-Match` with the version's
+/// `ETag`, answered 304), show it to another participant on the same browser, whose
+/// policy hides more (a lender would see the seller's amounts).
+async fn not_stored(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    h.append(header::VARY, HeaderValue::from_static("authorization"));
+    res
 }
 
 /// Errors raised before a handler runs (axum's own rejections, e.g. a path segment

@@ -1147,6 +1147,11 @@ pub async fn get_events(
                     );
                 }
             }
+            // Says so, so a client expecting verifiable records can tell a view it
+            // cannot verify from a damaged page.
+            out.extend_from_slice(b"],\"redacted\":true");
+            out.extend_from_slice(format!(",\"has_more\":{has_more},\"next\":{next}}}").as_bytes());
+            return Ok(json_bytes(StatusCode::OK, out));
         }
     }
     out.extend_from_slice(format!("],\"has_more\":{has_more},\"next\":{next}}}").as_bytes());

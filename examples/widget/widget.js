@@ -1,0 +1,221 @@
+// A payment widget: what a tenant puts on its own web page so that one participant of
+// a brokered payment sees it, acts on it and stays up to date, with the npm package
+// `trustfold` (the Rust core compiled to WebAssembly) and a participant token minted
+// by the tenant's backend.
+//
+// Two modes, chosen by what the payment's policy lets the participant see:
+//
+// - **Verified** (the participant's roles see everything, e.g. the buyer and the
+//   escrow holder in examples/policies/earnest-money.json): the widget fetches the
+//   history, checks every record's hash and link, folds it with the core's rules and
+//   checks the server's signed head against the pinned server key. It offers exactly
+//   the commands the rules allow (`allowedCommands`, then `decide` on each candidate
+//   before it is shown) and follows the payment live over Server-Sent Events.
+// - **Server view** (the policy hides something from the participant's roles: bank
+//   details from sellers, amounts from lenders): the server sends a redacted view, which
+//   cannot be verified. The widget shows it as the server's view, refreshes it
+//   periodically, and offers the commands the state suggests; the server judges them.
+//
+// Every command carries an idempotency key (kept for a retry of the same action) and
+// the version it was decided on, so a concurrent change loses cleanly (409) instead of
+// acting on a state the participant did not see.
+
+import { init, Client, allowedCommands, decide, formatMoney, isTrustfoldError } from "trustfold";
+
+/** Commands this widget can build from the state: kind -> (state, request?) -> command. */
+const BUILDERS = {
+  Join: () => ({ type: "Join" }),
+  AgreeToTerms: (s) => ({ type: "AgreeToTerms", terms_hash: s.terms_hash }),
+  Approve: (s, r) => ({ type: "Approve", request: r, allocations_hash: s.requests[r].allocations_hash }),
+  WithdrawApproval: (s, r) => ({ type: "WithdrawApproval", request: r }),
+  Deny: (s, r) => ({ type: "Deny", request: r, reason: "denied from the payment widget" }),
+};
+const PER_REQUEST = new Set(["Approve", "WithdrawApproval", "Deny"]);
+const LABELS = {
+  Join: "Join this payment",
+  AgreeToTerms: "Agree to the terms",
+  Approve: "Approve",
+  WithdrawApproval: "Withdraw my approval",
+  Deny: "Deny",
+};
+
+const h = (tag, attrs = {}, ...children) => {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== false) el.setAttribute(k, v === true ? "" : String(v));
+  }
+  el.append(...children.flat().filter((c) => c !== undefined && c !== null));
+  return el;
+};
+const money = (m) => (m ? formatMoney(m.amount, m.currency) : "hidden");
+const short = (hex) => `${hex.slice(0, 12)}…`;
+
+/**
+ * Mounts the widget in `root` and resolves once the payment is shown.
+ *
+ * @param {HTMLElement} root
+ * @param {{ baseUrl: string, token: string, paymentId: string, party: string,
+ *           serverKey?: string, role?: string, refreshMs?: number }} options
+ *   `party` is the participant the token was minted for (the tenant's backend knows
+ *   it); `role` which of its roles it acts in (default: its first); `serverKey` the
+ *   server's Ed25519 key to pin (strongly advised); `refreshMs` how often a server
+ *   view is refreshed (default 5000).
+ * @returns {Promise<{ mode: "verified" | "server-view", close(): void }>}
+ */
+export async function mountPaymentWidget(root, options) {
+  await init();
+  const { baseUrl, token, paymentId, party, serverKey } = options;
+  const client = new Client({ baseUrl, token, serverKey });
+  const feed = client.payment(paymentId);
+  const ui = { message: "", pending: undefined, busy: false };
+  let mode = "verified";
+  let view; // the server view, in that mode
+  let timer;
+
+  const state = () => (mode === "verified" ? feed.state() : view?.state);
+  const roleOf = (s) => options.role ?? s?.participants?.[party]?.roles?.[0];
+
+  // The commands to offer, each decided against the verified history first.
+  function candidates(s) {
+    const role = roleOf(s);
+    if (!s || !role) return [];
+    const actor = { party, role };
+    const awaiting = Object.entries(s.requests ?? {}).filter(([, r]) => r.status === "awaiting_approvals");
+    const build = (kind) =>
+      PER_REQUEST.has(kind)
+        ? awaiting.map(([id, r]) => ({ kind, request: id, label: `${LABELS[kind]} the ${r.kind} of ${money(r.amount)}`, command: BUILDERS[kind](s, id) }))
+        : [{ kind, label: LABELS[kind], command: BUILDERS[kind](s) }];
+    if (mode === "verified") {
+      const history = feed.history();
+      const now = new Date().toISOString();
+      return allowedCommands(history, actor, now)
+        .filter((k) => BUILDERS[k])
+        .flatMap(build)
+        .filter((c) => {
+          try {
+            decide(history, c.command, { command_id: crypto.randomUUID(), actor, now });
+            return true;
+          } catch {
+            return false; // the rules refuse it now (e.g. already approved)
+          }
+        });
+    }
+    // A server view: no history to decide against; offer what the state suggests.
+    const me = s.participants?.[party];
+    const kinds = [];
+    if (me && !me.joined) kinds.push("Join");
+    if (me?.joined && !me.agreed && ["Draft", "AwaitingAgreement"].includes(s.status)) kinds.push("AgreeToTerms");
+    if (me?.joined && awaiting.length) kinds.push("Approve", "WithdrawApproval");
+    return kinds.flatMap(build).filter((c) => {
+      if (!c.request) return true;
+      const mine = s.requests[c.request].approvals?.[party] !== undefined;
+      return c.kind === "Approve" ? !mine : mine;
+    });
+  }
+
+  async function act(c) {
+    // The same action retried (after a network error) keeps its idempotency key.
+    const same = ui.pending && JSON.stringify(ui.pending.command) === JSON.stringify(c.command);
+    ui.pending = same ? ui.pending : { command: c.command, key: crypto.randomUUID() };
+    ui.busy = true;
+    ui.message = `Sending: ${c.label}…`;
+    render();
+    try {
+      await client.sendCommand(paymentId, c.command, ui.pending.key, state().version);
+      ui.pending = undefined;
+      ui.message = `Done: ${c.label}.`;
+      await refresh();
+    } catch (e) {
+      const code = isTrustfoldError(e) ? e.code : "error";
+      if (code !== "network_error") ui.pending = undefined;
+      ui.message = code === "version_conflict"
+        ? "The payment changed meanwhile: here is its current state; try again if it still applies."
+        : `Refused (${code}): ${e.message}`;
+      if (code === "version_conflict") await refresh().catch(() => {});
+    } finally {
+      ui.busy = false;
+      render();
+    }
+  }
+
+  async function refresh() {
+    if (mode === "verified") await feed.sync();
+    else view = await client.paymentView(paymentId);
+  }
+
+  function render() {
+    const s = state();
+    if (!s) {
+      root.replaceChildren(h("p", { class: "tf-message" }, ui.message || "Loading…"));
+      return;
+    }
+    const escrow = s.ledger?.balances?.escrow?.posted;
+    const events = mode === "verified" ? JSON.parse(feed.history()).map((r) => r.event) : view.events;
+    root.replaceChildren(
+      h("section", { class: "tf-widget", "data-mode": mode, "data-version": s.version },
+        h("header", {},
+          h("h2", {}, s.description || "Payment"),
+          h("span", { class: "tf-status" }, s.status)),
+        h("p", { class: "tf-amount" }, money(s.amount)),
+        mode === "verified"
+          ? h("p", { class: "tf-trust", "data-verified": "true" },
+            `Verified in this browser: ${s.version} events, head ${short(s.head)}`,
+            serverKey ? ", signed by the pinned server key." : " (no server key pinned).")
+          : h("p", { class: "tf-trust", "data-verified": "false" },
+            "The server's view (not verified): the payment's policy hides part of it from your role."),
+        escrow ? h("p", { class: "tf-escrow" }, `In escrow: ${money(escrow)}`) : null,
+        h("ul", { class: "tf-participants" },
+          Object.entries(s.participants ?? {}).map(([id, p]) =>
+            h("li", { "data-party": id },
+              `${p.name || "(no name)"} — ${p.roles.join(", ")}`,
+              p.removed ? " — removed" : p.agreed ? " — agreed" : p.joined ? " — joined" : " — invited",
+              id === party ? " (you)" : ""))),
+        h("ul", { class: "tf-requests" },
+          Object.entries(s.requests ?? {}).map(([id, r]) =>
+            h("li", { "data-request": id },
+              `${r.kind} of ${money(r.amount)}: ${r.status.replaceAll("_", " ")}, `,
+              `${Object.keys(r.approvals ?? {}).length} approval(s)`))),
+        h("div", { class: "tf-actions" },
+          candidates(s).map((c) =>
+            h("button", { type: "button", "data-command": c.kind, disabled: ui.busy, onclick: () => act(c) }, c.label))),
+        h("p", { class: "tf-message", role: "status" }, ui.message),
+        h("ol", { class: "tf-timeline" },
+          events.map((e) => h("li", { "data-seq": e.seq }, `${e.at ?? ""} ${e.type}${e.redacted ? " (partly hidden)" : ""}`)))));
+  }
+
+  try {
+    await feed.sync();
+  } catch (e) {
+    if (!isTrustfoldError(e) || e.code !== "redacted_history") {
+      ui.message = `This payment could not be verified (${isTrustfoldError(e) ? e.code : "error"}): ${e.message}`;
+      root.replaceChildren(h("p", { class: "tf-message tf-error", role: "alert", "data-code": e.code ?? "" }, ui.message));
+      throw e;
+    }
+    mode = "server-view";
+    view = await client.paymentView(paymentId);
+  }
+  if (mode === "verified") {
+    feed.live(
+      () => render(),
+      (e) => {
+        // A dropped stream resumes by itself; a record that does not verify stops it.
+        if (e.code !== "network_error") {
+          ui.message = `Live updates stopped (${e.code}): ${e.message}`;
+          render();
+        }
+      },
+    );
+  } else {
+    const every = options.refreshMs ?? 5000;
+    timer = setInterval(() => refresh().then(render, () => {}), every);
+  }
+  render();
+  return {
+    mode,
+    close() {
+      feed.close();
+      clearInterval(timer);
+    },
+  };
+}
