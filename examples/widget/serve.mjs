@@ -14,17 +14,26 @@ import { dirname, extname, join, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const MOUNTS = [["/trustfold/", resolve(here, "../../npm")], ["/", here]];
+const npm = resolve(here, "../../npm");
+// Only what a page loads: the package's JS and its WebAssembly, and this directory.
+const MOUNTS = [["/trustfold/dist/", join(npm, "dist")], ["/trustfold/pkg/", join(npm, "pkg")], ["/", here]];
 const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".wasm": "application/wasm", ".json": "application/json" };
 
 /** Starts the server on `port` (0: any free one); resolves to `{ url, close() }`. */
 export async function serveWidget(port = 0) {
   const server = createServer(async (req, res) => {
-    const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
+    let path;
+    try {
+      path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
+    } catch {
+      res.writeHead(400, { "content-type": "text/plain" });
+      res.end("bad request: the path is not a valid URL path\n");
+      return;
+    }
     const [prefix, dir] = MOUNTS.find(([p]) => path.startsWith(p));
     let file = resolve(dir, `.${sep}${path.slice(prefix.length)}`);
     if (path.endsWith("/")) file = join(file, "index.html");
-    if (file !== dir && !file.startsWith(dir + sep)) file = "";
+    if (!file.startsWith(dir + sep)) file = ""; // outside the mount: not found
     try {
       const body = await readFile(file);
       res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });

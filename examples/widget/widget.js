@@ -71,7 +71,9 @@ export async function mountPaymentWidget(root, options) {
   const ui = { message: "", pending: undefined, busy: false };
   let mode = "verified";
   let view; // the server view, in that mode
+  let signedAt = 0; // verified mode: the version whose signed head was last checked
   let timer;
+  let closed = false;
 
   const state = () => (mode === "verified" ? feed.state() : view?.state);
   const roleOf = (s) => options.role ?? s?.participants?.[party]?.roles?.[0];
@@ -115,33 +117,54 @@ export async function mountPaymentWidget(root, options) {
   }
 
   async function act(c) {
-    // The same action retried (after a network error) keeps its idempotency key.
-    const same = ui.pending && JSON.stringify(ui.pending.command) === JSON.stringify(c.command);
-    ui.pending = same ? ui.pending : { command: c.command, key: crypto.randomUUID() };
+    // The same action retried on the same state (after a network error: it may have
+    // been applied) keeps its idempotency key, so the server applies it at most once.
+    const version = state().version;
+    const same = ui.pending && ui.pending.version === version &&
+      JSON.stringify(ui.pending.command) === JSON.stringify(c.command);
+    ui.pending = same ? ui.pending : { command: c.command, version, key: crypto.randomUUID() };
     ui.busy = true;
     ui.message = `Sending: ${c.label}…`;
     render();
+    let sent = false;
     try {
-      await client.sendCommand(paymentId, c.command, ui.pending.key, state().version);
+      await client.sendCommand(paymentId, c.command, ui.pending.key, version);
+      sent = true;
       ui.pending = undefined;
       ui.message = `Done: ${c.label}.`;
-      await refresh();
     } catch (e) {
       const code = isTrustfoldError(e) ? e.code : "error";
       if (code !== "network_error") ui.pending = undefined;
       ui.message = code === "version_conflict"
         ? "The payment changed meanwhile: here is its current state; try again if it still applies."
-        : `Refused (${code}): ${e.message}`;
-      if (code === "version_conflict") await refresh().catch(() => {});
-    } finally {
-      ui.busy = false;
-      render();
+        : code === "network_error"
+          ? `Not confirmed (${e.message}): try again; it will not be applied twice.`
+          : `Refused (${code}): ${e.message}`;
     }
+    ui.busy = false;
+    // Show the state the command left (or the one it lost to); a failure to fetch it
+    // says so without taking back what the server answered.
+    if (sent || ui.message.startsWith("The payment changed")) {
+      await refresh().catch((e) => {
+        ui.message += ` (Could not refresh: ${isTrustfoldError(e) ? e.code : "error"}: ${e.message}.)`;
+      });
+    }
+    render();
   }
 
-  async function refresh() {
-    if (mode === "verified") await feed.sync();
-    else view = await client.paymentView(paymentId);
+  // One refresh at a time, and never back to an older state than the one shown.
+  let refreshing = Promise.resolve();
+  function refresh() {
+    refreshing = refreshing.catch(() => {}).then(async () => {
+      if (mode === "verified") {
+        await feed.sync(); // re-checks the signed head against the pinned key
+        signedAt = feed.state()?.version ?? 0;
+      } else {
+        const next = await client.paymentView(paymentId);
+        if (!view || next.state.version >= view.state.version) view = next;
+      }
+    });
+    return refreshing;
   }
 
   function render() {
@@ -161,7 +184,11 @@ export async function mountPaymentWidget(root, options) {
         mode === "verified"
           ? h("p", { class: "tf-trust", "data-verified": "true" },
             `Verified in this browser: ${s.version} events, head ${short(s.head)}`,
-            serverKey ? ", signed by the pinned server key." : " (no server key pinned).")
+            !serverKey
+              ? " (no server key pinned)."
+              : signedAt === s.version
+                ? ", signed by the pinned server key."
+                : "; checking the server's signature on it…")
           : h("p", { class: "tf-trust", "data-verified": "false" },
             "The server's view (not verified): the payment's policy hides part of it from your role."),
         escrow ? h("p", { class: "tf-escrow" }, `In escrow: ${money(escrow)}`) : null,
@@ -186,6 +213,7 @@ export async function mountPaymentWidget(root, options) {
 
   try {
     await feed.sync();
+    signedAt = feed.state()?.version ?? 0;
   } catch (e) {
     if (!isTrustfoldError(e) || e.code !== "redacted_history") {
       ui.message = `This payment could not be verified (${isTrustfoldError(e) ? e.code : "error"}): ${e.message}`;
@@ -195,27 +223,46 @@ export async function mountPaymentWidget(root, options) {
     mode = "server-view";
     view = await client.paymentView(paymentId);
   }
+  const failed = (what) => (e) => {
+    ui.message = `Could not ${what} (${isTrustfoldError(e) ? e.code : "error"}): ${e.message}`;
+    render();
+  };
+  const refreshed = () => {
+    if (ui.message.startsWith("Could not")) ui.message = ""; // it worked again
+    render();
+  };
   if (mode === "verified") {
     feed.live(
-      () => render(),
+      // Each live record is verified as it arrives (hash, link, rules); then the
+      // server's signed head is checked again for the new version.
+      () => {
+        render();
+        refresh().then(refreshed, failed("check the server's signature"));
+      },
       (e) => {
         // A dropped stream resumes by itself; a record that does not verify stops it.
-        if (e.code !== "network_error") {
-          ui.message = `Live updates stopped (${e.code}): ${e.message}`;
-          render();
-        }
+        if (e.code !== "network_error") failed("follow the payment any longer")(e);
       },
     );
   } else {
+    // Refreshed one at a time (each waits for the last); errors are shown, and the
+    // next refresh tries again.
     const every = options.refreshMs ?? 5000;
-    timer = setInterval(() => refresh().then(render, () => {}), every);
+    const tick = () => {
+      timer = setTimeout(() => {
+        if (closed) return;
+        refresh().then(refreshed, failed("refresh the payment")).finally(tick);
+      }, every);
+    };
+    tick();
   }
   render();
   return {
     mode,
     close() {
+      closed = true;
       feed.close();
-      clearInterval(timer);
+      clearTimeout(timer);
     },
   };
 }

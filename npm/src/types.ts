@@ -28,7 +28,8 @@ export type Rail = "ach" | "wire" | "rtp" | "card" | "book";
 
 export interface Participant {
   roles: Role[];
-  name: string;
+  /** Absent in a view whose policy hides contacts (`view`, `Client.paymentView`). */
+  name?: string;
   email?: string;
   joined: boolean;
   agreed: boolean;

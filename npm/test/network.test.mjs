@@ -448,13 +448,25 @@ test("Node: paymentView() refuses another payment's state or events", async () =
       await srv.close();
     }
   }
-  // The same pages about the payment asked for are read.
+  // The same pages about the payment asked for are read, up to the state's version
+  // (an event appended between the two reads waits for the next view).
+  const later = JSON.stringify({ seq: 2, event: { stream: mine, seq: 2, type: "ParticipantInvited", redacted: true } });
   const srv = await fakeServer((url) =>
-    url.pathname.endsWith("/events") ? `{"events":[${event(mine)}],"redacted":true,"has_more":false,"next":1}` : state(mine));
+    url.pathname.endsWith("/events") ? `{"events":[${event(mine)},${later}],"redacted":true,"has_more":false,"next":2}` : state(mine));
   try {
     const v = await new t.Client({ baseUrl: srv.base }).paymentView(mine);
     assert.deepEqual(v, { state: { payment: mine, version: 1 }, events: [{ stream: mine, seq: 1, type: "PaymentInitiated", redacted: true }] });
   } finally {
     await srv.close();
+  }
+  // A server that says has_more without moving on is refused, not paged forever.
+  const stuck = await fakeServer((url) =>
+    url.pathname.endsWith("/events") ? '{"events":[],"redacted":true,"has_more":true,"next":0}' : state(mine));
+  try {
+    await assert.rejects(new t.Client({ baseUrl: stuck.base }).paymentView(mine),
+      (e) => e.code === "invalid_history" && /has_more/.test(e.message));
+    assert.ok(stuck.requests() <= 3, `${stuck.requests()} requests`);
+  } finally {
+    await stuck.close();
   }
 });

@@ -94,6 +94,9 @@ test("buyer: verified in the browser, only the allowed commands, sent and follow
   assert.match(await text(tab, `li[data-party="${p.seller}"]`), /Sam Seller — seller — joined$/);
   assert.match(await text(tab, `li[data-party="${p.escrow}"]`), /Eve Escrow — escrow_holder — joined$/);
   assert.equal(await tab.$$eval(".tf-timeline li", (l) => l.length), 9);
+  // The new head's signature was checked again after the live records.
+  await until(tab, "the new head's signature", () =>
+    /^Verified in this browser: 9 events, head [0-9a-f]{12}…, signed by the pinned server key\.$/.test(document.querySelector(".tf-trust")?.textContent ?? ""));
   // What the page shows is the state the native core folds from the same history.
   const state = await srv.ok("GET", `/v1/payments/${p.payment}`, key);
   assert.equal(await version(tab), state.version);
@@ -145,4 +148,18 @@ test("a wrong pinned key stops the widget with the verification error", async ()
   assert.match(await text(tab, ".tf-error"), /^This payment could not be verified \(bad_signature\): /);
   assert.equal(await tab.$$eval("button", (b) => b.length), 0, "nothing to act on");
   await tab.close();
+});
+
+test("serve.mjs serves the page and the package's dist/ and pkg/ only", async () => {
+  const get = async (path) => (await fetch(`${web.url}${path}`)).status;
+  assert.equal(await get("/"), 200);
+  assert.equal(await get("/widget.js"), 200);
+  assert.equal(await get("/trustfold/dist/web.js"), 200);
+  assert.equal(await get("/trustfold/pkg/trustfold_wasm_bg.wasm"), 200);
+  assert.equal((await fetch(`${web.url}/trustfold/pkg/trustfold_wasm_bg.wasm`)).headers.get("content-type"), "application/wasm");
+  for (const path of ["/trustfold/package.json", "/trustfold/node_modules/", "/trustfold/test/support.mjs", "/%2e%2e/%2e%2e/package.json", "/..%2f..%2fpackage.json", "/trustfold/dist/..%2f..%2fpackage.json"]) {
+    assert.equal(await get(path), 404, path);
+  }
+  assert.equal(await get("/%"), 400, "a path that is not valid percent-encoding");
+  assert.equal(await get("/"), 200, "still serving after it");
 });

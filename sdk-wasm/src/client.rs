@@ -249,8 +249,9 @@ impl Client {
     }
 
     /// The payment as the server shows it to this participant: `{"state","events"}`
-    /// JSON, the state from the server's read model and the events of its history, both
-    /// with the policy's redactions for the participant's roles applied. **Not
+    /// JSON, the state from the server's read model and the events of its history up
+    /// to the state's version, both with the policy's redactions for the participant's
+    /// roles applied. **Not
     /// verified**: this is for participants from whose roles the policy hides something
     /// (a feed's `sync()` refuses their redacted history with `redacted_history`);
     /// everyone else should follow a verified feed.
@@ -263,16 +264,22 @@ impl Client {
         let conn = self.conn.clone();
         Ok(future_to_promise(async move {
             let state = conn.get(&payment, "").await?;
-            let of = member(state.as_bytes(), "payment")?
-                .map(json::string)
-                .transpose()
-                .js()?;
+            let (mut of, mut version) = (None, None);
+            for (key, value) in json::object_members(state.as_bytes()).js()? {
+                match key.as_str() {
+                    "payment" => of = Some(json::string(value).js()?),
+                    "version" => version = Some(json::uint(value).js()?),
+                    _ => {}
+                }
+            }
             if of != Some(payment.to_string()) {
                 return Err(js_error(
                     "invalid_history",
                     &format!("the server's state is not of payment {payment}"),
                 ));
             }
+            let version = version
+                .ok_or_else(|| js_error("malformed_json", "the server's state has no `version`"))?;
             let mut out = String::with_capacity(state.len() + 4096);
             out.push_str("{\"state\":");
             out.push_str(state.trim());
@@ -282,7 +289,7 @@ impl Client {
                 let text = conn
                     .get(&payment, &format!("/events?after={after}"))
                     .await?;
-                let (n, has_more, next) = view_page(&text, &payment, &mut out, count)?;
+                let (n, has_more, next) = view_page(&text, &payment, version, &mut out, count)?;
                 count = n;
                 if !has_more {
                     break;
@@ -335,9 +342,11 @@ fn redacted_history() -> JsValue {
     )
 }
 
-/// Whether `data` is an event of a redacted view (`"redacted": true` among its members).
+/// Whether `data` is an event of a redacted view: a verifiable record is
+/// `{"hash","event"}`, a view's event has a `redacted` member (`false` for a role that
+/// sees only some events but all of each).
 fn is_redacted_event(data: &[u8]) -> bool {
-    matches!(member(data, "redacted"), Ok(Some(b"true")))
+    matches!(member(data, "redacted"), Ok(Some(_)))
 }
 
 /// The value of the member `key` of the JSON object `doc`, if it has one.
@@ -349,11 +358,14 @@ fn member<'a>(doc: &'a [u8], key: &str) -> JsResult<Option<&'a [u8]>> {
         .map(|(_, v)| v))
 }
 
-/// `paymentView()`'s pages: appends each record's `event` to `out` (comma-separated);
-/// returns `(count, has_more, next)`. Every event must be of `payment`.
+/// `paymentView()`'s pages: appends each record's `event` to `out` (comma-separated)
+/// up to sequence `upto` (the version of the state read before: later events are left
+/// for the next view, so events and state agree); returns `(count, has_more, next)`.
+/// Every event must be of `payment`.
 fn view_page(
     text: &str,
     payment: &PaymentId,
+    upto: u64,
     out: &mut String,
     mut count: usize,
 ) -> JsResult<(usize, bool, Option<u64>)> {
@@ -373,15 +385,23 @@ fn view_page(
     for record in json::array_items(events).js()? {
         let event = member(record, "event")?
             .ok_or_else(|| js_error("malformed_json", "a record has no `event` member"))?;
-        let of = member(event, "stream")?
-            .map(json::string)
-            .transpose()
-            .js()?;
+        let (mut of, mut seq) = (None, None);
+        for (key, value) in json::object_members(event).js()? {
+            match key.as_str() {
+                "stream" => of = Some(json::string(value).js()?),
+                "seq" => seq = Some(json::uint(value).js()?),
+                _ => {}
+            }
+        }
         if of.as_deref() != Some(stream.as_str()) {
             return Err(js_error(
                 "invalid_history",
                 &format!("the server sent an event that is not of payment {payment}"),
             ));
+        }
+        let seq = seq.ok_or_else(|| js_error("malformed_json", "an event has no `seq`"))?;
+        if seq > upto {
+            return Ok((count, false, next));
         }
         if count > 0 {
             out.push(',');
