@@ -274,6 +274,22 @@ test("Chromium: live() for a participant with a redacted view says so", async ()
     const got = await tab.evaluate(([opts, p]) => window.liveOnly(opts, p), [{ baseUrl: srv.base, token, serverKey }, flow.payment]);
     assert.equal(got.code, "redacted_history", JSON.stringify(got));
     assert.match(got.message, /paymentView/);
+
+    // A role that sees only some events, each whole (no `hide`): its view's events say
+    // `"redacted": false`, and the view still cannot be verified.
+    const policy = JSON.parse(POLICY);
+    policy.id = "earnest-money-events-only";
+    policy.visibility.lender = { events: { only: ["PaymentInitiated", "ParticipantInvited"] } };
+    await srv.ok("POST", "/v1/policies", key, policy);
+    const lender = uuid();
+    const payment = await srv.openPayment(key, { agent: uuid(), policy: policy.id, invite: [[lender, "lender"]] });
+    const lenderToken = (await srv.ok("POST", `/v1/payments/${payment}/tokens`, key, { party: lender, ttl_seconds: 600 })).token;
+    const opts = { baseUrl: srv.base, token: lenderToken, serverKey };
+    const live = await tab.evaluate(([opts, p]) => window.liveOnly(opts, p), [opts, payment]);
+    assert.equal(live.code, "redacted_history", JSON.stringify(live));
+    await assert.rejects(new t.Client(opts).payment(payment).sync(), (e) => e.code === "redacted_history");
+    const view = await new t.Client(opts).paymentView(payment);
+    assert.deepEqual(view.events.map((e) => [e.type, e.redacted]), [["PaymentInitiated", false], ["ParticipantInvited", false]]);
   } finally {
     await browser.close();
   }

@@ -101,12 +101,13 @@ export class Server {
   }
 
   /**
-   * Opens an earnest-money payment of `amount` USD with the tenant's API key, `agent`
-   * as listing agent, and invites each `[party, role, name?]`; the payment id.
+   * Opens a payment of `amount` USD under `policy` (default: the earnest-money policy)
+   * with the tenant's API key, `agent` as listing agent, and invites each
+   * `[party, role, name?]`; the payment id.
    */
-  async openPayment(key, { agent, amount = "5000.00", description = "12 Elm St, earnest money", invite = [] }) {
+  async openPayment(key, { agent, amount = "5000.00", description = "12 Elm St, earnest money", invite = [], policy = "earnest-money" }) {
     const payment = (await this.ok("POST", "/v1/payments", key, {
-      policy: "earnest-money",
+      policy,
       amount: { amount, currency: "USD" },
       description,
       initiator: { party: agent, roles: ["listing_agent"], name: "Lee (listing agent)" },
