@@ -5,8 +5,8 @@
  */
 import type * as Raw from "../pkg/trustfold_wasm.js";
 import type {
-  Actor, Command, CommandContext, CommandKind, EventEnvelope, PaymentState, PaymentView,
-  PolicyDocument,
+  Actor, Command, CommandContext, CommandKind, CommandResult, EventEnvelope, PaymentState,
+  PaymentView, PolicyDocument,
 } from "./types.js";
 
 export type { HistoryInput, VerifyResult, PolicySummary, ClientOptions } from "../pkg/trustfold_wasm.js";
@@ -60,11 +60,15 @@ function need(): void {
   }
 }
 
-function invalid(message: string): TrustfoldError {
+function failure(code: string, message: string): TrustfoldError {
   const err = new Error(message) as TrustfoldError;
   err.name = "TrustfoldError";
-  err.code = "invalid_input";
+  err.code = code;
   return err;
+}
+
+function invalid(message: string): TrustfoldError {
+  return failure("invalid_input", message);
 }
 
 function describe(v: unknown): string {
@@ -320,16 +324,27 @@ export class Client {
 
   /**
    * Sends a command with an idempotency key (and the expected version as `If-Match`);
-   * resolves to the server's JSON response.
+   * resolves to the server's answer: the new events and the state they lead to, as
+   * the participant may see them (the same answer again for a retry with the key).
    */
-  async sendCommand(paymentId: string, command: Command, idempotencyKey: string, expectedVersion?: number): Promise<unknown> {
+  async sendCommand(paymentId: string, command: Command, idempotencyKey: string, expectedVersion?: number): Promise<CommandResult> {
     const body = await this.#raw.sendCommand(
       str(paymentId, "paymentId"),
       json(command, "command"),
       str(idempotencyKey, "idempotencyKey"),
       expectedVersion === undefined ? undefined : num(expectedVersion, "expectedVersion"),
     );
-    return body === "" ? undefined : (JSON.parse(body) as unknown);
+    let result: unknown;
+    try {
+      result = JSON.parse(body);
+    } catch {
+      throw failure("malformed_json", "the server's answer to the command is not JSON");
+    }
+    const r = result as Partial<CommandResult> | null;
+    if (typeof r !== "object" || r === null || typeof r.version !== "number" || !Array.isArray(r.events)) {
+      throw failure("malformed_json", "the server's answer to the command is not {payment_id, version, events, state}");
+    }
+    return r as CommandResult;
   }
 }
 

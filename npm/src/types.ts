@@ -272,6 +272,18 @@ export interface PolicyDocument {
   [key: string]: Json;
 }
 
+/**
+ * The server's answer to a command sent with a participant token: the events it
+ * appended and the state after them, as the participant may see them (redacted as in
+ * `PaymentView` when the policy hides something from the participant's roles).
+ */
+export interface CommandResult {
+  payment_id: Uuid;
+  version: number;
+  events: EventEnvelope[];
+  state: PaymentState;
+}
+
 /** A role's redacted view of a payment. */
 export interface PaymentView {
   state: PaymentState;

@@ -486,3 +486,18 @@ test("Node: paymentView() refuses another payment's state or events", async () =
     await stuck.close();
   }
 });
+
+test("Node: a command's answer that is not a command result is refused by name", async () => {
+  for (const [body, what] of [["<html>oops</html>", /not JSON/], ["{}", /payment_id, version, events, state/], ["null", /payment_id/]]) {
+    const srv = await fakeServer(() => body);
+    try {
+      await assert.rejects(
+        new t.Client({ baseUrl: srv.base }).sendCommand("b0000000-0000-4000-8000-000000000001", { type: "Join" }, `k-${uuid()}`),
+        (e) => t.isTrustfoldError(e) && e.code === "malformed_json" && what.test(e.message),
+        body,
+      );
+    } finally {
+      await srv.close();
+    }
+  }
+});
