@@ -139,6 +139,48 @@ test("seller and lender: the server's redacted view, marked unverified, acting t
   await lender.tab.close();
 });
 
+test("a release approved from the widgets: the buyer's verified one, then the seller's server view", async () => {
+  // Funded by wire (settled: good funds at once), then the escrow holder asks to
+  // release it all to the seller. Buyer and seller have agreed (tests above).
+  await srv.command(key, p.payment, p.buyer, "buyer", {
+    type: "AttachFundingMethod",
+    method: { rail: "wire", institution: "First Bank", account_last4: "4321", holder: "Bo Buyer" },
+  });
+  await srv.command(key, p.payment, p.buyer, "buyer", { type: "SubmitFunding", amount: { amount: "5000.00", currency: "USD" }, rail: "wire", rail_ref: "wire-1" });
+  await srv.command(key, p.payment, null, "rail", { type: "RailNotice", rail_ref: "wire-1", notice: { kind: "settled" } });
+  const request = uuid();
+  const asked = await srv.command(key, p.payment, p.escrow, "escrow_holder", {
+    type: "RequestRelease", request, allocations: [{ party: p.seller, amount: { amount: "5000.00", currency: "USD" } }],
+  });
+
+  const buyer = await open(p.buyer);
+  await atVersion(buyer.tab, asked.state.version);
+  assert.equal(await text(buyer.tab, ".tf-escrow"), "In escrow: 5000.00 USD");
+  assert.match(await text(buyer.tab, `li[data-request="${request}"]`), /^release of 5000\.00 USD: awaiting approvals, 0 approval\(s\)$/);
+  // The rules let the buyer approve or deny it (both decided in the page first).
+  assert.deepEqual(await buttons(buyer.tab), ["Approve", "Deny"]);
+  assert.equal(await text(buyer.tab, 'button[data-command="Approve"]'), "Approve the release of 5000.00 USD");
+  await buyer.tab.click('button[data-command="Approve"]');
+  await atVersion(buyer.tab, asked.state.version + 1);
+  assert.match(await text(buyer.tab, `li[data-request="${request}"]`), /1 approval\(s\)$/);
+  // Approved: withdrawing is offered; approving again or denying (withdraw first) is not.
+  assert.deepEqual(await buttons(buyer.tab), ["WithdrawApproval"]);
+
+  const seller = await open(p.seller);
+  await until(seller.tab, "the seller's view", () => document.querySelector(".tf-widget")?.dataset.mode === "server-view");
+  assert.deepEqual(await buttons(seller.tab), ["Approve"]);
+  await seller.tab.click('button[data-command="Approve"]');
+  // The second approval authorizes the release (two events); the buyer's widget
+  // follows it live.
+  await until(seller.tab, "the release authorized", (r) => document.querySelector(`li[data-request="${r}"]`)?.textContent.startsWith("release of 5000.00 USD: authorized"), request);
+  await until(buyer.tab, "the buyer's widget to follow", (r) => document.querySelector(`li[data-request="${r}"]`)?.textContent.startsWith("release of 5000.00 USD: authorized"), request);
+  assert.deepEqual(await buttons(buyer.tab), [], "nothing left to approve or withdraw");
+  assert.deepEqual(buyer.errors, []);
+  assert.deepEqual(seller.errors, []);
+  await buyer.tab.close();
+  await seller.tab.close();
+});
+
 test("a wrong pinned key stops the widget with the verification error", async () => {
   const other = loadVectors().find((v) => v.key && v.key !== serverKey)?.key;
   assert.ok(other, "a golden vector with another key");
