@@ -42,13 +42,17 @@ after(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-/** Opens the widget as `party`; returns the tab and the page errors seen. */
-async function open(party, extra = {}) {
-  const token = (await srv.ok("POST", `/v1/payments/${p.payment}/tokens`, key, { party, ttl_seconds: 600 })).token;
-  const q = new URLSearchParams({ server: srv.base, token, payment: p.payment, party, key: serverKey, refresh: "250", ...extra });
+/**
+ * Opens the widget as `party` (of `payment`, default the shared one; `setup(tab)` runs
+ * before the page loads); returns the tab and the page errors seen.
+ */
+async function open(party, extra = {}, { payment = p.payment, setup } = {}) {
+  const token = (await srv.ok("POST", `/v1/payments/${payment}/tokens`, key, { party, ttl_seconds: 600 })).token;
+  const q = new URLSearchParams({ server: srv.base, token, payment, party, key: serverKey, refresh: "250", ...extra });
   const tab = await browser.context.newPage();
   const errors = [];
   tab.on("pageerror", (e) => errors.push(e.message));
+  await setup?.(tab);
   await tab.goto(`${web.url}/?${q}`);
   return { tab, errors };
 }
@@ -179,6 +183,30 @@ test("a release approved from the widgets: the buyer's verified one, then the se
   assert.deepEqual(seller.errors, []);
   await buyer.tab.close();
   await seller.tab.close();
+});
+
+test("a command decided on a stale state loses cleanly (409), and the widget catches up", async () => {
+  // A payment of its own; the widget's live stream is cut, so it does not hear of
+  // the agent's next invitation before the buyer clicks.
+  const agent = uuid(), buyer = uuid();
+  const payment = await srv.openPayment(key, { agent, invite: [[buyer, "buyer", "Bo Buyer"]] });
+  const { tab, errors } = await open(buyer, {}, {
+    payment,
+    setup: (t) => t.route((url) => url.pathname.endsWith("/stream"), (r) => r.abort()),
+  });
+  await atVersion(tab, 2);
+  assert.deepEqual(await buttons(tab), ["Join"]);
+  await srv.command(key, payment, agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["seller"], name: "Sam" });
+  await tab.click('button[data-command="Join"]');
+  await until(tab, "the conflict to be reported", () => document.querySelector(".tf-message")?.textContent.startsWith("The payment changed meanwhile"));
+  assert.equal(await version(tab), 3, "it shows the state it lost to");
+  // Still joinable on the new state: the second click goes through.
+  await tab.click('button[data-command="Join"]');
+  await atVersion(tab, 4);
+  assert.equal(await text(tab, ".tf-message"), "Done: Join this payment.");
+  assert.match(await text(tab, `li[data-party="${buyer}"]`), /— joined \(you\)/);
+  assert.deepEqual(errors, []);
+  await tab.close();
 });
 
 test("a wrong pinned key stops the widget with the verification error", async () => {
