@@ -126,14 +126,14 @@ export async function mountPaymentWidget(root, options) {
     ui.busy = true;
     ui.message = `Sending: ${c.label}…`;
     render();
-    let sent = false;
+    let stale = true; // the state shown is no longer the payment's
     try {
       await client.sendCommand(paymentId, c.command, ui.pending.key, version);
-      sent = true;
       ui.pending = undefined;
       ui.message = `Done: ${c.label}.`;
     } catch (e) {
       const code = isTrustfoldError(e) ? e.code : "error";
+      stale = code === "version_conflict";
       if (code !== "network_error") ui.pending = undefined;
       ui.message = code === "version_conflict"
         ? "The payment changed meanwhile: here is its current state; try again if it still applies."
@@ -144,7 +144,7 @@ export async function mountPaymentWidget(root, options) {
     ui.busy = false;
     // Show the state the command left (or the one it lost to); a failure to fetch it
     // says so without taking back what the server answered.
-    if (sent || ui.message.startsWith("The payment changed")) {
+    if (stale) {
       await refresh().catch((e) => {
         ui.message += ` (Could not refresh: ${isTrustfoldError(e) ? e.code : "error"}: ${e.message}.)`;
       });
@@ -212,8 +212,7 @@ export async function mountPaymentWidget(root, options) {
   }
 
   try {
-    await feed.sync();
-    signedAt = feed.state()?.version ?? 0;
+    await refresh();
   } catch (e) {
     if (!isTrustfoldError(e) || e.code !== "redacted_history") {
       ui.message = `This payment could not be verified (${isTrustfoldError(e) ? e.code : "error"}): ${e.message}`;
@@ -221,7 +220,7 @@ export async function mountPaymentWidget(root, options) {
       throw e;
     }
     mode = "server-view";
-    view = await client.paymentView(paymentId);
+    await refresh();
   }
   const failed = (what) => (e) => {
     ui.message = `Could not ${what} (${isTrustfoldError(e) ? e.code : "error"}): ${e.message}`;

@@ -39,7 +39,7 @@ use trustfold_core::envelope::Envelope;
 use trustfold_core::event::EventType;
 use trustfold_core::fold;
 use trustfold_core::hash::Hash;
-use trustfold_core::history::{self, PublicKey, RawRecord, SignedHead};
+use trustfold_core::history::{self, PublicKey, SignedHead};
 use trustfold_core::id::PaymentId;
 use trustfold_core::json;
 use trustfold_core::state::PaymentState;
@@ -369,20 +369,9 @@ fn view_page(
     out: &mut String,
     mut count: usize,
 ) -> JsResult<(usize, bool, Option<u64>)> {
-    let (mut has_more, mut next, mut events) = (false, None, None);
-    for (key, value) in json::object_members(text.as_bytes()).js()? {
-        match key.as_str() {
-            "events" => events = Some(value),
-            "has_more" if !json::is_null(value) => has_more = json::boolean(value).js()?,
-            "next" if !json::is_null(value) => next = Some(json::uint(value).js()?),
-            _ => {}
-        }
-    }
-    let events = events
-        .ok_or_else(|| Error::MalformedJson("the page has no `events` member".into()))
-        .js()?;
+    let page = Page::from_json(text.as_bytes()).js()?;
     let stream = payment.to_string();
-    for record in json::array_items(events).js()? {
+    for record in json::array_items(page.events).js()? {
         let event = member(record, "event")?
             .ok_or_else(|| js_error("malformed_json", "a record has no `event` member"))?;
         let (mut of, mut seq) = (None, None);
@@ -401,7 +390,7 @@ fn view_page(
         }
         let seq = seq.ok_or_else(|| js_error("malformed_json", "an event has no `seq`"))?;
         if seq > upto {
-            return Ok((count, false, next));
+            return Ok((count, false, page.next));
         }
         if count > 0 {
             out.push(',');
@@ -413,7 +402,7 @@ fn view_page(
         );
         count += 1;
     }
-    Ok((count, has_more, next))
+    Ok((count, page.has_more, page.next))
 }
 
 /// `sync()`'s pages: fetch and verify until `has_more` is false, then the signed head.
@@ -428,7 +417,7 @@ async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
         }
         {
             let mut m = feed.mirror.borrow_mut();
-            for r in &page.events {
+            for r in &history::parse(page.events).js()? {
                 m.append(r.hash, r.event.get()).js()?;
             }
         }
@@ -614,9 +603,10 @@ impl Mirror {
 }
 
 /// A page of a payment's events, `{"events":[…],"has_more","next","signed_head"?,
-/// "redacted"?}` (other members ignored; the records of a redacted page are not read).
+/// "redacted"?}` (other members ignored). `events` is the array's JSON: verifiable
+/// records (`history::parse`) or, when `redacted`, a view's `{"seq","event"}`s.
 struct Page<'a> {
-    events: Vec<RawRecord<'a>>,
+    events: &'a [u8],
     redacted: bool,
     has_more: bool,
     next: Option<u64>,
@@ -626,7 +616,7 @@ struct Page<'a> {
 impl<'a> Page<'a> {
     fn from_json(json: &'a [u8]) -> Result<Page<'a>, Error> {
         let mut page = Page {
-            events: Vec::new(),
+            events: b"",
             redacted: false,
             has_more: false,
             next: None,
@@ -645,11 +635,8 @@ impl<'a> Page<'a> {
                 _ => {}
             }
         }
-        let events =
+        page.events =
             events.ok_or_else(|| Error::MalformedJson("the page has no `events` member".into()))?;
-        if !page.redacted {
-            page.events = history::parse(events)?;
-        }
         Ok(page)
     }
 }
