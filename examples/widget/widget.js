@@ -13,8 +13,9 @@
 //   before it is shown) and follows the payment live over Server-Sent Events.
 // - **Server view** (the policy hides something from the participant's roles: bank
 //   details from sellers, amounts from lenders): the server sends a redacted view, which
-//   cannot be verified. The widget shows it as the server's view, refreshes it
-//   periodically, and offers the commands the state suggests; the server judges them.
+//   cannot be verified. The widget shows it as the server's view, reads it again
+//   whenever the payment's live stream shows the participant a new event, and offers
+//   the commands the state suggests; the server judges them.
 //
 // Every command carries an idempotency key (kept for a retry of the same action) and
 // the version it was decided on, so a concurrent change loses cleanly (409) instead of
@@ -60,7 +61,8 @@ const short = (hex) => `${hex.slice(0, 12)}…`;
  *   `party` is the participant the token was minted for (the tenant's backend knows
  *   it); `role` which of its roles it acts in (default: its first); `serverKey` the
  *   server's Ed25519 key to pin (strongly advised); `refreshMs` how often a server
- *   view is refreshed (default 5000).
+ *   view is also read again without a live event (default 60000: events hidden from
+ *   the participant's roles send no live message).
  * @returns {Promise<{ mode: "verified" | "server-view", close(): void }>}
  */
 export async function mountPaymentWidget(root, options) {
@@ -68,14 +70,14 @@ export async function mountPaymentWidget(root, options) {
   const { baseUrl, token, paymentId, party, serverKey } = options;
   const client = new Client({ baseUrl, token, serverKey });
   const feed = client.payment(paymentId);
+  const viewFeed = client.viewFeed(paymentId); // the server view, in that mode
   const ui = { message: "", pending: undefined, busy: false };
   let mode = "verified";
-  let view; // the server view, in that mode
   let signedAt = 0; // verified mode: the version whose signed head was last checked
   let timer;
   let closed = false;
 
-  const state = () => (mode === "verified" ? feed.state() : view?.state);
+  const state = () => (mode === "verified" ? feed.state() : viewFeed.view()?.state);
   const roleOf = (s) => options.role ?? s?.participants?.[party]?.roles?.[0];
 
   // The commands to offer, each decided against the verified history first.
@@ -160,8 +162,7 @@ export async function mountPaymentWidget(root, options) {
         await feed.sync(); // re-checks the signed head against the pinned key
         signedAt = feed.state()?.version ?? 0;
       } else {
-        const next = await client.paymentView(paymentId);
-        if (!view || next.state.version >= view.state.version) view = next;
+        await viewFeed.refresh(); // keeps the newer of the view held and the one read
       }
     });
     return refreshing;
@@ -174,7 +175,7 @@ export async function mountPaymentWidget(root, options) {
       return;
     }
     const escrow = s.ledger?.balances?.escrow?.posted;
-    const events = mode === "verified" ? JSON.parse(feed.history()).map((r) => r.event) : view.events;
+    const events = mode === "verified" ? JSON.parse(feed.history()).map((r) => r.event) : viewFeed.view().events;
     root.replaceChildren(
       h("section", { class: "tf-widget", "data-mode": mode, "data-version": s.version },
         h("header", {},
@@ -232,11 +233,11 @@ export async function mountPaymentWidget(root, options) {
   };
   if (mode === "verified") {
     feed.live(
-      // Each live record is verified as it arrives (hash, link, rules); then the
-      // server's signed head is checked again for the new version.
-      () => {
-        render();
-        refresh().then(refreshed, failed("check the server's signature"));
+      // Each live record is verified before it is reported: hash, link, rules, and
+      // (with the pinned key) the server's signed head over it.
+      (_, seq) => {
+        signedAt = seq;
+        refreshed();
       },
       (e) => {
         // A dropped stream resumes by itself; a record that does not verify stops it.
@@ -244,9 +245,14 @@ export async function mountPaymentWidget(root, options) {
       },
     );
   } else {
-    // Refreshed one at a time (each waits for the last); errors are shown, and the
-    // next refresh tries again.
-    const every = options.refreshMs ?? 5000;
+    // Read again when the live stream shows a new event (the feed reads one view at a
+    // time and never goes back); a dropped stream resumes by itself.
+    viewFeed.live(refreshed, (e) => {
+      if (e.code !== "network_error") failed("follow the payment any longer")(e);
+    });
+    // And now and then without one (events hidden from these roles send nothing);
+    // errors are shown, and the next refresh tries again.
+    const every = options.refreshMs ?? 60000;
     const tick = () => {
       timer = setTimeout(() => {
         if (closed) return;
@@ -261,6 +267,7 @@ export async function mountPaymentWidget(root, options) {
     close() {
       closed = true;
       feed.close();
+      viewFeed.close();
       clearTimeout(timer);
     },
   };

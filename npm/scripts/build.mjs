@@ -163,8 +163,11 @@ if (wasmOpt) {
     copyFileSync(tmp, wasmPath(m));
     rmSync(tmp);
   }
+} else if (process.argv.includes("--no-opt")) {
+  console.warn("build: --no-opt: the modules stay unoptimised (their sizes below are not what ships)");
 } else {
-  console.warn("build: npm's binaryen is not installed (npm ci in npm/): the modules stay unoptimised");
+  console.error("build: npm's binaryen (wasm-opt) is not installed: run `npm ci` in npm/ (or pass --no-opt for an unoptimised build)");
+  process.exit(1);
 }
 
 // ---- 4. tsc ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@
  * on failure, with the same code and message as the Rust core.
  */
 import type * as Raw from "../pkg/trustfold_wasm.js";
+import { isReady, raw } from "./module.js";
 import type {
   Actor, Command, CommandContext, CommandKind, CommandResult, EventEnvelope, PaymentState,
   PaymentView, PolicyDocument,
@@ -23,6 +24,8 @@ export interface TrustfoldError extends Error {
   field?: string;
   /** HTTP status, for errors from the server. */
   status?: number;
+  /** The payment's current version, for a `version_conflict` (409) from the server. */
+  currentVersion?: number;
 }
 
 /** True when `e` is an error thrown by trustfold. */
@@ -30,27 +33,10 @@ export function isTrustfoldError(e: unknown): e is TrustfoldError {
   return e instanceof Error && e.name === "TrustfoldError" && typeof (e as { code?: unknown }).code === "string";
 }
 
-/** The wasm-bindgen glue of one instantiated module. */
-type RawModule = typeof Raw;
-
-let ready = false;
-// Set by the entry point that instantiated the module: browsers use the size-optimised
-// module's glue, Node the speed-optimised one's (same interface; the build checks it).
-let raw = undefined as unknown as RawModule;
-
-/** @internal Called by the entry points once the module is instantiated. */
-export function markReady(glue: RawModule): void {
-  raw = glue;
-  ready = true;
-}
-
-/** True once the wasm module is ready (always in Node; after `await init()` in browsers). */
-export function isReady(): boolean {
-  return ready;
-}
+export { isReady } from "./module.js";
 
 function need(): void {
-  if (!ready) {
+  if (!isReady()) {
     const err = new Error(
       "trustfold: the WebAssembly module is not initialised yet: `await init()` before calling trustfold functions (in Node the module loads on import)",
     ) as TrustfoldError;
@@ -297,6 +283,58 @@ export class PaymentFeed {
   }
 }
 
+/**
+ * The server's view of one payment for a participant from whose roles the policy hides
+ * something (see `Client.paymentView`), kept up to date. **Not verified.**
+ */
+export class PaymentViewFeed {
+  readonly #raw: Raw.PaymentViewFeed;
+
+  /** @internal */
+  constructor(inner: Raw.PaymentViewFeed) {
+    this.#raw = inner;
+  }
+
+  /** The state's version of the view held (0 before the first `refresh()`). */
+  get version(): number {
+    return this.#raw.version;
+  }
+
+  /** The view held, or `undefined` before the first `refresh()`. */
+  view(): PaymentView | undefined {
+    const v = this.#raw.view();
+    return v === undefined ? undefined : (JSON.parse(v) as PaymentView);
+  }
+
+  /** Reads the server's view again; resolves to the view held, never an older one. */
+  async refresh(): Promise<PaymentView> {
+    return JSON.parse(await this.#raw.refresh()) as PaymentView;
+  }
+
+  /**
+   * Follows the payment over Server-Sent Events: each event the participant may see
+   * past the view held makes the feed read the view again and call `onUpdate` with it.
+   * `onError` gets `network_error` for a failed read or a dropped stream (the feed goes
+   * on, resuming after the view held) and any other code for a view that is refused
+   * (the feed stops).
+   */
+  live(onUpdate: (view: PaymentView) => void, onError?: (error: TrustfoldError) => void): void {
+    if (typeof onUpdate !== "function") throw invalid(`onUpdate must be a function, got ${describe(onUpdate)}`);
+    if (onError !== undefined && typeof onError !== "function") {
+      throw invalid(`onError must be a function or undefined, got ${describe(onError)}`);
+    }
+    this.#raw.live(
+      (json: string) => onUpdate(JSON.parse(json) as PaymentView),
+      onError === undefined ? undefined : (e: Error) => onError(e as TrustfoldError),
+    );
+  }
+
+  /** Stops following. */
+  close(): void {
+    this.#raw.close();
+  }
+}
+
 /** A trustfold server, seen by one participant (token) and pinned to its key. */
 export class Client {
   readonly #raw: Raw.Client;
@@ -320,6 +358,11 @@ export class Client {
    */
   async paymentView(paymentId: string): Promise<PaymentView> {
     return JSON.parse(await this.#raw.paymentView(str(paymentId, "paymentId"))) as PaymentView;
+  }
+
+  /** The server's view of one payment, kept up to date: `refresh()`, `live()`. */
+  viewFeed(paymentId: string): PaymentViewFeed {
+    return new PaymentViewFeed(this.#raw.viewFeed(str(paymentId, "paymentId")));
   }
 
   /**

@@ -9,7 +9,7 @@
  */
 import { readFileSync } from "node:fs";
 import * as glue from "../pkg/node/trustfold_wasm.js";
-import { markReady } from "./api.js";
+import { markReady } from "./module.js";
 
 glue.initSync({ module: readFileSync(new URL("../pkg/node/trustfold_wasm_bg.wasm", import.meta.url)) });
 // The Node module's glue has the browsers' interface (the build compares the two

@@ -6,7 +6,7 @@
  * `not_initialized`.
  */
 import initWasm, * as glue from "../pkg/trustfold_wasm.js";
-import { isReady, markReady } from "./api.js";
+import { isReady, markReady } from "./module.js";
 
 /** Where to load the module from: a URL, a `Response`, bytes or a compiled module. */
 export type InitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;

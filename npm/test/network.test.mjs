@@ -153,6 +153,27 @@ window.start = async (opts, paymentId) => {
   window.follow();
   return feed.seq;
 };
+// A server view followed live (participants from whose roles the policy hides something).
+window.startView = async (opts, paymentId) => {
+  await t.init();
+  const vf = new t.Client(opts).viewFeed(paymentId);
+  window.viewFeed = vf;
+  window.viewUpdates = [];
+  window.viewErrors = [];
+  await vf.refresh();
+  window.followView = () => vf.live(
+    (v) => window.viewUpdates.push({ version: v.state.version, last: v.events.at(-1)?.seq }),
+    (e) => window.viewErrors.push({ code: e.code, message: e.message }),
+  );
+  window.followView();
+  return vf.version;
+};
+window.viewSnapshot = () => ({
+  version: window.viewFeed.version,
+  view: window.viewFeed.view(),
+  updates: window.viewUpdates,
+  errors: window.viewErrors,
+});
 window.snapshot = () => ({
   seq: window.feed.seq,
   updates: window.updates,
@@ -198,6 +219,18 @@ test("Chromium: live over SSE with access_token, resumed after close and after a
       }
     };
 
+    // One live run per feed: a second live() says so at once, even straight after a
+    // close() and a new live() (before the new run has opened its stream).
+    assert.equal(await tab.evaluate(() => {
+      window.feed.close();
+      window.follow();
+      try {
+        window.feed.live(() => {});
+        return "started twice";
+      } catch (e) {
+        return e.code;
+      }
+    }), "invalid_input");
     // Live: a command sent by someone else reaches the page.
     let v = await oneMoreEvent();
     await waitSeq(v);
@@ -235,16 +268,66 @@ test("Chromium: live over SSE with access_token, resumed after close and after a
   }
 });
 
+test("Chromium: a seller's server view followed live, resumed after close and after a server restart", async () => {
+  const token = (await srv.ok("POST", `/v1/payments/${flow.payment}/tokens`, key, { party: flow.seller, ttl_seconds: 3600 })).token;
+  const opts = { baseUrl: srv.base, token, serverKey };
+  const browser = await launchChromium();
+  try {
+    const tab = await browser.context.newPage();
+    const pageErrors = [];
+    tab.on("pageerror", (e) => pageErrors.push(e.message));
+    await tab.goto(`${web.url}/`);
+    await tab.waitForFunction(() => window.ready === true, null, { timeout: 20_000 });
+    const start = await tab.evaluate(([opts, p]) => window.startView(opts, p), [opts, flow.payment]);
+    const waitVersion = async (n) => {
+      try {
+        await tab.waitForFunction((n) => window.viewFeed.version >= n, n, { timeout: 30_000 });
+      } catch (e) {
+        const got = await tab.evaluate(() => window.viewSnapshot());
+        throw new Error(`waiting for version ${n}: ${e.message}\npage: ${JSON.stringify(got).slice(0, 2000)}\nserver log:\n${srv.log.slice(-2000)}`);
+      }
+    };
+    // Live: a command sent by someone else makes the feed read the view again.
+    let v = await oneMoreEvent();
+    assert.ok(v > start);
+    await waitVersion(v);
+    // Closed by the client: two events happen, then it follows again from its view.
+    await tab.evaluate(() => window.viewFeed.close());
+    await oneMoreEvent();
+    v = await oneMoreEvent();
+    await tab.evaluate(() => window.followView());
+    await waitVersion(v);
+    // Dropped by the server (restarted on the same port and database).
+    await srv.restart();
+    v = await oneMoreEvent();
+    await waitVersion(v);
+
+    await new Promise((r) => setTimeout(r, 500));
+    const snap = await tab.evaluate(() => window.viewSnapshot());
+    const versions = snap.updates.map((u) => u.version);
+    assert.ok(versions.every((x, i) => i === 0 || x > versions[i - 1]), `never backwards: ${versions}`);
+    assert.equal(versions.at(-1), v);
+    assert.ok(snap.updates.every((u) => u.last === u.version), JSON.stringify(snap.updates));
+    // What it holds is what the server shows the seller.
+    assert.deepEqual(snap.view, await new t.Client(opts).paymentView(flow.payment));
+    assert.ok(snap.errors.every((e) => e.code === "network_error"), JSON.stringify(snap.errors));
+    assert.deepEqual(pageErrors, []);
+    await tab.evaluate(() => window.viewFeed.close());
+  } finally {
+    await browser.close();
+  }
+});
+
 // A server that misbehaves (the client's side of a broken or hostile server): a plain
 // Node HTTP server answering the events route with pages we write here.
 async function fakeServer(page) {
   const { createServer: createHttp } = await import("node:http");
   let requests = 0;
   const hanging = [];
-  const server = createHttp((req, res) => {
+  const server = createHttp(async (req, res) => {
     requests += 1;
     const url = new URL(req.url, "http://x");
-    const answer = page(url);
+    const answer = await page(url);
     if (answer === undefined) {
       hanging.push(res); // never answered (until close)
       return;
@@ -329,6 +412,54 @@ test("Node: a sync that fails leaves the feed as it was", async () => {
     assert.equal(open.seq, records.length);
   } finally {
     await srv.close();
+  }
+});
+
+/** The text of a real server's answer to a tenant's GET (exact bytes). */
+const realText = async (path) => {
+  const r = await fetch(`${srv.base}${path}`, { headers: { authorization: `Bearer ${key}` } });
+  assert.equal(r.status, 200, path);
+  return r.text();
+};
+
+test("Node: with a pinned key, records past the server's signed head are refused", async () => {
+  // A genuine head signed at version k, then one more genuine event: a server (or a
+  // proxy) that sends all k+1 records with the older head is sending one unsigned.
+  const agent = uuid();
+  const p = await srv.openPayment(key, { agent, invite: [[uuid(), "buyer"]] });
+  const oldHead = await realText(`/v1/payments/${p}/head`);
+  await srv.command(key, p, agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["seller"], name: "late" });
+  const fake = await fakeServer((url) => url.pathname.endsWith("/head") ? oldHead : realText(url.pathname + url.search));
+  try {
+    const feed = new t.Client({ baseUrl: fake.base, serverKey }).payment(p);
+    await assert.rejects(feed.sync(), (e) => e.code === "chain_broken" && /not signed/.test(e.message), "the unsigned record");
+    assert.equal(feed.seq, 0, "nothing kept");
+    // The same records with the server's current head are all signed.
+    const real = new t.Client({ baseUrl: fake.base }).payment(p);
+    assert.equal((await real.sync()).version, JSON.parse(oldHead).seq + 1);
+  } finally {
+    await fake.close();
+  }
+});
+
+test("Node: a payment that moves on between the last page and the signed head is fetched again", async () => {
+  const agent = uuid();
+  const p = await srv.openPayment(key, { agent, invite: [[uuid(), "buyer"]] });
+  const firstPage = await realText(`/v1/payments/${p}/events?after=0`);
+  const before = JSON.parse(firstPage).events.length;
+  await srv.command(key, p, agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["seller"], name: "late" });
+  // The first page is from before that event; the head (and any later page) after it.
+  let pages = 0;
+  const fake = await fakeServer((url) =>
+    url.pathname.endsWith("/events") && pages++ === 0 ? firstPage : realText(url.pathname + url.search));
+  try {
+    const feed = new t.Client({ baseUrl: fake.base, serverKey }).payment(p);
+    const s = await feed.sync();
+    assert.equal(s.version, before + 1);
+    assert.equal(feed.seq, before + 1);
+    assert.equal(pages, 2, "the records after the first page were fetched");
+  } finally {
+    await fake.close();
   }
 });
 
@@ -484,6 +615,40 @@ test("Node: paymentView() refuses another payment's state or events", async () =
     assert.ok(stuck.requests() <= 3, `${stuck.requests()} requests`);
   } finally {
     await stuck.close();
+  }
+});
+
+test("Node: a view feed keeps the newest view and refuses another payment's", async () => {
+  const mine = "b0000000-0000-4000-8000-000000000001";
+  const other = "b0000000-0000-4000-8000-0000000000ff";
+  // The server answers version 2, then (a lagging replica) version 1, then another
+  // payment's state.
+  const answers = [2, 1];
+  let of = mine;
+  const srv = await fakeServer((url) => {
+    if (url.pathname.endsWith("/events")) {
+      const events = [1, 2].map((seq) => JSON.stringify({ seq, event: { stream: mine, seq, type: "PaymentInitiated", redacted: true } }));
+      return `{"events":[${events}],"redacted":true,"has_more":false,"next":2}`;
+    }
+    return JSON.stringify({ payment: of, version: answers.shift() ?? 1 });
+  });
+  try {
+    const feed = new t.Client({ baseUrl: srv.base }).viewFeed(mine);
+    assert.equal(feed.version, 0);
+    assert.equal(feed.view(), undefined);
+    assert.equal((await feed.refresh()).state.version, 2);
+    assert.deepEqual((await feed.refresh()).state, { payment: mine, version: 2 }, "not back to version 1");
+    assert.deepEqual(feed.view().events.map((e) => e.seq), [1, 2]);
+    of = other;
+    await assert.rejects(feed.refresh(), (e) => e.code === "invalid_history" && e.message.includes(mine));
+    assert.equal(feed.version, 2, "a refused view leaves the one held");
+    if (typeof globalThis.EventSource === "undefined") {
+      assert.throws(() => feed.live(() => {}), (e) => e.code === "unsupported" && /EventSource/.test(e.message));
+    }
+    assert.throws(() => feed.live("no"), (e) => e.code === "invalid_input");
+    assert.throws(() => new t.Client({ baseUrl: srv.base }).viewFeed("nope"), (e) => t.isTrustfoldError(e));
+  } finally {
+    await srv.close();
   }
 });
 

@@ -25,6 +25,23 @@ test(`the browsers' size-optimised module gives the same bytes (${vectors.length
   assert.ok(!nodeWasm.equals(browserWasm), "two builds: Node's is optimised for speed");
 });
 
+test("stateAt stops at the sequence asked for: the state of the history's first records", () => {
+  const v = loadVectors().find((x) => x.name === "em_happy_wire");
+  const records = JSON.parse(v.history);
+  assert.ok(records.length > 5);
+  for (const k of [1, 2, Math.floor(records.length / 2), records.length - 1, records.length]) {
+    const prefix = JSON.stringify(records.slice(0, k));
+    assert.equal(t.stateAtJson(v.history, k), t.replayJson(prefix), `at seq ${k}`);
+    assert.equal(t.stateAt(v.history, k).version, k);
+  }
+});
+
+test("the package exports no way to swap the module", () => {
+  assert.equal(t.isReady(), true);
+  assert.equal(t.markReady, undefined);
+  assert.equal(t.raw, undefined);
+});
+
 test("errors are TrustfoldErrors with the Rust code, message and seq", () => {
   assert.throws(() => t.replay("[]"), (e) => t.isTrustfoldError(e) && e.code === "invalid_history" && e.seq === 1 && e.message === "invalid history at seq 1: empty history");
   assert.throws(() => t.replay("[{"), (e) => e.code === "malformed_json");

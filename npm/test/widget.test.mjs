@@ -48,7 +48,7 @@ after(async () => {
  */
 async function open(party, extra = {}, { payment = p.payment, setup } = {}) {
   const token = (await srv.ok("POST", `/v1/payments/${payment}/tokens`, key, { party, ttl_seconds: 600 })).token;
-  const q = new URLSearchParams({ server: srv.base, token, payment, party, key: serverKey, refresh: "250", ...extra });
+  const q = new URLSearchParams({ server: srv.base, token, payment, party, key: serverKey, refresh: "600000", ...extra });
   const tab = await browser.context.newPage();
   const errors = [];
   tab.on("pageerror", (e) => errors.push(e.message));
@@ -136,7 +136,8 @@ test("seller and lender: the server's redacted view, marked unverified, acting t
   await lender.tab.click('button[data-command="Join"]');
   await atVersion(lender.tab, v + 1);
   assert.match(await text(lender.tab, `li[data-party="${p.lender}"]`), /— joined \(you\)/);
-  // The seller's widget picks up the lender's join by its periodic refresh.
+  // The seller's widget picks up the lender's join live (the tests' widgets read the
+  // server view again only when the stream shows an event: no periodic refresh).
   await atVersion(seller.tab, v + 1);
   assert.deepEqual(lender.errors, []);
   await seller.tab.close();

@@ -12,7 +12,10 @@
 //!   A participant from whose roles the payment's policy hides something gets a
 //!   redacted view instead (`"redacted": true`, records `{"seq","event"}`): it cannot
 //!   be verified, so `sync()` refuses it with `redacted_history`, and `paymentView()`
-//!   reads it together with `GET {base}/v1/payments/{id}` (the redacted state).
+//!   reads it together with `GET {base}/v1/payments/{id}` (the redacted state). A
+//!   `viewFeed()` reads it again whenever the stream (below) shows an event past the
+//!   view's version: for such a participant the stream's `data` is the redacted
+//!   event, its `id` still the sequence number.
 //! - `POST {base}/v1/payments/{id}/commands` with `{"command": …}` as body (a bare
 //!   command is wrapped; with a participant token the server takes the actor from it),
 //!   `Idempotency-Key`, optionally `If-Match: "<version>"`; errors are RFC 9457
@@ -192,8 +195,7 @@ impl Client {
                 conn: self.conn.clone(),
                 payment,
                 mirror: RefCell::new(Mirror::new(payment)),
-                live: RefCell::new(None),
-                closed: Cell::new(false),
+                link: Link::default(),
             }),
         })
     }
@@ -263,51 +265,78 @@ impl Client {
         let payment: PaymentId = payment_id.parse().js()?;
         let conn = self.conn.clone();
         Ok(future_to_promise(async move {
-            let state = conn.get(&payment, "").await?;
-            let (mut of, mut version) = (None, None);
-            for (key, value) in json::object_members(state.as_bytes()).js()? {
-                match key.as_str() {
-                    "payment" => of = Some(json::string(value).js()?),
-                    "version" => version = Some(json::uint(value).js()?),
-                    _ => {}
-                }
-            }
-            if of != Some(payment.to_string()) {
-                return Err(js_error(
-                    "invalid_history",
-                    &format!("the server's state is not of payment {payment}"),
-                ));
-            }
-            let version = version
-                .ok_or_else(|| js_error("malformed_json", "the server's state has no `version`"))?;
-            let mut out = String::with_capacity(state.len() + 4096);
-            out.push_str("{\"state\":");
-            out.push_str(state.trim());
-            out.push_str(",\"events\":[");
-            let (mut after, mut count) = (0, 0);
-            loop {
-                let text = conn
-                    .get(&payment, &format!("/events?after={after}"))
-                    .await?;
-                let (n, has_more, next) = view_page(&text, &payment, version, &mut out, count)?;
-                count = n;
-                if !has_more {
-                    break;
-                }
-                match next {
-                    Some(n) if n > after => after = n,
-                    _ => {
-                        return Err(js_error(
-                            "invalid_history",
-                            "the server said has_more but its `next` does not move forward",
-                        ))
-                    }
-                }
-            }
-            out.push_str("]}");
-            Ok(JsValue::from_str(&out))
+            let (view, _) = fetch_view(&conn, &payment).await?;
+            Ok(JsValue::from_str(&view))
         }))
     }
+
+    /// A server view of one payment kept up to date: `refresh()` reads it (never
+    /// going back to an older version than the one held), `live()` reads it again
+    /// whenever the payment's stream shows this participant a new event. **Not
+    /// verified**, like `paymentView()`: for participants whose feed `sync()` fails
+    /// with `redacted_history`.
+    #[wasm_bindgen(js_name = viewFeed)]
+    pub fn view_feed(
+        &self,
+        #[wasm_bindgen(js_name = paymentId)] payment_id: &str,
+    ) -> JsResult<PaymentViewFeed> {
+        let payment: PaymentId = payment_id.parse().js()?;
+        Ok(PaymentViewFeed {
+            inner: Rc::new(ViewFeed {
+                conn: self.conn.clone(),
+                payment,
+                view: RefCell::new(None),
+                link: Link::default(),
+            }),
+        })
+    }
+}
+
+/// `{"state","events"}` as the server shows them to this participant, and the state's
+/// version: the state from `GET {base}/v1/payments/{id}`, the events of its history
+/// up to that version. Both must be of `payment`.
+async fn fetch_view(conn: &Conn, payment: &PaymentId) -> Result<(String, u64), JsValue> {
+    let state = conn.get(payment, "").await?;
+    let (mut of, mut version) = (None, None);
+    for (key, value) in json::object_members(state.as_bytes()).js()? {
+        match key.as_str() {
+            "payment" => of = Some(json::string(value).js()?),
+            "version" => version = Some(json::uint(value).js()?),
+            _ => {}
+        }
+    }
+    if of != Some(payment.to_string()) {
+        return Err(js_error(
+            "invalid_history",
+            &format!("the server's state is not of payment {payment}"),
+        ));
+    }
+    let version =
+        version.ok_or_else(|| js_error("malformed_json", "the server's state has no `version`"))?;
+    let mut out = String::with_capacity(state.len() + 4096);
+    out.push_str("{\"state\":");
+    out.push_str(state.trim());
+    out.push_str(",\"events\":[");
+    let (mut after, mut count) = (0, 0);
+    loop {
+        let text = conn.get(payment, &format!("/events?after={after}")).await?;
+        let (n, has_more, next) = view_page(&text, payment, version, &mut out, count)?;
+        count = n;
+        if !has_more {
+            break;
+        }
+        match next {
+            Some(n) if n > after => after = n,
+            _ => {
+                return Err(js_error(
+                    "invalid_history",
+                    "the server said has_more but its `next` does not move forward",
+                ))
+            }
+        }
+    }
+    out.push_str("]}");
+    Ok((out, version))
 }
 
 /// A verified mirror of one payment's history, kept up to date by `sync()` and `live()`.
@@ -320,8 +349,7 @@ struct Feed {
     conn: Conn,
     payment: PaymentId,
     mirror: RefCell<Mirror>,
-    live: RefCell<Option<EventSource>>,
-    closed: Cell<bool>,
+    link: Link,
 }
 
 impl Feed {
@@ -405,38 +433,52 @@ fn view_page(
     Ok((count, page.has_more, page.next))
 }
 
-/// `sync()`'s pages: fetch and verify until `has_more` is false, then the signed head.
-async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
+/// What a sync added: each new record's sequence number and the state after it (the
+/// states only when asked for).
+type Added = Vec<(u64, Option<String>)>;
+
+/// `sync()`: fetches the records after the ones held, page by page, into a copy of the
+/// feed's mirror, verifying each; with a pinned key, then the server's signed head,
+/// which must cover every record fetched (a head newer than the last page means the
+/// payment moved on meanwhile: its new records are fetched too). The copy replaces the
+/// feed's mirror only if it extends what the feed holds by then (a live stream may
+/// have added records meanwhile), so a sync that fails changes nothing, and one that
+/// loses a race to the stream takes nothing back.
+async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
+    let mut staged = feed.mirror.borrow().clone();
+    let mut added = Added::new();
     let mut signed: Option<SignedHead> = None;
+    let mut rounds = 0;
     loop {
-        let after = feed.mirror.borrow().len();
-        let text = feed.get(&format!("/events?after={after}")).await?;
-        let page = Page::from_json(text.as_bytes()).js()?;
-        if page.redacted {
-            return Err(redacted_history());
-        }
-        {
-            let mut m = feed.mirror.borrow_mut();
+        loop {
+            let after = staged.len();
+            let text = feed.get(&format!("/events?after={after}")).await?;
+            let page = Page::from_json(text.as_bytes()).js()?;
+            if page.redacted {
+                return Err(redacted_history());
+            }
             for r in &history::parse(page.events).js()? {
-                m.append(r.hash, r.event.get()).js()?;
+                if staged.append(r.hash, r.event.get()).js()? {
+                    added.push((staged.len(), states.then(|| staged.state_json())));
+                }
+            }
+            if page.signed_head.is_some() {
+                signed = page.signed_head;
+            }
+            if !page.has_more {
+                break;
+            }
+            if staged.len() == after {
+                return Err(js_error(
+                    "invalid_history",
+                    "the server said has_more but sent nothing new",
+                ));
             }
         }
-        if page.signed_head.is_some() {
-            signed = page.signed_head;
-        }
-        let now = feed.mirror.borrow().len();
-        if !page.has_more {
+        let Some(key) = &feed.conn.key else {
             break;
-        }
-        if now == after {
-            return Err(js_error(
-                "invalid_history",
-                "the server said has_more but sent nothing new",
-            ));
-        }
-    }
-    if let Some(key) = &feed.conn.key {
-        let head = match signed {
+        };
+        let head = match signed.take() {
             Some(h) => h,
             None => SignedHead::from_json(feed.get("/head").await?.as_bytes())
                 .map_err(|e| {
@@ -447,19 +489,31 @@ async fn sync_pages(feed: &Feed) -> Result<JsValue, JsValue> {
                 })
                 .js()?,
         };
-        feed.mirror
-            .borrow()
-            .check_head(feed.payment, &head, key)
-            .js()?;
+        if head.stream == feed.payment && head.seq > staged.len() && rounds < 3 {
+            rounds += 1; // appended after the last page: fetch those too
+            continue;
+        }
+        staged.check_head(feed.payment, &head, key).js()?;
+        break;
     }
-    let m = feed.mirror.borrow();
-    Ok(m.state
-        .as_ref()
-        .map(state_json)
-        .map_or(JsValue::UNDEFINED, |s| JsValue::from_str(&s)))
+    let mut m = feed.mirror.borrow_mut();
+    let held = m.len();
+    if staged.len() < held {
+        return Ok(Added::new()); // the live stream got further meanwhile
+    }
+    if held > 0 && staged.hashes.get(held as usize - 1) != m.hashes.last() {
+        return Err(to_js(&Error::ChainBroken {
+            seq: held,
+            reason: "the server sent this feed two different histories".into(),
+        }));
+    }
+    *m = staged;
+    added.retain(|(seq, _)| *seq > held);
+    Ok(added)
 }
 
 /// The records held of one payment and the state they fold to.
+#[derive(Clone)]
 struct Mirror {
     payment: PaymentId,
     hashes: Vec<Hash>,
@@ -481,15 +535,8 @@ impl Mirror {
         self.hashes.len() as u64
     }
 
-    /// What to go back to if what follows fails.
-    fn mark(&self) -> (usize, Option<PaymentState>) {
-        (self.hashes.len(), self.state.clone())
-    }
-
-    fn rollback(&mut self, (len, state): (usize, Option<PaymentState>)) {
-        self.hashes.truncate(len);
-        self.events.truncate(len);
-        self.state = state;
+    fn state_json(&self) -> String {
+        self.state.as_ref().map(state_json).unwrap_or_default()
     }
 
     /// Appends one record after checking its hash, its link and the rules. Returns
@@ -562,6 +609,17 @@ impl Mirror {
                 "the signed head is for payment {}, not {payment}",
                 head.stream
             )));
+        }
+        if head.seq < self.len() {
+            return Err(Error::ChainBroken {
+                seq: head.seq + 1,
+                reason: format!(
+                    "the server's signed head is at seq {} but it sent {} events: the events \
+                     after the signed one are not signed",
+                    head.seq,
+                    self.len()
+                ),
+            });
         }
         let held = usize::try_from(head.seq)
             .ok()
@@ -659,27 +717,28 @@ impl PaymentFeed {
         self.inner.mirror.borrow().history()
     }
 
-    /// Fetches the records after the last one held, page by page, verifying each;
-    /// resolves to the state JSON.
+    /// Fetches the records after the last one held, page by page, verifying each (and,
+    /// with a pinned key, the signed head over all of them); resolves to the state
+    /// JSON. All or nothing: a sync that fails leaves the feed as it was.
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
     pub fn sync(&self) -> js_sys::Promise {
         let feed = self.inner.clone();
         future_to_promise(async move {
-            // All or nothing: a sync that fails (a record or the signed head does not
-            // verify, the connection drops) leaves the feed as it was before it.
-            let before = feed.mirror.borrow().mark();
-            let result = sync_pages(&feed).await;
-            if result.is_err() {
-                feed.mirror.borrow_mut().rollback(before);
-            }
-            result
+            sync_pages(&feed, false).await?;
+            let state = feed.mirror.borrow().state.as_ref().map(state_json);
+            Ok(state.map_or(JsValue::UNDEFINED, |s| JsValue::from_str(&s)))
         })
     }
 
-    /// Follows the payment live: `onUpdate(stateJson, seq)` after every verified new
-    /// record; `onError(error)` for a record that does not verify (the stream is then
-    /// closed) or a connection failure (the client reconnects after it). Call
-    /// `sync()` first so the stream starts where the fetched history ends.
+    /// Follows the payment live: `onUpdate(stateJson, seq)` once for every new record,
+    /// in order, once it is verified — its hash, its link and the rules, and with a
+    /// pinned key the server's signed head over it (with a key every message makes
+    /// the feed sync, so nothing unsigned is ever reported; without one the next
+    /// record is taken from the message, and a record out of order makes it sync).
+    /// `onError(error)` for a record that does not verify (the feed then stops) or a
+    /// connection failure (`network_error`: the feed reconnects and resumes after the
+    /// last record held). Call `sync()` first so the stream starts where the fetched
+    /// history ends.
     pub fn live(
         &self,
         #[wasm_bindgen(js_name = onUpdate, unchecked_param_type = "(stateJson: string, seq: number) => void")]
@@ -687,7 +746,124 @@ impl PaymentFeed {
         #[wasm_bindgen(js_name = onError, unchecked_param_type = "((error: Error) => void) | undefined")]
         on_error: Option<js_sys::Function>,
     ) -> JsResult<()> {
-        if self.inner.live.borrow().is_some() {
+        let run = self.inner.link.start()?;
+        let feed = self.inner.clone();
+        spawn_local(async move {
+            let mut backoff_ms = 250.0;
+            'run: while !run.stopped() {
+                let after = feed.mirror.borrow().len();
+                let (es, mut messages) = match open_stream(&feed.conn, &feed.payment, after) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        report(&on_error, &e);
+                        break;
+                    }
+                };
+                if !feed.link.attach(&run, es) {
+                    break;
+                }
+                while let Some(item) = messages.next().await {
+                    let Ok((_, msg)) = item else {
+                        break;
+                    };
+                    if run.stopped() {
+                        break 'run;
+                    }
+                    // The message's id is the record's sequence number.
+                    let seq = msg.last_event_id().parse::<u64>().ok();
+                    let data = msg.data().as_string().unwrap_or_default();
+                    match live_record(&feed, seq, data).await {
+                        Ok(added) => {
+                            if !added.is_empty() {
+                                backoff_ms = 250.0;
+                            }
+                            for (seq, state) in added {
+                                let _ = on_update.call2(
+                                    &JsValue::NULL,
+                                    &state.unwrap_or_default().into(),
+                                    &JsValue::from_f64(seq as f64),
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            report(&on_error, &e);
+                            if code_of(&e).as_deref() == Some("network_error") {
+                                break; // reconnect: the stream resends what follows
+                            }
+                            break 'run;
+                        }
+                    }
+                }
+                if !feed.link.dropped(&run, &on_error, &mut backoff_ms).await {
+                    break;
+                }
+            }
+            feed.link.end(&run);
+        });
+        Ok(())
+    }
+
+    /// Stops following the payment.
+    pub fn close(&self) {
+        self.inner.link.close();
+    }
+}
+
+/// One message of a feed's stream (`seq` from its id, `data` the record): the
+/// records it adds, each with its sequence number and the state after it.
+async fn live_record(feed: &Feed, seq: Option<u64>, data: String) -> Result<Added, JsValue> {
+    let held = feed.mirror.borrow().len();
+    let keyed = feed.conn.key.is_some();
+    match seq {
+        // A record held already (a replay after a resume), signed with the rest.
+        Some(s) if keyed && s <= held => Ok(Added::new()),
+        // No key to check: the next record (or a replay) verified from the message.
+        Some(s) if !keyed && s <= held + 1 => {
+            let appended = history::record(data.as_bytes())
+                .and_then(|r| feed.mirror.borrow_mut().append(r.hash, r.event.get()));
+            match appended {
+                Ok(true) => Ok(vec![(held + 1, Some(feed.mirror.borrow().state_json()))]),
+                Ok(false) => Ok(Added::new()),
+                Err(_) if is_redacted_event(data.as_bytes()) => Err(redacted_history()),
+                Err(e) => Err(to_js(&e)),
+            }
+        }
+        // A pinned key (the server's signed head must cover what is reported), or a
+        // record out of order: fetch what follows the records held, and verify it.
+        _ => sync_pages(feed, true).await,
+    }
+}
+
+/// The `code` of a thrown error, if it has one.
+fn code_of(e: &JsValue) -> Option<String> {
+    js_sys::Reflect::get(e, &"code".into())
+        .ok()
+        .and_then(|c| c.as_string())
+}
+
+/// One `live()` run of a feed, stopped by `close()` or by a record that does not
+/// verify. A feed has at most one running; a run that wakes up after it was stopped
+/// (its stream closed under it) ends without touching the next one.
+#[derive(Clone)]
+struct Run(Rc<Cell<bool>>);
+
+impl Run {
+    fn stopped(&self) -> bool {
+        self.0.get()
+    }
+}
+
+/// The live part of a feed: its current run and the stream that run has open.
+#[derive(Default)]
+struct Link {
+    run: RefCell<Option<Run>>,
+    es: RefCell<Option<EventSource>>,
+}
+
+impl Link {
+    /// A new run, unless one is running; not without the platform's `EventSource`.
+    fn start(&self) -> JsResult<Run> {
+        if self.run.borrow().as_ref().is_some_and(|r| !r.stopped()) {
             return Err(js_error(
                 "invalid_input",
                 "this feed is already live: close() it first",
@@ -701,94 +877,271 @@ impl PaymentFeed {
                  --experimental-eventsource)",
             ));
         }
-        self.inner.closed.set(false);
+        let run = Run(Rc::new(Cell::new(false)));
+        *self.run.borrow_mut() = Some(run.clone());
+        Ok(run)
+    }
+
+    fn is_current(&self, run: &Run) -> bool {
+        self.run
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| Rc::ptr_eq(&r.0, &run.0))
+    }
+
+    /// Keeps `es` open for `run`; `false` (and `es` closed) if the run was stopped.
+    fn attach(&self, run: &Run, es: EventSource) -> bool {
+        if run.stopped() || !self.is_current(run) {
+            return false;
+        }
+        *self.es.borrow_mut() = Some(es);
+        true
+    }
+
+    fn close(&self) {
+        if let Some(run) = self.run.borrow_mut().take() {
+            run.0.set(true);
+        }
+        self.es.borrow_mut().take();
+    }
+
+    /// After `run`'s stream ended: `false` if the run was stopped; else the drop is
+    /// reported and the backoff waited (and doubled for the next, up to 30 s).
+    async fn dropped(
+        &self,
+        run: &Run,
+        on_error: &Option<js_sys::Function>,
+        backoff_ms: &mut f64,
+    ) -> bool {
+        if self.is_current(run) {
+            self.es.borrow_mut().take();
+        }
+        if run.stopped() {
+            return false;
+        }
+        report(
+            on_error,
+            &js_error("network_error", "live stream dropped: resuming"),
+        );
+        sleep(*backoff_ms).await;
+        *backoff_ms = (*backoff_ms * 2.0).min(30_000.0);
+        !run.stopped()
+    }
+
+    /// `run` ended (closed, or stopped by an error): its stream closes, and the feed
+    /// may go live again.
+    fn end(&self, run: &Run) {
+        run.0.set(true);
+        if self.is_current(run) {
+            self.run.borrow_mut().take();
+            self.es.borrow_mut().take();
+        }
+    }
+}
+
+type Messages =
+    futures_util::stream::SelectAll<gloo_net::eventsource::futures::EventSourceSubscription>;
+
+/// Opens the payment's stream of events after `after`, listening to every message.
+fn open_stream(
+    conn: &Conn,
+    payment: &PaymentId,
+    after: u64,
+) -> Result<(EventSource, Messages), JsValue> {
+    let mut url = conn.url(payment, &format!("/stream?after={after}"));
+    if let Some(t) = &conn.token {
+        url.push_str("&access_token=");
+        url.push_str(&String::from(js_sys::encode_uri_component(t)));
+    }
+    let mut es = EventSource::new(&url).map_err(|e| js_error("network_error", &e.to_string()))?;
+    // The server names each message after its event type (`event:`), and an
+    // EventSource only dispatches named messages to listeners of that name: listen to
+    // every type (and to unnamed messages).
+    let mut subs = vec![es
+        .subscribe("message")
+        .map_err(|e| js_error("network_error", &e.to_string()))?];
+    for t in EventType::ALL {
+        subs.push(
+            es.subscribe(t.name())
+                .map_err(|e| js_error("network_error", &e.to_string()))?,
+        );
+    }
+    Ok((es, futures_util::stream::select_all(subs)))
+}
+
+/// A server view of one payment (`Client.viewFeed()`), kept up to date by `refresh()`
+/// and `live()`. Not verified: see `Client.paymentView()`.
+#[wasm_bindgen]
+pub struct PaymentViewFeed {
+    inner: Rc<ViewFeed>,
+}
+
+struct ViewFeed {
+    conn: Conn,
+    payment: PaymentId,
+    /// The newest view read: `{"state","events"}` JSON and its state's version.
+    view: RefCell<Option<(String, u64)>>,
+    link: Link,
+}
+
+impl ViewFeed {
+    fn version(&self) -> u64 {
+        self.view.borrow().as_ref().map_or(0, |(_, v)| *v)
+    }
+
+    /// Reads the view again and keeps it unless it is older than the one held;
+    /// `true` if the view held moved to a newer version.
+    async fn refresh(&self) -> Result<bool, JsValue> {
+        let (json, version) = fetch_view(&self.conn, &self.payment).await?;
+        let held = self.version();
+        let newer = self.view.borrow().is_none() || version > held;
+        if version >= held {
+            *self.view.borrow_mut() = Some((json, version));
+        }
+        Ok(newer)
+    }
+
+    /// Reads the view until it includes `seq` (the read model of another server
+    /// process may lag its log by a moment); a few tries, then what there is.
+    async fn refresh_to(&self, seq: u64, run: &Run) -> Result<bool, JsValue> {
+        let mut newer = false;
+        let mut wait_ms = 50.0;
+        for _ in 0..6 {
+            newer |= self.refresh().await?;
+            if self.version() >= seq || run.stopped() {
+                break;
+            }
+            sleep(wait_ms).await;
+            wait_ms *= 2.0;
+        }
+        Ok(newer)
+    }
+
+    fn held(&self) -> JsValue {
+        match &*self.view.borrow() {
+            Some((json, _)) => JsValue::from_str(json),
+            None => JsValue::UNDEFINED,
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl PaymentViewFeed {
+    /// The state's version of the view held (0 before the first `refresh()`).
+    #[wasm_bindgen(getter)]
+    pub fn version(&self) -> f64 {
+        self.inner.version() as f64
+    }
+
+    /// The view held, as `{"state","events"}` JSON (`undefined` before the first
+    /// `refresh()`).
+    #[wasm_bindgen(unchecked_return_type = "string | undefined")]
+    pub fn view(&self) -> JsValue {
+        self.inner.held()
+    }
+
+    /// Reads the server's view again; resolves to the view held afterwards, which is
+    /// never older than before (an answer older than the view held is dropped).
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    pub fn refresh(&self) -> js_sys::Promise {
+        let feed = self.inner.clone();
+        future_to_promise(async move {
+            feed.refresh().await?;
+            Ok(feed.held())
+        })
+    }
+
+    /// Follows the payment: whenever its stream shows this participant an event past
+    /// the view held, the view is read again and `onUpdate(viewJson)` called with it.
+    /// `onError(error)` for a failed read or a dropped stream (`network_error`: the
+    /// feed goes on and resumes after the view held) or a view that is refused (the
+    /// feed stops). Events hidden from the participant's roles send nothing, so the
+    /// view catches up with them at the next one it sees (or the next `refresh()`).
+    pub fn live(
+        &self,
+        #[wasm_bindgen(js_name = onUpdate, unchecked_param_type = "(viewJson: string) => void")]
+        on_update: js_sys::Function,
+        #[wasm_bindgen(js_name = onError, unchecked_param_type = "((error: Error) => void) | undefined")]
+        on_error: Option<js_sys::Function>,
+    ) -> JsResult<()> {
+        let run = self.inner.link.start()?;
         let feed = self.inner.clone();
         spawn_local(async move {
+            let update = |feed: &ViewFeed| {
+                let _ = on_update.call1(&JsValue::NULL, &feed.held());
+            };
             let mut backoff_ms = 250.0;
-            while !feed.closed.get() {
-                let after = feed.mirror.borrow().len();
-                let mut url = feed
-                    .conn
-                    .url(&feed.payment, &format!("/stream?after={after}"));
-                if let Some(t) = &feed.conn.token {
-                    url.push_str("&access_token=");
-                    url.push_str(&String::from(js_sys::encode_uri_component(t)));
+            'run: while !run.stopped() {
+                // Start from a view, so that the stream starts where it ends.
+                if feed.view.borrow().is_none() {
+                    match feed.refresh().await {
+                        Ok(_) => update(&feed),
+                        Err(e) => {
+                            report(&on_error, &e);
+                            if code_of(&e).as_deref() != Some("network_error") {
+                                break;
+                            }
+                            sleep(backoff_ms).await;
+                            backoff_ms = (backoff_ms * 2.0).min(30_000.0);
+                            continue;
+                        }
+                    }
                 }
-                let opened = EventSource::new(&url).and_then(|mut es| {
-                    // The server names each message after its event type (`event:`),
-                    // and an EventSource only dispatches named messages to listeners of
-                    // that name: listen to every type (and to unnamed messages).
-                    let mut subs = vec![es.subscribe("message")?];
-                    for t in EventType::ALL {
-                        subs.push(es.subscribe(t.name())?);
-                    }
-                    Ok((es, futures_util::stream::select_all(subs)))
-                });
-                let (es, mut messages) = match opened {
-                    Ok(x) => x,
-                    Err(e) => {
-                        report(&on_error, &js_error("network_error", &e.to_string()));
-                        break;
-                    }
-                };
-                *feed.live.borrow_mut() = Some(es);
+                let (es, mut messages) =
+                    match open_stream(&feed.conn, &feed.payment, feed.version()) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            report(&on_error, &e);
+                            break;
+                        }
+                    };
+                if !feed.link.attach(&run, es) {
+                    break;
+                }
                 while let Some(item) = messages.next().await {
                     let Ok((_, msg)) = item else {
                         break;
                     };
-                    let data = msg.data().as_string().unwrap_or_default();
-                    let appended = history::record(data.as_bytes())
-                        .and_then(|r| feed.mirror.borrow_mut().append(r.hash, r.event.get()));
-                    match appended {
+                    if run.stopped() {
+                        break 'run;
+                    }
+                    // The message's id is the event's sequence number.
+                    let seq = msg
+                        .last_event_id()
+                        .parse::<u64>()
+                        .unwrap_or_else(|_| feed.version() + 1);
+                    if seq <= feed.version() {
+                        continue; // already in the view held
+                    }
+                    match feed.refresh_to(seq, &run).await {
                         Ok(true) => {
                             backoff_ms = 250.0;
-                            let (state, seq) = {
-                                let m = feed.mirror.borrow();
-                                (
-                                    m.state.as_ref().map(state_json).unwrap_or_default(),
-                                    m.len(),
-                                )
-                            };
-                            let _ = on_update.call2(
-                                &JsValue::NULL,
-                                &state.into(),
-                                &JsValue::from_f64(seq as f64),
-                            );
+                            update(&feed);
                         }
                         Ok(false) => {}
                         Err(e) => {
-                            let err = if is_redacted_event(data.as_bytes()) {
-                                redacted_history()
-                            } else {
-                                to_js(&e)
-                            };
-                            report(&on_error, &err);
-                            feed.closed.set(true);
-                            break;
+                            // A failed read: a network failure is reported and the
+                            // feed goes on (the next event reads again); anything else
+                            // (a view of another payment, a revoked token) stops it.
+                            report(&on_error, &e);
+                            if code_of(&e).as_deref() != Some("network_error") {
+                                break 'run;
+                            }
                         }
                     }
                 }
-                drop(feed.live.borrow_mut().take());
-                if feed.closed.get() {
+                if !feed.link.dropped(&run, &on_error, &mut backoff_ms).await {
                     break;
                 }
-                report(
-                    &on_error,
-                    &js_error("network_error", "live stream dropped: resuming"),
-                );
-                sleep(backoff_ms).await;
-                backoff_ms = (backoff_ms * 2.0).min(30_000.0);
             }
-            drop(feed.live.borrow_mut().take());
+            feed.link.end(&run);
         });
         Ok(())
     }
 
     /// Stops following the payment.
     pub fn close(&self) {
-        self.inner.closed.set(true);
-        let es = self.inner.live.borrow_mut().take();
-        drop(es);
+        self.inner.link.close();
     }
 }
 

@@ -29,7 +29,9 @@
 //! - [`decide`] — `allowedCommands`, `decide`, `validatePolicy`.
 //! - [`money`] — arithmetic and formatting on decimal strings.
 //! - [`client`] — `Client` and `PaymentFeed`: incremental fetch, signed-head check,
-//!   commands with idempotency keys, live updates with resume (gloo-net).
+//!   commands with idempotency keys, live updates with resume (gloo-net);
+//!   `PaymentViewFeed`: the server's unverified view for restricted participants,
+//!   read again on each live event.
 //! - [`error`] — core errors as JS errors.
 //!
 //! ## Pitfalls

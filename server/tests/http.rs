@@ -21,6 +21,40 @@ async fn earnest_money(srv: &Server) {
         .expect("fund and release");
     let p = &f.payment;
 
+    // Health, and text no database here can store (NUL), on either engine.
+    let h = c.get("/healthz", &key).await;
+    assert_eq!(
+        (h.status, h.body["status"].as_str()),
+        (200, Some("ok")),
+        "{}",
+        h.body
+    );
+    let r = c.get("/v1/payments?policy=a%00b", &key).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_parameter")),
+        "{}",
+        r.body
+    );
+    let r = c
+        .post("/v1/tenants", ADMIN, &json!({"name": "Acme\u{0}"}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (422, Some("invalid_name")),
+        "{}",
+        r.body
+    );
+    // A NUL that reaches PostgreSQL anyway (a policy id in the path) is the caller's
+    // mistake, not a server error.
+    let r = c.get("/v1/policies/a%00b", &key).await;
+    assert!(
+        r.status == 400 || r.status == 404,
+        "{} {}",
+        r.status,
+        r.body
+    );
+
     // State from the read model, with its version as ETag.
     let state = c.get(&format!("/v1/payments/{p}"), &key).await;
     assert_eq!(state.status, 200);
@@ -491,9 +525,9 @@ async fn invite_lender(c: &Client, key: &str, f: &common::scenario::Flow) -> Str
     lender
 }
 
-#[tokio::test]
-async fn participant_tokens_see_the_policy_view_and_act_as_their_party() {
-    let srv = common::sqlite().await;
+/// Participant tokens on either engine (a participant's idempotency key is stored
+/// scoped to it: PostgreSQL's text refused the NUL that once parted the two).
+async fn participant_tokens(srv: &Server) {
     let c = &srv.client;
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
     let f = open_and_join(c, &key).await.expect("open");
@@ -595,6 +629,21 @@ async fn participant_tokens_see_the_policy_view_and_act_as_their_party() {
     let mut bad = token.clone();
     bad.pop();
     assert_eq!(c.get(&format!("/v1/payments/{p}"), &bad).await.status, 401);
+}
+
+#[tokio::test]
+async fn participant_tokens_see_the_policy_view_and_act_as_their_party_sqlite() {
+    let srv = common::sqlite().await;
+    participant_tokens(&srv).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn participant_tokens_see_the_policy_view_and_act_as_their_party_postgres() {
+    let Some(srv) = common::postgres().await else {
+        return;
+    };
+    participant_tokens(&srv).await;
     srv.finish().await;
 }
 
@@ -650,6 +699,76 @@ async fn a_removed_participants_token_reads_nothing_more() {
     assert!(ended.is_ok(), "the removed party's live stream ended");
     // The tenant still reads everything.
     assert_eq!(c.get(&format!("/v1/payments/{p}"), &key).await.status, 200);
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn a_participants_inbox_holds_only_what_its_roles_may_see() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    // A policy that notifies lenders of release requests, which their view hides.
+    let mut policy: Value = serde_json::from_str(common::scenario::EARNEST_MONEY).expect("policy");
+    policy["version"] = 2.into();
+    policy["notifications"]["ReleaseRequested"] = json!(["buyer", "seller", "lender"]);
+    assert_eq!(c.post("/v1/policies", &key, &policy).await.status, 201);
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = &f.payment;
+    let lender = invite_lender(c, &key, &f).await;
+    c.command(&key, p, Some(&lender), "lender", json!({"type": "Join"}))
+        .await
+        .expect("join");
+    fund_and_release(c, &key, &f).await.expect("flow");
+    let path = format!("/v1/parties/{lender}/inbox");
+    let types = |r: &common::scenario::Reply| -> Vec<String> {
+        r.body["notifications"]
+            .as_array()
+            .expect("notifications")
+            .iter()
+            .filter_map(|n| n["type"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // The tenant sees every notice the policy made for the lender…
+    let all = types(&c.get(&path, &key).await);
+    assert!(all.iter().any(|t| t == "ReleaseRequested"), "{all:?}");
+    assert!(all.iter().any(|t| t == "FundsAvailable"), "{all:?}");
+    // …the lender's own token only those of events its view shows.
+    let token = token_for(c, &key, p, &lender).await;
+    let r = c.get(&path, &token).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mine = types(&r);
+    assert!(mine.iter().any(|t| t == "FundsAvailable"), "{mine:?}");
+    assert!(!mine.iter().any(|t| t == "ReleaseRequested"), "{mine:?}");
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn a_participants_stream_ends_when_its_token_expires() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = &f.payment;
+    let t = c
+        .post(
+            &format!("/v1/payments/{p}/tokens"),
+            &key,
+            &json!({"party": f.buyer, "ttl_seconds": 2}),
+        )
+        .await;
+    let token = t.body["token"].as_str().expect("token").to_owned();
+    let url = format!("{}/v1/payments/{p}/stream?access_token={token}", c.base);
+    let mut live = c.http.get(&url).send().await.expect("stream");
+    assert_eq!(live.status(), 200);
+    let mut buf = String::new();
+    sse_events(&mut live, 1, &mut buf).await;
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(_)) = live.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of an expired token ended");
+    let r = c.http.get(&url).send().await.expect("stream");
+    assert_eq!(r.status(), 401, "and it cannot be opened again");
     srv.finish().await;
 }
 

@@ -250,6 +250,20 @@ impl From<StoreError> for ApiError {
                 message: m,
                 field: None,
             },
+            // Text PostgreSQL cannot store (a NUL character) that got this far: the
+            // caller's mistake, whichever parameter carried it; the statement wrote
+            // nothing.
+            StoreError::Database(sqlx::Error::Database(d))
+                if matches!(d.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                ApiError::BadRequest {
+                    code: "invalid_text",
+                    message: "text in this request contains a character the database cannot \
+                              store (the NUL character, U+0000): remove it"
+                        .into(),
+                    field: None,
+                }
+            }
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
                 ApiError::Unavailable(e.to_string())
             }

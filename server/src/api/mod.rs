@@ -267,6 +267,16 @@ pub fn params(p: Params) -> ApiResult<HashMap<String, String>> {
     })?;
     let mut map = HashMap::with_capacity(pairs.len());
     for (name, value) in pairs {
+        if name.contains('\0') || value.contains('\0') {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                &name,
+                format!(
+                    "the query parameter `{}` contains a NUL character (%00); remove it",
+                    trustfold_core::error::echo(&name)
+                ),
+            ));
+        }
         if map.contains_key(&name) {
             return Err(ApiError::bad_request(
                 "invalid_parameter",
@@ -311,8 +321,10 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
 }
 
 async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
+    // BIGINT on both engines: PostgreSQL's `1` is an int4, which sqlx does not decode
+    // as an i64.
     let ok: i64 = on_read!(&state.db, pool => {
-        sqlx::query_scalar("SELECT 1")
+        sqlx::query_scalar("SELECT CAST(1 AS BIGINT)")
             .fetch_one(pool)
             .await
             .map_err(StoreError::from)?
@@ -348,23 +360,9 @@ struct NewTenant {
     name: String,
 }
 
-async fn insert_api_key(db: &Db, tenant: Uuid) -> ApiResult<auth::NewApiKey> {
-    let key = new_api_key()?;
-    on_write!(db, pool => {
-        sqlx::query(
-            "INSERT INTO api_keys (key_id, tenant_id, key_hash, created_at_us) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key.key_id)
-        .bind(tenant)
-        .bind(key.hash.as_slice())
-        .bind(now_us())
-        .execute(pool)
-        .await
-        .map_err(StoreError::from)?;
-    });
-    Ok(key)
-}
+/// Stores a new API key of a tenant (its hash); run in the caller's transaction.
+const INSERT_API_KEY: &str = "INSERT INTO api_keys (key_id, tenant_id, key_hash, created_at_us) \
+                              VALUES ($1, $2, $3, $4)";
 
 async fn create_tenant(
     State(state): State<AppState>,
@@ -394,27 +392,42 @@ async fn create_tenant(
         }
     }
     let req: NewTenant = parse_json(&body)?;
-    if req.name.trim().is_empty() || req.name.chars().count() > trustfold_core::command::NAME_MAX {
+    if req.name.trim().is_empty()
+        || req.name.chars().count() > trustfold_core::command::NAME_MAX
+        || req.name.chars().any(char::is_control)
+    {
         return Err(ApiError::Unprocessable {
             code: "invalid_name",
             message: format!(
-                "a tenant needs a name of 1 to {} characters",
+                "a tenant needs a name of 1 to {} characters, none of them control \
+                 characters",
                 trustfold_core::command::NAME_MAX
             ),
             field: Some("name".into()),
         });
     }
     let tenant = Uuid::new_v4();
+    let key = new_api_key()?;
+    // The tenant and its first key in one transaction: never a tenant without a key.
     on_write!(&state.db, pool => {
+        let mut tx = pool.begin().await.map_err(StoreError::from)?;
         sqlx::query("INSERT INTO tenants (tenant_id, name, created_at_us) VALUES ($1, $2, $3)")
             .bind(tenant)
             .bind(&req.name)
             .bind(now_us())
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
+        sqlx::query(INSERT_API_KEY)
+            .bind(key.key_id)
+            .bind(tenant)
+            .bind(key.hash.as_slice())
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
     });
-    let key = insert_api_key(&state.db, tenant).await?;
     tracing::info!(%tenant, "tenant created");
     Ok(json(
         StatusCode::CREATED,
@@ -464,9 +477,20 @@ async fn rotate_api_key(
         ),
         None => None,
     };
-    let key = insert_api_key(&state.db, tenant).await?;
-    if let Some(at) = expire_at {
-        on_write!(&state.db, pool => {
+    let key = new_api_key()?;
+    // The new key and the others' expiry in one transaction: never a new key that
+    // nobody received while the old ones were cut short, nor the reverse.
+    on_write!(&state.db, pool => {
+        let mut tx = pool.begin().await.map_err(StoreError::from)?;
+        sqlx::query(INSERT_API_KEY)
+            .bind(key.key_id)
+            .bind(tenant)
+            .bind(key.hash.as_slice())
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        if let Some(at) = expire_at {
             sqlx::query(
                 "UPDATE api_keys SET expires_at_us = $1 WHERE tenant_id = $2 AND key_id <> $3 \
                  AND (expires_at_us IS NULL OR expires_at_us > $1)",
@@ -474,10 +498,13 @@ async fn rotate_api_key(
             .bind(at)
             .bind(tenant)
             .bind(key.key_id)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-        });
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+    });
+    if expire_at.is_some() {
         state.api_keys.clear();
     }
     Ok(json(

@@ -103,11 +103,13 @@ fn idempotency(
         })?
         .to_owned();
     // Keys are the caller's own: a participant's key never takes one of the tenant's
-    // or another participant's (the tenant's keys are stored as given).
+    // or another participant's (the tenant's keys are stored as given). A tab parts
+    // the scope from the key: keys may not contain one, and the stored key is text
+    // (PostgreSQL's text refuses a NUL).
     let given = key;
     let key = match principal {
         Principal::Tenant { .. } => given.clone(),
-        Principal::Participant(_) => format!("{}\0{given}", principal.scope()),
+        Principal::Participant(_) => format!("{}\t{given}", principal.scope()),
     };
     let mut h = Sha256::new();
     for part in [route.as_bytes(), principal.scope().as_bytes(), body] {
@@ -1412,10 +1414,15 @@ pub async fn get_inbox(
 ) -> ApiResult<Response> {
     let party = parse_id(&id, "party_id")?;
     let tenant = principal.tenant();
+    // A participant's token reads its own payment's notices, only those for the roles
+    // it holds now, and only of events those roles may see.
+    let mut seen: Option<(Vec<Role>, trustfold_core::policy::Visibility)> = None;
     let only_payment = match &principal {
         Principal::Tenant { .. } => None,
         Principal::Participant(c) if c.party == party => {
-            participant_roles(&load_state(&state, c.tenant, c.payment).await?, c)?;
+            let st = load_state(&state, c.tenant, c.payment).await?;
+            let roles = participant_roles(&st, c)?;
+            seen = Some((roles.clone(), st.policy_doc.visibility_for(&roles)));
             Some(c.payment)
         }
         Principal::Participant(_) => {
@@ -1476,12 +1483,18 @@ pub async fn get_inbox(
     let next = rows.last().map_or(after, |r| r.2);
     let items: Vec<_> = rows
         .into_iter()
-        .map(|(payment, seq, position, ty, roles, at)| {
-            serde_json::json!({
+        .filter_map(|(payment, seq, position, ty, roles, at)| {
+            let mut roles: Vec<String> = serde_json::from_str(&roles).unwrap_or_default();
+            if let Some((held, vis)) = &seen {
+                roles.retain(|r| held.iter().any(|h| h.0 == *r));
+                if roles.is_empty() || !trustfold_core::view::shown(vis, &ty) {
+                    return None;
+                }
+            }
+            Some(serde_json::json!({
                 "payment_id": payment, "seq": seq, "position": position, "type": ty,
-                "roles": serde_json::from_str::<serde_json::Value>(&roles).unwrap_or_default(),
-                "at": at,
-            })
+                "roles": roles, "at": at,
+            }))
         })
         .collect();
     Ok(json(

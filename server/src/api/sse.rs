@@ -66,6 +66,16 @@ fn record_event(seq: u64, event_type: &str, hash: &[u8; 32], body: &[u8]) -> Eve
 impl Cursor {
     /// Reads new events into the buffer; `false` if the stream should end.
     async fn fill(&mut self) -> bool {
+        // A participant's token expires while its stream is open: the stream ends
+        // (noticed at the latest by the next poll), and the browser's reconnect with
+        // it is refused.
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|c| c.exp <= crate::db::now_us() / 1_000_000)
+        {
+            return false;
+        }
         match self
             .state
             .store
