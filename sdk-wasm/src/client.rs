@@ -31,6 +31,11 @@
 //! Every record is verified as it arrives: its bytes hash to its `hash`, its `prev` is
 //! the hash held for the sequence before, and it folds under the rules. Records the
 //! client already holds (a replay after resume) are checked for equality and skipped.
+//! With a pinned key the server's signed head must cover every record fetched (a head
+//! newer than the pages makes the client fetch again; records past it are refused), and
+//! a live message makes the feed sync rather than take the record from the message,
+//! so nothing unsigned is ever reported. A sync works on a copy of the feed and keeps
+//! it only if it extends what the feed holds by then.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
