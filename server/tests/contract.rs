@@ -23,7 +23,30 @@ use uuid::Uuid;
 
 struct Fixture<S> {
     store: S,
+    /// The SQLite file or the PostgreSQL URL: where more instances of the store open.
+    location: String,
     cleanup: Cleanup,
+}
+
+/// A store opened again on the same database: what another server process has.
+trait Reopen: Sized {
+    fn reopen(location: &str) -> impl std::future::Future<Output = Self> + Send;
+}
+
+impl Reopen for SqliteStore {
+    async fn reopen(location: &str) -> Self {
+        SqliteStore::open(location)
+            .await
+            .expect("open sqlite store again")
+    }
+}
+
+impl Reopen for PostgresStore {
+    async fn reopen(location: &str) -> Self {
+        PostgresStore::connect(location)
+            .await
+            .expect("connect postgres store again")
+    }
 }
 
 enum Cleanup {
@@ -33,6 +56,18 @@ enum Cleanup {
         database: String,
         pool: sqlx::PgPool,
     },
+}
+
+impl<S: Reopen + Clone> Fixture<S> {
+    /// `n` instances of the store on this fixture's database, each with its own
+    /// connections and appender (as `n` server processes have): the fixture's own first.
+    async fn instances(&self, n: usize) -> Vec<S> {
+        let mut all = vec![self.store.clone()];
+        for _ in 1..n {
+            all.push(S::reopen(&self.location).await);
+        }
+        all
+    }
 }
 
 impl<S> Fixture<S> {
@@ -60,11 +95,13 @@ impl<S> Fixture<S> {
 
 async fn sqlite_fixture() -> Option<Fixture<SqliteStore>> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(dir.path().join("events.db"))
+    let location = dir.path().join("events.db").display().to_string();
+    let store = SqliteStore::open(&location)
         .await
         .expect("open sqlite store");
     Some(Fixture {
         store,
+        location,
         cleanup: Cleanup::Dir(dir),
     })
 }
@@ -129,6 +166,7 @@ async fn postgres_fixture() -> Option<Fixture<PostgresStore>> {
     let pool = store.pool().clone();
     Some(Fixture {
         store,
+        location: url,
         cleanup: Cleanup::Postgres {
             admin_url,
             database,
@@ -151,11 +189,27 @@ macro_rules! contract_suite {
                 malformed_appends_are_rejected,
                 tenants_are_isolated,
                 paging_of_stream_and_feeds,
-                concurrent_writers_on_one_stream,
-                subscriber_sees_every_event_once_in_commit_order,
                 group_commit_many_appenders
             );
+            contract_suite!(@instances $fixture;
+                concurrent_writers_on_one_stream,
+                subscriber_sees_every_event_once_in_commit_order
+            );
         }
+    };
+    // Tests of concurrency between processes: each gets four instances of the store on
+    // one database (their own connections and appenders), so the database's own locks,
+    // not one appender's queue, decide who wins.
+    (@instances $fixture:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let Some(fx) = $fixture().await else { return };
+                let stores = fx.instances(4).await;
+                super::contract::$name(stores).await;
+                fx.finish().await;
+            }
+        )*
     };
     (@tests $fixture:path; $($name:ident),* $(,)?) => {
         $(
@@ -534,15 +588,17 @@ mod contract {
             .is_empty());
     }
 
-    /// 16 writers race on one stream, each appending with the version it last saw.
-    pub async fn concurrent_writers_on_one_stream<S: EventStore + Clone + 'static>(s: S) {
+    /// 16 writers race on one stream, each appending with the version it last saw,
+    /// spread over the store's instances (as over server processes).
+    pub async fn concurrent_writers_on_one_stream<S: EventStore + Clone + 'static>(stores: Vec<S>) {
+        let s = stores[0].clone();
         const WRITERS: usize = 16;
         const TARGET: u64 = 100;
         let (tenant, stream) = (Uuid::new_v4(), Uuid::new_v4());
         let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
-            let (s, start) = (s.clone(), start.clone());
+            let (s, start) = (stores[w % stores.len()].clone(), start.clone());
             tasks.push(tokio::spawn(async move {
                 start.wait().await;
                 let mut wins = Vec::new();
@@ -611,12 +667,14 @@ mod contract {
         assert_eq!(ids.len() as u64, TARGET, "no duplicates");
     }
 
-    /// Writers on many streams while a subscriber follows `position > checkpoint`.
+    /// Writers on many streams, spread over the store's instances, while a subscriber
+    /// on another instance follows `position > checkpoint`.
     pub async fn subscriber_sees_every_event_once_in_commit_order<
         S: EventStore + Clone + 'static,
     >(
-        s: S,
+        stores: Vec<S>,
     ) {
+        let s = stores[stores.len() - 1].clone();
         const WRITERS: usize = 8;
         const APPENDS: usize = 24;
         let tenant = Uuid::new_v4();
@@ -653,7 +711,7 @@ mod contract {
 
         let mut writers = Vec::new();
         for w in 0..WRITERS {
-            let s = s.clone();
+            let s = stores[w % (stores.len() - 1)].clone();
             writers.push(tokio::spawn(async move {
                 let streams: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
                 let mut versions = [0u64; 3];
