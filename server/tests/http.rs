@@ -742,6 +742,84 @@ async fn a_participants_inbox_holds_only_what_its_roles_may_see() {
     srv.finish().await;
 }
 
+/// Events stored under an old schema version (a golden vector's v1 invitations) are
+/// served byte for byte, so the chain still verifies, and read upcast: the read model's
+/// state is the one the core folds from them.
+#[tokio::test]
+async fn stored_events_of_an_old_schema_are_upcast_on_read() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let t = c.post("/v1/tenants", ADMIN, &json!({"name": "t"})).await;
+    assert_eq!(t.status, 201, "{}", t.body);
+    let key = t.body["api_key"].as_str().expect("key").to_owned();
+    let tenant: uuid::Uuid = t.body["tenant_id"]
+        .as_str()
+        .expect("tenant")
+        .parse()
+        .expect("uuid");
+    let vectors = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
+    let text = std::fs::read(format!(
+        "{vectors}upcast_v1_participant_invited.history.json"
+    ))
+    .expect("vector");
+    let expected: Value = serde_json::from_slice(
+        &std::fs::read(format!(
+            "{vectors}upcast_v1_participant_invited.expected.json"
+        ))
+        .expect("vector"),
+    )
+    .expect("json");
+    let records = parse(&text).expect("records");
+    let mut events = Vec::new();
+    let mut stream = None;
+    for r in &records {
+        let env = trustfold_core::envelope::Envelope::from_json(r.event.get().as_bytes())
+            .expect("envelope");
+        stream = Some(env.stream.0);
+        events.push(trustfold_server::NewEvent {
+            event_id: env.id.uuid(),
+            event_type: env.event_type().name().to_owned(),
+            schema_version: env.schema_version,
+            body: r.event.get().as_bytes().to_vec(),
+            hash: r.hash.0,
+        });
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.schema_version == 1 && e.event_type == "ParticipantInvited"),
+        "the vector holds v1 invitations"
+    );
+    let stream = stream.expect("events");
+    // Stored by another instance of the store on the server's file, as an import (or
+    // an older server version) would have.
+    let store = trustfold_server::SqliteStore::open(&srv.database)
+        .await
+        .expect("store");
+    trustfold_server::EventStore::append(&store, tenant, stream, 0, &events)
+        .await
+        .expect("append");
+
+    let served = history(c, &key, &stream.to_string(), 4)
+        .await
+        .expect("history");
+    let served_records = parse(&served).expect("served records");
+    assert_eq!(served_records.len(), records.len());
+    for (a, b) in served_records.iter().zip(&records) {
+        assert_eq!(a.event.get(), b.event.get(), "served byte for byte");
+    }
+    let state = replay(&served).expect("the served history verifies and folds");
+    let state: Value = serde_json::from_slice(&state.to_json()).expect("state json");
+    assert_eq!(state, expected["state"]);
+    let read_model = c.get(&format!("/v1/payments/{stream}"), &key).await;
+    assert_eq!(read_model.status, 200, "{}", read_model.body);
+    assert_eq!(
+        read_model.body, expected["state"],
+        "the read model's state is upcast"
+    );
+    srv.finish().await;
+}
+
 #[tokio::test]
 async fn a_participants_stream_ends_when_its_token_expires() {
     let srv = common::sqlite().await;
