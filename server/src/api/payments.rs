@@ -1029,8 +1029,22 @@ pub async fn get_payment(
                 .await
                 .map_err(StoreError::from)?
             });
-            match row {
-                Some((v, s)) => (u64::try_from(v).unwrap_or(0), s.into_bytes()),
+            let projected = match row {
+                Some((v, s)) => {
+                    // The read model waits for this process's own appends only: another
+                    // process's command, acknowledged a moment ago, may not be projected
+                    // yet. A summary behind the stream's head gives way to the state
+                    // folded from the log, so a read after a command sees it whichever
+                    // process took the command.
+                    let v = u64::try_from(v).unwrap_or(0);
+                    let head = state.store.stream_head(tenant, payment).await?;
+                    head.is_none_or(|h| h.version <= v)
+                        .then(|| (v, s.into_bytes()))
+                }
+                None => None,
+            };
+            match projected {
+                Some(p) => p,
                 // Not projected yet (another process appended it a moment ago).
                 None => {
                     let s = load_state(&state, tenant, payment).await?;
