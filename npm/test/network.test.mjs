@@ -318,6 +318,68 @@ test("Chromium: a seller's server view followed live, resumed after close and af
   }
 });
 
+test("Node (the eventsource package): live() without sync() takes a backlog in order, each record once", async () => {
+  // Node's EventSource implementations dispatch every message of a network chunk at
+  // once, so a backlog (here the whole history, sent when the stream opens) arrives
+  // faster than the feed takes it: it must still come out in order, once each.
+  const { EventSource } = await import("eventsource");
+  const buyer = uuid();
+  const [seller, escrow] = [uuid(), uuid()];
+  const p = await srv.openPayment(key, { agent: uuid(), invite: [[buyer, "buyer"], [seller, "seller"], [escrow, "escrow_holder"]] });
+  // Messages of several types, interleaved (the client listens to each type apart).
+  for (const [party, role] of [[buyer, "buyer"], [seller, "seller"], [escrow, "escrow_holder"]]) {
+    await srv.command(key, p, party, role, { type: "Join" });
+    if (role !== "escrow_holder") {
+      await srv.command(key, p, party, role, { type: "AgreeToTerms", terms_hash: (await srv.ok("GET", `/v1/payments/${p}`, key)).terms_hash });
+    }
+  }
+  const head = (await srv.ok("GET", `/v1/payments/${p}/head`, key)).seq;
+  assert.ok(head >= 4);
+  const follow = (opts) => new Promise((resolve, reject) => {
+    const feed = new t.Client(opts).payment(p);
+    const seqs = [];
+    const errors = [];
+    const timer = setTimeout(() => { feed.close(); reject(new Error(`timed out: ${JSON.stringify({ seqs, errors })}`)); }, 20_000);
+    feed.live((state, seq) => {
+      seqs.push(seq);
+      assert.equal(state.version, seq);
+      if (seq === head) {
+        clearTimeout(timer);
+        feed.close();
+        resolve({ seqs, errors, feed });
+      }
+    }, (e) => {
+      errors.push(e.code);
+      if (e.code !== "network_error") {
+        clearTimeout(timer);
+        feed.close();
+        reject(new Error(`stopped: ${JSON.stringify({ seqs, errors, message: e.message })}`));
+      }
+    });
+  });
+  const had = globalThis.EventSource;
+  globalThis.EventSource = EventSource;
+  try {
+    const token = (await srv.ok("POST", `/v1/payments/${p}/tokens`, key, { party: buyer, ttl_seconds: 600 })).token;
+    for (const opts of [{ baseUrl: srv.base, token }, { baseUrl: srv.base, token, serverKey }]) {
+      const { seqs, errors, feed } = await follow(opts);
+      if (opts.serverKey) {
+        // With a key each message syncs: updates are in order and once each, and may
+        // cover the backlog in fewer calls than records.
+        assert.ok(seqs.every((s, i) => i === 0 || s > seqs[i - 1]), `${seqs}`);
+        assert.equal(seqs.at(-1), head);
+      } else {
+        assert.deepEqual(seqs, Array.from({ length: head }, (_, i) => i + 1), "every record once, in order");
+      }
+      assert.deepEqual(errors, []);
+      assert.deepEqual(feed.state(), t.replay(feed.history()));
+      assert.equal(feed.seq, head);
+    }
+  } finally {
+    globalThis.EventSource = had;
+  }
+});
+
 // A server that misbehaves (the client's side of a broken or hostile server): a plain
 // Node HTTP server answering the events route with pages we write here.
 async function fakeServer(page) {
