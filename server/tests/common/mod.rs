@@ -36,6 +36,12 @@ impl Server {
 
     pub async fn finish(mut self) {
         self.stop().await;
+        let undocumented = self.client.undocumented();
+        assert!(
+            undocumented.is_empty(),
+            "answers /openapi.json does not document:\n{}",
+            undocumented.join("\n")
+        );
         if let Some((admin_url, name)) = self.pg_admin.take() {
             let mut admin = PgConnection::connect(&admin_url)
                 .await

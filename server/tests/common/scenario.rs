@@ -17,11 +17,13 @@ pub struct Reply {
     pub body: Value,
 }
 
-/// A client for one server.
+/// A client for one server. Clones share `seen`: every answer's method, path and status,
+/// checked against `/openapi.json` when a test's server finishes.
 #[derive(Clone, Debug)]
 pub struct Client {
     pub http: reqwest::Client,
     pub base: String,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>>,
 }
 
 impl Client {
@@ -32,7 +34,43 @@ impl Client {
                 .build()
                 .expect("http client"),
             base: base.into(),
+            seen: Default::default(),
         }
+    }
+
+    /// The answers this client (and its clones) got whose status `/openapi.json` does
+    /// not document for their operation (routes and methods it does not list are the
+    /// route test's business, and 5xx each test's own).
+    pub fn undocumented(&self) -> Vec<String> {
+        let doc: Value =
+            serde_json::from_str(include_str!("../../src/openapi.json")).expect("openapi.json");
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        let seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut out = Vec::new();
+        for (method, path, status) in seen {
+            let path = path.split('?').next().unwrap_or_default();
+            let Some(ops) = paths
+                .iter()
+                .find(|(template, _)| template_matches(template, path))
+                .map(|(_, ops)| ops)
+            else {
+                continue;
+            };
+            let Some(op) = ops.get(method.to_lowercase()) else {
+                continue;
+            };
+            let responses = &op["responses"];
+            if status < 500
+                && responses.get(status.to_string()).is_none()
+                && responses.get("default").is_none()
+            {
+                let line = format!("{method} {path} answered {status}");
+                if !out.contains(&line) {
+                    out.push(line);
+                }
+            }
+        }
+        out
     }
 
     /// Sends a request with an optional bearer credential, extra headers and raw body.
@@ -44,6 +82,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Result<Reply, reqwest::Error> {
+        let name = method.to_owned();
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(a) = auth {
@@ -63,6 +102,9 @@ impl Client {
         }
         let res = req.send().await?;
         let status = res.status().as_u16();
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push((name, path.to_owned(), status));
+        }
         let headers = res.headers().clone();
         let bytes = res.bytes().await?.to_vec();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -352,4 +394,18 @@ pub async fn history(c: &Client, key: &str, payment: &str, page: u32) -> Result<
 struct Page<'a> {
     #[serde(borrow)]
     events: &'a serde_json::value::RawValue,
+}
+
+/// Whether `path` is an instance of the OpenAPI path `template` (`{name}` matches one
+/// non-empty segment).
+fn template_matches(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter().zip(&p).all(|(t, p)| {
+            if t.starts_with('{') && t.ends_with('}') {
+                !p.is_empty()
+            } else {
+                t == p
+            }
+        })
 }
