@@ -17,13 +17,16 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// One answer a client got: method, path, status and JSON body (`Null` if none).
+pub type Seen = (String, String, u16, Value);
+
 /// A client for one server. Clones share `seen`: every answer's method, path and status,
 /// checked against `/openapi.json` when a test's server finishes.
 #[derive(Clone, Debug)]
 pub struct Client {
     pub http: reqwest::Client,
     pub base: String,
-    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>>,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
 }
 
 impl Client {
@@ -39,15 +42,16 @@ impl Client {
     }
 
     /// The answers this client (and its clones) got whose status `/openapi.json` does
-    /// not document for their operation (routes and methods it does not list are the
-    /// route test's business, and 5xx each test's own).
+    /// not document for their operation, or whose JSON body does not fit the schema it
+    /// documents for that status (routes and methods it does not list are the route
+    /// test's business, and 5xx each test's own).
     pub fn undocumented(&self) -> Vec<String> {
         let doc: Value =
             serde_json::from_str(include_str!("../../src/openapi.json")).expect("openapi.json");
         let paths = doc["paths"].as_object().cloned().unwrap_or_default();
         let seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
         let mut out = Vec::new();
-        for (method, path, status) in seen {
+        for (method, path, status, body) in seen {
             let path = path.split('?').next().unwrap_or_default();
             let Some(ops) = paths
                 .iter()
@@ -59,14 +63,30 @@ impl Client {
             let Some(op) = ops.get(method.to_lowercase()) else {
                 continue;
             };
+            if status >= 500 {
+                continue;
+            }
             let responses = &op["responses"];
-            if status < 500
-                && responses.get(status.to_string()).is_none()
-                && responses.get("default").is_none()
-            {
+            let Some(response) = responses
+                .get(status.to_string())
+                .or_else(|| responses.get("default"))
+            else {
                 let line = format!("{method} {path} answered {status}");
                 if !out.contains(&line) {
                     out.push(line);
+                }
+                continue;
+            };
+            let schema = response["content"]
+                .as_object()
+                .and_then(|c| c.iter().find(|(t, _)| t.ends_with("json")))
+                .map(|(_, c)| &c["schema"]);
+            if let (Some(schema), false) = (schema, body.is_null()) {
+                if let Err(e) = fits(&doc, schema, &body, "body") {
+                    let line = format!("{method} {path} answered {status} with {e}");
+                    if !out.contains(&line) {
+                        out.push(line);
+                    }
                 }
             }
         }
@@ -102,12 +122,12 @@ impl Client {
         }
         let res = req.send().await?;
         let status = res.status().as_u16();
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push((name, path.to_owned(), status));
-        }
         let headers = res.headers().clone();
         let bytes = res.bytes().await?.to_vec();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push((name, path.to_owned(), status, body.clone()));
+        }
         Ok(Reply {
             status,
             headers,
@@ -408,4 +428,76 @@ fn template_matches(template: &str, path: &str) -> bool {
                 t == p
             }
         })
+}
+
+/// Whether `value` fits the OpenAPI `schema` (the parts this document uses: `$ref`,
+/// `type` (one or a list), `required`, `properties`, `items`, `oneOf`/`anyOf`, `enum`);
+/// else where and why not.
+fn fits(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return fits(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[key].as_array() {
+            let fitting = options
+                .iter()
+                .filter(|s| fits(doc, s, value, at).is_ok())
+                .count();
+            let ok = if key == "oneOf" {
+                fitting == 1
+            } else {
+                fitting >= 1
+            };
+            if !ok {
+                return Err(format!("{at}: fits {fitting} of the {key} schemas"));
+            }
+        }
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        if !options.contains(value) {
+            return Err(format!("{at}: {value} is not one of {options:?}"));
+        }
+    }
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let allowed: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if !allowed.is_empty()
+        && !allowed.contains(&kind)
+        && !(kind == "integer" && allowed.contains(&"number"))
+    {
+        return Err(format!("{at}: a {kind}, not {allowed:?}"));
+    }
+    if let Value::Object(members) = value {
+        for name in schema["required"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap_or_default();
+            if !members.contains_key(name) {
+                return Err(format!("{at}: no `{name}`"));
+            }
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, s) in props {
+                if let Some(v) = members.get(name) {
+                    fits(doc, s, v, &format!("{at}.{name}"))?;
+                }
+            }
+        }
+    }
+    if let (Value::Array(items), Some(s)) = (value, schema.get("items")) {
+        for (i, v) in items.iter().enumerate() {
+            fits(doc, s, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
 }
