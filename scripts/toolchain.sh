@@ -8,6 +8,7 @@
 #            else Debian's rustc-web cargo-web rust-web-src lld-22)
 #   bindgen  wasm-bindgen-cli, same version as wasm-bindgen in Cargo.lock
 #   browser  binaryen (wasm-opt), chromium, chromium-driver
+#   node     Node.js >= 20 and npm (the npm package's build and tests)
 #   all      all of the above
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,6 +94,17 @@ bindgen() {
 
 browser() { apt_pkgs binaryen chromium chromium-driver; }
 
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+nodejs_npm() {
+  if [ "$(node_major)" -ge 20 ] && command -v npm >/dev/null; then
+    ok node "$(node --version) (npm $(npm --version))"
+  else
+    apt_pkgs nodejs npm
+    [ "$(node_major)" -ge 20 ] ||
+      { echo "toolchain: Node.js >= 20 is needed; this machine's is $(node --version 2>/dev/null || echo missing)" >&2; exit 1; }
+  fi
+}
+
 [ $# -gt 0 ] || set -- all
 for subset in "$@"; do
   echo "toolchain: $subset"
@@ -101,7 +113,8 @@ for subset in "$@"; do
     wasm) base; wasm ;;
     bindgen) bindgen ;;
     browser) browser ;;
-    all) base; wasm; bindgen; browser ;;
-    *) echo "toolchain: unknown subset '$subset' (base|wasm|bindgen|browser|all)" >&2; exit 2 ;;
+    node) nodejs_npm ;;
+    all) base; wasm; bindgen; browser; nodejs_npm ;;
+    *) echo "toolchain: unknown subset '$subset' (base|wasm|bindgen|browser|node|all)" >&2; exit 2 ;;
   esac
 done
