@@ -240,15 +240,16 @@ export async function mountPaymentWidget(root, options) {
         refreshed();
       },
       (e) => {
-        // A dropped stream resumes by itself; a record that does not verify stops it.
-        if (e.code !== "network_error") failed("follow the payment any longer")(e);
+        // A dropped stream or a server error resumes by itself (`retrying`); a record
+        // that does not verify, or an expired token, stops it.
+        if (!e.retrying) failed("follow the payment any longer")(e);
       },
     );
   } else {
-    // Read again when the live stream shows a new event (the feed reads one view at a
-    // time and never goes back); a dropped stream resumes by itself.
+    // Read again when the live stream shows a new event (never going back to an older
+    // view); a dropped stream or a server error resumes by itself (`retrying`).
     viewFeed.live(refreshed, (e) => {
-      if (e.code !== "network_error") failed("follow the payment any longer")(e);
+      if (!e.retrying) failed("follow the payment any longer")(e);
     });
     // And now and then without one (events hidden from these roles send nothing);
     // errors are shown, and the next refresh tries again.

@@ -26,6 +26,11 @@ export interface TrustfoldError extends Error {
   status?: number;
   /** The payment's current version, for a `version_conflict` (409) from the server. */
   currentVersion?: number;
+  /**
+   * For an error passed to a live feed's `onError`: `true` when the feed goes on (it
+   * reconnects with backoff: no answer, a 5xx, 408 or 429), `false` when it stopped.
+   */
+  retrying?: boolean;
 }
 
 /** True when `e` is an error thrown by trustfold. */

@@ -380,6 +380,97 @@ test("Node (the eventsource package): live() without sync() takes a backlog in o
   }
 });
 
+/** A proxy in front of the test server that can answer 503 instead (`down = true`). */
+async function flakyProxy() {
+  const { createServer: createHttp } = await import("node:http");
+  const state = { down: false, failed: 0 };
+  const server = createHttp(async (req, res) => {
+    if (state.down) {
+      state.failed += 1;
+      res.writeHead(503, { "content-type": "application/problem+json" });
+      res.end(JSON.stringify({ type: "about:blank", title: "Service Unavailable", status: 503, detail: "the database is unavailable", code: "database_unavailable" }));
+      return;
+    }
+    const headers = { ...req.headers };
+    delete headers.host;
+    try {
+      const r = await fetch(`${srv.base}${req.url}`, { method: req.method, headers });
+      res.writeHead(r.status, Object.fromEntries(r.headers));
+      for await (const chunk of r.body ?? []) res.write(chunk);
+      res.end();
+    } catch {
+      res.destroy();
+    }
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    base: `http://127.0.0.1:${server.address().port}`,
+    state,
+    close: () => { server.closeAllConnections(); return new Promise((r) => server.close(r)); },
+  };
+}
+
+test("Node (the eventsource package): a live feed rides out a server answering 503, and stops when its token expires", async () => {
+  const { EventSource } = await import("eventsource");
+  const buyer = uuid();
+  const agent = uuid();
+  const p = await srv.openPayment(key, { agent, invite: [[buyer, "buyer"]] });
+  const proxy = await flakyProxy();
+  const had = globalThis.EventSource;
+  globalThis.EventSource = EventSource;
+  try {
+    // 1. 503s while events happen: reported as retrying, and the feed catches up after.
+    let token = (await srv.ok("POST", `/v1/payments/${p}/tokens`, key, { party: buyer, ttl_seconds: 600 })).token;
+    const feed = new t.Client({ baseUrl: proxy.base, token, serverKey }).payment(p);
+    await feed.sync();
+    const updates = [];
+    const errors = [];
+    feed.live((_, seq) => updates.push(seq), (e) => errors.push({ code: e.code, retrying: e.retrying }));
+    const roles = ["brokerage", "brokerage", "lender", "buyer_agent"];
+    const invite = () => srv.command(key, p, agent, "listing_agent", { type: "Invite", party: uuid(), roles: [roles.shift()], name: "b" });
+    await new Promise((r) => setTimeout(r, 300));
+    proxy.state.down = true;
+    let v = (await invite()).state.version;
+    const deadline = Date.now() + 20_000;
+    while (proxy.state.failed < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    proxy.state.down = false;
+    while (feed.seq < v && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(feed.seq, v, `caught up: ${JSON.stringify({ updates, errors, failed: proxy.state.failed })}`);
+    assert.ok(errors.some((e) => e.code === "database_unavailable" && e.retrying === true), JSON.stringify(errors));
+    assert.ok(errors.every((e) => e.retrying === true), JSON.stringify(errors));
+    assert.ok(updates.every((s, i) => i === 0 || s > updates[i - 1]), `${updates}`);
+    // Live again after the outage.
+    v = (await invite()).state.version;
+    while (feed.seq < v && Date.now() < deadline + 10_000) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(feed.seq, v);
+    feed.close();
+    const after = updates.length;
+    await invite();
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(updates.length, after, "nothing reported after close()");
+
+    // 2. A token that expires: the server ends the stream, and the read before
+    // reconnecting gets 401, which stops the feed with the server's code.
+    token = (await srv.ok("POST", `/v1/payments/${p}/tokens`, key, { party: buyer, ttl_seconds: 2 })).token;
+    const short = new t.Client({ baseUrl: srv.base, token, serverKey }).payment(p);
+    await short.sync();
+    const stopped = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("the feed of an expired token never stopped")), 30_000);
+      short.live(() => {}, (e) => {
+        if (!e.retrying) {
+          clearTimeout(timer);
+          resolve({ code: e.code, status: e.status });
+        }
+      });
+    });
+    assert.deepEqual(stopped, { code: "unauthorized", status: 401 });
+    short.close();
+  } finally {
+    globalThis.EventSource = had;
+    await proxy.close();
+  }
+});
+
 // A server that misbehaves (the client's side of a broken or hostile server): a plain
 // Node HTTP server answering the events route with pages we write here.
 async function fakeServer(page) {

@@ -444,25 +444,34 @@ type Added = Vec<(u64, Option<String>)>;
 
 /// `sync()`: fetches the records after the ones held, page by page, into a copy of the
 /// feed's mirror, verifying each; with a pinned key, then the server's signed head,
-/// which must cover every record fetched (a head newer than the last page means the
-/// payment moved on meanwhile: its new records are fetched too). The copy replaces the
-/// feed's mirror only if it extends what the feed holds by then (a live stream may
-/// have added records meanwhile), so a sync that fails changes nothing, and one that
-/// loses a race to the stream takes nothing back.
+/// which must cover every record kept. A head newer than the last page (the payment
+/// moved on meanwhile) makes the sync fetch on up to the head's sequence and keep
+/// exactly the records it signs (later ones wait for the next sync). The copy replaces
+/// the feed's mirror only if it extends what the feed holds by then (a live stream or
+/// another sync may have added records meanwhile), so a sync that fails changes
+/// nothing, and one that loses a race takes nothing back.
 async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
     let mut staged = feed.mirror.borrow().clone();
     let mut added = Added::new();
-    let mut signed: Option<SignedHead> = None;
-    let mut rounds = 0;
+    // With a head fetched: the sequence it signs, which the records kept must reach.
+    let mut upto: Option<u64> = None;
+    let mut kept: Option<SignedHead> = None;
     loop {
+        let mut signed: Option<SignedHead> = None;
         loop {
             let after = staged.len();
+            if upto.is_some_and(|u| after >= u) {
+                break;
+            }
             let text = feed.get(&format!("/events?after={after}")).await?;
             let page = Page::from_json(text.as_bytes()).js()?;
             if page.redacted {
                 return Err(redacted_history());
             }
             for r in &history::parse(page.events).js()? {
+                if upto.is_some_and(|u| staged.len() >= u) {
+                    break; // past the signed head: left for the next sync
+                }
                 if staged.append(r.hash, r.event.get()).js()? {
                     added.push((staged.len(), states.then(|| staged.state_json())));
                 }
@@ -483,7 +492,7 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
         let Some(key) = &feed.conn.key else {
             break;
         };
-        let head = match signed.take() {
+        let head = match kept.take().or(signed) {
             Some(h) => h,
             None => SignedHead::from_json(feed.get("/head").await?.as_bytes())
                 .map_err(|e| {
@@ -494,8 +503,10 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
                 })
                 .js()?,
         };
-        if head.stream == feed.payment && head.seq > staged.len() && rounds < 3 {
-            rounds += 1; // appended after the last page: fetch those too
+        if upto.is_none() && head.stream == feed.payment && head.seq > staged.len() {
+            // Appended after the last page: fetch on to it, then check this head.
+            upto = Some(head.seq);
+            kept = Some(head);
             continue;
         }
         staged.check_head(feed.payment, &head, key).js()?;
@@ -504,7 +515,7 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
     let mut m = feed.mirror.borrow_mut();
     let held = m.len();
     if staged.len() < held {
-        return Ok(Added::new()); // the live stream got further meanwhile
+        return Ok(Added::new()); // the feed got further meanwhile
     }
     if held > 0 && staged.hashes.get(held as usize - 1) != m.hashes.last() {
         return Err(to_js(&Error::ChainBroken {
@@ -735,15 +746,20 @@ impl PaymentFeed {
         })
     }
 
-    /// Follows the payment live: `onUpdate(stateJson, seq)` once for every new record,
-    /// in order, once it is verified — its hash, its link and the rules, and with a
-    /// pinned key the server's signed head over it (with a key every message makes
-    /// the feed sync, so nothing unsigned is ever reported; without one the next
-    /// record is taken from the message, and a record out of order makes it sync).
-    /// `onError(error)` for a record that does not verify (the feed then stops) or a
-    /// connection failure (`network_error`: the feed reconnects and resumes after the
-    /// last record held). Call `sync()` first so the stream starts where the fetched
-    /// history ends.
+    /// Follows the payment live: `onUpdate(stateJson, seq)` whenever the feed holds new
+    /// records, each verified first — its hash, its link and the rules, and with a
+    /// pinned key the server's signed head over it (with a key every message makes the
+    /// feed sync, so nothing unsigned is ever reported; without one the next record is
+    /// taken from the message, and a record out of order makes it sync). Each record
+    /// this run takes gets its own call, in order; records a `sync()` beside it added
+    /// are reported together, as the state after them; `seq` always increases, and
+    /// nothing is reported after `close()`. `onError(error)` for a failure that may
+    /// pass — no answer (`network_error`), a 5xx, 408 or 429: the feed reconnects with
+    /// backoff, first reading what it missed, and resumes after the last record held —
+    /// and for one that will not (a record that does not verify, an expired or revoked
+    /// token, found by that read, since an `EventSource` shows no status): the feed
+    /// then stops. Call `sync()` first so the stream starts where the fetched history
+    /// ends.
     pub fn live(
         &self,
         #[wasm_bindgen(js_name = onUpdate, unchecked_param_type = "(stateJson: string, seq: number) => void")]
@@ -754,13 +770,15 @@ impl PaymentFeed {
         let run = self.inner.link.start()?;
         let feed = self.inner.clone();
         spawn_local(async move {
+            // What this run reported last: the records held when it started are not news.
+            let mut told = feed.mirror.borrow().len();
             let mut backoff_ms = 250.0;
             'run: while !run.stopped() {
                 let after = feed.mirror.borrow().len();
                 let (es, mut messages) = match open_stream(&feed.conn, &feed.payment, after) {
                     Ok(x) => x,
                     Err(e) => {
-                        report(&on_error, &e);
+                        report(&on_error, &e, false);
                         break;
                     }
                 };
@@ -777,22 +795,20 @@ impl PaymentFeed {
                     // The message's id is the record's sequence number.
                     let seq = msg.last_event_id().parse::<u64>().ok();
                     let data = msg.data().as_string().unwrap_or_default();
-                    match live_record(&feed, seq, data).await {
+                    let result = live_record(&feed, seq, data).await;
+                    if run.stopped() {
+                        break 'run; // closed meanwhile: nothing more is reported
+                    }
+                    match result {
                         Ok(added) => {
                             if !added.is_empty() {
                                 backoff_ms = 250.0;
                             }
-                            for (seq, state) in added {
-                                let _ = on_update.call2(
-                                    &JsValue::NULL,
-                                    &state.unwrap_or_default().into(),
-                                    &JsValue::from_f64(seq as f64),
-                                );
-                            }
+                            tell(&feed, &on_update, added, &mut told);
                         }
                         Err(e) => {
-                            report(&on_error, &e);
-                            if code_of(&e).as_deref() == Some("network_error") {
+                            report(&on_error, &e, transient(&e));
+                            if transient(&e) {
                                 break; // reconnect: the stream resends what follows
                             }
                             break 'run;
@@ -801,6 +817,23 @@ impl PaymentFeed {
                 }
                 if !feed.link.dropped(&run, &on_error, &mut backoff_ms).await {
                     break;
+                }
+                // Before reopening, one authenticated read: an EventSource shows no
+                // status, so a token that expired or was revoked must end the run here
+                // with the server's code rather than reconnect forever. It also fetches
+                // what was appended meanwhile.
+                let result = sync_pages(&feed, true).await;
+                if run.stopped() {
+                    break;
+                }
+                match result {
+                    Ok(added) => tell(&feed, &on_update, added, &mut told),
+                    Err(e) => {
+                        report(&on_error, &e, transient(&e));
+                        if !transient(&e) {
+                            break;
+                        }
+                    }
                 }
             }
             feed.link.end(&run);
@@ -837,6 +870,48 @@ async fn live_record(feed: &Feed, seq: Option<u64>, data: String) -> Result<Adde
         // record out of order: fetch what follows the records held, and verify it.
         _ => sync_pages(feed, true).await,
     }
+}
+
+/// Reports a feed's new records to one live run's `onUpdate`: each record the run
+/// added, with the state after it, then (if the feed got further by other means, a
+/// `sync()` beside it) the state it holds now. `told` is the last sequence reported;
+/// every call's is above it.
+fn tell(feed: &Feed, on_update: &js_sys::Function, added: Added, told: &mut u64) {
+    let call = |state: String, seq: u64| {
+        let _ = on_update.call2(
+            &JsValue::NULL,
+            &state.into(),
+            &JsValue::from_f64(seq as f64),
+        );
+    };
+    for (seq, state) in added {
+        if seq > *told {
+            *told = seq;
+            call(state.unwrap_or_default(), seq);
+        }
+    }
+    let (len, state) = {
+        let m = feed.mirror.borrow();
+        (m.len(), (m.len() > *told).then(|| m.state_json()))
+    };
+    if let Some(state) = state {
+        *told = len;
+        call(state, len);
+    }
+}
+
+/// Whether a failed request may work when tried again: no answer (`network_error`), a
+/// server error (5xx), a timeout (408) or too many requests (429). Anything else (a
+/// refused token, a record that does not verify) will not.
+fn transient(e: &JsValue) -> bool {
+    let status = js_sys::Reflect::get(e, &"status".into())
+        .ok()
+        .and_then(|s| s.as_f64())
+        .unwrap_or(0.0);
+    code_of(e).as_deref() == Some("network_error")
+        || status >= 500.0
+        || status == 408.0
+        || status == 429.0
 }
 
 /// The `code` of a thrown error, if it has one.
@@ -927,6 +1002,7 @@ impl Link {
         report(
             on_error,
             &js_error("network_error", "live stream dropped: resuming"),
+            true,
         );
         sleep(*backoff_ms).await;
         *backoff_ms = (*backoff_ms * 2.0).min(30_000.0);
@@ -1057,11 +1133,14 @@ impl PaymentViewFeed {
     }
 
     /// Follows the payment: whenever its stream shows this participant an event past
-    /// the view held, the view is read again and `onUpdate(viewJson)` called with it.
-    /// `onError(error)` for a failed read or a dropped stream (`network_error`: the
-    /// feed goes on and resumes after the view held) or a view that is refused (the
-    /// feed stops). Events hidden from the participant's roles send nothing, so the
-    /// view catches up with them at the next one it sees (or the next `refresh()`).
+    /// the view held, the view is read again and `onUpdate(viewJson)` called with it
+    /// (never after `close()`). `onError(error)` for a failure that may pass (no
+    /// answer, a 5xx, 408 or 429; the feed reconnects with backoff, reading the view
+    /// again first, and resumes after it) and for one that will not (a view of another
+    /// payment, an expired or revoked token: the feed stops). Events hidden from the
+    /// participant's roles send nothing, so the view catches up with them at the next
+    /// one it sees (or the next `refresh()`). Reads may overlap with `refresh()`
+    /// calls; the newer view wins.
     pub fn live(
         &self,
         #[wasm_bindgen(js_name = onUpdate, unchecked_param_type = "(viewJson: string) => void")]
@@ -1076,27 +1155,30 @@ impl PaymentViewFeed {
                 let _ = on_update.call1(&JsValue::NULL, &feed.held());
             };
             let mut backoff_ms = 250.0;
-            'run: while !run.stopped() {
-                // Start from a view, so that the stream starts where it ends.
-                if feed.view.borrow().is_none() {
-                    match feed.refresh().await {
-                        Ok(_) => update(&feed),
-                        Err(e) => {
-                            report(&on_error, &e);
-                            if code_of(&e).as_deref() != Some("network_error") {
-                                break;
-                            }
-                            sleep(backoff_ms).await;
-                            backoff_ms = (backoff_ms * 2.0).min(30_000.0);
-                            continue;
+            // Start from a view, so that the stream starts where it ends.
+            if feed.view.borrow().is_none() {
+                let result = feed.refresh().await;
+                if run.stopped() {
+                    feed.link.end(&run);
+                    return;
+                }
+                match result {
+                    Ok(_) => update(&feed),
+                    Err(e) => {
+                        report(&on_error, &e, transient(&e));
+                        if !transient(&e) {
+                            feed.link.end(&run);
+                            return;
                         }
                     }
                 }
+            }
+            'run: while !run.stopped() {
                 let (es, mut messages) =
                     match open_stream(&feed.conn, &feed.payment, feed.version()) {
                         Ok(x) => x,
                         Err(e) => {
-                            report(&on_error, &e);
+                            report(&on_error, &e, false);
                             break;
                         }
                     };
@@ -1118,25 +1200,47 @@ impl PaymentViewFeed {
                     if seq <= feed.version() {
                         continue; // already in the view held
                     }
-                    match feed.refresh_to(seq, &run).await {
+                    let result = feed.refresh_to(seq, &run).await;
+                    if run.stopped() {
+                        break 'run; // closed meanwhile: nothing more is reported
+                    }
+                    match result {
                         Ok(true) => {
                             backoff_ms = 250.0;
                             update(&feed);
                         }
                         Ok(false) => {}
                         Err(e) => {
-                            // A failed read: a network failure is reported and the
-                            // feed goes on (the next event reads again); anything else
-                            // (a view of another payment, a revoked token) stops it.
-                            report(&on_error, &e);
-                            if code_of(&e).as_deref() != Some("network_error") {
-                                break 'run;
+                            // A failed read: a transient failure reconnects (the read
+                            // below tries again); anything else (a view of another
+                            // payment, a revoked token) stops the feed.
+                            report(&on_error, &e, transient(&e));
+                            if transient(&e) {
+                                break;
                             }
+                            break 'run;
                         }
                     }
                 }
                 if !feed.link.dropped(&run, &on_error, &mut backoff_ms).await {
                     break;
+                }
+                // Before reopening, read the view again: an EventSource shows no status,
+                // so an expired or revoked token ends the run here with the server's
+                // code, and what changed meanwhile is shown.
+                let result = feed.refresh().await;
+                if run.stopped() {
+                    break;
+                }
+                match result {
+                    Ok(true) => update(&feed),
+                    Ok(false) => {}
+                    Err(e) => {
+                        report(&on_error, &e, transient(&e));
+                        if !transient(&e) {
+                            break;
+                        }
+                    }
                 }
             }
             feed.link.end(&run);
@@ -1169,7 +1273,9 @@ fn request_body(command: String) -> JsResult<String> {
     })
 }
 
-fn report(on_error: &Option<js_sys::Function>, err: &JsValue) {
+fn report(on_error: &Option<js_sys::Function>, err: &JsValue, retrying: bool) {
+    // `retrying`: whether the live feed goes on (it reconnects) after this error.
+    let _ = js_sys::Reflect::set(err, &"retrying".into(), &JsValue::from_bool(retrying));
     if let Some(f) = on_error {
         let _ = f.call1(&JsValue::NULL, err);
     }
