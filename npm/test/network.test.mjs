@@ -380,11 +380,20 @@ test("Node (the eventsource package): live() without sync() takes a backlog in o
   }
 });
 
-/** A proxy in front of the test server that can answer 503 instead (`down = true`). */
+/**
+ * A proxy in front of the test server that can answer 503 instead (`down = true`), or
+ * leave live streams silent (`mute = true`: a stream opened then gets its headers and
+ * nothing more, as a connection that died without closing).
+ */
 async function flakyProxy() {
   const { createServer: createHttp } = await import("node:http");
-  const state = { down: false, failed: 0 };
+  const state = { down: false, failed: 0, mute: false };
   const server = createHttp(async (req, res) => {
+    if (state.mute && req.url.includes("/stream")) {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.flushHeaders();
+      return;
+    }
     if (state.down) {
       state.failed += 1;
       res.writeHead(503, { "content-type": "application/problem+json" });
@@ -465,6 +474,41 @@ test("Node (the eventsource package): a live feed rides out a server answering 5
     });
     assert.deepEqual(stopped, { code: "unauthorized", status: 401 });
     short.close();
+  } finally {
+    globalThis.EventSource = had;
+    await proxy.close();
+  }
+});
+
+test("Node (the eventsource package): a live stream gone silent is caught by a read over HTTP", async () => {
+  const { EventSource } = await import("eventsource");
+  const [buyer, seller, agent] = [uuid(), uuid(), uuid()];
+  const p = await srv.openPayment(key, { agent, invite: [[buyer, "buyer"], [seller, "seller"]] });
+  const proxy = await flakyProxy();
+  const had = globalThis.EventSource;
+  globalThis.EventSource = EventSource;
+  const token = async (party) => (await srv.ok("POST", `/v1/payments/${p}/tokens`, key, { party, ttl_seconds: 600 })).token;
+  try {
+    const opts = { baseUrl: proxy.base, serverKey, liveCheckMs: 1000 };
+    const feed = new t.Client({ ...opts, token: await token(buyer) }).payment(p);
+    await feed.sync();
+    const view = new t.Client({ ...opts, token: await token(seller) }).viewFeed(p);
+    await view.refresh();
+    proxy.state.mute = true; // every stream opened from now on stays silent
+    const updates = [];
+    const views = [];
+    feed.live((_, seq) => updates.push(seq), () => {});
+    view.live((v) => views.push(v.state.version), () => {});
+    await new Promise((r) => setTimeout(r, 300));
+    const v = (await srv.command(key, p, agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["lender"], name: "l" })).state.version;
+    const deadline = Date.now() + 15_000;
+    while ((feed.seq < v || view.version < v) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(feed.seq, v, `the verified feed caught up: ${updates}`);
+    assert.deepEqual(updates, [v]);
+    assert.equal(view.version, v, `the view caught up: ${views}`);
+    assert.deepEqual(views, [v]);
+    feed.close();
+    view.close();
   } finally {
     globalThis.EventSource = had;
     await proxy.close();

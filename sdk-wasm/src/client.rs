@@ -73,6 +73,13 @@ export interface ClientOptions {
    * at most 600000); a request without an answer by then fails with `network_error`.
    */
   timeoutMs?: number;
+  /**
+   * How long a live feed trusts a silent stream, in milliseconds (default 60000, from
+   * 1000 to 3600000): after that long without a message it reads over HTTP, and if the
+   * payment moved on meanwhile (a connection that died without closing, as some
+   * proxies and mobile networks leave them) it reports what it missed and reconnects.
+   */
+  liveCheckMs?: number;
 }
 "#;
 
@@ -96,6 +103,31 @@ fn header_value(what: &str, value: &str) -> JsResult<()> {
     }
 }
 
+/// The option `name` of the client's options: milliseconds from `min` to `max`, or
+/// `default` when it is not given.
+fn millis(options: &JsValue, name: &str, default: f64, min: f64, max: f64) -> JsResult<f64> {
+    let value = js_sys::Reflect::get(options, &name.into()).map_err(|_| {
+        js_error(
+            "invalid_input",
+            &format!("client options: reading `{name}` threw"),
+        )
+    })?;
+    if value.is_undefined() || value.is_null() {
+        return Ok(default);
+    }
+    value
+        .as_f64()
+        .filter(|ms| ms.is_finite() && *ms >= min && *ms <= max)
+        .ok_or_else(|| {
+            js_error(
+                "invalid_input",
+                &format!(
+                    "client options: `{name}` must be a number of milliseconds from {min} to {max}"
+                ),
+            )
+        })
+}
+
 /// Connection settings shared by a client and its feeds.
 #[derive(Clone)]
 struct Conn {
@@ -103,11 +135,16 @@ struct Conn {
     token: Option<String>,
     key: Option<PublicKey>,
     timeout_ms: f64,
+    /// How long a live feed trusts a silent stream before it reads over HTTP.
+    live_check_ms: f64,
 }
 
 /// Requests wait this long for their answer unless the options say otherwise.
 const DEFAULT_TIMEOUT_MS: f64 = 30_000.0;
 const MAX_TIMEOUT_MS: f64 = 600_000.0;
+/// A live feed reads over HTTP after this long without a message, unless the options
+/// say otherwise.
+const DEFAULT_LIVE_CHECK_MS: f64 = 60_000.0;
 
 impl Conn {
     fn url(&self, payment: &PaymentId, rest: &str) -> String {
@@ -163,28 +200,27 @@ impl Client {
         if let Some(t) = &token {
             header_value("client options: `token`", t)?;
         }
-        let timeout = js_sys::Reflect::get(&options, &"timeoutMs".into())
-            .map_err(|_| js_error("invalid_input", "client options: reading `timeoutMs` threw"))?;
-        let timeout_ms = if timeout.is_undefined() || timeout.is_null() {
-            DEFAULT_TIMEOUT_MS
-        } else {
-            timeout
-                .as_f64()
-                .filter(|ms| ms.is_finite() && *ms >= 1.0 && *ms <= MAX_TIMEOUT_MS)
-                .ok_or_else(|| {
-                    js_error(
-                        "invalid_input",
-                        "client options: `timeoutMs` must be a number of milliseconds from 1 \
-                         to 600000",
-                    )
-                })?
-        };
+        let timeout_ms = millis(
+            &options,
+            "timeoutMs",
+            DEFAULT_TIMEOUT_MS,
+            1.0,
+            MAX_TIMEOUT_MS,
+        )?;
+        let live_check_ms = millis(
+            &options,
+            "liveCheckMs",
+            DEFAULT_LIVE_CHECK_MS,
+            1_000.0,
+            3_600_000.0,
+        )?;
         Ok(Client {
             conn: Conn {
                 base: base.trim_end_matches('/').to_string(),
                 token,
                 key,
                 timeout_ms,
+                live_check_ms,
             },
         })
     }
@@ -758,8 +794,10 @@ impl PaymentFeed {
     /// backoff, first reading what it missed, and resumes after the last record held —
     /// and for one that will not (a record that does not verify, an expired or revoked
     /// token, found by that read, since an `EventSource` shows no status): the feed
-    /// then stops. Call `sync()` first so the stream starts where the fetched history
-    /// ends.
+    /// then stops. A stream silent for `liveCheckMs` (default 60 s) may be dead
+    /// without having closed: the feed then syncs over HTTP, and if the payment moved
+    /// on it reports what it missed and reconnects. Call `sync()` first so the stream
+    /// starts where the fetched history ends.
     pub fn live(
         &self,
         #[wasm_bindgen(js_name = onUpdate, unchecked_param_type = "(stateJson: string, seq: number) => void")]
@@ -785,17 +823,26 @@ impl PaymentFeed {
                 if !feed.link.attach(&run, es) {
                     break;
                 }
-                while let Some(item) = messages.next().await {
-                    let Ok((_, msg)) = item else {
-                        break;
-                    };
+                loop {
+                    let heard = next_or_silence(&mut messages, feed.conn.live_check_ms).await;
                     if run.stopped() {
                         break 'run;
                     }
-                    // The message's id is the record's sequence number.
-                    let seq = msg.last_event_id().parse::<u64>().ok();
-                    let data = msg.data().as_string().unwrap_or_default();
-                    let result = live_record(&feed, seq, data).await;
+                    let result = match heard {
+                        Heard::Ended => break,
+                        Heard::Message(seq, data) => live_record(&feed, seq, data).await,
+                        // A silent stream may be a dead one: read over HTTP. If the
+                        // payment moved on, the stream missed it: reconnect after.
+                        Heard::Silence => match sync_pages(&feed, true).await {
+                            Ok(added) if !added.is_empty() => {
+                                if !run.stopped() {
+                                    tell(&feed, &on_update, added, &mut told);
+                                }
+                                break;
+                            }
+                            other => other,
+                        },
+                    };
                     if run.stopped() {
                         break 'run; // closed meanwhile: nothing more is reported
                     }
@@ -1139,8 +1186,10 @@ impl PaymentViewFeed {
     /// again first, and resumes after it) and for one that will not (a view of another
     /// payment, an expired or revoked token: the feed stops). Events hidden from the
     /// participant's roles send nothing, so the view catches up with them at the next
-    /// one it sees (or the next `refresh()`). Reads may overlap with `refresh()`
-    /// calls; the newer view wins.
+    /// one it sees (or the next `refresh()`), and a stream silent for `liveCheckMs`
+    /// makes the feed read the view again (reconnecting if it moved on: the stream may
+    /// have died without closing). Reads may overlap with `refresh()` calls; the newer
+    /// view wins.
     pub fn live(
         &self,
         #[wasm_bindgen(js_name = onUpdate, unchecked_param_type = "(viewJson: string) => void")]
@@ -1185,22 +1234,32 @@ impl PaymentViewFeed {
                 if !feed.link.attach(&run, es) {
                     break;
                 }
-                while let Some(item) = messages.next().await {
-                    let Ok((_, msg)) = item else {
-                        break;
-                    };
+                loop {
+                    let heard = next_or_silence(&mut messages, feed.conn.live_check_ms).await;
                     if run.stopped() {
                         break 'run;
                     }
-                    // The message's id is the event's sequence number.
-                    let seq = msg
-                        .last_event_id()
-                        .parse::<u64>()
-                        .unwrap_or_else(|_| feed.version() + 1);
-                    if seq <= feed.version() {
-                        continue; // already in the view held
-                    }
-                    let result = feed.refresh_to(seq, &run).await;
+                    let result = match heard {
+                        Heard::Ended => break,
+                        Heard::Message(seq, _) => {
+                            let seq = seq.unwrap_or_else(|| feed.version() + 1);
+                            if seq <= feed.version() {
+                                continue; // already in the view held
+                            }
+                            feed.refresh_to(seq, &run).await
+                        }
+                        // A silent stream may be a dead one: read the view again. If
+                        // the payment moved on, the stream missed it: reconnect after.
+                        Heard::Silence => match feed.refresh().await {
+                            Ok(true) => {
+                                if !run.stopped() {
+                                    update(&feed);
+                                }
+                                break;
+                            }
+                            other => other,
+                        },
+                    };
                     if run.stopped() {
                         break 'run; // closed meanwhile: nothing more is reported
                     }
@@ -1332,6 +1391,28 @@ async fn within(
             "network_error",
             "the server did not answer within the client's timeoutMs",
         )),
+    }
+}
+
+/// What a live stream gave: a message, its end (closed or failed), or `ms` of silence.
+enum Heard {
+    /// The message's id (the event's sequence number) and data.
+    Message(Option<u64>, String),
+    Ended,
+    Silence,
+}
+
+/// The stream's next message, or [`Heard::Silence`] after `ms` without one.
+async fn next_or_silence(messages: &mut Messages, ms: f64) -> Heard {
+    use futures_util::future::{select, Either};
+    let mut timer = Timer::start(ms);
+    match select(messages.next(), &mut timer.0).await {
+        Either::Left((Some(Ok((_, msg))), _)) => Heard::Message(
+            msg.last_event_id().parse().ok(),
+            msg.data().as_string().unwrap_or_default(),
+        ),
+        Either::Left(_) => Heard::Ended,
+        Either::Right(_) => Heard::Silence,
     }
 }
 
