@@ -726,6 +726,11 @@ test("Node: client options are checked when the client is made", () => {
     () => new t.Client({ get baseUrl() { throw new Error("boom"); } }),
     (e) => e.code === "invalid_input" && /reading `baseUrl` threw/.test(e.message),
   );
+  for (const [name, bad] of [["timeoutMs", 0], ["timeoutMs", 1e9], ["liveCheckMs", 999], ["liveCheckMs", "60000"], ["liveCheckMs", NaN]]) {
+    assert.throws(() => new t.Client({ baseUrl: "https://x.example", [name]: bad }),
+      (e) => e.code === "invalid_input" && e.message.includes(`\`${name}\` must be a number of milliseconds`), `${name}=${bad}`);
+  }
+  assert.ok(new t.Client({ baseUrl: "https://x.example", liveCheckMs: 1000, timeoutMs: 1 }));
   const feed = new t.Client({ baseUrl: "https://pay.example.com/base/" }).payment("b0000000-0000-4000-8000-000000000001");
   // Node 20 has no EventSource: live() says so instead of failing later.
   if (typeof globalThis.EventSource === "undefined") {
