@@ -105,7 +105,9 @@ fn header_value(what: &str, value: &str) -> JsResult<()> {
 
 /// The option `name` of the client's options: milliseconds from `min` to `max`, or
 /// `default` when it is not given.
-fn millis(options: &JsValue, name: &str, default: f64, min: f64, max: f64) -> JsResult<f64> {
+/// (Bounds are whole numbers: formatting a float would pull Rust's float printing into
+/// the module.)
+fn millis(options: &JsValue, name: &str, default: f64, min: u32, max: u32) -> JsResult<f64> {
     let value = js_sys::Reflect::get(options, &name.into()).map_err(|_| {
         js_error(
             "invalid_input",
@@ -117,7 +119,7 @@ fn millis(options: &JsValue, name: &str, default: f64, min: f64, max: f64) -> Js
     }
     value
         .as_f64()
-        .filter(|ms| ms.is_finite() && *ms >= min && *ms <= max)
+        .filter(|ms| ms.is_finite() && *ms >= f64::from(min) && *ms <= f64::from(max))
         .ok_or_else(|| {
             js_error(
                 "invalid_input",
@@ -141,7 +143,6 @@ struct Conn {
 
 /// Requests wait this long for their answer unless the options say otherwise.
 const DEFAULT_TIMEOUT_MS: f64 = 30_000.0;
-const MAX_TIMEOUT_MS: f64 = 600_000.0;
 /// A live feed reads over HTTP after this long without a message, unless the options
 /// say otherwise.
 const DEFAULT_LIVE_CHECK_MS: f64 = 60_000.0;
@@ -200,19 +201,13 @@ impl Client {
         if let Some(t) = &token {
             header_value("client options: `token`", t)?;
         }
-        let timeout_ms = millis(
-            &options,
-            "timeoutMs",
-            DEFAULT_TIMEOUT_MS,
-            1.0,
-            MAX_TIMEOUT_MS,
-        )?;
+        let timeout_ms = millis(&options, "timeoutMs", DEFAULT_TIMEOUT_MS, 1, 600_000)?;
         let live_check_ms = millis(
             &options,
             "liveCheckMs",
             DEFAULT_LIVE_CHECK_MS,
-            1_000.0,
-            3_600_000.0,
+            1_000,
+            3_600_000,
         )?;
         Ok(Client {
             conn: Conn {
