@@ -360,9 +360,23 @@ struct NewTenant {
     name: String,
 }
 
-/// Stores a new API key of a tenant (its hash); run in the caller's transaction.
-const INSERT_API_KEY: &str = "INSERT INTO api_keys (key_id, tenant_id, key_hash, created_at_us) \
-                              VALUES ($1, $2, $3, $4)";
+/// Stores a new API key of a tenant (its hash) in the caller's transaction (a macro:
+/// the statement runs on either engine's connection).
+macro_rules! insert_api_key {
+    ($tx:expr, $key:expr, $tenant:expr) => {
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, tenant_id, key_hash, created_at_us) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind($key.key_id)
+        .bind($tenant)
+        .bind($key.hash.as_slice())
+        .bind(now_us())
+        .execute($tx)
+        .await
+        .map_err(StoreError::from)?
+    };
+}
 
 async fn create_tenant(
     State(state): State<AppState>,
@@ -418,14 +432,7 @@ async fn create_tenant(
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-        sqlx::query(INSERT_API_KEY)
-            .bind(key.key_id)
-            .bind(tenant)
-            .bind(key.hash.as_slice())
-            .bind(now_us())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
+        insert_api_key!(&mut *tx, key, tenant);
         tx.commit().await.map_err(StoreError::from)?;
     });
     tracing::info!(%tenant, "tenant created");
@@ -482,14 +489,7 @@ async fn rotate_api_key(
     // nobody received while the old ones were cut short, nor the reverse.
     on_write!(&state.db, pool => {
         let mut tx = pool.begin().await.map_err(StoreError::from)?;
-        sqlx::query(INSERT_API_KEY)
-            .bind(key.key_id)
-            .bind(tenant)
-            .bind(key.hash.as_slice())
-            .bind(now_us())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
+        insert_api_key!(&mut *tx, key, tenant);
         if let Some(at) = expire_at {
             sqlx::query(
                 "UPDATE api_keys SET expires_at_us = $1 WHERE tenant_id = $2 AND key_id <> $3 \
