@@ -224,10 +224,12 @@ export async function mountPaymentWidget(root, options) {
     await refresh();
   }
   const failed = (what) => (e) => {
+    if (closed) return;
     ui.message = `Could not ${what} (${isTrustfoldError(e) ? e.code : "error"}): ${e.message}`;
     render();
   };
   const refreshed = () => {
+    if (closed) return;
     if (ui.message.startsWith("Could not")) ui.message = ""; // it worked again
     render();
   };
@@ -257,7 +259,9 @@ export async function mountPaymentWidget(root, options) {
     const tick = () => {
       timer = setTimeout(() => {
         if (closed) return;
-        refresh().then(refreshed, failed("refresh the payment")).finally(tick);
+        refresh().then(refreshed, failed("refresh the payment")).finally(() => {
+          if (!closed) tick();
+        });
       }, every);
     };
     tick();

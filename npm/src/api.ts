@@ -264,13 +264,24 @@ export class PaymentFeed {
     return this.#raw.history();
   }
 
-  /** Fetches new records page by page, verifying each; resolves to the state. */
+  /**
+   * Fetches new records page by page, verifying each (and, with `serverKey`, the
+   * server's signed head over all of them); resolves to the state. All or nothing.
+   */
   async sync(): Promise<PaymentState | undefined> {
     const s = await this.#raw.sync();
     return s === undefined ? undefined : (JSON.parse(s) as PaymentState);
   }
 
-  /** Follows the payment over Server-Sent Events, resuming after drops. */
+  /**
+   * Follows the payment over Server-Sent Events. `onUpdate` gets the state after new
+   * verified records (with `serverKey`: signed too), `seq` always increasing, never
+   * after `close()`. `onError` gets errors with `retrying`: `true` when the feed goes
+   * on (no answer, a 5xx, 408 or 429: it reconnects with backoff, reading what it
+   * missed first), `false` when it stopped (a record that does not verify, a refused
+   * or expired token). A stream silent for `liveCheckMs` is checked over HTTP. Needs a
+   * participant token (or none) and the platform's `EventSource`.
+   */
   live(onUpdate: (state: PaymentState, seq: number) => void, onError?: (error: TrustfoldError) => void): void {
     if (typeof onUpdate !== "function") throw invalid(`onUpdate must be a function, got ${describe(onUpdate)}`);
     if (onError !== undefined && typeof onError !== "function") {
@@ -318,10 +329,12 @@ export class PaymentViewFeed {
 
   /**
    * Follows the payment over Server-Sent Events: each event the participant may see
-   * past the view held makes the feed read the view again and call `onUpdate` with it.
-   * `onError` gets `network_error` for a failed read or a dropped stream (the feed goes
-   * on, resuming after the view held) and any other code for a view that is refused
-   * (the feed stops).
+   * past the view held makes the feed read the view again and call `onUpdate` with it
+   * (never after `close()`), as does a stream silent for `liveCheckMs` (events hidden
+   * from the participant's roles send nothing). `onError` gets errors with `retrying`:
+   * `true` when the feed goes on (no answer, a 5xx, 408 or 429: it reconnects with
+   * backoff, reading the view first), `false` when it stopped (a view of another
+   * payment, a refused or expired token).
    */
   live(onUpdate: (view: PaymentView) => void, onError?: (error: TrustfoldError) => void): void {
     if (typeof onUpdate !== "function") throw invalid(`onUpdate must be a function, got ${describe(onUpdate)}`);

@@ -468,11 +468,20 @@ test("Node (the eventsource package): a live feed rides out a server answering 5
       short.live(() => {}, (e) => {
         if (!e.retrying) {
           clearTimeout(timer);
-          resolve({ code: e.code, status: e.status });
+          // The run has ended by the time it says so: a new one may start at once.
+          let restarted;
+          try {
+            short.live(() => {}, () => {});
+            restarted = true;
+          } catch (err) {
+            restarted = err.code;
+          }
+          short.close();
+          resolve({ code: e.code, status: e.status, restarted });
         }
       });
     });
-    assert.deepEqual(stopped, { code: "unauthorized", status: 401 });
+    assert.deepEqual(stopped, { code: "unauthorized", status: 401, restarted: true });
     short.close();
   } finally {
     globalThis.EventSource = had;
@@ -731,6 +740,13 @@ test("Node: client options are checked when the client is made", () => {
       (e) => e.code === "invalid_input" && e.message.includes(`\`${name}\` must be a number of milliseconds`), `${name}=${bad}`);
   }
   assert.ok(new t.Client({ baseUrl: "https://x.example", liveCheckMs: 1000, timeoutMs: 1 }));
+  // The live stream takes participant tokens only: an API key is refused up front
+  // (each stream would be refused while reads work, and the feed reconnect forever).
+  const keyed = new t.Client({ baseUrl: "https://x.example", token: "tfk_0123" });
+  assert.throws(() => keyed.payment("b0000000-0000-4000-8000-000000000001").live(() => {}),
+    (e) => e.code === "invalid_input" && /participant token/.test(e.message));
+  assert.throws(() => keyed.viewFeed("b0000000-0000-4000-8000-000000000001").live(() => {}),
+    (e) => e.code === "invalid_input" && /participant token/.test(e.message));
   const feed = new t.Client({ baseUrl: "https://pay.example.com/base/" }).payment("b0000000-0000-4000-8000-000000000001");
   // Node 20 has no EventSource: live() says so instead of failing later.
   if (typeof globalThis.EventSource === "undefined") {

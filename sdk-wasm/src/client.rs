@@ -800,6 +800,7 @@ impl PaymentFeed {
         #[wasm_bindgen(js_name = onError, unchecked_param_type = "((error: Error) => void) | undefined")]
         on_error: Option<js_sys::Function>,
     ) -> JsResult<()> {
+        participant_token(&self.inner.conn)?;
         let run = self.inner.link.start()?;
         let feed = self.inner.clone();
         spawn_local(async move {
@@ -811,6 +812,7 @@ impl PaymentFeed {
                 let (es, mut messages) = match open_stream(&feed.conn, &feed.payment, after) {
                     Ok(x) => x,
                     Err(e) => {
+                        feed.link.end(&run);
                         report(&on_error, &e, false);
                         break;
                     }
@@ -830,8 +832,9 @@ impl PaymentFeed {
                         // payment moved on, the stream missed it: reconnect after.
                         Heard::Silence => match sync_pages(&feed, true).await {
                             Ok(added) if !added.is_empty() => {
+                                backoff_ms = 250.0; // the server answers: no failure
                                 if !run.stopped() {
-                                    tell(&feed, &on_update, added, &mut told);
+                                    tell(&feed, &run, &on_update, added, &mut told);
                                 }
                                 break;
                             }
@@ -846,11 +849,10 @@ impl PaymentFeed {
                             if !added.is_empty() {
                                 backoff_ms = 250.0;
                             }
-                            tell(&feed, &on_update, added, &mut told);
+                            tell(&feed, &run, &on_update, added, &mut told);
                         }
                         Err(e) => {
-                            report(&on_error, &e, transient(&e));
-                            if transient(&e) {
+                            if fail(&feed.link, &run, &on_error, &e) {
                                 break; // reconnect: the stream resends what follows
                             }
                             break 'run;
@@ -869,10 +871,9 @@ impl PaymentFeed {
                     break;
                 }
                 match result {
-                    Ok(added) => tell(&feed, &on_update, added, &mut told),
+                    Ok(added) => tell(&feed, &run, &on_update, added, &mut told),
                     Err(e) => {
-                        report(&on_error, &e, transient(&e));
-                        if !transient(&e) {
+                        if !fail(&feed.link, &run, &on_error, &e) {
                             break;
                         }
                     }
@@ -918,7 +919,8 @@ async fn live_record(feed: &Feed, seq: Option<u64>, data: String) -> Result<Adde
 /// added, with the state after it, then (if the feed got further by other means, a
 /// `sync()` beside it) the state it holds now. `told` is the last sequence reported;
 /// every call's is above it.
-fn tell(feed: &Feed, on_update: &js_sys::Function, added: Added, told: &mut u64) {
+fn tell(feed: &Feed, run: &Run, on_update: &js_sys::Function, added: Added, told: &mut u64) {
+    // `onUpdate` may close the feed (or start another run): checked before every call.
     let call = |state: String, seq: u64| {
         let _ = on_update.call2(
             &JsValue::NULL,
@@ -927,10 +929,16 @@ fn tell(feed: &Feed, on_update: &js_sys::Function, added: Added, told: &mut u64)
         );
     };
     for (seq, state) in added {
+        if run.stopped() {
+            return;
+        }
         if seq > *told {
             *told = seq;
             call(state.unwrap_or_default(), seq);
         }
+    }
+    if run.stopped() {
+        return;
     }
     let (len, state) = {
         let m = feed.mirror.borrow();
@@ -940,6 +948,33 @@ fn tell(feed: &Feed, on_update: &js_sys::Function, added: Added, told: &mut u64)
         *told = len;
         call(state, len);
     }
+}
+
+/// `live()` needs a participant token (or none): the stream takes a token only as a
+/// participant's `access_token`, so with an API key every stream would be refused while
+/// every read worked, and the feed would reconnect forever.
+fn participant_token(conn: &Conn) -> JsResult<()> {
+    match &conn.token {
+        Some(t) if t.starts_with("tfk_") => Err(js_error(
+            "invalid_input",
+            "live() needs a participant token (`tft_…`, minted by the tenant's backend for \
+             one participant): the live stream takes no API key, and an API key does not \
+             belong in a browser",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reports a live run's failed request: one that may pass (see [`transient`]) lets the
+/// run go on (`true`; the error is marked `retrying`); any other ends the run first, so
+/// `onError` may start a new one, and returns `false`.
+fn fail(link: &Link, run: &Run, on_error: &Option<js_sys::Function>, e: &JsValue) -> bool {
+    let goes_on = transient(e);
+    if !goes_on {
+        link.end(run);
+    }
+    report(on_error, e, goes_on);
+    goes_on
 }
 
 /// Whether a failed request may work when tried again: no answer (`network_error`), a
@@ -1046,7 +1081,13 @@ impl Link {
             &js_error("network_error", "live stream dropped: resuming"),
             true,
         );
-        sleep(*backoff_ms).await;
+        // In steps, so that `close()` ends a run waiting here at once (a pending timer
+        // would keep Node running and the callbacks alive for up to 30 s).
+        let mut left = *backoff_ms;
+        while left > 0.0 && !run.stopped() {
+            sleep(left.min(250.0)).await;
+            left -= 250.0;
+        }
         *backoff_ms = (*backoff_ms * 2.0).min(30_000.0);
         !run.stopped()
     }
@@ -1192,6 +1233,7 @@ impl PaymentViewFeed {
         #[wasm_bindgen(js_name = onError, unchecked_param_type = "((error: Error) => void) | undefined")]
         on_error: Option<js_sys::Function>,
     ) -> JsResult<()> {
+        participant_token(&self.inner.conn)?;
         let run = self.inner.link.start()?;
         let feed = self.inner.clone();
         spawn_local(async move {
@@ -1209,9 +1251,7 @@ impl PaymentViewFeed {
                 match result {
                     Ok(_) => update(&feed),
                     Err(e) => {
-                        report(&on_error, &e, transient(&e));
-                        if !transient(&e) {
-                            feed.link.end(&run);
+                        if !fail(&feed.link, &run, &on_error, &e) {
                             return;
                         }
                     }
@@ -1222,6 +1262,7 @@ impl PaymentViewFeed {
                     match open_stream(&feed.conn, &feed.payment, feed.version()) {
                         Ok(x) => x,
                         Err(e) => {
+                            feed.link.end(&run);
                             report(&on_error, &e, false);
                             break;
                         }
@@ -1243,17 +1284,10 @@ impl PaymentViewFeed {
                             }
                             feed.refresh_to(seq, &run).await
                         }
-                        // A silent stream may be a dead one: read the view again. If
-                        // the payment moved on, the stream missed it: reconnect after.
-                        Heard::Silence => match feed.refresh().await {
-                            Ok(true) => {
-                                if !run.stopped() {
-                                    update(&feed);
-                                }
-                                break;
-                            }
-                            other => other,
-                        },
+                        // A silent stream may be a dead one, or the events were hidden
+                        // from this participant (they send nothing): read the view
+                        // again either way, and keep the stream.
+                        Heard::Silence => feed.refresh().await,
                     };
                     if run.stopped() {
                         break 'run; // closed meanwhile: nothing more is reported
@@ -1268,8 +1302,7 @@ impl PaymentViewFeed {
                             // A failed read: a transient failure reconnects (the read
                             // below tries again); anything else (a view of another
                             // payment, a revoked token) stops the feed.
-                            report(&on_error, &e, transient(&e));
-                            if transient(&e) {
+                            if fail(&feed.link, &run, &on_error, &e) {
                                 break;
                             }
                             break 'run;
@@ -1290,8 +1323,7 @@ impl PaymentViewFeed {
                     Ok(true) => update(&feed),
                     Ok(false) => {}
                     Err(e) => {
-                        report(&on_error, &e, transient(&e));
-                        if !transient(&e) {
+                        if !fail(&feed.link, &run, &on_error, &e) {
                             break;
                         }
                     }
