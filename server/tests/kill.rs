@@ -1,7 +1,8 @@
 //! The kill test: SIGKILL the server binary while clients send commands, restart it on
 //! the same SQLite file, and check that every acknowledged command's events are stored
 //! exactly once, that retries with the same idempotency keys neither duplicate nor lose
-//! anything, and that every chain still verifies.
+//! anything, and that every chain still verifies. And its graceful twin: SIGTERM while
+//! clients send commands, after which exactly the answered commands' events are stored.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::scenario::{history, Client, EARNEST_MONEY};
+use common::scenario::{history, open_and_join, Client, EARNEST_MONEY};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "kill-test-admin";
@@ -210,6 +211,86 @@ async fn sigkill_during_commands_loses_and_duplicates_nothing() {
     for p in &payments {
         let doc = history(&c, &key, p, 1000).await.expect("history");
         trustfold_core::fold::replay(&doc).expect("the chain verifies after the crash");
+    }
+    child.kill().expect("stop");
+    child.wait().expect("reap");
+}
+
+/// SIGTERM while 16 clients send commands: the server finishes the requests it took and
+/// exits cleanly, and every payment then holds exactly the events of the commands that
+/// were answered (a request cut off after its commit would leave an event nobody was
+/// told of).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_commands_answers_every_command_it_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let (mut child, url) = spawn(&db);
+    let c = Client::new(url);
+    let key = c.tenant(ADMIN, "term").await.expect("tenant");
+    let mut flows = Vec::new();
+    for _ in 0..16 {
+        flows.push(open_and_join(&c, &key).await.expect("open"));
+    }
+    let mut before = Vec::new();
+    for f in &flows {
+        let s = c.get(&format!("/v1/payments/{}", f.payment), &key).await;
+        before.push(s.body["version"].as_u64().expect("version"));
+    }
+    let tasks: Vec<_> = flows
+        .iter()
+        .map(|f| {
+            let (c, key) = (c.clone(), key.clone());
+            let (payment, agent) = (f.payment.clone(), f.agent.clone());
+            tokio::spawn(async move {
+                let broker = uuid::Uuid::new_v4();
+                let path = format!("/v1/payments/{payment}/commands");
+                let mut answered = 0u64;
+                loop {
+                    // Invite and remove one brokerage in turn: one event per command.
+                    let command = if answered % 2 == 0 {
+                        json!({"type": "Invite", "party": broker, "roles": ["brokerage"]})
+                    } else {
+                        json!({"type": "Remove", "party": broker})
+                    };
+                    let body = json!({"command": command,
+                        "actor": {"party": agent, "role": "listing_agent"}});
+                    let body = Some(body.to_string().into_bytes());
+                    match c.raw("POST", &path, Some(&key), &[], body).await {
+                        Ok(r) if r.status == 200 => answered += 1,
+                        Ok(r) => panic!("a command answered {} at shutdown: {}", r.status, r.body),
+                        Err(_) => return answered, // no longer taking requests
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let exit = child.wait().expect("reap");
+    assert!(exit.success(), "a clean exit after SIGTERM: {exit}");
+    let mut answered = Vec::new();
+    for t in tasks {
+        answered.push(t.await.expect("client"));
+    }
+    assert!(
+        answered.iter().all(|n| *n > 0),
+        "every client got answers before the signal: {answered:?}"
+    );
+
+    let (mut child, url) = spawn(&db);
+    let c = Client::new(url);
+    for ((f, before), answered) in flows.iter().zip(before).zip(answered) {
+        let s = c.get(&format!("/v1/payments/{}", f.payment), &key).await;
+        assert_eq!(
+            s.body["version"].as_u64(),
+            Some(before + answered),
+            "payment {}: the stored events are the answered commands'",
+            f.payment
+        );
     }
     child.kill().expect("stop");
     child.wait().expect("reap");
