@@ -823,6 +823,74 @@ async fn stored_events_of_an_old_schema_are_upcast_on_read() {
     srv.finish().await;
 }
 
+/// CORS: a widget on an allowed origin may call the server (preflight answered, the
+/// answer readable with its ETag); a page on any other origin gets no CORS grant.
+#[tokio::test]
+async fn cors_grants_the_configured_origins_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = dir.path().join("trustfold.db").display().to_string();
+    let mut config = common::config(&database);
+    config.cors_origins = vec!["https://shop.example".into()];
+    let running = common::serve(config).await;
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(&c, &key).await.expect("open");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    async fn preflight(c: &Client, path: &str, origin: &str) -> common::scenario::Reply {
+        let headers = [
+            ("origin", origin),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key,if-match",
+            ),
+        ];
+        c.raw("OPTIONS", path, None, &headers, None)
+            .await
+            .expect("preflight")
+    }
+    async fn read(c: &Client, path: &str, key: &str, origin: &str) -> common::scenario::Reply {
+        c.raw("GET", path, Some(key), &[("origin", origin)], None)
+            .await
+            .expect("read")
+    }
+    let ok = preflight(&c, &path, "https://shop.example").await;
+    assert!(ok.status < 300, "{}", ok.status);
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    let allowed = ok.headers["access-control-allow-headers"]
+        .to_str()
+        .expect("headers")
+        .to_ascii_lowercase();
+    for h in [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "if-match",
+    ] {
+        assert!(allowed.contains(h), "{h} in {allowed}");
+    }
+    let other = preflight(&c, &path, "https://evil.example").await;
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+    // A read from the allowed origin can see its ETag; from another, no grant.
+    let state = format!("/v1/payments/{}", f.payment);
+    let r = read(&c, &state, &key, "https://shop.example").await;
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert!(r.headers["access-control-expose-headers"]
+        .to_str()
+        .expect("expose")
+        .to_ascii_lowercase()
+        .contains("etag"));
+    let r = read(&c, &state, &key, "https://evil.example").await;
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+    running.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test]
 async fn a_participants_stream_ends_when_its_token_expires() {
     let srv = common::sqlite().await;
