@@ -122,11 +122,63 @@ async fn client_loop(c: Client, key: String, who: usize, log: Arc<Mutex<Log>>, s
     }
 }
 
+/// A database for one test: a SQLite file in a temp dir, or a fresh PostgreSQL database
+/// (dropped by [`Db::finish`]); `None` when PostgreSQL is knowingly skipped.
+struct Db {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = dir.path().join("trustfold.db").display().to_string();
+        Db {
+            url,
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    async fn postgres() -> Option<Db> {
+        let (admin, name, url) = common::postgres_database().await?;
+        Some(Db {
+            url,
+            _dir: None,
+            pg: Some((admin, name)),
+        })
+    }
+
+    async fn finish(self) {
+        if let Some((admin, name)) = self.pg {
+            use sqlx::{Connection, Executor};
+            let mut c = sqlx::PgConnection::connect(&admin).await.expect("admin");
+            c.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await
+                .expect("drop test database");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_commands_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
-    let (mut child, url) = spawn(&db);
+async fn sigkill_during_commands_loses_and_duplicates_nothing_sqlite() {
+    let db = Db::sqlite();
+    sigkill_during_commands(&db.url).await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_commands_loses_and_duplicates_nothing_postgres() {
+    let Some(db) = Db::postgres().await else {
+        return;
+    };
+    sigkill_during_commands(&db.url).await;
+    db.finish().await;
+}
+
+async fn sigkill_during_commands(db: &str) {
+    let (mut child, url) = spawn(db);
     let c = Client::new(url);
     let key = c.tenant(ADMIN, "kill").await.expect("tenant");
     let policy: Value = serde_json::from_str(EARNEST_MONEY).expect("policy");
@@ -158,8 +210,9 @@ async fn sigkill_during_commands_loses_and_duplicates_nothing() {
         acked.len(),
         pending.len()
     );
-    // Restart on the same file; retry what was not acknowledged, and replay some that were.
-    let (mut child, url) = spawn(&db);
+    // Restart on the same database; retry what was not acknowledged, and replay some
+    // that were.
+    let (mut child, url) = spawn(db);
     let c = Client::new(url);
     let mut all = acked.clone();
     for s in &pending {
@@ -221,10 +274,23 @@ async fn sigkill_during_commands_loses_and_duplicates_nothing() {
 /// were answered (a request cut off after its commit would leave an event nobody was
 /// told of).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_commands_answers_every_command_it_commits() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
-    let (mut child, url) = spawn(&db);
+async fn sigterm_during_commands_answers_every_command_it_commits_sqlite() {
+    let db = Db::sqlite();
+    sigterm_during_commands(&db.url).await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_commands_answers_every_command_it_commits_postgres() {
+    let Some(db) = Db::postgres().await else {
+        return;
+    };
+    sigterm_during_commands(&db.url).await;
+    db.finish().await;
+}
+
+async fn sigterm_during_commands(db: &str) {
+    let (mut child, url) = spawn(db);
     let c = Client::new(url);
     let key = c.tenant(ADMIN, "term").await.expect("tenant");
     let mut flows = Vec::new();
@@ -281,7 +347,7 @@ async fn sigterm_during_commands_answers_every_command_it_commits() {
         "every client got answers before the signal: {answered:?}"
     );
 
-    let (mut child, url) = spawn(&db);
+    let (mut child, url) = spawn(db);
     let c = Client::new(url);
     for ((f, before), answered) in flows.iter().zip(before).zip(answered) {
         let s = c.get(&format!("/v1/payments/{}", f.payment), &key).await;
