@@ -809,17 +809,12 @@ impl PaymentFeed {
             let mut backoff_ms = 250.0;
             'run: while !run.stopped() {
                 let after = feed.mirror.borrow().len();
-                let (es, mut messages) = match open_stream(&feed.conn, &feed.payment, after) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        feed.link.end(&run);
-                        report(&on_error, &e, false);
-                        break;
-                    }
-                };
-                if !feed.link.attach(&run, es) {
+                let Some(mut messages) =
+                    feed.link
+                        .open(&run, &feed.conn, &feed.payment, after, &on_error)
+                else {
                     break;
-                }
+                };
                 loop {
                     let heard = next_or_silence(&mut messages, feed.conn.live_check_ms).await;
                     if run.stopped() {
@@ -1046,13 +1041,29 @@ impl Link {
             .is_some_and(|r| Rc::ptr_eq(&r.0, &run.0))
     }
 
-    /// Keeps `es` open for `run`; `false` (and `es` closed) if the run was stopped.
-    fn attach(&self, run: &Run, es: EventSource) -> bool {
+    /// Opens the payment's stream after `after` for `run` and keeps it; `None` if the
+    /// run was stopped, or if the stream cannot be opened (reported; the run ends).
+    fn open(
+        &self,
+        run: &Run,
+        conn: &Conn,
+        payment: &PaymentId,
+        after: u64,
+        on_error: &Option<js_sys::Function>,
+    ) -> Option<Messages> {
+        let (es, messages) = match open_stream(conn, payment, after) {
+            Ok(x) => x,
+            Err(e) => {
+                self.end(run);
+                report(on_error, &e, false);
+                return None;
+            }
+        };
         if run.stopped() || !self.is_current(run) {
-            return false;
+            return None; // `es` closes here
         }
         *self.es.borrow_mut() = Some(es);
-        true
+        Some(messages)
     }
 
     fn close(&self) {
@@ -1258,18 +1269,12 @@ impl PaymentViewFeed {
                 }
             }
             'run: while !run.stopped() {
-                let (es, mut messages) =
-                    match open_stream(&feed.conn, &feed.payment, feed.version()) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            feed.link.end(&run);
-                            report(&on_error, &e, false);
-                            break;
-                        }
-                    };
-                if !feed.link.attach(&run, es) {
+                let Some(mut messages) =
+                    feed.link
+                        .open(&run, &feed.conn, &feed.payment, feed.version(), &on_error)
+                else {
                     break;
-                }
+                };
                 loop {
                     let heard = next_or_silence(&mut messages, feed.conn.live_check_ms).await;
                     if run.stopped() {

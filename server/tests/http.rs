@@ -12,6 +12,16 @@ use trustfold_core::fold::replay;
 use trustfold_core::history::{parse, PublicKey, SignedHead};
 use trustfold_server::app::open;
 
+/// Asserts an answer's status and one string member of its body.
+fn expect_member(r: &common::scenario::Reply, status: u16, member: &str, value: &str) {
+    assert_eq!(
+        (r.status, r.body[member].as_str()),
+        (status, Some(value)),
+        "{}",
+        r.body
+    );
+}
+
 async fn earnest_money(srv: &Server) {
     let c = &srv.client;
     let key = c.tenant(ADMIN, "Acme Realty").await.expect("tenant");
@@ -22,31 +32,16 @@ async fn earnest_money(srv: &Server) {
     let p = &f.payment;
 
     // Health, and text no database here can store (NUL), on either engine.
-    let status_and = |r: &common::scenario::Reply, member: &str| {
-        (r.status, r.body[member].as_str().map(str::to_owned))
-    };
     let h = c.get("/healthz", &key).await;
-    assert_eq!(
-        status_and(&h, "status"),
-        (200, Some("ok".into())),
-        "{}",
-        h.body
-    );
+    expect_member(&h, 200, "status", "ok");
     let r = c.get("/v1/payments?policy=a%00b", &key).await;
-    assert_eq!(
-        status_and(&r, "code"),
-        (400, Some("invalid_parameter".into())),
-        "{}",
-        r.body
-    );
-    let r = c
-        .post("/v1/tenants", ADMIN, &json!({"name": "Acme\u{0}"}))
-        .await;
-    assert_eq!(
-        status_and(&r, "code"),
-        (422, Some("invalid_name".into())),
-        "{}",
-        r.body
+    expect_member(&r, 400, "code", "invalid_parameter");
+    let nul = json!({"name": "Acme\u{0}"});
+    expect_member(
+        &c.post("/v1/tenants", ADMIN, &nul).await,
+        422,
+        "code",
+        "invalid_name",
     );
     // A NUL that reaches PostgreSQL anyway (a policy id in the path) is the caller's
     // mistake, not a server error.
