@@ -73,7 +73,6 @@ export async function mountPaymentWidget(root, options) {
   const viewFeed = client.viewFeed(paymentId); // the server view, in that mode
   const ui = { message: "", pending: undefined, busy: false };
   let mode = "verified";
-  let signedAt = 0; // verified mode: the version whose signed head was last checked
   let timer;
   let closed = false;
 
@@ -160,7 +159,6 @@ export async function mountPaymentWidget(root, options) {
     refreshing = refreshing.catch(() => {}).then(async () => {
       if (mode === "verified") {
         await feed.sync(); // re-checks the signed head against the pinned key
-        signedAt = feed.state()?.version ?? 0;
       } else {
         await viewFeed.refresh(); // keeps the newer of the view held and the one read
       }
@@ -185,11 +183,9 @@ export async function mountPaymentWidget(root, options) {
         mode === "verified"
           ? h("p", { class: "tf-trust", "data-verified": "true" },
             `Verified in this browser: ${s.version} events, head ${short(s.head)}`,
-            !serverKey
-              ? " (no server key pinned)."
-              : signedAt === s.version
-                ? ", signed by the pinned server key."
-                : "; checking the server's signature on it…")
+            // With a pinned key the feed holds only what the server's signed head
+            // covers (sync and live both check it first).
+            serverKey ? ", signed by the pinned server key." : " (no server key pinned).")
           : h("p", { class: "tf-trust", "data-verified": "false" },
             "The server's view (not verified): the payment's policy hides part of it from your role."),
         escrow ? h("p", { class: "tf-escrow" }, `In escrow: ${money(escrow)}`) : null,
@@ -237,10 +233,7 @@ export async function mountPaymentWidget(root, options) {
     feed.live(
       // Each live record is verified before it is reported: hash, link, rules, and
       // (with the pinned key) the server's signed head over it.
-      (_, seq) => {
-        signedAt = seq;
-        refreshed();
-      },
+      refreshed,
       (e) => {
         // A dropped stream or a server error resumes by itself (`retrying`); a record
         // that does not verify, or an expired token, stops it.

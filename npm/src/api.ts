@@ -239,6 +239,18 @@ export function version(): string {
   return raw.version();
 }
 
+/**
+ * Checks a `live()` call's callbacks; returns `onError` as the glue takes it (its
+ * errors typed as trustfold's).
+ */
+function liveCallbacks(onUpdate: unknown, onError: unknown): ((e: Error) => void) | undefined {
+  if (typeof onUpdate !== "function") throw invalid(`onUpdate must be a function, got ${describe(onUpdate)}`);
+  if (onError !== undefined && typeof onError !== "function") {
+    throw invalid(`onError must be a function or undefined, got ${describe(onError)}`);
+  }
+  return onError === undefined ? undefined : (e: Error) => (onError as (e: TrustfoldError) => void)(e as TrustfoldError);
+}
+
 /** One payment followed from the server: verified history, state, live updates. */
 export class PaymentFeed {
   readonly #raw: Raw.PaymentFeed;
@@ -283,13 +295,10 @@ export class PaymentFeed {
    * participant token (or none) and the platform's `EventSource`.
    */
   live(onUpdate: (state: PaymentState, seq: number) => void, onError?: (error: TrustfoldError) => void): void {
-    if (typeof onUpdate !== "function") throw invalid(`onUpdate must be a function, got ${describe(onUpdate)}`);
-    if (onError !== undefined && typeof onError !== "function") {
-      throw invalid(`onError must be a function or undefined, got ${describe(onError)}`);
-    }
+    const errors = liveCallbacks(onUpdate, onError);
     this.#raw.live(
       (json: string, seq: number) => onUpdate(JSON.parse(json) as PaymentState, seq),
-      onError === undefined ? undefined : (e: Error) => onError(e as TrustfoldError),
+      errors,
     );
   }
 
@@ -337,13 +346,10 @@ export class PaymentViewFeed {
    * payment, a refused or expired token).
    */
   live(onUpdate: (view: PaymentView) => void, onError?: (error: TrustfoldError) => void): void {
-    if (typeof onUpdate !== "function") throw invalid(`onUpdate must be a function, got ${describe(onUpdate)}`);
-    if (onError !== undefined && typeof onError !== "function") {
-      throw invalid(`onError must be a function or undefined, got ${describe(onError)}`);
-    }
+    const errors = liveCallbacks(onUpdate, onError);
     this.#raw.live(
       (json: string) => onUpdate(JSON.parse(json) as PaymentView),
-      onError === undefined ? undefined : (e: Error) => onError(e as TrustfoldError),
+      errors,
     );
   }
 

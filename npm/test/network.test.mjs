@@ -197,6 +197,19 @@ window.liveOnly = async (opts, paymentId) => {
 window.ready = true;
 </script>`;
 
+/**
+ * Waits until `fn(arg)` holds in the page; on a timeout, fails with what `snapshot()`
+ * says in the page and the server's log.
+ */
+async function waitInPage(tab, what, fn, arg, snapshot) {
+  try {
+    await tab.waitForFunction(fn, arg, { timeout: 30_000 });
+  } catch (e) {
+    const got = await tab.evaluate(snapshot);
+    throw new Error(`waiting for ${what}: ${e.message}\npage: ${JSON.stringify(got).slice(0, 2000)}\nserver log:\n${srv.log.slice(-2000)}`);
+  }
+}
+
 test("Chromium: live over SSE with access_token, resumed after close and after a server restart", async () => {
   const browser = await launchChromium();
   try {
@@ -210,14 +223,8 @@ test("Chromium: live over SSE with access_token, resumed after close and after a
       [{ baseUrl: srv.base, token: buyerToken, serverKey }, flow.payment],
     );
     assert.ok(startSeq >= 7);
-    const waitSeq = async (n) => {
-      try {
-        await tab.waitForFunction((n) => window.feed.seq >= n, n, { timeout: 30_000 });
-      } catch (e) {
-        const got = await tab.evaluate(() => ({ seq: window.feed.seq, updates: window.updates, errors: window.errors }));
-        throw new Error(`waiting for seq ${n}: ${e.message}\npage: ${JSON.stringify(got)}\nserver log:\n${srv.log.slice(-2000)}`);
-      }
-    };
+    const waitSeq = (n) => waitInPage(tab, `seq ${n}`, (n) => window.feed.seq >= n, n,
+      () => ({ seq: window.feed.seq, updates: window.updates, errors: window.errors }));
 
     // One live run per feed: a second live() says so at once, even straight after a
     // close() and a new live() (before the new run has opened its stream).
@@ -279,14 +286,8 @@ test("Chromium: a seller's server view followed live, resumed after close and af
     await tab.goto(`${web.url}/`);
     await tab.waitForFunction(() => window.ready === true, null, { timeout: 20_000 });
     const start = await tab.evaluate(([opts, p]) => window.startView(opts, p), [opts, flow.payment]);
-    const waitVersion = async (n) => {
-      try {
-        await tab.waitForFunction((n) => window.viewFeed.version >= n, n, { timeout: 30_000 });
-      } catch (e) {
-        const got = await tab.evaluate(() => window.viewSnapshot());
-        throw new Error(`waiting for version ${n}: ${e.message}\npage: ${JSON.stringify(got).slice(0, 2000)}\nserver log:\n${srv.log.slice(-2000)}`);
-      }
-    };
+    const waitVersion = (n) => waitInPage(tab, `version ${n}`, (n) => window.viewFeed.version >= n, n,
+      () => window.viewSnapshot());
     // Live: a command sent by someone else makes the feed read the view again.
     let v = await oneMoreEvent();
     assert.ok(v > start);

@@ -800,14 +800,33 @@ impl PaymentFeed {
         #[wasm_bindgen(js_name = onError, unchecked_param_type = "((error: Error) => void) | undefined")]
         on_error: Option<js_sys::Function>,
     ) -> JsResult<()> {
-        participant_token(&self.inner.conn)?;
-        let run = self.inner.link.start()?;
+        let run = self.inner.link.start(&self.inner.conn)?;
         let feed = self.inner.clone();
         spawn_local(async move {
             // What this run reported last: the records held when it started are not news.
             let mut told = feed.mirror.borrow().len();
             let mut backoff_ms = 250.0;
+            // Before every reconnect, one authenticated read: an EventSource shows no
+            // status, so a token that expired or was revoked must end the run here with
+            // the server's code rather than reconnect forever. It also fetches what was
+            // appended meanwhile.
+            let mut read_first = false;
             'run: while !run.stopped() {
+                if read_first {
+                    let result = sync_pages(&feed, true).await;
+                    if run.stopped() {
+                        break;
+                    }
+                    match result {
+                        Ok(added) => tell(&feed, &run, &on_update, added, &mut told),
+                        Err(e) => {
+                            if !fail(&feed.link, &run, &on_error, &e) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                read_first = true;
                 let after = feed.mirror.borrow().len();
                 let Some(mut messages) =
                     feed.link
@@ -856,22 +875,6 @@ impl PaymentFeed {
                 }
                 if !feed.link.dropped(&run, &on_error, &mut backoff_ms).await {
                     break;
-                }
-                // Before reopening, one authenticated read: an EventSource shows no
-                // status, so a token that expired or was revoked must end the run here
-                // with the server's code rather than reconnect forever. It also fetches
-                // what was appended meanwhile.
-                let result = sync_pages(&feed, true).await;
-                if run.stopped() {
-                    break;
-                }
-                match result {
-                    Ok(added) => tell(&feed, &run, &on_update, added, &mut told),
-                    Err(e) => {
-                        if !fail(&feed.link, &run, &on_error, &e) {
-                            break;
-                        }
-                    }
                 }
             }
             feed.link.end(&run);
@@ -1013,8 +1016,10 @@ struct Link {
 }
 
 impl Link {
-    /// A new run, unless one is running; not without the platform's `EventSource`.
-    fn start(&self) -> JsResult<Run> {
+    /// A new run, unless one is running; not without the platform's `EventSource`, nor
+    /// with an API key for a token.
+    fn start(&self, conn: &Conn) -> JsResult<Run> {
+        participant_token(conn)?;
         if self.run.borrow().as_ref().is_some_and(|r| !r.stopped()) {
             return Err(js_error(
                 "invalid_input",
@@ -1176,22 +1181,6 @@ impl ViewFeed {
         Ok(newer)
     }
 
-    /// Reads the view until it includes `seq` (the read model of another server
-    /// process may lag its log by a moment); a few tries, then what there is.
-    async fn refresh_to(&self, seq: u64, run: &Run) -> Result<bool, JsValue> {
-        let mut newer = false;
-        let mut wait_ms = 50.0;
-        for _ in 0..6 {
-            newer |= self.refresh().await?;
-            if self.version() >= seq || run.stopped() {
-                break;
-            }
-            sleep(wait_ms).await;
-            wait_ms *= 2.0;
-        }
-        Ok(newer)
-    }
-
     fn held(&self) -> JsValue {
         match &*self.view.borrow() {
             Some((json, _)) => JsValue::from_str(json),
@@ -1244,31 +1233,35 @@ impl PaymentViewFeed {
         #[wasm_bindgen(js_name = onError, unchecked_param_type = "((error: Error) => void) | undefined")]
         on_error: Option<js_sys::Function>,
     ) -> JsResult<()> {
-        participant_token(&self.inner.conn)?;
-        let run = self.inner.link.start()?;
+        let run = self.inner.link.start(&self.inner.conn)?;
         let feed = self.inner.clone();
         spawn_local(async move {
             let update = |feed: &ViewFeed| {
                 let _ = on_update.call1(&JsValue::NULL, &feed.held());
             };
             let mut backoff_ms = 250.0;
-            // Start from a view, so that the stream starts where it ends.
-            if feed.view.borrow().is_none() {
-                let result = feed.refresh().await;
-                if run.stopped() {
-                    feed.link.end(&run);
-                    return;
-                }
-                match result {
-                    Ok(_) => update(&feed),
-                    Err(e) => {
-                        if !fail(&feed.link, &run, &on_error, &e) {
-                            return;
+            // Read the view before opening the stream (which starts where the view
+            // ends): at first if none is held, and before every reconnect, since an
+            // EventSource shows no status: an expired or revoked token ends the run here
+            // with the server's code, and what changed meanwhile is shown.
+            let mut read_first = feed.view.borrow().is_none();
+            'run: while !run.stopped() {
+                if read_first {
+                    let result = feed.refresh().await;
+                    if run.stopped() {
+                        break;
+                    }
+                    match result {
+                        Ok(true) => update(&feed),
+                        Ok(false) => {}
+                        Err(e) => {
+                            if !fail(&feed.link, &run, &on_error, &e) {
+                                break;
+                            }
                         }
                     }
                 }
-            }
-            'run: while !run.stopped() {
+                read_first = true;
                 let Some(mut messages) =
                     feed.link
                         .open(&run, &feed.conn, &feed.payment, feed.version(), &on_error)
@@ -1287,7 +1280,9 @@ impl PaymentViewFeed {
                             if seq <= feed.version() {
                                 continue; // already in the view held
                             }
-                            feed.refresh_to(seq, &run).await
+                            // The server answers a state read from the log when its
+                            // read model lags, so one read includes this event.
+                            feed.refresh().await
                         }
                         // A silent stream may be a dead one, or the events were hidden
                         // from this participant (they send nothing): read the view
@@ -1316,22 +1311,6 @@ impl PaymentViewFeed {
                 }
                 if !feed.link.dropped(&run, &on_error, &mut backoff_ms).await {
                     break;
-                }
-                // Before reopening, read the view again: an EventSource shows no status,
-                // so an expired or revoked token ends the run here with the server's
-                // code, and what changed meanwhile is shown.
-                let result = feed.refresh().await;
-                if run.stopped() {
-                    break;
-                }
-                match result {
-                    Ok(true) => update(&feed),
-                    Ok(false) => {}
-                    Err(e) => {
-                        if !fail(&feed.link, &run, &on_error, &e) {
-                            break;
-                        }
-                    }
                 }
             }
             feed.link.end(&run);

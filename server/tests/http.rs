@@ -12,6 +12,13 @@ use trustfold_core::fold::replay;
 use trustfold_core::history::{parse, PublicKey, SignedHead};
 use trustfold_server::app::open;
 
+/// The example earnest-money policy as its version 2, for a test to change and publish.
+fn earnest_money_v2() -> Value {
+    let mut policy: Value = serde_json::from_str(common::scenario::EARNEST_MONEY).expect("policy");
+    policy["version"] = 2.into();
+    policy
+}
+
 /// Asserts an answer's status and one string member of its body.
 fn expect_member(r: &common::scenario::Reply, status: u16, member: &str, value: &str) {
     assert_eq!(
@@ -382,8 +389,7 @@ async fn a_retried_command_of_many_events_is_answered_whole() {
     let c = &srv.client;
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
     // No approvals and 70 fees: the release request alone makes 70 FeeAssessed events.
-    let mut policy: Value = serde_json::from_str(common::scenario::EARNEST_MONEY).expect("policy");
-    policy["version"] = 2.into();
+    let mut policy = earnest_money_v2();
     policy["release"]["approvals"] = "none".into();
     policy["fees"] = (0..70)
         .map(|i| json!({"name": format!("fee-{i}"), "to_role": "escrow_holder", "bps": 1}))
@@ -706,8 +712,7 @@ async fn a_participants_inbox_holds_only_what_its_roles_may_see() {
     let c = &srv.client;
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
     // A policy that notifies lenders of release requests, which their view hides.
-    let mut policy: Value = serde_json::from_str(common::scenario::EARNEST_MONEY).expect("policy");
-    policy["version"] = 2.into();
+    let mut policy = earnest_money_v2();
     policy["notifications"]["ReleaseRequested"] = json!(["buyer", "seller", "lender"]);
     assert_eq!(c.post("/v1/policies", &key, &policy).await.status, 201);
     let f = open_and_join(c, &key).await.expect("open");

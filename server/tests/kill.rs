@@ -152,11 +152,7 @@ impl Db {
 
     async fn finish(self) {
         if let Some((admin, name)) = self.pg {
-            use sqlx::{Connection, Executor};
-            let mut c = sqlx::PgConnection::connect(&admin).await.expect("admin");
-            c.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                .await
-                .expect("drop test database");
+            common::drop_database(&admin, &name).await;
         }
     }
 }

@@ -95,6 +95,14 @@ pub struct TokenClaims {
     pub exp: i64,
 }
 
+impl TokenClaims {
+    /// Whether the token's time is up (checked at every request, and by an open live
+    /// stream at every read).
+    pub fn expired(&self) -> bool {
+        self.exp <= now_us() / 1_000_000
+    }
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The key participant tokens are signed with, derived from the server secret.
@@ -144,7 +152,7 @@ impl TokenKey {
         mac.verify_slice(&sig).map_err(|_| bad())?;
         let claims: TokenClaims =
             serde_json::from_slice(&B64.decode(payload).map_err(|_| bad())?).map_err(|_| bad())?;
-        if claims.exp <= now_us() / 1_000_000 {
+        if claims.expired() {
             return Err(ApiError::Unauthorized(
                 "the participant token has expired; ask for a new one".into(),
             ));

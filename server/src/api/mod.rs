@@ -267,22 +267,19 @@ pub fn params(p: Params) -> ApiResult<HashMap<String, String>> {
     })?;
     let mut map = HashMap::with_capacity(pairs.len());
     for (name, value) in pairs {
-        if name.contains('\0') || value.contains('\0') {
+        let problem = if name.contains('\0') || value.contains('\0') {
+            Some("contains a NUL character (%00); remove it")
+        } else if map.contains_key(&name) {
+            Some("is given twice; give it once")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
             return Err(ApiError::bad_request(
                 "invalid_parameter",
                 &name,
                 format!(
-                    "the query parameter `{}` contains a NUL character (%00); remove it",
-                    trustfold_core::error::echo(&name)
-                ),
-            ));
-        }
-        if map.contains_key(&name) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                &name,
-                format!(
-                    "the query parameter `{}` is given twice; give it once",
+                    "the query parameter `{}` {problem}",
                     trustfold_core::error::echo(&name)
                 ),
             ));

@@ -69,11 +69,7 @@ impl Cursor {
         // A participant's token expires while its stream is open: the stream ends
         // (noticed at the latest by the next poll), and the browser's reconnect with
         // it is refused.
-        if self
-            .token
-            .as_ref()
-            .is_some_and(|c| c.exp <= crate::db::now_us() / 1_000_000)
-        {
+        if self.token.as_ref().is_some_and(TokenClaims::expired) {
             return false;
         }
         match self

@@ -43,15 +43,20 @@ impl Server {
             undocumented.join("\n")
         );
         if let Some((admin_url, name)) = self.pg_admin.take() {
-            let mut admin = PgConnection::connect(&admin_url)
-                .await
-                .expect("admin connection");
-            admin
-                .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                .await
-                .expect("drop test database");
+            drop_database(&admin_url, &name).await;
         }
     }
+}
+
+/// Drops a test database made by [`postgres_database`] (whoever is still connected).
+pub async fn drop_database(admin_url: &str, name: &str) {
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .expect("admin connection");
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .expect("drop test database");
 }
 
 pub fn config(database: &str) -> Config {
