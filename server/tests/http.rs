@@ -1629,6 +1629,46 @@ async fn one_projection_leader_across_processes_postgres() {
         );
     }
 
+    // The other read models too: the payment list, the inbox and the balances read in
+    // one process right after another process took the commands (the funding ends in
+    // `FundsAvailable`, which notifies the listing agent and moves money) show them.
+    // (The other process reads first: a read in the writing process would catch the
+    // read models up itself.)
+    fund(c, &key, &g).await.expect("fund");
+    let version = c2
+        .get(&format!("/v1/payments/{}", g.payment), &key)
+        .await
+        .body["version"]
+        .as_u64()
+        .expect("version");
+    let list = c2.get("/v1/payments?limit=500", &key).await;
+    let listed = list.body["payments"]
+        .as_array()
+        .expect("payments")
+        .iter()
+        .find(|p| p["payment_id"] == g.payment.as_str())
+        .cloned()
+        .expect("listed");
+    assert_eq!(listed["version"].as_u64(), Some(version), "{listed}");
+    let inbox = c2
+        .get(&format!("/v1/parties/{}/inbox", g.agent), &key)
+        .await;
+    let types: Vec<&str> = inbox.body["notifications"]
+        .as_array()
+        .expect("notifications")
+        .iter()
+        .filter_map(|n| n["type"].as_str())
+        .collect();
+    assert!(types.contains(&"FundsAvailable"), "{}", inbox.body);
+    let balances = format!("/v1/payments/{}/balances", g.payment);
+    let (theirs, ours) = (c2.get(&balances, &key).await, c.get(&balances, &key).await);
+    assert!(
+        ours.body.to_string().contains("\"5000.00\""),
+        "{}",
+        ours.body
+    );
+    assert_eq!(theirs.body, ours.body, "the other process's balances");
+
     // The leader stops: the follower takes over and projects without being asked.
     srv.stop().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

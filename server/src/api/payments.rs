@@ -595,9 +595,9 @@ async fn execute(
 
 /// Tells this process's live streams and its background projector. The response does
 /// not wait for the read models: it carries the state folded by the command itself, and
-/// the next read of a read model by this process waits for them
-/// ([`crate::projections::Projector::read_own_writes`]). (On PostgreSQL the append itself
-/// notified the other processes, in its transaction: see `PostgresStore`.)
+/// the next read of a read model waits for them
+/// ([`crate::projections::Projector::read_committed`]). (On PostgreSQL the store tells
+/// the other processes by `NOTIFY` after the commit: see `PostgresStore`.)
 fn after_append(state: &AppState, payment: Uuid, result: AppendResult, events: Vec<NewEvent>) {
     state.projector.appended(result.last_position);
     let _ = state.notices.send(Notice {
@@ -1266,7 +1266,7 @@ pub async fn list_payments(
     let q = params(query)?;
     let after = param_u64(&q, "after")?.unwrap_or(0);
     let limit = limit_param(&q, 50, 500)?;
-    state.projector.read_own_writes().await?;
+    state.projector.read_committed(tenant).await?;
     let mut sql = String::from(
         "SELECT s.payment_id, s.policy_id, s.policy_version, s.status, s.amount, s.currency, \
          s.version, s.created_position, s.created_at, s.updated_at FROM payment_summary s \
@@ -1392,7 +1392,7 @@ pub async fn get_balances(
     if state.store.stream_head(tenant, payment).await?.is_none() {
         return Err(ApiError::unknown_payment(payment));
     }
-    state.projector.read_own_writes().await?;
+    state.projector.read_committed(tenant).await?;
     let rows: Vec<(String, String, String, String, String)> = on_read!(&state.db, pool => {
         sqlx::query_as(
             "SELECT account, currency, posted, pending_in, pending_out FROM balances \
@@ -1449,7 +1449,7 @@ pub async fn get_inbox(
     let q = params(query)?;
     let after = i64::try_from(param_u64(&q, "after")?.unwrap_or(0)).unwrap_or(i64::MAX);
     let limit = limit_param(&q, 100, 1000)?;
-    state.projector.read_own_writes().await?;
+    state.projector.read_committed(tenant).await?;
     if only_payment.is_none() {
         // A party none of the tenant's payments ever had has no inbox: 404, as a
         // participant token asking for another party's gets (not an empty 200).
