@@ -384,12 +384,15 @@ test("Node (the eventsource package): live() without sync() takes a backlog in o
 /**
  * A proxy in front of the test server that can answer 503 instead (`down = true`), or
  * leave live streams silent (`mute = true`: a stream opened then gets its headers and
- * nothing more, as a connection that died without closing).
+ * nothing more, as a connection that died without closing). It counts the streams
+ * opened through it and the other requests.
  */
 async function flakyProxy() {
   const { createServer: createHttp } = await import("node:http");
-  const state = { down: false, failed: 0, mute: false };
+  const state = { down: false, failed: 0, mute: false, streams: 0, reads: 0 };
   const server = createHttp(async (req, res) => {
+    if (req.url.includes("/stream")) state.streams += 1;
+    else state.reads += 1;
     if (state.mute && req.url.includes("/stream")) {
       res.writeHead(200, { "content-type": "text/event-stream" });
       res.flushHeaders();
@@ -517,6 +520,49 @@ test("Node (the eventsource package): a live stream gone silent is caught by a r
     assert.deepEqual(updates, [v]);
     assert.equal(view.version, v, `the view caught up: ${views}`);
     assert.deepEqual(views, [v]);
+    feed.close();
+    view.close();
+  } finally {
+    globalThis.EventSource = had;
+    await proxy.close();
+  }
+});
+
+test("Node (the eventsource package): a quiet payment's live feeds check over HTTP and keep their one stream", async () => {
+  const { EventSource } = await import("eventsource");
+  const [buyer, seller, agent] = [uuid(), uuid(), uuid()];
+  const p = await srv.openPayment(key, { agent, invite: [[buyer, "buyer"], [seller, "seller"]] });
+  const proxy = await flakyProxy();
+  const had = globalThis.EventSource;
+  globalThis.EventSource = EventSource;
+  const token = async (party) => (await srv.ok("POST", `/v1/payments/${p}/tokens`, key, { party, ttl_seconds: 600 })).token;
+  try {
+    const opts = { baseUrl: proxy.base, serverKey, liveCheckMs: 1000 };
+    const feed = new t.Client({ ...opts, token: await token(buyer) }).payment(p);
+    await feed.sync();
+    const view = new t.Client({ ...opts, token: await token(seller) }).viewFeed(p);
+    await view.refresh();
+    const errors = [];
+    const updates = [];
+    feed.live((_, seq) => updates.push(seq), (e) => errors.push(e.code));
+    view.live(() => {}, (e) => errors.push(e.code));
+    const reads = proxy.state.reads;
+    // Nothing happens for 3.5 checks' time: each feed reads over HTTP about every
+    // second (a silent stream may be a dead one), finds nothing new, and keeps its
+    // stream; a feed that reconnected on silence would open more.
+    await new Promise((r) => setTimeout(r, 3500));
+    assert.equal(proxy.state.streams, 2, `one stream per feed: ${JSON.stringify(proxy.state)}`);
+    assert.ok(proxy.state.reads - reads >= 4, `silence checks over HTTP: ${JSON.stringify(proxy.state)}`);
+    assert.deepEqual(updates, []);
+    // An event arrives over the kept streams.
+    const v = (await srv.command(key, p, agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["lender"], name: "l" })).state.version;
+    const deadline = Date.now() + 10_000;
+    while ((feed.seq < v || view.version < v) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(feed.seq, v);
+    assert.equal(view.version, v);
+    assert.deepEqual(updates, [v]);
+    assert.equal(proxy.state.streams, 2, JSON.stringify(proxy.state));
+    assert.deepEqual(errors, []);
     feed.close();
     view.close();
   } finally {
