@@ -1711,3 +1711,151 @@ async fn one_projection_leader_across_processes_postgres() {
     second.shutdown().await.expect("shutdown");
     srv.finish().await;
 }
+
+/// A statement on the test's own connection to the server's database (to make the
+/// database refuse a write the server is about to make, as a full disk or a broken
+/// constraint would).
+async fn on_database(database: &str, sql: &str) {
+    use sqlx::{Connection, Executor};
+    if database.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(database)
+            .await
+            .expect("connect");
+        c.execute(sql).await.expect(sql);
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{database}"))
+            .await
+            .expect("connect");
+        c.execute(sql).await.expect(sql);
+    }
+}
+
+async fn count(database: &str, sql: &str) -> i64 {
+    use sqlx::Connection;
+    if database.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(database)
+            .await
+            .expect("connect");
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.expect(sql)
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{database}"))
+            .await
+            .expect("connect");
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.expect(sql)
+    }
+}
+
+/// A trigger that makes the database refuse `op` (INSERT or UPDATE) on `api_keys`.
+async fn refuse_key_writes(database: &str, op: &str) {
+    if database.starts_with("postgres") {
+        on_database(
+            database,
+            "CREATE OR REPLACE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+        )
+        .await;
+        on_database(
+            database,
+            &format!(
+                "CREATE TRIGGER test_refuse BEFORE {op} ON api_keys FOR EACH ROW \
+                 EXECUTE FUNCTION test_refuse()"
+            ),
+        )
+        .await;
+    } else {
+        on_database(
+            database,
+            &format!(
+                "CREATE TRIGGER test_refuse BEFORE {op} ON api_keys \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            ),
+        )
+        .await;
+    }
+}
+
+async fn allow_key_writes(database: &str) {
+    if database.starts_with("postgres") {
+        on_database(database, "DROP TRIGGER test_refuse ON api_keys").await;
+    } else {
+        on_database(database, "DROP TRIGGER test_refuse").await;
+    }
+}
+
+/// Tenant creation and key rotation are each one transaction: when the database refuses
+/// the statement after the first, nothing of either is left behind (no tenant without
+/// a key; no new key nobody received, no old key cut short).
+async fn key_changes_are_all_or_nothing(srv: Server) {
+    let c = &srv.client;
+    let db = srv.database.clone();
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let tenants = count(&db, "SELECT COUNT(*) FROM tenants").await;
+
+    // 1. The first key's insert fails after the tenant's.
+    refuse_key_writes(&db, "INSERT").await;
+    let r = c.post("/v1/tenants", ADMIN, &json!({"name": "u"})).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(r.body["code"], "internal_error", "{}", r.body);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM tenants").await,
+        tenants,
+        "no tenant without a key"
+    );
+    allow_key_writes(&db).await;
+
+    // 2. The other keys' expiry fails after the new key's insert.
+    let keys = count(&db, "SELECT COUNT(*) FROM api_keys").await;
+    refuse_key_writes(&db, "UPDATE").await;
+    let r = c
+        .post(
+            "/v1/api-keys",
+            &key,
+            &json!({"expire_others_after_seconds": 60}),
+        )
+        .await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    allow_key_writes(&db).await;
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM api_keys").await,
+        keys,
+        "no new key that nobody received"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM api_keys WHERE expires_at_us IS NOT NULL"
+        )
+        .await,
+        0,
+        "no key cut short"
+    );
+    assert_eq!(c.get("/v1/payments", &key).await.status, 200);
+
+    // 3. With the database willing again, both work.
+    let r = c
+        .post(
+            "/v1/api-keys",
+            &key,
+            &json!({"expire_others_after_seconds": 60}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(c.tenant(ADMIN, "u").await.is_ok());
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM tenants").await,
+        tenants + 1
+    );
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn key_changes_are_all_or_nothing_sqlite() {
+    key_changes_are_all_or_nothing(common::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn key_changes_are_all_or_nothing_postgres() {
+    if let Some(srv) = common::postgres().await {
+        key_changes_are_all_or_nothing(srv).await;
+    }
+}
