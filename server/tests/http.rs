@@ -1745,8 +1745,8 @@ async fn count(database: &str, sql: &str) -> i64 {
     }
 }
 
-/// A trigger that makes the database refuse `op` (INSERT or UPDATE) on `api_keys`.
-async fn refuse_key_writes(database: &str, op: &str) {
+/// A trigger that makes the database refuse `op` (INSERT or UPDATE) on `table`.
+async fn refuse(database: &str, table: &str, op: &str) {
     if database.starts_with("postgres") {
         on_database(
             database,
@@ -1757,7 +1757,7 @@ async fn refuse_key_writes(database: &str, op: &str) {
         on_database(
             database,
             &format!(
-                "CREATE TRIGGER test_refuse BEFORE {op} ON api_keys FOR EACH ROW \
+                "CREATE TRIGGER test_refuse_{table} BEFORE {op} ON {table} FOR EACH ROW \
                  EXECUTE FUNCTION test_refuse()"
             ),
         )
@@ -1766,7 +1766,7 @@ async fn refuse_key_writes(database: &str, op: &str) {
         on_database(
             database,
             &format!(
-                "CREATE TRIGGER test_refuse BEFORE {op} ON api_keys \
+                "CREATE TRIGGER test_refuse_{table} BEFORE {op} ON {table} \
                  BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
             ),
         )
@@ -1774,11 +1774,16 @@ async fn refuse_key_writes(database: &str, op: &str) {
     }
 }
 
-async fn allow_key_writes(database: &str) {
+/// Drops [`refuse`]'s trigger on `table`.
+async fn allow(database: &str, table: &str) {
     if database.starts_with("postgres") {
-        on_database(database, "DROP TRIGGER test_refuse ON api_keys").await;
+        on_database(
+            database,
+            &format!("DROP TRIGGER test_refuse_{table} ON {table}"),
+        )
+        .await;
     } else {
-        on_database(database, "DROP TRIGGER test_refuse").await;
+        on_database(database, &format!("DROP TRIGGER test_refuse_{table}")).await;
     }
 }
 
@@ -1792,7 +1797,7 @@ async fn key_changes_are_all_or_nothing(srv: Server) {
     let tenants = count(&db, "SELECT COUNT(*) FROM tenants").await;
 
     // 1. The first key's insert fails after the tenant's.
-    refuse_key_writes(&db, "INSERT").await;
+    refuse(&db, "api_keys", "INSERT").await;
     let r = c.post("/v1/tenants", ADMIN, &json!({"name": "u"})).await;
     assert_eq!(r.status, 500, "{}", r.body);
     assert_eq!(r.body["code"], "internal_error", "{}", r.body);
@@ -1801,11 +1806,11 @@ async fn key_changes_are_all_or_nothing(srv: Server) {
         tenants,
         "no tenant without a key"
     );
-    allow_key_writes(&db).await;
+    allow(&db, "api_keys").await;
 
     // 2. The other keys' expiry fails after the new key's insert.
     let keys = count(&db, "SELECT COUNT(*) FROM api_keys").await;
-    refuse_key_writes(&db, "UPDATE").await;
+    refuse(&db, "api_keys", "UPDATE").await;
     let r = c
         .post(
             "/v1/api-keys",
@@ -1814,7 +1819,7 @@ async fn key_changes_are_all_or_nothing(srv: Server) {
         )
         .await;
     assert_eq!(r.status, 500, "{}", r.body);
-    allow_key_writes(&db).await;
+    allow(&db, "api_keys").await;
     assert_eq!(
         count(&db, "SELECT COUNT(*) FROM api_keys").await,
         keys,
@@ -1857,5 +1862,79 @@ async fn key_changes_are_all_or_nothing_sqlite() {
 async fn key_changes_are_all_or_nothing_postgres() {
     if let Some(srv) = common::postgres().await {
         key_changes_are_all_or_nothing(srv).await;
+    }
+}
+
+/// The database refuses a write in the middle of the work: a keyed command whose
+/// idempotency record cannot be stored stores none of its events either (one
+/// transaction); read models the projector cannot write answer 500 instead of stale
+/// rows, commands go on meanwhile, and once the database takes writes again the read
+/// models catch up to exactly what the log holds.
+async fn a_refused_write_leaves_nothing_half_written(srv: Server) {
+    let c = &srv.client;
+    let db = srv.database.clone();
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = f.payment.as_str();
+    let stored = || count(&db, "SELECT COUNT(*) FROM events");
+    let before = stored().await;
+    let path = format!("/v1/payments/{p}/commands");
+    let invite = json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(),
+        "roles": ["lender"], "name": "l"}, "actor": {"party": f.agent, "role": "listing_agent"}});
+
+    // 1. The idempotency record is refused: the command's event is not stored.
+    refuse(&db, "idempotency", "INSERT").await;
+    let r = c.post_idem(&path, &key, "refused-1", &invite).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(
+        stored().await,
+        before,
+        "no event without its idempotency record"
+    );
+    let version = c.get(&format!("/v1/payments/{p}"), &key).await.body["version"].clone();
+    allow(&db, "idempotency").await;
+    // The same key afterwards runs the command once, and replays it after.
+    let first = c.post_idem(&path, &key, "refused-1", &invite).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(
+        first.body["state"]["version"].as_u64(),
+        version.as_u64().map(|v| v + 1)
+    );
+    let again = c.post_idem(&path, &key, "refused-1", &invite).await;
+    assert_eq!((again.status, &again.body), (200, &first.body));
+    assert_eq!(stored().await, before + 1);
+
+    // 2. The projector cannot write the inbox: commands still answer; reads of the read
+    // models say 500 rather than answer from rows behind the log.
+    refuse(&db, "inbox", "INSERT").await;
+    fund(c, &key, &f).await.expect("commands go on");
+    let inbox = format!("/v1/parties/{}/inbox", f.agent);
+    let r = c.get(&inbox, &key).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    allow(&db, "inbox").await;
+    let r = c.get(&inbox, &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.to_string().contains("FundsAvailable"), "{}", r.body);
+    let state = c.get(&format!("/v1/payments/{p}"), &key).await;
+    let head = c.get(&format!("/v1/payments/{p}/head"), &key).await;
+    assert_eq!(state.body["version"], head.body["seq"], "{}", head.body);
+    let list = c.get("/v1/payments", &key).await;
+    assert_eq!(
+        list.body["payments"][0]["version"], head.body["seq"],
+        "the summary: {}",
+        list.body
+    );
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn a_refused_write_leaves_nothing_half_written_sqlite() {
+    a_refused_write_leaves_nothing_half_written(common::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_refused_write_leaves_nothing_half_written_postgres() {
+    if let Some(srv) = common::postgres().await {
+        a_refused_write_leaves_nothing_half_written(srv).await;
     }
 }
