@@ -77,7 +77,83 @@ pub enum StoreError {
     /// way may or may not have committed: retry it with the same event ids, which is safe
     /// because appends are idempotent.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Wraps a database error; a lost connection is also noted (see
+    /// [`StoreError::is_disconnect`]), so that the pool checks its idle connections
+    /// before handing them out again.
+    fn from(e: sqlx::Error) -> Self {
+        let e = StoreError::Database(e);
+        if e.is_disconnect() {
+            disconnect::note();
+        }
+        e
+    }
+}
+
+impl StoreError {
+    /// Whether the database connection was lost or the database refused to serve (a
+    /// restart, a failover, a proxy that cut the connection, too many connections): the
+    /// same request may well succeed on a fresh connection a moment later. The HTTP
+    /// layer answers these with 503 `database_unavailable`.
+    pub fn is_disconnect(&self) -> bool {
+        match self {
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Tls(_),
+            ) => true,
+            StoreError::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
+                // Class 08: connection exception; 57P01-57P03: the server is shutting
+                // down or starting; 53300: too many connections.
+                c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// When this process last saw a database connection fail, so that connections that
+/// went idle before it are checked (pinged) before their next use: after a database
+/// restart every idle connection in the pool is dead, and without the check each would
+/// fail one request before the pool replaced it. Costs one atomic load per acquire
+/// while nothing fails.
+pub(crate) mod disconnect {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    /// Milliseconds after [`EPOCH`] (plus one, so that 0 means never).
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    /// Connections that went idle up to this long after the failure seen are checked
+    /// too: a restart closes the connections one after another.
+    const MARGIN: Duration = Duration::from_secs(2);
+
+    fn now_ms() -> u64 {
+        let epoch = *EPOCH.get_or_init(Instant::now);
+        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// Notes that a connection failed now.
+    pub(crate) fn note() {
+        LAST.fetch_max(now_ms(), Ordering::AcqRel);
+    }
+
+    /// Whether a connection idle for `idle_for` should be checked before use.
+    pub(crate) fn suspect(idle_for: Duration) -> bool {
+        let last = LAST.load(Ordering::Acquire);
+        if last == 0 {
+            return false;
+        }
+        let idle_ms = u64::try_from(idle_for.as_millis()).unwrap_or(u64::MAX);
+        let went_idle = now_ms().saturating_sub(idle_ms);
+        let margin = u64::try_from(MARGIN.as_millis()).unwrap_or(0);
+        went_idle <= last.saturating_add(margin)
+    }
 }
 
 /// Shorthand for results of the event store.

@@ -287,8 +287,10 @@ impl PostgresStore {
     /// at once: the schema work runs under an advisory lock.
     pub async fn connect(url: &str) -> Result<Self> {
         // No ping before each use (`test_before_acquire`): it is a round trip per query.
-        // A connection broken by a database restart fails its next query instead (a 503
-        // the SDKs retry) and is then replaced by the pool.
+        // Once a connection failed (a database restart, a failover), the connections that
+        // were idle then are pinged before their next use, and dead ones replaced
+        // (`error::disconnect`); a batch of appends that met a dead connection is tried
+        // again (the same event ids, so it never appends twice).
         //
         // Every statement is planned for its parameters (`plan_cache_mode`): the
         // prepared statements live as long as their connections, and a generic plan
@@ -297,6 +299,14 @@ impl PostgresStore {
             PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if crate::error::disconnect::suspect(meta.idle_for) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .max_connections(32)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
@@ -494,6 +504,11 @@ struct PgCommitter {
 /// Whether a failed batch may succeed when simply tried again.
 fn retryable(e: &StoreError) -> bool {
     match e {
+        // A dead connection (its commit may or may not have happened: the retry's
+        // event ids find what it stored). Not a pool timeout: that already waited for a
+        // connection long enough.
+        StoreError::Database(sqlx::Error::PoolTimedOut) => false,
+        e if e.is_disconnect() => true,
         StoreError::Database(sqlx::Error::Database(db)) => {
             db.is_unique_violation() || matches!(db.code().as_deref(), Some("40P01" | "40001"))
         }
@@ -513,7 +528,7 @@ impl Committer for PgCommitter {
             attempt += 1;
             match self.try_commit(batch).await {
                 Err(e) if attempt < BATCH_ATTEMPTS && retryable(&e) => {
-                    tracing::debug!(error = %e, attempt, "batch raced another process; again");
+                    tracing::debug!(error = %e, attempt, "batch raced another process or lost its connection; again");
                 }
                 other => return other,
             }

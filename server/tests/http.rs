@@ -1938,3 +1938,106 @@ async fn a_refused_write_leaves_nothing_half_written_postgres() {
         a_refused_write_leaves_nothing_half_written(srv).await;
     }
 }
+
+/// PostgreSQL drops every connection of the servers (a failover, a restart, a proxy that
+/// cut them): the servers ride it out without a restart. Commands sent right after are
+/// answered (a batch that met a dead connection is tried again, and the pool checks the
+/// connections that were idle then), a stream held open on the other process still gets
+/// them through LISTEN/NOTIFY, the read models go on, and one process leads the
+/// projection again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_database_connections_are_ridden_out_postgres() {
+    let Some(srv) = common::postgres().await else {
+        return;
+    };
+    let mut cfg = common::config(&srv.database);
+    cfg.http.poll_interval = Duration::from_secs(60); // only NOTIFY delivers in time
+    let second = common::serve(cfg).await;
+    let c2 = Client::new(format!("http://{}", second.addr));
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let version = c
+        .get(&format!("/v1/payments/{}", f.payment), &key)
+        .await
+        .body["version"]
+        .as_u64()
+        .expect("version");
+    let pool = sqlx::PgPool::connect(&srv.database).await.expect("pool");
+    // Fill both servers' pools with idle connections.
+    let reads: Vec<_> = (0..8)
+        .map(|i| {
+            let client = if i % 2 == 0 { c.clone() } else { c2.clone() };
+            let key = key.clone();
+            tokio::spawn(async move { client.get("/v1/payments", &key).await.status })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.expect("read"), 200);
+    }
+    let mut stream = c2
+        .http
+        .get(format!("{}/v1/payments/{}/stream", c2.base, f.payment))
+        .bearer_auth(&key)
+        .header("last-event-id", version.to_string())
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("terminate");
+    assert!(terminated >= 6, "the servers' connections: {terminated}");
+
+    // Commands on both processes, each answered once and in order.
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let lender = uuid::Uuid::new_v4();
+    for (i, client) in [c, &c2, c, &c2, c, &c2].iter().enumerate() {
+        let command = if i % 2 == 0 {
+            json!({"type": "Invite", "party": lender, "roles": ["lender"], "name": "l"})
+        } else {
+            json!({"type": "Remove", "party": lender})
+        };
+        let r = client
+            .post_idem(
+                &path,
+                &key,
+                &format!("after-drop-{i}"),
+                &json!({"command": command, "actor": {"party": f.agent, "role": "listing_agent"}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "command {i}: {}", r.body);
+        assert_eq!(r.body["version"].as_u64(), Some(version + 1 + i as u64));
+    }
+    // The other process's stream got all six.
+    let mut buf = String::new();
+    let got = sse_events(&mut stream, 6, &mut buf).await;
+    let seqs: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    assert_eq!(seqs, (version + 1..=version + 6).collect::<Vec<_>>());
+    // Reads of the read models on both processes see them.
+    for client in [c, &c2] {
+        let list = client.get("/v1/payments", &key).await;
+        assert_eq!(list.status, 200, "{}", list.body);
+        assert_eq!(
+            list.body["payments"][0]["version"].as_u64(),
+            Some(version + 6)
+        );
+    }
+    // One process leads the projection again (its lock's session was cut too).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leaders(&pool).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a projection leader again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stream);
+    second.shutdown().await.expect("shutdown");
+    srv.finish().await;
+}

@@ -150,6 +150,12 @@ impl ApiError {
         let status = self.status();
         let detail = match self {
             ApiError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
+            // The database's own words stay in the log.
+            ApiError::Unavailable(_) => {
+                "the database is unavailable for a moment (restarting or unreachable); retry \
+                 the request, with the same Idempotency-Key for a command"
+                    .to_owned()
+            }
             other => other.to_string(),
         };
         let problem = Problem {
@@ -264,9 +270,7 @@ impl From<StoreError> for ApiError {
                     field: None,
                 }
             }
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
-                ApiError::Unavailable(e.to_string())
-            }
+            e if e.is_disconnect() => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -282,6 +286,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         res
     }
 }
