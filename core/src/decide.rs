@@ -4,6 +4,9 @@
 //! it acts in, and the pinned policy must allow that role the command), the payment's
 //! state, and the command's own rules (funds available, quorum, limits, deadlines,
 //! currency…). A rejection is an [`Error::Rejected`] whose `code` names the rule.
+//! Before all of that, every command's text is checked for length (`text_too_long`)
+//! and characters (`invalid_text`, see [`text_char_allowed`]) and its role list for
+//! repeats (`duplicate_role`): rules for new commands only, never for stored events.
 //!
 //! Events are produced one by one and applied to a scratch copy of the state, so a
 //! command that ends in several events (an approval that completes a quorum also
@@ -15,7 +18,7 @@
 //! implies the settlement.
 
 use crate::approval::{may_approve, quorum_met};
-use crate::command::{Command, CommandKind, Context, RailOutcome};
+use crate::command::{text_char_allowed, Command, CommandKind, Context, RailOutcome};
 use crate::envelope::{Envelope, SealedEvent};
 use crate::error::{Error, Result};
 use crate::event::*;
@@ -65,6 +68,23 @@ pub fn handle(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Res
         let chars = text.chars().count();
         if chars > max {
             return Err(Error::TextTooLong { field, chars, max });
+        }
+        if let Some((i, ch)) = text
+            .chars()
+            .enumerate()
+            .find(|&(_, c)| !text_char_allowed(c, max))
+        {
+            return Err(Error::InvalidText {
+                field,
+                ch,
+                at: i + 1,
+            });
+        }
+    }
+    if let Command::Initiate { roles, .. } | Command::Invite { roles, .. } = cmd {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(role) = roles.iter().find(|&r| !seen.insert(r)) {
+            return Err(Error::DuplicateRole { role: role.clone() });
         }
     }
     let mut em = match (state, cmd) {

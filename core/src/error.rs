@@ -5,6 +5,7 @@
 //! the field or rule and, where there is one, the fix.
 
 use crate::money::Currency;
+use crate::policy::Role;
 
 /// Everything that can go wrong in the core: bad input, a broken domain rule,
 /// or a history that does not verify.
@@ -110,6 +111,30 @@ pub enum Error {
         /// The most allowed.
         max: usize,
     },
+    /// A command's text holding a character a history does not keep (`invalid_text`):
+    /// a control character (Unicode `Cc`; line breaks and tabs are allowed in
+    /// descriptions, reasons and notes only) or a bidirectional embedding, override or
+    /// isolate control (U+202A–U+202E, U+2066–U+2069).
+    #[error(
+        "`{field}` contains {} U+{:04X} at character {at}: remove it{}",
+        char_kind(*.ch),
+        u32::from(*.ch),
+        char_hint(*.ch)
+    )]
+    InvalidText {
+        /// The field, e.g. `name`.
+        field: &'static str,
+        /// The character refused.
+        ch: char,
+        /// Its position in the field, in characters from 1.
+        at: usize,
+    },
+    /// A command's role list naming a role more than once (`duplicate_role`).
+    #[error("role `{}` is listed more than once in `roles`: list each role once", echo(.role.as_str()))]
+    DuplicateRole {
+        /// The role listed again.
+        role: Role,
+    },
 
     // ---- histories (fold and verify) ----------------------------------------
     /// The history is not a valid sequence of events for one payment.
@@ -160,6 +185,8 @@ impl Error {
             Error::InvalidInput { code, .. } => code,
             Error::Rejected { code, .. } => code,
             Error::TextTooLong { .. } => "text_too_long",
+            Error::InvalidText { .. } => "invalid_text",
+            Error::DuplicateRole { .. } => "duplicate_role",
             Error::InvalidHistory { .. } => "invalid_history",
             Error::ChainBroken { .. } => "chain_broken",
             Error::BadSignature(_) => "bad_signature",
@@ -194,7 +221,8 @@ impl Error {
     pub fn field(&self) -> Option<&str> {
         match self {
             Error::InvalidPolicy { field, .. } => Some(field),
-            Error::TextTooLong { field, .. } => Some(field),
+            Error::TextTooLong { field, .. } | Error::InvalidText { field, .. } => Some(field),
+            Error::DuplicateRole { .. } => Some("roles"),
             _ => None,
         }
     }
@@ -253,6 +281,25 @@ pub(crate) const INPUT_CODES: &[&str] = &[
     "invalid_hash",
     "invalid_policy",
 ];
+
+/// What kind of character [`Error::InvalidText`] refused.
+fn char_kind(c: char) -> &'static str {
+    if c.is_control() {
+        "the control character"
+    } else {
+        "the bidirectional control character"
+    }
+}
+
+/// Where a refused line break or tab would have been allowed.
+fn char_hint(c: char) -> &'static str {
+    match c {
+        '\n' | '\t' => {
+            " (line breaks and tabs are allowed only in descriptions, reasons and notes)"
+        }
+        _ => "",
+    }
+}
 
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -3,7 +3,7 @@
 mod support;
 
 use support::scenarios::{
-    self, as_, pid, policy, usd, BUYER, ESCROW, LENDER, LISTING_AGENT, SELLER,
+    self, as_, pid, policy, usd, BUYER, BUYER_AGENT, ESCROW, LENDER, LISTING_AGENT, SELLER,
 };
 use trustfold_core::driver::Driver;
 use trustfold_core::fold::{replay, verify_and_replay};
@@ -780,4 +780,369 @@ fn a_policy_of_the_wrong_shape_names_the_field() {
         );
         assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
     }
+}
+
+// ---------------------------------------------------------------- text and role lists
+
+fn open_cmd(s: &scenarios::Sim, description: &str, name: &str, roles: &[&str]) -> Command {
+    Command::Initiate {
+        payment: s.d.payment(),
+        tenant: TenantId::from_bytes([0x7e; 16]),
+        policy: Box::new(policy("earnest-money")),
+        amount: usd("5000.00"),
+        description: description.into(),
+        roles: roles.iter().map(|r| Role::new(*r)).collect(),
+        name: name.into(),
+    }
+}
+
+fn invite_cmd(n: u8, roles: &[&str], name: &str, email: Option<&str>) -> Command {
+    Command::Invite {
+        party: pid(n),
+        roles: roles.iter().map(|r| Role::new(*r)).collect(),
+        name: name.into(),
+        email: email.map(str::to_owned),
+    }
+}
+
+/// The command is refused with `code` and changes nothing; the error, for a closer look.
+fn refused(s: &mut scenarios::Sim, actor: Actor, cmd: Command, code: &str) -> Error {
+    let before = s.d.history();
+    let e = s.d.run(actor, cmd).expect_err("refused");
+    assert_eq!(e.code(), code, "{e}");
+    assert_eq!(s.d.history(), before, "a refusal writes nothing");
+    e
+}
+
+/// Characters that would live forever in a signed history and could make a name read
+/// as something else, with how the message names them.
+const BAD_CHARS: &[(char, &str)] = &[
+    ('\0', "U+0000"),
+    ('\u{7}', "U+0007"),
+    ('\u{1b}', "U+001B"),
+    ('\r', "U+000D"),
+    ('\u{7f}', "U+007F"),
+    ('\u{85}', "U+0085"),
+    ('\u{9f}', "U+009F"),
+    ('\u{202a}', "U+202A"),
+    ('\u{202e}', "U+202E"),
+    ('\u{2066}', "U+2066"),
+    ('\u{2067}', "U+2067"),
+    ('\u{2069}', "U+2069"),
+];
+
+#[test]
+fn control_and_bidi_characters_in_text_are_refused() {
+    let la = || as_(LISTING_AGENT, "listing_agent");
+    let mut s = scenarios::Sim::new("earnest-money", 201);
+    for &(c, hex) in BAD_CHARS {
+        let name = format!("Lee{c}Listing");
+        let e =
+            s.d.run(la(), open_cmd(&s, "", &name, &["listing_agent"]))
+                .expect_err("refused");
+        assert_eq!((e.code(), e.field()), ("invalid_text", Some("name")), "{e}");
+        let msg = e.to_string();
+        assert!(msg.starts_with("`name` contains the "), "{msg}");
+        assert!(
+            msg.contains(&format!("{hex} at character 4: remove it")),
+            "{msg}"
+        );
+        // In a long text field too.
+        let description = format!("Earnest money{c}");
+        let e =
+            s.d.run(la(), open_cmd(&s, &description, "Lee", &["listing_agent"]))
+                .expect_err("refused");
+        assert_eq!(e.field(), Some("description"), "{e}");
+        assert!(e.to_string().contains(hex), "{e}");
+    }
+    assert!(s.d.state().is_err(), "nothing was opened");
+    s.run(la(), open_cmd(&s, "12 Elm St", "Lee", &["listing_agent"]))
+        .expect("opens");
+    for &(c, hex) in BAD_CHARS {
+        let e = refused(
+            &mut s,
+            la(),
+            invite_cmd(BUYER, &["buyer"], &format!("Bea{c}"), None),
+            "invalid_text",
+        );
+        assert_eq!(e.field(), Some("name"));
+        assert!(e.to_string().contains(hex), "{e}");
+        let e = refused(
+            &mut s,
+            la(),
+            invite_cmd(
+                BUYER,
+                &["buyer"],
+                "Bea",
+                Some(&format!("bea{c}@example.com")),
+            ),
+            "invalid_text",
+        );
+        assert_eq!(e.field(), Some("email"), "{e}");
+        let e = refused(
+            &mut s,
+            la(),
+            Command::Cancel {
+                reason: format!("changed{c}our minds"),
+                refund_request: None,
+            },
+            "invalid_text",
+        );
+        assert_eq!(e.field(), Some("reason"), "{e}");
+    }
+    let e = refused(
+        &mut s,
+        la(),
+        invite_cmd(BUYER, &["buyer"], "\u{202e}reyuB aeB", None),
+        "invalid_text",
+    );
+    assert_eq!(
+        e.to_string(),
+        "`name` contains the bidirectional control character U+202E at character 1: remove it"
+    );
+}
+
+#[test]
+fn line_breaks_and_tabs_only_in_long_text() {
+    let la = || as_(LISTING_AGENT, "listing_agent");
+    let mut s = scenarios::Sim::new("earnest-money", 202);
+    let e =
+        s.d.run(la(), open_cmd(&s, "", "Lee\nListing", &["listing_agent"]))
+            .expect_err("refused");
+    assert_eq!(
+        e.to_string(),
+        "`name` contains the control character U+000A at character 4: remove it \
+         (line breaks and tabs are allowed only in descriptions, reasons and notes)"
+    );
+    s.run(
+        la(),
+        open_cmd(&s, "12 Elm St\n\tunit 4", "Lee", &["listing_agent"]),
+    )
+    .expect("a description may hold line breaks and tabs");
+    for name in ["Bea\nBuyer", "Bea\tBuyer"] {
+        let e = refused(
+            &mut s,
+            la(),
+            invite_cmd(BUYER, &["buyer"], name, None),
+            "invalid_text",
+        );
+        assert_eq!(e.field(), Some("name"), "{e}");
+    }
+    let e = refused(
+        &mut s,
+        la(),
+        Command::AttachFundingMethod {
+            method: FundingMethod {
+                rail: Rail::Wire,
+                institution: "First\tBank".into(),
+                account_last4: "6789".into(),
+                holder: "Lee".into(),
+            },
+        },
+        "invalid_text",
+    );
+    assert_eq!(e.field(), Some("method.institution"), "{e}");
+    s.run(
+        la(),
+        Command::Cancel {
+            reason: "deal fell through:\n\t- financing\n\t- inspection".into(),
+            refund_request: None,
+        },
+    )
+    .expect("a reason may hold line breaks and tabs");
+    let history = String::from_utf8(s.d.history()).expect("utf8");
+    assert!(history.contains(r"deal fell through:\n\t- financing"));
+    assert_eq!(
+        replay(&s.d.history()).expect("folds").status,
+        Status::Cancelled
+    );
+}
+
+#[test]
+fn text_in_any_script_is_taken() {
+    let la = || as_(LISTING_AGENT, "listing_agent");
+    let mut s = scenarios::Sim::new("earnest-money", 203);
+    s.run(
+        la(),
+        open_cmd(
+            &s,
+            "Anzahlung für Zoë — دفعة أولى — מקדמה 🏡",
+            "דוד כהן",
+            &["listing_agent"],
+        ),
+    )
+    .expect("opens");
+    let names = [
+        (BUYER, "buyer", "Zoë Ødegård", Some("zoë@example.com")),
+        (SELLER, "seller", "محمد العلي", None),
+        (BUYER_AGENT, "buyer_agent", "Łukasz Żółć 李小龍", None),
+        (7, "brokerage", "Sam 🏡 👩\u{200d}👩\u{200d}👧 Realty", None),
+    ];
+    for (n, role, name, email) in names {
+        s.run(la(), invite_cmd(n, &[role], name, email))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let state = replay(&s.d.history()).expect("folds");
+    assert_eq!(state.participants[&pid(LISTING_AGENT)].name, "דוד כהן");
+    for (n, _, name, email) in names {
+        let p = &state.participants[&pid(n)];
+        assert_eq!((p.name.as_str(), p.email.as_deref()), (name, email));
+    }
+}
+
+#[test]
+fn a_role_listed_twice_is_refused() {
+    let la = || as_(LISTING_AGENT, "listing_agent");
+    let mut s = scenarios::Sim::new("earnest-money", 204);
+    for (roles, code) in [
+        (&["listing_agent", "listing_agent"][..], "duplicate_role"),
+        (
+            &["listing_agent", "buyer", "listing_agent"][..],
+            "duplicate_role",
+        ),
+        (&[][..], "roles_required"),
+    ] {
+        let e =
+            s.d.run(la(), open_cmd(&s, "", "Lee", roles))
+                .expect_err("refused");
+        assert_eq!(e.code(), code, "{roles:?}: {e}");
+    }
+    let e =
+        s.d.run(
+            la(),
+            open_cmd(&s, "", "Lee", &["listing_agent", "listing_agent"]),
+        )
+        .expect_err("refused");
+    assert_eq!(
+        (e.field(), e.to_string().as_str()),
+        (
+            Some("roles"),
+            "role `listing_agent` is listed more than once in `roles`: list each role once"
+        )
+    );
+    s.run(la(), open_cmd(&s, "", "Lee", &["listing_agent"]))
+        .expect("opens");
+    let e = refused(
+        &mut s,
+        la(),
+        invite_cmd(ESCROW, &["escrow_holder", "escrow_holder"], "Esme", None),
+        "duplicate_role",
+    );
+    assert!(e.to_string().contains("`escrow_holder`"), "{e}");
+    refused(
+        &mut s,
+        la(),
+        invite_cmd(BUYER, &["buyer", "seller", "buyer"], "Bea", None),
+        "duplicate_role",
+    );
+    refused(
+        &mut s,
+        la(),
+        invite_cmd(BUYER, &[], "Bea", None),
+        "roles_required",
+    );
+    s.run(la(), invite_cmd(ESCROW, &["escrow_holder"], "Esme", None))
+        .expect("each role once");
+}
+
+#[test]
+fn a_stored_history_with_a_repeated_role_or_control_characters_still_folds() {
+    // Written before these rules: the initiator and an invitee with a role listed
+    // twice, and names, a description and an e-mail holding control and bidi
+    // characters. The fold judges events as written; only new commands are refused.
+    let stream = PaymentId::from_bytes([8; 16]);
+    let at: Timestamp = "2026-11-02T15:00:00Z".parse().expect("time");
+    let p = policy("earnest-money");
+    let events = [
+        (
+            as_(LISTING_AGENT, "listing_agent"),
+            Event::PaymentInitiated(trustfold_core::event::PaymentInitiated {
+                tenant: TenantId::from_bytes([0x7e; 16]),
+                policy: trustfold_core::event::EmbeddedPolicy::new(p.clone()),
+                policy_hash: p.hash(),
+                amount: usd("5000.00"),
+                description: "12 Elm St\0\u{1b}[31m\u{202e}".into(),
+                initiator: pid(LISTING_AGENT),
+                initiator_roles: vec![Role::new("listing_agent"); 2],
+                initiator_name: "Lee\u{7}\u{85}".into(),
+            }),
+        ),
+        (
+            as_(LISTING_AGENT, "listing_agent"),
+            Event::ParticipantInvited(trustfold_core::event::ParticipantInvited {
+                party: pid(ESCROW),
+                roles: vec![Role::new("escrow_holder"), Role::new("escrow_holder")],
+                name: "Esme\u{1b}\u{2067}\u{202e}worcsE\u{2069}\u{0}".into(),
+                email: Some("esme\n@example.com".into()),
+            }),
+        ),
+        (
+            as_(ESCROW, "escrow_holder"),
+            Event::ParticipantJoined(trustfold_core::event::ParticipantJoined {
+                party: pid(ESCROW),
+            }),
+        ),
+    ];
+    let mut envelopes = Vec::new();
+    let mut sealed: Vec<SealedEvent> = Vec::new();
+    for (i, (actor, event)) in events.into_iter().enumerate() {
+        let env = Envelope {
+            prev: sealed.last().map_or(Hash::ZERO, |s| s.hash),
+            stream,
+            seq: i as u64 + 1,
+            id: EventId::from_bytes([0x10 + i as u8; 16]),
+            schema_version: event.event_type().current_version(),
+            at,
+            actor,
+            causation: None,
+            correlation: None,
+            event,
+        };
+        sealed.push(env.seal());
+        envelopes.push(env);
+    }
+    let history = trustfold_core::history::write(&sealed);
+    // Each event parses back to the same envelope and the same bytes.
+    for (env, s) in envelopes.iter().zip(&sealed) {
+        let back = Envelope::from_json(&s.body).expect("parses");
+        assert_eq!(&back, env);
+        assert_eq!(back.canonical_json(), s.body, "byte for byte");
+    }
+    let head = SignedHead::sign(stream, 3, sealed[2].hash, &scenarios::KEY_SECRET);
+    let state =
+        verify_and_replay(&history, Some(&head), Some(&scenarios::public_key())).expect("folds");
+    assert_eq!(state.head, sealed[2].hash);
+    assert_eq!(
+        state.to_json(),
+        replay(&history).expect("replays").to_json()
+    );
+    let escrow = &state.participants[&pid(ESCROW)];
+    assert_eq!(escrow.roles, vec![Role::new("escrow_holder"); 2]);
+    assert_eq!(escrow.name, "Esme\u{1b}\u{2067}\u{202e}worcsE\u{2069}\u{0}");
+    assert_eq!(escrow.email.as_deref(), Some("esme\n@example.com"));
+    assert!(escrow.joined);
+    let initiator = &state.participants[&pid(LISTING_AGENT)];
+    assert_eq!(initiator.roles, vec![Role::new("listing_agent"); 2]);
+    assert_eq!(initiator.name, "Lee\u{7}\u{85}");
+    // The same invitation as a new command is refused.
+    let ctx = Context {
+        command_id: CommandId::from_bytes([9; 16]),
+        actor: as_(LISTING_AGENT, "listing_agent"),
+        now: at,
+        correlation: None,
+    };
+    let again = |roles: &[&str], name: &str| {
+        handle(Some(&state), &invite_cmd(BUYER, roles, name, None), &ctx)
+            .map(|_| ())
+            .unwrap_err()
+            .code()
+    };
+    assert_eq!(again(&["buyer", "buyer"], "Bea"), "duplicate_role");
+    assert_eq!(again(&["buyer"], "Bea\u{1b}"), "invalid_text");
+    let ok = handle(
+        Some(&state),
+        &invite_cmd(BUYER, &["buyer"], "Bea", None),
+        &ctx,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
 }

@@ -50,14 +50,21 @@ async fn earnest_money(srv: &Server) {
         "code",
         "invalid_name",
     );
-    // A NUL that reaches PostgreSQL anyway (a policy id in the path) is the caller's
-    // mistake, not a server error.
-    let r = c.get("/v1/policies/a%00b", &key).await;
-    assert!(
-        r.status == 400 || r.status == 404,
-        "{} {}",
-        r.status,
-        r.body
+    // A policy id no policy can have (a NUL in the path, or in a new payment's policy) is
+    // answered alike on both engines: no such policy.
+    expect_member(
+        &c.get("/v1/policies/a%00b", &key).await,
+        404,
+        "code",
+        "unknown_policy",
+    );
+    let body = json!({"policy": "earnest\u{0}money", "amount": {"amount": "1.00", "currency": "USD"},
+        "initiator": {"party": uuid::Uuid::new_v4(), "roles": ["listing_agent"]}});
+    expect_member(
+        &c.post("/v1/payments", &key, &body).await,
+        422,
+        "code",
+        "unknown_policy",
     );
 
     // State from the read model, with its version as ETag.
@@ -409,6 +416,50 @@ async fn a_retried_command_of_many_events_is_answered_whole() {
     let again = c.post_idem(&path, &key, "release-1", &release).await;
     assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!((again.status, &again.bytes), (200, &first.bytes));
+    srv.finish().await;
+}
+
+/// What an `Idempotency-Key` keeps: a rejection by the payment's rules (a 403 action the
+/// actor may not take, like a 422) is the command's answer and is replayed; a version
+/// conflict (409) keeps nothing, so the same key runs the command once the caller has
+/// caught up.
+#[tokio::test]
+async fn a_key_keeps_rule_rejections_but_not_version_conflicts() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let as_agent = |command: Value| json!({"command": command, "actor": {"party": f.agent, "role": "listing_agent"}});
+
+    // 403 not_permitted: replayed for the same body, and the key is spent.
+    let refund = as_agent(json!({"type": "RequestRefund", "request": f.request}));
+    let first = c.post_idem(&path, &key, "k-403", &refund).await;
+    expect_member(&first, 403, "code", "not_permitted");
+    let again = c.post_idem(&path, &key, "k-403", &refund).await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!((again.status, &again.bytes), (403, &first.bytes));
+    let invite = as_agent(json!({"type": "Invite", "party": uuid::Uuid::new_v4(),
+        "roles": ["lender"], "name": "l"}));
+    let other = c.post_idem(&path, &key, "k-403", &invite).await;
+    expect_member(&other, 422, "code", "idempotency_key_reused");
+
+    // 409 version_conflict: nothing kept; the same key later runs the command.
+    let version = c
+        .get(&format!("/v1/payments/{}", f.payment), &key)
+        .await
+        .body["version"]
+        .as_u64()
+        .expect("version");
+    let mut stale = invite.clone();
+    stale["expected_version"] = (version - 1).into();
+    let conflict = c.post_idem(&path, &key, "k-409", &stale).await;
+    expect_member(&conflict, 409, "code", "version_conflict");
+    let mut current = invite.clone();
+    current["expected_version"] = version.into();
+    let ran = c.post_idem(&path, &key, "k-409", &current).await;
+    assert_eq!(ran.status, 200, "{}", ran.body);
+    assert_eq!(ran.body["version"].as_u64(), Some(version + 1));
     srv.finish().await;
 }
 
@@ -1013,6 +1064,24 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         ("tab in an Idempotency-Key", "POST", cmds.clone(), Some(&key), None, 400, "invalid_idempotency_key"),
         ("inbox of a stranger", "GET", format!("/v1/parties/{}/inbox", uuid::Uuid::new_v4()), Some(&key), None, 404, "unknown_party"),
         ("parameter twice", "GET", format!("/v1/payments/{}/events?after=1&after=2", f.payment), Some(&key), None, 400, "invalid_parameter"),
+        ("Idempotency-Key twice", "POST", cmds.clone(), Some(&key), None, 400, "duplicate_header"),
+        ("credential twice", "GET", "/v1/payments".into(), Some(&key), None, 400, "duplicate_header"),
+        ("misspelt filter", "GET", "/v1/payments?state=Held".into(), Some(&key), None, 400, "unknown_parameter"),
+        ("parameter of another route", "GET", format!("/v1/payments/{}/events?status=Held", f.payment), Some(&key), None, 400, "unknown_parameter"),
+        ("a token in the query of a read", "GET", format!("/v1/payments/{}?access_token=tft_x", f.payment), Some(&key), None, 400, "unknown_parameter"),
+        ("braced id", "GET", format!("/v1/payments/{{{}}}", f.payment), Some(&key), None, 400, "invalid_id"),
+        ("id without hyphens", "GET", format!("/v1/payments/{}", f.payment.replace('-', "")), Some(&key), None, 400, "invalid_id"),
+        ("urn id", "GET", format!("/v1/payments/urn:uuid:{}", f.payment), Some(&key), None, 400, "invalid_id"),
+        ("negative limit", "GET", format!("/v1/payments/{}/events?limit=-1", f.payment), Some(&key), None, 400, "invalid_parameter"),
+        ("control character in a name", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["lender"], "name": "Eve\u{1b}[31m"}, "actor": actor}).to_string().into_bytes()), 422, "invalid_text"),
+        ("NUL in a reason", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Cancel", "reason": "a\u{0}b"}, "actor": actor}).to_string().into_bytes()), 422, "invalid_text"),
+        ("role listed twice", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["lender", "lender"]}, "actor": actor}).to_string().into_bytes()), 422, "duplicate_role"),
+        ("nil payment id", "POST", "/v1/payments".into(), Some(&key),
+            Some(json!({"policy": "earnest-money", "payment_id": uuid::Uuid::nil(), "amount": {"amount": "5000.00", "currency": "USD"},
+                        "initiator": {"party": f.agent, "roles": ["listing_agent"]}}).to_string().into_bytes()), 422, "invalid_id"),
     ];
     for (name, method, path, auth, body, status, code) in cases {
         let headers: Vec<(&str, &str)> = match name {
@@ -1020,6 +1089,8 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
             "If-Match without quotes" => vec![("if-match", "9")],
             "If-Match list" => vec![("if-match", "\"9\", \"8\"")],
             "tab in an Idempotency-Key" => vec![("idempotency-key", "k\t1")],
+            "Idempotency-Key twice" => vec![("idempotency-key", "a"), ("idempotency-key", "b")],
+            "credential twice" => vec![("authorization", "Bearer tfk_other")],
             "not json" => vec![("content-type", "text/plain")],
             "form body" => vec![("content-type", "application/x-www-form-urlencoded")],
             "latin-1 json" => vec![("content-type", "application/json; charset=latin1")],
@@ -1031,6 +1102,7 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
                 | "If-Match without quotes"
                 | "If-Match list"
                 | "tab in an Idempotency-Key"
+                | "Idempotency-Key twice"
         ) {
             Some(
                 json!({"command": {"type": "Join"}, "actor": actor})
@@ -1369,11 +1441,18 @@ async fn sse_takes_a_participant_token_as_access_token() {
         .expect("get");
     assert_eq!(r.status(), 400);
     assert_eq!(get(url.clone()).await.expect("get").status(), 401);
-    // Only the stream takes it: other routes still want the header.
-    let r = get(format!("{}/v1/payments/{p}?access_token={buyer}", c.base))
+    // Only the stream takes it: other routes want the header, and refuse the parameter.
+    let r = c
+        .raw(
+            "GET",
+            &format!("/v1/payments/{p}?access_token={buyer}"),
+            None,
+            &[],
+            None,
+        )
         .await
         .expect("get");
-    assert_eq!(r.status(), 401);
+    expect_member(&r, 400, "code", "unknown_parameter");
     srv.finish().await;
 }
 
@@ -1437,12 +1516,24 @@ async fn openapi_documents_every_route_the_server_serves() {
         .is_some_and(|v| v.starts_with("3.1")));
     let paths = doc.body["paths"].as_object().expect("paths");
     let routes = trustfold_server::api::routes();
-    for (method, path, _) in &routes {
+    for (method, path, taken, _) in &routes {
         let op = paths.get(*path).and_then(|p| p.get(method.to_lowercase()));
         assert!(
             op.is_some(),
             "{method} {path} is served but not in /openapi.json"
         );
+        // The query parameters the route takes are the ones the document lists.
+        let mut documented: Vec<&str> = op
+            .and_then(|o| o["parameters"].as_array())
+            .into_iter()
+            .flatten()
+            .filter(|p| p["in"] == "query")
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        documented.sort_unstable();
+        let mut taken = taken.to_vec();
+        taken.sort_unstable();
+        assert_eq!(taken, documented, "{method} {path}: query parameters");
         // And the running server answers it (not the router's fallbacks).
         let concrete = path
             .replace("{payment_id}", &uuid::Uuid::new_v4().to_string())

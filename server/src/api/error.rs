@@ -178,14 +178,35 @@ impl ApiError {
         serde_json::to_vec(&problem).unwrap_or_default()
     }
 
+    /// The core's refusals that are forbidden actions (the actor may not issue this
+    /// command now), answered 403.
+    const RULE_FORBIDDEN: &'static [&'static str] = &[
+        "not_permitted",
+        "unknown_participant",
+        "actor_required",
+        "not_joined",
+    ];
+
+    /// Whether this is the payment's answer to the command itself — a rejection by the
+    /// core's rules (422, or 403 for an action the actor may not take) or an invalid
+    /// command — which the same request gets again, so it is stored under its
+    /// `Idempotency-Key` like a success. Not so: a version conflict (409), the
+    /// credentials' refusals (401, 403 of a token's scope), a reused key and 5xx: the
+    /// key stays free for a retry.
+    pub fn is_command_result(&self) -> bool {
+        match self {
+            ApiError::Unprocessable { code, .. } => *code != "idempotency_key_reused",
+            ApiError::Forbidden { code, .. } => Self::RULE_FORBIDDEN.contains(code),
+            _ => false,
+        }
+    }
+
     /// Maps a core error: rejections by rule, input codes, everything else.
     pub fn from_core(e: trustfold_core::Error) -> Self {
         use trustfold_core::Error as E;
         match e {
             E::Rejected { code, message } => match code {
-                "not_permitted" | "unknown_participant" | "actor_required" | "not_joined" => {
-                    ApiError::Forbidden { code, message }
-                }
+                c if Self::RULE_FORBIDDEN.contains(&c) => ApiError::Forbidden { code, message },
                 "unknown_payment" => ApiError::NotFound { code, message },
                 _ => ApiError::Unprocessable {
                     code,

@@ -90,71 +90,163 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Every route: method, path (as in the OpenAPI document) and handler.
-pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+/// One route: method, path (as in the OpenAPI document), the query parameters it takes
+/// (the same as the document's; anything else is a 400 `unknown_parameter`) and handler.
+pub type Route = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    MethodRouter<AppState>,
+);
+
+/// Every route.
+pub fn routes() -> Vec<Route> {
+    const PAGE: &[&str] = &["after", "limit"];
     vec![
-        ("GET", "/healthz", get(healthz)),
-        ("GET", "/openapi.json", get(openapi)),
-        ("GET", "/v1/server-key", get(server_key)),
-        ("POST", "/v1/tenants", post(create_tenant)),
-        ("POST", "/v1/api-keys", post(rotate_api_key)),
-        ("POST", "/v1/policies", post(create_policy)),
-        ("GET", "/v1/policies/{policy_id}", get(get_policy)),
-        ("POST", "/v1/payments", post(payments::create_payment)),
-        ("GET", "/v1/payments", get(payments::list_payments)),
+        ("GET", "/healthz", &[], get(healthz)),
+        ("GET", "/openapi.json", &[], get(openapi)),
+        ("GET", "/v1/server-key", &[], get(server_key)),
+        ("POST", "/v1/tenants", &[], post(create_tenant)),
+        ("POST", "/v1/api-keys", &[], post(rotate_api_key)),
+        ("POST", "/v1/policies", &[], post(create_policy)),
+        (
+            "GET",
+            "/v1/policies/{policy_id}",
+            &["version"],
+            get(get_policy),
+        ),
+        ("POST", "/v1/payments", &[], post(payments::create_payment)),
+        (
+            "GET",
+            "/v1/payments",
+            &["status", "participant", "policy", "after", "limit"],
+            get(payments::list_payments),
+        ),
         (
             "GET",
             "/v1/payments/{payment_id}",
+            &[],
             get(payments::get_payment),
         ),
         (
             "POST",
             "/v1/payments/{payment_id}/commands",
+            &[],
             post(payments::send_command),
         ),
         (
             "GET",
             "/v1/payments/{payment_id}/events",
+            PAGE,
             get(payments::get_events),
         ),
         (
             "GET",
             "/v1/payments/{payment_id}/head",
+            &[],
             get(payments::get_head),
         ),
-        ("GET", "/v1/payments/{payment_id}/stream", get(sse::stream)),
+        (
+            "GET",
+            "/v1/payments/{payment_id}/stream",
+            &["after", auth::ACCESS_TOKEN],
+            get(sse::stream),
+        ),
         (
             "POST",
             "/v1/payments/{payment_id}/tokens",
+            &[],
             post(payments::create_token),
         ),
         (
             "GET",
             "/v1/payments/{payment_id}/balances",
+            &[],
             get(payments::get_balances),
         ),
         (
             "GET",
             "/v1/parties/{party_id}/inbox",
+            PAGE,
             get(payments::get_inbox),
         ),
-        ("GET", "/v1/events", get(payments::get_feed)),
+        ("GET", "/v1/events", PAGE, get(payments::get_feed)),
     ]
+}
+
+/// Refuses a query parameter the route does not take: a misspelt filter (`?state=Held`)
+/// would otherwise answer the unfiltered list as if it were the filtered one.
+async fn query_taken(
+    taken: &'static [&'static str],
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A malformed query string is left to the handler's `params`, which says so.
+    let names = Query::<Vec<(String, String)>>::try_from_uri(req.uri())
+        .map(|Query(pairs)| pairs)
+        .unwrap_or_default();
+    for (name, _) in names {
+        if !taken.contains(&name.as_str()) {
+            let takes = match taken {
+                [] => "takes no query parameters".to_owned(),
+                _ => format!("takes `{}`", taken.join("`, `")),
+            };
+            return ApiError::bad_request(
+                "unknown_parameter",
+                &name,
+                format!(
+                    "this route does not take the query parameter `{}`; it {takes}",
+                    trustfold_core::error::echo(&name)
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// The router with every route, the fallbacks and the body limit.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
     let mut r: Router<AppState> = Router::new();
-    for (_, path, handler) in routes() {
+    for (_, path, taken, handler) in routes() {
+        let handler = handler.route_layer(axum::middleware::from_fn(move |req, next| {
+            query_taken(taken, req, next)
+        }));
         r = r.route(path, handler);
     }
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(headers_given_once))
         .layer(axum::middleware::map_response(problem_for_plain_errors))
         .layer(axum::middleware::map_response(not_stored))
         .with_state(state)
+}
+
+/// The request headers that hold one value, given more than once: a 400 (which one would
+/// count? Two `Idempotency-Key`s, or two credentials, have no one meaning, and a proxy
+/// that joins them into one line makes a third).
+const SINGLE_HEADERS: &[&str] = &[
+    "authorization",
+    "idempotency-key",
+    "if-match",
+    "last-event-id",
+    "content-type",
+];
+
+async fn headers_given_once(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    for name in SINGLE_HEADERS {
+        if req.headers().get_all(*name).iter().nth(1).is_some() {
+            return ApiError::bad_request(
+                "duplicate_header",
+                name,
+                format!("the header `{name}` is given more than once; give it once"),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Every answer is for its caller only: `Cache-Control: no-store` (unless the handler
@@ -218,15 +310,24 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Parses a path id.
+/// Parses a path id: a UUID in its hyphenated form (36 characters, either case), the
+/// one a URL of this API has (braces, `urn:uuid:` and the bare 32 digits are refused,
+/// so one resource has one URL).
 pub fn parse_id(raw: &str, field: &str) -> ApiResult<Uuid> {
-    Uuid::try_parse(raw).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_id",
-            field,
-            format!("`{raw}` is not a UUID ({field})"),
-        )
-    })
+    Some(raw)
+        .filter(|r| r.len() == 36)
+        .and_then(|r| Uuid::try_parse(r).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_id",
+                field,
+                format!(
+                    "`{}` is not a UUID in its hyphenated form ({field}), e.g. \
+                     `0b5e8c2e-3f5a-4c1e-9a7d-2f4b6c8d0e1f`",
+                    trustfold_core::error::echo(raw)
+                ),
+            )
+        })
 }
 
 /// Query parameters in the order given (a malformed query string is a 400); [`params`]
@@ -258,7 +359,8 @@ pub fn param_u64(params: &HashMap<String, String>, name: &str) -> ApiResult<Opti
 
 /// The query map, or a 400: for a malformed query string, and for a parameter given
 /// twice (`after=1&after=2` has no one meaning; "the last one wins" is how two readers
-/// of one URL come to disagree).
+/// of one URL come to disagree). (A parameter the route does not take was refused
+/// before the handler ran: see [`routes`].)
 pub fn params(p: Params) -> ApiResult<HashMap<String, String>> {
     let Query(pairs) = p.map_err(|e| ApiError::BadRequest {
         code: "invalid_parameter",
@@ -291,14 +393,20 @@ pub fn params(p: Params) -> ApiResult<HashMap<String, String>> {
 
 /// A `limit` parameter: default `default`, at most `max`, at least 1.
 pub fn limit_param(params: &HashMap<String, String>, default: u32, max: u32) -> ApiResult<u32> {
-    match param_u64(params, "limit")? {
-        None => Ok(default),
-        Some(0) => Err(ApiError::bad_request(
+    let Some(v) = params.get("limit") else {
+        return Ok(default);
+    };
+    match v.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(u32::try_from(n).unwrap_or(max).min(max)),
+        _ => Err(ApiError::bad_request(
             "invalid_parameter",
             "limit",
-            "`limit` must be at least 1",
+            format!(
+                "`limit` must be a whole number of at least 1 (larger ones count as {max}), \
+                 got `{}`",
+                trustfold_core::error::echo(v)
+            ),
         )),
-        Some(n) => Ok(u32::try_from(n).unwrap_or(max).min(max)),
     }
 }
 
@@ -587,6 +695,11 @@ pub async fn load_policy(
     id: &str,
     version: Option<u32>,
 ) -> ApiResult<Option<(String, Vec<u8>)>> {
+    // No stored policy's id holds a control character (`Policy::validate_new`): such an
+    // id finds nothing, on either engine (PostgreSQL would refuse a NUL in the query).
+    if id.chars().any(char::is_control) {
+        return Ok(None);
+    }
     let row: Option<(String, Vec<u8>)> = on_read!(db, pool => {
         match version {
             Some(v) => sqlx::query_as(

@@ -8,9 +8,11 @@
 //! the state's version. The command id given to the core is derived from the
 //! `Idempotency-Key` (and the caller), so a retry produces the very same event ids:
 //! if the first attempt's events are already stored, the retry answers from them
-//! instead of deciding again; and the first response is stored with a hash of the
+//! instead of deciding again; and the first response — a success, or a rejection by
+//! the payment's rules ([`ApiError::is_command_result`]) — is stored with a hash of the
 //! request, replayed for the same key and body, and a different body under the same key
-//! is `422 idempotency_key_reused`.
+//! is `422 idempotency_key_reused`. A version conflict, a refusal of the credentials and
+//! a 5xx store nothing: the key stays free for a retry.
 
 use std::collections::HashMap;
 
@@ -279,8 +281,8 @@ async fn with_idempotency(
         Ok(Executed::KeyTaken) => idem_lookup(state, principal, &idem)
             .await?
             .ok_or_else(|| ApiError::Internal("idempotency record vanished".into())),
-        // A domain rejection is a result too: the same request gets it again.
-        Err(e @ ApiError::Unprocessable { .. }) if e.code() != "idempotency_key_reused" => {
+        // A rejection by the rules is a result too: the same request gets it again.
+        Err(e) if e.is_command_result() => {
             idem_store(state, principal, &idem, e.status(), e.to_body()).await
         }
         Err(e) => match idem_lookup(state, principal, &idem).await? {
@@ -900,6 +902,17 @@ pub async fn create_payment(
                         }
                     })?,
                 };
+            if req.payment_id.is_some_and(|p| p.is_nil()) {
+                // An id left at its zero value is a caller's bug, and every caller making
+                // it would meet on one payment.
+                return Err(ApiError::Unprocessable {
+                    code: "invalid_id",
+                    message: "payment_id is the nil UUID (all zeros): give a fresh UUID, or \
+                              leave payment_id out and the server makes one"
+                        .into(),
+                    field: Some("payment_id".into()),
+                });
+            }
             let payment = req
                 .payment_id
                 .unwrap_or_else(|| derive(command_id.uuid(), "payment", 0));
