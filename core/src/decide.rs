@@ -82,9 +82,14 @@ pub fn handle(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Res
         }
     }
     if let Command::Initiate { roles, .. } | Command::Invite { roles, .. } = cmd {
-        let mut seen = std::collections::BTreeSet::new();
-        if let Some(role) = roles.iter().find(|&r| !seen.insert(r)) {
-            return Err(Error::DuplicateRole { role: role.clone() });
+        // Sorted, a repeat is a neighbour (no `BTreeSet`: its code would be the
+        // module's only B-tree).
+        let mut sorted: Vec<&crate::policy::Role> = roles.iter().collect();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|p| p[0] == p[1]) {
+            return Err(Error::DuplicateRole {
+                role: pair[0].clone(),
+            });
         }
     }
     let mut em = match (state, cmd) {

@@ -787,6 +787,11 @@ test("Node: client options are checked when the client is made", () => {
       (e) => e.code === "invalid_input" && e.message.includes(`\`${name}\` must be a number of milliseconds`), `${name}=${bad}`);
   }
   assert.ok(new t.Client({ baseUrl: "https://x.example", liveCheckMs: 1000, timeoutMs: 1 }));
+  // A misspelt option is refused, not ignored: `serverkey` would turn off the pinned key.
+  assert.throws(() => new t.Client({ baseUrl: "https://x.example", serverkey: "00".repeat(32) }),
+    (e) => e.code === "invalid_input" && /unknown option `serverkey` \(did you mean `serverKey`\?\)/.test(e.message), "serverkey");
+  assert.throws(() => new t.Client({ baseUrl: "https://x.example", retries: 3 }),
+    (e) => e.code === "invalid_input" && /unknown option `retries`; the options are baseUrl, token, serverKey, timeoutMs, liveCheckMs/.test(e.message), "retries");
   // The live stream takes participant tokens only: an API key is refused up front
   // (each stream would be refused while reads work, and the feed reconnect forever).
   const keyed = new t.Client({ baseUrl: "https://x.example", token: "tfk_0123" });

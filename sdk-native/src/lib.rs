@@ -10,7 +10,8 @@
 //! What this crate adds around the core:
 //!
 //! - [`verify`] — the **offline verifier**: a history file or a whole multi-payment
-//!   [`export`], streamed line by line with memory flat in its length, on two threads;
+//!   [`export`], streamed line by line with memory flat in its length (a reader
+//!   thread, 2–8 folding threads and, for exports, one for the signed heads);
 //!   it reports the exact broken event (payment, seq, line, the core's reason).
 //! - [`export`] — the export format (NDJSON records grouped by payment, plus signed
 //!   heads) and a writer for it.
@@ -21,8 +22,8 @@
 //!   chain and signed head checked against a pinned key, folded with the core, and
 //!   compared with the server's read model; live updates over SSE.
 //! - [`subscription`] — a catch-up subscription over the tenant-wide feed with a
-//!   checkpoint you store where you like ([`subscription::Checkpoint`], file-backed by
-//!   default).
+//!   checkpoint you store where you like ([`subscription::Checkpoint`]; a file is
+//!   one, [`subscription::FileCheckpoint`]).
 //! - [`webhook`] — Standard Webhooks signature verification.
 //! - the `trustfold` command-line tool: `verify`, `replay`, `fetch`, `tail`.
 //!

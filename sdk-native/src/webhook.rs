@@ -1,5 +1,6 @@
-//! Webhook signature verification ([Standard Webhooks] 1.0, the scheme the trustfold
-//! server signs with).
+//! Webhook signature verification ([Standard Webhooks] 1.0), for webhooks a service of
+//! yours sends with trustfold events (the reference server sends none: it offers the
+//! tenant feed and live streams instead).
 //!
 //! A webhook carries three headers: `webhook-id`, `webhook-timestamp` (Unix seconds)
 //! and `webhook-signature`, a space-separated list of `v1,<base64 signature>` (several

@@ -130,6 +130,9 @@ fn millis(options: &JsValue, name: &str, default: f64, min: u32, max: u32) -> Js
         })
 }
 
+/// The options a `Client` takes.
+const CLIENT_OPTIONS: &[&str] = &["baseUrl", "token", "serverKey", "timeoutMs", "liveCheckMs"];
+
 /// Connection settings shared by a client and its feeds.
 #[derive(Clone)]
 struct Conn {
@@ -190,6 +193,26 @@ impl Client {
             ));
         }
         let what = "client options";
+        // A misspelt option must not pass silently: `serverkey` would turn off the
+        // pinned key's check.
+        for name in js_sys::Object::keys(options.unchecked_ref::<js_sys::Object>()).iter() {
+            let name = name.as_string().unwrap_or_default();
+            if !CLIENT_OPTIONS.contains(&name.as_str()) {
+                let near = CLIENT_OPTIONS
+                    .iter()
+                    .find(|o| o.eq_ignore_ascii_case(&name))
+                    .map(|o| format!(" (did you mean `{o}`?)"))
+                    .unwrap_or_default();
+                return Err(js_error(
+                    "invalid_input",
+                    &format!(
+                        "client options: unknown option `{}`{near}; the options are {}",
+                        trustfold_core::error::echo(&name),
+                        CLIENT_OPTIONS.join(", ")
+                    ),
+                ));
+            }
+        }
         let base = string_prop(&options, "baseUrl", what)?
             .ok_or_else(|| js_error("invalid_input", "client options: `baseUrl` is required"))?;
         base_url(&base)?;

@@ -13,7 +13,8 @@
 //! themselves follow a few rules:
 //!
 //! - **Histories cross the boundary as one string or `Uint8Array`** (the JSON array of
-//!   `{"hash","event"}` records, as the server sends it), never as thousands of JS
+//!   `{"hash","event"}` records, as a history document holds them; the server sends
+//!   them in `{events, has_more, next}` pages), never as thousands of JS
 //!   objects; the bytes are hashed as received.
 //! - **State comes back as canonical JSON text**: `replay(history)` returns the same
 //!   bytes as `PaymentState::to_json` in native Rust, so JS, Rust and the server can
