@@ -1959,8 +1959,9 @@ async fn key_changes_are_all_or_nothing_postgres() {
 /// The database refuses a write in the middle of the work: a keyed command whose
 /// idempotency record cannot be stored stores none of its events either (one
 /// transaction); read models the projector cannot write answer 500 instead of stale
-/// rows, commands go on meanwhile, and once the database takes writes again the read
-/// models catch up to exactly what the log holds.
+/// rows (the payment's state, folded from the log, is still read), commands go on
+/// meanwhile, and once the database takes writes again the read models catch up to
+/// exactly what the log holds.
 async fn a_refused_write_leaves_nothing_half_written(srv: Server) {
     let c = &srv.client;
     let db = srv.database.clone();
@@ -2002,6 +2003,10 @@ async fn a_refused_write_leaves_nothing_half_written(srv: Server) {
     let inbox = format!("/v1/parties/{}/inbox", f.agent);
     let r = c.get(&inbox, &key).await;
     assert_eq!(r.status, 500, "{}", r.body);
+    // The payment's state has the log to fall back on: it is read meanwhile, current.
+    let r = c.get(&format!("/v1/payments/{p}"), &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "Held", "{}", r.body);
     allow(&db, "inbox").await;
     let r = c.get(&inbox, &key).await;
     assert_eq!(r.status, 200, "{}", r.body);
