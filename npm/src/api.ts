@@ -4,7 +4,7 @@
  * on failure, with the same code and message as the Rust core.
  */
 import type * as Raw from "../pkg/trustfold_wasm.js";
-import { isReady, raw } from "./module.js";
+import { beforeLive, isReady, raw } from "./module.js";
 import type {
   Actor, Command, CommandContext, CommandKind, CommandResult, EventEnvelope, PaymentState,
   PaymentView, PolicyDocument,
@@ -296,6 +296,7 @@ export class PaymentFeed {
    */
   live(onUpdate: (state: PaymentState, seq: number) => void, onError?: (error: TrustfoldError) => void): void {
     const errors = liveCallbacks(onUpdate, onError);
+    beforeLive();
     this.#raw.live(
       (json: string, seq: number) => onUpdate(JSON.parse(json) as PaymentState, seq),
       errors,
@@ -347,6 +348,7 @@ export class PaymentViewFeed {
    */
   live(onUpdate: (view: PaymentView) => void, onError?: (error: TrustfoldError) => void): void {
     const errors = liveCallbacks(onUpdate, onError);
+    beforeLive();
     this.#raw.live(
       (json: string) => onUpdate(JSON.parse(json) as PaymentView),
       errors,

@@ -19,6 +19,14 @@ export function markReady(glue: RawModule): void {
   ready = true;
 }
 
+/** Runs before each `live()` (set by the Node entry point; nothing in browsers). */
+export let beforeLive: () => void = () => {};
+
+/** Called by an entry point that needs to prepare the platform for live streams. */
+export function setBeforeLive(f: () => void): void {
+  beforeLive = f;
+}
+
 /** True once the wasm module is ready (always in Node; after `await init()` in browsers). */
 export function isReady(): boolean {
   return ready;

@@ -530,6 +530,10 @@ test("Node (the eventsource package): a live stream gone silent is caught by a r
 
 test("Node (the eventsource package): a quiet payment's live feeds check over HTTP and keep their one stream", async () => {
   const { EventSource } = await import("eventsource");
+  // No `MaxListenersExceededWarning` from the stream's many listeners either.
+  const warnings = [];
+  const onWarning = (w) => warnings.push(`${w.name}: ${w.message}`);
+  process.on("warning", onWarning);
   const [buyer, seller, agent] = [uuid(), uuid(), uuid()];
   const p = await srv.openPayment(key, { agent, invite: [[buyer, "buyer"], [seller, "seller"]] });
   const proxy = await flakyProxy();
@@ -565,7 +569,9 @@ test("Node (the eventsource package): a quiet payment's live feeds check over HT
     assert.deepEqual(errors, []);
     feed.close();
     view.close();
+    assert.deepEqual(warnings, []);
   } finally {
+    process.off("warning", onWarning);
     globalThis.EventSource = had;
     await proxy.close();
   }
