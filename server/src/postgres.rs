@@ -308,7 +308,9 @@ impl PostgresStore {
                 })
             })
             .max_connections(32)
-            .acquire_timeout(Duration::from_secs(30))
+            // A database that cannot be reached is a 503 within 5 s, well inside the
+            // SDKs' request deadline (30 s), not a request hanging as long as it.
+            .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
         Self::from_pool(pool).await

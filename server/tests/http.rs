@@ -2137,3 +2137,140 @@ async fn dropped_database_connections_are_ridden_out_postgres() {
     second.shutdown().await.expect("shutdown");
     srv.finish().await;
 }
+
+/// A TCP proxy between a server and PostgreSQL that can cut the database off (a
+/// network partition, a database host down): `down` drops every connection through it
+/// and refuses new ones until `up`.
+struct DbProxy {
+    addr: std::net::SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl DbProxy {
+    async fn start(target: std::net::SocketAddr) -> DbProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (d, n) = (down.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let n = n.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = n.notified() => {}
+                    }
+                });
+            }
+        });
+        DbProxy { addr, down, cut }
+    }
+
+    fn down(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn up(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The database cannot be reached for a while: reads and commands are answered 503
+/// `database_unavailable` with `Retry-After` within seconds (not a hang, not a 500),
+/// and when it is back the server goes on without a restart — commands, read models
+/// (the projection leader's lock taken again) and live streams resumed with
+/// `Last-Event-ID`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_database_is_a_503_until_it_is_back_postgres() {
+    let Some((admin_url, name, url)) = common::postgres_database().await else {
+        return;
+    };
+    let (_, rest) = url.split_once('@').expect("url has a host");
+    let (host, db) = rest.split_once('/').expect("url has a database");
+    let target: std::net::SocketAddr = host.parse().expect("host:port");
+    let proxy = DbProxy::start(target).await;
+    let proxied = format!("postgres://postgres@{}/{db}", proxy.addr);
+    let running = common::serve(common::config(&proxied)).await;
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(&c, &key).await.expect("open");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let version = c
+        .get(&format!("/v1/payments/{}", f.payment), &key)
+        .await
+        .body["version"]
+        .as_u64()
+        .expect("version");
+    let invite = |i: usize| {
+        json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["brokerage"], "name": format!("b{i}")},
+               "actor": {"party": f.agent, "role": "listing_agent"}})
+    };
+
+    proxy.down();
+    for i in 0..2 {
+        let started = std::time::Instant::now();
+        let list = c.get("/v1/payments", &key).await;
+        let command = c
+            .post_idem(&path, &key, &format!("down-{i}"), &invite(i))
+            .await;
+        for r in [&list, &command] {
+            expect_member(r, 503, "code", "database_unavailable");
+            assert_eq!(r.headers["retry-after"], "1");
+            assert!(
+                !r.body["detail"].as_str().unwrap_or("").contains("error"),
+                "the database's own words stay in the log: {}",
+                r.body
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "answered in {:?}",
+            started.elapsed()
+        );
+    }
+
+    proxy.up();
+    // The commands refused while it was down ran nothing: the same keys run them now.
+    for i in 0..2 {
+        let r = c
+            .post_idem(&path, &key, &format!("down-{i}"), &invite(i))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["version"].as_u64(), Some(version + 1 + i as u64));
+    }
+    let list = c.get("/v1/payments", &key).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(
+        list.body["payments"][0]["version"].as_u64(),
+        Some(version + 2)
+    );
+    let mut stream = c
+        .http
+        .get(format!("{}/v1/payments/{}/stream", c.base, f.payment))
+        .bearer_auth(&key)
+        .header("last-event-id", version.to_string())
+        .send()
+        .await
+        .expect("stream");
+    let mut buf = String::new();
+    let got = sse_events(&mut stream, 2, &mut buf).await;
+    assert_eq!(
+        got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![version + 1, version + 2]
+    );
+    drop(stream);
+    running.shutdown().await.expect("shutdown");
+    common::drop_database(&admin_url, &name).await;
+}
