@@ -64,6 +64,7 @@ impl Config {
                 heartbeat: Duration::from_secs(15),
                 poll_interval: Duration::from_secs(2),
                 admin_token: None,
+                request_timeout: Duration::from_secs(10),
             },
         }
     }
@@ -210,6 +211,9 @@ fn redact_url(url: &str) -> String {
 /// applies them.
 const PROJECTION_DELAY: Duration = Duration::from_millis(20);
 
+/// How long one background projection run may wait on the database.
+const BACKGROUND_DEADLINE: Duration = Duration::from_secs(10);
+
 fn spawn_background(
     db: Db,
     projector: Arc<Projector>,
@@ -237,8 +241,17 @@ fn spawn_background(
                     _ = tokio::time::sleep(every) => {}
                     _ = shutdown.changed() => return,
                 }
-                if let Err(e) = projector.catch_up_in_background().await {
-                    tracing::warn!(error = %e, "background projection failed");
+                // Bounded: a database that stopped answering must not hold the
+                // projection (and the reads waiting for it) until TCP gives up. Each
+                // batch commits its own progress, so a cut-off run loses one batch.
+                match tokio::time::timeout(BACKGROUND_DEADLINE, projector.catch_up_in_background())
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "background projection failed"),
+                    Err(_) => {
+                        tracing::warn!("background projection got no answer in time; trying again")
+                    }
                 }
             }
         }));

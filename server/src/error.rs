@@ -73,6 +73,16 @@ pub enum StoreError {
     #[error("corrupt stored data: {0}; the database was changed outside the event store")]
     Corrupt(String),
 
+    /// The database did not answer an append in time: it may or may not have been
+    /// committed. Retry with the same event ids, which is safe because appends are
+    /// idempotent.
+    #[error(
+        "the database did not answer within {} s; the append may or may not be stored: \
+         retry it with the same event ids",
+        .0.as_secs()
+    )]
+    Unresponsive(std::time::Duration),
+
     /// The database failed (connection lost, disk full, ...). An append that fails this
     /// way may or may not have committed: retry it with the same event ids, which is safe
     /// because appends are idempotent.
@@ -106,6 +116,7 @@ impl StoreError {
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Tls(_),
             ) => true,
+            StoreError::Unresponsive(_) => true,
             StoreError::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
                 // Class 08: connection exception; 57P01-57P03: the server is shutting
                 // down or starting; 53300: too many connections.

@@ -38,6 +38,10 @@ pub(crate) const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Appends waiting for the appender before callers are made to wait for queue space.
 const QUEUE: usize = 4096;
 
+/// How long one batch's commit may take before its callers are told its outcome is
+/// unknown (`StoreError::Unresponsive`).
+const COMMIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One queued append.
 #[derive(Debug)]
 pub(crate) struct Request {
@@ -172,7 +176,22 @@ async fn run(mut committer: impl Committer, mut rx: mpsc::Receiver<Request>) {
         if let Some(r) = next {
             carried.push_back(r);
         }
-        match committer.commit(&batch).await {
+        // A database that stops answering must not hold the appender (and every command
+        // queued behind it) until TCP gives up: past the deadline the batch's callers
+        // are told that its outcome is unknown (a retry with the same event ids finds
+        // it if it did commit), and the next batch takes another connection.
+        let committed = tokio::time::timeout(COMMIT_DEADLINE, committer.commit(&batch)).await;
+        let Ok(committed) = committed else {
+            tracing::error!(
+                size = batch.len(),
+                "batch commit got no answer in time; its outcome is unknown"
+            );
+            for r in batch {
+                let _ = r.reply.send(Err(StoreError::Unresponsive(COMMIT_DEADLINE)));
+            }
+            continue;
+        };
+        match committed {
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 for (r, o) in batch.into_iter().zip(outcomes) {
                     match o {

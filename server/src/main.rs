@@ -43,6 +43,10 @@ struct Cli {
     /// Milliseconds between store polls of live streams and the projector.
     #[arg(long, default_value_t = 2000)]
     poll_ms: u64,
+    /// Seconds a request may take until its response starts; past it, 503
+    /// `database_unavailable` (the database stopped answering).
+    #[arg(long, default_value_t = 10)]
+    request_timeout_seconds: u64,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -89,6 +93,8 @@ fn main() -> ExitCode {
                 config.http.body_limit = cli.body_limit;
                 config.http.heartbeat = Duration::from_secs(cli.heartbeat_seconds.max(1));
                 config.http.poll_interval = Duration::from_millis(cli.poll_ms.max(10));
+                config.http.request_timeout =
+                    Duration::from_secs(cli.request_timeout_seconds.max(1));
                 let running = start(config).await?;
                 println!("trustfold-server listening on http://{}", running.addr);
                 running.run_until(shutdown_signal()).await

@@ -45,6 +45,9 @@ pub const LEADER_LOCK: i64 = 0x7472_7573_7470_726f;
 /// to apply its appends before it applies them itself.
 const LEADER_WAIT: Duration = Duration::from_millis(100);
 
+/// How long a statement on the projection leader's connection may take.
+const LEADER_DEADLINE: Duration = Duration::from_secs(2);
+
 /// How often a process that is not the projection leader tries to become it.
 const LEADER_RETRY: Duration = Duration::from_secs(1);
 
@@ -133,10 +136,18 @@ impl Projector {
             return true;
         };
         let mut leader = self.leader.lock().await;
+        // Every statement here is bounded (`LEADER_DEADLINE`): the leader mutex is held
+        // meanwhile, and a database that stopped answering must not hold it (and every
+        // read that asks who leads) until TCP gives up.
         if leader.holds {
             // Still connected: the lock is still ours.
             if let Some(conn) = leader.conn.as_mut() {
-                if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
+                let alive = tokio::time::timeout(
+                    LEADER_DEADLINE,
+                    sqlx::query("SELECT 1").execute(&mut *conn),
+                )
+                .await;
+                if matches!(alive, Ok(Ok(_))) {
                     return true;
                 }
             }
@@ -149,16 +160,23 @@ impl Projector {
         leader.tried = Some(Instant::now());
         if leader.conn.is_none() {
             let options = (*pool.connect_options()).clone();
-            leader.conn = sqlx::PgConnection::connect_with(&options).await.ok();
+            let connect = sqlx::PgConnection::connect_with(&options);
+            leader.conn = match tokio::time::timeout(LEADER_DEADLINE, connect).await {
+                Ok(Ok(c)) => Some(c),
+                _ => None,
+            };
         }
         let Some(conn) = leader.conn.as_mut() else {
             return false;
         };
-        match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+        let tried = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK)
-            .fetch_one(&mut *conn)
-            .await
-        {
+            .fetch_one(&mut *conn);
+        let tried = match tokio::time::timeout(LEADER_DEADLINE, tried).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer in time".to_owned()),
+        };
+        match tried {
             Ok(true) => {
                 tracing::info!("this process now runs the background projection");
                 leader.holds = true;

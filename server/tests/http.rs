@@ -2138,12 +2138,14 @@ async fn dropped_database_connections_are_ridden_out_postgres() {
     srv.finish().await;
 }
 
-/// A TCP proxy between a server and PostgreSQL that can cut the database off (a
-/// network partition, a database host down): `down` drops every connection through it
-/// and refuses new ones until `up`.
+/// A TCP proxy between a server and PostgreSQL that can cut the database off: `down`
+/// drops every connection through it (a database host down, a partition that resets
+/// connections) and `stall` stops forwarding but keeps them open (packets dropped:
+/// nothing ever answers); both refuse new connections until `up`.
 struct DbProxy {
     addr: std::net::SocketAddr,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: std::sync::Arc<tokio::sync::Notify>,
 }
 
@@ -2155,26 +2157,37 @@ impl DbProxy {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cut = std::sync::Arc::new(tokio::sync::Notify::new());
-        let (d, n) = (down.clone(), cut.clone());
+        let (d, n, st) = (down.clone(), cut.clone(), stalled.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if d.load(Ordering::SeqCst) {
                     continue; // dropped: the connection closes at once
                 }
-                let n = n.clone();
+                let (n, st) = (n.clone(), st.clone());
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = n.notified() => {}
+                        _ = n.notified() => {
+                            if st.load(Ordering::SeqCst) {
+                                // Held open, silent, until the test ends.
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                            }
+                        }
                     }
                 });
             }
         });
-        DbProxy { addr, down, cut }
+        DbProxy {
+            addr,
+            down,
+            stalled,
+            cut,
+        }
     }
 
     fn down(&self) {
@@ -2182,8 +2195,16 @@ impl DbProxy {
         self.cut.notify_waiters();
     }
 
+    fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.down();
+    }
+
     fn up(&self) {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.stalled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -2194,6 +2215,19 @@ impl DbProxy {
 /// `Last-Event-ID`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unreachable_database_is_a_503_until_it_is_back_postgres() {
+    unreachable_database(false).await;
+}
+
+/// The same with a database that stops answering but keeps its connections open
+/// (packets dropped): the request deadline answers 503 instead of a request hanging
+/// until TCP gives up, and the appender, stuck on a commit nobody answers, lets go
+/// after its own deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_database_is_a_503_until_it_is_back_postgres() {
+    unreachable_database(true).await;
+}
+
+async fn unreachable_database(silent: bool) {
     let Some((admin_url, name, url)) = common::postgres_database().await else {
         return;
     };
@@ -2202,7 +2236,9 @@ async fn an_unreachable_database_is_a_503_until_it_is_back_postgres() {
     let target: std::net::SocketAddr = host.parse().expect("host:port");
     let proxy = DbProxy::start(target).await;
     let proxied = format!("postgres://postgres@{}/{db}", proxy.addr);
-    let running = common::serve(common::config(&proxied)).await;
+    let mut config = common::config(&proxied);
+    config.http.request_timeout = Duration::from_secs(2);
+    let running = common::serve(config).await;
     let c = Client::new(format!("http://{}", running.addr));
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
     let f = open_and_join(&c, &key).await.expect("open");
@@ -2213,18 +2249,25 @@ async fn an_unreachable_database_is_a_503_until_it_is_back_postgres() {
         .body["version"]
         .as_u64()
         .expect("version");
+    // One body per key: a retry sends the same request.
+    let parties = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
     let invite = |i: usize| {
-        json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["brokerage"], "name": format!("b{i}")},
+        json!({"command": {"type": "Invite", "party": parties[i], "roles": ["brokerage"], "name": format!("b{i}")},
                "actor": {"party": f.agent, "role": "listing_agent"}})
     };
 
-    proxy.down();
+    if silent {
+        proxy.stall();
+    } else {
+        proxy.down();
+    }
     for i in 0..2 {
         let started = std::time::Instant::now();
-        let list = c.get("/v1/payments", &key).await;
-        let command = c
-            .post_idem(&path, &key, &format!("down-{i}"), &invite(i))
-            .await;
+        let (k, body) = (format!("down-{i}"), invite(i));
+        let (list, command) = tokio::join!(
+            c.get("/v1/payments", &key),
+            c.post_idem(&path, &key, &k, &body)
+        );
         for r in [&list, &command] {
             expect_member(r, 503, "code", "database_unavailable");
             assert_eq!(r.headers["retry-after"], "1");
@@ -2242,15 +2285,32 @@ async fn an_unreachable_database_is_a_503_until_it_is_back_postgres() {
     }
 
     proxy.up();
-    // The commands refused while it was down ran nothing: the same keys run them now.
+    // Retried with the same keys, as a client does on 503, each command is applied
+    // once: run now, or — a command whose request met the deadline while its append
+    // waited in the appender's queue — found stored and answered from its record.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for i in 0..2 {
-        let r = c
-            .post_idem(&path, &key, &format!("down-{i}"), &invite(i))
-            .await;
+        let r = loop {
+            let r = c
+                .post_idem(&path, &key, &format!("down-{i}"), &invite(i))
+                .await;
+            if r.status != 503 || std::time::Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["version"].as_u64(), Some(version + 1 + i as u64));
     }
-    let list = c.get("/v1/payments", &key).await;
+    // A read may meet a projection run still stuck on the silent connection until its
+    // own deadline: a 503, retried.
+    let list = loop {
+        let r = c.get("/v1/payments", &key).await;
+        if r.status != 503 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert_eq!(list.status, 200, "{}", list.body);
     assert_eq!(
         list.body["payments"][0]["version"].as_u64(),

@@ -61,6 +61,11 @@ pub struct HttpConfig {
     pub poll_interval: Duration,
     /// The admin token that may create tenants (`None`: tenant creation is off).
     pub admin_token: Option<String>,
+    /// How long a request may take until its response starts (a live stream's then
+    /// goes on): past it, 503 `database_unavailable` — a database that stopped
+    /// answering without closing its connections would otherwise hold requests until
+    /// TCP gives up, many minutes later.
+    pub request_timeout: Duration,
 }
 
 /// What every handler shares.
@@ -208,6 +213,7 @@ async fn query_taken(
 /// The router with every route, the fallbacks and the body limit.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
+    let timeout = state.config.request_timeout;
     let mut r: Router<AppState> = Router::new();
     for (_, path, taken, handler) in routes() {
         let handler = handler.route_layer(axum::middleware::from_fn(move |req, next| {
@@ -219,9 +225,31 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(headers_given_once))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            deadline(timeout, req, next)
+        }))
         .layer(axum::middleware::map_response(problem_for_plain_errors))
         .layer(axum::middleware::map_response(not_stored))
         .with_state(state)
+}
+
+/// Answers 503 when a request's response has not started within `timeout` (see
+/// [`HttpConfig::request_timeout`]). A command cut off here may still be committed by
+/// the appender: a retry with the same `Idempotency-Key` finds it.
+async fn deadline(
+    timeout: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let what = format!("{} {}", req.method(), auth::loggable_uri(req.uri()));
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::Unavailable(format!(
+            "{what} took longer than {} s: the database did not answer",
+            timeout.as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 /// The request headers that hold one value, given more than once: a 400 (which one would
