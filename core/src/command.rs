@@ -439,7 +439,7 @@ pub const TEXT_MAX: usize = 2000;
 
 /// Whether `c` may stand in a command's text field bounded by `max` (see
 /// [`Command::texts`]): no control character (Unicode `Cc`: U+0000–U+001F,
-/// U+007F–U+009F) except a line break or tab in descriptions, reasons and notes
+/// U+007F–U+009F) except a line break (`\n`, `\r`) or tab in descriptions, reasons and notes
 /// ([`TEXT_MAX`]), and no bidirectional embedding, override or isolate control
 /// (U+202A–U+202E, U+2066–U+2069), which could make a name or a reference display as
 /// something else. Any other character is allowed, in any script.
@@ -448,13 +448,14 @@ pub const TEXT_MAX: usize = 2000;
 /// use trustfold_core::command::{text_char_allowed, NAME_MAX, TEXT_MAX};
 /// assert!(text_char_allowed('\n', TEXT_MAX));
 /// assert!(!text_char_allowed('\n', NAME_MAX));
+/// assert!(text_char_allowed('\r', TEXT_MAX)); // `\r\n` from forms and Windows
 /// assert!(!text_char_allowed('\u{1b}', TEXT_MAX));
 /// assert!(!text_char_allowed('\u{202e}', NAME_MAX));
 /// assert!("Zoë Ødegård, דוד, 🏡".chars().all(|c| text_char_allowed(c, NAME_MAX)));
 /// ```
 pub fn text_char_allowed(c: char, max: usize) -> bool {
     match c {
-        '\n' | '\t' => max >= TEXT_MAX,
+        '\n' | '\r' | '\t' => max >= TEXT_MAX,
         '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => false,
         c => !c.is_control(),
     }

@@ -294,7 +294,7 @@ fn char_kind(c: char) -> &'static str {
 /// Where a refused line break or tab would have been allowed.
 fn char_hint(c: char) -> &'static str {
     match c {
-        '\n' | '\t' => {
+        '\n' | '\r' | '\t' => {
             " (line breaks and tabs are allowed only in descriptions, reasons and notes)"
         }
         _ => "",

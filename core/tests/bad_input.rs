@@ -820,7 +820,7 @@ const BAD_CHARS: &[(char, &str)] = &[
     ('\0', "U+0000"),
     ('\u{7}', "U+0007"),
     ('\u{1b}', "U+001B"),
-    ('\r', "U+000D"),
+    ('\u{b}', "U+000B"),
     ('\u{7f}', "U+007F"),
     ('\u{85}', "U+0085"),
     ('\u{9f}', "U+009F"),
@@ -916,10 +916,10 @@ fn line_breaks_and_tabs_only_in_long_text() {
     );
     s.run(
         la(),
-        open_cmd(&s, "12 Elm St\n\tunit 4", "Lee", &["listing_agent"]),
+        open_cmd(&s, "12 Elm St\r\n\tunit 4", "Lee", &["listing_agent"]),
     )
-    .expect("a description may hold line breaks and tabs");
-    for name in ["Bea\nBuyer", "Bea\tBuyer"] {
+    .expect("a description may hold line breaks (\\n, \\r\\n) and tabs");
+    for name in ["Bea\nBuyer", "Bea\tBuyer", "Bea\rBuyer"] {
         let e = refused(
             &mut s,
             la(),

@@ -135,7 +135,11 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
                 HeaderName::from_static("idempotency-key"),
                 HeaderName::from_static("last-event-id"),
             ])
-            .expose_headers([header::ETAG, HeaderName::from_static("idempotent-replayed")])
+            .expose_headers([
+                header::ETAG,
+                HeaderName::from_static("idempotent-replayed"),
+                header::RETRY_AFTER,
+            ])
             .max_age(Duration::from_secs(600)),
     ))
 }
@@ -228,6 +232,7 @@ fn spawn_background(
         let mut shutdown = shutdown.clone();
         let every = config.http.poll_interval;
         let projector = projector.clone();
+        let postgres = matches!(db, Db::Postgres(_));
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -241,15 +246,21 @@ fn spawn_background(
                     _ = tokio::time::sleep(every) => {}
                     _ = shutdown.changed() => return,
                 }
-                // Bounded: a database that stopped answering must not hold the
-                // projection (and the reads waiting for it) until TCP gives up. Each
-                // batch commits its own progress, so a cut-off run loses one batch.
-                match tokio::time::timeout(BACKGROUND_DEADLINE, projector.catch_up_in_background())
-                    .await
-                {
+                // Bounded on PostgreSQL: a database that stopped answering must not hold
+                // the projection (and the reads waiting for it) until TCP gives up. Each
+                // batch commits its own progress, so a cut-off run loses one batch. (A
+                // SQLite file does not go silent; its runs are not cut off midway.)
+                let run = projector.catch_up_in_background();
+                let result = if postgres {
+                    tokio::time::timeout(BACKGROUND_DEADLINE, run).await
+                } else {
+                    Ok(run.await)
+                };
+                match result {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "background projection failed"),
                     Err(_) => {
+                        crate::error::disconnect::note();
                         tracing::warn!("background projection got no answer in time; trying again")
                     }
                 }

@@ -83,6 +83,12 @@ pub enum StoreError {
     )]
     Unresponsive(std::time::Duration),
 
+    /// The database was unreachable for a batch this append was part of (another
+    /// append of the batch got the original error). It may or may not be stored:
+    /// retry with the same event ids.
+    #[error("the database is unavailable ({0}); retry with the same event ids")]
+    Unavailable(String),
+
     /// The database failed (connection lost, disk full, ...). An append that fails this
     /// way may or may not have committed: retry it with the same event ids, which is safe
     /// because appends are idempotent.
@@ -116,7 +122,7 @@ impl StoreError {
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Tls(_),
             ) => true,
-            StoreError::Unresponsive(_) => true,
+            StoreError::Unresponsive(_) | StoreError::Unavailable(_) => true,
             StoreError::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
                 // Class 08: connection exception; 57P01-57P03: the server is shutting
                 // down or starting; 53300: too many connections.

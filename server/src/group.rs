@@ -38,9 +38,9 @@ pub(crate) const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Appends waiting for the appender before callers are made to wait for queue space.
 const QUEUE: usize = 4096;
 
-/// How long one batch's commit may take before its callers are told its outcome is
-/// unknown (`StoreError::Unresponsive`).
-const COMMIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long one batch's commit may take on a committer that allows a deadline (see
+/// [`Committer::deadline`]).
+pub(crate) const COMMIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One queued append.
 #[derive(Debug)]
@@ -82,6 +82,34 @@ pub(crate) trait Committer: Send + 'static {
     /// order. `Err` means nothing of the batch was committed (or it is unknown whether
     /// it was): the appender then commits each request on its own.
     fn commit(&mut self, batch: &[Request]) -> impl Future<Output = Result<Vec<Outcome>>> + Send;
+
+    /// How long one commit may take before its callers are told its outcome is unknown
+    /// (`StoreError::Unresponsive`) and the appender goes on; `None`: no limit. Only a
+    /// committer whose commit future can be dropped midway without harm may set one
+    /// (PostgreSQL: the server rolls back a transaction whose connection goes away;
+    /// not SQLite, where a dropped multi-statement commit can leave the single writer
+    /// inside `BEGIN IMMEDIATE`).
+    fn deadline(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// Commits `batch` within the committer's deadline.
+async fn commit_within(committer: &mut impl Committer, batch: &[Request]) -> Result<Vec<Outcome>> {
+    match committer.deadline() {
+        None => committer.commit(batch).await,
+        Some(d) => match tokio::time::timeout(d, committer.commit(batch)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(
+                    size = batch.len(),
+                    "batch commit got no answer in time; its outcome is unknown"
+                );
+                crate::error::disconnect::note();
+                Err(StoreError::Unresponsive(d))
+            }
+        },
+    }
 }
 
 /// The handle callers append through; cheap to clone.
@@ -176,22 +204,19 @@ async fn run(mut committer: impl Committer, mut rx: mpsc::Receiver<Request>) {
         if let Some(r) = next {
             carried.push_back(r);
         }
-        // A database that stops answering must not hold the appender (and every command
-        // queued behind it) until TCP gives up: past the deadline the batch's callers
-        // are told that its outcome is unknown (a retry with the same event ids finds
-        // it if it did commit), and the next batch takes another connection.
-        let committed = tokio::time::timeout(COMMIT_DEADLINE, committer.commit(&batch)).await;
-        let Ok(committed) = committed else {
-            tracing::error!(
-                size = batch.len(),
-                "batch commit got no answer in time; its outcome is unknown"
-            );
-            for r in batch {
-                let _ = r.reply.send(Err(StoreError::Unresponsive(COMMIT_DEADLINE)));
-            }
+        // A caller that is gone (its request met the HTTP deadline and was answered 503)
+        // is not committed for: its client was told to retry, and a command sent
+        // without an Idempotency-Key would otherwise be applied twice.
+        batch.retain(|r| !r.reply.is_closed());
+        if batch.is_empty() {
             continue;
-        };
-        match committed {
+        }
+        // A database that stops answering must not hold the appender (and every command
+        // queued behind it) until TCP gives up: past the committer's deadline the
+        // batch's callers are told that its outcome is unknown (a retry with the same
+        // event ids finds it if it did commit), and the next batch takes another
+        // connection.
+        match commit_within(&mut committer, &batch).await {
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 for (r, o) in batch.into_iter().zip(outcomes) {
                     match o {
@@ -209,15 +234,25 @@ async fn run(mut committer: impl Committer, mut rx: mpsc::Receiver<Request>) {
                     )));
                 }
             }
-            Err(e) if batch.len() == 1 => {
-                if let Some(r) = batch.pop() {
+            // One append, or a database that is gone or silent (one by one would only
+            // wait for it once per append): everyone gets the error.
+            Err(e) if batch.len() == 1 || e.is_disconnect() => {
+                let text = e.to_string();
+                let mut first = Some(e);
+                for r in batch {
+                    let e = first
+                        .take()
+                        .unwrap_or_else(|| StoreError::Unavailable(text.clone()));
                     let _ = r.reply.send(Err(e));
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, size = batch.len(), "batch commit failed; committing its appends one by one");
                 for r in batch {
-                    let res = match committer.commit(std::slice::from_ref(&r)).await {
+                    if r.reply.is_closed() {
+                        continue;
+                    }
+                    let res = match commit_within(&mut committer, std::slice::from_ref(&r)).await {
                         Ok(mut o) => match o.pop() {
                             Some(Outcome::Reply(res)) => res,
                             _ => Err(StoreError::Corrupt("a single append was deferred".into())),

@@ -295,8 +295,15 @@ impl PostgresStore {
         // Every statement is planned for its parameters (`plan_cache_mode`): the
         // prepared statements live as long as their connections, and a generic plan
         // chosen while the tables were empty would stay a full scan as they grow.
-        let options =
-            PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+        //
+        // A transaction left open by a connection that went silent (a partition, a
+        // dropped request) would hold the position counter's row lock, and with it every
+        // append, until the server noticed: `idle_in_transaction_session_timeout` ends it
+        // after 30 s (no transaction of ours waits idle for anything like that).
+        let options = PgConnectOptions::from_str(url)?.options([
+            ("plan_cache_mode", "force_custom_plan"),
+            ("idle_in_transaction_session_timeout", "30s"),
+        ]);
         let pool = PgPoolOptions::new()
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
@@ -521,6 +528,10 @@ fn retryable(e: &StoreError) -> bool {
 }
 
 impl Committer for PgCommitter {
+    fn deadline(&self) -> Option<Duration> {
+        Some(crate::group::COMMIT_DEADLINE)
+    }
+
     async fn commit(&mut self, batch: &[Request]) -> Result<Vec<Outcome>> {
         if let Some(outcomes) = self.fast(batch).await {
             return Ok(outcomes);

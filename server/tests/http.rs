@@ -460,6 +460,39 @@ async fn a_key_keeps_rule_rejections_but_not_version_conflicts() {
     let ran = c.post_idem(&path, &key, "k-409", &current).await;
     assert_eq!(ran.status, 200, "{}", ran.body);
     assert_eq!(ran.body["version"].as_u64(), Some(version + 1));
+
+    // A participant token's own refusal (acting as another party) is the credential's,
+    // not the payment's answer: nothing kept, and the same key then runs the buyer's
+    // command.
+    let token = c
+        .post(
+            &format!("/v1/payments/{}/tokens", f.payment),
+            &key,
+            &json!({"party": f.buyer, "ttl_seconds": 60}),
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let terms = c
+        .get(&format!("/v1/payments/{}", f.payment), &key)
+        .await
+        .body["terms_hash"]
+        .clone();
+    let agree = |party: &str| {
+        json!({"command": {"type": "AgreeToTerms", "terms_hash": terms},
+               "actor": {"party": party, "role": "buyer"}})
+    };
+    let as_seller = c
+        .post_idem(&path, &token, "k-token", &agree(&f.seller))
+        .await;
+    expect_member(&as_seller, 403, "code", "not_permitted");
+    let as_buyer = c
+        .post_idem(&path, &token, "k-token", &agree(&f.buyer))
+        .await;
+    assert_eq!(as_buyer.status, 200, "{}", as_buyer.body);
+    assert!(as_buyer.headers.get("idempotent-replayed").is_none());
     srv.finish().await;
 }
 
@@ -2288,7 +2321,7 @@ async fn unreachable_database(silent: bool) {
     // Retried with the same keys, as a client does on 503, each command is applied
     // once: run now, or — a command whose request met the deadline while its append
     // waited in the appender's queue — found stored and answered from its record.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for i in 0..2 {
         let r = loop {
             let r = c

@@ -35,6 +35,16 @@ pub enum ApiError {
         /// What is not allowed.
         message: String,
     },
+    /// An action the payment's rules do not let this actor take now (403): a refusal by
+    /// the core, unlike [`ApiError::Forbidden`] (the credential's), and so stored under
+    /// the request's `Idempotency-Key` like a 422.
+    #[error("{message}")]
+    Refused {
+        /// The rule's code.
+        code: &'static str,
+        /// What is not allowed.
+        message: String,
+    },
     /// Unknown, or another tenant's (404).
     #[error("{message}")]
     NotFound {
@@ -114,7 +124,7 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } | ApiError::Refused { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::VersionConflict { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -132,6 +142,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::BadRequest { code, .. }
             | ApiError::Forbidden { code, .. }
+            | ApiError::Refused { code, .. }
             | ApiError::NotFound { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. } => code,
@@ -153,7 +164,8 @@ impl ApiError {
             // The database's own words stay in the log.
             ApiError::Unavailable(_) => {
                 "the database is unavailable for a moment (restarting or unreachable); retry \
-                 the request, with the same Idempotency-Key for a command"
+                 the request, a command with the same Idempotency-Key (a command sent without \
+                 one may have been applied: read the payment before sending it again)"
                     .to_owned()
             }
             other => other.to_string(),
@@ -196,7 +208,7 @@ impl ApiError {
     pub fn is_command_result(&self) -> bool {
         match self {
             ApiError::Unprocessable { code, .. } => *code != "idempotency_key_reused",
-            ApiError::Forbidden { code, .. } => Self::RULE_FORBIDDEN.contains(code),
+            ApiError::Refused { .. } => true,
             _ => false,
         }
     }
@@ -206,7 +218,7 @@ impl ApiError {
         use trustfold_core::Error as E;
         match e {
             E::Rejected { code, message } => match code {
-                c if Self::RULE_FORBIDDEN.contains(&c) => ApiError::Forbidden { code, message },
+                c if Self::RULE_FORBIDDEN.contains(&c) => ApiError::Refused { code, message },
                 "unknown_payment" => ApiError::NotFound { code, message },
                 _ => ApiError::Unprocessable {
                     code,

@@ -244,11 +244,16 @@ async fn deadline(
     let what = format!("{} {}", req.method(), auth::loggable_uri(req.uri()));
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(res) => res,
-        Err(_) => ApiError::Unavailable(format!(
-            "{what} took longer than {} s: the database did not answer",
-            timeout.as_secs()
-        ))
-        .into_response(),
+        Err(_) => {
+            // Most likely the database stopped answering: let the pool check its
+            // connections before handing them out again.
+            crate::error::disconnect::note();
+            ApiError::Unavailable(format!(
+                "{what} did not finish within {} s",
+                timeout.as_secs()
+            ))
+            .into_response()
+        }
     }
 }
 

@@ -672,6 +672,10 @@ async fn hide_amounts(state: &AppState, c: &TokenClaims, e: ApiError) -> ApiErro
             code,
             message: mask_amounts(&message),
         },
+        ApiError::Refused { code, message } if hides => ApiError::Refused {
+            code,
+            message: mask_amounts(&message),
+        },
         other => other,
     }
 }
