@@ -215,6 +215,9 @@ fn redact_url(url: &str) -> String {
 /// applies them.
 const PROJECTION_DELAY: Duration = Duration::from_millis(20);
 
+/// How long the LISTEN connection may take to answer its ping.
+const LISTEN_PING: Duration = Duration::from_secs(2);
+
 /// How long one background projection run may wait on the database.
 const BACKGROUND_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -269,9 +272,12 @@ fn spawn_background(
     }
     if let Db::Postgres(pool) = db {
         let mut shutdown = shutdown;
+        // A quiet LISTEN connection is checked as often as an idle stream is kept
+        // alive (twice the heartbeat).
+        let check_after = config.http.heartbeat * 2;
         tasks.push(tokio::spawn(async move {
             loop {
-                match listen(&pool, &notices).await {
+                match listen(&pool, &notices, check_after).await {
                     Ok(()) => return,
                     Err(e) => tracing::warn!(error = %e, "LISTEN failed; reconnecting"),
                 }
@@ -290,11 +296,31 @@ fn spawn_background(
 async fn listen(
     pool: &sqlx::PgPool,
     notices: &broadcast::Sender<Notice>,
+    check_after: Duration,
 ) -> Result<(), sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
     listener.listen(crate::NOTIFY_CHANNEL).await?;
+    tracing::info!("listening for other processes' appends");
     loop {
-        let n = listener.recv().await?;
+        let n = match tokio::time::timeout(check_after, listener.recv()).await {
+            Ok(n) => n?,
+            Err(_) => {
+                // Quiet for a while: a connection that went silent (packets dropped)
+                // would deliver nothing, ever, and raise no error. It must answer.
+                let ping = sqlx::query("SELECT 1").execute(&mut listener);
+                match tokio::time::timeout(LISTEN_PING, ping).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        crate::error::disconnect::note();
+                        return Err(sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the LISTEN connection did not answer a ping",
+                        )));
+                    }
+                }
+            }
+        };
         let mut parts = n.payload().split(':');
         let (_, Some(stream), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
             continue;

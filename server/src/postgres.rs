@@ -774,6 +774,9 @@ impl PgCommitter {
 /// append's own transaction it made every commit about a quarter of a millisecond slower
 /// here. If this process dies between an append's commit and its notification, other
 /// processes' live streams still find the events at their next poll.
+/// How long the notifier waits on its connection for each step.
+const NOTIFY_DEADLINE: Duration = Duration::from_secs(2);
+
 async fn notifier(
     options: sqlx::postgres::PgConnectOptions,
     mut rx: mpsc::UnboundedReceiver<String>,
@@ -787,33 +790,43 @@ async fn notifier(
                 Err(_) => break,
             }
         }
+        // Every step bounded (`NOTIFY_DEADLINE`): a connection that went silent would
+        // otherwise hold every later notice until TCP gives up.
         if conn.is_none() {
-            match sqlx::PgConnection::connect_with(&options).await {
-                Ok(mut c) => {
-                    if let Err(e) = sqlx::query("SET synchronous_commit = off")
-                        .execute(&mut c)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "notifier connection setup failed");
-                        continue;
-                    }
-                    conn = Some(c);
-                }
-                Err(e) => {
+            let setup = async {
+                let mut c = sqlx::PgConnection::connect_with(&options).await?;
+                sqlx::query("SET synchronous_commit = off")
+                    .execute(&mut c)
+                    .await?;
+                Ok::<_, sqlx::Error>(c)
+            };
+            match tokio::time::timeout(NOTIFY_DEADLINE, setup).await {
+                Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "notifier cannot connect; live streams of other processes fall back to polling");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("notifier got no answer connecting; live streams of other processes fall back to polling");
                     continue;
                 }
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+        let notify = sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
             .bind(NOTIFY_CHANNEL)
             .bind(&payloads)
-            .execute(&mut *c)
-            .await
-        {
-            tracing::warn!(error = %e, "NOTIFY failed; reconnecting");
-            conn = None;
+            .execute(&mut *c);
+        match tokio::time::timeout(NOTIFY_DEADLINE, notify).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "NOTIFY failed; reconnecting");
+                conn = None;
+            }
+            Err(_) => {
+                tracing::warn!("NOTIFY got no answer in time; reconnecting");
+                conn = None;
+            }
         }
     }
 }

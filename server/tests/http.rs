@@ -2260,6 +2260,16 @@ async fn a_silent_database_is_a_503_until_it_is_back_postgres() {
     unreachable_database(true).await;
 }
 
+/// Command `n` of a run that invites a lender and removes it again, in turn.
+fn lender_in_and_out(f: &common::scenario::Flow, lender: uuid::Uuid, n: usize) -> Value {
+    let command = if n % 2 == 0 {
+        json!({"type": "Invite", "party": lender, "roles": ["lender"], "name": "l"})
+    } else {
+        json!({"type": "Remove", "party": lender})
+    };
+    json!({"command": command, "actor": {"party": f.agent, "role": "listing_agent"}})
+}
+
 async fn unreachable_database(silent: bool) {
     let Some((admin_url, name, url)) = common::postgres_database().await else {
         return;
@@ -2288,6 +2298,16 @@ async fn unreachable_database(silent: bool) {
         json!({"command": {"type": "Invite", "party": parties[i], "roles": ["brokerage"], "name": format!("b{i}")},
                "actor": {"party": f.agent, "role": "listing_agent"}})
     };
+    // A second process, polling too slowly to matter: after the outage it hears of new
+    // commands only through LISTEN/NOTIFY, so both its LISTEN connection and the first
+    // process's notifier must have come back on their own (a silent one answers no
+    // ping and raises no error).
+    let mut second = common::config(&proxied);
+    second.http.request_timeout = Duration::from_secs(2);
+    second.http.poll_interval = Duration::from_secs(600);
+    let second = common::serve(second).await;
+    let c2 = Client::new(format!("http://{}", second.addr));
+    assert_eq!(c2.get("/v1/payments", &key).await.status, 200);
 
     if silent {
         proxy.stall();
@@ -2364,6 +2384,61 @@ async fn unreachable_database(silent: bool) {
         vec![version + 1, version + 2]
     );
     drop(stream);
+    // The other process's stream, opened (as a client reconnects: again on 503) after
+    // the outage, gets the backlog, then a new command through NOTIFY.
+    let mut far = loop {
+        let r = c2
+            .http
+            .get(format!("{}/v1/payments/{}/stream", c2.base, f.payment))
+            .bearer_auth(&key)
+            .header("last-event-id", version.to_string())
+            .send()
+            .await
+            .expect("stream");
+        if r.status() != 503 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(far.status(), 200);
+    let mut buf = String::new();
+    let got = sse_events(&mut far, 2, &mut buf).await;
+    assert_eq!(got.len(), 2);
+    // A notice sent before the second process listens again is missed (its streams
+    // poll for those): send a command every second until one is heard.
+    let mut sent = 0;
+    let lender = uuid::Uuid::new_v4();
+    let heard = loop {
+        let r = c
+            .post_idem(
+                &path,
+                &key,
+                &format!("after-{sent}"),
+                &lender_in_and_out(&f, lender, sent),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        sent += 1;
+        if let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(1), far.chunk())
+            .await
+            .map(Result::ok)
+            .map(Option::flatten)
+        {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            if buf.contains("id:") {
+                break true;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+    };
+    assert!(
+        heard,
+        "a command reached the other process's stream through NOTIFY"
+    );
+    drop(far);
+    second.shutdown().await.expect("shutdown");
     running.shutdown().await.expect("shutdown");
     common::drop_database(&admin_url, &name).await;
 }

@@ -72,12 +72,18 @@ impl Cursor {
         if self.token.as_ref().is_some_and(TokenClaims::expired) {
             return false;
         }
-        match self
+        // Bounded like a request: a read that a silent database never answers ends the
+        // stream (the client reconnects with `Last-Event-ID`) instead of holding it.
+        let read = self
             .state
             .store
-            .read_stream(self.tenant, self.payment, self.last, 100)
-            .await
-        {
+            .read_stream(self.tenant, self.payment, self.last, 100);
+        let Ok(read) = tokio::time::timeout(self.state.config.request_timeout, read).await else {
+            crate::error::disconnect::note();
+            tracing::warn!(payment = %self.payment, "live stream read got no answer in time; ending the stream");
+            return false;
+        };
+        match read {
             Ok(events) => {
                 // Checked on every read (each new event and each poll), so the stream
                 // of a removed party ends even when it is waiting past the head.
