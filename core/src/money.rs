@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -328,17 +328,17 @@ impl Money {
     /// # Ok::<(), trustfold_core::Error>(())
     /// ```
     pub fn bps(&self, bps: u32) -> Result<Money> {
-        let raw = self
-            .amount
-            .checked_mul(Decimal::from(bps))
-            .ok_or(Error::Overflow)?
-            .checked_div(Decimal::from(10_000u32))
-            .ok_or(Error::Overflow)?;
-        let mut amount = raw.round_dp_with_strategy(
-            self.currency.minor_units(),
-            RoundingStrategy::MidpointAwayFromZero,
-        );
-        amount.rescale(self.currency.minor_units());
+        // In whole minor units (the mantissa at the currency's scale) and 128-bit
+        // integers: exact for every amount, where a decimal product of more than 28
+        // digits would be rounded before the division (off by a minor unit).
+        let minor = self.amount.mantissa();
+        let product = minor.checked_mul(i128::from(bps)).ok_or(Error::Overflow)?;
+        let (mut q, r) = (product / 10_000, product % 10_000);
+        if r.unsigned_abs() * 2 >= 10_000 {
+            q += product.signum();
+        }
+        let amount = Decimal::try_from_i128_with_scale(q, self.currency.minor_units())
+            .map_err(|_| Error::Overflow)?;
         Money::at_scale(amount, self.currency)
     }
 
@@ -515,7 +515,19 @@ mod tests {
             max.checked_sub(&cents).expect("fits").amount_string(),
             "792281625142643375935439503.29"
         );
-        assert_eq!(max.bps(10_000).unwrap_err().code(), "amount_overflow");
+        // Exact at every size: 100 % of the largest amount is itself, more overflows,
+        // and a product of more than 28 digits rounds only once, at the minor unit.
+        assert_eq!(max.bps(10_000).expect("all of it"), max);
+        assert_eq!(max.bps(10_001).unwrap_err().code(), "amount_overflow");
+        let large = Money::parse("88704223286582739515650.05", usd).expect("fits");
+        assert_eq!(
+            large.bps(9_999).expect("fits").amount_string(),
+            "88695352864254081241698.48" // 8869535286425408124169848.4995 cents
+        );
+        assert_eq!(
+            large.neg().bps(9_999).expect("fits").amount_string(),
+            "-88695352864254081241698.48"
+        );
         let big = Money::parse("792281625142643375935439.50", usd).expect("fits");
         assert_eq!(
             big.bps(5_000).expect("half").amount_string(),

@@ -200,9 +200,13 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 
 impl FromStr for Timestamp {
     type Err = Error;
+    /// An RFC 3339 instant with a four-digit year, whose offset does not carry it
+    /// outside years 0000–9999 (`9999-12-31T23:59:59-23:59` is in year 10000, which no
+    /// history can hold: every instant read can be written back).
     fn from_str(s: &str) -> Result<Self, Error> {
         parse_rfc3339(s)
             .map(Timestamp)
+            .and_then(Timestamp::in_range)
             .ok_or_else(|| Error::InvalidTimestamp(crate::error::echo(s)))
     }
 }
@@ -310,6 +314,16 @@ mod tests {
     fn the_range_is_what_parses() {
         assert_eq!(Timestamp::MIN, "0000-01-01T00:00:00Z".parse().unwrap());
         assert_eq!(Timestamp::MAX, "9999-12-31T23:59:59.999Z".parse().unwrap());
+        // An offset that carries the instant past either end is refused, not read as
+        // a time no history can write.
+        for s in ["9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00+00:01"] {
+            assert_eq!(
+                s.parse::<Timestamp>().unwrap_err().code(),
+                "invalid_timestamp",
+                "{s}"
+            );
+        }
+        assert!("9999-12-31T23:59:59+01:00".parse::<Timestamp>().is_ok());
         assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999Z");
         assert_eq!(Timestamp::MIN.to_string(), "0000-01-01T00:00:00Z");
         let after = Timestamp::from_unix_millis(Timestamp::MAX.unix_millis() + 1);

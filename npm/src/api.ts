@@ -63,7 +63,11 @@ function invalid(message: string): TrustfoldError {
 }
 
 function describe(v: unknown): string {
-  return v === null ? "null" : Array.isArray(v) ? "an array" : typeof v;
+  try {
+    return v === null ? "null" : Array.isArray(v) ? "an array" : typeof v;
+  } catch {
+    return typeof v; // a revoked Proxy
+  }
 }
 
 // Arguments are checked before they reach the wasm glue: it passes a non-string to
@@ -77,10 +81,35 @@ function optStr(v: unknown, name: string): string | undefined {
   return v === undefined ? undefined : str(v, name);
 }
 
-/** A typed array whose buffer was transferred away (reads as empty; copying throws). */
-function isDetached(u: Uint8Array): boolean {
-  if (u.byteLength !== 0) return false;
-  const b = u.buffer as ArrayBufferLike & { detached?: boolean };
+/**
+ * Runs an argument's checks and copy. Whatever the caller's value throws meanwhile (a
+ * revoked Proxy, a throwing getter or iterator) is refused as `invalid_input` here: an
+ * exception that reached the module from inside it would unwind its frames without
+ * giving their stack back, and enough of them leave the module unusable.
+ */
+function reading<T>(name: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (isTrustfoldError(e)) throw e;
+    throw invalid(`${name} could not be read: ${e instanceof Error ? e.message : String(e)}`.slice(0, 200));
+  }
+}
+
+// The built-in accessors of typed arrays, which a subclass cannot override (its own
+// `length` or `byteLength` could lie, or throw from inside the module's copy).
+const typedArray = Object.getPrototypeOf(Uint8Array.prototype) as object;
+const intrinsic = (p: string) =>
+  (Object.getOwnPropertyDescriptor(typedArray, p)?.get ?? (() => undefined)) as (this: unknown) => unknown;
+const bufferOf = intrinsic("buffer");
+const byteOffsetOf = intrinsic("byteOffset");
+const byteLengthOf = intrinsic("byteLength");
+
+/** The most bytes of history passed at once (1 GiB; the module's memory is 32-bit). */
+const HISTORY_MAX = 1 << 30;
+
+/** A buffer that was transferred away. */
+function isDetached(b: ArrayBufferLike & { detached?: boolean }): boolean {
   if (typeof b.detached === "boolean") return b.detached;
   try {
     b.slice(0, 0); // engines without `detached` (Node 20) throw here for a detached one
@@ -91,11 +120,24 @@ function isDetached(u: Uint8Array): boolean {
 }
 
 function historyInput(v: unknown): HistoryInput {
-  if (v instanceof Uint8Array && isDetached(v)) {
-    throw invalid("history's Uint8Array has a detached buffer (transferred away)");
-  }
-  if (typeof v === "string" || v instanceof Uint8Array) return v;
-  throw invalid(`history must be a JSON string or a Uint8Array of its bytes, got ${describe(v)}`);
+  return reading("history", () => {
+    if (typeof v === "string") return v;
+    if (v instanceof Uint8Array) {
+      const buffer = bufferOf.call(v) as ArrayBufferLike;
+      const length = byteLengthOf.call(v) as number;
+      if (length === 0 && isDetached(buffer)) {
+        throw invalid("history's Uint8Array has a detached buffer (transferred away)");
+      }
+      if (length > HISTORY_MAX) {
+        throw invalid(
+          `history is ${length} bytes; at most ${HISTORY_MAX} (1 GiB) go through at once: verify a larger export with the trustfold CLI, which streams it`,
+        );
+      }
+      // A plain view of the same bytes: the module reads nothing of the caller's object.
+      return new Uint8Array(buffer, byteOffsetOf.call(v) as number, length);
+    }
+    throw invalid(`history must be a JSON string or a Uint8Array of its bytes, got ${describe(v)}`);
+  });
 }
 
 function num(v: unknown, name: string): number {
@@ -113,23 +155,27 @@ function spread<T>(v: Iterable<T>, name: string): T[] {
 }
 
 function strings(v: unknown, name: string): string[] {
-  const copy: unknown[] = Array.isArray(v) ? spread(v, name) : [];
-  if (!Array.isArray(v) || !copy.every((x) => typeof x === "string")) {
-    throw invalid(`${name} must be an array of strings, got ${describe(v)}`);
-  }
-  return copy as string[];
+  return reading(name, () => {
+    const copy: unknown[] = Array.isArray(v) ? spread(v, name) : [];
+    if (!Array.isArray(v) || !copy.every((x) => typeof x === "string")) {
+      throw invalid(`${name} must be an array of strings, got ${describe(v)}`);
+    }
+    return copy as string[];
+  });
 }
 
 /** JSON text of an argument given as an object (BigInts and cycles are refused). */
 function json(v: unknown, name: string): string {
-  if (typeof v !== "object" || v === null || Array.isArray(v)) {
-    throw invalid(`${name} must be an object, got ${describe(v)}`);
-  }
-  try {
-    return JSON.stringify(v);
-  } catch (e) {
-    throw invalid(`${name} cannot be written as JSON: ${e instanceof Error ? e.message : String(e)}`);
-  }
+  return reading(name, () => {
+    if (typeof v !== "object" || v === null || Array.isArray(v)) {
+      throw invalid(`${name} must be an object, got ${describe(v)}`);
+    }
+    try {
+      return JSON.stringify(v);
+    } catch (e) {
+      throw invalid(`${name} cannot be written as JSON: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  });
 }
 
 /** Verifies and folds a history into canonical state JSON (the exact bytes native Rust gives). */
@@ -215,9 +261,16 @@ export function moneySub(a: string, b: string, currency: string): string {
 /** Splits `amount` by integer weights; the parts sum exactly to `amount`. */
 export function moneyAllocate(amount: string, currency: string, weights: readonly number[]): string[] {
   need();
-  // Any iterable of numbers; anything else goes to the module, which says what is wrong.
-  const iterable = typeof (weights as { [Symbol.iterator]?: unknown } | null)?.[Symbol.iterator] === "function";
-  const list = iterable ? spread(weights, "weights") : weights;
+  // Any iterable, copied here; anything else (a primitive: nothing of it can throw)
+  // goes to the module, which says what is wrong.
+  const list = reading("weights", () => {
+    const iterable = typeof (weights as { [Symbol.iterator]?: unknown } | null)?.[Symbol.iterator] === "function";
+    if (iterable) return spread(weights, "weights");
+    if (typeof weights === "object" && weights !== null) {
+      throw invalid("weights must be an array of numbers, got an object");
+    }
+    return weights;
+  });
   return raw.moneyAllocate(str(amount, "amount"), str(currency, "currency"), list as number[]);
 }
 
@@ -361,13 +414,28 @@ export class PaymentViewFeed {
   }
 }
 
+/** The options a `Client` takes (the module refuses any other). */
+const CLIENT_OPTIONS = ["baseUrl", "token", "serverKey", "timeoutMs", "liveCheckMs"];
+
 /** A trustfold server, seen by one participant (token) and pinned to its key. */
 export class Client {
   readonly #raw: Raw.Client;
 
   constructor(options: ClientOptions) {
     need();
-    this.#raw = new raw.Client(options);
+    // A plain copy (the known options, and any other own key so the module can name
+    // it): the module reads nothing of the caller's object itself.
+    const plain = reading("client options", () => {
+      if (typeof options !== "object" || options === null) return options;
+      const o = options as unknown as Record<string, unknown>;
+      const copy: Record<string, unknown> = {};
+      for (const k of [...CLIENT_OPTIONS, ...Object.keys(o)]) {
+        const v = o[k];
+        if (v !== undefined || Object.prototype.hasOwnProperty.call(o, k)) copy[k] = v;
+      }
+      return copy;
+    });
+    this.#raw = new raw.Client(plain as unknown as ClientOptions);
   }
 
   /** A feed for one payment (empty until `sync()`). */

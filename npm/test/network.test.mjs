@@ -788,7 +788,7 @@ test("Node: client options are checked when the client is made", () => {
   }
   assert.throws(
     () => new t.Client({ get baseUrl() { throw new Error("boom"); } }),
-    (e) => e.code === "invalid_input" && /reading `baseUrl` threw/.test(e.message),
+    (e) => e.code === "invalid_input" && /client options could not be read: boom/.test(e.message),
   );
   for (const [name, bad] of [["timeoutMs", 0], ["timeoutMs", 1e9], ["liveCheckMs", 999], ["liveCheckMs", "60000"], ["liveCheckMs", NaN]]) {
     assert.throws(() => new t.Client({ baseUrl: "https://x.example", [name]: bad }),

@@ -216,3 +216,55 @@ test("policies validate", () => {
 function readPolicy(name) {
   return readFileSync(join(rootDir, "examples", "policies", `${name}.json`), "utf8");
 }
+
+test("hostile arguments (throwing Proxies, lying typed arrays, huge buffers) are refused, and the module stays usable", () => {
+  const ok = () => assert.equal(t.moneyAdd("1.00", "2.00", "USD"), "3.00");
+  const refused = (f, what) => assert.throws(f, (e) => t.isTrustfoldError(e) && e.code === "invalid_input", what);
+  // An exception thrown by the caller's object from inside the module would unwind its
+  // frames without giving their stack back: a few thousand of them broke every call.
+  const throwing = new Proxy({}, { ownKeys() { throw new Error("x"); }, get() { throw new Error("y"); } });
+  for (let i = 0; i < 3000; i++) refused(() => new t.Client(throwing), "options");
+  ok();
+  class Lying extends Uint8Array {
+    get length() { throw new Error("length"); }
+  }
+  const empty = new Lying(Buffer.from("[]"));
+  for (let i = 0; i < 3000; i++) {
+    assert.throws(() => t.replayJson(empty), (e) => e.code === "invalid_history"); // the real 2 bytes, "[]"
+  }
+  ok();
+  class Longer extends Uint8Array {
+    get length() { return 1e6; }
+  }
+  assert.throws(() => t.replayJson(new Longer(Buffer.from("[]"))), (e) => e.code === "invalid_history"); // not 1e6 bytes of memory
+  const { proxy, revoke } = Proxy.revocable({}, {});
+  revoke();
+  refused(() => t.view(proxy, ["buyer"]), "view");
+  refused(() => t.decide("[]", proxy, {}), "decide");
+  refused(() => t.allowedCommands("[]", proxy), "allowedCommands");
+  refused(() => t.validatePolicy(proxy), "validatePolicy");
+  refused(() => new t.Client({ baseUrl: "https://x.example" }).payment(proxy), "payment");
+  refused(() => t.moneyAllocate("10.00", "USD", { get [Symbol.iterator]() { throw new Error("g"); } }), "weights");
+  refused(() => t.moneyAllocate("10.00", "USD", proxy), "weights");
+  // More than 1 GiB at once: refused by name (2 GiB made the module's copy panic).
+  assert.throws(() => t.replayJson(new Uint8Array(2 ** 30 + 1)), (e) => e.code === "invalid_input" && /1 GiB/.test(e.message));
+  ok();
+});
+
+test("money in basis points is exact at every size, and a clock past year 9999 is refused", () => {
+  // amount × bps beyond 28 digits used to be rounded before the division (a cent off).
+  const exact = (amount, bps) => {
+    const cents = BigInt(amount.replace(".", "")) * BigInt(bps);
+    let q = cents / 10000n;
+    const r = cents % 10000n;
+    if ((r < 0n ? -r : r) * 2n >= 10000n) q += cents < 0n ? -1n : 1n;
+    const s = (q < 0n ? -q : q).toString().padStart(3, "0");
+    return `${q < 0n ? "-" : ""}${s.slice(0, -2)}.${s.slice(-2)}`;
+  };
+  for (const [amount, bps] of [["88704223286582739515650.05", 9999], ["792281625142643375935439503.35", 10000], ["123456789012345678901.99", 7], ["-99999999999999999999999.99", 9999], ["0.01", 5000]]) {
+    assert.equal(t.moneyBps(amount, "USD", bps), exact(amount, bps), `${amount} × ${bps}`);
+  }
+  const v = vectors.find((x) => x.name === "em_happy_wire");
+  const context = { command_id: "c0000000-0000-4000-8000-000000000001", actor: { party: null, role: "system" }, now: "9999-12-31T23:59:59-23:59" };
+  assert.throws(() => t.decide(v.history, { type: "Tick" }, context), (e) => e.code === "invalid_timestamp", "a now in year 10000");
+});
