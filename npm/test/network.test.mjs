@@ -493,7 +493,13 @@ test("Node (the eventsource package): a live feed rides out a server answering 5
   }
 });
 
-test("Node (the eventsource package): a live stream gone silent is caught by a read over HTTP", async () => {
+/**
+ * A payment with a buyer (who sees everything: a verified feed) and a seller (whose
+ * view hides something: a view feed), both read through a `flakyProxy` with
+ * `liveCheckMs` 1000 and the eventsource package as `EventSource`. `done()` puts the
+ * platform back.
+ */
+async function twoFeeds() {
   const { EventSource } = await import("eventsource");
   const [buyer, seller, agent] = [uuid(), uuid(), uuid()];
   const p = await srv.openPayment(key, { agent, invite: [[buyer, "buyer"], [seller, "seller"]] });
@@ -501,12 +507,23 @@ test("Node (the eventsource package): a live stream gone silent is caught by a r
   const had = globalThis.EventSource;
   globalThis.EventSource = EventSource;
   const token = async (party) => (await srv.ok("POST", `/v1/payments/${p}/tokens`, key, { party, ttl_seconds: 600 })).token;
+  const opts = { baseUrl: proxy.base, serverKey, liveCheckMs: 1000 };
+  const feed = new t.Client({ ...opts, token: await token(buyer) }).payment(p);
+  await feed.sync();
+  const view = new t.Client({ ...opts, token: await token(seller) }).viewFeed(p);
+  await view.refresh();
+  const done = async () => {
+    feed.close();
+    view.close();
+    globalThis.EventSource = had;
+    await proxy.close();
+  };
+  return { p, agent, proxy, feed, view, done };
+}
+
+test("Node (the eventsource package): a live stream gone silent is caught by a read over HTTP", async () => {
+  const { p, agent, proxy, feed, view, done } = await twoFeeds();
   try {
-    const opts = { baseUrl: proxy.base, serverKey, liveCheckMs: 1000 };
-    const feed = new t.Client({ ...opts, token: await token(buyer) }).payment(p);
-    await feed.sync();
-    const view = new t.Client({ ...opts, token: await token(seller) }).viewFeed(p);
-    await view.refresh();
     proxy.state.mute = true; // every stream opened from now on stays silent
     const updates = [];
     const views = [];
@@ -520,32 +537,18 @@ test("Node (the eventsource package): a live stream gone silent is caught by a r
     assert.deepEqual(updates, [v]);
     assert.equal(view.version, v, `the view caught up: ${views}`);
     assert.deepEqual(views, [v]);
-    feed.close();
-    view.close();
   } finally {
-    globalThis.EventSource = had;
-    await proxy.close();
+    await done();
   }
 });
 
 test("Node (the eventsource package): a quiet payment's live feeds check over HTTP and keep their one stream", async () => {
-  const { EventSource } = await import("eventsource");
   // No `MaxListenersExceededWarning` from the stream's many listeners either.
   const warnings = [];
   const onWarning = (w) => warnings.push(`${w.name}: ${w.message}`);
   process.on("warning", onWarning);
-  const [buyer, seller, agent] = [uuid(), uuid(), uuid()];
-  const p = await srv.openPayment(key, { agent, invite: [[buyer, "buyer"], [seller, "seller"]] });
-  const proxy = await flakyProxy();
-  const had = globalThis.EventSource;
-  globalThis.EventSource = EventSource;
-  const token = async (party) => (await srv.ok("POST", `/v1/payments/${p}/tokens`, key, { party, ttl_seconds: 600 })).token;
+  const { p, agent, proxy, feed, view, done } = await twoFeeds();
   try {
-    const opts = { baseUrl: proxy.base, serverKey, liveCheckMs: 1000 };
-    const feed = new t.Client({ ...opts, token: await token(buyer) }).payment(p);
-    await feed.sync();
-    const view = new t.Client({ ...opts, token: await token(seller) }).viewFeed(p);
-    await view.refresh();
     const errors = [];
     const updates = [];
     feed.live((_, seq) => updates.push(seq), (e) => errors.push(e.code));
@@ -569,13 +572,10 @@ test("Node (the eventsource package): a quiet payment's live feeds check over HT
     assert.deepEqual(updates, [v]);
     assert.equal(proxy.state.streams, 2, JSON.stringify(proxy.state));
     assert.deepEqual(errors, []);
-    feed.close();
-    view.close();
     assert.deepEqual(warnings, []);
   } finally {
     process.off("warning", onWarning);
-    globalThis.EventSource = had;
-    await proxy.close();
+    await done();
   }
 });
 

@@ -19,6 +19,26 @@ fn earnest_money_v2() -> Value {
     policy
 }
 
+/// Runs the test `$name(srv: Server)` on a fresh SQLite file and on a fresh PostgreSQL
+/// database, as the tests `$name::sqlite` and `$name::postgres`.
+macro_rules! on_both_engines {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::common::sqlite().await).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(srv) = super::common::postgres().await {
+                    super::$name(srv).await;
+                }
+            }
+        }
+    };
+}
+
 /// Asserts an answer's status and one string member of its body.
 fn expect_member(r: &common::scenario::Reply, status: u16, member: &str, value: &str) {
     assert_eq!(
@@ -1641,17 +1661,7 @@ async fn reads_see_their_own_writes(srv: Server) {
     srv.finish().await;
 }
 
-#[tokio::test]
-async fn reads_see_their_own_writes_sqlite() {
-    reads_see_their_own_writes(common::sqlite().await).await;
-}
-
-#[tokio::test]
-async fn reads_see_their_own_writes_postgres() {
-    if let Some(srv) = common::postgres().await {
-        reads_see_their_own_writes(srv).await;
-    }
-}
+on_both_engines!(reads_see_their_own_writes);
 
 /// How many sessions hold the projection leader lock of this database (advisory locks
 /// are per database; other tests' servers hold theirs).
@@ -1977,17 +1987,7 @@ async fn key_changes_are_all_or_nothing(srv: Server) {
     srv.finish().await;
 }
 
-#[tokio::test]
-async fn key_changes_are_all_or_nothing_sqlite() {
-    key_changes_are_all_or_nothing(common::sqlite().await).await;
-}
-
-#[tokio::test]
-async fn key_changes_are_all_or_nothing_postgres() {
-    if let Some(srv) = common::postgres().await {
-        key_changes_are_all_or_nothing(srv).await;
-    }
-}
+on_both_engines!(key_changes_are_all_or_nothing);
 
 /// The database refuses a write in the middle of the work: a keyed command whose
 /// idempotency record cannot be stored stores none of its events either (one
@@ -2056,17 +2056,7 @@ async fn a_refused_write_leaves_nothing_half_written(srv: Server) {
     srv.finish().await;
 }
 
-#[tokio::test]
-async fn a_refused_write_leaves_nothing_half_written_sqlite() {
-    a_refused_write_leaves_nothing_half_written(common::sqlite().await).await;
-}
-
-#[tokio::test]
-async fn a_refused_write_leaves_nothing_half_written_postgres() {
-    if let Some(srv) = common::postgres().await {
-        a_refused_write_leaves_nothing_half_written(srv).await;
-    }
-}
+on_both_engines!(a_refused_write_leaves_nothing_half_written);
 
 /// PostgreSQL drops every connection of the servers (a failover, a restart, a proxy that
 /// cut them): the servers ride it out without a restart. Commands sent right after are
