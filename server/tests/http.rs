@@ -39,6 +39,16 @@ macro_rules! on_both_engines {
     };
 }
 
+/// The types of the notifications in an inbox answer.
+fn notice_types(r: &common::scenario::Reply) -> Vec<String> {
+    r.body["notifications"]
+        .as_array()
+        .expect("notifications")
+        .iter()
+        .filter_map(|n| n["type"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Asserts an answer's status and one string member of its body.
 fn expect_member(r: &common::scenario::Reply, status: u16, member: &str, value: &str) {
     assert_eq!(
@@ -182,13 +192,12 @@ async fn earnest_money(srv: &Server) {
     let inbox = c
         .get(&format!("/v1/parties/{}/inbox", f.seller), &key)
         .await;
-    let types: Vec<&str> = inbox.body["notifications"]
-        .as_array()
-        .expect("notifications")
-        .iter()
-        .filter_map(|n| n["type"].as_str())
-        .collect();
-    assert!(types.contains(&"ReleaseRequested"), "{}", inbox.body);
+    let types = notice_types(&inbox);
+    assert!(
+        types.iter().any(|t| t == "ReleaseRequested"),
+        "{}",
+        inbox.body
+    );
     let bal = c.get(&format!("/v1/payments/{p}/balances"), &key).await;
     let seller_account = format!("payee:{}", f.seller);
     let seller = bal.body["balances"]
@@ -827,23 +836,15 @@ async fn a_participants_inbox_holds_only_what_its_roles_may_see() {
         .expect("join");
     fund_and_release(c, &key, &f).await.expect("flow");
     let path = format!("/v1/parties/{lender}/inbox");
-    let types = |r: &common::scenario::Reply| -> Vec<String> {
-        r.body["notifications"]
-            .as_array()
-            .expect("notifications")
-            .iter()
-            .filter_map(|n| n["type"].as_str().map(str::to_owned))
-            .collect()
-    };
     // The tenant sees every notice the policy made for the lender…
-    let all = types(&c.get(&path, &key).await);
+    let all = notice_types(&c.get(&path, &key).await);
     assert!(all.iter().any(|t| t == "ReleaseRequested"), "{all:?}");
     assert!(all.iter().any(|t| t == "FundsAvailable"), "{all:?}");
     // …the lender's own token only those of events its view shows.
     let token = token_for(c, &key, p, &lender).await;
     let r = c.get(&path, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let mine = types(&r);
+    let mine = notice_types(&r);
     assert!(mine.iter().any(|t| t == "FundsAvailable"), "{mine:?}");
     assert!(!mine.iter().any(|t| t == "ReleaseRequested"), "{mine:?}");
     srv.finish().await;
@@ -1787,13 +1788,12 @@ async fn one_projection_leader_across_processes_postgres() {
     let inbox = c2
         .get(&format!("/v1/parties/{}/inbox", g.agent), &key)
         .await;
-    let types: Vec<&str> = inbox.body["notifications"]
-        .as_array()
-        .expect("notifications")
-        .iter()
-        .filter_map(|n| n["type"].as_str())
-        .collect();
-    assert!(types.contains(&"FundsAvailable"), "{}", inbox.body);
+    let types = notice_types(&inbox);
+    assert!(
+        types.iter().any(|t| t == "FundsAvailable"),
+        "{}",
+        inbox.body
+    );
     let balances = format!("/v1/payments/{}/balances", g.payment);
     let (theirs, ours) = (c2.get(&balances, &key).await, c.get(&balances, &key).await);
     assert!(
@@ -1846,37 +1846,37 @@ async fn one_projection_leader_across_processes_postgres() {
     srv.finish().await;
 }
 
+/// Runs `$body` with `$c` bound to a connection of the test's own to the server's
+/// database, whichever engine it is.
+macro_rules! on_own_connection {
+    ($database:expr, $c:ident => $body:expr) => {{
+        use sqlx::Connection;
+        if $database.starts_with("postgres") {
+            let mut $c = sqlx::PgConnection::connect($database)
+                .await
+                .expect("connect");
+            $body
+        } else {
+            let mut $c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", $database))
+                .await
+                .expect("connect");
+            $body
+        }
+    }};
+}
+
 /// A statement on the test's own connection to the server's database (to make the
 /// database refuse a write the server is about to make, as a full disk or a broken
 /// constraint would).
 async fn on_database(database: &str, sql: &str) {
-    use sqlx::{Connection, Executor};
-    if database.starts_with("postgres") {
-        let mut c = sqlx::PgConnection::connect(database)
-            .await
-            .expect("connect");
+    use sqlx::Executor;
+    on_own_connection!(database, c => {
         c.execute(sql).await.expect(sql);
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{database}"))
-            .await
-            .expect("connect");
-        c.execute(sql).await.expect(sql);
-    }
+    });
 }
 
 async fn count(database: &str, sql: &str) -> i64 {
-    use sqlx::Connection;
-    if database.starts_with("postgres") {
-        let mut c = sqlx::PgConnection::connect(database)
-            .await
-            .expect("connect");
-        sqlx::query_scalar(sql).fetch_one(&mut c).await.expect(sql)
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{database}"))
-            .await
-            .expect("connect");
-        sqlx::query_scalar(sql).fetch_one(&mut c).await.expect(sql)
-    }
+    on_own_connection!(database, c => sqlx::query_scalar(sql).fetch_one(&mut c).await.expect(sql))
 }
 
 /// A trigger that makes the database refuse `op` (INSERT or UPDATE) on `table`.
@@ -2250,6 +2250,22 @@ async fn a_silent_database_is_a_503_until_it_is_back_postgres() {
     unreachable_database(true).await;
 }
 
+/// Sends a request again, as a client does, while it is answered 503 (until
+/// `deadline`); the last answer.
+async fn retried_on_503<T, F: std::future::Future<Output = T>>(
+    deadline: std::time::Instant,
+    status: impl Fn(&T) -> u16,
+    mut send: impl FnMut() -> F,
+) -> T {
+    loop {
+        let r = send().await;
+        if status(&r) != 503 || std::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Command `n` of a run that invites a lender and removes it again, in turn.
 fn lender_in_and_out(f: &common::scenario::Flow, lender: uuid::Uuid, n: usize) -> Value {
     let command = if n % 2 == 0 {
@@ -2333,27 +2349,24 @@ async fn unreachable_database(silent: bool) {
     // waited in the appender's queue — found stored and answered from its record.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for i in 0..2 {
-        let r = loop {
-            let r = c
-                .post_idem(&path, &key, &format!("down-{i}"), &invite(i))
-                .await;
-            if r.status != 503 || std::time::Instant::now() > deadline {
-                break r;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let (k, body) = (format!("down-{i}"), invite(i));
+        let r = retried_on_503(
+            deadline,
+            |r: &common::scenario::Reply| r.status,
+            || c.post_idem(&path, &key, &k, &body),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["version"].as_u64(), Some(version + 1 + i as u64));
     }
     // A read may meet a projection run still stuck on the silent connection until its
     // own deadline: a 503, retried.
-    let list = loop {
-        let r = c.get("/v1/payments", &key).await;
-        if r.status != 503 || std::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let list = retried_on_503(
+        deadline,
+        |r: &common::scenario::Reply| r.status,
+        || c.get("/v1/payments", &key),
+    )
+    .await;
     assert_eq!(list.status, 200, "{}", list.body);
     assert_eq!(
         list.body["payments"][0]["version"].as_u64(),
@@ -2376,20 +2389,20 @@ async fn unreachable_database(silent: bool) {
     drop(stream);
     // The other process's stream, opened (as a client reconnects: again on 503) after
     // the outage, gets the backlog, then a new command through NOTIFY.
-    let mut far = loop {
-        let r = c2
-            .http
-            .get(format!("{}/v1/payments/{}/stream", c2.base, f.payment))
-            .bearer_auth(&key)
-            .header("last-event-id", version.to_string())
-            .send()
-            .await
-            .expect("stream");
-        if r.status() != 503 || std::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let mut far = retried_on_503(
+        deadline,
+        |r: &reqwest::Response| r.status().as_u16(),
+        || async {
+            c2.http
+                .get(format!("{}/v1/payments/{}/stream", c2.base, f.payment))
+                .bearer_auth(&key)
+                .header("last-event-id", version.to_string())
+                .send()
+                .await
+                .expect("stream")
+        },
+    )
+    .await;
     assert_eq!(far.status(), 200);
     let mut buf = String::new();
     let got = sse_events(&mut far, 2, &mut buf).await;

@@ -48,15 +48,21 @@ impl Server {
     }
 }
 
-/// Drops a test database made by [`postgres_database`] (whoever is still connected).
-pub async fn drop_database(admin_url: &str, name: &str) {
+/// One statement on a connection of its own to `admin_url`'s server.
+async fn as_admin(admin_url: &str, sql: &str) {
     let mut admin = PgConnection::connect(admin_url)
         .await
         .expect("admin connection");
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .expect("drop test database");
+    admin.execute(sql).await.expect(sql);
+}
+
+/// Drops a test database made by [`postgres_database`] (whoever is still connected).
+pub async fn drop_database(admin_url: &str, name: &str) {
+    as_admin(
+        admin_url,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await;
 }
 
 pub fn config(database: &str) -> Config {
@@ -106,13 +112,7 @@ pub fn postgres_url() -> Option<String> {
 pub async fn postgres_database() -> Option<(String, String, String)> {
     let admin_url = postgres_url()?;
     let name = format!("tf_http_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .expect("connect to DATABASE_URL");
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("create test database");
+    as_admin(&admin_url, &format!("CREATE DATABASE {name}")).await;
     let (base, _) = admin_url.rsplit_once('/').expect("url has a database");
     Some((admin_url.clone(), name.clone(), format!("{base}/{name}")))
 }
