@@ -80,7 +80,9 @@ pub(crate) enum Outcome {
 pub(crate) trait Committer: Send + 'static {
     /// Commits the batch in one transaction and returns one outcome per request, in
     /// order. `Err` means nothing of the batch was committed (or it is unknown whether
-    /// it was): the appender then commits each request on its own.
+    /// it was): the appender then commits each request on its own, unless the database
+    /// was lost or silent (`StoreError::is_disconnect`), when every caller gets the
+    /// error at once.
     fn commit(&mut self, batch: &[Request]) -> impl Future<Output = Result<Vec<Outcome>>> + Send;
 
     /// How long one commit may take before its callers are told its outcome is unknown
