@@ -413,6 +413,8 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
             | CommandKind::Close
             | CommandKind::RecordShortfallRecovery
             | CommandKind::WriteOffShortfall
+            // A payout the payee's bank sent back after the payment completed.
+            | CommandKind::RecordReversal
     );
     if st.is_terminal() && !after_terminal {
         return reject(
@@ -990,13 +992,48 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
             Ok(())
         }
         Command::RecordReversal { leg, reason } => {
-            if !em
+            if em.state.closed {
+                return reject(
+                    "payment_terminal",
+                    "payment is Closed: a closed file takes no corrections",
+                );
+            }
+            let Some(l) = em
                 .state
                 .ledger
                 .leg(*leg)
-                .is_some_and(|l| l.status == LegStatus::Posted)
-            {
+                .filter(|l| l.status == LegStatus::Posted)
+                .cloned()
+            else {
                 return reject("unknown_leg", format!("no posted leg {leg}"));
+            };
+            // Only money a release or refund moved is corrected this way; funding is
+            // undone by the rail's own notices (a return), never by hand.
+            if l.group.is_none() {
+                return reject(
+                    "not_reversible",
+                    format!(
+                        "leg {leg} is funding, not a disbursement: funding is undone by the \
+                         rail's return notice"
+                    ),
+                );
+            }
+            if l.to == Account::Escrow {
+                // Reversing it takes money out of escrow again.
+                if em.state.open_dispute().is_some() {
+                    return reject("payment_disputed", "nothing leaves escrow while disputed");
+                }
+                let available = em.state.escrow_available();
+                if available < l.amount {
+                    return reject(
+                        "funds_not_available",
+                        format!(
+                            "reversing leg {leg} takes {} out of escrow, which has {available} \
+                             available",
+                            l.amount
+                        ),
+                    );
+                }
             }
             em.emit(ReversalRecorded {
                 leg: *leg,
@@ -1186,6 +1223,8 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                             rail_ref: r.clone(),
                         })?;
                     }
+                    let pulled_back = a.status == FundingStatus::Available
+                        && cancel_authorized_for_return(em, amount)?;
                     em.emit(FundingReturned {
                         leg,
                         rail_ref: r,
@@ -1194,6 +1233,10 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                         amount,
                     })?;
                     cancel_unfunded_request(em)?;
+                    if pulled_back && (em.state.cancelled || em.state.expired) {
+                        // The refund the return pulled back, for what is left.
+                        refund_everything(em, "refund_after_return")?;
+                    }
                     expire_if_exhausted(em)
                 }
                 (RailOutcome::Failed { .. }, _) => reject(
@@ -1258,6 +1301,26 @@ fn cancel_open_request(
         }
     }
     Ok(())
+}
+
+/// A return out of escrow comes before a release or refund that is authorized but not
+/// yet on a rail: when the request's reservation leaves less available than the return
+/// takes, the request is cancelled (`RequestCancelled`, its legs voided), so the money
+/// goes back to the payer from escrow instead of leaving twice (once to the payer, once
+/// on the request's rail) with a loss booked for it. A request already on a rail ends as
+/// the rail says; what it took is then a shortfall. Returns whether it cancelled one.
+fn cancel_authorized_for_return(em: &mut Emitter<'_>, amount: Money) -> Result<bool> {
+    let open = em.state.open_request().map(|(id, r)| (id, r.status));
+    if let Some((id, RequestStatus::Authorized)) = open {
+        if em.state.escrow_available() < amount {
+            em.emit(RequestCancelled {
+                request: id,
+                reason: "funds returned by the payer's bank".into(),
+            })?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A request still waiting for approvals reserves nothing: if a return took the funds

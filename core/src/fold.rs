@@ -242,6 +242,8 @@ pub(crate) fn allowed_when_terminal(event: &Event) -> bool {
             | Event::ShortfallRecovered(_)
             | Event::ShortfallWrittenOff(_)
             | Event::PaymentClosed(_)
+            // A payout sent back after completion (not on a closed payment: see its arm).
+            | Event::ReversalRecorded(_)
             // A disbursement already on a rail ends as the rail says, whatever came since.
             | Event::DisbursementSettled(_)
             | Event::DisbursementFailed(_)
@@ -559,13 +561,6 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                     .open(id, Account::Escrow, to, amount, Some(*request), seq)?;
                 ids.push(id);
             }
-            for f in &r.fees {
-                if let Some(rule) = s.policy_doc.fees.iter().find(|x| x.name == f.fee) {
-                    if rule.fixed.is_some() && !s.fixed_fees_charged.contains(&f.fee) {
-                        s.fixed_fees_charged.push(f.fee.clone());
-                    }
-                }
-            }
             let r = request_mut(s, request)?;
             r.status = RequestStatus::Authorized;
             r.legs = ids;
@@ -604,10 +599,23 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             }
             r.status = RequestStatus::Settled;
             let kind = r.kind;
+            let fees: Vec<String> = r.fees.iter().map(|f| f.fee.clone()).collect();
             for leg in r.legs.clone() {
                 s.ledger.post(leg, seq)?;
             }
             s.last_settled = Some(kind);
+            // A fixed fee is charged once it was paid: a release that failed or was
+            // pulled back leaves it for the next one.
+            for fee in fees {
+                let fixed = s
+                    .policy_doc
+                    .fees
+                    .iter()
+                    .any(|x| x.name == fee && x.fixed.is_some());
+                if fixed && !s.fixed_fees_charged.contains(&fee) {
+                    s.fixed_fees_charged.push(fee);
+                }
+            }
         }
         Event::DisbursementFailed(e) => {
             let r = request_mut(s, &e.request)?;
@@ -660,6 +668,9 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             d.resolution_request = e.request;
         }
         Event::ReversalRecorded(e) => {
+            if s.closed {
+                return Err(bad("a closed payment takes no reversal"));
+            }
             let leg = s
                 .ledger
                 .leg(e.leg)

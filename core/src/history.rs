@@ -441,9 +441,18 @@ impl SignedHead {
         })
     }
 
-    /// Checks the signature and that the history's event at `seq` has the signed hash.
+    /// Checks the signature, that the history's event at `seq` has the signed hash, and
+    /// that it is the history's last event: the chain's hashes are public arithmetic, so
+    /// events after the signed one could have been added by anyone (`chain_broken` at
+    /// the first of them; fetch the current head to verify them).
     pub fn verify_against(&self, key: &PublicKey, records: &[RawRecord<'_>]) -> Result<()> {
         self.verify(key)?;
+        if (records.len() as u64) > self.seq {
+            return Err(Error::ChainBroken {
+                seq: self.seq + 1,
+                reason: unsigned_after(self.seq, records.len() as u64),
+            });
+        }
         let idx = usize::try_from(self.seq).unwrap_or(usize::MAX);
         let rec = idx
             .checked_sub(1)
@@ -464,6 +473,20 @@ impl SignedHead {
         }
         Ok(())
     }
+}
+
+/// Why events after a signed head are refused (shared with the SDKs' streaming checks).
+///
+/// ```
+/// use trustfold_core::history::unsigned_after;
+/// assert!(unsigned_after(18, 22).starts_with("the signed head is at seq 18 but the history has 22 events"));
+/// ```
+pub fn unsigned_after(head_seq: u64, events: u64) -> String {
+    format!(
+        "the signed head is at seq {head_seq} but the history has {events} events: the \
+         events after it are not signed by the server (anyone can extend a hash chain); \
+         fetch the current signed head"
+    )
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::command::TEXT_MAX;
+use crate::command::{text_char_allowed, NAME_MAX, TEXT_MAX};
 use crate::de::unit_enum_de;
 use crate::error::{Error, Result};
 use crate::event::EventType;
@@ -341,9 +341,11 @@ pub struct Permissions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hidden {
-    /// Amounts, balances and allocations.
+    /// Amounts, balances and allocations, and the digests over them (`terms_hash`,
+    /// `allocations_hash`), which give an amount away to whoever hashes likely ones.
     Amounts,
-    /// The funding method (bank, last four digits, holder).
+    /// The funding method (bank, last four digits, holder) and the rails' references
+    /// of transfers (in funding attempts, requests and events).
     BankDetails,
     /// Participants' names and e-mail addresses.
     Contacts,
@@ -709,12 +711,16 @@ impl Policy {
                 format!("at most {ID_MAX} characters, none of them control characters"),
             ));
         }
-        bounded("name", &self.name)?;
+        bounded("name", &self.name, false)?;
         for (role, rule) in self.roles.iter() {
-            bounded(&format!("roles.{role}.description"), &rule.description)?;
+            bounded(
+                &format!("roles.{role}.description"),
+                &rule.description,
+                true,
+            )?;
         }
         for (i, fee) in self.fees.iter().enumerate() {
-            bounded(&format!("fees[{i}].name"), &fee.name)?;
+            bounded(&format!("fees[{i}].name"), &fee.name, false)?;
         }
         let total_bps: u64 = self.fees.iter().map(|f| u64::from(f.bps)).sum();
         if total_bps > 10_000 {
@@ -865,12 +871,35 @@ impl Policy {
     }
 }
 
-/// Free text of a policy: at most [`TEXT_MAX`] characters.
-fn bounded(field: &str, text: &str) -> Result<()> {
+/// Free text of a policy: at most [`TEXT_MAX`] characters, under the commands' rule for
+/// characters ([`text_char_allowed`]: no control or bidirectional control character; line
+/// breaks and tabs in descriptions only, `multiline`). The policy is embedded in every
+/// payment's first event, so its text reaches every participant's screen.
+fn bounded(field: &str, text: &str, multiline: bool) -> Result<()> {
     if text.chars().count() > TEXT_MAX {
         return Err(Error::policy(
             field,
             format!("at most {TEXT_MAX} characters"),
+        ));
+    }
+    let max = if multiline { TEXT_MAX } else { NAME_MAX };
+    if let Some((at, c)) = text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !text_char_allowed(*c, max))
+    {
+        let kind = if c.is_control() {
+            "control"
+        } else {
+            "bidirectional control"
+        };
+        return Err(Error::policy(
+            field,
+            format!(
+                "contains the {kind} character U+{:04X} at character {}: remove it",
+                u32::from(c),
+                at + 1
+            ),
         ));
     }
     Ok(())

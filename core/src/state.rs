@@ -417,7 +417,8 @@ pub struct PaymentState {
     pub disputes: SortedMap<RequestId, Dispute>,
     /// Rail references seen.
     pub rail_refs: SortedMap<String, RailTarget>,
-    /// Fixed fees already charged (charged on the first release only).
+    /// Fixed fees already charged: a fixed fee is charged on the first release that
+    /// settles (one that fails or is pulled back leaves it for the next).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fixed_fees_charged: Vec<String>,
     /// The payment was cancelled (funds, if any, are refunded).
@@ -508,12 +509,14 @@ impl PaymentState {
 
     /// The lifecycle state implied by the facts folded so far.
     pub(crate) fn derive_status(&self) -> Status {
-        if self.closed {
-            return Status::Closed;
-        }
+        // A late return (R10 comes up to 60 days later) reopens even a closed payment as
+        // a shortfall, to be recovered or written off; closed again after that.
         let loss = self.ledger.balance(&Account::LossReturns).posted;
         if loss.amount().is_sign_negative() && !loss.is_zero() {
             return Status::Shortfall;
+        }
+        if self.closed {
+            return Status::Closed;
         }
         if let Some(s) = self.shortfall_outcome {
             return s;

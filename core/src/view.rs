@@ -43,13 +43,15 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
                         obj.insert(k.into(), Value::Null);
                     }
                 }
+                // Digests of amounts give them away to anyone who tries the likely ones.
+                obj.remove("terms_hash");
                 if let Some(f) = obj.get_mut("funding").and_then(Value::as_object_mut) {
                     f.insert("attempts".into(), Value::Null);
                 }
                 if let Some(reqs) = obj.get_mut("requests").and_then(Value::as_object_mut) {
                     for r in reqs.values_mut().filter_map(Value::as_object_mut) {
-                        for k in ["amount", "allocations", "fees"] {
-                            r.remove(k);
+                        for k in REQUEST_AMOUNT_KEYS {
+                            r.remove(*k);
                         }
                     }
                 }
@@ -57,6 +59,16 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
             Hidden::BankDetails => {
                 if let Some(f) = obj.get_mut("funding").and_then(Value::as_object_mut) {
                     f.remove("method");
+                    if let Some(a) = f.get_mut("attempts").and_then(Value::as_array_mut) {
+                        for a in a.iter_mut().filter_map(Value::as_object_mut) {
+                            a.remove("rail_ref");
+                        }
+                    }
+                }
+                if let Some(reqs) = obj.get_mut("requests").and_then(Value::as_object_mut) {
+                    for r in reqs.values_mut().filter_map(Value::as_object_mut) {
+                        r.remove("rail_ref");
+                    }
                 }
             }
             Hidden::Contacts => {
@@ -133,7 +145,18 @@ pub fn shown(vis: &Visibility, event_type: &str) -> bool {
         && !(vis.hide.contains(&Hidden::Disputes) && DISPUTE_EVENTS.contains(&event_type))
 }
 
-const AMOUNT_KEYS: &[&str] = &["amount", "allocations", "policy"];
+/// Fields of an event's data hidden from a view that hides amounts: the amounts, and
+/// the digests over them (`terms_hash`, `allocations_hash`), which give an amount away
+/// to anyone who hashes the likely ones.
+const AMOUNT_KEYS: &[&str] = &[
+    "amount",
+    "allocations",
+    "policy",
+    "terms_hash",
+    "allocations_hash",
+];
+/// Fields of a state's request hidden from a view that hides amounts.
+const REQUEST_AMOUNT_KEYS: &[&str] = &["amount", "allocations", "fees", "allocations_hash"];
 const BANK_KEYS: &[&str] = &["method", "rail_ref"];
 const CONTACT_KEYS: &[&str] = &["name", "email", "initiator_name"];
 
@@ -213,14 +236,15 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
                         obj.set(k, NULL);
                     }
                 }
+                obj.unset(b"terms_hash");
                 if let Some(f) = obj.field_mut(b"funding").and_then(|n| n.as_object_mut()) {
                     f.set(b"attempts", NULL);
                 }
                 if let Some(reqs) = obj.field_mut(b"requests").and_then(|n| n.as_object_mut()) {
                     for (_, r) in reqs.iter_mut() {
                         if let Some(r) = r.as_object_mut() {
-                            for k in [&b"amount"[..], b"allocations", b"fees"] {
-                                r.unset(k);
+                            for k in REQUEST_AMOUNT_KEYS {
+                                r.unset(k.as_bytes());
                             }
                         }
                     }
@@ -229,6 +253,20 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
             Hidden::BankDetails => {
                 if let Some(f) = obj.field_mut(b"funding").and_then(|n| n.as_object_mut()) {
                     f.unset(b"method");
+                    if let Some(tree::Node::Arr(a)) = f.field_mut(b"attempts") {
+                        for a in a.iter_mut() {
+                            if let Some(a) = a.as_object_mut() {
+                                a.unset(b"rail_ref");
+                            }
+                        }
+                    }
+                }
+                if let Some(reqs) = obj.field_mut(b"requests").and_then(|n| n.as_object_mut()) {
+                    for (_, r) in reqs.iter_mut() {
+                        if let Some(r) = r.as_object_mut() {
+                            r.unset(b"rail_ref");
+                        }
+                    }
                 }
             }
             Hidden::Contacts => {

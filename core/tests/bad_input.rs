@@ -448,6 +448,58 @@ fn lender_sees_only_what_the_policy_allows() {
 }
 
 #[test]
+fn views_keep_no_digest_of_hidden_amounts_nor_hidden_rail_references() {
+    // `terms_hash` and `allocations_hash` are SHA-256 over amounts a role may not see:
+    // hashing the likely amounts finds them, so they go with the amounts. Rail references
+    // name bank transfers, hidden with the bank details wherever they appear.
+    let mut s = scenarios::earnest_held(94).expect("held");
+    s.run(
+        as_(ESCROW, "escrow_holder"),
+        Command::RequestRelease {
+            request: scenarios::rid(1),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: usd("100.00"),
+            }],
+        },
+    )
+    .expect("request");
+    let lender = [Role::new("lender")];
+    let seller = [Role::new("seller")];
+    // Both writers of views: serde values (`state_view`, `history_view`) and the bytes
+    // the SDKs get (`view_json`).
+    for (roles, gone) in [
+        (&lender[..], &["terms_hash", "allocations_hash", "\"currency\""][..]),
+        (&seller[..], &["rail_ref"][..]),
+    ] {
+        let state = trustfold_core::view::state_view(s.state(), roles).to_string();
+        let events = serde_json::to_string(&trustfold_core::view::history_view(
+            s.state(),
+            s.d.envelopes(),
+            roles,
+        ))
+        .expect("json");
+        let bytes = String::from_utf8(trustfold_core::view::view_json(
+            s.state(),
+            s.d.envelopes(),
+            roles,
+        ))
+        .expect("utf8");
+        for text in [&state, &events, &bytes] {
+            for g in gone {
+                assert!(!text.contains(g), "{roles:?} sees {g}: {text}");
+            }
+        }
+    }
+    // Those who see amounts keep the digests they approve and agree with.
+    let buyer = trustfold_core::view::state_view(s.state(), &[Role::new("buyer")]);
+    assert!(buyer["terms_hash"].is_string());
+    assert!(buyer["requests"][scenarios::rid(1).to_string()]["allocations_hash"].is_string());
+    let full = trustfold_core::view::state_view(s.state(), &[Role::new("escrow_holder")]);
+    assert_eq!(full["funding"]["attempts"][0]["rail_ref"], "wire-1");
+}
+
+#[test]
 fn disbursing_before_quorum_says_so() {
     let mut s = scenarios::earnest_held(93).expect("held");
     s.run(
@@ -532,6 +584,38 @@ fn a_deadline_past_year_9999_is_refused_not_written() {
         .expect("initiated");
     let deadline = d.state().expect("state").funding.deadline.expect("set");
     assert_eq!(deadline.to_string().parse::<Timestamp>(), Ok(deadline));
+}
+
+#[test]
+fn a_new_policy_holds_no_control_or_bidi_characters() {
+    // The policy is embedded in every payment's first event and shown to every
+    // participant: its text follows the commands' rule (`text_char_allowed`).
+    let mut p = policy("earnest-money");
+    p.name = "Real\u{0}estate".into();
+    let e = p.validate_new().unwrap_err();
+    assert_eq!(
+        (e.code(), e.field()),
+        ("invalid_policy", Some("name")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("U+0000 at character 5"), "{e}");
+    p.name = "Real estate\n".into();
+    assert_eq!(p.validate_new().unwrap_err().field(), Some("name"));
+    p.name = "Immobilier, דוד 🏡".into();
+    assert_eq!(p.validate_new(), Ok(()));
+    let buyer = Role::new("buyer");
+    p.roles.get_mut(&buyer).expect("buyer").description = "pays\r\nthe deposit\t(wire)".into();
+    assert_eq!(p.validate_new(), Ok(()));
+    p.roles.get_mut(&buyer).expect("buyer").description = "pays \u{202e}tisoped".into();
+    let e = p.validate_new().unwrap_err();
+    assert_eq!(e.field(), Some("roles.buyer.description"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("bidirectional control character U+202E"),
+        "{e}"
+    );
+    // Stored policies that predate the rule still fold (`validate` does not check it).
+    assert_eq!(p.validate(), Ok(()));
 }
 
 #[test]
@@ -1145,4 +1229,26 @@ fn a_stored_history_with_a_repeated_role_or_control_characters_still_folds() {
         &ctx,
     );
     assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn events_after_the_signed_head_are_refused() {
+    // Anyone can extend a hash chain (the hashes are public arithmetic): a history is
+    // verified only when the signed head covers its last event.
+    let h = good_history();
+    let records = trustfold_core::history::parse(&h).expect("parse");
+    let n = records.len() as u64;
+    let state = replay(&h).expect("replays");
+    let key = scenarios::public_key();
+    let at = |seq: u64| {
+        let hash = records[seq as usize - 1].hash;
+        trustfold_core::history::SignedHead::sign(state.payment, seq, hash, &scenarios::KEY_SECRET)
+    };
+    let ok = verify_and_replay(&h, Some(&at(n)), Some(&key)).expect("signed to the end");
+    assert_eq!(ok.version, n);
+    let e = verify_and_replay(&h, Some(&at(n - 1)), Some(&key)).unwrap_err();
+    assert_eq!((e.code(), e.seq()), ("chain_broken", Some(n)), "{e}");
+    assert!(e.to_string().contains("not signed by the server"), "{e}");
+    let e = verify_and_replay(&h, Some(&at(1)), Some(&key)).unwrap_err();
+    assert_eq!((e.code(), e.seq()), ("chain_broken", Some(2)), "{e}");
 }

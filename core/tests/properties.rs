@@ -29,7 +29,7 @@ use trustfold_core::id::{CommandId, LegId, PartyId, PaymentId, RequestId, Tenant
 use trustfold_core::ledger::{Account, Balance, LegStatus};
 use trustfold_core::money::{Currency, Money};
 use trustfold_core::policy::{Policy, Rail, Role};
-use trustfold_core::state::{PaymentState, RequestStatus, Status};
+use trustfold_core::state::{PaymentState, RequestStatus};
 use trustfold_core::time::Timestamp;
 use uuid::Uuid;
 
@@ -1270,64 +1270,8 @@ policy_property!(random_commands_earnest_money, 0);
 policy_property!(random_commands_marketplace, 1);
 policy_property!(random_commands_milestone_escrow, 2);
 
-/// Found by `random_commands_milestone_escrow` at 100,000 cases: a shortfall was
-/// written off while a funding was still on its rail, and that funding then settled.
-/// First `decide` emitted an event the fold refuses (`invalid_history` instead of a
-/// rejection); then the settlement was refused because the payment had ended, so money
-/// that arrived was never recorded. A write-off now waits for every
-/// pending leg's outcome, and the settlement is then taken.
-#[test]
-fn a_write_off_waits_for_transfers_in_flight() {
-    let case = steps(vec![
-        fund(Amt::Half, 0),
-        notice_on(0, Notice::Settled),
-        Op::Reversal { who: 0, leg: 1 },
-        fund(Amt::All, 0),
-        notice_on(1, Notice::Returned(0, None)),
-    ]);
-    let sc = &scenarios()[2];
-    let mut run = play(sc, &case, 1).expect("every step folds or is rejected");
-    let arbiter = sc
-        .cast
-        .iter()
-        .find(|m| m.roles.contains(&"arbiter"))
-        .expect("the milestone policy has an arbiter");
-    let arbiter = Actor::party(arbiter.id, "arbiter");
-    let write_off = Command::WriteOffShortfall {
-        reason: "uncollectable".into(),
-    };
-    let state = run.state().clone();
-    assert_eq!(state.status, Status::Shortfall);
-    assert!(state
-        .ledger
-        .legs
-        .iter()
-        .any(|l| l.status == LegStatus::Pending));
-    let refused = run
-        .d
-        .run(arbiter.clone(), write_off.clone())
-        .expect_err("a write-off while a funding is on its rail");
-    assert_eq!(refused.code(), "transfer_in_flight", "{refused}");
-    // The funding settles: recorded, although the payment is short.
-    run.step(&notice_on(0, Notice::Settled))
-        .expect("the settlement folds");
-    let after = run.state().clone();
-    assert!(after.version > state.version, "the settlement was recorded");
-    let state = after;
-    assert!(
-        state
-            .ledger
-            .legs
-            .iter()
-            .all(|l| l.status != LegStatus::Pending),
-        "no leg is pending after the settlement"
-    );
-    // Now the write-off is taken.
-    run.d
-        .run(arbiter, write_off)
-        .expect("the write-off, nothing pending");
-    assert_eq!(run.state().status, Status::WrittenOff);
-}
+// `a_write_off_waits_for_transfers_in_flight`, found here at 100,000 cases, is in
+// `rule_codes.rs` (its path here reversed a funding leg, now `not_reversible`).
 
 /// The generator is not so hostile that nothing happens: a fixed sample of cases
 /// reaches funded, released and returned states under each policy.

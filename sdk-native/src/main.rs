@@ -106,7 +106,7 @@ fn main() -> ExitCode {
             head,
             json,
             quiet,
-        } => verify(&history, &key, head.as_deref(), json, quiet),
+        } => verify(&history, &key, head.as_deref(), None, json, quiet),
         Cmd::Replay {
             history,
             roles,
@@ -190,11 +190,16 @@ fn verify(
     path: &Path,
     key: &str,
     head: Option<&Path>,
+    payment: Option<PaymentId>,
     json: bool,
     quiet: bool,
 ) -> Result<ExitCode, Error> {
     let key = parse_key(key)?;
     let mut v = Verifier::new().key(key);
+    if let Some(p) = payment {
+        // Fetched for one payment: another payment's genuine history is not it.
+        v = v.payment(p);
+    }
     if let Some(h) = head {
         v = v.heads_file(h);
     }
@@ -437,7 +442,7 @@ async fn fetch(
         head_path.display()
     );
     match key {
-        Some(k) => verify(out, k, Some(&head_path), false, true),
+        Some(k) => verify(out, k, Some(&head_path), Some(payment), false, true),
         None => Ok(ExitCode::SUCCESS),
     }
 }

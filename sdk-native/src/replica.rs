@@ -6,7 +6,10 @@
 //! that verified once can never be moved to a different past: an event that does not
 //! link to the local head is refused. [`Replica::diff`] compares the server's read
 //! model with the locally rebuilt state; [`Replica::follow`] keeps it current over the
-//! live stream (SSE), resuming with `Last-Event-ID` after a dropped connection.
+//! live stream (SSE), resuming with `Last-Event-ID` after a dropped connection. The
+//! signed head must be the replica's last event: events past it (sent by the server
+//! or streamed) are refused or, when streamed, checked against a newly fetched head
+//! before the caller sees them, since anyone can extend a hash chain.
 //!
 //! ```no_run
 //! # async fn demo() -> trustfold::Result<()> {
@@ -69,6 +72,12 @@ impl Replica {
     /// The local version (0 before the first event).
     pub fn version(&self) -> u64 {
         self.state.as_ref().map_or(0, |s| s.version)
+    }
+
+    /// Whether `r` is an event this replica already holds (its seq is not past the
+    /// local version): a stream can repeat what a head check caught up on.
+    fn already_applied(&self, r: &Record) -> bool {
+        Envelope::from_json(r.event.get().as_bytes()).is_ok_and(|e| e.seq <= self.version())
     }
 
     /// Checks and folds one record (the next event), as fetched or streamed.
@@ -156,17 +165,27 @@ impl Replica {
                 .client
                 .events(self.payment, self.version(), 1000)
                 .await?;
-            for r in &page.events {
+            // Only up to the signed one: later appends are checked with a later head.
+            let wanted = usize::try_from(head.seq - self.version()).unwrap_or(usize::MAX);
+            for r in page.events.iter().take(wanted) {
                 self.apply(r)?;
             }
         }
-        match self.recent.iter().find(|(s, _)| *s == head.seq) {
-            Some((_, h)) if *h == head.hash => Ok(()),
-            Some(_) => Err(broken(CoreError::ChainBroken {
+        if head.seq < self.version() {
+            // The server's current head is older than events it sent: those are not
+            // signed, and anyone can extend a hash chain.
+            return Err(broken(CoreError::ChainBroken {
+                seq: head.seq + 1,
+                reason: trustfold_core::history::unsigned_after(head.seq, self.version()),
+            }));
+        }
+        match self.recent.back() {
+            Some((s, h)) if *s == head.seq && *h == head.hash => Ok(()),
+            Some((s, _)) if *s == head.seq => Err(broken(CoreError::ChainBroken {
                 seq: head.seq,
                 reason: "the event at the signed seq differs from the one the server signed".into(),
             })),
-            None if head.seq > self.version() => Err(broken(CoreError::ChainBroken {
+            _ => Err(broken(CoreError::ChainBroken {
                 seq: head.seq,
                 reason: format!(
                     "the signed head is at seq {} but the server sent only {} events",
@@ -174,7 +193,6 @@ impl Replica {
                     self.version()
                 ),
             })),
-            None => Ok(()), // older than what we keep: verified when it was current
         }
     }
 
@@ -260,7 +278,14 @@ impl Replica {
                             let rec: Record = serde_json::from_str(&data)
                                 .map_err(|e| Error::Transport(format!("bad SSE data: {e}")))?;
                             data.clear();
+                            if self.already_applied(&rec) {
+                                // Caught up by a head check meanwhile.
+                                continue;
+                            }
                             self.apply(&rec)?;
+                            // A streamed event is not signed: it counts once the server's
+                            // signed head covers it (fetched now, catching up if newer).
+                            self.check_head().await?;
                             if let Some(s) = &self.state {
                                 if !on_event(s) {
                                     return Ok(());

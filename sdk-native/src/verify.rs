@@ -1059,6 +1059,14 @@ impl Scanner {
                     },
                     None,
                 ));
+            } else if g.head_err.is_none() && h.seq < g.count {
+                g.head_err = Some((
+                    CoreError::ChainBroken {
+                        seq: h.seq + 1,
+                        reason: trustfold_core::history::unsigned_after(h.seq, g.count),
+                    },
+                    None,
+                ));
             }
         }
         if let Some((_, line)) = &mut g.head_err {

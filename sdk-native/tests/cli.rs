@@ -301,6 +301,48 @@ fn export_verifies_and_tampering_fails_at_the_right_event() {
         v["message"].as_str().expect("msg").contains("ascending"),
         "{v}"
     );
+
+    // 6. A payment's events past its signed head (a forged extension, or a head signed
+    // before the last event): the first unsigned event is named, not folded.
+    std::fs::write(&x.events, all.join("\n") + "\n").expect("write");
+    let own: Vec<Value> = all
+        .iter()
+        .filter(|l| l.contains(&stream))
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    let before_last = &own[own.len() - 2];
+    let seq = before_last["event"]["seq"].as_u64().expect("seq");
+    let hash: trustfold::hash::Hash = before_last["hash"]
+        .as_str()
+        .expect("hash")
+        .parse()
+        .expect("hash");
+    let id: trustfold::id::PaymentId = stream.parse().expect("id");
+    let old = trustfold::history::SignedHead::sign(id, seq, hash, &support::SECRET);
+    let t: Vec<String> = heads
+        .iter()
+        .map(|l| {
+            if l.contains(&stream) {
+                serde_json::to_string(&old).expect("head")
+            } else {
+                l.clone()
+            }
+        })
+        .collect();
+    std::fs::write(&x.heads, t.join("\n") + "\n").expect("write");
+    let o = verify_export(&x.events, &x.heads);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_out(&o);
+    assert_eq!(v["code"], "chain_broken", "{v}");
+    assert_eq!(v["stream"], stream.as_str());
+    assert_eq!(v["seq"], seq + 1, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .expect("msg")
+            .contains("not signed by the server"),
+        "{v}"
+    );
 }
 
 #[test]

@@ -291,11 +291,11 @@ impl From<StoreError> for ApiError {
             },
             // Text PostgreSQL cannot store (a NUL character) that got this far: the
             // caller's mistake, whichever parameter carried it; the statement wrote
-            // nothing.
+            // nothing. 422 like the core's own `invalid_text`, so one code has one status.
             StoreError::Database(sqlx::Error::Database(d))
                 if matches!(d.code().as_deref(), Some("22021" | "22P05")) =>
             {
-                ApiError::BadRequest {
+                ApiError::Unprocessable {
                     code: "invalid_text",
                     message: "text in this request contains a character the database cannot \
                               store (the NUL character, U+0000): remove it"
