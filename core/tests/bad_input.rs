@@ -469,7 +469,10 @@ fn views_keep_no_digest_of_hidden_amounts_nor_hidden_rail_references() {
     // Both writers of views: serde values (`state_view`, `history_view`) and the bytes
     // the SDKs get (`view_json`).
     for (roles, gone) in [
-        (&lender[..], &["terms_hash", "allocations_hash", "\"currency\""][..]),
+        (
+            &lender[..],
+            &["terms_hash", "allocations_hash", "\"currency\""][..],
+        ),
         (&seller[..], &["rail_ref"][..]),
     ] {
         let state = trustfold_core::view::state_view(s.state(), roles).to_string();

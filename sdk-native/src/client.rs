@@ -38,6 +38,14 @@ use crate::time::Timestamp;
 /// How many times a request is tried in all (connection errors and 5xx only).
 pub const ATTEMPTS: u32 = 4;
 
+/// The longest a request waits for the server's next bytes: four times the server's
+/// default live-stream heartbeat (15 s).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest one request (not a live stream) may take in all, however its server
+/// trickles the bytes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A client of one trustfold server.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -331,10 +339,26 @@ struct Problem {
 }
 
 impl Client {
-    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`). A request gets
+    /// no answer for [`READ_TIMEOUT`] at most (a live stream's heartbeats keep it open);
+    /// a base that is not an `http(s)://` URL is a usage error.
+    ///
+    /// ```
+    /// use trustfold::client::Client;
+    /// assert!(Client::new("http://127.0.0.1:8080").is_ok());
+    /// assert_eq!(Client::new("127.0.0.1:8080").unwrap_err().code(), "usage");
+    /// ```
     pub fn new(base: &str) -> Result<Self> {
+        let url = reqwest::Url::parse(base)
+            .map_err(|e| Error::Usage(format!("server `{base}` is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(Error::Usage(format!(
+                "server `{base}` is not an http:// or https:// URL with a host"
+            )));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .read_timeout(READ_TIMEOUT)
             .build()
             .map_err(|e| Error::Transport(e.to_string()))?;
         Ok(Client {
@@ -393,7 +417,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut r = self.request(method.clone(), path);
+            let mut r = self.request(method.clone(), path).timeout(REQUEST_TIMEOUT);
             if let Some(k) = &key {
                 r = r.header("Idempotency-Key", k);
             }
@@ -717,18 +741,33 @@ impl Client {
             .await
     }
 
-    /// The whole history of a payment and its signed head: pages
-    /// `GET /v1/payments/{id}/events` to the end, then `GET /v1/payments/{id}/head`.
+    /// The whole history of a payment and its signed head: `GET /v1/payments/{id}/head`,
+    /// then pages of `GET /v1/payments/{id}/events` up to the head's seq (events
+    /// appended meanwhile are left out, so the pair matches; pages that do not advance
+    /// are a transport error).
     /// The document is written exactly as [`crate::history::write`] writes one (one
     /// record per line, each event's bytes as received), ready for the
     /// [`Verifier`](crate::verify::Verifier) with the head. Needs a view that can be
     /// verified (a tenant key, or a token whose roles see everything).
     pub async fn fetch_history(&self, payment: PaymentId) -> Result<(Vec<u8>, SignedHead)> {
+        // The head first, then the events up to it: events appended meanwhile are left
+        // for the next fetch, and the pair always matches.
+        let head = self.head(payment).await?;
         let mut body: Vec<u8> = b"[\n".to_vec();
         let (mut after, mut n) = (0u64, 0u64);
-        loop {
+        while n < head.seq {
             let page = self.events(payment, after, 1000).await?;
-            for r in &page.events {
+            if page.has_more && page.next <= after {
+                return Err(Error::Transport(format!(
+                    "the server's event pages do not advance (next {} after {after})",
+                    page.next
+                )));
+            }
+            for r in page
+                .events
+                .iter()
+                .take(usize::try_from(head.seq - n).unwrap_or(usize::MAX))
+            {
                 if n > 0 {
                     body.extend_from_slice(b",\n");
                 }
@@ -747,7 +786,6 @@ impl Client {
             }
         }
         body.extend_from_slice(b"\n]\n");
-        let head = self.head(payment).await?;
         Ok((body, head))
     }
 

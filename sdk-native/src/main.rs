@@ -14,6 +14,21 @@ use trustfold::policy::Role;
 use trustfold::verify::{Layout, Report, Verifier};
 use trustfold::Error;
 
+/// `println!` that survives a closed pipe (`trustfold … | head -1`): the output is
+/// gone, the process is not (no panic, no backtrace).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that survives a closed standard error.
+macro_rules! say_err {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
 /// Verify, replay, fetch and follow trustfold payment histories.
 #[derive(Parser)]
 #[command(name = "trustfold", version, about, long_about = None)]
@@ -64,7 +79,9 @@ enum Cmd {
         #[arg(long)]
         pretty: bool,
     },
-    /// Download a payment's history (and its signed head) from a server.
+    /// Download a payment's history (and its signed head) from a server: the head
+    /// first, then the events it signs. The files are replaced only by a complete
+    /// download (verified first, with --key); otherwise they stay as they were.
     Fetch {
         /// The payment id.
         payment: PaymentId,
@@ -139,7 +156,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            say_err!("error: {e}");
             ExitCode::from(2)
         }
     }
@@ -235,8 +252,8 @@ fn verify(
                 });
                 let _ = writeln!(out, "{v}");
             }
-            eprintln!("FAILED: {b}");
-            eprintln!("code: {}", b.error.code());
+            say_err!("FAILED: {b}");
+            say_err!("code: {}", b.error.code());
             Ok(ExitCode::from(1))
         }
         Err(e) => Err(e),
@@ -340,8 +357,8 @@ fn replay(
     let r = match v.verify_path(path) {
         Ok(r) => r,
         Err(Error::Broken(b)) => {
-            eprintln!("FAILED: {b}");
-            eprintln!("code: {}", b.error.code());
+            say_err!("FAILED: {b}");
+            say_err!("code: {}", b.error.code());
             return Ok(ExitCode::from(1));
         }
         Err(e) => return Err(e),
@@ -425,26 +442,65 @@ async fn fetch(
     api_key: Option<&str>,
     key: Option<&str>,
 ) -> Result<ExitCode, Error> {
+    if let Some(k) = key {
+        // A bad key is reported before anything is downloaded or written.
+        parse_key(k)?;
+    }
     let c = client(server, api_key)?;
     let (body, head) = c.fetch_history(payment).await?;
     let n = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body)
         .map_err(|e| Error::Transport(format!("bad history: {e}")))?
         .len();
-    std::fs::write(out, &body).map_err(|e| Error::Usage(format!("{}: {e}", out.display())))?;
     let head_path = PathBuf::from(format!("{}.head.json", out.display()));
     let head_json = serde_json::to_string(&head).map_err(|e| Error::Usage(e.to_string()))?;
-    std::fs::write(&head_path, head_json)
-        .map_err(|e| Error::Usage(format!("{}: {e}", head_path.display())))?;
-    eprintln!(
-        "fetched {n} events of {payment} to {} (signed head at seq {} in {})",
-        out.display(),
-        head.seq,
-        head_path.display()
-    );
-    match key {
-        Some(k) => verify(out, k, Some(&head_path), Some(payment), false, true),
-        None => Ok(ExitCode::SUCCESS),
+    // Written beside their targets and moved over them only when complete (and, with
+    // --key, verified): a full disk, a kill or a tampered download leaves the files of
+    // the last good fetch as they were.
+    let tmp_out = beside(out);
+    let tmp_head = beside(&head_path);
+    let written =
+        write_synced(&tmp_out, &body).and_then(|()| write_synced(&tmp_head, head_json.as_bytes()));
+    let checked = match (written, key) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(k)) => verify(&tmp_out, k, Some(&tmp_head), Some(payment), false, true),
+        (Ok(()), None) => Ok(ExitCode::SUCCESS),
+    };
+    let done = match checked {
+        Ok(code) if code == ExitCode::SUCCESS => std::fs::rename(&tmp_out, out)
+            .and_then(|()| std::fs::rename(&tmp_head, &head_path))
+            .map(|()| code)
+            .map_err(|e| Error::Usage(format!("{}: {e}", out.display()))),
+        other => other,
+    };
+    let _ = std::fs::remove_file(&tmp_out);
+    let _ = std::fs::remove_file(&tmp_head);
+    match &done {
+        Ok(code) if *code == ExitCode::SUCCESS => say_err!(
+            "fetched {n} events of {payment} to {} (signed head at seq {} in {})",
+            out.display(),
+            head.seq,
+            head_path.display()
+        ),
+        _ => say_err!(
+            "{} and {} left as they were",
+            out.display(),
+            head_path.display()
+        ),
     }
+    done
+}
+
+/// A temporary name beside `path`, unique to this process.
+fn beside(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.tmp-{}", path.display(), std::process::id()))
+}
+
+/// Writes `bytes` to `path` and waits until they are on disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Usage(format!("{}: {e}", path.display()));
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
 }
 
 async fn tail(
@@ -457,27 +513,30 @@ async fn tail(
     let mut r = trustfold::replica::Replica::new(client(server, api_key)?, payment, key);
     let n = r.sync().await?;
     if let Some(s) = r.state() {
-        println!(
+        say!(
             "{payment}: {n} events verified, {:?} at version {}",
-            s.status, s.version
+            s.status,
+            s.version
         );
     }
     let result = r
         .follow(|s| {
-            println!(
+            // A reader that went away (`| head`) ends the follow.
+            writeln!(
+                std::io::stdout().lock(),
                 "#{} {:?} escrow {} (head {})",
                 s.version,
                 s.status,
                 s.escrow_available(),
                 s.head
-            );
-            true
+            )
+            .is_ok()
         })
         .await;
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(Error::Broken(b)) => {
-            eprintln!("FAILED: {b}");
+            say_err!("FAILED: {b}");
             Ok(ExitCode::from(1))
         }
         Err(e) => Err(e),

@@ -262,12 +262,13 @@ impl Replica {
                     continue;
                 }
             };
-            delay = Duration::from_millis(200);
             let mut body = res.bytes_stream();
             let mut buf: Vec<u8> = Vec::new();
             let mut data = String::new();
             while let Some(chunk) = body.next().await {
                 let Ok(chunk) = chunk else { break };
+                // The stream works (an event or a heartbeat): the next drop waits briefly.
+                delay = Duration::from_millis(200);
                 buf.extend_from_slice(&chunk);
                 while let Some(i) = memchr::memchr(b'\n', &buf) {
                     let line: Vec<u8> = buf.drain(..=i).collect();
@@ -301,7 +302,11 @@ impl Replica {
                     // `id:`, `event:` and `:` comments (heartbeats) need nothing.
                 }
             }
-            // Dropped: reconnect from our version.
+            // Dropped or ended: reconnect from our version, after a pause that grows
+            // while streams keep ending (a server that closes each one at once is not
+            // asked again in a tight loop).
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 }

@@ -118,7 +118,8 @@ impl Webhook {
                 "webhook-timestamp `{timestamp}` is not Unix seconds"
             ))
         })?;
-        if (now - ts).abs() > self.tolerance {
+        // Any i64 from the header: the difference is taken without overflow.
+        if now.abs_diff(ts) > self.tolerance.unsigned_abs() {
             return Err(Error::Webhook(format!(
                 "webhook-timestamp {ts} is more than {}s from now ({now}): a replayed or delayed message",
                 self.tolerance
@@ -143,5 +144,26 @@ impl Webhook {
         } else {
             "webhook-signature holds no `v1,` signature".into()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_timestamp_is_judged_without_overflow() {
+        let wh = Webhook::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("secret");
+        for (ts, now) in [
+            (i64::MIN, i64::MAX),
+            (i64::MAX, i64::MIN),
+            (i64::MIN, 0),
+            (0, i64::MIN),
+        ] {
+            let e = wh
+                .verify_at("msg_1", &ts.to_string(), "v1,AAAA", b"{}", now)
+                .unwrap_err();
+            assert!(e.to_string().contains("more than 300s from now"), "{e}");
+        }
     }
 }

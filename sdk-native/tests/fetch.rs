@@ -1,0 +1,175 @@
+//! `trustfold fetch` against a server that answers from a script (a real HTTP server on
+//! loopback, serving a golden history and heads signed with the test key): the head is
+//! fetched first and the events up to it, the files are replaced only by a complete and
+//! verified download, and a bad key is refused before anything is written.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use trustfold::history::{self, SignedHead};
+
+/// What the scripted server answers: the records it pages out and the head it signs.
+struct Script {
+    /// `{"hash":…,"event":…}` per event, as the server's pages carry them.
+    records: Vec<String>,
+    head: String,
+}
+
+/// Serves `script` on a free loopback port until the process ends; returns the base URL.
+fn serve(script: Arc<Mutex<Script>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = vec![0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let body = {
+                let s = script.lock().expect("script");
+                if path.ends_with("/head") {
+                    s.head.clone()
+                } else if path.contains("/events") {
+                    let n = s.records.len();
+                    format!(
+                        "{{\"events\":[{}],\"has_more\":false,\"next\":{n}}}",
+                        s.records.join(",")
+                    )
+                } else {
+                    String::from("{}")
+                }
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    base
+}
+
+fn fetch(base: &str, payment: &str, out: &Path, key: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trustfold"))
+        .args(["fetch", payment, "--server", base, "--out"])
+        .arg(out)
+        .args(["--key", key])
+        .output()
+        .expect("run trustfold fetch")
+}
+
+#[test]
+fn fetch_stops_at_the_signed_head_and_replaces_files_only_when_verified() {
+    let vector =
+        std::fs::read(support::vectors_dir().join("em_happy_wire.history.json")).expect("vector");
+    let records = history::parse(&vector).expect("parse");
+    let n = records.len();
+    let stream = records[0].envelope().expect("envelope").stream;
+    let lines: Vec<String> = records
+        .iter()
+        .map(|r| format!("{{\"hash\":\"{}\",\"event\":{}}}", r.hash, r.event.get()))
+        .collect();
+    let sign = |seq: usize| {
+        serde_json::to_string(&SignedHead::sign(
+            stream,
+            seq as u64,
+            records[seq - 1].hash,
+            &support::SECRET,
+        ))
+        .expect("head")
+    };
+    // The server appended an event after signing its head (a fetch racing a command).
+    let script = Arc::new(Mutex::new(Script {
+        records: lines.clone(),
+        head: sign(n - 1),
+    }));
+    let base = serve(script.clone());
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("p.json");
+    let head_file = dir.path().join("p.json.head.json");
+    let key = support::key().to_string();
+    let payment = stream.to_string();
+
+    let o = fetch(&base, &payment, &out, &key);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&format!("fetched {} events", n - 1)), "{err}");
+    let good = std::fs::read(&out).expect("history");
+    let kept = history::parse(&good).expect("parse").len();
+    assert_eq!(kept, n - 1, "the events up to the signed head");
+    let good_head = std::fs::read(&head_file).expect("head");
+
+    // A tampered download: refused, and the last good pair stays.
+    {
+        let mut s = script.lock().expect("script");
+        s.head = sign(n);
+        s.records[3] = s.records[3].replacen("\"seq\":4", "\"seq\":4 ", 1);
+    }
+    let o = fetch(&base, &payment, &out, &key);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("left as they were"));
+    assert_eq!(std::fs::read(&out).expect("history"), good);
+    assert_eq!(std::fs::read(&head_file).expect("head"), good_head);
+
+    // A bad key: a usage error before anything is downloaded or written.
+    let fresh = dir.path().join("q.json");
+    let o = fetch(&base, &payment, &fresh, "not-hex");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!fresh.exists());
+    assert!(std::fs::read_dir(dir.path()).expect("dir").all(|e| !e
+        .expect("entry")
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp-")));
+
+    // The untampered history again, now signed to its end: all of it.
+    script.lock().expect("script").records = lines;
+    let o = fetch(&base, &payment, &out, &key);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let all = std::fs::read(&out).expect("history");
+    assert_eq!(history::parse(&all).expect("parse").len(), n);
+}
+
+#[test]
+fn closed_output_pipes_are_no_panic() {
+    // `trustfold verify … 2>&1 | true`: both outputs are gone before the failure is
+    // reported. The answer is still the exit code (1: it does not verify), never a panic.
+    let path = support::vectors_dir().join("em_happy_wire.history.json");
+    let vector = std::fs::read(&path).expect("vector");
+    let records = history::parse(&vector).expect("parse");
+    let last = records.last().expect("events");
+    let head = SignedHead::sign(
+        last.envelope().expect("envelope").stream,
+        records.len() as u64,
+        last.hash,
+        &support::SECRET,
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let head_file = dir.path().join("head.json");
+    std::fs::write(&head_file, serde_json::to_string(&head).expect("head")).expect("write");
+    let other_key = trustfold::history::PublicKey::from_secret(&[9; 32]).to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trustfold"))
+        .arg("verify")
+        .arg(&path)
+        .args(["--key", &other_key, "--head"])
+        .arg(&head_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(1), "not 101 (a panic)");
+}
