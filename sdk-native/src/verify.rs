@@ -206,6 +206,16 @@ impl Verifier {
                 "a signed head is checked against the server's public key: pass the key".into(),
             )));
         }
+        // The file is read twice (its start to tell the layout, then the whole): a pipe
+        // would lose what the first read took and be judged on the rest.
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::Usage(format!(
+                "{}: not a regular file (a pipe, device or directory): save it to a file \
+                 and verify that",
+                path.display()
+            )));
+        }
         let layout = sniff(path)?;
         if layout == Layout::Whole {
             return self.whole(path, &mut f);

@@ -116,6 +116,29 @@ fn text_summary_replay_views_and_usage_errors() {
     assert_eq!(o.status.code(), Some(2));
     let o = run(&["verify", "/nonexistent/file", "--key", &key]);
     assert_eq!(o.status.code(), Some(2));
+
+    // A pipe is refused by name: the layout check reads its start, which a second read
+    // would not see again (a tampered export piped in used to pass).
+    let mut child = bin()
+        .args(["verify", "/dev/stdin", "--key", &key])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        // The reader may stop early (refused): a closed pipe here is fine.
+        let _ = stdin.write_all(&std::fs::read(h).expect("vector"));
+    }
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a regular file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A pretty-printed history is not the streamed layout: it is checked whole, with the
