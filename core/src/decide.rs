@@ -1196,6 +1196,18 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                     },
                     FundingStatus::Submitted | FundingStatus::Settled | FundingStatus::Available,
                 ) => {
+                    if let Some(before) = a.returned {
+                        // A transfer is returned once: the same partial return again is a
+                        // duplicate notice; any other return of it contradicts the first.
+                        return if *amount == Some(before) {
+                            Ok(())
+                        } else {
+                            reject(
+                                "notice_conflict",
+                                format!("the rail already returned {before} of this transfer"),
+                            )
+                        };
+                    }
                     if !valid_return_code(code) {
                         return reject(
                             "invalid_return_code",
@@ -1367,7 +1379,7 @@ fn make_available_if_due(em: &mut Emitter<'_>, leg: LegId) -> Result<()> {
     {
         em.emit(FundsAvailable {
             leg,
-            amount: a.amount,
+            amount: a.kept(),
         })?;
     }
     Ok(())

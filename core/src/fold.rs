@@ -333,6 +333,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                 submitted_at: env.at,
                 settled_at: None,
                 code: None,
+                returned: None,
             });
         }
         Event::FundingSettled(e) => {
@@ -346,7 +347,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
         }
         Event::FundsAvailable(e) => {
             let a = attempt_mut(s, e.leg)?;
-            if a.status != FundingStatus::Settled || a.amount != e.amount {
+            if a.status != FundingStatus::Settled || a.kept() != e.amount {
                 return Err(bad(format!(
                     "funding leg {} is not settled for {}",
                     e.leg, e.amount
@@ -380,12 +381,23 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                 FundingStatus::Available => true,
                 _ => return Err(bad(format!("funding leg {} was not settled", e.leg))),
             };
+            if a.returned.is_some() {
+                return Err(bad(format!(
+                    "funding leg {} was already returned in part",
+                    e.leg
+                )));
+            }
             if e.amount > a.amount || !e.amount.is_positive() {
                 return Err(bad("returned amount exceeds the funding"));
             }
-            a.status = FundingStatus::Returned;
             a.code = Some(e.return_code.clone());
-            s.funding.failed_attempts += 1;
+            if e.amount < a.amount {
+                // Part of it: the rest stays and counts (available, or still clearing).
+                a.returned = Some(e.amount);
+            } else {
+                a.status = FundingStatus::Returned;
+                s.funding.failed_attempts += 1;
+            }
             let source = if from_escrow {
                 Account::Escrow
             } else {

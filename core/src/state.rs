@@ -205,6 +205,41 @@ pub struct FundingAttempt {
     /// Failure or return code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// What the rail returned of it, when a return took only part (`code` says why):
+    /// the rest still counts, as [`FundingAttempt::kept`]. A whole return sets the
+    /// status to `returned` instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub returned: Option<Money>,
+}
+
+impl FundingAttempt {
+    /// What of this funding stays with the payment: its amount less a partial return.
+    ///
+    /// ```
+    /// # use trustfold_core::prelude::*;
+    /// # use trustfold_core::state::{FundingAttempt, FundingStatus};
+    /// let usd = |s: &str| Money::parse(s, "USD").expect("usd");
+    /// let mut a = FundingAttempt {
+    ///     leg: LegId::from_bytes([1; 16]),
+    ///     amount: usd("5000.00"),
+    ///     rail: Rail::Ach,
+    ///     rail_ref: "ach-1".into(),
+    ///     status: FundingStatus::Available,
+    ///     submitted_at: Timestamp::from_unix_millis(0),
+    ///     settled_at: None,
+    ///     code: None,
+    ///     returned: None,
+    /// };
+    /// assert_eq!(a.kept(), usd("5000.00"));
+    /// a.returned = Some(usd("1000.00"));
+    /// assert_eq!(a.kept(), usd("4000.00"));
+    /// ```
+    pub fn kept(&self) -> Money {
+        match &self.returned {
+            Some(r) => self.amount.checked_sub(r).unwrap_or(self.amount),
+            None => self.amount,
+        }
+    }
 }
 
 /// Funding facts.
@@ -476,7 +511,7 @@ impl PaymentState {
             .iter()
             .filter(|a| a.status == FundingStatus::Available)
             .fold(Money::zero(self.amount.currency()), |acc, a| {
-                acc.checked_add(&a.amount).unwrap_or(acc)
+                acc.checked_add(&a.kept()).unwrap_or(acc)
             })
     }
 
@@ -487,7 +522,7 @@ impl PaymentState {
             .iter()
             .filter(|a| matches!(a.status, FundingStatus::Submitted | FundingStatus::Settled))
             .fold(Money::zero(self.amount.currency()), |acc, a| {
-                acc.checked_add(&a.amount).unwrap_or(acc)
+                acc.checked_add(&a.kept()).unwrap_or(acc)
             })
     }
 
@@ -677,6 +712,7 @@ impl WriteJson for FundingAttempt {
         self.submitted_at.write_json(out);
         write::opt(out, "settled_at", &self.settled_at);
         write::opt(out, "code", &self.code);
+        write::opt(out, "returned", &self.returned);
         out.push(b'}');
     }
 }

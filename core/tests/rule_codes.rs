@@ -286,31 +286,53 @@ fn funds_in_flight_blocks_cancel_while_funding_is_on_a_rail() {
 }
 
 #[test]
-fn funds_not_available_blocks_cancel_while_money_sits_in_clearing() {
-    // Settled funds still clearing normally also count as funding in progress (and
-    // `funds_in_flight` comes first). Money is left in clearing with no attempt in
-    // progress only after a partial return of a settled, not yet good transfer: the
-    // return takes 2000.00 out of clearing and the other 3000.00 stays there.
-    let mut s = earnest(107);
-    ok(&mut s, buyer(), funding("5000.00", Rail::Ach, "ach-1"));
-    s.hours(24);
-    ok(&mut s, Actor::rail(), notice("ach-1", settled()));
+fn funds_not_available_for_a_reversal_out_of_escrow() {
+    // (Cancel's own `funds_not_available` is a guard: settled funds still clearing count
+    // as funding in progress, so `funds_in_flight` answers first, and a partial return
+    // leaves the rest to become good funds.) A payout sent back into escrow, then a new
+    // release reserving that money: undoing the first correction would take money the
+    // release holds.
+    let mut s = scenarios::earnest_held(107).expect("earnest held");
+    earnest_disbursing(&mut s, "5000.00");
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    let payout = s
+        .state()
+        .ledger
+        .legs
+        .iter()
+        .find(|l| l.to == Account::Payee(pid(SELLER)))
+        .map(|l| l.id)
+        .expect("payout");
     ok(
         &mut s,
-        Actor::rail(),
-        notice("ach-1", returned("R01", Some(usd("2000.00")))),
+        escrow(),
+        Command::RecordReversal {
+            leg: payout,
+            reason: "beneficiary account closed".into(),
+        },
     );
-    assert_eq!(s.balance(Account::Clearing), "3000.00");
-    assert!(s.state().funding_in_progress().is_zero());
+    ok(&mut s, escrow(), release(2, &[(SELLER, "5000.00")]));
+    let a = approval(&s, 2);
+    ok(&mut s, buyer(), a);
+    let a = approval(&s, 2);
+    ok(&mut s, seller(), a);
+    let back = s
+        .state()
+        .ledger
+        .legs
+        .iter()
+        .find(|l| l.to == Account::Escrow && l.from == Account::Payee(pid(SELLER)))
+        .map(|l| l.id)
+        .expect("reversal leg");
     refuse(
         &mut s,
-        listing_agent(),
-        Command::Cancel {
-            reason: "offer withdrawn".into(),
-            refund_request: Some(rid(5)),
+        escrow(),
+        Command::RecordReversal {
+            leg: back,
+            reason: "entered by mistake".into(),
         },
         "funds_not_available",
-        "not yet good",
+        "which has 0.00 USD available",
     );
 }
 
@@ -587,11 +609,68 @@ fn partial_return_takes_only_the_returned_amount_out_of_escrow() {
     assert_eq!(s.balance(Account::ExternalPayer), "-3000.00");
     assert_eq!(s.balance(Account::Clearing), "0.00");
     assert_eq!(s.balance(Account::LossReturns), "0.00");
-    // The attempt keeps its original amount; the ledger alone records what came back.
-    // (Not asserted here: the whole attempt is marked returned, so the payment reopens
-    // funding for the full 5000.00 while 3000.00 is still in escrow.)
+    // The attempt keeps its amount and records what came back; the rest still counts.
     let attempt = &s.state().funding.attempts[0];
     assert_eq!(attempt.amount.amount_string(), "5000.00");
+    assert_eq!(attempt.returned, Some(usd("2000.00")));
+    assert_eq!(attempt.kept(), usd("3000.00"));
+    assert_eq!(s.state().funded_total(), usd("3000.00"));
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    // The same notice again is a duplicate; another return of it contradicts it.
+    let v = s.state().version;
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("ach-1", returned("R01", Some(usd("2000.00")))),
+    );
+    assert_eq!(s.state().version, v, "no event for a duplicate");
+    refuse(
+        &mut s,
+        Actor::rail(),
+        notice("ach-1", returned("R01", None)),
+        "notice_conflict",
+        "already returned 2000.00 USD",
+    );
+    // The payer makes up the difference (no more: that would overfund).
+    refuse(
+        &mut s,
+        buyer(),
+        funding("5000.00", Rail::Wire, "wire-2"),
+        "overfunding",
+        "only 2000.00 USD remains",
+    );
+    ok(&mut s, buyer(), funding("2000.00", Rail::Wire, "wire-2"));
+    ok(&mut s, Actor::rail(), notice("wire-2", settled()));
+    assert_eq!(s.balance(Account::Escrow), "5000.00");
+    assert_eq!(s.status(), Status::Held);
+}
+
+#[test]
+fn partial_return_in_clearing_leaves_the_rest_to_become_good_funds() {
+    let mut s = earnest(117);
+    ok(&mut s, buyer(), funding("5000.00", Rail::Ach, "ach-1"));
+    s.hours(24);
+    ok(&mut s, Actor::rail(), notice("ach-1", settled()));
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("ach-1", returned("R01", Some(usd("1000.00")))),
+    );
+    assert_eq!(s.balance(Account::Clearing), "4000.00");
+    s.hours(72);
+    ok(&mut s, Actor::system(), Command::Tick);
+    assert_eq!(s.balance(Account::Clearing), "0.00");
+    assert_eq!(s.balance(Account::Escrow), "4000.00");
+    // And it can be refunded: the deal is off.
+    ok(
+        &mut s,
+        listing_agent(),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: Some(rid(5)),
+        },
+    );
+    assert_eq!(s.state().requests[&rid(5)].amount, usd("4000.00"));
 }
 
 // ------------------------------------------------- returns against committed money

@@ -293,9 +293,10 @@ fn funding_attempt() -> impl Strategy<Value = FundingAttempt> {
         ts(),
         prop::option::of(ts()),
         prop::option::of(text()),
+        prop::option::of(money()),
     )
         .prop_map(
-            |(leg, amount, rail, rail_ref, status, submitted_at, settled_at, code)| {
+            |(leg, amount, rail, rail_ref, status, submitted_at, settled_at, code, returned)| {
                 FundingAttempt {
                     leg,
                     amount,
@@ -305,6 +306,7 @@ fn funding_attempt() -> impl Strategy<Value = FundingAttempt> {
                     submitted_at,
                     settled_at,
                     code,
+                    returned,
                 }
             },
         )

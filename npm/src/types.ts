@@ -53,7 +53,10 @@ export interface FundingAttempt {
   status: FundingStatus;
   submitted_at: Timestamp;
   settled_at?: Timestamp;
+  /** Failure or return code. */
   code?: string;
+  /** What a return took of it, when it took only part; the rest still counts. */
+  returned?: Money;
 }
 
 export interface Funding {
