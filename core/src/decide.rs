@@ -1271,10 +1271,20 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
             };
             let r = rail_ref.to_string();
             match (notice, req.status) {
-                (RailOutcome::Settled, RequestStatus::Submitted) => em.emit(DisbursementSettled {
-                    request,
-                    rail_ref: r,
-                }),
+                (RailOutcome::Settled, RequestStatus::Submitted) => {
+                    em.emit(DisbursementSettled {
+                        request,
+                        rail_ref: r,
+                    })?;
+                    if (em.state.cancelled || em.state.expired)
+                        && em.state.open_request().is_none()
+                        && em.state.escrow_available().is_positive()
+                    {
+                        // Funds that arrived while a refund was under way go back too.
+                        refund_everything(em, "late_funds")?;
+                    }
+                    Ok(())
+                }
                 (RailOutcome::Failed { code, reason }, RequestStatus::Submitted) => {
                     em.emit(DisbursementFailed {
                         request,
@@ -1381,6 +1391,11 @@ fn make_available_if_due(em: &mut Emitter<'_>, leg: LegId) -> Result<()> {
             leg,
             amount: a.kept(),
         })?;
+        if (em.state.cancelled || em.state.expired) && em.state.open_request().is_none() {
+            // Funding that was on its rail when the payment expired arrived: it goes back
+            // like the rest (a refund already under way takes what it reserved).
+            refund_everything(em, "late_funds")?;
+        }
     }
     Ok(())
 }

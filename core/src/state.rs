@@ -218,7 +218,7 @@ impl FundingAttempt {
     /// ```
     /// # use trustfold_core::prelude::*;
     /// # use trustfold_core::state::{FundingAttempt, FundingStatus};
-    /// let usd = |s: &str| Money::parse(s, "USD").expect("usd");
+    /// let usd = |s: &str| Money::parse(s, Currency::new("USD").expect("usd")).expect("amount");
     /// let mut a = FundingAttempt {
     ///     leg: LegId::from_bytes([1; 16]),
     ///     amount: usd("5000.00"),

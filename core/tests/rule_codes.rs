@@ -996,3 +996,86 @@ fn a_write_off_waits_for_transfers_in_flight() {
     ok(&mut s, arbiter(), write_off());
     assert_eq!(s.status(), Status::WrittenOff);
 }
+
+#[test]
+fn funds_arriving_after_expiry_are_refunded() {
+    // One funding is still on its rail when the others exhaust the attempts: the
+    // payment expires, then that funding settles. It must go back, not sit in escrow.
+    let mut s = milestones(129);
+    ok(&mut s, client(), funding("30000.00", Rail::Wire, "wire-a"));
+    let failed = || RailOutcome::Failed {
+        code: "R03".into(),
+        reason: "no account".into(),
+    };
+    for (i, r) in ["ach-b", "ach-c", "ach-d"].into_iter().enumerate() {
+        ok(&mut s, client(), funding("10000.00", Rail::Ach, r));
+        ok(&mut s, Actor::rail(), notice(r, failed()));
+        assert_eq!(s.state().funding.failed_attempts, i as u32 + 1);
+    }
+    assert!(s.state().expired, "attempts exhausted");
+    ok(&mut s, Actor::rail(), notice("wire-a", settled()));
+    assert_eq!(s.balance(Account::Escrow), "30000.00");
+    let (id, refund) = s.state().open_request().expect("a refund of what arrived");
+    assert_eq!(refund.amount, usd("30000.00"));
+    assert_eq!(refund.status, RequestStatus::Authorized);
+    ok(
+        &mut s,
+        as_(ARBITER, "arbiter"),
+        Command::SubmitDisbursement {
+            request: id,
+            rail: Rail::Wire,
+            rail_ref: "refund-1".into(),
+        },
+    );
+    ok(&mut s, Actor::rail(), notice("refund-1", settled()));
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.status(), Status::Expired);
+}
+
+#[test]
+fn funds_arriving_while_an_expiry_refund_is_under_way_follow_it() {
+    // Expired with 20000.00 held (refund authorized), while 30000.00 is still on a rail.
+    let mut s = milestones(130);
+    ok(&mut s, client(), funding("20000.00", Rail::Wire, "wire-a"));
+    ok(&mut s, Actor::rail(), notice("wire-a", settled()));
+    ok(&mut s, client(), funding("30000.00", Rail::Wire, "wire-b"));
+    let failed = || RailOutcome::Failed {
+        code: "R03".into(),
+        reason: "no account".into(),
+    };
+    for r in ["ach-c", "ach-d", "ach-e"] {
+        ok(&mut s, client(), funding("1000.00", Rail::Ach, r));
+        ok(&mut s, Actor::rail(), notice(r, failed()));
+    }
+    assert!(s.state().expired);
+    let (first, refund) = s.state().open_request().expect("expiry refund");
+    assert_eq!(refund.amount, usd("20000.00"));
+    ok(&mut s, Actor::rail(), notice("wire-b", settled()));
+    let arbiter = || as_(ARBITER, "arbiter");
+    ok(
+        &mut s,
+        arbiter(),
+        Command::SubmitDisbursement {
+            request: first,
+            rail: Rail::Wire,
+            rail_ref: "refund-1".into(),
+        },
+    );
+    ok(&mut s, Actor::rail(), notice("refund-1", settled()));
+    let (second, refund) = s.state().open_request().expect("the late funds' refund");
+    assert_ne!(second, first);
+    assert_eq!(refund.amount, usd("30000.00"));
+    ok(
+        &mut s,
+        arbiter(),
+        Command::SubmitDisbursement {
+            request: second,
+            rail: Rail::Wire,
+            rail_ref: "refund-2".into(),
+        },
+    );
+    ok(&mut s, Actor::rail(), notice("refund-2", settled()));
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.balance(Account::ExternalPayer), "0.00");
+    assert_eq!(s.status(), Status::Expired);
+}
