@@ -257,6 +257,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
     }
     check_actor(env)?;
     check_actor_role(s, env)?;
+    check_standing(s, env)?;
     match &env.event {
         Event::PaymentInitiated(_) => return Err(bad("PaymentInitiated may only come first")),
         Event::ParticipantInvited(e) => {
@@ -311,6 +312,25 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
         Event::FundingMethodAttached(e) => s.funding.method = Some(e.method.clone()),
         Event::FundingSubmitted(e) => {
             same_currency(s, &e.amount)?;
+            if !s.policy_doc.funding.rails.contains(&e.rail) {
+                return Err(bad(format!(
+                    "rail {} is not one the policy accepts funding on",
+                    e.rail.as_str()
+                )));
+            }
+            let remaining = s
+                .amount
+                .checked_sub(&s.funded_total())?
+                .checked_sub(&s.funding_in_progress())?;
+            if !e.amount.is_positive() {
+                return Err(Error::NonPositiveAmount(e.amount.amount_string()));
+            }
+            if e.amount > remaining {
+                return Err(bad(format!(
+                    "funding of {} where {remaining} remains to be funded",
+                    e.amount
+                )));
+            }
             if s.rail_refs.contains_key(&e.rail_ref) {
                 return Err(bad(format!("rail reference `{}` already used", e.rail_ref)));
             }
@@ -435,13 +455,44 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
         Event::PaymentExpired(_) => s.expired = true,
         Event::FeeAssessed(e) => {
             same_currency(s, &e.amount)?;
-            let party_ok = s.participants.contains_key(&e.party);
+            // The policy's own fee, to a party holding its role, on the policy's terms:
+            // a history cannot invent a fee or its size.
+            let rule = s
+                .policy_doc
+                .fees
+                .iter()
+                .find(|f| f.name == e.fee)
+                .ok_or_else(|| bad(format!("fee `{}` is not in the policy", e.fee)))?
+                .clone();
+            if !s.parties_with(&rule.to_role).contains(&e.party) {
+                return Err(bad(format!(
+                    "fee party {} does not hold the fee's role `{}`",
+                    e.party, rule.to_role
+                )));
+            }
             let r = request_mut(s, &e.request)?;
             if r.status != RequestStatus::AwaitingApprovals || r.kind != RequestKind::Release {
                 return Err(bad("fees are assessed on releases awaiting approval"));
             }
-            if !party_ok {
-                return Err(bad(format!("fee party {} is not a participant", e.party)));
+            if r.fees.iter().any(|f| f.fee == e.fee) {
+                return Err(bad(format!("fee `{}` assessed twice", e.fee)));
+            }
+            let pct = r.amount.bps(rule.bps)?;
+            // With its fixed part (the first release) or without (charged before; when a
+            // fixed fee counts as charged changed once, so both are read).
+            let with_fixed = match rule.fixed {
+                Some(f) => pct.checked_add(&Money::from_decimal(f, pct.currency())?)?,
+                None => pct,
+            };
+            if e.borne_by != rule.borne_by || (e.amount != pct && e.amount != with_fixed) {
+                return Err(bad(format!(
+                    "fee `{}` of {} borne by the {:?} is not the policy's ({} bps{})",
+                    e.fee,
+                    e.amount,
+                    e.borne_by,
+                    rule.bps,
+                    if rule.fixed.is_some() { " + fixed" } else { "" }
+                )));
             }
             r.fees.push(FeeLine {
                 fee: e.fee.clone(),
@@ -803,6 +854,57 @@ fn check_actor_role(s: &PaymentState, env: &Envelope) -> Result<()> {
     )))
 }
 
+/// A party acting must stand in the payment as `decide` requires of every command: a
+/// participant not removed, holding the role it acts in, joined (except to join), and
+/// that role among those the policy lets do what the event records. A history that
+/// breaks this was not made by trustfold's rules, whoever signed it: a server holding
+/// the key cannot make a client accept a release to a stranger or a payout sent by a
+/// role the policy does not trust.
+fn check_standing(s: &PaymentState, env: &Envelope) -> Result<()> {
+    let Some(party) = env.actor.party else {
+        return Ok(());
+    };
+    let role = &env.actor.role;
+    let who = crate::error::echo(role.as_str());
+    let p = s
+        .participants
+        .get(&party)
+        .filter(|p| !p.removed)
+        .ok_or_else(|| bad(format!("party {party} acting is not a participant")))?;
+    if !p.roles.contains(role) {
+        return Err(bad(format!(
+            "party {party} acting does not hold role `{who}`"
+        )));
+    }
+    if !p.joined && !matches!(env.event, Event::ParticipantJoined(_)) {
+        return Err(bad(format!("party {party} acted before joining")));
+    }
+    let perms = &s.policy_doc.permissions;
+    let allowed: &[&[crate::policy::Role]] = match &env.event {
+        Event::ParticipantInvited(_) | Event::ParticipantRemoved(_) => &[&perms.invite],
+        Event::DisbursementSubmitted(_) => &[&perms.disburse],
+        Event::DisputeOpened(_) => &[&perms.dispute],
+        Event::DisputeResolved(_) => &[&perms.resolve],
+        Event::PaymentCancelled(_) => &[&perms.cancel],
+        Event::ReversalRecorded(_)
+        | Event::ShortfallRecovered(_)
+        | Event::ShortfallWrittenOff(_)
+        | Event::PaymentClosed(_) => &[&perms.administer],
+        Event::ReleaseRequested(_) | Event::ReleaseAmended(_) => {
+            &[&perms.request_release, &perms.resolve]
+        }
+        _ => return Ok(()),
+    };
+    if allowed.iter().any(|roles| roles.contains(role)) {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "role `{who}` may not record {} under the payment's policy",
+            env.event_type().name()
+        )))
+    }
+}
+
 /// Why a new request needs no approvals, if it does not.
 fn mandate_for(
     s: &PaymentState,
@@ -858,6 +960,17 @@ fn check_allocations(s: &PaymentState, allocations: &[Allocation], hash: &Hash) 
         }
         if seen.contains(&a.party) {
             return Err(bad(format!("party {} allocated twice", a.party)));
+        }
+        let payee = s
+            .participants
+            .get(&a.party)
+            .filter(|p| !p.removed)
+            .is_some_and(|p| s.policy_doc.payee_roles.iter().any(|r| p.roles.contains(r)));
+        if !payee {
+            return Err(bad(format!(
+                "party {} allocated is not a participant holding a payee role",
+                a.party
+            )));
         }
         seen.push(a.party);
         total = total.checked_add(&a.amount)?;

@@ -1255,3 +1255,113 @@ fn events_after_the_signed_head_are_refused() {
     let e = verify_and_replay(&h, Some(&at(1)), Some(&key)).unwrap_err();
     assert_eq!((e.code(), e.seq()), ("chain_broken", Some(2)), "{e}");
 }
+
+/// `history` with the event at `seq` changed by `edit` and the chain sealed again from
+/// there: a forger holding no key can do this much (and a server holding the key can
+/// also sign the result), so only the fold's own rules stand between it and a client.
+fn forged(history: &[u8], seq: u64, edit: impl FnOnce(&mut Envelope)) -> Vec<u8> {
+    let records = trustfold_core::history::parse(history).expect("parse");
+    let mut edit = Some(edit);
+    let mut sealed: Vec<SealedEvent> = Vec::new();
+    for r in records {
+        let mut env = r.envelope().expect("envelope");
+        env.prev = sealed.last().map_or(Hash::ZERO, |s| s.hash);
+        if env.seq == seq {
+            if let Some(f) = edit.take() {
+                f(&mut env);
+            }
+        }
+        sealed.push(env.seal());
+    }
+    assert!(edit.is_none(), "no event at seq {seq}");
+    trustfold_core::history::write(&sealed)
+}
+
+/// The seq of the first event of type `name`.
+fn seq_of(history: &[u8], name: &str) -> u64 {
+    trustfold_core::history::parse(history)
+        .expect("parse")
+        .iter()
+        .map(|r| r.envelope().expect("envelope"))
+        .find(|e| e.event_type().name() == name)
+        .map(|e| e.seq)
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+fn refused_at(history: &[u8], seq: u64, needle: &str) {
+    let e = replay(history).unwrap_err();
+    assert_eq!((e.code(), e.seq()), ("invalid_history", Some(seq)), "{e}");
+    assert!(e.to_string().contains(needle), "{needle:?} in {e}");
+}
+
+#[test]
+fn a_forged_history_breaking_the_policy_does_not_fold() {
+    let h = good_history();
+    let stranger = PartyId::from_bytes([0x66; 16]);
+    let request = seq_of(&h, "ReleaseRequested");
+    // A release to someone who is not a payee (hash recomputed, as a forger would).
+    let to_stranger = forged(&h, request, |env| {
+        if let Event::ReleaseRequested(e) = &mut env.event {
+            e.allocations[0].party = stranger;
+            e.allocations_hash = trustfold_core::event::allocations_hash(&e.allocations);
+        }
+    });
+    refused_at(
+        &to_stranger,
+        request,
+        "not a participant holding a payee role",
+    );
+    // Asked for by a stranger acting as escrow holder.
+    let by_stranger = forged(&h, request, |env| env.actor.party = Some(stranger));
+    refused_at(&by_stranger, request, "acting is not a participant");
+    // By the buyer claiming the escrow holder's role.
+    let by_buyer = forged(&h, request, |env| env.actor.party = Some(pid(BUYER)));
+    refused_at(&by_buyer, request, "does not hold role `escrow_holder`");
+    // A payout sent by a role the policy does not let disburse.
+    let submitted = seq_of(&h, "DisbursementSubmitted");
+    let by_seller = forged(&h, submitted, |env| env.actor = as_(SELLER, "seller"));
+    refused_at(
+        &by_seller,
+        submitted,
+        "may not record DisbursementSubmitted",
+    );
+    // Funding beyond the payment, or on a rail the policy does not take.
+    let funding = seq_of(&h, "FundingSubmitted");
+    let huge = forged(&h, funding, |env| {
+        if let Event::FundingSubmitted(e) = &mut env.event {
+            e.amount = usd("999999999.00");
+        }
+    });
+    refused_at(&huge, funding, "remains to be funded");
+    let card = forged(&h, funding, |env| {
+        if let Event::FundingSubmitted(e) = &mut env.event {
+            e.rail = Rail::Card;
+        }
+    });
+    refused_at(&card, funding, "not one the policy accepts");
+    // The unedited history folds (the edits, not the re-sealing, are refused).
+    assert!(replay(&forged(&h, request, |_| {})).is_ok());
+}
+
+#[test]
+fn a_forged_fee_does_not_fold() {
+    let h = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/vectors/mp_buyer_confirms.history.json"),
+    )
+    .expect("vector");
+    let fee = seq_of(&h, "FeeAssessed");
+    let bigger = forged(&h, fee, |env| {
+        if let Event::FeeAssessed(e) = &mut env.event {
+            e.amount = e.amount.checked_add(&e.amount).expect("double");
+        }
+    });
+    refused_at(&bigger, fee, "is not the policy's");
+    let invented = forged(&h, fee, |env| {
+        if let Event::FeeAssessed(e) = &mut env.event {
+            e.fee = "surprise_fee".into();
+        }
+    });
+    refused_at(&invented, fee, "not in the policy");
+    assert!(replay(&forged(&h, fee, |_| {})).is_ok());
+}
