@@ -690,6 +690,22 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             for leg in r.legs.clone() {
                 s.ledger.void(leg, seq)?;
             }
+            // A return that came while this payout was on its rail was booked as a
+            // shortfall (the money seemed gone); it is back in escrow now, so it covers
+            // that shortfall first, as a posted leg `escrow → loss:returns`.
+            let loss = s.ledger.balance(&Account::LossReturns).posted.neg();
+            let available = s.ledger.available(&Account::Escrow);
+            let cover = if available < loss { available } else { loss };
+            if cover.is_positive() {
+                s.ledger.transfer(
+                    leg_id(env, 0),
+                    Account::Escrow,
+                    Account::LossReturns,
+                    cover,
+                    None,
+                    seq,
+                )?;
+            }
         }
         Event::DisputeOpened(e) => {
             if s.open_dispute().is_some() {

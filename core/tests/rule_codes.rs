@@ -1079,3 +1079,34 @@ fn funds_arriving_while_an_expiry_refund_is_under_way_follow_it() {
     assert_eq!(s.balance(Account::ExternalPayer), "0.00");
     assert_eq!(s.status(), Status::Expired);
 }
+
+#[test]
+fn a_payout_failing_after_a_return_covers_the_shortfall_from_escrow() {
+    // The return came while the payout was on its rail (booked as a loss); then the
+    // payout failed and the money is back in escrow: it covers the loss, and nothing is
+    // left stuck in escrow while the platform absorbs a write-off.
+    let mut s = earnest_authorized(131);
+    ok(&mut s, escrow(), disbursement(1, "out-1"));
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", None)),
+    );
+    assert_eq!(s.status(), Status::Shortfall);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice(
+            "out-1",
+            RailOutcome::Failed {
+                code: "account_closed".into(),
+                reason: "beneficiary account closed".into(),
+            },
+        ),
+    );
+    assert_eq!(s.balance(Account::LossReturns), "0.00");
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.balance(Account::ExternalPayer), "0.00");
+    assert_eq!(s.balance(Account::Payee(pid(SELLER))), "0.00");
+    assert_ne!(s.status(), Status::Shortfall);
+}
