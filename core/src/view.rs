@@ -17,6 +17,8 @@
 //! assert_eq!(redact_state(state, &v)["amount"], serde_json::Value::Null);
 //! ```
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::envelope::Envelope;
@@ -26,8 +28,43 @@ use crate::state::PaymentState;
 /// The state as the given roles may see it, as JSON.
 pub fn state_view(state: &PaymentState, roles: &[Role]) -> Value {
     let vis = state.policy_doc.visibility_for(roles);
-    let v = serde_json::to_value(state).unwrap_or(Value::Null);
+    let v = serde_json::to_value(&*shown_state(state, &vis)).unwrap_or(Value::Null);
     redact_state(v, &vis)
+}
+
+/// The state with a status that tells no more than the view shows: a view that hides
+/// disputes does not read `Disputed`, one that hides requests does not read
+/// `AwaitingApprovals`, `Disbursing` or `Refunding`; it reads the status the payment
+/// would have without them (e.g. `Held`).
+fn shown_state<'a>(state: &'a PaymentState, vis: &Visibility) -> Cow<'a, PaymentState> {
+    use crate::state::Status;
+    let hides_disputes = vis.hide.contains(&Hidden::Disputes);
+    let hides_requests = vis.hide.contains(&Hidden::Requests);
+    let tells = match state.status {
+        Status::Disputed => hides_disputes,
+        Status::AwaitingApprovals | Status::Disbursing | Status::Refunding => hides_requests,
+        _ => false,
+    };
+    if !tells {
+        return Cow::Borrowed(state);
+    }
+    let mut s = state.clone();
+    if hides_disputes {
+        for (_, d) in s.disputes.iter_mut() {
+            d.open = false;
+        }
+    }
+    if hides_requests {
+        for (_, r) in s.requests.iter_mut() {
+            if r.status.is_open() {
+                r.status = crate::state::RequestStatus::Cancelled;
+            }
+        }
+    }
+    let status = s.derive_status();
+    let mut shown = state.clone();
+    shown.status = status;
+    Cow::Owned(shown)
 }
 
 /// Removes hidden parts from a serialized state.
@@ -202,7 +239,9 @@ pub fn view_json(state: &PaymentState, events: &[Envelope], roles: &[Role]) -> V
         });
     }
     out.extend_from_slice(b"],\"state\":");
-    write_redacted(&mut out, &state.to_json(), |n| redact_state_tree(n, &vis));
+    write_redacted(&mut out, &shown_state(state, &vis).to_json(), |n| {
+        redact_state_tree(n, &vis)
+    });
     out.push(b'}');
     out
 }

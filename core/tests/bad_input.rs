@@ -494,8 +494,20 @@ fn views_keep_no_digest_of_hidden_amounts_nor_hidden_rail_references() {
             }
         }
     }
+    // The lender's view hides requests: its status does not tell of one either.
+    assert_eq!(s.state().status, Status::AwaitingApprovals);
+    let lender_state = trustfold_core::view::state_view(s.state(), &lender);
+    assert_eq!(lender_state["status"], "Held");
+    let lender_bytes: serde_json::Value = serde_json::from_slice(&trustfold_core::view::view_json(
+        s.state(),
+        s.d.envelopes(),
+        &lender,
+    ))
+    .expect("json");
+    assert_eq!(lender_bytes["state"]["status"], "Held");
     // Those who see amounts keep the digests they approve and agree with.
     let buyer = trustfold_core::view::state_view(s.state(), &[Role::new("buyer")]);
+    assert_eq!(buyer["status"], "AwaitingApprovals");
     assert!(buyer["terms_hash"].is_string());
     assert!(buyer["requests"][scenarios::rid(1).to_string()]["allocations_hash"].is_string());
     let full = trustfold_core::view::state_view(s.state(), &[Role::new("escrow_holder")]);
