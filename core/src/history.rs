@@ -417,27 +417,17 @@ impl SignedHead {
 
     /// Checks the signature with the server's public key.
     pub fn verify(&self, key: &PublicKey) -> Result<()> {
-        let vk = VerifyingKey::from_bytes(&key.0)
-            .map_err(|_| Error::InvalidKey("not a valid Ed25519 public key".into()))?;
-        let raw = self.signature.as_bytes();
-        if raw.len() != 128 {
-            return Err(Error::BadSignature("a signature is 128 hex digits".into()));
-        }
-        let mut bytes = [0u8; 64];
-        for (i, half) in raw.chunks_exact(64).enumerate() {
-            let h = Hash::from_hex(half)
-                .ok_or_else(|| Error::BadSignature("signature is not hex".into()))?;
-            bytes[i * 32..i * 32 + 32].copy_from_slice(&h.0);
-        }
-        vk.verify(
+        verify_signature(
+            key,
             &Self::message(self.stream, self.seq, self.hash),
-            &Signature::from_bytes(&bytes),
+            &self.signature,
         )
-        .map_err(|_| {
-            Error::BadSignature(format!(
+        .map_err(|e| match e {
+            Error::BadSignature(m) if m.is_empty() => Error::BadSignature(format!(
                 "head of {} at seq {} was not signed by key {key}",
                 self.stream, self.seq
-            ))
+            )),
+            e => e,
         })
     }
 
@@ -472,6 +462,68 @@ impl SignedHead {
             });
         }
         Ok(())
+    }
+}
+
+/// Checks a 128-hex-digit Ed25519 `signature` of `message` against `key`; a signature
+/// that does not match is `BadSignature` with an empty message (the caller names what
+/// was signed).
+fn verify_signature(key: &PublicKey, message: &[u8], signature: &str) -> Result<()> {
+    let vk = VerifyingKey::from_bytes(&key.0)
+        .map_err(|_| Error::InvalidKey("not a valid Ed25519 public key".into()))?;
+    let raw = signature.as_bytes();
+    if raw.len() != 128 {
+        return Err(Error::BadSignature("a signature is 128 hex digits".into()));
+    }
+    let mut bytes = [0u8; 64];
+    for (i, half) in raw.chunks_exact(64).enumerate() {
+        let h = Hash::from_hex(half)
+            .ok_or_else(|| Error::BadSignature("signature is not hex".into()))?;
+        bytes[i * 32..i * 32 + 32].copy_from_slice(&h.0);
+    }
+    vk.verify(message, &Signature::from_bytes(&bytes))
+        .map_err(|_| Error::BadSignature(String::new()))
+}
+
+/// The server's signature of one response body about a payment (the `Trustfold-Signature`
+/// header of its state and event pages). What a participant is shown without being able
+/// to verify it — a redacted view — is then at least the pinned server's own answer,
+/// not a stranger's on the way: `trustfold-response-v1\n<payment>\n<SHA-256 of the body>`.
+///
+/// ```
+/// use trustfold_core::history::{PublicKey, SignedResponse};
+/// use trustfold_core::id::PaymentId;
+/// let secret = [7u8; 32];
+/// let key = PublicKey::from_secret(&secret);
+/// let p = PaymentId::from_bytes([1; 16]);
+/// let sig = SignedResponse::sign(p, b"{\"status\":\"Held\"}", &secret);
+/// assert!(SignedResponse::verify(&key, p, b"{\"status\":\"Held\"}", &sig).is_ok());
+/// let e = SignedResponse::verify(&key, p, b"{\"status\":\"Completed\"}", &sig).unwrap_err();
+/// assert_eq!(e.code(), "bad_signature");
+/// ```
+pub struct SignedResponse;
+
+impl SignedResponse {
+    /// The exact bytes signed.
+    pub fn message(payment: PaymentId, body: &[u8]) -> Vec<u8> {
+        format!("trustfold-response-v1\n{payment}\n{}", Hash::of(body)).into_bytes()
+    }
+
+    /// The signature (128 hex digits) of `body`, an answer about `payment`.
+    pub fn sign(payment: PaymentId, body: &[u8], secret: &[u8; 32]) -> String {
+        let sig = SigningKey::from_bytes(secret).sign(&Self::message(payment, body));
+        sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Checks `signature` of `body` (an answer about `payment`) against `key`.
+    pub fn verify(key: &PublicKey, payment: PaymentId, body: &[u8], signature: &str) -> Result<()> {
+        verify_signature(key, &Self::message(payment, body), signature).map_err(|e| match e {
+            Error::BadSignature(m) if m.is_empty() => Error::BadSignature(format!(
+                "the server's answer about {payment} was not signed by key {key}: it was \
+                 changed on the way, or comes from another server"
+            )),
+            e => e,
+        })
     }
 }
 

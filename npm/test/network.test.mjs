@@ -858,6 +858,64 @@ test("Node: participants with a redacted view: sync() refuses it by name, paymen
   assert.ok(!JSON.stringify(lender).includes("7500"), "no amount anywhere in the lender's view");
 });
 
+/** A proxy in front of the test server that passes every answer through `edit(url, text)`. */
+async function tamperProxy(edit) {
+  const { createServer: createHttp } = await import("node:http");
+  const server = createHttp(async (req, res) => {
+    const headers = { ...req.headers };
+    delete headers.host;
+    const r = await fetch(`${srv.base}${req.url}`, { method: req.method, headers });
+    const body = edit(new URL(req.url, "http://x"), await r.text());
+    const out = Object.fromEntries(r.headers);
+    delete out["content-length"];
+    delete out["content-encoding"];
+    res.writeHead(r.status, out);
+    res.end(body);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    base: `http://127.0.0.1:${server.address().port}`,
+    close: () => { server.closeAllConnections(); return new Promise((r) => server.close(r)); },
+  };
+}
+
+test("Node: with a pinned key, a view changed on the way is refused, and so is a made-up 'redacted' page", async () => {
+  const p = { agent: uuid(), buyer: uuid(), seller: uuid() };
+  p.payment = await srv.openPayment(key, {
+    agent: p.agent,
+    amount: "6100.00",
+    invite: [[p.buyer, "buyer"], [p.seller, "seller"]],
+  });
+  const token = async (party) => (await srv.ok("POST", `/v1/payments/${p.payment}/tokens`, key, { party, ttl_seconds: 600 })).token;
+  const sellerToken = await token(p.seller);
+  // Untouched, the seller's view reads (every answer signed by the pinned key).
+  const honest = await new t.Client({ baseUrl: srv.base, token: sellerToken, serverKey }).paymentView(p.payment);
+  assert.deepEqual(honest.state.amount, { amount: "6100.00", currency: "USD" });
+  // Someone on the way raises the amount in the state.
+  const raise = await tamperProxy((url, text) => (url.pathname.endsWith("/events") ? text : text.replace("6100.00", "61000.00")));
+  try {
+    await assert.rejects(new t.Client({ baseUrl: raise.base, token: sellerToken, serverKey }).paymentView(p.payment),
+      (e) => t.isTrustfoldError(e) && e.code === "bad_signature" && /changed on the way/.test(e.message));
+    // Without a pinned key nothing can be checked: the changed view is read as it came.
+    const unpinned = await new t.Client({ baseUrl: raise.base, token: sellerToken }).paymentView(p.payment);
+    assert.deepEqual(unpinned.state.amount, { amount: "61000.00", currency: "USD" });
+  } finally {
+    await raise.close();
+  }
+  // The buyer sees everything; a page made to look redacted would move it off its
+  // verified feed onto a view: the page's signature no longer matches.
+  const buyerToken = await token(p.buyer);
+  const downgrade = await tamperProxy((url, text) =>
+    url.pathname.endsWith("/events") ? text.replace('"has_more"', '"redacted":true,"has_more"') : text);
+  try {
+    const opts = { baseUrl: downgrade.base, token: buyerToken, serverKey };
+    await assert.rejects(new t.Client(opts).payment(p.payment).sync(), (e) => e.code === "redacted_history");
+    await assert.rejects(new t.Client(opts).paymentView(p.payment), (e) => e.code === "bad_signature");
+  } finally {
+    await downgrade.close();
+  }
+});
+
 test("Node: paymentView() refuses another payment's state or events", async () => {
   const mine = "b0000000-0000-4000-8000-000000000001";
   const other = "b0000000-0000-4000-8000-0000000000ff";

@@ -171,6 +171,31 @@ impl Conn {
         })
         .await
     }
+
+    /// [`Conn::get`] of an answer that cannot be verified against the history (a
+    /// redacted view): with a pinned key, it must carry the server's signature of its
+    /// body (`Trustfold-Signature`), so no one on the way can change it or pass a
+    /// participant who sees everything a made-up "redacted" view instead.
+    async fn get_signed(&self, payment: &PaymentId, rest: &str) -> Result<String, JsValue> {
+        let request = self.auth(Request::get(&self.url(payment, rest)));
+        let (body, signature) = within(self.timeout_ms, async move {
+            let resp = request.send().await.map_err(net)?;
+            let signature = resp.headers().get("trustfold-signature");
+            Ok((body_or_problem(resp).await?, signature))
+        })
+        .await?;
+        if let Some(key) = &self.key {
+            let Some(signature) = signature else {
+                return Err(js_error(
+                    "bad_signature",
+                    "the server's answer carries no signature (Trustfold-Signature), so it \
+                     cannot be told from one changed on the way: refused with a pinned key",
+                ));
+            };
+            history::SignedResponse::verify(key, *payment, body.as_bytes(), &signature).js()?;
+        }
+        Ok(body)
+    }
 }
 
 /// A trustfold server, as seen by one participant.
@@ -313,9 +338,11 @@ impl Client {
     /// JSON, the state from the server's read model and the events of its history up
     /// to the state's version, both with the policy's redactions for the participant's
     /// roles applied. **Not
-    /// verified**: this is for participants from whose roles the policy hides something
-    /// (a feed's `sync()` refuses their redacted history with `redacted_history`);
-    /// everyone else should follow a verified feed.
+    /// verified** against the history: this is for participants from whose roles the
+    /// policy hides something (a feed's `sync()` refuses their redacted history with
+    /// `redacted_history`); everyone else should follow a verified feed. With a pinned
+    /// `serverKey`, every answer it reads must carry the server's signature of its body
+    /// (`bad_signature` otherwise): nothing on the way can change it.
     #[wasm_bindgen(js_name = paymentView, unchecked_return_type = "Promise<string>")]
     pub fn payment_view(
         &self,
@@ -355,7 +382,7 @@ impl Client {
 /// version: the state from `GET {base}/v1/payments/{id}`, the events of its history
 /// up to that version. Both must be of `payment`.
 async fn fetch_view(conn: &Conn, payment: &PaymentId) -> Result<(String, u64), JsValue> {
-    let state = conn.get(payment, "").await?;
+    let state = conn.get_signed(payment, "").await?;
     let (mut of, mut version) = (None, None);
     for (key, value) in json::object_members(state.as_bytes()).js()? {
         match key.as_str() {
@@ -378,7 +405,9 @@ async fn fetch_view(conn: &Conn, payment: &PaymentId) -> Result<(String, u64), J
     out.push_str(",\"events\":[");
     let (mut after, mut count) = (0, 0);
     loop {
-        let text = conn.get(payment, &format!("/events?after={after}")).await?;
+        let text = conn
+            .get_signed(payment, &format!("/events?after={after}"))
+            .await?;
         let (n, has_more, next) = view_page(&text, payment, version, &mut out, count)?;
         count = n;
         if !has_more {
@@ -1412,10 +1441,10 @@ fn base_url(base: &str) -> JsResult<()> {
 /// `request` (sent and its answer read), or `network_error` when it takes longer than
 /// `ms` milliseconds: a server that accepts the connection and never answers must not
 /// leave a `sync()` or `sendCommand()` pending forever.
-async fn within(
+async fn within<T>(
     ms: f64,
-    request: impl std::future::Future<Output = JsResult<String>>,
-) -> JsResult<String> {
+    request: impl std::future::Future<Output = JsResult<T>>,
+) -> JsResult<T> {
     use futures_util::future::{select, Either};
     let request = std::pin::pin!(request);
     let mut timer = Timer::start(ms);

@@ -25,7 +25,7 @@ use trustfold_core::command::{Command, Context};
 use trustfold_core::decide::handle;
 use trustfold_core::envelope::{Actor, Envelope};
 use trustfold_core::hash::Hash;
-use trustfold_core::history::SignedHead;
+use trustfold_core::history::{SignedHead, SignedResponse};
 use trustfold_core::id::{derive, CommandId, PartyId, PaymentId, TenantId};
 use trustfold_core::money::Money;
 use trustfold_core::policy::{EventFilter, Policy, Role};
@@ -1089,9 +1089,24 @@ pub async fn get_payment(
         res.headers_mut().insert(header::ETAG, tag);
         return Ok(res);
     }
-    let mut res = json_bytes(StatusCode::OK, body);
+    let mut res = signed_json(body, payment, &state.secret);
     res.headers_mut().insert(header::ETAG, tag);
     Ok(res)
+}
+
+/// The header carrying [`SignedResponse`]'s signature of a payment's state or page.
+pub const SIGNATURE_HEADER: &str = "trustfold-signature";
+
+/// A 200 JSON answer about `payment`, signed (`Trustfold-Signature`): a participant's
+/// redacted view cannot be verified against the history, but a client holding the
+/// pinned key can tell the server's own answer from one changed on the way.
+fn signed_json(body: Vec<u8>, payment: Uuid, secret: &[u8; 32]) -> Response {
+    let signature = SignedResponse::sign(PaymentId(payment), &body, secret);
+    let mut res = json_bytes(StatusCode::OK, body);
+    if let Ok(v) = HeaderValue::from_str(&signature) {
+        res.headers_mut().insert(SIGNATURE_HEADER, v);
+    }
+    res
 }
 
 /// Largest page of events in bytes (beyond the first event): a page of large events
@@ -1185,7 +1200,7 @@ pub async fn get_events(
         out.extend_from_slice(b",\"redacted\":true");
     }
     out.extend_from_slice(format!(",\"has_more\":{has_more},\"next\":{next}}}").as_bytes());
-    Ok(json_bytes(StatusCode::OK, out))
+    Ok(signed_json(out, payment, &state.secret))
 }
 
 /// True when the policy hides nothing from `roles`: they get the verifiable records
