@@ -1007,6 +1007,12 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
             else {
                 return reject("unknown_leg", format!("no posted leg {leg}"));
             };
+            if em.state.reversed_legs.contains(leg) {
+                return reject(
+                    "already_reversed",
+                    format!("leg {leg} was already reversed"),
+                );
+            }
             // Only money a release or refund moved is corrected this way; funding is
             // undone by the rail's own notices (a return), never by hand.
             if l.group.is_none() {
@@ -1276,14 +1282,8 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                         request,
                         rail_ref: r,
                     })?;
-                    if (em.state.cancelled || em.state.expired)
-                        && em.state.open_request().is_none()
-                        && em.state.escrow_available().is_positive()
-                    {
-                        // Funds that arrived while a refund was under way go back too.
-                        refund_everything(em, "late_funds")?;
-                    }
-                    Ok(())
+                    // Funds that arrived while a refund was under way go back too.
+                    refund_late_funds(em)
                 }
                 (RailOutcome::Failed { code, reason }, RequestStatus::Submitted) => {
                     em.emit(DisbursementFailed {
@@ -1391,11 +1391,9 @@ fn make_available_if_due(em: &mut Emitter<'_>, leg: LegId) -> Result<()> {
             leg,
             amount: a.kept(),
         })?;
-        if (em.state.cancelled || em.state.expired) && em.state.open_request().is_none() {
-            // Funding that was on its rail when the payment expired arrived: it goes back
-            // like the rest (a refund already under way takes what it reserved).
-            refund_everything(em, "late_funds")?;
-        }
+        // Funding that was on its rail when the payment expired arrived: it goes back
+        // like the rest.
+        refund_late_funds(em)?;
     }
     Ok(())
 }
@@ -1410,6 +1408,23 @@ fn expire_if_exhausted(em: &mut Emitter<'_>) -> Result<()> {
             reason: "attempts_exhausted".into(),
         })?;
         refund_everything(em, "expiry")?;
+    }
+    Ok(())
+}
+
+/// On a cancelled or expired payment, money in escrow that no request is taking goes
+/// back to the payer: funding that arrived after the end, once nothing else is under
+/// way (no open request, no open dispute — a dispute resolved with `resume` sends it
+/// then) and no shortfall is open (the money covers that first).
+fn refund_late_funds(em: &mut Emitter<'_>) -> Result<()> {
+    let s = &em.state;
+    if (s.cancelled || s.expired)
+        && s.open_request().is_none()
+        && s.open_dispute().is_none()
+        && s.status != Status::Shortfall
+        && s.escrow_available().is_positive()
+    {
+        refund_everything(em, "late_funds")?;
     }
     Ok(())
 }
@@ -1770,7 +1785,7 @@ fn resolve_dispute(
             if let Some((id, _)) = em.state.open_request() {
                 authorize_if_quorum(em, &id)?;
             }
-            Ok(())
+            refund_late_funds(em)
         }
         DisputeOutcome::Release => {
             let request =

@@ -116,8 +116,10 @@ events! {
     FundsAvailable = 1,
     /// The rail failed a funding before settlement: the pending leg is voided.
     FundingFailed = 1,
-    /// The rail returned settled funds (ACH R01, R02, R03, R10 …).
-    FundingReturned = 1,
+    /// The rail returned settled funds (ACH R01, R02, R03, R10 …). v2 (same payload):
+    /// a partial return keeps the rest of its funding counted; v1 marked the whole
+    /// funding returned, and is folded so.
+    FundingReturned = 2,
     /// The funding deadline passed without full funding.
     FundingDeadlineMissed = 1,
     /// The payment expired.
@@ -146,8 +148,10 @@ events! {
     DisbursementSubmitted = 1,
     /// The rail settled a disbursement: its legs are posted.
     DisbursementSettled = 1,
-    /// The rail failed a disbursement: its legs are voided, funds stay held.
-    DisbursementFailed = 1,
+    /// The rail failed a disbursement: its legs are voided, funds stay held. v2 (same
+    /// payload): the money back in escrow covers a shortfall a return booked while the
+    /// disbursement was on its rail; v1 did not, and is folded so.
+    DisbursementFailed = 2,
     /// A dispute was opened: nothing leaves escrow until it is resolved.
     DisputeOpened = 1,
     /// A dispute was resolved.

@@ -91,6 +91,7 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
         disputes: Default::default(),
         rail_refs: Default::default(),
         fixed_fees_charged: Vec::new(),
+        reversed_legs: Vec::new(),
         cancelled: false,
         expired: false,
         closed: false,
@@ -411,7 +412,8 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                 return Err(bad("returned amount exceeds the funding"));
             }
             a.code = Some(e.return_code.clone());
-            if e.amount < a.amount {
+            // v1 (before partial returns kept the rest) marked the whole funding returned.
+            if e.amount < a.amount && env.schema_version >= 2 {
                 // Part of it: the rest stays and counts (available, or still clearing).
                 a.returned = Some(e.amount);
             } else {
@@ -692,8 +694,13 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             }
             // A return that came while this payout was on its rail was booked as a
             // shortfall (the money seemed gone); it is back in escrow now, so it covers
-            // that shortfall first, as a posted leg `escrow → loss:returns`.
-            let loss = s.ledger.balance(&Account::LossReturns).posted.neg();
+            // that shortfall first, as a posted leg `escrow → loss:returns` (from v2; a
+            // v1 event left both standing).
+            let loss = if env.schema_version >= 2 {
+                s.ledger.balance(&Account::LossReturns).posted.neg()
+            } else {
+                Money::zero(s.amount.currency())
+            };
             let available = s.ledger.available(&Account::Escrow);
             let cover = if available < loss { available } else { loss };
             if cover.is_positive() {
@@ -750,6 +757,12 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             if s.closed {
                 return Err(bad("a closed payment takes no reversal"));
             }
+            if s.reversed_legs.contains(&e.leg) {
+                // Twice would move the money twice (out of an external account, which
+                // has no balance to stop it).
+                return Err(bad(format!("leg {} was already reversed", e.leg)));
+            }
+            s.reversed_legs.push(e.leg);
             let leg = s
                 .ledger
                 .leg(e.leg)

@@ -722,6 +722,30 @@ impl Policy {
         for (i, fee) in self.fees.iter().enumerate() {
             bounded(&format!("fees[{i}].name"), &fee.name, false)?;
         }
+        // Agreeing binds `terms_hash` and approving binds `allocations_hash`, digests of
+        // amounts a view that hides amounts drops: such a role could not act.
+        let binding = self.agreement.iter().chain(
+            self.release
+                .approvals
+                .roles()
+                .iter()
+                .chain(self.refund.approvals.roles()),
+        );
+        for role in binding {
+            if self
+                .visibility_for(std::slice::from_ref(role))
+                .hide
+                .contains(&Hidden::Amounts)
+            {
+                return Err(Error::policy(
+                    format!("visibility.{role}"),
+                    format!(
+                        "role `{role}` agrees to the terms or approves releases or refunds, \
+                         which bind amounts: it cannot hide `amounts`"
+                    ),
+                ));
+            }
+        }
         let total_bps: u64 = self.fees.iter().map(|f| u64::from(f.bps)).sum();
         if total_bps > 10_000 {
             return Err(Error::policy(

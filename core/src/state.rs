@@ -456,6 +456,9 @@ pub struct PaymentState {
     /// settles (one that fails or is pulled back leaves it for the next).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fixed_fees_charged: Vec<String>,
+    /// Legs a `ReversalRecorded` reversed (each at most once).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reversed_legs: Vec<LegId>,
     /// The payment was cancelled (funds, if any, are refunded).
     pub cancelled: bool,
     /// The payment expired (funds, if any, are refunded).
@@ -912,6 +915,7 @@ impl WriteJson for PaymentState {
         write::key(out, "rail_refs");
         self.rail_refs.write_json(out);
         write::non_empty(out, "fixed_fees_charged", &self.fixed_fees_charged);
+        write::non_empty(out, "reversed_legs", &self.reversed_legs);
         write::key(out, "cancelled");
         write::boolean(out, self.cancelled);
         write::key(out, "expired");

@@ -80,8 +80,11 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
                         obj.insert(k.into(), Value::Null);
                     }
                 }
-                // Digests of amounts give them away to anyone who tries the likely ones.
+                // Digests of amounts give them away to anyone who tries the likely ones:
+                // the terms', the allocations' (also what each approval bound), and the
+                // chain's head (the hash of the last event, amounts included).
                 obj.remove("terms_hash");
+                obj.remove("head");
                 if let Some(f) = obj.get_mut("funding").and_then(Value::as_object_mut) {
                     f.insert("attempts".into(), Value::Null);
                 }
@@ -89,6 +92,11 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
                     for r in reqs.values_mut().filter_map(Value::as_object_mut) {
                         for k in REQUEST_AMOUNT_KEYS {
                             r.remove(*k);
+                        }
+                        if let Some(a) = r.get_mut("approvals").and_then(Value::as_object_mut) {
+                            for v in a.values_mut() {
+                                *v = Value::Bool(true);
+                            }
                         }
                     }
                 }
@@ -276,6 +284,7 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
                     }
                 }
                 obj.unset(b"terms_hash");
+                obj.unset(b"head");
                 if let Some(f) = obj.field_mut(b"funding").and_then(|n| n.as_object_mut()) {
                     f.set(b"attempts", NULL);
                 }
@@ -284,6 +293,13 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
                         if let Some(r) = r.as_object_mut() {
                             for k in REQUEST_AMOUNT_KEYS {
                                 r.unset(k.as_bytes());
+                            }
+                            if let Some(a) =
+                                r.field_mut(b"approvals").and_then(|n| n.as_object_mut())
+                            {
+                                for (_, v) in a.iter_mut() {
+                                    *v = tree::Node::Scalar(b"true");
+                                }
                             }
                         }
                     }

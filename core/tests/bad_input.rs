@@ -449,9 +449,10 @@ fn lender_sees_only_what_the_policy_allows() {
 
 #[test]
 fn views_keep_no_digest_of_hidden_amounts_nor_hidden_rail_references() {
-    // `terms_hash` and `allocations_hash` are SHA-256 over amounts a role may not see:
-    // hashing the likely amounts finds them, so they go with the amounts. Rail references
-    // name bank transfers, hidden with the bank details wherever they appear.
+    // `terms_hash`, `allocations_hash` (also what each approval bound) and the chain's
+    // `head` are SHA-256 over amounts a role may not see: hashing the likely amounts
+    // finds them, so they go with the amounts. Rail references name bank transfers,
+    // hidden with the bank details wherever they appear.
     let mut s = scenarios::earnest_held(94).expect("held");
     s.run(
         as_(ESCROW, "escrow_holder"),
@@ -464,37 +465,71 @@ fn views_keep_no_digest_of_hidden_amounts_nor_hidden_rail_references() {
         },
     )
     .expect("request");
-    let lender = [Role::new("lender")];
+    let hash = s.state().requests[&scenarios::rid(1)].allocations_hash;
+    s.run(
+        as_(BUYER, "buyer"),
+        Command::Approve {
+            request: scenarios::rid(1),
+            allocations_hash: hash,
+        },
+    )
+    .expect("approve");
+    // A role that hides amounts and nothing else sees the request and its approval,
+    // and every event (the policy here is the payment's, with that one visibility).
+    let mut state = s.state().clone();
+    let mut policy = (*state.policy_doc).clone();
+    let auditor = Role::new("buyer_agent");
+    policy.visibility.insert(
+        auditor.clone(),
+        trustfold_core::policy::Visibility {
+            events: trustfold_core::policy::EventFilter::All,
+            hide: [trustfold_core::policy::Hidden::Amounts]
+                .into_iter()
+                .collect(),
+        },
+    );
+    state.policy_doc = std::sync::Arc::new(policy);
+    let auditor = [auditor];
     let seller = [Role::new("seller")];
+    let hex = |h: &Hash| h.to_string();
+    let digests = [
+        hex(&state.terms_hash),
+        hex(&hash),
+        hex(&state.head),
+        "5000.00".to_string(),
+    ];
     // Both writers of views: serde values (`state_view`, `history_view`) and the bytes
     // the SDKs get (`view_json`).
     for (roles, gone) in [
-        (
-            &lender[..],
-            &["terms_hash", "allocations_hash", "\"currency\""][..],
-        ),
-        (&seller[..], &["rail_ref"][..]),
+        (&auditor[..], &digests[..]),
+        (&seller[..], &["rail_ref".to_string()][..]),
     ] {
-        let state = trustfold_core::view::state_view(s.state(), roles).to_string();
+        let st = trustfold_core::view::state_view(&state, roles).to_string();
         let events = serde_json::to_string(&trustfold_core::view::history_view(
-            s.state(),
+            &state,
             s.d.envelopes(),
             roles,
         ))
         .expect("json");
         let bytes = String::from_utf8(trustfold_core::view::view_json(
-            s.state(),
+            &state,
             s.d.envelopes(),
             roles,
         ))
         .expect("utf8");
-        for text in [&state, &events, &bytes] {
+        for text in [&st, &events, &bytes] {
             for g in gone {
-                assert!(!text.contains(g), "{roles:?} sees {g}: {text}");
+                assert!(!text.contains(g.as_str()), "{roles:?} sees {g}: {text}");
             }
         }
     }
+    // The auditor still sees that the buyer approved, and the request itself.
+    let v = trustfold_core::view::state_view(&state, &auditor);
+    let req = &v["requests"][scenarios::rid(1).to_string()];
+    assert_eq!(req["approvals"][pid(BUYER).to_string()], true);
+    assert_eq!(req["status"], "awaiting_approvals");
     // The lender's view hides requests: its status does not tell of one either.
+    let lender = [Role::new("lender")];
     assert_eq!(s.state().status, Status::AwaitingApprovals);
     let lender_state = trustfold_core::view::state_view(s.state(), &lender);
     assert_eq!(lender_state["status"], "Held");
@@ -512,6 +547,35 @@ fn views_keep_no_digest_of_hidden_amounts_nor_hidden_rail_references() {
     assert!(buyer["requests"][scenarios::rid(1).to_string()]["allocations_hash"].is_string());
     let full = trustfold_core::view::state_view(s.state(), &[Role::new("escrow_holder")]);
     assert_eq!(full["funding"]["attempts"][0]["rail_ref"], "wire-1");
+}
+
+#[test]
+fn a_role_that_agrees_or_approves_cannot_hide_amounts() {
+    let mut p = policy("earnest-money");
+    for role in ["seller", "buyer"] {
+        let mut q = p.clone();
+        q.visibility.insert(
+            Role::new(role),
+            trustfold_core::policy::Visibility {
+                events: trustfold_core::policy::EventFilter::All,
+                hide: [trustfold_core::policy::Hidden::Amounts]
+                    .into_iter()
+                    .collect(),
+            },
+        );
+        let e = q.validate_new().unwrap_err();
+        assert_eq!(
+            e.field(),
+            Some(format!("visibility.{role}").as_str()),
+            "{e}"
+        );
+        assert!(e.to_string().contains("cannot hide `amounts`"), "{e}");
+        assert_eq!(q.validate(), Ok(()), "stored policies still fold");
+    }
+    // The lender neither agrees nor approves: it may.
+    assert_eq!(p.validate_new(), Ok(()));
+    p.visibility.clear();
+    assert_eq!(p.validate_new(), Ok(()));
 }
 
 #[test]
@@ -1376,4 +1440,132 @@ fn a_forged_fee_does_not_fold() {
     });
     refused_at(&invented, fee, "not in the policy");
     assert!(replay(&forged(&h, fee, |_| {})).is_ok());
+}
+
+/// A history written before an event's meaning changed keeps folding as it did: the
+/// fold reads the stored schema version (`FundingReturned` v1 returned the whole
+/// funding, `DisbursementFailed` v1 covered no shortfall).
+#[test]
+fn histories_of_earlier_versions_fold_as_they_did() {
+    let ctx = |s: &PaymentState, actor: Actor| Context {
+        command_id: CommandId::from_bytes([0x5a; 16]),
+        actor,
+        now: s.updated_at,
+        correlation: None,
+    };
+    // A partial return recorded as v1: the whole funding counts as returned, and the
+    // payer may fund the whole amount again (what the code of the time allowed).
+    let mut s = scenarios::earnest(95).expect("earnest");
+    s.run(
+        as_(BUYER, "buyer"),
+        Command::SubmitFunding {
+            amount: usd("5000.00"),
+            rail: Rail::Wire,
+            rail_ref: "wire-1".into(),
+        },
+    )
+    .expect("fund");
+    s.notice("wire-1", RailOutcome::Settled).expect("settled");
+    s.notice(
+        "wire-1",
+        RailOutcome::Returned {
+            code: "R01".into(),
+            reason: "insufficient funds".into(),
+            amount: Some(usd("2000.00")),
+        },
+    )
+    .expect("partial return");
+    let h = s.d.history();
+    let v1 = first_event_with(
+        &h,
+        "\"type\":\"FundingReturned\",\"v\":2",
+        "\"type\":\"FundingReturned\",\"v\":1",
+    );
+    let old = replay(&v1).expect("a v1 partial return folds");
+    let a = &old.funding.attempts[0];
+    assert_eq!(a.status, trustfold_core::state::FundingStatus::Returned);
+    assert_eq!(a.returned, None);
+    assert_eq!(old.funded_total(), usd("0.00"));
+    let again = Command::SubmitFunding {
+        amount: usd("5000.00"),
+        rail: Rail::Wire,
+        rail_ref: "wire-2".into(),
+    };
+    assert!(handle(Some(&old), &again, &ctx(&old, as_(BUYER, "buyer"))).is_ok());
+    // The same history as v2 keeps the rest: only the difference is still owed.
+    let new = replay(&h).expect("v2");
+    assert_eq!(new.funded_total(), usd("3000.00"));
+    let e = handle(Some(&new), &again, &ctx(&new, as_(BUYER, "buyer"))).unwrap_err();
+    assert_eq!(e.code(), "overfunding", "{e}");
+
+    // A payout that failed after a return, recorded as v1: the shortfall stays open and
+    // the money in escrow (a write-off followed in such histories), as then.
+    let mut s = scenarios::earnest_held(96).expect("held");
+    let escrow = || as_(ESCROW, "escrow_holder");
+    s.run(
+        escrow(),
+        Command::RequestRelease {
+            request: scenarios::rid(1),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: usd("5000.00"),
+            }],
+        },
+    )
+    .expect("request");
+    for (party, role) in [(BUYER, "buyer"), (SELLER, "seller")] {
+        let hash = s.state().requests[&scenarios::rid(1)].allocations_hash;
+        s.run(
+            as_(party, role),
+            Command::Approve {
+                request: scenarios::rid(1),
+                allocations_hash: hash,
+            },
+        )
+        .expect("approve");
+    }
+    s.run(
+        escrow(),
+        Command::SubmitDisbursement {
+            request: scenarios::rid(1),
+            rail: Rail::Wire,
+            rail_ref: "out-1".into(),
+        },
+    )
+    .expect("submit");
+    s.notice(
+        "wire-1",
+        RailOutcome::Returned {
+            code: "R01".into(),
+            reason: "insufficient funds".into(),
+            amount: None,
+        },
+    )
+    .expect("return");
+    s.notice(
+        "out-1",
+        RailOutcome::Failed {
+            code: "account_closed".into(),
+            reason: "closed".into(),
+        },
+    )
+    .expect("payout failed");
+    let h = s.d.history();
+    let loss = |st: &PaymentState| {
+        st.ledger
+            .balance(&trustfold_core::ledger::Account::LossReturns)
+            .posted
+    };
+    assert_eq!(loss(&replay(&h).expect("v2")), usd("0.00"), "v2 covers it");
+    let v1 = first_event_with(
+        &h,
+        "\"type\":\"DisbursementFailed\",\"v\":2",
+        "\"type\":\"DisbursementFailed\",\"v\":1",
+    );
+    let old = replay(&v1).expect("a v1 failure folds");
+    assert_eq!(loss(&old), usd("-5000.00"));
+    let write_off = Command::WriteOffShortfall {
+        reason: "uncollectable".into(),
+    };
+    assert!(handle(Some(&old), &write_off, &ctx(&old, escrow())).is_ok());
 }

@@ -1110,3 +1110,124 @@ fn a_payout_failing_after_a_return_covers_the_shortfall_from_escrow() {
     assert_eq!(s.balance(Account::Payee(pid(SELLER))), "0.00");
     assert_ne!(s.status(), Status::Shortfall);
 }
+
+#[test]
+fn funds_arriving_after_expiry_wait_for_an_open_dispute() {
+    let mut s = milestones(132);
+    ok(&mut s, client(), funding("30000.00", Rail::Wire, "wire-a"));
+    let failed = || RailOutcome::Failed {
+        code: "R03".into(),
+        reason: "no account".into(),
+    };
+    for r in ["ach-b", "ach-c", "ach-d"] {
+        ok(&mut s, client(), funding("10000.00", Rail::Ach, r));
+        ok(&mut s, Actor::rail(), notice(r, failed()));
+    }
+    assert!(s.state().expired);
+    ok(
+        &mut s,
+        contractor(),
+        Command::OpenDispute {
+            dispute: rid(9),
+            reason: "the client stopped the job".into(),
+        },
+    );
+    // The settlement is recorded (not refused), and nothing leaves while disputed.
+    ok(&mut s, Actor::rail(), notice("wire-a", settled()));
+    assert_eq!(s.balance(Account::Escrow), "30000.00");
+    assert!(s.state().open_request().is_none());
+    // Resumed: the money goes back.
+    ok(
+        &mut s,
+        as_(ARBITER, "arbiter"),
+        Command::ResolveDispute {
+            dispute: rid(9),
+            outcome: DisputeOutcome::Resume,
+            request: None,
+            allocations: Vec::new(),
+            amount: None,
+            note: "nothing to pay the contractor".into(),
+        },
+    );
+    let (_, refund) = s.state().open_request().expect("refund after the dispute");
+    assert_eq!(refund.amount, usd("30000.00"));
+    assert_eq!(refund.status, RequestStatus::Authorized);
+}
+
+#[test]
+fn a_leg_is_reversed_once() {
+    // A refund sent back by the payer's bank is recorded once; again would put the same
+    // money into escrow a second time (the payer's account has no balance to stop it).
+    let mut s = scenarios::earnest_held(133).expect("earnest held");
+    ok(
+        &mut s,
+        listing_agent(),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: Some(rid(5)),
+        },
+    );
+    ok(&mut s, escrow(), disbursement(5, "refund-1"));
+    ok(&mut s, Actor::rail(), notice("refund-1", settled()));
+    let refund = s
+        .state()
+        .ledger
+        .legs
+        .iter()
+        .find(|l| l.to == Account::ExternalPayer && l.group == Some(rid(5)))
+        .map(|l| l.id)
+        .expect("refund leg");
+    let reversal = || Command::RecordReversal {
+        leg: refund,
+        reason: "refund returned".into(),
+    };
+    ok(&mut s, escrow(), reversal());
+    assert_eq!(s.balance(Account::Escrow), "5000.00");
+    assert_eq!(s.state().reversed_legs, vec![refund]);
+    refuse(
+        &mut s,
+        escrow(),
+        reversal(),
+        "already_reversed",
+        "already reversed",
+    );
+    assert_eq!(s.balance(Account::Escrow), "5000.00");
+}
+
+#[test]
+fn a_partial_return_after_a_cancellation_refunds_the_rest() {
+    // The refund the cancellation authorized is pulled back by the return (which takes
+    // 2000.00 from escrow); a new refund sends the 3000.00 left.
+    let mut s = scenarios::earnest_held(134).expect("earnest held");
+    ok(
+        &mut s,
+        listing_agent(),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: Some(rid(5)),
+        },
+    );
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", Some(usd("2000.00")))),
+    );
+    assert_eq!(s.state().requests[&rid(5)].status, RequestStatus::Cancelled);
+    let (id, refund) = s.state().open_request().expect("a refund of the rest");
+    assert_ne!(id, rid(5));
+    assert_eq!(refund.amount, usd("3000.00"));
+    assert_eq!(refund.status, RequestStatus::Authorized);
+    ok(
+        &mut s,
+        escrow(),
+        Command::SubmitDisbursement {
+            request: id,
+            rail: Rail::Wire,
+            rail_ref: "refund-1".into(),
+        },
+    );
+    ok(&mut s, Actor::rail(), notice("refund-1", settled()));
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.balance(Account::ExternalPayer), "0.00");
+    assert_eq!(s.status(), Status::Cancelled);
+}

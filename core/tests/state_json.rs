@@ -516,7 +516,13 @@ type Parts = (
         SortedMap<RequestId, Dispute>,
         SortedMap<String, RailTarget>,
     ),
-    (Vec<String>, [bool; 3], Option<Status>, Option<RequestKind>),
+    (
+        Vec<String>,
+        [bool; 3],
+        Option<Status>,
+        Option<RequestKind>,
+        Vec<LegId>,
+    ),
 );
 
 fn parts() -> impl Strategy<Value = Parts> {
@@ -555,6 +561,7 @@ fn parts() -> impl Strategy<Value = Parts> {
             any::<[bool; 3]>(),
             prop::option::of(status()),
             prop::option::of(request_kind()),
+            prop::collection::vec(leg_id(), 0..3),
         ),
     )
 }
@@ -565,7 +572,13 @@ fn assemble(base: &PaymentState, p: Parts) -> PaymentState {
         (payment, tenant, version, head, status, policy, amount, description),
         (initiator, created_at, updated_at, terms_hash),
         (participants, funding, held_since, ledger, requests, disputes, rail_refs),
-        (fixed_fees_charged, [cancelled, expired, closed], shortfall_outcome, last_settled),
+        (
+            fixed_fees_charged,
+            [cancelled, expired, closed],
+            shortfall_outcome,
+            last_settled,
+            reversed_legs,
+        ),
     ) = p;
     s.payment = payment;
     s.tenant = tenant;
@@ -587,6 +600,7 @@ fn assemble(base: &PaymentState, p: Parts) -> PaymentState {
     s.disputes = disputes;
     s.rail_refs = rail_refs;
     s.fixed_fees_charged = fixed_fees_charged;
+    s.reversed_legs = reversed_legs;
     s.cancelled = cancelled;
     s.expired = expired;
     s.closed = closed;

@@ -49,7 +49,8 @@ export interface FundingAttempt {
   leg: Uuid;
   amount: Money;
   rail: Rail;
-  rail_ref: string;
+  /** Absent in views that hide bank details. */
+  rail_ref?: string;
   status: FundingStatus;
   submitted_at: Timestamp;
   settled_at?: Timestamp;
@@ -93,9 +94,11 @@ export interface PaymentRequest {
   /** Absent in views that hide amounts. */
   amount?: Money;
   fees?: FeeLine[];
-  allocations_hash: HashHex;
+  /** Absent in views that hide amounts (a digest of them). */
+  allocations_hash?: HashHex;
   mandate?: Mandate;
-  approvals: Record<Uuid, HashHex>;
+  /** Who approved, each with the allocations hash it bound (`true` in views that hide amounts). */
+  approvals: Record<Uuid, HashHex | true>;
   denials?: Record<Uuid, string>;
   requested_by?: Uuid;
   requested_at: Timestamp;
@@ -154,8 +157,8 @@ export interface PaymentState {
   tenant: Uuid;
   /** Sequence number of the last event applied. */
   version: number;
-  /** Hash of the last event applied. */
-  head: HashHex;
+  /** Hash of the last event applied. Absent in views that hide amounts (a digest of them). */
+  head?: HashHex;
   status: Status;
   policy: PolicyPin;
   /** `null` in views that hide amounts. */
@@ -164,7 +167,8 @@ export interface PaymentState {
   initiator: Uuid;
   created_at: Timestamp;
   updated_at: Timestamp;
-  terms_hash: HashHex;
+  /** Absent in views that hide amounts (a digest of them). */
+  terms_hash?: HashHex;
   participants: Record<Uuid, Participant>;
   funding: Funding;
   held_since?: Timestamp;
@@ -174,6 +178,8 @@ export interface PaymentState {
   disputes: Record<Uuid, Dispute>;
   rail_refs?: Record<string, RailTarget>;
   fixed_fees_charged?: string[];
+  /** Legs a reversal reversed (each at most once). */
+  reversed_legs?: Uuid[];
   cancelled: boolean;
   expired: boolean;
   closed: boolean;
