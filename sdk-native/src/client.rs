@@ -439,10 +439,7 @@ impl Client {
                 Ok(res) => {
                     let status = res.status();
                     let headers = res.headers().clone();
-                    let bytes = res
-                        .bytes()
-                        .await
-                        .map_err(|e| Error::Transport(e.to_string()))?;
+                    let bytes = res.bytes().await.map_err(|e| transport(&e))?;
                     if !status.is_success() {
                         return Err(problem(status, &bytes));
                     }
@@ -456,11 +453,11 @@ impl Client {
                 }
                 Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
                     if attempt >= ATTEMPTS {
-                        return Err(Error::Transport(e.to_string()));
+                        return Err(transport(&e));
                     }
                     true
                 }
-                Err(e) => return Err(Error::Transport(e.to_string())),
+                Err(e) => return Err(transport(&e)),
             };
             if retry {
                 tokio::time::sleep(delay).await;
@@ -800,6 +797,22 @@ impl Client {
             .await?;
         serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(format!("bad response: {e}")))
     }
+}
+
+/// A transport failure with its causes (`error sending request` alone does not say
+/// whether the connection was refused, timed out or failed TLS).
+fn transport(e: &reqwest::Error) -> Error {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    Error::Transport(message)
 }
 
 /// Percent-encodes a path segment or query value (everything but RFC 3986's

@@ -173,3 +173,46 @@ fn closed_output_pipes_are_no_panic() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(1), "not 101 (a panic)");
 }
+
+#[test]
+fn transport_errors_name_their_cause() {
+    // A closed port: the message says the connection was refused, not only that a
+    // request failed.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let o = Command::new(env!("CARGO_BIN_EXE_trustfold"))
+        .args([
+            "fetch",
+            "b0000000-0000-4000-8000-000000000001",
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+            "--out",
+        ])
+        .arg(dir.path().join("x.json"))
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("refused"), "{err}");
+    // A server that is not a URL is named as such.
+    let o = Command::new(env!("CARGO_BIN_EXE_trustfold"))
+        .args([
+            "fetch",
+            "b0000000-0000-4000-8000-000000000001",
+            "--server",
+            "127.0.0.1:8080",
+            "--out",
+        ])
+        .arg(dir.path().join("x.json"))
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is not an http:// or https:// URL") || err.contains("is not a URL"),
+        "{err}"
+    );
+}
