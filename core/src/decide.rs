@@ -1250,6 +1250,9 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                         reason: reason.clone(),
                         amount,
                     })?;
+                    // What a partial return left is good funds now if the rail's delay
+                    // has passed (a wire's is none).
+                    make_available_if_due(em, leg)?;
                     cancel_unfunded_request(em)?;
                     if pulled_back && (em.state.cancelled || em.state.expired) {
                         // The refund the return pulled back, for what is left.

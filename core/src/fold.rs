@@ -472,6 +472,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                     e.party, rule.to_role
                 )));
             }
+            let charged = s.fixed_fees_charged.contains(&e.fee);
             let r = request_mut(s, &e.request)?;
             if r.status != RequestStatus::AwaitingApprovals || r.kind != RequestKind::Release {
                 return Err(bad("fees are assessed on releases awaiting approval"));
@@ -480,11 +481,12 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                 return Err(bad(format!("fee `{}` assessed twice", e.fee)));
             }
             let pct = r.amount.bps(rule.bps)?;
-            // With its fixed part (the first release) or without (charged before; when a
-            // fixed fee counts as charged changed once, so both are read).
+            // With its fixed part while no settled release has paid it, or without (when a
+            // fixed fee counts as charged changed once, from authorization to settlement,
+            // so a release after an authorized one that failed may have either).
             let with_fixed = match rule.fixed {
-                Some(f) => pct.checked_add(&Money::from_decimal(f, pct.currency())?)?,
-                None => pct,
+                Some(f) if !charged => pct.checked_add(&Money::from_decimal(f, pct.currency())?)?,
+                _ => pct,
             };
             if e.borne_by != rule.borne_by || (e.amount != pct && e.amount != with_fixed) {
                 return Err(bad(format!(

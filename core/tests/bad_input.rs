@@ -1440,6 +1440,27 @@ fn a_forged_fee_does_not_fold() {
     });
     refused_at(&invented, fee, "not in the policy");
     assert!(replay(&forged(&h, fee, |_| {})).is_ok());
+    // A fixed part charged again after a settled release already paid it.
+    let h = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/vectors/ms_two_of_three.history.json"),
+    )
+    .expect("vector");
+    let second = trustfold_core::history::parse(&h)
+        .expect("parse")
+        .iter()
+        .map(|r| r.envelope().expect("envelope"))
+        .filter(|e| e.event_type().name() == "FeeAssessed")
+        .nth(1)
+        .map(|e| e.seq)
+        .expect("a second fee");
+    let again = forged(&h, second, |env| {
+        if let Event::FeeAssessed(e) = &mut env.event {
+            e.amount = e.amount.checked_add(&usd("25.00")).expect("add");
+        }
+    });
+    refused_at(&again, second, "is not the policy's");
+    assert!(replay(&forged(&h, second, |_| {})).is_ok());
 }
 
 /// A history written before an event's meaning changed keeps folding as it did: the

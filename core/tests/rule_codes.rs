@@ -1231,3 +1231,19 @@ fn a_partial_return_after_a_cancellation_refunds_the_rest() {
     assert_eq!(s.balance(Account::ExternalPayer), "0.00");
     assert_eq!(s.status(), Status::Cancelled);
 }
+
+#[test]
+fn a_partial_return_of_a_wire_leaves_the_rest_good_at_once() {
+    // The return is the first notice (the settlement is implied); a wire's good funds
+    // need no delay, so what is left is in escrow after this one command.
+    let mut s = earnest(135);
+    ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-1"));
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", Some(usd("1500.00")))),
+    );
+    assert_eq!(s.balance(Account::Clearing), "0.00");
+    assert_eq!(s.balance(Account::Escrow), "3500.00");
+    assert_eq!(s.state().funded_total(), usd("3500.00"));
+}
