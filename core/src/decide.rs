@@ -1418,13 +1418,13 @@ fn expire_if_exhausted(em: &mut Emitter<'_>) -> Result<()> {
 /// On a cancelled or expired payment, money in escrow that no request is taking goes
 /// back to the payer: funding that arrived after the end, once nothing else is under
 /// way (no open request, no open dispute — a dispute resolved with `resume` sends it
-/// then) and no shortfall is open (the money covers that first).
+/// then). It is the payer's money even while a shortfall is open: recovering that is a
+/// separate, recorded step.
 fn refund_late_funds(em: &mut Emitter<'_>) -> Result<()> {
     let s = &em.state;
     if (s.cancelled || s.expired)
         && s.open_request().is_none()
         && s.open_dispute().is_none()
-        && s.status != Status::Shortfall
         && s.escrow_available().is_positive()
     {
         refund_everything(em, "late_funds")?;

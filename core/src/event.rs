@@ -156,8 +156,9 @@ events! {
     DisputeOpened = 1,
     /// A dispute was resolved.
     DisputeResolved = 1,
-    /// A posted leg was reversed by a correcting leg.
-    ReversalRecorded = 1,
+    /// A posted leg was reversed by a correcting leg. v2 (same payload): a leg is
+    /// reversed once; v1 did not say so, and is folded so.
+    ReversalRecorded = 2,
     /// A shortfall was (partly) recovered.
     ShortfallRecovered = 1,
     /// A shortfall was written off.

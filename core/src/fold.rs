@@ -759,12 +759,14 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             if s.closed {
                 return Err(bad("a closed payment takes no reversal"));
             }
-            if s.reversed_legs.contains(&e.leg) {
+            if s.reversed_legs.contains(&e.leg) && env.schema_version >= 2 {
                 // Twice would move the money twice (out of an external account, which
-                // has no balance to stop it).
+                // has no balance to stop it). v1 did not refuse it, and is folded so.
                 return Err(bad(format!("leg {} was already reversed", e.leg)));
             }
-            s.reversed_legs.push(e.leg);
+            if !s.reversed_legs.contains(&e.leg) {
+                s.reversed_legs.push(e.leg);
+            }
             let leg = s
                 .ledger
                 .leg(e.leg)

@@ -487,8 +487,11 @@ fn verify_signature(key: &PublicKey, message: &[u8], signature: &str) -> Result<
 
 /// The server's signature of one response body about a payment (the `Trustfold-Signature`
 /// header of its state and event pages). What a participant is shown without being able
-/// to verify it — a redacted view — is then at least the pinned server's own answer,
-/// not a stranger's on the way: `trustfold-response-v1\n<payment>\n<SHA-256 of the body>`.
+/// to verify it — a redacted view — is then at least the pinned server's own answer to
+/// that request, not a stranger's on the way: `trustfold-response-v1\n<payment>\n<what>\n
+/// <SHA-256 of the body>`, where `what` is the route after `/v1/payments/{id}` as the
+/// clients ask it: empty for the state, `/events?after=N` for a page (so a page cannot
+/// be passed off as another). It does not say when: an old answer can be replayed.
 ///
 /// ```
 /// use trustfold_core::history::{PublicKey, SignedResponse};
@@ -496,28 +499,40 @@ fn verify_signature(key: &PublicKey, message: &[u8], signature: &str) -> Result<
 /// let secret = [7u8; 32];
 /// let key = PublicKey::from_secret(&secret);
 /// let p = PaymentId::from_bytes([1; 16]);
-/// let sig = SignedResponse::sign(p, b"{\"status\":\"Held\"}", &secret);
-/// assert!(SignedResponse::verify(&key, p, b"{\"status\":\"Held\"}", &sig).is_ok());
-/// let e = SignedResponse::verify(&key, p, b"{\"status\":\"Completed\"}", &sig).unwrap_err();
+/// let body = b"{\"status\":\"Held\"}";
+/// let sig = SignedResponse::sign(p, "", body, &secret);
+/// assert!(SignedResponse::verify(&key, p, "", body, &sig).is_ok());
+/// let e = SignedResponse::verify(&key, p, "", b"{\"status\":\"Completed\"}", &sig).unwrap_err();
 /// assert_eq!(e.code(), "bad_signature");
+/// assert!(SignedResponse::verify(&key, p, "/events?after=0", body, &sig).is_err());
 /// ```
 pub struct SignedResponse;
 
 impl SignedResponse {
     /// The exact bytes signed.
-    pub fn message(payment: PaymentId, body: &[u8]) -> Vec<u8> {
-        format!("trustfold-response-v1\n{payment}\n{}", Hash::of(body)).into_bytes()
+    pub fn message(payment: PaymentId, what: &str, body: &[u8]) -> Vec<u8> {
+        format!(
+            "trustfold-response-v1\n{payment}\n{what}\n{}",
+            Hash::of(body)
+        )
+        .into_bytes()
     }
 
-    /// The signature (128 hex digits) of `body`, an answer about `payment`.
-    pub fn sign(payment: PaymentId, body: &[u8], secret: &[u8; 32]) -> String {
-        let sig = SigningKey::from_bytes(secret).sign(&Self::message(payment, body));
+    /// The signature (128 hex digits) of `body`, the answer to `what` about `payment`.
+    pub fn sign(payment: PaymentId, what: &str, body: &[u8], secret: &[u8; 32]) -> String {
+        let sig = SigningKey::from_bytes(secret).sign(&Self::message(payment, what, body));
         sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Checks `signature` of `body` (an answer about `payment`) against `key`.
-    pub fn verify(key: &PublicKey, payment: PaymentId, body: &[u8], signature: &str) -> Result<()> {
-        verify_signature(key, &Self::message(payment, body), signature).map_err(|e| match e {
+    /// Checks `signature` of `body` (the answer to `what` about `payment`) against `key`.
+    pub fn verify(
+        key: &PublicKey,
+        payment: PaymentId,
+        what: &str,
+        body: &[u8],
+        signature: &str,
+    ) -> Result<()> {
+        verify_signature(key, &Self::message(payment, what, body), signature).map_err(|e| match e {
             Error::BadSignature(m) if m.is_empty() => Error::BadSignature(format!(
                 "the server's answer about {payment} was not signed by key {key}: it was \
                  changed on the way, or comes from another server"

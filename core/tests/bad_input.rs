@@ -1590,3 +1590,94 @@ fn histories_of_earlier_versions_fold_as_they_did() {
     };
     assert!(handle(Some(&old), &write_off, &ctx(&old, escrow())).is_ok());
 }
+
+/// `history` with `edit` applied to every event's bytes and the chain sealed again.
+fn each_event_with(history: &[u8], edit: impl Fn(&str) -> String) -> Vec<u8> {
+    let mut sealed: Vec<SealedEvent> = Vec::new();
+    for r in trustfold_core::history::parse(history).expect("parse") {
+        let mut body = edit(r.event.get());
+        let prev = sealed.last().map_or(Hash::ZERO, |s| s.hash).to_string();
+        let old_prev = body[9..73].to_string();
+        body = body.replacen(&old_prev, &prev, 1);
+        let hash = Hash::of(body.as_bytes());
+        sealed.push(SealedEvent {
+            hash,
+            body: body.into_bytes(),
+        });
+    }
+    trustfold_core::history::write(&sealed)
+}
+
+#[test]
+fn a_leg_reversed_twice_folds_only_as_written_before_v2() {
+    // Cancelled and refunded; the payer's bank sent the refund back (one reversal).
+    let mut s = scenarios::earnest_held(97).expect("held");
+    let escrow = || as_(ESCROW, "escrow_holder");
+    s.run(
+        as_(LISTING_AGENT, "listing_agent"),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: Some(scenarios::rid(5)),
+        },
+    )
+    .expect("cancel");
+    s.run(
+        escrow(),
+        Command::SubmitDisbursement {
+            request: scenarios::rid(5),
+            rail: Rail::Wire,
+            rail_ref: "refund-1".into(),
+        },
+    )
+    .expect("submit");
+    s.notice("refund-1", RailOutcome::Settled).expect("settled");
+    let refund = s
+        .state()
+        .ledger
+        .legs
+        .iter()
+        .find(|l| l.to == trustfold_core::ledger::Account::ExternalPayer)
+        .map(|l| l.id)
+        .expect("refund leg");
+    s.run(
+        escrow(),
+        Command::RecordReversal {
+            leg: refund,
+            reason: "refund returned".into(),
+        },
+    )
+    .expect("reversal");
+    // The same reversal again, as a history can hold it (a second event).
+    let mut envs: Vec<Envelope> = trustfold_core::history::parse(&s.d.history())
+        .expect("parse")
+        .iter()
+        .map(|r| r.envelope().expect("envelope"))
+        .collect();
+    let mut again = envs.last().expect("events").clone();
+    again.seq += 1;
+    again.id = EventId::from_bytes([0x77; 16]);
+    envs.push(again);
+    let mut sealed: Vec<SealedEvent> = Vec::new();
+    for mut env in envs {
+        env.prev = sealed.last().map_or(Hash::ZERO, |x| x.hash);
+        sealed.push(env.seal());
+    }
+    let twice = trustfold_core::history::write(&sealed);
+    let n = sealed.len() as u64;
+    refused_at(&twice, n, "already reversed");
+    // Written as v1 (before a leg was reversed once), it folds as it did then.
+    let v1 = each_event_with(&twice, |e| {
+        e.replace(
+            "\"type\":\"ReversalRecorded\",\"v\":2",
+            "\"type\":\"ReversalRecorded\",\"v\":1",
+        )
+    });
+    let old = replay(&v1).expect("v1 folds");
+    assert_eq!(
+        old.ledger
+            .balance(&trustfold_core::ledger::Account::Escrow)
+            .posted,
+        usd("10000.00"),
+        "the money moved twice, as then"
+    );
+}

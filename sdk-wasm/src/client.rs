@@ -192,7 +192,8 @@ impl Conn {
                      cannot be told from one changed on the way: refused with a pinned key",
                 ));
             };
-            history::SignedResponse::verify(key, *payment, body.as_bytes(), &signature).js()?;
+            history::SignedResponse::verify(key, *payment, rest, body.as_bytes(), &signature)
+                .js()?;
         }
         Ok(body)
     }
@@ -403,12 +404,13 @@ async fn fetch_view(conn: &Conn, payment: &PaymentId) -> Result<(String, u64), J
     out.push_str("{\"state\":");
     out.push_str(state.trim());
     out.push_str(",\"events\":[");
-    let (mut after, mut count) = (0, 0);
+    let (mut after, mut count, mut last) = (0, 0, 0);
     loop {
         let text = conn
             .get_signed(payment, &format!("/events?after={after}"))
             .await?;
-        let (n, has_more, next) = view_page(&text, payment, version, &mut out, count)?;
+        let (n, has_more, next) =
+            view_page(&text, payment, (after, version), &mut last, &mut out, count)?;
         count = n;
         if !has_more {
             break;
@@ -481,7 +483,8 @@ fn member<'a>(doc: &'a [u8], key: &str) -> JsResult<Option<&'a [u8]>> {
 fn view_page(
     text: &str,
     payment: &PaymentId,
-    upto: u64,
+    (after, upto): (u64, u64),
+    last: &mut u64,
     out: &mut String,
     mut count: usize,
 ) -> JsResult<(usize, bool, Option<u64>)> {
@@ -505,6 +508,17 @@ fn view_page(
             ));
         }
         let seq = seq.ok_or_else(|| js_error("malformed_json", "an event has no `seq`"))?;
+        // In order, after the page asked for (an event the policy splits per role repeats
+        // its seq): a page spliced in from another read does not fit.
+        if seq <= after || seq < *last {
+            return Err(js_error(
+                "invalid_history",
+                &format!(
+                    "the server sent event {seq} out of order (after {after}, {last} before it)"
+                ),
+            ));
+        }
+        *last = seq;
         if seq > upto {
             return Ok((count, false, page.next));
         }
@@ -546,7 +560,12 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
             if upto.is_some_and(|u| after >= u) {
                 break;
             }
-            let text = feed.get(&format!("/events?after={after}")).await?;
+            // Signed by the pinned server (when a key is pinned): a page changed on the way
+            // to look redacted is `bad_signature`, not a reason to leave the verified feed.
+            let text = feed
+                .conn
+                .get_signed(&feed.payment, &format!("/events?after={after}"))
+                .await?;
             let page = Page::from_json(text.as_bytes()).js()?;
             if page.redacted {
                 return Err(redacted_history());

@@ -696,6 +696,14 @@ async fn participant_tokens(srv: &Server) {
         !ev.bytes.windows(6).any(|w| w == b"5000.0"),
         "no amounts leak into the lender's history"
     );
+    // Nor the head (the hash of the last event, amounts and all: likely amounts could
+    // be tried against it); the view's answers are signed instead.
+    let head = c.get(&format!("/v1/payments/{p}/head"), &token).await;
+    expect_member(&head, 403, "code", "head_not_visible");
+    assert!(s.headers.contains_key("trustfold-signature"));
+    assert!(ev.headers.contains_key("trustfold-signature"));
+    let full = c.get(&format!("/v1/payments/{p}/head"), &key).await;
+    assert_eq!(full.status, 200, "{}", full.body);
 
     // It may not act as anyone else, nor in a role it does not hold, nor see the tenant's data.
     let r = c.post(&format!("/v1/payments/{p}/commands"), &token,
@@ -780,7 +788,9 @@ async fn a_removed_participants_token_reads_nothing_more() {
         format!("/v1/parties/{lender}/inbox"),
     ];
     for path in &reads {
-        assert_eq!(c.get(path, &token).await.status, 200, "{path}");
+        // The lender's view hides amounts: no head (`head_not_visible`), the rest reads.
+        let want = if path.ends_with("/head") { 403 } else { 200 };
+        assert_eq!(c.get(path, &token).await.status, want, "{path}");
     }
     let url = format!("{}/v1/payments/{p}/stream?access_token={token}", c.base);
     let mut live = c.http.get(&url).send().await.expect("stream");

@@ -1089,7 +1089,7 @@ pub async fn get_payment(
         res.headers_mut().insert(header::ETAG, tag);
         return Ok(res);
     }
-    let mut res = signed_json(body, payment, &state.secret);
+    let mut res = signed_json(body, payment, "", &state.secret);
     res.headers_mut().insert(header::ETAG, tag);
     Ok(res)
 }
@@ -1097,11 +1097,12 @@ pub async fn get_payment(
 /// The header carrying [`SignedResponse`]'s signature of a payment's state or page.
 pub const SIGNATURE_HEADER: &str = "trustfold-signature";
 
-/// A 200 JSON answer about `payment`, signed (`Trustfold-Signature`): a participant's
+/// A 200 JSON answer to `what` about `payment` (see [`SignedResponse`]), signed
+/// (`Trustfold-Signature`): a participant's
 /// redacted view cannot be verified against the history, but a client holding the
 /// pinned key can tell the server's own answer from one changed on the way.
-fn signed_json(body: Vec<u8>, payment: Uuid, secret: &[u8; 32]) -> Response {
-    let signature = SignedResponse::sign(PaymentId(payment), &body, secret);
+fn signed_json(body: Vec<u8>, payment: Uuid, what: &str, secret: &[u8; 32]) -> Response {
+    let signature = SignedResponse::sign(PaymentId(payment), what, &body, secret);
     let mut res = json_bytes(StatusCode::OK, body);
     if let Ok(v) = HeaderValue::from_str(&signature) {
         res.headers_mut().insert(SIGNATURE_HEADER, v);
@@ -1200,7 +1201,12 @@ pub async fn get_events(
         out.extend_from_slice(b",\"redacted\":true");
     }
     out.extend_from_slice(format!(",\"has_more\":{has_more},\"next\":{next}}}").as_bytes());
-    Ok(signed_json(out, payment, &state.secret))
+    Ok(signed_json(
+        out,
+        payment,
+        &format!("/events?after={after}"),
+        &state.secret,
+    ))
 }
 
 /// True when the policy hides nothing from `roles`: they get the verifiable records
@@ -1229,7 +1235,19 @@ pub async fn get_head(
     let payment = parse_id(&id, "payment_id")?;
     principal.check_payment(payment)?;
     if let Principal::Participant(c) = &principal {
-        participant_roles(&load_state(&state, c.tenant, payment).await?, c)?;
+        let st = load_state(&state, c.tenant, payment).await?;
+        let roles = participant_roles(&st, c)?;
+        // The head is the hash of the last event, amounts and all: given to a view that
+        // hides something, it would let likely values be tried against it (and it
+        // verifies nothing such a participant holds).
+        if !sees_everything(&st, &roles) {
+            return Err(ApiError::Forbidden {
+                code: "head_not_visible",
+                message: "the signed head covers what this participant's view hides: \
+                          read the payment's view instead"
+                    .into(),
+            });
+        }
     }
     let head = state
         .store
