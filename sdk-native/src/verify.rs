@@ -208,6 +208,17 @@ impl Verifier {
         }
         // The file is read twice (its start to tell the layout, then the whole): a pipe
         // would lose what the first read took and be judged on the rest.
+        if let Heads::File(h) = &self.heads {
+            // A directory opens on Linux and fails only when read, which would be
+            // reported against a payment instead of as the usage error it is.
+            let meta = std::fs::metadata(h).map_err(|e| Error::io(h, e))?;
+            if !meta.is_file() {
+                return Err(Error::Usage(format!(
+                    "--head {}: not a regular file (a pipe, device or directory)",
+                    h.display()
+                )));
+            }
+        }
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
             return Err(Error::Usage(format!(

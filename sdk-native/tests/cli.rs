@@ -139,6 +139,24 @@ fn text_summary_replay_views_and_usage_errors() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // A directory given as the heads file is a usage error too (exit 2), not a payment
+    // that failed to verify (exit 1).
+    let dir = tempfile::tempdir().expect("tmp");
+    let o = run(&[
+        "verify",
+        h,
+        "--key",
+        &key,
+        "--head",
+        dir.path().to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--head"));
 }
 
 /// A pretty-printed history is not the streamed layout: it is checked whole, with the
