@@ -266,6 +266,39 @@ impl FromJson for RailOutcome {
     }
 }
 
+impl crate::json::write::WriteJson for RailOutcome {
+    /// As serde writes it: `{"kind":…}` then the variant's fields in order, `amount`
+    /// only when present.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        use crate::json::write::{key, opt, string};
+        out.push(b'{');
+        key(out, "kind");
+        match self {
+            RailOutcome::Settled => string(out, "settled"),
+            RailOutcome::Failed { code, reason } => {
+                string(out, "failed");
+                key(out, "code");
+                string(out, code);
+                key(out, "reason");
+                string(out, reason);
+            }
+            RailOutcome::Returned {
+                code,
+                reason,
+                amount,
+            } => {
+                string(out, "returned");
+                key(out, "code");
+                string(out, code);
+                key(out, "reason");
+                string(out, reason);
+                opt(out, "amount", amount);
+            }
+        }
+        out.push(b'}');
+    }
+}
+
 impl FromJson for Box<Policy> {
     /// Read in place, by the same reader: an error inside the policy carries its
     /// position in the whole command, once.

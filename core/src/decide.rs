@@ -118,6 +118,9 @@ struct Emitter<'c> {
     ctx: &'c Context,
     events: Vec<Envelope>,
     sealed: Vec<SealedEvent>,
+    /// Who the events being emitted are stated by, when not the command's actor: the
+    /// rail, for its held notices applied once their transfer is recorded.
+    acting: Option<Context>,
 }
 
 impl<'c> Emitter<'c> {
@@ -127,6 +130,7 @@ impl<'c> Emitter<'c> {
             ctx,
             events: Vec::new(),
             sealed: Vec::new(),
+            acting: None,
         }
     }
 
@@ -137,7 +141,8 @@ impl<'c> Emitter<'c> {
         prev: crate::hash::Hash,
         stream: crate::id::PaymentId,
     ) -> Envelope {
-        stamp(self.ctx, self.events.len() as u32, event, seq, prev, stream)
+        let ctx = self.acting.as_ref().unwrap_or(self.ctx);
+        stamp(ctx, self.events.len() as u32, event, seq, prev, stream)
     }
 
     fn emit(&mut self, event: impl Into<Event>) -> Result<()> {
@@ -241,6 +246,7 @@ fn initiate(cmd: &Command, ctx: &Context) -> Result<Decision> {
         ctx,
         events: vec![env],
         sealed: vec![sealed],
+        acting: None,
     };
     if let Some(d) = &policy.funding.deadline {
         if d.anchor == DeadlineAnchor::Initiated {
@@ -925,11 +931,13 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
                 }
             }
             check_rail_ref(&em.state, rail_ref)?;
+            let held = held_for(&em.state, rail_ref);
             em.emit(DisbursementSubmitted {
                 request: *request,
                 rail: *rail,
                 rail_ref: rail_ref.clone(),
-            })
+            })?;
+            apply_held(em, rail_ref, held)
         }
         Command::OpenDispute { dispute, reason } => {
             if em.state.disputes.contains_key(dispute) {
@@ -1141,12 +1149,45 @@ fn submit_funding(
         );
     }
     let leg = LegId(em.derived("leg", 0));
+    let held = held_for(&em.state, rail_ref);
     em.emit(FundingSubmitted {
         leg,
         amount: *amount,
         rail,
         rail_ref: rail_ref.to_string(),
-    })
+    })?;
+    apply_held(em, rail_ref, held)
+}
+
+/// The notices the rail sent for `rail_ref` before its transfer was recorded.
+fn held_for(s: &PaymentState, rail_ref: &str) -> Vec<RailOutcome> {
+    s.held_notices.get(rail_ref).cloned().unwrap_or_default()
+}
+
+/// Applies the held notices of the transfer just recorded, in arrival order, as the
+/// rail's (their events' actor is the rail, which stated them): the outcome does not
+/// depend on which arrived first. A notice the transfer's state contradicts (a failure
+/// after a settlement) is dropped, as it would have been refused on arrival.
+fn apply_held(em: &mut Emitter<'_>, rail_ref: &str, held: Vec<RailOutcome>) -> Result<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    em.acting = Some(Context {
+        actor: crate::envelope::Actor::rail(),
+        ..em.ctx.clone()
+    });
+    let mut result = Ok(());
+    for notice in &held {
+        match rail_notice(em, rail_ref, notice) {
+            Ok(()) | Err(Error::Rejected { .. }) => {}
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    em.acting = None;
+    result
 }
 
 fn valid_return_code(code: &str) -> bool {
@@ -1157,10 +1198,7 @@ fn valid_return_code(code: &str) -> bool {
 fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Result<()> {
     let target = em.state.rail_refs.get(rail_ref).copied();
     match target {
-        None => reject(
-            "unknown_rail_reference",
-            format!("no transfer with rail reference `{rail_ref}`"),
-        ),
+        None => hold_notice(em, rail_ref, notice),
         Some(RailTarget::Recovery) => Ok(()),
         Some(RailTarget::Funding(leg)) => {
             let Some(a) = em
@@ -1309,6 +1347,42 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
             }
         }
     }
+}
+
+/// A notice about a transfer the payment has not recorded yet: held
+/// (`RailNoticeHeld`) and applied when the funding or disbursement with that reference
+/// is recorded, so the outcome does not depend on delivery order. The same notice again
+/// is a duplicate; at most [`crate::fold::MAX_HELD_NOTICES`] are held; an ended payment
+/// records no new transfer, so there it is refused as before.
+fn hold_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Result<()> {
+    let s = &em.state;
+    if s.status.is_terminal() {
+        return reject(
+            "unknown_rail_reference",
+            format!("no transfer with rail reference `{rail_ref}`"),
+        );
+    }
+    check_rail_ref(s, rail_ref)?;
+    if s.held_notices
+        .get(rail_ref)
+        .is_some_and(|v| v.contains(notice))
+    {
+        return Ok(());
+    }
+    let held: usize = s.held_notices.values().map(Vec::len).sum();
+    if held >= crate::fold::MAX_HELD_NOTICES {
+        return reject(
+            "too_many_held_notices",
+            format!(
+                "{held} notices already wait for transfers this payment has not recorded \
+                 (no transfer with rail reference `{rail_ref}`)"
+            ),
+        );
+    }
+    em.emit(RailNoticeHeld {
+        rail_ref: rail_ref.to_string(),
+        notice: notice.clone(),
+    })
 }
 
 /// Cancels the open request if it is in one of `statuses` (not yet on a rail).

@@ -167,6 +167,10 @@ events! {
     PaymentCancelled = 1,
     /// The payment was closed (archived).
     PaymentClosed = 1,
+    /// A rail's notice about a transfer the payment has not recorded yet (it came
+    /// before the funding or disbursement it is about), held until that transfer is
+    /// recorded and then applied.
+    RailNoticeHeld = 1,
 }
 
 /// See [`EventType::PaymentInitiated`].
@@ -958,6 +962,21 @@ pub struct PaymentClosed {
 }
 compact_de!(PaymentClosed {
     reason: String[default]
+});
+
+/// See [`EventType::RailNoticeHeld`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RailNoticeHeld {
+    /// The rail's reference of the transfer, which no funding or disbursement of the
+    /// payment carries yet.
+    pub rail_ref: String,
+    /// What the rail said, as in the `RailNotice` command.
+    pub notice: crate::command::RailOutcome,
+}
+compact_de!(RailNoticeHeld {
+    rail_ref: String,
+    notice: crate::command::RailOutcome
 });
 
 /// The hash approvals bind to: SHA-256 of the allocations' canonical JSON.

@@ -92,6 +92,7 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
         rail_refs: Default::default(),
         fixed_fees_charged: Vec::new(),
         reversed_legs: Vec::new(),
+        held_notices: Default::default(),
         cancelled: false,
         expired: false,
         closed: false,
@@ -233,6 +234,9 @@ fn leg_id(env: &Envelope, i: u32) -> LegId {
     LegId(derive(env.id.uuid(), "leg", i))
 }
 
+/// The most rail notices a payment holds for transfers it has not recorded yet.
+pub const MAX_HELD_NOTICES: usize = 16;
+
 /// The events a payment in a terminal state still takes: the recording of a late
 /// return and of a shortfall's end, closing, and the end of a disbursement already on a
 /// rail. `decide` refuses to emit anything else there.
@@ -335,6 +339,9 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             if s.rail_refs.contains_key(&e.rail_ref) {
                 return Err(bad(format!("rail reference `{}` already used", e.rail_ref)));
             }
+            // Notices the rail sent before this transfer was recorded are applied by the
+            // events that follow in the same command (as the rail's).
+            s.held_notices.remove(e.rail_ref.as_str());
             s.ledger.open(
                 e.leg,
                 Account::ExternalPayer,
@@ -656,6 +663,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             }
             r.status = RequestStatus::Submitted;
             r.rail_ref = Some(e.rail_ref.clone());
+            s.held_notices.remove(e.rail_ref.as_str());
             s.rail_refs
                 .insert(e.rail_ref.clone(), RailTarget::Disbursement(e.request));
         }
@@ -812,6 +820,25 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             s.shortfall_outcome = Some(Status::WrittenOff);
         }
         Event::PaymentCancelled(_) => s.cancelled = true,
+        Event::RailNoticeHeld(e) => {
+            if s.rail_refs.contains_key(&e.rail_ref) {
+                return Err(bad(format!(
+                    "rail reference `{}` is recorded: its notice applies, it is not held",
+                    e.rail_ref
+                )));
+            }
+            let held: usize = s.held_notices.values().map(Vec::len).sum();
+            if held >= MAX_HELD_NOTICES {
+                return Err(bad(format!("more than {MAX_HELD_NOTICES} held notices")));
+            }
+            match s.held_notices.get_mut(e.rail_ref.as_str()) {
+                Some(v) => v.push(e.notice.clone()),
+                None => {
+                    s.held_notices
+                        .insert(e.rail_ref.clone(), vec![e.notice.clone()]);
+                }
+            }
+        }
         Event::PaymentClosed(_) => {
             if !s.status.is_terminal() || s.closed {
                 return Err(bad("only a finished payment can be closed"));
@@ -842,6 +869,7 @@ fn check_actor(env: &Envelope) -> Result<()> {
         | Event::FundingReturned(_)
         | Event::DisbursementSettled(_)
         | Event::DisbursementFailed(_)
+        | Event::RailNoticeHeld(_)
             if role != "rail" =>
         {
             Err(bad(format!(

@@ -459,6 +459,10 @@ pub struct PaymentState {
     /// Legs a `ReversalRecorded` reversed (each at most once).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reversed_legs: Vec<LegId>,
+    /// Rail notices about transfers not recorded yet, by rail reference, in arrival
+    /// order (`RailNoticeHeld`); applied when the transfer is recorded.
+    #[serde(skip_serializing_if = "SortedMap::is_empty")]
+    pub held_notices: SortedMap<String, Vec<crate::command::RailOutcome>>,
     /// The payment was cancelled (funds, if any, are refunded).
     pub cancelled: bool,
     /// The payment expired (funds, if any, are refunded).
@@ -916,6 +920,10 @@ impl WriteJson for PaymentState {
         self.rail_refs.write_json(out);
         write::non_empty(out, "fixed_fees_charged", &self.fixed_fees_charged);
         write::non_empty(out, "reversed_legs", &self.reversed_legs);
+        if !self.held_notices.is_empty() {
+            write::key(out, "held_notices");
+            self.held_notices.write_json(out);
+        }
         write::key(out, "cancelled");
         write::boolean(out, self.cancelled);
         write::key(out, "expired");

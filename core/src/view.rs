@@ -138,6 +138,7 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
     // Rail references name bank transfers: shown only to those who see bank details.
     if vis.hide.contains(&Hidden::BankDetails) || vis.hide.contains(&Hidden::Amounts) {
         obj.remove("rail_refs");
+        obj.remove("held_notices");
     }
     v
 }
@@ -199,6 +200,8 @@ const AMOUNT_KEYS: &[&str] = &[
     "policy",
     "terms_hash",
     "allocations_hash",
+    // A held rail notice (a return's carries its amount).
+    "notice",
 ];
 /// Fields of a state's request hidden from a view that hides amounts.
 const REQUEST_AMOUNT_KEYS: &[&str] = &["amount", "allocations", "fees", "allocations_hash"];
@@ -344,6 +347,7 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
     }
     if vis.hide.contains(&Hidden::BankDetails) || vis.hide.contains(&Hidden::Amounts) {
         obj.unset(b"rail_refs");
+        obj.unset(b"held_notices");
     }
 }
 

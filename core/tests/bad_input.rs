@@ -339,13 +339,20 @@ fn rejections_name_the_rule() {
         },
         "not_permitted",
     );
-    s.rejects(
+    // A notice for a transfer not recorded yet is held (for the funding or payout it is
+    // about), not refused: the rail may tell before the payer does.
+    s.run(
         Actor::rail(),
         Command::RailNotice {
             rail_ref: "nope".into(),
             notice: RailOutcome::Settled,
         },
-        "unknown_rail_reference",
+    )
+    .expect("held");
+    assert_eq!(
+        s.state().held_notices.get("nope").map(Vec::len),
+        Some(1),
+        "held"
     );
     // A settled transfer cannot fail.
     s.rejects(

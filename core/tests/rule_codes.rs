@@ -1247,3 +1247,102 @@ fn a_partial_return_of_a_wire_leaves_the_rest_good_at_once() {
     assert_eq!(s.balance(Account::Escrow), "3500.00");
     assert_eq!(s.state().funded_total(), usd("3500.00"));
 }
+
+// ------------------------------------------------------- notices before their transfer
+
+#[test]
+fn a_payout_settled_before_it_is_recorded_completes_when_it_is() {
+    let mut s = earnest_authorized(136);
+    // The payee's bank confirms the wire before the escrow holder records sending it.
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    assert_eq!(s.state().held_notices.get("out-1").map(Vec::len), Some(1));
+    // The state's canonical JSON (the core's writer) is serde's, held notices included.
+    assert_eq!(
+        s.state().to_json(),
+        serde_json::to_vec(s.state()).expect("serde")
+    );
+    ok(&mut s, escrow(), disbursement(1, "out-1"));
+    assert!(s.state().held_notices.is_empty());
+    assert_eq!(s.status(), Status::Completed);
+    assert_eq!(s.balance(Account::Payee(pid(SELLER))), "5000.00");
+    // Its settlement is the rail's word, recorded as the rail's.
+    let last = s.d.envelopes().last().expect("events");
+    assert_eq!(last.event_type().name(), "DisbursementSettled");
+    assert_eq!(last.actor, Actor::rail());
+}
+
+#[test]
+fn held_notices_apply_in_order_and_a_contradicted_one_is_dropped() {
+    let mut s = earnest(137);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice(
+            "ach-9",
+            RailOutcome::Failed {
+                code: "R03".into(),
+                reason: "no account".into(),
+            },
+        ),
+    );
+    ok(&mut s, Actor::rail(), notice("ach-9", settled()));
+    assert_eq!(s.state().held_notices.get("ach-9").map(Vec::len), Some(2));
+    ok(&mut s, buyer(), funding("5000.00", Rail::Ach, "ach-9"));
+    // The failure came first: the funding failed; the settlement then contradicts it.
+    let a = &s.state().funding.attempts[0];
+    assert_eq!(a.status, trustfold_core::state::FundingStatus::Failed);
+    assert!(s.state().held_notices.is_empty());
+    assert_eq!(s.status(), Status::AwaitingFunds);
+}
+
+#[test]
+fn held_notices_are_bounded_and_an_ended_payment_holds_none() {
+    let mut s = earnest(138);
+    for i in 0..16 {
+        ok(&mut s, Actor::rail(), notice(&format!("x-{i}"), settled()));
+    }
+    refuse(
+        &mut s,
+        Actor::rail(),
+        notice("x-16", settled()),
+        "too_many_held_notices",
+        "16 notices already wait",
+    );
+    // A notice held already is a duplicate, not one more.
+    let v = s.state().version;
+    ok(&mut s, Actor::rail(), notice("x-3", settled()));
+    assert_eq!(s.state().version, v);
+    let mut done = earnest(139);
+    ok(
+        &mut done,
+        listing_agent(),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: None,
+        },
+    );
+    assert_eq!(done.status(), Status::Cancelled);
+    refuse(
+        &mut done,
+        Actor::rail(),
+        notice("late-1", settled()),
+        "unknown_rail_reference",
+        "no transfer with rail reference `late-1`",
+    );
+}
+
+#[test]
+fn a_return_held_before_its_funding_is_recorded_settles_and_returns_it() {
+    let mut s = earnest(140);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("ach-7", returned("R01", None)),
+    );
+    ok(&mut s, buyer(), funding("5000.00", Rail::Ach, "ach-7"));
+    let a = &s.state().funding.attempts[0];
+    assert_eq!(a.status, trustfold_core::state::FundingStatus::Returned);
+    assert_eq!(s.balance(Account::ExternalPayer), "0.00");
+    assert_eq!(s.balance(Account::Clearing), "0.00");
+    assert_eq!(s.status(), Status::AwaitingFunds);
+}

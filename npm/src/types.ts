@@ -180,6 +180,8 @@ export interface PaymentState {
   fixed_fees_charged?: string[];
   /** Legs a reversal reversed (each at most once). */
   reversed_legs?: Uuid[];
+  /** Rail notices about transfers not recorded yet, by rail reference (absent in views that hide bank details or amounts). */
+  held_notices?: Record<string, RailOutcome[]>;
   cancelled: boolean;
   expired: boolean;
   closed: boolean;
@@ -202,7 +204,7 @@ export type EventType =
   | "ApprovalWithdrawn" | "ReleaseAuthorized" | "RefundAuthorized" | "RequestCancelled"
   | "DisbursementSubmitted" | "DisbursementSettled" | "DisbursementFailed" | "DisputeOpened"
   | "DisputeResolved" | "ReversalRecorded" | "ShortfallRecovered" | "ShortfallWrittenOff"
-  | "PaymentCancelled" | "PaymentClosed";
+  | "PaymentCancelled" | "PaymentClosed" | "RailNoticeHeld";
 
 /** A JSON value (what event payloads are made of). */
 export type Json = string | number | boolean | null | Json[] | { [key: string]: Json };

@@ -468,6 +468,24 @@ pub fn em_duplicate_notices() -> R<Vector> {
     ))
 }
 
+pub fn em_settlement_before_initiation() -> R<Vector> {
+    let mut s = earnest(61)?;
+    // The escrow holder's bank reports the wire before the buyer records sending it.
+    s.notice("wire-1", settled())?;
+    assert_eq!(s.state().held_notices.len(), 1);
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    s.notice("wire-1", settled())?; // delivered twice: held once
+    assert_eq!(s.state().held_notices.get("wire-1").map(Vec::len), Some(1));
+    fund(&mut s, Rail::Wire, "wire-1", "5000.00")?;
+    assert!(s.state().held_notices.is_empty());
+    assert_eq!(s.status(), Status::Held);
+    assert_eq!(s.balance(Account::Escrow), "5000.00");
+    Ok(s.vector(
+        "em_settlement_before_initiation",
+        "The rail's settlement arrives before the buyer records the wire: it is held, and applied (as the rail's) when the funding is recorded.",
+    ))
+}
+
 pub fn em_late_return_recovered() -> R<Vector> {
     let mut s = ach_available(8)?;
     release_all_to_seller(&mut s, 1, "5000.00", "out-1")?;
@@ -1647,6 +1665,7 @@ pub fn all() -> R<Vec<Vector>> {
         em_deadline_flagged()?,
         em_concurrent_conflict()?,
         em_notice_never_arrives()?,
+        em_settlement_before_initiation()?,
         em_duplicate_commands()?,
         em_participant_removed()?,
         em_reversal_correction()?,
