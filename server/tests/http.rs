@@ -563,6 +563,73 @@ async fn version_conflict_is_409_with_current_version() {
 }
 
 #[tokio::test]
+async fn a_rail_notice_before_its_transfer_is_held_and_applied() {
+    // The escrow holder's bank reports the wire before the buyer records it: 200 and
+    // held (not 422), then the buyer's SubmitFunding settles it in the same answer.
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = &f.payment;
+    let terms = c.get(&format!("/v1/payments/{p}"), &key).await.body["terms_hash"]
+        .as_str()
+        .expect("terms")
+        .to_owned();
+    for (party, role) in [(&f.buyer, "buyer"), (&f.seller, "seller")] {
+        c.command(
+            &key,
+            p,
+            Some(party),
+            role,
+            json!({"type": "AgreeToTerms", "terms_hash": terms}),
+        )
+        .await
+        .expect("agree");
+    }
+    let held = c
+        .command(
+            &key,
+            p,
+            None,
+            "rail",
+            json!({"type": "RailNotice", "rail_ref": "WIRE-EARLY", "notice": {"kind": "settled"}}),
+        )
+        .await
+        .expect("held, not refused");
+    let types = |b: &Value| -> Vec<String> {
+        b["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|r| r["event"]["type"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(types(&held.body), ["RailNoticeHeld"]);
+    assert_eq!(
+        held.body["state"]["held_notices"]["WIRE-EARLY"][0]["kind"],
+        "settled"
+    );
+    let funded = c
+        .command(
+            &key,
+            p,
+            Some(&f.buyer),
+            "buyer",
+            json!({"type": "SubmitFunding", "amount": {"amount": "5000.00", "currency": "USD"},
+                   "rail": "wire", "rail_ref": "WIRE-EARLY"}),
+        )
+        .await
+        .expect("fund");
+    assert_eq!(
+        types(&funded.body),
+        ["FundingSubmitted", "FundingSettled", "FundsAvailable"]
+    );
+    assert_eq!(funded.body["state"]["status"], "Held");
+    assert_eq!(funded.body["events"][1]["event"]["actor"]["role"], "rail");
+    srv.finish().await;
+}
+
+#[tokio::test]
 async fn tenants_never_see_each_other() {
     let srv = common::sqlite().await;
     let c = &srv.client;
