@@ -1176,18 +1176,18 @@ fn apply_held(em: &mut Emitter<'_>, rail_ref: &str, held: Vec<RailOutcome>) -> R
         actor: crate::envelope::Actor::rail(),
         ..em.ctx.clone()
     });
-    let mut result = Ok(());
     for notice in &held {
-        match rail_notice(em, rail_ref, notice) {
-            Ok(()) | Err(Error::Rejected { .. }) => {}
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
+        // All of a notice or none of it: one that fails part-way is undone and dropped,
+        // and never fails the command that records the transfer.
+        let (state, events, sealed) = (em.state.clone(), em.events.len(), em.sealed.len());
+        if rail_notice(em, rail_ref, notice).is_err() {
+            em.state = state;
+            em.events.truncate(events);
+            em.sealed.truncate(sealed);
         }
     }
     em.acting = None;
-    result
+    Ok(())
 }
 
 fn valid_return_code(code: &str) -> bool {
@@ -1356,13 +1356,29 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
 /// records no new transfer, so there it is refused as before.
 fn hold_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Result<()> {
     let s = &em.state;
-    if s.status.is_terminal() {
+    // Only while a transfer can still be recorded: not once the payment ended, was
+    // cancelled or expired, or is short (its recovery's reference is no transfer).
+    if s.status.is_terminal() || s.cancelled || s.expired || s.status == Status::Shortfall {
         return reject(
             "unknown_rail_reference",
             format!("no transfer with rail reference `{rail_ref}`"),
         );
     }
     check_rail_ref(s, rail_ref)?;
+    // What a notice says is checked now, as if its transfer were known: one held in a
+    // wrong currency or with a bad code must not wait to block its transfer.
+    if let RailOutcome::Returned { code, amount, .. } = notice {
+        if !valid_return_code(code) {
+            return reject(
+                "invalid_return_code",
+                format!("`{code}` is not a return code (R and two digits, e.g. R01)"),
+            );
+        }
+        if let Some(m) = amount {
+            s.amount.same_currency(m)?;
+            m.require_positive()?;
+        }
+    }
     if s.held_notices
         .get(rail_ref)
         .is_some_and(|v| v.contains(notice))

@@ -799,6 +799,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                 seq,
             )?;
             s.rail_refs.insert(e.rail_ref.clone(), RailTarget::Recovery);
+            s.held_notices.remove(e.rail_ref.as_str());
             if s.ledger.balance(&Account::LossReturns).posted.is_zero() {
                 s.shortfall_outcome = Some(Status::Recovered);
             }

@@ -1346,3 +1346,39 @@ fn a_return_held_before_its_funding_is_recorded_settles_and_returns_it() {
     assert_eq!(s.balance(Account::Clearing), "0.00");
     assert_eq!(s.status(), Status::AwaitingFunds);
 }
+
+#[test]
+fn a_held_notice_is_checked_on_arrival_and_never_blocks_its_transfer() {
+    let mut s = earnest(141);
+    let eur = Money::parse("10.00", Currency::new("EUR").expect("eur")).expect("eur");
+    let e =
+        s.d.run(Actor::rail(), notice("ach-5", returned("R01", Some(eur))))
+            .unwrap_err();
+    assert_eq!(e.code(), "currency_mismatch", "{e}");
+    let e =
+        s.d.run(
+            Actor::rail(),
+            notice("ach-5", returned("R01", Some(usd("0.00")))),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), "non_positive_amount", "{e}");
+    refuse(
+        &mut s,
+        Actor::rail(),
+        notice("ach-5", returned("X1", None)),
+        "invalid_return_code",
+        "not a return code",
+    );
+    // A return larger than the transfer turns out to be: dropped when applied, and the
+    // funding is recorded all the same.
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("ach-5", returned("R01", Some(usd("6000.00")))),
+    );
+    ok(&mut s, buyer(), funding("5000.00", Rail::Ach, "ach-5"));
+    let a = &s.state().funding.attempts[0];
+    assert_eq!(a.status, trustfold_core::state::FundingStatus::Submitted);
+    assert!(s.state().held_notices.is_empty());
+    assert_eq!(s.balance(Account::LossReturns), "0.00");
+}
