@@ -1132,10 +1132,7 @@ fn submit_funding(
             );
         }
     }
-    let remaining = s
-        .amount
-        .checked_sub(&s.funded_total())?
-        .checked_sub(&s.funding_in_progress())?;
+    let remaining = s.remaining_to_fund()?;
     if *amount > remaining {
         return reject(
             "overfunding",
@@ -1187,6 +1184,22 @@ fn apply_held(em: &mut Emitter<'_>, rail_ref: &str, held: Vec<RailOutcome>) -> R
         }
     }
     em.acting = None;
+    Ok(())
+}
+
+/// What a return notice says alone: an ACH return code, and an amount (if given) in
+/// the payment's currency and positive.
+fn check_return(s: &PaymentState, code: &str, amount: &Option<Money>) -> Result<()> {
+    if !valid_return_code(code) {
+        return reject(
+            "invalid_return_code",
+            format!("`{code}` is not a return code (R and two digits, e.g. R01)"),
+        );
+    }
+    if let Some(m) = amount {
+        s.amount.same_currency(m)?;
+        m.require_positive()?;
+    }
     Ok(())
 }
 
@@ -1252,16 +1265,9 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                             )
                         };
                     }
-                    if !valid_return_code(code) {
-                        return reject(
-                            "invalid_return_code",
-                            format!("`{code}` is not a return code (R and two digits, e.g. R01)"),
-                        );
-                    }
+                    check_return(&em.state, code, amount)?;
                     let amount = match amount {
                         Some(m) => {
-                            em.state.amount.same_currency(m)?;
-                            m.require_positive()?;
                             if *m > a.amount {
                                 return reject(
                                     "return_exceeds_funding",
@@ -1368,16 +1374,7 @@ fn hold_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
     // What a notice says is checked now, as if its transfer were known: one held in a
     // wrong currency or with a bad code must not wait to block its transfer.
     if let RailOutcome::Returned { code, amount, .. } = notice {
-        if !valid_return_code(code) {
-            return reject(
-                "invalid_return_code",
-                format!("`{code}` is not a return code (R and two digits, e.g. R01)"),
-            );
-        }
-        if let Some(m) = amount {
-            s.amount.same_currency(m)?;
-            m.require_positive()?;
-        }
+        check_return(s, code, amount)?;
     }
     if s.held_notices
         .get(rail_ref)

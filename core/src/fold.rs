@@ -323,10 +323,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                     e.rail.as_str()
                 )));
             }
-            let remaining = s
-                .amount
-                .checked_sub(&s.funded_total())?
-                .checked_sub(&s.funding_in_progress())?;
+            let remaining = s.remaining_to_fund()?;
             if !e.amount.is_positive() {
                 return Err(Error::NonPositiveAmount(e.amount.amount_string()));
             }

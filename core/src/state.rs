@@ -522,6 +522,14 @@ impl PaymentState {
             })
     }
 
+    /// What is still to be funded: the amount less what is available and what is on
+    /// its way (what a new funding may be at most, for `decide` and the fold alike).
+    pub fn remaining_to_fund(&self) -> crate::error::Result<Money> {
+        self.amount
+            .checked_sub(&self.funded_total())?
+            .checked_sub(&self.funding_in_progress())
+    }
+
     /// Money submitted or settled but not yet available (or failed/returned).
     pub fn funding_in_progress(&self) -> Money {
         self.funding

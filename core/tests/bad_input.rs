@@ -367,17 +367,7 @@ fn rejections_name_the_rule() {
         "notice_conflict",
     );
     // Quorum: authorization waits for both.
-    s.run(
-        as_(ESCROW, "escrow_holder"),
-        Command::RequestRelease {
-            request: scenarios::rid(1),
-            allocations: vec![Allocation {
-                party: pid(SELLER),
-                amount: usd("100.00"),
-            }],
-        },
-    )
-    .expect("request");
+    scenarios::request_release(&mut s, 1, &[(SELLER, "100.00")]).expect("request");
     s.rejects(
         as_(ESCROW, "escrow_holder"),
         Command::SubmitDisbursement {
@@ -461,17 +451,7 @@ fn views_keep_no_digest_of_hidden_amounts_nor_hidden_rail_references() {
     // finds them, so they go with the amounts. Rail references name bank transfers,
     // hidden with the bank details wherever they appear.
     let mut s = scenarios::earnest_held(94).expect("held");
-    s.run(
-        as_(ESCROW, "escrow_holder"),
-        Command::RequestRelease {
-            request: scenarios::rid(1),
-            allocations: vec![Allocation {
-                party: pid(SELLER),
-                amount: usd("100.00"),
-            }],
-        },
-    )
-    .expect("request");
+    scenarios::request_release(&mut s, 1, &[(SELLER, "100.00")]).expect("request");
     let hash = s.state().requests[&scenarios::rid(1)].allocations_hash;
     s.run(
         as_(BUYER, "buyer"),
@@ -588,17 +568,7 @@ fn a_role_that_agrees_or_approves_cannot_hide_amounts() {
 #[test]
 fn disbursing_before_quorum_says_so() {
     let mut s = scenarios::earnest_held(93).expect("held");
-    s.run(
-        as_(ESCROW, "escrow_holder"),
-        Command::RequestRelease {
-            request: scenarios::rid(1),
-            allocations: vec![Allocation {
-                party: pid(SELLER),
-                amount: usd("100.00"),
-            }],
-        },
-    )
-    .expect("request");
+    scenarios::request_release(&mut s, 1, &[(SELLER, "100.00")]).expect("request");
     s.rejects(
         as_(ESCROW, "escrow_holder"),
         Command::SubmitDisbursement {

@@ -98,8 +98,13 @@ fn approval(s: &Sim, req: u8) -> Command {
 }
 
 fn disbursement(req: u8, rail_ref: &str) -> Command {
+    disbursement_of(rid(req), rail_ref)
+}
+
+/// A wire disbursement of `request` (an authorized release or refund).
+fn disbursement_of(request: RequestId, rail_ref: &str) -> Command {
     Command::SubmitDisbursement {
-        request: rid(req),
+        request,
         rail: Rail::Wire,
         rail_ref: rail_ref.into(),
     }
@@ -807,15 +812,7 @@ fn a_fixed_fee_is_charged_by_the_first_release_that_settles() {
         ok(s, client(), a);
         let a = approval(s, req);
         ok(s, inspector(), a);
-        ok(
-            s,
-            arbiter(),
-            Command::SubmitDisbursement {
-                request: rid(req),
-                rail: Rail::Wire,
-                rail_ref: rail_ref.into(),
-            },
-        );
+        ok(s, arbiter(), disbursement(req, rail_ref));
     };
     ok(
         &mut s,
@@ -961,15 +958,7 @@ fn a_write_off_waits_for_transfers_in_flight() {
         ok(&mut s, client(), a);
         let a = approval(&s, req);
         ok(&mut s, inspector(), a);
-        ok(
-            &mut s,
-            arbiter(),
-            Command::SubmitDisbursement {
-                request: rid(req),
-                rail: Rail::Wire,
-                rail_ref: out.into(),
-            },
-        );
+        ok(&mut s, arbiter(), disbursement(req, out));
         if req == 1 {
             ok(&mut s, Actor::rail(), notice(out, settled()));
         }
@@ -1021,11 +1010,7 @@ fn funds_arriving_after_expiry_are_refunded() {
     ok(
         &mut s,
         as_(ARBITER, "arbiter"),
-        Command::SubmitDisbursement {
-            request: id,
-            rail: Rail::Wire,
-            rail_ref: "refund-1".into(),
-        },
+        disbursement_of(id, "refund-1"),
     );
     ok(&mut s, Actor::rail(), notice("refund-1", settled()));
     assert_eq!(s.balance(Account::Escrow), "0.00");
@@ -1052,28 +1037,12 @@ fn funds_arriving_while_an_expiry_refund_is_under_way_follow_it() {
     assert_eq!(refund.amount, usd("20000.00"));
     ok(&mut s, Actor::rail(), notice("wire-b", settled()));
     let arbiter = || as_(ARBITER, "arbiter");
-    ok(
-        &mut s,
-        arbiter(),
-        Command::SubmitDisbursement {
-            request: first,
-            rail: Rail::Wire,
-            rail_ref: "refund-1".into(),
-        },
-    );
+    ok(&mut s, arbiter(), disbursement_of(first, "refund-1"));
     ok(&mut s, Actor::rail(), notice("refund-1", settled()));
     let (second, refund) = s.state().open_request().expect("the late funds' refund");
     assert_ne!(second, first);
     assert_eq!(refund.amount, usd("30000.00"));
-    ok(
-        &mut s,
-        arbiter(),
-        Command::SubmitDisbursement {
-            request: second,
-            rail: Rail::Wire,
-            rail_ref: "refund-2".into(),
-        },
-    );
+    ok(&mut s, arbiter(), disbursement_of(second, "refund-2"));
     ok(&mut s, Actor::rail(), notice("refund-2", settled()));
     assert_eq!(s.balance(Account::Escrow), "0.00");
     assert_eq!(s.balance(Account::ExternalPayer), "0.00");
@@ -1217,15 +1186,7 @@ fn a_partial_return_after_a_cancellation_refunds_the_rest() {
     assert_ne!(id, rid(5));
     assert_eq!(refund.amount, usd("3000.00"));
     assert_eq!(refund.status, RequestStatus::Authorized);
-    ok(
-        &mut s,
-        escrow(),
-        Command::SubmitDisbursement {
-            request: id,
-            rail: Rail::Wire,
-            rail_ref: "refund-1".into(),
-        },
-    );
+    ok(&mut s, escrow(), disbursement_of(id, "refund-1"));
     ok(&mut s, Actor::rail(), notice("refund-1", settled()));
     assert_eq!(s.balance(Account::Escrow), "0.00");
     assert_eq!(s.balance(Account::ExternalPayer), "0.00");

@@ -183,34 +183,26 @@ fn transport_errors_name_their_cause() {
         l.local_addr().expect("addr").port()
     };
     let dir = tempfile::tempdir().expect("tmp");
-    let o = Command::new(env!("CARGO_BIN_EXE_trustfold"))
-        .args([
-            "fetch",
-            "b0000000-0000-4000-8000-000000000001",
-            "--server",
-            &format!("http://127.0.0.1:{port}"),
-            "--out",
-        ])
-        .arg(dir.path().join("x.json"))
-        .output()
-        .expect("run");
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
+    // A fetch without a key from `server`: exit 2 and what it said.
+    let fetch_from = |server: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_trustfold"))
+            .args([
+                "fetch",
+                "b0000000-0000-4000-8000-000000000001",
+                "--server",
+                server,
+                "--out",
+            ])
+            .arg(dir.path().join("x.json"))
+            .output()
+            .expect("run");
+        assert_eq!(o.status.code(), Some(2));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = fetch_from(&format!("http://127.0.0.1:{port}"));
     assert!(err.contains("refused"), "{err}");
     // A server that is not a URL is named as such.
-    let o = Command::new(env!("CARGO_BIN_EXE_trustfold"))
-        .args([
-            "fetch",
-            "b0000000-0000-4000-8000-000000000001",
-            "--server",
-            "127.0.0.1:8080",
-            "--out",
-        ])
-        .arg(dir.path().join("x.json"))
-        .output()
-        .expect("run");
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = fetch_from("127.0.0.1:8080");
     assert!(
         err.contains("is not an http:// or https:// URL") || err.contains("is not a URL"),
         "{err}"

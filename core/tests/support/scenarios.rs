@@ -277,7 +277,7 @@ pub fn earnest_held(n: u8) -> R<Sim> {
     Ok(s)
 }
 
-fn request_release(s: &mut Sim, req: u8, allocs: &[(u8, &str)]) -> R {
+pub fn request_release(s: &mut Sim, req: u8, allocs: &[(u8, &str)]) -> R {
     let allocations = allocs
         .iter()
         .map(|(p, a)| Allocation {
