@@ -28,12 +28,13 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::history::{PublicKey, SignedHead};
+use crate::history::{PublicKey, SignedHead, SignedResponse};
 use crate::id::{PartyId, PaymentId};
 use crate::ledger::Account;
 use crate::money::Money;
 use crate::policy::{Policy, Role};
 use crate::time::Timestamp;
+use crate::CoreError;
 
 /// How many times a request is tried in all (connection errors and 5xx only).
 pub const ATTEMPTS: u32 = 4;
@@ -53,6 +54,8 @@ pub struct Client {
     base: String,
     bearer: Option<String>,
     backoff: Duration,
+    /// The server key answers must be signed with ([`Client::pin`]).
+    pinned: Option<PublicKey>,
 }
 
 /// One history record as the server sends it: the hash and the event's exact bytes.
@@ -366,6 +369,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             bearer: None,
             backoff: Duration::from_millis(100),
+            pinned: None,
         })
     }
 
@@ -379,6 +383,46 @@ impl Client {
     pub fn token(mut self, token: &str) -> Self {
         self.bearer = Some(token.to_string());
         self
+    }
+
+    /// Pins the server's key (from `GET /v1/server-key`, compared out of band): the
+    /// answers that cannot be checked against a signed head — the state from
+    /// [`Client::payment`] and the pages of [`Client::events_view`] — must then carry
+    /// the server's signature of their bytes (`Trustfold-Signature`), or they fail
+    /// with `bad_signature`. Without a pinned key they are taken as they come.
+    ///
+    /// ```
+    /// use trustfold::client::Client;
+    /// use trustfold_core::history::PublicKey;
+    /// let key = PublicKey::from_secret(&[7u8; 32]);
+    /// let c = Client::new("http://127.0.0.1:8080").unwrap().pin(key);
+    /// assert_eq!(c.pinned(), Some(&key));
+    /// ```
+    pub fn pin(mut self, key: PublicKey) -> Self {
+        self.pinned = Some(key);
+        self
+    }
+
+    /// The pinned server key, if any.
+    pub fn pinned(&self) -> Option<&PublicKey> {
+        self.pinned.as_ref()
+    }
+
+    /// With a pinned key, checks `body`'s `Trustfold-Signature` as the server's answer
+    /// to `what` about `payment` (see `SignedResponse`).
+    fn check_signed(&self, payment: PaymentId, what: &str, body: &bytes_body::Body) -> Result<()> {
+        let Some(key) = &self.pinned else {
+            return Ok(());
+        };
+        let Some(signature) = &body.signature else {
+            return Err(Error::Core(CoreError::BadSignature(format!(
+                "the server's answer about {payment} carries no signature \
+                 (Trustfold-Signature), so it cannot be told from one changed on the way: \
+                 refused with a pinned key"
+            ))));
+        };
+        SignedResponse::verify(key, payment, what, &body.bytes, signature)?;
+        Ok(())
     }
 
     /// The first retry's delay (doubled on each further retry).
@@ -449,6 +493,10 @@ impl Client {
                             .get("etag")
                             .and_then(|v| v.to_str().ok())
                             .map(|s| s.trim_matches('"').to_string()),
+                        signature: headers
+                            .get("trustfold-signature")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string),
                     });
                 }
                 Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
@@ -551,7 +599,8 @@ impl Client {
     }
 
     /// `GET /v1/payments/{id}`: the server's read model of the payment (a participant
-    /// gets its view), with its version.
+    /// gets its view), with its version. With a pinned key ([`Client::pin`]) the answer
+    /// must be signed by it.
     pub async fn payment(&self, payment: PaymentId) -> Result<(Option<u64>, Value)> {
         let b = self
             .send(
@@ -562,6 +611,7 @@ impl Client {
                 None,
             )
             .await?;
+        self.check_signed(payment, "", &b)?;
         let v = serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(e.to_string()))?;
         Ok((b.etag.and_then(|e| e.parse().ok()), v))
     }
@@ -593,18 +643,27 @@ impl Client {
 
     /// `GET /v1/payments/{id}/events?after=&limit=` as whatever the credential may see:
     /// verifiable records (with `hash`) for an API key, the policy's redacted view
-    /// (without) for a participant token whose roles it hides something from.
+    /// (without) for a participant token whose roles it hides something from. A view
+    /// cannot be checked against the history: with a pinned key ([`Client::pin`]) the
+    /// page must be signed by it.
     pub async fn events_view(
         &self,
         payment: PaymentId,
         after: u64,
         limit: u32,
     ) -> Result<ViewPage> {
-        let mut page: ViewPage = self
-            .get_json(&format!(
-                "/v1/payments/{payment}/events?after={after}&limit={limit}"
-            ))
+        let b = self
+            .send(
+                Method::GET,
+                &format!("/v1/payments/{payment}/events?after={after}&limit={limit}"),
+                None,
+                None,
+                None,
+            )
             .await?;
+        self.check_signed(payment, &format!("/events?after={after}"), &b)?;
+        let mut page: ViewPage = serde_json::from_slice(&b.bytes)
+            .map_err(|e| Error::Transport(format!("bad response: {e}")))?;
         for item in &mut page.events {
             if item.hash.is_some() {
                 item.seq = item.event.get("seq").and_then(Value::as_u64).unwrap_or(0);
@@ -864,6 +923,8 @@ mod bytes_body {
     pub(super) struct Body {
         pub bytes: Vec<u8>,
         pub etag: Option<String>,
+        /// The `Trustfold-Signature` header.
+        pub signature: Option<String>,
     }
 }
 

@@ -492,6 +492,28 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         !text.contains("\"amount\":{\"amount\""),
         "amounts hidden: {text}"
     );
+    // With the server's key pinned, the view and the state are taken only as the
+    // server signed them; with another key pinned (another server, or one on the way)
+    // they are refused.
+    let pinned = Client::new(&base)
+        .expect("client")
+        .token(&tok.token)
+        .pin(c.server_key().await.expect("server key"));
+    assert_eq!(pinned.payment(p).await.expect("signed state").1, view);
+    let signed = pinned.events_view(p, 0, 500).await.expect("signed view");
+    assert_eq!(signed.events.len(), items.events.len());
+    let stranger = Client::new(&base)
+        .expect("client")
+        .token(&tok.token)
+        .pin(trustfold::history::PublicKey::from_secret(&[9u8; 32]));
+    let e = stranger.payment(p).await.expect_err("another key");
+    assert_eq!(e.code(), "bad_signature", "{e}");
+    let e = stranger
+        .events_view(p, 0, 500)
+        .await
+        .expect_err("another key");
+    assert_eq!(e.code(), "bad_signature", "{e}");
+    assert!(e.to_string().contains(&p.to_string()), "{e}");
     // The tenant reads the same page as verifiable records, also through events_view.
     let records = c.events_view(p, 0, 500).await.expect("records");
     assert_eq!(records.events.len() as u64, version);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -186,6 +187,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     }
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    // Answers and live-stream events go out as soon as they are written: with Nagle's
+    // algorithm a small SSE frame written while the last one is unacknowledged waits
+    // for the peer's delayed ACK (about 40 ms on Linux).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on a connection");
+        }
+    });
     tracing::info!(%addr, database = %redact_url(&config.database), "trustfold-server listening");
 
     let background = spawn_background(db, projector, notices, shutdown.clone(), &config);
