@@ -2,7 +2,8 @@
 //!
 //! An approval counts only if it approved the request's current allocations hash
 //! (amending the allocations voids earlier approvals) and its party is still an active
-//! participant holding an approving role. `all_of` needs one approval per listed role;
+//! participant holding an approving role. `all_of` needs one approval per listed role,
+//! each from a different party (a party holding two of the roles counts for one);
 //! `n_of` needs `n` distinct parties among the listed roles.
 
 use crate::id::PartyId;
@@ -30,12 +31,18 @@ pub fn quorum_met(state: &PaymentState, req: &Request) -> bool {
 }
 
 fn count_ok(state: &PaymentState, rule: &Approvals, parties: &SortedSet<PartyId>) -> bool {
-    let holds = |p: &PartyId, role| state.participants.get(p).is_some_and(|x| x.acts_as(role));
+    let holds = |p: &PartyId, role: &crate::policy::Role| {
+        state.participants.get(p).is_some_and(|x| x.acts_as(role))
+    };
     match rule {
         Approvals::None => true,
-        Approvals::AllOf(roles) => roles
-            .iter()
-            .all(|role| parties.iter().any(|p| holds(p, role))),
+        // One distinct party per listed role: a party holding two of the roles (a
+        // seller who is also invited as the buyer) approves once, not for both.
+        Approvals::AllOf(roles) => {
+            let parties: Vec<PartyId> = parties.iter().copied().collect();
+            let mut used = vec![false; parties.len()];
+            assign(roles, &parties, &mut used, &holds)
+        }
         Approvals::NOf { n, roles } => {
             let c = parties
                 .iter()
@@ -44,6 +51,29 @@ fn count_ok(state: &PaymentState, rule: &Approvals, parties: &SortedSet<PartyId>
             c >= *n as usize
         }
     }
+}
+
+/// Whether each of `roles` can be given its own party among the unused `parties`
+/// (a matching found by backtracking: role lists are a handful long).
+fn assign(
+    roles: &[crate::policy::Role],
+    parties: &[PartyId],
+    used: &mut [bool],
+    holds: &impl Fn(&PartyId, &crate::policy::Role) -> bool,
+) -> bool {
+    let Some((role, rest)) = roles.split_first() else {
+        return true;
+    };
+    for i in 0..parties.len() {
+        if !used[i] && holds(&parties[i], role) {
+            used[i] = true;
+            if assign(rest, parties, used, holds) {
+                return true;
+            }
+            used[i] = false;
+        }
+    }
+    false
 }
 
 /// True while the request could still reach quorum if every eligible party who has

@@ -490,8 +490,11 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
                 "nothing leaves escrow while disputed",
             )?;
             need(open.is_none(), "request_open", "another request is open")?;
+            // Held, or part of the payment held while the rest is awaited (a partial
+            // return left the payer short): what is held can go back either way.
             need(
-                st == Status::Held,
+                st == Status::Held
+                    || (st == Status::AwaitingFunds && s.escrow_available().is_positive()),
                 "invalid_state",
                 "refunds draw on held funds",
             )
@@ -504,16 +507,19 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
             "no_open_request",
             "no request awaits approvals",
         ),
-        CommandKind::CancelRequest => need(
-            open.is_some_and(|(_, r)| {
-                matches!(
-                    r.status,
-                    RequestStatus::AwaitingApprovals | RequestStatus::Authorized
-                )
-            }),
-            "no_open_request",
-            "no request that can be cancelled",
-        ),
+        CommandKind::CancelRequest => {
+            need(
+                open.is_some_and(|(_, r)| {
+                    matches!(
+                        r.status,
+                        RequestStatus::AwaitingApprovals | RequestStatus::Authorized
+                    )
+                }),
+                "no_open_request",
+                "no request that can be cancelled",
+            )?;
+            not_mandated(open.map(|(_, r)| r))
+        }
         CommandKind::SubmitDisbursement => {
             need(
                 !disputed,
@@ -575,7 +581,25 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
                 !open.is_some_and(|(_, r)| r.status == RequestStatus::Submitted),
                 "disbursement_in_flight",
                 "a disbursement is on a rail: wait for its outcome",
-            )
+            )?;
+            not_mandated(open.map(|(_, r)| r))?;
+            // Cancelling refunds what is held at once, with no approvals: only where
+            // the policy's refunds need none. Otherwise the money held goes back the
+            // way every refund does, with the approvals the parties agreed to.
+            let rule = &s.policy_doc.refund.approvals;
+            if s.ledger.balance(&Account::Escrow).posted.is_positive()
+                && !matches!(rule, crate::policy::Approvals::None)
+            {
+                return reject(
+                    "refund_approvals_required",
+                    format!(
+                        "money is held in escrow and this policy's refunds need approvals \
+                         ({}): request the refund (RequestRefund), and cancel once it is paid out",
+                        describe_rule(rule)
+                    ),
+                );
+            }
+            Ok(())
         }
         CommandKind::RecordShortfallRecovery => need(
             st == Status::Shortfall,
@@ -616,6 +640,88 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
         ),
         CommandKind::Invite | CommandKind::Remove | CommandKind::RecordReversal => Ok(()),
         CommandKind::RailNotice | CommandKind::Tick | CommandKind::Initiate => Ok(()),
+    }
+}
+
+/// Sets the funding deadline anchored on agreement once every party that must agree
+/// has (after an agreement, or the removal of the last party yet to agree).
+fn deadline_once_agreed(em: &mut Emitter<'_>) -> Result<()> {
+    let s = &em.state;
+    if s.all_agreed() && s.funding.deadline.is_none() && s.status.is_before_held() {
+        if let Some(d) = s.policy_doc.funding.deadline.clone() {
+            if d.anchor == DeadlineAnchor::Agreed {
+                em.emit(FundingDeadlineSet {
+                    deadline: deadline_from(em.ctx.now, &d)?,
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `role` decides or receives about the money, if anything: the roles whose holders
+/// pay, are paid, approve releases or refunds, collect a fee or resolve disputes.
+fn money_power(policy: &Policy, role: &Role) -> Option<&'static str> {
+    if *role == policy.payer_role {
+        Some("pays")
+    } else if policy.payee_roles.contains(role) {
+        Some("is paid releases")
+    } else if policy.release.approvals.roles().contains(role)
+        || policy.refund.approvals.roles().contains(role)
+    {
+        Some("approves releases or refunds")
+    } else if policy.fees.iter().any(|f| f.to_role == *role) {
+        Some("collects a fee")
+    } else if policy.permissions.resolve.contains(role) {
+        Some("resolves disputes")
+    } else {
+        None
+    }
+}
+
+/// Whether money has come in and not all gone out: then who pays, is paid, approves,
+/// collects or resolves is fixed, so that no one can remove a party from such a role or
+/// invite a stand-in into it (who would approve a refund to the inviter, or be paid).
+fn roster_locked(s: &PaymentState) -> bool {
+    !s.status.is_terminal()
+        && (s.ledger.balance(&Account::Escrow).posted.is_positive()
+            || s.ledger.balance(&Account::Clearing).posted.is_positive()
+            || !s.funding_in_progress().is_zero())
+}
+
+/// Refuses a roster change to `role` while [`roster_locked`].
+fn check_roster(s: &PaymentState, role: &Role, change: &str) -> Result<()> {
+    match money_power(&s.policy_doc, role) {
+        Some(power) if roster_locked(s) => reject(
+            "role_locked",
+            format!(
+                "role `{role}` {power}: while money is in escrow or on its way no one may be \
+                 {change} it; settle it through a dispute, or once the money is out"
+            ),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A request the payment's own rules authorized — a dispute's resolution, the policy's
+/// automatic release, the refund after a cancellation or expiry — is carried out, not
+/// called off by a party: cancelling it would let one side overrule the arbiter or the
+/// policy (and leave a cancelled payment's money with no refund under way).
+fn not_mandated(open: Option<&crate::state::Request>) -> Result<()> {
+    match open.and_then(|r| r.mandate) {
+        Some(m) => reject(
+            "mandated_request",
+            format!(
+                "the open request carries out {}: it cannot be cancelled by a party",
+                match m {
+                    crate::state::Mandate::AutoRelease => "the policy's automatic release",
+                    crate::state::Mandate::Cancellation => "the refund of a cancelled payment",
+                    crate::state::Mandate::Expiry => "the refund of an expired payment",
+                    crate::state::Mandate::DisputeResolution => "a dispute's resolution",
+                }
+            ),
+        ),
+        None => Ok(()),
     }
 }
 
@@ -683,6 +789,7 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
                         format!("role `{r}` is not in policy {}", s.policy.id),
                     );
                 };
+                check_roster(s, r, "invited into")?;
                 let holders = s
                     .participants
                     .values()
@@ -736,10 +843,18 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
                     "the payer cannot be removed once funds are held",
                 );
             }
+            if let Some(p) = s.participants.get(party) {
+                for r in &p.roles {
+                    check_roster(s, r, "removed from")?;
+                }
+            }
             em.emit(ParticipantRemoved {
                 party: *party,
                 reason: reason.clone(),
-            })
+            })?;
+            // The last party yet to agree may be the one removed: the others' agreement
+            // is then complete, and a deadline anchored on it starts now.
+            deadline_once_agreed(em)
         }
         Command::AgreeToTerms { terms_hash } => {
             let party = actor_party(ctx)?;
@@ -760,17 +875,7 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
                 party,
                 terms_hash: *terms_hash,
             })?;
-            let s = &em.state;
-            if s.all_agreed() && s.funding.deadline.is_none() {
-                if let Some(d) = s.policy_doc.funding.deadline.clone() {
-                    if d.anchor == DeadlineAnchor::Agreed {
-                        em.emit(FundingDeadlineSet {
-                            deadline: deadline_from(ctx.now, &d)?,
-                        })?;
-                    }
-                }
-            }
-            Ok(())
+            deadline_once_agreed(em)
         }
         Command::AttachFundingMethod { method } => {
             if !em.state.policy_doc.funding.rails.contains(&method.rail) {
@@ -1585,19 +1690,32 @@ fn tick(em: &mut Emitter<'_>) -> Result<()> {
             && !s.expired
         {
             let available = s.escrow_available();
+            // The payees, but not the payer: money going back to the payer is a
+            // refund, with the refund's rules, never an automatic "release".
+            let payer = s.parties_with(&s.policy_doc.payer_role);
             let payees: Vec<PartyId> = s
                 .policy_doc
                 .payee_roles
                 .iter()
                 .flat_map(|r| s.parties_with(r))
                 .fold(Vec::new(), |mut v, p| {
-                    if !v.contains(&p) {
+                    if !v.contains(&p) && !payer.contains(&p) {
                         v.push(p);
                     }
                     v
                 });
             if available.is_positive() && !payees.is_empty() {
-                let gross = gross_for_full_release(s, available)?;
+                let mut gross = gross_for_full_release(s, available)?;
+                // The policy's cap per release holds for its own release too: what is
+                // left is released by the next ticks, one capped release at a time.
+                if let (Some(max), true) = (
+                    s.policy_doc.release.max_per_release,
+                    s.policy_doc.release.partial,
+                ) {
+                    if gross.amount() > max {
+                        gross = Money::from_decimal(max, gross.currency())?;
+                    }
+                }
                 let parts = gross.allocate(&vec![1; payees.len()])?;
                 let allocations: Vec<Allocation> = payees
                     .into_iter()

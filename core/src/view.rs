@@ -132,6 +132,21 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
             }
             Hidden::Disputes => {
                 obj.insert("disputes".into(), Value::Object(Map::new()));
+                // A request also tells of a dispute: the resolution it carries out, or
+                // that one pulled it back.
+                if let Some(reqs) = obj.get_mut("requests").and_then(Value::as_object_mut) {
+                    for r in reqs.values_mut().filter_map(Value::as_object_mut) {
+                        if r.get("mandate").and_then(Value::as_str) == Some(DISPUTE_MANDATE) {
+                            r.remove("mandate");
+                        }
+                        if r.get("failure")
+                            .and_then(Value::as_str)
+                            .is_some_and(|f| DISPUTE_FAILURES.contains(&f))
+                        {
+                            r.remove("failure");
+                        }
+                    }
+                }
             }
         }
     }
@@ -167,6 +182,10 @@ const REQUEST_EVENTS: &[&str] = &[
     "RequestCancelled",
     "FeeAssessed",
 ];
+/// A request's `mandate` when it carries out a dispute's resolution.
+const DISPUTE_MANDATE: &str = "dispute_resolution";
+/// A request's `failure` when a dispute pulled it back or its resolution replaced it.
+const DISPUTE_FAILURES: &[&str] = &["dispute opened", "dispute resolved"];
 /// Events about disputes: hidden from a view that hides `disputes`.
 const DISPUTE_EVENTS: &[&str] = &["DisputeOpened", "DisputeResolved"];
 
@@ -342,7 +361,31 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
             }
             Hidden::Ledger => obj.set(b"ledger", NULL),
             Hidden::Requests => obj.set(b"requests", tree::Node::Obj(Vec::new())),
-            Hidden::Disputes => obj.set(b"disputes", tree::Node::Obj(Vec::new())),
+            Hidden::Disputes => {
+                obj.set(b"disputes", tree::Node::Obj(Vec::new()));
+                if let Some(reqs) = obj.field_mut(b"requests").and_then(|n| n.as_object_mut()) {
+                    for (_, r) in reqs.iter_mut() {
+                        let Some(r) = r.as_object_mut() else {
+                            continue;
+                        };
+                        let quoted = |n: Option<&mut tree::Node<'_>>, texts: &[&str]| {
+                            matches!(n, Some(tree::Node::Scalar(b))
+                            if texts.iter().any(|t| {
+                                b.len() == t.len() + 2
+                                    && b.starts_with(b"\"")
+                                    && b.ends_with(b"\"")
+                                    && &b[1..b.len() - 1] == t.as_bytes()
+                            }))
+                        };
+                        if quoted(r.field_mut(b"mandate"), &[DISPUTE_MANDATE]) {
+                            r.unset(b"mandate");
+                        }
+                        if quoted(r.field_mut(b"failure"), DISPUTE_FAILURES) {
+                            r.unset(b"failure");
+                        }
+                    }
+                }
+            }
         }
     }
     if vis.hide.contains(&Hidden::BankDetails) || vis.hide.contains(&Hidden::Amounts) {

@@ -1588,7 +1588,8 @@ fn each_event_with(history: &[u8], edit: impl Fn(&str) -> String) -> Vec<u8> {
 #[test]
 fn a_leg_reversed_twice_folds_only_as_written_before_v2() {
     // Cancelled and refunded; the payer's bank sent the refund back (one reversal).
-    let mut s = scenarios::earnest_held(97).expect("held");
+    let mut s =
+        scenarios::earnest_held_with(97, scenarios::refunds_without_approvals()).expect("held");
     let escrow = || as_(ESCROW, "escrow_holder");
     s.run(
         as_(LISTING_AGENT, "listing_agent"),

@@ -669,13 +669,22 @@ fn partial_return_in_clearing_leaves_the_rest_to_become_good_funds() {
     // And it can be refunded: the deal is off.
     ok(
         &mut s,
-        listing_agent(),
-        Command::Cancel {
-            reason: "deal fell through".into(),
-            refund_request: Some(rid(5)),
+        escrow(),
+        Command::RequestRefund {
+            request: rid(5),
+            amount: None,
         },
     );
     assert_eq!(s.state().requests[&rid(5)].amount, usd("4000.00"));
+    // Refunded with the buyer's and the seller's approval: the deal is over.
+    let a = approval(&s, 5);
+    ok(&mut s, buyer(), a);
+    let a = approval(&s, 5);
+    ok(&mut s, seller(), a);
+    ok(&mut s, escrow(), disbursement(5, "refund-1"));
+    ok(&mut s, Actor::rail(), notice("refund-1", settled()));
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.status(), Status::Refunded);
 }
 
 // ------------------------------------------------- returns against committed money
@@ -720,7 +729,8 @@ fn a_return_pulls_back_an_authorized_release_instead_of_paying_it_out() {
 
 #[test]
 fn a_return_after_a_cancellation_refunds_the_payer_once() {
-    let mut s = scenarios::earnest_held(121).expect("earnest held");
+    let mut s = scenarios::earnest_held_with(121, scenarios::refunds_without_approvals())
+        .expect("earnest held, refunds without approvals");
     ok(
         &mut s,
         listing_agent(),
@@ -1127,7 +1137,8 @@ fn funds_arriving_after_expiry_wait_for_an_open_dispute() {
 fn a_leg_is_reversed_once() {
     // A refund sent back by the payer's bank is recorded once; again would put the same
     // money into escrow a second time (the payer's account has no balance to stop it).
-    let mut s = scenarios::earnest_held(133).expect("earnest held");
+    let mut s = scenarios::earnest_held_with(133, scenarios::refunds_without_approvals())
+        .expect("earnest held, refunds without approvals");
     ok(
         &mut s,
         listing_agent(),
@@ -1167,7 +1178,8 @@ fn a_leg_is_reversed_once() {
 fn a_partial_return_after_a_cancellation_refunds_the_rest() {
     // The refund the cancellation authorized is pulled back by the return (which takes
     // 2000.00 from escrow); a new refund sends the 3000.00 left.
-    let mut s = scenarios::earnest_held(134).expect("earnest held");
+    let mut s = scenarios::earnest_held_with(134, scenarios::refunds_without_approvals())
+        .expect("earnest held, refunds without approvals");
     ok(
         &mut s,
         listing_agent(),
@@ -1342,4 +1354,270 @@ fn a_held_notice_is_checked_on_arrival_and_never_blocks_its_transfer() {
     assert_eq!(a.status, trustfold_core::state::FundingStatus::Submitted);
     assert!(s.state().held_notices.is_empty());
     assert_eq!(s.balance(Account::LossReturns), "0.00");
+}
+
+// ------------------------------------------- who may override what the rules decided
+
+/// Held, disputed by the buyer, and resolved by the escrow holder as a release of
+/// everything to the seller: an authorized request with the dispute-resolution mandate.
+fn earnest_resolved_as_release(n: u8) -> Sim {
+    let mut s = scenarios::earnest_held(n).expect("earnest held");
+    ok(
+        &mut s,
+        buyer(),
+        Command::OpenDispute {
+            dispute: rid(9),
+            reason: "inspection".into(),
+        },
+    );
+    ok(
+        &mut s,
+        escrow(),
+        Command::ResolveDispute {
+            dispute: rid(9),
+            outcome: DisputeOutcome::Release,
+            request: Some(rid(2)),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: usd("5000.00"),
+            }],
+            amount: None,
+            note: "the contingency had lapsed".into(),
+        },
+    );
+    assert_eq!(
+        s.state().requests[&rid(2)].status,
+        RequestStatus::Authorized
+    );
+    s
+}
+
+#[test]
+fn mandated_request_a_dispute_resolution_is_not_cancelled_by_a_party() {
+    let mut s = earnest_resolved_as_release(140);
+    // The listing agent may cancel requests it could have made, not the arbiter's.
+    refuse(
+        &mut s,
+        listing_agent(),
+        Command::CancelRequest {
+            request: rid(2),
+            reason: "changed our minds".into(),
+        },
+        "mandated_request",
+        "a dispute's resolution",
+    );
+    // Nor call it off by cancelling the payment (which would refund the buyer).
+    refuse(
+        &mut s,
+        listing_agent(),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: Some(rid(5)),
+        },
+        "mandated_request",
+        "cannot be cancelled by a party",
+    );
+    // The resolution is carried out.
+    ok(&mut s, escrow(), disbursement(2, "out-1"));
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    assert_eq!(s.status(), Status::Completed);
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+}
+
+#[test]
+fn refund_approvals_required_to_cancel_with_money_held() {
+    let mut s = scenarios::earnest_held(141).expect("earnest held");
+    refuse(
+        &mut s,
+        escrow(),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: Some(rid(5)),
+        },
+        "refund_approvals_required",
+        "one from each of: buyer, seller",
+    );
+    let ctx = Context {
+        command_id: CommandId::from_bytes([0x33; 16]),
+        actor: escrow(),
+        now: s.d.now(),
+        correlation: None,
+    };
+    assert!(
+        !trustfold_core::decide::allowed_commands(s.state(), &ctx).contains(&CommandKind::Cancel),
+        "a widget offers no Cancel button then"
+    );
+    // Before any money is held the same party cancels freely.
+    let mut early = earnest(142);
+    ok(
+        &mut early,
+        listing_agent(),
+        Command::Cancel {
+            reason: "offer withdrawn".into(),
+            refund_request: None,
+        },
+    );
+    assert_eq!(early.status(), Status::Cancelled);
+}
+
+#[test]
+fn all_of_needs_a_different_party_for_each_role() {
+    // The listing agent invites one party as both seller and buyer (a second of each,
+    // which the policy allows) and asks to release everything to it.
+    let mut s = earnest(143);
+    let roles = vec![Role::new("seller"), Role::new("buyer")];
+    // The same person can hold two roles (one invitation with both).
+    ok(
+        &mut s,
+        listing_agent(),
+        Command::Invite {
+            party: pid(8),
+            roles: roles.clone(),
+            name: "Dual Dana".into(),
+            email: None,
+        },
+    );
+    ok(&mut s, as_(8, "buyer"), Command::Join);
+    if s.status() == Status::AwaitingAgreement {
+        s.agree(8, "buyer").expect("agrees");
+    }
+    ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-1"));
+    ok(&mut s, Actor::rail(), notice("wire-1", settled()));
+    assert_eq!(s.status(), Status::Held);
+    ok(&mut s, escrow(), release(1, &[(8, "5000.00")]));
+    let a = approval(&s, 1);
+    ok(&mut s, as_(8, "seller"), a);
+    // One approval counts for one role: the request still waits.
+    assert_eq!(
+        s.state().requests[&rid(1)].status,
+        RequestStatus::AwaitingApprovals
+    );
+    // With the real buyer's approval, one from each role by different parties.
+    let a = approval(&s, 1);
+    ok(&mut s, buyer(), a);
+    assert_eq!(
+        s.state().requests[&rid(1)].status,
+        RequestStatus::Authorized
+    );
+}
+
+#[test]
+fn role_locked_no_stand_in_while_money_is_held() {
+    let mut s = milestones_held(144);
+    // The client may invite and remove, but not swap the contractor (payee, refund
+    // approver) for a stand-in who would approve a refund back to the client.
+    refuse(
+        &mut s,
+        client(),
+        Command::Remove {
+            party: pid(CONTRACTOR),
+            reason: "replaced".into(),
+        },
+        "role_locked",
+        "role `contractor`",
+    );
+    refuse(
+        &mut s,
+        client(),
+        Command::Invite {
+            party: pid(29),
+            roles: vec![Role::new("contractor")],
+            name: "Stan Stand-in".into(),
+            email: None,
+        },
+        "role_locked",
+        "while money is in escrow",
+    );
+    // Before any money came in, the roster is the parties' to change (every party
+    // agreeing again sees it).
+    let mut early = milestones(145);
+    ok(
+        &mut early,
+        client(),
+        Command::Remove {
+            party: pid(INSPECTOR),
+            reason: "replaced".into(),
+        },
+    );
+}
+
+#[test]
+fn the_automatic_release_keeps_the_cap_per_release() {
+    // The marketplace's automatic release, with partial releases of at most 100.00.
+    let mut p = policy("marketplace");
+    p.release.partial = true;
+    p.release.max_per_release = Some("100.00".parse().expect("decimal"));
+    let mut s = scenarios::market_with(146, p).expect("held");
+    s.hours(73);
+    ok(&mut s, Actor::system(), Command::Tick);
+    let (id, r) = s.state().open_request().expect("auto-release");
+    assert_eq!(r.amount, usd("100.00"), "capped");
+    ok(
+        &mut s,
+        as_(PLATFORM, "platform"),
+        disbursement_of(id, "payout-1"),
+    );
+    ok(&mut s, Actor::rail(), notice("payout-1", settled()));
+    assert_eq!(s.status(), Status::Held);
+    // The rest follows at the next tick.
+    ok(&mut s, Actor::system(), Command::Tick);
+    let (_, r) = s.state().open_request().expect("second auto-release");
+    assert_eq!(r.amount, usd("20.00"));
+}
+
+#[test]
+fn the_automatic_release_pays_no_payer() {
+    // A policy (accepted before validate_new refused it) naming the buyer a payee too:
+    // the automatic release goes to the seller alone.
+    let mut p = policy("marketplace");
+    p.payee_roles.push(Role::new("buyer"));
+    let mut s = scenarios::market_with(147, p).expect("held");
+    s.hours(73);
+    ok(&mut s, Actor::system(), Command::Tick);
+    let (_, r) = s.state().open_request().expect("auto-release");
+    let to: Vec<PartyId> = r.allocations.iter().map(|a| a.party).collect();
+    assert_eq!(to, vec![pid(SELLER)]);
+}
+
+#[test]
+fn the_funding_deadline_starts_when_the_last_party_yet_to_agree_is_removed() {
+    let mut s = Sim::new("earnest-money", 148);
+    let initiate = Command::Initiate {
+        payment: s.d.payment(),
+        tenant: TenantId::from_bytes([0x7e; 16]),
+        policy: Box::new(policy("earnest-money")),
+        amount: usd("5000.00"),
+        description: "Earnest money, 12 Elm St".into(),
+        roles: vec![Role::new("listing_agent")],
+        name: "Lee Listing".into(),
+    };
+    ok(&mut s, listing_agent(), initiate);
+    for (n, role, name) in [
+        (BUYER, "buyer", "Bea Buyer"),
+        (SELLER, "seller", "Sol Seller"),
+        (9, "seller", "Sue Second"),
+        (ESCROW, "escrow_holder", "Esme Escrow"),
+    ] {
+        s.invite_join(listing_agent(), n, role, name)
+            .expect("invite and join");
+    }
+    s.agree(BUYER, "buyer").expect("agrees");
+    s.agree(SELLER, "seller").expect("agrees");
+    assert!(
+        s.state().funding.deadline.is_none(),
+        "the second seller has not agreed"
+    );
+    ok(
+        &mut s,
+        listing_agent(),
+        Command::Remove {
+            party: pid(9),
+            reason: "not on the title".into(),
+        },
+    );
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    assert!(
+        s.state().funding.deadline.is_some(),
+        "everyone left has agreed: the deadline runs"
+    );
 }

@@ -101,3 +101,46 @@ fn hiding_requests_or_disputes_hides_their_events_too() {
     assert!(seen.contains(&"ReleaseRequested".to_owned()), "{seen:?}");
     assert!(!seen.iter().any(|t| t.starts_with("Dispute")), "{seen:?}");
 }
+
+#[test]
+fn hiding_disputes_hides_what_the_requests_tell_of_them() {
+    use trustfold_core::policy::{EventFilter, Hidden, Visibility};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let bytes = std::fs::read(dir.join("em_dispute_before_disbursement.history.json"))
+        .expect("a release pulled back by a dispute, and the resolution's request");
+    let mut state = replay(&bytes).expect("replay");
+    let envs: Vec<_> = history::parse(&bytes)
+        .expect("parse")
+        .iter()
+        .map(|r| r.envelope().expect("envelope"))
+        .collect();
+    let full = view::state_view(&state, &[Role::new("buyer")]).to_string();
+    assert!(
+        full.contains("\"mandate\":\"dispute_resolution\""),
+        "{full}"
+    );
+    assert!(full.contains("\"failure\":\"dispute opened\""), "{full}");
+    let auditor = Role::new("lender");
+    let mut policy = (*state.policy_doc).clone();
+    policy.visibility.insert(
+        auditor.clone(),
+        Visibility {
+            events: EventFilter::All,
+            hide: [Hidden::Disputes].into_iter().collect(),
+        },
+    );
+    state.policy_doc = std::sync::Arc::new(policy);
+    let roles = std::slice::from_ref(&auditor);
+    let want = serde_json::json!({
+        "state": view::state_view(&state, roles),
+        "events": view::history_view(&state, &envs, roles),
+    })
+    .to_string();
+    let got = String::from_utf8(view::view_json(&state, &envs, roles)).expect("utf8");
+    assert_eq!(got, want, "both ways of redacting agree");
+    for told in ["dispute_resolution", "dispute opened", "dispute resolved"] {
+        assert!(!got.contains(told), "`{told}` in {got}");
+    }
+    // The requests themselves are still there (only what they say of the dispute left).
+    assert!(got.contains("\"ReleaseRequested\""), "{got}");
+}

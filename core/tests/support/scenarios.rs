@@ -211,6 +211,20 @@ fn returned(code: &str, amount: Option<Money>) -> RailOutcome {
 /// Opened by the listing agent; buyer, seller, escrow holder, lender and buyer's agent
 /// invited and joined; buyer and seller agreed. Ends in AwaitingFunds.
 pub fn earnest(n: u8) -> R<Sim> {
+    earnest_with(n, policy("earnest-money"))
+}
+
+/// The earnest-money policy, but its refunds need no approvals: a party allowed to
+/// cancel may then cancel with money held, and the refund of everything held is
+/// authorized at once (`PaymentCancelled` + `RefundRequested` + `RefundAuthorized`).
+pub fn refunds_without_approvals() -> Policy {
+    let mut p = policy("earnest-money");
+    p.refund.approvals = trustfold_core::policy::Approvals::None;
+    p
+}
+
+/// [`earnest`] under another policy (same roles).
+pub fn earnest_with(n: u8, pinned: Policy) -> R<Sim> {
     let mut s = Sim::new("earnest-money", n);
     let la = || as_(LISTING_AGENT, "listing_agent");
     s.run(
@@ -218,7 +232,7 @@ pub fn earnest(n: u8) -> R<Sim> {
         Command::Initiate {
             payment: s.d.payment(),
             tenant: TenantId::from_bytes([0x7e; 16]),
-            policy: Box::new(policy("earnest-money")),
+            policy: Box::new(pinned),
             amount: usd("5000.00"),
             description: "Earnest money, 12 Elm St".into(),
             roles: vec![Role::new("listing_agent")],
@@ -267,7 +281,12 @@ fn fund(s: &mut Sim, rail: Rail, rail_ref: &str, amount: &str) -> R {
 
 /// Funded by wire: settles and is available at once.
 pub fn earnest_held(n: u8) -> R<Sim> {
-    let mut s = earnest(n)?;
+    earnest_held_with(n, policy("earnest-money"))
+}
+
+/// [`earnest_held`] under another policy (same roles).
+pub fn earnest_held_with(n: u8, pinned: Policy) -> R<Sim> {
+    let mut s = earnest_with(n, pinned)?;
     fund(&mut s, Rail::Wire, "wire-1", "5000.00")?;
     assert_eq!(s.status(), Status::FundingInFlight);
     s.hours(2);
@@ -800,6 +819,46 @@ pub fn em_cancel_before_funding() -> R<Vector> {
 
 pub fn em_cancel_after_funds() -> R<Vector> {
     let mut s = earnest_held(18)?;
+    // The earnest-money policy's refunds need the buyer's and the seller's approval
+    // (their mutual release): no one cancels the deal and takes the money back alone.
+    s.rejects(
+        as_(LISTING_AGENT, "listing_agent"),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: Some(rid(5)),
+        },
+        "refund_approvals_required",
+    );
+    s.run(
+        escrow(),
+        Command::RequestRefund {
+            request: rid(5),
+            amount: None,
+        },
+    )?;
+    assert_eq!(s.status(), Status::AwaitingApprovals);
+    approve(&mut s, 5, BUYER, "buyer")?;
+    approve(&mut s, 5, SELLER, "seller")?;
+    assert_eq!(
+        s.status(),
+        Status::Refunding,
+        "held funds are refunded, not lost"
+    );
+    disburse(&mut s, 5, escrow(), "refund-1")?;
+    s.notice("refund-1", settled())?;
+    assert_eq!(s.status(), Status::Refunded);
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.balance(Account::ExternalPayer), "0.00");
+    Ok(s.vector(
+        "em_cancel_after_funds",
+        "The deal falls through after funds were held: cancelling is refused while the policy's refunds need approvals (refund_approvals_required); the escrow holder requests the refund, buyer and seller approve it (their mutual release), and the whole balance goes back to the buyer.",
+    ))
+}
+
+pub fn mk_cancel_after_funds() -> R<Vector> {
+    // A policy whose refunds need no approvals: cancelling with money held refunds it
+    // all at once, and the payment ends Cancelled once the refund settles.
+    let mut s = earnest_held_with(25, refunds_without_approvals())?;
     s.rejects(
         as_(LISTING_AGENT, "listing_agent"),
         Command::Cancel {
@@ -825,8 +884,8 @@ pub fn em_cancel_after_funds() -> R<Vector> {
     assert_eq!(s.status(), Status::Cancelled);
     assert_eq!(s.balance(Account::ExternalPayer), "0.00");
     Ok(s.vector(
-        "em_cancel_after_funds",
-        "Cancelled after funds were held: the whole balance is refunded to the buyer first.",
+        "cancel_after_funds_no_refund_approvals",
+        "Under a policy whose refunds need no approvals, cancelling after funds were held refunds the whole balance to the buyer first, then the payment is Cancelled.",
     ))
 }
 
@@ -1040,6 +1099,11 @@ pub fn em_reversal_correction() -> R<Vector> {
 // ---------------------------------------------------------------- marketplace
 
 fn market(n: u8) -> R<Sim> {
+    market_with(n, policy("marketplace"))
+}
+
+/// The marketplace order (120.00 by card, held) under another policy (same roles).
+pub fn market_with(n: u8, pinned: Policy) -> R<Sim> {
     let mut s = Sim::new("marketplace", n);
     let pl = || as_(PLATFORM, "platform");
     s.run(
@@ -1047,7 +1111,7 @@ fn market(n: u8) -> R<Sim> {
         Command::Initiate {
             payment: s.d.payment(),
             tenant: TenantId::from_bytes([0x7f; 16]),
-            policy: Box::new(policy("marketplace")),
+            policy: Box::new(pinned),
             amount: usd("120.00"),
             description: "Order 1042: vintage lamp".into(),
             roles: vec![Role::new("platform")],
@@ -1662,6 +1726,7 @@ pub fn all() -> R<Vec<Vector>> {
         em_dispute_during_disbursement()?,
         em_cancel_before_funding()?,
         em_cancel_after_funds()?,
+        mk_cancel_after_funds()?,
         em_deadline_flagged()?,
         em_concurrent_conflict()?,
         em_notice_never_arrives()?,
