@@ -684,6 +684,27 @@ impl Policy {
     /// adding up to at most 10000 (so a release can pay them), and text of a length a
     /// history that embeds the policy in its first event can carry.
     ///
+    /// It also refuses what would leave a payment stuck, each at the field to change:
+    /// - no way out for held money: `permissions.disburse` empty;
+    ///   `permissions.request_release` empty without `release.auto_release_after_hours`;
+    ///   `permissions.request_refund` and `permissions.cancel` both empty;
+    ///   `permissions.dispute` without `permissions.resolve`; a role in
+    ///   `request_release`, `request_refund`, `disburse`, `cancel` or `resolve` that no
+    ///   party could hold (optional while no role may invite: only the initiator could);
+    /// - a release or refund approver whose view hides `requests` (`visibility.<role>`),
+    ///   as one hiding `amounts` already was;
+    /// - an automatic release while `payee_roles` names the payer role (it would pay the
+    ///   payer part of its own money);
+    /// - limits that contradict each other: `release.partial` false with a
+    ///   `max_per_release` below the largest payment allowed (or with no largest one),
+    ///   `funding.amount.min` above `limits.max_payment`, a funding deadline of 0 days, or
+    ///   one anchored on `agreed` with no `agreement` role (it would never be set);
+    /// - a fee to an optional role (`fees[i].to_role`): every release fails
+    ///   (`fee_recipient_missing`) while nobody holds it.
+    ///
+    /// [`Policy::check_payment_amount`] refuses, when a payment is opened, an amount not
+    /// above the policy's fixed fees.
+    ///
     /// Replaying a history checks only [`Policy::validate`]: a payment opened before a
     /// bound was added still folds.
     ///
@@ -724,14 +745,14 @@ impl Policy {
         }
         // Agreeing binds `terms_hash` and approving binds `allocations_hash`, digests of
         // amounts a view that hides amounts drops: such a role could not act.
-        let binding = self.agreement.iter().chain(
+        let approvers = || {
             self.release
                 .approvals
                 .roles()
                 .iter()
-                .chain(self.refund.approvals.roles()),
-        );
-        for role in binding {
+                .chain(self.refund.approvals.roles())
+        };
+        for role in self.agreement.iter().chain(approvers()) {
             if self
                 .visibility_for(std::slice::from_ref(role))
                 .hide
@@ -742,6 +763,54 @@ impl Policy {
                     format!(
                         "role `{role}` agrees to the terms or approves releases or refunds, \
                          which bind amounts: it cannot hide `amounts`"
+                    ),
+                ));
+            }
+        }
+        // An approval names the request and binds its `allocations_hash`; a view that
+        // hides requests drops both (and the events about them). Agreeing binds only
+        // `terms_hash`, which hiding requests keeps: agreement roles may hide them.
+        for role in approvers() {
+            if self
+                .visibility_for(std::slice::from_ref(role))
+                .hide
+                .contains(&Hidden::Requests)
+            {
+                return Err(Error::policy(
+                    format!("visibility.{role}"),
+                    format!(
+                        "role `{role}` approves releases or refunds: it cannot hide `requests`, \
+                         or it could not see the request id and allocations hash it approves"
+                    ),
+                ));
+            }
+        }
+        // A disbursement names the authorized request it carries out.
+        for role in &self.permissions.disburse {
+            if self
+                .visibility_for(std::slice::from_ref(role))
+                .hide
+                .contains(&Hidden::Requests)
+            {
+                return Err(Error::policy(
+                    format!("visibility.{role}"),
+                    format!(
+                        "role `{role}` submits disbursements (permissions.disburse): it cannot \
+                         hide `requests`, or it could not see the authorized request to pay out"
+                    ),
+                ));
+            }
+        }
+        // No one judges their own case: a role that resolves disputes may not be paid
+        // by the releases it would order, nor be the payer its refunds go back to.
+        for role in &self.permissions.resolve {
+            if *role == self.payer_role || self.payee_roles.contains(role) {
+                return Err(Error::policy(
+                    "permissions.resolve",
+                    format!(
+                        "role `{role}` is the payer or a payee, so it would resolve disputes \
+                         about money paid to itself: give `resolve` to a neutral role (an \
+                         escrow holder, an arbiter, the platform)"
                     ),
                 ));
             }
@@ -772,6 +841,23 @@ impl Policy {
                     format!("must be at most {MAX_DEADLINE_DAYS} (ten years)"),
                 ));
             }
+            if d.days == 0 {
+                return Err(Error::policy(
+                    "funding.deadline.days",
+                    "must be 1 or more: a deadline of 0 days falls at its anchor, so every \
+                     payment would miss it at once (remove the deadline for none)",
+                ));
+            }
+            // The `agreed` deadline is set by the last `AgreeToTerms`, which only a party
+            // in an `agreement` role can send.
+            if d.anchor == DeadlineAnchor::Agreed && self.agreement.is_empty() {
+                return Err(Error::policy(
+                    "funding.deadline.anchor",
+                    "counts from agreement, but `agreement` names no role: nobody agrees to \
+                     the terms, so the deadline would never be set; anchor it on \
+                     `initiated` or name the roles that must agree",
+                ));
+            }
         }
         for (i, c) in self.currencies.iter().enumerate() {
             if self.currencies[..i].contains(c) {
@@ -782,10 +868,172 @@ impl Policy {
             }
             self.fees_payable_in(*c)?;
         }
+        self.check_ways_out()?;
+        self.check_amount_limits()?;
+        if self.release.auto_release_after_hours.is_some()
+            && self.payee_roles.contains(&self.payer_role)
+        {
+            let payer = &self.payer_role;
+            return Err(Error::policy(
+                "release.auto_release_after_hours",
+                format!(
+                    "an automatic release splits escrow among every party holding a role in \
+                     `payee_roles`, which names the payer role `{payer}`: the payer would get \
+                     part of its own money back as a release; remove `{payer}` from \
+                     payee_roles or drop the automatic release"
+                ),
+            ));
+        }
+        for (i, fee) in self.fees.iter().enumerate() {
+            let role = &fee.to_role;
+            if !self.roles.get(role).is_some_and(|r| r.required) {
+                return Err(Error::policy(
+                    format!("fees[{i}].to_role"),
+                    format!(
+                        "role `{role}` is optional: a release pays fee `{}` to a party \
+                         holding it and fails (fee_recipient_missing) while none does; \
+                         make `{role}` required or pay the fee to a required role",
+                        fee.name
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
-    /// Checks an amount in `currency` against the policy's limits for a payment.
+    /// Held money can always leave escrow: someone may disburse, release (or the policy
+    /// releases by itself), refund or cancel, and resolve a dispute if one may be
+    /// opened; and each role named for it can be held in a payment.
+    fn check_ways_out(&self) -> Result<()> {
+        let p = &self.permissions;
+        if p.disburse.is_empty() {
+            return Err(Error::policy(
+                "permissions.disburse",
+                "name at least one role: released, refunded and cancelled funds leave \
+                 escrow only when a disbursement is submitted, so with nobody to submit one \
+                 held funds could never be paid out",
+            ));
+        }
+        if p.request_release.is_empty() && self.release.auto_release_after_hours.is_none() {
+            return Err(Error::policy(
+                "permissions.request_release",
+                "name at least one role (or set release.auto_release_after_hours): nobody \
+                 could ever request a release, so held funds could never reach the payees",
+            ));
+        }
+        if p.request_refund.is_empty() && p.cancel.is_empty() {
+            return Err(Error::policy(
+                "permissions.request_refund",
+                "name at least one role here or in permissions.cancel: nobody could refund \
+                 or cancel, so held funds could never go back to the payer",
+            ));
+        }
+        if let (Some(opener), true) = (p.dispute.first(), p.resolve.is_empty()) {
+            return Err(Error::policy(
+                "permissions.resolve",
+                format!(
+                    "name at least one role: `{opener}` may open a dispute \
+                     (permissions.dispute) and nothing leaves escrow until it is resolved, \
+                     so a dispute would hold the funds for good"
+                ),
+            ));
+        }
+        // A party holds a role it was given when opening the payment or when invited;
+        // a role nobody may invite into (permissions.invite empty) can only be the
+        // initiator's, and an optional role may stay unheld.
+        for (name, roles) in [
+            ("request_release", &p.request_release),
+            ("request_refund", &p.request_refund),
+            ("disburse", &p.disburse),
+            ("cancel", &p.cancel),
+            ("resolve", &p.resolve),
+        ] {
+            let unheld = roles.iter().find(|r| {
+                p.invite.is_empty() && !self.roles.get(*r).is_some_and(|rule| rule.required)
+            });
+            if let Some(role) = unheld {
+                return Err(Error::policy(
+                    format!("permissions.{name}"),
+                    format!(
+                        "role `{role}` is optional and no role may invite (permissions.invite \
+                         is empty): no party but the initiator could ever hold it; make \
+                         `{role}` required or name the roles that may invite"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Amount limits that do not contradict each other: a payment the policy allows can
+    /// be opened and released.
+    fn check_amount_limits(&self) -> Result<()> {
+        let max_payment = self.limits.max_payment;
+        if let (Some(min), Some(max)) = (self.funding.amount.min, max_payment) {
+            if min > max {
+                return Err(Error::policy(
+                    "funding.amount.min",
+                    format!(
+                        "{min} is larger than limits.max_payment ({max}): no payment could \
+                         be opened"
+                    ),
+                ));
+            }
+        }
+        let Some(cap) = self.release.max_per_release else {
+            return Ok(());
+        };
+        if self.release.partial {
+            return Ok(());
+        }
+        // The largest payment allowed: both maxima apply when both are set.
+        let largest = [
+            ("limits.max_payment", max_payment),
+            ("funding.amount.max", self.funding.amount.max),
+        ]
+        .into_iter()
+        .filter_map(|(field, v)| v.map(|v| (field, v)))
+        .min_by(|a, b| a.1.cmp(&b.1));
+        match largest {
+            None => Err(Error::policy(
+                "release.max_per_release",
+                format!(
+                    "a release must take everything held (release.partial is false) and at \
+                     most {cap}, and no payment maximum is set: a payment above {cap} could \
+                     never be released; allow partial releases, remove the cap, or set \
+                     limits.max_payment to at most {cap}"
+                ),
+            )),
+            Some((field, max)) if cap < max => Err(Error::policy(
+                "release.max_per_release",
+                format!(
+                    "a release must take everything held (release.partial is false) and at \
+                     most {cap}, but payments may reach {max} ({field}): a payment above \
+                     {cap} could never be released; allow partial releases or raise the cap \
+                     to at least {max}"
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Checks an amount in `currency` against the policy's limits for a payment: an
+    /// allowed currency whose minor units every fixed fee fits (`currency_not_allowed`,
+    /// `invalid_policy` at `fees[i].fixed`), at most the maxima (`limit_exceeded`), at
+    /// least the minimum and more than the fixed fees the first release owes
+    /// (`below_minimum`).
+    ///
+    /// ```
+    /// use trustfold_core::money::{Currency, Money};
+    /// use trustfold_core::policy::Policy;
+    /// let p = Policy::from_json(include_str!("../../examples/policies/milestone-escrow.json"))?;
+    /// let usd = Currency::new("USD")?;
+    /// // Its escrow fee has a fixed part of 25.00.
+    /// let e = p.check_payment_amount(&Money::parse("25.00", usd)?).unwrap_err();
+    /// assert_eq!(e.code(), "below_minimum");
+    /// assert_eq!(p.check_payment_amount(&Money::parse("25.01", usd)?), Ok(()));
+    /// # Ok::<(), trustfold_core::Error>(())
+    /// ```
     pub fn check_payment_amount(&self, amount: &Money) -> Result<()> {
         if !self.currencies.is_empty() && !self.currencies.contains(&amount.currency()) {
             return Err(Error::rejected(
@@ -813,12 +1061,54 @@ impl Policy {
                 format!("amount {amount} is under the policy's minimum"),
             ));
         }
+        // The first release owes every fixed fee: a payment of no more than their sum
+        // could never be released (`fees_exceed_gross` or `insufficient_funds`).
+        let fixed = self
+            .fees
+            .iter()
+            .filter_map(|f| f.fixed)
+            .try_fold(Decimal::ZERO, |sum, f| sum.checked_add(f));
+        if fixed.is_none_or(|sum| sum > Decimal::ZERO && a <= sum) {
+            let sum = match fixed {
+                Some(sum) => format!("{sum} {}", amount.currency()),
+                None => "more than any amount".into(),
+            };
+            return Err(Error::rejected(
+                "below_minimum",
+                format!(
+                    "amount {amount} does not cover the policy's fixed fees ({sum}), which \
+                     the first release owes: open the payment for more than them"
+                ),
+            ));
+        }
         Ok(())
     }
 
     /// Every fixed fee can be charged in `currency` (a fee of 2.50 cannot be charged
     /// in JPY): otherwise no release of the payment could ever be paid out.
     fn fees_payable_in(&self, currency: Currency) -> Result<()> {
+        // Amount bounds are compared with amounts in every listed currency: one with
+        // more decimals than a currency has (100.001 USD) could never be met exactly.
+        let bounds = [
+            ("funding.amount.min", self.funding.amount.min),
+            ("funding.amount.max", self.funding.amount.max),
+            ("limits.max_payment", self.limits.max_payment),
+            ("release.max_per_release", self.release.max_per_release),
+        ];
+        for (field, bound) in bounds {
+            if let Some(v) = bound {
+                if Money::from_decimal(v, currency).is_err() {
+                    return Err(Error::policy(
+                        field,
+                        format!(
+                            "{v} has more decimals than {currency} allows ({}): amounts are \
+                             never rounded",
+                            currency.minor_units()
+                        ),
+                    ));
+                }
+            }
+        }
         for (i, fee) in self.fees.iter().enumerate() {
             if let Some(fixed) = fee.fixed {
                 if Money::from_decimal(fixed, currency).is_err() {

@@ -413,11 +413,12 @@ fn disbursement_in_flight_blocks_a_dispute_resolution_with_a_new_request() {
 
 #[test]
 fn fees_exceed_gross_when_payee_borne_fees_outgrow_the_release() {
-    // The marketplace policy with a fixed payee-borne fee larger than the order.
+    // The marketplace policy with a fixed payee-borne fee that, with its 10 %, outgrows
+    // the order (an order of no more than the fixed part cannot be opened at all).
     let mut doc: serde_json::Value =
         serde_json::from_str(include_str!("../../examples/policies/marketplace.json"))
             .expect("marketplace policy json");
-    doc["fees"][0]["fixed"] = "200.00".into();
+    doc["fees"][0]["fixed"] = "110.00".into();
     let fee_policy =
         Policy::from_json(&serde_json::to_string(&doc).expect("json")).expect("valid policy");
     let mut s = Sim::new("marketplace", 110);
@@ -439,7 +440,7 @@ fn fees_exceed_gross_when_payee_borne_fees_outgrow_the_release() {
     ok(&mut s, buyer(), funding("120.00", Rail::Card, "card-1"));
     ok(&mut s, Actor::rail(), notice("card-1", settled()));
     assert_eq!(s.status(), Status::Held);
-    // 10 % of 120.00 plus the fixed 200.00, borne by the seller's 120.00. The code is
+    // 10 % of 120.00 plus the fixed 110.00, borne by the seller's 120.00. The code is
     // raised by `fold::disbursement_legs`, reached from `decide`'s fee assessment
     // (`assess_fees` -> `disbursement_total`) while the release request is decided.
     refuse(
@@ -1567,14 +1568,22 @@ fn the_automatic_release_keeps_the_cap_per_release() {
 
 #[test]
 fn the_automatic_release_pays_no_payer() {
-    // A policy (accepted before validate_new refused it) naming the buyer a payee too:
-    // the automatic release goes to the seller alone.
+    // A policy naming the buyer a payee too, as a payment opened before `validate_new`
+    // refused that can pin: the automatic release goes to the seller alone.
+    let mut s = scenarios::market_with(147, policy("marketplace")).expect("held");
+    s.hours(73);
     let mut p = policy("marketplace");
     p.payee_roles.push(Role::new("buyer"));
-    let mut s = scenarios::market_with(147, p).expect("held");
-    s.hours(73);
-    ok(&mut s, Actor::system(), Command::Tick);
-    let (_, r) = s.state().open_request().expect("auto-release");
+    let mut state = s.state().clone();
+    state.policy_doc = std::sync::Arc::new(p);
+    let ctx = Context {
+        command_id: CommandId::from_bytes([0x34; 16]),
+        actor: Actor::system(),
+        now: s.d.now(),
+        correlation: None,
+    };
+    let d = trustfold_core::decide::handle(Some(&state), &Command::Tick, &ctx).expect("tick");
+    let (_, r) = d.state.open_request().expect("auto-release");
     let to: Vec<PartyId> = r.allocations.iter().map(|a| a.party).collect();
     assert_eq!(to, vec![pid(SELLER)]);
 }
