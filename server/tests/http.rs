@@ -377,6 +377,58 @@ async fn idempotency_replays_and_rejects_reuse() {
     srv.finish().await;
 }
 
+/// An `Idempotency-Key` compares requests by meaning: the same JSON pretty-printed, with
+/// its keys in another order and other string escapes, is the same request and gets the
+/// first answer replayed; another body is still a 422.
+#[tokio::test]
+async fn idempotency_compares_the_json_not_its_bytes() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let other = uuid::Uuid::new_v4().to_string();
+    let compact = format!(
+        r#"{{"command":{{"type":"Invite","party":"{other}","roles":["lender"],"name":"L"}},"actor":{{"party":"{}","role":"listing_agent"}}}}"#,
+        f.agent
+    );
+    let send = |body: String| {
+        let path = path.clone();
+        let key = key.clone();
+        async move {
+            c.raw(
+                "POST",
+                &path,
+                Some(&key),
+                &[("idempotency-key", "invite-by-meaning")],
+                Some(body.into_bytes()),
+            )
+            .await
+            .expect("POST")
+        }
+    };
+    let first = send(compact.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    // Pretty-printed, keys reordered, one letter escaped: the same request.
+    let pretty = format!(
+        "{{\n  \"actor\": {{ \"role\": \"listing_agent\", \"party\": \"{}\" }},\n  \"command\": {{\n    \"name\": \"\\u004c\",\n    \"roles\": [ \"lender\" ],\n    \"party\": \"{other}\",\n    \"type\": \"Invite\"\n  }}\n}}\n",
+        f.agent
+    );
+    let again = send(pretty).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.bytes, first.bytes, "the first answer, byte for byte");
+    // Another request under the key: still refused.
+    let changed = compact.replace("\"L\"", "\"M\"");
+    let reused = send(changed).await;
+    expect_member(&reused, 422, "code", "idempotency_key_reused");
+    // The replay appended nothing.
+    let state = c.get(&format!("/v1/payments/{}", f.payment), &key).await;
+    assert_eq!(state.body["version"], first.body["version"]);
+    srv.finish().await;
+}
+
 /// A command sent without an `Idempotency-Key` gets a time-ordered (v7) command id and
 /// its events time-ordered ids of the same millisecond, so the event-id index grows at
 /// its end; a keyed command's ids come from the key (v8) and repeat on a retry.
@@ -781,6 +833,17 @@ async fn participant_tokens(srv: &Server) {
     );
     assert_eq!(c.get("/v1/events", &token).await.status, 403);
     assert_eq!(c.get("/v1/payments", &token).await.status, 403);
+    // Balances are every party's accounts: the tenant's API key reads them, a token on
+    // its own payment is told so (not that it may only read its own payment).
+    let b = c.get(&format!("/v1/payments/{p}/balances"), &token).await;
+    expect_member(&b, 403, "code", "balances_not_visible");
+    assert!(
+        b.body["detail"].as_str().unwrap_or("").contains("API key"),
+        "{}",
+        b.body
+    );
+    let b = c.get(&format!("/v1/payments/{p}/balances"), &key).await;
+    assert_eq!(b.status, 200, "{}", b.body);
     let other = open_and_join(c, &key).await.expect("another payment");
     assert_eq!(
         c.get(&format!("/v1/payments/{}", other.payment), &token)
@@ -885,6 +948,26 @@ async fn a_removed_participants_token_reads_nothing_more() {
     }
     let r = c.http.get(&url).send().await.expect("stream");
     assert_eq!(r.status(), 403);
+    // Nor does it act: the same code for a command (not the core's
+    // `unknown_participant`, which would say it never was one), keyed or not.
+    let cmds = format!("/v1/payments/{p}/commands");
+    let join = json!({"command": {"type": "Join"}});
+    for r in [
+        c.post(&cmds, &token, &join).await,
+        c.post_idem(&cmds, &token, "join-after-removal", &join)
+            .await,
+    ] {
+        expect_member(&r, 403, "code", "participant_removed");
+    }
+    // And it gets no new token: 403 `participant_removed`, as its tokens get.
+    let minted = c
+        .post(
+            &format!("/v1/payments/{p}/tokens"),
+            &key,
+            &json!({"party": lender}),
+        )
+        .await;
+    expect_member(&minted, 403, "code", "participant_removed");
     // The stream that was open ends instead of carrying on.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         while let Ok(Some(_)) = live.chunk().await {}
@@ -1113,6 +1196,16 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
     let unknown = format!("/v1/payments/{}/commands", uuid::Uuid::new_v4());
     let big = vec![b' '; 70 * 1024];
     let actor = json!({"party": f.agent, "role": "listing_agent"});
+    // The payment's id with one letter (its last) in upper case.
+    let mixed: String = {
+        let last = f
+            .payment
+            .rfind(|ch: char| ch.is_ascii_alphabetic())
+            .expect("a hex letter");
+        let mut id = f.payment.clone();
+        id.replace_range(last..=last, &f.payment[last..=last].to_uppercase());
+        id
+    };
     type Case<'a> = (
         &'a str,
         &'a str,
@@ -1213,6 +1306,38 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         ("nil payment id", "POST", "/v1/payments".into(), Some(&key),
             Some(json!({"policy": "earnest-money", "payment_id": uuid::Uuid::nil(), "amount": {"amount": "5000.00", "currency": "USD"},
                         "initiator": {"party": f.agent, "roles": ["listing_agent"]}}).to_string().into_bytes()), 422, "invalid_id"),
+        // Ids in URLs are lower-case: one URL per resource, and the one a signature covers.
+        ("upper-case id", "GET", format!("/v1/payments/{}", f.payment.to_uppercase()), Some(&key), None, 400, "invalid_id"),
+        ("mixed-case id", "GET", format!("/v1/payments/{mixed}/events"), Some(&key), None, 400, "invalid_id"),
+        ("upper-case id of a command", "POST", format!("/v1/payments/{}/commands", f.payment.to_uppercase()), Some(&key),
+            Some(json!({"command": {"type": "Join"}, "actor": actor}).to_string().into_bytes()), 400, "invalid_id"),
+        ("upper-case id of a stream", "GET", format!("/v1/payments/{}/stream", f.payment.to_uppercase()), Some(&key), None, 400, "invalid_id"),
+        ("upper-case id of balances", "GET", format!("/v1/payments/{}/balances", f.payment.to_uppercase()), Some(&key), None, 400, "invalid_id"),
+        ("upper-case party id", "GET", format!("/v1/parties/{}/inbox", f.buyer.to_uppercase()), Some(&key), None, 400, "invalid_id"),
+        ("upper-case participant filter", "GET", format!("/v1/payments?participant={}", f.buyer.to_uppercase()), Some(&key), None, 400, "invalid_id"),
+        // JSON is `application/json`: not the `+json` formats, not `text/json`.
+        ("problem+json body", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Join"}, "actor": actor}).to_string().into_bytes()), 415, "unsupported_media_type"),
+        ("json-patch body", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Join"}, "actor": actor}).to_string().into_bytes()), 415, "unsupported_media_type"),
+        ("text/json body", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "Join"}, "actor": actor}).to_string().into_bytes()), 415, "unsupported_media_type"),
+        ("role twice in a token", "POST", format!("/v1/payments/{}/tokens", f.payment), Some(&key),
+            Some(json!({"party": f.buyer, "roles": ["buyer", "buyer"]}).to_string().into_bytes()), 422, "duplicate_role"),
+        // A policy id stands in a URL as it is.
+        ("policy id with a slash", "POST", "/v1/policies".into(), Some(&key),
+            Some(common::scenario::EARNEST_MONEY.replace("\"earnest-money\"", "\"bad id/with slash\"").into_bytes()), 422, "invalid_policy"),
+        ("policy id of a query", "POST", "/v1/policies".into(), Some(&key),
+            Some(common::scenario::EARNEST_MONEY.replace("\"earnest-money\"", "\"?x\"").into_bytes()), 422, "invalid_policy"),
+        ("policy id of a dot segment", "POST", "/v1/policies".into(), Some(&key),
+            Some(common::scenario::EARNEST_MONEY.replace("\"earnest-money\"", "\"..\"").into_bytes()), 422, "invalid_policy"),
+        ("policy id too long", "POST", "/v1/policies".into(), Some(&key),
+            Some(common::scenario::EARNEST_MONEY.replace("\"earnest-money\"", &format!("\"{}\"", "p".repeat(65))).into_bytes()), 422, "invalid_policy"),
+        // Routes whose answer holds a new secret cannot replay it: a key is refused, not ignored.
+        ("key on tenant creation", "POST", "/v1/tenants".into(), Some(ADMIN),
+            Some(json!({"name": "x"}).to_string().into_bytes()), 400, "route_not_idempotent"),
+        ("key on key rotation", "POST", "/v1/api-keys".into(), Some(&key),
+            Some(json!({}).to_string().into_bytes()), 400, "route_not_idempotent"),
     ];
     for (name, method, path, auth, body, status, code) in cases {
         let headers: Vec<(&str, &str)> = match name {
@@ -1225,6 +1350,12 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
             "not json" => vec![("content-type", "text/plain")],
             "form body" => vec![("content-type", "application/x-www-form-urlencoded")],
             "latin-1 json" => vec![("content-type", "application/json; charset=latin1")],
+            "problem+json body" => vec![("content-type", "application/problem+json")],
+            "json-patch body" => vec![("content-type", "application/json-patch+json")],
+            "text/json body" => vec![("content-type", "text/json")],
+            "key on tenant creation" | "key on key rotation" => {
+                vec![("idempotency-key", "create-1")]
+            }
             _ => vec![],
         };
         let body = if matches!(
@@ -1264,7 +1395,30 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
             r.body["detail"].as_str().is_some_and(|d| !d.is_empty()),
             "{name}"
         );
+        let detail = r.body["detail"].as_str().unwrap_or_default();
+        if name.starts_with("upper-case") || name.starts_with("mixed-case") {
+            assert!(detail.contains("lower-case hyphenated"), "{name}: {detail}");
+        }
+        if name.starts_with("policy id") {
+            assert_eq!(r.body["field"], "id", "{name}: {}", r.body);
+        }
+        if name.starts_with("key on") {
+            assert_eq!(r.body["field"], "Idempotency-Key", "{name}: {}", r.body);
+        }
     }
+    // The other JSON types above were refused; `application/json` with parameters is
+    // JSON.
+    let charset = c
+        .raw(
+            "POST",
+            "/v1/tenants",
+            Some(ADMIN),
+            &[("content-type", "application/json; charset=UTF-8")],
+            Some(json!({"name": "with charset"}).to_string().into_bytes()),
+        )
+        .await
+        .expect("tenant");
+    assert_eq!(charset.status, 201, "{}", charset.body);
     let field = c
         .post(
             "/v1/policies",
@@ -1388,6 +1542,9 @@ async fn sse_delivers_live_and_resumes_with_last_event_id() {
         .await
         .expect("stream");
     assert_eq!(res.status(), 200);
+    // Its caller's alone, like every other answer: not `no-cache` (axum's default).
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
     let mut buf = String::new();
     let first = sse_events(&mut res, 7, &mut buf).await;
     assert_eq!(
@@ -1665,6 +1822,27 @@ async fn openapi_documents_every_route_the_server_serves() {
         let mut taken = taken.to_vec();
         taken.sort_unstable();
         assert_eq!(taken, documented, "{method} {path}: query parameters");
+        // Every operation that touches the database declares its 5xx: 500, and 503
+        // `database_unavailable` with `Retry-After` (the answer the server really gives
+        // when the database is locked or unreachable).
+        if !["/openapi.json", "/v1/server-key"].contains(path) {
+            let responses = op.map(|o| &o["responses"]).expect("responses");
+            let resolved = |status: &str| {
+                let r = &responses[status];
+                match r["$ref"].as_str() {
+                    Some(to) => {
+                        let name = to.trim_start_matches("#/components/responses/");
+                        doc.body["components"]["responses"][name].clone()
+                    }
+                    None => r.clone(),
+                }
+            };
+            assert!(resolved("500").is_object(), "{method} {path}: no 500");
+            assert!(
+                resolved("503")["headers"]["Retry-After"].is_object(),
+                "{method} {path}: no 503 with Retry-After"
+            );
+        }
         // And the running server answers it (not the router's fallbacks).
         let concrete = path
             .replace("{payment_id}", &uuid::Uuid::new_v4().to_string())
@@ -1693,6 +1871,27 @@ async fn openapi_documents_every_route_the_server_serves() {
         routes.len(),
         "/openapi.json documents routes the server does not serve"
     );
+    // The router's own answers, for no operation in particular, are documented once.
+    for (name, status, code) in [
+        ("RouteNotFound", 404, "route_not_found"),
+        ("MethodNotAllowed", 405, "method_not_allowed"),
+    ] {
+        let documented = &doc.body["components"]["responses"][name]["description"];
+        assert!(
+            documented.as_str().is_some_and(|d| d.contains(code)),
+            "components.responses.{name}"
+        );
+        let path = if status == 404 {
+            "/v2/nothing"
+        } else {
+            "/v1/payments"
+        };
+        let r = c
+            .raw("DELETE", path, None, &[], None)
+            .await
+            .expect("request");
+        expect_member(&r, status, "code", code);
+    }
     srv.finish().await;
 }
 

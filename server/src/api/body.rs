@@ -1,11 +1,12 @@
 //! Request bodies: read up to the limit, JSON only, one object, no key twice.
 //!
-//! Every POST body is a JSON object. [`Body`] refuses a body sent with another
-//! `Content-Type` (415; a body without the header is read as JSON) and one over the
-//! limit (413). [`parse_json`] reads it strictly: a key given twice anywhere is a 400,
-//! not "the last one wins" (two parsers reading `{"amount":"1","amount":"1000"}`
-//! differently is how payment requests get smuggled), and so is an array where the
-//! object belongs. Errors name the offending field as a path (`command.party`).
+//! Every POST body is a JSON object. [`Body`] refuses a body sent with a `Content-Type`
+//! other than `application/json` (415, `+json` types included; a body without the
+//! header is read as JSON) and one over the limit (413). [`parse_json`] reads it
+//! strictly: a key given twice anywhere is a 400, not "the last one wins" (two parsers
+//! reading `{"amount":"1","amount":"1000"}` differently is how payment requests get
+//! smuggled), and so is an array where the object belongs. Errors name the offending
+//! field as a path (`command.party`).
 //!
 //! ```
 //! use trustfold_server::api::body::parse_json;
@@ -63,8 +64,11 @@ impl FromRequest<AppState> for Body {
     }
 }
 
-/// `application/json` or a `+json` type; a `charset` parameter, if any, must be UTF-8
-/// (JSON exchanged between systems is UTF-8, RFC 8259 §8.1).
+/// `application/json`, with parameters if any (a `charset`, if given, must be UTF-8:
+/// JSON exchanged between systems is UTF-8, RFC 8259 §8.1). Nothing else: not `text/json`
+/// and not the `+json` types, which name other formats (`application/json-patch+json`
+/// is a list of patch operations, `application/problem+json` an error document); a
+/// body declared as one of them is not the request this API reads.
 fn is_json(content_type: &str) -> bool {
     let mut parts = content_type.split(';');
     let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
@@ -75,8 +79,7 @@ fn is_json(content_type: &str) -> bool {
         }
         _ => true,
     });
-    utf8 && (essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json")))
+    utf8 && essence == "application/json"
 }
 
 /// Parses a JSON body into `T`: 400 `malformed_json` for bad syntax, 400
@@ -138,6 +141,56 @@ pub fn strict_value(body: &[u8]) -> ApiResult<Value> {
 }
 
 const DUPLICATE: &str = "duplicate key `";
+
+/// The body's JSON in one canonical form, for comparing two requests by meaning: object
+/// keys sorted (explicitly, whatever order `serde_json::Map` keeps), no whitespace,
+/// strings as serde_json escapes them, numbers as serde_json writes them. So the same
+/// request pretty-printed, with its keys in another order or other escapes, has the same
+/// form. `None` for a body that is not strict JSON (it will be refused anyway).
+///
+/// ```
+/// use trustfold_server::api::body::canonical_json;
+/// let a = canonical_json(br#"{"b": [1, {"d": "\u0041", "c": null}], "a": true}"#);
+/// assert_eq!(a.as_deref(), Some(&br#"{"a":true,"b":[1,{"c":null,"d":"A"}]}"#[..]));
+/// assert_eq!(canonical_json(b"{\"a\":1,\"a\":2}"), None);
+/// ```
+pub fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
+    fn write(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_unstable();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(&Value::String(k.clone()), out);
+                    out.push(b':');
+                    if let Some(v) = map.get(k) {
+                        write(v, out);
+                    }
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(v, out);
+                }
+                out.push(b']');
+            }
+            scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap_or_default()),
+        }
+    }
+    let value = strict_value(body).ok()?;
+    let mut out = Vec::with_capacity(body.len());
+    write(&value, &mut out);
+    Some(out)
+}
 
 /// For a struct-typed field (`#[serde(deserialize_with = "body::object")]`): read it
 /// only from a JSON object. serde's derived struct decoders also take an array of the
@@ -386,11 +439,15 @@ mod tests {
             "application/json",
             "application/json; charset=utf-8",
             "Application/JSON",
-            "application/problem+json",
+            "application/json;charset=\"UTF-8\"",
         ] {
             assert!(is_json(t), "{t}");
         }
         for t in [
+            "application/problem+json",
+            "application/json-patch+json",
+            "text/json",
+            "application/json; charset=latin1",
             "text/plain",
             "application/x-www-form-urlencoded",
             "json",

@@ -343,19 +343,21 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Parses a path id: a UUID in its hyphenated form (36 characters, either case), the
-/// one a URL of this API has (braces, `urn:uuid:` and the bare 32 digits are refused,
-/// so one resource has one URL).
+/// Parses an id in a URL (a path segment, or the `participant` filter): a UUID in its
+/// lower-case hyphenated form (36 characters), the one this API writes. Anything else
+/// — upper case, braces, `urn:uuid:`, the bare 32 digits — is a 400 `invalid_id`, so
+/// one resource has one URL (and a `Trustfold-Signature`, which covers the id as the
+/// server writes it, verifies against the URL it was fetched from).
 pub fn parse_id(raw: &str, field: &str) -> ApiResult<Uuid> {
     Some(raw)
-        .filter(|r| r.len() == 36)
+        .filter(|r| r.len() == 36 && !r.bytes().any(|b| b.is_ascii_uppercase()))
         .and_then(|r| Uuid::try_parse(r).ok())
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_id",
                 field,
                 format!(
-                    "`{}` is not a UUID in its hyphenated form ({field}), e.g. \
+                    "`{}` is not a UUID in its lower-case hyphenated form ({field}), e.g. \
                      `0b5e8c2e-3f5a-4c1e-9a7d-2f4b6c8d0e1f`",
                     trustfold_core::error::echo(raw)
                 ),
@@ -492,6 +494,26 @@ async fn server_key(State(state): State<AppState>) -> Response {
     )
 }
 
+/// Refuses an `Idempotency-Key` on a route whose answer cannot be replayed (400
+/// `route_not_idempotent`): creating a tenant and rotating a key answer with a new API
+/// key, which the server keeps only as a hash (storing the answer to replay it would
+/// keep the secret in the clear). Ignoring the header would let a client believe a
+/// retry is safe when it makes a second tenant or key.
+fn not_idempotent(headers: &HeaderMap, route: &str, after_a_lost_answer: &str) -> ApiResult<()> {
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::bad_request(
+            "route_not_idempotent",
+            "Idempotency-Key",
+            format!(
+                "{route} does not take an Idempotency-Key: its answer holds a new API key, \
+                 which the server keeps only as a hash, so it cannot be stored and replayed; \
+                 send it without the header ({after_a_lost_answer})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewTenant {
@@ -543,6 +565,12 @@ async fn create_tenant(
             ))
         }
     }
+    not_idempotent(
+        &headers,
+        "POST /v1/tenants",
+        "if an answer was lost, the tenant made then has a key nobody received and stays \
+         unused: create the tenant again",
+    )?;
     let req: NewTenant = parse_json(&body)?;
     if req.name.trim().is_empty()
         || req.name.chars().count() > trustfold_core::command::NAME_MAX
@@ -594,9 +622,16 @@ const MAX_KEY_OVERLAP_SECONDS: u64 = 365 * 24 * 3600;
 async fn rotate_api_key(
     State(state): State<AppState>,
     principal: Principal,
+    headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
+    not_idempotent(
+        &headers,
+        "POST /v1/api-keys",
+        "if an answer was lost, the key made then reached nobody: the keys you hold keep \
+         working (until the overlap you asked for ends), so rotate again with one of them",
+    )?;
     let req: Rotate = if body.is_empty() {
         Rotate::default()
     } else {
@@ -675,6 +710,7 @@ async fn create_policy(
         .map_err(|_| ApiError::MalformedJson("the body is not UTF-8".into()))?;
     body::strict_value(&body)?;
     let policy = Policy::from_json(text).map_err(ApiError::from_core)?;
+    check_policy_id(&policy.id)?;
     let canonical = String::from_utf8(policy.canonical_json())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let hash = policy.hash().0;
@@ -719,6 +755,35 @@ async fn create_policy(
         });
     }
     policy_response(StatusCode::OK, &stored, &stored_hash)
+}
+
+/// The longest policy id a new policy may have.
+pub const POLICY_ID_MAX: usize = 64;
+
+/// A new policy's id is a slug — `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`, and not `.` or
+/// `..` — so it is one path segment of `GET /v1/policies/{policy_id}` as it stands (no
+/// `/`, `?`, `%`, space or dot segment to escape) and one URL per policy. Checked where
+/// policies are published only: one stored before the rule still reads and opens
+/// payments.
+fn check_policy_id(id: &str) -> ApiResult<()> {
+    let ok = (1..=POLICY_ID_MAX).contains(&id.len())
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::Unprocessable {
+        code: "invalid_policy",
+        message: format!(
+            "invalid policy at `id`: `{}` is not a policy id; an id is 1 to {POLICY_ID_MAX} \
+             ASCII letters, digits, `.`, `_` and `-`, starting with a letter or digit (e.g. \
+             `earnest-money`), so it can stand in a URL as it is",
+            trustfold_core::error::echo(id)
+        ),
+        field: Some("id".into()),
+    })
 }
 
 /// A stored policy's canonical JSON and hash: the given version, or the latest.

@@ -67,7 +67,21 @@ struct Idem {
     key: String,
     /// The header's value.
     given: String,
+    /// The request's fingerprint: route, caller and the body's canonical JSON
+    /// ([`body::canonical_json`]), so the same request re-serialized (pretty-printed,
+    /// keys in another order) is the same request.
     request_hash: [u8; 32],
+    /// The fingerprint of the body's bytes as sent, as records stored before the
+    /// canonical one were written: a retry that spans that upgrade still finds its
+    /// first answer. (Keys live 24 hours: this can go a day after the upgrade.)
+    legacy_hash: [u8; 32],
+}
+
+impl Idem {
+    /// Whether a stored record's fingerprint is this request's.
+    fn same_request(&self, stored: &[u8]) -> bool {
+        stored == self.request_hash || stored == self.legacy_hash
+    }
 }
 
 /// What running a command came to.
@@ -113,15 +127,22 @@ fn idempotency(
         Principal::Tenant { .. } => given.clone(),
         Principal::Participant(_) => format!("{}\t{given}", principal.scope()),
     };
-    let mut h = Sha256::new();
-    for part in [route.as_bytes(), principal.scope().as_bytes(), body] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
+    let fingerprint = |body: &[u8]| -> [u8; 32] {
+        let mut h = Sha256::new();
+        for part in [route.as_bytes(), principal.scope().as_bytes(), body] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.finalize().into()
+    };
+    // A body that is not strict JSON is refused before anything is stored; its bytes
+    // stand for it.
+    let canonical = body::canonical_json(body);
     Ok(Some(Idem {
         key,
         given,
-        request_hash: h.finalize().into(),
+        request_hash: fingerprint(canonical.as_deref().unwrap_or(body)),
+        legacy_hash: fingerprint(body),
     }))
 }
 
@@ -180,7 +201,7 @@ async fn idem_lookup(
     });
     match row {
         None => Ok(None),
-        Some((hash, status, body)) if hash == idem.request_hash && body.is_empty() => {
+        Some((hash, status, body)) if idem.same_request(&hash) && body.is_empty() => {
             let command_id = command_id_for(principal, Some(idem));
             let first = derive(command_id.uuid(), "event", 0);
             let payment = state
@@ -198,7 +219,7 @@ async fn idem_lookup(
                 })?;
             Ok(Some(replayed(status, body)))
         }
-        Some((hash, status, body)) if hash == idem.request_hash => Ok(Some(replayed(status, body))),
+        Some((hash, status, body)) if idem.same_request(&hash) => Ok(Some(replayed(status, body))),
         Some(_) => Err(key_reused()),
     }
 }
@@ -778,6 +799,18 @@ pub async fn send_command(
     let command_id = command_id_for(&principal, idem.as_ref());
     let key = idem.clone();
     let run = async {
+        if let Principal::Participant(c) = &principal {
+            // A removed party's token acts no more, as it reads no more: 403
+            // `participant_removed` (not the core's `unknown_participant`, which would
+            // say the party never was one). Inside the run, so a retry of a command sent
+            // before the removal still gets its stored answer. This process's cached
+            // state answers for a party still in it (no read); the store decides
+            // otherwise, and a removal the cache has not seen yet is caught below.
+            let cached = state.cache.peek(c.tenant, payment);
+            if cached.is_none_or(|st| participant_roles(&st, c).is_err()) {
+                participant_roles(&load_state(&state, c.tenant, payment).await?, c)?;
+            }
+        }
         let req: CommandRequest = parse_json(&body)?;
         // The core's reader judges the command, as in every SDK (serde's derive lets
         // unknown fields through on field-less commands such as `Join`).
@@ -818,6 +851,14 @@ pub async fn send_command(
         )
         .await;
         match (outcome, &principal) {
+            // Removed by another process since this one cached the state: the core,
+            // judging on the fresh state, did not find the party.
+            (Err(ApiError::Refused { code, message }), Principal::Participant(c))
+                if code == "unknown_participant" =>
+            {
+                participant_roles(&load_state(&state, c.tenant, payment).await?, c)?;
+                Err(ApiError::Refused { code, message })
+            }
             (Err(e), Principal::Participant(c)) => Err(hide_amounts(&state, c, e).await),
             (outcome, _) => outcome,
         }
@@ -1443,7 +1484,18 @@ pub async fn get_balances(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let payment = parse_id(&id, "payment_id")?;
-    let tenant = principal.require_tenant()?;
+    principal.check_payment(payment)?;
+    let Principal::Tenant { tenant } = principal else {
+        // The ledger's accounts are every party's (the escrow's, the seller's, fees):
+        // no policy view narrows them, so they are the tenant's to read alone.
+        return Err(ApiError::Forbidden {
+            code: "balances_not_visible",
+            message: "balances cover every party's accounts and are read with the tenant's \
+                      API key only; a participant token reads its view of the payment \
+                      (GET /v1/payments/{payment_id})"
+                .into(),
+        });
+    };
     if state.store.stream_head(tenant, payment).await?.is_none() {
         return Err(ApiError::unknown_payment(payment));
     }
@@ -1599,7 +1651,6 @@ pub async fn create_token(
     let p = st
         .participants
         .get(&PartyId(req.party))
-        .filter(|p| !p.removed)
         .ok_or_else(|| ApiError::Unprocessable {
             code: "unknown_participant",
             message: format!(
@@ -1608,9 +1659,28 @@ pub async fn create_token(
             ),
             field: Some("party".into()),
         })?;
+    if p.removed {
+        // The code a removed party's own tokens get (403 everywhere, one code one
+        // status): its party may not act or read, so it gets no new token either.
+        return Err(ApiError::Forbidden {
+            code: "participant_removed",
+            message: format!(
+                "party {} was removed from payment {payment}: it gets no tokens (invite it \
+                 again to give it a part in the payment)",
+                req.party
+            ),
+        });
+    }
     let roles = match req.roles {
         None => p.roles.clone(),
         Some(r) => {
+            if let Some(again) = r.iter().enumerate().find(|(i, x)| r[..*i].contains(x)) {
+                // As Invite and Initiate refuse it (the core's error, 422 at `roles`): a
+                // role named twice is a caller's slip, and the token would carry it twice.
+                return Err(ApiError::from_core(trustfold_core::Error::DuplicateRole {
+                    role: again.1.clone(),
+                }));
+            }
             if let Some(bad) = r.iter().find(|r| !p.roles.contains(r)) {
                 return Err(ApiError::Unprocessable {
                     code: "role_not_held",

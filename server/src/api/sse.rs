@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
@@ -264,5 +264,11 @@ pub async fn stream(
     let keep_alive = KeepAlive::new()
         .interval(state.config.heartbeat)
         .text("heartbeat");
-    Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+    let mut res = Sse::new(events).keep_alive(keep_alive).into_response();
+    // axum's `Sse` says `no-cache` (store, but revalidate); a stream is its caller's
+    // alone like every other answer: `no-store` (EventSource and proxies stream it just
+    // the same).
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
 }

@@ -51,16 +51,46 @@ impl Client {
         let paths = doc["paths"].as_object().cloned().unwrap_or_default();
         let seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
         let mut out = Vec::new();
+        // A response given as `{"$ref": "#/components/responses/…"}`, resolved.
+        let resolve = |r: &Value| -> Value {
+            match r["$ref"].as_str() {
+                Some(to) => {
+                    let name = to.trim_start_matches("#/components/responses/");
+                    doc["components"]["responses"][name].clone()
+                }
+                None => r.clone(),
+            }
+        };
         for (method, path, status, body) in seen {
             let path = path.split('?').next().unwrap_or_default();
-            let Some(ops) = paths
+            let op = paths
                 .iter()
                 .find(|(template, _)| template_matches(template, path))
-                .map(|(_, ops)| ops)
-            else {
-                continue;
+                .map(|(_, ops)| ops.get(method.to_lowercase()));
+            // The router's own answers, for a path the document does not list (404
+            // `route_not_found`) or a method it does not list for a path (405): they
+            // are documented once, in `components.responses`.
+            let fallback = match (op, status) {
+                (None, 404) => Some("RouteNotFound"),
+                (Some(None), 405) => Some("MethodNotAllowed"),
+                _ => None,
             };
-            let Some(op) = ops.get(method.to_lowercase()) else {
+            if let Some(name) = fallback {
+                let response = &doc["components"]["responses"][name];
+                let schema = &response["content"]["application/problem+json"]["schema"];
+                let line = match fits(&doc, schema, &body, "body") {
+                    _ if response.is_null() => format!(
+                        "{method} {path} answered {status}, not in components.responses.{name}"
+                    ),
+                    Err(e) => format!("{method} {path} answered {status} with {e}"),
+                    Ok(()) => continue,
+                };
+                if !out.contains(&line) {
+                    out.push(line);
+                }
+                continue;
+            }
+            let Some(Some(op)) = op else {
                 continue;
             };
             if status >= 500 {
@@ -70,6 +100,7 @@ impl Client {
             let Some(response) = responses
                 .get(status.to_string())
                 .or_else(|| responses.get("default"))
+                .map(resolve)
             else {
                 let line = format!("{method} {path} answered {status}");
                 if !out.contains(&line) {
