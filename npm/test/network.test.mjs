@@ -485,7 +485,7 @@ test("Node (the eventsource package): a live feed rides out a server answering 5
         }
       });
     });
-    assert.deepEqual(stopped, { code: "unauthorized", status: 401, restarted: true });
+    assert.deepEqual(stopped, { code: "token_expired", status: 401, restarted: true });
     short.close();
   } finally {
     globalThis.EventSource = had;

@@ -453,7 +453,25 @@ impl Client {
         idempotency_key: Option<&str>,
         expected_version: Option<u64>,
     ) -> Result<bytes_body::Body> {
+        self.send_with(method, path, body, idempotency_key, expected_version, true)
+            .await
+    }
+
+    /// [`Client::send`]; with `idempotent` false (a POST the server does not take an
+    /// `Idempotency-Key` on: tenant creation, key rotation) no key is sent and only a
+    /// request that never reached the server (no connection) is retried, so a retry
+    /// cannot make a second tenant or key.
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+        expected_version: Option<u64>,
+        idempotent: bool,
+    ) -> Result<bytes_body::Body> {
         let key = match (&method, idempotency_key) {
+            _ if !idempotent => None,
             (&Method::POST, None) => Some(uuid::Uuid::new_v4().to_string()),
             (_, k) => k.map(str::to_string),
         };
@@ -472,7 +490,7 @@ impl Client {
                 r = r.json(b);
             }
             let retry = match r.send().await {
-                Ok(res) if res.status().is_server_error() => {
+                Ok(res) if res.status().is_server_error() && idempotent => {
                     let status = res.status();
                     let text = res.text().await.unwrap_or_default();
                     if attempt >= ATTEMPTS {
@@ -499,7 +517,7 @@ impl Client {
                             .map(str::to_string),
                     });
                 }
-                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                Err(e) if e.is_connect() || (idempotent && (e.is_timeout() || e.is_request())) => {
                     if attempt >= ATTEMPTS {
                         return Err(transport(&e));
                     }
@@ -530,15 +548,19 @@ impl Client {
     }
 
     /// `POST /v1/tenants` with the admin token: returns `{tenant_id, name, api_key}`.
+    /// Not idempotent (the server keeps the new key only as a hash, so it cannot replay
+    /// the answer): sent without an `Idempotency-Key` and retried only when no
+    /// connection was made.
     pub async fn create_tenant(&self, admin_token: &str, name: &str) -> Result<Value> {
         let c = self.clone().token(admin_token);
         let b = c
-            .send(
+            .send_with(
                 Method::POST,
                 "/v1/tenants",
                 Some(&serde_json::json!({"name": name})),
                 None,
                 None,
+                false,
             )
             .await?;
         serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(e.to_string()))
@@ -701,13 +723,17 @@ impl Client {
 
     /// `POST /v1/api-keys`: a new API key of the caller's tenant. With
     /// `expire_others_after`, every other key of the tenant stops working after that
-    /// overlap (whole seconds); without it, they keep working.
+    /// overlap (whole seconds); without it, they keep working. Not idempotent, like
+    /// [`Client::create_tenant`]: retried only when no connection was made.
     pub async fn rotate_api_key(&self, expire_others_after: Option<Duration>) -> Result<ApiKey> {
         let body = match expire_others_after {
             Some(d) => serde_json::json!({"expire_others_after_seconds": d.as_secs()}),
             None => serde_json::json!({}),
         };
-        self.post_json("/v1/api-keys", &body, None).await
+        let b = self
+            .send_with(Method::POST, "/v1/api-keys", Some(&body), None, None, false)
+            .await?;
+        serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(format!("bad response: {e}")))
     }
 
     /// `GET /v1/policies/{id}?version=`: a stored policy, the given version or the
@@ -778,7 +804,8 @@ impl Client {
     /// `party` (a participant of the payment) with `roles` (default: all it holds;
     /// each must be held) valid for `ttl` (whole seconds; default 15 minutes, at most
     /// a day). A domain refusal (`unknown_participant`, `role_not_held`,
-    /// `invalid_ttl`) is an [`Error::Rejected`].
+    /// `duplicate_role`, `invalid_ttl`) is an [`Error::Rejected`]; a party that was
+    /// removed from the payment is refused with 403 `participant_removed`.
     pub async fn create_token(
         &self,
         payment: PaymentId,
@@ -899,6 +926,14 @@ fn problem(status: StatusCode, body: &[u8]) -> Error {
     match status.as_u16() {
         401 | 403 => Error::Auth {
             status: status.as_u16(),
+            code: code.unwrap_or_else(|| {
+                if status.as_u16() == 403 {
+                    "forbidden"
+                } else {
+                    "unauthorized"
+                }
+                .into()
+            }),
             message,
         },
         404 => Error::NotFound { message },
@@ -952,6 +987,14 @@ mod tests {
         assert_eq!(e.code(), "quorum_not_met");
         assert_eq!(problem(StatusCode::NOT_FOUND, b"{}").code(), "not_found");
         assert_eq!(problem(StatusCode::FORBIDDEN, b"{}").code(), "forbidden");
+        assert_eq!(
+            problem(
+                StatusCode::UNAUTHORIZED,
+                br#"{"code":"token_expired","detail":"mint a new one"}"#
+            )
+            .code(),
+            "token_expired"
+        );
         assert_eq!(problem(StatusCode::BAD_REQUEST, b"nope").code(), "http_400");
     }
 

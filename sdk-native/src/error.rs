@@ -90,6 +90,9 @@ pub enum Error {
     Auth {
         /// 401 or 403.
         status: u16,
+        /// The server's code (`unauthorized`, `token_expired`, `participant_removed`,
+        /// `token_scope`, …); `unauthorized` or `forbidden` when it sent none.
+        code: String,
         /// The server's explanation.
         message: String,
     },
@@ -144,8 +147,7 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::Rejected { code, .. } | Error::Http { code, .. } => code,
             Error::VersionConflict { .. } => "version_conflict",
-            Error::Auth { status: 403, .. } => "forbidden",
-            Error::Auth { .. } => "unauthorized",
+            Error::Auth { code, .. } => code,
             Error::NotFound { .. } => "not_found",
             Error::Transport(_) => "transport",
             Error::Webhook(_) => "webhook_invalid",

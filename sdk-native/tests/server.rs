@@ -528,6 +528,7 @@ async fn every_operation_of_the_api_typed_end_to_end() {
     assert_eq!(e.code(), "not_found");
     let e = as_lender.balances(p).await.expect_err("tenant only");
     assert!(matches!(e, trustfold::Error::Auth { .. }), "{e:?}");
+    assert_eq!(e.code(), "balances_not_visible", "the server's code: {e}");
     let e = as_lender
         .payments(&PaymentQuery::default(), 0, 10)
         .await

@@ -1183,6 +1183,27 @@ async fn a_participants_stream_ends_when_its_token_expires() {
     assert!(ended.is_ok(), "the stream of an expired token ended");
     let r = c.http.get(&url).send().await.expect("stream");
     assert_eq!(r.status(), 401, "and it cannot be opened again");
+    let problem: serde_json::Value = r.json().await.expect("problem");
+    assert_eq!(problem["code"], "token_expired", "{problem}");
+    // Its reads say the same (a tampered token is `unauthorized`).
+    let r = c
+        .http
+        .get(format!("{}/v1/payments/{p}", c.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("read");
+    let problem: serde_json::Value = r.json().await.expect("problem");
+    assert_eq!(problem["code"], "token_expired", "{problem}");
+    let r = c
+        .http
+        .get(format!("{}/v1/payments/{p}", c.base))
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .expect("read");
+    let problem: serde_json::Value = r.json().await.expect("problem");
+    assert_eq!(problem["code"], "unauthorized", "{problem}");
     srv.finish().await;
 }
 

@@ -153,7 +153,7 @@ impl TokenKey {
         let claims: TokenClaims =
             serde_json::from_slice(&B64.decode(payload).map_err(|_| bad())?).map_err(|_| bad())?;
         if claims.expired() {
-            return Err(ApiError::Unauthorized(
+            return Err(ApiError::TokenExpired(
                 "the participant token has expired; ask for a new one".into(),
             ));
         }

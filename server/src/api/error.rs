@@ -27,6 +27,9 @@ pub enum ApiError {
     /// No or a bad credential (401).
     #[error("{0}")]
     Unauthorized(String),
+    /// A participant token past its expiry (401 `token_expired`): mint a new one.
+    #[error("{0}")]
+    TokenExpired(String),
     /// A credential that may not do this (403).
     #[error("{message}")]
     Forbidden {
@@ -123,7 +126,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::TokenExpired(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } | ApiError::Refused { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::VersionConflict { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -147,6 +150,7 @@ impl ApiError {
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::TokenExpired(_) => "token_expired",
             ApiError::VersionConflict { .. } => "version_conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::MethodNotAllowed => "method_not_allowed",
