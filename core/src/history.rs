@@ -491,7 +491,10 @@ fn verify_signature(key: &PublicKey, message: &[u8], signature: &str) -> Result<
 /// that request, not a stranger's on the way: `trustfold-response-v1\n<payment>\n<what>\n
 /// <SHA-256 of the body>`, where `what` is the route after `/v1/payments/{id}` as the
 /// clients ask it: empty for the state, `/events?after=N` for a page (so a page cannot
-/// be passed off as another). It does not say when: an old answer can be replayed.
+/// be passed off as another), `/head` for the signed head's answer. Alone it does not say
+/// when: an old answer can be replayed. A client that wants a fresh one sends a random
+/// `nonce` query parameter, which the server appends to `what` (`?nonce=N`, or
+/// `&nonce=N` after `after`): an answer signed for another nonce does not verify.
 ///
 /// ```
 /// use trustfold_core::history::{PublicKey, SignedResponse};

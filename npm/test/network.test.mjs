@@ -687,21 +687,25 @@ const realAnswer = async (path) => {
   return { status: 200, body: await r.text(), headers: signature ? { "trustfold-signature": signature } : {} };
 };
 
-test("Node: with a pinned key, records past the server's signed head are refused", async () => {
-  // A genuine head signed at version k, then one more genuine event: a server (or a
-  // proxy) that sends all k+1 records with the older head is sending one unsigned.
+test("Node: with a pinned key, an older signed head (hiding the records after it) is refused", async () => {
+  // A genuine head signed at version k, then one more genuine event: a proxy that
+  // sends all k+1 records with the older head would have the last one pass unsigned,
+  // or (with only k records) hide it. The head's answer is signed for the nonce of the
+  // request it answered, so replayed for this one it is refused before anything is kept.
+  // (Records past a head are also refused by the head check itself, `chain_broken`:
+  // core/tests and sdk-native/tests cover that with heads a test signs.)
   const agent = uuid();
   const p = await srv.openPayment(key, { agent, invite: [[uuid(), "buyer"]] });
-  const oldHead = await realText(`/v1/payments/${p}/head`);
+  const oldHead = await realAnswer(`/v1/payments/${p}/head?nonce=${"a".repeat(32)}`);
   await srv.command(key, p, agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["seller"], name: "late" });
   const fake = await fakeServer((url) => url.pathname.endsWith("/head") ? oldHead : realAnswer(url.pathname + url.search));
   try {
     const feed = new t.Client({ baseUrl: fake.base, serverKey }).payment(p);
-    await assert.rejects(feed.sync(), (e) => e.code === "chain_broken" && /not signed/.test(e.message), "the unsigned record");
+    await assert.rejects(feed.sync(), (e) => e.code === "bad_signature" && /not signed by key/.test(e.message), "the replayed head");
     assert.equal(feed.seq, 0, "nothing kept");
     // The same records with the server's current head are all signed.
-    const real = new t.Client({ baseUrl: fake.base }).payment(p);
-    assert.equal((await real.sync()).version, JSON.parse(oldHead).seq + 1);
+    const real = new t.Client({ baseUrl: srv.base, token: key, serverKey }).payment(p);
+    assert.equal((await real.sync()).version, JSON.parse(oldHead.body).seq + 1);
   } finally {
     await fake.close();
   }
@@ -710,13 +714,16 @@ test("Node: with a pinned key, records past the server's signed head are refused
 test("Node: a payment that moves on between the last page and the signed head is fetched again", async () => {
   const agent = uuid();
   const p = await srv.openPayment(key, { agent, invite: [[uuid(), "buyer"]] });
-  const firstPage = await realAnswer(`/v1/payments/${p}/events?after=0`);
-  const before = JSON.parse(firstPage.body).events.length;
-  await srv.command(key, p, agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["seller"], name: "late" });
-  // The first page is from before that event; the head (and any later page) after it.
+  const before = JSON.parse((await realAnswer(`/v1/payments/${p}/events?after=0`)).body).events.length;
+  // The first page is read before that event; the head (and any later page) after it.
   let pages = 0;
-  const fake = await fakeServer((url) =>
-    url.pathname.endsWith("/events") && pages++ === 0 ? firstPage : realAnswer(url.pathname + url.search));
+  const fake = await fakeServer(async (url) => {
+    const answer = await realAnswer(url.pathname + url.search);
+    if (url.pathname.endsWith("/events") && pages++ === 0) {
+      await srv.command(key, p, agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["seller"], name: "late" });
+    }
+    return answer;
+  });
   try {
     const feed = new t.Client({ baseUrl: fake.base, serverKey }).payment(p);
     const s = await feed.sync();
@@ -919,6 +926,73 @@ test("Node: with a pinned key, a view changed on the way is refused, and so is a
     await assert.rejects(new t.Client(opts).paymentView(p.payment), (e) => e.code === "bad_signature");
   } finally {
     await downgrade.close();
+  }
+});
+
+/**
+ * A proxy that keeps the first answer to each route (its path and query, less any
+ * `nonce`) and, once `replay` is set, answers every later request with it: an old
+ * answer, byte for byte with its signature, replayed by someone on the way.
+ */
+async function replayProxy() {
+  const { createServer: createHttp } = await import("node:http");
+  const state = { replay: false, replayed: 0 };
+  const kept = new Map();
+  const server = createHttp(async (req, res) => {
+    const url = new URL(req.url, "http://x");
+    url.searchParams.delete("nonce");
+    const route = url.pathname + url.search;
+    if (state.replay && kept.has(route)) {
+      const old = kept.get(route);
+      state.replayed += 1;
+      res.writeHead(old.status, old.headers);
+      res.end(old.body);
+      return;
+    }
+    const headers = { ...req.headers };
+    delete headers.host;
+    const r = await fetch(`${srv.base}${req.url}`, { method: req.method, headers });
+    const body = await r.text();
+    const out = Object.fromEntries(r.headers);
+    delete out["content-length"];
+    delete out["content-encoding"];
+    if (!kept.has(route)) kept.set(route, { status: r.status, headers: out, body });
+    res.writeHead(r.status, out);
+    res.end(body);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    base: `http://127.0.0.1:${server.address().port}`,
+    state,
+    close: () => { server.closeAllConnections(); return new Promise((r) => server.close(r)); },
+  };
+}
+
+test("Node: with a pinned key, an older answer replayed on the way is refused (a fresh nonce is signed with each)", async () => {
+  const p = { agent: uuid(), buyer: uuid(), seller: uuid() };
+  p.payment = await srv.openPayment(key, { agent: p.agent, invite: [[p.buyer, "buyer"], [p.seller, "seller"]] });
+  const token = async (party) => (await srv.ok("POST", `/v1/payments/${p.payment}/tokens`, key, { party, ttl_seconds: 600 })).token;
+  const [sellerToken, buyerToken] = [await token(p.seller), await token(p.buyer)];
+  const proxy = await replayProxy();
+  try {
+    // The first answers pass (and are kept by the proxy).
+    const viewer = new t.Client({ baseUrl: proxy.base, token: sellerToken, serverKey });
+    const before = await viewer.paymentView(p.payment);
+    const feed = new t.Client({ baseUrl: proxy.base, token: buyerToken, serverKey }).payment(p.payment);
+    await feed.sync();
+    // The payment moves on; the proxy now answers with what it kept.
+    await srv.command(key, p.payment, p.agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["lender"], name: "Len Lender" });
+    proxy.state.replay = true;
+    await assert.rejects(viewer.paymentView(p.payment),
+      (e) => t.isTrustfoldError(e) && e.code === "bad_signature" && /not signed by key/.test(e.message));
+    await assert.rejects(feed.sync(), (e) => t.isTrustfoldError(e) && e.code === "bad_signature");
+    assert.ok(proxy.state.replayed >= 2, `replayed ${proxy.state.replayed}`);
+    // Without the proxy's replay, both see the new version.
+    proxy.state.replay = false;
+    const after = await new t.Client({ baseUrl: srv.base, token: sellerToken, serverKey }).paymentView(p.payment);
+    assert.ok(after.state.version > before.state.version);
+  } finally {
+    await proxy.close();
   }
 });
 

@@ -387,9 +387,11 @@ impl Client {
 
     /// Pins the server's key (from `GET /v1/server-key`, compared out of band): the
     /// answers that cannot be checked against a signed head — the state from
-    /// [`Client::payment`] and the pages of [`Client::events_view`] — must then carry
-    /// the server's signature of their bytes (`Trustfold-Signature`), or they fail
-    /// with `bad_signature`. Without a pinned key they are taken as they come.
+    /// [`Client::payment`] and the pages of [`Client::events_view`] — and the head of
+    /// [`Client::head`] must then carry the server's signature of their bytes and of a
+    /// random nonce sent with the request (`Trustfold-Signature`), or they fail with
+    /// `bad_signature`: nothing on the way can change them or replay older ones.
+    /// Without a pinned key they are taken as they come.
     ///
     /// ```
     /// use trustfold::client::Client;
@@ -406,6 +408,17 @@ impl Client {
     /// The pinned server key, if any.
     pub fn pinned(&self) -> Option<&PublicKey> {
         self.pinned.as_ref()
+    }
+
+    /// `what` with a fresh random `nonce` appended when a key is pinned (the server signs
+    /// it with its answer, so an older answer cannot be replayed for this one).
+    fn fresh(&self, mut what: String) -> String {
+        if self.pinned.is_some() {
+            what.push(if what.contains('?') { '&' } else { '?' });
+            what.push_str("nonce=");
+            what.push_str(&uuid::Uuid::new_v4().simple().to_string());
+        }
+        what
     }
 
     /// With a pinned key, checks `body`'s `Trustfold-Signature` as the server's answer
@@ -624,16 +637,17 @@ impl Client {
     /// gets its view), with its version. With a pinned key ([`Client::pin`]) the answer
     /// must be signed by it.
     pub async fn payment(&self, payment: PaymentId) -> Result<(Option<u64>, Value)> {
+        let what = self.fresh(String::new());
         let b = self
             .send(
                 Method::GET,
-                &format!("/v1/payments/{payment}"),
+                &format!("/v1/payments/{payment}{what}"),
                 None,
                 None,
                 None,
             )
             .await?;
-        self.check_signed(payment, "", &b)?;
+        self.check_signed(payment, &what, &b)?;
         let v = serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(e.to_string()))?;
         Ok((b.etag.and_then(|e| e.parse().ok()), v))
     }
@@ -674,16 +688,17 @@ impl Client {
         after: u64,
         limit: u32,
     ) -> Result<ViewPage> {
+        let what = self.fresh(format!("/events?after={after}"));
         let b = self
             .send(
                 Method::GET,
-                &format!("/v1/payments/{payment}/events?after={after}&limit={limit}"),
+                &format!("/v1/payments/{payment}{what}&limit={limit}"),
                 None,
                 None,
                 None,
             )
             .await?;
-        self.check_signed(payment, &format!("/events?after={after}"), &b)?;
+        self.check_signed(payment, &what, &b)?;
         let mut page: ViewPage = serde_json::from_slice(&b.bytes)
             .map_err(|e| Error::Transport(format!("bad response: {e}")))?;
         for item in &mut page.events {
@@ -694,11 +709,23 @@ impl Client {
         Ok(page)
     }
 
-    /// `GET /v1/payments/{id}/head`: the signed head.
+    /// `GET /v1/payments/{id}/head`: the signed head. With a pinned key the answer must
+    /// be the server's to this very request (a fresh nonce, `Trustfold-Signature`), so
+    /// an older head replayed on the way — hiding what came after it — is refused.
     pub async fn head(&self, payment: PaymentId) -> Result<SignedHead> {
-        let v: Value = self
-            .get_json(&format!("/v1/payments/{payment}/head"))
+        let what = self.fresh("/head".into());
+        let b = self
+            .send(
+                Method::GET,
+                &format!("/v1/payments/{payment}{what}"),
+                None,
+                None,
+                None,
+            )
             .await?;
+        self.check_signed(payment, &what, &b)?;
+        let v: Value = serde_json::from_slice(&b.bytes)
+            .map_err(|e| Error::Transport(format!("bad response: {e}")))?;
         // Either the head itself or wrapped as {"head": …}.
         let h = v.get("head").cloned().unwrap_or(v);
         serde_json::from_value(h).map_err(|e| Error::Transport(format!("bad head: {e}")))

@@ -442,11 +442,14 @@ async fn fetch(
     api_key: Option<&str>,
     key: Option<&str>,
 ) -> Result<ExitCode, Error> {
-    if let Some(k) = key {
-        // A bad key is reported before anything is downloaded or written.
-        parse_key(k)?;
+    // A bad key is reported before anything is downloaded or written. With one, the
+    // head must be the server's answer to this fetch (a fresh nonce it signs), not an
+    // older head replayed to hide what came after it.
+    let pinned = key.map(parse_key).transpose()?;
+    let mut c = client(server, api_key)?;
+    if let Some(k) = pinned {
+        c = c.pin(k);
     }
-    let c = client(server, api_key)?;
     let (body, head) = c.fetch_history(payment).await?;
     let n = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body)
         .map_err(|e| Error::Transport(format!("bad history: {e}")))?
@@ -510,7 +513,7 @@ async fn tail(
     key: &str,
 ) -> Result<ExitCode, Error> {
     let key = parse_key(key)?;
-    let mut r = trustfold::replica::Replica::new(client(server, api_key)?, payment, key);
+    let mut r = trustfold::replica::Replica::new(client(server, api_key)?.pin(key), payment, key);
     let n = r.sync().await?;
     if let Some(s) = r.state() {
         say!(

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use trustfold::history::{self, SignedHead};
+use trustfold::history::{self, SignedHead, SignedResponse};
 
 /// What the scripted server answers: the records it pages out and the head it signs.
 struct Script {
@@ -30,10 +30,23 @@ fn serve(script: Arc<Mutex<Script>>) -> String {
             let mut buf = vec![0u8; 8192];
             let n = stream.read(&mut buf).unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]).to_string();
-            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let target = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let mut signature = String::new();
             let body = {
                 let s = script.lock().expect("script");
                 if path.ends_with("/head") {
+                    // Signed as the server signs its answer, with the request's nonce.
+                    let what = format!("/head?{query}");
+                    let payment = path
+                        .split('/')
+                        .nth(3)
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(trustfold::id::PaymentId::from_bytes([0; 16]));
+                    signature = format!(
+                        "trustfold-signature: {}\r\n",
+                        SignedResponse::sign(payment, &what, s.head.as_bytes(), &support::SECRET)
+                    );
                     s.head.clone()
                 } else if path.contains("/events") {
                     let n = s.records.len();
@@ -47,7 +60,7 @@ fn serve(script: Arc<Mutex<Script>>) -> String {
             };
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{signature}connection: close\r\n\r\n{body}",
                 body.len()
             );
         }

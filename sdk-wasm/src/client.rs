@@ -163,20 +163,23 @@ impl Conn {
     }
 
     /// `GET` one of the payment's routes (`rest` after `/v1/payments/{id}`): the body,
-    /// or the server's problem as an error.
-    async fn get(&self, payment: &PaymentId, rest: &str) -> Result<String, JsValue> {
-        let request = self.auth(Request::get(&self.url(payment, rest)));
-        within(self.timeout_ms, async move {
-            body_or_problem(request.send().await.map_err(net)?).await
-        })
-        .await
-    }
-
-    /// [`Conn::get`] of an answer that cannot be verified against the history (a
-    /// redacted view): with a pinned key, it must carry the server's signature of its
-    /// body (`Trustfold-Signature`), so no one on the way can change it or pass a
-    /// participant who sees everything a made-up "redacted" view instead.
+    /// or the server's problem as an error. With a pinned key the answer must carry
+    /// the server's signature of its body and of what was asked, with a fresh nonce
+    /// (`Trustfold-Signature`), so no one on the way can change it, replay an older
+    /// one, or pass a participant who sees everything a made-up "redacted" view.
     async fn get_signed(&self, payment: &PaymentId, rest: &str) -> Result<String, JsValue> {
+        // With a pinned key, a fresh random nonce the server signs with its answer: an
+        // older answer (an older state or head, hiding what came after) replayed on the
+        // way does not verify for this request.
+        let asked = match &self.key {
+            Some(_) => format!(
+                "{rest}{}nonce={}",
+                if rest.contains('?') { '&' } else { '?' },
+                random_nonce()?
+            ),
+            None => rest.to_owned(),
+        };
+        let rest = asked.as_str();
         let request = self.auth(Request::get(&self.url(payment, rest)));
         let (body, signature) = within(self.timeout_ms, async move {
             let resp = request.send().await.map_err(net)?;
@@ -197,6 +200,25 @@ impl Conn {
         }
         Ok(body)
     }
+}
+
+/// 128 random bits as 32 hex digits, from the platform's `crypto.getRandomValues`
+/// (browsers, Node 19+, workers).
+fn random_nonce() -> Result<String, JsValue> {
+    let crypto = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("crypto"))?;
+    let fill = js_sys::Reflect::get(&crypto, &JsValue::from_str("getRandomValues"))
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .ok_or_else(|| {
+            js_error(
+                "unsupported",
+                "this platform has no crypto.getRandomValues: a pinned key needs one to ask \
+                 for fresh, signed answers",
+            )
+        })?;
+    let bytes = js_sys::Uint8Array::new_with_length(16);
+    fill.call1(&crypto, &bytes)?;
+    Ok(bytes.to_vec().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A trustfold server, as seen by one participant.
@@ -442,13 +464,6 @@ struct Feed {
     link: Link,
 }
 
-impl Feed {
-    /// `GET` one of the payment's routes (`rest` after `/v1/payments/{id}`).
-    async fn get(&self, rest: &str) -> Result<String, JsValue> {
-        self.conn.get(&self.payment, rest).await
-    }
-}
-
 /// The error for a participant whose roles the policy hides something from: the
 /// server sends it a redacted view, which has no hashes to verify or bytes to fold.
 fn redacted_history() -> JsValue {
@@ -596,14 +611,19 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
         };
         let head = match kept.take().or(signed) {
             Some(h) => h,
-            None => SignedHead::from_json(feed.get("/head").await?.as_bytes())
-                .map_err(|e| {
-                    Error::BadSignature(format!(
-                        "a key is pinned, the event pages carried no signed head, and the \
+            None => SignedHead::from_json(
+                feed.conn
+                    .get_signed(&feed.payment, "/head")
+                    .await?
+                    .as_bytes(),
+            )
+            .map_err(|e| {
+                Error::BadSignature(format!(
+                    "a key is pinned, the event pages carried no signed head, and the \
                          server's /head is not one: {e}"
-                    ))
-                })
-                .js()?,
+                ))
+            })
+            .js()?,
         };
         if upto.is_none() && head.stream == feed.payment && head.seq > staged.len() {
             // Appended after the last page: fetch on to it, then check this head.

@@ -9,7 +9,7 @@ use common::scenario::{fund, fund_and_release, history, open_and_join, Client};
 use common::{Server, ADMIN};
 use serde_json::{json, Value};
 use trustfold_core::fold::replay;
-use trustfold_core::history::{parse, PublicKey, SignedHead};
+use trustfold_core::history::{parse, PublicKey, SignedHead, SignedResponse};
 use trustfold_server::app::open;
 
 /// The example earnest-money policy as its version 2, for a test to change and publish.
@@ -823,6 +823,55 @@ async fn participant_tokens(srv: &Server) {
     assert!(ev.headers.contains_key("trustfold-signature"));
     let full = c.get(&format!("/v1/payments/{p}/head"), &key).await;
     assert_eq!(full.status, 200, "{}", full.body);
+
+    // Freshness: with a `nonce`, the signature covers it, so an answer given to an
+    // earlier request (another nonce, or none) does not verify for this one.
+    let pk: PublicKey = c
+        .raw("GET", "/v1/server-key", None, &[], None)
+        .await
+        .expect("key")
+        .body["public_key"]
+        .as_str()
+        .expect("hex")
+        .parse()
+        .expect("key");
+    let pay = trustfold_core::id::PaymentId(p.parse().expect("uuid"));
+    let nonce = "0123456789abcdef0123456789abcdef";
+    for (path, what, auth) in [
+        (format!("?nonce={nonce}"), format!("?nonce={nonce}"), &token),
+        (
+            format!("/events?after=3&limit=5&nonce={nonce}"),
+            format!("/events?after=3&nonce={nonce}"),
+            &token,
+        ),
+        (
+            format!("/head?nonce={nonce}"),
+            format!("/head?nonce={nonce}"),
+            &key,
+        ),
+    ] {
+        let r = c.get(&format!("/v1/payments/{p}{path}"), auth).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let sig = r
+            .headers
+            .get("trustfold-signature")
+            .and_then(|v| v.to_str().ok())
+            .expect("signed")
+            .to_owned();
+        SignedResponse::verify(&pk, pay, &what, &r.bytes, &sig).expect("signed with the nonce");
+        let stale = what.replace(nonce, "fedcba9876543210fedcba9876543210");
+        let e = SignedResponse::verify(&pk, pay, &stale, &r.bytes, &sig).expect_err("replayed");
+        assert_eq!(e.code(), "bad_signature");
+        let bare = what
+            .replace(&format!("?nonce={nonce}"), "")
+            .replace(&format!("&nonce={nonce}"), "");
+        assert!(SignedResponse::verify(&pk, pay, &bare, &r.bytes, &sig).is_err());
+    }
+    let r = c
+        .get(&format!("/v1/payments/{p}?nonce=short"), &token)
+        .await;
+    expect_member(&r, 400, "code", "invalid_parameter");
+    assert_eq!(r.body["field"], "nonce", "{}", r.body);
 
     // It may not act as anyone else, nor in a role it does not hold, nor see the tenant's data.
     let r = c.post(&format!("/v1/payments/{p}/commands"), &token,

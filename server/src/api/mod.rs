@@ -130,7 +130,7 @@ pub fn routes() -> Vec<Route> {
         (
             "GET",
             "/v1/payments/{payment_id}",
-            &[],
+            &["nonce"],
             get(payments::get_payment),
         ),
         (
@@ -142,13 +142,13 @@ pub fn routes() -> Vec<Route> {
         (
             "GET",
             "/v1/payments/{payment_id}/events",
-            PAGE,
+            &["after", "limit", "nonce"],
             get(payments::get_events),
         ),
         (
             "GET",
             "/v1/payments/{payment_id}/head",
-            &[],
+            &["nonce"],
             get(payments::get_head),
         ),
         (

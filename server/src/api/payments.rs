@@ -1069,9 +1069,11 @@ pub async fn get_payment(
     principal: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
+    query: Params,
 ) -> ApiResult<Response> {
     let payment = parse_id(&id, "payment_id")?;
     principal.check_payment(payment)?;
+    let nonce = nonce_param(&params(query)?)?;
     let tenant = principal.tenant();
     let (version, body) = match &principal {
         Principal::Tenant { .. } => {
@@ -1125,12 +1127,15 @@ pub async fn get_payment(
         }
     };
     let tag = etag(version);
-    if none_match_hits(&headers, version) {
+    // A 304 carries no body to sign: with a nonce (a client checking the answer is
+    // fresh) the state is always sent, signed.
+    if nonce.is_none() && none_match_hits(&headers, version) {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
         res.headers_mut().insert(header::ETAG, tag);
         return Ok(res);
     }
-    let mut res = signed_json(body, payment, "", &state.secret);
+    let what = with_nonce(String::new(), nonce.as_deref());
+    let mut res = signed_json(body, payment, &what, &state.secret);
     res.headers_mut().insert(header::ETAG, tag);
     Ok(res)
 }
@@ -1184,6 +1189,7 @@ pub async fn get_events(
     let q = params(query)?;
     let after = param_u64(&q, "after")?.unwrap_or(0);
     let limit = limit_param(&q, 100, 1000)?;
+    let nonce = nonce_param(&q)?;
     let reader = match &principal {
         Principal::Tenant { .. } => {
             if state.store.stream_head(tenant, payment).await?.is_none() {
@@ -1245,9 +1251,42 @@ pub async fn get_events(
     Ok(signed_json(
         out,
         payment,
-        &format!("/events?after={after}"),
+        &with_nonce(format!("/events?after={after}"), nonce.as_deref()),
         &state.secret,
     ))
+}
+
+/// The optional `nonce` of a read: 16 to 128 characters from `[A-Za-z0-9_-]`, chosen
+/// at random by a client that wants to know the answer is fresh. The server signs it
+/// with the answer (`Trustfold-Signature`), so an old answer replayed by someone on
+/// the way cannot pass for the answer to this request.
+fn nonce_param(q: &HashMap<String, String>) -> ApiResult<Option<String>> {
+    let Some(n) = q.get("nonce") else {
+        return Ok(None);
+    };
+    let ok = (16..=128).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "nonce",
+            "`nonce` takes 16 to 128 characters from A-Z, a-z, 0-9, `-` and `_` \
+             (a random value the answer's signature will cover)",
+        ));
+    }
+    Ok(Some(n.clone()))
+}
+
+/// `what` of a signed answer, with the request's nonce appended as asked
+/// (`?nonce=N`, or `&nonce=N` after another parameter).
+fn with_nonce(mut what: String, nonce: Option<&str>) -> String {
+    if let Some(n) = nonce {
+        what.push(if what.contains('?') { '&' } else { '?' });
+        what.push_str("nonce=");
+        what.push_str(n);
+    }
+    what
 }
 
 /// True when the policy hides nothing from `roles`: they get the verifiable records
@@ -1272,9 +1311,11 @@ pub async fn get_head(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    query: Params,
 ) -> ApiResult<Response> {
     let payment = parse_id(&id, "payment_id")?;
     principal.check_payment(payment)?;
+    let nonce = nonce_param(&params(query)?)?;
     if let Principal::Participant(c) = &principal {
         let st = load_state(&state, c.tenant, payment).await?;
         let roles = participant_roles(&st, c)?;
@@ -1301,7 +1342,11 @@ pub async fn get_head(
         Hash(head.last_hash),
         &state.secret,
     );
-    let mut res = json(StatusCode::OK, &signed);
+    // The head signs itself; the answer's signature (with the request's nonce) says
+    // it is the server's head now, not an older one replayed.
+    let body = serde_json::to_vec(&signed).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let what = with_nonce("/head".into(), nonce.as_deref());
+    let mut res = signed_json(body, payment, &what, &state.secret);
     res.headers_mut().insert(header::ETAG, etag(head.version));
     Ok(res)
 }
