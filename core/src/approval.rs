@@ -24,13 +24,28 @@ fn approvers(state: &PaymentState, req: &Request) -> SortedSet<PartyId> {
         .collect()
 }
 
-/// True when the request's valid approvals meet the policy's rule.
+/// True when the request's valid approvals meet the policy's rule, each role of an
+/// `all_of` approved by a party of its own (what `decide` requires before it
+/// authorizes a request).
 pub fn quorum_met(state: &PaymentState, req: &Request) -> bool {
     let ok = approvers(state, req);
-    count_ok(state, rule(state, req), &ok)
+    count_ok(state, rule(state, req), &ok, true)
 }
 
-fn count_ok(state: &PaymentState, rule: &Approvals, parties: &SortedSet<PartyId>) -> bool {
+/// [`quorum_met`] as histories were written before `all_of` needed distinct parties
+/// (one party holding two listed roles counted for both): what the fold checks a
+/// recorded authorization against, so that histories stored before then still fold.
+pub fn quorum_met_as_recorded(state: &PaymentState, req: &Request) -> bool {
+    let ok = approvers(state, req);
+    count_ok(state, rule(state, req), &ok, false)
+}
+
+fn count_ok(
+    state: &PaymentState,
+    rule: &Approvals,
+    parties: &SortedSet<PartyId>,
+    distinct: bool,
+) -> bool {
     let holds = |p: &PartyId, role: &crate::policy::Role| {
         state.participants.get(p).is_some_and(|x| x.acts_as(role))
     };
@@ -38,11 +53,13 @@ fn count_ok(state: &PaymentState, rule: &Approvals, parties: &SortedSet<PartyId>
         Approvals::None => true,
         // One distinct party per listed role: a party holding two of the roles (a
         // seller who is also invited as the buyer) approves once, not for both.
-        Approvals::AllOf(roles) => {
+        Approvals::AllOf(roles) if distinct => {
             let parties: Vec<PartyId> = parties.iter().copied().collect();
-            let mut used = vec![false; parties.len()];
-            assign(roles, &parties, &mut used, &holds)
+            matched(roles, &parties, &holds) == roles.len()
         }
+        Approvals::AllOf(roles) => roles
+            .iter()
+            .all(|role| parties.iter().any(|p| holds(p, role))),
         Approvals::NOf { n, roles } => {
             let c = parties
                 .iter()
@@ -53,24 +70,47 @@ fn count_ok(state: &PaymentState, rule: &Approvals, parties: &SortedSet<PartyId>
     }
 }
 
-/// Whether each of `roles` can be given its own party among the unused `parties`
-/// (a matching found by backtracking: role lists are a handful long).
-fn assign(
+/// How many of `roles` can each be given a party of their own among `parties`: a
+/// maximum bipartite matching by augmenting paths (Kuhn's), polynomial in the number
+/// of roles and parties whatever the policy lists.
+fn matched(
     roles: &[crate::policy::Role],
     parties: &[PartyId],
-    used: &mut [bool],
     holds: &impl Fn(&PartyId, &crate::policy::Role) -> bool,
+) -> usize {
+    // The role each party is matched to, if any.
+    let mut owner: Vec<Option<usize>> = vec![None; parties.len()];
+    let mut count = 0;
+    for r in 0..roles.len() {
+        let mut seen = vec![false; parties.len()];
+        if augment(r, roles, parties, holds, &mut owner, &mut seen) {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Finds a party for role `r`, moving earlier roles to other parties if need be.
+fn augment(
+    r: usize,
+    roles: &[crate::policy::Role],
+    parties: &[PartyId],
+    holds: &impl Fn(&PartyId, &crate::policy::Role) -> bool,
+    owner: &mut [Option<usize>],
+    seen: &mut [bool],
 ) -> bool {
-    let Some((role, rest)) = roles.split_first() else {
-        return true;
-    };
-    for i in 0..parties.len() {
-        if !used[i] && holds(&parties[i], role) {
-            used[i] = true;
-            if assign(rest, parties, used, holds) {
-                return true;
-            }
-            used[i] = false;
+    for p in 0..parties.len() {
+        if seen[p] || !holds(&parties[p], &roles[r]) {
+            continue;
+        }
+        seen[p] = true;
+        let free = match owner[p] {
+            None => true,
+            Some(other) => augment(other, roles, parties, holds, owner, seen),
+        };
+        if free {
+            owner[p] = Some(r);
+            return true;
         }
     }
     false
@@ -85,7 +125,7 @@ pub fn quorum_possible(state: &PaymentState, req: &Request) -> bool {
         .filter(|(id, p)| !p.removed && p.joined && !req.denials.contains_key(id))
         .map(|(id, _)| *id)
         .collect();
-    count_ok(state, rule(state, req), &eligible)
+    count_ok(state, rule(state, req), &eligible, false)
 }
 
 /// True when `party` may approve requests of this kind (holds an approving role).

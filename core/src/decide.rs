@@ -594,7 +594,8 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
                     "refund_approvals_required",
                     format!(
                         "money is held in escrow and this policy's refunds need approvals \
-                         ({}): request the refund (RequestRefund), and cancel once it is paid out",
+                         ({}): request the refund (RequestRefund) instead; once it is paid out \
+                         the payment ends Refunded",
                         describe_rule(rule)
                     ),
                 );
@@ -695,8 +696,8 @@ fn check_roster(s: &PaymentState, role: &Role, change: &str) -> Result<()> {
         Some(power) if roster_locked(s) => reject(
             "role_locked",
             format!(
-                "role `{role}` {power}: while money is in escrow or on its way no one may be \
-                 {change} it; settle it through a dispute, or once the money is out"
+                "role `{role}` {power}: while money is in escrow or on its way, {change}; \
+                 settle it through a dispute, or once the money is out"
             ),
         ),
         _ => Ok(()),
@@ -789,7 +790,7 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
                         format!("role `{r}` is not in policy {}", s.policy.id),
                     );
                 };
-                check_roster(s, r, "invited into")?;
+                check_roster(s, r, "no one may be invited into it")?;
                 let holders = s
                     .participants
                     .values()
@@ -820,6 +821,13 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
         }
         Command::Join => {
             let party = actor_party(ctx)?;
+            // Invited before the money came, joining after it: a stand-in in a role
+            // that approves or is paid would get in by the back door.
+            if let Some(p) = em.state.participants.get(&party) {
+                for r in &p.roles {
+                    check_roster(&em.state, r, "no one invited into it may join now")?;
+                }
+            }
             em.emit(ParticipantJoined { party })
         }
         Command::Remove { party, reason } => {
@@ -843,9 +851,11 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
                     "the payer cannot be removed once funds are held",
                 );
             }
-            if let Some(p) = s.participants.get(party) {
+            // A party that never joined has never acted and cannot now (it may not
+            // join while the roster is locked): removing it changes nothing it did.
+            if let Some(p) = s.participants.get(party).filter(|p| p.joined) {
                 for r in &p.roles {
-                    check_roster(s, r, "removed from")?;
+                    check_roster(s, r, "no one who acted in it may be removed")?;
                 }
             }
             em.emit(ParticipantRemoved {
@@ -938,6 +948,19 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
                 return reject("request_exists", format!("request {request} exists"));
             }
             let amount = refund_amount(&em.state, amount.as_ref())?;
+            // Part of a payment still being funded goes back whole or not at all: a
+            // partial refund would end the funding phase with the payment short (and
+            // open it to releases and the automatic release).
+            if em.state.status == Status::AwaitingFunds && amount != em.state.escrow_available() {
+                return reject(
+                    "partial_refund_not_allowed",
+                    format!(
+                        "the payment is still being funded: refund everything held ({}) \
+                         or nothing",
+                        em.state.escrow_available()
+                    ),
+                );
+            }
             em.emit(RefundRequested {
                 request: *request,
                 amount,

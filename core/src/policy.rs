@@ -785,6 +785,29 @@ impl Policy {
                 ));
             }
         }
+        // `all_of` takes a party of its own for each role listed: a role listed more
+        // times than it can have parties could never be approved.
+        for (field, a) in [
+            ("release.approvals.all_of", &self.release.approvals),
+            ("refund.approvals.all_of", &self.refund.approvals),
+        ] {
+            if let Approvals::AllOf(roles) = a {
+                for role in roles {
+                    let listed = roles.iter().filter(|r| *r == role).count();
+                    let max = self.roles.get(role).and_then(|r| r.max);
+                    if max.is_some_and(|m| listed as u64 > u64::from(m)) {
+                        return Err(Error::policy(
+                            field,
+                            format!(
+                                "impossible quorum: `{role}` is listed {listed} times, each \
+                                 needing a party of its own, but at most {} parties can hold it",
+                                max.unwrap_or(0)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         // A disbursement names the authorized request it carries out.
         for role in &self.permissions.disburse {
             if self

@@ -492,3 +492,17 @@ fn amount_bounds_fit_every_currency() {
         "more decimals than JPY allows (0)",
     );
 }
+
+#[test]
+fn all_of_lists_a_role_no_more_times_than_it_can_have_parties() {
+    // Both co-sellers must approve: fine while a payment may have two sellers.
+    let mut p = example("earnest-money");
+    p["release"]["approvals"] = json!({"all_of": ["buyer", "seller", "seller"]});
+    accepted(&p);
+    p["roles"]["seller"]["max"] = json!(1);
+    refused(
+        &p,
+        "release.approvals.all_of",
+        "`seller` is listed 2 times, each needing a party of its own, but at most 1",
+    );
+}

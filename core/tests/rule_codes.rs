@@ -1630,3 +1630,170 @@ fn the_funding_deadline_starts_when_the_last_party_yet_to_agree_is_removed() {
         "everyone left has agreed: the deadline runs"
     );
 }
+
+#[test]
+fn a_stored_authorization_by_one_party_in_two_roles_still_folds() {
+    // Written before all_of needed distinct parties: one party (seller and buyer)
+    // approved alone and the release was authorized. `decide` no longer does that, but
+    // the history folds as it was written.
+    let mut s = earnest(149);
+    ok(
+        &mut s,
+        listing_agent(),
+        Command::Invite {
+            party: pid(8),
+            roles: vec![Role::new("seller"), Role::new("buyer")],
+            name: "Dual Dana".into(),
+            email: None,
+        },
+    );
+    ok(&mut s, as_(8, "buyer"), Command::Join);
+    if s.status() == Status::AwaitingAgreement {
+        s.agree(8, "buyer").expect("agrees");
+    }
+    ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-1"));
+    ok(&mut s, Actor::rail(), notice("wire-1", settled()));
+    ok(&mut s, escrow(), release(1, &[(8, "5000.00")]));
+    let a = approval(&s, 1);
+    ok(&mut s, as_(8, "seller"), a);
+    let mut envs: Vec<trustfold_core::envelope::Envelope> =
+        trustfold_core::history::parse(&s.d.history())
+            .expect("parse")
+            .iter()
+            .map(|r| r.envelope().expect("envelope"))
+            .collect();
+    let mut authorized = envs.last().expect("events").clone();
+    authorized.seq += 1;
+    authorized.id = trustfold_core::id::EventId::from_bytes([0x78; 16]);
+    authorized.event =
+        trustfold_core::event::Event::ReleaseAuthorized(trustfold_core::event::ReleaseAuthorized {
+            request: rid(1),
+        });
+    envs.push(authorized);
+    let mut sealed: Vec<trustfold_core::envelope::SealedEvent> = Vec::new();
+    for mut env in envs {
+        env.prev = sealed
+            .last()
+            .map_or(trustfold_core::hash::Hash::ZERO, |x| x.hash);
+        sealed.push(env.seal());
+    }
+    let state = trustfold_core::fold::replay(&trustfold_core::history::write(&sealed))
+        .expect("the stored history folds");
+    assert_eq!(state.status, Status::Disbursing);
+}
+
+#[test]
+fn all_of_over_many_interchangeable_roles_is_decided_at_once() {
+    // Twelve roles every approver holds, plus one nobody holds: a search that tried
+    // every assignment would take 12! steps on each approval (hours: the test would
+    // not end); the matching by augmenting paths takes a few hundred.
+    let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    let mut doc = serde_json::to_value(policy("earnest-money")).expect("json");
+    for n in &names {
+        doc["roles"][n] = serde_json::json!({"required": false, "max": 12});
+    }
+    doc["roles"]["x"] = serde_json::json!({"required": false, "max": 1});
+    let mut all: Vec<String> = names.clone();
+    all.push("x".into());
+    doc["release"]["approvals"] = serde_json::json!({ "all_of": all });
+    let p: Policy = serde_json::from_value(doc).expect("policy");
+    let mut s = scenarios::earnest_with(150, p).expect("awaiting funds");
+    let roles: Vec<Role> = names.iter().map(Role::new).collect();
+    for k in 0..12u8 {
+        ok(
+            &mut s,
+            listing_agent(),
+            Command::Invite {
+                party: pid(60 + k),
+                roles: roles.clone(),
+                name: format!("Party {k}"),
+                email: None,
+            },
+        );
+        ok(&mut s, as_(60 + k, "r0"), Command::Join);
+    }
+    ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-1"));
+    ok(&mut s, Actor::rail(), notice("wire-1", settled()));
+    ok(&mut s, escrow(), release(1, &[(SELLER, "5000.00")]));
+    for k in 0..12u8 {
+        let a = approval(&s, 1);
+        ok(&mut s, as_(60 + k, "r0"), a);
+    }
+    // Every listed role but `x` has a party of its own: not yet authorized.
+    assert_eq!(
+        s.state().requests[&rid(1)].status,
+        RequestStatus::AwaitingApprovals
+    );
+}
+
+#[test]
+fn partial_refund_not_allowed_while_the_payment_is_still_being_funded() {
+    // 5,000.00 by ACH, 2,000.00 of it returned: 3,000.00 held, 2,000.00 still owed.
+    let mut s = earnest(151);
+    ok(&mut s, buyer(), funding("5000.00", Rail::Ach, "ach-1"));
+    s.hours(24);
+    ok(&mut s, Actor::rail(), notice("ach-1", settled()));
+    s.hours(72);
+    ok(&mut s, Actor::system(), Command::Tick);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("ach-1", returned("R01", Some(usd("2000.00")))),
+    );
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    assert_eq!(s.balance(Account::Escrow), "3000.00");
+    // Refunding part of it would end the funding phase short.
+    refuse(
+        &mut s,
+        escrow(),
+        Command::RequestRefund {
+            request: rid(5),
+            amount: Some(usd("1000.00")),
+        },
+        "partial_refund_not_allowed",
+        "refund everything held (3000.00 USD)",
+    );
+    ok(
+        &mut s,
+        escrow(),
+        Command::RequestRefund {
+            request: rid(5),
+            amount: Some(usd("3000.00")),
+        },
+    );
+}
+
+#[test]
+fn role_locked_also_for_a_party_invited_before_the_money_that_joins_after() {
+    let mut s = earnest(152);
+    // A second seller invited before funding, who does not join (so need not agree).
+    ok(
+        &mut s,
+        as_(scenarios::BUYER_AGENT, "buyer_agent"),
+        Command::Invite {
+            party: pid(40),
+            roles: vec![Role::new("seller")],
+            name: "Stan Stand-in".into(),
+            email: None,
+        },
+    );
+    ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-1"));
+    ok(&mut s, Actor::rail(), notice("wire-1", settled()));
+    assert_eq!(s.status(), Status::Held);
+    refuse(
+        &mut s,
+        as_(40, "seller"),
+        Command::Join,
+        "role_locked",
+        "no one invited into it may join now",
+    );
+    // Never having acted, it can be removed.
+    ok(
+        &mut s,
+        listing_agent(),
+        Command::Remove {
+            party: pid(40),
+            reason: "not on the title".into(),
+        },
+    );
+}
