@@ -486,15 +486,19 @@ fn verify_signature(key: &PublicKey, message: &[u8], signature: &str) -> Result<
 }
 
 /// The server's signature of one response body about a payment (the `Trustfold-Signature`
-/// header of its state and event pages). What a participant is shown without being able
-/// to verify it — a redacted view — is then at least the pinned server's own answer to
-/// that request, not a stranger's on the way: `trustfold-response-v1\n<payment>\n<what>\n
-/// <SHA-256 of the body>`, where `what` is the route after `/v1/payments/{id}` as the
-/// clients ask it: empty for the state, `/events?after=N` for a page (so a page cannot
-/// be passed off as another), `/head` for the signed head's answer. Alone it does not say
-/// when: an old answer can be replayed. A client that wants a fresh one sends a random
-/// `nonce` query parameter, which the server appends to `what` (`?nonce=N`, or
-/// `&nonce=N` after `after`): an answer signed for another nonce does not verify.
+/// header of its state, event pages and head). What a participant is shown without being
+/// able to verify it — a redacted view — is then at least the pinned server's own answer
+/// to that request, not a stranger's on the way:
+/// `trustfold-response-v2\n<payment>\n<what>\n<SHA-256 of the credential>\n<SHA-256 of
+/// the body>`, where `what` is the route after `/v1/payments/{id}` as the clients ask it:
+/// empty for the state, `/events?after=N` for a page (so a page cannot be passed off as
+/// another), `/head` for the signed head's answer; and the credential is the bearer the
+/// request was made with (API key or participant token; empty without one), so another
+/// participant's answer — its view, signed for its own credential — does not verify
+/// for this one. Alone it does not say when: an old answer can be replayed. A client
+/// that wants a fresh one sends a random `nonce` query parameter, which the server
+/// appends to `what` (`?nonce=N`, or `&nonce=N` after `after`): an answer signed for
+/// another nonce does not verify.
 ///
 /// ```
 /// use trustfold_core::history::{PublicKey, SignedResponse};
@@ -503,42 +507,62 @@ fn verify_signature(key: &PublicKey, message: &[u8], signature: &str) -> Result<
 /// let key = PublicKey::from_secret(&secret);
 /// let p = PaymentId::from_bytes([1; 16]);
 /// let body = b"{\"status\":\"Held\"}";
-/// let sig = SignedResponse::sign(p, "", body, &secret);
-/// assert!(SignedResponse::verify(&key, p, "", body, &sig).is_ok());
-/// let e = SignedResponse::verify(&key, p, "", b"{\"status\":\"Completed\"}", &sig).unwrap_err();
+/// let sig = SignedResponse::sign(p, "", "tft_mine", body, &secret);
+/// assert!(SignedResponse::verify(&key, p, "", "tft_mine", body, &sig).is_ok());
+/// let e = SignedResponse::verify(&key, p, "", "tft_mine", b"{\"status\":\"Completed\"}", &sig)
+///     .unwrap_err();
 /// assert_eq!(e.code(), "bad_signature");
-/// assert!(SignedResponse::verify(&key, p, "/events?after=0", body, &sig).is_err());
+/// assert!(SignedResponse::verify(&key, p, "/events?after=0", "tft_mine", body, &sig).is_err());
+/// // Another participant's answer (signed for its credential) is not this one's.
+/// assert!(SignedResponse::verify(&key, p, "", "tft_theirs", body, &sig).is_err());
 /// ```
 pub struct SignedResponse;
 
 impl SignedResponse {
     /// The exact bytes signed.
-    pub fn message(payment: PaymentId, what: &str, body: &[u8]) -> Vec<u8> {
+    pub fn message(payment: PaymentId, what: &str, credential: &str, body: &[u8]) -> Vec<u8> {
         format!(
-            "trustfold-response-v1\n{payment}\n{what}\n{}",
+            "trustfold-response-v2\n{payment}\n{what}\n{}\n{}",
+            Hash::of(credential.as_bytes()),
             Hash::of(body)
         )
         .into_bytes()
     }
 
-    /// The signature (128 hex digits) of `body`, the answer to `what` about `payment`.
-    pub fn sign(payment: PaymentId, what: &str, body: &[u8], secret: &[u8; 32]) -> String {
-        let sig = SigningKey::from_bytes(secret).sign(&Self::message(payment, what, body));
+    /// The signature (128 hex digits) of `body`, the answer to `what` about `payment`
+    /// asked with `credential` (the request's bearer, empty without one).
+    pub fn sign(
+        payment: PaymentId,
+        what: &str,
+        credential: &str,
+        body: &[u8],
+        secret: &[u8; 32],
+    ) -> String {
+        let sig =
+            SigningKey::from_bytes(secret).sign(&Self::message(payment, what, credential, body));
         sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Checks `signature` of `body` (the answer to `what` about `payment`) against `key`.
+    /// Checks `signature` of `body` (the answer to `what` about `payment`, asked with
+    /// `credential`) against `key`.
     pub fn verify(
         key: &PublicKey,
         payment: PaymentId,
         what: &str,
+        credential: &str,
         body: &[u8],
         signature: &str,
     ) -> Result<()> {
-        verify_signature(key, &Self::message(payment, what, body), signature).map_err(|e| match e {
+        verify_signature(
+            key,
+            &Self::message(payment, what, credential, body),
+            signature,
+        )
+        .map_err(|e| match e {
             Error::BadSignature(m) if m.is_empty() => Error::BadSignature(format!(
-                "the server's answer about {payment} was not signed by key {key}: it was \
-                 changed on the way, or comes from another server"
+                "the server's answer about {payment} was not signed by key {key} for this \
+                     request: it was changed or replayed on the way, answers another \
+                     credential, or comes from another server"
             )),
             e => e,
         })

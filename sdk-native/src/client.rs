@@ -434,7 +434,8 @@ impl Client {
                  refused with a pinned key"
             ))));
         };
-        SignedResponse::verify(key, payment, what, &body.bytes, signature)?;
+        let credential = self.bearer.as_deref().unwrap_or("");
+        SignedResponse::verify(key, payment, what, credential, &body.bytes, signature)?;
         Ok(())
     }
 

@@ -45,7 +45,14 @@ fn serve(script: Arc<Mutex<Script>>) -> String {
                         .unwrap_or(trustfold::id::PaymentId::from_bytes([0; 16]));
                     signature = format!(
                         "trustfold-signature: {}\r\n",
-                        SignedResponse::sign(payment, &what, s.head.as_bytes(), &support::SECRET)
+                        SignedResponse::sign(
+                            payment,
+                            &what,
+                            // `trustfold fetch` here runs without --api-key.
+                            "",
+                            s.head.as_bytes(),
+                            &support::SECRET
+                        )
                     );
                     s.head.clone()
                 } else if path.contains("/events") {

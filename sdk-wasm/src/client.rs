@@ -195,8 +195,16 @@ impl Conn {
                      cannot be told from one changed on the way: refused with a pinned key",
                 ));
             };
-            history::SignedResponse::verify(key, *payment, rest, body.as_bytes(), &signature)
-                .js()?;
+            let credential = self.token.as_deref().unwrap_or("");
+            history::SignedResponse::verify(
+                key,
+                *payment,
+                rest,
+                credential,
+                body.as_bytes(),
+                &signature,
+            )
+            .js()?;
         }
         Ok(body)
     }

@@ -858,14 +858,18 @@ async fn participant_tokens(srv: &Server) {
             .and_then(|v| v.to_str().ok())
             .expect("signed")
             .to_owned();
-        SignedResponse::verify(&pk, pay, &what, &r.bytes, &sig).expect("signed with the nonce");
+        SignedResponse::verify(&pk, pay, &what, auth, &r.bytes, &sig)
+            .expect("signed with the nonce");
+        // Signed for this request's credential: not another's.
+        assert!(SignedResponse::verify(&pk, pay, &what, "tft_other", &r.bytes, &sig).is_err());
         let stale = what.replace(nonce, "fedcba9876543210fedcba9876543210");
-        let e = SignedResponse::verify(&pk, pay, &stale, &r.bytes, &sig).expect_err("replayed");
+        let e =
+            SignedResponse::verify(&pk, pay, &stale, auth, &r.bytes, &sig).expect_err("replayed");
         assert_eq!(e.code(), "bad_signature");
         let bare = what
             .replace(&format!("?nonce={nonce}"), "")
             .replace(&format!("&nonce={nonce}"), "");
-        assert!(SignedResponse::verify(&pk, pay, &bare, &r.bytes, &sig).is_err());
+        assert!(SignedResponse::verify(&pk, pay, &bare, auth, &r.bytes, &sig).is_err());
     }
     let r = c
         .get(&format!("/v1/payments/{p}?nonce=short"), &token)

@@ -1135,7 +1135,7 @@ pub async fn get_payment(
         return Ok(res);
     }
     let what = with_nonce(String::new(), nonce.as_deref());
-    let mut res = signed_json(body, payment, &what, &state.secret);
+    let mut res = signed_json(body, payment, &what, credential(&headers), &state.secret);
     res.headers_mut().insert(header::ETAG, tag);
     Ok(res)
 }
@@ -1147,8 +1147,14 @@ pub const SIGNATURE_HEADER: &str = "trustfold-signature";
 /// (`Trustfold-Signature`): a participant's
 /// redacted view cannot be verified against the history, but a client holding the
 /// pinned key can tell the server's own answer from one changed on the way.
-fn signed_json(body: Vec<u8>, payment: Uuid, what: &str, secret: &[u8; 32]) -> Response {
-    let signature = SignedResponse::sign(PaymentId(payment), what, &body, secret);
+fn signed_json(
+    body: Vec<u8>,
+    payment: Uuid,
+    what: &str,
+    credential: &str,
+    secret: &[u8; 32],
+) -> Response {
+    let signature = SignedResponse::sign(PaymentId(payment), what, credential, &body, secret);
     let mut res = json_bytes(StatusCode::OK, body);
     if let Ok(v) = HeaderValue::from_str(&signature) {
         res.headers_mut().insert(SIGNATURE_HEADER, v);
@@ -1181,6 +1187,7 @@ pub async fn get_events(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    headers: HeaderMap,
     query: Params,
 ) -> ApiResult<Response> {
     let payment = parse_id(&id, "payment_id")?;
@@ -1252,8 +1259,20 @@ pub async fn get_events(
         out,
         payment,
         &with_nonce(format!("/events?after={after}"), nonce.as_deref()),
+        credential(&headers),
         &state.secret,
     ))
+}
+
+/// The bearer credential a read was made with (empty without one), which its answer's
+/// signature covers: another participant's answer does not verify for this one.
+fn credential(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim())
 }
 
 /// The optional `nonce` of a read: 16 to 128 characters from `[A-Za-z0-9_-]`, chosen
@@ -1311,6 +1330,7 @@ pub async fn get_head(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    headers: HeaderMap,
     query: Params,
 ) -> ApiResult<Response> {
     let payment = parse_id(&id, "payment_id")?;
@@ -1346,7 +1366,7 @@ pub async fn get_head(
     // it is the server's head now, not an older one replayed.
     let body = serde_json::to_vec(&signed).map_err(|e| ApiError::Internal(e.to_string()))?;
     let what = with_nonce("/head".into(), nonce.as_deref());
-    let mut res = signed_json(body, payment, &what, &state.secret);
+    let mut res = signed_json(body, payment, &what, credential(&headers), &state.secret);
     res.headers_mut().insert(header::ETAG, etag(head.version));
     Ok(res)
 }
