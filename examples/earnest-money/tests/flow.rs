@@ -45,7 +45,7 @@ async fn the_whole_flow_runs_exports_and_verifies() {
         "[FundingReturned]",
         "[no new event]",
         "lender tries to approve",
-        "-> refused: forbidden",
+        "-> refused: not_permitted",
         "server read model vs replica: no difference",
         "offline verify: 31 events, signed head checked, rebuilt state identical: Completed at v31",
         "rejected at event seq 17",
