@@ -529,6 +529,19 @@ impl SignedResponse {
         .into_bytes()
     }
 
+    /// `what` asked with a `nonce`, as the server signs it: `?nonce=N` appended, or
+    /// `&nonce=N` after another parameter.
+    ///
+    /// ```
+    /// use trustfold_core::history::SignedResponse;
+    /// assert_eq!(SignedResponse::with_nonce("/head", "n1"), "/head?nonce=n1");
+    /// assert_eq!(SignedResponse::with_nonce("/events?after=3", "n1"), "/events?after=3&nonce=n1");
+    /// ```
+    pub fn with_nonce(what: &str, nonce: &str) -> String {
+        let sep = if what.contains('?') { '&' } else { '?' };
+        format!("{what}{sep}nonce={nonce}")
+    }
+
     /// The signature (128 hex digits) of `body`, the answer to `what` about `payment`
     /// asked with `credential` (the request's bearer, empty without one).
     pub fn sign(

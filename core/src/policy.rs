@@ -753,11 +753,7 @@ impl Policy {
                 .chain(self.refund.approvals.roles())
         };
         for role in self.agreement.iter().chain(approvers()) {
-            if self
-                .visibility_for(std::slice::from_ref(role))
-                .hide
-                .contains(&Hidden::Amounts)
-            {
+            if self.hides(role, Hidden::Amounts) {
                 return Err(Error::policy(
                     format!("visibility.{role}"),
                     format!(
@@ -771,11 +767,7 @@ impl Policy {
         // hides requests drops both (and the events about them). Agreeing binds only
         // `terms_hash`, which hiding requests keeps: agreement roles may hide them.
         for role in approvers() {
-            if self
-                .visibility_for(std::slice::from_ref(role))
-                .hide
-                .contains(&Hidden::Requests)
-            {
+            if self.hides(role, Hidden::Requests) {
                 return Err(Error::policy(
                     format!("visibility.{role}"),
                     format!(
@@ -810,11 +802,7 @@ impl Policy {
         }
         // A disbursement names the authorized request it carries out.
         for role in &self.permissions.disburse {
-            if self
-                .visibility_for(std::slice::from_ref(role))
-                .hide
-                .contains(&Hidden::Requests)
-            {
+            if self.hides(role, Hidden::Requests) {
                 return Err(Error::policy(
                     format!("visibility.{role}"),
                     format!(
@@ -1109,6 +1097,13 @@ impl Policy {
 
     /// Every fixed fee can be charged in `currency` (a fee of 2.50 cannot be charged
     /// in JPY): otherwise no release of the payment could ever be paid out.
+    /// Whether `role`'s view (alone) hides `what`.
+    fn hides(&self, role: &Role, what: Hidden) -> bool {
+        self.visibility_for(std::slice::from_ref(role))
+            .hide
+            .contains(&what)
+    }
+
     fn fees_payable_in(&self, currency: Currency) -> Result<()> {
         // Amount bounds are compared with amounts in every listed currency: one with
         // more decimals than a currency has (100.001 USD) could never be met exactly.

@@ -1461,19 +1461,17 @@ fn refund_approvals_required_to_cancel_with_money_held() {
     assert_eq!(early.status(), Status::Cancelled);
 }
 
-#[test]
-fn all_of_needs_a_different_party_for_each_role() {
-    // The listing agent invites one party as both seller and buyer (a second of each,
-    // which the policy allows) and asks to release everything to it.
-    let mut s = earnest(143);
-    let roles = vec![Role::new("seller"), Role::new("buyer")];
-    // The same person can hold two roles (one invitation with both).
+/// Earnest money where one party (8) was invited as both seller and buyer before
+/// funding (the same person can hold two roles), held by wire, with a release of
+/// everything to party 8 that party 8 alone has approved (as seller).
+fn dual_party_approved_alone(n: u8) -> Sim {
+    let mut s = earnest(n);
     ok(
         &mut s,
         listing_agent(),
         Command::Invite {
             party: pid(8),
-            roles: roles.clone(),
+            roles: vec![Role::new("seller"), Role::new("buyer")],
             name: "Dual Dana".into(),
             email: None,
         },
@@ -1488,6 +1486,14 @@ fn all_of_needs_a_different_party_for_each_role() {
     ok(&mut s, escrow(), release(1, &[(8, "5000.00")]));
     let a = approval(&s, 1);
     ok(&mut s, as_(8, "seller"), a);
+    s
+}
+
+#[test]
+fn all_of_needs_a_different_party_for_each_role() {
+    // The listing agent invites one party as both seller and buyer (a second of each,
+    // which the policy allows) and asks to release everything to it.
+    let mut s = dual_party_approved_alone(143);
     // One approval counts for one role: the request still waits.
     assert_eq!(
         s.state().requests[&rid(1)].status,
@@ -1636,26 +1642,7 @@ fn a_stored_authorization_by_one_party_in_two_roles_still_folds() {
     // Written before all_of needed distinct parties: one party (seller and buyer)
     // approved alone and the release was authorized. `decide` no longer does that, but
     // the history folds as it was written.
-    let mut s = earnest(149);
-    ok(
-        &mut s,
-        listing_agent(),
-        Command::Invite {
-            party: pid(8),
-            roles: vec![Role::new("seller"), Role::new("buyer")],
-            name: "Dual Dana".into(),
-            email: None,
-        },
-    );
-    ok(&mut s, as_(8, "buyer"), Command::Join);
-    if s.status() == Status::AwaitingAgreement {
-        s.agree(8, "buyer").expect("agrees");
-    }
-    ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-1"));
-    ok(&mut s, Actor::rail(), notice("wire-1", settled()));
-    ok(&mut s, escrow(), release(1, &[(8, "5000.00")]));
-    let a = approval(&s, 1);
-    ok(&mut s, as_(8, "seller"), a);
+    let s = dual_party_approved_alone(149);
     let mut envs: Vec<trustfold_core::envelope::Envelope> =
         trustfold_core::history::parse(&s.d.history())
             .expect("parse")

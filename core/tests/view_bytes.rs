@@ -47,18 +47,28 @@ fn view_json_matches_the_value_views() {
     assert!(checked > 100, "only {checked} views checked");
 }
 
-#[test]
-fn hiding_requests_or_disputes_hides_their_events_too() {
-    use trustfold_core::policy::{EventFilter, Hidden, Visibility};
+/// The golden vector `em_dispute_before_disbursement`, folded, and its envelopes.
+fn dispute_vector() -> (
+    trustfold_core::state::PaymentState,
+    Vec<trustfold_core::envelope::Envelope>,
+) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    let bytes = std::fs::read(dir.join("em_dispute_before_disbursement.history.json"))
-        .expect("a history with requests, approvals and a dispute");
-    let mut state = replay(&bytes).expect("replay");
-    let envs: Vec<_> = history::parse(&bytes)
+    let bytes =
+        std::fs::read(dir.join("em_dispute_before_disbursement.history.json")).expect("vector");
+    let state = replay(&bytes).expect("replay");
+    let envs = history::parse(&bytes)
         .expect("parse")
         .iter()
         .map(|r| r.envelope().expect("envelope"))
         .collect();
+    (state, envs)
+}
+
+#[test]
+fn hiding_requests_or_disputes_hides_their_events_too() {
+    use trustfold_core::policy::{EventFilter, Hidden, Visibility};
+    // A history with requests, approvals and a dispute.
+    let (mut state, envs) = dispute_vector();
     let types = |v: &serde_json::Value| -> Vec<String> {
         v["events"]
             .as_array()
@@ -105,15 +115,8 @@ fn hiding_requests_or_disputes_hides_their_events_too() {
 #[test]
 fn hiding_disputes_hides_what_the_requests_tell_of_them() {
     use trustfold_core::policy::{EventFilter, Hidden, Visibility};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    let bytes = std::fs::read(dir.join("em_dispute_before_disbursement.history.json"))
-        .expect("a release pulled back by a dispute, and the resolution's request");
-    let mut state = replay(&bytes).expect("replay");
-    let envs: Vec<_> = history::parse(&bytes)
-        .expect("parse")
-        .iter()
-        .map(|r| r.envelope().expect("envelope"))
-        .collect();
+    // A release pulled back by a dispute, and the resolution's request.
+    let (mut state, envs) = dispute_vector();
     let full = view::state_view(&state, &[Role::new("buyer")]).to_string();
     assert!(
         full.contains("\"mandate\":\"dispute_resolution\""),

@@ -412,13 +412,13 @@ impl Client {
 
     /// `what` with a fresh random `nonce` appended when a key is pinned (the server signs
     /// it with its answer, so an older answer cannot be replayed for this one).
-    fn fresh(&self, mut what: String) -> String {
-        if self.pinned.is_some() {
-            what.push(if what.contains('?') { '&' } else { '?' });
-            what.push_str("nonce=");
-            what.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    fn fresh(&self, what: String) -> String {
+        match self.pinned {
+            Some(_) => {
+                SignedResponse::with_nonce(&what, &uuid::Uuid::new_v4().simple().to_string())
+            }
+            None => what,
         }
-        what
     }
 
     /// With a pinned key, checks `body`'s `Trustfold-Signature` as the server's answer

@@ -172,11 +172,7 @@ impl Conn {
         // older answer (an older state or head, hiding what came after) replayed on the
         // way does not verify for this request.
         let asked = match &self.key {
-            Some(_) => format!(
-                "{rest}{}nonce={}",
-                if rest.contains('?') { '&' } else { '?' },
-                random_nonce()?
-            ),
+            Some(_) => history::SignedResponse::with_nonce(rest, &random_nonce()?),
             None => rest.to_owned(),
         };
         let rest = asked.as_str();

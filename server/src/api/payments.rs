@@ -1297,15 +1297,12 @@ fn nonce_param(q: &HashMap<String, String>) -> ApiResult<Option<String>> {
     Ok(Some(n.clone()))
 }
 
-/// `what` of a signed answer, with the request's nonce appended as asked
-/// (`?nonce=N`, or `&nonce=N` after another parameter).
-fn with_nonce(mut what: String, nonce: Option<&str>) -> String {
-    if let Some(n) = nonce {
-        what.push(if what.contains('?') { '&' } else { '?' });
-        what.push_str("nonce=");
-        what.push_str(n);
+/// `what` of a signed answer, with the request's nonce appended as asked.
+fn with_nonce(what: String, nonce: Option<&str>) -> String {
+    match nonce {
+        Some(n) => SignedResponse::with_nonce(&what, n),
+        None => what,
     }
-    what
 }
 
 /// True when the policy hides nothing from `roles`: they get the verifiable records
