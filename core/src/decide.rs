@@ -251,7 +251,7 @@ fn initiate(cmd: &Command, ctx: &Context) -> Result<Decision> {
     if let Some(d) = &policy.funding.deadline {
         if d.anchor == DeadlineAnchor::Initiated {
             em.emit(FundingDeadlineSet {
-                deadline: deadline_from(ctx.now, d)?,
+                deadline: deadline_from(ctx.now, d, &policy.funding.holidays)?,
             })?;
         }
     }
@@ -284,9 +284,13 @@ fn stamp(
 /// The funding deadline `d` sets at `t`; refused when it would fall past the last
 /// instant a timestamp can be written as (year 9999), so no event ever carries a
 /// time that no reader accepts.
-fn deadline_from(t: Timestamp, d: &crate::policy::DeadlineRule) -> Result<Timestamp> {
+fn deadline_from(
+    t: Timestamp,
+    d: &crate::policy::DeadlineRule,
+    holidays: &[crate::time::Date],
+) -> Result<Timestamp> {
     let deadline = if d.business_days {
-        t.add_business_days(d.days)
+        t.add_business_days_except(d.days, holidays)
     } else {
         t.add_days(i64::from(d.days))
     };
@@ -651,9 +655,8 @@ fn deadline_once_agreed(em: &mut Emitter<'_>) -> Result<()> {
     if s.all_agreed() && s.funding.deadline.is_none() && s.status.is_before_held() {
         if let Some(d) = s.policy_doc.funding.deadline.clone() {
             if d.anchor == DeadlineAnchor::Agreed {
-                em.emit(FundingDeadlineSet {
-                    deadline: deadline_from(em.ctx.now, &d)?,
-                })?;
+                let deadline = deadline_from(em.ctx.now, &d, &s.policy_doc.funding.holidays)?;
+                em.emit(FundingDeadlineSet { deadline })?;
             }
         }
     }
@@ -1588,7 +1591,8 @@ fn good_funds_due(s: &PaymentState, a: &FundingAttempt) -> Option<Timestamp> {
         .get(&a.rail)
         .copied()
         .unwrap_or(0);
-    a.settled_at.map(|t| t.add_business_days(days))
+    a.settled_at
+        .map(|t| t.add_business_days_except(days, &s.policy_doc.funding.holidays))
 }
 
 fn make_available_if_due(em: &mut Emitter<'_>, leg: LegId) -> Result<()> {

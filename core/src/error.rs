@@ -60,6 +60,9 @@ pub enum Error {
     /// A timestamp that is not RFC 3339.
     #[error("invalid timestamp `{0}`: use RFC 3339 UTC such as 2026-11-26T05:35:15Z")]
     InvalidTimestamp(String),
+    /// A calendar date that is not `YYYY-MM-DD`.
+    #[error("invalid date `{0}`: use YYYY-MM-DD, such as 2026-12-25")]
+    InvalidDate(String),
     /// An id that is not a UUID.
     #[error("invalid id `{0}`: expected a UUID")]
     InvalidId(String),
@@ -177,6 +180,7 @@ impl Error {
             Error::CurrencyMismatch { .. } => "currency_mismatch",
             Error::Overflow => "amount_overflow",
             Error::InvalidTimestamp(_) => "invalid_timestamp",
+            Error::InvalidDate(_) => "invalid_date",
             Error::InvalidId(_) => "invalid_id",
             Error::InvalidSplit(_) => "invalid_split",
             Error::InvalidPolicy { .. } => "invalid_policy",
@@ -277,6 +281,7 @@ pub(crate) const INPUT_CODES: &[&str] = &[
     "currency_mismatch",
     "amount_overflow",
     "invalid_timestamp",
+    "invalid_date",
     "invalid_id",
     "invalid_hash",
     "invalid_policy",

@@ -37,6 +37,8 @@ pub const MAX_DEADLINE_DAYS: u32 = 3650;
 /// The longest hold between settlement and good funds a policy may set, in business
 /// days (ACH's return window is 60 calendar days).
 pub const MAX_GOOD_FUNDS_DAYS: u32 = 365;
+/// The most holidays a policy may list (about a century of a bank calendar).
+pub const MAX_HOLIDAYS: usize = 1500;
 
 /// The longest policy id, in characters.
 pub const ID_MAX: usize = 100;
@@ -239,6 +241,11 @@ pub struct FundingRules {
     /// Whether the payer may fund in several parts.
     #[serde(default)]
     pub allow_partial: bool,
+    /// Days that are not business days although they are weekdays (the customer's
+    /// bank holidays, `YYYY-MM-DD` in UTC, ascending, each once): business-day
+    /// deadlines and good-funds delays skip them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holidays: Vec<crate::time::Date>,
 }
 
 pub(crate) fn default_attempts() -> u32 {
@@ -459,6 +466,7 @@ pub(crate) fn default_funding() -> FundingRules {
         good_funds_days: SortedMap::new(),
         max_attempts: default_attempts(),
         allow_partial: false,
+        holidays: Vec::new(),
     }
 }
 
@@ -593,6 +601,29 @@ impl Policy {
         }
         if f.max_attempts == 0 {
             return Err(Error::policy("funding.max_attempts", "must be 1 or more"));
+        }
+        if f.holidays.len() > MAX_HOLIDAYS {
+            return Err(Error::policy(
+                "funding.holidays",
+                format!("lists more than {MAX_HOLIDAYS} days"),
+            ));
+        }
+        for (i, pair) in f.holidays.windows(2).enumerate() {
+            if pair[1] <= pair[0] {
+                return Err(Error::policy(
+                    format!("funding.holidays[{}]", i + 1),
+                    format!(
+                        "{} {} {}: list the days in ascending order, each once",
+                        pair[1],
+                        if pair[1] == pair[0] {
+                            "repeats"
+                        } else {
+                            "comes after"
+                        },
+                        pair[0]
+                    ),
+                ));
+            }
         }
         positive("funding.amount.min", f.amount.min)?;
         positive("funding.amount.max", f.amount.max)?;

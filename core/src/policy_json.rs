@@ -69,6 +69,7 @@ read_struct!(FundingRules {
     good_funds_days: SortedMap<Rail, u32> [default],
     max_attempts: u32 [default = crate::policy::default_attempts],
     allow_partial: bool [default],
+    holidays: Vec<crate::time::Date> [default],
 });
 read_struct!(ReleaseRules {
     approvals: Approvals [default],
@@ -353,6 +354,9 @@ impl WriteJson for FundingRules {
         }
         member(out, "max_attempts", &self.max_attempts);
         member(out, "allow_partial", &self.allow_partial);
+        if !self.holidays.is_empty() {
+            member(out, "holidays", &self.holidays);
+        }
         out.push(b'}');
     }
 }

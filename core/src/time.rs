@@ -1,8 +1,10 @@
 //! Timestamps: RFC 3339 UTC strings in JSON, milliseconds since the Unix epoch inside.
 //!
 //! Times are inputs (the event's `at`, the command context's `now`): the core never
-//! reads a clock. Calendar and business-day arithmetic (Monday to Friday, no holiday
-//! calendar) is done here so deadlines compare event times only.
+//! reads a clock. Calendar and business-day arithmetic is done here so deadlines compare
+//! event times only. Business days are Monday to Friday in UTC, less the [`Date`]s a
+//! policy lists as holidays (`funding.holidays`: the customer's bank calendar, such as
+//! the Federal Reserve's holidays for ACH).
 //!
 //! ```
 //! use trustfold_core::time::Timestamp;
@@ -11,6 +13,13 @@
 //! assert_eq!(t.add_business_days(2).to_string(), "2026-11-30T05:35:15Z"); // -> Mon
 //! assert_eq!("2026-11-26T05:35:15.120+01:00".parse::<Timestamp>()?.to_string(),
 //!            "2026-11-26T04:35:15.120Z");
+//!
+//! // Friday 2026-11-27 is a holiday: one business day after Wednesday is Monday.
+//! use trustfold_core::time::Date;
+//! let wednesday: Timestamp = "2026-11-25T16:00:00Z".parse()?;
+//! let holidays = ["2026-11-26".parse::<Date>()?, "2026-11-27".parse()?];
+//! assert_eq!(wednesday.add_business_days_except(1, &holidays).to_string(),
+//!            "2026-11-30T16:00:00Z");
 //! # Ok::<(), trustfold_core::Error>(())
 //! ```
 
@@ -74,6 +83,47 @@ impl Timestamp {
         base.add_days(calendar)
     }
 
+    /// This instant plus `days` business days: Monday to Friday except the dates in
+    /// `holidays` (ascending, each once, as a policy lists them). A business day that
+    /// is a holiday is skipped like a weekend; starting on a holiday counts from the
+    /// next business day, as starting on a weekend does. Saturating.
+    ///
+    /// ```
+    /// use trustfold_core::time::{Date, Timestamp};
+    /// let thursday: Timestamp = "2026-12-24T12:00:00Z".parse()?;
+    /// let christmas: Date = "2026-12-25".parse()?;
+    /// assert_eq!(thursday.add_business_days_except(1, &[christmas]).to_string(),
+    ///            "2026-12-28T12:00:00Z"); // Monday
+    /// assert_eq!(thursday.add_business_days_except(1, &[]).to_string(),
+    ///            "2026-12-25T12:00:00Z");
+    /// # Ok::<(), trustfold_core::Error>(())
+    /// ```
+    pub fn add_business_days_except(&self, days: u32, holidays: &[Date]) -> Self {
+        let mut end = self.add_business_days(days);
+        if days == 0 {
+            return end;
+        }
+        let start = self.day();
+        // Each weekday holiday in (start, end] takes one business day out of the
+        // interval, so the end moves on by one; holidays are ascending, so those the
+        // moved end newly covers come later in the loop.
+        for h in holidays {
+            if h.0 <= start || h.weekday() >= 5 {
+                continue;
+            }
+            if h.0 > end.day() {
+                break;
+            }
+            end = end.add_business_days(1);
+        }
+        end
+    }
+
+    /// The UTC day this instant falls on, in days since 1970-01-01.
+    fn day(&self) -> i64 {
+        self.0.div_euclid(MS_PER_DAY)
+    }
+
     /// The earliest instant a timestamp can be written as: `0000-01-01T00:00:00Z`.
     pub const MIN: Timestamp = Timestamp(-62_167_219_200_000);
     /// The latest instant a timestamp can be written as: `9999-12-31T23:59:59.999Z`.
@@ -99,6 +149,76 @@ impl Timestamp {
         let days = self.0.div_euclid(MS_PER_DAY);
         // 1970-01-01 was a Thursday (3).
         ((days + 3).rem_euclid(7)) as u8
+    }
+}
+
+/// A calendar day (UTC), written `YYYY-MM-DD`: a policy's holidays.
+///
+/// ```
+/// use trustfold_core::time::Date;
+/// let d: Date = "2026-12-25".parse()?;
+/// assert_eq!(d.to_string(), "2026-12-25");
+/// assert_eq!("2026-02-29".parse::<Date>().unwrap_err().code(), "invalid_date");
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Date(i64);
+
+impl Date {
+    /// Day of week, 0 = Monday … 6 = Sunday.
+    pub fn weekday(&self) -> u8 {
+        ((self.0 + 3).rem_euclid(7)) as u8
+    }
+}
+
+impl FromStr for Date {
+    type Err = Error;
+    /// Exactly `YYYY-MM-DD`, a day that exists (years 0000–9999).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let b = s.as_bytes();
+        let num = |r: std::ops::Range<usize>| -> Option<u32> {
+            b.get(r)?.iter().try_fold(0u32, |n, c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        let parsed = (b.len() == 10 && b[4] == b'-' && b[7] == b'-')
+            .then(|| Some((num(0..4)?, num(5..7)?, num(8..10)?)))
+            .flatten()
+            .filter(|&(y, m, d)| {
+                (1..=12).contains(&m) && d >= 1 && d <= days_in_month(i64::from(y), m)
+            });
+        match parsed {
+            Some((y, m, d)) => Ok(Date(days_from_civil(i64::from(y), m, d))),
+            None => Err(Error::InvalidDate(crate::error::echo(s))),
+        }
+    }
+}
+
+impl fmt::Display for Date {
+    /// `YYYY-MM-DD`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (y, m, d) = civil_from_days(self.0);
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+impl fmt::Debug for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Date {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Date {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s: Cow<'de, str> = Cow::deserialize(d)?;
+        s.parse()
+            .map_err(|e: Error| D::Error::custom(crate::money::tagged(&e)))
     }
 }
 
@@ -308,6 +428,76 @@ mod tests {
             None,
             "past the last writable instant"
         );
+    }
+
+    #[test]
+    fn business_days_except_holidays_match_counting_day_by_day() {
+        fn by_counting(t: Timestamp, days: u32, holidays: &[Date]) -> Timestamp {
+            let mut t = t;
+            let mut left = days;
+            while left > 0 {
+                t = t.add_days(1);
+                if t.weekday() < 5 && !holidays.contains(&Date(t.day())) {
+                    left -= 1;
+                }
+            }
+            t
+        }
+        let monday: Timestamp = "2026-11-23T17:30:00Z".parse().unwrap();
+        let first = monday.day();
+        // Calendars from a small generator: runs of holidays, weekend ones, a holiday
+        // on the start day, none at all.
+        let mut seed = 0x2545_f491_u64;
+        for round in 0..300 {
+            let mut holidays: Vec<Date> = Vec::new();
+            let mut day = first - 3;
+            while day < first + 80 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                day += 1 + (seed % (2 + round % 9)) as i64;
+                holidays.push(Date(day));
+            }
+            let start = monday
+                .add_days((round % 11) as i64)
+                .add_hours(round as i64 % 5);
+            for days in 0..30 {
+                assert_eq!(
+                    start.add_business_days_except(days, &holidays),
+                    by_counting(start, days, &holidays),
+                    "{start} + {days} except {holidays:?}"
+                );
+            }
+        }
+        assert_eq!(
+            Timestamp::MAX
+                .add_business_days_except(u32::MAX, &[Date(first)])
+                .in_range(),
+            None
+        );
+    }
+
+    #[test]
+    fn dates_parse_strictly() {
+        for s in ["2026-12-25", "0000-01-01", "9999-12-31", "2024-02-29"] {
+            assert_eq!(s.parse::<Date>().unwrap().to_string(), s);
+        }
+        for s in [
+            "2026-12-5",
+            "2026-13-01",
+            "2026-00-10",
+            "2025-02-29",
+            "2026-12-25T00:00:00Z",
+            "26-12-25",
+            "2026/12/25",
+            "",
+            "２０２６-12-25",
+            "+2026-12-25",
+        ] {
+            assert_eq!(s.parse::<Date>().unwrap_err().code(), "invalid_date", "{s}");
+        }
+        let d: Date = "2026-11-27".parse().unwrap();
+        assert_eq!(d.weekday(), 4, "a Friday");
     }
 
     #[test]

@@ -506,3 +506,65 @@ fn all_of_lists_a_role_no_more_times_than_it_can_have_parties() {
         "`seller` is listed 2 times, each needing a party of its own, but at most 1",
     );
 }
+
+/// `funding.holidays`: dates, ascending, each once, bounded; refused by `validate`
+/// too (the field is newer than every stored policy).
+#[test]
+fn holidays_are_dates_in_order() {
+    let with = |days: Value| {
+        let mut doc = example("earnest-money");
+        doc["funding"]["holidays"] = days;
+        doc
+    };
+    accepted(&with(json!(["2026-11-26", "2026-12-25"])));
+    for (days, field, needle) in [
+        (
+            json!(["2026-12-25", "2026-11-26"]),
+            "funding.holidays[1]",
+            "2026-11-26 comes after 2026-12-25",
+        ),
+        (
+            json!(["2026-12-25", "2026-12-25"]),
+            "funding.holidays[1]",
+            "2026-12-25 repeats 2026-12-25",
+        ),
+    ] {
+        let e = Policy::from_json(&with(days).to_string()).unwrap_err();
+        assert_eq!(
+            (e.code(), e.field()),
+            ("invalid_policy", Some(field)),
+            "{e}"
+        );
+        assert!(e.to_string().contains(needle), "{e}");
+        assert!(e.to_string().contains("ascending order, each once"), "{e}");
+    }
+    let many: Vec<String> = (0..1501)
+        .map(|i| format!("{:04}-01-01", 2000 + i))
+        .collect();
+    let e = Policy::from_json(&with(json!(many)).to_string()).unwrap_err();
+    assert_eq!(e.field(), Some("funding.holidays"), "{e}");
+    for bad in ["2026-11-31", "2026-1-05", "26 November 2026"] {
+        let e = Policy::from_json(&with(json!([bad])).to_string()).unwrap_err();
+        assert_eq!(e.code(), "invalid_date", "{bad}: {e}");
+        assert!(
+            e.to_string().contains(bad) && e.to_string().contains("YYYY-MM-DD"),
+            "{e}"
+        );
+        let stored = serde_json::from_value::<Policy>(with(json!([bad]))).unwrap_err();
+        assert!(
+            stored.to_string().contains("invalid_date"),
+            "serde agrees: {stored}"
+        );
+    }
+    // Written back canonically: only when there are any, after `allow_partial`.
+    let p = Policy::from_json(&with(json!(["2026-11-26"])).to_string()).unwrap();
+    let text = String::from_utf8(p.canonical_json()).unwrap();
+    assert!(
+        text.contains(r#""allow_partial":false,"holidays":["2026-11-26"]}"#),
+        "{text}"
+    );
+    let plain = Policy::from_json(&example("earnest-money").to_string()).unwrap();
+    assert!(!String::from_utf8(plain.canonical_json())
+        .unwrap()
+        .contains("holidays"));
+}

@@ -1596,19 +1596,27 @@ proptest! {
 
     #[test]
     fn mutated_policies_and_commands_never_panic(
-        which in 0usize..8,
+        which in 0usize..9,
         muts in prop::collection::vec(mutation(), 1..4),
     ) {
+        let earnest = include_str!("../../examples/policies/earnest-money.json");
+        // The same with a bank calendar, so mutations reach the holidays' reader.
+        let holidays = earnest.replace(
+            r#""allow_partial": false"#,
+            r#""allow_partial": false, "holidays": ["2026-11-26", "2026-12-25"]"#,
+        );
+        assert!(holidays.contains("holidays"));
         let policies = [
-            include_str!("../../examples/policies/earnest-money.json"),
+            earnest,
             include_str!("../../examples/policies/marketplace.json"),
             include_str!("../../examples/policies/milestone-escrow.json"),
+            &holidays,
         ];
         let cmds = sample_commands();
-        let base: Vec<u8> = if which < 3 {
+        let base: Vec<u8> = if which < 4 {
             policies[which].as_bytes().to_vec()
         } else {
-            cmds[which - 3].clone()
+            cmds[which - 4].clone()
         };
         let bad = mutate(&base, &muts);
         let text = String::from_utf8_lossy(&bad);

@@ -943,6 +943,13 @@ impl FromJson for Timestamp {
     }
 }
 
+impl FromJson for crate::time::Date {
+    fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
+        let (at, s) = text(r)?;
+        s.parse().map_err(|e| r.invalid(at, e))
+    }
+}
+
 impl FromJson for Role {
     fn from_json(r: &mut Reader<'_, '_>) -> Read<Self> {
         String::from_json(r).map(Role)

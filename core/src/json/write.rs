@@ -311,6 +311,15 @@ impl WriteJson for Timestamp {
     }
 }
 
+impl WriteJson for crate::time::Date {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        // `YYYY-MM-DD` needs no escaping.
+        out.push(b'"');
+        out.extend_from_slice(self.to_string().as_bytes());
+        out.push(b'"');
+    }
+}
+
 impl WriteJson for Role {
     fn write_json(&self, out: &mut Vec<u8>) {
         string(out, &self.0);

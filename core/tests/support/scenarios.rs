@@ -225,7 +225,11 @@ pub fn refunds_without_approvals() -> Policy {
 
 /// [`earnest`] under another policy (same roles).
 pub fn earnest_with(n: u8, pinned: Policy) -> R<Sim> {
-    let mut s = Sim::new("earnest-money", n);
+    earnest_on(Sim::new("earnest-money", n), pinned)
+}
+
+/// [`earnest_with`] on `s` (whose clock may have been set).
+fn earnest_on(mut s: Sim, pinned: Policy) -> R<Sim> {
     let la = || as_(LISTING_AGENT, "listing_agent");
     s.run(
         la(),
@@ -400,6 +404,44 @@ pub fn em_ach_failure_then_wire() -> R<Vector> {
     Ok(s.vector(
         "em_ach_failure_then_wire",
         "ACH funding fails before settlement (R01); the buyer retries by wire and funds are held.",
+    ))
+}
+
+/// The earnest-money policy with the bank's holidays of Thanksgiving week listed.
+pub fn with_holidays(mut p: Policy, days: &[&str]) -> Policy {
+    p.funding.holidays = days.iter().map(|d| d.parse().expect("date")).collect();
+    p
+}
+
+pub fn em_bank_holidays() -> R<Vector> {
+    let mut s = Sim::new("earnest-money", 37);
+    // Tuesday of Thanksgiving week; Thursday 2026-11-26 is a bank holiday.
+    s.d.set_now("2026-11-24T15:00:00Z".parse().expect("time"));
+    let pinned = with_holidays(policy("earnest-money"), &["2026-11-26", "2026-12-25"]);
+    let mut s = earnest_on(s, pinned)?;
+    // Three business days after Tuesday's agreement: Wednesday, Friday, Monday.
+    assert_eq!(
+        s.state().funding.deadline.map(|t| t.to_string()).as_deref(),
+        Some("2026-11-30T15:00:00Z")
+    );
+    fund(&mut s, Rail::Ach, "ach-1", "5000.00")?;
+    s.hours(23);
+    s.notice("ach-1", settled())?; // Wednesday 14:00
+    assert_eq!(s.status(), Status::Funded);
+    s.hours(48);
+    s.tick()?; // Friday 14:00: one business day since Wednesday, not two
+    assert_eq!(
+        s.status(),
+        Status::Funded,
+        "Thanksgiving is no business day"
+    );
+    s.hours(72);
+    s.tick()?; // Monday 14:00: good funds, an hour before the deadline
+    assert_eq!(s.status(), Status::Held);
+    assert!(!s.state().funding.deadline_missed, "not missed");
+    Ok(s.vector(
+        "em_bank_holidays",
+        "A policy listing bank holidays: agreed on the Tuesday before Thanksgiving, the three-business-day deadline falls on Monday and ACH good funds (two business days after Wednesday's settlement) arrive on Monday, not Friday.",
     ))
 }
 
@@ -1710,6 +1752,7 @@ pub fn all() -> R<Vec<Vector>> {
     let mut v = vec![
         em_happy_wire()?,
         em_ach_good_funds()?,
+        em_bank_holidays()?,
         em_ach_failure_then_wire()?,
         em_return_r01_after_settlement()?,
         em_return_r02_in_clearing()?,
