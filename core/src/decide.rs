@@ -665,7 +665,7 @@ fn deadline_once_agreed(em: &mut Emitter<'_>) -> Result<()> {
 
 /// What `role` decides or receives about the money, if anything: the roles whose holders
 /// pay, are paid, approve releases or refunds, collect a fee or resolve disputes.
-fn money_power(policy: &Policy, role: &Role) -> Option<&'static str> {
+pub(crate) fn money_power(policy: &Policy, role: &Role) -> Option<&'static str> {
     if *role == policy.payer_role {
         Some("pays")
     } else if policy.payee_roles.contains(role) {
@@ -686,7 +686,7 @@ fn money_power(policy: &Policy, role: &Role) -> Option<&'static str> {
 /// Whether money has come in and not all gone out: then who pays, is paid, approves,
 /// collects or resolves is fixed, so that no one can remove a party from such a role or
 /// invite a stand-in into it (who would approve a refund to the inviter, or be paid).
-fn roster_locked(s: &PaymentState) -> bool {
+pub(crate) fn roster_locked(s: &PaymentState) -> bool {
     !s.status.is_terminal()
         && (s.ledger.balance(&Account::Escrow).posted.is_positive()
             || s.ledger.balance(&Account::Clearing).posted.is_positive()

@@ -98,6 +98,7 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
         closed: false,
         shortfall_outcome: None,
         last_settled: None,
+        dispute_due: None,
         policy_doc: e.policy.shared(),
     };
     s.status = s.derive_status();
@@ -257,12 +258,20 @@ pub(crate) fn allowed_when_terminal(event: &Event) -> bool {
 
 fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
     let seq = env.seq;
+    if let Some(causation) = s.dispute_due.take() {
+        if !matches!(env.event, Event::DisputeOpened(_)) || env.causation != causation {
+            return Err(bad(
+                "a party cancelled a request the rules mandated without opening a dispute",
+            ));
+        }
+    }
     if s.status.is_terminal() && !allowed_when_terminal(&env.event) {
         return Err(bad(format!("payment is {:?} (terminal)", s.status)));
     }
     check_actor(env)?;
     check_actor_role(s, env)?;
     check_standing(s, env)?;
+    check_roster(s, env)?;
     match &env.event {
         Event::PaymentInitiated(_) => return Err(bad("PaymentInitiated may only come first")),
         Event::ParticipantInvited(e) => {
@@ -644,6 +653,21 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             ) {
                 return Err(bad("only a request not yet on a rail can be cancelled"));
             }
+            // What the rules mandated (a dispute's resolution, the automatic release,
+            // a cancellation's or expiry's refund) is called off only by the rail's
+            // return of the money it would pay, or by a party opening a dispute in the
+            // same command (`mandated_request` in `decide`).
+            if r.mandate.is_some() && env.actor.role.as_str() != "rail" {
+                let authorized = r.status == RequestStatus::Authorized;
+                let may_dispute = s.policy_doc.permissions.dispute.contains(&env.actor.role);
+                if env.actor.party.is_none() || !authorized || !may_dispute {
+                    return Err(bad(
+                        "a request the rules mandated can only be cancelled by opening a dispute",
+                    ));
+                }
+                s.dispute_due = Some(env.causation);
+            }
+            let r = request_mut(s, &e.request)?;
             r.status = RequestStatus::Cancelled;
             r.failure = Some(e.reason.clone());
             for leg in r.legs.clone() {
@@ -964,6 +988,36 @@ fn check_standing(s: &PaymentState, env: &Envelope) -> Result<()> {
     }
 }
 
+/// Who pays, is paid, approves, collects a fee or resolves is fixed while money is in
+/// escrow, clearing or on its way (`role_locked` in `decide`): a history that invites
+/// a stand-in into such a role, lets an invited one join, or removes one who acted was
+/// not made by trustfold's rules.
+fn check_roster(s: &PaymentState, env: &Envelope) -> Result<()> {
+    if !crate::decide::roster_locked(s) {
+        return Ok(());
+    }
+    let roles: &[crate::policy::Role] = match &env.event {
+        Event::ParticipantInvited(e) => &e.roles,
+        Event::ParticipantJoined(e) => s.participants.get(&e.party).map_or(&[], |p| &p.roles),
+        Event::ParticipantRemoved(e) => s
+            .participants
+            .get(&e.party)
+            .filter(|p| p.joined)
+            .map_or(&[], |p| &p.roles),
+        _ => return Ok(()),
+    };
+    match roles
+        .iter()
+        .find_map(|r| crate::decide::money_power(&s.policy_doc, r).map(|power| (r, power)))
+    {
+        Some((role, power)) => Err(bad(format!(
+            "{} changes who holds role `{role}`, which {power}, while money is in escrow or on its way",
+            env.event_type().name()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Why a new request needs no approvals, if it does not.
 fn mandate_for(
     s: &PaymentState,
@@ -1050,6 +1104,18 @@ where
     for (env, h) in it {
         apply(&mut s, env, h)?;
     }
+    complete(s)
+}
+
+/// A whole history ends between commands: not after a party's cancellation of a
+/// mandated request whose dispute is missing (a history cut there, or forged so).
+fn complete(s: PaymentState) -> Result<PaymentState> {
+    if s.dispute_due.is_some() {
+        return Err(Error::history(
+            s.version,
+            "a party cancelled a request the rules mandated without opening a dispute",
+        ));
+    }
     Ok(s)
 }
 
@@ -1126,7 +1192,12 @@ fn fold_records(records: &[RawRecord<'_>], at: Option<u64>) -> Result<PaymentSta
             Some(s) => apply(s, &env, r.hash)?,
         }
     }
-    state.ok_or_else(|| Error::history(1, "empty history"))
+    let s = state.ok_or_else(|| Error::history(1, "empty history"))?;
+    match at {
+        // The state after an event inside a command is a view of the past.
+        Some(_) => Ok(s),
+        None => complete(s),
+    }
 }
 
 /// Folds a history without verifying its hash chain (for trusted local stores).

@@ -478,6 +478,12 @@ pub struct PaymentState {
     /// The full pinned policy (not serialized: see `policy` for its id and hash).
     #[serde(skip)]
     pub policy_doc: std::sync::Arc<Policy>,
+    /// Set between a party's `RequestCancelled` of a mandated request and the
+    /// `DisputeOpened` of the same command (its causation), the only way a party
+    /// calls such a request off; any other next event is refused by the fold. Not
+    /// serialized: a finished command never leaves it set.
+    #[serde(skip)]
+    pub(crate) dispute_due: Option<Option<uuid::Uuid>>,
 }
 
 impl PaymentState {
