@@ -268,3 +268,18 @@ test("money in basis points is exact at every size, and a clock past year 9999 i
   const context = { command_id: "c0000000-0000-4000-8000-000000000001", actor: { party: null, role: "system" }, now: "9999-12-31T23:59:59-23:59" };
   assert.throws(() => t.decide(v.history, { type: "Tick" }, context), (e) => e.code === "invalid_timestamp", "a now in year 10000");
 });
+
+test("a signed head of another payment is named as such, not as events cut or added", () => {
+  // Same server key, another payment's head: longer, shorter and as long as the history.
+  const mine = vectors.find((v) => v.name === "em_happy_wire"); // 25 events
+  const stream = JSON.parse(mine.head).stream;
+  for (const other of ["em_reversal_correction", "ms_two_of_three", "mp_auto_release"]) { // 25, 30, 13 events
+    const head = vectors.find((v) => v.name === other).head;
+    const otherStream = JSON.parse(head).stream;
+    const r = t.verify(mine.history, head, mine.key);
+    assert.equal(r.ok, false, other);
+    assert.equal(r.code, "bad_signature", `${other}: ${r.message}`);
+    assert.equal(r.seq, null, other);
+    assert.ok(r.message.includes(`head of payment ${otherStream}`) && r.message.includes(`history is of payment ${stream}`), r.message);
+  }
+});
