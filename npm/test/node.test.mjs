@@ -2,7 +2,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as t from "../dist/node.js";
-import { readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { assertOutcome, computeOutcome, loadVectors, rootDir } from "./support.mjs";
 
@@ -281,5 +283,22 @@ test("a signed head of another payment is named as such, not as events cut or ad
     assert.equal(r.code, "bad_signature", `${other}: ${r.message}`);
     assert.equal(r.seq, null, other);
     assert.ok(r.message.includes(`head of payment ${otherStream}`) && r.message.includes(`history is of payment ${stream}`), r.message);
+  }
+});
+
+test("the README's JavaScript samples are JavaScript", () => {
+  const readme = readFileSync(join(rootDir, "npm", "README.md"), "utf8");
+  const samples = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]);
+  assert.ok(samples.length >= 3, "the README has its samples");
+  const dir = mkdtempSync(join(tmpdir(), "trustfold-readme-"));
+  try {
+    for (const [i, code] of samples.entries()) {
+      const file = join(dir, `sample-${i}.mjs`);
+      writeFileSync(file, code);
+      const r = spawnSync(process.execPath, ["--check", file], { encoding: "utf8" });
+      assert.equal(r.status, 0, `README sample ${i + 1} does not parse:\n${code}\n${r.stderr}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
