@@ -434,9 +434,21 @@ impl SignedHead {
     /// Checks the signature, that the history's event at `seq` has the signed hash, and
     /// that it is the history's last event: the chain's hashes are public arithmetic, so
     /// events after the signed one could have been added by anyone (`chain_broken` at
-    /// the first of them; fetch the current head to verify them).
+    /// the first of them; fetch the current head to verify them). A head of another
+    /// payment is `bad_signature` naming both payments (its length and hash say nothing
+    /// about this history).
     pub fn verify_against(&self, key: &PublicKey, records: &[RawRecord<'_>]) -> Result<()> {
         self.verify(key)?;
+        // The first record's stream (a record that does not parse is the fold's to report).
+        if let Some(Ok(first)) = records.first().map(RawRecord::envelope) {
+            if first.stream != self.stream {
+                return Err(Error::BadSignature(format!(
+                    "it is the head of payment {}, but the history is of payment {}: check \
+                     the history against its own payment's head",
+                    self.stream, first.stream
+                )));
+            }
+        }
         if (records.len() as u64) > self.seq {
             return Err(Error::ChainBroken {
                 seq: self.seq + 1,
@@ -634,6 +646,30 @@ mod tests {
         )
         .expect("invite");
         d.history()
+    }
+
+    /// A head of another payment is named as such, whatever its length.
+    #[test]
+    fn a_head_of_another_payment_is_named() {
+        let h = history();
+        let records = parse(&h).expect("records");
+        let secret = [7u8; 32];
+        let key = PublicKey::from_secret(&secret);
+        let last = records.last().expect("a record").hash;
+        let mine = SignedHead::sign(PaymentId::from_bytes([1; 16]), 2, last, &secret);
+        mine.verify_against(&key, &records).expect("its own head");
+        let other = PaymentId::from_bytes([9; 16]);
+        for seq in [1, 2, 5] {
+            let head = SignedHead::sign(other, seq, last, &secret);
+            let e = head
+                .verify_against(&key, &records)
+                .expect_err("another payment's head");
+            assert_eq!(e.code(), "bad_signature", "{e}");
+            assert!(
+                e.to_string().contains(&format!("head of payment {other}")),
+                "{e}"
+            );
+        }
     }
 
     /// The word-at-a-time line-break search answers what a byte loop answers, for

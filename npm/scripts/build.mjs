@@ -123,6 +123,20 @@ const [browser, node] = modules;
 run("wasm-bindgen", ["--target", "web", "--out-dir", pkgDir, "--out-name", "trustfold_wasm", rawWasm(browser)]);
 const nodeDir = join(pkgDir, "node");
 run("wasm-bindgen", ["--target", "web", "--out-dir", nodeDir, "--out-name", "trustfold_wasm", rawWasm(node)]);
+// wasm-bindgen declares `[Symbol.dispose](): void` on its classes, which only
+// TypeScript's `esnext.disposable` lib (or @types/node) knows: a browser project that
+// checks libraries' declarations (skipLibCheck off) without it failed on the package's
+// types, which import these. The package's classes (src/api.ts) wrap the glue's and
+// offer no dispose, so the declarations drop it (the glue's JS keeps it).
+for (const dir of [pkgDir, nodeDir]) {
+  const file = join(dir, "trustfold_wasm.d.ts");
+  const dts = readFileSync(file, "utf8").replace(/^[ \t]*\[Symbol\.dispose\]\(\): void;\r?\n/gm, "");
+  if (dts.includes("Symbol.dispose")) {
+    console.error(`build: ${relative(root, file)} still names Symbol.dispose: has wasm-bindgen's output changed?`);
+    process.exit(1);
+  }
+  writeFileSync(file, dts);
+}
 // The public API: the declarations before wasm-bindgen's own init types.
 const publicApi = (dir) => {
   const dts = readFileSync(join(dir, "trustfold_wasm.d.ts"), "utf8");

@@ -2,7 +2,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as t from "../dist/node.js";
-import { readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { assertOutcome, computeOutcome, loadVectors, rootDir } from "./support.mjs";
 
@@ -267,4 +269,36 @@ test("money in basis points is exact at every size, and a clock past year 9999 i
   const v = vectors.find((x) => x.name === "em_happy_wire");
   const context = { command_id: "c0000000-0000-4000-8000-000000000001", actor: { party: null, role: "system" }, now: "9999-12-31T23:59:59-23:59" };
   assert.throws(() => t.decide(v.history, { type: "Tick" }, context), (e) => e.code === "invalid_timestamp", "a now in year 10000");
+});
+
+test("a signed head of another payment is named as such, not as events cut or added", () => {
+  // Same server key, another payment's head: longer, shorter and as long as the history.
+  const mine = vectors.find((v) => v.name === "em_happy_wire"); // 25 events
+  const stream = JSON.parse(mine.head).stream;
+  for (const other of ["em_reversal_correction", "ms_two_of_three", "mp_auto_release"]) { // 25, 30, 13 events
+    const head = vectors.find((v) => v.name === other).head;
+    const otherStream = JSON.parse(head).stream;
+    const r = t.verify(mine.history, head, mine.key);
+    assert.equal(r.ok, false, other);
+    assert.equal(r.code, "bad_signature", `${other}: ${r.message}`);
+    assert.equal(r.seq, null, other);
+    assert.ok(r.message.includes(`head of payment ${otherStream}`) && r.message.includes(`history is of payment ${stream}`), r.message);
+  }
+});
+
+test("the README's JavaScript samples are JavaScript", () => {
+  const readme = readFileSync(join(rootDir, "npm", "README.md"), "utf8");
+  const samples = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]);
+  assert.ok(samples.length >= 3, "the README has its samples");
+  const dir = mkdtempSync(join(tmpdir(), "trustfold-readme-"));
+  try {
+    for (const [i, code] of samples.entries()) {
+      const file = join(dir, `sample-${i}.mjs`);
+      writeFileSync(file, code);
+      const r = spawnSync(process.execPath, ["--check", file], { encoding: "utf8" });
+      assert.equal(r.status, 0, `README sample ${i + 1} does not parse:\n${code}\n${r.stderr}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -2,7 +2,7 @@
 // and into a page built with Vite, and use it in both (the page in Chromium).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -52,6 +52,50 @@ process.stdout.write(JSON.stringify({ ok: r.ok, state: replayJson(v.history), su
   writeFileSync(input, JSON.stringify(ok));
   const res = JSON.parse(execFileSync(process.execPath, ["main.js", input], { cwd: dir, encoding: "utf8" }));
   assert.deepEqual(res, { ok: true, state: ok.state, sum: "3.10" });
+});
+
+test("installed into a TypeScript project, its declarations type-check (strict, libraries checked, no Node types)", () => {
+  // A browser project's settings: ES2022 + DOM, no @types/node, skipLibCheck off, so
+  // every declaration file the package's types reach is checked too.
+  const dir = project("ts-consumer", {
+    "package.json": JSON.stringify({ name: "ts-consumer", private: true, type: "module" }),
+    "tsconfig.json": JSON.stringify({
+      compilerOptions: {
+        target: "ES2022", module: "ESNext", moduleResolution: "Bundler", lib: ["ES2022", "DOM"],
+        types: [], strict: true, skipLibCheck: false, noEmit: true,
+      },
+      include: ["main.ts"],
+    }),
+    "main.ts": `
+import {
+  init, Client, replay, verify, view, allowedCommands, decide, formatMoney, moneyAllocate,
+  isTrustfoldError, type PaymentState, type TrustfoldError, type VerifyResult,
+} from "trustfold";
+declare const token: string, serverKey: string, paymentId: string, buyerId: string;
+export async function main(): Promise<void> {
+  await init();
+  const client = new Client({ baseUrl: "https://pay.example.com", token, serverKey });
+  const feed = client.payment(paymentId);
+  const state: PaymentState | undefined = await feed.sync();
+  feed.live((s: PaymentState, seq: number) => console.log(s.status, seq), (err: TrustfoldError) => console.warn(err.code, err.retrying));
+  if (state?.terms_hash) {
+    const r = await client.sendCommand(paymentId, { type: "AgreeToTerms", terms_hash: state.terms_hash }, crypto.randomUUID(), state.version);
+    console.log(r.version, r.events.map((e) => e.type));
+  }
+  const history = feed.history();
+  const v: VerifyResult = verify(history);
+  if (!v.ok) console.log(v.code, v.seq);
+  console.log(replay(history).amount?.amount, view(history, ["lender"]).events.length);
+  const can: string[] = allowedCommands(history, { party: buyerId, role: "buyer" });
+  console.log(can, decide(history, { type: "Join" }, { command_id: crypto.randomUUID(), actor: { party: buyerId, role: "buyer" }, now: new Date().toISOString() }));
+  console.log(formatMoney("1", "USD"), moneyAllocate("1.00", "USD", [1, 2]));
+  try { replay("[]"); } catch (e) { if (isTrustfoldError(e)) console.log(e.code, e.seq); }
+}
+`,
+  });
+  const tsc = join(npmDir, "node_modules", "typescript", "bin", "tsc");
+  const r = spawnSync(process.execPath, [tsc, "-p", dir], { cwd: dir, encoding: "utf8" });
+  assert.equal(r.status, 0, `tsc found errors in the consumer or in the package's declarations:\n${r.stdout}${r.stderr}`);
 });
 
 test("installed into a Vite page, it runs in Chromium", async () => {
