@@ -2,7 +2,7 @@
 //! start, run the HTTP API, the background projector and (PostgreSQL) the notification
 //! listener, and shut down gracefully.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +81,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, ends live streams, finishes in-flight requests, and returns.
+    /// Stops accepting, ends live streams, finishes in-flight requests, and returns
+    /// (closing, once the request deadline and two more seconds have passed, any
+    /// connection still open: a request never sent whole, an answer not read).
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
         match self.task.await {
@@ -199,12 +201,31 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 
     let background = spawn_background(db, projector, notices, shutdown.clone(), &config);
     let mut on_stop = shutdown;
+    let mut stopping = on_stop.clone();
+    let drain = config.http.request_timeout + SHUTDOWN_MARGIN;
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+        let serve = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = on_stop.wait_for(|s| *s).await;
             })
-            .await;
+            .into_future();
+        // Every request's response starts within the request deadline, so by `drain`
+        // after the stop no request is in flight; a connection still open then is one
+        // whose request never arrived whole (a stalled client) or whose answer is not
+        // read, and waiting for it would hold the process forever.
+        let served = tokio::select! {
+            served = serve => served,
+            () = async {
+                let _ = stopping.wait_for(|s| *s).await;
+                tokio::time::sleep(drain).await;
+            } => {
+                tracing::warn!(
+                    after = ?drain,
+                    "connections still open after every request finished; closing them"
+                );
+                Ok(())
+            }
+        };
         for b in background {
             b.abort();
         }
@@ -220,6 +241,10 @@ fn redact_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+/// How long a shutdown waits, beyond the request deadline, for the connections of
+/// answered requests to close (answers still being written) before it closes them.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 /// How long the background projector lets appends gather after a notice before it
 /// applies them.

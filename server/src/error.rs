@@ -111,9 +111,10 @@ impl From<sqlx::Error> for StoreError {
 
 impl StoreError {
     /// Whether the database connection was lost or the database refused to serve (a
-    /// restart, a failover, a proxy that cut the connection, too many connections): the
-    /// same request may well succeed on a fresh connection a moment later. The HTTP
-    /// layer answers these with 503 `database_unavailable`.
+    /// restart, a failover, a proxy that cut the connection, too many connections, a
+    /// SQLite file another process keeps locked past the busy timeout): the same
+    /// request may well succeed on a fresh connection a moment later. The HTTP layer
+    /// answers these with 503 `database_unavailable`.
     pub fn is_disconnect(&self) -> bool {
         match self {
             StoreError::Database(
@@ -123,6 +124,16 @@ impl StoreError {
                 | sqlx::Error::Tls(_),
             ) => true,
             StoreError::Unresponsive(_) | StoreError::Unavailable(_) => true,
+            // A SQLite file locked by another connection past the busy timeout
+            // (SQLITE_BUSY, SQLITE_LOCKED and their extended codes): nothing was
+            // written, and the same request succeeds once the lock is let go.
+            StoreError::Database(sqlx::Error::Database(db))
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() =>
+            {
+                db.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            }
             StoreError::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
                 // Class 08: connection exception; 57P01-57P03: the server is shutting
                 // down or starting; 53300: too many connections.

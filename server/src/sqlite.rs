@@ -145,6 +145,13 @@ impl SqliteStore {
         // the connection thread per statement, and a file connection does not go stale.
         let writer = SqlitePoolOptions::new()
             .test_before_acquire(false)
+            // SQLite rolls a transaction back by itself when the disk fails under it
+            // (SQLITE_FULL, SQLITE_IOERR); the `ROLLBACK` sqlx then sends fails, and sqlx
+            // would count the connection as inside a transaction forever (every later
+            // `BEGIN IMMEDIATE` refused). Such a connection is closed on release and the
+            // pool opens a fresh one. (A rollback still queued when the connection comes
+            // back also closes it: only after a failed transaction, so rarely.)
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(60))

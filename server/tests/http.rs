@@ -2408,6 +2408,75 @@ async fn a_refused_write_leaves_nothing_half_written(srv: Server) {
 
 on_both_engines!(a_refused_write_leaves_nothing_half_written);
 
+/// SQLite rolls a whole transaction back by itself when the disk fails under it (a full
+/// disk, an I/O error; here a trigger's `RAISE(ROLLBACK)`, which does the same), so the
+/// `ROLLBACK` the server's code sends afterwards fails. The single writer connection must
+/// stay usable: once the database takes writes again the read models catch up, and an
+/// append judged in a transaction (a stale cached state: another process on the same
+/// file appended) gets its answer instead of a 500.
+#[tokio::test]
+async fn the_writer_survives_a_transaction_sqlite_rolled_back_itself_sqlite() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let db = srv.database.clone();
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = f.payment.as_str();
+
+    // The disk fails under the projector's transaction.
+    on_database(
+        &db,
+        "CREATE TRIGGER test_disk_error BEFORE INSERT ON inbox \
+         BEGIN SELECT RAISE(ROLLBACK, 'disk I/O error (test)'); END",
+    )
+    .await;
+    fund(c, &key, &f).await.expect("commands go on");
+    let inbox = format!("/v1/parties/{}/inbox", f.agent);
+    let r = c.get(&inbox, &key).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    on_database(&db, "DROP TRIGGER test_disk_error").await;
+
+    // The database takes writes again: the read models catch up.
+    let r = c.get(&inbox, &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        notice_types(&r).iter().any(|t| t == "FundsAvailable"),
+        "{}",
+        r.body
+    );
+    let r = c.get("/v1/payments", &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Another process on the same file appends: this one's cached state is stale, so its
+    // next append is judged in a transaction (and then decided again).
+    let second = common::serve(common::config(&db)).await;
+    let c2 = Client::new(format!("http://{}", second.addr));
+    let broker = uuid::Uuid::new_v4();
+    c2.command(
+        &key,
+        p,
+        Some(&f.agent),
+        "listing_agent",
+        json!({"type": "Invite", "party": broker, "roles": ["brokerage"]}),
+    )
+    .await
+    .expect("invite on the other process");
+    let r = c
+        .command(
+            &key,
+            p,
+            Some(&f.agent),
+            "listing_agent",
+            json!({"type": "Remove", "party": broker}),
+        )
+        .await
+        .expect("a stale cache is decided again");
+    let head = c.get(&format!("/v1/payments/{p}/head"), &key).await;
+    assert_eq!(r.body["version"], head.body["seq"], "{}", head.body);
+    second.shutdown().await.expect("shutdown");
+    srv.finish().await;
+}
+
 /// PostgreSQL drops every connection of the servers (a failover, a restart, a proxy that
 /// cut them): the servers ride it out without a restart. Commands sent right after are
 /// answered (a batch that met a dead connection is tried again, and the pool checks the

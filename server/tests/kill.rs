@@ -19,6 +19,11 @@ const ADMIN: &str = "kill-test-admin";
 
 /// Starts the binary on `db` and returns it with its base url.
 fn spawn(db: &str) -> (Child, String) {
+    spawn_with(db, &[])
+}
+
+/// [`spawn`] with more command-line arguments.
+fn spawn_with(db: &str, args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trustfold-server"))
         .args([
             "--database-url",
@@ -28,6 +33,7 @@ fn spawn(db: &str) -> (Child, String) {
             "--poll-ms",
             "200",
         ])
+        .args(args)
         .env("TRUSTFOLD_ADMIN_TOKEN", ADMIN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -356,4 +362,45 @@ async fn sigterm_during_commands(db: &str) {
     }
     child.kill().expect("stop");
     child.wait().expect("reap");
+}
+
+/// SIGTERM while a client holds a connection on which it never finishes its request
+/// (its headers cut off midway, as a stalled or malicious client leaves them): the
+/// server does not wait for it forever. It still finishes every request in flight,
+/// which the request deadline bounds, and then exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_though_a_client_never_finishes_its_request_sqlite() {
+    use std::io::Write as _;
+    let db = Db::sqlite();
+    let (mut child, url) = spawn_with(&db.url, &["--request-timeout-seconds", "1"]);
+    let c = Client::new(url.clone());
+    let key = c.tenant(ADMIN, "stall").await.expect("tenant");
+    let addr = url.trim_start_matches("http://");
+    let mut stalled = std::net::TcpStream::connect(addr).expect("connect");
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
+    // The connection is being served (a request answered after it was opened).
+    assert_eq!(c.get("/v1/payments", &key).await.status, 200);
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+            panic!("still running 8 s after SIGTERM, held by a half-sent request");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "a clean exit after SIGTERM: {exit}");
+    drop(stalled);
+    db.finish().await;
 }

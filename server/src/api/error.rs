@@ -167,7 +167,7 @@ impl ApiError {
             ApiError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
             // The database's own words stay in the log.
             ApiError::Unavailable(_) => {
-                "the database is unavailable for a moment (restarting or unreachable); retry \
+                "the database is unavailable for a moment (locked, restarting or unreachable); retry \
                  the request, a command with the same Idempotency-Key (a command sent without \
                  one may have been applied: read the payment before sending it again)"
                     .to_owned()
@@ -333,3 +333,42 @@ impl IntoResponse for ApiError {
 
 /// Results of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+    use sqlx::{Connection as _, Executor as _, SqliteConnection};
+
+    /// Another process holds the SQLite file's write lock past the busy timeout (zero
+    /// here): the database is locked for the moment, which the API documents as 503
+    /// `database_unavailable` with `Retry-After`, not as a bug of ours.
+    #[tokio::test]
+    async fn a_locked_sqlite_file_is_unavailable_not_an_internal_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("locked.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut holder = SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        holder.execute("CREATE TABLE t (x)").await.expect("create");
+        let mut other = SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        holder.execute("BEGIN IMMEDIATE").await.expect("lock");
+        let locked = other
+            .execute("INSERT INTO t VALUES (1)")
+            .await
+            .expect_err("the file is locked");
+        let e = ApiError::from(StoreError::from(locked));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            "{e}"
+        );
+        holder.execute("ROLLBACK").await.expect("unlock");
+    }
+}
