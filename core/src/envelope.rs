@@ -8,7 +8,7 @@
 //! The canonical form is compact JSON with the fields in this order:
 //!
 //! ```json
-//! {"prev":"<64 hex>","stream":"<uuid>","seq":1,"id":"<uuid>","type":"PaymentInitiated","v":1,
+//! {"prev":"<64 hex>","stream":"<uuid>","seq":1,"id":"<uuid>","type":"PaymentInitiated","v":2,
 //!  "at":"2026-11-26T05:35:15Z","actor":{"party":"<uuid>","role":"listing_agent"},
 //!  "causation":"<uuid>","correlation":null,"data":{…}}
 //! ```

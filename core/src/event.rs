@@ -94,8 +94,12 @@ macro_rules! events {
 }
 
 events! {
-    /// A payment was opened from a pinned policy.
-    PaymentInitiated = 1,
+    /// A payment was opened from a pinned policy. v2 (same payload): the payment runs
+    /// under the rules the fold also checks on its history — no roster change of a
+    /// role with a say over the money while money is held or on its way
+    /// (`role_locked`), no mandated request called off but by a dispute or the rail's
+    /// return (`mandated_request`); a v1 payment, opened before them, folds without.
+    PaymentInitiated = 2,
     /// A party was invited with roles (v1 had a single `role`).
     ParticipantInvited = 2,
     /// An invited party joined.

@@ -98,7 +98,8 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
         closed: false,
         shortfall_outcome: None,
         last_settled: None,
-        dispute_due: None,
+        opened_under: env.schema_version,
+        due: None,
         policy_doc: e.policy.shared(),
     };
     s.status = s.derive_status();
@@ -258,11 +259,12 @@ pub(crate) fn allowed_when_terminal(event: &Event) -> bool {
 
 fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
     let seq = env.seq;
-    if let Some(causation) = s.dispute_due.take() {
-        if !matches!(env.event, Event::DisputeOpened(_)) || env.causation != causation {
-            return Err(bad(
-                "a party cancelled a request the rules mandated without opening a dispute",
-            ));
+    if let Some(due) = s.due.take() {
+        if env.event_type() != due.event
+            || env.causation != Some(due.causation)
+            || env.actor != due.actor
+        {
+            return Err(bad(due_missing(&due)));
         }
     }
     if s.status.is_terminal() && !allowed_when_terminal(&env.event) {
@@ -646,6 +648,8 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             r.legs = ids;
         }
         Event::RequestCancelled(e) => {
+            let opened_under = s.opened_under;
+            let may_dispute = s.policy_doc.permissions.dispute.contains(&env.actor.role);
             let r = request_mut(s, &e.request)?;
             if !matches!(
                 r.status,
@@ -657,15 +661,25 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             // a cancellation's or expiry's refund) is called off only by the rail's
             // return of the money it would pay, or by a party opening a dispute in the
             // same command (`mandated_request` in `decide`).
-            if r.mandate.is_some() && env.actor.role.as_str() != "rail" {
+            if r.mandate.is_some() && opened_under >= 2 {
+                let rail = env.actor.role.as_str() == "rail" && env.actor.party.is_none();
                 let authorized = r.status == RequestStatus::Authorized;
-                let may_dispute = s.policy_doc.permissions.dispute.contains(&env.actor.role);
-                if env.actor.party.is_none() || !authorized || !may_dispute {
+                let causation = env.causation.filter(|_| authorized);
+                let Some(causation) = causation.filter(|_| rail || may_dispute) else {
                     return Err(bad(
-                        "a request the rules mandated can only be cancelled by opening a dispute",
+                        "a request the rules mandated can only be cancelled by opening a dispute \
+                         (or by the rail's return of the funds)",
                     ));
-                }
-                s.dispute_due = Some(env.causation);
+                };
+                s.due = Some(crate::state::Due {
+                    causation,
+                    actor: env.actor.clone(),
+                    event: if rail {
+                        crate::event::EventType::FundingReturned
+                    } else {
+                        crate::event::EventType::DisputeOpened
+                    },
+                });
             }
             let r = request_mut(s, &e.request)?;
             r.status = RequestStatus::Cancelled;
@@ -993,7 +1007,7 @@ fn check_standing(s: &PaymentState, env: &Envelope) -> Result<()> {
 /// a stand-in into such a role, lets an invited one join, or removes one who acted was
 /// not made by trustfold's rules.
 fn check_roster(s: &PaymentState, env: &Envelope) -> Result<()> {
-    if !crate::decide::roster_locked(s) {
+    if s.opened_under < 2 || !crate::decide::roster_locked(s) {
         return Ok(());
     }
     let roles: &[crate::policy::Role] = match &env.event {
@@ -1107,16 +1121,37 @@ where
     complete(s)
 }
 
-/// A whole history ends between commands: not after a party's cancellation of a
-/// mandated request whose dispute is missing (a history cut there, or forged so).
 fn complete(s: PaymentState) -> Result<PaymentState> {
-    if s.dispute_due.is_some() {
-        return Err(Error::history(
-            s.version,
-            "a party cancelled a request the rules mandated without opening a dispute",
-        ));
-    }
+    check_complete(&s)?;
     Ok(s)
+}
+
+/// Whether a state folded one event at a time ([`apply`]) ends between commands, as a
+/// whole history (up to a signed head) must: not after the cancellation of a mandated
+/// request whose dispute or return is missing (a history cut there, or forged so).
+/// [`replay`] and [`verify_and_replay`] check it themselves; a client that folds pages
+/// as they come checks it where it holds the server's signed head.
+///
+/// ```
+/// use trustfold_core::fold::{check_complete, replay};
+/// let state = replay(include_bytes!("../tests/vectors/em_happy_wire.history.json"))?;
+/// assert!(check_complete(&state).is_ok());
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+pub fn check_complete(s: &PaymentState) -> Result<()> {
+    match &s.due {
+        Some(due) => Err(Error::history(s.version, due_missing(due))),
+        None => Ok(()),
+    }
+}
+
+fn due_missing(due: &crate::state::Due) -> String {
+    match due.event {
+        crate::event::EventType::FundingReturned => {
+            "the rail cancelled a request the rules mandated without returning the funds".into()
+        }
+        _ => "a party cancelled a request the rules mandated without opening a dispute".into(),
+    }
 }
 
 /// Parses a history (a JSON array of `{"hash","event"}` records), verifies its hash

@@ -177,7 +177,15 @@ pub(crate) fn parse_decimal(s: &str) -> Result<Decimal> {
     if !ok {
         return Err(Error::InvalidAmount(crate::error::echo(s)));
     }
-    Decimal::from_str_exact(s).map_err(|_| Error::InvalidAmount(crate::error::echo(s)))
+    Decimal::from_str_exact(s).map_err(|_| {
+        // Well written but beyond 96 bits at its scale: too large an amount (more
+        // than 28 decimals is no amount of any currency either way).
+        if frac.is_some_and(|f| f.len() > 28) {
+            Error::InvalidAmount(crate::error::echo(s))
+        } else {
+            Error::Overflow
+        }
+    })
 }
 
 /// An exact amount of one currency. Always kept at the currency's scale.
@@ -491,10 +499,7 @@ mod tests {
             ("79228162514264337593543950336", jpy),
         ] {
             let e = Money::parse(text, currency).unwrap_err();
-            assert!(
-                matches!(e.code(), "amount_overflow" | "invalid_amount"),
-                "{text} {currency}: {e}"
-            );
+            assert_eq!(e.code(), "amount_overflow", "{text} {currency}: {e}");
         }
         assert_eq!(
             Money::parse("79228162514264337593543950335", jpy)

@@ -410,6 +410,17 @@ pub struct PolicyPin {
     pub hash: Hash,
 }
 
+/// An event a command owes after one it emitted (see [`PaymentState`]'s `due`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// The command (the events' causation).
+    pub causation: uuid::Uuid,
+    /// Who acted.
+    pub actor: crate::envelope::Actor,
+    /// What must come next.
+    pub event: crate::event::EventType,
+}
+
 /// The state of one payment. Built only by folding events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PaymentState {
@@ -478,12 +489,15 @@ pub struct PaymentState {
     /// The full pinned policy (not serialized: see `policy` for its id and hash).
     #[serde(skip)]
     pub policy_doc: std::sync::Arc<Policy>,
-    /// Set between a party's `RequestCancelled` of a mandated request and the
-    /// `DisputeOpened` of the same command (its causation), the only way a party
-    /// calls such a request off; any other next event is refused by the fold. Not
-    /// serialized: a finished command never leaves it set.
+    /// The schema version of the payment's `PaymentInitiated`: from 2 the fold also
+    /// checks `role_locked` and `mandated_request` (not serialized: the history says).
     #[serde(skip)]
-    pub(crate) dispute_due: Option<Option<uuid::Uuid>>,
+    pub(crate) opened_under: u16,
+    /// The event that must come next, of the same command: after a mandated
+    /// request's cancellation, the party's `DisputeOpened` or the rail's
+    /// `FundingReturned` (not serialized: a finished command never leaves it set).
+    #[serde(skip)]
+    pub(crate) due: Option<Due>,
 }
 
 impl PaymentState {

@@ -84,7 +84,8 @@ impl Timestamp {
     }
 
     /// This instant plus `days` business days: Monday to Friday except the dates in
-    /// `holidays` (ascending, each once, as a policy lists them). A business day that
+    /// `holidays`, which must be ascending and each once, as a validated policy's are
+    /// (debug builds assert it; otherwise the answer is unspecified). A business day that
     /// is a holiday is skipped like a weekend; starting on a holiday counts from the
     /// next business day, as starting on a weekend does. Saturating.
     ///
@@ -99,6 +100,10 @@ impl Timestamp {
     /// # Ok::<(), trustfold_core::Error>(())
     /// ```
     pub fn add_business_days_except(&self, days: u32, holidays: &[Date]) -> Self {
+        debug_assert!(
+            holidays.windows(2).all(|w| w[0] < w[1]),
+            "holidays ascending, each once (as Policy::validate requires)"
+        );
         let mut end = self.add_business_days(days);
         if days == 0 {
             return end;

@@ -3,8 +3,8 @@
 //!
 //! Each step turns version `n` of one event type into version `n + 1`.
 //! The one change of shape so far: `ParticipantInvited` v1 carried a single `role`;
-//! v2 carries `roles`, a list. `FundingReturned`, `DisbursementFailed` and
-//! `ReversalRecorded` went to v2
+//! v2 carries `roles`, a list. `PaymentInitiated`, `FundingReturned`,
+//! `DisbursementFailed` and `ReversalRecorded` went to v2
 //! with the same payload: what they do changed, and the fold applies each as the
 //! version it was written with (the envelope keeps its stored `schema_version`).
 //!
@@ -46,7 +46,8 @@ fn step(event_type: EventType, version: u16, data: Value) -> Result<Value> {
         (EventType::ParticipantInvited, 1) => participant_invited_v1_to_v2(data),
         // Same payload; what changed is how the fold applies them, which it reads from
         // the envelope's stored version.
-        (EventType::FundingReturned, 1)
+        (EventType::PaymentInitiated, 1)
+        | (EventType::FundingReturned, 1)
         | (EventType::DisbursementFailed, 1)
         | (EventType::ReversalRecorded, 1) => Ok(data),
         _ => Err(Error::UnsupportedSchemaVersion {
@@ -94,7 +95,8 @@ pub(crate) fn read(
         (EventType::ParticipantInvited, 1) => participant_invited_v1_read(r),
         // The payload did not change: only how the fold applies it (it reads the
         // envelope's stored version).
-        (EventType::FundingReturned, 1)
+        (EventType::PaymentInitiated, 1)
+        | (EventType::FundingReturned, 1)
         | (EventType::DisbursementFailed, 1)
         | (EventType::ReversalRecorded, 1) => Event::read_data(event_type, r),
         _ => Err(r.invalid(

@@ -10,24 +10,35 @@ use trustfold_core::envelope::Envelope;
 use trustfold_core::event::{
     DisputeOpened, Event, ParticipantInvited, ParticipantRemoved, RequestCancelled,
 };
-use trustfold_core::fold::{replay, replay_at};
+use trustfold_core::fold::{self, replay, replay_at};
 use trustfold_core::history;
 use trustfold_core::prelude::*;
 
 /// The history of `s` with `events` appended as if recorded by `actor` in one command
 /// (one causation), correctly chained.
 fn forge(s: &Sim, actor: Actor, events: Vec<Event>) -> Vec<u8> {
+    let cause = Some(uuid::Uuid::from_bytes([0xcc; 16]));
+    forge_each(
+        s,
+        events
+            .into_iter()
+            .map(|e| (actor.clone(), cause, e))
+            .collect(),
+    )
+}
+
+/// [`forge`] with each event's own actor and causation.
+fn forge_each(s: &Sim, events: Vec<(Actor, Option<uuid::Uuid>, Event)>) -> Vec<u8> {
     let mut sealed = s.d.sealed().to_vec();
     let last = s.d.envelopes().last().expect("events").clone();
-    let causation = uuid::Uuid::from_bytes([0xcc; 16]);
-    for (i, event) in events.into_iter().enumerate() {
+    for (i, (actor, causation, event)) in events.into_iter().enumerate() {
         let env = Envelope {
             prev: sealed.last().expect("sealed").hash,
             seq: last.seq + 1 + i as u64,
             id: EventId::from_bytes([0xe0 + i as u8; 16]),
             schema_version: event.event_type().current_version(),
-            actor: actor.clone(),
-            causation: Some(causation),
+            actor,
+            causation,
             event,
             ..last.clone()
         };
@@ -44,7 +55,11 @@ fn refused_at(history: &[u8], seq: u64, needle: &str) {
 
 /// A marketplace order whose automatic release is authorized (a mandated request).
 fn auto_released(n: u8) -> Sim {
-    let mut s = market_with(n, policy("marketplace")).expect("market");
+    auto_released_with(n, policy("marketplace"))
+}
+
+fn auto_released_with(n: u8, p: Policy) -> Sim {
+    let mut s = market_with(n, p).expect("market");
     s.hours(72);
     s.tick().expect("tick");
     let (_, r) = s.state().open_request().expect("the automatic release");
@@ -96,10 +111,92 @@ fn a_party_cannot_call_off_a_mandated_request_without_a_dispute() {
         v + 1,
         "only be cancelled by opening a dispute",
     );
+    // The dispute opened by someone else, or with no command to tie the two.
+    let mut p = policy("marketplace");
+    p.permissions.dispute.push(Role::new("seller"));
+    let s2 = auto_released_with(73, p);
+    let request2 = s2
+        .state()
+        .open_request()
+        .map(|(id, _)| id)
+        .expect("request");
+    let cancel2 = Event::RequestCancelled(RequestCancelled {
+        request: request2,
+        reason: "x".into(),
+    });
+    let c = Some(uuid::Uuid::from_bytes([0xcc; 16]));
+    refused_at(
+        &forge_each(
+            &s2,
+            vec![
+                (buyer(), c, cancel2.clone()),
+                (as_(SELLER, "seller"), c, dispute()),
+            ],
+        ),
+        s2.state().version + 2,
+        "without opening a dispute",
+    );
+    refused_at(
+        &forge_each(
+            &s,
+            vec![(buyer(), None, cancel()), (buyer(), None, dispute())],
+        ),
+        v + 1,
+        "only be cancelled by opening a dispute",
+    );
+    // The rail calls it off only with its return of the funds.
+    refused_at(
+        &forge(&s, Actor::rail(), vec![cancel()]),
+        v + 1,
+        "without returning the funds",
+    );
     // The buyer's dispute in the same command is the honest way: it folds.
     let honest = forge(&s, buyer(), vec![cancel(), dispute()]);
     let st = replay(&honest).expect("a dispute calls the automatic release off");
     assert_eq!(st.status, Status::Disputed);
+}
+
+/// Folded one event at a time (as the server's cache, the Rust replica and the wasm
+/// feed do), a cut history is caught by `check_complete` at the signed head.
+#[test]
+fn one_event_at_a_time_the_end_is_checked_at_the_head() {
+    let s = auto_released(74);
+    let request = s.state().open_request().map(|(id, _)| id).expect("request");
+    let cut = forge(
+        &s,
+        as_(BUYER, "buyer"),
+        vec![Event::RequestCancelled(RequestCancelled {
+            request,
+            reason: "x".into(),
+        })],
+    );
+    let records = history::parse(&cut).expect("records");
+    let mut st = fold::start(&records[0].envelope().expect("env"), records[0].hash).expect("start");
+    for r in &records[1..] {
+        fold::apply(&mut st, &r.envelope().expect("env"), r.hash).expect("each event folds");
+    }
+    let e = fold::check_complete(&st).expect_err("cut inside a command");
+    assert_eq!(e.code(), "invalid_history", "{e}");
+    assert!(fold::check_complete(s.state()).is_ok());
+}
+
+/// Payments opened before these rules (`PaymentInitiated` v1, written by the rules of
+/// that time) fold as they did: the checks apply from v2.
+#[test]
+fn payments_opened_before_the_rules_still_fold() {
+    for (name, status) in [
+        ("v1_cancel_auto_release", Status::Held),
+        ("v1_invite_seller_while_held", Status::Held),
+    ] {
+        let path = format!(
+            "{}/tests/data/{name}.history.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).expect("history");
+        let st = replay(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(st.status, status, "{name}");
+        assert!(String::from_utf8_lossy(&bytes).contains(r#""type":"PaymentInitiated","v":1"#));
+    }
 }
 
 #[test]

@@ -180,7 +180,11 @@ impl Replica {
             }));
         }
         match self.recent.back() {
-            Some((s, h)) if *s == head.seq && *h == head.hash => Ok(()),
+            // Signed where a command ended: not inside one (`fold::check_complete`).
+            Some((s, h)) if *s == head.seq && *h == head.hash => match &self.state {
+                Some(state) => fold::check_complete(state).map_err(broken),
+                None => Ok(()),
+            },
             Some((s, _)) if *s == head.seq => Err(broken(CoreError::ChainBroken {
                 seq: head.seq,
                 reason: "the event at the signed seq differs from the one the server signed".into(),

@@ -1391,11 +1391,25 @@ fn fold_batches(
                             }
                             .into(),
                         ),
-                        (None, Some(s)) => Outcome::Payment {
-                            state: Box::new(s),
-                            events: seq,
-                            signed: end.signed,
-                        },
+                        // A whole history ends where a command ended.
+                        (None, Some(s)) => {
+                            match fold::check_complete(&s).err().filter(|_| at.is_none()) {
+                                Some(error) => Outcome::Failed(
+                                    Broken {
+                                        stream,
+                                        seq: error.seq(),
+                                        line: None,
+                                        error,
+                                    }
+                                    .into(),
+                                ),
+                                None => Outcome::Payment {
+                                    state: Box::new(s),
+                                    events: seq,
+                                    signed: end.signed,
+                                },
+                            }
+                        }
                     }
                 }
                 Item::Fatal(b) => Outcome::Failed(Error::Broken(b.clone())),

@@ -767,7 +767,11 @@ impl Mirror {
             .ok()
             .and_then(|s| s.checked_sub(1));
         match held.and_then(|i| self.hashes.get(i)) {
-            Some(h) if *h == head.hash => Ok(()),
+            // Signed where a command ended: not inside one (`fold::check_complete`).
+            Some(h) if *h == head.hash => match &self.state {
+                Some(s) => fold::check_complete(s),
+                None => Ok(()),
+            },
             Some(_) => Err(Error::ChainBroken {
                 seq: head.seq,
                 reason: "the event at the signed seq differs from the one the server signed".into(),
