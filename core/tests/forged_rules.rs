@@ -5,7 +5,10 @@
 
 mod support;
 
-use support::scenarios::{as_, earnest_held, market_with, pid, policy, rid, Sim, BUYER, SELLER};
+use support::scenarios::{
+    as_, earnest_held, earnest_held_with, market_with, pid, policy, refunds_without_approvals, rid,
+    usd, Sim, BUYER, BUYER_AGENT, ESCROW, LISTING_AGENT, SELLER,
+};
 use trustfold_core::envelope::Envelope;
 use trustfold_core::event::{
     DisputeOpened, Event, ParticipantInvited, ParticipantRemoved, RequestCancelled,
@@ -227,7 +230,7 @@ fn decide_calls_a_mandated_request_off_only_with_a_dispute() {
 fn no_stand_in_while_money_is_held() {
     let s = earnest_held(72).expect("held");
     let v = s.state().version;
-    let agent = || as_(support::scenarios::LISTING_AGENT, "listing_agent");
+    let agent = || as_(LISTING_AGENT, "listing_agent");
     // A second seller (a payee, who would approve and be paid) invited while held.
     refused_at(
         &forge(
@@ -268,4 +271,153 @@ fn no_stand_in_while_money_is_held() {
         })],
     );
     replay(&brokerage).expect("a role without money power is not locked");
+}
+
+/// Replayed whole, unverified, one event at a time and at every seq: the same state.
+fn folds_every_way(s: &Sim) {
+    let h = s.d.history();
+    let st = replay(&h).expect("replay");
+    assert_eq!(st.to_json(), s.state().to_json());
+    fold::replay_unverified(&h).expect("unverified");
+    let envs = s.d.envelopes();
+    let sealed = s.d.sealed();
+    let mut x = fold::start(&envs[0], sealed[0].hash).expect("ok");
+    for (e, se) in envs.iter().zip(sealed).skip(1) {
+        fold::apply(&mut x, e, se.hash).expect("ok");
+    }
+    assert_eq!(x.to_json(), st.to_json());
+    for seq in 1..=st.version {
+        fold::replay_at(&h, seq).expect("replay_at");
+    }
+}
+
+/// Every dispute role of earnest-money opens a dispute over a dispute's resolution
+/// (mandated, authorized) and over a cancellation's refund; then the arbiter resolves
+/// and everything is paid out. Each history folds every way.
+#[test]
+fn honest_disputes_over_mandated_requests_fold() {
+    for (i, (who, role)) in [
+        (BUYER, "buyer"),
+        (SELLER, "seller"),
+        (BUYER_AGENT, "buyer_agent"),
+        (LISTING_AGENT, "listing_agent"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A dispute's resolution, disputed again.
+        let mut s = earnest_held(100 + i as u8).expect("ok");
+        let open = |s: &mut Sim, d: u8| {
+            s.run(
+                as_(who, role),
+                Command::OpenDispute {
+                    dispute: rid(d),
+                    reason: "no".into(),
+                },
+            )
+        };
+        open(&mut s, 9).expect("ok");
+        s.run(
+            as_(ESCROW, "escrow_holder"),
+            Command::ResolveDispute {
+                dispute: rid(9),
+                outcome: DisputeOutcome::Release,
+                request: Some(rid(2)),
+                allocations: vec![Allocation {
+                    party: pid(SELLER),
+                    amount: usd("5000.00"),
+                }],
+                amount: None,
+                note: "release".into(),
+            },
+        )
+        .expect("ok");
+        assert!(s.state().open_request().expect("ok").1.mandate.is_some());
+        open(&mut s, 10).expect("ok");
+        assert_eq!(s.status(), Status::Disputed);
+        folds_every_way(&s);
+        s.run(
+            as_(ESCROW, "escrow_holder"),
+            Command::ResolveDispute {
+                dispute: rid(10),
+                outcome: DisputeOutcome::Resume,
+                request: None,
+                allocations: vec![],
+                amount: None,
+                note: "resume".into(),
+            },
+        )
+        .expect("ok");
+        folds_every_way(&s);
+
+        // A cancellation's refund, disputed.
+        let mut s = earnest_held_with(110 + i as u8, refunds_without_approvals()).expect("ok");
+        s.run(
+            as_(LISTING_AGENT, "listing_agent"),
+            Command::Cancel {
+                reason: "deal off".into(),
+                refund_request: Some(rid(3)),
+            },
+        )
+        .expect("ok");
+        assert!(s.state().open_request().expect("ok").1.mandate.is_some());
+        open(&mut s, 11).expect("ok");
+        folds_every_way(&s);
+        s.run(
+            as_(ESCROW, "escrow_holder"),
+            Command::ResolveDispute {
+                dispute: rid(11),
+                outcome: DisputeOutcome::Resume,
+                request: None,
+                allocations: vec![],
+                amount: None,
+                note: "resume".into(),
+            },
+        )
+        .expect("ok");
+        // The refund of what is held goes out again, mandated.
+        assert!(
+            s.state()
+                .open_request()
+                .is_some_and(|(_, r)| r.mandate.is_some()),
+            "{:?}",
+            s.status()
+        );
+        folds_every_way(&s);
+    }
+}
+
+/// The stand-in rules in decide and the fold agree on the non-money roles: a lender
+/// (no say over the money) is still invited, joins and is removed while held.
+#[test]
+fn non_money_roles_still_change_while_held() {
+    let mut s = earnest_held(120).expect("ok");
+    s.run(
+        as_(LISTING_AGENT, "listing_agent"),
+        Command::Invite {
+            party: pid(50),
+            roles: vec![Role::new("brokerage")],
+            name: "B".into(),
+            email: None,
+        },
+    )
+    .expect("ok");
+    s.run(as_(50, "brokerage"), Command::Join).expect("ok");
+    s.run(
+        as_(LISTING_AGENT, "listing_agent"),
+        Command::Remove {
+            party: pid(50),
+            reason: "x".into(),
+        },
+    )
+    .expect("ok");
+    s.rejects(
+        as_(LISTING_AGENT, "listing_agent"),
+        Command::Remove {
+            party: pid(SELLER),
+            reason: "x".into(),
+        },
+        "role_locked",
+    );
+    folds_every_way(&s);
 }
