@@ -9,7 +9,7 @@
 //! [`replay`] does the whole job for a history as a client fetches it: parse, verify
 //! the hash chain, upcast old events, fold.
 
-use crate::approval::{quorum_met_as_recorded, quorum_possible};
+use crate::approval::{quorum_met, quorum_met_as_recorded, quorum_possible};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::event::*;
@@ -632,7 +632,14 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             if s.open_dispute().is_some() {
                 return Err(bad("nothing leaves escrow while disputed"));
             }
-            if r.mandate.is_none() && !quorum_met_as_recorded(s, &r) {
+            // From v2 payments, `all_of` needs a party of its own per role, as `decide`
+            // requires; older payments fold as their authorizations were recorded.
+            let met = if s.opened_under >= 2 {
+                quorum_met(s, &r)
+            } else {
+                quorum_met_as_recorded(s, &r)
+            };
+            if r.mandate.is_none() && !met {
                 return Err(Error::rejected("quorum_not_met", "quorum not met"));
             }
             let legs = disbursement_legs(&r)?;
