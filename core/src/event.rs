@@ -98,7 +98,9 @@ events! {
     /// under the rules the fold also checks on its history — no roster change of a
     /// role with a say over the money while money is held or on its way
     /// (`role_locked`), no mandated request called off but by a dispute or the rail's
-    /// return (`mandated_request`); a v1 payment, opened before them, folds without.
+    /// return (`mandated_request`), `all_of` met by a different party per role, no
+    /// event at a superseded version; a v1 payment, opened before them (before
+    /// `fold::V2_OPENINGS_FROM`), folds without.
     PaymentInitiated = 2,
     /// A party was invited with roles (v1 had a single `role`).
     ParticipantInvited = 2,

@@ -21,6 +21,18 @@ use crate::money::Money;
 use crate::policy::BorneBy;
 use crate::state::*;
 
+/// From this instant (2026-11-28T00:00:00Z) payments are opened with
+/// `PaymentInitiated` v2, the release that brought it: a v1 opening dated later was
+/// rewritten to escape v2's rules (its signer could rewrite the chain, but not make the
+/// participants forget when the payment was opened).
+///
+/// ```
+/// use trustfold_core::fold::V2_OPENINGS_FROM;
+/// assert_eq!(V2_OPENINGS_FROM.to_string(), "2026-11-28T00:00:00Z");
+/// ```
+pub const V2_OPENINGS_FROM: crate::time::Timestamp =
+    crate::time::Timestamp::from_unix_millis(1_795_824_000_000);
+
 /// Starts a state from a payment's first event (which must be `PaymentInitiated`).
 pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
     if env.seq != 1 {
@@ -35,6 +47,16 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
     let Event::PaymentInitiated(e) = &env.event else {
         return Err(Error::history(1, "a history starts with PaymentInitiated"));
     };
+    if env.schema_version < 2 && env.at >= V2_OPENINGS_FROM {
+        return Err(Error::history(
+            1,
+            format!(
+                "PaymentInitiated v1 dated {}: payments are opened with v2 from {V2_OPENINGS_FROM}, \
+                 so this opening was rewritten to escape the rules v2 brings",
+                env.at
+            ),
+        ));
+    }
     e.policy
         .validated()
         .map_err(|err| Error::history(1, format!("embedded policy: {err}")))?;
@@ -106,7 +128,9 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
     Ok(s)
 }
 
-/// Applies one event (seq ≥ 2) whose canonical bytes hash to `hash`.
+/// Applies one event (seq ≥ 2) whose canonical bytes hash to `hash`. On an error the
+/// state may be partly changed: a caller that goes on after one (a client retrying a
+/// sync) applies to a copy and keeps it only on success.
 pub fn apply(s: &mut PaymentState, env: &Envelope, hash: Hash) -> Result<()> {
     let seq = env.seq;
     apply_raw(s, env, hash).map_err(|e| match e {
@@ -144,7 +168,13 @@ pub(crate) fn apply_raw(s: &mut PaymentState, env: &Envelope, hash: Hash) -> Res
             ),
         ));
     }
-    apply_event(s, env)?;
+    // What the last event left owed stays owed when this one is refused, so retrying
+    // the same (or another) wrong event cannot slip past it.
+    let owed = s.due.clone();
+    if let Err(e) = apply_event(s, env) {
+        s.due = owed;
+        return Err(e);
+    }
     s.version = seq;
     s.head = hash;
     s.updated_at = env.at;
@@ -260,13 +290,28 @@ pub(crate) fn allowed_when_terminal(event: &Event) -> bool {
 fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
     let seq = env.seq;
     if let Some(due) = s.due.take() {
+        let returned_over = |floor: &Money| match &env.event {
+            Event::FundingReturned(e) => {
+                e.amount > *floor
+                    && s.funding
+                        .attempts
+                        .iter()
+                        .any(|a| a.leg == e.leg && a.status == FundingStatus::Available)
+            }
+            _ => false,
+        };
         if env.event_type() != due.event
             || env.causation != Some(due.causation)
             || env.actor != due.actor
+            || due
+                .return_over
+                .as_ref()
+                .is_some_and(|floor| !returned_over(floor))
         {
             return Err(bad(due_missing(&due)));
         }
     }
+    check_version(s, env)?;
     if s.status.is_terminal() && !allowed_when_terminal(&env.event) {
         return Err(bad(format!("payment is {:?} (terminal)", s.status)));
     }
@@ -657,6 +702,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
         Event::RequestCancelled(e) => {
             let opened_under = s.opened_under;
             let may_dispute = s.policy_doc.permissions.dispute.contains(&env.actor.role);
+            let available = s.escrow_available();
             let r = request_mut(s, &e.request)?;
             if !matches!(
                 r.status,
@@ -681,6 +727,9 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                 s.due = Some(crate::state::Due {
                     causation,
                     actor: env.actor.clone(),
+                    // `decide` pulls an authorized request back for a return out of
+                    // escrow larger than what is available besides it.
+                    return_over: rail.then_some(available),
                     event: if rail {
                         crate::event::EventType::FundingReturned
                     } else {
@@ -1009,6 +1058,33 @@ fn check_standing(s: &PaymentState, env: &Envelope) -> Result<()> {
     }
 }
 
+/// In a payment opened with `PaymentInitiated` v2, every event is written with at
+/// least the version current when v2 came (older versions carry looser effects, such
+/// as a leg reversed twice, kept only for payments opened before).
+fn check_version(s: &PaymentState, env: &Envelope) -> Result<()> {
+    use crate::event::EventType as T;
+    let least = match env.event_type() {
+        T::ParticipantInvited
+        | T::FundingReturned
+        | T::DisbursementFailed
+        | T::ReversalRecorded
+            if s.opened_under >= 2 =>
+        {
+            2
+        }
+        _ => 1,
+    };
+    if env.schema_version < least {
+        return Err(bad(format!(
+            "{} v{} is older than the payment's rules (PaymentInitiated v{}) allow",
+            env.event_type().name(),
+            env.schema_version,
+            s.opened_under
+        )));
+    }
+    Ok(())
+}
+
 /// Who pays, is paid, approves, collects a fee or resolves is fixed while money is in
 /// escrow, clearing or on its way (`role_locked` in `decide`): a history that invites
 /// a stand-in into such a role, lets an invited one join, or removes one who acted was
@@ -1155,7 +1231,9 @@ pub fn check_complete(s: &PaymentState) -> Result<()> {
 fn due_missing(due: &crate::state::Due) -> String {
     match due.event {
         crate::event::EventType::FundingReturned => {
-            "the rail cancelled a request the rules mandated without returning the funds".into()
+            "the rail cancelled a request the rules mandated without returning, out of \
+             escrow, more than was available besides it"
+                .into()
         }
         _ => "a party cancelled a request the rules mandated without opening a dispute".into(),
     }

@@ -419,6 +419,9 @@ pub(crate) struct Due {
     pub actor: crate::envelope::Actor,
     /// What must come next.
     pub event: crate::event::EventType,
+    /// For the rail's cancellation: the escrow available before it, which the return
+    /// must exceed, out of funds already available.
+    pub return_over: Option<crate::money::Money>,
 }
 
 /// The state of one payment. Built only by folding events.
@@ -490,7 +493,8 @@ pub struct PaymentState {
     #[serde(skip)]
     pub policy_doc: std::sync::Arc<Policy>,
     /// The schema version of the payment's `PaymentInitiated`: from 2 the fold also
-    /// checks `role_locked` and `mandated_request` (not serialized: the history says).
+    /// checks `role_locked`, `mandated_request`, `all_of` by distinct parties and that
+    /// no event is at a superseded version (not serialized: the history says).
     #[serde(skip)]
     pub(crate) opened_under: u16,
     /// The event that must come next, of the same command: after a mandated

@@ -62,6 +62,16 @@ fn first_event_with(h: &[u8], from: &str, to: &str) -> Vec<u8> {
     trustfold_core::history::write(&sealed)
 }
 
+/// `h` as opened before `PaymentInitiated` v2 (its scenarios run in early November
+/// 2026, before v2 came): a payment that may hold events at versions v2 supersedes.
+fn before_v2(h: &[u8]) -> Vec<u8> {
+    first_event_with(
+        h,
+        "\"type\":\"PaymentInitiated\",\"v\":2",
+        "\"type\":\"PaymentInitiated\",\"v\":1",
+    )
+}
+
 #[test]
 fn unknown_event_type_and_schema_version() {
     let h = good_history();
@@ -1475,7 +1485,7 @@ fn histories_of_earlier_versions_fold_as_they_did() {
     .expect("partial return");
     let h = s.d.history();
     let v1 = first_event_with(
-        &h,
+        &before_v2(&h),
         "\"type\":\"FundingReturned\",\"v\":2",
         "\"type\":\"FundingReturned\",\"v\":1",
     );
@@ -1556,7 +1566,7 @@ fn histories_of_earlier_versions_fold_as_they_did() {
     };
     assert_eq!(loss(&replay(&h).expect("v2")), usd("0.00"), "v2 covers it");
     let v1 = first_event_with(
-        &h,
+        &before_v2(&h),
         "\"type\":\"DisbursementFailed\",\"v\":2",
         "\"type\":\"DisbursementFailed\",\"v\":1",
     );
@@ -1644,7 +1654,7 @@ fn a_leg_reversed_twice_folds_only_as_written_before_v2() {
     let n = sealed.len() as u64;
     refused_at(&twice, n, "already reversed");
     // Written as v1 (before a leg was reversed once), it folds as it did then.
-    let v1 = each_event_with(&twice, |e| {
+    let v1 = each_event_with(&before_v2(&twice), |e| {
         e.replace(
             "\"type\":\"ReversalRecorded\",\"v\":2",
             "\"type\":\"ReversalRecorded\",\"v\":1",

@@ -151,7 +151,7 @@ fn a_party_cannot_call_off_a_mandated_request_without_a_dispute() {
     refused_at(
         &forge(&s, Actor::rail(), vec![cancel()]),
         v + 1,
-        "without returning the funds",
+        "without returning, out of escrow",
     );
     // The buyer's dispute in the same command is the honest way: it folds.
     let honest = forge(&s, buyer(), vec![cancel(), dispute()]);

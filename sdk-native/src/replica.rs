@@ -111,7 +111,13 @@ impl Replica {
         }
         match &mut self.state {
             None => self.state = Some(fold::start(&env, r.hash).map_err(broken)?),
-            Some(s) => fold::apply(s, &env, r.hash).map_err(broken)?,
+            Some(s) => {
+                // `apply` may leave the state part-changed on an error: a refused event
+                // is refused again when the next sync fetches it.
+                let mut next = s.clone();
+                fold::apply(&mut next, &env, r.hash).map_err(broken)?;
+                *s = next;
+            }
         }
         self.recent.push_back((seq, r.hash));
         if self.recent.len() > RECENT {

@@ -1544,6 +1544,18 @@ pub fn upcast_v1() -> R<Vector> {
             // serde_json::Value orders keys alphabetically; restore the canonical prefix.
             body = reorder_prev_first(&body);
         }
+        if let Event::PaymentInitiated(_) = &env.event {
+            // Opened by that old server too (before `PaymentInitiated` v2, whose
+            // payments hold no superseded event versions).
+            body = String::from_utf8(body)
+                .expect("utf-8")
+                .replacen(
+                    r#""type":"PaymentInitiated","v":2"#,
+                    r#""type":"PaymentInitiated","v":1"#,
+                    1,
+                )
+                .into_bytes();
+        }
         let hash = trustfold_core::hash::Hash::of(&body);
         prev = hash;
         sealed.push(SealedEvent { hash, body });

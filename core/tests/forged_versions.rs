@@ -1,0 +1,343 @@
+//! Forgeries around the rules of payments opened with `PaymentInitiated` v2, from the
+//! second review of the fold's checks: each chains, and could be signed by a server
+//! holding the key; the fold must refuse it (and does, event by event, on a retry too).
+
+mod support;
+
+use support::scenarios::{
+    as_, earnest_held, market_with, pid, policy, rid, usd, Sim, BUYER, ESCROW, SELLER,
+};
+use trustfold_core::envelope::{Envelope, SealedEvent};
+use trustfold_core::event::{
+    refund_hash, Event, FundingReturned, RefundAuthorized, RefundRequested, RequestCancelled,
+};
+use trustfold_core::fold::{self, replay};
+use trustfold_core::hash::Hash;
+use trustfold_core::history;
+use trustfold_core::prelude::*;
+use trustfold_core::state::RequestStatus;
+
+fn forge_each(s: &Sim, events: Vec<(Actor, Option<uuid::Uuid>, Event)>) -> Vec<u8> {
+    let mut sealed = s.d.sealed().to_vec();
+    let last = s.d.envelopes().last().expect("events").clone();
+    for (i, (actor, causation, event)) in events.into_iter().enumerate() {
+        let env = Envelope {
+            prev: sealed.last().expect("sealed").hash,
+            seq: last.seq + 1 + i as u64,
+            id: EventId::from_bytes([0xe0 + i as u8; 16]),
+            schema_version: event.event_type().current_version(),
+            actor,
+            causation,
+            event,
+            ..last.clone()
+        };
+        sealed.push(env.seal());
+    }
+    history::write(&sealed)
+}
+
+/// Re-chains `history` after `edit` rewrote each event's text.
+fn rewrite(history_json: &[u8], edit: impl Fn(usize, String) -> String) -> Vec<u8> {
+    let mut sealed: Vec<SealedEvent> = Vec::new();
+    for (i, r) in history::parse(history_json)
+        .expect("parse")
+        .iter()
+        .enumerate()
+    {
+        let mut env = r.envelope().expect("env");
+        env.prev = sealed.last().map_or(Hash::ZERO, |x| x.hash);
+        let body = edit(i, String::from_utf8(env.seal().body).expect("utf8"));
+        sealed.push(SealedEvent {
+            hash: Hash::of(body.as_bytes()),
+            body: body.into_bytes(),
+        });
+    }
+    history::write(&sealed)
+}
+
+fn auto_released(n: u8) -> Sim {
+    let mut s = market_with(n, policy("marketplace")).expect("market");
+    s.hours(72);
+    s.tick().expect("tick");
+    let (_, r) = s.state().open_request().expect("the automatic release");
+    assert!(r.mandate.is_some());
+    s
+}
+
+/// A caller that folds in place and tries the refused event again (as a second sync
+/// would) is refused again: what the cancellation left owed is kept.
+#[test]
+fn a_refused_event_is_refused_again_on_a_retry() {
+    let s = auto_released(90);
+    let (request, _) = s.state().open_request().expect("request");
+    let held = s
+        .state()
+        .ledger
+        .balance(&trustfold_core::ledger::Account::Escrow)
+        .posted;
+    let c = Some(uuid::Uuid::from_bytes([0xcc; 16]));
+    let c2 = Some(uuid::Uuid::from_bytes([0xdd; 16]));
+    let platform = as_(10, "platform");
+    // The buyer calls the seller's automatic release off with no dispute, and the
+    // platform refunds everything to the buyer instead.
+    let forged = forge_each(
+        &s,
+        vec![
+            (
+                as_(BUYER, "buyer"),
+                c,
+                Event::RequestCancelled(RequestCancelled {
+                    request,
+                    reason: "x".into(),
+                }),
+            ),
+            (
+                platform.clone(),
+                c2,
+                Event::RefundRequested(RefundRequested {
+                    request: rid(99),
+                    amount: held,
+                    allocations_hash: refund_hash(&held),
+                }),
+            ),
+            (
+                platform,
+                c2,
+                Event::RefundAuthorized(RefundAuthorized { request: rid(99) }),
+            ),
+        ],
+    );
+    let e = replay(&forged).expect_err("whole replay refuses");
+    assert_eq!(e.seq(), Some(s.state().version + 2), "{e}");
+    let records = history::parse(&forged).expect("records");
+    let mut st = fold::start(&records[0].envelope().expect("env"), records[0].hash).expect("start");
+    let last_good = s.state().version as usize + 1;
+    for r in &records[1..last_good] {
+        fold::apply(&mut st, &r.envelope().expect("env"), r.hash).expect("folds");
+    }
+    let wrong = &records[last_good];
+    for attempt in 0..3 {
+        let e = fold::apply(&mut st, &wrong.envelope().expect("env"), wrong.hash)
+            .expect_err("refused every time");
+        assert!(
+            e.to_string().contains("without opening a dispute"),
+            "attempt {attempt}: {e}"
+        );
+    }
+    assert!(fold::check_complete(&st).is_err(), "still owed at the head");
+}
+
+fn resolved_in_part() -> Sim {
+    let mut s = earnest_held(91).expect("held");
+    s.run(
+        as_(BUYER, "buyer"),
+        Command::OpenDispute {
+            dispute: rid(9),
+            reason: "no".into(),
+        },
+    )
+    .expect("dispute");
+    s.run(
+        as_(ESCROW, "escrow_holder"),
+        Command::ResolveDispute {
+            dispute: rid(9),
+            outcome: DisputeOutcome::Release,
+            request: Some(rid(2)),
+            allocations: vec![Allocation {
+                party: pid(SELLER),
+                amount: usd("1000.00"),
+            }],
+            amount: None,
+            note: "part".into(),
+        },
+    )
+    .expect("resolve");
+    s
+}
+
+/// The rail calls a mandated request off only as `decide` does: for a return out of
+/// escrow larger than what is available besides the request.
+#[test]
+fn the_rail_cancels_a_mandated_request_only_for_a_return_it_cannot_cover() {
+    let s = resolved_in_part();
+    let (request, r) = s.state().open_request().expect("req");
+    assert!(r.mandate.is_some());
+    println!(
+        "escrow available besides the resolution: {}",
+        s.state().escrow_available()
+    );
+    // Decide: a 10.00 return leaves the resolution standing.
+    let mut honest = resolved_in_part();
+    honest
+        .notice(
+            "wire-1",
+            RailOutcome::Returned {
+                code: "R01".into(),
+                reason: "x".into(),
+                amount: Some(usd("10.00")),
+            },
+        )
+        .expect("return");
+    println!(
+        "decide after a 10.00 return: open request {:?}",
+        honest.state().open_request().map(|(id, r)| (id, r.status))
+    );
+    // The fold: the same return, with the resolution cancelled by the rail.
+    let leg = s.state().funding.attempts[0].leg;
+    let c = Some(uuid::Uuid::from_bytes([0xcc; 16]));
+    let forged = forge_each(
+        &s,
+        vec![
+            (
+                Actor::rail(),
+                c,
+                Event::RequestCancelled(RequestCancelled {
+                    request,
+                    reason: "funds returned by the payer's bank".into(),
+                }),
+            ),
+            (
+                Actor::rail(),
+                c,
+                Event::FundingReturned(FundingReturned {
+                    leg,
+                    rail_ref: "wire-1".into(),
+                    return_code: "R01".into(),
+                    reason: "x".into(),
+                    amount: usd("10.00"),
+                }),
+            ),
+        ],
+    );
+    let e = replay(&forged).expect_err("a 10.00 return does not call the release off");
+    assert!(
+        e.to_string().contains("more than was available besides it"),
+        "{e}"
+    );
+    assert_eq!(
+        honest.state().open_request().map(|(_, r)| r.status),
+        Some(RequestStatus::Authorized),
+        "decide keeps it"
+    );
+}
+
+/// Old versions of events carry looser effects; a v2 payment holds none of them.
+#[test]
+fn a_v2_payment_holds_no_superseded_event_version() {
+    let mut s =
+        support::scenarios::earnest_held_with(97, support::scenarios::refunds_without_approvals())
+            .expect("held");
+    let escrow = || as_(ESCROW, "escrow_holder");
+    s.run(
+        as_(support::scenarios::LISTING_AGENT, "listing_agent"),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: Some(rid(5)),
+        },
+    )
+    .expect("cancel");
+    s.run(
+        escrow(),
+        Command::SubmitDisbursement {
+            request: rid(5),
+            rail: Rail::Wire,
+            rail_ref: "refund-1".into(),
+        },
+    )
+    .expect("submit");
+    s.notice("refund-1", RailOutcome::Settled).expect("settled");
+    let refund = s
+        .state()
+        .ledger
+        .legs
+        .iter()
+        .find(|l| l.to == trustfold_core::ledger::Account::ExternalPayer)
+        .map(|l| l.id)
+        .expect("refund leg");
+    s.run(
+        escrow(),
+        Command::RecordReversal {
+            leg: refund,
+            reason: "refund returned".into(),
+        },
+    )
+    .expect("reversal");
+    let rev = s.d.envelopes().last().unwrap().clone();
+    let forged = forge_each(
+        &s,
+        vec![(rev.actor.clone(), rev.causation, rev.event.clone())],
+    );
+    let v1 = rewrite(&forged, |i, t| {
+        if i == 0 {
+            assert!(t.contains(r#""type":"PaymentInitiated","v":2"#));
+        }
+        t.replace(
+            r#""type":"ReversalRecorded","v":2"#,
+            r#""type":"ReversalRecorded","v":1"#,
+        )
+    });
+    let e = replay(&v1).expect_err("a v1 reversal in a v2 payment");
+    assert!(
+        e.to_string().contains("ReversalRecorded v1 is older"),
+        "{e}"
+    );
+    let e = replay(&forged).expect_err("at v2 the second reversal of a leg is refused");
+    assert!(e.to_string().contains("already reversed"), "{e}");
+}
+
+/// Rewriting the opening as v1 turns v2's checks off only for a payment opened before
+/// v2 came: a later one is refused at seq 1.
+#[test]
+fn an_opening_rewritten_as_v1_is_refused_when_dated_after_v2() {
+    let s = auto_released(92);
+    let (request, _) = s.state().open_request().expect("request");
+    let c = Some(uuid::Uuid::from_bytes([0xcc; 16]));
+    let forged = forge_each(
+        &s,
+        vec![(
+            as_(BUYER, "buyer"),
+            c,
+            Event::RequestCancelled(RequestCancelled {
+                request,
+                reason: "x".into(),
+            }),
+        )],
+    );
+    let e = replay(&forged).expect_err("v2 refuses");
+    println!("as v2: {e}");
+    let v1 = rewrite(&forged, |i, t| {
+        if i == 0 {
+            t.replacen(
+                r#""type":"PaymentInitiated","v":2"#,
+                r#""type":"PaymentInitiated","v":1"#,
+                1,
+            )
+        } else {
+            t
+        }
+    });
+    // Dated as the scenario runs (2026-11-02): a payment of before v2 folds as such.
+    assert!(replay(&v1).is_ok());
+    // The same a month later, after v2 came: refused at seq 1.
+    // (`rewrite` seals each event again, which writes the current version: say v1.)
+    let december = rewrite(&v1, |_, t| {
+        t.replace(r#""at":"2026-11-"#, r#""at":"2026-12-"#)
+            .replacen(
+                r#""type":"PaymentInitiated","v":2"#,
+                r#""type":"PaymentInitiated","v":1"#,
+                1,
+            )
+    });
+    let e = replay(&december).expect_err("a v1 opening after v2 came");
+    assert_eq!(e.seq(), Some(1), "{e}");
+    assert!(
+        e.to_string()
+            .contains("PaymentInitiated v1 dated 2026-12-02"),
+        "{e}"
+    );
+    let honest = rewrite(&forged, |_, t| {
+        t.replace(r#""at":"2026-11-"#, r#""at":"2026-12-"#)
+    });
+    let e = replay(&honest).expect_err("as v2 the cancellation is refused");
+    assert!(e.to_string().contains("without opening a dispute"), "{e}");
+}
