@@ -55,7 +55,10 @@ pub enum Error {
         found: Currency,
     },
     /// An amount too large to compute with.
-    #[error("amount overflow")]
+    #[error(
+        "amount overflow: an amount holds at most 79228162514264337593543950335 minor units \
+         of its currency"
+    )]
     Overflow,
     /// A timestamp that is not RFC 3339.
     #[error("invalid timestamp `{0}`: use RFC 3339 UTC such as 2026-11-26T05:35:15Z")]
