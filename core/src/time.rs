@@ -181,21 +181,11 @@ impl FromStr for Date {
     /// Exactly `YYYY-MM-DD`, a day that exists (years 0000–9999).
     fn from_str(s: &str) -> Result<Self, Error> {
         let b = s.as_bytes();
-        let num = |r: std::ops::Range<usize>| -> Option<u32> {
-            b.get(r)?.iter().try_fold(0u32, |n, c| {
-                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-            })
-        };
-        let parsed = (b.len() == 10 && b[4] == b'-' && b[7] == b'-')
-            .then(|| Some((num(0..4)?, num(5..7)?, num(8..10)?)))
+        (b.len() == 10)
+            .then(|| civil_day(b))
             .flatten()
-            .filter(|&(y, m, d)| {
-                (1..=12).contains(&m) && d >= 1 && d <= days_in_month(i64::from(y), m)
-            });
-        match parsed {
-            Some((y, m, d)) => Ok(Date(days_from_civil(i64::from(y), m, d))),
-            None => Err(Error::InvalidDate(crate::error::echo(s))),
-        }
+            .map(Date)
+            .ok_or_else(|| Error::InvalidDate(crate::error::echo(s)))
     }
 }
 
@@ -260,24 +250,35 @@ fn days_in_month(y: i64, m: u32) -> u32 {
     }
 }
 
+/// The number the ASCII digits `b[r]` spell, if they are all digits.
+fn digits(b: &[u8], r: std::ops::Range<usize>) -> Option<u32> {
+    b.get(r)?.iter().try_fold(0u32, |n, c| {
+        c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+    })
+}
+
+/// The day `YYYY-MM-DD` that `b` starts with, in days since 1970-01-01, if it exists
+/// (a timestamp's date and a [`Date`] are read alike).
+fn civil_day(b: &[u8]) -> Option<i64> {
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    let (y, m, d) = (digits(b, 0..4)?, digits(b, 5..7)?, digits(b, 8..10)?);
+    ((1..=12).contains(&m) && d >= 1 && d <= days_in_month(i64::from(y), m))
+        .then(|| days_from_civil(i64::from(y), m, d))
+}
+
 fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        b.get(r)?.iter().try_fold(0u32, |n, c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+    let num = |r: std::ops::Range<usize>| digits(b, r);
+    if b.len() < 20 || !matches!(b[10], b'T' | b't') {
         return None;
     }
     if b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let days = civil_day(b)?;
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(i64::from(y), mo) {
-        return None;
-    }
     if h > 23 || mi > 59 || sec > 59 {
         return None;
     }
@@ -317,7 +318,6 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let days = days_from_civil(i64::from(y), mo, d);
     let secs =
         days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(sec) - offset_min * 60;
     Some(secs * 1000 + millis)

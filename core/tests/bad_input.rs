@@ -1598,43 +1598,7 @@ fn each_event_with(history: &[u8], edit: impl Fn(&str) -> String) -> Vec<u8> {
 #[test]
 fn a_leg_reversed_twice_folds_only_as_written_before_v2() {
     // Cancelled and refunded; the payer's bank sent the refund back (one reversal).
-    let mut s =
-        scenarios::earnest_held_with(97, scenarios::refunds_without_approvals()).expect("held");
-    let escrow = || as_(ESCROW, "escrow_holder");
-    s.run(
-        as_(LISTING_AGENT, "listing_agent"),
-        Command::Cancel {
-            reason: "deal fell through".into(),
-            refund_request: Some(scenarios::rid(5)),
-        },
-    )
-    .expect("cancel");
-    s.run(
-        escrow(),
-        Command::SubmitDisbursement {
-            request: scenarios::rid(5),
-            rail: Rail::Wire,
-            rail_ref: "refund-1".into(),
-        },
-    )
-    .expect("submit");
-    s.notice("refund-1", RailOutcome::Settled).expect("settled");
-    let refund = s
-        .state()
-        .ledger
-        .legs
-        .iter()
-        .find(|l| l.to == trustfold_core::ledger::Account::ExternalPayer)
-        .map(|l| l.id)
-        .expect("refund leg");
-    s.run(
-        escrow(),
-        Command::RecordReversal {
-            leg: refund,
-            reason: "refund returned".into(),
-        },
-    )
-    .expect("reversal");
+    let s = scenarios::refund_reversed(97).expect("reversed");
     // The same reversal again, as a history can hold it (a second event).
     let mut envs: Vec<Envelope> = trustfold_core::history::parse(&s.d.history())
         .expect("parse")

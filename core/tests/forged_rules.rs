@@ -5,11 +5,11 @@
 
 mod support;
 
+use support::forge::{auto_released, auto_released_with, forge, forge_each};
 use support::scenarios::{
-    as_, earnest_held, earnest_held_with, market_with, pid, policy, refunds_without_approvals, rid,
-    usd, Sim, BUYER, BUYER_AGENT, ESCROW, LISTING_AGENT, SELLER,
+    as_, earnest_held, earnest_held_with, pid, policy, refunds_without_approvals, rid, usd, Sim,
+    BUYER, BUYER_AGENT, ESCROW, LISTING_AGENT, SELLER,
 };
-use trustfold_core::envelope::Envelope;
 use trustfold_core::event::{
     DisputeOpened, Event, ParticipantInvited, ParticipantRemoved, RequestCancelled,
 };
@@ -17,57 +17,10 @@ use trustfold_core::fold::{self, replay, replay_at};
 use trustfold_core::history;
 use trustfold_core::prelude::*;
 
-/// The history of `s` with `events` appended as if recorded by `actor` in one command
-/// (one causation), correctly chained.
-fn forge(s: &Sim, actor: Actor, events: Vec<Event>) -> Vec<u8> {
-    let cause = Some(uuid::Uuid::from_bytes([0xcc; 16]));
-    forge_each(
-        s,
-        events
-            .into_iter()
-            .map(|e| (actor.clone(), cause, e))
-            .collect(),
-    )
-}
-
-/// [`forge`] with each event's own actor and causation.
-fn forge_each(s: &Sim, events: Vec<(Actor, Option<uuid::Uuid>, Event)>) -> Vec<u8> {
-    let mut sealed = s.d.sealed().to_vec();
-    let last = s.d.envelopes().last().expect("events").clone();
-    for (i, (actor, causation, event)) in events.into_iter().enumerate() {
-        let env = Envelope {
-            prev: sealed.last().expect("sealed").hash,
-            seq: last.seq + 1 + i as u64,
-            id: EventId::from_bytes([0xe0 + i as u8; 16]),
-            schema_version: event.event_type().current_version(),
-            actor,
-            causation,
-            event,
-            ..last.clone()
-        };
-        sealed.push(env.seal());
-    }
-    history::write(&sealed)
-}
-
 fn refused_at(history: &[u8], seq: u64, needle: &str) {
     let e = replay(history).expect_err("the forged history must not fold");
     assert_eq!((e.code(), e.seq()), ("invalid_history", Some(seq)), "{e}");
     assert!(e.to_string().contains(needle), "{needle:?} in: {e}");
-}
-
-/// A marketplace order whose automatic release is authorized (a mandated request).
-fn auto_released(n: u8) -> Sim {
-    auto_released_with(n, policy("marketplace"))
-}
-
-fn auto_released_with(n: u8, p: Policy) -> Sim {
-    let mut s = market_with(n, p).expect("market");
-    s.hours(72);
-    s.tick().expect("tick");
-    let (_, r) = s.state().open_request().expect("the automatic release");
-    assert!(r.mandate.is_some());
-    s
 }
 
 #[test]
@@ -316,6 +269,21 @@ fn honest_disputes_over_mandated_requests_fold() {
                 },
             )
         };
+        // The escrow holder resolves dispute `d` by resuming the payment.
+        let resume = |s: &mut Sim, d: u8| {
+            s.run(
+                as_(ESCROW, "escrow_holder"),
+                Command::ResolveDispute {
+                    dispute: rid(d),
+                    outcome: DisputeOutcome::Resume,
+                    request: None,
+                    allocations: vec![],
+                    amount: None,
+                    note: "resume".into(),
+                },
+            )
+            .expect("resumed")
+        };
         open(&mut s, 9).expect("ok");
         s.run(
             as_(ESCROW, "escrow_holder"),
@@ -336,18 +304,7 @@ fn honest_disputes_over_mandated_requests_fold() {
         open(&mut s, 10).expect("ok");
         assert_eq!(s.status(), Status::Disputed);
         folds_every_way(&s);
-        s.run(
-            as_(ESCROW, "escrow_holder"),
-            Command::ResolveDispute {
-                dispute: rid(10),
-                outcome: DisputeOutcome::Resume,
-                request: None,
-                allocations: vec![],
-                amount: None,
-                note: "resume".into(),
-            },
-        )
-        .expect("ok");
+        resume(&mut s, 10);
         folds_every_way(&s);
 
         // A cancellation's refund, disputed.
@@ -363,18 +320,7 @@ fn honest_disputes_over_mandated_requests_fold() {
         assert!(s.state().open_request().expect("ok").1.mandate.is_some());
         open(&mut s, 11).expect("ok");
         folds_every_way(&s);
-        s.run(
-            as_(ESCROW, "escrow_holder"),
-            Command::ResolveDispute {
-                dispute: rid(11),
-                outcome: DisputeOutcome::Resume,
-                request: None,
-                allocations: vec![],
-                amount: None,
-                note: "resume".into(),
-            },
-        )
-        .expect("ok");
+        resume(&mut s, 11);
         // The refund of what is held goes out again, mandated.
         assert!(
             s.state()

@@ -4,65 +4,15 @@
 
 mod support;
 
-use support::scenarios::{
-    as_, earnest_held, market_with, pid, policy, rid, usd, Sim, BUYER, ESCROW, SELLER,
-};
-use trustfold_core::envelope::{Envelope, SealedEvent};
+use support::forge::{auto_released, forge_each, opened_as_v1, rewrite};
+use support::scenarios::{as_, earnest_held, pid, rid, usd, Sim, BUYER, ESCROW, SELLER};
 use trustfold_core::event::{
     refund_hash, Event, FundingReturned, RefundAuthorized, RefundRequested, RequestCancelled,
 };
 use trustfold_core::fold::{self, replay};
-use trustfold_core::hash::Hash;
 use trustfold_core::history;
 use trustfold_core::prelude::*;
 use trustfold_core::state::RequestStatus;
-
-fn forge_each(s: &Sim, events: Vec<(Actor, Option<uuid::Uuid>, Event)>) -> Vec<u8> {
-    let mut sealed = s.d.sealed().to_vec();
-    let last = s.d.envelopes().last().expect("events").clone();
-    for (i, (actor, causation, event)) in events.into_iter().enumerate() {
-        let env = Envelope {
-            prev: sealed.last().expect("sealed").hash,
-            seq: last.seq + 1 + i as u64,
-            id: EventId::from_bytes([0xe0 + i as u8; 16]),
-            schema_version: event.event_type().current_version(),
-            actor,
-            causation,
-            event,
-            ..last.clone()
-        };
-        sealed.push(env.seal());
-    }
-    history::write(&sealed)
-}
-
-/// Re-chains `history` after `edit` rewrote each event's text.
-fn rewrite(history_json: &[u8], edit: impl Fn(usize, String) -> String) -> Vec<u8> {
-    let mut sealed: Vec<SealedEvent> = Vec::new();
-    for (i, r) in history::parse(history_json)
-        .expect("parse")
-        .iter()
-        .enumerate()
-    {
-        let mut env = r.envelope().expect("env");
-        env.prev = sealed.last().map_or(Hash::ZERO, |x| x.hash);
-        let body = edit(i, String::from_utf8(env.seal().body).expect("utf8"));
-        sealed.push(SealedEvent {
-            hash: Hash::of(body.as_bytes()),
-            body: body.into_bytes(),
-        });
-    }
-    history::write(&sealed)
-}
-
-fn auto_released(n: u8) -> Sim {
-    let mut s = market_with(n, policy("marketplace")).expect("market");
-    s.hours(72);
-    s.tick().expect("tick");
-    let (_, r) = s.state().open_request().expect("the automatic release");
-    assert!(r.mandate.is_some());
-    s
-}
 
 /// A caller that folds in place and tries the refused event again (as a second sync
 /// would) is refused again: what the cancellation left owed is kept.
@@ -224,44 +174,7 @@ fn the_rail_cancels_a_mandated_request_only_for_a_return_it_cannot_cover() {
 /// Old versions of events carry looser effects; a v2 payment holds none of them.
 #[test]
 fn a_v2_payment_holds_no_superseded_event_version() {
-    let mut s =
-        support::scenarios::earnest_held_with(97, support::scenarios::refunds_without_approvals())
-            .expect("held");
-    let escrow = || as_(ESCROW, "escrow_holder");
-    s.run(
-        as_(support::scenarios::LISTING_AGENT, "listing_agent"),
-        Command::Cancel {
-            reason: "deal fell through".into(),
-            refund_request: Some(rid(5)),
-        },
-    )
-    .expect("cancel");
-    s.run(
-        escrow(),
-        Command::SubmitDisbursement {
-            request: rid(5),
-            rail: Rail::Wire,
-            rail_ref: "refund-1".into(),
-        },
-    )
-    .expect("submit");
-    s.notice("refund-1", RailOutcome::Settled).expect("settled");
-    let refund = s
-        .state()
-        .ledger
-        .legs
-        .iter()
-        .find(|l| l.to == trustfold_core::ledger::Account::ExternalPayer)
-        .map(|l| l.id)
-        .expect("refund leg");
-    s.run(
-        escrow(),
-        Command::RecordReversal {
-            leg: refund,
-            reason: "refund returned".into(),
-        },
-    )
-    .expect("reversal");
+    let s = support::scenarios::refund_reversed(97).expect("reversed");
     let rev = s.d.envelopes().last().unwrap().clone();
     let forged = forge_each(
         &s,
@@ -303,30 +216,19 @@ fn an_opening_rewritten_as_v1_is_refused_when_dated_after_v2() {
             }),
         )],
     );
-    let e = replay(&forged).expect_err("v2 refuses");
-    println!("as v2: {e}");
-    let v1 = rewrite(&forged, |i, t| {
-        if i == 0 {
-            t.replacen(
-                r#""type":"PaymentInitiated","v":2"#,
-                r#""type":"PaymentInitiated","v":1"#,
-                1,
-            )
-        } else {
-            t
-        }
-    });
+    replay(&forged).expect_err("v2 refuses");
+    let v1 = rewrite(&forged, |i, t| if i == 0 { opened_as_v1(t) } else { t });
     // Dated as the scenario runs (2026-11-02): a payment of before v2 folds as such.
     assert!(replay(&v1).is_ok());
     // The same a month later, after v2 came: refused at seq 1.
     // (`rewrite` seals each event again, which writes the current version: say v1.)
-    let december = rewrite(&v1, |_, t| {
-        t.replace(r#""at":"2026-11-"#, r#""at":"2026-12-"#)
-            .replacen(
-                r#""type":"PaymentInitiated","v":2"#,
-                r#""type":"PaymentInitiated","v":1"#,
-                1,
-            )
+    let december = rewrite(&v1, |i, t| {
+        let t = t.replace(r#""at":"2026-11-"#, r#""at":"2026-12-"#);
+        if i == 0 {
+            opened_as_v1(t)
+        } else {
+            t
+        }
     });
     let e = replay(&december).expect_err("a v1 opening after v2 came");
     assert_eq!(e.seq(), Some(1), "{e}");

@@ -1643,48 +1643,29 @@ fn a_stored_authorization_by_one_party_in_two_roles_still_folds() {
     // approved alone and the release was authorized. `decide` no longer does that, but
     // a payment opened then folds as it was written.
     let s = dual_party_approved_alone(149);
-    let mut envs: Vec<trustfold_core::envelope::Envelope> =
-        trustfold_core::history::parse(&s.d.history())
-            .expect("parse")
-            .iter()
-            .map(|r| r.envelope().expect("envelope"))
-            .collect();
-    let mut authorized = envs.last().expect("events").clone();
-    authorized.seq += 1;
-    authorized.id = trustfold_core::id::EventId::from_bytes([0x78; 16]);
-    authorized.event =
-        trustfold_core::event::Event::ReleaseAuthorized(trustfold_core::event::ReleaseAuthorized {
-            request: rid(1),
-        });
-    envs.push(authorized);
-    let history = |opened_under: u16| {
-        let mut sealed: Vec<trustfold_core::envelope::SealedEvent> = Vec::new();
-        for (i, mut env) in envs.clone().into_iter().enumerate() {
-            env.prev = sealed
-                .last()
-                .map_or(trustfold_core::hash::Hash::ZERO, |x| x.hash);
-            let mut ev = env.seal();
-            if i == 0 {
-                // The writer writes the current version: say the stored one.
-                let text = String::from_utf8(ev.body).expect("utf-8").replacen(
-                    r#""type":"PaymentInitiated","v":2"#,
-                    &format!(r#""type":"PaymentInitiated","v":{opened_under}"#),
-                    1,
-                );
-                ev = trustfold_core::envelope::SealedEvent {
-                    hash: trustfold_core::hash::Hash::of(text.as_bytes()),
-                    body: text.into_bytes(),
-                };
-            }
-            sealed.push(ev);
+    let last = s.d.envelopes().last().expect("events").clone();
+    let v2 = support::forge::forge_each(
+        &s,
+        vec![(
+            last.actor,
+            last.causation,
+            trustfold_core::event::Event::ReleaseAuthorized(
+                trustfold_core::event::ReleaseAuthorized { request: rid(1) },
+            ),
+        )],
+    );
+    let v1 = support::forge::rewrite(&v2, |i, t| {
+        if i == 0 {
+            support::forge::opened_as_v1(t)
+        } else {
+            t
         }
-        trustfold_core::history::write(&sealed)
-    };
+    });
     // A payment opened before the rule (`PaymentInitiated` v1) folds as written…
-    let state = trustfold_core::fold::replay(&history(1)).expect("the stored history folds");
+    let state = trustfold_core::fold::replay(&v1).expect("the stored history folds");
     assert_eq!(state.status, Status::Disbursing);
     // …one opened under it (v2) cannot carry such an authorization.
-    let e = trustfold_core::fold::replay(&history(2)).expect_err("v2 needs distinct parties");
+    let e = trustfold_core::fold::replay(&v2).expect_err("v2 needs distinct parties");
     assert_eq!(e.code(), "invalid_history", "{e}");
     assert!(e.to_string().contains("quorum not met"), "{e}");
 }

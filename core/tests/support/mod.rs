@@ -1,1 +1,2 @@
+pub mod forge;
 pub mod scenarios;

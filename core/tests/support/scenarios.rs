@@ -300,6 +300,38 @@ pub fn earnest_held_with(n: u8, pinned: Policy) -> R<Sim> {
     Ok(s)
 }
 
+/// Held, cancelled under a policy whose refunds need no approvals, refunded by wire
+/// (request 5, `refund-1`), and the refund sent back by the payer's bank: one
+/// `ReversalRecorded` of the refund's leg, the last event.
+pub fn refund_reversed(n: u8) -> R<Sim> {
+    let mut s = earnest_held_with(n, refunds_without_approvals())?;
+    s.run(
+        as_(LISTING_AGENT, "listing_agent"),
+        Command::Cancel {
+            reason: "deal fell through".into(),
+            refund_request: Some(rid(5)),
+        },
+    )?;
+    disburse(&mut s, 5, escrow(), "refund-1")?;
+    s.notice("refund-1", settled())?;
+    let refund = s
+        .state()
+        .ledger
+        .legs
+        .iter()
+        .find(|l| l.to == Account::ExternalPayer)
+        .map(|l| l.id)
+        .expect("refund leg");
+    s.run(
+        escrow(),
+        Command::RecordReversal {
+            leg: refund,
+            reason: "refund returned".into(),
+        },
+    )?;
+    Ok(s)
+}
+
 pub fn request_release(s: &mut Sim, req: u8, allocs: &[(u8, &str)]) -> R {
     let allocations = allocs
         .iter()
@@ -1547,14 +1579,7 @@ pub fn upcast_v1() -> R<Vector> {
         if let Event::PaymentInitiated(_) = &env.event {
             // Opened by that old server too (before `PaymentInitiated` v2, whose
             // payments hold no superseded event versions).
-            body = String::from_utf8(body)
-                .expect("utf-8")
-                .replacen(
-                    r#""type":"PaymentInitiated","v":2"#,
-                    r#""type":"PaymentInitiated","v":1"#,
-                    1,
-                )
-                .into_bytes();
+            body = super::forge::opened_as_v1(String::from_utf8(body).expect("utf-8")).into_bytes();
         }
         let hash = trustfold_core::hash::Hash::of(&body);
         prev = hash;
