@@ -1665,6 +1665,95 @@ fn refund_everything(em: &mut Emitter<'_>, why: &str) -> Result<()> {
     Ok(())
 }
 
+/// When the platform's clock next has something to do for this payment: the earliest
+/// moment at which a [`Command::Tick`] records an event (funds reaching good funds, a
+/// funding deadline passed, an automatic release due), or `None` when no tick would
+/// until another event changes the payment. A server runs the clock by sending `Tick`
+/// at or after this moment; a tick before it records nothing. (A tick is judged no
+/// earlier than the payment's last event, so a moment before it means "now".)
+///
+/// ```
+/// use trustfold_core::decide::next_tick;
+/// use trustfold_core::fold::replay_at;
+/// let history = include_bytes!("../tests/vectors/em_ach_good_funds.history.json");
+///
+/// // Before funding, the clock watches the funding deadline (missed one ms after it).
+/// let waiting = replay_at(history, 15)?;
+/// let deadline = waiting.funding.deadline.expect("a deadline is set");
+/// assert_eq!(next_tick(&waiting).map(|t| t.unix_millis()), Some(deadline.unix_millis() + 1));
+///
+/// // Settled by ACH on Tuesday: good funds two business days later.
+/// let settled = replay_at(history, 17)?;
+/// assert_eq!(next_tick(&settled).map(|t| t.to_string()).as_deref(), Some("2026-11-05T15:00:00Z"));
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+pub fn next_tick(s: &PaymentState) -> Option<Timestamp> {
+    let good_funds = s
+        .funding
+        .attempts
+        .iter()
+        .filter(|a| a.status == FundingStatus::Settled)
+        .filter_map(|a| good_funds_due(s, a));
+    // The deadline is missed once `now` is past it: one millisecond later.
+    let deadline =
+        deadline_watched(s).map(|d| Timestamp::from_unix_millis(d.unix_millis().saturating_add(1)));
+    let release = auto_release(s).map(|r| r.due);
+    good_funds.chain(deadline).chain(release).min()
+}
+
+/// The funding deadline, while the payment waits for funds and has not missed it.
+fn deadline_watched(s: &PaymentState) -> Option<Timestamp> {
+    let waiting = matches!(
+        s.status,
+        Status::Draft | Status::AwaitingAgreement | Status::AwaitingFunds
+    );
+    s.funding
+        .deadline
+        .filter(|_| waiting && !s.funding.deadline_missed && !s.expired && !s.cancelled)
+}
+
+/// A policy's automatic release that this payment may take: when, how much, to whom.
+struct AutoRelease {
+    due: Timestamp,
+    available: Money,
+    payees: Vec<PartyId>,
+}
+
+/// The automatic release of `s`, when its policy has one and it could be taken now or
+/// later without another event: held funds, no open request or dispute, someone to pay.
+fn auto_release(s: &PaymentState) -> Option<AutoRelease> {
+    let hours = s.policy_doc.release.auto_release_after_hours?;
+    let since = s.held_since?;
+    if s.status != Status::Held
+        || s.open_request().is_some()
+        || s.open_dispute().is_some()
+        || s.cancelled
+        || s.expired
+    {
+        return None;
+    }
+    let available = s.escrow_available();
+    // The payees, but not the payer: money going back to the payer is a refund, with
+    // the refund's rules, never an automatic "release".
+    let payer = s.parties_with(&s.policy_doc.payer_role);
+    let payees: Vec<PartyId> = s
+        .policy_doc
+        .payee_roles
+        .iter()
+        .flat_map(|r| s.parties_with(r))
+        .fold(Vec::new(), |mut v, p| {
+            if !v.contains(&p) && !payer.contains(&p) {
+                v.push(p);
+            }
+            v
+        });
+    (available.is_positive() && !payees.is_empty()).then(|| AutoRelease {
+        due: since.add_hours(i64::from(hours)),
+        available,
+        payees,
+    })
+}
+
 fn tick(em: &mut Emitter<'_>) -> Result<()> {
     let now = em.ctx.now;
     // Good funds.
@@ -1680,86 +1769,55 @@ fn tick(em: &mut Emitter<'_>) -> Result<()> {
         make_available_if_due(em, leg)?;
     }
     // Funding deadline.
-    let s = &em.state;
-    if let Some(deadline) = s.funding.deadline {
-        let waiting = matches!(
-            s.status,
-            Status::Draft | Status::AwaitingAgreement | Status::AwaitingFunds
-        );
-        if now > deadline && !s.funding.deadline_missed && waiting && !s.expired && !s.cancelled {
-            let expire = s.policy_doc.funding.on_deadline_missed == OnDeadlineMissed::Expire;
-            em.emit(FundingDeadlineMissed {
-                deadline,
-                outcome: if expire {
-                    DeadlineOutcome::Expired
-                } else {
-                    DeadlineOutcome::Flagged
-                },
+    if let Some(deadline) = deadline_watched(&em.state).filter(|d| now > *d) {
+        let expire = em.state.policy_doc.funding.on_deadline_missed == OnDeadlineMissed::Expire;
+        em.emit(FundingDeadlineMissed {
+            deadline,
+            outcome: if expire {
+                DeadlineOutcome::Expired
+            } else {
+                DeadlineOutcome::Flagged
+            },
+        })?;
+        if expire {
+            em.emit(PaymentExpired {
+                reason: "deadline_missed".into(),
             })?;
-            if expire {
-                em.emit(PaymentExpired {
-                    reason: "deadline_missed".into(),
-                })?;
-                refund_everything(em, "expiry")?;
-            }
+            refund_everything(em, "expiry")?;
         }
     }
     // Automatic release.
-    let s = &em.state;
-    if let (Some(hours), Some(since)) =
-        (s.policy_doc.release.auto_release_after_hours, s.held_since)
+    if let Some(AutoRelease {
+        available, payees, ..
+    }) = auto_release(&em.state).filter(|r| now >= r.due)
     {
-        if s.status == Status::Held
-            && now >= since.add_hours(i64::from(hours))
-            && s.open_request().is_none()
-            && s.open_dispute().is_none()
-            && !s.cancelled
-            && !s.expired
-        {
-            let available = s.escrow_available();
-            // The payees, but not the payer: money going back to the payer is a
-            // refund, with the refund's rules, never an automatic "release".
-            let payer = s.parties_with(&s.policy_doc.payer_role);
-            let payees: Vec<PartyId> = s
-                .policy_doc
-                .payee_roles
-                .iter()
-                .flat_map(|r| s.parties_with(r))
-                .fold(Vec::new(), |mut v, p| {
-                    if !v.contains(&p) && !payer.contains(&p) {
-                        v.push(p);
-                    }
-                    v
-                });
-            if available.is_positive() && !payees.is_empty() {
-                let mut gross = gross_for_full_release(s, available)?;
-                // The policy's cap per release holds for its own release too: what is
-                // left is released by the next ticks, one capped release at a time.
-                if let (Some(max), true) = (
-                    s.policy_doc.release.max_per_release,
-                    s.policy_doc.release.partial,
-                ) {
-                    if gross.amount() > max {
-                        gross = Money::from_decimal(max, gross.currency())?;
-                    }
-                }
-                let parts = gross.allocate(&vec![1; payees.len()])?;
-                let allocations: Vec<Allocation> = payees
-                    .into_iter()
-                    .zip(parts)
-                    .filter(|(_, m)| m.is_positive())
-                    .map(|(party, amount)| Allocation { party, amount })
-                    .collect();
-                let request = RequestId(em.derived("auto_release", 0));
-                em.emit(ReleaseRequested {
-                    request,
-                    allocations_hash: allocations_hash(&allocations),
-                    allocations,
-                })?;
-                assess_fees(em, &request)?;
-                em.emit(ReleaseAuthorized { request })?;
+        let s = &em.state;
+        let mut gross = gross_for_full_release(s, available)?;
+        // The policy's cap per release holds for its own release too: what is
+        // left is released by the next ticks, one capped release at a time.
+        if let (Some(max), true) = (
+            s.policy_doc.release.max_per_release,
+            s.policy_doc.release.partial,
+        ) {
+            if gross.amount() > max {
+                gross = Money::from_decimal(max, gross.currency())?;
             }
         }
+        let parts = gross.allocate(&vec![1; payees.len()])?;
+        let allocations: Vec<Allocation> = payees
+            .into_iter()
+            .zip(parts)
+            .filter(|(_, m)| m.is_positive())
+            .map(|(party, amount)| Allocation { party, amount })
+            .collect();
+        let request = RequestId(em.derived("auto_release", 0));
+        em.emit(ReleaseRequested {
+            request,
+            allocations_hash: allocations_hash(&allocations),
+            allocations,
+        })?;
+        assess_fees(em, &request)?;
+        em.emit(ReleaseAuthorized { request })?;
     }
     Ok(())
 }

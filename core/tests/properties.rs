@@ -19,7 +19,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rust_decimal::Decimal;
 use trustfold_core::command::{Command, CommandKind, Context, RailOutcome};
-use trustfold_core::decide::{handle, may};
+use trustfold_core::decide::{handle, may, next_tick};
 use trustfold_core::driver::Driver;
 use trustfold_core::envelope::{Actor, Envelope};
 use trustfold_core::event::{Allocation, DisputeOutcome, FundingMethod};
@@ -1241,6 +1241,7 @@ fn play<'a>(sc: &'a Scenario, case: &Case, id: u64) -> Result<Run<'a>, TestCaseE
     }
     for op in &case.ops {
         run.step(op)?;
+        check_clock(run.state())?;
     }
     check_folds(&run.d)?;
     Ok(run)
@@ -1284,6 +1285,7 @@ fn generator_reaches_deep_states() {
         let mut statuses = std::collections::BTreeSet::new();
         let (mut acc, mut rej) = (0, 0);
         let mut codes: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut clock = std::collections::BTreeSet::new();
         for n in 0..64 {
             let case = case().new_tree(&mut runner).expect("tree").current();
             let payment = PaymentId::from_uuid(Uuid::from_u128(0x9000 + n));
@@ -1319,6 +1321,7 @@ fn generator_reaches_deep_states() {
             for op in &case.ops {
                 run.step(op).expect("step");
                 statuses.insert(run.state().status);
+                clock.extend(check_clock(run.state()).expect("clock"));
             }
             for (k, v) in &run.codes {
                 *codes.entry(k).or_default() += v;
@@ -1334,6 +1337,82 @@ fn generator_reaches_deep_states() {
             statuses.len() >= 6,
             "policy {i}: too few statuses {statuses:?}"
         );
+        // The clock's checks (`check_clock`) saw a tick at its due moment record what
+        // each policy's clock can do.
+        eprintln!("{}: the clock recorded {clock:?}", sc.name);
+        let expected: &[&str] = match sc.name {
+            "marketplace" => &["FundsAvailable", "ReleaseRequested"],
+            "milestone-escrow" => &["FundsAvailable", "FundingDeadlineMissed", "PaymentExpired"],
+            _ => &["FundsAvailable", "FundingDeadlineMissed"],
+        };
+        for e in expected {
+            assert!(
+                clock.contains(*e),
+                "policy {i}: the clock never recorded {e}: {clock:?}"
+            );
+        }
+    }
+}
+
+/// A tick judged at `at`.
+fn tick_at(
+    s: &PaymentState,
+    at: Timestamp,
+) -> trustfold_core::Result<trustfold_core::decide::Decision> {
+    let ctx = Context {
+        command_id: CommandId::from_uuid(Uuid::from_u128(0xc10c)),
+        actor: Actor::system(),
+        now: at,
+        correlation: None,
+    };
+    handle(Some(s), &Command::Tick, &ctx)
+}
+
+/// `next_tick` tells the truth about `s`: a tick before the moment it gives records
+/// nothing; a tick at it records something (or is refused by a rule, which a server
+/// logs) and leaves nothing due at or before it; with no moment, no tick ever records
+/// anything. Returns the event types the tick at the due moment recorded.
+fn check_clock(s: &PaymentState) -> Result<Vec<&'static str>, TestCaseError> {
+    let Some(due) = next_tick(s) else {
+        for later in [s.updated_at, s.updated_at.add_days(3650)] {
+            let d = tick_at(s, later).map_err(|e| TestCaseError::fail(format!("tick: {e}")))?;
+            prop_assert!(
+                d.events.is_empty(),
+                "nothing due, yet a tick at {later} recorded {:?}",
+                d.events
+                    .iter()
+                    .map(|e| e.event_type().name())
+                    .collect::<Vec<_>>()
+            );
+        }
+        return Ok(Vec::new());
+    };
+    if due > s.updated_at {
+        let before = Timestamp::from_unix_millis(due.unix_millis() - 1);
+        let d = tick_at(s, before).map_err(|e| TestCaseError::fail(format!("tick: {e}")))?;
+        prop_assert!(
+            d.events.is_empty(),
+            "due at {due}, yet a tick at {before} recorded {:?}",
+            d.events
+                .iter()
+                .map(|e| e.event_type().name())
+                .collect::<Vec<_>>()
+        );
+    }
+    let at = due.max(s.updated_at);
+    match tick_at(s, at) {
+        Ok(d) => {
+            prop_assert!(
+                !d.events.is_empty(),
+                "due at {due}, but a tick then recorded nothing"
+            );
+            if let Some(next) = next_tick(&d.state) {
+                prop_assert!(next > at, "after the tick at {at}, still due at {next}");
+            }
+            Ok(d.events.iter().map(|e| e.event_type().name()).collect())
+        }
+        Err(trustfold_core::Error::Rejected { .. }) => Ok(Vec::new()),
+        Err(e) => Err(TestCaseError::fail(format!("tick at {at}: {e}"))),
     }
 }
 

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::api::auth::TokenKey;
 use crate::api::{router, AppState, HttpConfig, Notice};
 use crate::cache::{LoadError, StateCache};
+use crate::clock::Clock;
 use crate::db::{server_secret, Db};
 use crate::projections::Projector;
 use crate::{AnyStore, StoreError};
@@ -51,6 +52,12 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Tunables of the HTTP layer.
     pub http: HttpConfig,
+    /// How often the platform's clock looks for payments with something due (deadlines,
+    /// good funds, automatic releases: see [`crate::clock`]); `None`: the server runs no
+    /// clock and the integrator sends `Tick` itself.
+    pub tick_interval: Option<Duration>,
+    /// The time commands are judged and dated at (the system clock; tests set it ahead).
+    pub clock: Clock,
 }
 
 impl Config {
@@ -67,6 +74,8 @@ impl Config {
                 admin_token: None,
                 request_timeout: Duration::from_secs(10),
             },
+            tick_interval: Some(Duration::from_secs(1)),
+            clock: Clock::system(),
         }
     }
 }
@@ -169,7 +178,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         projector: projector.clone(),
         config: Arc::new(config.http.clone()),
         shutdown: shutdown.clone(),
+        clock: config.clock.clone(),
     };
+    let clock = config.tick_interval.map(|every| (state.clone(), every));
     let mut app = router(state).layer(
         tower_http::trace::TraceLayer::new_for_http()
             // As `DefaultMakeSpan`, but a participant token in `?access_token=` (the
@@ -199,7 +210,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     });
     tracing::info!(%addr, database = %redact_url(&config.database), "trustfold-server listening");
 
-    let background = spawn_background(db, projector, notices, shutdown.clone(), &config);
+    let mut background = spawn_background(db, projector, notices, shutdown.clone(), &config);
+    if let Some((state, every)) = clock {
+        background.push(tokio::spawn(crate::clock::run(
+            state,
+            every,
+            shutdown.clone(),
+        )));
+    }
     let mut on_stop = shutdown;
     let mut stopping = on_stop.clone();
     let drain = config.http.request_timeout + SHUTDOWN_MARGIN;

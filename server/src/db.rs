@@ -50,7 +50,8 @@ pub(crate) use on_read;
 /// The server schema, one entry per version (after the event store's own schema).
 /// `{UUID}`, `{INT}`, `{BLOB}` are replaced by each engine's column types. Never edit a
 /// released entry: add a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE server_keys (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
     secret        {BLOB} NOT NULL,
@@ -135,7 +136,16 @@ CREATE TABLE balances (
     pending_out TEXT NOT NULL,
     PRIMARY KEY (payment_id, account)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE payment_clock (
+    payment_id {UUID} PRIMARY KEY,
+    tenant_id  {UUID} NOT NULL,
+    due_at_ms  {INT} NOT NULL
+);
+CREATE INDEX payment_clock_due ON payment_clock (due_at_ms)
+"#,
+];
 
 /// The migration steps, written once for both engines' transactions.
 macro_rules! migrate_in {

@@ -3,7 +3,8 @@
 //! store**, one storage contract
 //! ([`EventStore`]) with two engines, an embedded SQLite file ([`SqliteStore`]) and
 //! PostgreSQL for running many server processes over one database ([`PostgresStore`]);
-//! [`AnyStore`] picks one from a location string.
+//! [`AnyStore`] picks one from a location string. The platform's [`clock`] records
+//! deadlines, good funds and automatic releases when they are due.
 //!
 //! # What is stored
 //!
@@ -80,6 +81,7 @@
 pub mod api;
 pub mod app;
 pub mod cache;
+pub mod clock;
 pub mod db;
 mod error;
 mod event;

@@ -47,13 +47,17 @@ struct Cli {
     /// `database_unavailable` (the database stopped answering).
     #[arg(long, default_value_t = 10)]
     request_timeout_seconds: u64,
+    /// Milliseconds between the clock's looks for payments with something due
+    /// (deadlines, good funds, automatic releases); 0: no clock, send `Tick` yourself.
+    #[arg(long, default_value_t = 1000)]
+    tick_ms: u64,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Drop every read model (payment summary, inbox, balances) and rebuild it from the
+    /// Drop every read model (payment summary, inbox, balances, clock) and rebuild it from the
     /// event log.
     RebuildProjections,
 }
@@ -95,6 +99,8 @@ fn main() -> ExitCode {
                 config.http.poll_interval = Duration::from_millis(cli.poll_ms.max(10));
                 config.http.request_timeout =
                     Duration::from_secs(cli.request_timeout_seconds.max(1));
+                config.tick_interval =
+                    (cli.tick_ms > 0).then(|| Duration::from_millis(cli.tick_ms.max(10)));
                 let running = start(config).await?;
                 println!("trustfold-server listening on http://{}", running.addr);
                 running.run_until(shutdown_signal()).await

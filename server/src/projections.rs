@@ -1,7 +1,9 @@
 //! Read models built from the event log: **payment summary** (status, amount, policy,
 //! participants, the full state; for reads and list/search), **inbox** (per-participant
-//! notifications as the pinned policy's `notifications` define them) and **balances**
-//! (per-payment ledger accounts).
+//! notifications as the pinned policy's `notifications` define them), **balances**
+//! (per-payment ledger accounts) and **clock** (when the platform's clock next has
+//! something to do for a payment: [`trustfold_core::decide::next_tick`]; read by the
+//! server's clock, [`crate::clock`]).
 //!
 //! Each projection has its own checkpoint (a global position) in
 //! `projection_checkpoints`, written in the same transaction as its rows, so a crash
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
 use tokio::sync::Mutex;
+use trustfold_core::decide::next_tick;
 use trustfold_core::envelope::Envelope;
 use trustfold_core::state::PaymentState;
 use uuid::Uuid;
@@ -52,7 +55,7 @@ const LEADER_DEADLINE: Duration = Duration::from_secs(2);
 const LEADER_RETRY: Duration = Duration::from_secs(1);
 
 /// The projections, in the order they are applied.
-pub const PROJECTIONS: &[&str] = &["payment_summary", "inbox", "balances"];
+pub const PROJECTIONS: &[&str] = &["payment_summary", "inbox", "balances", "clock"];
 
 /// The tables each projection owns.
 fn tables_of(name: &str) -> &'static [&'static str] {
@@ -60,6 +63,7 @@ fn tables_of(name: &str) -> &'static [&'static str] {
         "payment_summary" => &["payment_summary", "payment_participants"],
         "inbox" => &["inbox"],
         "balances" => &["balances"],
+        "clock" => &["payment_clock"],
         _ => &[],
     }
 }
@@ -81,6 +85,13 @@ enum Op {
     },
     Inbox(InboxRow),
     Balance(BalanceRow),
+    /// When the clock next has something to do for the payment (`None`: nothing, the
+    /// row goes).
+    Due {
+        payment: Uuid,
+        tenant: Uuid,
+        due_at_ms: Option<i64>,
+    },
 }
 
 /// Runs the projections.
@@ -362,9 +373,13 @@ impl Projector {
                 .await?
             }
         };
-        let before = state
-            .as_ref()
-            .map(|s| (s.participants.clone(), s.ledger.balances.clone()));
+        let before = state.as_ref().map(|s| {
+            (
+                s.participants.clone(),
+                s.ledger.balances.clone(),
+                next_tick(s),
+            )
+        });
         let env = apply_stored(&mut state, ev)?;
         let state = state.ok_or_else(|| LoadError::Fold {
             stream: ev.stream_id,
@@ -374,14 +389,17 @@ impl Projector {
                 reason: "no state after the event".into(),
             },
         })?;
+        let due = next_tick(&state);
         let changed = match before {
-            Some((participants, balances)) => Changed {
+            Some((participants, balances, was_due)) => Changed {
                 participants: participants != state.participants,
                 balances: balances != state.ledger.balances,
+                due: (was_due != due).then_some(due),
             },
             None => Changed {
                 participants: true,
                 balances: true,
+                due: due.is_some().then_some(due),
             },
         };
         folds.insert(ev.stream_id, state.clone());
@@ -500,6 +518,33 @@ impl Projector {
                     }
                     q.execute(&mut *tx).await?;
                 }
+                let (due, idle): (Vec<_>, Vec<_>) =
+                    rows.clock.into_iter().partition(|r| r.2.is_some());
+                for chunk in due.chunks(CHUNK) {
+                    let sql = multi_row(
+                        "INSERT INTO payment_clock (payment_id, tenant_id, due_at_ms)",
+                        3,
+                        chunk.len(),
+                        " ON CONFLICT (payment_id) DO UPDATE SET due_at_ms = excluded.due_at_ms",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (payment, tenant, due_at_ms) in chunk {
+                        q = q.bind(payment).bind(tenant).bind(due_at_ms.unwrap_or(0));
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+                for chunk in idle.chunks(CHUNK) {
+                    let list = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>();
+                    let sql = format!(
+                        "DELETE FROM payment_clock WHERE payment_id IN ({})",
+                        list.join(", ")
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (payment, ..) in chunk {
+                        q = q.bind(payment);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
                 Ok(true)
                 }
@@ -586,6 +631,10 @@ impl Projector {
              FROM balances",
             (Uuid, String, Uuid, String, String, String, String)
         );
+        dump!(
+            "SELECT payment_id, tenant_id, due_at_ms FROM payment_clock",
+            (Uuid, Uuid, i64)
+        );
         out.sort();
         Ok(out)
     }
@@ -667,6 +716,8 @@ struct Rows {
     participants: Vec<(Uuid, Uuid, Uuid, String)>,
     inbox: Vec<InboxRow>,
     balances: Vec<BalanceRow>,
+    /// Payment, tenant, due moment (`None`: delete).
+    clock: Vec<(Uuid, Uuid, Option<i64>)>,
 }
 
 impl Rows {
@@ -696,13 +747,18 @@ impl Rows {
                 } => rows.participants.push((payment, party, tenant, roles)),
                 Op::Inbox(r) => rows.inbox.push(r),
                 Op::Balance(r) => rows.balances.push(r),
+                Op::Due {
+                    payment,
+                    tenant,
+                    due_at_ms,
+                } => rows.clock.push((payment, tenant, due_at_ms)),
             }
         }
         rows
     }
 }
 
-/// Keeps the last summary, participant and balance row per key (inbox rows all).
+/// Keeps the last summary, participant, balance and clock row per key (inbox rows all).
 fn coalesce(ops: Vec<Op>) -> Vec<Op> {
     let mut keyed: BTreeMap<(u8, Uuid, String), usize> = BTreeMap::new();
     let mut out: Vec<Option<Op>> = Vec::with_capacity(ops.len());
@@ -711,6 +767,7 @@ fn coalesce(ops: Vec<Op>) -> Vec<Op> {
             Op::Summary(r) => Some((0, r.payment, String::new())),
             Op::Participant { payment, party, .. } => Some((1, *payment, party.to_string())),
             Op::Balance(r) => Some((2, r.payment, r.account.clone())),
+            Op::Due { payment, .. } => Some((3, *payment, String::new())),
             Op::Inbox(_) => None,
         };
         let mut op = op;
@@ -738,6 +795,8 @@ fn roles_json(roles: &[trustfold_core::policy::Role]) -> String {
 struct Changed {
     participants: bool,
     balances: bool,
+    /// The clock's next moment, when it changed (`Some(None)`: nothing due any more).
+    due: Option<Option<trustfold_core::time::Timestamp>>,
 }
 
 /// The row changes one event makes in one projection.
@@ -829,6 +888,15 @@ fn project(
                     pending_in: b.pending_in.amount_string(),
                     pending_out: b.pending_out.amount_string(),
                 }));
+            }
+        }
+        "clock" => {
+            if let Some(due) = changed.due {
+                ops.push(Op::Due {
+                    payment,
+                    tenant,
+                    due_at_ms: due.map(|t| t.unix_millis()),
+                });
             }
         }
         _ => {}

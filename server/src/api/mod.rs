@@ -93,6 +93,8 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     /// Turns `true` when the server shuts down (ends live streams).
     pub shutdown: watch::Receiver<bool>,
+    /// The time commands are judged and dated at.
+    pub clock: crate::clock::Clock,
 }
 
 /// One route: method, path (as in the OpenAPI document), the query parameters it takes

@@ -350,8 +350,26 @@ struct Emitted {
     hash: [u8; 32],
 }
 
-fn now() -> Timestamp {
-    Timestamp::from_unix_millis(now_us() / 1000)
+/// The clock's `Tick` to one payment (actor `system`, as its tenant; see
+/// [`crate::clock`]). A tick with nothing due any more (another process ticked it
+/// first) records nothing and is no error.
+pub(crate) async fn tick(state: &AppState, tenant: Uuid, payment: Uuid) -> ApiResult<()> {
+    execute(
+        state,
+        &Principal::Tenant { tenant },
+        CommandId(Uuid::now_v7()),
+        Prepared {
+            payment,
+            command: Command::Tick,
+            actor: Actor::system(),
+            expected: None,
+            correlation: None,
+            created: false,
+            idem: None,
+        },
+    )
+    .await
+    .map(|_| ())
 }
 
 fn write_record(out: &mut Vec<u8>, hash: &[u8; 32], body: &[u8]) {
@@ -482,7 +500,7 @@ async fn execute(
     let ctx = Context {
         command_id,
         actor: p.actor.clone(),
-        now: now(),
+        now: state.clock.now(),
         correlation: p.correlation,
     };
     // First try the state cached by this process without reading the store: the append's

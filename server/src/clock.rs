@@ -1,0 +1,179 @@
+//! The platform's clock: deadlines, good funds and automatic releases happen on their
+//! own.
+//!
+//! The core never reads a clock: time-driven steps are the `Tick` command (actor role
+//! `system`), and [`trustfold_core::decide::next_tick`] says when a payment next has
+//! one due. The `clock` read model ([`crate::projections`]) keeps that moment per
+//! payment (`payment_clock`, only payments with something due), and the server's clock
+//! task, every [`crate::app::Config::tick_interval`], sends `Tick` to each payment whose
+//! moment has come, through the same path as any command: decided on the stored state,
+//! appended with the version check, streamed live, projected. An integrator may still
+//! send `Tick` itself (with its API key and the actor `{"role":"system"}`); a tick with
+//! nothing due records nothing.
+//!
+//! - **One clock per database.** On PostgreSQL the clock runs in the process that runs
+//!   the background projection (the projection leader, see [`crate::projections`]), so
+//!   many processes do not tick the same payment; if two ever do, the version check
+//!   lets one win and the other's tick finds nothing left to do.
+//! - **A refused tick** (a rule refuses it, say the policy's fee recipient left) is
+//!   logged and tried again after a pause that doubles from [`RETRY_FIRST`] up to
+//!   [`RETRY_MAX`], so it neither blocks the other payments nor floods the log.
+//! - **Time** is [`Clock`]: the system clock, or for tests and demonstrations a clock
+//!   set ahead ([`Clock::advance`]) so that days pass in a moment. The clock only dates
+//!   commands; tokens and keys expire by the system clock.
+//!
+//! ```
+//! use std::time::Duration;
+//! use trustfold_server::clock::Clock;
+//!
+//! let clock = Clock::system();
+//! let before = clock.now();
+//! clock.advance(Duration::from_secs(3 * 86_400)); // three days pass, for a test
+//! assert!(clock.now().unix_millis() - before.unix_millis() >= 3 * 86_400_000);
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use trustfold_core::time::Timestamp;
+use uuid::Uuid;
+
+use crate::api::error::ApiError;
+use crate::api::AppState;
+use crate::db::{now_us, on_read};
+
+/// The first pause before a refused tick is tried again.
+pub const RETRY_FIRST: Duration = Duration::from_secs(60);
+/// The longest pause before a refused tick is tried again.
+pub const RETRY_MAX: Duration = Duration::from_secs(3600);
+/// Payments ticked per round at most (the next round takes the rest).
+const ROUND: i64 = 256;
+/// Ticks in flight at once (they share the group commit).
+const CONCURRENT: usize = 16;
+
+/// The time commands are judged and dated at: the system clock, plus an offset that
+/// only [`Clock::advance`] sets (tests and demonstrations). Clones share the offset.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    ahead_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock::default()
+    }
+
+    /// Now, by this clock.
+    pub fn now(&self) -> Timestamp {
+        let ahead = self.ahead_ms.load(Ordering::Acquire);
+        Timestamp::from_unix_millis((now_us() / 1000).saturating_add(ahead))
+    }
+
+    /// Sets this clock (and its clones) `by` further ahead of the system clock. Time in
+    /// a payment never runs backwards, so there is no way back.
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.ahead_ms.fetch_add(ms, Ordering::AcqRel);
+    }
+}
+
+/// A payment whose tick was refused: when to try again, and the pause after that.
+struct Refused {
+    again_at: Instant,
+    pause: Duration,
+}
+
+/// Runs the clock until shutdown: every `every`, ticks the payments whose moment came.
+pub(crate) async fn run(state: AppState, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut refused: HashMap<Uuid, Refused> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = round(&state, &mut refused).await {
+            tracing::warn!(error = %e, "the clock could not tick; trying again");
+        }
+    }
+}
+
+/// One round: the payments due now (in the leader process), each ticked once.
+async fn round(state: &AppState, refused: &mut HashMap<Uuid, Refused>) -> Result<(), ApiError> {
+    if !state.projector.is_leader().await {
+        return Ok(());
+    }
+    // The clock read model as of every event appended so far.
+    state.projector.catch_up().await?;
+    let now = state.clock.now();
+    let due: Vec<(Uuid, Uuid)> = on_read!(&state.db, pool => {
+        sqlx::query_as(
+            "SELECT tenant_id, payment_id FROM payment_clock WHERE due_at_ms <= $1 \
+             ORDER BY due_at_ms LIMIT $2",
+        )
+        .bind(now.unix_millis())
+        .bind(ROUND)
+        .fetch_all(pool)
+        .await
+        .map_err(crate::StoreError::from)?
+    });
+    let started = Instant::now();
+    let mut ticks = JoinSet::new();
+    for (tenant, payment) in due {
+        if refused.get(&payment).is_some_and(|r| r.again_at > started) {
+            continue;
+        }
+        if ticks.len() >= CONCURRENT {
+            if let Some(done) = ticks.join_next().await {
+                settle(done, refused);
+            }
+        }
+        let state = state.clone();
+        ticks.spawn(async move {
+            let outcome = crate::api::payments::tick(&state, tenant, payment).await;
+            (payment, outcome)
+        });
+    }
+    while let Some(done) = ticks.join_next().await {
+        settle(done, refused);
+    }
+    Ok(())
+}
+
+/// Notes what became of one tick.
+fn settle(
+    done: Result<(Uuid, Result<(), ApiError>), tokio::task::JoinError>,
+    refused: &mut HashMap<Uuid, Refused>,
+) {
+    match done {
+        Ok((payment, Ok(()))) => {
+            refused.remove(&payment);
+            tracing::debug!(%payment, "clock tick");
+        }
+        Ok((payment, Err(e))) if e.status().is_server_error() => {
+            // The database, not the payment: the next round tries again.
+            tracing::warn!(%payment, error = %e, "the clock's tick failed; trying again");
+        }
+        Ok((payment, Err(e))) => {
+            let pause = refused
+                .get(&payment)
+                .map_or(RETRY_FIRST, |r| (r.pause * 2).min(RETRY_MAX));
+            tracing::warn!(%payment, error = %e, retry_in = ?pause, "the clock's tick was refused");
+            refused.insert(
+                payment,
+                Refused {
+                    again_at: Instant::now() + pause,
+                    pause,
+                },
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "a clock tick failed"),
+    }
+}

@@ -1,0 +1,265 @@
+//! The platform's clock (`trustfold_server::clock`): deadlines and good funds happen on
+//! their own, through real servers on loopback, on a real SQLite file and on
+//! PostgreSQL. The server's clock is set days ahead (`Clock::advance`): the business
+//! days a rule waits for cannot pass in a test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::scenario::{open_and_join, Client, Flow};
+use common::ADMIN;
+use serde_json::{json, Value};
+use trustfold_server::app::{start, Running};
+use trustfold_server::clock::Clock;
+
+/// A server on `database` whose clock ticks every 50 ms by `clock`.
+async fn serve(database: &str, clock: &Clock) -> (Running, Client) {
+    let mut config = common::config(database);
+    config.tick_interval = Some(Duration::from_millis(50));
+    config.clock = clock.clone();
+    let running = start(config).await.expect("server starts");
+    let client = Client::new(format!("http://{}", running.addr));
+    (running, client)
+}
+
+/// Both parties agree (the funding deadline is set: 3 business days), and the buyer's
+/// ACH debit of 5,000 USD settles (good funds: 2 business days later).
+async fn agree(c: &Client, key: &str, f: &Flow) {
+    let p = f.payment.as_str();
+    let state = c.get(&format!("/v1/payments/{p}"), key).await;
+    let terms = state.body["terms_hash"].as_str().expect("terms").to_owned();
+    for (party, role) in [(&f.buyer, "buyer"), (&f.seller, "seller")] {
+        c.command(
+            key,
+            p,
+            Some(party),
+            role,
+            json!({"type": "AgreeToTerms", "terms_hash": terms}),
+        )
+        .await
+        .expect("agree");
+    }
+}
+
+async fn settle_by_ach(c: &Client, key: &str, f: &Flow) {
+    let p = f.payment.as_str();
+    c.command(key, p, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
+        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
+        .await
+        .expect("attach");
+    c.command(
+        key,
+        p,
+        Some(&f.buyer),
+        "buyer",
+        json!({"type": "SubmitFunding",
+        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-1"}),
+    )
+    .await
+    .expect("submit");
+    c.command(
+        key,
+        p,
+        None,
+        "rail",
+        json!({"type": "RailNotice", "rail_ref": "ACH-1",
+        "notice": {"kind": "settled"}}),
+    )
+    .await
+    .expect("settled");
+}
+
+/// The payment's events (the envelopes), read through the paged history.
+async fn events(c: &Client, key: &str, payment: &str) -> Vec<Value> {
+    let r = c
+        .get(
+            &format!("/v1/payments/{payment}/events?after=0&limit=500"),
+            key,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|rec| rec["event"].clone())
+        .collect()
+}
+
+fn of_type<'a>(events: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == ty).collect()
+}
+
+/// Waits (at most 20 s) until the payment has an event of type `ty`; its events then.
+async fn wait_for(c: &Client, key: &str, payment: &str, ty: &str) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let evs = events(c, key, payment).await;
+        if !of_type(&evs, ty).is_empty() {
+            return evs;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no {ty} after 20 s: {:?}",
+            evs.iter().map(|e| e["type"].clone()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three payments: one settled by ACH, one agreed and never funded, one not agreed.
+struct Payments {
+    settled: Flow,
+    unfunded: Flow,
+    draft: Flow,
+}
+
+async fn payments(c: &Client, key: &str) -> Payments {
+    let settled = open_and_join(c, key).await.expect("open");
+    agree(c, key, &settled).await;
+    settle_by_ach(c, key, &settled).await;
+    let unfunded = open_and_join(c, key).await.expect("open");
+    agree(c, key, &unfunded).await;
+    let draft = open_and_join(c, key).await.expect("open");
+    Payments {
+        settled,
+        unfunded,
+        draft,
+    }
+}
+
+/// Nothing is due yet: a few of the clock's rounds change nothing.
+async fn nothing_happens_yet(c: &Client, key: &str, ps: &Payments) -> [usize; 3] {
+    let before = [
+        events(c, key, &ps.settled.payment).await.len(),
+        events(c, key, &ps.unfunded.payment).await.len(),
+        events(c, key, &ps.draft.payment).await.len(),
+    ];
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = [
+        events(c, key, &ps.settled.payment).await.len(),
+        events(c, key, &ps.unfunded.payment).await.len(),
+        events(c, key, &ps.draft.payment).await.len(),
+    ];
+    assert_eq!(before, after, "the clock acted before anything was due");
+    after
+}
+
+/// A week later: the ACH funds reached good funds, the unfunded payment missed its
+/// deadline (flagged, as the policy says), the draft has no deadline; each once, by the
+/// `system` actor, in chains that verify.
+async fn a_week_later(c: &Client, key: &str, ps: &Payments, before: [usize; 3]) {
+    let evs = wait_for(c, key, &ps.settled.payment, "FundsAvailable").await;
+    let available = of_type(&evs, "FundsAvailable");
+    assert_eq!(available.len(), 1, "{evs:?}");
+    assert_eq!(available[0]["actor"]["role"], "system");
+    assert!(available[0]["actor"]
+        .get("party")
+        .is_none_or(Value::is_null));
+    let evs = wait_for(c, key, &ps.unfunded.payment, "FundingDeadlineMissed").await;
+    let missed = of_type(&evs, "FundingDeadlineMissed");
+    assert_eq!(missed.len(), 1, "{evs:?}");
+    assert_eq!(missed[0]["data"]["outcome"], "flagged");
+    assert_eq!(missed[0]["actor"]["role"], "system");
+    // More rounds: nothing more is recorded (each tick once), the draft never changes.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let settled = events(c, key, &ps.settled.payment).await;
+    let unfunded = events(c, key, &ps.unfunded.payment).await;
+    assert_eq!(settled.len(), before[0] + 1, "{settled:?}");
+    assert_eq!(unfunded.len(), before[1] + 1, "{unfunded:?}");
+    assert_eq!(events(c, key, &ps.draft.payment).await.len(), before[2]);
+    // The state read model shows it, and the history verifies and folds to it.
+    let r = c
+        .get(&format!("/v1/payments/{}", ps.settled.payment), key)
+        .await;
+    assert_eq!(r.body["status"], "Held", "{}", r.body);
+    let doc = common::scenario::history(c, key, &ps.settled.payment, 100)
+        .await
+        .expect("history");
+    let folded = trustfold_core::fold::replay(&doc).expect("the chain verifies");
+    assert_eq!(
+        serde_json::to_value(folded.status).expect("status"),
+        json!("Held")
+    );
+}
+
+async fn the_clock_acts_when_things_are_due(database: &str) {
+    let clock = Clock::system();
+    let (running, c) = serve(database, &clock).await;
+    let key = c.tenant(ADMIN, "Clockwork Escrow").await.expect("tenant");
+    let ps = payments(&c, &key).await;
+    let before = nothing_happens_yet(&c, &key, &ps).await;
+    clock.advance(Duration::from_secs(7 * 86_400));
+    a_week_later(&c, &key, &ps, before).await;
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn the_clock_acts_when_things_are_due_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    the_clock_acts_when_things_are_due(&db).await;
+}
+
+#[tokio::test]
+async fn the_clock_acts_when_things_are_due_postgres() {
+    let Some((admin, name, url)) = common::postgres_database().await else {
+        return;
+    };
+    the_clock_acts_when_things_are_due(&url).await;
+    common::drop_database(&admin, &name).await;
+}
+
+/// Two processes on one PostgreSQL database, both a week ahead: one clock acts (the
+/// projection leader's), and every due step is recorded once.
+#[tokio::test]
+async fn two_processes_tick_once() {
+    let Some((admin, name, url)) = common::postgres_database().await else {
+        return;
+    };
+    let clock = Clock::system();
+    let (one, c) = serve(&url, &clock).await;
+    let (two, c2) = serve(&url, &clock).await;
+    let key = c.tenant(ADMIN, "Two Clocks Escrow").await.expect("tenant");
+    let ps = payments(&c2, &key).await;
+    let before = nothing_happens_yet(&c, &key, &ps).await;
+    clock.advance(Duration::from_secs(7 * 86_400));
+    a_week_later(&c2, &key, &ps, before).await;
+    one.shutdown().await.expect("shutdown");
+    two.shutdown().await.expect("shutdown");
+    common::drop_database(&admin, &name).await;
+}
+
+/// A database from before the clock (server schema 1, no `payment_clock`): after the
+/// upgrade the new read model fills from the log, and a payment settled before it gets
+/// its good funds.
+#[tokio::test]
+async fn an_upgraded_database_fills_the_clock_from_history() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let clock = Clock::system();
+    let (running, c) = serve(&db, &clock).await;
+    let key = c.tenant(ADMIN, "Old Escrow").await.expect("tenant");
+    let ps = payments(&c, &key).await;
+    running.shutdown().await.expect("shutdown");
+    {
+        // Back to the schema before the clock, as an older server left it.
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{db}"))
+            .await
+            .expect("open");
+        for sql in [
+            "DROP TABLE payment_clock",
+            "DELETE FROM projection_checkpoints WHERE name = 'clock'",
+            "UPDATE trustfold_server_schema SET version = 1",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        }
+    }
+    let (running, c) = serve(&db, &clock).await;
+    let before = nothing_happens_yet(&c, &key, &ps).await;
+    clock.advance(Duration::from_secs(7 * 86_400));
+    a_week_later(&c, &key, &ps, before).await;
+    running.shutdown().await.expect("shutdown");
+}
