@@ -302,6 +302,43 @@ pub struct ApiKey {
     pub api_key: String,
 }
 
+/// A webhook endpoint of the tenant (`/v1/webhooks`), and how its delivery goes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookEndpoint {
+    /// The endpoint's id.
+    pub webhook_id: uuid::Uuid,
+    /// Where the events are POSTed.
+    pub url: String,
+    /// The event types sent (empty: every type).
+    pub event_types: Vec<String>,
+    /// Every event of the tenant up to this global position has been sent (or passed
+    /// over).
+    pub position: u64,
+    /// `delivering` or `failing`.
+    pub status: String,
+    /// Failed tries of the next event in a row.
+    pub attempts: u64,
+    /// When the next try is due (RFC 3339), if one is waiting.
+    #[serde(default)]
+    pub next_attempt_at: Option<String>,
+    /// The HTTP status of the last answer.
+    #[serde(default)]
+    pub last_status: Option<u16>,
+    /// Why the last try failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Since when it fails.
+    #[serde(default)]
+    pub failing_since: Option<String>,
+    /// When it was registered.
+    pub created_at: String,
+    /// The `whsec_…` secret: in the answers of [`Client::create_webhook`] and
+    /// [`Client::rotate_webhook_secret`] only (verify requests with
+    /// [`crate::webhook::Webhook`]).
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
 /// A stored policy version.
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoredPolicy {
@@ -850,6 +887,90 @@ impl Client {
         }
         self.post_json(&format!("/v1/payments/{payment}/tokens"), &body, None)
             .await
+    }
+
+    /// `POST /v1/webhooks`: registers an endpoint for the tenant's events (of
+    /// `event_types`, or every type when empty) after `after` (default: from now on; 0:
+    /// the whole log). Registering the same URL with the same types again answers the
+    /// same endpoint, so a retry is safe. Its `secret` verifies the requests
+    /// ([`crate::webhook::Webhook`]).
+    ///
+    /// ```no_run
+    /// # async fn run(c: trustfold::client::Client) -> trustfold::Result<()> {
+    /// let ep = c.create_webhook("https://example.com/trustfold", &["FundsAvailable"], None).await?;
+    /// let verifier = trustfold::webhook::Webhook::new(ep.secret.as_deref().unwrap_or_default())?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_webhook(
+        &self,
+        url: &str,
+        event_types: &[&str],
+        after: Option<u64>,
+    ) -> Result<WebhookEndpoint> {
+        let mut body = serde_json::json!({ "url": url, "event_types": event_types });
+        if let Some(a) = after {
+            body["after"] = a.into();
+        }
+        self.post_json("/v1/webhooks", &body, None).await
+    }
+
+    /// `GET /v1/webhooks`: the tenant's endpoints (without secrets).
+    pub async fn webhooks(&self) -> Result<Vec<WebhookEndpoint>> {
+        #[derive(Deserialize)]
+        struct List {
+            webhooks: Vec<WebhookEndpoint>,
+        }
+        let l: List = self.get_json("/v1/webhooks").await?;
+        Ok(l.webhooks)
+    }
+
+    /// `GET /v1/webhooks/{id}`: one endpoint; [`Error::NotFound`] when there is none.
+    pub async fn webhook(&self, id: uuid::Uuid) -> Result<WebhookEndpoint> {
+        self.get_json(&format!("/v1/webhooks/{id}")).await
+    }
+
+    /// `DELETE /v1/webhooks/{id}`: nothing more is sent to the endpoint.
+    pub async fn delete_webhook(&self, id: uuid::Uuid) -> Result<()> {
+        self.send(
+            Method::DELETE,
+            &format!("/v1/webhooks/{id}"),
+            None,
+            None,
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST /v1/webhooks/{id}/rotate-secret`: a new secret (in the answer); requests
+    /// carry the previous secret's signature too for `expire_previous_after` (whole
+    /// seconds; default a day, at most 7). Not idempotent: retried only when no
+    /// connection was made (rotating again is harmless: the secret from before keeps
+    /// signing through the overlap).
+    pub async fn rotate_webhook_secret(
+        &self,
+        id: uuid::Uuid,
+        expire_previous_after: Option<Duration>,
+    ) -> Result<WebhookEndpoint> {
+        let body = match expire_previous_after {
+            Some(d) => serde_json::json!({"expire_previous_after_seconds": d.as_secs()}),
+            None => serde_json::json!({}),
+        };
+        let path = format!("/v1/webhooks/{id}/rotate-secret");
+        let b = self
+            .send_with(Method::POST, &path, Some(&body), None, None, false)
+            .await?;
+        serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(format!("bad response: {e}")))
+    }
+
+    /// `POST /v1/webhooks/{id}/retry`: a failing endpoint is tried again now.
+    pub async fn retry_webhook(&self, id: uuid::Uuid) -> Result<WebhookEndpoint> {
+        self.post_json(
+            &format!("/v1/webhooks/{id}/retry"),
+            &serde_json::json!({}),
+            None,
+        )
+        .await
     }
 
     /// The whole history of a payment and its signed head: `GET /v1/payments/{id}/head`,

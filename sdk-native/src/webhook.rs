@@ -1,6 +1,7 @@
-//! Webhook signature verification ([Standard Webhooks] 1.0), for webhooks a service of
-//! yours sends with trustfold events (the reference server sends none: it offers the
-//! tenant feed and live streams instead).
+//! Webhook signature verification ([Standard Webhooks] 1.0): for the webhooks the
+//! reference server sends (`POST /v1/webhooks` registers an endpoint; each request is
+//! one event of the tenant, the stored envelope verbatim in `data.event`), or webhooks a
+//! service of yours sends with trustfold events.
 //!
 //! A webhook carries three headers: `webhook-id`, `webhook-timestamp` (Unix seconds)
 //! and `webhook-signature`, a space-separated list of `v1,<base64 signature>` (several

@@ -268,24 +268,30 @@ async fn every_operation_of_the_api_typed_end_to_end() {
     }
     routes.sort();
     let covered = [
-        "GET /healthz",                            // health
-        "GET /openapi.json",                       // openapi
-        "GET /v1/server-key",                      // server_key
-        "POST /v1/tenants",                        // create_tenant
-        "POST /v1/api-keys",                       // rotate_api_key
-        "POST /v1/policies",                       // create_policy
-        "GET /v1/policies/{policy_id}",            // policy
-        "POST /v1/payments",                       // create_payment
-        "GET /v1/payments",                        // payments, all_payments
-        "GET /v1/payments/{payment_id}",           // payment
-        "POST /v1/payments/{payment_id}/commands", // send_command
-        "GET /v1/payments/{payment_id}/events",    // events, fetch_history
-        "GET /v1/payments/{payment_id}/head",      // head
-        "GET /v1/payments/{payment_id}/stream",    // replica::Replica::follow
-        "POST /v1/payments/{payment_id}/tokens",   // create_token
-        "GET /v1/payments/{payment_id}/balances",  // balances
-        "GET /v1/parties/{party_id}/inbox",        // inbox
-        "GET /v1/events",                          // feed
+        "GET /healthz",                                 // health
+        "GET /openapi.json",                            // openapi
+        "GET /v1/server-key",                           // server_key
+        "POST /v1/tenants",                             // create_tenant
+        "POST /v1/api-keys",                            // rotate_api_key
+        "POST /v1/policies",                            // create_policy
+        "GET /v1/policies/{policy_id}",                 // policy
+        "POST /v1/payments",                            // create_payment
+        "GET /v1/payments",                             // payments, all_payments
+        "GET /v1/payments/{payment_id}",                // payment
+        "POST /v1/payments/{payment_id}/commands",      // send_command
+        "GET /v1/payments/{payment_id}/events",         // events, fetch_history
+        "GET /v1/payments/{payment_id}/head",           // head
+        "GET /v1/payments/{payment_id}/stream",         // replica::Replica::follow
+        "POST /v1/payments/{payment_id}/tokens",        // create_token
+        "GET /v1/payments/{payment_id}/balances",       // balances
+        "GET /v1/parties/{party_id}/inbox",             // inbox
+        "GET /v1/events",                               // feed
+        "POST /v1/webhooks",                            // create_webhook
+        "GET /v1/webhooks",                             // webhooks
+        "GET /v1/webhooks/{webhook_id}",                // webhook
+        "DELETE /v1/webhooks/{webhook_id}",             // delete_webhook
+        "POST /v1/webhooks/{webhook_id}/rotate-secret", // rotate_webhook_secret
+        "POST /v1/webhooks/{webhook_id}/retry",         // retry_webhook
     ];
     let mut covered: Vec<String> = covered.iter().map(|s| s.to_string()).collect();
     covered.sort();
@@ -298,6 +304,51 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         .expect("tenant");
     let key1 = t["api_key"].as_str().expect("api key").to_string();
     let c1 = Client::new(&base).expect("client").api_key(&key1);
+
+    // Webhooks: registered (again: the same endpoint), listed, read, rotated, retried,
+    // deleted. (Delivery is tested in the server's tests/webhooks.rs, verified with
+    // this crate's `webhook::Webhook`.)
+    let ep = c1
+        .create_webhook("https://example.com/hooks", &["FundsAvailable"], Some(0))
+        .await
+        .expect("create webhook");
+    let secret = ep.secret.clone().expect("the secret is shown");
+    assert!(trustfold::webhook::Webhook::new(&secret).is_ok());
+    assert_eq!(ep.event_types, ["FundsAvailable"]);
+    let again = c1
+        .create_webhook("https://example.com/hooks", &["FundsAvailable"], None)
+        .await
+        .expect("again");
+    assert_eq!(
+        (again.webhook_id, again.secret.as_deref()),
+        (ep.webhook_id, Some(secret.as_str()))
+    );
+    let listed = c1.webhooks().await.expect("webhooks");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].secret.is_none());
+    assert_eq!(
+        c1.webhook(ep.webhook_id).await.expect("webhook").url,
+        ep.url
+    );
+    let rotated = c1
+        .rotate_webhook_secret(ep.webhook_id, Some(Duration::from_secs(60)))
+        .await
+        .expect("rotate");
+    assert_ne!(rotated.secret.as_deref(), Some(secret.as_str()));
+    c1.retry_webhook(ep.webhook_id).await.expect("retry");
+    c1.delete_webhook(ep.webhook_id).await.expect("delete");
+    assert!(matches!(
+        c1.webhook(ep.webhook_id).await,
+        Err(trustfold::Error::NotFound { .. })
+    ));
+    let refused = c1
+        .create_webhook("http://127.0.0.1:9/hooks", &[], None)
+        .await
+        .expect_err("a loopback endpoint");
+    assert!(
+        matches!(&refused, trustfold::Error::Rejected { code, .. } if code == "invalid_url"),
+        "{refused:?}"
+    );
     let policy: Value =
         serde_json::from_str(include_str!("../../examples/policies/earnest-money.json"))
             .expect("policy");

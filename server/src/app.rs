@@ -22,6 +22,7 @@ use crate::cache::{LoadError, StateCache};
 use crate::clock::Clock;
 use crate::db::{server_secret, Db};
 use crate::projections::Projector;
+use crate::webhooks::WebhookConfig;
 use crate::{AnyStore, StoreError};
 
 /// Everything that can stop the server from starting or running.
@@ -58,6 +59,8 @@ pub struct Config {
     pub tick_interval: Option<Duration>,
     /// The time commands are judged and dated at (the system clock; tests set it ahead).
     pub clock: Clock,
+    /// How webhooks are sent (see [`crate::webhooks`]).
+    pub webhooks: WebhookConfig,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             },
             tick_interval: Some(Duration::from_secs(1)),
             clock: Clock::system(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -179,7 +183,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         config: Arc::new(config.http.clone()),
         shutdown: shutdown.clone(),
         clock: config.clock.clone(),
+        webhooks: config.webhooks.clone(),
     };
+    let sender = (state.clone(), notices.subscribe());
     let clock = config.tick_interval.map(|every| (state.clone(), every));
     let mut app = router(state).layer(
         tower_http::trace::TraceLayer::new_for_http()
@@ -211,6 +217,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     tracing::info!(%addr, database = %redact_url(&config.database), "trustfold-server listening");
 
     let mut background = spawn_background(db, projector, notices, shutdown.clone(), &config);
+    {
+        let (state, notices) = sender;
+        let config = config.webhooks.clone();
+        let shutdown = shutdown.clone();
+        background.push(tokio::spawn(crate::webhooks::run(
+            state, config, notices, shutdown,
+        )));
+    }
     if let Some((state, every)) = clock {
         background.push(tokio::spawn(crate::clock::run(
             state,

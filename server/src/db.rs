@@ -145,6 +145,26 @@ CREATE TABLE payment_clock (
 );
 CREATE INDEX payment_clock_due ON payment_clock (due_at_ms)
 "#,
+    r#"
+CREATE TABLE webhooks (
+    webhook_id         {UUID} PRIMARY KEY,
+    tenant_id          {UUID} NOT NULL,
+    url                TEXT NOT NULL,
+    event_types        TEXT NOT NULL,
+    secret             {BLOB} NOT NULL,
+    previous_secret    {BLOB},
+    previous_until_us  {INT},
+    position           {INT} NOT NULL,
+    attempts           {INT} NOT NULL,
+    next_attempt_at_us {INT} NOT NULL,
+    last_status        {INT},
+    last_error         TEXT,
+    failing_since_us   {INT},
+    created_at_us      {INT} NOT NULL,
+    UNIQUE (tenant_id, url)
+);
+CREATE INDEX webhooks_due ON webhooks (next_attempt_at_us)
+"#,
 ];
 
 /// The migration steps, written once for both engines' transactions.

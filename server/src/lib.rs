@@ -89,6 +89,7 @@ mod group;
 mod postgres;
 pub mod projections;
 mod sqlite;
+pub mod webhooks;
 
 use std::future::Future;
 

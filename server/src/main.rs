@@ -51,6 +51,10 @@ struct Cli {
     /// (deadlines, good funds, automatic releases); 0: no clock, send `Tick` yourself.
     #[arg(long, default_value_t = 1000)]
     tick_ms: u64,
+    /// Let webhook endpoints be on loopback, private or link-local addresses
+    /// (development only: a tenant could make the server call into its network).
+    #[arg(long)]
+    webhooks_allow_private: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
                 config.http.poll_interval = Duration::from_millis(cli.poll_ms.max(10));
                 config.http.request_timeout =
                     Duration::from_secs(cli.request_timeout_seconds.max(1));
+                config.webhooks.allow_private = cli.webhooks_allow_private;
                 config.tick_interval =
                     (cli.tick_ms > 0).then(|| Duration::from_millis(cli.tick_ms.max(10)));
                 let running = start(config).await?;

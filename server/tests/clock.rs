@@ -250,6 +250,7 @@ async fn an_upgraded_database_fills_the_clock_from_history() {
             .await
             .expect("open");
         for sql in [
+            "DROP TABLE webhooks",
             "DROP TABLE payment_clock",
             "DELETE FROM projection_checkpoints WHERE name = 'clock'",
             "UPDATE trustfold_server_schema SET version = 1",

@@ -1920,6 +1920,7 @@ async fn openapi_documents_every_route_the_server_serves() {
         // And the running server answers it (not the router's fallbacks).
         let concrete = path
             .replace("{payment_id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{webhook_id}", &uuid::Uuid::new_v4().to_string())
             .replace("{party_id}", &uuid::Uuid::new_v4().to_string())
             .replace("{policy_id}", "p");
         let r = c

@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 pub mod payments;
 pub mod sse;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
@@ -95,6 +96,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// The time commands are judged and dated at.
     pub clock: crate::clock::Clock,
+    /// How webhooks are sent (which addresses endpoints may have).
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// One route: method, path (as in the OpenAPI document), the query parameters it takes
@@ -178,6 +181,32 @@ pub fn routes() -> Vec<Route> {
             get(payments::get_inbox),
         ),
         ("GET", "/v1/events", PAGE, get(payments::get_feed)),
+        ("POST", "/v1/webhooks", &[], post(webhooks::create_webhook)),
+        ("GET", "/v1/webhooks", &[], get(webhooks::list_webhooks)),
+        (
+            "GET",
+            "/v1/webhooks/{webhook_id}",
+            &[],
+            get(webhooks::get_webhook),
+        ),
+        (
+            "DELETE",
+            "/v1/webhooks/{webhook_id}",
+            &[],
+            delete(webhooks::delete_webhook),
+        ),
+        (
+            "POST",
+            "/v1/webhooks/{webhook_id}/rotate-secret",
+            &[],
+            post(webhooks::rotate_secret),
+        ),
+        (
+            "POST",
+            "/v1/webhooks/{webhook_id}/retry",
+            &[],
+            post(webhooks::retry_webhook),
+        ),
     ]
 }
 
@@ -501,15 +530,19 @@ async fn server_key(State(state): State<AppState>) -> Response {
 /// key, which the server keeps only as a hash (storing the answer to replay it would
 /// keep the secret in the clear). Ignoring the header would let a client believe a
 /// retry is safe when it makes a second tenant or key.
-fn not_idempotent(headers: &HeaderMap, route: &str, after_a_lost_answer: &str) -> ApiResult<()> {
+pub(crate) fn not_idempotent(
+    headers: &HeaderMap,
+    route: &str,
+    after_a_lost_answer: &str,
+) -> ApiResult<()> {
     if headers.contains_key("idempotency-key") {
         return Err(ApiError::bad_request(
             "route_not_idempotent",
             "Idempotency-Key",
             format!(
-                "{route} does not take an Idempotency-Key: its answer holds a new API key, \
-                 which the server keeps only as a hash, so it cannot be stored and replayed; \
-                 send it without the header ({after_a_lost_answer})"
+                "{route} does not take an Idempotency-Key: its answer holds a new secret, \
+                 which is not stored to be replayed; send it without the header \
+                 ({after_a_lost_answer})"
             ),
         ));
     }

@@ -1,0 +1,412 @@
+//! `/v1/webhooks`: a tenant's webhook endpoints (how they are sent:
+//! [`crate::webhooks`]).
+//!
+//! Registering is idempotent by URL: a tenant has one endpoint per URL, and registering
+//! the same URL with the same event types again answers the endpoint made first (200,
+//! with its secret), so a retry after a lost answer is safe; with other event types it
+//! is a 409 `webhook_exists`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::auth::Principal;
+use super::body::{parse_json, Body};
+use super::error::{ApiError, ApiResult};
+use super::{json_bytes, parse_id, AppState};
+use crate::db::{now_us, on_read, on_write};
+use crate::webhooks::{check_url, known_event_type, listed, new_secret, secret_text, LISTED};
+use crate::StoreError;
+
+/// Most endpoints per tenant.
+pub const MAX_PER_TENANT: i64 = 16;
+/// Longest overlap of an old secret after a rotation: 7 days.
+const MAX_OVERLAP_SECS: u64 = 7 * 86_400;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewWebhook {
+    url: String,
+    #[serde(default)]
+    event_types: Vec<String>,
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+fn unprocessable(code: &'static str, field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Unprocessable {
+        code,
+        message: message.into(),
+        field: Some(field.to_owned()),
+    }
+}
+
+fn unknown_webhook(id: Uuid) -> ApiError {
+    ApiError::NotFound {
+        code: "unknown_webhook",
+        message: format!("no webhook {id}"),
+    }
+}
+
+/// The endpoint's answer with its secret (registering, rotating).
+fn with_secret(row: &crate::webhooks::ListedRow, secret: &[u8]) -> serde_json::Value {
+    let mut v = listed(row);
+    v["secret"] = json!(secret_text(secret));
+    v
+}
+
+async fn load(
+    state: &AppState,
+    tenant: Uuid,
+    id: Uuid,
+) -> ApiResult<Option<(crate::webhooks::ListedRow, Vec<u8>)>> {
+    let row: Option<crate::webhooks::ListedRow> = on_read!(&state.db, pool => {
+        sqlx::query_as(&format!(
+            "SELECT {LISTED} FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let secret: Vec<u8> = on_read!(&state.db, pool => {
+        sqlx::query_scalar("SELECT secret FROM webhooks WHERE webhook_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    Ok(Some((row, secret)))
+}
+
+/// `POST /v1/webhooks`: registers an endpoint for the tenant's events after `after`
+/// (default: from now on).
+pub async fn create_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let req: NewWebhook = parse_json(&body)?;
+    check_url(&req.url, state.webhooks.allow_private)
+        .map_err(|m| unprocessable("invalid_url", "url", m))?;
+    let mut types = Vec::with_capacity(req.event_types.len());
+    for (i, t) in req.event_types.iter().enumerate() {
+        if !known_event_type(t) {
+            return Err(unprocessable(
+                "unknown_event_type",
+                &format!("event_types[{i}]"),
+                format!(
+                    "`{}` is not an event type (see docs/EVENTS.md; leave event_types out for \
+                     every event)",
+                    trustfold_core::error::echo(t)
+                ),
+            ));
+        }
+        if types.contains(t) {
+            return Err(unprocessable(
+                "duplicate_event_type",
+                &format!("event_types[{i}]"),
+                format!("`{t}` is listed twice"),
+            ));
+        }
+        types.push(t.clone());
+    }
+    types.sort();
+    let types_json =
+        serde_json::to_string(&types).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let last: Option<i64> = on_read!(&state.db, pool => {
+        sqlx::query_scalar("SELECT MAX(position) FROM events WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    let last = last.unwrap_or(0);
+    let position = match req.after {
+        None => last,
+        Some(a) => match i64::try_from(a) {
+            Ok(a) if a <= last => a,
+            _ => {
+                return Err(unprocessable(
+                    "invalid_position",
+                    "after",
+                    format!(
+                        "after is {a}, past the tenant's last position {last}: give 0 for every \
+                         event, or leave it out for events from now on"
+                    ),
+                ))
+            }
+        },
+    };
+    let (secret, _) = new_secret()?;
+    let id = Uuid::new_v4();
+    let now = now_us();
+    let inserted = on_write!(&state.db, pool => {
+        let mut tx = pool.begin().await.map_err(StoreError::from)?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let exists: Option<Uuid> =
+            sqlx::query_scalar("SELECT webhook_id FROM webhooks WHERE tenant_id = $1 AND url = $2")
+                .bind(tenant)
+                .bind(&req.url)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        if exists.is_none() && count >= MAX_PER_TENANT {
+            return Err(unprocessable(
+                "too_many_webhooks",
+                "url",
+                format!(
+                    "a tenant has at most {MAX_PER_TENANT} webhooks; delete one first \
+                     (DELETE /v1/webhooks/{{webhook_id}})"
+                ),
+            ));
+        }
+        let n = sqlx::query(
+            "INSERT INTO webhooks (webhook_id, tenant_id, url, event_types, secret, position, \
+             attempts, next_attempt_at_us, created_at_us) VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7) \
+             ON CONFLICT (tenant_id, url) DO NOTHING",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(&req.url)
+        .bind(&types_json)
+        .bind(&secret)
+        .bind(position)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected();
+        tx.commit().await.map_err(StoreError::from)?;
+        n
+    });
+    if inserted == 1 {
+        let (row, secret) = load(&state, tenant, id)
+            .await?
+            .ok_or_else(|| ApiError::Internal("a webhook inserted is not found".into()))?;
+        return Ok(json_bytes(
+            StatusCode::CREATED,
+            with_secret(&row, &secret).to_string().into_bytes(),
+        ));
+    }
+    // The URL is registered already (a retry, or a race with one).
+    let existing: Option<Uuid> = on_read!(&state.db, pool => {
+        sqlx::query_scalar("SELECT webhook_id FROM webhooks WHERE tenant_id = $1 AND url = $2")
+            .bind(tenant)
+            .bind(&req.url)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    let found = match existing {
+        Some(e) => load(&state, tenant, e).await?,
+        None => None,
+    };
+    let Some((row, secret)) = found else {
+        return Err(ApiError::Conflict {
+            code: "webhook_exists",
+            message: "the URL was registered and deleted meanwhile; register it again".into(),
+        });
+    };
+    if row.2 != types_json {
+        return Err(ApiError::Conflict {
+            code: "webhook_exists",
+            message: format!(
+                "webhook {} is registered for this URL with other event types; delete it first \
+                 (DELETE /v1/webhooks/{})",
+                row.0, row.0
+            ),
+        });
+    }
+    Ok(json_bytes(
+        StatusCode::OK,
+        with_secret(&row, &secret).to_string().into_bytes(),
+    ))
+}
+
+/// `GET /v1/webhooks`: the tenant's endpoints and how their delivery goes.
+pub async fn list_webhooks(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let rows: Vec<crate::webhooks::ListedRow> = on_read!(&state.db, pool => {
+        sqlx::query_as(&format!(
+            "SELECT {LISTED} FROM webhooks WHERE tenant_id = $1 ORDER BY created_at_us, webhook_id"
+        ))
+        .bind(tenant)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    let list: Vec<serde_json::Value> = rows.iter().map(listed).collect();
+    Ok(json_bytes(
+        StatusCode::OK,
+        json!({ "webhooks": list }).to_string().into_bytes(),
+    ))
+}
+
+/// `GET /v1/webhooks/{webhook_id}`
+pub async fn get_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let id = parse_id(&id, "webhook_id")?;
+    let (row, _) = load(&state, tenant, id)
+        .await?
+        .ok_or_else(|| unknown_webhook(id))?;
+    Ok(json_bytes(
+        StatusCode::OK,
+        listed(&row).to_string().into_bytes(),
+    ))
+}
+
+/// `DELETE /v1/webhooks/{webhook_id}`: nothing more is sent to it (a request in flight
+/// may still arrive).
+pub async fn delete_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let id = parse_id(&id, "webhook_id")?;
+    let n = on_write!(&state.db, pool => {
+        sqlx::query("DELETE FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected()
+    });
+    if n == 0 {
+        return Err(unknown_webhook(id));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rotation {
+    #[serde(default)]
+    expire_previous_after_seconds: Option<u64>,
+}
+
+/// `POST /v1/webhooks/{webhook_id}/rotate-secret`: a new secret; requests carry the
+/// signatures of both until the previous one expires (24 hours by default, at most 7
+/// days, 0 at once). A rotation during another's overlap keeps the secret from before
+/// both as the previous one: after an answer was lost and the rotation repeated, the
+/// secret the receivers know still signs.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let id = parse_id(&id, "webhook_id")?;
+    super::not_idempotent(
+        &headers,
+        "POST /v1/webhooks/{webhook_id}/rotate-secret",
+        "after a lost answer, rotate again: the secret the receivers know keeps signing \
+         until the overlap ends",
+    )?;
+    let req: Rotation = if body.iter().all(u8::is_ascii_whitespace) {
+        Rotation::default()
+    } else {
+        parse_json(&body)?
+    };
+    let overlap = req.expire_previous_after_seconds.unwrap_or(86_400);
+    if overlap > MAX_OVERLAP_SECS {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "expire_previous_after_seconds",
+            format!("the previous secret may stay valid for at most {MAX_OVERLAP_SECS} s (7 days)"),
+        ));
+    }
+    let (secret, _) = new_secret()?;
+    let until = now_us().saturating_add(
+        i64::try_from(overlap)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000),
+    );
+    let n = on_write!(&state.db, pool => {
+        sqlx::query(
+            "UPDATE webhooks SET previous_secret = CASE WHEN previous_until_us > $1 \
+             THEN previous_secret ELSE secret END, previous_until_us = $2, secret = $3 \
+             WHERE tenant_id = $4 AND webhook_id = $5",
+        )
+        .bind(now_us())
+        .bind(until)
+        .bind(&secret)
+        .bind(tenant)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected()
+    });
+    if n == 0 {
+        return Err(unknown_webhook(id));
+    }
+    let (row, secret) = load(&state, tenant, id)
+        .await?
+        .ok_or_else(|| unknown_webhook(id))?;
+    Ok(json_bytes(
+        StatusCode::OK,
+        with_secret(&row, &secret).to_string().into_bytes(),
+    ))
+}
+
+/// `POST /v1/webhooks/{webhook_id}/retry`: a failing endpoint is tried again now
+/// instead of after its pause (say, once the receiver is fixed).
+pub async fn retry_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let id = parse_id(&id, "webhook_id")?;
+    let n = on_write!(&state.db, pool => {
+        sqlx::query(
+            "UPDATE webhooks SET next_attempt_at_us = 0 WHERE tenant_id = $1 AND webhook_id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected()
+    });
+    if n == 0 {
+        return Err(unknown_webhook(id));
+    }
+    let (row, _) = load(&state, tenant, id)
+        .await?
+        .ok_or_else(|| unknown_webhook(id))?;
+    // Wake the sender.
+    let _ = state.notices.send(super::Notice {
+        stream: Uuid::nil(),
+        version: 0,
+        events: None,
+    });
+    Ok(json_bytes(
+        StatusCode::OK,
+        listed(&row).to_string().into_bytes(),
+    ))
+}

@@ -1,0 +1,618 @@
+//! Webhooks: every event of a tenant POSTed to the tenant's endpoints, in global order,
+//! signed as [Standard Webhooks] 1.0 describes (what `trustfold::webhook` verifies).
+//!
+//! An endpoint (`POST /v1/webhooks`: a URL, optionally the event types it wants) has a
+//! **position** in the tenant's feed: it is sent the events after it, one request per
+//! event, in order, and the position moves past an event once the endpoint answered it
+//! with a 2xx (events of types it did not ask for are passed over). Delivery is **at
+//! least once**: a receiver deduplicates by `webhook-id`, which is the event's id and
+//! the same on every retry.
+//!
+//! - **The request**: `POST <url>` with `content-type: application/json`, the headers
+//!   `webhook-id`, `webhook-timestamp` (Unix seconds, at sending) and
+//!   `webhook-signature` (`v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`,
+//!   keyed with the endpoint's `whsec_…` secret; during a rotation the old secret's
+//!   signature too, space-separated), and the body
+//!   `{"type":…,"timestamp":…,"data":{"tenant_id","payment_id","seq","position","hash","event"}}`
+//!   where `event` is the stored envelope byte for byte (its SHA-256 is `hash`), so a
+//!   receiver can check it as it checks a history.
+//! - **Failures** (a non-2xx answer, no answer within 10 s, a refused address) hold the
+//!   endpoint at that event (order is kept) and it is tried again after a pause that
+//!   grows four-fold from [`WebhookConfig::retry_first`] (5 s) up to an hour, without
+//!   end; `GET /v1/webhooks` shows how it fails. Redirects are not followed.
+//! - **Addresses**: an endpoint whose host is, or resolves to, a loopback, private,
+//!   link-local or otherwise non-public address is refused (a tenant could otherwise
+//!   make the server call into its own network), unless the server allows it
+//!   ([`WebhookConfig::allow_private`], `--webhooks-allow-private`, for development).
+//!   The address checked is the one connected to.
+//! - **One sender per database**: the projection leader (see [`crate::projections`]);
+//!   positions move by compare-and-set, so an endpoint is never moved twice, and after
+//!   a change of leader an event may be sent again (at least once).
+//!
+//! ```
+//! use trustfold_server::webhooks::sign;
+//! let secret = b"0123456789abcdef0123456789abcdef";
+//! let sig = sign(secret, "3f1c…", 1_795_824_000, br#"{"type":"PaymentInitiated"}"#);
+//! assert!(sig.starts_with("v1,") && sig.len() == 3 + 44);
+//! ```
+//!
+//! [Standard Webhooks]: https://www.standardwebhooks.com/
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinSet;
+use trustfold_core::time::Timestamp;
+use uuid::Uuid;
+
+use crate::api::error::ApiError;
+use crate::api::{AppState, Notice};
+use crate::db::{now_us, on_read, on_write};
+use crate::{EventStore, StoredEvent};
+
+/// How webhooks are sent.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Whether endpoints may be on loopback, private, link-local or other non-public
+    /// addresses (development only).
+    pub allow_private: bool,
+    /// The pause after an endpoint's first failure; each further one is four times
+    /// longer, up to [`RETRY_MAX`].
+    pub retry_first: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            allow_private: false,
+            retry_first: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The longest pause between two tries of a failing endpoint.
+pub const RETRY_MAX: Duration = Duration::from_secs(3600);
+/// How long an endpoint has to answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// Events sent to one endpoint per round at most (the next round goes on).
+const PER_ROUND: usize = 100;
+/// Endpoints served at once.
+const CONCURRENT: usize = 8;
+
+/// The `webhook-signature` value for one message: `v1,` and the base64 HMAC-SHA256 of
+/// `<id>.<timestamp>.<body>` keyed with `secret` (the decoded part of `whsec_…`).
+pub fn sign(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        // HMAC takes keys of any length.
+        return String::new();
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+/// A new endpoint secret: its bytes and its `whsec_…` form.
+pub(crate) fn new_secret() -> Result<(Vec<u8>, String), ApiError> {
+    let mut raw = [0u8; 32];
+    getrandom::getrandom(&mut raw)
+        .map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
+    Ok((raw.to_vec(), secret_text(&raw)))
+}
+
+/// `whsec_` and the base64 of the secret's bytes.
+pub(crate) fn secret_text(raw: &[u8]) -> String {
+    format!("whsec_{}", B64.encode(raw))
+}
+
+/// Whether an address is one a tenant's webhook may not reach by default: loopback,
+/// private, link-local, shared (CGNAT), unspecified, broadcast, multicast,
+/// documentation, unique-local, or an IPv4 address mapped into IPv6 that is one of
+/// these.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+/// Checks an endpoint URL when it is registered: `http`/`https`, a host, no
+/// credentials or fragment, at most 2,048 bytes; a literal non-public address is
+/// refused unless `allow_private`. (Host names are checked when sending, at the
+/// address they resolve to.)
+pub(crate) fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String> {
+    if url.len() > 2048 {
+        return Err("the URL is longer than 2,048 bytes".into());
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "the URL's scheme is `{}`; use https:// (or http://)",
+            trustfold_core::error::echo(parsed.scheme())
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("the URL holds credentials; the signature authenticates the server".into());
+    }
+    if parsed.fragment().is_some() {
+        return Err("the URL has a #fragment, which is never sent".into());
+    }
+    let literal = match parsed.host() {
+        None => return Err("the URL has no host".into()),
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+            Some(IpAddr::from([127, 0, 0, 1]))
+        }
+        Some(url::Host::Domain(_)) => None,
+    };
+    if let Some(ip) = literal.filter(|ip| !allow_private && is_private(*ip)) {
+        return Err(format!(
+            "{ip} is not a public address; the server sends webhooks to public addresses \
+             only (start it with --webhooks-allow-private for development)"
+        ));
+    }
+    Ok(parsed)
+}
+
+/// One endpoint as the sender reads it.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    webhook_id: Uuid,
+    tenant_id: Uuid,
+    url: String,
+    event_types: String,
+    secret: Vec<u8>,
+    previous_secret: Option<Vec<u8>>,
+    previous_until_us: Option<i64>,
+    position: i64,
+    attempts: i64,
+}
+
+/// The columns of [`Endpoint`], in order.
+type EndpointRow = (
+    Uuid,
+    Uuid,
+    String,
+    String,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+impl Endpoint {
+    fn of(r: EndpointRow) -> Self {
+        Endpoint {
+            webhook_id: r.0,
+            tenant_id: r.1,
+            url: r.2,
+            event_types: r.3,
+            secret: r.4,
+            previous_secret: r.5,
+            previous_until_us: r.6,
+            position: r.7,
+            attempts: r.8,
+        }
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        let types: Vec<String> = serde_json::from_str(&self.event_types).unwrap_or_default();
+        types.is_empty() || types.iter().any(|t| t == event_type)
+    }
+}
+
+/// Why one try failed.
+struct Failure {
+    status: Option<u16>,
+    error: String,
+}
+
+/// Sends webhooks until shutdown: after appends (a notice) and every second (retries).
+pub(crate) async fn run(
+    state: AppState,
+    config: WebhookConfig,
+    mut notices: broadcast::Receiver<Notice>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(ANSWER_WITHIN)
+        .connect_timeout(ANSWER_WITHIN)
+        .user_agent(concat!("trustfold-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks cannot be sent: no HTTP client");
+            return;
+        }
+    };
+    // Whether the last round found endpoints: without any, appends do not wake the
+    // sender (a tenant's first endpoint is found by the next timed round).
+    let mut any = true;
+    loop {
+        tokio::select! {
+            r = notices.recv() => {
+                if matches!(r, Err(broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+                if !any {
+                    continue;
+                }
+                // Let the appends of the next moments join this round.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while notices.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        match round(&state, &config, &client).await {
+            Ok(found) => any = found,
+            Err(e) => tracing::warn!(error = %e, "webhooks: a round failed; trying again"),
+        }
+    }
+}
+
+/// One round: every endpoint due, up to [`PER_ROUND`] events each. Whether there are
+/// endpoints at all (in this process's view).
+async fn round(
+    state: &AppState,
+    config: &WebhookConfig,
+    client: &reqwest::Client,
+) -> Result<bool, ApiError> {
+    if !state.projector.is_leader().await {
+        return Ok(false);
+    }
+    let any: Option<i32> = on_read!(&state.db, pool => {
+        sqlx::query_scalar("SELECT 1 FROM webhooks LIMIT 1")
+            .fetch_optional(pool)
+            .await
+            .map_err(crate::StoreError::from)?
+    });
+    if any.is_none() {
+        return Ok(false);
+    }
+    let due: Vec<EndpointRow> = on_read!(&state.db, pool => {
+        sqlx::query_as(
+            "SELECT webhook_id, tenant_id, url, event_types, secret, previous_secret, \
+             previous_until_us, position, attempts FROM webhooks \
+             WHERE next_attempt_at_us <= $1 ORDER BY next_attempt_at_us LIMIT 1000",
+        )
+        .bind(now_us())
+        .fetch_all(pool)
+        .await
+        .map_err(crate::StoreError::from)?
+    });
+    let mut sending = JoinSet::new();
+    for ep in due.into_iter().map(Endpoint::of) {
+        if sending.len() >= CONCURRENT {
+            sending.join_next().await;
+        }
+        let (state, config, client) = (state.clone(), config.clone(), client.clone());
+        sending.spawn(async move {
+            let id = ep.webhook_id;
+            if let Err(e) = serve(&state, &config, &client, ep).await {
+                tracing::warn!(webhook = %id, error = %e, "webhooks: could not serve an endpoint");
+            }
+        });
+    }
+    while sending.join_next().await.is_some() {}
+    Ok(true)
+}
+
+/// Sends one endpoint the events after its position, until one fails.
+async fn serve(
+    state: &AppState,
+    config: &WebhookConfig,
+    client: &reqwest::Client,
+    mut ep: Endpoint,
+) -> Result<(), ApiError> {
+    let after = u64::try_from(ep.position).unwrap_or(0);
+    let limit = u32::try_from(PER_ROUND).unwrap_or(100);
+    let events = state.store.read_all(ep.tenant_id, after, limit).await?;
+    for e in &events {
+        let position = i64::try_from(e.position).unwrap_or(i64::MAX);
+        if !ep.wants(&e.event_type) {
+            if !moved(state, &ep, position, None).await? {
+                return Ok(());
+            }
+            ep.position = position;
+            continue;
+        }
+        match send(client, config, &ep, e).await {
+            Ok(status) => {
+                if !moved(state, &ep, position, Some(status)).await? {
+                    return Ok(());
+                }
+                ep.position = position;
+                ep.attempts = 0;
+            }
+            Err(f) => {
+                failed(state, config, &ep, f).await?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves an endpoint past an event (compare-and-set on its position; clears its
+/// failure). `false`: it was deleted or moved by another process.
+async fn moved(
+    state: &AppState,
+    ep: &Endpoint,
+    position: i64,
+    status: Option<u16>,
+) -> Result<bool, ApiError> {
+    let done = on_write!(&state.db, pool => {
+        sqlx::query(
+            "UPDATE webhooks SET position = $1, attempts = 0, next_attempt_at_us = 0, \
+             last_status = COALESCE($2, last_status), last_error = NULL, \
+             failing_since_us = NULL WHERE webhook_id = $3 AND position = $4",
+        )
+        .bind(position)
+        .bind(status.map(i64::from))
+        .bind(ep.webhook_id)
+        .bind(ep.position)
+        .execute(pool)
+        .await
+        .map_err(crate::StoreError::from)?
+        .rows_affected()
+    });
+    Ok(done == 1)
+}
+
+/// Holds a failing endpoint at its event until the next try.
+async fn failed(
+    state: &AppState,
+    config: &WebhookConfig,
+    ep: &Endpoint,
+    f: Failure,
+) -> Result<(), ApiError> {
+    let attempts = ep.attempts.saturating_add(1);
+    let pause = retry_pause(config.retry_first, attempts);
+    let now = now_us();
+    let again = now.saturating_add(i64::try_from(pause.as_micros()).unwrap_or(i64::MAX));
+    tracing::warn!(webhook = %ep.webhook_id, url = %ep.url, attempts, error = %f.error,
+        retry_in = ?pause, "webhooks: an endpoint failed");
+    on_write!(&state.db, pool => {
+        sqlx::query(
+            "UPDATE webhooks SET attempts = $1, next_attempt_at_us = $2, last_status = $3, \
+             last_error = $4, failing_since_us = COALESCE(failing_since_us, $5) \
+             WHERE webhook_id = $6 AND position = $7",
+        )
+        .bind(attempts)
+        .bind(again)
+        .bind(f.status.map(i64::from))
+        .bind(&f.error)
+        .bind(now)
+        .bind(ep.webhook_id)
+        .bind(ep.position)
+        .execute(pool)
+        .await
+        .map_err(crate::StoreError::from)?;
+    });
+    Ok(())
+}
+
+/// The pause after the `attempts`-th failure in a row: `first`, then four times longer
+/// each time, at most [`RETRY_MAX`].
+pub fn retry_pause(first: Duration, attempts: i64) -> Duration {
+    let times = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    first
+        .saturating_mul(4u32.saturating_pow(times))
+        .min(RETRY_MAX)
+}
+
+/// The body of the request for one event.
+fn body(e: &StoredEvent) -> Vec<u8> {
+    let at = e
+        .recorded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(e.body.len() + 300);
+    out.extend_from_slice(
+        format!(
+            "{{\"type\":{},\"timestamp\":\"{}\",\"data\":{{\"tenant_id\":\"{}\",\"payment_id\":\"{}\",\
+             \"seq\":{},\"position\":{},\"hash\":\"{}\",\"event\":",
+            serde_json::to_string(&e.event_type).unwrap_or_default(),
+            Timestamp::from_unix_millis(at),
+            e.tenant_id,
+            e.stream_id,
+            e.seq,
+            e.position,
+            hex::encode(e.hash),
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&e.body);
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// One try: the address checked, the request signed and sent; the 2xx status, or why not.
+async fn send(
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    ep: &Endpoint,
+    e: &StoredEvent,
+) -> Result<u16, Failure> {
+    let fail = |error: String| Failure {
+        status: None,
+        error,
+    };
+    let url = reqwest::Url::parse(&ep.url).map_err(|e| fail(format!("bad URL: {e}")))?;
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let port = url.port_or_known_default().unwrap_or(443);
+    // Resolve, check, and connect to the address checked (no second lookup that could
+    // answer differently).
+    let lookup = tokio::time::timeout(
+        ANSWER_WITHIN,
+        tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port)),
+    )
+    .await
+    .map_err(|_| fail(format!("resolving {host} took over 10 s")))?
+    .map_err(|e| fail(format!("cannot resolve {host}: {e}")))?;
+    let addrs: Vec<SocketAddr> = lookup.collect();
+    let Some(addr) = addrs
+        .iter()
+        .copied()
+        .find(|a| config.allow_private || !is_private(a.ip()))
+    else {
+        return Err(fail(format!(
+            "{host} resolves to no public address ({}); webhooks go to public addresses only",
+            addrs
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let pinned;
+    let client = if url.domain().is_some() {
+        pinned = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(ANSWER_WITHIN)
+            .connect_timeout(ANSWER_WITHIN)
+            .user_agent(concat!("trustfold-webhooks/", env!("CARGO_PKG_VERSION")))
+            .resolve(&host, addr)
+            .build()
+            .map_err(|e| fail(format!("no HTTP client: {e}")))?;
+        &pinned
+    } else {
+        client
+    };
+    let body = body(e);
+    let id = e.event_id.to_string();
+    let ts = now_us() / 1_000_000;
+    let mut signature = sign(&ep.secret, &id, ts, &body);
+    if let (Some(old), Some(until)) = (&ep.previous_secret, ep.previous_until_us) {
+        if until > now_us() {
+            signature.push(' ');
+            signature.push_str(&sign(old, &id, ts, &body));
+        }
+    }
+    let res = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            fail(if e.is_timeout() {
+                "no answer within 10 s".to_owned()
+            } else {
+                format!("request failed: {}", without_url(e))
+            })
+        })?;
+    let status = res.status();
+    if status.is_success() {
+        Ok(status.as_u16())
+    } else {
+        Err(Failure {
+            status: Some(status.as_u16()),
+            error: format!("answered {status}"),
+        })
+    }
+}
+
+/// A reqwest error and its causes, without the URL (kept in the row already).
+fn without_url(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The ids of the event types, for checking an endpoint's filter.
+pub(crate) fn known_event_type(name: &str) -> bool {
+    trustfold_core::event::EventType::ALL
+        .iter()
+        .any(|t| t.name() == name)
+}
+
+/// An endpoint as `GET /v1/webhooks` shows it.
+pub(crate) fn listed(row: &ListedRow) -> serde_json::Value {
+    let (id, url, types, position, attempts, next, status, error, failing, created) = row;
+    let time = |us: Option<i64>| {
+        us.filter(|u| *u > 0)
+            .map(|u| Timestamp::from_unix_millis(u / 1000).to_string())
+    };
+    let types: Vec<String> = serde_json::from_str(types).unwrap_or_default();
+    serde_json::json!({
+        "webhook_id": id,
+        "url": url,
+        "event_types": types,
+        "position": position,
+        "status": if failing.is_some() { "failing" } else { "delivering" },
+        "attempts": attempts,
+        "next_attempt_at": time(Some(*next)),
+        "last_status": status,
+        "last_error": error,
+        "failing_since": time(*failing),
+        "created_at": time(Some(*created)),
+    })
+}
+
+/// The columns `GET /v1/webhooks` reads, in order ([`LISTED`]).
+pub(crate) type ListedRow = (
+    Uuid,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    i64,
+);
+
+/// The select list of [`ListedRow`].
+pub(crate) const LISTED: &str = "webhook_id, url, event_types, position, attempts, \
+    next_attempt_at_us, last_status, last_error, failing_since_us, created_at_us";

@@ -1,0 +1,558 @@
+//! Webhooks (`trustfold_server::webhooks`), through real servers on loopback: a real
+//! receiver (an HTTP server in this test, standing in for the tenant's endpoint), on a
+//! real SQLite file and on PostgreSQL. Signatures are checked with the Rust SDK's
+//! Standard Webhooks verifier (`trustfold::webhook`).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use common::scenario::{fund, open_and_join, Client};
+use common::ADMIN;
+use serde_json::{json, Value};
+use trustfold::webhook::Webhook;
+use trustfold_server::app::{start, Running};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Got {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// The tenant's endpoint: records every request and answers with the next status of
+/// `answers` (200 once they run out).
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Got>>>,
+    answers: Arc<Mutex<Vec<u16>>>,
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    r.got.lock().expect("lock").push(Got {
+        id: h("webhook-id"),
+        timestamp: h("webhook-timestamp"),
+        signature: h("webhook-signature"),
+        body: body.to_vec(),
+    });
+    let next = {
+        let mut a = r.answers.lock().expect("lock");
+        if a.is_empty() {
+            200
+        } else {
+            a.remove(0)
+        }
+    };
+    StatusCode::from_u16(next).expect("status")
+}
+
+impl Receiver {
+    async fn start(&self) -> String {
+        let app = axum::Router::new()
+            .route("/hooks", axum::routing::post(receive))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}/hooks")
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    /// Waits (at most 20 s) until `pred` holds for what was received.
+    async fn wait(&self, what: &str, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+        let start = Instant::now();
+        loop {
+            let got = self.got();
+            if pred(&got) {
+                return got;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: not within 20 s; got {:?}",
+                got.iter()
+                    .map(|g| g.json()["type"].clone())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A server on `database` that may send to loopback, retrying after 100 ms.
+async fn serve(database: &str) -> (Running, Client) {
+    let mut config = common::config(database);
+    config.webhooks.allow_private = true;
+    config.webhooks.retry_first = Duration::from_millis(100);
+    let running = start(config).await.expect("server starts");
+    let client = Client::new(format!("http://{}", running.addr));
+    (running, client)
+}
+
+/// Checks a request's signature with `secret` as a receiver would, now.
+fn verified(g: &Got, secret: &str) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    Webhook::new(secret)
+        .expect("secret")
+        .verify_at(
+            &g.id,
+            &g.timestamp,
+            &g.signature,
+            &g.body,
+            i64::try_from(now).expect("now"),
+        )
+        .is_ok()
+}
+
+/// The events of a payment, from the receiver's requests, in order.
+fn types_of(got: &[Got], payment: &str) -> Vec<String> {
+    got.iter()
+        .map(Got::json)
+        .filter(|v| v["data"]["payment_id"] == payment)
+        .map(|v| v["type"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn delivers_in_order_signed_and_retried(database: &str) {
+    let (running, c) = serve(database).await;
+    let key = c.tenant(ADMIN, "Hooked Escrow").await.expect("tenant");
+    let other = c.tenant(ADMIN, "Other Escrow").await.expect("tenant");
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    // The first two tries of the first event fail: it is held and tried again, and
+    // nothing overtakes it.
+    receiver.answers.lock().expect("lock").extend([500, 503]);
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let secret = r.body["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
+    // Registering the same URL again answers the same endpoint (a retry is safe).
+    let again = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["webhook_id"], webhook.as_str());
+    assert_eq!(again.body["secret"], secret.as_str());
+    // Another tenant's payment is never sent here.
+    let theirs = open_and_join(&c, &other).await.expect("open");
+    let f = open_and_join(&c, &key).await.expect("open");
+    fund(&c, &key, &f).await.expect("fund");
+    let history = common::scenario::history(&c, &key, &f.payment, 100)
+        .await
+        .expect("history");
+    let records: Vec<Value> = serde_json::from_slice(&history).expect("records");
+    let got = receiver
+        .wait("every event, after two failed tries", |g| {
+            types_of(g, &f.payment).len() >= records.len() + 2
+        })
+        .await;
+    assert!(
+        types_of(&got, &theirs.payment).is_empty(),
+        "another tenant's events"
+    );
+    // The first two requests were the first event, refused; then every event once, in
+    // order, each the stored envelope byte for byte, each signed with the secret.
+    let ids: Vec<&str> = got.iter().map(|g| g.id.as_str()).collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[1], ids[2], "the same webhook-id on every retry");
+    let delivered = &got[2..];
+    assert_eq!(delivered.len(), records.len());
+    let mut last_position = 0;
+    for (g, rec) in delivered.iter().zip(&records) {
+        let v = g.json();
+        assert_eq!(v["type"], rec["event"]["type"]);
+        assert_eq!(g.id, rec["event"]["id"].as_str().expect("id"));
+        assert_eq!(v["data"]["event"], rec["event"]);
+        assert_eq!(v["data"]["hash"], rec["hash"]);
+        let position = v["data"]["position"].as_u64().expect("position");
+        assert!(position > last_position, "in order");
+        last_position = position;
+        assert!(verified(g, &secret), "signature of {}", g.id);
+        assert!(!verified(g, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+    }
+    // The envelope's bytes are the ones hashed.
+    let raw = String::from_utf8(delivered[0].body.clone()).expect("utf-8");
+    let start = raw.find("\"event\":").expect("event") + "\"event\":".len();
+    let event = &raw[start..raw.len() - 2];
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(event.as_bytes())),
+        records[0]["hash"].as_str().expect("hash")
+    );
+    // The endpoint's state: delivering, at the last event.
+    let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "delivering");
+    assert_eq!(r.body["position"].as_u64(), Some(last_position));
+    assert_eq!(r.body["last_status"], 200);
+    assert!(
+        r.body.get("secret").is_none(),
+        "the secret is shown on registering only"
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn delivers_in_order_signed_and_retried_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    delivers_in_order_signed_and_retried(&db).await;
+}
+
+#[tokio::test]
+async fn delivers_in_order_signed_and_retried_postgres() {
+    let Some((admin, name, url)) = common::postgres_database().await else {
+        return;
+    };
+    delivers_in_order_signed_and_retried(&url).await;
+    common::drop_database(&admin, &name).await;
+}
+
+/// Filters, a failing endpoint's state and its retry, rotation with overlap, deletion,
+/// and a restart: events appended while an endpoint failed reach it afterwards.
+#[tokio::test]
+async fn failing_endpoints_catch_up_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let (running, c) = serve(&db).await;
+    let key = c.tenant(ADMIN, "Filtered Escrow").await.expect("tenant");
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let r = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({ "url": url, "event_types": ["FundingSettled", "ParticipantJoined"] }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
+    let first = r.body["secret"].as_str().expect("secret").to_owned();
+    // The same URL with other types is a conflict.
+    let r = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({ "url": url, "event_types": ["FundsAvailable"] }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("webhook_exists"))
+    );
+    let f = open_and_join(&c, &key).await.expect("open");
+    let got = receiver
+        .wait("three joins", |g| types_of(g, &f.payment).len() == 3)
+        .await;
+    assert!(types_of(&got, &f.payment)
+        .iter()
+        .all(|t| t == "ParticipantJoined"));
+    // The receiver breaks: every answer 500 for a while.
+    receiver.answers.lock().expect("lock").extend([500; 1000]);
+    fund(&c, &key, &f).await.expect("fund");
+    let start = Instant::now();
+    loop {
+        let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
+        if r.body["status"] == "failing" && r.body["attempts"].as_i64() >= Some(2) {
+            assert_eq!(r.body["last_status"], 500);
+            assert!(r.body["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("500")));
+            assert!(r.body["failing_since"].is_string());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never failing: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stop the server while the endpoint fails, fix the receiver, restart: the held
+    // event arrives, signed with the old secret and the new one during the overlap.
+    running.shutdown().await.expect("shutdown");
+    receiver.answers.lock().expect("lock").clear();
+    let (running, c) = serve(&db).await;
+    let r = c
+        .post(
+            &format!("/v1/webhooks/{webhook}/rotate-secret"),
+            &key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second = r.body["secret"].as_str().expect("secret").to_owned();
+    assert_ne!(first, second);
+    let before = receiver.got().len();
+    let r = c
+        .post(&format!("/v1/webhooks/{webhook}/retry"), &key, &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = receiver
+        .wait("the settlement, again", |g| g.len() > before)
+        .await;
+    assert_eq!(got[before].json()["type"], "FundingSettled");
+    let settled = &got[before];
+    assert!(verified(settled, &first), "the old secret still verifies");
+    assert!(verified(settled, &second), "the new one too");
+    let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
+    assert_eq!(r.body["status"], "delivering", "{}", r.body);
+    // Deleted: nothing more arrives.
+    let r = c
+        .raw(
+            "DELETE",
+            &format!("/v1/webhooks/{webhook}"),
+            Some(&key),
+            &[],
+            None,
+        )
+        .await
+        .expect("delete");
+    assert_eq!(r.status, 204);
+    let before = receiver.got().len();
+    let g = open_and_join(&c, &key).await.expect("open");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(receiver.got().len(), before, "sent after deletion");
+    assert!(types_of(&receiver.got(), &g.payment).is_empty());
+    let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (404, Some("unknown_webhook"))
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// Registering: what is refused, and why.
+#[tokio::test]
+async fn bad_endpoints_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    // The default: public addresses only.
+    let running = start(common::config(&db)).await.expect("server starts");
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "Careful Escrow").await.expect("tenant");
+    for (body, status, code, field) in [
+        (
+            json!({"url": "http://127.0.0.1:9/hooks"}),
+            422,
+            "invalid_url",
+            "url",
+        ),
+        (
+            json!({"url": "http://localhost/hooks"}),
+            422,
+            "invalid_url",
+            "url",
+        ),
+        (
+            json!({"url": "http://10.1.2.3/hooks"}),
+            422,
+            "invalid_url",
+            "url",
+        ),
+        (
+            json!({"url": "http://[::1]/hooks"}),
+            422,
+            "invalid_url",
+            "url",
+        ),
+        (
+            json!({"url": "http://169.254.169.254/latest"}),
+            422,
+            "invalid_url",
+            "url",
+        ),
+        (
+            json!({"url": "ftp://example.com/x"}),
+            422,
+            "invalid_url",
+            "url",
+        ),
+        (
+            json!({"url": "https://user:pw@example.com/x"}),
+            422,
+            "invalid_url",
+            "url",
+        ),
+        (json!({"url": "not a url"}), 422, "invalid_url", "url"),
+        (
+            json!({"url": "https://example.com/x", "event_types": ["Nope"]}),
+            422,
+            "unknown_event_type",
+            "event_types[0]",
+        ),
+        (
+            json!({"url": "https://example.com/x", "event_types": ["FundsAvailable", "FundsAvailable"]}),
+            422,
+            "duplicate_event_type",
+            "event_types[1]",
+        ),
+        (
+            json!({"url": "https://example.com/x", "after": 99}),
+            422,
+            "invalid_position",
+            "after",
+        ),
+        (
+            json!({"url": "https://example.com/x", "colour": "red"}),
+            400,
+            "invalid_request",
+            "",
+        ),
+        (json!({"url": 7}), 400, "invalid_request", ""),
+    ] {
+        let r = c.post("/v1/webhooks", &key, &body).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {}",
+            r.body
+        );
+        if !field.is_empty() {
+            assert_eq!(r.body["field"], field, "{body}");
+        }
+    }
+    // A public URL is fine; at most 16 per tenant.
+    for i in 0..16 {
+        let r = c
+            .post(
+                "/v1/webhooks",
+                &key,
+                &json!({"url": format!("https://example.com/{i}")}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let r = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({"url": "https://example.com/16"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (422, Some("too_many_webhooks"))
+    );
+    let r = c.get("/v1/webhooks", &key).await;
+    assert_eq!(r.body["webhooks"].as_array().map(Vec::len), Some(16));
+    // Another tenant sees none of them, and cannot touch them.
+    let other = c.tenant(ADMIN, "Other").await.expect("tenant");
+    let id = r.body["webhooks"][0]["webhook_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        c.get("/v1/webhooks", &other).await.body["webhooks"],
+        json!([])
+    );
+    for (method, path) in [
+        ("GET", format!("/v1/webhooks/{id}")),
+        ("DELETE", format!("/v1/webhooks/{id}")),
+        ("POST", format!("/v1/webhooks/{id}/retry")),
+        ("POST", format!("/v1/webhooks/{id}/rotate-secret")),
+    ] {
+        let body = (method == "POST").then(|| b"{}".to_vec());
+        let r = c
+            .raw(method, &path, Some(&other), &[], body)
+            .await
+            .expect("request");
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (404, Some("unknown_webhook")),
+            "{method} {path}"
+        );
+    }
+    // Rotating refuses an Idempotency-Key and a too-long overlap.
+    let r = c
+        .post_idem(
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            &key,
+            "k1",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("route_not_idempotent"))
+    );
+    let r = c
+        .post(
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            &key,
+            &json!({"expire_previous_after_seconds": 700_000}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("expire_previous_after_seconds"))
+    );
+    let undocumented = c.undocumented();
+    assert!(undocumented.is_empty(), "{undocumented:?}");
+    running.shutdown().await.expect("shutdown");
+}
+
+/// The address is checked when sending too, at the address connected to: an endpoint
+/// registered while private addresses were allowed gets nothing once they are not.
+#[tokio::test]
+async fn private_addresses_are_refused_when_sending() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let (running, c) = serve(&db).await;
+    let key = c.tenant(ADMIN, "Moved Escrow").await.expect("tenant");
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
+    running.shutdown().await.expect("shutdown");
+    let mut config = common::config(&db);
+    config.webhooks.retry_first = Duration::from_millis(100);
+    let running = start(config).await.expect("server starts");
+    let c = Client::new(format!("http://{}", running.addr));
+    open_and_join(&c, &key).await.expect("open");
+    let start = Instant::now();
+    loop {
+        let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
+        if r.body["status"] == "failing" {
+            let error = r.body["last_error"].as_str().unwrap_or_default();
+            assert!(error.contains("no public address"), "{error}");
+            assert!(r.body["last_status"].is_null(), "{}", r.body);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never refused: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(receiver.got().is_empty(), "a private address was called");
+    running.shutdown().await.expect("shutdown");
+}
