@@ -210,8 +210,12 @@ export function stateAt(history: HistoryInput, seq: number): PaymentState {
 }
 
 /**
- * Verifies a history (hash chain, rules and, with both given, the server's signed head
- * against its public key). Never throws for a history that does not verify: see `ok`.
+ * Verifies a history: its hash chain, the rules and, given both, the server's signed
+ * head against its pinned public key. Never throws for a history that does not verify:
+ * see `ok`. Throws `invalid_input` for a misuse of the arguments, whatever the history:
+ * a history that is neither a string nor a `Uint8Array`, or a signed head without a
+ * public key or a key without a signed head (pass both, or neither to check the hash
+ * chain only); and `malformed_json` for a signed head that is not one.
  */
 export function verify(history: HistoryInput, signedHeadJson?: string, publicKeyHex?: string): VerifyResult {
   need();
