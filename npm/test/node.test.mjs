@@ -144,6 +144,37 @@ test("verify: a signed head and a public key go together, else invalid_input nam
   assert.throws(() => web.verify(tampered.history, undefined, ok.key), refused(noHead));
 });
 
+test("feeds come from a Client: made with `new`, they are refused at once with invalid_input saying how to get one", () => {
+  const how = {
+    PaymentFeed: "PaymentFeed cannot be made with `new`: get one from a Client: `new Client({ baseUrl, token, serverKey }).payment(paymentId)`",
+    PaymentViewFeed: "PaymentViewFeed cannot be made with `new`: get one from a Client: `new Client({ baseUrl, token, serverKey }).viewFeed(paymentId)`",
+  };
+  const client = new t.Client({ baseUrl: "http://127.0.0.1:9" });
+  const pid = "b0000000-0000-4000-8000-000000000001";
+  const made = { PaymentFeed: client.payment(pid), PaymentViewFeed: client.viewFeed(pid) };
+  for (const [name, message] of Object.entries(how)) {
+    const Feed = t[name];
+    assert.equal(typeof Feed, "function", `${name} is exported (for instanceof)`);
+    const refused = (e) => t.isTrustfoldError(e) && e.code === "invalid_input" && e.message === message;
+    assert.throws(() => new Feed(), refused, `new ${name}()`);
+    // Nor with a feed's insides, another feed or a Symbol of the same description.
+    assert.throws(() => new Feed(made[name]), refused);
+    assert.throws(() => new Feed(Symbol("trustfold.feedFromClient"), made[name]), refused);
+    assert.throws(() => new Feed(Symbol.for("trustfold.feedFromClient"), {}), refused);
+    class Sub extends Feed {}
+    assert.throws(() => new Sub(), refused, "nor as a subclass");
+    assert.throws(() => Reflect.construct(Feed, [undefined, undefined]), refused);
+    // The Client's feeds are real ones.
+    assert.ok(made[name] instanceof Feed, `client's ${name}`);
+  }
+  assert.equal(made.PaymentFeed.seq, 0);
+  assert.equal(made.PaymentFeed.state(), undefined);
+  assert.equal(made.PaymentViewFeed.version, 0);
+  assert.equal(made.PaymentViewFeed.view(), undefined);
+  made.PaymentFeed.close();
+  made.PaymentViewFeed.close();
+});
+
 test("view, allowedCommands and decide work on a real history", () => {
   const v = vectors.find((x) => x.verify.ok);
   const state = t.replay(v.history);
