@@ -210,8 +210,12 @@ export function stateAt(history: HistoryInput, seq: number): PaymentState {
 }
 
 /**
- * Verifies a history (hash chain, rules and, with both given, the server's signed head
- * against its public key). Never throws for a history that does not verify: see `ok`.
+ * Verifies a history: its hash chain, the rules and, given both, the server's signed
+ * head against its pinned public key. Never throws for a history that does not verify:
+ * see `ok`. Throws `invalid_input` for a misuse of the arguments, whatever the history:
+ * a history that is neither a string nor a `Uint8Array`, or a signed head without a
+ * public key or a key without a signed head (pass both, or neither to check the hash
+ * chain only); and `malformed_json` for a signed head that is not one.
  */
 export function verify(history: HistoryInput, signedHeadJson?: string, publicKeyHex?: string): VerifyResult {
   need();
@@ -304,12 +308,32 @@ function liveCallbacks(onUpdate: unknown, onError: unknown): ((e: Error) => void
   return onError === undefined ? undefined : (e: Error) => (onError as (e: TrustfoldError) => void)(e as TrustfoldError);
 }
 
-/** One payment followed from the server: verified history, state, live updates. */
+/**
+ * What `Client` passes the feeds' constructors: not exported, so a feed made with `new`
+ * by anyone else is refused at once (it would hold no connection to any server and
+ * fail later with an obscure error). Their declarations say `private constructor()`.
+ */
+const FROM_CLIENT = Symbol("trustfold.feedFromClient");
+
+/** A feed class as `Client` calls it (its constructor is private to the declarations). */
+type FeedClass<T, R> = new (token: typeof FROM_CLIENT, inner: R) => T;
+
+/** The refusal of a feed made with `new`: says how to get one. */
+function madeWithNew(name: string, how: string): TrustfoldError {
+  return invalid(
+    `${name} cannot be made with \`new\`: get one from a Client: \`new Client({ baseUrl, token, serverKey }).${how}\``,
+  );
+}
+
+/**
+ * One payment followed from the server: verified history, state, live updates. Get one
+ * from `client.payment(paymentId)`; `new PaymentFeed()` throws `invalid_input`.
+ */
 export class PaymentFeed {
   readonly #raw: Raw.PaymentFeed;
 
-  /** @internal */
-  constructor(inner: Raw.PaymentFeed) {
+  private constructor(token: typeof FROM_CLIENT, inner: Raw.PaymentFeed) {
+    if (token !== FROM_CLIENT) throw madeWithNew("PaymentFeed", "payment(paymentId)");
     this.#raw = inner;
   }
 
@@ -364,13 +388,14 @@ export class PaymentFeed {
 
 /**
  * The server's view of one payment for a participant from whose roles the policy hides
- * something (see `Client.paymentView`), kept up to date. **Not verified.**
+ * something (see `Client.paymentView`), kept up to date. **Not verified.** Get one from
+ * `client.viewFeed(paymentId)`; `new PaymentViewFeed()` throws `invalid_input`.
  */
 export class PaymentViewFeed {
   readonly #raw: Raw.PaymentViewFeed;
 
-  /** @internal */
-  constructor(inner: Raw.PaymentViewFeed) {
+  private constructor(token: typeof FROM_CLIENT, inner: Raw.PaymentViewFeed) {
+    if (token !== FROM_CLIENT) throw madeWithNew("PaymentViewFeed", "viewFeed(paymentId)");
     this.#raw = inner;
   }
 
@@ -440,7 +465,8 @@ export class Client {
 
   /** A feed for one payment (empty until `sync()`). */
   payment(paymentId: string): PaymentFeed {
-    return new PaymentFeed(this.#raw.payment(str(paymentId, "paymentId")));
+    const feed = PaymentFeed as unknown as FeedClass<PaymentFeed, Raw.PaymentFeed>;
+    return new feed(FROM_CLIENT, this.#raw.payment(str(paymentId, "paymentId")));
   }
 
   /**
@@ -456,7 +482,8 @@ export class Client {
 
   /** The server's view of one payment, kept up to date: `refresh()`, `live()`. */
   viewFeed(paymentId: string): PaymentViewFeed {
-    return new PaymentViewFeed(this.#raw.viewFeed(str(paymentId, "paymentId")));
+    const feed = PaymentViewFeed as unknown as FeedClass<PaymentViewFeed, Raw.PaymentViewFeed>;
+    return new feed(FROM_CLIENT, this.#raw.viewFeed(str(paymentId, "paymentId")));
   }
 
   /**

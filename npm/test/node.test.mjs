@@ -99,17 +99,80 @@ test("money helpers are exact", () => {
   assert.throws(() => t.moneyAllocate("1.00", "USD", throwing), (e) => e.code === "invalid_input" && /no weights today/.test(e.message));
 });
 
-test("a detached buffer and a key without a head are refused, not misread", () => {
+test("a detached buffer is refused, not misread", () => {
   const ok = vectors.find((v) => v.verify.ok);
   const bytes = new TextEncoder().encode(ok.history);
   structuredClone(bytes.buffer, { transfer: [bytes.buffer] });
   for (const f of [() => t.replay(bytes), () => t.verify(bytes), () => t.replayJson(bytes)]) {
     assert.throws(f, (e) => e.code === "invalid_input" && /detached/.test(e.message));
   }
-  // A pinned key proves nothing without the head it checks.
-  assert.throws(() => t.verify(ok.history, undefined, ok.key), (e) => e.code === "invalid_input" && /signed head/.test(e.message));
+});
+
+test("verify: a signed head and a public key go together, else invalid_input naming the one missing, whatever the history", async () => {
+  const ok = vectors.find((v) => v.verify.ok);
+  const tampered = vectors.find((v) => !v.verify.ok && v.verify.code === "chain_broken");
+  assert.ok(tampered, "a vector whose chain is broken");
+  const noKey = "verify: a signed head was given without a public key: pass the server's pinned public key (publicKeyHex) to check the head against, or neither to check the hash chain only";
+  const noHead = "verify: a public key was given without a signed head: pass the server's signed head (signedHeadJson) to check against the key, or neither to check the hash chain only";
+  const refused = (message) => (e) => t.isTrustfoldError(e) && e.code === "invalid_input" && e.message === message;
+  for (const history of [ok.history, tampered.history, new TextEncoder().encode(ok.history), "[]", "not json"]) {
+    // A head checks nothing without the key it is checked against (it used to come back
+    // as {ok: false, code: "invalid_key"}, which reads as a bad history) ...
+    assert.throws(() => t.verify(history, ok.head), refused(noKey));
+    assert.throws(() => t.verify(history, ok.head, undefined), refused(noKey));
+    assert.throws(() => t.verify(history, "{not a head", undefined), refused(noKey), "the missing key, before the head is read");
+    // ... and a pinned key proves nothing without the head it checks.
+    assert.throws(() => t.verify(history, undefined, ok.key), refused(noHead));
+    assert.throws(() => t.verify(history, "", ok.key), refused(noHead), "an empty head is no head");
+    assert.throws(() => t.verify(history, "null", ok.key), refused(noHead));
+  }
+  // Both, or neither: the outcome, never a throw, for a history that does not verify.
   assert.deepEqual(t.verify(ok.history, ok.head, ok.key), ok.verify);
-  assert.equal(t.verify(ok.history).ok, true, "no key: the chain alone");
+  assert.equal(t.verify(ok.history).ok, true, "neither: the chain alone");
+  assert.equal(t.verify(ok.history, undefined, undefined).ok, true);
+  assert.deepEqual(t.verify(tampered.history), { ok: false, code: "chain_broken", message: tampered.verify.message, seq: tampered.verify.seq });
+  const r = t.verify("[]");
+  assert.equal(r.ok, false);
+  assert.equal(r.code, "invalid_history");
+  // A key that is not one, with its head: the outcome says so (the history cannot be checked).
+  assert.equal(t.verify(ok.history, ok.head, "zz").code, "invalid_key");
+  // The browsers' module, through its own glue, says the same word for word: the rule
+  // is the Rust binding's.
+  const web = await import("../pkg/trustfold_wasm.js");
+  web.initSync({ module: readFileSync(join(rootDir, "npm", "pkg", "trustfold_wasm_bg.wasm")) });
+  assert.throws(() => web.verify(ok.history, ok.head), refused(noKey));
+  assert.throws(() => web.verify(tampered.history, undefined, ok.key), refused(noHead));
+});
+
+test("feeds come from a Client: made with `new`, they are refused at once with invalid_input saying how to get one", () => {
+  const how = {
+    PaymentFeed: "PaymentFeed cannot be made with `new`: get one from a Client: `new Client({ baseUrl, token, serverKey }).payment(paymentId)`",
+    PaymentViewFeed: "PaymentViewFeed cannot be made with `new`: get one from a Client: `new Client({ baseUrl, token, serverKey }).viewFeed(paymentId)`",
+  };
+  const client = new t.Client({ baseUrl: "http://127.0.0.1:9" });
+  const pid = "b0000000-0000-4000-8000-000000000001";
+  const made = { PaymentFeed: client.payment(pid), PaymentViewFeed: client.viewFeed(pid) };
+  for (const [name, message] of Object.entries(how)) {
+    const Feed = t[name];
+    assert.equal(typeof Feed, "function", `${name} is exported (for instanceof)`);
+    const refused = (e) => t.isTrustfoldError(e) && e.code === "invalid_input" && e.message === message;
+    assert.throws(() => new Feed(), refused, `new ${name}()`);
+    // Nor with a feed's insides, another feed or a Symbol of the same description.
+    assert.throws(() => new Feed(made[name]), refused);
+    assert.throws(() => new Feed(Symbol("trustfold.feedFromClient"), made[name]), refused);
+    assert.throws(() => new Feed(Symbol.for("trustfold.feedFromClient"), {}), refused);
+    class Sub extends Feed {}
+    assert.throws(() => new Sub(), refused, "nor as a subclass");
+    assert.throws(() => Reflect.construct(Feed, [undefined, undefined]), refused);
+    // The Client's feeds are real ones.
+    assert.ok(made[name] instanceof Feed, `client's ${name}`);
+  }
+  assert.equal(made.PaymentFeed.seq, 0);
+  assert.equal(made.PaymentFeed.state(), undefined);
+  assert.equal(made.PaymentViewFeed.version, 0);
+  assert.equal(made.PaymentViewFeed.view(), undefined);
+  made.PaymentFeed.close();
+  made.PaymentViewFeed.close();
 });
 
 test("view, allowedCommands and decide work on a real history", () => {

@@ -68,8 +68,8 @@ test("installed into a TypeScript project, its declarations type-check (strict, 
     }),
     "main.ts": `
 import {
-  init, Client, replay, verify, view, allowedCommands, decide, formatMoney, moneyAllocate,
-  isTrustfoldError, type PaymentState, type TrustfoldError, type VerifyResult,
+  init, Client, PaymentFeed, PaymentViewFeed, replay, verify, view, allowedCommands, decide, formatMoney,
+  moneyAllocate, isTrustfoldError, type PaymentState, type TrustfoldError, type VerifyResult,
 } from "trustfold";
 declare const token: string, serverKey: string, paymentId: string, buyerId: string;
 export async function main(): Promise<void> {
@@ -90,6 +90,15 @@ export async function main(): Promise<void> {
   console.log(can, decide(history, { type: "Join" }, { command_id: crypto.randomUUID(), actor: { party: buyerId, role: "buyer" }, now: new Date().toISOString() }));
   console.log(formatMoney("1", "USD"), moneyAllocate("1.00", "USD", [1, 2]));
   try { replay("[]"); } catch (e) { if (isTrustfoldError(e)) console.log(e.code, e.seq); }
+}
+// Feeds come from a Client: their constructors are private to the declarations (an
+// argument of type never would be taken by any public one).
+export function feeds(client: Client, paymentId: string): boolean {
+  // @ts-expect-error: PaymentFeed's constructor is private (get one from client.payment)
+  const made = new PaymentFeed(null as never);
+  // @ts-expect-error: PaymentViewFeed's constructor is private (get one from client.viewFeed)
+  const view = new PaymentViewFeed(null as never);
+  return client.payment(paymentId) instanceof PaymentFeed && client.viewFeed(paymentId) instanceof PaymentViewFeed && !!made && !!view;
 }
 `,
   });

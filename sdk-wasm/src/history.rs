@@ -82,9 +82,12 @@ enum VerifyOutcome {
 /// Verifies a history as a client must: the hash chain, the server's signed head
 /// against its pinned public key (when given), and that it folds under the rules.
 /// Returns `{ok: true, len, head}` or `{ok: false, code, message, seq}` (`seq` is
-/// `null` when the failure is not at an event); it throws only for arguments that
-/// are not a string / `Uint8Array`, a signed head that is not JSON, or a key without
-/// a signed head (a pinned key proves nothing without the head it checks).
+/// `null` when the failure is not at an event): it never throws for a history that
+/// does not verify. It throws `invalid_input` for a misuse of its arguments, which no
+/// history can fix: a history that is not a string / `Uint8Array`, or a signed head
+/// and a public key not given together ([`missing_pair`]: a key proves nothing
+/// without the head it checks, and a head is checked only against a key); and
+/// `malformed_json` for a signed head that is not one.
 #[wasm_bindgen(js_name = verify, unchecked_return_type = "VerifyResult")]
 pub fn verify(
     #[wasm_bindgen(js_name = historyJson, unchecked_param_type = "HistoryInput")] history: JsValue,
@@ -92,17 +95,14 @@ pub fn verify(
     #[wasm_bindgen(js_name = publicKeyHex)] public_key: Option<String>,
 ) -> JsResult<JsValue> {
     let bytes = input_bytes(&history, "history")?;
-    let head: Option<SignedHead> = match signed_head.as_deref().map(str::trim) {
-        None | Some("") | Some("null") => None,
-        Some(h) => Some(SignedHead::from_json(h.as_bytes()).js()?),
-    };
-    if head.is_none() && public_key.is_some() {
-        return Err(js_error(
-            "invalid_input",
-            "a public key was given without a signed head: pass the server's signed head \
-             to check against it (or no key to check the hash chain only)",
-        ));
+    let signed_head = signed_head.filter(|h| !matches!(h.trim(), "" | "null"));
+    if let Some(message) = missing_pair(signed_head.is_some(), public_key.is_some()) {
+        return Err(js_error("invalid_input", message));
     }
+    let head = signed_head
+        .map(|h| SignedHead::from_json(h.trim().as_bytes()))
+        .transpose()
+        .js()?;
     let outcome = match verify_bytes(&bytes, head.as_ref(), public_key.as_deref()) {
         Ok(state) => VerifyOutcome::Ok {
             ok: true,
@@ -117,6 +117,25 @@ pub fn verify(
         },
     };
     to_value(&outcome)
+}
+
+/// The message for a signed head without a public key or a key without a head (`None`
+/// when both or neither are given): [`verify`] throws it as `invalid_input`, whatever
+/// the history, since the caller's code, not the history, has to change.
+pub fn missing_pair(head: bool, key: bool) -> Option<&'static str> {
+    match (head, key) {
+        (true, false) => Some(
+            "verify: a signed head was given without a public key: pass the server's \
+             pinned public key (publicKeyHex) to check the head against, or neither to \
+             check the hash chain only",
+        ),
+        (false, true) => Some(
+            "verify: a public key was given without a signed head: pass the server's \
+             signed head (signedHeadJson) to check against the key, or neither to check \
+             the hash chain only",
+        ),
+        _ => None,
+    }
 }
 
 /// Native core of [`verify`]: the verified state or the first error.

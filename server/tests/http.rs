@@ -429,6 +429,64 @@ async fn idempotency_compares_the_json_not_its_bytes() {
     srv.finish().await;
 }
 
+/// A body that is not JSON, sent with an `Idempotency-Key`, is fingerprinted by its
+/// bytes and refused before anything is stored: the same bytes again get the same 400,
+/// and the key is still free for the request the caller meant, which runs once and is
+/// then replayed.
+#[tokio::test]
+async fn a_body_that_is_not_json_leaves_its_key_free() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let send = |body: Vec<u8>| {
+        let path = path.clone();
+        let key = key.clone();
+        async move {
+            c.raw(
+                "POST",
+                &path,
+                Some(&key),
+                &[("idempotency-key", "invite-after-typo")],
+                Some(body),
+            )
+            .await
+            .expect("POST")
+        }
+    };
+    let before = c.get(&format!("/v1/payments/{}", f.payment), &key).await;
+    let version = before.body["version"].as_u64().expect("version");
+    // Cut short by a bad copy and paste: not JSON at all.
+    let broken = br#"{"command": {"type": "Invite", "party": "#.to_vec();
+    let first = send(broken.clone()).await;
+    expect_member(&first, 400, "code", "malformed_json");
+    let again = send(broken).await;
+    expect_member(&again, 400, "code", "malformed_json");
+    assert_eq!(again.body, first.body, "the same answer for the same bytes");
+    assert!(
+        again.headers.get("idempotent-replayed").is_none(),
+        "nothing was stored to replay"
+    );
+
+    // The request meant, under the same key: run, not refused as a reuse of the key.
+    let other = uuid::Uuid::new_v4();
+    let meant = json!({"command": {"type": "Invite", "party": other, "roles": ["lender"], "name": "L"},
+                       "actor": {"party": f.agent, "role": "listing_agent"}});
+    let ran = send(meant.to_string().into_bytes()).await;
+    assert_eq!(ran.status, 200, "{}", ran.body);
+    assert!(ran.headers.get("idempotent-replayed").is_none());
+    assert_eq!(ran.body["version"], version + 1, "{}", ran.body);
+    assert_eq!(ran.body["events"][0]["event"]["type"], "ParticipantInvited");
+    let replay = send(meant.to_string().into_bytes()).await;
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(replay.bytes, ran.bytes, "the first answer, byte for byte");
+    let state = c.get(&format!("/v1/payments/{}", f.payment), &key).await;
+    assert_eq!(state.body["version"], version + 1, "one Invite applied");
+    srv.finish().await;
+}
+
 /// A command sent without an `Idempotency-Key` gets a time-ordered (v7) command id and
 /// its events time-ordered ids of the same millisecond, so the event-id index grows at
 /// its end; a keyed command's ids come from the key (v8) and repeat on a retry.

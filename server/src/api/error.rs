@@ -206,9 +206,9 @@ impl ApiError {
     /// Whether this is the payment's answer to the command itself — a rejection by the
     /// core's rules (422, or 403 for an action the actor may not take) or an invalid
     /// command — which the same request gets again, so it is stored under its
-    /// `Idempotency-Key` like a success. Not so: a version conflict (409), the
-    /// credentials' refusals (401, 403 of a token's scope), a reused key and 5xx: the
-    /// key stays free for a retry.
+    /// `Idempotency-Key` like a success. Not so: a malformed request (400), a version
+    /// conflict (409), the credentials' refusals (401, 403 of a token's scope), a reused
+    /// key and 5xx: the key stays free for a retry.
     pub fn is_command_result(&self) -> bool {
         match self {
             ApiError::Unprocessable { code, .. } => *code != "idempotency_key_reused",

@@ -11,8 +11,9 @@
 //! instead of deciding again; and the first response — a success, or a rejection by
 //! the payment's rules ([`ApiError::is_command_result`]) — is stored with a hash of the
 //! request, replayed for the same key and body, and a different body under the same key
-//! is `422 idempotency_key_reused`. A version conflict, a refusal of the credentials and
-//! a 5xx store nothing: the key stays free for a retry.
+//! is `422 idempotency_key_reused`. A malformed request (400; a body that is not JSON is
+//! fingerprinted by its bytes), a version conflict, a refusal of the credentials and a
+//! 5xx store nothing: the key stays free for a retry.
 
 use std::collections::HashMap;
 
