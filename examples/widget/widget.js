@@ -21,7 +21,7 @@
 // the version it was decided on, so a concurrent change loses cleanly (409) instead of
 // acting on a state the participant did not see.
 
-import { init, Client, allowedCommands, decide, formatMoney, isTrustfoldError } from "trustfold";
+import { init, Client, allowedCommands, decide, formatMoney, isTrustfoldError, nextTick } from "trustfold";
 
 /** Commands this widget can build from the state: kind -> (state, request?) -> command. */
 const BUILDERS = {
@@ -173,7 +173,11 @@ export async function mountPaymentWidget(root, options) {
       return;
     }
     const escrow = s.ledger?.balances?.escrow?.posted;
-    const events = mode === "verified" ? JSON.parse(feed.history()).map((r) => r.event) : viewFeed.view().events;
+    const history = mode === "verified" ? feed.history() : null;
+    const events = history ? JSON.parse(history).map((r) => r.event) : viewFeed.view().events;
+    // When the platform's clock acts on its own (good funds, a missed funding deadline,
+    // an automatic release), from the verified history.
+    const next = history ? nextTick(history) : null;
     root.replaceChildren(
       h("section", { class: "tf-widget", "data-mode": mode, "data-version": s.version },
         h("header", {},
@@ -189,6 +193,7 @@ export async function mountPaymentWidget(root, options) {
           : h("p", { class: "tf-trust", "data-verified": "false" },
             "The server's view (not verified): the payment's policy hides part of it from your role."),
         escrow ? h("p", { class: "tf-escrow" }, `In escrow: ${money(escrow)}`) : null,
+        next ? h("p", { class: "tf-next", "data-at": next }, `Next automatic step: ${next}`) : null,
         h("ul", { class: "tf-participants" },
           Object.entries(s.participants ?? {}).map(([id, p]) =>
             h("li", { "data-party": id },

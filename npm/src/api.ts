@@ -235,6 +235,17 @@ export function allowedCommands(history: HistoryInput, actor: Actor, now?: strin
 }
 
 /**
+ * When the platform's clock next has something to do for the payment (RFC 3339 UTC), or
+ * `null`: funds reaching good funds, a funding deadline passing, an automatic release
+ * coming due. The server records it then, as the `system` actor; a widget can show
+ * "funds available on …" or "funding deadline in …".
+ */
+export function nextTick(history: HistoryInput): string | null {
+  need();
+  return raw.nextTick(historyInput(history)) ?? null;
+}
+
+/**
  * Decides a command against the history's state without sending it: the events it
  * would produce, or throws the rejection (`code` names the rule). Pass `"[]"` as the
  * history for `Initiate`.

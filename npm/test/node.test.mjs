@@ -192,6 +192,24 @@ test("view, allowedCommands and decide work on a real history", () => {
   );
 });
 
+test("nextTick says when the platform's clock acts next, as the Rust core does", () => {
+  const ach = vectors.find((v) => v.name === "em_ach_good_funds");
+  // The history up to seq `n`, in its one-record-per-line layout (bytes unchanged).
+  const upTo = (n) => {
+    const lines = ach.history.trim().split("\n").slice(1, -1).map((l) => l.replace(/,$/, ""));
+    return `[\n${lines.slice(0, n).join(",\n")}\n]\n`;
+  };
+  // Waiting for funds: one millisecond past the funding deadline (2026-11-05T15:00Z).
+  assert.equal(t.nextTick(upTo(15)), "2026-11-05T15:00:00.001Z");
+  // Settled by ACH on Tuesday: good funds two business days later.
+  assert.equal(t.nextTick(upTo(17)), "2026-11-05T15:00:00Z");
+  // Held, with nothing automatic in the policy: nothing due.
+  assert.equal(t.nextTick(upTo(18)), null);
+  assert.equal(t.nextTick(new TextEncoder().encode(upTo(17))), "2026-11-05T15:00:00Z");
+  assert.throws(() => t.nextTick("[]"), (e) => e.code === "unknown_payment");
+  assert.throws(() => t.nextTick("[{"), (e) => t.isTrustfoldError(e) && e.code === "malformed_json");
+});
+
 test("arguments of the wrong type are refused with invalid_input, and the module stays usable", () => {
   const ok = vectors.find((v) => v.verify.ok);
   const isInput = (e) => t.isTrustfoldError(e) && e.code === "invalid_input";

@@ -145,6 +145,16 @@ test("seller and lender: the server's redacted view, marked unverified, acting t
 });
 
 test("a release approved from the widgets: the buyer's verified one, then the seller's server view", async () => {
+  // Both have agreed: the funding deadline is watched, and the buyer's verified widget
+  // says when the platform acts on its own (nextTick over the history it verified).
+  const agreed = await srv.ok("GET", `/v1/payments/${p.payment}`, key);
+  const early = await open(p.buyer);
+  await atVersion(early.tab, agreed.version);
+  const deadline = Date.parse(agreed.funding.deadline);
+  const shown = await early.tab.$eval(".tf-next", (e) => e.dataset.at);
+  assert.equal(Date.parse(shown), deadline + 1, "one millisecond past the funding deadline");
+  assert.equal(await text(early.tab, ".tf-next"), `Next automatic step: ${shown}`);
+  await early.tab.close();
   // Funded by wire (settled: good funds at once), then the escrow holder asks to
   // release it all to the seller. Buyer and seller have agreed (tests above).
   await srv.command(key, p.payment, p.buyer, "buyer", {
@@ -161,6 +171,8 @@ test("a release approved from the widgets: the buyer's verified one, then the se
   const buyer = await open(p.buyer);
   await atVersion(buyer.tab, asked.state.version);
   assert.equal(await text(buyer.tab, ".tf-escrow"), "In escrow: 5000.00 USD");
+  // Funded by wire and held: nothing automatic is due under this policy.
+  assert.equal(await buyer.tab.$$eval(".tf-next", (l) => l.length), 0);
   assert.match(await text(buyer.tab, `li[data-request="${request}"]`), /^release of 5000\.00 USD: awaiting approvals, 0 approval\(s\)$/);
   // The rules let the buyer approve or deny it (both decided in the page first).
   assert.deepEqual(await buttons(buyer.tab), ["Approve", "Deny"]);

@@ -61,6 +61,19 @@ pub fn allowed_commands(
     to_value(&kinds)
 }
 
+/// When the platform's clock next has something to do for the payment (RFC 3339), or
+/// `null`: funds reaching good funds, a funding deadline passing, an automatic release
+/// coming due (`decide::next_tick`; the server records them then, as the `system`
+/// actor). For a widget's "funds available on …" or "deadline in …".
+#[wasm_bindgen(js_name = nextTick)]
+pub fn next_tick(
+    #[wasm_bindgen(js_name = historyJson, unchecked_param_type = "HistoryInput")] history: JsValue,
+) -> JsResult<Option<String>> {
+    let state =
+        state_of(&history)?.ok_or_else(|| js_error("unknown_payment", "the history is empty"))?;
+    Ok(trustfold_core::decide::next_tick(&state).map(|t| t.to_string()))
+}
+
 /// Decides `commandJson` against the history's state (an empty history `[]` for
 /// `Initiate`) with `contextJson` (`{"command_id","actor","now"}`); returns the
 /// events it would produce as a JSON array of canonical envelopes, or throws the

@@ -27,7 +27,7 @@
 //! ## Modules
 //!
 //! - [`history`] — `replay`, `verify`, `stateAt`, `view`.
-//! - [`decide`] — `allowedCommands`, `decide`, `validatePolicy`.
+//! - [`decide`] — `allowedCommands`, `nextTick`, `decide`, `validatePolicy`.
 //! - [`money`] — arithmetic and formatting on decimal strings.
 //! - [`client`] — `Client` and `PaymentFeed`: incremental fetch, signed-head check,
 //!   commands with idempotency keys, live updates with resume (gloo-net);
