@@ -24,7 +24,8 @@
 //! - [`subscription`] — a catch-up subscription over the tenant-wide feed with a
 //!   checkpoint you store where you like ([`subscription::Checkpoint`]; a file is
 //!   one, [`subscription::FileCheckpoint`]).
-//! - [`webhook`] — Standard Webhooks signature verification.
+//! - [`webhook`] — Standard Webhooks signature verification, and the server's webhook events
+//!   read and checked against their hashes (`Webhook::verify_event_at`).
 //! - the `trustfold` command-line tool: `verify`, `replay`, `fetch`, `tail`.
 //!
 //! ## Example: verify an exported history offline

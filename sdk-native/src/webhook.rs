@@ -148,6 +148,111 @@ impl Webhook {
     }
 }
 
+/// One event of the reference server's webhooks, its signature verified and its
+/// envelope checked against its hash ([`Webhook::verify_event_at`]).
+#[derive(Debug, Clone)]
+pub struct DeliveredEvent {
+    /// The event type (`FundsAvailable`, …).
+    pub event_type: String,
+    /// The tenant.
+    pub tenant: uuid::Uuid,
+    /// The payment.
+    pub payment: trustfold_core::id::PaymentId,
+    /// Its sequence number in the payment.
+    pub seq: u64,
+    /// Its global position in the tenant's feed (deduplicate and order by it).
+    pub position: u64,
+    /// The SHA-256 of its envelope's bytes: the chain link of a history.
+    pub hash: trustfold_core::hash::Hash,
+    /// The envelope, read from the bytes that hash.
+    pub envelope: trustfold_core::envelope::Envelope,
+    /// The envelope's bytes, as stored and hashed.
+    pub bytes: Vec<u8>,
+}
+
+impl Webhook {
+    /// Verifies one request of the reference server's webhooks as of `now` (Unix
+    /// seconds) — the signature as [`Webhook::verify_at`] does — then reads its body:
+    /// the envelope in `data.event` must hash to `data.hash`, and agree with
+    /// `webhook-id`, `type`, `payment_id` and `seq`. A receiver can then keep
+    /// `position` as its checkpoint and link `hash` into the payment's chain.
+    ///
+    /// ```
+    /// use trustfold::webhook::Webhook;
+    /// let wh = Webhook::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
+    /// let body = br#"{"type":"Nope","timestamp":"2026-11-28T00:00:00Z","data":{}}"#;
+    /// let sig = wh.sign("e1", 1_795_824_000, body);
+    /// let err = wh.verify_event_at("e1", "1795824000", &sig, body, 1_795_824_000).unwrap_err();
+    /// assert!(err.to_string().contains("data.event"), "{err}");
+    /// # Ok::<(), trustfold::Error>(())
+    /// ```
+    pub fn verify_event_at<'b>(
+        &self,
+        id: &str,
+        timestamp: &str,
+        signatures: &str,
+        body: &'b [u8],
+        now: i64,
+    ) -> Result<DeliveredEvent> {
+        use trustfold_core::json::{object_members, string, uint};
+        self.verify_at(id, timestamp, signatures, body, now)?;
+        let bad = |what: String| Error::Webhook(format!("the webhook's body: {what}"));
+        let top = object_members(body).map_err(|e| bad(e.to_string()))?;
+        fn find<'a>(members: &[(String, &'a [u8])], name: &str) -> Option<&'a [u8]> {
+            members.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+        }
+        let member = |members: &[(String, &'b [u8])], name: &str| -> Result<&'b [u8]> {
+            find(members, name).ok_or_else(|| bad(format!("no `{name}`")))
+        };
+        let event_type = string(member(&top, "type")?).map_err(|e| bad(format!("type: {e}")))?;
+        let data = object_members(member(&top, "data")?).map_err(|e| bad(format!("data: {e}")))?;
+        let text = |name: &str| -> Result<String> {
+            string(member(&data, name)?).map_err(|e| bad(format!("data.{name}: {e}")))
+        };
+        let number = |name: &str| -> Result<u64> {
+            uint(member(&data, name)?).map_err(|e| bad(format!("data.{name}: {e}")))
+        };
+        let bytes = member(&data, "event").map_err(|_| bad("no `data.event`".into()))?;
+        let hash: trustfold_core::hash::Hash = text("hash")?
+            .parse()
+            .map_err(|e| bad(format!("data.hash: {e}")))?;
+        if trustfold_core::hash::Hash::of(bytes) != hash {
+            return Err(bad(
+                "data.event does not hash to data.hash: it was altered (or re-serialized)".into(),
+            ));
+        }
+        let envelope = trustfold_core::envelope::Envelope::from_json(bytes)
+            .map_err(|e| bad(format!("data.event: {e}")))?;
+        let tenant = uuid::Uuid::try_parse(&text("tenant_id")?)
+            .map_err(|e| bad(format!("data.tenant_id: {e}")))?;
+        let (payment, seq) = (text("payment_id")?, number("seq")?);
+        if envelope.id.to_string() != id
+            || envelope.event_type().name() != event_type
+            || envelope.stream.to_string() != payment
+            || envelope.seq != seq
+        {
+            return Err(bad(format!(
+                "the envelope (event {} of type {} at seq {} of payment {}) is not the one the \
+                 request names (webhook-id {id}, type {event_type}, seq {seq} of payment {payment})",
+                envelope.id,
+                envelope.event_type().name(),
+                envelope.seq,
+                envelope.stream
+            )));
+        }
+        Ok(DeliveredEvent {
+            event_type,
+            tenant,
+            payment: envelope.stream,
+            seq,
+            position: number("position")?,
+            hash,
+            envelope,
+            bytes: bytes.to_vec(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

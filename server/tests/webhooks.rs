@@ -114,21 +114,20 @@ async fn serve(database: &str) -> (Running, Client) {
     (running, client)
 }
 
-/// Checks a request's signature with `secret` as a receiver would, now.
-fn verified(g: &Got, secret: &str) -> bool {
+/// Unix seconds now.
+fn now() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
+    i64::try_from(now).expect("now")
+}
+
+/// Checks a request's signature with `secret` as a receiver would, now.
+fn verified(g: &Got, secret: &str) -> bool {
     Webhook::new(secret)
         .expect("secret")
-        .verify_at(
-            &g.id,
-            &g.timestamp,
-            &g.signature,
-            &g.body,
-            i64::try_from(now).expect("now"),
-        )
+        .verify_at(&g.id, &g.timestamp, &g.signature, &g.body, now())
         .is_ok()
 }
 
@@ -196,7 +195,28 @@ async fn delivers_in_order_signed_and_retried(database: &str) {
         last_position = position;
         assert!(verified(g, &secret), "signature of {}", g.id);
         assert!(!verified(g, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+        // The SDK's receiver side: signature, then the envelope against its hash.
+        let ev = Webhook::new(&secret)
+            .expect("secret")
+            .verify_event_at(&g.id, &g.timestamp, &g.signature, &g.body, now())
+            .expect("a verified event");
+        assert_eq!(ev.position, position);
+        assert_eq!(ev.payment.to_string(), f.payment);
+        assert_eq!(ev.hash.to_string(), rec["hash"].as_str().expect("hash"));
+        assert_eq!(ev.envelope.event_type().name(), ev.event_type);
     }
+    // An altered envelope (re-signed, so only the hash can tell) is refused.
+    let g = &delivered[3];
+    let text = String::from_utf8(g.body.clone()).expect("utf-8");
+    let altered = text.replacen("\"seq\":", "\"seq\": ", 2);
+    assert_ne!(altered, text);
+    let wh = Webhook::new(&secret).expect("secret");
+    let ts: i64 = g.timestamp.parse().expect("timestamp");
+    let sig = wh.sign(&g.id, ts, altered.as_bytes());
+    let err = wh
+        .verify_event_at(&g.id, &g.timestamp, &sig, altered.as_bytes(), now())
+        .expect_err("an altered envelope");
+    assert!(err.to_string().contains("does not hash"), "{err}");
     // The envelope's bytes are the ones hashed.
     let raw = String::from_utf8(delivered[0].body.clone()).expect("utf-8");
     let start = raw.find("\"event\":").expect("event") + "\"event\":".len();
