@@ -171,6 +171,9 @@ pub struct PaymentQuery {
     pub participant: Option<PartyId>,
     /// Only payments under this policy id.
     pub policy: Option<String>,
+    /// Only payments on which the platform's clock acts before this time (a funding
+    /// deadline, good funds, an automatic release).
+    pub due_before: Option<Timestamp>,
 }
 
 /// The policy a payment is pinned to.
@@ -210,6 +213,10 @@ pub struct PaymentSummary {
     pub updated_at: Timestamp,
     /// The parties holding a role, by party id.
     pub participants: Vec<ListedParticipant>,
+    /// When the platform's clock next acts on it (good funds, a missed funding
+    /// deadline, an automatic release), if anything is due.
+    #[serde(default)]
+    pub next_tick_at: Option<Timestamp>,
 }
 
 /// A page of [`Client::payments`].
@@ -811,7 +818,7 @@ impl Client {
         self.get_json(&path).await
     }
 
-    /// `GET /v1/payments?status=&participant=&policy=&after=&limit=`: a page of the
+    /// `GET /v1/payments?status=&participant=&policy=&due_before=&after=&limit=`: a page of the
     /// tenant's payments (read model), oldest first. Start with `after = 0`, continue
     /// with the page's `next` while `has_more`; [`Client::all_payments`] does that.
     pub async fn payments(
@@ -829,6 +836,9 @@ impl Client {
         }
         if let Some(p) = &query.policy {
             path.push_str(&format!("&policy={}", encode(p)));
+        }
+        if let Some(t) = &query.due_before {
+            path.push_str(&format!("&due_before={}", encode(&t.to_string())));
         }
         self.get_json(&path).await
     }

@@ -129,6 +129,25 @@ async fn payments(c: &Client, key: &str) -> Payments {
     }
 }
 
+/// The payments the list says are due before `before`, with their `next_tick_at`.
+async fn due_before(c: &Client, key: &str, before: &str) -> Vec<(String, String)> {
+    let r = c
+        .get(&format!("/v1/payments?due_before={before}&limit=500"), key)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["payments"]
+        .as_array()
+        .expect("payments")
+        .iter()
+        .map(|p| {
+            (
+                p["payment_id"].as_str().expect("id").to_owned(),
+                p["next_tick_at"].as_str().expect("next_tick_at").to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Nothing is due yet: a few of the clock's rounds change nothing.
 async fn nothing_happens_yet(c: &Client, key: &str, ps: &Payments) -> [usize; 3] {
     let before = [
@@ -190,8 +209,28 @@ async fn the_clock_acts_when_things_are_due(database: &str) {
     let key = c.tenant(ADMIN, "Clockwork Escrow").await.expect("tenant");
     let ps = payments(&c, &key).await;
     let before = nothing_happens_yet(&c, &key, &ps).await;
+    // The list says what is due when: good funds and the deadline within the next ten
+    // days, nothing for the draft.
+    let in_ten_days = clock.now().add_days(10).to_string();
+    let due = due_before(&c, &key, &in_ten_days).await;
+    let mut ids: Vec<&str> = due.iter().map(|(p, _)| p.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = [ps.settled.payment.as_str(), ps.unfunded.payment.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want, "{due:?}");
+    assert!(due_before(&c, &key, &clock.now().to_string())
+        .await
+        .is_empty());
+    let r = c.get("/v1/payments?due_before=tomorrow", &key).await;
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("due_before"))
+    );
     clock.advance(Duration::from_secs(7 * 86_400));
     a_week_later(&c, &key, &ps, before).await;
+    // Nothing is due any more.
+    let later = clock.now().add_days(3650).to_string();
+    assert!(due_before(&c, &key, &later).await.is_empty());
     running.shutdown().await.expect("shutdown");
 }
 

@@ -129,7 +129,14 @@ pub fn routes() -> Vec<Route> {
         (
             "GET",
             "/v1/payments",
-            &["status", "participant", "policy", "after", "limit"],
+            &[
+                "status",
+                "participant",
+                "policy",
+                "due_before",
+                "after",
+                "limit",
+            ],
             get(payments::list_payments),
         ),
         (

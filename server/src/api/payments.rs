@@ -1432,8 +1432,10 @@ enum Bind {
     S(String),
 }
 
-/// `GET /v1/payments?status=&participant=&policy=&after=&limit=`: the read model,
-/// paged by a cursor (the position of each payment's first event).
+/// `GET /v1/payments?status=&participant=&policy=&due_before=&after=&limit=`: the read
+/// model, paged by a cursor (the position of each payment's first event). Each payment
+/// says when the platform's clock next acts on it (`next_tick_at`, from the clock read
+/// model); `due_before` keeps those due before a time (deadlines of the next days).
 pub async fn list_payments(
     State(state): State<AppState>,
     principal: Principal,
@@ -1446,7 +1448,8 @@ pub async fn list_payments(
     state.projector.read_committed(tenant).await?;
     let mut sql = String::from(
         "SELECT s.payment_id, s.policy_id, s.policy_version, s.status, s.amount, s.currency, \
-         s.version, s.created_position, s.created_at, s.updated_at FROM payment_summary s \
+         s.version, s.created_position, s.created_at, s.updated_at, c.due_at_ms \
+         FROM payment_summary s LEFT JOIN payment_clock c ON c.payment_id = s.payment_id \
          WHERE s.tenant_id = $1 AND s.created_position > $2",
     );
     let mut binds = vec![
@@ -1479,6 +1482,20 @@ pub async fn list_payments(
             binds.len()
         ));
     }
+    if let Some(before) = q.get("due_before") {
+        let t: Timestamp = before.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                "due_before",
+                format!(
+                    "due_before must be an RFC 3339 time such as 2026-12-01T00:00:00Z, got `{}`",
+                    trustfold_core::error::echo(before)
+                ),
+            )
+        })?;
+        binds.push(Bind::I(t.unix_millis()));
+        sql.push_str(&format!(" AND c.due_at_ms < ${}", binds.len()));
+    }
     binds.push(Bind::I(i64::from(limit) + 1));
     sql.push_str(&format!(
         " ORDER BY s.created_position LIMIT ${}",
@@ -1495,6 +1512,7 @@ pub async fn list_payments(
         i64,
         String,
         String,
+        Option<i64>,
     );
     let mut rows: Vec<Row> = on_read!(&state.db, pool => {
         let mut query = sqlx::query_as::<_, Row>(&sql);
@@ -1548,6 +1566,7 @@ pub async fn list_payments(
                 "version": r.6,
                 "created_at": r.8,
                 "updated_at": r.9,
+                "next_tick_at": r.10.map(|ms| Timestamp::from_unix_millis(ms).to_string()),
                 "participants": participants.remove(&r.0).unwrap_or_default(),
             })
         })
