@@ -25,6 +25,9 @@
 //!   make the server call into its own network), unless the server allows it
 //!   ([`WebhookConfig::allow_private`], `--webhooks-allow-private`, for development).
 //!   The address checked is the one connected to.
+//! - **Each endpoint its own task**: a round starts a task for each endpoint due that
+//!   has none ([`CONCURRENT`] send at once, each for at most [`SERVE_FOR`]), and does
+//!   not wait for them, so a slow receiver holds back only itself.
 //! - **One sender per database**: the projection leader (see [`crate::projections`]);
 //!   positions move by compare-and-set, so an endpoint is never moved twice, and after
 //!   a change of leader an event may be sent again (at least once).
@@ -83,6 +86,8 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 const PER_ROUND: usize = 100;
 /// Endpoints served at once.
 const CONCURRENT: usize = 8;
+/// How long one endpoint is sent to before its turn ends (it goes on in the next round).
+const SERVE_FOR: Duration = Duration::from_secs(5);
 
 /// The `webhook-signature` value for one message: `v1,` and the base64 HMAC-SHA256 of
 /// `<id>.<timestamp>.<body>` keyed with `secret` (the decoded part of `whsec_…`).
@@ -263,6 +268,9 @@ pub(crate) async fn run(
     // Whether the last round found endpoints: without any, appends do not wake the
     // sender (a tenant's first endpoint is found by the next timed round).
     let mut any = true;
+    // The endpoints being served: a round does not wait for them (a slow receiver must
+    // not hold back the others), and starts no second task for one of them.
+    let mut sending = Sending::default();
     loop {
         tokio::select! {
             r = notices.recv() => {
@@ -277,24 +285,62 @@ pub(crate) async fn run(
                 while notices.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
         if *shutdown.borrow() {
-            return;
+            break;
         }
-        match round(&state, &config, &client).await {
+        while let Some(done) = sending.tasks.try_join_next() {
+            sending.done(done);
+        }
+        match round(&state, &config, &client, &mut sending).await {
             Ok(found) => any = found,
             Err(e) => tracing::warn!(error = %e, "webhooks: a round failed; trying again"),
         }
     }
+    sending.tasks.shutdown().await;
 }
 
-/// One round: every endpoint due, up to [`PER_ROUND`] events each. Whether there are
-/// endpoints at all (in this process's view).
+/// The endpoints being served, each by one task, at most [`CONCURRENT`] sending at once.
+struct Sending {
+    tasks: JoinSet<Uuid>,
+    endpoints: std::collections::HashMap<Uuid, tokio::task::Id>,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Sending {
+    fn default() -> Self {
+        Sending {
+            tasks: JoinSet::new(),
+            endpoints: std::collections::HashMap::new(),
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT)),
+        }
+    }
+}
+
+impl Sending {
+    /// Notes that an endpoint's task ended.
+    fn done(&mut self, done: Result<Uuid, tokio::task::JoinError>) {
+        match done {
+            Ok(id) => {
+                self.endpoints.remove(&id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "webhooks: a sending task failed");
+                self.endpoints.retain(|_, task| *task != e.id());
+            }
+        }
+    }
+}
+
+/// One round: every endpoint due and not being served already gets a task (at most
+/// [`CONCURRENT`] of them send at once), up to [`PER_ROUND`] events or [`SERVE_FOR`]
+/// each. Whether there are endpoints at all (in this process's view).
 async fn round(
     state: &AppState,
     config: &WebhookConfig,
     client: &reqwest::Client,
+    sending: &mut Sending,
 ) -> Result<bool, ApiError> {
     if !state.projector.is_leader().await {
         return Ok(false);
@@ -319,20 +365,24 @@ async fn round(
         .await
         .map_err(crate::StoreError::from)?
     });
-    let mut sending = JoinSet::new();
     for ep in due.into_iter().map(Endpoint::of) {
-        if sending.len() >= CONCURRENT {
-            sending.join_next().await;
+        if sending.endpoints.contains_key(&ep.webhook_id) {
+            continue;
         }
+        let id = ep.webhook_id;
         let (state, config, client) = (state.clone(), config.clone(), client.clone());
-        sending.spawn(async move {
-            let id = ep.webhook_id;
+        let permits = sending.permits.clone();
+        let task = sending.tasks.spawn(async move {
+            let Ok(_permit) = permits.acquire().await else {
+                return id;
+            };
             if let Err(e) = serve(&state, &config, &client, ep).await {
                 tracing::warn!(webhook = %id, error = %e, "webhooks: could not serve an endpoint");
             }
+            id
         });
+        sending.endpoints.insert(id, task.id());
     }
-    while sending.join_next().await.is_some() {}
     Ok(true)
 }
 
@@ -346,7 +396,12 @@ async fn serve(
     let after = u64::try_from(ep.position).unwrap_or(0);
     let limit = u32::try_from(PER_ROUND).unwrap_or(100);
     let events = state.store.read_all(ep.tenant_id, after, limit).await?;
+    let started = std::time::Instant::now();
     for e in &events {
+        if started.elapsed() >= SERVE_FOR {
+            // The next round goes on; other endpoints take their turn meanwhile.
+            return Ok(());
+        }
         let position = i64::try_from(e.position).unwrap_or(i64::MAX);
         if !ep.wants(&e.event_type) {
             if !moved(state, &ep, position, None).await? {

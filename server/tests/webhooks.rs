@@ -38,6 +38,8 @@ impl Got {
 struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     answers: Arc<Mutex<Vec<u16>>>,
+    /// Milliseconds each answer takes.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -54,6 +56,8 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         signature: h("webhook-signature"),
         body: body.to_vec(),
     });
+    let delay = r.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
     let next = {
         let mut a = r.answers.lock().expect("lock");
         if a.is_empty() {
@@ -554,5 +558,42 @@ async fn private_addresses_are_refused_when_sending() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(receiver.got().is_empty(), "a private address was called");
+    running.shutdown().await.expect("shutdown");
+}
+
+/// One tenant's slow receiver (1.5 s an answer, a payment's events to take) does not
+/// hold back another tenant's endpoint: it is sent its events meanwhile.
+#[tokio::test]
+async fn a_slow_receiver_does_not_hold_back_the_others() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let (running, c) = serve(&db).await;
+    let slow_key = c.tenant(ADMIN, "Slow Escrow").await.expect("tenant");
+    let key = c.tenant(ADMIN, "Quick Escrow").await.expect("tenant");
+    let slow = Receiver::default();
+    slow.delay_ms
+        .store(1500, std::sync::atomic::Ordering::Relaxed);
+    let quick = Receiver::default();
+    for (k, r) in [(&slow_key, &slow), (&key, &quick)] {
+        let url = r.start().await;
+        let r = c.post("/v1/webhooks", k, &json!({ "url": url })).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let s = open_and_join(&c, &slow_key).await.expect("open");
+    slow.wait("the slow receiver's first request", |g| !g.is_empty())
+        .await;
+    let f = open_and_join(&c, &key).await.expect("open");
+    let appended = Instant::now();
+    quick
+        .wait("the quick receiver's first event", |g| {
+            !types_of(g, &f.payment).is_empty()
+        })
+        .await;
+    let waited = appended.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the quick receiver waited {waited:?} for the slow one ({} of its events sent)",
+        types_of(&slow.got(), &s.payment).len()
+    );
     running.shutdown().await.expect("shutdown");
 }
