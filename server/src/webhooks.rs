@@ -24,7 +24,7 @@
 //!   link-local or otherwise non-public address is refused (a tenant could otherwise
 //!   make the server call into its own network), unless the server allows it
 //!   ([`WebhookConfig::allow_private`], `--webhooks-allow-private`, for development).
-//!   The address checked is the one connected to.
+//!   The address checked is the one connected to (no second lookup, no proxy).
 //! - **Each endpoint its own task**: a round starts a task for each endpoint due that
 //!   has none ([`CONCURRENT`] send at once, each for at most [`SERVE_FOR`]), and does
 //!   not wait for them, so a slow receiver holds back only itself.
@@ -119,12 +119,15 @@ pub(crate) fn secret_text(raw: &[u8]) -> String {
 
 /// Whether an address is one a tenant's webhook may not reach by default: loopback,
 /// private, link-local, shared (CGNAT), unspecified, broadcast, multicast,
-/// documentation, unique-local, or an IPv4 address mapped into IPv6 that is one of
-/// these.
+/// documentation, IETF protocol assignments (192.0.0.0/24), unique-local, site-local,
+/// discard-only, Teredo, or an IPv6 address carrying an IPv4 address that is one of
+/// these: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64
+/// (`64:ff9b::a.b.c.d`; the local-use `64:ff9b:1::/48` entirely) and 6to4
+/// (`2002:aabb:ccdd::`), which a translating network delivers to that IPv4 address.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -134,20 +137,38 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
                 || (a == 198 && (b == 18 || b == 19))
                 || a >= 240
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_private(IpAddr::from([a, b, c, d]))
+            };
+            // `::ffff:a.b.c.d` and `::a.b.c.d` (`::1` is 0.0.0.1 here: private too).
+            if let Some(v4) = v6.to_ipv4() {
                 return is_private(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return embedded(seg[6], seg[7]);
+            }
+            if seg[0] == 0x2002 {
+                return embedded(seg[1], seg[2]);
+            }
+            let first = seg[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || (first & 0xffc0) == 0xfec0
+                || (first == 0x64 && seg[1] == 0xff9b && seg[2] == 1)
+                || (first == 0x100 && seg[1..4] == [0, 0, 0])
+                || (first == 0x2001 && seg[1] == 0)
+                || (first == 0x2001 && seg[1] == 0x0db8)
         }
     }
 }
@@ -254,6 +275,8 @@ pub(crate) async fn run(
 ) {
     let client = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // No proxy: it would resolve the host again, not connect to the address checked.
+        .no_proxy()
         .timeout(ANSWER_WITHIN)
         .connect_timeout(ANSWER_WITHIN)
         .user_agent(concat!("trustfold-webhooks/", env!("CARGO_PKG_VERSION")))
@@ -564,6 +587,8 @@ async fn send(
     let client = if url.domain().is_some() {
         pinned = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // No proxy: it would resolve the host again, not connect to the address checked.
+            .no_proxy()
             .timeout(ANSWER_WITHIN)
             .connect_timeout(ANSWER_WITHIN)
             .user_agent(concat!("trustfold-webhooks/", env!("CARGO_PKG_VERSION")))

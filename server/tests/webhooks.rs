@@ -597,3 +597,66 @@ async fn a_slow_receiver_does_not_hold_back_the_others() {
     );
     running.shutdown().await.expect("shutdown");
 }
+
+/// Addresses in odd spellings (the `url` crate normalises `0x7f.1`, `127.1` and
+/// `2130706433` to 127.0.0.1) and IPv4 addresses carried in IPv6 (mapped, compatible,
+/// NAT64, 6to4) are refused like the plain ones; public ones in the same forms are not.
+#[tokio::test]
+async fn private_addresses_in_any_form_are_refused() {
+    use std::net::IpAddr;
+    use trustfold_server::webhooks::is_private;
+    for ip in [
+        "127.0.0.1",
+        "192.0.0.170",
+        "::ffff:127.0.0.1",
+        "::127.0.0.1",
+        "::10.0.0.1",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b:1::808:808",
+        "2002:7f00:1::",
+        "2002:a9fe:a9fe::1",
+        "fec0::1",
+        "2001::1",
+        "100::1",
+        "fd00:ec2::254",
+    ] {
+        let ip: IpAddr = ip.parse().expect(ip);
+        assert!(is_private(ip), "{ip} is not public");
+    }
+    for ip in [
+        "8.8.8.8",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+        "2002:808:808::1",
+        "2606:4700:4700::1111",
+    ] {
+        let ip: IpAddr = ip.parse().expect(ip);
+        assert!(!is_private(ip), "{ip} is public");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let running = start(common::config(&db)).await.expect("server starts");
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "Careful Escrow").await.expect("tenant");
+    for url in [
+        "http://0x7f.1/hooks",
+        "http://127.1/hooks",
+        "http://2130706433/hooks",
+        "http://0177.0.0.1/hooks",
+        "http://[::ffff:127.0.0.1]/hooks",
+        "http://[::127.0.0.1]/hooks",
+        "http://[64:ff9b::169.254.169.254]/latest",
+        "http://[2002:a9fe:a9fe::]/latest",
+        "http://192.0.0.170/hooks",
+    ] {
+        let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (422, Some("invalid_url")),
+            "{url}: {}",
+            r.body
+        );
+    }
+    running.shutdown().await.expect("shutdown");
+}
