@@ -182,6 +182,9 @@ pub(crate) fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, 
         return Err("the URL is longer than 2,048 bytes".into());
     }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    if parsed.as_str().len() > 2048 {
+        return Err("the URL is longer than 2,048 bytes once percent-encoded".into());
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
             "the URL's scheme is `{}`; use https:// (or http://)",

@@ -660,3 +660,50 @@ async fn private_addresses_in_any_form_are_refused() {
     }
     running.shutdown().await.expect("shutdown");
 }
+
+/// An endpoint's URL is kept as parsed: the same URL spelt otherwise (case, default
+/// port, spaces around it) is the same endpoint, not a second one sent every event
+/// again; a control character is percent-encoded as it is sent, the same on both
+/// engines (PostgreSQL's text cannot hold a NUL).
+async fn urls_are_kept_as_parsed(database: &str) {
+    let running = start(common::config(database))
+        .await
+        .expect("server starts");
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "Spelling Escrow").await.expect("tenant");
+    let r = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({ "url": " HTTPS://Example.COM:443/a\u{0}b " }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["url"], "https://example.com/a%00b");
+    let again = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({ "url": "https://example.com/a%00b" }),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["webhook_id"], r.body["webhook_id"]);
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn urls_are_kept_as_parsed_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    urls_are_kept_as_parsed(&db).await;
+}
+
+#[tokio::test]
+async fn urls_are_kept_as_parsed_postgres() {
+    let Some((admin, name, url)) = common::postgres_database().await else {
+        return;
+    };
+    urls_are_kept_as_parsed(&url).await;
+    common::drop_database(&admin, &name).await;
+}
