@@ -490,7 +490,12 @@ async fn failed(
     let pause = retry_pause(config.retry_first, attempts);
     let now = now_us();
     let again = now.saturating_add(i64::try_from(pause.as_micros()).unwrap_or(i64::MAX));
-    tracing::warn!(webhook = %ep.webhook_id, url = %ep.url, attempts, error = %f.error,
+    // The host only: a URL's path or query may hold the receiver's token.
+    let host = reqwest::Url::parse(&ep.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    tracing::warn!(webhook = %ep.webhook_id, %host, attempts, error = %f.error,
         retry_in = ?pause, "webhooks: an endpoint failed");
     on_write!(&state.db, pool => {
         sqlx::query(
