@@ -25,9 +25,11 @@
 //!   make the server call into its own network), unless the server allows it
 //!   ([`WebhookConfig::allow_private`], `--webhooks-allow-private`, for development).
 //!   The address checked is the one connected to (no second lookup, no proxy).
-//! - **Each endpoint its own task**: a round starts a task for each endpoint due that
-//!   has none ([`CONCURRENT`] send at once, each for at most [`SERVE_FOR`]), and does
-//!   not wait for them, so a slow receiver holds back only itself.
+//! - **Each endpoint its own task**: a round looks for the endpoints due with events
+//!   to send (all of them, page by page; an idle endpoint costs an indexed look) and
+//!   starts a task for each that has none ([`CONCURRENT`] send at once, each for at
+//!   most [`SERVE_FOR`]); it does not wait for them, so a slow receiver holds back
+//!   only itself.
 //! - **One sender per database**: the projection leader (see [`crate::projections`]);
 //!   positions move by compare-and-set, so an endpoint is never moved twice, and after
 //!   a change of leader an event may be sent again (at least once).
@@ -82,6 +84,8 @@ impl Default for WebhookConfig {
 pub const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// How long an endpoint has to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// Endpoints read at a time when a round looks for those due (it reads them all).
+const DUE_PAGE: i64 = 1000;
 /// Events sent to one endpoint per round at most (the next round goes on).
 const PER_ROUND: usize = 100;
 /// Endpoints served at once.
@@ -227,6 +231,7 @@ struct Endpoint {
     previous_until_us: Option<i64>,
     position: i64,
     attempts: i64,
+    next_attempt_at_us: i64,
 }
 
 /// The columns of [`Endpoint`], in order.
@@ -238,6 +243,7 @@ type EndpointRow = (
     Vec<u8>,
     Option<Vec<u8>>,
     Option<i64>,
+    i64,
     i64,
     i64,
 );
@@ -254,6 +260,7 @@ impl Endpoint {
             previous_until_us: r.6,
             position: r.7,
             attempts: r.8,
+            next_attempt_at_us: r.9,
         }
     }
 
@@ -380,34 +387,54 @@ async fn round(
     if any.is_none() {
         return Ok(false);
     }
-    let due: Vec<EndpointRow> = on_read!(&state.db, pool => {
-        sqlx::query_as(
-            "SELECT webhook_id, tenant_id, url, event_types, secret, previous_secret, \
-             previous_until_us, position, attempts FROM webhooks \
-             WHERE next_attempt_at_us <= $1 ORDER BY next_attempt_at_us LIMIT 1000",
-        )
-        .bind(now_us())
-        .fetch_all(pool)
-        .await
-        .map_err(crate::StoreError::from)?
-    });
-    for ep in due.into_iter().map(Endpoint::of) {
-        if sending.endpoints.contains_key(&ep.webhook_id) {
-            continue;
-        }
-        let id = ep.webhook_id;
-        let (state, config, client) = (state.clone(), config.clone(), client.clone());
-        let permits = sending.permits.clone();
-        let task = sending.tasks.spawn(async move {
-            let Ok(_permit) = permits.acquire().await else {
-                return id;
-            };
-            if let Err(e) = serve(&state, &config, &client, ep).await {
-                tracing::warn!(webhook = %id, error = %e, "webhooks: could not serve an endpoint");
-            }
-            id
+    // Only the endpoints with events to send (an idle one costs nothing but this
+    // indexed look), page by page by (moment, id): however many there are, none is
+    // left out.
+    let now = now_us();
+    let mut after = (i64::MIN, Uuid::nil());
+    loop {
+        let due: Vec<EndpointRow> = on_read!(&state.db, pool => {
+            sqlx::query_as(
+                "SELECT w.webhook_id, w.tenant_id, w.url, w.event_types, w.secret, \
+                 w.previous_secret, w.previous_until_us, w.position, w.attempts, w.next_attempt_at_us \
+                 FROM webhooks w \
+                 WHERE w.next_attempt_at_us <= $1 \
+                 AND (w.next_attempt_at_us > $2 OR (w.next_attempt_at_us = $2 AND w.webhook_id > $3)) \
+                 AND EXISTS (SELECT 1 FROM events e \
+                 WHERE e.tenant_id = w.tenant_id AND e.position > w.position) \
+                 ORDER BY w.next_attempt_at_us, w.webhook_id LIMIT $4",
+            )
+            .bind(now)
+            .bind(after.0)
+            .bind(after.1)
+            .bind(DUE_PAGE)
+            .fetch_all(pool)
+            .await
+            .map_err(crate::StoreError::from)?
         });
-        sending.endpoints.insert(id, task.id());
+        let last_page = due.len() < usize::try_from(DUE_PAGE).unwrap_or(usize::MAX);
+        for ep in due.into_iter().map(Endpoint::of) {
+            after = (ep.next_attempt_at_us, ep.webhook_id);
+            if sending.endpoints.contains_key(&ep.webhook_id) {
+                continue;
+            }
+            let id = ep.webhook_id;
+            let (state, config, client) = (state.clone(), config.clone(), client.clone());
+            let permits = sending.permits.clone();
+            let task = sending.tasks.spawn(async move {
+                let Ok(_permit) = permits.acquire().await else {
+                    return id;
+                };
+                if let Err(e) = serve(&state, &config, &client, ep).await {
+                    tracing::warn!(webhook = %id, error = %e, "webhooks: could not serve an endpoint");
+                }
+                id
+            });
+            sending.endpoints.insert(id, task.id());
+        }
+        if last_page {
+            break;
+        }
     }
     Ok(true)
 }

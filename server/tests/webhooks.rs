@@ -760,3 +760,47 @@ async fn logs_name_the_host_not_the_url() {
     );
     running.shutdown().await.expect("shutdown");
 }
+
+/// Many endpoints (here 1,100 of a tenant with no events, always due and with nothing
+/// to send, registered first) do not hide another: every endpoint with events to send
+/// is served.
+#[tokio::test]
+async fn every_endpoint_is_served_however_many_there_are() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let (running, c) = serve(&db).await;
+    let key = c.tenant(ADMIN, "Crowded Escrow").await.expect("tenant");
+    running.shutdown().await.expect("shutdown");
+    {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{db}"))
+            .await
+            .expect("open");
+        for i in 0..1100u128 {
+            sqlx::query(
+                "INSERT INTO webhooks (webhook_id, tenant_id, url, event_types, secret, \
+                 position, attempts, next_attempt_at_us, created_at_us) \
+                 VALUES ($1, $2, $3, '[]', $4, 0, 0, 0, 0)",
+            )
+            .bind(uuid::Uuid::from_u128(0x1000 + i))
+            .bind(uuid::Uuid::from_u128(0xbeef))
+            .bind(format!("https://example.com/{i}"))
+            .bind(vec![7u8; 32])
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        }
+    }
+    let (running, c) = serve(&db).await;
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let f = open_and_join(&c, &key).await.expect("open");
+    receiver
+        .wait("the crowded tenant's events", |g| {
+            !types_of(g, &f.payment).is_empty()
+        })
+        .await;
+    running.shutdown().await.expect("shutdown");
+}
