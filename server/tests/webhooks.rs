@@ -708,59 +708,6 @@ async fn urls_are_kept_as_parsed_postgres() {
     common::drop_database(&admin, &name).await;
 }
 
-/// What a failing endpoint's log lines say: its host, never its URL's path or query
-/// (receivers put tokens there).
-#[tokio::test]
-async fn logs_name_the_host_not_the_url() {
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Log {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let log = Log::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // This test's runtime has one thread: the server's tasks log here.
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
-    let (running, c) = serve(&db).await;
-    let key = c.tenant(ADMIN, "Logged Escrow").await.expect("tenant");
-    let receiver = Receiver::default();
-    receiver.answers.lock().expect("lock").extend([500; 100]);
-    let url = format!("{}/tok_s3cr3t?key=k3y", receiver.start().await);
-    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    open_and_join(&c, &key).await.expect("open");
-    let start = Instant::now();
-    let text = loop {
-        let text = String::from_utf8_lossy(&log.0.lock().expect("lock")).into_owned();
-        if text.contains("an endpoint failed") {
-            break text;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no failure logged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(text.contains("127.0.0.1"), "{text}");
-    assert!(
-        !text.contains("s3cr3t") && !text.contains("k3y"),
-        "the URL's token in the log: {text}"
-    );
-    running.shutdown().await.expect("shutdown");
-}
-
 /// Many endpoints (here 1,100 of a tenant with no events, always due and with nothing
 /// to send, registered first) do not hide another: every endpoint with events to send
 /// is served.
