@@ -50,7 +50,7 @@ use crate::db::{now_us, on_read};
 pub const RETRY_FIRST: Duration = Duration::from_secs(60);
 /// The longest pause before a refused tick is tried again.
 pub const RETRY_MAX: Duration = Duration::from_secs(3600);
-/// Payments ticked per round at most (the next round takes the rest).
+/// Payments read from the clock read model at a time (a round reads them all).
 const ROUND: i64 = 256;
 /// Ticks in flight at once (they share the group commit).
 const CONCURRENT: usize = 16;
@@ -113,37 +113,53 @@ async fn round(state: &AppState, refused: &mut HashMap<Uuid, Refused>) -> Result
     // The clock read model as of every event appended so far.
     state.projector.catch_up().await?;
     let now = state.clock.now();
-    let due: Vec<(Uuid, Uuid)> = on_read!(&state.db, pool => {
-        sqlx::query_as(
-            "SELECT tenant_id, payment_id FROM payment_clock WHERE due_at_ms <= $1 \
-             ORDER BY due_at_ms LIMIT $2",
-        )
-        .bind(now.unix_millis())
-        .bind(ROUND)
-        .fetch_all(pool)
-        .await
-        .map_err(crate::StoreError::from)?
-    });
     let started = Instant::now();
     let mut ticks = JoinSet::new();
-    for (tenant, payment) in due {
-        if refused.get(&payment).is_some_and(|r| r.again_at > started) {
-            continue;
-        }
-        if ticks.len() >= CONCURRENT {
-            if let Some(done) = ticks.join_next().await {
-                settle(done, refused);
-            }
-        }
-        let state = state.clone();
-        ticks.spawn(async move {
-            let outcome = crate::api::payments::tick(&state, tenant, payment).await;
-            (payment, outcome)
+    // Page by (moment, payment) through every payment due: payments whose ticks are
+    // refused stay due (and first in line), and must not hide the others.
+    let mut after = (i64::MIN, Uuid::nil());
+    loop {
+        let due: Vec<(Uuid, Uuid, i64)> = on_read!(&state.db, pool => {
+            sqlx::query_as(
+                "SELECT tenant_id, payment_id, due_at_ms FROM payment_clock \
+                 WHERE due_at_ms <= $1 AND (due_at_ms > $2 OR (due_at_ms = $2 AND payment_id > $3)) \
+                 ORDER BY due_at_ms, payment_id LIMIT $4",
+            )
+            .bind(now.unix_millis())
+            .bind(after.0)
+            .bind(after.1)
+            .bind(ROUND)
+            .fetch_all(pool)
+            .await
+            .map_err(crate::StoreError::from)?
         });
+        let last_page = due.len() < usize::try_from(ROUND).unwrap_or(usize::MAX);
+        for (tenant, payment, due_at_ms) in due {
+            after = (due_at_ms, payment);
+            if refused.get(&payment).is_some_and(|r| r.again_at > started) {
+                continue;
+            }
+            if ticks.len() >= CONCURRENT {
+                if let Some(done) = ticks.join_next().await {
+                    settle(done, refused);
+                }
+            }
+            let state = state.clone();
+            ticks.spawn(async move {
+                let outcome = crate::api::payments::tick(&state, tenant, payment).await;
+                (payment, outcome)
+            });
+        }
+        if last_page {
+            break;
+        }
     }
     while let Some(done) = ticks.join_next().await {
         settle(done, refused);
     }
+    // A payment refused before whose pause is over was not due this round (or it would
+    // have been tried again): something else moved it on; forget it.
+    refused.retain(|_, r| r.again_at > started);
     Ok(())
 }
 

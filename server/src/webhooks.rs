@@ -24,7 +24,12 @@
 //!   link-local or otherwise non-public address is refused (a tenant could otherwise
 //!   make the server call into its own network), unless the server allows it
 //!   ([`WebhookConfig::allow_private`], `--webhooks-allow-private`, for development).
-//!   The address checked is the one connected to.
+//!   The address checked is the one connected to (no second lookup, no proxy).
+//! - **Each endpoint its own task**: a round looks for the endpoints due with events
+//!   to send (all of them, page by page; an idle endpoint costs an indexed look) and
+//!   starts a task for each that has none ([`CONCURRENT`] send at once, each for at
+//!   most [`SERVE_FOR`]); it does not wait for them, so a slow receiver holds back
+//!   only itself.
 //! - **One sender per database**: the projection leader (see [`crate::projections`]);
 //!   positions move by compare-and-set, so an endpoint is never moved twice, and after
 //!   a change of leader an event may be sent again (at least once).
@@ -79,10 +84,14 @@ impl Default for WebhookConfig {
 pub const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// How long an endpoint has to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// Endpoints read at a time when a round looks for those due (it reads them all).
+const DUE_PAGE: i64 = 1000;
 /// Events sent to one endpoint per round at most (the next round goes on).
 const PER_ROUND: usize = 100;
 /// Endpoints served at once.
 const CONCURRENT: usize = 8;
+/// How long one endpoint is sent to before its turn ends (it goes on in the next round).
+const SERVE_FOR: Duration = Duration::from_secs(5);
 
 /// The `webhook-signature` value for one message: `v1,` and the base64 HMAC-SHA256 of
 /// `<id>.<timestamp>.<body>` keyed with `secret` (the decoded part of `whsec_…`).
@@ -114,12 +123,15 @@ pub(crate) fn secret_text(raw: &[u8]) -> String {
 
 /// Whether an address is one a tenant's webhook may not reach by default: loopback,
 /// private, link-local, shared (CGNAT), unspecified, broadcast, multicast,
-/// documentation, unique-local, or an IPv4 address mapped into IPv6 that is one of
-/// these.
+/// documentation, IETF protocol assignments (192.0.0.0/24), unique-local, site-local,
+/// discard-only, Teredo, or an IPv6 address carrying an IPv4 address that is one of
+/// these: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64
+/// (`64:ff9b::a.b.c.d`; the local-use `64:ff9b:1::/48` entirely) and 6to4
+/// (`2002:aabb:ccdd::`), which a translating network delivers to that IPv4 address.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -129,20 +141,38 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
                 || (a == 198 && (b == 18 || b == 19))
                 || a >= 240
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_private(IpAddr::from([a, b, c, d]))
+            };
+            // `::ffff:a.b.c.d` and `::a.b.c.d` (`::1` is 0.0.0.1 here: private too).
+            if let Some(v4) = v6.to_ipv4() {
                 return is_private(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return embedded(seg[6], seg[7]);
+            }
+            if seg[0] == 0x2002 {
+                return embedded(seg[1], seg[2]);
+            }
+            let first = seg[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || (first & 0xffc0) == 0xfec0
+                || (first == 0x64 && seg[1] == 0xff9b && seg[2] == 1)
+                || (first == 0x100 && seg[1..4] == [0, 0, 0])
+                || (first == 0x2001 && seg[1] == 0)
+                || (first == 0x2001 && seg[1] == 0x0db8)
         }
     }
 }
@@ -156,6 +186,9 @@ pub(crate) fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, 
         return Err("the URL is longer than 2,048 bytes".into());
     }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    if parsed.as_str().len() > 2048 {
+        return Err("the URL is longer than 2,048 bytes once percent-encoded".into());
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
             "the URL's scheme is `{}`; use https:// (or http://)",
@@ -198,6 +231,7 @@ struct Endpoint {
     previous_until_us: Option<i64>,
     position: i64,
     attempts: i64,
+    next_attempt_at_us: i64,
 }
 
 /// The columns of [`Endpoint`], in order.
@@ -209,6 +243,7 @@ type EndpointRow = (
     Vec<u8>,
     Option<Vec<u8>>,
     Option<i64>,
+    i64,
     i64,
     i64,
 );
@@ -225,6 +260,7 @@ impl Endpoint {
             previous_until_us: r.6,
             position: r.7,
             attempts: r.8,
+            next_attempt_at_us: r.9,
         }
     }
 
@@ -249,6 +285,8 @@ pub(crate) async fn run(
 ) {
     let client = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // No proxy: it would resolve the host again, not connect to the address checked.
+        .no_proxy()
         .timeout(ANSWER_WITHIN)
         .connect_timeout(ANSWER_WITHIN)
         .user_agent(concat!("trustfold-webhooks/", env!("CARGO_PKG_VERSION")))
@@ -263,6 +301,9 @@ pub(crate) async fn run(
     // Whether the last round found endpoints: without any, appends do not wake the
     // sender (a tenant's first endpoint is found by the next timed round).
     let mut any = true;
+    // The endpoints being served: a round does not wait for them (a slow receiver must
+    // not hold back the others), and starts no second task for one of them.
+    let mut sending = Sending::default();
     loop {
         tokio::select! {
             r = notices.recv() => {
@@ -277,24 +318,62 @@ pub(crate) async fn run(
                 while notices.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
         if *shutdown.borrow() {
-            return;
+            break;
         }
-        match round(&state, &config, &client).await {
+        while let Some(done) = sending.tasks.try_join_next() {
+            sending.done(done);
+        }
+        match round(&state, &config, &client, &mut sending).await {
             Ok(found) => any = found,
             Err(e) => tracing::warn!(error = %e, "webhooks: a round failed; trying again"),
         }
     }
+    sending.tasks.shutdown().await;
 }
 
-/// One round: every endpoint due, up to [`PER_ROUND`] events each. Whether there are
-/// endpoints at all (in this process's view).
+/// The endpoints being served, each by one task, at most [`CONCURRENT`] sending at once.
+struct Sending {
+    tasks: JoinSet<Uuid>,
+    endpoints: std::collections::HashMap<Uuid, tokio::task::Id>,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Sending {
+    fn default() -> Self {
+        Sending {
+            tasks: JoinSet::new(),
+            endpoints: std::collections::HashMap::new(),
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT)),
+        }
+    }
+}
+
+impl Sending {
+    /// Notes that an endpoint's task ended.
+    fn done(&mut self, done: Result<Uuid, tokio::task::JoinError>) {
+        match done {
+            Ok(id) => {
+                self.endpoints.remove(&id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "webhooks: a sending task failed");
+                self.endpoints.retain(|_, task| *task != e.id());
+            }
+        }
+    }
+}
+
+/// One round: every endpoint due and not being served already gets a task (at most
+/// [`CONCURRENT`] of them send at once), up to [`PER_ROUND`] events or [`SERVE_FOR`]
+/// each. Whether there are endpoints at all (in this process's view).
 async fn round(
     state: &AppState,
     config: &WebhookConfig,
     client: &reqwest::Client,
+    sending: &mut Sending,
 ) -> Result<bool, ApiError> {
     if !state.projector.is_leader().await {
         return Ok(false);
@@ -308,31 +387,55 @@ async fn round(
     if any.is_none() {
         return Ok(false);
     }
-    let due: Vec<EndpointRow> = on_read!(&state.db, pool => {
-        sqlx::query_as(
-            "SELECT webhook_id, tenant_id, url, event_types, secret, previous_secret, \
-             previous_until_us, position, attempts FROM webhooks \
-             WHERE next_attempt_at_us <= $1 ORDER BY next_attempt_at_us LIMIT 1000",
-        )
-        .bind(now_us())
-        .fetch_all(pool)
-        .await
-        .map_err(crate::StoreError::from)?
-    });
-    let mut sending = JoinSet::new();
-    for ep in due.into_iter().map(Endpoint::of) {
-        if sending.len() >= CONCURRENT {
-            sending.join_next().await;
-        }
-        let (state, config, client) = (state.clone(), config.clone(), client.clone());
-        sending.spawn(async move {
-            let id = ep.webhook_id;
-            if let Err(e) = serve(&state, &config, &client, ep).await {
-                tracing::warn!(webhook = %id, error = %e, "webhooks: could not serve an endpoint");
-            }
+    // Only the endpoints with events to send (an idle one costs nothing but this
+    // indexed look), page by page by (moment, id): however many there are, none is
+    // left out.
+    let now = now_us();
+    let mut after = (i64::MIN, Uuid::nil());
+    loop {
+        let due: Vec<EndpointRow> = on_read!(&state.db, pool => {
+            sqlx::query_as(
+                "SELECT w.webhook_id, w.tenant_id, w.url, w.event_types, w.secret, \
+                 w.previous_secret, w.previous_until_us, w.position, w.attempts, w.next_attempt_at_us \
+                 FROM webhooks w \
+                 WHERE w.next_attempt_at_us <= $1 \
+                 AND (w.next_attempt_at_us > $2 OR (w.next_attempt_at_us = $2 AND w.webhook_id > $3)) \
+                 AND EXISTS (SELECT 1 FROM events e \
+                 WHERE e.tenant_id = w.tenant_id AND e.position > w.position) \
+                 ORDER BY w.next_attempt_at_us, w.webhook_id LIMIT $4",
+            )
+            .bind(now)
+            .bind(after.0)
+            .bind(after.1)
+            .bind(DUE_PAGE)
+            .fetch_all(pool)
+            .await
+            .map_err(crate::StoreError::from)?
         });
+        let last_page = due.len() < usize::try_from(DUE_PAGE).unwrap_or(usize::MAX);
+        for ep in due.into_iter().map(Endpoint::of) {
+            after = (ep.next_attempt_at_us, ep.webhook_id);
+            if sending.endpoints.contains_key(&ep.webhook_id) {
+                continue;
+            }
+            let id = ep.webhook_id;
+            let (state, config, client) = (state.clone(), config.clone(), client.clone());
+            let permits = sending.permits.clone();
+            let task = sending.tasks.spawn(async move {
+                let Ok(_permit) = permits.acquire().await else {
+                    return id;
+                };
+                if let Err(e) = serve(&state, &config, &client, ep).await {
+                    tracing::warn!(webhook = %id, error = %e, "webhooks: could not serve an endpoint");
+                }
+                id
+            });
+            sending.endpoints.insert(id, task.id());
+        }
+        if last_page {
+            break;
+        }
     }
-    while sending.join_next().await.is_some() {}
     Ok(true)
 }
 
@@ -346,7 +449,12 @@ async fn serve(
     let after = u64::try_from(ep.position).unwrap_or(0);
     let limit = u32::try_from(PER_ROUND).unwrap_or(100);
     let events = state.store.read_all(ep.tenant_id, after, limit).await?;
+    let started = std::time::Instant::now();
     for e in &events {
+        if started.elapsed() >= SERVE_FOR {
+            // The next round goes on; other endpoints take their turn meanwhile.
+            return Ok(());
+        }
         let position = i64::try_from(e.position).unwrap_or(i64::MAX);
         if !ep.wants(&e.event_type) {
             if !moved(state, &ep, position, None).await? {
@@ -409,7 +517,12 @@ async fn failed(
     let pause = retry_pause(config.retry_first, attempts);
     let now = now_us();
     let again = now.saturating_add(i64::try_from(pause.as_micros()).unwrap_or(i64::MAX));
-    tracing::warn!(webhook = %ep.webhook_id, url = %ep.url, attempts, error = %f.error,
+    // The host only: a URL's path or query may hold the receiver's token.
+    let host = reqwest::Url::parse(&ep.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    tracing::warn!(webhook = %ep.webhook_id, %host, attempts, error = %f.error,
         retry_in = ?pause, "webhooks: an endpoint failed");
     on_write!(&state.db, pool => {
         sqlx::query(
@@ -509,6 +622,8 @@ async fn send(
     let client = if url.domain().is_some() {
         pinned = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // No proxy: it would resolve the host again, not connect to the address checked.
+            .no_proxy()
             .timeout(ANSWER_WITHIN)
             .connect_timeout(ANSWER_WITHIN)
             .user_agent(concat!("trustfold-webhooks/", env!("CARGO_PKG_VERSION")))

@@ -303,3 +303,38 @@ async fn an_upgraded_database_fills_the_clock_from_history() {
     a_week_later(&c, &key, &ps, before).await;
     running.shutdown().await.expect("shutdown");
 }
+
+/// Payments whose ticks are refused (here: 300 rows due long ago for payments that do
+/// not exist, each tick a 404 and a pause of a minute) do not hold back the others: a
+/// round goes past them to every payment due.
+#[tokio::test]
+async fn refused_ticks_do_not_hold_back_the_others() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let clock = Clock::system();
+    let (running, c) = serve(&db, &clock).await;
+    let key = c.tenant(ADMIN, "Patient Escrow").await.expect("tenant");
+    let ps = payments(&c, &key).await;
+    running.shutdown().await.expect("shutdown");
+    {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{db}"))
+            .await
+            .expect("open");
+        for i in 0..300u128 {
+            sqlx::query(
+                "INSERT INTO payment_clock (payment_id, tenant_id, due_at_ms) VALUES ($1, $2, 1)",
+            )
+            .bind(uuid::Uuid::from_u128(0xdead_0000 + i))
+            .bind(uuid::Uuid::from_u128(0xbeef))
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        }
+    }
+    let (running, c) = serve(&db, &clock).await;
+    let before = nothing_happens_yet(&c, &key, &ps).await;
+    clock.advance(Duration::from_secs(7 * 86_400));
+    a_week_later(&c, &key, &ps, before).await;
+    running.shutdown().await.expect("shutdown");
+}

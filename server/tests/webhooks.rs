@@ -38,6 +38,8 @@ impl Got {
 struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     answers: Arc<Mutex<Vec<u16>>>,
+    /// Milliseconds each answer takes.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -54,6 +56,8 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         signature: h("webhook-signature"),
         body: body.to_vec(),
     });
+    let delay = r.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
     let next = {
         let mut a = r.answers.lock().expect("lock");
         if a.is_empty() {
@@ -574,5 +578,196 @@ async fn private_addresses_are_refused_when_sending() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(receiver.got().is_empty(), "a private address was called");
+    running.shutdown().await.expect("shutdown");
+}
+
+/// One tenant's slow receiver (1.5 s an answer, a payment's events to take) does not
+/// hold back another tenant's endpoint: it is sent its events meanwhile.
+#[tokio::test]
+async fn a_slow_receiver_does_not_hold_back_the_others() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let (running, c) = serve(&db).await;
+    let slow_key = c.tenant(ADMIN, "Slow Escrow").await.expect("tenant");
+    let key = c.tenant(ADMIN, "Quick Escrow").await.expect("tenant");
+    let slow = Receiver::default();
+    slow.delay_ms
+        .store(1500, std::sync::atomic::Ordering::Relaxed);
+    let quick = Receiver::default();
+    for (k, r) in [(&slow_key, &slow), (&key, &quick)] {
+        let url = r.start().await;
+        let r = c.post("/v1/webhooks", k, &json!({ "url": url })).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let s = open_and_join(&c, &slow_key).await.expect("open");
+    slow.wait("the slow receiver's first request", |g| !g.is_empty())
+        .await;
+    let f = open_and_join(&c, &key).await.expect("open");
+    let appended = Instant::now();
+    quick
+        .wait("the quick receiver's first event", |g| {
+            !types_of(g, &f.payment).is_empty()
+        })
+        .await;
+    let waited = appended.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the quick receiver waited {waited:?} for the slow one ({} of its events sent)",
+        types_of(&slow.got(), &s.payment).len()
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// Addresses in odd spellings (the `url` crate normalises `0x7f.1`, `127.1` and
+/// `2130706433` to 127.0.0.1) and IPv4 addresses carried in IPv6 (mapped, compatible,
+/// NAT64, 6to4) are refused like the plain ones; public ones in the same forms are not.
+#[tokio::test]
+async fn private_addresses_in_any_form_are_refused() {
+    use std::net::IpAddr;
+    use trustfold_server::webhooks::is_private;
+    for ip in [
+        "127.0.0.1",
+        "192.0.0.170",
+        "::ffff:127.0.0.1",
+        "::127.0.0.1",
+        "::10.0.0.1",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b:1::808:808",
+        "2002:7f00:1::",
+        "2002:a9fe:a9fe::1",
+        "fec0::1",
+        "2001::1",
+        "100::1",
+        "fd00:ec2::254",
+    ] {
+        let ip: IpAddr = ip.parse().expect(ip);
+        assert!(is_private(ip), "{ip} is not public");
+    }
+    for ip in [
+        "8.8.8.8",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+        "2002:808:808::1",
+        "2606:4700:4700::1111",
+    ] {
+        let ip: IpAddr = ip.parse().expect(ip);
+        assert!(!is_private(ip), "{ip} is public");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let running = start(common::config(&db)).await.expect("server starts");
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "Careful Escrow").await.expect("tenant");
+    for url in [
+        "http://0x7f.1/hooks",
+        "http://127.1/hooks",
+        "http://2130706433/hooks",
+        "http://0177.0.0.1/hooks",
+        "http://[::ffff:127.0.0.1]/hooks",
+        "http://[::127.0.0.1]/hooks",
+        "http://[64:ff9b::169.254.169.254]/latest",
+        "http://[2002:a9fe:a9fe::]/latest",
+        "http://192.0.0.170/hooks",
+    ] {
+        let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (422, Some("invalid_url")),
+            "{url}: {}",
+            r.body
+        );
+    }
+    running.shutdown().await.expect("shutdown");
+}
+
+/// An endpoint's URL is kept as parsed: the same URL spelt otherwise (case, default
+/// port, spaces around it) is the same endpoint, not a second one sent every event
+/// again; a control character is percent-encoded as it is sent, the same on both
+/// engines (PostgreSQL's text cannot hold a NUL).
+async fn urls_are_kept_as_parsed(database: &str) {
+    let running = start(common::config(database))
+        .await
+        .expect("server starts");
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "Spelling Escrow").await.expect("tenant");
+    let r = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({ "url": " HTTPS://Example.COM:443/a\u{0}b " }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["url"], "https://example.com/a%00b");
+    let again = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({ "url": "https://example.com/a%00b" }),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["webhook_id"], r.body["webhook_id"]);
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn urls_are_kept_as_parsed_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    urls_are_kept_as_parsed(&db).await;
+}
+
+#[tokio::test]
+async fn urls_are_kept_as_parsed_postgres() {
+    let Some((admin, name, url)) = common::postgres_database().await else {
+        return;
+    };
+    urls_are_kept_as_parsed(&url).await;
+    common::drop_database(&admin, &name).await;
+}
+
+/// Many endpoints (here 1,100 of a tenant with no events, always due and with nothing
+/// to send, registered first) do not hide another: every endpoint with events to send
+/// is served.
+#[tokio::test]
+async fn every_endpoint_is_served_however_many_there_are() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let (running, c) = serve(&db).await;
+    let key = c.tenant(ADMIN, "Crowded Escrow").await.expect("tenant");
+    running.shutdown().await.expect("shutdown");
+    {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{db}"))
+            .await
+            .expect("open");
+        for i in 0..1100u128 {
+            sqlx::query(
+                "INSERT INTO webhooks (webhook_id, tenant_id, url, event_types, secret, \
+                 position, attempts, next_attempt_at_us, created_at_us) \
+                 VALUES ($1, $2, $3, '[]', $4, 0, 0, 0, 0)",
+            )
+            .bind(uuid::Uuid::from_u128(0x1000 + i))
+            .bind(uuid::Uuid::from_u128(0xbeef))
+            .bind(format!("https://example.com/{i}"))
+            .bind(vec![7u8; 32])
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        }
+    }
+    let (running, c) = serve(&db).await;
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let f = open_and_join(&c, &key).await.expect("open");
+    receiver
+        .wait("the crowded tenant's events", |g| {
+            !types_of(g, &f.payment).is_empty()
+        })
+        .await;
     running.shutdown().await.expect("shutdown");
 }

@@ -1,7 +1,8 @@
 //! `/v1/webhooks`: a tenant's webhook endpoints (how they are sent:
 //! [`crate::webhooks`]).
 //!
-//! Registering is idempotent by URL: a tenant has one endpoint per URL, and registering
+//! Registering is idempotent by URL (as parsed: `HTTPS://Example.com` is
+//! `https://example.com/`): a tenant has one endpoint per URL, and registering
 //! the same URL with the same event types again answers the endpoint made first (200,
 //! with its secret), so a retry after a lost answer is safe; with other event types it
 //! is a 409 `webhook_exists`.
@@ -95,8 +96,11 @@ pub async fn create_webhook(
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
     let req: NewWebhook = parse_json(&body)?;
-    check_url(&req.url, state.webhooks.allow_private)
-        .map_err(|m| unprocessable("invalid_url", "url", m))?;
+    // Stored and compared as parsed (`HTTPS://Example.com` is `https://example.com/`,
+    // control characters percent-encoded), so one endpoint per URL whatever its spelling.
+    let url = check_url(&req.url, state.webhooks.allow_private)
+        .map_err(|m| unprocessable("invalid_url", "url", m))?
+        .to_string();
     let mut types = Vec::with_capacity(req.event_types.len());
     for (i, t) in req.event_types.iter().enumerate() {
         if !known_event_type(t) {
@@ -159,7 +163,7 @@ pub async fn create_webhook(
         let exists: Option<Uuid> =
             sqlx::query_scalar("SELECT webhook_id FROM webhooks WHERE tenant_id = $1 AND url = $2")
                 .bind(tenant)
-                .bind(&req.url)
+                .bind(&url)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
@@ -180,7 +184,7 @@ pub async fn create_webhook(
         )
         .bind(id)
         .bind(tenant)
-        .bind(&req.url)
+        .bind(&url)
         .bind(&types_json)
         .bind(&secret)
         .bind(position)
@@ -205,7 +209,7 @@ pub async fn create_webhook(
     let existing: Option<Uuid> = on_read!(&state.db, pool => {
         sqlx::query_scalar("SELECT webhook_id FROM webhooks WHERE tenant_id = $1 AND url = $2")
             .bind(tenant)
-            .bind(&req.url)
+            .bind(&url)
             .fetch_optional(pool)
             .await
             .map_err(StoreError::from)?
