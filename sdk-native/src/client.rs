@@ -953,10 +953,10 @@ impl Client {
     }
 
     /// `POST /v1/webhooks/{id}/rotate-secret`: a new secret (in the answer); requests
-    /// carry the previous secret's signature too for `expire_previous_after` (whole
+    /// carry the retired secret's signature too for `expire_previous_after` (whole
     /// seconds; default a day, at most 7). Not idempotent: retried only when no
-    /// connection was made (rotating again is harmless: the secret from before keeps
-    /// signing through the overlap).
+    /// connection was made (rotating again is harmless: every secret of the overlap
+    /// keeps signing until its own ends).
     pub async fn rotate_webhook_secret(
         &self,
         id: uuid::Uuid,

@@ -17,7 +17,9 @@
 //!   lets one win and the other's tick finds nothing left to do.
 //! - **A refused tick** (a rule refuses it, say the policy's fee recipient left) is
 //!   logged and tried again after a pause that doubles from [`RETRY_FIRST`] up to
-//!   [`RETRY_MAX`], so it neither blocks the other payments nor floods the log.
+//!   [`RETRY_MAX`], so it neither blocks the other payments nor floods the log; a
+//!   tick that failed (a 5xx: the database, a payment that cannot be loaded) after a
+//!   pause doubling from [`FAILED_FIRST`] to [`FAILED_MAX`].
 //! - **Time** is [`Clock`]: the system clock, or for tests and demonstrations a clock
 //!   set ahead ([`Clock::advance`]) so that days pass in a moment. The clock only dates
 //!   commands; tokens and keys expire by the system clock.
@@ -163,6 +165,24 @@ async fn round(state: &AppState, refused: &mut HashMap<Uuid, Refused>) -> Result
     Ok(())
 }
 
+/// The first pause before a tick that failed (a 5xx: the database, a payment that
+/// cannot be loaded) is tried again.
+pub const FAILED_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause before a failed tick is tried again.
+pub const FAILED_MAX: Duration = Duration::from_secs(60);
+
+/// The pause after a tick refused by a rule (`failed` false: [`RETRY_FIRST`] doubling
+/// to [`RETRY_MAX`]) or failed (`failed`: [`FAILED_FIRST`] doubling to [`FAILED_MAX`]),
+/// given the payment's pause before, if it had one.
+pub fn next_pause(before: Option<Duration>, failed: bool) -> Duration {
+    let (first, max) = if failed {
+        (FAILED_FIRST, FAILED_MAX)
+    } else {
+        (RETRY_FIRST, RETRY_MAX)
+    };
+    before.map_or(first, |p| p.saturating_mul(2).clamp(first, max))
+}
+
 /// Notes what became of one tick.
 fn settle(
     done: Result<(Uuid, Result<(), ApiError>), tokio::task::JoinError>,
@@ -173,15 +193,15 @@ fn settle(
             refused.remove(&payment);
             tracing::debug!(%payment, "clock tick");
         }
-        Ok((payment, Err(e))) if e.status().is_server_error() => {
-            // The database, not the payment: the next round tries again.
-            tracing::warn!(%payment, error = %e, "the clock's tick failed; trying again");
-        }
         Ok((payment, Err(e))) => {
-            let pause = refused
-                .get(&payment)
-                .map_or(RETRY_FIRST, |r| (r.pause * 2).min(RETRY_MAX));
-            tracing::warn!(%payment, error = %e, retry_in = ?pause, "the clock's tick was refused");
+            let failed = e.status().is_server_error();
+            let pause = next_pause(refused.get(&payment).map(|r| r.pause), failed);
+            if failed {
+                // The database or the stored payment, not a rule: tried again sooner.
+                tracing::warn!(%payment, error = %e, retry_in = ?pause, "the clock's tick failed");
+            } else {
+                tracing::warn!(%payment, error = %e, retry_in = ?pause, "the clock's tick was refused");
+            }
             refused.insert(
                 payment,
                 Refused {
@@ -191,5 +211,26 @@ fn settle(
             );
         }
         Err(e) => tracing::warn!(error = %e, "a clock tick failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_and_failed_ticks_wait_longer_each_time() {
+        let mut p = None;
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            let next = next_pause(p, true);
+            seen.push(next.as_secs());
+            p = Some(next);
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(next_pause(None, false), RETRY_FIRST);
+        assert_eq!(next_pause(Some(RETRY_MAX), false), RETRY_MAX);
+        // A refusal after failures starts at the refusal's own first pause.
+        assert_eq!(next_pause(Some(FAILED_FIRST), false), RETRY_FIRST);
     }
 }

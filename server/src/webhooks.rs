@@ -108,6 +108,41 @@ pub fn sign(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
 }
 
+/// Most retired secrets that sign at once (rotations beyond it end the overlap of the
+/// one due to expire first).
+pub const MAX_PREVIOUS: usize = 4;
+
+/// The retired secrets of an endpoint, from their stored JSON
+/// (`[{"secret":"<base64>","until_us":N},…]`); anything unreadable is none.
+pub(crate) fn previous_of(text: &str) -> Vec<(Vec<u8>, i64)> {
+    let list: Vec<serde_json::Value> = serde_json::from_str(text).unwrap_or_default();
+    list.iter()
+        .filter_map(|v| {
+            let secret = B64.decode(v["secret"].as_str()?).ok()?;
+            Some((secret, v["until_us"].as_i64()?))
+        })
+        .collect()
+}
+
+/// The retired secrets after `current` is retired until `until` (Unix µs), as stored:
+/// those expired by `now` dropped, then at most [`MAX_PREVIOUS`], the latest to expire.
+pub(crate) fn retire(previous: &str, current: &[u8], until: i64, now: i64) -> String {
+    let mut list: Vec<(Vec<u8>, i64)> = previous_of(previous)
+        .into_iter()
+        .filter(|(s, u)| *u > now && s.as_slice() != current)
+        .collect();
+    if until > now {
+        list.push((current.to_vec(), until));
+    }
+    list.sort_by_key(|(_, u)| std::cmp::Reverse(*u));
+    list.truncate(MAX_PREVIOUS);
+    let out: Vec<serde_json::Value> = list
+        .iter()
+        .map(|(s, u)| serde_json::json!({"secret": B64.encode(s), "until_us": u}))
+        .collect();
+    serde_json::Value::Array(out).to_string()
+}
+
 /// A new endpoint secret: its bytes and its `whsec_…` form.
 pub(crate) fn new_secret() -> Result<(Vec<u8>, String), ApiError> {
     let mut raw = [0u8; 32];
@@ -227,26 +262,15 @@ struct Endpoint {
     url: String,
     event_types: String,
     secret: Vec<u8>,
-    previous_secret: Option<Vec<u8>>,
-    previous_until_us: Option<i64>,
+    /// Retired secrets and until when each still signs ([`retire`]).
+    previous: Vec<(Vec<u8>, i64)>,
     position: i64,
     attempts: i64,
     next_attempt_at_us: i64,
 }
 
 /// The columns of [`Endpoint`], in order.
-type EndpointRow = (
-    Uuid,
-    Uuid,
-    String,
-    String,
-    Vec<u8>,
-    Option<Vec<u8>>,
-    Option<i64>,
-    i64,
-    i64,
-    i64,
-);
+type EndpointRow = (Uuid, Uuid, String, String, Vec<u8>, String, i64, i64, i64);
 
 impl Endpoint {
     fn of(r: EndpointRow) -> Self {
@@ -256,11 +280,10 @@ impl Endpoint {
             url: r.2,
             event_types: r.3,
             secret: r.4,
-            previous_secret: r.5,
-            previous_until_us: r.6,
-            position: r.7,
-            attempts: r.8,
-            next_attempt_at_us: r.9,
+            previous: previous_of(&r.5),
+            position: r.6,
+            attempts: r.7,
+            next_attempt_at_us: r.8,
         }
     }
 
@@ -396,7 +419,7 @@ async fn round(
         let due: Vec<EndpointRow> = on_read!(&state.db, pool => {
             sqlx::query_as(
                 "SELECT w.webhook_id, w.tenant_id, w.url, w.event_types, w.secret, \
-                 w.previous_secret, w.previous_until_us, w.position, w.attempts, w.next_attempt_at_us \
+                 w.previous_secrets, w.position, w.attempts, w.next_attempt_at_us \
                  FROM webhooks w \
                  WHERE w.next_attempt_at_us <= $1 \
                  AND (w.next_attempt_at_us > $2 OR (w.next_attempt_at_us = $2 AND w.webhook_id > $3)) \
@@ -638,8 +661,9 @@ async fn send(
     let id = e.event_id.to_string();
     let ts = now_us() / 1_000_000;
     let mut signature = sign(&ep.secret, &id, ts, &body);
-    if let (Some(old), Some(until)) = (&ep.previous_secret, ep.previous_until_us) {
-        if until > now_us() {
+    let now = now_us();
+    for (old, until) in &ep.previous {
+        if *until > now {
             signature.push(' ');
             signature.push_str(&sign(old, &id, ts, &body));
         }
@@ -731,3 +755,36 @@ pub(crate) type ListedRow = (
 /// The select list of [`ListedRow`].
 pub(crate) const LISTED: &str = "webhook_id, url, event_types, position, attempts, \
     next_attempt_at_us, last_status, last_error, failing_since_us, created_at_us";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retired_secrets_sign_until_their_time_and_no_more_than_four() {
+        let now = 1_000;
+        let none = retire("[]", b"s0", now + 10, now);
+        assert_eq!(previous_of(&none), vec![(b"s0".to_vec(), now + 10)]);
+        // Another rotation in the overlap keeps both; an expired one goes.
+        let two = retire(&none, b"s1", now + 20, now + 5);
+        assert_eq!(
+            previous_of(&two),
+            vec![(b"s1".to_vec(), now + 20), (b"s0".to_vec(), now + 10)]
+        );
+        let later = retire(&two, b"s2", now + 30, now + 15);
+        assert_eq!(
+            previous_of(&later),
+            vec![(b"s2".to_vec(), now + 30), (b"s1".to_vec(), now + 20)]
+        );
+        // At most four, the latest to expire; an overlap of 0 retires nothing.
+        let mut list = "[]".to_owned();
+        for i in 0..6u8 {
+            list = retire(&list, &[i], now + 100 + i64::from(i), now);
+        }
+        let kept: Vec<u8> = previous_of(&list).iter().map(|(s, _)| s[0]).collect();
+        assert_eq!(kept, vec![5, 4, 3, 2]);
+        assert_eq!(retire("[]", b"x", now, now), "[]");
+        // Unreadable text is no secrets (never a panic).
+        assert!(previous_of("not json").is_empty());
+    }
+}

@@ -50,14 +50,8 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             .unwrap_or_default()
             .to_owned()
     };
-    r.got.lock().expect("lock").push(Got {
-        id: h("webhook-id"),
-        timestamp: h("webhook-timestamp"),
-        signature: h("webhook-signature"),
-        body: body.to_vec(),
-    });
-    let delay = r.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(delay)).await;
+    // The answer is chosen before the request is recorded: a test that sees the
+    // request and then changes the answers does not change this one's.
     let next = {
         let mut a = r.answers.lock().expect("lock");
         if a.is_empty() {
@@ -66,6 +60,14 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             a.remove(0)
         }
     };
+    r.got.lock().expect("lock").push(Got {
+        id: h("webhook-id"),
+        timestamp: h("webhook-timestamp"),
+        signature: h("webhook-signature"),
+        body: body.to_vec(),
+    });
+    let delay = r.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
     StatusCode::from_u16(next).expect("status")
 }
 
@@ -333,6 +335,17 @@ async fn failing_endpoints_catch_up_after_a_restart() {
     assert_eq!(r.status, 200, "{}", r.body);
     let second = r.body["secret"].as_str().expect("secret").to_owned();
     assert_ne!(first, second);
+    // Rotated again during the overlap (say, the first answer was lost, or a receiver
+    // already switched): every secret of the overlap still signs.
+    let r = c
+        .post(
+            &format!("/v1/webhooks/{webhook}/rotate-secret"),
+            &key,
+            &json!({"expire_previous_after_seconds": 600}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let third = r.body["secret"].as_str().expect("secret").to_owned();
     let before = receiver.got().len();
     let r = c
         .post(&format!("/v1/webhooks/{webhook}/retry"), &key, &json!({}))
@@ -343,8 +356,15 @@ async fn failing_endpoints_catch_up_after_a_restart() {
         .await;
     assert_eq!(got[before].json()["type"], "FundingSettled");
     let settled = &got[before];
-    assert!(verified(settled, &first), "the old secret still verifies");
-    assert!(verified(settled, &second), "the new one too");
+    assert!(verified(settled, &first), "the first secret still verifies");
+    assert!(verified(settled, &second), "the second too");
+    assert!(verified(settled, &third), "and the new one");
+    assert_eq!(
+        settled.signature.split(' ').count(),
+        3,
+        "{}",
+        settled.signature
+    );
     let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
     assert_eq!(r.body["status"], "delivering", "{}", r.body);
     // Deleted: nothing more arrives.
@@ -746,8 +766,8 @@ async fn every_endpoint_is_served_however_many_there_are() {
         for i in 0..1100u128 {
             sqlx::query(
                 "INSERT INTO webhooks (webhook_id, tenant_id, url, event_types, secret, \
-                 position, attempts, next_attempt_at_us, created_at_us) \
-                 VALUES ($1, $2, $3, '[]', $4, 0, 0, 0, 0)",
+                 previous_secrets, position, attempts, next_attempt_at_us, created_at_us) \
+                 VALUES ($1, $2, $3, '[]', $4, '[]', 0, 0, 0, 0)",
             )
             .bind(uuid::Uuid::from_u128(0x1000 + i))
             .bind(uuid::Uuid::from_u128(0xbeef))

@@ -22,6 +22,10 @@ use crate::db::{now_us, on_read, on_write};
 use crate::webhooks::{check_url, known_event_type, listed, new_secret, secret_text, LISTED};
 use crate::StoreError;
 
+/// The first key of the PostgreSQL advisory lock that orders one tenant's
+/// registrations ("tfwh").
+const WEBHOOK_LOCK: i32 = 0x7466_7768;
+
 /// Most endpoints per tenant.
 pub const MAX_PER_TENANT: i64 = 16;
 /// Longest overlap of an old secret after a rotation: 7 days.
@@ -153,8 +157,20 @@ pub async fn create_webhook(
     let (secret, _) = new_secret()?;
     let id = Uuid::new_v4();
     let now = now_us();
+    let postgres = state.db.is_postgres();
     let inserted = on_write!(&state.db, pool => {
         let mut tx = pool.begin().await.map_err(StoreError::from)?;
+        if postgres {
+            // Registrations of one tenant one at a time, so that concurrent ones cannot
+            // pass the limit together (SQLite has a single writer already).
+            let key = i64::from_be_bytes(tenant.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(WEBHOOK_LOCK)
+                .bind(i32::try_from(key & 0x7fff_ffff).unwrap_or(0))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        }
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_one(&mut *tx)
@@ -178,8 +194,9 @@ pub async fn create_webhook(
             ));
         }
         let n = sqlx::query(
-            "INSERT INTO webhooks (webhook_id, tenant_id, url, event_types, secret, position, \
-             attempts, next_attempt_at_us, created_at_us) VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7) \
+            "INSERT INTO webhooks (webhook_id, tenant_id, url, event_types, secret, \
+             previous_secrets, position, attempts, next_attempt_at_us, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5, '[]', $6, 0, 0, $7) \
              ON CONFLICT (tenant_id, url) DO NOTHING",
         )
         .bind(id)
@@ -311,10 +328,12 @@ struct Rotation {
 }
 
 /// `POST /v1/webhooks/{webhook_id}/rotate-secret`: a new secret; requests carry the
-/// signatures of both until the previous one expires (24 hours by default, at most 7
-/// days, 0 at once). A rotation during another's overlap keeps the secret from before
-/// both as the previous one: after an answer was lost and the rotation repeated, the
-/// secret the receivers know still signs.
+/// signatures of the new one and of each secret a rotation retired, until that one's
+/// overlap ends (24 hours by default, at most 7 days, 0 at once; at most
+/// [`crate::webhooks::MAX_PREVIOUS`] at a time). Rotating again during an overlap keeps
+/// both earlier secrets signing: after an answer was lost and the rotation repeated,
+/// the secret the receivers know still signs, and receivers that already switched
+/// keep working too.
 pub async fn rotate_secret(
     State(state): State<AppState>,
     principal: Principal,
@@ -349,24 +368,52 @@ pub async fn rotate_secret(
             .unwrap_or(0)
             .saturating_mul(1_000_000),
     );
-    let n = on_write!(&state.db, pool => {
-        sqlx::query(
-            "UPDATE webhooks SET previous_secret = CASE WHEN previous_until_us > $1 \
-             THEN previous_secret ELSE secret END, previous_until_us = $2, secret = $3 \
-             WHERE tenant_id = $4 AND webhook_id = $5",
-        )
-        .bind(now_us())
-        .bind(until)
-        .bind(&secret)
-        .bind(tenant)
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected()
-    });
-    if n == 0 {
-        return Err(unknown_webhook(id));
+    // Read, retire the current secret into the list, write back if nobody rotated
+    // meanwhile (compare-and-set on the secret); a concurrent rotation is tried again.
+    let mut rotated = false;
+    for _ in 0..5 {
+        let row: Option<(Vec<u8>, String)> = on_write!(&state.db, pool => {
+            sqlx::query_as(
+                "SELECT secret, previous_secrets FROM webhooks \
+                 WHERE tenant_id = $1 AND webhook_id = $2",
+            )
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::from)?
+        });
+        let Some((current, previous)) = row else {
+            return Err(unknown_webhook(id));
+        };
+        let previous = crate::webhooks::retire(&previous, &current, until, now_us());
+        let n = on_write!(&state.db, pool => {
+            sqlx::query(
+                "UPDATE webhooks SET previous_secrets = $1, secret = $2 \
+                 WHERE tenant_id = $3 AND webhook_id = $4 AND secret = $5",
+            )
+            .bind(&previous)
+            .bind(&secret)
+            .bind(tenant)
+            .bind(id)
+            .bind(&current)
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected()
+        });
+        if n == 1 {
+            rotated = true;
+            break;
+        }
+    }
+    if !rotated {
+        return Err(ApiError::Conflict {
+            code: "rotation_conflict",
+            message: "the secret was rotated by other requests meanwhile; read the webhook and \
+                      rotate again if you still need to"
+                .into(),
+        });
     }
     let (row, secret) = load(&state, tenant, id)
         .await?
