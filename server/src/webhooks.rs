@@ -327,6 +327,11 @@ pub(crate) async fn run(
     // The endpoints being served: a round does not wait for them (a slow receiver must
     // not hold back the others), and starts no second task for one of them.
     let mut sending = Sending::default();
+    // Every second whatever the appends do (a sleep started afresh on each skipped
+    // notice would never end under steady traffic, and a first endpoint would wait for
+    // a quiet second to be found).
+    let mut timed = tokio::time::interval(Duration::from_secs(1));
+    timed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = notices.recv() => {
@@ -340,7 +345,7 @@ pub(crate) async fn run(
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while notices.try_recv().is_ok() {}
             }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = timed.tick() => {}
             _ = shutdown.changed() => break,
         }
         if *shutdown.borrow() {

@@ -791,3 +791,53 @@ async fn every_endpoint_is_served_however_many_there_are() {
         .await;
     running.shutdown().await.expect("shutdown");
 }
+
+/// Under steady traffic (an event every 100 ms), a tenant's first endpoint is found
+/// and served within seconds: the sender's timed round is not put off by appends.
+#[tokio::test]
+async fn a_first_endpoint_is_found_under_steady_traffic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let (running, c) = serve(&db).await;
+    let key = c.tenant(ADMIN, "Busy Escrow").await.expect("tenant");
+    let f = open_and_join(&c, &key).await.expect("open");
+    // Let the sender see that there are no endpoints.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (c, key, f, stop) = (c.clone(), key.clone(), f.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = c
+                    .post(
+                        "/v1/payments",
+                        &key,
+                        &json!({
+                            "policy": "earnest-money",
+                            "amount": {"amount": "100.00", "currency": "USD"},
+                            "initiator": {"party": f.agent, "roles": ["listing_agent"]}
+                        }),
+                    )
+                    .await;
+                assert_eq!(r.status, 201, "{}", r.body);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let start = Instant::now();
+    while receiver.got().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no request within 5 s of registering, under steady traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.expect("traffic");
+    running.shutdown().await.expect("shutdown");
+}
