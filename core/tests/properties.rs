@@ -1373,30 +1373,27 @@ fn tick_at(
 /// logs) and leaves nothing due at or before it; with no moment, no tick ever records
 /// anything. Returns the event types the tick at the due moment recorded.
 fn check_clock(s: &PaymentState) -> Result<Vec<&'static str>, TestCaseError> {
+    // The event types a tick at `at` records (a refusal fails the case).
+    let recorded = |at: Timestamp| -> Result<Vec<&'static str>, TestCaseError> {
+        let d = tick_at(s, at).map_err(|e| TestCaseError::fail(format!("tick: {e}")))?;
+        Ok(d.events.iter().map(|e| e.event_type().name()).collect())
+    };
     let Some(due) = next_tick(s) else {
         for later in [s.updated_at, s.updated_at.add_days(3650)] {
-            let d = tick_at(s, later).map_err(|e| TestCaseError::fail(format!("tick: {e}")))?;
+            let got = recorded(later)?;
             prop_assert!(
-                d.events.is_empty(),
-                "nothing due, yet a tick at {later} recorded {:?}",
-                d.events
-                    .iter()
-                    .map(|e| e.event_type().name())
-                    .collect::<Vec<_>>()
+                got.is_empty(),
+                "nothing due, yet a tick at {later} recorded {got:?}"
             );
         }
         return Ok(Vec::new());
     };
     if due > s.updated_at {
         let before = Timestamp::from_unix_millis(due.unix_millis() - 1);
-        let d = tick_at(s, before).map_err(|e| TestCaseError::fail(format!("tick: {e}")))?;
+        let got = recorded(before)?;
         prop_assert!(
-            d.events.is_empty(),
-            "due at {due}, yet a tick at {before} recorded {:?}",
-            d.events
-                .iter()
-                .map(|e| e.event_type().name())
-                .collect::<Vec<_>>()
+            got.is_empty(),
+            "due at {due}, yet a tick at {before} recorded {got:?}"
         );
     }
     let at = due.max(s.updated_at);

@@ -29,6 +29,11 @@ fn state_of(history: &JsValue) -> JsResult<Option<PaymentState>> {
     replay(&bytes).map(Some).js()
 }
 
+/// The state of a payment's history; the empty history is `unknown_payment`.
+fn payment_state(history: &JsValue) -> JsResult<PaymentState> {
+    state_of(history)?.ok_or_else(|| js_error("unknown_payment", "the history is empty"))
+}
+
 /// The command types (e.g. `"Approve"`) the actor may issue now. `actorJson` is
 /// `{"party": "<uuid>", "role": "buyer"}`; `now` (RFC 3339) defaults to the time of
 /// the last event. A party in a role the policy does not know gets `unknown_role`
@@ -39,8 +44,7 @@ pub fn allowed_commands(
     #[wasm_bindgen(js_name = actorJson)] actor: &str,
     now: Option<String>,
 ) -> JsResult<JsValue> {
-    let state =
-        state_of(&history)?.ok_or_else(|| js_error("unknown_payment", "the history is empty"))?;
+    let state = payment_state(&history)?;
     let actor = Actor::from_json(actor.as_bytes()).js()?;
     // A party's role must be the policy's (as for `view`): nothing is offered to a
     // name the policy does not know. The platform's roles are `rail` and `system`.
@@ -69,8 +73,7 @@ pub fn allowed_commands(
 pub fn next_tick(
     #[wasm_bindgen(js_name = historyJson, unchecked_param_type = "HistoryInput")] history: JsValue,
 ) -> JsResult<Option<String>> {
-    let state =
-        state_of(&history)?.ok_or_else(|| js_error("unknown_payment", "the history is empty"))?;
+    let state = payment_state(&history)?;
     Ok(trustfold_core::decide::next_tick(&state).map(|t| t.to_string()))
 }
 

@@ -260,7 +260,8 @@ struct Endpoint {
     webhook_id: Uuid,
     tenant_id: Uuid,
     url: String,
-    event_types: String,
+    /// The event types it wants (empty: every type).
+    event_types: Vec<String>,
     secret: Vec<u8>,
     /// Retired secrets and until when each still signs ([`retire`]).
     previous: Vec<(Vec<u8>, i64)>,
@@ -278,7 +279,7 @@ impl Endpoint {
             webhook_id: r.0,
             tenant_id: r.1,
             url: r.2,
-            event_types: r.3,
+            event_types: serde_json::from_str(&r.3).unwrap_or_default(),
             secret: r.4,
             previous: previous_of(&r.5),
             position: r.6,
@@ -288,8 +289,7 @@ impl Endpoint {
     }
 
     fn wants(&self, event_type: &str) -> bool {
-        let types: Vec<String> = serde_json::from_str(&self.event_types).unwrap_or_default();
-        types.is_empty() || types.iter().any(|t| t == event_type)
+        self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type)
     }
 }
 

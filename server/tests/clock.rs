@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::scenario::{open_and_join, Client, Flow};
+use common::scenario::{agree, open_and_join, settle, Client, Flow};
 use common::ADMIN;
 use serde_json::{json, Value};
 use trustfold_server::app::{start, Running};
@@ -21,53 +21,6 @@ async fn serve(database: &str, clock: &Clock) -> (Running, Client) {
     let running = start(config).await.expect("server starts");
     let client = Client::new(format!("http://{}", running.addr));
     (running, client)
-}
-
-/// Both parties agree (the funding deadline is set: 3 business days), and the buyer's
-/// ACH debit of 5,000 USD settles (good funds: 2 business days later).
-async fn agree(c: &Client, key: &str, f: &Flow) {
-    let p = f.payment.as_str();
-    let state = c.get(&format!("/v1/payments/{p}"), key).await;
-    let terms = state.body["terms_hash"].as_str().expect("terms").to_owned();
-    for (party, role) in [(&f.buyer, "buyer"), (&f.seller, "seller")] {
-        c.command(
-            key,
-            p,
-            Some(party),
-            role,
-            json!({"type": "AgreeToTerms", "terms_hash": terms}),
-        )
-        .await
-        .expect("agree");
-    }
-}
-
-async fn settle_by_ach(c: &Client, key: &str, f: &Flow) {
-    let p = f.payment.as_str();
-    c.command(key, p, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
-        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
-        .await
-        .expect("attach");
-    c.command(
-        key,
-        p,
-        Some(&f.buyer),
-        "buyer",
-        json!({"type": "SubmitFunding",
-        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-1"}),
-    )
-    .await
-    .expect("submit");
-    c.command(
-        key,
-        p,
-        None,
-        "rail",
-        json!({"type": "RailNotice", "rail_ref": "ACH-1",
-        "notice": {"kind": "settled"}}),
-    )
-    .await
-    .expect("settled");
 }
 
 /// The payment's events (the envelopes), read through the paged history.
@@ -117,10 +70,14 @@ struct Payments {
 
 async fn payments(c: &Client, key: &str) -> Payments {
     let settled = open_and_join(c, key).await.expect("open");
-    agree(c, key, &settled).await;
-    settle_by_ach(c, key, &settled).await;
+    // The funding deadline: 3 business days after agreeing; good funds for ACH: 2
+    // business days after settling.
+    agree(c, key, &settled).await.expect("agree");
+    settle(c, key, &settled, "ach", "ACH-1")
+        .await
+        .expect("settle");
     let unfunded = open_and_join(c, key).await.expect("open");
-    agree(c, key, &unfunded).await;
+    agree(c, key, &unfunded).await.expect("agree");
     let draft = open_and_join(c, key).await.expect("open");
     Payments {
         settled,
@@ -203,6 +160,25 @@ async fn a_week_later(c: &Client, key: &str, ps: &Payments, before: [usize; 3]) 
     );
 }
 
+/// Nothing happens before it is due; a week later, everything due happened once.
+async fn a_week_passes(c: &Client, key: &str, ps: &Payments, clock: &Clock) {
+    let before = nothing_happens_yet(c, key, ps).await;
+    clock.advance(Duration::from_secs(7 * 86_400));
+    a_week_later(c, key, ps, before).await;
+}
+
+/// Runs `statements` on the SQLite file `db` directly, as an older server or another
+/// writer could have left it.
+async fn on_the_file(db: &str, statements: &[String]) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{db}"))
+        .await
+        .expect("open");
+    for sql in statements {
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+}
+
 async fn the_clock_acts_when_things_are_due(database: &str) {
     let clock = Clock::system();
     let (running, c) = serve(database, &clock).await;
@@ -234,21 +210,7 @@ async fn the_clock_acts_when_things_are_due(database: &str) {
     running.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test]
-async fn the_clock_acts_when_things_are_due_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
-    the_clock_acts_when_things_are_due(&db).await;
-}
-
-#[tokio::test]
-async fn the_clock_acts_when_things_are_due_postgres() {
-    let Some((admin, name, url)) = common::postgres_database().await else {
-        return;
-    };
-    the_clock_acts_when_things_are_due(&url).await;
-    common::drop_database(&admin, &name).await;
-}
+common::on_both_databases!(the_clock_acts_when_things_are_due);
 
 /// Two processes on one PostgreSQL database, both a week ahead: one clock acts (the
 /// projection leader's), and every due step is recorded once.
@@ -262,9 +224,7 @@ async fn two_processes_tick_once() {
     let (two, c2) = serve(&url, &clock).await;
     let key = c.tenant(ADMIN, "Two Clocks Escrow").await.expect("tenant");
     let ps = payments(&c2, &key).await;
-    let before = nothing_happens_yet(&c, &key, &ps).await;
-    clock.advance(Duration::from_secs(7 * 86_400));
-    a_week_later(&c2, &key, &ps, before).await;
+    a_week_passes(&c2, &key, &ps, &clock).await;
     one.shutdown().await.expect("shutdown");
     two.shutdown().await.expect("shutdown");
     common::drop_database(&admin, &name).await;
@@ -275,32 +235,22 @@ async fn two_processes_tick_once() {
 /// its good funds.
 #[tokio::test]
 async fn an_upgraded_database_fills_the_clock_from_history() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     let clock = Clock::system();
     let (running, c) = serve(&db, &clock).await;
     let key = c.tenant(ADMIN, "Old Escrow").await.expect("tenant");
     let ps = payments(&c, &key).await;
     running.shutdown().await.expect("shutdown");
-    {
-        // Back to the schema before the clock, as an older server left it.
-        use sqlx::Connection as _;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{db}"))
-            .await
-            .expect("open");
-        for sql in [
-            "DROP TABLE webhooks",
-            "DROP TABLE payment_clock",
-            "DELETE FROM projection_checkpoints WHERE name = 'clock'",
-            "UPDATE trustfold_server_schema SET version = 1",
-        ] {
-            sqlx::query(sql).execute(&mut conn).await.expect(sql);
-        }
-    }
+    // Back to the schema before the clock, as an older server left it.
+    let older = [
+        "DROP TABLE webhooks",
+        "DROP TABLE payment_clock",
+        "DELETE FROM projection_checkpoints WHERE name = 'clock'",
+        "UPDATE trustfold_server_schema SET version = 1",
+    ];
+    on_the_file(&db, &older.map(String::from)).await;
     let (running, c) = serve(&db, &clock).await;
-    let before = nothing_happens_yet(&c, &key, &ps).await;
-    clock.advance(Duration::from_secs(7 * 86_400));
-    a_week_later(&c, &key, &ps, before).await;
+    a_week_passes(&c, &key, &ps, &clock).await;
     running.shutdown().await.expect("shutdown");
 }
 
@@ -309,32 +259,25 @@ async fn an_upgraded_database_fills_the_clock_from_history() {
 /// round goes past them to every payment due.
 #[tokio::test]
 async fn refused_ticks_do_not_hold_back_the_others() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     let clock = Clock::system();
     let (running, c) = serve(&db, &clock).await;
     let key = c.tenant(ADMIN, "Patient Escrow").await.expect("tenant");
     let ps = payments(&c, &key).await;
     running.shutdown().await.expect("shutdown");
-    {
-        use sqlx::Connection as _;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{db}"))
-            .await
-            .expect("open");
-        for i in 0..300u128 {
-            sqlx::query(
-                "INSERT INTO payment_clock (payment_id, tenant_id, due_at_ms) VALUES ($1, $2, 1)",
+    // Ids as SQLite holds them: 16-byte blobs.
+    let refused: Vec<String> = (0..300u128)
+        .map(|i| {
+            format!(
+                "INSERT INTO payment_clock (payment_id, tenant_id, due_at_ms) \
+                 VALUES (X'{:032x}', X'{:032x}', 1)",
+                0xdead_0000 + i,
+                0xbeef_u128
             )
-            .bind(uuid::Uuid::from_u128(0xdead_0000 + i))
-            .bind(uuid::Uuid::from_u128(0xbeef))
-            .execute(&mut conn)
-            .await
-            .expect("insert");
-        }
-    }
+        })
+        .collect();
+    on_the_file(&db, &refused).await;
     let (running, c) = serve(&db, &clock).await;
-    let before = nothing_happens_yet(&c, &key, &ps).await;
-    clock.advance(Duration::from_secs(7 * 86_400));
-    a_week_later(&c, &key, &ps, before).await;
+    a_week_passes(&c, &key, &ps, &clock).await;
     running.shutdown().await.expect("shutdown");
 }

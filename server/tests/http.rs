@@ -392,21 +392,8 @@ async fn idempotency_compares_the_json_not_its_bytes() {
         r#"{{"command":{{"type":"Invite","party":"{other}","roles":["lender"],"name":"L"}},"actor":{{"party":"{}","role":"listing_agent"}}}}"#,
         f.agent
     );
-    let send = |body: String| {
-        let path = path.clone();
-        let key = key.clone();
-        async move {
-            c.raw(
-                "POST",
-                &path,
-                Some(&key),
-                &[("idempotency-key", "invite-by-meaning")],
-                Some(body.into_bytes()),
-            )
-            .await
-            .expect("POST")
-        }
-    };
+    let send =
+        |body: String| c.post_bytes_idem(&path, &key, "invite-by-meaning", body.into_bytes());
     let first = send(compact.clone()).await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert!(first.headers.get("idempotent-replayed").is_none());
@@ -440,21 +427,7 @@ async fn a_body_that_is_not_json_leaves_its_key_free() {
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
     let f = open_and_join(c, &key).await.expect("open");
     let path = format!("/v1/payments/{}/commands", f.payment);
-    let send = |body: Vec<u8>| {
-        let path = path.clone();
-        let key = key.clone();
-        async move {
-            c.raw(
-                "POST",
-                &path,
-                Some(&key),
-                &[("idempotency-key", "invite-after-typo")],
-                Some(body),
-            )
-            .await
-            .expect("POST")
-        }
-    };
+    let send = |body: Vec<u8>| c.post_bytes_idem(&path, &key, "invite-after-typo", body);
     let before = c.get(&format!("/v1/payments/{}", f.payment), &key).await;
     let version = before.body["version"].as_u64().expect("version");
     // Cut short by a bad copy and paste: not JSON at all.

@@ -76,13 +76,7 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/hooks", axum::routing::post(receive))
             .with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = common::serve_on_loopback(app).await;
         format!("http://{addr}/hooks")
     }
 
@@ -231,8 +225,18 @@ async fn delivers_in_order_signed_and_retried(database: &str) {
         hex::encode(<sha2::Sha256 as sha2::Digest>::digest(event.as_bytes())),
         records[0]["hash"].as_str().expect("hash")
     );
-    // The endpoint's state: delivering, at the last event.
-    let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
+    // The endpoint's state: delivering, at the last event (the position moves just
+    // after the receiver answered).
+    let start = Instant::now();
+    let r = loop {
+        let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
+        if r.body["position"].as_u64() == Some(last_position)
+            || start.elapsed() > Duration::from_secs(10)
+        {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["status"], "delivering");
     assert_eq!(r.body["position"].as_u64(), Some(last_position));
@@ -244,28 +248,13 @@ async fn delivers_in_order_signed_and_retried(database: &str) {
     running.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test]
-async fn delivers_in_order_signed_and_retried_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
-    delivers_in_order_signed_and_retried(&db).await;
-}
-
-#[tokio::test]
-async fn delivers_in_order_signed_and_retried_postgres() {
-    let Some((admin, name, url)) = common::postgres_database().await else {
-        return;
-    };
-    delivers_in_order_signed_and_retried(&url).await;
-    common::drop_database(&admin, &name).await;
-}
+common::on_both_databases!(delivers_in_order_signed_and_retried);
 
 /// Filters, a failing endpoint's state and its retry, rotation with overlap, deletion,
 /// and a restart: events appended while an endpoint failed reach it afterwards.
 #[tokio::test]
 async fn failing_endpoints_catch_up_after_a_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     let (running, c) = serve(&db).await;
     let key = c.tenant(ADMIN, "Filtered Escrow").await.expect("tenant");
     let receiver = Receiver::default();
@@ -395,8 +384,7 @@ async fn failing_endpoints_catch_up_after_a_restart() {
 /// Registering: what is refused, and why.
 #[tokio::test]
 async fn bad_endpoints_are_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     // The default: public addresses only.
     let running = start(common::config(&db)).await.expect("server starts");
     let c = Client::new(format!("http://{}", running.addr));
@@ -566,8 +554,7 @@ async fn bad_endpoints_are_refused() {
 /// registered while private addresses were allowed gets nothing once they are not.
 #[tokio::test]
 async fn private_addresses_are_refused_when_sending() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     let (running, c) = serve(&db).await;
     let key = c.tenant(ADMIN, "Moved Escrow").await.expect("tenant");
     let receiver = Receiver::default();
@@ -605,8 +592,7 @@ async fn private_addresses_are_refused_when_sending() {
 /// hold back another tenant's endpoint: it is sent its events meanwhile.
 #[tokio::test]
 async fn a_slow_receiver_does_not_hold_back_the_others() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     let (running, c) = serve(&db).await;
     let slow_key = c.tenant(ADMIN, "Slow Escrow").await.expect("tenant");
     let key = c.tenant(ADMIN, "Quick Escrow").await.expect("tenant");
@@ -674,8 +660,7 @@ async fn private_addresses_in_any_form_are_refused() {
         let ip: IpAddr = ip.parse().expect(ip);
         assert!(!is_private(ip), "{ip} is public");
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     let running = start(common::config(&db)).await.expect("server starts");
     let c = Client::new(format!("http://{}", running.addr));
     let key = c.tenant(ADMIN, "Careful Escrow").await.expect("tenant");
@@ -732,29 +717,14 @@ async fn urls_are_kept_as_parsed(database: &str) {
     running.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test]
-async fn urls_are_kept_as_parsed_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
-    urls_are_kept_as_parsed(&db).await;
-}
-
-#[tokio::test]
-async fn urls_are_kept_as_parsed_postgres() {
-    let Some((admin, name, url)) = common::postgres_database().await else {
-        return;
-    };
-    urls_are_kept_as_parsed(&url).await;
-    common::drop_database(&admin, &name).await;
-}
+common::on_both_databases!(urls_are_kept_as_parsed);
 
 /// Many endpoints (here 1,100 of a tenant with no events, always due and with nothing
 /// to send, registered first) do not hide another: every endpoint with events to send
 /// is served.
 #[tokio::test]
 async fn every_endpoint_is_served_however_many_there_are() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     let (running, c) = serve(&db).await;
     let key = c.tenant(ADMIN, "Crowded Escrow").await.expect("tenant");
     running.shutdown().await.expect("shutdown");
@@ -796,8 +766,7 @@ async fn every_endpoint_is_served_however_many_there_are() {
 /// and served within seconds: the sender's timed round is not put off by appends.
 #[tokio::test]
 async fn a_first_endpoint_is_found_under_steady_traffic() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     let (running, c) = serve(&db).await;
     let key = c.tenant(ADMIN, "Busy Escrow").await.expect("tenant");
     let f = open_and_join(&c, &key).await.expect("open");

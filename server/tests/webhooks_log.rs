@@ -37,15 +37,8 @@ async fn logs_name_the_host_not_the_url() {
     )
     .expect("the only subscriber");
     // The tenant's endpoint: every request is a 404.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, axum::Router::new()).await;
-    });
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let addr = common::serve_on_loopback(axum::Router::new()).await;
+    let (_dir, db) = common::sqlite_file();
     let mut config = common::config(&db);
     config.webhooks.allow_private = true;
     let running = start(config).await.expect("server starts");

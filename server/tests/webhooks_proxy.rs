@@ -26,21 +26,14 @@ async fn webhooks_never_go_through_a_proxy() {
             "ok"
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let proxy_addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, proxy).await;
-    });
+    let proxy_addr = common::serve_on_loopback(proxy).await;
     // Before any HTTP client of this process is made (reqwest reads it once).
     std::env::set_var("HTTP_PROXY", format!("http://{proxy_addr}"));
     std::env::set_var("http_proxy", format!("http://{proxy_addr}"));
     std::env::set_var("NO_PROXY", "127.0.0.1,localhost");
     std::env::set_var("no_proxy", "127.0.0.1,localhost");
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("trustfold.db").display().to_string();
+    let (_dir, db) = common::sqlite_file();
     let running = start(common::config(&db)).await.expect("server starts");
     let c = Client::new(format!("http://{}", running.addr));
     let key = c.tenant(ADMIN, "Proxied Escrow").await.expect("tenant");

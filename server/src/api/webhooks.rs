@@ -17,9 +17,11 @@ use uuid::Uuid;
 use super::auth::Principal;
 use super::body::{parse_json, Body};
 use super::error::{ApiError, ApiResult};
-use super::{json_bytes, parse_id, AppState};
+use super::{json, parse_id, AppState};
 use crate::db::{now_us, on_read, on_write};
-use crate::webhooks::{check_url, known_event_type, listed, new_secret, secret_text, LISTED};
+use crate::webhooks::{
+    check_url, known_event_type, listed, new_secret, secret_text, ListedRow, LISTED,
+};
 use crate::StoreError;
 
 /// The first key of the PostgreSQL advisory lock that orders one tenant's
@@ -57,18 +59,15 @@ fn unknown_webhook(id: Uuid) -> ApiError {
 }
 
 /// The endpoint's answer with its secret (registering, rotating).
-fn with_secret(row: &crate::webhooks::ListedRow, secret: &[u8]) -> serde_json::Value {
+fn with_secret(row: &ListedRow, secret: &[u8]) -> serde_json::Value {
     let mut v = listed(row);
     v["secret"] = json!(secret_text(secret));
     v
 }
 
-async fn load(
-    state: &AppState,
-    tenant: Uuid,
-    id: Uuid,
-) -> ApiResult<Option<(crate::webhooks::ListedRow, Vec<u8>)>> {
-    let row: Option<crate::webhooks::ListedRow> = on_read!(&state.db, pool => {
+/// The tenant's webhook `id` as listed, or a 404 `unknown_webhook`.
+async fn listed_row(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<ListedRow> {
+    let row: Option<ListedRow> = on_read!(&state.db, pool => {
         sqlx::query_as(&format!(
             "SELECT {LISTED} FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2"
         ))
@@ -78,17 +77,25 @@ async fn load(
         .await
         .map_err(StoreError::from)?
     });
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let secret: Vec<u8> = on_read!(&state.db, pool => {
-        sqlx::query_scalar("SELECT secret FROM webhooks WHERE webhook_id = $1")
+    row.ok_or_else(|| unknown_webhook(id))
+}
+
+/// Runs `sql` (`… WHERE tenant_id = $1 AND webhook_id = $2`) on the tenant's webhook
+/// `id`; a 404 `unknown_webhook` when it touched no row.
+async fn on_the_row(state: &AppState, sql: &str, tenant: Uuid, id: Uuid) -> ApiResult<()> {
+    let n = on_write!(&state.db, pool => {
+        sqlx::query(sql)
+            .bind(tenant)
             .bind(id)
-            .fetch_one(pool)
+            .execute(pool)
             .await
             .map_err(StoreError::from)?
+            .rows_affected()
     });
-    Ok(Some((row, secret)))
+    if n == 0 {
+        return Err(unknown_webhook(id));
+    }
+    Ok(())
 }
 
 /// `POST /v1/webhooks`: registers an endpoint for the tenant's events after `after`
@@ -214,13 +221,8 @@ pub async fn create_webhook(
         n
     });
     if inserted == 1 {
-        let (row, secret) = load(&state, tenant, id)
-            .await?
-            .ok_or_else(|| ApiError::Internal("a webhook inserted is not found".into()))?;
-        return Ok(json_bytes(
-            StatusCode::CREATED,
-            with_secret(&row, &secret).to_string().into_bytes(),
-        ));
+        let row = listed_row(&state, tenant, id).await?;
+        return Ok(json(StatusCode::CREATED, &with_secret(&row, &secret)));
     }
     // The URL is registered already (a retry, or a race with one).
     let existing: Option<Uuid> = on_read!(&state.db, pool => {
@@ -231,15 +233,28 @@ pub async fn create_webhook(
             .await
             .map_err(StoreError::from)?
     });
-    let found = match existing {
-        Some(e) => load(&state, tenant, e).await?,
-        None => None,
+    let deleted = || ApiError::Conflict {
+        code: "webhook_exists",
+        message: "the URL was registered and deleted meanwhile; register it again".into(),
     };
-    let Some((row, secret)) = found else {
-        return Err(ApiError::Conflict {
-            code: "webhook_exists",
-            message: "the URL was registered and deleted meanwhile; register it again".into(),
-        });
+    let Some(existing) = existing else {
+        return Err(deleted());
+    };
+    let row = listed_row(&state, tenant, existing)
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound { .. } => deleted(),
+            other => other,
+        })?;
+    let secret: Option<Vec<u8>> = on_read!(&state.db, pool => {
+        sqlx::query_scalar("SELECT secret FROM webhooks WHERE webhook_id = $1")
+            .bind(existing)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    let Some(secret) = secret else {
+        return Err(deleted());
     };
     if row.2 != types_json {
         return Err(ApiError::Conflict {
@@ -251,10 +266,7 @@ pub async fn create_webhook(
             ),
         });
     }
-    Ok(json_bytes(
-        StatusCode::OK,
-        with_secret(&row, &secret).to_string().into_bytes(),
-    ))
+    Ok(json(StatusCode::OK, &with_secret(&row, &secret)))
 }
 
 /// `GET /v1/webhooks`: the tenant's endpoints and how their delivery goes.
@@ -263,7 +275,7 @@ pub async fn list_webhooks(
     principal: Principal,
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
-    let rows: Vec<crate::webhooks::ListedRow> = on_read!(&state.db, pool => {
+    let rows: Vec<ListedRow> = on_read!(&state.db, pool => {
         sqlx::query_as(&format!(
             "SELECT {LISTED} FROM webhooks WHERE tenant_id = $1 ORDER BY created_at_us, webhook_id"
         ))
@@ -273,10 +285,7 @@ pub async fn list_webhooks(
         .map_err(StoreError::from)?
     });
     let list: Vec<serde_json::Value> = rows.iter().map(listed).collect();
-    Ok(json_bytes(
-        StatusCode::OK,
-        json!({ "webhooks": list }).to_string().into_bytes(),
-    ))
+    Ok(json(StatusCode::OK, &json!({ "webhooks": list })))
 }
 
 /// `GET /v1/webhooks/{webhook_id}`
@@ -287,13 +296,8 @@ pub async fn get_webhook(
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
     let id = parse_id(&id, "webhook_id")?;
-    let (row, _) = load(&state, tenant, id)
-        .await?
-        .ok_or_else(|| unknown_webhook(id))?;
-    Ok(json_bytes(
-        StatusCode::OK,
-        listed(&row).to_string().into_bytes(),
-    ))
+    let row = listed_row(&state, tenant, id).await?;
+    Ok(json(StatusCode::OK, &listed(&row)))
 }
 
 /// `DELETE /v1/webhooks/{webhook_id}`: nothing more is sent to it (a request in flight
@@ -305,18 +309,13 @@ pub async fn delete_webhook(
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
     let id = parse_id(&id, "webhook_id")?;
-    let n = on_write!(&state.db, pool => {
-        sqlx::query("DELETE FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2")
-            .bind(tenant)
-            .bind(id)
-            .execute(pool)
-            .await
-            .map_err(StoreError::from)?
-            .rows_affected()
-    });
-    if n == 0 {
-        return Err(unknown_webhook(id));
-    }
+    on_the_row(
+        &state,
+        "DELETE FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2",
+        tenant,
+        id,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -415,13 +414,8 @@ pub async fn rotate_secret(
                 .into(),
         });
     }
-    let (row, secret) = load(&state, tenant, id)
-        .await?
-        .ok_or_else(|| unknown_webhook(id))?;
-    Ok(json_bytes(
-        StatusCode::OK,
-        with_secret(&row, &secret).to_string().into_bytes(),
-    ))
+    let row = listed_row(&state, tenant, id).await?;
+    Ok(json(StatusCode::OK, &with_secret(&row, &secret)))
 }
 
 /// `POST /v1/webhooks/{webhook_id}/retry`: a failing endpoint is tried again now
@@ -433,31 +427,19 @@ pub async fn retry_webhook(
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
     let id = parse_id(&id, "webhook_id")?;
-    let n = on_write!(&state.db, pool => {
-        sqlx::query(
-            "UPDATE webhooks SET next_attempt_at_us = 0 WHERE tenant_id = $1 AND webhook_id = $2",
-        )
-        .bind(tenant)
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected()
-    });
-    if n == 0 {
-        return Err(unknown_webhook(id));
-    }
-    let (row, _) = load(&state, tenant, id)
-        .await?
-        .ok_or_else(|| unknown_webhook(id))?;
+    on_the_row(
+        &state,
+        "UPDATE webhooks SET next_attempt_at_us = 0 WHERE tenant_id = $1 AND webhook_id = $2",
+        tenant,
+        id,
+    )
+    .await?;
+    let row = listed_row(&state, tenant, id).await?;
     // Wake the sender.
     let _ = state.notices.send(super::Notice {
         stream: Uuid::nil(),
         version: 0,
         events: None,
     });
-    Ok(json_bytes(
-        StatusCode::OK,
-        listed(&row).to_string().into_bytes(),
-    ))
+    Ok(json(StatusCode::OK, &listed(&row)))
 }

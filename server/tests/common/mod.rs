@@ -75,13 +75,59 @@ pub fn config(database: &str) -> Config {
     c
 }
 
+/// Serves `app` on a free port of 127.0.0.1 in the background (the tenant's webhook
+/// endpoint, a proxy…); its address.
+pub async fn serve_on_loopback(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// A fresh SQLite file's path, in a temporary directory removed with the `TempDir`.
+pub fn sqlite_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = dir.path().join("trustfold.db").display().to_string();
+    (dir, database)
+}
+
+/// Runs the test `$name(database: &str)` on a fresh SQLite file and on a fresh
+/// PostgreSQL database (see [`postgres_url`]), as the tests `$name::sqlite` and
+/// `$name::postgres`.
+#[allow(unused_macros)]
+macro_rules! on_both_databases {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let (_dir, database) = super::common::sqlite_file();
+                super::$name(&database).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some((admin, name, url)) = super::common::postgres_database().await else {
+                    return;
+                };
+                super::$name(&url).await;
+                super::common::drop_database(&admin, &name).await;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_databases;
+
 pub async fn serve(config: Config) -> Running {
     start(config).await.expect("server starts")
 }
 
 pub async fn sqlite() -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database = dir.path().join("trustfold.db").display().to_string();
+    let (dir, database) = sqlite_file();
     let running = serve(config(&database)).await;
     let client = Client::new(format!("http://{}", running.addr));
     Server {

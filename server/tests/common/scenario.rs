@@ -186,12 +186,19 @@ impl Client {
     }
 
     pub async fn post_idem(&self, path: &str, auth: &str, key: &str, body: &Value) -> Reply {
+        self.post_bytes_idem(path, auth, key, body.to_string().into_bytes())
+            .await
+    }
+
+    /// POSTs `body` byte for byte (malformed or oddly laid out JSON) with an
+    /// `Idempotency-Key`.
+    pub async fn post_bytes_idem(&self, path: &str, auth: &str, key: &str, body: Vec<u8>) -> Reply {
         self.raw(
             "POST",
             path,
             Some(auth),
             &[("idempotency-key", key)],
-            Some(body.to_string().into_bytes()),
+            Some(body),
         )
         .await
         .expect("POST")
@@ -314,10 +321,14 @@ pub async fn open_and_join(c: &Client, key: &str) -> Result<Flow, String> {
     Ok(f)
 }
 
-/// Agrees, funds by wire, settles, releases to the seller with both approvals,
-/// disburses and settles: the payment ends `Completed`.
 /// Both parties agree and the buyer's wire of 5,000 USD settles.
 pub async fn fund(c: &Client, key: &str, f: &Flow) -> Result<(), String> {
+    agree(c, key, f).await?;
+    settle(c, key, f, "wire", "WIRE-1").await
+}
+
+/// Buyer and seller agree to the terms (the funding deadline is set).
+pub async fn agree(c: &Client, key: &str, f: &Flow) -> Result<(), String> {
     let p = f.payment.as_str();
     let state = c.get(&format!("/v1/payments/{p}"), key).await;
     let terms = state.body["terms_hash"]
@@ -334,15 +345,27 @@ pub async fn fund(c: &Client, key: &str, f: &Flow) -> Result<(), String> {
         )
         .await?;
     }
+    Ok(())
+}
+
+/// The buyer's 5,000 USD on `rail` (`wire`, `ach`) under `rail_ref`, settled.
+pub async fn settle(
+    c: &Client,
+    key: &str,
+    f: &Flow,
+    rail: &str,
+    rail_ref: &str,
+) -> Result<(), String> {
+    let p = f.payment.as_str();
     c.command(key, p, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
-        "method": {"rail": "wire", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}})).await?;
+        "method": {"rail": rail, "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}})).await?;
     c.command(
         key,
         p,
         Some(&f.buyer),
         "buyer",
         json!({"type": "SubmitFunding",
-        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "wire", "rail_ref": "WIRE-1"}),
+        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": rail, "rail_ref": rail_ref}),
     )
     .await?;
     c.command(
@@ -350,13 +373,15 @@ pub async fn fund(c: &Client, key: &str, f: &Flow) -> Result<(), String> {
         p,
         None,
         "rail",
-        json!({"type": "RailNotice", "rail_ref": "WIRE-1",
+        json!({"type": "RailNotice", "rail_ref": rail_ref,
         "notice": {"kind": "settled"}}),
     )
     .await?;
     Ok(())
 }
 
+/// Agrees, funds by wire, settles, releases to the seller with both approvals,
+/// disburses and settles: the payment ends `Completed`.
 pub async fn fund_and_release(c: &Client, key: &str, f: &Flow) -> Result<(), String> {
     fund(c, key, f).await?;
     let p = f.payment.as_str();
