@@ -498,13 +498,15 @@ fn verify_signature(key: &PublicKey, message: &[u8], signature: &str) -> Result<
 }
 
 /// The server's signature of one response body about a payment (the `Trustfold-Signature`
-/// header of its state, event pages and head). What a participant is shown without being
+/// header of its state, event pages and head, and of a command's answer when the command
+/// was sent with a `nonce`). What a participant is shown without being
 /// able to verify it — a redacted view — is then at least the pinned server's own answer
 /// to that request, not a stranger's on the way:
 /// `trustfold-response-v2\n<payment>\n<what>\n<SHA-256 of the credential>\n<SHA-256 of
 /// the body>`, where `what` is the route after `/v1/payments/{id}` as the clients ask it:
 /// empty for the state, `/events?after=N` for a page (so a page cannot be passed off as
-/// another), `/head` for the signed head's answer; and the credential is the bearer the
+/// another), `/head` for the signed head's answer, `/commands` for a command's answer
+/// (opening a payment included; always with a nonce); and the credential is the bearer the
 /// request was made with (API key or participant token; empty without one), so another
 /// participant's answer — its view, signed for its own credential — does not verify
 /// for this one. Alone it does not say when: an old answer can be replayed. A client

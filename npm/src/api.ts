@@ -501,6 +501,9 @@ export class Client {
    * Sends a command with an idempotency key (and the expected version as `If-Match`);
    * resolves to the server's answer: the new events and the state they lead to, as
    * the participant may see them (the same answer again for a retry with the key).
+   * With a pinned `serverKey` the answer must carry the server's signature for this
+   * very request (a fresh nonce), or it rejects with `bad_signature`; the command may
+   * have been applied, so send it again with the same idempotency key.
    */
   async sendCommand(paymentId: string, command: Command, idempotencyKey: string, expectedVersion?: number): Promise<CommandResult> {
     const body = await this.#raw.sendCommand(

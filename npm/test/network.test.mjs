@@ -877,7 +877,10 @@ async function tamperProxy(edit) {
   const server = createHttp(async (req, res) => {
     const headers = { ...req.headers };
     delete headers.host;
-    const r = await fetch(`${srv.base}${req.url}`, { method: req.method, headers });
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const sent = chunks.length ? Buffer.concat(chunks) : undefined;
+    const r = await fetch(`${srv.base}${req.url}`, { method: req.method, headers, body: sent });
     const body = edit(new URL(req.url, "http://x"), await r.text());
     const out = Object.fromEntries(r.headers);
     delete out["content-length"];
@@ -953,7 +956,10 @@ async function replayProxy() {
     }
     const headers = { ...req.headers };
     delete headers.host;
-    const r = await fetch(`${srv.base}${req.url}`, { method: req.method, headers });
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const sent = chunks.length ? Buffer.concat(chunks) : undefined;
+    const r = await fetch(`${srv.base}${req.url}`, { method: req.method, headers, body: sent });
     const body = await r.text();
     const out = Object.fromEntries(r.headers);
     delete out["content-length"];
@@ -989,8 +995,29 @@ test("Node: with a pinned key, an older answer replayed on the way is refused (a
       (e) => t.isTrustfoldError(e) && e.code === "bad_signature" && /not signed by key/.test(e.message));
     await assert.rejects(feed.sync(), (e) => t.isTrustfoldError(e) && e.code === "bad_signature");
     assert.ok(proxy.state.replayed >= 2, `replayed ${proxy.state.replayed}`);
-    // Without the proxy's replay, both see the new version.
+    // A command's answer too: the retry's answer must be signed for the retry's nonce,
+    // not be the first answer replayed.
     proxy.state.replay = false;
+    const buyer = new t.Client({ baseUrl: proxy.base, token: buyerToken, serverKey });
+    const idem = `join-${uuid()}`;
+    const first = await buyer.sendCommand(p.payment, { type: "Join" }, idem);
+    assert.equal(first.events[0].type, "ParticipantJoined");
+    proxy.state.replay = true;
+    const replayedBefore = proxy.state.replayed;
+    await assert.rejects(buyer.sendCommand(p.payment, { type: "Join" }, idem),
+      (e) => t.isTrustfoldError(e) && e.code === "bad_signature" && /not signed by key/.test(e.message));
+    assert.equal(proxy.state.replayed, replayedBefore + 1);
+    // Pinned to another key, the server's own answer is refused; the command was
+    // applied, so the same key through the right key gets the stored answer.
+    proxy.state.replay = false;
+    const otherKey = loadVectors().find((v) => v.key && v.key !== serverKey)?.key;
+    const seller = (k) => new t.Client({ baseUrl: srv.base, token: sellerToken, serverKey: k });
+    const sellerIdem = `join-${uuid()}`;
+    await assert.rejects(seller(otherKey).sendCommand(p.payment, { type: "Join" }, sellerIdem),
+      (e) => t.isTrustfoldError(e) && e.code === "bad_signature");
+    const stored = await seller(serverKey).sendCommand(p.payment, { type: "Join" }, sellerIdem);
+    assert.equal(stored.events[0].type, "ParticipantJoined");
+    // Without the proxy's replay, both see the new version.
     const after = await new t.Client({ baseUrl: srv.base, token: sellerToken, serverKey }).paymentView(p.payment);
     assert.ok(after.state.version > before.state.version);
   } finally {

@@ -47,6 +47,11 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// trickles the bytes.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What the server signs a command's answer as (before the request's nonce): its
+/// answers to commands, opening a payment included, are signed for `/commands?nonce=N`
+/// when asked with a nonce, which this client does whenever a key is pinned.
+const COMMAND_ANSWER: &str = "/commands";
+
 /// A client of one trustfold server.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -431,8 +436,9 @@ impl Client {
 
     /// Pins the server's key (from `GET /v1/server-key`, compared out of band): the
     /// answers that cannot be checked against a signed head — the state from
-    /// [`Client::payment`] and the pages of [`Client::events_view`] — and the head of
-    /// [`Client::head`] must then carry the server's signature of their bytes and of a
+    /// [`Client::payment`] and the pages of [`Client::events_view`] —, the head of
+    /// [`Client::head`] and the answers of [`Client::create_payment`] and
+    /// [`Client::send_command`] must then carry the server's signature of their bytes and of a
     /// random nonce sent with the request (`Trustfold-Signature`), or they fail with
     /// `bad_signature`: nothing on the way can change them or replay older ones.
     /// Without a pinned key they are taken as they come.
@@ -633,27 +639,37 @@ impl Client {
     }
 
     /// `POST /v1/payments`: opens a payment (`{policy, amount, description, initiator}`).
+    /// With a pinned key ([`Client::pin`]) the answer must be signed by it for this
+    /// request, as a command's.
     pub async fn create_payment(
         &self,
         request: &Value,
         idempotency_key: Option<&str>,
     ) -> Result<CommandResult> {
+        let what = self.fresh(COMMAND_ANSWER.into());
+        let query = what.strip_prefix(COMMAND_ANSWER).unwrap_or("");
         let b = self
             .send(
                 Method::POST,
-                "/v1/payments",
+                &format!("/v1/payments{query}"),
                 Some(request),
                 idempotency_key,
                 None,
             )
             .await?;
-        serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(e.to_string()))
+        let result: CommandResult =
+            serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(e.to_string()))?;
+        self.check_signed(result.payment_id, &what, &b)?;
+        Ok(result)
     }
 
     /// `POST /v1/payments/{id}/commands`: `command` is the core's command JSON
     /// (`{"type":"Join",…}`); `actor` is `{party, role}` for tenant keys; with
     /// `expected_version` the command fails with [`Error::VersionConflict`] if another
-    /// writer got there first.
+    /// writer got there first. With a pinned key ([`Client::pin`]) the answer must carry
+    /// the server's signature for this very request (a fresh nonce), or the call fails
+    /// with `bad_signature`: the command may then have been applied, so send it again
+    /// with the same `idempotency_key` (or read the payment).
     pub async fn send_command(
         &self,
         payment: PaymentId,
@@ -666,15 +682,17 @@ impl Client {
         if let Some(a) = actor {
             body["actor"] = a.clone();
         }
+        let what = self.fresh(COMMAND_ANSWER.into());
         let b = self
             .send(
                 Method::POST,
-                &format!("/v1/payments/{payment}/commands"),
+                &format!("/v1/payments/{payment}{what}"),
                 Some(&body),
                 idempotency_key,
                 expected_version,
             )
             .await?;
+        self.check_signed(payment, &what, &b)?;
         serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(e.to_string()))
     }
 

@@ -565,6 +565,63 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         .expect_err("another key");
     assert_eq!(e.code(), "bad_signature", "{e}");
     assert!(e.to_string().contains(&p.to_string()), "{e}");
+    // Commands with a pinned key: the answers (opening a payment, a command) must be
+    // the server's to this very request. With another key pinned the answer is refused
+    // although the server applied the command: the same key then gets its replay.
+    let server_key = c.server_key().await.expect("server key");
+    let pinned_tenant = c.clone().pin(server_key);
+    let signed_open = pinned_tenant
+        .create_payment(&open("14 Elm St"), Some("pinned-open"))
+        .await
+        .expect("a signed opening");
+    let invite = json!({"type": "Invite", "party": party(), "roles": ["buyer"]});
+    let sent = pinned_tenant
+        .send_command(
+            signed_open.payment_id,
+            &invite,
+            Some(&as_(agent, "listing_agent")),
+            None,
+            Some("pinned-invite"),
+        )
+        .await
+        .expect("a signed answer");
+    assert_eq!(sent.version, 2);
+    let stranger_tenant = c
+        .clone()
+        .pin(trustfold::history::PublicKey::from_secret(&[9u8; 32]));
+    let e = stranger_tenant
+        .create_payment(&open("16 Elm St"), Some("stranger-open"))
+        .await
+        .expect_err("another key");
+    assert_eq!(e.code(), "bad_signature", "{e}");
+    let refused_open = pinned_tenant
+        .create_payment(&open("16 Elm St"), Some("stranger-open"))
+        .await
+        .expect("the opening the server made, signed for this request")
+        .payment_id;
+    let invite2 = json!({"type": "Invite", "party": party(), "roles": ["seller"]});
+    let e = stranger_tenant
+        .send_command(
+            signed_open.payment_id,
+            &invite2,
+            Some(&as_(agent, "listing_agent")),
+            None,
+            Some("stranger-invite"),
+        )
+        .await
+        .expect_err("another key");
+    assert_eq!(e.code(), "bad_signature", "{e}");
+    let replayed = pinned_tenant
+        .send_command(
+            signed_open.payment_id,
+            &invite2,
+            Some(&as_(agent, "listing_agent")),
+            None,
+            Some("stranger-invite"),
+        )
+        .await
+        .expect("the applied command's answer, signed for this request");
+    assert_eq!(replayed.version, 3);
     // The tenant reads the same page as verifiable records, also through events_view.
     let records = c.events_view(p, 0, 500).await.expect("records");
     assert_eq!(records.events.len() as u64, version);
@@ -633,8 +690,8 @@ async fn every_operation_of_the_api_typed_end_to_end() {
     assert_eq!(report.signed, 1);
 
     // Listing: more payments, paged two at a time, every one exactly once.
-    let mut opened = vec![p];
-    for i in 0..6 {
+    let mut opened = vec![p, signed_open.payment_id, refused_open];
+    for i in 0..4 {
         let r = c
             .create_payment(&open(&format!("lot {i}")), None)
             .await

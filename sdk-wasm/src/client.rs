@@ -19,7 +19,8 @@
 //! - `POST {base}/v1/payments/{id}/commands` with `{"command": …}` as body (a bare
 //!   command is wrapped; with a participant token the server takes the actor from it),
 //!   `Idempotency-Key`, optionally `If-Match: "<version>"`; errors are RFC 9457
-//!   problem details whose `code` becomes the thrown error's `code`.
+//!   problem details whose `code` becomes the thrown error's `code`. With a pinned key
+//!   the command is sent with a fresh `nonce` and its answer must be signed for it.
 //! - `GET {base}/v1/payments/{id}/stream?after=SEQ` (Server-Sent Events): each
 //!   message's `data` is one record, its `id` the sequence number, its `event` name the
 //!   event type (the client listens to every type of this build). The browser resumes
@@ -168,13 +169,7 @@ impl Conn {
     /// (`Trustfold-Signature`), so no one on the way can change it, replay an older
     /// one, or pass a participant who sees everything a made-up "redacted" view.
     async fn get_signed(&self, payment: &PaymentId, rest: &str) -> Result<String, JsValue> {
-        // With a pinned key, a fresh random nonce the server signs with its answer: an
-        // older answer (an older state or head, hiding what came after) replayed on the
-        // way does not verify for this request.
-        let asked = match &self.key {
-            Some(_) => history::SignedResponse::with_nonce(rest, &random_nonce()?),
-            None => rest.to_owned(),
-        };
+        let asked = self.fresh(rest)?;
         let rest = asked.as_str();
         let request = self.auth(Request::get(&self.url(payment, rest)));
         let (body, signature) = within(self.timeout_ms, async move {
@@ -183,26 +178,49 @@ impl Conn {
             Ok((body_or_problem(resp).await?, signature))
         })
         .await?;
-        if let Some(key) = &self.key {
-            let Some(signature) = signature else {
-                return Err(js_error(
-                    "bad_signature",
-                    "the server's answer carries no signature (Trustfold-Signature), so it \
-                     cannot be told from one changed on the way: refused with a pinned key",
-                ));
-            };
-            let credential = self.token.as_deref().unwrap_or("");
-            history::SignedResponse::verify(
-                key,
-                *payment,
-                rest,
-                credential,
-                body.as_bytes(),
-                &signature,
-            )
-            .js()?;
-        }
+        self.check_signed(payment, rest, &body, signature)?;
         Ok(body)
+    }
+
+    /// `what` as asked: with a pinned key, with a fresh random nonce the server signs
+    /// with its answer, so that an older answer (an older state or head, hiding what
+    /// came after) replayed on the way does not verify for this request.
+    fn fresh(&self, what: &str) -> Result<String, JsValue> {
+        Ok(match &self.key {
+            Some(_) => history::SignedResponse::with_nonce(what, &random_nonce()?),
+            None => what.to_owned(),
+        })
+    }
+
+    /// With a pinned key, checks `signature` (`Trustfold-Signature`) of `body` as the
+    /// server's answer to `asked` about `payment` for this client's credential.
+    fn check_signed(
+        &self,
+        payment: &PaymentId,
+        asked: &str,
+        body: &str,
+        signature: Option<String>,
+    ) -> Result<(), JsValue> {
+        let Some(key) = &self.key else {
+            return Ok(());
+        };
+        let Some(signature) = signature else {
+            return Err(js_error(
+                "bad_signature",
+                "the server's answer carries no signature (Trustfold-Signature), so it \
+                 cannot be told from one changed on the way: refused with a pinned key",
+            ));
+        };
+        let credential = self.token.as_deref().unwrap_or("");
+        history::SignedResponse::verify(
+            key,
+            *payment,
+            asked,
+            credential,
+            body.as_bytes(),
+            &signature,
+        )
+        .js()
     }
 }
 
@@ -312,7 +330,10 @@ impl Client {
     }
 
     /// Sends a command; resolves to the server's response body (JSON text). Rejects
-    /// with the problem's `code` (and `status`) when the server refuses it.
+    /// with the problem's `code` (and `status`) when the server refuses it. With a
+    /// pinned `serverKey` the answer must carry the server's signature for this very
+    /// request (a fresh nonce), or it rejects with `bad_signature`: the command may
+    /// have been applied, so send it again with the same idempotency key.
     /// `expectedVersion` is sent as `If-Match` so a concurrent change loses cleanly.
     #[wasm_bindgen(js_name = sendCommand, unchecked_return_type = "Promise<string>")]
     pub fn send_command(
@@ -345,18 +366,23 @@ impl Client {
             .transpose()?;
         let conn = self.conn.clone();
         Ok(future_to_promise(async move {
+            // With a pinned key the answer must be the server's to this very request.
+            let asked = conn.fresh("/commands")?;
             let mut b = conn
-                .auth(Request::post(&conn.url(&payment, "/commands")))
+                .auth(Request::post(&conn.url(&payment, &asked)))
                 .header("Content-Type", "application/json")
                 .header("Idempotency-Key", &idempotency_key);
             if let Some(v) = expected_version {
                 b = b.header("If-Match", &format!("\"{v}\""));
             }
             let request = b.body(request_body(command)?).map_err(net)?;
-            let text = within(conn.timeout_ms, async move {
-                body_or_problem(request.send().await.map_err(net)?).await
+            let (text, signature) = within(conn.timeout_ms, async move {
+                let resp = request.send().await.map_err(net)?;
+                let signature = resp.headers().get("trustfold-signature");
+                Ok((body_or_problem(resp).await?, signature))
             })
             .await?;
+            conn.check_signed(&payment, &asked, &text, signature)?;
             Ok(JsValue::from_str(&text))
         }))
     }

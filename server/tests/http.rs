@@ -2896,3 +2896,148 @@ async fn unreachable_database(silent: bool) {
     running.shutdown().await.expect("shutdown");
     common::drop_database(&admin_url, &name).await;
 }
+
+/// The signature of a command's answer, verified as `Trustfold-Signature` of `r`'s body:
+/// the answer to `/commands?nonce=N` about `payment`, asked with `credential`.
+fn command_signature(
+    r: &common::scenario::Reply,
+    key: &PublicKey,
+    payment: &str,
+    nonce: &str,
+    credential: &str,
+) -> Result<(), String> {
+    let sig = r
+        .headers
+        .get("trustfold-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no Trustfold-Signature")?;
+    let pay = trustfold_core::id::PaymentId(payment.parse().map_err(|_| "payment id")?);
+    let what = SignedResponse::with_nonce("/commands", nonce);
+    SignedResponse::verify(key, pay, &what, credential, &r.bytes, sig).map_err(|e| e.to_string())
+}
+
+/// A command sent with a `nonce` gets a signed answer (opening a payment, commands, a
+/// replay under the key signed for the retry's nonce, a participant's redacted answer
+/// for its token); without one, and for refusals, no signature; a bad nonce is a 400
+/// that leaves the key free.
+async fn signed_command_answers(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let pk: PublicKey = c
+        .raw("GET", "/v1/server-key", None, &[], None)
+        .await
+        .expect("key")
+        .body["public_key"]
+        .as_str()
+        .expect("hex")
+        .parse()
+        .expect("key");
+    let f = open_and_join(c, &key).await.expect("open");
+    let n1 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let n2 = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    // Opening a payment: the payment is the answer's.
+    let open = json!({
+        "policy": "earnest-money",
+        "amount": {"amount": "1000.00", "currency": "USD"},
+        "initiator": {"party": f.agent, "roles": ["listing_agent"]}
+    });
+    let r = c
+        .post_idem(&format!("/v1/payments?nonce={n1}"), &key, "open-1", &open)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let opened = r.body["payment_id"].as_str().expect("id").to_owned();
+    command_signature(&r, &pk, &opened, n1, &key).expect("the opening's answer is signed");
+    assert!(command_signature(&r, &pk, &f.payment, n1, &key).is_err());
+    // Replayed for a retry with another nonce: the same bytes, signed for that one.
+    let again = c
+        .post_idem(&format!("/v1/payments?nonce={n2}"), &key, "open-1", &open)
+        .await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.bytes, r.bytes);
+    command_signature(&again, &pk, &opened, n2, &key).expect("signed for the retry");
+    assert!(command_signature(&again, &pk, &opened, n1, &key).is_err());
+    // Without a nonce: not signed.
+    let plain = c
+        .post(
+            "/v1/payments",
+            &key,
+            &json!({"policy": "earnest-money", "amount": {"amount": "1000.00", "currency": "USD"},
+                "initiator": {"party": f.agent, "roles": ["listing_agent"]}}),
+        )
+        .await;
+    assert_eq!(plain.status, 201, "{}", plain.body);
+    assert!(plain.headers.get("trustfold-signature").is_none());
+
+    // A command.
+    let p = &f.payment;
+    let path = format!("/v1/payments/{p}/commands");
+    let terms = c.get(&format!("/v1/payments/{p}"), &key).await.body["terms_hash"].clone();
+    let agree = json!({"command": {"type": "AgreeToTerms", "terms_hash": terms},
+        "actor": {"party": f.buyer, "role": "buyer"}});
+    let r = c
+        .post_idem(&format!("{path}?nonce={n1}"), &key, "agree-1", &agree)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.headers.get("idempotent-replayed").is_none());
+    command_signature(&r, &pk, p, n1, &key).expect("the command's answer is signed");
+    let e = command_signature(&r, &pk, p, n2, &key).expect_err("another nonce");
+    assert!(e.contains("was not signed"), "{e}");
+    assert!(command_signature(&r, &pk, p, n1, "tft_other").is_err());
+    let again = c
+        .post_idem(&format!("{path}?nonce={n2}"), &key, "agree-1", &agree)
+        .await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.bytes, r.bytes);
+    command_signature(&again, &pk, p, n2, &key).expect("the replay is signed for its nonce");
+
+    // A refusal (a stranger acting) is not signed.
+    let refused = c
+        .post(
+            &format!("{path}?nonce={n1}"),
+            &key,
+            &json!({"command": {"type": "AgreeToTerms", "terms_hash": terms},
+                "actor": {"party": uuid::Uuid::new_v4(), "role": "buyer"}}),
+        )
+        .await;
+    assert!(refused.status >= 400, "{}", refused.body);
+    assert!(refused.headers.get("trustfold-signature").is_none());
+
+    // A bad nonce is refused before anything runs: the key stays free.
+    let seller = json!({"command": {"type": "AgreeToTerms", "terms_hash": terms},
+        "actor": {"party": f.seller, "role": "seller"}});
+    let bad = c
+        .post_idem(&format!("{path}?nonce=short"), &key, "agree-2", &seller)
+        .await;
+    expect_member(&bad, 400, "code", "invalid_parameter");
+    assert_eq!(bad.body["field"], "nonce", "{}", bad.body);
+    let ok = c
+        .post_idem(&format!("{path}?nonce={n2}"), &key, "agree-2", &seller)
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.headers.get("idempotent-replayed").is_none());
+    command_signature(&ok, &pk, p, n2, &key).expect("signed");
+
+    // A participant's answer (its view) is signed for its token.
+    let t = c
+        .post(
+            &format!("/v1/payments/{opened}/tokens"),
+            &key,
+            &json!({"party": f.agent, "ttl_seconds": 60}),
+        )
+        .await;
+    assert_eq!(t.status, 201, "{}", t.body);
+    let token = t.body["token"].as_str().expect("token").to_owned();
+    let r = c
+        .post(
+            &format!("/v1/payments/{opened}/commands?nonce={n1}"),
+            &token,
+            &json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["buyer"]}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    command_signature(&r, &pk, &opened, n1, &token).expect("signed for the token");
+    assert!(command_signature(&r, &pk, &opened, n1, &key).is_err());
+}
+
+on_both_engines!(signed_command_answers);

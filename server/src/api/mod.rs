@@ -125,7 +125,12 @@ pub fn routes() -> Vec<Route> {
             &["version"],
             get(get_policy),
         ),
-        ("POST", "/v1/payments", &[], post(payments::create_payment)),
+        (
+            "POST",
+            "/v1/payments",
+            &["nonce"],
+            post(payments::create_payment),
+        ),
         (
             "GET",
             "/v1/payments",
@@ -148,7 +153,7 @@ pub fn routes() -> Vec<Route> {
         (
             "POST",
             "/v1/payments/{payment_id}/commands",
-            &[],
+            &["nonce"],
             post(payments::send_command),
         ),
         (

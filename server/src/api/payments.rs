@@ -799,16 +799,19 @@ struct CommandRequest {
     correlation: Option<Uuid>,
 }
 
-/// `POST /v1/payments/{payment_id}/commands`
+/// `POST /v1/payments/{payment_id}/commands`; with `nonce`, a success is signed (see
+/// [`signed_answer`]).
 pub async fn send_command(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
+    query: Params,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let payment = parse_id(&id, "payment_id")?;
     principal.check_payment(payment)?;
+    let nonce = nonce_param(&params(query)?)?;
     let idem = idempotency(
         &headers,
         &principal,
@@ -882,7 +885,72 @@ pub async fn send_command(
             (outcome, _) => outcome,
         }
     };
-    with_idempotency(&state, &principal, idem, run).await
+    let answer = with_idempotency(&state, &principal, idem, run).await?;
+    signed_answer(
+        answer,
+        Some(payment),
+        nonce.as_deref(),
+        &headers,
+        &state.secret,
+    )
+    .await
+}
+
+/// What a command's signed answer is to (see [`SignedResponse`]): `/commands` with the
+/// request's nonce, for commands and for opening a payment alike.
+pub const COMMAND_ANSWER: &str = "/commands";
+
+/// A command's success (200 or 201, a replay under its `Idempotency-Key` included),
+/// signed as the answer to `/commands?nonce=N` about its payment when the request
+/// asked with a `nonce` (`Trustfold-Signature`, as reads are): a client holding the
+/// pinned key can tell the server's answer to this very request from one changed or
+/// replayed on the way, without reading the payment again. Only when asked: a
+/// signature costs the command path an Ed25519 signing, which clients that do not
+/// check it should not pay for. Refusals (problem documents) are not signed; the same
+/// request with the same key gets the same answer again. `payment` is `None` when the
+/// request did not name it (opening one): the answer's `payment_id` says it.
+async fn signed_answer(
+    answer: Response,
+    payment: Option<Uuid>,
+    nonce: Option<&str>,
+    headers: &HeaderMap,
+    secret: &[u8; 32],
+) -> ApiResult<Response> {
+    let Some(nonce) = nonce else {
+        return Ok(answer);
+    };
+    if !answer.status().is_success() {
+        return Ok(answer);
+    }
+    let (mut parts, body) = answer.into_parts();
+    // The answer is in memory already (a command's events and state).
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading a command's answer: {e}")))?;
+    let payment = match payment {
+        Some(p) => p,
+        None => {
+            #[derive(Deserialize)]
+            struct Opened {
+                payment_id: Uuid,
+            }
+            serde_json::from_slice::<Opened>(&bytes)
+                .map_err(|e| ApiError::Internal(format!("a command's answer: {e}")))?
+                .payment_id
+        }
+    };
+    let what = with_nonce(COMMAND_ANSWER.to_owned(), Some(nonce));
+    let signature = SignedResponse::sign(
+        PaymentId(payment),
+        &what,
+        credential(headers),
+        &bytes,
+        secret,
+    );
+    if let Ok(v) = HeaderValue::from_str(&signature) {
+        parts.headers.insert(SIGNATURE_HEADER, v);
+    }
+    Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 #[derive(Deserialize)]
@@ -914,14 +982,16 @@ struct CreatePayment {
     correlation: Option<Uuid>,
 }
 
-/// `POST /v1/payments`
+/// `POST /v1/payments`; with `nonce`, a success is signed (see [`signed_answer`]).
 pub async fn create_payment(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
+    query: Params,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
+    let nonce = nonce_param(&params(query)?)?;
     let idem = idempotency(&headers, &principal, "POST /v1/payments", &body)?;
     let command_id = command_id_for(&principal, idem.as_ref());
     let key = idem.clone();
@@ -1016,7 +1086,8 @@ pub async fn create_payment(
                 other => other,
             })
         };
-    with_idempotency(&state, &principal, idem, run).await
+    let answer = with_idempotency(&state, &principal, idem, run).await?;
+    signed_answer(answer, None, nonce.as_deref(), &headers, &state.secret).await
 }
 
 // ---------------------------------------------------------------------------------------
