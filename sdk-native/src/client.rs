@@ -554,6 +554,22 @@ impl Client {
                 r = r.json(b);
             }
             let retry = match r.send().await {
+                // Over the server's rate limit: nothing of the request ran, so it is
+                // sent again (even one that is not idempotent) once `Retry-After` has
+                // passed, unless that is longer than this client waits.
+                Ok(res) if res.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    let status = res.status();
+                    let wait = retry_after(res.headers());
+                    let text = res.text().await.unwrap_or_default();
+                    match wait {
+                        Some(w) if attempt < ATTEMPTS && w <= MAX_RATE_LIMIT_WAIT => {
+                            tokio::time::sleep(w.max(delay)).await;
+                            delay = delay.saturating_mul(2);
+                            continue;
+                        }
+                        _ => return Err(problem(status, text.as_bytes())),
+                    }
+                }
                 Ok(res) if res.status().is_server_error() && idempotent => {
                     let status = res.status();
                     let text = res.text().await.unwrap_or_default();
@@ -1093,6 +1109,22 @@ fn encode(s: &str) -> String {
 }
 
 /// Maps an error response (RFC 9457 problem details) to a typed error.
+/// The longest `Retry-After` of a rate limit this client waits out before sending a
+/// request again; a longer one is returned as the error (`rate_limited`).
+pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// A `Retry-After` in whole seconds (the server's form), if any.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
 fn problem(status: StatusCode, body: &[u8]) -> Error {
     let p: Option<Problem> = serde_json::from_slice(body).ok();
     let code = p.as_ref().and_then(|p| p.code.clone());

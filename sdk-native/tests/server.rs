@@ -865,3 +865,64 @@ async fn follow_resumes_after_a_server_restart_postgres() {
         follow_resumes_after_a_server_restart(&url).await;
     }
 }
+
+/// Over the server's rate limit, the client waits `Retry-After` out and sends the
+/// request again (nothing of it ran); a wait longer than it is willing to make comes
+/// back as the `rate_limited` error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_requests_are_sent_again_after_retry_after() {
+    use std::num::NonZeroU32;
+    use trustfold::client::PaymentQuery;
+    use trustfold_server::api::limits::Rate;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let start_with = |per: Duration, database: String| async move {
+        let mut c = Config::new(database);
+        c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.http.admin_token = Some(ADMIN.into());
+        // Two requests at once, then one per `per`.
+        c.http.tenant_rate = Some(Rate {
+            requests: NonZeroU32::MIN,
+            per,
+            burst: NonZeroU32::new(2).expect("2"),
+        });
+        start(c).await.expect("server starts")
+    };
+    for (per, waits) in [
+        (Duration::from_secs(2), true),
+        (Duration::from_secs(60), false),
+    ] {
+        let db = dir.path().join(format!("{}.db", per.as_secs()));
+        let running = start_with(per, db.display().to_string()).await;
+        let base = format!("http://{}", running.addr);
+        let anon = Client::new(&base).expect("client");
+        let t = anon
+            .create_tenant(ADMIN, "Busy Realty")
+            .await
+            .expect("tenant");
+        let key = t["api_key"].as_str().expect("api key").to_string();
+        let c = Client::new(&base).expect("client").api_key(&key);
+        let http = reqwest::Client::new();
+        // The budget is spent: the server refuses the next request.
+        for expected in [200, 200, 429] {
+            let r = http
+                .get(format!("{base}/v1/payments"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status().as_u16(), expected);
+        }
+        let listed = c.payments(&PaymentQuery::default(), 0, 10).await;
+        if waits {
+            // Retry-After is at most 2 s: the client waits and gets its answer.
+            assert_eq!(listed.expect("answered after the wait").payments.len(), 0);
+        } else {
+            // About a minute: longer than the client waits.
+            let e = listed.expect_err("over the limit");
+            assert_eq!(e.code(), "rate_limited", "{e}");
+            assert!(e.to_string().contains("retry after"), "{e}");
+        }
+        running.shutdown().await.expect("shutdown");
+    }
+}

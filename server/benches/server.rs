@@ -712,6 +712,8 @@ where
     let mut config = Config::new(database);
     config.listen = "127.0.0.1:0".parse().map_err(err)?;
     config.http.admin_token = Some(ADMIN.into());
+    // The bench measures the server's limit, not the default rate limits.
+    config.http.tenant_rate = None;
     let running = start(config).await.map_err(err)?;
     let base = format!("http://{}", running.addr);
     let c = Client::new(base.clone());
@@ -774,6 +776,8 @@ where
         let mut config = Config::new(database);
         config.listen = "127.0.0.1:0".parse().map_err(err)?;
         config.http.admin_token = Some(ADMIN.into());
+        // The bench measures the server's limit, not the default rate limits.
+        config.http.tenant_rate = None;
         let second = start(config).await.map_err(err)?;
         let other = format!("http://{}", second.addr);
         let split: Vec<Bench> = many

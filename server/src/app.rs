@@ -17,6 +17,7 @@ use trustfold_core::history::PublicKey;
 use uuid::Uuid;
 
 use crate::api::auth::TokenKey;
+use crate::api::limits::RateLimits;
 use crate::api::{router, AppState, HttpConfig, Notice};
 use crate::cache::{LoadError, StateCache};
 use crate::clock::Clock;
@@ -76,6 +77,8 @@ impl Config {
                 poll_interval: Duration::from_secs(2),
                 admin_token: None,
                 request_timeout: Duration::from_secs(10),
+                tenant_rate: crate::api::limits::defaults().0,
+                participant_rate: crate::api::limits::defaults().1,
             },
             tick_interval: Some(Duration::from_secs(1)),
             clock: Clock::system(),
@@ -184,7 +187,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         shutdown: shutdown.clone(),
         clock: config.clock.clone(),
         webhooks: config.webhooks.clone(),
+        limits: Arc::new(RateLimits::new(
+            config.http.tenant_rate,
+            config.http.participant_rate,
+        )),
     };
+    let limits = state.limits.clone();
     let sender = (state.clone(), notices.subscribe());
     let clock = config.tick_interval.map(|every| (state.clone(), every));
     let mut app = router(state).layer(
@@ -225,6 +233,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             state, config, notices, shutdown,
         )));
     }
+    background.push(tokio::spawn(async move {
+        let mut every = tokio::time::interval(FORGET_IDLE_CALLERS);
+        loop {
+            every.tick().await;
+            limits.forget_idle();
+        }
+    }));
     if let Some((state, every)) = clock {
         background.push(tokio::spawn(crate::clock::run(
             state,
@@ -277,6 +292,10 @@ fn redact_url(url: &str) -> String {
 /// How long a shutdown waits, beyond the request deadline, for the connections of
 /// answered requests to close (answers still being written) before it closes them.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
+/// How often the rate limits forget callers idle long enough for their buckets to
+/// refill.
+const FORGET_IDLE_CALLERS: Duration = Duration::from_secs(60);
 
 /// How long the background projector lets appends gather after a notice before it
 /// applies them.

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use trustfold_server::api::limits::Rate;
 use trustfold_server::app::{rebuild_projections, start, Config};
 
 /// The trustfold reference server.
@@ -55,6 +56,14 @@ struct Cli {
     /// (development only: a tenant could make the server call into its network).
     #[arg(long)]
     webhooks_allow_private: bool,
+    /// Requests a second a tenant's API keys may make on this process (bursts of twice
+    /// as many; past it, 429 `rate_limited` with `Retry-After`); 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    rate_limit_tenant: u32,
+    /// Requests a second one participant's tokens may make on this process (bursts of
+    /// twice as many); 0: no limit.
+    #[arg(long, default_value_t = 20)]
+    rate_limit_participant: u32,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -104,6 +113,10 @@ fn main() -> ExitCode {
                 config.http.request_timeout =
                     Duration::from_secs(cli.request_timeout_seconds.max(1));
                 config.webhooks.allow_private = cli.webhooks_allow_private;
+                config.http.tenant_rate =
+                    (cli.rate_limit_tenant > 0).then(|| Rate::per_second(cli.rate_limit_tenant));
+                config.http.participant_rate = (cli.rate_limit_participant > 0)
+                    .then(|| Rate::per_second(cli.rate_limit_participant));
                 config.tick_interval =
                     (cli.tick_ms > 0).then(|| Duration::from_millis(cli.tick_ms.max(10)));
                 let running = start(config).await?;

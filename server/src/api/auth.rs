@@ -300,11 +300,15 @@ impl FromRequestParts<AppState> for Principal {
                 "send an API key or participant token as `Authorization: Bearer …`".into(),
             ));
         };
-        if cred.starts_with("tft_") {
-            return state.token_key.verify(cred).map(Principal::Participant);
-        }
-        let tenant = check_api_key(state, cred).await?;
-        Ok(Principal::Tenant { tenant })
+        let principal = if cred.starts_with("tft_") {
+            state.token_key.verify(cred).map(Principal::Participant)?
+        } else {
+            Principal::Tenant {
+                tenant: check_api_key(state, cred).await?,
+            }
+        };
+        state.limits.admit(&principal)?;
+        Ok(principal)
     }
 }
 
@@ -347,10 +351,9 @@ impl FromRequestParts<AppState> for StreamPrincipal {
                     .into(),
             ));
         }
-        state
-            .token_key
-            .verify(&token)
-            .map(|c| StreamPrincipal(Principal::Participant(c)))
+        let principal = Principal::Participant(state.token_key.verify(&token)?);
+        state.limits.admit(&principal)?;
+        Ok(StreamPrincipal(principal))
     }
 }
 

@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use crate::StoreError;
 
-/// Everything a request can fail with. Client mistakes are 4xx with a stable code; only
-/// [`ApiError::Internal`] is a 5xx, and it means a bug or a database outage.
+/// Everything a request can fail with. Client mistakes are 4xx with a stable code (a
+/// rate limit's 429 included); only [`ApiError::Internal`] and
+/// [`ApiError::Unavailable`] are 5xx, and they mean a bug or a database outage.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request body is not JSON (400 `malformed_json`).
@@ -96,6 +97,16 @@ pub enum ApiError {
         /// The offending field.
         field: Option<String>,
     },
+    /// The caller made more requests than its rate limit lets through (429
+    /// `rate_limited`, with `Retry-After`): nothing of the request ran. See
+    /// [`crate::api::limits`].
+    #[error("{message}")]
+    RateLimited {
+        /// Whose limit, what it is, and when to retry.
+        message: String,
+        /// How long until a request may pass.
+        retry_after: std::time::Duration,
+    },
     /// Our bug or an outage (500). The message is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -134,6 +145,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -155,6 +167,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
             ApiError::Unavailable(_) => "database_unavailable",
         }
@@ -326,6 +339,13 @@ impl IntoResponse for ApiError {
         if res.status() == StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::RateLimited { retry_after, .. } = &self {
+            // Whole seconds, rounded up: a client waiting that long finds the request
+            // let through.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         res
     }

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod limits;
 pub mod payments;
 pub mod sse;
 pub mod webhooks;
@@ -67,6 +68,10 @@ pub struct HttpConfig {
     /// answering without closing its connections would otherwise hold requests until
     /// TCP gives up, many minutes later.
     pub request_timeout: Duration,
+    /// Requests a tenant's API keys may make (see [`limits`]); `None`: not limited.
+    pub tenant_rate: Option<limits::Rate>,
+    /// Requests a participant's tokens may make; `None`: not limited.
+    pub participant_rate: Option<limits::Rate>,
 }
 
 /// What every handler shares.
@@ -98,6 +103,8 @@ pub struct AppState {
     pub clock: crate::clock::Clock,
     /// How webhooks are sent (which addresses endpoints may have).
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// The rate limits of this process.
+    pub limits: Arc<limits::RateLimits>,
 }
 
 /// One route: method, path (as in the OpenAPI document), the query parameters it takes
