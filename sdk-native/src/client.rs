@@ -179,6 +179,9 @@ pub struct PaymentQuery {
     /// Only payments on which the platform's clock acts before this time (a funding
     /// deadline, good funds, an automatic release).
     pub due_before: Option<Timestamp>,
+    /// Only payments that submitted a transfer under this rail reference (what a bank's
+    /// notice names).
+    pub rail_ref: Option<String>,
 }
 
 /// The policy a payment is pinned to.
@@ -712,6 +715,37 @@ impl Client {
         serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(e.to_string()))
     }
 
+    /// `POST /v1/rail-notices`: a rail's notice about a transfer named only by its
+    /// reference (`notice` as the `RailNotice` command's: `{"kind":"settled"}`,
+    /// `{"kind":"returned","code":"R01"}`…), as a bank's webhook reports it: the server
+    /// finds the tenant's payment that submitted the transfer and answers as for a
+    /// command. No payment with the reference: `unknown_rail_ref` (send it again later
+    /// if its submission may not be recorded yet); several: `ambiguous_rail_ref`. With a
+    /// pinned key ([`Client::pin`]) the answer must be signed by it for this request.
+    pub async fn rail_notice(
+        &self,
+        rail_ref: &str,
+        notice: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<CommandResult> {
+        let what = self.fresh(COMMAND_ANSWER.into());
+        let query = what.strip_prefix(COMMAND_ANSWER).unwrap_or("");
+        let body = serde_json::json!({ "rail_ref": rail_ref, "notice": notice });
+        let b = self
+            .send(
+                Method::POST,
+                &format!("/v1/rail-notices{query}"),
+                Some(&body),
+                idempotency_key,
+                None,
+            )
+            .await?;
+        let result: CommandResult =
+            serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(e.to_string()))?;
+        self.check_signed(result.payment_id, &what, &b)?;
+        Ok(result)
+    }
+
     /// `GET /v1/payments/{id}`: the server's read model of the payment (a participant
     /// gets its view), with its version. With a pinned key ([`Client::pin`]) the answer
     /// must be signed by it.
@@ -852,7 +886,7 @@ impl Client {
         self.get_json(&path).await
     }
 
-    /// `GET /v1/payments?status=&participant=&policy=&due_before=&after=&limit=`: a page of the
+    /// `GET /v1/payments?status=&participant=&policy=&due_before=&rail_ref=&after=&limit=`: a page of the
     /// tenant's payments (read model), oldest first. Start with `after = 0`, continue
     /// with the page's `next` while `has_more`; [`Client::all_payments`] does that.
     pub async fn payments(
@@ -873,6 +907,9 @@ impl Client {
         }
         if let Some(t) = &query.due_before {
             path.push_str(&format!("&due_before={}", encode(&t.to_string())));
+        }
+        if let Some(r) = &query.rail_ref {
+            path.push_str(&format!("&rail_ref={}", encode(r)));
         }
         self.get_json(&path).await
     }

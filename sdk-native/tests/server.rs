@@ -286,6 +286,7 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         "GET /v1/payments/{payment_id}/balances",       // balances
         "GET /v1/parties/{party_id}/inbox",             // inbox
         "GET /v1/events",                               // feed
+        "POST /v1/rail-notices",                        // rail_notice
         "POST /v1/webhooks",                            // create_webhook
         "GET /v1/webhooks",                             // webhooks
         "GET /v1/webhooks/{webhook_id}",                // webhook
@@ -459,11 +460,29 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         as_(buyer, "buyer"),
     )
     .await;
-    let r = run(
-        json!({"type": "RailNotice", "rail_ref": "w-1", "notice": {"kind": "settled"}}),
-        json!({"party": null, "role": "rail"}),
-    )
-    .await;
+    // The bank's notice names the transfer only: the server finds the payment.
+    let settled = json!({"kind": "settled"});
+    let r = c
+        .rail_notice("w-1", &settled, Some("bank-notice-1"))
+        .await
+        .expect("rail notice");
+    assert_eq!(r.payment_id, p);
+    assert_eq!(
+        r.events[0]["event"]["type"], "FundingSettled",
+        "{:?}",
+        r.events
+    );
+    let again = c
+        .rail_notice("w-1", &settled, Some("bank-notice-1"))
+        .await
+        .expect("replayed");
+    assert_eq!(again.version, r.version);
+    let e = c
+        .rail_notice("w-404", &settled, None)
+        .await
+        .expect_err("no such transfer");
+    assert_eq!(e.code(), "not_found", "{e}");
+    assert!(e.to_string().contains("w-404"), "{e}");
     let version = r.version;
 
     // Balances (tenant keys only).
@@ -765,6 +784,12 @@ async fn every_operation_of_the_api_typed_end_to_end() {
     })
     .await;
     assert_eq!(by_policy.len(), opened.len());
+    let by_rail_ref = only(PaymentQuery {
+        rail_ref: Some("w-1".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_rail_ref, vec![p]);
     let none = only(PaymentQuery {
         policy: Some("other policy&x=1".into()),
         ..Default::default()

@@ -164,6 +164,14 @@ CREATE TABLE webhooks (
 );
 CREATE INDEX webhooks_due ON webhooks (next_attempt_at_us)
 "#,
+    r#"
+CREATE TABLE payment_rail_refs (
+    tenant_id  {UUID} NOT NULL,
+    rail_ref   TEXT NOT NULL,
+    payment_id {UUID} NOT NULL,
+    PRIMARY KEY (tenant_id, rail_ref, payment_id)
+)
+"#,
 ];
 
 /// The migration steps, written once for both engines' transactions.

@@ -70,8 +70,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Drop every read model (payment summary, inbox, balances, clock) and rebuild it from the
-    /// event log.
+    /// Drop every read model (payment summary, inbox, balances, clock, rail references) and
+    /// rebuild it from the event log.
     RebuildProjections,
 }
 

@@ -55,7 +55,7 @@ const LEADER_DEADLINE: Duration = Duration::from_secs(2);
 const LEADER_RETRY: Duration = Duration::from_secs(1);
 
 /// The projections, in the order they are applied.
-pub const PROJECTIONS: &[&str] = &["payment_summary", "inbox", "balances", "clock"];
+pub const PROJECTIONS: &[&str] = &["payment_summary", "inbox", "balances", "clock", "rail_refs"];
 
 /// The tables each projection owns.
 fn tables_of(name: &str) -> &'static [&'static str] {
@@ -64,6 +64,7 @@ fn tables_of(name: &str) -> &'static [&'static str] {
         "inbox" => &["inbox"],
         "balances" => &["balances"],
         "clock" => &["payment_clock"],
+        "rail_refs" => &["payment_rail_refs"],
         _ => &[],
     }
 }
@@ -91,6 +92,13 @@ enum Op {
         payment: Uuid,
         tenant: Uuid,
         due_at_ms: Option<i64>,
+    },
+    /// A rail's reference the payment used (rows are only ever added: a reference
+    /// stays the payment's).
+    RailRef {
+        tenant: Uuid,
+        rail_ref: String,
+        payment: Uuid,
     },
 }
 
@@ -378,6 +386,7 @@ impl Projector {
                 s.participants.clone(),
                 s.ledger.balances.clone(),
                 next_tick(s),
+                s.rail_refs.len(),
             )
         });
         let env = apply_stored(&mut state, ev)?;
@@ -391,15 +400,18 @@ impl Projector {
         })?;
         let due = next_tick(&state);
         let changed = match before {
-            Some((participants, balances, was_due)) => Changed {
+            Some((participants, balances, was_due, refs)) => Changed {
                 participants: participants != state.participants,
                 balances: balances != state.ledger.balances,
                 due: (was_due != due).then_some(due),
+                // References are only ever added.
+                rail_refs: refs != state.rail_refs.len(),
             },
             None => Changed {
                 participants: true,
                 balances: true,
                 due: due.is_some().then_some(due),
+                rail_refs: !state.rail_refs.is_empty(),
             },
         };
         folds.insert(ev.stream_id, state.clone());
@@ -545,6 +557,19 @@ impl Projector {
                     }
                     q.execute(&mut *tx).await?;
                 }
+                for chunk in rows.rail_refs.chunks(CHUNK) {
+                    let sql = multi_row(
+                        "INSERT INTO payment_rail_refs (tenant_id, rail_ref, payment_id)",
+                        3,
+                        chunk.len(),
+                        " ON CONFLICT DO NOTHING",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (tenant, rail_ref, payment) in chunk {
+                        q = q.bind(tenant).bind(rail_ref).bind(payment);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
                 Ok(true)
                 }
@@ -635,6 +660,10 @@ impl Projector {
             "SELECT payment_id, tenant_id, due_at_ms FROM payment_clock",
             (Uuid, Uuid, i64)
         );
+        dump!(
+            "SELECT tenant_id, rail_ref, payment_id FROM payment_rail_refs",
+            (Uuid, String, Uuid)
+        );
         out.sort();
         Ok(out)
     }
@@ -718,6 +747,8 @@ struct Rows {
     balances: Vec<BalanceRow>,
     /// Payment, tenant, due moment (`None`: delete).
     clock: Vec<(Uuid, Uuid, Option<i64>)>,
+    /// Tenant, reference, payment.
+    rail_refs: Vec<(Uuid, String, Uuid)>,
 }
 
 impl Rows {
@@ -752,6 +783,11 @@ impl Rows {
                     tenant,
                     due_at_ms,
                 } => rows.clock.push((payment, tenant, due_at_ms)),
+                Op::RailRef {
+                    tenant,
+                    rail_ref,
+                    payment,
+                } => rows.rail_refs.push((tenant, rail_ref, payment)),
             }
         }
         rows
@@ -768,6 +804,9 @@ fn coalesce(ops: Vec<Op>) -> Vec<Op> {
             Op::Participant { payment, party, .. } => Some((1, *payment, party.to_string())),
             Op::Balance(r) => Some((2, r.payment, r.account.clone())),
             Op::Due { payment, .. } => Some((3, *payment, String::new())),
+            Op::RailRef {
+                payment, rail_ref, ..
+            } => Some((4, *payment, rail_ref.clone())),
             Op::Inbox(_) => None,
         };
         let mut op = op;
@@ -797,6 +836,8 @@ struct Changed {
     balances: bool,
     /// The clock's next moment, when it changed (`Some(None)`: nothing due any more).
     due: Option<Option<trustfold_core::time::Timestamp>>,
+    /// Whether the payment's rail references changed (a transfer submitted).
+    rail_refs: bool,
 }
 
 /// The row changes one event makes in one projection.
@@ -888,6 +929,18 @@ fn project(
                     pending_in: b.pending_in.amount_string(),
                     pending_out: b.pending_out.amount_string(),
                 }));
+            }
+        }
+        "rail_refs" => {
+            if !changed.rail_refs {
+                return;
+            }
+            for (rail_ref, _) in s.rail_refs.iter() {
+                ops.push(Op::RailRef {
+                    tenant,
+                    rail_ref: rail_ref.clone(),
+                    payment,
+                });
             }
         }
         "clock" => {

@@ -230,9 +230,9 @@ async fn two_processes_tick_once() {
     common::drop_database(&admin, &name).await;
 }
 
-/// A database from before the clock (server schema 1, no `payment_clock`): after the
-/// upgrade the new read model fills from the log, and a payment settled before it gets
-/// its good funds.
+/// A database from before the clock (server schema 1, no `payment_clock`, no
+/// `payment_rail_refs`): after the upgrade the new read models fill from the log, a
+/// payment settled before it gets its good funds, and its transfer's reference finds it.
 #[tokio::test]
 async fn an_upgraded_database_fills_the_clock_from_history() {
     let (_dir, db) = common::sqlite_file();
@@ -243,14 +243,23 @@ async fn an_upgraded_database_fills_the_clock_from_history() {
     running.shutdown().await.expect("shutdown");
     // Back to the schema before the clock, as an older server left it.
     let older = [
+        "DROP TABLE payment_rail_refs",
         "DROP TABLE webhooks",
         "DROP TABLE payment_clock",
-        "DELETE FROM projection_checkpoints WHERE name = 'clock'",
+        "DELETE FROM projection_checkpoints WHERE name IN ('clock', 'rail_refs')",
         "UPDATE trustfold_server_schema SET version = 1",
     ];
     on_the_file(&db, &older.map(String::from)).await;
     let (running, c) = serve(&db, &clock).await;
     a_week_passes(&c, &key, &ps, &clock).await;
+    // The rail references' read model (server schema 4) filled from the log too.
+    let r = c.get("/v1/payments?rail_ref=ACH-1", &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["payments"][0]["payment_id"], ps.settled.payment,
+        "{}",
+        r.body
+    );
     running.shutdown().await.expect("shutdown");
 }
 

@@ -3041,3 +3041,124 @@ async fn signed_command_answers(srv: Server) {
 }
 
 on_both_engines!(signed_command_answers);
+
+/// A bank's notice names a transfer by its reference only: `POST /v1/rail-notices`
+/// finds the tenant's payment that submitted it (even a moment ago), runs `RailNotice`
+/// as the rail, idempotently; an unknown reference is 404, one two payments used is
+/// 409, and another tenant's references are not this tenant's.
+async fn rail_notices_by_reference(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let other = c.tenant(ADMIN, "u").await.expect("tenant");
+    let submit = |f: &common::scenario::Flow, rail_ref: &'static str| {
+        let f = f.clone();
+        let key = key.clone();
+        async move {
+            common::scenario::agree(c, &key, &f).await.expect("agree");
+            let p = f.payment.as_str();
+            c.command(&key, p, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
+                "method": {"rail": "wire", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
+                .await
+                .expect("method");
+            c.command(&key, p, Some(&f.buyer), "buyer", json!({"type": "SubmitFunding",
+                "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "wire", "rail_ref": rail_ref}))
+                .await
+                .expect("submit");
+        }
+    };
+    let f = open_and_join(c, &key).await.expect("open");
+    submit(&f, "WIRE-77").await;
+    let settled = json!({"rail_ref": "WIRE-77", "notice": {"kind": "settled"}});
+    // Right after the submission: the lookup waits for the read model.
+    let r = c
+        .post_idem("/v1/rail-notices", &key, "bank-1", &settled)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["payment_id"], f.payment.as_str());
+    assert_eq!(r.body["events"][0]["event"]["type"], "FundingSettled");
+    assert_eq!(r.body["events"][0]["event"]["actor"]["role"], "rail");
+    let version = r.body["version"].clone();
+    let again = c
+        .post_idem("/v1/rail-notices", &key, "bank-1", &settled)
+        .await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.bytes, r.bytes);
+    // The bank sending the same notice again under another key records nothing more.
+    let dup = c
+        .post_idem("/v1/rail-notices", &key, "bank-2", &settled)
+        .await;
+    assert_eq!(dup.status, 200, "{}", dup.body);
+    assert_eq!(dup.body["version"], version);
+    assert_eq!(dup.body["events"].as_array().map(Vec::len), Some(0));
+
+    // Unknown to this tenant: 404, whoever else used the reference.
+    let r = c
+        .post(
+            "/v1/rail-notices",
+            &key,
+            &json!({"rail_ref": "WIRE-404", "notice": {"kind": "settled"}}),
+        )
+        .await;
+    expect_member(&r, 404, "code", "unknown_rail_ref");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("WIRE-404"),
+        "{}",
+        r.body
+    );
+    let r = c.post("/v1/rail-notices", &other, &settled).await;
+    expect_member(&r, 404, "code", "unknown_rail_ref");
+    // Bad notices are the core's 400s; participants may not send them.
+    let r = c
+        .post(
+            "/v1/rail-notices",
+            &key,
+            &json!({"rail_ref": "WIRE-77", "notice": {"kind": "lost"}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = c
+        .post("/v1/rail-notices", &key, &json!({"rail_ref": "WIRE-77"}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let t = c
+        .post(
+            &format!("/v1/payments/{}/tokens", f.payment),
+            &key,
+            &json!({"party": f.buyer, "ttl_seconds": 60}),
+        )
+        .await;
+    let token = t.body["token"].as_str().expect("token").to_owned();
+    let r = c.post("/v1/rail-notices", &token, &settled).await;
+    expect_member(&r, 403, "code", "token_scope");
+
+    // A reference two of the tenant's payments used: 409 naming both.
+    let g = open_and_join(c, &key).await.expect("open");
+    submit(&g, "WIRE-77").await;
+    let r = c.post("/v1/rail-notices", &key, &settled).await;
+    expect_member(&r, 409, "code", "ambiguous_rail_ref");
+    let detail = r.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&f.payment) && detail.contains(&g.payment),
+        "{detail}"
+    );
+    // Listed by reference.
+    let r = c.get("/v1/payments?rail_ref=WIRE-77", &key).await;
+    let mut listed: Vec<&str> = r.body["payments"]
+        .as_array()
+        .expect("payments")
+        .iter()
+        .filter_map(|p| p["payment_id"].as_str())
+        .collect();
+    listed.sort_unstable();
+    let mut both = vec![f.payment.as_str(), g.payment.as_str()];
+    both.sort_unstable();
+    assert_eq!(listed, both);
+    let r = c.get("/v1/payments?rail_ref=WIRE-77", &other).await;
+    assert_eq!(r.body["payments"].as_array().map(Vec::len), Some(0));
+    srv.finish().await;
+}
+
+on_both_engines!(rail_notices_by_reference);

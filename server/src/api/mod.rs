@@ -146,6 +146,7 @@ pub fn routes() -> Vec<Route> {
                 "participant",
                 "policy",
                 "due_before",
+                "rail_ref",
                 "after",
                 "limit",
             ],
@@ -200,6 +201,12 @@ pub fn routes() -> Vec<Route> {
             get(payments::get_inbox),
         ),
         ("GET", "/v1/events", PAGE, get(payments::get_feed)),
+        (
+            "POST",
+            "/v1/rail-notices",
+            &["nonce"],
+            post(payments::post_rail_notice),
+        ),
         ("POST", "/v1/webhooks", &[], post(webhooks::create_webhook)),
         ("GET", "/v1/webhooks", &[], get(webhooks::list_webhooks)),
         (

@@ -955,6 +955,103 @@ async fn signed_answer(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RailNoticeRequest {
+    rail_ref: String,
+    notice: serde_json::Value,
+}
+
+/// `POST /v1/rail-notices`: a rail's notice about a transfer, named by the rail's
+/// reference only, as a bank's webhook knows it: the payment that submitted the
+/// transfer under that reference gets the core's `RailNotice` (actor `rail`), through
+/// the same path as any command (idempotency, versions, live streams, a signed answer
+/// with `nonce`). With an API key only. A reference no payment of the tenant used is
+/// 404 `unknown_rail_ref`; one used by more than one is 409 `ambiguous_rail_ref` (send
+/// it to the payment's own commands route).
+pub async fn post_rail_notice(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    query: Params,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let nonce = nonce_param(&params(query)?)?;
+    let idem = idempotency(&headers, &principal, "POST /v1/rail-notices", &body)?;
+    let command_id = command_id_for(&principal, idem.as_ref());
+    let key = idem.clone();
+    let run = async {
+        let req: RailNoticeRequest = parse_json(&body)?;
+        let command = serde_json::to_vec(&serde_json::json!({
+            "type": "RailNotice",
+            "rail_ref": req.rail_ref,
+            "notice": req.notice,
+        }))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+        .and_then(|bytes| Command::from_json(&bytes).map_err(ApiError::from_core))?;
+        let payment = payment_of_rail_ref(&state, tenant, &req.rail_ref).await?;
+        execute(
+            &state,
+            &principal,
+            command_id,
+            Prepared {
+                payment,
+                command,
+                actor: Actor::rail(),
+                expected: None,
+                correlation: None,
+                created: false,
+                idem: key.clone(),
+            },
+        )
+        .await
+    };
+    let answer = with_idempotency(&state, &principal, idem, run).await?;
+    signed_answer(answer, None, nonce.as_deref(), &headers, &state.secret).await
+}
+
+/// The one payment of `tenant` that used `rail_ref` (read model `rail_refs`, caught up
+/// to the tenant's own appends first, so a transfer submitted a moment ago is found).
+async fn payment_of_rail_ref(state: &AppState, tenant: Uuid, rail_ref: &str) -> ApiResult<Uuid> {
+    state.projector.read_committed(tenant).await?;
+    let found: Vec<(Uuid,)> = on_read!(&state.db, pool => {
+        sqlx::query_as(
+            "SELECT payment_id FROM payment_rail_refs WHERE tenant_id = $1 AND rail_ref = $2 \
+             ORDER BY payment_id LIMIT 5",
+        )
+        .bind(tenant)
+        .bind(rail_ref)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    let echo = trustfold_core::error::echo(rail_ref);
+    match found.as_slice() {
+        [] => Err(ApiError::NotFound {
+            code: "unknown_rail_ref",
+            message: format!(
+                "no payment of this tenant submitted a transfer under rail reference {echo}: \
+                 if its SubmitFunding or SubmitDisbursement is not recorded yet, send the \
+                 notice again later, or send it to the payment (POST \
+                 /v1/payments/{{payment_id}}/commands), which holds it until then"
+            ),
+        }),
+        [(payment,)] => Ok(*payment),
+        more => Err(ApiError::Conflict {
+            code: "ambiguous_rail_ref",
+            message: format!(
+                "rail reference {echo} was used by more than one payment of this tenant ({}): \
+                 send the notice to the right one (POST /v1/payments/{{payment_id}}/commands)",
+                more.iter()
+                    .map(|(p,)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Initiator {
     party: Uuid,
     roles: Vec<Role>,
@@ -1550,6 +1647,14 @@ pub async fn list_payments(
         sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM payment_participants p WHERE p.payment_id = s.payment_id \
              AND p.party_id = ${} AND p.roles <> '[]')",
+            binds.len()
+        ));
+    }
+    if let Some(rail_ref) = q.get("rail_ref") {
+        binds.push(Bind::S(rail_ref.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM payment_rail_refs r WHERE r.tenant_id = s.tenant_id \
+             AND r.payment_id = s.payment_id AND r.rail_ref = ${})",
             binds.len()
         ));
     }
