@@ -8,8 +8,9 @@
 //! sqlx links), so the server's own connections meet a real `SQLITE_FULL`; the server's
 //! configuration knows nothing of it. Its own binary: the cap is process-wide.
 //! PostgreSQL: the test database raises SQLSTATE 53100 `disk_full` from triggers on the
-//! events and idempotency tables, inside the server's own statements (a real error from
-//! the database, though not a real full disk, which a test cannot make without root).
+//! events and idempotency tables, then on the payment list's read model, inside the
+//! server's own statements (a real error from the database, though not a real full
+//! disk, which a test cannot make without root).
 
 mod common;
 
@@ -188,6 +189,16 @@ async fn sqlite_a_full_file_stores_nothing_and_the_same_request_succeeds_later()
         // Still refused while the disk is full (the key holds no stored answer).
         let again = c.post_idem(&path, &key, &idem, &body).await;
         assert_storage_full(&again);
+        // A read model that cannot be written is the same refusal, never a 500.
+        for path in [
+            "/v1/payments",
+            &format!("/v1/payments/{}/balances", f.payment),
+        ] {
+            let r = c.get(path, &key).await;
+            if r.status != 200 {
+                assert_storage_full(&r);
+            }
+        }
         refused = Some((idem, body, before));
         break;
     }
@@ -220,6 +231,20 @@ CREATE TRIGGER test_disk_full BEFORE INSERT ON idempotency
 const FREE: &str = "
 DROP TRIGGER test_disk_full ON events;
 DROP TRIGGER test_disk_full ON idempotency;
+DROP FUNCTION test_disk_full();
+";
+
+/// The same for the payment list's read model only.
+const FILL_SUMMARY: &str = "
+CREATE FUNCTION test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full';
+END $$;
+CREATE TRIGGER test_disk_full BEFORE INSERT OR UPDATE ON payment_summary
+    FOR EACH STATEMENT EXECUTE FUNCTION test_disk_full();
+";
+const FREE_SUMMARY: &str = "
+DROP TRIGGER test_disk_full ON payment_summary;
 DROP FUNCTION test_disk_full();
 ";
 
@@ -258,6 +283,26 @@ async fn postgres_a_full_disk_stores_nothing_and_the_same_request_succeeds_later
         stored.body
     );
     assert!(stored.headers.get("idempotent-replayed").is_none());
+
+    // A read model that cannot be written: the command is stored, the list (which waits
+    // for the read models) is refused as storage_full, the payment itself still reads.
+    db.execute(FILL_SUMMARY).await.expect("fill the disk");
+    let next = version(&c, &key, &f.payment).await;
+    let invite = json!({
+        "command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["brokerage"]},
+        "actor": {"party": f.escrow, "role": "escrow_holder"}
+    });
+    let r = c.post_idem(&path, &key, "full-read-model", &invite).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_storage_full(&c.get("/v1/payments", &key).await);
+    assert_eq!(version(&c, &key, &f.payment).await.0, next.0 + 1);
+    db.execute(FREE_SUMMARY).await.expect("free the disk");
+    let list = c.get("/v1/payments", &key).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(
+        list.body["payments"][0]["version"].as_u64(),
+        Some(next.0 + 1)
+    );
     assert_documented(&c);
     db.close().await.expect("close");
     running.shutdown().await.expect("shutdown");
