@@ -3,7 +3,10 @@
 //! - Typed calls for the server's routes; JSON bodies where the core has no type for
 //!   the server's request shape.
 //! - Every POST carries an `Idempotency-Key` (a fresh UUID unless you give one), the
-//!   same on every retry, so a retry after a network error never runs a command twice.
+//!   same on every retry, so a retry after a network error never runs a command twice;
+//!   except the three the server refuses a key on ([`Client::create_tenant`],
+//!   [`Client::rotate_api_key`], [`Client::rotate_webhook_secret`]), which are retried
+//!   only when no connection was made.
 //! - Retries with exponential backoff on connection errors and 5xx only; 4xx are
 //!   answered at once with a typed [`Error`]: [`Error::Rejected`] (422, with the
 //!   domain rule's `code`), [`Error::VersionConflict`] (409, with `current_version`),

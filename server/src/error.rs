@@ -91,7 +91,8 @@ pub enum StoreError {
 
     /// The database failed (connection lost, disk full, ...). An append that fails this
     /// way may or may not have committed: retry it with the same event ids, which is safe
-    /// because appends are idempotent.
+    /// because appends are idempotent. (One refused for a full disk, see
+    /// [`StoreError::is_storage_full`], did not commit.)
     #[error("database error: {0}")]
     Database(sqlx::Error),
 }
@@ -139,6 +140,30 @@ impl StoreError {
                 // down or starting; 53300: too many connections.
                 c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
             }),
+            _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the database refused a write because its storage is full: SQLite's
+    /// `SQLITE_FULL` (the disk, or the file's `max_page_count`; extended codes too), or
+    /// PostgreSQL's `53100` disk_full, `53200` out_of_memory or `53000`
+    /// insufficient_resources. The statement, and so the transaction it belongs to, wrote
+    /// nothing; the same write fails again until an operator frees space. The HTTP layer
+    /// answers these with 503 `storage_full`.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db))
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() =>
+            {
+                db.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| c & 0xff == 13)
+            }
+            StoreError::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| matches!(c.as_ref(), "53100" | "53200" | "53000")),
             _ => false,
         }
     }

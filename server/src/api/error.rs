@@ -8,8 +8,9 @@ use serde::Serialize;
 use crate::StoreError;
 
 /// Everything a request can fail with. Client mistakes are 4xx with a stable code (a
-/// rate limit's 429 included); only [`ApiError::Internal`] and
-/// [`ApiError::Unavailable`] are 5xx, and they mean a bug or a database outage.
+/// rate limit's 429 included); the
+/// 5xx are [`ApiError::Internal`] (a bug), [`ApiError::Unavailable`] (a database outage)
+/// and [`ApiError::StorageFull`] (no space left to write).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request body is not JSON (400 `malformed_json`).
@@ -113,6 +114,11 @@ pub enum ApiError {
     /// The database is unreachable (503).
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The database refused a write because its disk (or quota) is full (503
+    /// `storage_full`): nothing of the request was stored, and it cannot succeed until an
+    /// operator frees space.
+    #[error("the database's storage is full; free space: {0}")]
+    StorageFull(String),
 }
 
 impl ApiError {
@@ -147,7 +153,7 @@ impl ApiError {
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::StorageFull(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -170,6 +176,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
             ApiError::Unavailable(_) => "database_unavailable",
+            ApiError::StorageFull(_) => "storage_full",
         }
     }
 
@@ -183,6 +190,12 @@ impl ApiError {
                 "the database is unavailable for a moment (locked, restarting or unreachable); retry \
                  the request, a command with the same Idempotency-Key (a command sent without \
                  one may have been applied: read the payment before sending it again)"
+                    .to_owned()
+            }
+            ApiError::StorageFull(_) => {
+                "the server's database is out of storage space, so nothing of this request was \
+                 stored; an operator must free space before it can succeed. Retry the request \
+                 later (a command with the same Idempotency-Key)"
                     .to_owned()
             }
             other => other.to_string(),
@@ -205,6 +218,15 @@ impl ApiError {
             },
         };
         serde_json::to_vec(&problem).unwrap_or_default()
+    }
+
+    /// `Retry-After` of a 503, in seconds: a moment for an outage, longer for a full disk
+    /// (someone has to free space first).
+    fn retry_after(&self) -> &'static str {
+        match self {
+            ApiError::StorageFull(_) => "30",
+            _ => "1",
+        }
     }
 
     /// The core's refusals that are forbidden actions (the actor may not issue this
@@ -320,6 +342,8 @@ impl From<StoreError> for ApiError {
                     field: None,
                 }
             }
+            // Before `is_disconnect`: a full disk is not a moment's outage.
+            e if e.is_storage_full() => ApiError::StorageFull(e.to_string()),
             e if e.is_disconnect() => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
@@ -337,8 +361,10 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         if res.status() == StatusCode::SERVICE_UNAVAILABLE {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(self.retry_after()),
+            );
         }
         if let ApiError::RateLimited { retry_after, .. } = &self {
             // Whole seconds, rounded up: a client waiting that long finds the request
@@ -390,5 +416,50 @@ mod tests {
             "{e}"
         );
         holder.execute("ROLLBACK").await.expect("unlock");
+    }
+
+    /// A write the database has no room for (a real `SQLITE_FULL`: the file may not grow
+    /// past `max_page_count`) is 503 `storage_full` with a longer `Retry-After`, saying
+    /// nothing was stored and space must be freed; not a 500 `internal_error`.
+    #[tokio::test]
+    async fn a_full_sqlite_file_is_storage_full_not_an_internal_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("full.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        conn.execute("CREATE TABLE t (x BLOB)")
+            .await
+            .expect("create");
+        conn.execute("PRAGMA max_page_count = 8")
+            .await
+            .expect("cap");
+        let mut full = None;
+        for _ in 0..16 {
+            if let Err(e) = conn.execute("INSERT INTO t VALUES (zeroblob(4096))").await {
+                full = Some(e);
+                break;
+            }
+        }
+        let e = ApiError::from(StoreError::from(full.expect("the file filled up")));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "storage_full"),
+            "{e}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&e.to_body()).expect("json");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("nothing of this request was stored") && detail.contains("free space"),
+            "{detail}"
+        );
+        let res = e.into_response();
+        assert_eq!(
+            res.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from_static("30"))
+        );
     }
 }
