@@ -243,6 +243,7 @@ async fn an_upgraded_database_fills_the_clock_from_history() {
     running.shutdown().await.expect("shutdown");
     // Back to the schema before the clock, as an older server left it.
     let older = [
+        "DROP TABLE webhook_deliveries",
         "DROP TABLE webhooks",
         "DROP TABLE payment_clock",
         "DELETE FROM projection_checkpoints WHERE name = 'clock'",
