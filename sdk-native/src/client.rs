@@ -357,6 +357,51 @@ pub struct WebhookEndpoint {
     pub secret: Option<String>,
 }
 
+/// One try of one event to a webhook endpoint, from its delivery log
+/// ([`Client::webhook_deliveries`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookDelivery {
+    /// The try's number among the endpoint's tries (1, 2, …): the cursor.
+    pub seq: u64,
+    /// The endpoint.
+    pub webhook_id: uuid::Uuid,
+    /// The tenant.
+    pub tenant_id: uuid::Uuid,
+    /// The event sent (the request's `webhook-id`).
+    pub event_id: uuid::Uuid,
+    /// The event's global position in the tenant's feed.
+    pub position: u64,
+    /// The event's type.
+    pub event_type: String,
+    /// The try's number for this event: 1 for the first, 2 for the first retry, …
+    pub attempt: u64,
+    /// When the try started (RFC 3339, microseconds).
+    pub started_at: String,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// The HTTP status answered; `None` when there was no answer.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Why it failed (naming the host, never the URL's path or query).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Answered with a 2xx.
+    pub succeeded: bool,
+}
+
+/// A page of an endpoint's delivery log, newest first.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookDeliveryPage {
+    /// The endpoint.
+    pub webhook_id: uuid::Uuid,
+    /// The tries, newest first.
+    pub deliveries: Vec<WebhookDelivery>,
+    /// Older tries remain: ask again with `before` = [`WebhookDeliveryPage::next`].
+    pub has_more: bool,
+    /// The `seq` of the page's last (oldest) try.
+    pub next: u64,
+}
+
 /// A stored policy version.
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoredPolicy {
@@ -1045,6 +1090,40 @@ impl Client {
             .send_with(Method::POST, &path, Some(&body), None, None, false)
             .await?;
         serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(format!("bad response: {e}")))
+    }
+
+    /// `GET /v1/webhooks/{id}/deliveries?before=&limit=`: a page of the endpoint's
+    /// delivery log, every try of every event (the newest 1,000 are kept), newest
+    /// first. Start with `before = None`, continue with `Some(page.next)` while
+    /// `has_more`; `limit` is at most 1,000. [`Error::NotFound`] when there is no such
+    /// endpoint (or it is another tenant's).
+    ///
+    /// ```no_run
+    /// # async fn run(c: trustfold::client::Client, id: uuid::Uuid) -> trustfold::Result<()> {
+    /// let mut before = None;
+    /// loop {
+    ///     let page = c.webhook_deliveries(id, before, 100).await?;
+    ///     for d in &page.deliveries {
+    ///         println!("{} {} try {}: {:?} {:?}", d.started_at, d.event_type, d.attempt, d.status, d.error);
+    ///     }
+    ///     if !page.has_more {
+    ///         break;
+    ///     }
+    ///     before = Some(page.next);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn webhook_deliveries(
+        &self,
+        id: uuid::Uuid,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<WebhookDeliveryPage> {
+        let mut path = format!("/v1/webhooks/{id}/deliveries?limit={limit}");
+        if let Some(b) = before {
+            path.push_str(&format!("&before={b}"));
+        }
+        self.get_json(&path).await
     }
 
     /// `POST /v1/webhooks/{id}/retry`: a failing endpoint is tried again now.

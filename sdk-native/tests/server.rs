@@ -291,6 +291,7 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         "GET /v1/webhooks",                             // webhooks
         "GET /v1/webhooks/{webhook_id}",                // webhook
         "DELETE /v1/webhooks/{webhook_id}",             // delete_webhook
+        "GET /v1/webhooks/{webhook_id}/deliveries",     // webhook_deliveries
         "POST /v1/webhooks/{webhook_id}/rotate-secret", // rotate_webhook_secret
         "POST /v1/webhooks/{webhook_id}/retry",         // retry_webhook
     ];
@@ -337,9 +338,21 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         .expect("rotate");
     assert_ne!(rotated.secret.as_deref(), Some(secret.as_str()));
     c1.retry_webhook(ep.webhook_id).await.expect("retry");
+    // Nothing was sent (example.com is no receiver of this test's; the payments come
+    // later): an empty log. (Tries are tested in the server's tests/webhooks.rs.)
+    let log = c1
+        .webhook_deliveries(ep.webhook_id, None, 10)
+        .await
+        .expect("deliveries");
+    assert_eq!(log.webhook_id, ep.webhook_id);
+    assert!(log.deliveries.is_empty() && !log.has_more, "{log:?}");
     c1.delete_webhook(ep.webhook_id).await.expect("delete");
     assert!(matches!(
         c1.webhook(ep.webhook_id).await,
+        Err(trustfold::Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        c1.webhook_deliveries(ep.webhook_id, None, 10).await,
         Err(trustfold::Error::NotFound { .. })
     ));
     let refused = c1

@@ -164,6 +164,27 @@ CREATE TABLE webhooks (
 );
 CREATE INDEX webhooks_due ON webhooks (next_attempt_at_us)
 "#,
+    // The delivery log: every try of every event, per endpoint numbered by `seq` (1, 2,
+    // …; `webhooks.deliveries` is the last one given), the newest
+    // `WebhookConfig::keep_deliveries` kept (see `crate::webhooks`).
+    r#"
+ALTER TABLE webhooks ADD COLUMN deliveries {INT} NOT NULL DEFAULT 0;
+CREATE TABLE webhook_deliveries (
+    webhook_id    {UUID} NOT NULL,
+    seq           {INT} NOT NULL,
+    tenant_id     {UUID} NOT NULL,
+    event_id      {UUID} NOT NULL,
+    position      {INT} NOT NULL,
+    event_type    TEXT NOT NULL,
+    attempt       {INT} NOT NULL,
+    started_at_us {INT} NOT NULL,
+    duration_ms   {INT} NOT NULL,
+    status        {INT},
+    error         TEXT,
+    succeeded     BOOLEAN NOT NULL,
+    PRIMARY KEY (webhook_id, seq)
+)
+"#,
     r#"
 CREATE TABLE payment_rail_refs (
     tenant_id  {UUID} NOT NULL,

@@ -25,11 +25,24 @@
 //!   make the server call into its own network), unless the server allows it
 //!   ([`WebhookConfig::allow_private`], `--webhooks-allow-private`, for development).
 //!   The address checked is the one connected to (no second lookup, no proxy).
+//! - **Delivery log**: every try of an event (its id, position and type, the try's
+//!   number for that event, when it started, how long it took, the status or why it
+//!   failed, whether it succeeded) is written to `webhook_deliveries` in the same
+//!   transaction that moves or holds the endpoint, numbered `seq` 1, 2, … per endpoint
+//!   (`GET /v1/webhooks/{id}/deliveries`, newest first). The newest
+//!   [`WebhookConfig::keep_deliveries`] (1,000) are kept: each write drops the one that
+//!   fell out, in the same transaction (one indexed row, so the bound holds at every
+//!   commit with no sweeper to run or fall behind). Deleting the endpoint deletes its log.
+//!   Errors name the host, never the URL (its path or query may hold a token).
+//! - **Connections**: a host name is resolved and its addresses checked for every
+//!   request; the endpoint's client, pinned to a checked address, is kept for
+//!   [`PINNED_FOR`] (60 s) while the host still resolves to that address, so a backlog
+//!   goes over one kept-alive connection ([`Pins`]).
 //! - **Each endpoint its own task**: a round looks for the endpoints due with events
 //!   to send (all of them, page by page; an idle endpoint costs an indexed look) and
 //!   starts a task for each that has none ([`CONCURRENT`] send at once, each for at
-//!   most [`SERVE_FOR`]); it does not wait for them, so a slow receiver holds back
-//!   only itself.
+//!   most [`SERVE_FOR`], page after page of its backlog); it does not wait for them, so
+//!   a slow receiver holds back only itself.
 //! - **One sender per database**: the projection leader (see [`crate::projections`]);
 //!   positions move by compare-and-set, so an endpoint is never moved twice, and after
 //!   a change of leader an event may be sent again (at least once).
@@ -69,6 +82,9 @@ pub struct WebhookConfig {
     /// The pause after an endpoint's first failure; each further one is four times
     /// longer, up to [`RETRY_MAX`].
     pub retry_first: Duration,
+    /// Tries kept in an endpoint's delivery log (the newest; older ones are dropped as
+    /// each new one is written).
+    pub keep_deliveries: u32,
 }
 
 impl Default for WebhookConfig {
@@ -76,22 +92,28 @@ impl Default for WebhookConfig {
         WebhookConfig {
             allow_private: false,
             retry_first: Duration::from_secs(5),
+            keep_deliveries: KEEP_DELIVERIES,
         }
     }
 }
 
+/// Tries kept in an endpoint's delivery log by default.
+pub const KEEP_DELIVERIES: u32 = 1000;
 /// The longest pause between two tries of a failing endpoint.
 pub const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// How long an endpoint has to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// Endpoints read at a time when a round looks for those due (it reads them all).
 const DUE_PAGE: i64 = 1000;
-/// Events sent to one endpoint per round at most (the next round goes on).
-const PER_ROUND: usize = 100;
+/// Events read at a time for one endpoint (its turn goes on page after page while it
+/// lasts, [`SERVE_FOR`]).
+const PER_READ: u32 = 100;
 /// Endpoints served at once.
 const CONCURRENT: usize = 8;
 /// How long one endpoint is sent to before its turn ends (it goes on in the next round).
 const SERVE_FOR: Duration = Duration::from_secs(5);
+/// How long a client pinned to a host's checked address is kept ([`Pins`]).
+const PINNED_FOR: Duration = Duration::from_secs(60);
 
 /// The `webhook-signature` value for one message: `v1,` and the base64 HMAC-SHA256 of
 /// `<id>.<timestamp>.<body>` keyed with `secret` (the decoded part of `whsec_…`).
@@ -299,6 +321,102 @@ struct Failure {
     error: String,
 }
 
+/// One try of one event, as the delivery log keeps it.
+struct Attempt<'a> {
+    event: &'a StoredEvent,
+    position: i64,
+    /// 1 for the event's first try, 2 for its first retry, …
+    number: i64,
+    started_at_us: i64,
+    duration_ms: i64,
+    status: Option<u16>,
+    /// Why it failed (the host only, never the URL: a path or query may hold the
+    /// receiver's token).
+    error: Option<String>,
+}
+
+/// The HTTP client for host names, one per endpoint: pinned to the address its host
+/// resolved to and that was checked, kept for [`PINNED_FOR`] while the host still
+/// resolves to it, so a backlog goes over one kept-alive connection (instead of a new
+/// client, connection and TLS handshake for each event). Every send still resolves
+/// and checks the host; a client is used only if the address it is pinned to is
+/// among the addresses that passed the check this time.
+#[derive(Clone, Default)]
+struct Pins(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Uuid, Pinned>>>);
+
+/// A client pinned to one checked address of a host.
+struct Pinned {
+    host: String,
+    addr: SocketAddr,
+    client: reqwest::Client,
+    made: std::time::Instant,
+}
+
+impl Pins {
+    /// The endpoint's client for `host`, pinned to one of `checked` (the addresses
+    /// `host` resolved to now, each checked): the kept one if it is pinned to one of
+    /// them and young enough, else a new one pinned to the first.
+    fn client(
+        &self,
+        webhook: Uuid,
+        host: &str,
+        checked: &[SocketAddr],
+    ) -> Result<reqwest::Client, String> {
+        let Some(first) = checked.first().copied() else {
+            return Err(format!("{host} resolves to no address"));
+        };
+        let mut pins = self
+            .0
+            .lock()
+            .map_err(|_| "a sending task panicked".to_owned())?;
+        if let Some(p) = pins.get(&webhook) {
+            if p.host == host && checked.contains(&p.addr) && p.made.elapsed() < PINNED_FOR {
+                return Ok(p.client.clone());
+            }
+        }
+        let client = client_builder()
+            .resolve(host, first)
+            .build()
+            .map_err(|e| format!("no HTTP client: {e}"))?;
+        pins.insert(
+            webhook,
+            Pinned {
+                host: host.to_owned(),
+                addr: first,
+                client: client.clone(),
+                made: std::time::Instant::now(),
+            },
+        );
+        Ok(client)
+    }
+
+    /// Drops the clients older than [`PINNED_FOR`] (of endpoints deleted or idle).
+    fn expire(&self) {
+        if let Ok(mut pins) = self.0.lock() {
+            pins.retain(|_, p| p.made.elapsed() < PINNED_FOR);
+        }
+    }
+}
+
+/// How every webhook client is built: no redirects, no proxy (it would resolve the host
+/// again, not connect to the address checked), 10 s to answer.
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(ANSWER_WITHIN)
+        .connect_timeout(ANSWER_WITHIN)
+        .user_agent(concat!("trustfold-webhooks/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The clients a sender uses: one for literal addresses, one pinned per endpoint for
+/// host names.
+#[derive(Clone)]
+struct Clients {
+    literal: reqwest::Client,
+    pins: Pins,
+}
+
 /// Sends webhooks until shutdown: after appends (a notice) and every second (retries).
 pub(crate) async fn run(
     state: AppState,
@@ -306,16 +424,11 @@ pub(crate) async fn run(
     mut notices: broadcast::Receiver<Notice>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let client = match reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        // No proxy: it would resolve the host again, not connect to the address checked.
-        .no_proxy()
-        .timeout(ANSWER_WITHIN)
-        .connect_timeout(ANSWER_WITHIN)
-        .user_agent(concat!("trustfold-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(c) => c,
+    let client = match client_builder().build() {
+        Ok(literal) => Clients {
+            literal,
+            pins: Pins::default(),
+        },
         Err(e) => {
             tracing::error!(error = %e, "webhooks cannot be sent: no HTTP client");
             return;
@@ -354,6 +467,7 @@ pub(crate) async fn run(
         while let Some(done) = sending.tasks.try_join_next() {
             sending.done(done);
         }
+        client.pins.expire();
         match round(&state, &config, &client, &mut sending).await {
             Ok(found) => any = found,
             Err(e) => tracing::warn!(error = %e, "webhooks: a round failed; trying again"),
@@ -395,12 +509,12 @@ impl Sending {
 }
 
 /// One round: every endpoint due and not being served already gets a task (at most
-/// [`CONCURRENT`] of them send at once), up to [`PER_ROUND`] events or [`SERVE_FOR`]
-/// each. Whether there are endpoints at all (in this process's view).
+/// [`CONCURRENT`] of them send at once), until it is sent every event, fails, or has
+/// been served for [`SERVE_FOR`]. Whether there are endpoints at all (in this process's view).
 async fn round(
     state: &AppState,
     config: &WebhookConfig,
-    client: &reqwest::Client,
+    client: &Clients,
     sending: &mut Sending,
 ) -> Result<bool, ApiError> {
     if !state.projector.is_leader().await {
@@ -467,57 +581,130 @@ async fn round(
     Ok(true)
 }
 
-/// Sends one endpoint the events after its position, until one fails.
+/// Sends one endpoint the events after its position, page after page, until one fails,
+/// none is left, or its turn ([`SERVE_FOR`]) ends.
 async fn serve(
     state: &AppState,
     config: &WebhookConfig,
-    client: &reqwest::Client,
+    client: &Clients,
     mut ep: Endpoint,
 ) -> Result<(), ApiError> {
-    let after = u64::try_from(ep.position).unwrap_or(0);
-    let limit = u32::try_from(PER_ROUND).unwrap_or(100);
-    let events = state.store.read_all(ep.tenant_id, after, limit).await?;
     let started = std::time::Instant::now();
-    for e in &events {
-        if started.elapsed() >= SERVE_FOR {
-            // The next round goes on; other endpoints take their turn meanwhile.
-            return Ok(());
-        }
-        let position = i64::try_from(e.position).unwrap_or(i64::MAX);
-        if !ep.wants(&e.event_type) {
-            if !moved(state, &ep, position, None).await? {
+    loop {
+        let after = u64::try_from(ep.position).unwrap_or(0);
+        let events = state.store.read_all(ep.tenant_id, after, PER_READ).await?;
+        for e in &events {
+            if started.elapsed() >= SERVE_FOR {
+                // The next round goes on; other endpoints take their turn meanwhile.
                 return Ok(());
             }
-            ep.position = position;
-            continue;
-        }
-        match send(client, config, &ep, e).await {
-            Ok(status) => {
-                if !moved(state, &ep, position, Some(status)).await? {
+            let position = i64::try_from(e.position).unwrap_or(i64::MAX);
+            if !ep.wants(&e.event_type) {
+                if !moved(state, config, &ep, position, None).await? {
                     return Ok(());
                 }
                 ep.position = position;
-                ep.attempts = 0;
+                continue;
             }
-            Err(f) => {
-                failed(state, config, &ep, f).await?;
-                return Ok(());
+            let started_at_us = now_us();
+            let clock = std::time::Instant::now();
+            let sent = send(client, config, &ep, e).await;
+            let mut attempt = Attempt {
+                event: e,
+                position,
+                number: ep.attempts.saturating_add(1),
+                started_at_us,
+                duration_ms: i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX),
+                status: None,
+                error: None,
+            };
+            match sent {
+                Ok(status) => {
+                    attempt.status = Some(status);
+                    if !moved(state, config, &ep, position, Some(&attempt)).await? {
+                        return Ok(());
+                    }
+                    ep.position = position;
+                    ep.attempts = 0;
+                }
+                Err(f) => {
+                    attempt.status = f.status;
+                    attempt.error = Some(f.error);
+                    failed(state, config, &ep, attempt).await?;
+                    return Ok(());
+                }
             }
         }
+        if events.len() < usize::try_from(PER_READ).unwrap_or(usize::MAX) {
+            return Ok(());
+        }
     }
-    Ok(())
+}
+
+/// Writes a try into the endpoint's delivery log in the transaction `$tx`: numbered
+/// one past the endpoint's last (taken from `webhooks.deliveries`, whose row lock also
+/// orders two senders' tries of one endpoint), and the tries older than the newest
+/// `keep` dropped (the one that just fell out, usually: an indexed delete of one row).
+/// Nothing when the endpoint was deleted meanwhile.
+macro_rules! record_in {
+    ($tx:expr, $ep:expr, $a:expr, $keep:expr) => {{
+        let (ep, a): (&Endpoint, &Attempt<'_>) = ($ep, $a);
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE webhooks SET deliveries = deliveries + 1 WHERE webhook_id = $1 \
+             RETURNING deliveries",
+        )
+        .bind(ep.webhook_id)
+        .fetch_optional(&mut *$tx)
+        .await
+        .map_err(crate::StoreError::from)?;
+        if let Some(seq) = seq {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (webhook_id, seq, tenant_id, event_id, \
+                 position, event_type, attempt, started_at_us, duration_ms, status, error, \
+                 succeeded) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(ep.webhook_id)
+            .bind(seq)
+            .bind(ep.tenant_id)
+            .bind(a.event.event_id)
+            .bind(a.position)
+            .bind(&a.event.event_type)
+            .bind(a.number)
+            .bind(a.started_at_us)
+            .bind(a.duration_ms)
+            .bind(a.status.map(i64::from))
+            .bind(a.error.as_deref())
+            .bind(a.error.is_none())
+            .execute(&mut *$tx)
+            .await
+            .map_err(crate::StoreError::from)?;
+            sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1 AND seq <= $2")
+                .bind(ep.webhook_id)
+                .bind(seq.saturating_sub(i64::from($keep)))
+                .execute(&mut *$tx)
+                .await
+                .map_err(crate::StoreError::from)?;
+        }
+    }};
 }
 
 /// Moves an endpoint past an event (compare-and-set on its position; clears its
-/// failure). `false`: it was deleted or moved by another process.
+/// failure), and logs the try that was answered 2xx, in one transaction. `false`: it
+/// was deleted or moved by another process.
 async fn moved(
     state: &AppState,
+    config: &WebhookConfig,
     ep: &Endpoint,
     position: i64,
-    status: Option<u16>,
+    attempt: Option<&Attempt<'_>>,
 ) -> Result<bool, ApiError> {
+    let status = attempt.and_then(|a| a.status);
     let done = on_write!(&state.db, pool => {
-        sqlx::query(
+        let mut tx = pool.begin().await.map_err(crate::StoreError::from)?;
+        if let Some(a) = attempt {
+            record_in!(tx, ep, a, config.keep_deliveries);
+        }
+        let done = sqlx::query(
             "UPDATE webhooks SET position = $1, attempts = 0, next_attempt_at_us = 0, \
              last_status = COALESCE($2, last_status), last_error = NULL, \
              failing_since_us = NULL WHERE webhook_id = $3 AND position = $4",
@@ -526,21 +713,25 @@ async fn moved(
         .bind(status.map(i64::from))
         .bind(ep.webhook_id)
         .bind(ep.position)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .map_err(crate::StoreError::from)?
-        .rows_affected()
+        .rows_affected();
+        tx.commit().await.map_err(crate::StoreError::from)?;
+        done
     });
     Ok(done == 1)
 }
 
-/// Holds a failing endpoint at its event until the next try.
+/// Holds a failing endpoint at its event until the next try, and logs the try, in one
+/// transaction.
 async fn failed(
     state: &AppState,
     config: &WebhookConfig,
     ep: &Endpoint,
-    f: Failure,
+    a: Attempt<'_>,
 ) -> Result<(), ApiError> {
+    let error = a.error.as_deref().unwrap_or_default();
     let attempts = ep.attempts.saturating_add(1);
     let pause = retry_pause(config.retry_first, attempts);
     let now = now_us();
@@ -550,9 +741,11 @@ async fn failed(
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default();
-    tracing::warn!(webhook = %ep.webhook_id, %host, attempts, error = %f.error,
+    tracing::warn!(webhook = %ep.webhook_id, %host, attempts, %error,
         retry_in = ?pause, "webhooks: an endpoint failed");
     on_write!(&state.db, pool => {
+        let mut tx = pool.begin().await.map_err(crate::StoreError::from)?;
+        record_in!(tx, ep, &a, config.keep_deliveries);
         sqlx::query(
             "UPDATE webhooks SET attempts = $1, next_attempt_at_us = $2, last_status = $3, \
              last_error = $4, failing_since_us = COALESCE(failing_since_us, $5) \
@@ -560,14 +753,15 @@ async fn failed(
         )
         .bind(attempts)
         .bind(again)
-        .bind(f.status.map(i64::from))
-        .bind(&f.error)
+        .bind(a.status.map(i64::from))
+        .bind(error)
         .bind(now)
         .bind(ep.webhook_id)
         .bind(ep.position)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .map_err(crate::StoreError::from)?;
+        tx.commit().await.map_err(crate::StoreError::from)?;
     });
     Ok(())
 }
@@ -610,7 +804,7 @@ fn body(e: &StoredEvent) -> Vec<u8> {
 
 /// One try: the address checked, the request signed and sent; the 2xx status, or why not.
 async fn send(
-    client: &reqwest::Client,
+    client: &Clients,
     config: &WebhookConfig,
     ep: &Endpoint,
     e: &StoredEvent,
@@ -632,11 +826,12 @@ async fn send(
     .map_err(|_| fail(format!("resolving {host} took over 10 s")))?
     .map_err(|e| fail(format!("cannot resolve {host}: {e}")))?;
     let addrs: Vec<SocketAddr> = lookup.collect();
-    let Some(addr) = addrs
+    let checked: Vec<SocketAddr> = addrs
         .iter()
         .copied()
-        .find(|a| config.allow_private || !is_private(a.ip()))
-    else {
+        .filter(|a| config.allow_private || !is_private(a.ip()))
+        .collect();
+    if checked.is_empty() {
         return Err(fail(format!(
             "{host} resolves to no public address ({}); webhooks go to public addresses only",
             addrs
@@ -645,22 +840,16 @@ async fn send(
                 .collect::<Vec<_>>()
                 .join(", ")
         )));
-    };
-    let pinned;
+    }
+    // A host name: connect only to an address checked now (a client pinned to it). A
+    // literal address was checked above as it is.
     let client = if url.domain().is_some() {
-        pinned = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            // No proxy: it would resolve the host again, not connect to the address checked.
-            .no_proxy()
-            .timeout(ANSWER_WITHIN)
-            .connect_timeout(ANSWER_WITHIN)
-            .user_agent(concat!("trustfold-webhooks/", env!("CARGO_PKG_VERSION")))
-            .resolve(&host, addr)
-            .build()
-            .map_err(|e| fail(format!("no HTTP client: {e}")))?;
-        &pinned
-    } else {
         client
+            .pins
+            .client(ep.webhook_id, &host, &checked)
+            .map_err(fail)?
+    } else {
+        client.literal.clone()
     };
     let body = body(e);
     let id = e.event_id.to_string();
@@ -743,6 +932,55 @@ pub(crate) fn listed(row: &ListedRow) -> serde_json::Value {
     })
 }
 
+/// A try as `GET /v1/webhooks/{webhook_id}/deliveries` shows it.
+pub(crate) fn delivery(webhook: Uuid, row: &DeliveryRow) -> serde_json::Value {
+    let (seq, tenant, event, position, event_type, attempt, started, ms, status, error, ok) = row;
+    serde_json::json!({
+        "seq": seq,
+        "webhook_id": webhook,
+        "tenant_id": tenant,
+        "event_id": event,
+        "position": position,
+        "event_type": event_type,
+        "attempt": attempt,
+        "started_at": time_us(*started),
+        "duration_ms": ms,
+        "status": status,
+        "error": error,
+        "succeeded": ok,
+    })
+}
+
+/// RFC 3339 in UTC with microseconds, of Unix microseconds.
+fn time_us(us: i64) -> String {
+    let secs = Timestamp::from_unix_millis(us.div_euclid(1_000_000).saturating_mul(1000));
+    let secs = secs.to_string();
+    format!(
+        "{}.{:06}Z",
+        secs.trim_end_matches('Z'),
+        us.rem_euclid(1_000_000)
+    )
+}
+
+/// The columns of a logged try, in order ([`DELIVERY`]).
+pub(crate) type DeliveryRow = (
+    i64,
+    Uuid,
+    Uuid,
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    bool,
+);
+
+/// The select list of [`DeliveryRow`].
+pub(crate) const DELIVERY: &str = "seq, tenant_id, event_id, position, event_type, attempt, \
+    started_at_us, duration_ms, status, error, succeeded";
+
 /// The columns `GET /v1/webhooks` reads, in order ([`LISTED`]).
 pub(crate) type ListedRow = (
     Uuid,
@@ -764,6 +1002,19 @@ pub(crate) const LISTED: &str = "webhook_id, url, event_types, position, attempt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_have_microseconds() {
+        assert_eq!(
+            time_us(1_795_824_000_000_001),
+            "2026-11-28T00:00:00.000001Z"
+        );
+        assert_eq!(
+            time_us(1_795_824_000_123_456),
+            "2026-11-28T00:00:00.123456Z"
+        );
+        assert_eq!(time_us(0), "1970-01-01T00:00:00.000000Z");
+    }
 
     #[test]
     fn retired_secrets_sign_until_their_time_and_no_more_than_four() {

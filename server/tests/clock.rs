@@ -244,6 +244,7 @@ async fn an_upgraded_database_fills_the_clock_from_history() {
     // Back to the schema before the clock, as an older server left it.
     let older = [
         "DROP TABLE payment_rail_refs",
+        "DROP TABLE webhook_deliveries",
         "DROP TABLE webhooks",
         "DROP TABLE payment_clock",
         "DELETE FROM projection_checkpoints WHERE name IN ('clock', 'rail_refs')",
@@ -252,7 +253,7 @@ async fn an_upgraded_database_fills_the_clock_from_history() {
     on_the_file(&db, &older.map(String::from)).await;
     let (running, c) = serve(&db, &clock).await;
     a_week_passes(&c, &key, &ps, &clock).await;
-    // The rail references' read model (server schema 4) filled from the log too.
+    // The rail references' read model (server schema 5) filled from the log too.
     let r = c.get("/v1/payments?rail_ref=ACH-1", &key).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(

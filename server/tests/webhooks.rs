@@ -810,3 +810,486 @@ async fn a_first_endpoint_is_found_under_steady_traffic() {
     traffic.await.expect("traffic");
     running.shutdown().await.expect("shutdown");
 }
+
+/// Runs statements on the server's database (SQLite file or PostgreSQL URL) from
+/// outside the server, the way an operator's tool would.
+async fn on_the_database(database: &str, statements: &[&str]) {
+    use sqlx::Connection as _;
+    if database.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(database)
+            .await
+            .expect("connect");
+        for s in statements {
+            sqlx::query(s).execute(&mut conn).await.expect(s);
+        }
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{database}"))
+            .await
+            .expect("open");
+        for s in statements {
+            sqlx::query(s).execute(&mut conn).await.expect(s);
+        }
+    }
+}
+
+/// How many rows of the delivery log an endpoint has, read from the table itself.
+async fn logged_rows(database: &str, webhook: &str) -> i64 {
+    use sqlx::Connection as _;
+    let id = uuid::Uuid::parse_str(webhook).expect("id");
+    let sql = "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = $1";
+    if database.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(database)
+            .await
+            .expect("connect");
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{database}"))
+            .await
+            .expect("open");
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+    }
+}
+
+/// Waits (at most 20 s) until the endpoint's log holds at least `n` tries; the page.
+async fn log_of(c: &Client, key: &str, webhook: &str, n: usize) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = c
+            .get(
+                &format!("/v1/webhooks/{webhook}/deliveries?limit=1000"),
+                key,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let got = r.body["deliveries"].as_array().map_or(0, Vec::len);
+        if got >= n {
+            return r.body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{n} tries not logged within 20 s: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `seq`s of a page of the log.
+fn seqs(page: &Value) -> Vec<u64> {
+    page["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| d["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+/// Every try is logged: successes, a receiver's 500s and a refused connection (whose
+/// error names no secret of the URL); the log pages newest first by `before`, its
+/// parameters are checked, another tenant's endpoint is unknown, and deleting the
+/// endpoint deletes its rows.
+async fn deliveries_are_logged_and_paged(database: &str) {
+    let (running, c) = serve(database).await;
+    let key = c.tenant(ADMIN, "Logged Escrow").await.expect("tenant");
+    let other = c.tenant(ADMIN, "Nosy Escrow").await.expect("tenant");
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    receiver.answers.lock().expect("lock").extend([500, 500]);
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
+    let f = open_and_join(&c, &key).await.expect("open");
+    let got = receiver
+        .wait("seven events after two failed tries", |g| g.len() >= 9)
+        .await;
+    let page = log_of(&c, &key, &webhook, 9).await;
+    assert_eq!(page["webhook_id"], webhook.as_str());
+    assert_eq!(page["has_more"], false);
+    let log = page["deliveries"].as_array().expect("deliveries");
+    assert_eq!(
+        seqs(&page),
+        (1..=9).rev().collect::<Vec<u64>>(),
+        "newest first"
+    );
+    // Oldest first, as the receiver got them.
+    let tries: Vec<&Value> = log.iter().rev().collect();
+    for (i, (d, g)) in tries.iter().zip(&got).enumerate() {
+        assert_eq!(d["event_id"], g.id.as_str(), "try {i}");
+        assert_eq!(d["event_type"], g.json()["type"], "try {i}");
+        assert_eq!(d["position"], g.json()["data"]["position"], "try {i}");
+        assert_eq!(d["webhook_id"], webhook.as_str());
+        assert_eq!(d["tenant_id"], g.json()["data"]["tenant_id"]);
+        assert!(d["duration_ms"].as_u64().is_some(), "{d}");
+        let at: trustfold_core::time::Timestamp = d["started_at"]
+            .as_str()
+            .expect("started_at")
+            .parse()
+            .expect("RFC 3339");
+        assert!(at.unix_millis() > 1_700_000_000_000, "{d}");
+    }
+    for (i, d) in tries.iter().take(2).enumerate() {
+        assert_eq!(d["attempt"], i + 1);
+        assert_eq!(d["status"], 500);
+        assert_eq!(d["succeeded"], false);
+        assert!(
+            d["error"].as_str().is_some_and(|e| e.contains("500")),
+            "{d}"
+        );
+    }
+    assert_eq!(tries[2]["attempt"], 3, "the third try of the first event");
+    for d in &tries[2..] {
+        assert_eq!(d["status"], 200, "{d}");
+        assert_eq!(d["succeeded"], true);
+        assert_eq!(d["error"], Value::Null);
+    }
+    assert!(tries[3..].iter().all(|d| d["attempt"] == 1));
+    assert!(
+        tries
+            .windows(2)
+            .all(|w| w[0]["started_at"].as_str() <= w[1]["started_at"].as_str()),
+        "started in seq order"
+    );
+    assert_eq!(types_of(&got[2..], &f.payment).len(), 7);
+    // Pages of 4, by the cursor: 9..6, 5..2, 1.
+    let base = format!("/v1/webhooks/{webhook}/deliveries");
+    let p1 = c.get(&format!("{base}?limit=4"), &key).await;
+    assert_eq!(seqs(&p1.body), [9, 8, 7, 6]);
+    assert_eq!(
+        (p1.body["has_more"].as_bool(), p1.body["next"].as_u64()),
+        (Some(true), Some(6))
+    );
+    let p2 = c.get(&format!("{base}?limit=4&before=6"), &key).await;
+    assert_eq!(seqs(&p2.body), [5, 4, 3, 2]);
+    assert_eq!(
+        (p2.body["has_more"].as_bool(), p2.body["next"].as_u64()),
+        (Some(true), Some(2))
+    );
+    let p3 = c.get(&format!("{base}?before=2&limit=4"), &key).await;
+    assert_eq!(seqs(&p3.body), [1]);
+    assert_eq!(
+        (p3.body["has_more"].as_bool(), p3.body["next"].as_u64()),
+        (Some(false), Some(1))
+    );
+    let none = c.get(&format!("{base}?before=1"), &key).await;
+    assert_eq!(seqs(&none.body), Vec::<u64>::new());
+    assert_eq!(none.body["has_more"], false);
+    // The default page holds them all; a limit above 1,000 counts as 1,000.
+    assert_eq!(seqs(&c.get(&base, &key).await.body).len(), 9);
+    let big = c.get(&format!("{base}?limit=1000000"), &key).await;
+    assert_eq!(
+        (big.status, seqs(&big.body).len()),
+        (200, 9),
+        "{}",
+        big.body
+    );
+    // Bad parameters: 400 with the code and the field.
+    for (query, code, field) in [
+        ("limit=0", "invalid_parameter", "limit"),
+        ("limit=-1", "invalid_parameter", "limit"),
+        ("limit=ten", "invalid_parameter", "limit"),
+        ("before=-1", "invalid_parameter", "before"),
+        ("before=9223372036854775808", "invalid_parameter", "before"),
+        ("before=x", "invalid_parameter", "before"),
+        ("before=1&before=2", "invalid_parameter", "before"),
+        ("after=1", "unknown_parameter", "after"),
+    ] {
+        let r = c.get(&format!("{base}?{query}"), &key).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str(), r.body["field"].as_str()),
+            (400, Some(code), Some(field)),
+            "{query}: {}",
+            r.body
+        );
+    }
+    let r = c.get("/v1/webhooks/NOT-AN-ID/deliveries", &key).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_id"))
+    );
+    // Another tenant's endpoint and an unknown one are both unknown.
+    for (path, who) in [
+        (base.clone(), &other),
+        (
+            format!("/v1/webhooks/{}/deliveries", uuid::Uuid::new_v4()),
+            &key,
+        ),
+    ] {
+        let r = c.get(&path, who).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (404, Some("unknown_webhook")),
+            "{path}: {}",
+            r.body
+        );
+    }
+    // A receiver that refuses the connection: no status, an error naming the host
+    // only (the URL's path and query hold the receiver's token).
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let refused_url = format!("http://127.0.0.1:{closed}/hooks/tok_s3cr3t?key=k3y");
+    let r = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({ "url": refused_url, "after": 0 }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let refused = r.body["webhook_id"].as_str().expect("id").to_owned();
+    let page = log_of(&c, &key, &refused, 2).await;
+    let log = page["deliveries"].as_array().expect("deliveries");
+    let first_event = log.last().expect("a try")["event_id"].clone();
+    for (i, d) in log.iter().rev().enumerate() {
+        assert_eq!(d["attempt"], i + 1, "{d}");
+        assert_eq!(d["event_id"], first_event, "held at the first event");
+        assert_eq!(d["status"], Value::Null);
+        assert_eq!(d["succeeded"], false);
+        let e = d["error"].as_str().expect("an error");
+        assert!(e.contains("request failed"), "{e}");
+        assert!(
+            !e.contains("s3cr3t") && !e.contains("k3y"),
+            "the URL's token: {e}"
+        );
+    }
+    // Deleted: the rows go with the endpoint, and its log is unknown.
+    assert_eq!(logged_rows(database, &webhook).await, 9);
+    let r = c
+        .raw(
+            "DELETE",
+            &format!("/v1/webhooks/{webhook}"),
+            Some(&key),
+            &[],
+            None,
+        )
+        .await
+        .expect("delete");
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        logged_rows(database, &webhook).await,
+        0,
+        "rows after delete"
+    );
+    assert!(
+        logged_rows(database, &refused).await >= 2,
+        "only its own rows"
+    );
+    let r = c.get(&base, &key).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (404, Some("unknown_webhook"))
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+common::on_both_databases!(deliveries_are_logged_and_paged);
+
+/// An endpoint's log keeps the newest `keep_deliveries` tries (here 5 of 7).
+async fn the_log_keeps_the_newest_tries(database: &str) {
+    let mut config = common::config(database);
+    config.webhooks.allow_private = true;
+    config.webhooks.keep_deliveries = 5;
+    let running = start(config).await.expect("server starts");
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "Forgetful Escrow").await.expect("tenant");
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
+    open_and_join(&c, &key).await.expect("open");
+    receiver.wait("seven events", |g| g.len() >= 7).await;
+    // The seventh try is logged in the transaction that moves the endpoint past it.
+    let start = Instant::now();
+    let page = loop {
+        let page = log_of(&c, &key, &webhook, 1).await;
+        if seqs(&page).first() == Some(&7) {
+            break page;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(seqs(&page), [7, 6, 5, 4, 3]);
+    assert_eq!(page["has_more"], false);
+    assert_eq!(logged_rows(database, &webhook).await, 5);
+    running.shutdown().await.expect("shutdown");
+}
+
+common::on_both_databases!(the_log_keeps_the_newest_tries);
+
+/// A page holds at most 1,000 tries, whatever `limit` asks (here a log of 1,005, written
+/// into the table as the sender would have).
+async fn a_page_is_at_most_a_thousand(database: &str) {
+    let (running, c) = serve(database).await;
+    let key = c.tenant(ADMIN, "Busy Escrow").await.expect("tenant");
+    // No events: nothing is sent, the log is ours to fill.
+    let r = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({ "url": "http://127.0.0.1:9/hooks" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
+    let id = uuid::Uuid::parse_str(&webhook).expect("id");
+    {
+        use sqlx::Connection as _;
+        let insert = "INSERT INTO webhook_deliveries (webhook_id, seq, tenant_id, event_id, \
+             position, event_type, attempt, started_at_us, duration_ms, status, error, \
+             succeeded) SELECT webhook_id, $2, tenant_id, $3, $2, 'PaymentInitiated', 1, $4, 3, \
+             200, NULL, TRUE FROM webhooks WHERE webhook_id = $1";
+        macro_rules! fill {
+            ($conn:expr) => {{
+                let mut tx = $conn.begin().await.expect("begin");
+                for seq in 1..=1005i64 {
+                    sqlx::query(insert)
+                        .bind(id)
+                        .bind(seq)
+                        .bind(uuid::Uuid::new_v4())
+                        .bind(1_795_824_000_000_000 + seq)
+                        .execute(&mut *tx)
+                        .await
+                        .expect("insert");
+                }
+                sqlx::query("UPDATE webhooks SET deliveries = 1005 WHERE webhook_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("update");
+                tx.commit().await.expect("commit");
+            }};
+        }
+        if database.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(database)
+                .await
+                .expect("connect");
+            fill!(conn);
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{database}"))
+                .await
+                .expect("open");
+            fill!(conn);
+        }
+    }
+    let base = format!("/v1/webhooks/{webhook}/deliveries");
+    let r = c.get(&format!("{base}?limit=5000"), &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(seqs(&r.body), (6..=1005).rev().collect::<Vec<u64>>());
+    assert_eq!(
+        (r.body["has_more"].as_bool(), r.body["next"].as_u64()),
+        (Some(true), Some(6))
+    );
+    let r = c.get(&format!("{base}?limit=5000&before=6"), &key).await;
+    assert_eq!(seqs(&r.body), [5, 4, 3, 2, 1]);
+    assert_eq!(r.body["has_more"], false);
+    // The default page: 100.
+    let r = c.get(&base, &key).await;
+    assert_eq!(seqs(&r.body), (906..=1005).rev().collect::<Vec<u64>>());
+    assert_eq!(
+        r.body["deliveries"][0]["started_at"],
+        "2026-11-28T00:00:00.001005Z"
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+common::on_both_databases!(a_page_is_at_most_a_thousand);
+
+/// A database of server schema 3 (webhooks, no delivery log) is upgraded: its endpoint
+/// keeps its place and its tries are logged from then on.
+async fn an_upgraded_database_logs_deliveries(database: &str) {
+    let (running, c) = serve(database).await;
+    let key = c.tenant(ADMIN, "Old Escrow").await.expect("tenant");
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
+    running.shutdown().await.expect("shutdown");
+    // Back to schema 3, as the previous release left it.
+    on_the_database(
+        database,
+        &[
+            "DROP TABLE payment_rail_refs",
+            "DELETE FROM projection_checkpoints WHERE name = 'rail_refs'",
+            "DROP TABLE webhook_deliveries",
+            "ALTER TABLE webhooks DROP COLUMN deliveries",
+            "UPDATE trustfold_server_schema SET version = 3",
+        ],
+    )
+    .await;
+    let (running, c) = serve(database).await;
+    open_and_join(&c, &key).await.expect("open");
+    receiver.wait("seven events", |g| g.len() >= 7).await;
+    let page = log_of(&c, &key, &webhook, 7).await;
+    assert_eq!(seqs(&page), (1..=7).rev().collect::<Vec<u64>>());
+    assert!(page["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .all(|d| d["succeeded"] == true));
+    running.shutdown().await.expect("shutdown");
+}
+
+common::on_both_databases!(an_upgraded_database_logs_deliveries);
+
+/// A backlog sent to a host name goes over one kept-alive connection: the endpoint's
+/// client, pinned to the checked address, is kept (the receiver counts the
+/// connections by the peer's address).
+#[tokio::test]
+async fn a_backlog_goes_over_one_connection() {
+    let (_dir, db) = common::sqlite_file();
+    let (running, c) = serve(&db).await;
+    let key = c.tenant(ADMIN, "Chatty Escrow").await.expect("tenant");
+    open_and_join(&c, &key).await.expect("open");
+    let peers: Arc<Mutex<Vec<std::net::SocketAddr>>> = Arc::default();
+    let seen = peers.clone();
+    let app = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                std::net::SocketAddr,
+            >| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().expect("lock").push(peer);
+                    StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+    let url = format!("http://localhost:{port}/hooks");
+    let r = c
+        .post("/v1/webhooks", &key, &json!({ "url": url, "after": 0 }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let start = Instant::now();
+    while peers.lock().expect("lock").len() < 7 {
+        assert!(start.elapsed() < Duration::from_secs(20), "not all sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut peers = peers.lock().expect("lock").clone();
+    peers.dedup();
+    assert_eq!(peers.len(), 1, "connections: {peers:?}");
+    running.shutdown().await.expect("shutdown");
+}

@@ -222,6 +222,12 @@ pub fn routes() -> Vec<Route> {
             delete(webhooks::delete_webhook),
         ),
         (
+            "GET",
+            "/v1/webhooks/{webhook_id}/deliveries",
+            &["before", "limit"],
+            get(webhooks::list_deliveries),
+        ),
+        (
             "POST",
             "/v1/webhooks/{webhook_id}/rotate-secret",
             &[],

@@ -17,10 +17,11 @@ use uuid::Uuid;
 use super::auth::Principal;
 use super::body::{parse_json, Body};
 use super::error::{ApiError, ApiResult};
-use super::{json, parse_id, AppState};
+use super::{json, limit_param, param_u64, params, parse_id, AppState, Params};
 use crate::db::{now_us, on_read, on_write};
 use crate::webhooks::{
-    check_url, known_event_type, listed, new_secret, secret_text, ListedRow, LISTED,
+    check_url, delivery, known_event_type, listed, new_secret, secret_text, DeliveryRow, ListedRow,
+    DELIVERY, LISTED,
 };
 use crate::StoreError;
 
@@ -301,7 +302,7 @@ pub async fn get_webhook(
 }
 
 /// `DELETE /v1/webhooks/{webhook_id}`: nothing more is sent to it (a request in flight
-/// may still arrive).
+/// may still arrive), and its delivery log goes with it.
 pub async fn delete_webhook(
     State(state): State<AppState>,
     principal: Principal,
@@ -309,14 +310,85 @@ pub async fn delete_webhook(
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
     let id = parse_id(&id, "webhook_id")?;
-    on_the_row(
-        &state,
-        "DELETE FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2",
-        tenant,
-        id,
-    )
-    .await?;
+    let n = on_write!(&state.db, pool => {
+        let mut tx = pool.begin().await.map_err(StoreError::from)?;
+        // The endpoint first: on PostgreSQL this waits for a sender logging a try
+        // (which holds the endpoint's row), so its try is deleted below too.
+        let n = sqlx::query("DELETE FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected();
+        sqlx::query("DELETE FROM webhook_deliveries WHERE tenant_id = $1 AND webhook_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        n
+    });
+    if n == 0 {
+        return Err(unknown_webhook(id));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/webhooks/{webhook_id}/deliveries?before=&limit=`: the endpoint's delivery
+/// log, every try of every event (the newest [`crate::webhooks::KEEP_DELIVERIES`] by
+/// default), newest first. Each try has a `seq` (1, 2, … per endpoint); a page ends
+/// with `next`, the `seq` to give as `before` for the older ones, while `has_more`.
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    query: Params,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let id = parse_id(&id, "webhook_id")?;
+    let q = params(query)?;
+    let before = param_u64(&q, "before")?;
+    let limit = limit_param(&q, 100, 1000)?;
+    let known: Option<i64> = on_read!(&state.db, pool => {
+        sqlx::query_scalar(
+            "SELECT deliveries FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    if known.is_none() {
+        return Err(unknown_webhook(id));
+    }
+    let below = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+    let mut rows: Vec<DeliveryRow> = on_read!(&state.db, pool => {
+        sqlx::query_as(&format!(
+            "SELECT {DELIVERY} FROM webhook_deliveries \
+             WHERE tenant_id = $1 AND webhook_id = $2 AND seq < $3 \
+             ORDER BY seq DESC LIMIT $4"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(below)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = rows
+        .last()
+        .map_or(before.unwrap_or(0), |r| u64::try_from(r.0).unwrap_or(0));
+    let list: Vec<serde_json::Value> = rows.iter().map(|r| delivery(id, r)).collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({"webhook_id": id, "deliveries": list, "has_more": has_more, "next": next}),
+    ))
 }
 
 #[derive(Deserialize, Default)]
