@@ -7,7 +7,10 @@
 //!   except the three the server refuses a key on ([`Client::create_tenant`],
 //!   [`Client::rotate_api_key`], [`Client::rotate_webhook_secret`]), which are retried
 //!   only when no connection was made.
-//! - Retries with exponential backoff on connection errors and 5xx only; 4xx are
+//! - Retries with exponential backoff on connection errors and 5xx, waiting longer when
+//!   the server's `Retry-After` asks (up to 10 s: a longer wait, such as a full disk's,
+//!   is returned at once as the error); a 429 (`rate_limited`: nothing of the request
+//!   ran) is sent again after its `Retry-After` on the same terms. Other 4xx are
 //!   answered at once with a typed [`Error`]: [`Error::Rejected`] (422, with the
 //!   domain rule's `code`), [`Error::VersionConflict`] (409, with `current_version`),
 //!   [`Error::Auth`] (401/403), [`Error::NotFound`] (404), [`Error::Http`] otherwise.
@@ -621,11 +624,20 @@ impl Client {
                         _ => return Err(problem(status, text.as_bytes())),
                     }
                 }
+                // A 5xx: sent again after the backoff, or the server's `Retry-After` if
+                // it asks for longer (a database restarting: 1 s; a full disk: 30 s, more
+                // than this client waits, so that comes back as `storage_full`).
                 Ok(res) if res.status().is_server_error() && idempotent => {
                     let status = res.status();
+                    let wait = retry_after(res.headers());
                     let text = res.text().await.unwrap_or_default();
-                    if attempt >= ATTEMPTS {
+                    if attempt >= ATTEMPTS || wait.is_some_and(|w| w > MAX_RATE_LIMIT_WAIT) {
                         return Err(problem(status, text.as_bytes()));
+                    }
+                    if let Some(w) = wait.filter(|w| *w > delay) {
+                        tokio::time::sleep(w).await;
+                        delay = delay.saturating_mul(2);
+                        continue;
                     }
                     true
                 }
@@ -1228,8 +1240,9 @@ fn encode(s: &str) -> String {
 }
 
 /// Maps an error response (RFC 9457 problem details) to a typed error.
-/// The longest `Retry-After` of a rate limit this client waits out before sending a
-/// request again; a longer one is returned as the error (`rate_limited`).
+/// The longest `Retry-After` (of a rate limit, or of a 503) this client waits out
+/// before sending a request again; a longer one is returned as the error
+/// (`rate_limited`, `storage_full`).
 pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// A `Retry-After` in whole seconds (the server's form), if any.

@@ -74,10 +74,24 @@ impl Cursor {
         }
         // Bounded like a request: a read that a silent database never answers ends the
         // stream (the client reconnects with `Last-Event-ID`) instead of holding it.
-        let read = self
-            .state
-            .store
-            .read_stream(self.tenant, self.payment, self.last, 100);
+        let read = async {
+            let store = &self.state.store;
+            match store
+                .read_stream(self.tenant, self.payment, self.last, 100)
+                .await
+            {
+                // A connection the database dropped (a restart, a failover, a proxy):
+                // the failure is noted, so the pool checks its idle connections, and
+                // the read is tried once more on another before the stream gives up.
+                Err(e) if e.is_disconnect() => {
+                    tracing::debug!(error = %e, "live stream read lost its connection; reading again");
+                    store
+                        .read_stream(self.tenant, self.payment, self.last, 100)
+                        .await
+                }
+                other => other,
+            }
+        };
         let Ok(read) = tokio::time::timeout(self.state.config.request_timeout, read).await else {
             crate::error::disconnect::note();
             tracing::warn!(payment = %self.payment, "live stream read got no answer in time; ending the stream");
