@@ -11,13 +11,16 @@
 //!    agree to the terms;
 //! 3. the buyer pays by ACH; the rail settles it, then **returns** it (R01,
 //!    insufficient funds; the duplicate notice changes nothing); the buyer pays again
-//!    by wire, which settles;
+//!    by wire, which settles. The bank's notices name only the transfer's reference,
+//!    as a bank's webhook would: `POST /v1/rail-notices` finds the payment;
 //! 4. the escrow holder requests a **partial release** (2,000 USD to the seller); the
 //!    lender may not approve; buyer and seller approve; the disbursement is submitted
 //!    and settles; then the remaining 3,000 USD goes the same way, and the payment is
 //!    `Completed`.
 //!
-//! After every step it prints the payment's status and escrow balance, read from a
+//! Its client pins the server key, so every command's answer must carry the server's
+//! signature for that very request. After every step it prints the payment's status
+//! and escrow balance, read from a
 //! local [`Replica`] that fetched the new events, checked their hash chain and the
 //! server's signed head against the pinned server key, and folded them with the core.
 //! At the end it compares the replica with the server's read model (no difference
@@ -158,6 +161,24 @@ impl Demo {
         Ok(res)
     }
 
+    /// A bank's notice about a transfer, as its webhook handler would forward it: by the
+    /// transfer's reference only (`POST /v1/rail-notices`; the server finds the payment).
+    async fn bank(
+        &mut self,
+        what: &str,
+        rail_ref: &str,
+        notice: RailOutcome,
+    ) -> Res<CommandResult> {
+        self.step += 1;
+        let res = self
+            .client
+            .rail_notice(rail_ref, &serde_json::to_value(notice)?, None)
+            .await
+            .map_err(|e| format!("step {} ({what}): {e} [{}]", self.step, e.code()))?;
+        self.sync(what, &res).await?;
+        Ok(res)
+    }
+
     /// Sends a command the policy must refuse, and prints the refusal.
     async fn refuse(&mut self, what: &str, actor: &Actor, command: &Command) -> Res<()> {
         self.step += 1;
@@ -254,7 +275,9 @@ async fn run() -> Res<()> {
     let api_key = tenant["api_key"]
         .as_str()
         .ok_or("the tenant response has no api_key")?;
-    let client = Client::new(&base)?.api_key(api_key);
+    // Pinned: every answer that cannot be checked against the signed head (the state,
+    // each command's answer) must be the server's own to that very request.
+    let client = Client::new(&base)?.api_key(api_key).pin(key);
     let policy: Value = serde_json::from_str(POLICY)?;
     client.create_policy(&policy).await?;
     println!(
@@ -355,30 +378,23 @@ async fn run() -> Res<()> {
         },
     )
     .await?;
-    let ach_settled = Command::RailNotice {
-        rail_ref: "ach-7781".into(),
-        notice: RailOutcome::Settled,
-    };
-    demo.run("bank: ACH settled", &Actor::rail(), &ach_settled)
+    demo.bank("bank: ACH settled", "ach-7781", RailOutcome::Settled)
         .await?;
-    let ach_returned = Command::RailNotice {
-        rail_ref: "ach-7781".into(),
-        notice: RailOutcome::Returned {
-            code: "R01".into(),
-            reason: "insufficient funds".into(),
-            amount: None,
-        },
+    let ach_returned = RailOutcome::Returned {
+        code: "R01".into(),
+        reason: "insufficient funds".into(),
+        amount: None,
     };
-    demo.run(
+    demo.bank(
         "bank: ACH returned R01 (insufficient funds)",
-        &Actor::rail(),
-        &ach_returned,
+        "ach-7781",
+        ach_returned.clone(),
     )
     .await?;
-    demo.run(
+    demo.bank(
         "bank: the same return notice again (duplicate)",
-        &Actor::rail(),
-        &ach_returned,
+        "ach-7781",
+        ach_returned,
     )
     .await?;
     demo.run(
@@ -391,13 +407,10 @@ async fn run() -> Res<()> {
         },
     )
     .await?;
-    demo.run(
+    demo.bank(
         "bank: wire settled (good funds at once)",
-        &Actor::rail(),
-        &Command::RailNotice {
-            rail_ref: "wire-2231".into(),
-            notice: RailOutcome::Settled,
-        },
+        "wire-2231",
+        RailOutcome::Settled,
     )
     .await?;
 
@@ -448,13 +461,10 @@ async fn run() -> Res<()> {
             },
         )
         .await?;
-        demo.run(
+        demo.bank(
             "bank: disbursement settled",
-            &Actor::rail(),
-            &Command::RailNotice {
-                rail_ref,
-                notice: RailOutcome::Settled,
-            },
+            &rail_ref,
+            RailOutcome::Settled,
         )
         .await?;
     }
