@@ -314,6 +314,17 @@ pub struct ParticipantToken {
     pub expires_at: Timestamp,
 }
 
+/// What [`Client::revoke_tokens`] revoked.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RevokedTokens {
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// The party whose tokens were revoked.
+    pub party: PartyId,
+    /// Its tokens minted at or before this moment are refused (`token_revoked`).
+    pub revoked_before: Timestamp,
+}
+
 /// A new API key, as [`Client::rotate_api_key`] returned it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiKey {
@@ -1028,6 +1039,19 @@ impl Client {
         }
         self.post_json(&format!("/v1/payments/{payment}/tokens"), &body, None)
             .await
+    }
+
+    /// `POST /v1/payments/{id}/tokens/revoke`: every participant token of `party` on
+    /// the payment minted until now stops working (a token that leaked before its
+    /// expiry); tokens minted afterwards work. A party that never was a participant is
+    /// an [`Error::Rejected`] (`unknown_participant`).
+    pub async fn revoke_tokens(&self, payment: PaymentId, party: PartyId) -> Result<RevokedTokens> {
+        self.post_json(
+            &format!("/v1/payments/{payment}/tokens/revoke"),
+            &serde_json::json!({ "party": party }),
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/webhooks`: registers an endpoint for the tenant's events (of

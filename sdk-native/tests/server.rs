@@ -283,6 +283,7 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         "GET /v1/payments/{payment_id}/head",           // head
         "GET /v1/payments/{payment_id}/stream",         // replica::Replica::follow
         "POST /v1/payments/{payment_id}/tokens",        // create_token
+        "POST /v1/payments/{payment_id}/tokens/revoke", // revoke_tokens
         "GET /v1/payments/{payment_id}/balances",       // balances
         "GET /v1/parties/{party_id}/inbox",             // inbox
         "GET /v1/events",                               // feed
@@ -696,6 +697,28 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         .await
         .expect("buyer token");
     assert_eq!(bt.roles, vec![Role::new("buyer")]);
+    // Revoked: the buyer's tokens so far stop working; a new one works.
+    let as_buyer = Client::new(&base).expect("client").token(&bt.token);
+    as_buyer.payment(p).await.expect("before the revocation");
+    let revoked = c.revoke_tokens(p, buyer).await.expect("revoke");
+    assert_eq!((revoked.payment_id, revoked.party), (p, buyer));
+    let e = as_buyer.payment(p).await.expect_err("revoked");
+    assert_eq!(e.code(), "token_revoked", "{e}");
+    let fresh = c
+        .create_token(p, buyer, None, None)
+        .await
+        .expect("a new token");
+    Client::new(&base)
+        .expect("client")
+        .token(&fresh.token)
+        .payment(p)
+        .await
+        .expect("a token minted after the revocation works");
+    let e = c
+        .revoke_tokens(p, party())
+        .await
+        .expect_err("not a participant");
+    assert_eq!(e.code(), "unknown_participant");
 
     // The history, as `trustfold::history::write` writes it, verified with its head.
     let key = anon.server_key().await.expect("key");

@@ -193,6 +193,17 @@ CREATE TABLE payment_rail_refs (
     PRIMARY KEY (tenant_id, rail_ref, payment_id)
 )
 "#,
+    // Revoked participant tokens: every token of the party on the payment issued at or
+    // before `revoked_before_us` is refused (`api::auth`).
+    r#"
+CREATE TABLE token_revocations (
+    payment_id        {UUID} NOT NULL,
+    party_id          {UUID} NOT NULL,
+    tenant_id         {UUID} NOT NULL,
+    revoked_before_us {INT} NOT NULL,
+    PRIMARY KEY (payment_id, party_id)
+)
+"#,
 ];
 
 /// The migration steps, written once for both engines' transactions.

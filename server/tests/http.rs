@@ -3162,3 +3162,88 @@ async fn rail_notices_by_reference(srv: Server) {
 }
 
 on_both_engines!(rail_notices_by_reference);
+
+/// Revoking a party's tokens: the tokens minted until then are refused everywhere
+/// (reads, commands, new streams: 401 `token_revoked`) and an open stream ends; a token
+/// minted afterwards works; API keys only; idempotent under its key.
+async fn revoked_tokens_stop_working(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = &f.payment;
+    let mint = || async {
+        let t = c
+            .post(
+                &format!("/v1/payments/{p}/tokens"),
+                &key,
+                &json!({"party": f.buyer, "ttl_seconds": 600}),
+            )
+            .await;
+        assert_eq!(t.status, 201, "{}", t.body);
+        t.body["token"].as_str().expect("token").to_owned()
+    };
+    let token = mint().await;
+    let seller = c
+        .post(
+            &format!("/v1/payments/{p}/tokens"),
+            &key,
+            &json!({"party": f.seller, "ttl_seconds": 600}),
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let url = format!("{}/v1/payments/{p}/stream?access_token={token}", c.base);
+    let mut live = c.http.get(&url).send().await.expect("stream");
+    assert_eq!(live.status(), 200);
+    let mut buf = String::new();
+    sse_events(&mut live, 1, &mut buf).await;
+
+    let revoke = format!("/v1/payments/{p}/tokens/revoke");
+    let r = c.post(&revoke, &token, &json!({"party": f.buyer})).await;
+    expect_member(&r, 403, "code", "token_scope");
+    let r = c
+        .post_idem(&revoke, &key, "revoke-1", &json!({"party": f.buyer}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["party"], f.buyer.as_str());
+    let again = c
+        .post_idem(&revoke, &key, "revoke-1", &json!({"party": f.buyer}))
+        .await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.bytes, r.bytes);
+
+    // The open stream ends at its next read (the test server polls every 200 ms).
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(_)) = live.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked token's stream ended");
+    let r = c.http.get(&url).send().await.expect("stream");
+    assert_eq!(r.status(), 401, "and it cannot be opened again");
+    let r = c.get(&format!("/v1/payments/{p}"), &token).await;
+    expect_member(&r, 401, "code", "token_revoked");
+    let r = c
+        .post(
+            &format!("/v1/payments/{p}/commands"),
+            &token,
+            &json!({"command": {"type": "Tick"}}),
+        )
+        .await;
+    expect_member(&r, 401, "code", "token_revoked");
+    // Another party's token, and a token minted afterwards, work.
+    let r = c.get(&format!("/v1/payments/{p}"), &seller).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let fresh = mint().await;
+    let r = c.get(&format!("/v1/payments/{p}"), &fresh).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Someone who never took part: 422.
+    let r = c
+        .post(&revoke, &key, &json!({"party": uuid::Uuid::new_v4()}))
+        .await;
+    expect_member(&r, 422, "code", "unknown_participant");
+    srv.finish().await;
+}
+
+on_both_engines!(revoked_tokens_stop_working);

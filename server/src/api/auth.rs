@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::AppState;
 use crate::db::{now_us, on_read};
+use crate::StoreError;
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -93,6 +94,10 @@ pub struct TokenClaims {
     pub roles: Vec<Role>,
     /// Expiry, Unix seconds.
     pub exp: i64,
+    /// When it was minted, Unix microseconds (0 in tokens minted before revocation
+    /// existed: any revocation of the party refuses them).
+    #[serde(default)]
+    pub iat_us: i64,
 }
 
 impl TokenClaims {
@@ -308,6 +313,9 @@ impl FromRequestParts<AppState> for Principal {
             }
         };
         state.limits.admit(&principal)?;
+        if let Principal::Participant(c) = &principal {
+            check_not_revoked(state, c).await?;
+        }
         Ok(principal)
     }
 }
@@ -351,10 +359,40 @@ impl FromRequestParts<AppState> for StreamPrincipal {
                     .into(),
             ));
         }
-        let principal = Principal::Participant(state.token_key.verify(&token)?);
+        let claims = state.token_key.verify(&token)?;
+        let principal = Principal::Participant(claims.clone());
         state.limits.admit(&principal)?;
+        check_not_revoked(state, &claims).await?;
         Ok(StreamPrincipal(principal))
     }
+}
+
+/// Whether the tenant revoked `claims`' token (`POST /v1/payments/{id}/tokens/revoke`:
+/// every token of the party on the payment minted at or before that moment).
+pub async fn revoked(state: &AppState, claims: &TokenClaims) -> Result<bool, ApiError> {
+    let before: Option<i64> = on_read!(&state.db, pool => {
+        sqlx::query_scalar(
+            "SELECT revoked_before_us FROM token_revocations WHERE payment_id = $1 \
+             AND party_id = $2 AND tenant_id = $3",
+        )
+        .bind(claims.payment)
+        .bind(claims.party)
+        .bind(claims.tenant)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    Ok(before.is_some_and(|b| claims.iat_us <= b))
+}
+
+/// 401 `token_revoked` for a revoked token.
+async fn check_not_revoked(state: &AppState, claims: &TokenClaims) -> Result<(), ApiError> {
+    if revoked(state, claims).await? {
+        return Err(ApiError::TokenRevoked(
+            "this participant token was revoked by the tenant; ask it for a new one".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The `access_token` query parameter, if any (a malformed query is a 400).

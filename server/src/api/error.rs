@@ -32,6 +32,9 @@ pub enum ApiError {
     /// A participant token past its expiry (401 `token_expired`): mint a new one.
     #[error("{0}")]
     TokenExpired(String),
+    /// A participant token the tenant revoked (401 `token_revoked`): mint a new one.
+    #[error("{0}")]
+    TokenRevoked(String),
     /// A credential that may not do this (403).
     #[error("{message}")]
     Forbidden {
@@ -143,7 +146,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) | ApiError::TokenExpired(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::TokenExpired(_) | ApiError::TokenRevoked(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden { .. } | ApiError::Refused { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::VersionConflict { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -169,6 +174,7 @@ impl ApiError {
             | ApiError::Unprocessable { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::TokenExpired(_) => "token_expired",
+            ApiError::TokenRevoked(_) => "token_revoked",
             ApiError::VersionConflict { .. } => "version_conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::MethodNotAllowed => "method_not_allowed",

@@ -189,6 +189,12 @@ pub fn routes() -> Vec<Route> {
             post(payments::create_token),
         ),
         (
+            "POST",
+            "/v1/payments/{payment_id}/tokens/revoke",
+            &[],
+            post(payments::revoke_tokens),
+        ),
+        (
             "GET",
             "/v1/payments/{payment_id}/balances",
             &[],

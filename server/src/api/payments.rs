@@ -1982,13 +1982,15 @@ pub async fn create_token(
             field: Some("ttl_seconds".into()),
         });
     }
-    let exp = now_us() / 1_000_000 + i64::try_from(ttl).unwrap_or(0);
+    let iat_us = now_us();
+    let exp = iat_us / 1_000_000 + i64::try_from(ttl).unwrap_or(0);
     let claims = TokenClaims {
         tenant,
         payment,
         party: req.party,
         roles,
         exp,
+        iat_us,
     };
     let token = state.token_key.sign(&claims);
     Ok(json(
@@ -2001,6 +2003,74 @@ pub async fn create_token(
             "expires_at": Timestamp::from_unix_millis(exp * 1000).to_string(),
         }),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeTokens {
+    party: Uuid,
+}
+
+/// `POST /v1/payments/{payment_id}/tokens/revoke`: every participant token of `party`
+/// on the payment minted until now stops working (401 `token_revoked`, its open live
+/// streams end at their next read); tokens minted afterwards work. For a token that
+/// leaked (a shared link, a lost device) before its expiry. API keys only; idempotent
+/// with an `Idempotency-Key` (the first answer is replayed; without one, sending it
+/// again revokes the tokens minted in between too).
+pub async fn revoke_tokens(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let payment = parse_id(&id, "payment_id")?;
+    let tenant = principal.require_tenant()?;
+    let idem = idempotency(
+        &headers,
+        &principal,
+        &format!("POST /v1/payments/{payment}/tokens/revoke"),
+        &body,
+    )?;
+    let run = async {
+        let req: RevokeTokens = parse_json(&body)?;
+        let st = load_state(&state, tenant, payment).await?;
+        if !st.participants.contains_key(&PartyId(req.party)) {
+            return Err(ApiError::Unprocessable {
+                code: "unknown_participant",
+                message: format!(
+                    "party {} is not a participant of payment {payment}",
+                    req.party
+                ),
+                field: Some("party".into()),
+            });
+        }
+        let before = now_us();
+        on_write!(&state.db, pool => {
+            sqlx::query(
+                "INSERT INTO token_revocations (payment_id, party_id, tenant_id, \
+                 revoked_before_us) VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id, party_id) \
+                 DO UPDATE SET revoked_before_us = CASE WHEN excluded.revoked_before_us > \
+                 token_revocations.revoked_before_us THEN excluded.revoked_before_us \
+                 ELSE token_revocations.revoked_before_us END",
+            )
+            .bind(payment)
+            .bind(req.party)
+            .bind(tenant)
+            .bind(before)
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?;
+        });
+        let body = serde_json::to_vec(&serde_json::json!({
+            "payment_id": payment,
+            "party": req.party,
+            "revoked_before": Timestamp::from_unix_millis(before / 1000).to_string(),
+        }))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Executed::Answer(StatusCode::OK, body))
+    };
+    with_idempotency(&state, &principal, idem, run).await
 }
 
 #[cfg(test)]

@@ -72,6 +72,17 @@ impl Cursor {
         if self.token.as_ref().is_some_and(TokenClaims::expired) {
             return false;
         }
+        // Revoked by the tenant since the stream opened: it ends at this read.
+        if let Some(c) = &self.token {
+            match super::auth::revoked(&self.state, c).await {
+                Ok(false) => {}
+                Ok(true) => return false,
+                Err(e) => {
+                    tracing::warn!(error = %e, payment = %self.payment, "live stream could not check its token");
+                    return false;
+                }
+            }
+        }
         // Bounded like a request: a read that a silent database never answers ends the
         // stream (the client reconnects with `Last-Event-ID`) instead of holding it.
         let read = async {
