@@ -321,8 +321,11 @@ pub struct RevokedTokens {
     pub payment_id: PaymentId,
     /// The party whose tokens were revoked.
     pub party: PartyId,
-    /// Its tokens minted at or before this moment are refused (`token_revoked`).
-    pub revoked_before: Timestamp,
+    /// When.
+    pub revoked_at: Timestamp,
+    /// The party's token generation from now on: its tokens minted before (of an
+    /// earlier generation) are refused (`token_revoked`).
+    pub generation: u64,
 }
 
 /// A new API key, as [`Client::rotate_api_key`] returned it.

@@ -702,6 +702,7 @@ async fn every_operation_of_the_api_typed_end_to_end() {
     as_buyer.payment(p).await.expect("before the revocation");
     let revoked = c.revoke_tokens(p, buyer).await.expect("revoke");
     assert_eq!((revoked.payment_id, revoked.party), (p, buyer));
+    assert_eq!(revoked.generation, 1);
     let e = as_buyer.payment(p).await.expect_err("revoked");
     assert_eq!(e.code(), "token_revoked", "{e}");
     let fresh = c

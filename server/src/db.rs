@@ -193,14 +193,16 @@ CREATE TABLE payment_rail_refs (
     PRIMARY KEY (tenant_id, rail_ref, payment_id)
 )
 "#,
-    // Revoked participant tokens: every token of the party on the payment issued at or
-    // before `revoked_before_us` is refused (`api::auth`).
+    // Revoked participant tokens: a token of the party on the payment carries the
+    // `generation` it was minted in; one from an earlier generation than this is refused
+    // (`api::auth`). Each revocation moves to the next generation.
     r#"
 CREATE TABLE token_revocations (
-    payment_id        {UUID} NOT NULL,
-    party_id          {UUID} NOT NULL,
-    tenant_id         {UUID} NOT NULL,
-    revoked_before_us {INT} NOT NULL,
+    payment_id    {UUID} NOT NULL,
+    party_id      {UUID} NOT NULL,
+    tenant_id     {UUID} NOT NULL,
+    generation    {INT} NOT NULL,
+    revoked_at_us {INT} NOT NULL,
     PRIMARY KEY (payment_id, party_id)
 )
 "#,

@@ -3208,6 +3208,7 @@ async fn revoked_tokens_stop_working(srv: Server) {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["party"], f.buyer.as_str());
+    assert_eq!(r.body["generation"], 1);
     let again = c
         .post_idem(&revoke, &key, "revoke-1", &json!({"party": f.buyer}))
         .await;
@@ -3237,6 +3238,13 @@ async fn revoked_tokens_stop_working(srv: Server) {
     assert_eq!(r.status, 200, "{}", r.body);
     let fresh = mint().await;
     let r = c.get(&format!("/v1/payments/{p}"), &fresh).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A second revocation refuses the token minted after the first.
+    let r = c.post(&revoke, &key, &json!({"party": f.buyer})).await;
+    assert_eq!(r.body["generation"], 2, "{}", r.body);
+    let r = c.get(&format!("/v1/payments/{p}"), &fresh).await;
+    expect_member(&r, 401, "code", "token_revoked");
+    let r = c.get(&format!("/v1/payments/{p}"), &mint().await).await;
     assert_eq!(r.status, 200, "{}", r.body);
     // Someone who never took part: 422.
     let r = c

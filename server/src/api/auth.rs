@@ -94,10 +94,11 @@ pub struct TokenClaims {
     pub roles: Vec<Role>,
     /// Expiry, Unix seconds.
     pub exp: i64,
-    /// When it was minted, Unix microseconds (0 in tokens minted before revocation
-    /// existed: any revocation of the party refuses them).
+    /// The party's token generation on the payment when it was minted (0 in tokens
+    /// minted before revocation existed): a revocation moves to the next one, and tokens
+    /// of earlier generations are refused.
     #[serde(default)]
-    pub iat_us: i64,
+    pub gen: i64,
 }
 
 impl TokenClaims {
@@ -367,22 +368,35 @@ impl FromRequestParts<AppState> for StreamPrincipal {
     }
 }
 
-/// Whether the tenant revoked `claims`' token (`POST /v1/payments/{id}/tokens/revoke`:
-/// every token of the party on the payment minted at or before that moment).
-pub async fn revoked(state: &AppState, claims: &TokenClaims) -> Result<bool, ApiError> {
-    let before: Option<i64> = on_read!(&state.db, pool => {
+/// The party's token generation on the payment: 0 until the tenant first revokes its
+/// tokens, one more with each revocation.
+pub async fn token_generation(
+    state: &AppState,
+    tenant: Uuid,
+    payment: Uuid,
+    party: Uuid,
+) -> Result<i64, ApiError> {
+    let generation: Option<i64> = on_read!(&state.db, pool => {
         sqlx::query_scalar(
-            "SELECT revoked_before_us FROM token_revocations WHERE payment_id = $1 \
+            "SELECT generation FROM token_revocations WHERE payment_id = $1 \
              AND party_id = $2 AND tenant_id = $3",
         )
-        .bind(claims.payment)
-        .bind(claims.party)
-        .bind(claims.tenant)
+        .bind(payment)
+        .bind(party)
+        .bind(tenant)
         .fetch_optional(pool)
         .await
         .map_err(StoreError::from)?
     });
-    Ok(before.is_some_and(|b| claims.iat_us <= b))
+    Ok(generation.unwrap_or(0))
+}
+
+/// Whether the tenant revoked `claims`' token (`POST /v1/payments/{id}/tokens/revoke`:
+/// every token of the party on the payment minted before that, so of an earlier
+/// generation). A token minted while a revocation runs may be refused, never the other
+/// way round; no clocks are compared.
+pub async fn revoked(state: &AppState, claims: &TokenClaims) -> Result<bool, ApiError> {
+    Ok(claims.gen < token_generation(state, claims.tenant, claims.payment, claims.party).await?)
 }
 
 /// 401 `token_revoked` for a revoked token.

@@ -1982,15 +1982,15 @@ pub async fn create_token(
             field: Some("ttl_seconds".into()),
         });
     }
-    let iat_us = now_us();
-    let exp = iat_us / 1_000_000 + i64::try_from(ttl).unwrap_or(0);
+    let gen = super::auth::token_generation(&state, tenant, payment, req.party).await?;
+    let exp = now_us() / 1_000_000 + i64::try_from(ttl).unwrap_or(0);
     let claims = TokenClaims {
         tenant,
         payment,
         party: req.party,
         roles,
         exp,
-        iat_us,
+        gen,
     };
     let token = state.token_key.sign(&claims);
     Ok(json(
@@ -2012,7 +2012,7 @@ struct RevokeTokens {
 }
 
 /// `POST /v1/payments/{payment_id}/tokens/revoke`: every participant token of `party`
-/// on the payment minted until now stops working (401 `token_revoked`, its open live
+/// on the payment minted until now (of an earlier generation) stops working (401 `token_revoked`, its open live
 /// streams end at their next read); tokens minted afterwards work. For a token that
 /// leaked (a shared link, a lost device) before its expiry. API keys only; idempotent
 /// with an `Idempotency-Key` (the first answer is replayed; without one, sending it
@@ -2032,6 +2032,15 @@ pub async fn revoke_tokens(
         &format!("POST /v1/payments/{payment}/tokens/revoke"),
         &body,
     )?;
+    // Unlike a command's, the run below changes something before its answer is stored:
+    // a retry under the key is answered from the record without running it again. (Two
+    // first requests with one key at once may both revoke: a second revocation only
+    // refuses the tokens minted in between.)
+    if let Some(i) = &idem {
+        if let Some(stored) = idem_lookup(&state, &principal, i).await? {
+            return Ok(stored);
+        }
+    }
     let run = async {
         let req: RevokeTokens = parse_json(&body)?;
         let st = load_state(&state, tenant, payment).await?;
@@ -2045,27 +2054,28 @@ pub async fn revoke_tokens(
                 field: Some("party".into()),
             });
         }
-        let before = now_us();
-        on_write!(&state.db, pool => {
-            sqlx::query(
-                "INSERT INTO token_revocations (payment_id, party_id, tenant_id, \
-                 revoked_before_us) VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id, party_id) \
-                 DO UPDATE SET revoked_before_us = CASE WHEN excluded.revoked_before_us > \
-                 token_revocations.revoked_before_us THEN excluded.revoked_before_us \
-                 ELSE token_revocations.revoked_before_us END",
+        let at = now_us();
+        // One statement: the next generation, whatever other revocations run at once.
+        let generation: i64 = on_write!(&state.db, pool => {
+            sqlx::query_scalar(
+                "INSERT INTO token_revocations (payment_id, party_id, tenant_id, generation, \
+                 revoked_at_us) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (payment_id, party_id) \
+                 DO UPDATE SET generation = token_revocations.generation + 1, \
+                 revoked_at_us = excluded.revoked_at_us RETURNING generation",
             )
             .bind(payment)
             .bind(req.party)
             .bind(tenant)
-            .bind(before)
-            .execute(pool)
+            .bind(at)
+            .fetch_one(pool)
             .await
-            .map_err(StoreError::from)?;
+            .map_err(StoreError::from)?
         });
         let body = serde_json::to_vec(&serde_json::json!({
             "payment_id": payment,
             "party": req.party,
-            "revoked_before": Timestamp::from_unix_millis(before / 1000).to_string(),
+            "revoked_at": Timestamp::from_unix_millis(at / 1000).to_string(),
+            "generation": generation,
         }))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Executed::Answer(StatusCode::OK, body))
