@@ -6,9 +6,11 @@
 //!   same on every retry, so a retry after a network error never runs a command twice;
 //!   except the three the server refuses a key on ([`Client::create_tenant`],
 //!   [`Client::rotate_api_key`], [`Client::rotate_webhook_secret`]), which are retried
-//!   only when no connection was made.
-//! - Retries with exponential backoff on connection errors and 5xx only; 4xx are
-//!   answered at once with a typed [`Error`]: [`Error::Rejected`] (422, with the
+//!   only when no connection was made (or the server refused them for its rate limit).
+//! - Retries with exponential backoff on connection errors and 5xx only, and waits out
+//!   a rate limit's 429 (`Retry-After` of up to [`MAX_RATE_LIMIT_WAIT`]; nothing of the
+//!   request ran) before sending it again, as [`crate::replica::Replica::follow`] does
+//!   for the live stream; other 4xx are answered at once with a typed [`Error`]: [`Error::Rejected`] (422, with the
 //!   domain rule's `code`), [`Error::VersionConflict`] (409, with `current_version`),
 //!   [`Error::Auth`] (401/403), [`Error::NotFound`] (404), [`Error::Http`] otherwise.
 //!
@@ -1233,7 +1235,7 @@ fn encode(s: &str) -> String {
 pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// A `Retry-After` in whole seconds (the server's form), if any.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()

@@ -252,6 +252,14 @@ impl Replica {
                 .await;
             let res = match res {
                 Ok(r) if r.status().is_success() => r,
+                // Over the server's rate limit: nothing ran, so the stream is opened
+                // again once `Retry-After` has passed (a live feed outlasts any wait).
+                Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    let wait = crate::client::retry_after(r.headers()).unwrap_or(delay);
+                    tokio::time::sleep(wait.max(delay)).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    continue;
+                }
                 Ok(r) if r.status().is_server_error() => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
