@@ -233,7 +233,8 @@ impl Replica {
 
     /// Follows the live stream, applying each event and calling `on_event` with the
     /// new state; reconnects with `Last-Event-ID` (the local version) after a dropped
-    /// connection, with backoff. Returns when `on_event` returns `false`.
+    /// connection or a 5xx, with backoff, and after a rate limit's 429 once its
+    /// `Retry-After` has passed. Returns when `on_event` returns `false`.
     pub async fn follow<F>(&mut self, mut on_event: F) -> Result<()>
     where
         F: FnMut(&PaymentState) -> bool,
