@@ -6,11 +6,12 @@
 //!   same on every retry, so a retry after a network error never runs a command twice;
 //!   except the three the server refuses a key on ([`Client::create_tenant`],
 //!   [`Client::rotate_api_key`], [`Client::rotate_webhook_secret`]), which are retried
-//!   only when no connection was made.
+//!   only when no connection was made (or the server refused them for its rate limit).
 //! - Retries with exponential backoff on connection errors and 5xx, waiting longer when
-//!   the server's `Retry-After` asks (up to 10 s: a longer wait, such as a full disk's,
-//!   is returned at once as the error); a 429 (`rate_limited`: nothing of the request
-//!   ran) is sent again after its `Retry-After` on the same terms. Other 4xx are
+//!   the server's `Retry-After` asks (up to [`MAX_RATE_LIMIT_WAIT`]: a longer wait, such
+//!   as a full disk's, is returned at once as the error); a 429 (`rate_limited`: nothing
+//!   of the request ran) is sent again after its `Retry-After` on the same terms, as
+//!   [`crate::replica::Replica::follow`] does for the live stream. Other 4xx are
 //!   answered at once with a typed [`Error`]: [`Error::Rejected`] (422, with the
 //!   domain rule's `code`), [`Error::VersionConflict`] (409, with `current_version`),
 //!   [`Error::Auth`] (401/403), [`Error::NotFound`] (404), [`Error::Http`] otherwise.
@@ -1273,7 +1274,7 @@ fn encode(s: &str) -> String {
 pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// A `Retry-After` in whole seconds (the server's form), if any.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()

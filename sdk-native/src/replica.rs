@@ -233,7 +233,8 @@ impl Replica {
 
     /// Follows the live stream, applying each event and calling `on_event` with the
     /// new state; reconnects with `Last-Event-ID` (the local version) after a dropped
-    /// connection, with backoff. Returns when `on_event` returns `false`.
+    /// connection or a 5xx, with backoff, and after a rate limit's 429 once its
+    /// `Retry-After` has passed. Returns when `on_event` returns `false`.
     pub async fn follow<F>(&mut self, mut on_event: F) -> Result<()>
     where
         F: FnMut(&PaymentState) -> bool,
@@ -252,6 +253,14 @@ impl Replica {
                 .await;
             let res = match res {
                 Ok(r) if r.status().is_success() => r,
+                // Over the server's rate limit: nothing ran, so the stream is opened
+                // again once `Retry-After` has passed (a live feed outlasts any wait).
+                Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    let wait = crate::client::retry_after(r.headers()).unwrap_or(delay);
+                    tokio::time::sleep(wait.max(delay)).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    continue;
+                }
                 Ok(r) if r.status().is_server_error() => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));

@@ -988,3 +988,84 @@ async fn rate_limited_requests_are_sent_again_after_retry_after() {
         running.shutdown().await.expect("shutdown");
     }
 }
+
+/// A live stream refused for the rate limit (429 `rate_limited`: nothing ran) is opened
+/// again once `Retry-After` has passed, as any other request of the client's: `follow`
+/// goes on and sees the next event instead of ending with an `http_429` error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_waits_out_a_rate_limit() {
+    use std::num::NonZeroU32;
+    use trustfold_server::api::limits::Rate;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut config = Config::new(dir.path().join("t.db").display().to_string());
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.http.admin_token = Some(ADMIN.into());
+    config.http.heartbeat = Duration::from_millis(300);
+    config.http.poll_interval = Duration::from_millis(100);
+    // Bursts of 3, then one a second.
+    config.http.tenant_rate = Some(Rate {
+        requests: NonZeroU32::MIN,
+        per: Duration::from_secs(1),
+        burst: NonZeroU32::new(3).expect("3"),
+    });
+    let running = start(config).await.expect("server starts");
+    let base = format!("http://{}", running.addr);
+    let anon = Client::new(&base).expect("client");
+    let t = anon.create_tenant(ADMIN, "Busy").await.expect("tenant");
+    let api_key = t["api_key"].as_str().expect("api key").to_string();
+    let c = Client::new(&base).expect("client").api_key(&api_key);
+    let policy: Value =
+        serde_json::from_str(include_str!("../../examples/policies/earnest-money.json"))
+            .expect("policy");
+    c.create_policy(&policy).await.expect("policy");
+    let agent = id();
+    let open = json!({
+        "policy": "earnest-money",
+        "amount": {"amount": "750.00", "currency": "USD"},
+        "initiator": {"party": agent, "roles": ["listing_agent"]}
+    });
+    let p = c
+        .create_payment(&open, None)
+        .await
+        .expect("open")
+        .payment_id;
+    let key = anon.server_key().await.expect("key");
+    let mut rep = Replica::new(c.clone(), p, key);
+    assert_eq!(rep.sync().await.expect("sync"), 1);
+    // The budget is spent: the stream's opening is refused at first.
+    let http = reqwest::Client::new();
+    loop {
+        let r = http
+            .get(format!("{base}/v1/payments"))
+            .bearer_auth(&api_key)
+            .send()
+            .await
+            .expect("send");
+        if r.status().as_u16() == 429 {
+            break;
+        }
+    }
+    let follower = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            rep.follow(|s| {
+                seen.push(s.version);
+                s.version < 2
+            }),
+        )
+        .await;
+        (r, seen)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let as_agent = json!({"party": agent, "role": "listing_agent"});
+    let invite = json!({"type": "Invite", "party": id(), "roles": ["buyer"]});
+    c.send_command(p, &invite, Some(&as_agent), Some(1), None)
+        .await
+        .expect("invite");
+    let (r, seen) = follower.await.expect("follower");
+    assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+    assert_eq!(seen, vec![2]);
+    running.shutdown().await.expect("shutdown");
+}

@@ -137,8 +137,13 @@ impl StoreError {
             }
             StoreError::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
                 // Class 08: connection exception; 57P01-57P03: the server is shutting
-                // down or starting; 53300: too many connections.
-                c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                // down or starting; 53300: too many connections; 53200 out of memory and
+                // 53000 insufficient resources: nothing written, likely to pass later.
+                c.starts_with("08")
+                    || matches!(
+                        c.as_ref(),
+                        "57P01" | "57P02" | "57P03" | "53300" | "53200" | "53000"
+                    )
             }),
             _ => false,
         }
@@ -148,8 +153,7 @@ impl StoreError {
 impl StoreError {
     /// Whether the database refused a write because its storage is full: SQLite's
     /// `SQLITE_FULL` (the disk, or the file's `max_page_count`; extended codes too), or
-    /// PostgreSQL's `53100` disk_full, `53200` out_of_memory or `53000`
-    /// insufficient_resources. The statement, and so the transaction it belongs to, wrote
+    /// PostgreSQL's `53100` disk_full. The statement, and so the transaction it belongs to, wrote
     /// nothing; the same write fails again until an operator frees space. The HTTP layer
     /// answers these with 503 `storage_full`.
     pub fn is_storage_full(&self) -> bool {
@@ -161,9 +165,12 @@ impl StoreError {
                     .and_then(|c| c.parse::<i32>().ok())
                     .is_some_and(|c| c & 0xff == 13)
             }
-            StoreError::Database(sqlx::Error::Database(db)) => db
-                .code()
-                .is_some_and(|c| matches!(c.as_ref(), "53100" | "53200" | "53000")),
+            // 53100 disk_full only: out of memory (53200) or another resource (53000)
+            // is no reason to tell an operator to free disk space (those are
+            // `is_disconnect`: the database refusing to serve for a moment).
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                db.code().is_some_and(|c| c.as_ref() == "53100")
+            }
             _ => false,
         }
     }

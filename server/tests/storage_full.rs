@@ -308,3 +308,37 @@ async fn postgres_a_full_disk_stores_nothing_and_the_same_request_succeeds_later
     running.shutdown().await.expect("shutdown");
     common::drop_database(&admin, &name).await;
 }
+
+/// PostgreSQL out of memory (53200) is not a full disk: 503 `database_unavailable`
+/// (retry in a second), not `storage_full` (free disk space), and nothing is stored.
+#[tokio::test]
+async fn postgres_out_of_memory_is_unavailable_not_storage_full() {
+    let Some((admin, name, url)) = common::postgres_database().await else {
+        return;
+    };
+    let running = serve(config(&url)).await;
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "no memory").await.expect("tenant");
+    let f = open_and_join(&c, &key).await.expect("payment");
+    let before = version(&c, &key, &f.payment).await;
+    let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
+    db.execute(&*FILL.replace("'disk_full'", "'out_of_memory'"))
+        .await
+        .expect("exhaust the memory");
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let body = nth_command(&f, 0, &mut Vec::new());
+    let r = c.post_idem(&path, &key, "no-memory", &body).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (503, Some("database_unavailable")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(version(&c, &key, &f.payment).await, before);
+    db.execute(FREE).await.expect("free the memory");
+    retried_with_space(&c, &key, &f, ("no-memory", &body), before).await;
+    db.close().await.expect("close");
+    running.shutdown().await.expect("shutdown");
+    common::drop_database(&admin, &name).await;
+}
