@@ -365,20 +365,19 @@ impl Pins {
         let Some(first) = checked.first().copied() else {
             return Err(format!("{host} resolves to no address"));
         };
-        let mut pins = self
-            .0
-            .lock()
-            .map_err(|_| "a sending task panicked".to_owned())?;
-        if let Some(p) = pins.get(&webhook) {
+        let poisoned = |_| "a sending task panicked".to_owned();
+        if let Some(p) = self.0.lock().map_err(poisoned)?.get(&webhook) {
             if p.host == host && checked.contains(&p.addr) && p.made.elapsed() < PINNED_FOR {
                 return Ok(p.client.clone());
             }
         }
+        // Built without the lock held (it loads the TLS roots: milliseconds in which the
+        // other endpoints' tasks would wait for theirs).
         let client = client_builder()
             .resolve(host, first)
             .build()
             .map_err(|e| format!("no HTTP client: {e}"))?;
-        pins.insert(
+        self.0.lock().map_err(poisoned)?.insert(
             webhook,
             Pinned {
                 host: host.to_owned(),
