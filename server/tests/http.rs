@@ -3019,15 +3019,7 @@ async fn signed_command_answers(srv: Server) {
     command_signature(&ok, &pk, p, n2, &key).expect("signed");
 
     // A participant's answer (its view) is signed for its token.
-    let t = c
-        .post(
-            &format!("/v1/payments/{opened}/tokens"),
-            &key,
-            &json!({"party": f.agent, "ttl_seconds": 60}),
-        )
-        .await;
-    assert_eq!(t.status, 201, "{}", t.body);
-    let token = t.body["token"].as_str().expect("token").to_owned();
+    let token = c.participant_token(&key, &opened, &f.agent, 60).await;
     let r = c
         .post(
             &format!("/v1/payments/{opened}/commands?nonce={n1}"),
@@ -3123,14 +3115,7 @@ async fn rail_notices_by_reference(srv: Server) {
         .post("/v1/rail-notices", &key, &json!({"rail_ref": "WIRE-77"}))
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    let t = c
-        .post(
-            &format!("/v1/payments/{}/tokens", f.payment),
-            &key,
-            &json!({"party": f.buyer, "ttl_seconds": 60}),
-        )
-        .await;
-    let token = t.body["token"].as_str().expect("token").to_owned();
+    let token = c.participant_token(&key, &f.payment, &f.buyer, 60).await;
     let r = c.post("/v1/rail-notices", &token, &settled).await;
     expect_member(&r, 403, "code", "token_scope");
 
@@ -3171,29 +3156,9 @@ async fn revoked_tokens_stop_working(srv: Server) {
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
     let f = open_and_join(c, &key).await.expect("open");
     let p = &f.payment;
-    let mint = || async {
-        let t = c
-            .post(
-                &format!("/v1/payments/{p}/tokens"),
-                &key,
-                &json!({"party": f.buyer, "ttl_seconds": 600}),
-            )
-            .await;
-        assert_eq!(t.status, 201, "{}", t.body);
-        t.body["token"].as_str().expect("token").to_owned()
-    };
+    let mint = || c.participant_token(&key, p, &f.buyer, 600);
     let token = mint().await;
-    let seller = c
-        .post(
-            &format!("/v1/payments/{p}/tokens"),
-            &key,
-            &json!({"party": f.seller, "ttl_seconds": 600}),
-        )
-        .await
-        .body["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let seller = c.participant_token(&key, p, &f.seller, 600).await;
     let url = format!("{}/v1/payments/{p}/stream?access_token={token}", c.base);
     let mut live = c.http.get(&url).send().await.expect("stream");
     assert_eq!(live.status(), 200);

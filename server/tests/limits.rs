@@ -64,15 +64,7 @@ async fn over_its_budget_a_caller_gets_429_and_nothing_runs() {
     let other = c.tenant(ADMIN, "b").await.expect("tenant b");
     let f = open_and_join(c, &key).await.expect("open"); // 8 of tenant a's 20
     let p = &f.payment;
-    let t = c
-        .post(
-            &format!("/v1/payments/{p}/tokens"),
-            &key,
-            &json!({"party": f.buyer, "ttl_seconds": 600}),
-        )
-        .await;
-    assert_eq!(t.status, 201, "{}", t.body);
-    let token = t.body["token"].as_str().expect("token").to_owned();
+    let token = c.participant_token(&key, p, &f.buyer, 600).await;
     let version = c.get(&format!("/v1/payments/{p}"), &key).await.body["version"].clone();
 
     // The participant: three requests, then its command is refused before it runs.

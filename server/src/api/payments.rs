@@ -963,8 +963,8 @@ struct RailNoticeRequest {
 /// `POST /v1/rail-notices`: a rail's notice about a transfer, named by the rail's
 /// reference only, as a bank's webhook knows it: the payment that submitted the
 /// transfer under that reference gets the core's `RailNotice` (actor `rail`), through
-/// the same path as any command (idempotency, versions, live streams, a signed answer
-/// with `nonce`). With an API key only. A reference no payment of the tenant used is
+/// the same path as any command (idempotency, live streams, a signed answer with
+/// `nonce`; no expected version, which a bank does not know). With an API key only. A reference no payment of the tenant used is
 /// 404 `unknown_rail_ref`; one used by more than one is 409 `ambiguous_rail_ref` (send
 /// it to the payment's own commands route).
 pub async fn post_rail_notice(

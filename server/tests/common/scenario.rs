@@ -215,6 +215,25 @@ impl Client {
         Ok(r.body["api_key"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Mints a participant token for `party` on `payment` with the API key `key`.
+    pub async fn participant_token(
+        &self,
+        key: &str,
+        payment: &str,
+        party: &str,
+        ttl: u64,
+    ) -> String {
+        let t = self
+            .post(
+                &format!("/v1/payments/{payment}/tokens"),
+                key,
+                &json!({"party": party, "ttl_seconds": ttl}),
+            )
+            .await;
+        assert_eq!(t.status, 201, "{}", t.body);
+        t.body["token"].as_str().expect("token").to_owned()
+    }
+
     /// Sends one command as `party` in `role`; `Err` unless it is accepted.
     pub async fn command(
         &self,
