@@ -174,6 +174,85 @@ pub struct CommandResult {
     pub state: Option<Value>,
 }
 
+/// What [`Client::rail_notice`] came to.
+#[derive(Debug, Clone)]
+pub enum RailNoticeAnswer {
+    /// A payment had recorded the transfer: its answer, as a command's.
+    Applied(CommandResult),
+    /// No payment had recorded a transfer under the reference yet: the server holds the
+    /// notice and gives it to the payment that does (202).
+    Held(HeldRailNotice),
+}
+
+/// What became of a held rail notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldStatus {
+    /// Still waiting for a payment to record a transfer under its reference.
+    Held,
+    /// Given to [`HeldRailNotice::payment_id`], which recorded it (or found it a
+    /// duplicate).
+    Applied,
+    /// Refused: see [`HeldRailNotice::refusal`].
+    Refused,
+}
+
+impl HeldStatus {
+    /// The status as the API names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeldStatus::Held => "held",
+            HeldStatus::Applied => "applied",
+            HeldStatus::Refused => "refused",
+        }
+    }
+}
+
+/// Why a held rail notice was refused.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Refusal {
+    /// The rule's code (e.g. `notice_conflict`, `ambiguous_rail_ref`).
+    pub code: String,
+    /// What the rule said.
+    pub message: String,
+}
+
+/// A rail notice the server held because no payment knew its transfer yet.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeldRailNotice {
+    /// Its id (the command id its `RailNotice` runs under).
+    pub id: uuid::Uuid,
+    /// The transfer's reference.
+    pub rail_ref: String,
+    /// What the rail said, as sent.
+    pub notice: Value,
+    /// What became of it.
+    pub status: HeldStatus,
+    /// When the server received it (RFC 3339).
+    pub received_at: String,
+    /// The payment it was given to (`None` while held).
+    #[serde(default)]
+    pub payment_id: Option<PaymentId>,
+    /// Why it was refused.
+    #[serde(default)]
+    pub refusal: Option<Refusal>,
+    /// When it was applied or refused.
+    #[serde(default)]
+    pub settled_at: Option<String>,
+}
+
+/// A page of held rail notices, oldest first ([`Client::held_rail_notices`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeldRailNoticePage {
+    /// The notices.
+    pub rail_notices: Vec<HeldRailNotice>,
+    /// More remain: ask again with `after` = [`HeldRailNoticePage::next`].
+    pub has_more: bool,
+    /// The page's last notice.
+    #[serde(default)]
+    pub next: Option<uuid::Uuid>,
+}
+
 /// Filters for [`Client::payments`] (all optional; unset means any).
 #[derive(Debug, Clone, Default)]
 pub struct PaymentQuery {
@@ -664,6 +743,7 @@ impl Client {
                         return Err(problem(status, &bytes));
                     }
                     return Ok(bytes_body::Body {
+                        status: status.as_u16(),
                         bytes: bytes.to_vec(),
                         etag: headers
                             .get("etag")
@@ -777,18 +857,83 @@ impl Client {
     /// reference (`notice` as the `RailNotice` command's: `{"kind":"settled"}`,
     /// `{"kind":"returned","code":"R01"}`…), as a bank's webhook reports it: the server
     /// finds the tenant's payment that submitted the transfer and answers as for a
-    /// command. No payment with the reference: `unknown_rail_ref` (send it again later
-    /// if its submission may not be recorded yet); several: `ambiguous_rail_ref`. With a
-    /// pinned key ([`Client::pin`]) the answer must be signed by it for this request.
+    /// command ([`RailNoticeAnswer::Applied`]). When no payment recorded the reference
+    /// yet (the notice overtook the submission) the server holds it and applies it once
+    /// one does ([`RailNoticeAnswer::Held`]; follow it with [`Client::held_rail_notice`]).
+    /// Several payments with the reference: `ambiguous_rail_ref`. With a pinned key
+    /// ([`Client::pin`]) the answer must be signed by it for this request.
+    ///
+    /// ```no_run
+    /// # async fn run(c: trustfold::client::Client) -> trustfold::Result<()> {
+    /// use trustfold::client::RailNoticeAnswer;
+    ///
+    /// let settled = serde_json::json!({"kind": "settled"});
+    /// match c.rail_notice("WIRE-1", &settled, Some("bank-event-81")).await? {
+    ///     RailNoticeAnswer::Applied(r) => println!("{} is at version {}", r.payment_id, r.version),
+    ///     RailNoticeAnswer::Held(h) => println!("held as {} until the transfer is recorded", h.id),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn rail_notice(
         &self,
         rail_ref: &str,
         notice: &Value,
         idempotency_key: Option<&str>,
-    ) -> Result<CommandResult> {
+    ) -> Result<RailNoticeAnswer> {
         let body = serde_json::json!({ "rail_ref": rail_ref, "notice": notice });
-        self.command_answer("/v1/rail-notices", None, &body, idempotency_key, None)
-            .await
+        let what = self.fresh(COMMAND_ANSWER.into());
+        let query = what.strip_prefix(COMMAND_ANSWER).unwrap_or("");
+        let b = self
+            .send(
+                Method::POST,
+                &format!("/v1/rail-notices{query}"),
+                Some(&body),
+                idempotency_key,
+                None,
+            )
+            .await?;
+        let bad = |e: serde_json::Error| Error::Transport(format!("bad response: {e}"));
+        if b.status == 202 {
+            // Held: an answer about no payment yet (signed about the nil id).
+            self.check_signed(PaymentId(uuid::Uuid::nil()), &what, &b)?;
+            return Ok(RailNoticeAnswer::Held(
+                serde_json::from_slice(&b.bytes).map_err(bad)?,
+            ));
+        }
+        let result: CommandResult = serde_json::from_slice(&b.bytes).map_err(bad)?;
+        self.check_signed(result.payment_id, &what, &b)?;
+        Ok(RailNoticeAnswer::Applied(result))
+    }
+
+    /// `GET /v1/rail-notices/{id}`: a notice the server held ([`RailNoticeAnswer::Held`])
+    /// and what became of it since. [`Error::NotFound`] for an id never held (or another
+    /// tenant's).
+    pub async fn held_rail_notice(&self, id: uuid::Uuid) -> Result<HeldRailNotice> {
+        self.get_json(&format!("/v1/rail-notices/{id}")).await
+    }
+
+    /// `GET /v1/rail-notices?status=&rail_ref=&after=&limit=`: a page of the tenant's
+    /// held notices, oldest first. Start with `after = None`, continue with
+    /// `page.next` while `has_more`; `limit` is at most 1,000. For reconciliation:
+    /// `status = Some(HeldStatus::Held)` lists the notices whose transfer never came.
+    pub async fn held_rail_notices(
+        &self,
+        status: Option<HeldStatus>,
+        rail_ref: Option<&str>,
+        after: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> Result<HeldRailNoticePage> {
+        let mut path = format!("/v1/rail-notices?limit={limit}");
+        if let Some(s) = status {
+            path.push_str(&format!("&status={}", s.as_str()));
+        }
+        if let Some(r) = rail_ref {
+            path.push_str(&format!("&rail_ref={}", encode(r)));
+        }
+        if let Some(a) = after {
+            path.push_str(&format!("&after={a}"));
+        }
+        self.get_json(&path).await
     }
 
     /// POSTs a command to `route` and reads its answer; with a pinned key, asked with a
@@ -1328,6 +1473,8 @@ fn problem(status: StatusCode, body: &[u8]) -> Error {
 
 mod bytes_body {
     pub(super) struct Body {
+        /// The HTTP status (a success).
+        pub status: u16,
         pub bytes: Vec<u8>,
         pub etag: Option<String>,
         /// The `Trustfold-Signature` header.

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use trustfold::client::Client;
+use trustfold::client::{Client, HeldStatus, RailNoticeAnswer};
 use trustfold::id::PaymentId;
 use trustfold::replica::Replica;
 use trustfold::subscription::{FileCheckpoint, Subscription};
@@ -288,6 +288,8 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         "GET /v1/parties/{party_id}/inbox",             // inbox
         "GET /v1/events",                               // feed
         "POST /v1/rail-notices",                        // rail_notice
+        "GET /v1/rail-notices",                         // held_rail_notices
+        "GET /v1/rail-notices/{notice_id}",             // held_rail_notice
         "POST /v1/webhooks",                            // create_webhook
         "GET /v1/webhooks",                             // webhooks
         "GET /v1/webhooks/{webhook_id}",                // webhook
@@ -476,27 +478,51 @@ async fn every_operation_of_the_api_typed_end_to_end() {
     .await;
     // The bank's notice names the transfer only: the server finds the payment.
     let settled = json!({"kind": "settled"});
-    let r = c
+    let RailNoticeAnswer::Applied(r) = c
         .rail_notice("w-1", &settled, Some("bank-notice-1"))
         .await
-        .expect("rail notice");
+        .expect("rail notice")
+    else {
+        panic!("a recorded transfer's notice was held");
+    };
     assert_eq!(r.payment_id, p);
     assert_eq!(
         r.events[0]["event"]["type"], "FundingSettled",
         "{:?}",
         r.events
     );
-    let again = c
+    let RailNoticeAnswer::Applied(again) = c
         .rail_notice("w-1", &settled, Some("bank-notice-1"))
         .await
-        .expect("replayed");
+        .expect("replayed")
+    else {
+        panic!("a replay was held");
+    };
     assert_eq!(again.version, r.version);
-    let e = c
-        .rail_notice("w-404", &settled, None)
+    // A notice about a transfer no payment recorded yet is held (202), signed for this
+    // request about no payment, and readable by its id and in the list.
+    let RailNoticeAnswer::Held(held) = c.rail_notice("w-404", &settled, None).await.expect("held")
+    else {
+        panic!("an unknown transfer's notice was not held");
+    };
+    assert_eq!(held.status, HeldStatus::Held);
+    assert_eq!(held.rail_ref, "w-404");
+    assert_eq!(held.notice, settled);
+    assert!(held.payment_id.is_none());
+    let read = c.held_rail_notice(held.id).await.expect("read");
+    assert_eq!((read.id, read.status), (held.id, HeldStatus::Held));
+    let page = c
+        .held_rail_notices(Some(HeldStatus::Held), Some("w-404"), None, 10)
         .await
-        .expect_err("no such transfer");
+        .expect("list");
+    assert_eq!(page.rail_notices.len(), 1);
+    assert_eq!(page.next, Some(held.id));
+    assert!(!page.has_more);
+    let e = c
+        .held_rail_notice(uuid::Uuid::from_u128(404))
+        .await
+        .expect_err("never held");
     assert_eq!(e.code(), "not_found", "{e}");
-    assert!(e.to_string().contains("w-404"), "{e}");
     let version = r.version;
 
     // Balances (tenant keys only).

@@ -195,6 +195,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let limits = state.limits.clone();
     let sender = (state.clone(), notices.subscribe());
     let clock = config.tick_interval.map(|every| (state.clone(), every));
+    // Held rail notices are applied on the clock's beat, or every second without one.
+    let held_notices = (
+        state.clone(),
+        config.tick_interval.unwrap_or(Duration::from_secs(1)),
+    );
     let mut app = router(state).layer(
         tower_http::trace::TraceLayer::new_for_http()
             // As `DefaultMakeSpan`, but a participant token in `?access_token=` (the
@@ -240,6 +245,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             limits.forget_idle();
         }
     }));
+    {
+        let (state, every) = held_notices;
+        background.push(tokio::spawn(crate::rail_notices::run(
+            state,
+            every,
+            shutdown.clone(),
+        )));
+    }
     if let Some((state, every)) = clock {
         background.push(tokio::spawn(crate::clock::run(
             state,

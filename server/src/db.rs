@@ -206,6 +206,27 @@ CREATE TABLE token_revocations (
     PRIMARY KEY (payment_id, party_id)
 )
 "#,
+    // Rail notices held by the server: `POST /v1/rail-notices` for a reference no
+    // payment of the tenant used yet (the bank's notice overtook the submission). The
+    // `status` is `held` until a payment records a transfer under `rail_ref`, then
+    // `applied` (the payment's `RailNotice` ran) or `refused` (its rules said no: `code`,
+    // `message`); see `crate::rail_notices`.
+    r#"
+CREATE TABLE held_rail_notices (
+    notice_id      {UUID} PRIMARY KEY,
+    tenant_id      {UUID} NOT NULL,
+    rail_ref       TEXT NOT NULL,
+    notice         TEXT NOT NULL,
+    received_at_us {INT} NOT NULL,
+    status         TEXT NOT NULL,
+    payment_id     {UUID},
+    code           TEXT,
+    message        TEXT,
+    settled_at_us  {INT}
+);
+CREATE INDEX held_rail_notices_list ON held_rail_notices (tenant_id, received_at_us, notice_id);
+CREATE INDEX held_rail_notices_waiting ON held_rail_notices (received_at_us) WHERE status = 'held'
+"#,
 ];
 
 /// The migration steps, written once for both engines' transactions.

@@ -4,7 +4,9 @@
 //! ([`EventStore`]) with two engines, an embedded SQLite file ([`SqliteStore`]) and
 //! PostgreSQL for running many server processes over one database ([`PostgresStore`]);
 //! [`AnyStore`] picks one from a location string. The platform's [`clock`] records
-//! deadlines, good funds and automatic releases when they are due.
+//! deadlines, good funds and automatic releases when they are due, and
+//! [`rail_notices`] holds a bank's notices that overtook their transfer until a payment
+//! records it.
 //!
 //! # What is stored
 //!
@@ -88,6 +90,7 @@ mod event;
 mod group;
 mod postgres;
 pub mod projections;
+pub mod rail_notices;
 mod sqlite;
 pub mod webhooks;
 

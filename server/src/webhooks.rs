@@ -951,7 +951,7 @@ pub(crate) fn delivery(webhook: Uuid, row: &DeliveryRow) -> serde_json::Value {
 }
 
 /// RFC 3339 in UTC with microseconds, of Unix microseconds.
-fn time_us(us: i64) -> String {
+pub(crate) fn time_us(us: i64) -> String {
     let secs = Timestamp::from_unix_millis(us.div_euclid(1_000_000).saturating_mul(1000));
     let secs = secs.to_string();
     format!(

@@ -243,6 +243,7 @@ async fn an_upgraded_database_fills_the_clock_from_history() {
     running.shutdown().await.expect("shutdown");
     // Back to the schema before the clock, as an older server left it.
     let older = [
+        "DROP TABLE held_rail_notices",
         "DROP TABLE token_revocations",
         "DROP TABLE payment_rail_refs",
         "DROP TABLE webhook_deliveries",

@@ -3083,7 +3083,8 @@ async fn rail_notices_by_reference(srv: Server) {
     assert_eq!(dup.body["version"], version);
     assert_eq!(dup.body["events"].as_array().map(Vec::len), Some(0));
 
-    // Unknown to this tenant: 404, whoever else used the reference.
+    // Unknown to this tenant, whoever else used the reference: held for this tenant
+    // (202), and only this tenant sees it.
     let r = c
         .post(
             "/v1/rail-notices",
@@ -3091,17 +3092,16 @@ async fn rail_notices_by_reference(srv: Server) {
             &json!({"rail_ref": "WIRE-404", "notice": {"kind": "settled"}}),
         )
         .await;
-    expect_member(&r, 404, "code", "unknown_rail_ref");
-    assert!(
-        r.body["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("WIRE-404"),
-        "{}",
-        r.body
-    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["status"], "held");
+    assert_eq!(r.body["rail_ref"], "WIRE-404");
     let r = c.post("/v1/rail-notices", &other, &settled).await;
-    expect_member(&r, 404, "code", "unknown_rail_ref");
+    assert_eq!(r.status, 202, "{}", r.body);
+    let held = r.body["id"].as_str().expect("id").to_owned();
+    let r = c.get(&format!("/v1/rail-notices/{held}"), &other).await;
+    assert_eq!(r.body["status"], "held", "{}", r.body);
+    let r = c.get(&format!("/v1/rail-notices/{held}"), &key).await;
+    expect_member(&r, 404, "code", "unknown_rail_notice");
     // Bad notices are the core's 400s; participants may not send them.
     let r = c
         .post(
@@ -3147,6 +3147,189 @@ async fn rail_notices_by_reference(srv: Server) {
 }
 
 on_both_engines!(rail_notices_by_reference);
+
+/// The held notice `id` once the server settled it (applied or refused), within 10 s.
+async fn settled_notice(c: &common::scenario::Client, key: &str, id: &str) -> Value {
+    for _ in 0..200 {
+        let r = c.get(&format!("/v1/rail-notices/{id}"), key).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.body["status"] != "held" {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the held notice {id} was never applied");
+}
+
+/// A bank's notices that overtake the transfer's submission are held (202, signed about
+/// no payment; the same key replays the held answer) and, once the payment records the
+/// transfer, applied by the server in the order received: here a settlement and then a
+/// return (the payment ends up returned, not settled), and a conflicting failure is
+/// refused with the rule's code. The list pages through them by status and reference.
+async fn early_rail_notices_are_held_then_applied(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let pk: PublicKey = c
+        .raw("GET", "/v1/server-key", None, &[], None)
+        .await
+        .expect("key")
+        .body["public_key"]
+        .as_str()
+        .expect("hex")
+        .parse()
+        .expect("key");
+    let f = open_and_join(c, &key).await.expect("open");
+    common::scenario::agree(c, &key, &f).await.expect("agree");
+    let p = f.payment.as_str();
+    c.command(&key, p, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
+        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
+        .await
+        .expect("method");
+
+    // Three notices about ACH-9 before the buyer's SubmitFunding is recorded.
+    let nonce = "cccccccccccccccccccccccccccccccc";
+    let settled = json!({"rail_ref": "ACH-9", "notice": {"kind": "settled"}});
+    let first = c
+        .post_idem(
+            &format!("/v1/rail-notices?nonce={nonce}"),
+            &key,
+            "bank-evt-1",
+            &settled,
+        )
+        .await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.body["status"], "held");
+    assert_eq!(first.body["payment_id"], Value::Null);
+    assert_eq!(first.body["notice"], json!({"kind": "settled"}));
+    command_signature(&first, &pk, &uuid::Uuid::nil().to_string(), nonce, &key)
+        .expect("a held answer is signed about no payment");
+    let again = c
+        .post_idem("/v1/rail-notices", &key, "bank-evt-1", &settled)
+        .await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.bytes, first.bytes);
+    let returned = json!({"rail_ref": "ACH-9",
+        "notice": {"kind": "returned", "code": "R01", "reason": "insufficient funds"}});
+    let second = c.post("/v1/rail-notices", &key, &returned).await;
+    assert_eq!(second.status, 202, "{}", second.body);
+    let failed = json!({"rail_ref": "ACH-9",
+        "notice": {"kind": "failed", "code": "R03", "reason": "no account"}});
+    let third = c.post("/v1/rail-notices", &key, &failed).await;
+    assert_eq!(third.status, 202, "{}", third.body);
+    let ids: Vec<String> = [&first, &second, &third]
+        .iter()
+        .map(|r| r.body["id"].as_str().expect("id").to_owned())
+        .collect();
+
+    // Listed oldest first, a page at a time.
+    let page = c
+        .get("/v1/rail-notices?status=held&rail_ref=ACH-9&limit=2", &key)
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let listed: Vec<&str> = page.body["rail_notices"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert_eq!(listed, [ids[0].as_str(), ids[1].as_str()]);
+    assert_eq!(page.body["has_more"], true);
+    let next = page.body["next"].as_str().expect("next").to_owned();
+    let page = c
+        .get(
+            &format!("/v1/rail-notices?rail_ref=ACH-9&after={next}"),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        page.body["rail_notices"][0]["id"],
+        ids[2].as_str(),
+        "{}",
+        page.body
+    );
+    assert_eq!(page.body["has_more"], false);
+    for (bad, code) in [
+        ("status=lost", "invalid_parameter"),
+        ("after=not-an-id", "invalid_id"),
+        ("limit=0", "invalid_parameter"),
+        ("state=held", "unknown_parameter"),
+    ] {
+        let r = c.get(&format!("/v1/rail-notices?{bad}"), &key).await;
+        expect_member(&r, 400, "code", code);
+    }
+    let r = c
+        .get(
+            &format!("/v1/rail-notices?after={}", uuid::Uuid::nil()),
+            &key,
+        )
+        .await;
+    expect_member(&r, 400, "code", "invalid_parameter");
+    let token = c.participant_token(&key, p, &f.buyer, 60).await;
+    let r = c.get("/v1/rail-notices", &token).await;
+    expect_member(&r, 403, "code", "token_scope");
+
+    // The transfer is recorded: the server applies the notices in the order received.
+    c.command(
+        &key,
+        p,
+        Some(&f.buyer),
+        "buyer",
+        json!({"type": "SubmitFunding",
+        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-9"}),
+    )
+    .await
+    .expect("submit");
+    let outcomes = [
+        settled_notice(c, &key, &ids[0]).await,
+        settled_notice(c, &key, &ids[1]).await,
+        settled_notice(c, &key, &ids[2]).await,
+    ];
+    assert_eq!(outcomes[0]["status"], "applied", "{}", outcomes[0]);
+    assert_eq!(outcomes[0]["payment_id"], p);
+    assert!(outcomes[0]["settled_at"].is_string());
+    assert_eq!(outcomes[1]["status"], "applied", "{}", outcomes[1]);
+    assert_eq!(outcomes[2]["status"], "refused", "{}", outcomes[2]);
+    assert_eq!(outcomes[2]["payment_id"], p);
+    assert_eq!(
+        outcomes[2]["refusal"]["code"], "notice_conflict",
+        "{}",
+        outcomes[2]
+    );
+    // The payment's log: settled first, then returned, as the rail's.
+    let h = c.get(&format!("/v1/payments/{p}/events"), &key).await;
+    let types: Vec<&str> = h.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"]["type"].as_str())
+        .filter(|t| t.starts_with("Funding"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "FundingDeadlineSet",
+            "FundingMethodAttached",
+            "FundingSubmitted",
+            "FundingSettled",
+            "FundingReturned"
+        ],
+        "{}",
+        h.body
+    );
+    let rail_events = h.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event"]["actor"]["role"] == "rail")
+        .count();
+    assert_eq!(rail_events, 2, "{}", h.body);
+    let r = c.get("/v1/rail-notices?status=held", &key).await;
+    assert_eq!(r.body["rail_notices"], json!([]), "{}", r.body);
+    srv.finish().await;
+}
+
+on_both_engines!(early_rail_notices_are_held_then_applied);
 
 /// Revoking a party's tokens: the tokens minted until then are refused everywhere
 /// (reads, commands, new streams: 401 `token_revoked`) and an open stream ends; a token

@@ -1219,6 +1219,7 @@ async fn an_upgraded_database_logs_deliveries(database: &str) {
     on_the_database(
         database,
         &[
+            "DROP TABLE held_rail_notices",
             "DROP TABLE token_revocations",
             "DROP TABLE payment_rail_refs",
             "DELETE FROM projection_checkpoints WHERE name = 'rail_refs'",

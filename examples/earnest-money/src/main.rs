@@ -11,8 +11,10 @@
 //!    agree to the terms;
 //! 3. the buyer pays by ACH; the rail settles it, then **returns** it (R01,
 //!    insufficient funds; the duplicate notice changes nothing); the buyer pays again
-//!    by wire, which settles. The bank's notices name only the transfer's reference,
-//!    as a bank's webhook would: `POST /v1/rail-notices` finds the payment;
+//!    by wire, whose settlement notice arrives **before** the transfer is recorded: the
+//!    server holds it and applies it once the buyer's `SubmitFunding` is. The bank's
+//!    notices name only the transfer's reference, as a bank's webhook would:
+//!    `POST /v1/rail-notices` finds the payment;
 //! 4. the escrow holder requests a **partial release** (2,000 USD to the seller); the
 //!    lender may not approve; buyer and seller approve; the disbursement is submitted
 //!    and settles; then the remaining 3,000 USD goes the same way, and the payment is
@@ -61,7 +63,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use trustfold::client::{Client, CommandResult};
+use trustfold::client::{Client, CommandResult, HeldStatus, RailNoticeAnswer};
 use trustfold::event::FundingMethod;
 use trustfold::history::PublicKey;
 use trustfold::id::derive;
@@ -163,20 +165,65 @@ impl Demo {
 
     /// A bank's notice about a transfer, as its webhook handler would forward it: by the
     /// transfer's reference only (`POST /v1/rail-notices`; the server finds the payment).
+    /// A notice no payment can take yet (its transfer is not recorded) is held by the
+    /// server: its id is returned.
     async fn bank(
         &mut self,
         what: &str,
         rail_ref: &str,
         notice: RailOutcome,
-    ) -> Res<CommandResult> {
+    ) -> Res<Option<uuid::Uuid>> {
         self.step += 1;
         let res = self
             .client
             .rail_notice(rail_ref, &serde_json::to_value(notice)?, None)
             .await
             .map_err(|e| format!("step {} ({what}): {e} [{}]", self.step, e.code()))?;
-        self.sync(what, &res).await?;
-        Ok(res)
+        match res {
+            RailNoticeAnswer::Applied(res) => {
+                self.sync(what, &res).await?;
+                Ok(None)
+            }
+            RailNoticeAnswer::Held(h) => {
+                println!(
+                    "{:>2}. {what:<62} -> held by the server: no payment recorded {} yet",
+                    self.step, h.rail_ref
+                );
+                Ok(Some(h.id))
+            }
+        }
+    }
+
+    /// Waits (up to 10 s) for the server to give a held notice to the payment that
+    /// recorded its transfer, then catches the replica up.
+    async fn held_applied(&mut self, what: &str, id: uuid::Uuid) -> Res<()> {
+        self.step += 1;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let held = loop {
+            let h = self.client.held_rail_notice(id).await?;
+            if h.status != HeldStatus::Held || std::time::Instant::now() > deadline {
+                break h;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        if held.status != HeldStatus::Applied {
+            return Err(format!(
+                "step {} ({what}): the held notice is {:?} ({:?})",
+                self.step, held.status, held.refusal
+            )
+            .into());
+        }
+        self.replica.sync().await?;
+        let s = self.replica.state().ok_or("the replica holds no event")?;
+        println!(
+            "{:>2}. {what:<62} -> {:<17} v{:<3} escrow {:>8} (available {:>8})  [held notice applied]",
+            self.step,
+            s.status.as_str(),
+            s.version,
+            s.ledger.balance(&Account::Escrow).posted.amount_string(),
+            s.ledger.balance(&Account::Escrow).available().amount_string(),
+        );
+        Ok(())
     }
 
     /// Sends a command the policy must refuse, and prints the refusal.
@@ -397,6 +444,16 @@ async fn run() -> Res<()> {
         ach_returned,
     )
     .await?;
+    // The bank's wire webhook overtakes the integrator's own call: held, then applied
+    // by the server once the transfer is recorded.
+    let early = demo
+        .bank(
+            "bank: wire settled, before the transfer is recorded",
+            "wire-2231",
+            RailOutcome::Settled,
+        )
+        .await?
+        .ok_or("the early wire notice was not held")?;
     demo.run(
         "buyer pays again, by wire",
         &as_(buyer, "buyer"),
@@ -407,12 +464,8 @@ async fn run() -> Res<()> {
         },
     )
     .await?;
-    demo.bank(
-        "bank: wire settled (good funds at once)",
-        "wire-2231",
-        RailOutcome::Settled,
-    )
-    .await?;
+    demo.held_applied("server: the held wire notice applied (good funds)", early)
+        .await?;
 
     // 4. A partial release to the seller, then the rest.
     for (n, amount, what) in [

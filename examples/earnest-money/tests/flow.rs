@@ -44,6 +44,8 @@ async fn the_whole_flow_runs_exports_and_verifies() {
     for expected in [
         "[FundingReturned]",
         "[no new event]",
+        "-> held by the server: no payment recorded wire-2231 yet",
+        "[held notice applied]",
         "lender tries to approve",
         "-> refused: not_permitted",
         "server read model vs replica: no difference",

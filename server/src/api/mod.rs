@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 pub mod limits;
 pub mod payments;
+pub mod rail_notices;
 pub mod sse;
 pub mod webhooks;
 
@@ -212,6 +213,18 @@ pub fn routes() -> Vec<Route> {
             "/v1/rail-notices",
             &["nonce"],
             post(payments::post_rail_notice),
+        ),
+        (
+            "GET",
+            "/v1/rail-notices",
+            &["status", "rail_ref", "after", "limit"],
+            get(rail_notices::list_rail_notices),
+        ),
+        (
+            "GET",
+            "/v1/rail-notices/{notice_id}",
+            &[],
+            get(rail_notices::get_rail_notice),
         ),
         ("POST", "/v1/webhooks", &[], post(webhooks::create_webhook)),
         ("GET", "/v1/webhooks", &[], get(webhooks::list_webhooks)),

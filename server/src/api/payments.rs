@@ -964,9 +964,12 @@ struct RailNoticeRequest {
 /// reference only, as a bank's webhook knows it: the payment that submitted the
 /// transfer under that reference gets the core's `RailNotice` (actor `rail`), through
 /// the same path as any command (idempotency, live streams, a signed answer with
-/// `nonce`; no expected version, which a bank does not know). With an API key only. A reference no payment of the tenant used is
-/// 404 `unknown_rail_ref`; one used by more than one is 409 `ambiguous_rail_ref` (send
-/// it to the payment's own commands route).
+/// `nonce`; no expected version, which a bank does not know). With an API key only. A
+/// reference no payment of the tenant used yet (the notice overtook the submission) is
+/// held: 202 with the held notice (`status: "held"`), applied when a payment records
+/// the transfer ([`crate::rail_notices`]); a signed answer about no payment (the nil
+/// id). One used by more than one payment is 409 `ambiguous_rail_ref` (send it to the
+/// payment's own commands route).
 pub async fn post_rail_notice(
     State(state): State<AppState>,
     principal: Principal,
@@ -988,7 +991,17 @@ pub async fn post_rail_notice(
         }))
         .map_err(|e| ApiError::Internal(e.to_string()))
         .and_then(|bytes| Command::from_json(&bytes).map_err(ApiError::from_core))?;
-        let payment = payment_of_rail_ref(&state, tenant, &req.rail_ref).await?;
+        let Some(payment) = payment_of_rail_ref(&state, tenant, &req.rail_ref).await? else {
+            let Command::RailNotice { rail_ref, notice } = &command else {
+                return Err(ApiError::Internal(
+                    "a rail notice read as another command".into(),
+                ));
+            };
+            let held =
+                crate::rail_notices::hold(&state, tenant, command_id.uuid(), rail_ref, notice)
+                    .await?;
+            return Ok(Executed::Answer(StatusCode::ACCEPTED, held));
+        };
         execute(
             &state,
             &principal,
@@ -1006,12 +1019,51 @@ pub async fn post_rail_notice(
         .await
     };
     let answer = with_idempotency(&state, &principal, idem, run).await?;
-    signed_answer(answer, None, nonce.as_deref(), &headers, &state.secret).await
+    // A held notice's answer is about no payment yet.
+    let about = (answer.status() == StatusCode::ACCEPTED).then_some(Uuid::nil());
+    signed_answer(answer, about, nonce.as_deref(), &headers, &state.secret).await
+}
+
+/// A held rail notice given to the payment that recorded its transfer (actor `rail`,
+/// as its tenant; see [`crate::rail_notices`]). The command id is the notice's id, so
+/// running it again after a crash records nothing new.
+pub(crate) async fn held_notice(
+    state: &AppState,
+    tenant: Uuid,
+    payment: Uuid,
+    notice_id: Uuid,
+    rail_ref: &str,
+    notice: trustfold_core::command::RailOutcome,
+) -> ApiResult<()> {
+    execute(
+        state,
+        &Principal::Tenant { tenant },
+        CommandId(notice_id),
+        Prepared {
+            payment,
+            command: Command::RailNotice {
+                rail_ref: rail_ref.to_owned(),
+                notice,
+            },
+            actor: Actor::rail(),
+            expected: None,
+            correlation: None,
+            created: false,
+            idem: None,
+        },
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The one payment of `tenant` that used `rail_ref` (read model `rail_refs`, caught up
-/// to the tenant's own appends first, so a transfer submitted a moment ago is found).
-async fn payment_of_rail_ref(state: &AppState, tenant: Uuid, rail_ref: &str) -> ApiResult<Uuid> {
+/// to the tenant's own appends first, so a transfer submitted a moment ago is found);
+/// `None` when none did. One used by more than one is 409 `ambiguous_rail_ref`.
+pub(crate) async fn payment_of_rail_ref(
+    state: &AppState,
+    tenant: Uuid,
+    rail_ref: &str,
+) -> ApiResult<Option<Uuid>> {
     state.projector.read_committed(tenant).await?;
     let found: Vec<(Uuid,)> = on_read!(&state.db, pool => {
         sqlx::query_as(
@@ -1026,16 +1078,8 @@ async fn payment_of_rail_ref(state: &AppState, tenant: Uuid, rail_ref: &str) -> 
     });
     let echo = trustfold_core::error::echo(rail_ref);
     match found.as_slice() {
-        [] => Err(ApiError::NotFound {
-            code: "unknown_rail_ref",
-            message: format!(
-                "no payment of this tenant submitted a transfer under rail reference {echo}: \
-                 if its SubmitFunding or SubmitDisbursement is not recorded yet, send the \
-                 notice again later, or send it to the payment (POST \
-                 /v1/payments/{{payment_id}}/commands), which holds it until then"
-            ),
-        }),
-        [(payment,)] => Ok(*payment),
+        [] => Ok(None),
+        [(payment,)] => Ok(Some(*payment)),
         more => Err(ApiError::Conflict {
             code: "ambiguous_rail_ref",
             message: format!(
