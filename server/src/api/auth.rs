@@ -4,7 +4,9 @@
 //!
 //! - API key: `tfk_<key id, 32 hex>_<secret, 43 base64url>`.
 //! - Participant token: `tft_<base64url payload>.<base64url HMAC>`; the payload is JSON
-//!   `{"tenant","payment","party","roles","exp"}` (`exp` in Unix seconds).
+//!   `{"tenant","payment","party","roles","exp"}` (`exp` in Unix seconds), with `"gen"`
+//!   after them once the party's tokens on the payment were revoked (see
+//!   [`TokenClaims::gen`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -94,11 +96,23 @@ pub struct TokenClaims {
     pub roles: Vec<Role>,
     /// Expiry, Unix seconds.
     pub exp: i64,
-    /// The party's token generation on the payment when it was minted (0 in tokens
-    /// minted before revocation existed): a revocation moves to the next one, and tokens
-    /// of earlier generations are refused.
-    #[serde(default)]
+    /// The party's token generation on the payment when it was minted: 0 until the
+    /// tenant first revokes the party's tokens there, and a revocation moves to the next
+    /// one (tokens of earlier generations are refused).
+    ///
+    /// Written only when it is not 0, and read as 0 when absent: during a rolling
+    /// deploy over one database, a server process from before this field existed
+    /// refuses any claim it does not know (`deny_unknown_fields`), so a token minted by
+    /// a newer process stays readable by it unless the party's tokens on that payment
+    /// were ever revoked (then the older process refuses the token; it would not have
+    /// checked the revocation). Tokens minted before the field existed are generation 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub gen: i64,
+}
+
+/// Whether a token's generation is the first (not written into the token).
+fn is_zero(gen: &i64) -> bool {
+    *gen == 0
 }
 
 impl TokenClaims {
@@ -455,6 +469,66 @@ pub fn loggable_uri(uri: &axum::http::Uri) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `TokenClaims` as a server process from before `gen` reads them.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct ClaimsBeforeGen {
+        tenant: Uuid,
+        payment: Uuid,
+        party: Uuid,
+        roles: Vec<Role>,
+        exp: i64,
+    }
+
+    fn payload(token: &str) -> serde_json::Value {
+        let (payload, _) = token
+            .strip_prefix("tft_")
+            .and_then(|t| t.split_once('.'))
+            .expect("tft_<payload>.<mac>");
+        serde_json::from_slice(&B64.decode(payload).expect("base64url")).expect("JSON")
+    }
+
+    #[test]
+    fn a_first_generation_token_is_minted_without_gen_and_stays_readable_by_older_servers() {
+        let key = TokenKey::derive(&[7; 32]);
+        let claims = |gen| TokenClaims {
+            tenant: Uuid::new_v4(),
+            payment: Uuid::new_v4(),
+            party: Uuid::new_v4(),
+            roles: vec![Role::new("buyer")],
+            exp: now_us() / 1_000_000 + 600,
+            gen,
+        };
+
+        let first = claims(0);
+        let json = serde_json::to_value(&first).expect("serializes");
+        assert!(json.get("gen").is_none(), "{json}");
+        assert_eq!(
+            serde_json::from_value::<TokenClaims>(json).expect("parses"),
+            first
+        );
+        let token = key.sign(&first);
+        let minted = payload(&token);
+        assert!(minted.get("gen").is_none(), "{minted}");
+        assert_eq!(key.verify(&token).expect("verifies"), first);
+        serde_json::from_value::<ClaimsBeforeGen>(minted).expect("an older server reads it");
+
+        let revoked_once = claims(1);
+        let json = serde_json::to_value(&revoked_once).expect("serializes");
+        assert_eq!(json["gen"], 1, "{json}");
+        assert_eq!(
+            serde_json::from_value::<TokenClaims>(json).expect("parses"),
+            revoked_once
+        );
+        let token = key.sign(&revoked_once);
+        let minted = payload(&token);
+        assert_eq!(minted["gen"], 1, "{minted}");
+        assert_eq!(key.verify(&token).expect("verifies"), revoked_once);
+        // An older server, which does not check revocations, refuses it.
+        serde_json::from_value::<ClaimsBeforeGen>(minted).expect_err("unknown field `gen`");
+    }
 
     #[test]
     fn loggable_uri_hides_the_access_token() {
