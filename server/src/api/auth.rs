@@ -9,10 +9,11 @@
 //!   [`TokenClaims::gen`]).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -311,22 +312,68 @@ async fn check_api_key(state: &AppState, key: &str) -> Result<Uuid, ApiError> {
     Ok(cached.tenant)
 }
 
+/// The address of the TCP peer that sent the request: [`crate::app::start`] serves the
+/// router with [`ConnectInfo`]; without it (a router served otherwise), `None`, and no
+/// limit per address applies.
+pub fn client_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// `checked`, the outcome of checking a credential `client` sent, after counting it
+/// against the client's address if it is a failure that counts: 401 `unauthorized` (a
+/// key or token this server did not issue, tampered with, or a key that expired or was
+/// revoked). Expired and revoked participant tokens do not count (see
+/// [`super::limits`]).
+pub(crate) fn count_failure<T>(
+    state: &AppState,
+    client: Option<IpAddr>,
+    checked: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if let Err(ApiError::Unauthorized(_)) = &checked {
+        state.limits.failed_authentication(client);
+    }
+    checked
+}
+
+/// The caller's address, once it is known not to be over its limit on failed
+/// authentications (else the extraction is a 429 `rate_limited`): for the routes that
+/// check a credential of their own (the admin token of `POST /v1/tenants`) before
+/// their body is read. [`Principal`] checks the same itself.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmittedClient(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for AdmittedClient {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let client = client_ip(parts);
+        state.limits.admit_client(client)?;
+        Ok(AdmittedClient(client))
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // An address that failed too often is refused before its credential is looked at.
+        let AdmittedClient(client) = AdmittedClient::from_request_parts(parts, state).await?;
         let Some(cred) = bearer(parts) else {
             return Err(ApiError::Unauthorized(
                 "send an API key or participant token as `Authorization: Bearer …`".into(),
             ));
         };
-        let principal = if cred.starts_with("tft_") {
-            state.token_key.verify(cred).map(Principal::Participant)?
+        let checked = if cred.starts_with("tft_") {
+            state.token_key.verify(cred).map(Principal::Participant)
         } else {
-            Principal::Tenant {
-                tenant: check_api_key(state, cred).await?,
-            }
+            check_api_key(state, cred)
+                .await
+                .map(|tenant| Principal::Tenant { tenant })
         };
+        let principal = count_failure(state, client, checked)?;
         state.limits.admit(&principal)?;
         if let Principal::Participant(c) = &principal {
             check_not_revoked(state, c).await?;
@@ -367,6 +414,7 @@ impl FromRequestParts<AppState> for StreamPrincipal {
                  `?access_token=`, not both",
             ));
         }
+        let AdmittedClient(client) = AdmittedClient::from_request_parts(parts, state).await?;
         if !token.starts_with("tft_") {
             return Err(ApiError::Unauthorized(
                 "`access_token` takes a participant token (tft_…); send API keys as \
@@ -374,7 +422,7 @@ impl FromRequestParts<AppState> for StreamPrincipal {
                     .into(),
             ));
         }
-        let claims = state.token_key.verify(&token)?;
+        let claims = count_failure(state, client, state.token_key.verify(&token))?;
         let principal = Principal::Participant(claims.clone());
         state.limits.admit(&principal)?;
         check_not_revoked(state, &claims).await?;
