@@ -79,6 +79,7 @@ impl Config {
                 request_timeout: Duration::from_secs(10),
                 tenant_rate: crate::api::limits::defaults().0,
                 participant_rate: crate::api::limits::defaults().1,
+                failed_auth_rate: crate::api::limits::failed_auth_default(),
             },
             tick_interval: Some(Duration::from_secs(1)),
             clock: Clock::system(),
@@ -187,10 +188,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         shutdown: shutdown.clone(),
         clock: config.clock.clone(),
         webhooks: config.webhooks.clone(),
-        limits: Arc::new(RateLimits::new(
-            config.http.tenant_rate,
-            config.http.participant_rate,
-        )),
+        limits: Arc::new(
+            RateLimits::new(config.http.tenant_rate, config.http.participant_rate)
+                .with_failed_auth(config.http.failed_auth_rate),
+        ),
     };
     let limits = state.limits.clone();
     let sender = (state.clone(), notices.subscribe());
@@ -264,11 +265,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let mut stopping = on_stop.clone();
     let drain = config.http.request_timeout + SHUTDOWN_MARGIN;
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = on_stop.wait_for(|s| *s).await;
-            })
-            .into_future();
+        // With the peer's address on every request: failed authentications are limited
+        // per client address (`api::limits`).
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = on_stop.wait_for(|s| *s).await;
+        })
+        .into_future();
         // Every request's response starts within the request deadline, so by `drain`
         // after the stop no request is in flight; a connection still open then is one
         // whose request never arrived whole (a stalled client) or whose answer is not

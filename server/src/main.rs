@@ -64,6 +64,14 @@ struct Cli {
     /// twice as many); 0: no limit.
     #[arg(long, default_value_t = 20)]
     rate_limit_participant: u32,
+    /// Failed authentications a minute one client address may make on this process (an
+    /// invalid API key, participant token or admin token; bursts of half as many; IPv6
+    /// counted per /64): past it, every request from the address is 429 `rate_limited`
+    /// with `Retry-After`, before its credential is checked, until the budget refills.
+    /// Behind a reverse proxy every client has the proxy's address: set 0 there. 0: no
+    /// limit.
+    #[arg(long, default_value_t = 60)]
+    rate_limit_failed_auth: u32,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -117,6 +125,8 @@ fn main() -> ExitCode {
                     (cli.rate_limit_tenant > 0).then(|| Rate::per_second(cli.rate_limit_tenant));
                 config.http.participant_rate = (cli.rate_limit_participant > 0)
                     .then(|| Rate::per_second(cli.rate_limit_participant));
+                config.http.failed_auth_rate = (cli.rate_limit_failed_auth > 0)
+                    .then(|| Rate::per_minute(cli.rate_limit_failed_auth));
                 config.tick_interval =
                     (cli.tick_ms > 0).then(|| Duration::from_millis(cli.tick_ms.max(10)));
                 let running = start(config).await?;

@@ -7,8 +7,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,35 +23,7 @@ fn spawn(db: &str) -> (Child, String) {
 
 /// [`spawn`] with more command-line arguments.
 fn spawn_with(db: &str, args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trustfold-server"))
-        .args([
-            "--database-url",
-            db,
-            "--listen",
-            "127.0.0.1:0",
-            "--poll-ms",
-            "200",
-        ])
-        .args(args)
-        .env("TRUSTFOLD_ADMIN_TOKEN", ADMIN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn trustfold-server");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .expect("listening on URL")
-        .to_owned();
-    assert!(url.starts_with("http://"), "unexpected first line {line:?}");
-    (child, url)
+    common::spawn_binary(db, ADMIN, args)
 }
 
 #[derive(Debug, Clone)]

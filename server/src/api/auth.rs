@@ -4,13 +4,16 @@
 //!
 //! - API key: `tfk_<key id, 32 hex>_<secret, 43 base64url>`.
 //! - Participant token: `tft_<base64url payload>.<base64url HMAC>`; the payload is JSON
-//!   `{"tenant","payment","party","roles","exp"}` (`exp` in Unix seconds).
+//!   `{"tenant","payment","party","roles","exp"}` (`exp` in Unix seconds), with `"gen"`
+//!   after them once the party's tokens on the payment were revoked (see
+//!   [`TokenClaims::gen`]).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -94,11 +97,23 @@ pub struct TokenClaims {
     pub roles: Vec<Role>,
     /// Expiry, Unix seconds.
     pub exp: i64,
-    /// The party's token generation on the payment when it was minted (0 in tokens
-    /// minted before revocation existed): a revocation moves to the next one, and tokens
-    /// of earlier generations are refused.
-    #[serde(default)]
+    /// The party's token generation on the payment when it was minted: 0 until the
+    /// tenant first revokes the party's tokens there, and a revocation moves to the next
+    /// one (tokens of earlier generations are refused).
+    ///
+    /// Written only when it is not 0, and read as 0 when absent: during a rolling
+    /// deploy over one database, a server process from before this field existed
+    /// refuses any claim it does not know (`deny_unknown_fields`), so a token minted by
+    /// a newer process stays readable by it unless the party's tokens on that payment
+    /// were ever revoked (then the older process refuses the token; it would not have
+    /// checked the revocation). Tokens minted before the field existed are generation 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub gen: i64,
+}
+
+/// Whether a token's generation is the first (not written into the token).
+fn is_zero(gen: &i64) -> bool {
+    *gen == 0
 }
 
 impl TokenClaims {
@@ -297,22 +312,68 @@ async fn check_api_key(state: &AppState, key: &str) -> Result<Uuid, ApiError> {
     Ok(cached.tenant)
 }
 
+/// The address of the TCP peer that sent the request: [`crate::app::start`] serves the
+/// router with [`ConnectInfo`]; without it (a router served otherwise), `None`, and no
+/// limit per address applies.
+pub fn client_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// `checked`, the outcome of checking a credential `client` sent, after counting it
+/// against the client's address if it is a failure that counts: 401 `unauthorized` (a
+/// key or token this server did not issue, tampered with, or a key that expired or was
+/// revoked). Expired and revoked participant tokens do not count (see
+/// [`super::limits`]).
+pub(crate) fn count_failure<T>(
+    state: &AppState,
+    client: Option<IpAddr>,
+    checked: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if let Err(ApiError::Unauthorized(_)) = &checked {
+        state.limits.failed_authentication(client);
+    }
+    checked
+}
+
+/// The caller's address, once it is known not to be over its limit on failed
+/// authentications (else the extraction is a 429 `rate_limited`): for the routes that
+/// check a credential of their own (the admin token of `POST /v1/tenants`) before
+/// their body is read. [`Principal`] checks the same itself.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmittedClient(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for AdmittedClient {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let client = client_ip(parts);
+        state.limits.admit_client(client)?;
+        Ok(AdmittedClient(client))
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // An address that failed too often is refused before its credential is looked at.
+        let AdmittedClient(client) = AdmittedClient::from_request_parts(parts, state).await?;
         let Some(cred) = bearer(parts) else {
             return Err(ApiError::Unauthorized(
                 "send an API key or participant token as `Authorization: Bearer …`".into(),
             ));
         };
-        let principal = if cred.starts_with("tft_") {
-            state.token_key.verify(cred).map(Principal::Participant)?
+        let checked = if cred.starts_with("tft_") {
+            state.token_key.verify(cred).map(Principal::Participant)
         } else {
-            Principal::Tenant {
-                tenant: check_api_key(state, cred).await?,
-            }
+            check_api_key(state, cred)
+                .await
+                .map(|tenant| Principal::Tenant { tenant })
         };
+        let principal = count_failure(state, client, checked)?;
         state.limits.admit(&principal)?;
         if let Principal::Participant(c) = &principal {
             check_not_revoked(state, c).await?;
@@ -353,6 +414,7 @@ impl FromRequestParts<AppState> for StreamPrincipal {
                  `?access_token=`, not both",
             ));
         }
+        let AdmittedClient(client) = AdmittedClient::from_request_parts(parts, state).await?;
         if !token.starts_with("tft_") {
             return Err(ApiError::Unauthorized(
                 "`access_token` takes a participant token (tft_…); send API keys as \
@@ -360,7 +422,7 @@ impl FromRequestParts<AppState> for StreamPrincipal {
                     .into(),
             ));
         }
-        let claims = state.token_key.verify(&token)?;
+        let claims = count_failure(state, client, state.token_key.verify(&token))?;
         let principal = Principal::Participant(claims.clone());
         state.limits.admit(&principal)?;
         check_not_revoked(state, &claims).await?;
@@ -455,6 +517,66 @@ pub fn loggable_uri(uri: &axum::http::Uri) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `TokenClaims` as a server process from before `gen` reads them.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct ClaimsBeforeGen {
+        tenant: Uuid,
+        payment: Uuid,
+        party: Uuid,
+        roles: Vec<Role>,
+        exp: i64,
+    }
+
+    fn payload(token: &str) -> serde_json::Value {
+        let (payload, _) = token
+            .strip_prefix("tft_")
+            .and_then(|t| t.split_once('.'))
+            .expect("tft_<payload>.<mac>");
+        serde_json::from_slice(&B64.decode(payload).expect("base64url")).expect("JSON")
+    }
+
+    #[test]
+    fn a_first_generation_token_is_minted_without_gen_and_stays_readable_by_older_servers() {
+        let key = TokenKey::derive(&[7; 32]);
+        let claims = |gen| TokenClaims {
+            tenant: Uuid::new_v4(),
+            payment: Uuid::new_v4(),
+            party: Uuid::new_v4(),
+            roles: vec![Role::new("buyer")],
+            exp: now_us() / 1_000_000 + 600,
+            gen,
+        };
+
+        let first = claims(0);
+        let json = serde_json::to_value(&first).expect("serializes");
+        assert!(json.get("gen").is_none(), "{json}");
+        assert_eq!(
+            serde_json::from_value::<TokenClaims>(json).expect("parses"),
+            first
+        );
+        let token = key.sign(&first);
+        let minted = payload(&token);
+        assert!(minted.get("gen").is_none(), "{minted}");
+        assert_eq!(key.verify(&token).expect("verifies"), first);
+        serde_json::from_value::<ClaimsBeforeGen>(minted).expect("an older server reads it");
+
+        let revoked_once = claims(1);
+        let json = serde_json::to_value(&revoked_once).expect("serializes");
+        assert_eq!(json["gen"], 1, "{json}");
+        assert_eq!(
+            serde_json::from_value::<TokenClaims>(json).expect("parses"),
+            revoked_once
+        );
+        let token = key.sign(&revoked_once);
+        let minted = payload(&token);
+        assert_eq!(minted["gen"], 1, "{minted}");
+        assert_eq!(key.verify(&token).expect("verifies"), revoked_once);
+        // An older server, which does not check revocations, refuses it.
+        serde_json::from_value::<ClaimsBeforeGen>(minted).expect_err("unknown field `gen`");
+    }
 
     #[test]
     fn loggable_uri_hides_the_access_token() {

@@ -32,7 +32,7 @@ use crate::cache::StateCache;
 use crate::db::{now_us, on_read, on_write, Db};
 use crate::projections::Projector;
 use crate::{AnyStore, StoreError};
-use auth::{new_api_key, secrets_equal, Principal, TokenKey};
+use auth::{new_api_key, secrets_equal, AdmittedClient, Principal, TokenKey};
 pub use body::{parse_json, Body};
 use error::{ApiError, ApiResult};
 
@@ -73,6 +73,9 @@ pub struct HttpConfig {
     pub tenant_rate: Option<limits::Rate>,
     /// Requests a participant's tokens may make; `None`: not limited.
     pub participant_rate: Option<limits::Rate>,
+    /// Failed authentications one client address may make before its requests are
+    /// refused (see [`limits`]); `None`: not limited.
+    pub failed_auth_rate: Option<limits::Rate>,
 }
 
 /// What every handler shares.
@@ -626,6 +629,7 @@ macro_rules! insert_api_key {
 
 async fn create_tenant(
     State(state): State<AppState>,
+    AdmittedClient(client): AdmittedClient,
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
@@ -643,13 +647,16 @@ async fn create_tenant(
         .and_then(|v| v.split_once(' '))
         .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
+    let refused = || {
+        ApiError::Unauthorized(
+            "creating a tenant needs the admin token as `Authorization: Bearer …`".into(),
+        )
+    };
     match given {
         Some(t) if secrets_equal(t, admin) => {}
-        _ => {
-            return Err(ApiError::Unauthorized(
-                "creating a tenant needs the admin token as `Authorization: Bearer …`".into(),
-            ))
-        }
+        // A wrong admin token counts against the caller's address, a missing one not.
+        Some(_) => return auth::count_failure(&state, client, Err(refused())),
+        None => return Err(refused()),
     }
     not_idempotent(
         &headers,

@@ -5,7 +5,9 @@
 
 pub mod scenario;
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sqlx::{Connection, Executor, PgConnection};
@@ -121,6 +123,40 @@ macro_rules! on_both_databases {
 }
 #[allow(unused_imports)]
 pub(crate) use on_both_databases;
+
+/// Starts the `trustfold-server` binary on `db` (on a free port of 127.0.0.1, with
+/// `admin` as its admin token and `args` added) and returns it with its base url.
+pub fn spawn_binary(db: &str, admin: &str, args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trustfold-server"))
+        .args([
+            "--database-url",
+            db,
+            "--listen",
+            "127.0.0.1:0",
+            "--poll-ms",
+            "200",
+        ])
+        .args(args)
+        .env("TRUSTFOLD_ADMIN_TOKEN", admin)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn trustfold-server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("listening on URL")
+        .to_owned();
+    assert!(url.starts_with("http://"), "unexpected first line {line:?}");
+    (child, url)
+}
 
 pub async fn serve(config: Config) -> Running {
     start(config).await.expect("server starts")
