@@ -499,6 +499,38 @@ pub struct WebhookDeliveryPage {
     pub next: u64,
 }
 
+/// A policy of the tenant with its latest version ([`Client::policies`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicySummary {
+    /// The policy id.
+    pub id: String,
+    /// Its latest version.
+    pub version: u32,
+    /// The latest version's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The hash of the latest version's canonical JSON (what payments pin), hex.
+    pub hash: String,
+    /// How many versions are stored.
+    pub versions: u64,
+    /// When the latest version was published (RFC 3339).
+    pub created_at: String,
+    /// When the first version was published (RFC 3339).
+    pub first_created_at: String,
+}
+
+/// A page of the tenant's policies, by id ([`Client::policies`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicyPage {
+    /// The policies.
+    pub policies: Vec<PolicySummary>,
+    /// More remain: ask again with `after` = [`PolicyPage::next`].
+    pub has_more: bool,
+    /// The page's last policy id.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
 /// A stored policy version.
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoredPolicy {
@@ -1097,6 +1129,26 @@ impl Client {
             .send_with(Method::POST, "/v1/api-keys", Some(&body), None, None, false)
             .await?;
         serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(format!("bad response: {e}")))
+    }
+
+    /// `GET /v1/policies?after=&limit=`: a page of the tenant's policies by id, each
+    /// with its latest version. Start with `after = None`, continue with `page.next`
+    /// while `has_more`; `limit` is at most 1,000.
+    ///
+    /// ```no_run
+    /// # async fn run(c: trustfold::client::Client) -> trustfold::Result<()> {
+    /// let page = c.policies(None, 100).await?;
+    /// for p in &page.policies {
+    ///     println!("{} v{} ({} versions): {:?}", p.id, p.version, p.versions, p.name);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn policies(&self, after: Option<&str>, limit: u32) -> Result<PolicyPage> {
+        let mut path = format!("/v1/policies?limit={limit}");
+        if let Some(a) = after {
+            path.push_str(&format!("&after={}", encode(a)));
+        }
+        self.get_json(&path).await
     }
 
     /// `GET /v1/policies/{id}?version=`: a stored policy, the given version or the

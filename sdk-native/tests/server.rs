@@ -274,6 +274,7 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         "POST /v1/tenants",                             // create_tenant
         "POST /v1/api-keys",                            // rotate_api_key
         "POST /v1/policies",                            // create_policy
+        "GET /v1/policies",                             // policies
         "GET /v1/policies/{policy_id}",                 // policy
         "POST /v1/payments",                            // create_payment
         "GET /v1/payments",                             // payments, all_payments
@@ -386,6 +387,18 @@ async fn every_operation_of_the_api_typed_end_to_end() {
     assert!(matches!(e, trustfold::Error::NotFound { .. }), "{e:?}");
     let e = c1.policy("no such/policy", None).await.expect_err("none");
     assert_eq!(e.code(), "not_found");
+    let listed = c1.policies(None, 10).await.expect("list");
+    assert_eq!(listed.policies.len(), 1);
+    let only = &listed.policies[0];
+    assert_eq!(
+        (only.id.as_str(), only.version, only.versions),
+        ("earnest-money", 1, 1)
+    );
+    assert_eq!(only.hash, stored.hash.to_string());
+    assert_eq!(listed.next.as_deref(), Some("earnest-money"));
+    assert!(!listed.has_more);
+    let after = c1.policies(Some("earnest-money"), 10).await.expect("after");
+    assert!(after.policies.is_empty());
 
     // API-key rotation: the new key works, the old one too until expired.
     let k2 = c1.rotate_api_key(None).await.expect("rotate");

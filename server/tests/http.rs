@@ -750,6 +750,7 @@ async fn tenants_never_see_each_other() {
     assert_eq!(c.get("/v1/payments", &b).await.body["payments"], json!([]));
     assert_eq!(c.get("/v1/events", &b).await.body["events"], json!([]));
     assert_eq!(c.get("/v1/policies/earnest-money", &b).await.status, 404);
+    assert_eq!(c.get("/v1/policies", &b).await.body["policies"], json!([]));
     // Another tenant's party has no inbox here: the same 404 as a stranger's.
     let inbox = c.get(&format!("/v1/parties/{}/inbox", f.buyer), &b).await;
     assert_eq!(
@@ -1597,6 +1598,76 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
     assert_eq!(c.get("/v1/payments", &key).await.status, 200);
     srv.finish().await;
 }
+
+/// `GET /v1/policies` lists the tenant's policies by id, each with its latest version
+/// (name, hash, when published) and how many versions it has, a page at a time.
+async fn policies_are_listed(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let r = c.get("/v1/policies", &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"policies": [], "has_more": false, "next": null})
+    );
+    let base: Value = serde_json::from_str(common::scenario::EARNEST_MONEY).expect("policy");
+    let mut hashes = std::collections::HashMap::new();
+    for (id, version, name) in [
+        ("b-policy", 1, "B one"),
+        ("a-policy", 1, "A one"),
+        ("b-policy", 2, "B two"),
+        ("c-policy", 1, "C one"),
+        ("b-policy", 3, "B three"),
+    ] {
+        let mut p = base.clone();
+        p["id"] = id.into();
+        p["version"] = version.into();
+        p["name"] = name.into();
+        let r = c.post("/v1/policies", &key, &p).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        hashes.insert((id, version), r.body["hash"].clone());
+    }
+    let page = c.get("/v1/policies?limit=2", &key).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let first = page.body["policies"].as_array().expect("policies");
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0]["id"], "a-policy");
+    assert_eq!(
+        (&first[1]["id"], &first[1]["version"], &first[1]["name"]),
+        (&json!("b-policy"), &json!(3), &json!("B three"))
+    );
+    assert_eq!(first[1]["versions"], 3);
+    assert_eq!(first[1]["hash"], hashes[&("b-policy", 3)]);
+    assert!(
+        first[1]["created_at"].as_str().unwrap_or("")
+            >= first[1]["first_created_at"].as_str().unwrap_or("~")
+    );
+    assert_eq!(
+        (&page.body["has_more"], &page.body["next"]),
+        (&json!(true), &json!("b-policy"))
+    );
+    let page = c.get("/v1/policies?after=b-policy&limit=2", &key).await;
+    let rest: Vec<&str> = page.body["policies"]
+        .as_array()
+        .expect("policies")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(rest, ["c-policy"]);
+    assert_eq!(page.body["has_more"], false);
+    for bad in ["limit=0", "after=a%01b"] {
+        let r = c.get(&format!("/v1/policies?{bad}"), &key).await;
+        expect_member(&r, 400, "code", "invalid_parameter");
+    }
+    let other = c.tenant(ADMIN, "u").await.expect("tenant");
+    assert_eq!(
+        c.get("/v1/policies", &other).await.body["policies"],
+        json!([])
+    );
+    srv.finish().await;
+}
+
+on_both_engines!(policies_are_listed);
 
 /// Reads SSE events (id, data) from a streaming response until `n` arrived.
 async fn sse_events(res: &mut reqwest::Response, n: usize, buf: &mut String) -> Vec<(u64, Value)> {

@@ -132,6 +132,12 @@ pub fn routes() -> Vec<Route> {
         ("POST", "/v1/policies", &[], post(create_policy)),
         (
             "GET",
+            "/v1/policies",
+            &["after", "limit"],
+            get(list_policies),
+        ),
+        (
+            "GET",
             "/v1/policies/{policy_id}",
             &["version"],
             get(get_policy),
@@ -914,6 +920,67 @@ pub async fn load_policy(
         .map_err(StoreError::from)?
     });
     Ok(row)
+}
+
+/// `GET /v1/policies?after=&limit=`: the tenant's policies, by id: each one's latest
+/// version (its id, version, name, hash and when it was published) and how many
+/// versions it has. Paged by cursor: `after` is the `next` of the page before (a policy
+/// id). API keys only.
+async fn list_policies(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Params,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let q = params(query)?;
+    let after = q.get("after").cloned().unwrap_or_default();
+    if after.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "after",
+            "`after` must be a policy id (the `next` of the page before); policy ids hold \
+             no control characters",
+        ));
+    }
+    let limit = limit_param(&q, 100, 1000)?;
+    type Row = (String, i64, String, Vec<u8>, i64, i64, i64);
+    let mut rows: Vec<Row> = on_read!(&state.db, pool => {
+        sqlx::query_as(
+            "SELECT p.policy_id, p.version, p.body, p.hash, p.created_at_us, c.n, c.first_us \
+             FROM policies p JOIN (SELECT policy_id, MAX(version) AS v, COUNT(*) AS n, \
+             MIN(created_at_us) AS first_us FROM policies WHERE tenant_id = $1 AND policy_id > $2 \
+             GROUP BY policy_id ORDER BY policy_id LIMIT $3) c \
+             ON p.policy_id = c.policy_id AND p.version = c.v \
+             WHERE p.tenant_id = $1 ORDER BY p.policy_id",
+        )
+        .bind(tenant)
+        .bind(&after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let mut list = Vec::with_capacity(rows.len());
+    for (id, version, body, hash, created, versions, first) in &rows {
+        let doc: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+        list.push(serde_json::json!({
+            "id": id,
+            "version": version,
+            "name": doc.get("name"),
+            "hash": hex::encode(hash),
+            "versions": versions,
+            "created_at": crate::webhooks::time_us(*created),
+            "first_created_at": crate::webhooks::time_us(*first),
+        }));
+    }
+    let next = rows.last().map(|r| r.0.clone());
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"policies": list, "has_more": has_more, "next": next}),
+    ))
 }
 
 async fn get_policy(
