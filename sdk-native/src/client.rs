@@ -195,6 +195,8 @@ pub enum HeldStatus {
     Applied,
     /// Refused: see [`HeldRailNotice::refusal`].
     Refused,
+    /// Dismissed by the tenant while held ([`Client::dismiss_rail_notice`]).
+    Dismissed,
 }
 
 impl HeldStatus {
@@ -204,6 +206,7 @@ impl HeldStatus {
             HeldStatus::Held => "held",
             HeldStatus::Applied => "applied",
             HeldStatus::Refused => "refused",
+            HeldStatus::Dismissed => "dismissed",
         }
     }
 }
@@ -942,6 +945,22 @@ impl Client {
     /// tenant's).
     pub async fn held_rail_notice(&self, id: uuid::Uuid) -> Result<HeldRailNotice> {
         self.get_json(&format!("/v1/rail-notices/{id}")).await
+    }
+
+    /// `DELETE /v1/rail-notices/{id}`: dismisses a held notice whose transfer will never
+    /// be recorded here ([`HeldStatus::Dismissed`]; the record stays). A notice applied
+    /// or refused already: [`Error::Conflict`] (`rail_notice_settled`).
+    pub async fn dismiss_rail_notice(&self, id: uuid::Uuid) -> Result<HeldRailNotice> {
+        let b = self
+            .send(
+                Method::DELETE,
+                &format!("/v1/rail-notices/{id}"),
+                None,
+                None,
+                None,
+            )
+            .await?;
+        serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(format!("bad response: {e}")))
     }
 
     /// `GET /v1/rail-notices?status=&rail_ref=&after=&limit=`: a page of the tenant's

@@ -291,6 +291,7 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         "POST /v1/rail-notices",                        // rail_notice
         "GET /v1/rail-notices",                         // held_rail_notices
         "GET /v1/rail-notices/{notice_id}",             // held_rail_notice
+        "DELETE /v1/rail-notices/{notice_id}",          // dismiss_rail_notice
         "POST /v1/webhooks",                            // create_webhook
         "GET /v1/webhooks",                             // webhooks
         "GET /v1/webhooks/{webhook_id}",                // webhook
@@ -536,6 +537,15 @@ async fn every_operation_of_the_api_typed_end_to_end() {
         .await
         .expect_err("never held");
     assert_eq!(e.code(), "not_found", "{e}");
+    // Dismissed: it stops waiting, and says so.
+    let dismissed = c.dismiss_rail_notice(held.id).await.expect("dismiss");
+    assert_eq!(dismissed.status, HeldStatus::Dismissed);
+    assert!(dismissed.settled_at.is_some());
+    let page = c
+        .held_rail_notices(Some(HeldStatus::Held), None, None, 10)
+        .await
+        .expect("list");
+    assert!(page.rail_notices.is_empty(), "{:?}", page.rail_notices);
     let version = r.version;
 
     // Balances (tenant keys only).

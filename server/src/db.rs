@@ -225,7 +225,7 @@ CREATE TABLE held_rail_notices (
     settled_at_us  {INT}
 );
 CREATE INDEX held_rail_notices_list ON held_rail_notices (tenant_id, received_at_us, notice_id);
-CREATE INDEX held_rail_notices_waiting ON held_rail_notices (received_at_us) WHERE status = 'held'
+CREATE INDEX held_rail_notices_waiting ON held_rail_notices (tenant_id, received_at_us) WHERE status = 'held'
 "#,
 ];
 

@@ -17,6 +17,9 @@
 //!   already reported failed; or `ambiguous_rail_ref` when two payments recorded the
 //!   reference by then). `GET /v1/rail-notices` lists a tenant's held notices (by
 //!   `status`, `rail_ref`), `GET /v1/rail-notices/{notice_id}` reads one.
+//! - **Dismissed** by the tenant while held (`DELETE /v1/rail-notices/{notice_id}`):
+//!   a reference that will never be recorded here stops waiting (and counting against
+//!   the limit below); the record is kept with `status: "dismissed"`.
 //! - **In the order received.** Notices are applied oldest first, one at a time, so a
 //!   settlement held before its return is applied first; the core de-duplicates the
 //!   same notice sent twice.
@@ -65,6 +68,9 @@ pub enum HeldStatus {
     Applied,
     /// The payment's rules refused it (or two payments recorded the reference).
     Refused,
+    /// The tenant dismissed it while it was held (`DELETE /v1/rail-notices/{id}`): a
+    /// transfer that will never be recorded here.
+    Dismissed,
 }
 
 impl HeldStatus {
@@ -74,6 +80,7 @@ impl HeldStatus {
             HeldStatus::Held => "held",
             HeldStatus::Applied => "applied",
             HeldStatus::Refused => "refused",
+            HeldStatus::Dismissed => "dismissed",
         }
     }
 
@@ -83,6 +90,7 @@ impl HeldStatus {
             "held" => Some(HeldStatus::Held),
             "applied" => Some(HeldStatus::Applied),
             "refused" => Some(HeldStatus::Refused),
+            "dismissed" => Some(HeldStatus::Dismissed),
             _ => None,
         }
     }
@@ -298,6 +306,38 @@ async fn settle(
         .map_err(StoreError::from)?;
     });
     Ok(())
+}
+
+/// Dismisses `tenant`'s held notice `id` (see [`HeldStatus::Dismissed`]): the notice as
+/// it is then, `None` if there is no such notice. One applied or refused meanwhile is
+/// 409 `rail_notice_settled`; one dismissed already is answered as it is.
+pub(crate) async fn dismiss(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<Option<Value>> {
+    on_write!(&state.db, pool => {
+        sqlx::query(
+            "UPDATE held_rail_notices SET status = 'dismissed', settled_at_us = $1 \
+             WHERE tenant_id = $2 AND notice_id = $3 AND status = 'held'",
+        )
+        .bind(now_us())
+        .bind(tenant)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(StoreError::from)?;
+    });
+    let Some(now) = read_from_writer(state, tenant, id).await? else {
+        return Ok(None);
+    };
+    match now["status"].as_str() {
+        Some("dismissed") => Ok(Some(now)),
+        other => Err(ApiError::Conflict {
+            code: "rail_notice_settled",
+            message: format!(
+                "held rail notice {id} is {} already: only a notice still held can be \
+                 dismissed",
+                other.unwrap_or("settled")
+            ),
+        }),
+    }
 }
 
 /// A notice whose run failed: when to try again, and the pause after that.

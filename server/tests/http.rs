@@ -3397,6 +3397,58 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
     assert_eq!(rail_events, 2, "{}", h.body);
     let r = c.get("/v1/rail-notices?status=held", &key).await;
     assert_eq!(r.body["rail_notices"], json!([]), "{}", r.body);
+
+    // A notice about a transfer that will never come is dismissed: it stops waiting
+    // (dismissing it again answers the same); an applied one can no longer be
+    // dismissed; another tenant cannot dismiss it.
+    let stray = json!({"rail_ref": "ACH-NEVER", "notice": {"kind": "settled"}});
+    let r = c.post("/v1/rail-notices", &key, &stray).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let stray_id = r.body["id"].as_str().expect("id").to_owned();
+    let other = c.tenant(ADMIN, "u").await.expect("tenant");
+    let r = c
+        .raw(
+            "DELETE",
+            &format!("/v1/rail-notices/{stray_id}"),
+            Some(&other),
+            &[],
+            None,
+        )
+        .await
+        .expect("delete");
+    expect_member(&r, 404, "code", "unknown_rail_notice");
+    for _ in 0..2 {
+        let r = c
+            .raw(
+                "DELETE",
+                &format!("/v1/rail-notices/{stray_id}"),
+                Some(&key),
+                &[],
+                None,
+            )
+            .await
+            .expect("delete");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["status"], "dismissed");
+    }
+    let r = c
+        .raw(
+            "DELETE",
+            &format!("/v1/rail-notices/{}", ids[0]),
+            Some(&key),
+            &[],
+            None,
+        )
+        .await
+        .expect("delete");
+    expect_member(&r, 409, "code", "rail_notice_settled");
+    let r = c.get("/v1/rail-notices?status=dismissed", &key).await;
+    assert_eq!(
+        r.body["rail_notices"][0]["id"],
+        stray_id.as_str(),
+        "{}",
+        r.body
+    );
     srv.finish().await;
 }
 

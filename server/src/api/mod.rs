@@ -235,6 +235,12 @@ pub fn routes() -> Vec<Route> {
             &[],
             get(rail_notices::get_rail_notice),
         ),
+        (
+            "DELETE",
+            "/v1/rail-notices/{notice_id}",
+            &[],
+            delete(rail_notices::dismiss_rail_notice),
+        ),
         ("POST", "/v1/webhooks", &[], post(webhooks::create_webhook)),
         ("GET", "/v1/webhooks", &[], get(webhooks::list_webhooks)),
         (

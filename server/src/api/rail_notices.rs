@@ -11,10 +11,10 @@ use serde_json::json;
 use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use super::{json, limit_param, params, parse_id, AppState, Params};
-use crate::rail_notices::{list, read, HeldStatus};
+use crate::rail_notices::{dismiss, list, read, HeldStatus};
 
 /// `GET /v1/rail-notices?status=&rail_ref=&after=&limit=`: the tenant's held rail
-/// notices, oldest first (`status`: `held`, `applied` or `refused`; `after`: the
+/// notices, oldest first (`status`: `held`, `applied`, `refused` or `dismissed`; `after`: the
 /// `next` of the page before). With an API key only.
 pub async fn list_rail_notices(
     State(state): State<AppState>,
@@ -31,7 +31,7 @@ pub async fn list_rail_notices(
                     "invalid_parameter",
                     "status",
                     format!(
-                        "`status` must be held, applied or refused, got `{}`",
+                        "`status` must be held, applied, refused or dismissed, got `{}`",
                         trustfold_core::error::echo(s)
                     ),
                 )
@@ -58,14 +58,33 @@ pub async fn get_rail_notice(
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
     let id = parse_id(&id, "notice_id")?;
-    let found = read(&state, tenant, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound {
-            code: "unknown_rail_notice",
-            message: format!(
-                "no held rail notice {id} (only notices answered 202, held for a transfer no \
-             payment knew yet, are kept)"
-            ),
-        })?;
+    let found = read(&state, tenant, id).await?.ok_or_else(|| unknown(id))?;
     Ok(json(StatusCode::OK, &found))
+}
+
+/// `DELETE /v1/rail-notices/{notice_id}`: dismisses a held notice whose transfer will
+/// never be recorded here (it stops waiting; the record stays, `status: "dismissed"`).
+/// One applied or refused already is 409 `rail_notice_settled`; dismissing again answers
+/// the dismissed notice. With an API key only.
+pub async fn dismiss_rail_notice(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = principal.require_tenant()?;
+    let id = parse_id(&id, "notice_id")?;
+    let found = dismiss(&state, tenant, id)
+        .await?
+        .ok_or_else(|| unknown(id))?;
+    Ok(json(StatusCode::OK, &found))
+}
+
+fn unknown(id: uuid::Uuid) -> ApiError {
+    ApiError::NotFound {
+        code: "unknown_rail_notice",
+        message: format!(
+            "no held rail notice {id} (only notices answered 202, held for a transfer no \
+             payment knew yet, are kept)"
+        ),
+    }
 }
