@@ -3219,6 +3219,23 @@ async fn rail_notices_by_reference(srv: Server) {
 
 on_both_engines!(rail_notices_by_reference);
 
+/// Runs one SQL statement on the server's database, behind its back (a crash's
+/// leftovers).
+async fn run_sql(database: &str, sql: &str) {
+    use sqlx::Connection as _;
+    if database.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(database)
+            .await
+            .expect("connect");
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{database}"))
+            .await
+            .expect("open");
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+}
+
 /// The held notice `id` once the server settled it (applied or refused), within 10 s.
 async fn settled_notice(c: &common::scenario::Client, key: &str, id: &str) -> Value {
     for _ in 0..200 {
@@ -3397,6 +3414,25 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
     assert_eq!(rail_events, 2, "{}", h.body);
     let r = c.get("/v1/rail-notices?status=held", &key).await;
     assert_eq!(r.body["rail_notices"], json!([]), "{}", r.body);
+
+    // A crash between a held notice's append and its status update (here: both
+    // applied notices set back to held, as the crash would have left them): run again,
+    // each finds its events stored, records nothing new and ends applied.
+    let version = h.body["events"].as_array().map(Vec::len);
+    let reset = "UPDATE held_rail_notices SET status = 'held', payment_id = NULL, \
+                 settled_at_us = NULL WHERE rail_ref = 'ACH-9' AND status = 'applied'";
+    run_sql(&srv.database, reset).await;
+    for id in &ids[..2] {
+        let again = settled_notice(c, &key, id).await;
+        assert_eq!(again["status"], "applied", "{again}");
+    }
+    let h = c.get(&format!("/v1/payments/{p}/events"), &key).await;
+    assert_eq!(
+        h.body["events"].as_array().map(Vec::len),
+        version,
+        "{}",
+        h.body
+    );
 
     // A notice about a transfer that will never come is dismissed: it stops waiting
     // (dismissing it again answers the same); an applied one can no longer be

@@ -1025,8 +1025,9 @@ pub async fn post_rail_notice(
 }
 
 /// A held rail notice given to the payment that recorded its transfer (actor `rail`,
-/// as its tenant; see [`crate::rail_notices`]). The command id is the notice's id, so
-/// running it again after a crash records nothing new.
+/// as its tenant; see [`crate::rail_notices`]). The command id is the notice's id: run
+/// again after a crash between its append and the notice's status update, it finds its
+/// events stored and records nothing new (whatever the payment did since).
 pub(crate) async fn held_notice(
     state: &AppState,
     tenant: Uuid,
@@ -1035,10 +1036,18 @@ pub(crate) async fn held_notice(
     rail_ref: &str,
     notice: trustfold_core::command::RailOutcome,
 ) -> ApiResult<()> {
+    let principal = Principal::Tenant { tenant };
+    let command_id = CommandId(notice_id);
+    if already_applied(state, &principal, tenant, payment, command_id)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
     execute(
         state,
-        &Principal::Tenant { tenant },
-        CommandId(notice_id),
+        &principal,
+        command_id,
         Prepared {
             payment,
             command: Command::RailNotice {
