@@ -1,5 +1,6 @@
 //! Starting and stopping the server: open the store, create the server key on first
-//! start, run the HTTP API, the background projector and (PostgreSQL) the notification
+//! start (and seal the stored secrets with the secrets key, if given: [`crate::sealed`]),
+//! run the HTTP API, the background projector and (PostgreSQL) the notification
 //! listener, and shut down gracefully.
 
 use std::future::{Future, IntoFuture};
@@ -23,6 +24,7 @@ use crate::cache::{LoadError, StateCache};
 use crate::clock::Clock;
 use crate::db::{server_secret, Db};
 use crate::projections::Projector;
+use crate::sealed::{AtRest, SecretsKey};
 use crate::webhooks::WebhookConfig;
 use crate::{AnyStore, StoreError};
 
@@ -62,6 +64,10 @@ pub struct Config {
     pub clock: Clock,
     /// How webhooks are sent (see [`crate::webhooks`]).
     pub webhooks: WebhookConfig,
+    /// The key that seals the server key and the webhook secrets in the database
+    /// (`--secrets-key-file`, `TRUSTFOLD_SECRETS_KEY`; see [`crate::sealed`]); `None`:
+    /// they are stored in clear (and a sealed database refuses to start).
+    pub secrets_key: Option<SecretsKey>,
 }
 
 impl Config {
@@ -84,6 +90,7 @@ impl Config {
             tick_interval: Some(Duration::from_secs(1)),
             clock: Clock::system(),
             webhooks: WebhookConfig::default(),
+            secrets_key: None,
         }
     }
 }
@@ -169,9 +176,10 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     let (store, db, projector) = open(&config.database).await?;
     projector.catch_up().await?;
-    let secret = server_secret(&db).await?;
+    let at_rest = AtRest::new(config.secrets_key.clone());
+    let secret = server_secret(&db, &at_rest).await?;
     let public_key = PublicKey::from_secret(&secret);
-    tracing::info!(%public_key, "server key loaded");
+    tracing::info!(%public_key, sealed = at_rest.key().is_some(), "server key loaded");
     let (notices, _) = broadcast::channel::<Notice>(4096);
     let (stop, shutdown) = watch::channel(false);
     let state = AppState {
@@ -192,6 +200,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             RateLimits::new(config.http.tenant_rate, config.http.participant_rate)
                 .with_failed_auth(config.http.failed_auth_rate),
         ),
+        at_rest,
     };
     let limits = state.limits.clone();
     let sender = (state.clone(), notices.subscribe());

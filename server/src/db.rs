@@ -6,6 +6,8 @@
 //! event store uses; the `on_write!` / `on_read!` macros run one block of code against
 //! either.
 
+use crate::sealed::{is_sealed, AtRest, Purpose};
+use crate::webhooks::{previous_of, previous_text};
 use crate::{AnyStore, StoreError};
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
@@ -325,27 +327,144 @@ pub fn now_us() -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Loads the server's Ed25519 secret, creating it on first start. Safe when several
-/// processes start at once: the first insert wins and everyone reads it back.
-pub async fn server_secret(db: &Db) -> Result<[u8; 32], StoreError> {
-    let mut fresh = [0u8; 32];
-    getrandom::getrandom(&mut fresh)
-        .map_err(|e| StoreError::Schema(format!("no randomness for the server key: {e}")))?;
-    on_write!(db, pool => {
+/// Advisory lock key for the secrets pass at start on PostgreSQL ("tfsecret").
+const PG_SECRETS_LOCK: i64 = 0x7466_7365_6372_6574;
+
+/// Webhook endpoints read at a time by the secrets pass at start.
+const SECRETS_PAGE: i64 = 500;
+
+/// The secrets pass at start, written once for both engines' transactions: creates the
+/// server key if there is none, and brings every stored secret to how `$at_rest` keeps
+/// them (see [`server_secret`]). Yields the server key and how many secrets it sealed.
+macro_rules! secrets_in {
+    ($tx:expr, $at_rest:expr, $fresh:expr) => {{
+        let tx = $tx;
+        let at_rest: &AtRest = $at_rest;
+        let fresh = at_rest.store(&Purpose::ServerKey, $fresh)?;
         sqlx::query(
             "INSERT INTO server_keys (id, secret, created_at_us) VALUES (1, $1, $2) \
              ON CONFLICT DO NOTHING",
         )
         .bind(fresh.as_slice())
         .bind(now_us())
-        .execute(pool)
+        .execute(&mut **tx)
         .await?;
-    });
-    let secret: Vec<u8> = on_write!(db, pool => {
-        sqlx::query_scalar("SELECT secret FROM server_keys WHERE id = 1")
-            .fetch_one(pool)
-            .await?
-    });
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT secret FROM server_keys WHERE id = 1")
+            .fetch_one(&mut **tx)
+            .await?;
+        let secret = at_rest.load(&Purpose::ServerKey, &stored)?;
+        let sealing = at_rest.key().is_some();
+        let mut sealed_now = 0usize;
+        if sealing && !is_sealed(&stored) {
+            sqlx::query("UPDATE server_keys SET secret = $1 WHERE id = 1")
+                .bind(at_rest.store(&Purpose::ServerKey, &secret)?)
+                .execute(&mut **tx)
+                .await?;
+            sealed_now += 1;
+        }
+        // Every endpoint's secrets: each sealed one must open, each clear one is sealed
+        // (with a key) or refused (a sealed one, without).
+        let mut after = uuid::Uuid::nil();
+        loop {
+            let rows: Vec<(uuid::Uuid, Vec<u8>, String)> = sqlx::query_as(
+                "SELECT webhook_id, secret, previous_secrets FROM webhooks \
+                 WHERE webhook_id > $1 ORDER BY webhook_id LIMIT $2",
+            )
+            .bind(after)
+            .bind(SECRETS_PAGE)
+            .fetch_all(&mut **tx)
+            .await?;
+            for (id, stored, previous) in &rows {
+                let purpose = Purpose::Webhook(*id);
+                at_rest.load(&purpose, stored)?;
+                let retired = previous_of(previous);
+                for (old, _) in &retired {
+                    at_rest.load(&purpose, old)?;
+                }
+                let clear = std::iter::once(stored)
+                    .chain(retired.iter().map(|(old, _)| old))
+                    .filter(|s| !is_sealed(s))
+                    .count();
+                if !sealing || clear == 0 {
+                    continue;
+                }
+                let seal = |s: &Vec<u8>| -> Result<Vec<u8>, StoreError> {
+                    if is_sealed(s) {
+                        Ok(s.clone())
+                    } else {
+                        at_rest.store(&purpose, s)
+                    }
+                };
+                let retired = retired
+                    .iter()
+                    .map(|(old, until)| Ok((seal(old)?, *until)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                sqlx::query(
+                    "UPDATE webhooks SET secret = $1, previous_secrets = $2 WHERE webhook_id = $3",
+                )
+                .bind(seal(stored)?)
+                .bind(previous_text(&retired))
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+                sealed_now += clear;
+            }
+            match rows.last() {
+                Some((id, _, _)) if rows.len() >= usize::try_from(SECRETS_PAGE).unwrap_or(0) => {
+                    after = *id
+                }
+                _ => break,
+            }
+        }
+        (secret, sealed_now)
+    }};
+}
+
+/// Loads the server's Ed25519 secret, creating it on first start, and brings every
+/// secret stored in the database (the server key, the webhook endpoints' signing
+/// secrets) to how `at_rest` keeps them ([`crate::sealed`]): with a secrets key, the
+/// clear ones are sealed in place and the sealed ones must open
+/// ([`StoreError::WrongSecretsKey`]); without one, a sealed secret is
+/// [`StoreError::SecretsSealed`] and a warning says that the secrets are in clear.
+///
+/// One transaction, taken in turns by processes starting at once (`BEGIN IMMEDIATE` on
+/// SQLite, an advisory lock on PostgreSQL): the first to create the key wins and
+/// everyone reads it back; secrets are sealed once.
+pub async fn server_secret(db: &Db, at_rest: &AtRest) -> Result<[u8; 32], StoreError> {
+    let mut fresh = [0u8; 32];
+    getrandom::getrandom(&mut fresh)
+        .map_err(|e| StoreError::SecretsKey(format!("no randomness for the server key: {e}")))?;
+    let (secret, sealed_now) = match db {
+        Db::Sqlite { writer, .. } => {
+            let mut conn = writer.acquire().await?;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let out = secrets_in!(&mut tx, at_rest, &fresh);
+            tx.commit().await?;
+            out
+        }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(PG_SECRETS_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            let out = secrets_in!(&mut tx, at_rest, &fresh);
+            tx.commit().await?;
+            out
+        }
+    };
+    if at_rest.key().is_none() {
+        tracing::warn!(
+            "the server key and the webhook secrets are stored in the database in clear: \
+             anyone with a copy of it can sign as this server and as its webhooks; start \
+             with --secrets-key-file PATH or TRUSTFOLD_SECRETS_KEY to seal them"
+        );
+    } else if sealed_now > 0 {
+        tracing::info!(
+            secrets = sealed_now,
+            "sealed the secrets stored in clear with the secrets key"
+        );
+    }
     secret
         .try_into()
         .map_err(|_| StoreError::Corrupt("the server key is not 32 bytes".into()))

@@ -89,6 +89,31 @@ pub enum StoreError {
     #[error("the database is unavailable ({0}); retry with the same event ids")]
     Unavailable(String),
 
+    /// The database holds sealed secrets (the server key, webhook signing secrets: see
+    /// [`crate::sealed`]) and this process was started without the secrets key.
+    #[error(
+        "the server key and webhook secrets in the database are sealed with a secrets key, \
+         and this server was started without one; start it with --secrets-key-file PATH \
+         (or TRUSTFOLD_SECRETS_KEY=<64 hex digits>) giving the key they were sealed with"
+    )]
+    SecretsSealed,
+
+    /// The secrets key this process was given does not open a secret sealed in the
+    /// database: another key sealed it (or the stored value was altered).
+    #[error(
+        "the secrets key given (--secrets-key-file or TRUSTFOLD_SECRETS_KEY) does not open \
+         {what} stored in the database; start the server with the key it was sealed with"
+    )]
+    WrongSecretsKey {
+        /// Which secret did not open (`the server key`, `webhook <id>'s secret`).
+        what: String,
+    },
+
+    /// The secrets key is unusable (not 64 hex digits, an unreadable file) or a secret
+    /// could not be sealed.
+    #[error("secrets key: {0}")]
+    SecretsKey(String),
+
     /// The database failed (connection lost, disk full, ...). An append that fails this
     /// way may or may not have committed: retry it with the same event ids, which is safe
     /// because appends are idempotent. (One refused for a full disk, see

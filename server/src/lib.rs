@@ -6,7 +6,8 @@
 //! [`AnyStore`] picks one from a location string. The platform's [`clock`] records
 //! deadlines, good funds and automatic releases when they are due, and
 //! [`rail_notices`] holds a bank's notices that overtook their transfer until a payment
-//! records it.
+//! records it. With a secrets key, the server key and the webhook secrets are stored
+//! [`sealed`].
 //!
 //! # What is stored
 //!
@@ -91,6 +92,7 @@ mod group;
 mod postgres;
 pub mod projections;
 pub mod rail_notices;
+pub mod sealed;
 mod sqlite;
 pub mod webhooks;
 

@@ -4,15 +4,19 @@
 //! trustfold-server                                  # ./trustfold.db on 127.0.0.1:8080
 //! trustfold-server --database-url postgres://…      # PostgreSQL (any number of processes)
 //! trustfold-server rebuild-projections              # drop and rebuild the read models
+//! trustfold-server new-secrets-key > secrets.key    # a key for --secrets-key-file
 //! ```
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use trustfold_server::api::limits::Rate;
-use trustfold_server::app::{rebuild_projections, start, Config};
+use trustfold_server::app::{rebuild_projections, start, Config, ServerError};
+use trustfold_server::sealed::SecretsKey;
+use trustfold_server::StoreError;
 
 /// The trustfold reference server.
 #[derive(Parser, Debug)]
@@ -72,6 +76,14 @@ struct Cli {
     /// limit.
     #[arg(long, default_value_t = 60)]
     rate_limit_failed_auth: u32,
+    /// File holding the secrets key, 64 hex digits (`trustfold-server new-secrets-key`
+    /// makes one): the server key and the webhook signing secrets are then stored sealed
+    /// (XChaCha20-Poly1305) in the database, and those stored in clear are sealed at
+    /// start. Every process of a database needs the same key; keep it outside the
+    /// database and its backups. The digits may be given in TRUSTFOLD_SECRETS_KEY
+    /// instead. Without a key the secrets are stored in clear.
+    #[arg(long, env = "TRUSTFOLD_SECRETS_KEY_FILE", value_name = "PATH")]
+    secrets_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -81,6 +93,37 @@ enum Cmd {
     /// Drop every read model (payment summary, inbox, balances, clock, rail references) and
     /// rebuild it from the event log.
     RebuildProjections,
+    /// Print a new secrets key (64 hex digits from the operating system's random source)
+    /// for --secrets-key-file or TRUSTFOLD_SECRETS_KEY; e.g.
+    /// `(umask 077; trustfold-server new-secrets-key > secrets.key)`.
+    NewSecretsKey,
+}
+
+/// The environment variable that may hold the secrets key's 64 hex digits.
+const SECRETS_KEY_ENV: &str = "TRUSTFOLD_SECRETS_KEY";
+
+/// The secrets key from `--secrets-key-file` and/or `TRUSTFOLD_SECRETS_KEY` (both: they
+/// must agree); `None` without either.
+fn secrets_key(file: Option<&Path>) -> Result<Option<SecretsKey>, ServerError> {
+    let from_file = file.map(SecretsKey::from_file).transpose()?;
+    let from_env = match std::env::var(SECRETS_KEY_ENV) {
+        Ok(v) if !v.trim().is_empty() => Some(SecretsKey::from_hex(&v).map_err(|e| match e {
+            StoreError::SecretsKey(m) => StoreError::SecretsKey(format!("{SECRETS_KEY_ENV}: {m}")),
+            other => other,
+        })?),
+        Ok(_) | Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(ServerError::Config(format!(
+                "{SECRETS_KEY_ENV} must be 64 hex digits"
+            )))
+        }
+    };
+    match (from_file, from_env) {
+        (Some(f), Some(e)) if f.to_hex() != e.to_hex() => Err(ServerError::Config(format!(
+            "--secrets-key-file and {SECRETS_KEY_ENV} hold different keys; give one of them"
+        ))),
+        (f, e) => Ok(f.or(e)),
+    }
 }
 
 fn main() -> ExitCode {
@@ -93,6 +136,18 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Cmd::NewSecretsKey) = cli.command {
+        return match SecretsKey::generate() {
+            Ok(key) => {
+                println!("{}", key.to_hex());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("trustfold-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -105,6 +160,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
+            Some(Cmd::NewSecretsKey) => Ok(()),
             Some(Cmd::RebuildProjections) => {
                 let n = rebuild_projections(&cli.database_url).await?;
                 println!("rebuilt the read models from {n} events");
@@ -112,6 +168,7 @@ fn main() -> ExitCode {
             }
             None => {
                 let mut config = Config::new(cli.database_url);
+                config.secrets_key = secrets_key(cli.secrets_key_file.as_deref())?;
                 config.listen = cli.listen;
                 config.cors_origins = cli.cors_origin;
                 config.http.admin_token = cli.admin_token.filter(|t| !t.is_empty());

@@ -16,6 +16,9 @@
 //!   `{"type":…,"timestamp":…,"data":{"tenant_id","payment_id","seq","position","hash","event"}}`
 //!   where `event` is the stored envelope byte for byte (its SHA-256 is `hash`), so a
 //!   receiver can check it as it checks a history.
+//! - **Secrets at rest**: with a secrets key (`--secrets-key-file`), an endpoint's
+//!   secret and its retired ones are stored sealed, bound to the endpoint's id, and
+//!   opened to sign ([`crate::sealed`]); without one, in clear.
 //! - **Failures** (a non-2xx answer, no answer within 10 s, a refused address) hold the
 //!   endpoint at that event (order is kept) and it is tried again after a pause that
 //!   grows four-fold from [`WebhookConfig::retry_first`] (5 s) up to an hour, without
@@ -71,6 +74,7 @@ use uuid::Uuid;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Notice};
 use crate::db::{now_us, on_read, on_write};
+use crate::sealed::{AtRest, Purpose};
 use crate::{EventStore, StoredEvent};
 
 /// How webhooks are sent.
@@ -146,8 +150,31 @@ pub(crate) fn previous_of(text: &str) -> Vec<(Vec<u8>, i64)> {
         .collect()
 }
 
+/// The stored JSON of retired secrets ([`previous_of`] reads it).
+pub(crate) fn previous_text(list: &[(Vec<u8>, i64)]) -> String {
+    let out: Vec<serde_json::Value> = list
+        .iter()
+        .map(|(s, u)| serde_json::json!({"secret": B64.encode(s), "until_us": u}))
+        .collect();
+    serde_json::Value::Array(out).to_string()
+}
+
+/// The stored JSON of retired secrets with each secret passed through `f` (opened, or
+/// sealed, for its endpoint: see [`crate::sealed`]).
+pub(crate) fn previous_through(
+    text: &str,
+    mut f: impl FnMut(&[u8]) -> Result<Vec<u8>, crate::StoreError>,
+) -> Result<String, crate::StoreError> {
+    let list = previous_of(text)
+        .into_iter()
+        .map(|(s, u)| Ok((f(&s)?, u)))
+        .collect::<Result<Vec<_>, crate::StoreError>>()?;
+    Ok(previous_text(&list))
+}
+
 /// The retired secrets after `current` is retired until `until` (Unix µs), as stored:
 /// those expired by `now` dropped, then at most [`MAX_PREVIOUS`], the latest to expire.
+/// (The secrets in clear: sealing is the caller's, [`previous_through`].)
 pub(crate) fn retire(previous: &str, current: &[u8], until: i64, now: i64) -> String {
     let mut list: Vec<(Vec<u8>, i64)> = previous_of(previous)
         .into_iter()
@@ -158,11 +185,7 @@ pub(crate) fn retire(previous: &str, current: &[u8], until: i64, now: i64) -> St
     }
     list.sort_by_key(|(_, u)| std::cmp::Reverse(*u));
     list.truncate(MAX_PREVIOUS);
-    let out: Vec<serde_json::Value> = list
-        .iter()
-        .map(|(s, u)| serde_json::json!({"secret": B64.encode(s), "until_us": u}))
-        .collect();
-    serde_json::Value::Array(out).to_string()
+    previous_text(&list)
 }
 
 /// A new endpoint secret: its bytes and its `whsec_…` form.
@@ -289,25 +312,29 @@ struct Endpoint {
     previous: Vec<(Vec<u8>, i64)>,
     position: i64,
     attempts: i64,
-    next_attempt_at_us: i64,
 }
 
-/// The columns of [`Endpoint`], in order.
+/// The columns of [`Endpoint`], in order, and when it is due (the order of a round).
 type EndpointRow = (Uuid, Uuid, String, String, Vec<u8>, String, i64, i64, i64);
 
 impl Endpoint {
-    fn of(r: EndpointRow) -> Self {
-        Endpoint {
+    /// The endpoint of a row, its secrets opened ([`crate::sealed`]).
+    fn of(r: EndpointRow, at_rest: &AtRest) -> Result<Self, crate::StoreError> {
+        let purpose = Purpose::Webhook(r.0);
+        let previous = previous_of(&r.5)
+            .into_iter()
+            .map(|(s, u)| Ok((at_rest.load(&purpose, &s)?, u)))
+            .collect::<Result<Vec<_>, crate::StoreError>>()?;
+        Ok(Endpoint {
             webhook_id: r.0,
             tenant_id: r.1,
             url: r.2,
             event_types: serde_json::from_str(&r.3).unwrap_or_default(),
-            secret: r.4,
-            previous: previous_of(&r.5),
+            secret: at_rest.load(&purpose, &r.4)?,
+            previous,
             position: r.6,
             attempts: r.7,
-            next_attempt_at_us: r.8,
-        }
+        })
     }
 
     fn wants(&self, event_type: &str) -> bool {
@@ -554,11 +581,21 @@ async fn round(
             .map_err(crate::StoreError::from)?
         });
         let last_page = due.len() < usize::try_from(DUE_PAGE).unwrap_or(usize::MAX);
-        for ep in due.into_iter().map(Endpoint::of) {
-            after = (ep.next_attempt_at_us, ep.webhook_id);
-            if sending.endpoints.contains_key(&ep.webhook_id) {
+        for row in due {
+            after = (row.8, row.0);
+            if sending.endpoints.contains_key(&row.0) {
                 continue;
             }
+            let ep = match Endpoint::of(row, &state.at_rest) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    // A secret sealed under a key this process does not have (another
+                    // process of the database was given one): not sent from here.
+                    tracing::error!(webhook = %after.1, error = %e,
+                        "webhooks: cannot open an endpoint's secret; not sending to it");
+                    continue;
+                }
+            };
             let id = ep.webhook_id;
             let (state, config, client) = (state.clone(), config.clone(), client.clone());
             let permits = sending.permits.clone();

@@ -109,6 +109,9 @@ pub struct AppState {
     pub webhooks: crate::webhooks::WebhookConfig,
     /// The rate limits of this process.
     pub limits: Arc<limits::RateLimits>,
+    /// How secrets are kept in the database: sealed under the secrets key, or in clear
+    /// ([`crate::sealed`]).
+    pub at_rest: crate::sealed::AtRest,
 }
 
 /// One route: method, path (as in the OpenAPI document), the query parameters it takes

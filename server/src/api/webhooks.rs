@@ -19,9 +19,10 @@ use super::body::{parse_json, Body};
 use super::error::{ApiError, ApiResult};
 use super::{json, limit_param, param_u64, params, parse_id, AppState, Params};
 use crate::db::{now_us, on_read, on_write};
+use crate::sealed::Purpose;
 use crate::webhooks::{
-    check_url, delivery, known_event_type, listed, new_secret, secret_text, DeliveryRow, ListedRow,
-    DELIVERY, LISTED,
+    check_url, delivery, known_event_type, listed, new_secret, previous_through, secret_text,
+    DeliveryRow, ListedRow, DELIVERY, LISTED,
 };
 use crate::StoreError;
 
@@ -164,6 +165,8 @@ pub async fn create_webhook(
     };
     let (secret, _) = new_secret()?;
     let id = Uuid::new_v4();
+    // Sealed when the server has a secrets key (`crate::sealed`), bound to this id.
+    let stored = state.at_rest.store(&Purpose::Webhook(id), &secret)?;
     let now = now_us();
     let postgres = state.db.is_postgres();
     let inserted = on_write!(&state.db, pool => {
@@ -211,7 +214,7 @@ pub async fn create_webhook(
         .bind(tenant)
         .bind(&url)
         .bind(&types_json)
-        .bind(&secret)
+        .bind(&stored)
         .bind(position)
         .bind(now)
         .execute(&mut *tx)
@@ -257,6 +260,7 @@ pub async fn create_webhook(
     let Some(secret) = secret else {
         return Err(deleted());
     };
+    let secret = state.at_rest.load(&Purpose::Webhook(existing), &secret)?;
     if row.2 != types_json {
         return Err(ApiError::Conflict {
             code: "webhook_exists",
@@ -454,20 +458,27 @@ pub async fn rotate_secret(
             .await
             .map_err(StoreError::from)?
         });
-        let Some((current, previous)) = row else {
+        let Some((stored, previous)) = row else {
             return Err(unknown_webhook(id));
         };
+        // Retired in clear, stored as the server keeps secrets (sealed with a secrets
+        // key: `crate::sealed`); the compare-and-set is on the stored bytes.
+        let purpose = Purpose::Webhook(id);
+        let current = state.at_rest.load(&purpose, &stored)?;
+        let previous = previous_through(&previous, |s| state.at_rest.load(&purpose, s))?;
         let previous = crate::webhooks::retire(&previous, &current, until, now_us());
+        let previous = previous_through(&previous, |s| state.at_rest.store(&purpose, s))?;
+        let new_stored = state.at_rest.store(&purpose, &secret)?;
         let n = on_write!(&state.db, pool => {
             sqlx::query(
                 "UPDATE webhooks SET previous_secrets = $1, secret = $2 \
                  WHERE tenant_id = $3 AND webhook_id = $4 AND secret = $5",
             )
             .bind(&previous)
-            .bind(&secret)
+            .bind(&new_stored)
             .bind(tenant)
             .bind(id)
-            .bind(&current)
+            .bind(&stored)
             .execute(pool)
             .await
             .map_err(StoreError::from)?
