@@ -3490,6 +3490,54 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
 
 on_both_engines!(early_rail_notices_are_held_then_applied);
 
+/// A tenant's queue of held notices is bounded: past 10,000 waiting a notice is 422
+/// `too_many_held_notices`, and that answer is not kept under its `Idempotency-Key`: the
+/// same request is accepted once the queue has room.
+async fn held_notices_are_bounded(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let notice = |r: &str| json!({"rail_ref": r, "notice": {"kind": "settled"}});
+    let r = c.post("/v1/rail-notices", &key, &notice("SEED-1")).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    // 9,999 more waiting for a reference that never comes (the seed makes 10,000).
+    let fill = if srv.database.starts_with("postgres") {
+        "INSERT INTO held_rail_notices (notice_id, tenant_id, rail_ref, notice, received_at_us, status) \
+         SELECT gen_random_uuid(), h.tenant_id, 'NEVER', h.notice, h.received_at_us, 'held' \
+         FROM generate_series(1, 9999), held_rail_notices h WHERE h.rail_ref = 'SEED-1'"
+    } else {
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9999) \
+         INSERT INTO held_rail_notices (notice_id, tenant_id, rail_ref, notice, received_at_us, status) \
+         SELECT randomblob(16), h.tenant_id, 'NEVER', h.notice, h.received_at_us, 'held' \
+         FROM n, held_rail_notices h WHERE h.rail_ref = 'SEED-1'"
+    };
+    run_sql(&srv.database, fill).await;
+    let full = c
+        .post_idem("/v1/rail-notices", &key, "bank-evt-full", &notice("LATE-1"))
+        .await;
+    assert_eq!(full.status, 422, "{}", full.body);
+    assert_eq!(full.body["code"], "too_many_held_notices");
+    let listed = c.get("/v1/rail-notices?rail_ref=LATE-1", &key).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(
+        listed.body["rail_notices"],
+        json!([]),
+        "nothing stored for a refused notice"
+    );
+
+    run_sql(
+        &srv.database,
+        "DELETE FROM held_rail_notices WHERE rail_ref = 'NEVER'",
+    )
+    .await;
+    let retried = c
+        .post_idem("/v1/rail-notices", &key, "bank-evt-full", &notice("LATE-1"))
+        .await;
+    assert_eq!(retried.status, 202, "{}", retried.body);
+    assert_eq!(retried.body["status"], "held");
+    assert!(retried.headers.get("idempotent-replayed").is_none());
+}
+on_both_engines!(held_notices_are_bounded);
+
 /// Revoking a party's tokens: the tokens minted until then are refused everywhere
 /// (reads, commands, new streams: 401 `token_revoked`) and an open stream ends; a token
 /// minted afterwards works; API keys only; idempotent under its key.

@@ -249,10 +249,14 @@ impl ApiError {
     /// command — which the same request gets again, so it is stored under its
     /// `Idempotency-Key` like a success. Not so: a malformed request (400), a version
     /// conflict (409), the credentials' refusals (401, 403 of a token's scope), a reused
-    /// key and 5xx: the key stays free for a retry.
+    /// key, a full queue of held rail notices (`too_many_held_notices`: the same notice
+    /// is accepted once some are dismissed or applied) and 5xx: the key stays free for a
+    /// retry.
     pub fn is_command_result(&self) -> bool {
         match self {
-            ApiError::Unprocessable { code, .. } => *code != "idempotency_key_reused",
+            ApiError::Unprocessable { code, .. } => {
+                !matches!(*code, "idempotency_key_reused" | "too_many_held_notices")
+            }
             ApiError::Refused { .. } => true,
             _ => false,
         }
