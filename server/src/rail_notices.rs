@@ -191,12 +191,15 @@ pub(crate) async fn hold(
     Ok(serde_json::to_vec(&stored).unwrap_or_default())
 }
 
+/// The query of one notice by tenant and id, on either pool.
+fn by_id_sql() -> String {
+    format!("SELECT {COLUMNS} FROM held_rail_notices WHERE tenant_id = $1 AND notice_id = $2")
+}
+
 /// One held notice of `tenant`, as the API answers it.
 pub(crate) async fn read(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<Option<Value>> {
     let row: Option<Row> = on_read!(&state.db, pool => {
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM held_rail_notices WHERE tenant_id = $1 AND notice_id = $2"
-        ))
+        sqlx::query_as(&by_id_sql())
         .bind(tenant)
         .bind(id)
         .fetch_optional(pool)
@@ -209,9 +212,7 @@ pub(crate) async fn read(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<
 /// [`read`] on the writer (SQLite: the row just written, whatever the readers saw).
 async fn read_from_writer(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<Option<Value>> {
     let row: Option<Row> = on_write!(&state.db, pool => {
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM held_rail_notices WHERE tenant_id = $1 AND notice_id = $2"
-        ))
+        sqlx::query_as(&by_id_sql())
         .bind(tenant)
         .bind(id)
         .fetch_optional(pool)
