@@ -42,6 +42,58 @@ pub struct Decision {
     pub state: PaymentState,
 }
 
+/// What a command says alone, before any payment's state is known: its text (lengths
+/// and characters, as [`handle`] checks them first), and for a `RailNotice` the shape
+/// of its reference (1 to 128 characters, not blank) and of a return (a code `R` and two
+/// digits, a positive amount). A server that keeps a notice for a transfer no payment
+/// recorded yet checks it with this, so a notice that could never apply is refused on
+/// arrival instead of waiting; [`handle`] finds the same errors when the command runs.
+///
+/// ```
+/// use trustfold_core::command::{Command, RailOutcome};
+/// use trustfold_core::decide::check_alone;
+///
+/// let notice = |rail_ref: &str, code: &str| Command::RailNotice {
+///     rail_ref: rail_ref.into(),
+///     notice: RailOutcome::Returned { code: code.into(), reason: String::new(), amount: None },
+/// };
+/// assert!(check_alone(&notice("ACH-1", "R01")).is_ok());
+/// assert_eq!(check_alone(&notice("ACH-1", "ZZZ")).unwrap_err().code(), "invalid_return_code");
+/// assert_eq!(check_alone(&notice("  ", "R01")).unwrap_err().code(), "invalid_rail_ref");
+/// ```
+pub fn check_alone(cmd: &Command) -> Result<()> {
+    check_texts(cmd)?;
+    if let Command::RailNotice { rail_ref, notice } = cmd {
+        check_rail_ref_shape(rail_ref)?;
+        if let RailOutcome::Returned { code, amount, .. } = notice {
+            check_return_shape(code, amount)?;
+        }
+    }
+    Ok(())
+}
+
+/// The lengths and characters of a command's free text ([`Command::texts`]).
+fn check_texts(cmd: &Command) -> Result<()> {
+    for (field, text, max) in cmd.texts() {
+        let chars = text.chars().count();
+        if chars > max {
+            return Err(Error::TextTooLong { field, chars, max });
+        }
+        if let Some((i, ch)) = text
+            .chars()
+            .enumerate()
+            .find(|&(_, c)| !text_char_allowed(c, max))
+        {
+            return Err(Error::InvalidText {
+                field,
+                ch,
+                at: i + 1,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Decides a command: the events it produces, without the state.
 pub fn decide(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Result<Vec<Envelope>> {
     handle(state, cmd, ctx).map(|d| d.events)
@@ -64,23 +116,7 @@ pub fn handle(state: Option<&PaymentState>, cmd: &Command, ctx: &Context) -> Res
         }
         _ => ctx,
     };
-    for (field, text, max) in cmd.texts() {
-        let chars = text.chars().count();
-        if chars > max {
-            return Err(Error::TextTooLong { field, chars, max });
-        }
-        if let Some((i, ch)) = text
-            .chars()
-            .enumerate()
-            .find(|&(_, c)| !text_char_allowed(c, max))
-        {
-            return Err(Error::InvalidText {
-                field,
-                ch,
-                at: i + 1,
-            });
-        }
-    }
+    check_texts(cmd)?;
     if let Command::Initiate { roles, .. } | Command::Invite { roles, .. } = cmd {
         // Sorted, a repeat is a neighbour (no `BTreeSet`: its code would be the
         // module's only B-tree).
@@ -1223,13 +1259,19 @@ fn open_awaiting<'a>(s: &'a PaymentState, request: &RequestId) -> Result<&'a Req
     }
 }
 
-fn check_rail_ref(s: &PaymentState, rail_ref: &str) -> Result<()> {
+/// A rail reference's shape: 1 to 128 characters, not blank.
+fn check_rail_ref_shape(rail_ref: &str) -> Result<()> {
     if rail_ref.trim().is_empty() || rail_ref.len() > 128 {
         return reject(
             "invalid_rail_ref",
             "a rail reference is 1 to 128 characters",
         );
     }
+    Ok(())
+}
+
+fn check_rail_ref(s: &PaymentState, rail_ref: &str) -> Result<()> {
+    check_rail_ref_shape(rail_ref)?;
     if s.rail_refs.contains_key(rail_ref) {
         return reject(
             "rail_ref_reused",
@@ -1321,6 +1363,16 @@ fn apply_held(em: &mut Emitter<'_>, rail_ref: &str, held: Vec<RailOutcome>) -> R
 /// What a return notice says alone: an ACH return code, and an amount (if given) in
 /// the payment's currency and positive.
 fn check_return(s: &PaymentState, code: &str, amount: &Option<Money>) -> Result<()> {
+    // In the order they were always checked: the code, the currency, the sign.
+    if let (true, Some(m)) = (valid_return_code(code), amount) {
+        s.amount.same_currency(m)?;
+    }
+    check_return_shape(code, amount)
+}
+
+/// What a return notice says, whatever the payment: a return code `R` and two digits,
+/// and an amount (if given) that is positive.
+fn check_return_shape(code: &str, amount: &Option<Money>) -> Result<()> {
     if !valid_return_code(code) {
         return reject(
             "invalid_return_code",
@@ -1328,7 +1380,6 @@ fn check_return(s: &PaymentState, code: &str, amount: &Option<Money>) -> Result<
         );
     }
     if let Some(m) = amount {
-        s.amount.same_currency(m)?;
         m.require_positive()?;
     }
     Ok(())

@@ -187,9 +187,13 @@ pub enum RailNoticeAnswer {
 /// What became of a held rail notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HeldStatus {
     /// Still waiting for a payment to record a transfer under its reference.
     Held,
+    /// Being given to the payment that recorded its transfer now (applied or refused in
+    /// a moment; it can no longer be dismissed).
+    Applying,
     /// Given to [`HeldRailNotice::payment_id`], which recorded it (or found it a
     /// duplicate).
     Applied,
@@ -197,16 +201,34 @@ pub enum HeldStatus {
     Refused,
     /// Dismissed by the tenant while held ([`Client::dismiss_rail_notice`]).
     Dismissed,
+    /// A status this SDK does not know (a newer server's). Not a filter the server
+    /// takes: [`Client::held_rail_notices`] with it is refused (400).
+    #[serde(other)]
+    Unknown,
 }
 
 impl HeldStatus {
+    /// Whether the notice still waits for its outcome (held, or being applied): wait
+    /// for it while this is true.
+    ///
+    /// ```
+    /// use trustfold::client::HeldStatus;
+    /// assert!(HeldStatus::Applying.is_waiting());
+    /// assert!(!HeldStatus::Applied.is_waiting());
+    /// ```
+    pub fn is_waiting(self) -> bool {
+        matches!(self, HeldStatus::Held | HeldStatus::Applying)
+    }
+
     /// The status as the API names it.
     pub fn as_str(self) -> &'static str {
         match self {
             HeldStatus::Held => "held",
+            HeldStatus::Applying => "applying",
             HeldStatus::Applied => "applied",
             HeldStatus::Refused => "refused",
             HeldStatus::Dismissed => "dismissed",
+            HeldStatus::Unknown => "unknown",
         }
     }
 }
@@ -949,7 +971,8 @@ impl Client {
 
     /// `DELETE /v1/rail-notices/{id}`: dismisses a held notice whose transfer will never
     /// be recorded here ([`HeldStatus::Dismissed`]; the record stays). A notice applied
-    /// or refused already: [`Error::Conflict`] (`rail_notice_settled`).
+    /// or refused already: [`Error::Conflict`] (`rail_notice_settled`); one being
+    /// applied right now: [`Error::Conflict`] (`rail_notice_applying`, read it again).
     pub async fn dismiss_rail_notice(&self, id: uuid::Uuid) -> Result<HeldRailNotice> {
         let b = self
             .send(

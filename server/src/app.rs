@@ -205,10 +205,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let limits = state.limits.clone();
     let sender = (state.clone(), notices.subscribe());
     let clock = config.tick_interval.map(|every| (state.clone(), every));
-    // Held rail notices are applied on the clock's beat, or every second without one.
+    // Held rail notices are looked at every second, or on the clock's beat when that is
+    // faster (a slow clock must not leave a bank's notice waiting).
+    let second = Duration::from_secs(1);
     let held_notices = (
         state.clone(),
-        config.tick_interval.unwrap_or(Duration::from_secs(1)),
+        config.tick_interval.map_or(second, |t| t.min(second)),
     );
     let mut app = router(state).layer(
         tower_http::trace::TraceLayer::new_for_http()

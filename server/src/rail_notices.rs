@@ -6,26 +6,38 @@
 //! (`SubmitFunding`, `SubmitDisbursement`): the bank answered the transfer, its
 //! settlement webhook raced the integrator's own call. No payment knows the reference
 //! yet, so the server keeps the notice (202, `status: "held"`, table
-//! `held_rail_notices`) instead of refusing it, and a background round, every second in
-//! the process that runs the background projection (one per database), gives each held
-//! notice to the payment once the `rail_refs` read model shows one recorded a transfer
-//! under its reference: the core's `RailNotice`, as the built-in `rail` actor, through
-//! the command path (stored state, version check, live streams, read models).
+//! `held_rail_notices`) instead of refusing it, and a background round, every second (or
+//! on the clock's beat when that is faster) in the process that runs the background
+//! projection (one per database), gives each held notice to the payment once the
+//! `rail_refs` read model shows one recorded a transfer under its reference: the core's
+//! `RailNotice`, as the built-in `rail` actor, through the command path (stored state,
+//! version check, live streams, read models).
 //!
+//! - **Checked on arrival.** What a notice says alone (its reference's and a return's
+//!   shape, its text: `trustfold_core::decide::check_alone`) is checked before it is
+//!   held: one that could never apply is refused then (422), not kept to fail later.
 //! - **What became of it** is kept: `applied` (with the payment), or `refused` (with
 //!   the payment's rule's `code` and `message`, say a settlement of a transfer the rail
 //!   already reported failed; or `ambiguous_rail_ref` when two payments recorded the
-//!   reference by then). `GET /v1/rail-notices` lists a tenant's held notices (by
-//!   `status`, `rail_ref`), `GET /v1/rail-notices/{notice_id}` reads one.
+//!   reference by then). While the round runs one it is `applying`. `GET
+//!   /v1/rail-notices` lists a tenant's held notices (by `status`, `rail_ref`), `GET
+//!   /v1/rail-notices/{notice_id}` reads one.
 //! - **Dismissed** by the tenant while held (`DELETE /v1/rail-notices/{notice_id}`):
 //!   a reference that will never be recorded here stops waiting (and counting against
-//!   the limit below); the record is kept with `status: "dismissed"`.
-//! - **In the order received.** Notices are applied oldest first, one at a time, so a
-//!   settlement held before its return is applied first; the core de-duplicates the
-//!   same notice sent twice.
+//!   the limit below); the record is kept with `status: "dismissed"`. The round claims
+//!   a notice (`applying`) before it gives it to the payment, and a notice being applied
+//!   cannot be dismissed (409 `rail_notice_applying`): a dismissed notice never changed
+//!   a payment.
+//! - **In the order received, per reference.** Notices are applied oldest first, one at
+//!   a time, so a settlement held before its return is applied first; a notice whose
+//!   run failed holds back the later ones for its reference until it is applied; and a
+//!   notice that arrives for a reference while earlier ones still wait for it is held
+//!   behind them (202) even when a payment knows the reference by then. The core
+//!   de-duplicates the same notice sent twice.
 //! - **Exactly once.** A held notice's command id is the notice's id, so after a crash
-//!   between the append and the status update the round runs it again and the payment
-//!   finds it applied already (a duplicate notice records nothing).
+//!   between the append and the status update the round finds the notice's events
+//!   stored, by their ids, and records it applied to their payment without running it
+//!   again (whatever the payment or the references did since).
 //! - **Bounded.** At most [`MAX_HELD_PER_TENANT`] wait per tenant at once (422
 //!   `too_many_held_notices` after that: a reference that never comes is the
 //!   integrator's to look at). A notice whose run failed (the database, not a rule) is
@@ -39,12 +51,13 @@
 //! assert_eq!(HeldStatus::parse("lost"), None);
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use trustfold_core::command::RailOutcome;
+use trustfold_core::id::derive;
 use uuid::Uuid;
 
 use crate::api::error::{ApiError, ApiResult};
@@ -52,18 +65,22 @@ use crate::api::AppState;
 use crate::clock::next_pause;
 use crate::db::{now_us, on_read, on_write};
 use crate::webhooks::time_us;
-use crate::StoreError;
+use crate::{EventStore, StoreError};
 
 /// Most notices waiting for their transfer per tenant.
 pub const MAX_HELD_PER_TENANT: i64 = 10_000;
-/// Held notices looked at per round.
+/// Held notices looked at per round (besides those backed off after a failure).
 const ROUND: i64 = 256;
+/// The statuses of a notice still waiting for its transfer, as SQL.
+const WAITING: &str = "status IN ('held', 'applying')";
 
 /// What became of a held notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeldStatus {
     /// Waiting for a payment to record a transfer under its reference.
     Held,
+    /// Being given to the payment now (the round claimed it); then applied or refused.
+    Applying,
     /// Given to the payment, which recorded it (or found it a duplicate).
     Applied,
     /// The payment's rules refused it (or two payments recorded the reference).
@@ -78,6 +95,7 @@ impl HeldStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             HeldStatus::Held => "held",
+            HeldStatus::Applying => "applying",
             HeldStatus::Applied => "applied",
             HeldStatus::Refused => "refused",
             HeldStatus::Dismissed => "dismissed",
@@ -88,6 +106,7 @@ impl HeldStatus {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "held" => Some(HeldStatus::Held),
+            "applying" => Some(HeldStatus::Applying),
             "applied" => Some(HeldStatus::Applied),
             "refused" => Some(HeldStatus::Refused),
             "dismissed" => Some(HeldStatus::Dismissed),
@@ -157,9 +176,9 @@ pub(crate) async fn hold(
         return Ok(serde_json::to_vec(&stored).unwrap_or_default());
     }
     let held: i64 = on_read!(&state.db, pool => {
-        sqlx::query_scalar(
-            "SELECT COUNT(*) FROM held_rail_notices WHERE tenant_id = $1 AND status = 'held'",
-        )
+        sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM held_rail_notices WHERE tenant_id = $1 AND {WAITING}"
+        ))
         .bind(tenant)
         .fetch_one(pool)
         .await
@@ -189,6 +208,23 @@ pub(crate) async fn hold(
         ApiError::Internal("a held rail notice's id is taken by another tenant".into())
     })?;
     Ok(serde_json::to_vec(&stored).unwrap_or_default())
+}
+
+/// Whether notices of `tenant` for `rail_ref` still wait (held, or being applied): a
+/// new notice for it is held behind them, so they are applied in the order received.
+pub(crate) async fn waiting_for(state: &AppState, tenant: Uuid, rail_ref: &str) -> ApiResult<bool> {
+    let found: Option<Uuid> = on_read!(&state.db, pool => {
+        sqlx::query_scalar(&format!(
+            "SELECT notice_id FROM held_rail_notices WHERE tenant_id = $1 AND rail_ref = $2 \
+             AND {WAITING} LIMIT 1"
+        ))
+        .bind(tenant)
+        .bind(rail_ref)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    Ok(found.is_some())
 }
 
 /// The query of one notice by tenant and id, on either pool.
@@ -259,30 +295,46 @@ pub(crate) async fn list(
             (at, a)
         }
     };
+    // Only the filters given, so each finds its index (`rail_ref`: the tenant's notices
+    // by reference; otherwise the tenant's by time).
+    let mut sql = format!(
+        "SELECT {COLUMNS} FROM held_rail_notices WHERE tenant_id = $1 \
+         AND (received_at_us > $2 OR (received_at_us = $2 AND notice_id > $3))"
+    );
+    let mut n = 3;
+    for (column, given) in [
+        ("rail_ref", rail_ref.is_some()),
+        ("status", status.is_some()),
+    ] {
+        if given {
+            n += 1;
+            sql.push_str(&format!(" AND {column} = ${n}"));
+        }
+    }
+    sql.push_str(&format!(
+        " ORDER BY received_at_us, notice_id LIMIT ${}",
+        n + 1
+    ));
     let mut rows: Vec<Row> = on_read!(&state.db, pool => {
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM held_rail_notices WHERE tenant_id = $1 \
-             AND (received_at_us > $2 OR (received_at_us = $2 AND notice_id > $3)) \
-             AND ($4 IS NULL OR status = $4) AND ($5 IS NULL OR rail_ref = $5) \
-             ORDER BY received_at_us, notice_id LIMIT $6"
-        ))
-        .bind(tenant)
-        .bind(cursor.0)
-        .bind(cursor.1)
-        .bind(status.map(HeldStatus::as_str))
-        .bind(rail_ref)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?
+        let mut q = sqlx::query_as(&sql).bind(tenant).bind(cursor.0).bind(cursor.1);
+        if let Some(r) = rail_ref {
+            q = q.bind(r);
+        }
+        if let Some(s) = status {
+            q = q.bind(s.as_str());
+        }
+        q.bind(i64::from(limit) + 1)
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::from)?
     });
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     Ok((rows.iter().map(to_json).collect(), has_more))
 }
 
-/// Records what became of a held notice (only while it is still held: two rounds never
-/// both settle one).
+/// Records what became of a held notice the round claimed (only while it is still
+/// `applying`: two rounds never both settle one).
 async fn settle(
     state: &AppState,
     id: Uuid,
@@ -294,7 +346,7 @@ async fn settle(
     on_write!(&state.db, pool => {
         sqlx::query(
             "UPDATE held_rail_notices SET status = $1, payment_id = $2, code = $3, \
-             message = $4, settled_at_us = $5 WHERE notice_id = $6 AND status = 'held'",
+             message = $4, settled_at_us = $5 WHERE notice_id = $6 AND status = 'applying'",
         )
         .bind(status.as_str())
         .bind(payment)
@@ -310,8 +362,9 @@ async fn settle(
 }
 
 /// Dismisses `tenant`'s held notice `id` (see [`HeldStatus::Dismissed`]): the notice as
-/// it is then, `None` if there is no such notice. One applied or refused meanwhile is
-/// 409 `rail_notice_settled`; one dismissed already is answered as it is.
+/// it is then, `None` if there is no such notice. One being applied is 409
+/// `rail_notice_applying`, one applied or refused meanwhile 409 `rail_notice_settled`;
+/// one dismissed already is answered as it is.
 pub(crate) async fn dismiss(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<Option<Value>> {
     on_write!(&state.db, pool => {
         sqlx::query(
@@ -330,6 +383,14 @@ pub(crate) async fn dismiss(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResu
     };
     match now["status"].as_str() {
         Some("dismissed") => Ok(Some(now)),
+        Some("applying") => Err(ApiError::Conflict {
+            code: "rail_notice_applying",
+            message: format!(
+                "held rail notice {id} is being given to the payment that recorded its \
+                 transfer: read it again in a moment (GET /v1/rail-notices/{id}); only a \
+                 notice still held can be dismissed"
+            ),
+        }),
         other => Err(ApiError::Conflict {
             code: "rail_notice_settled",
             message: format!(
@@ -373,10 +434,12 @@ async fn round(state: &AppState, failed: &mut HashMap<Uuid, Failed>) -> ApiResul
     let started = Instant::now();
     // Nothing held anywhere (the usual case): one indexed read, no catch-up.
     let any: Option<Uuid> = on_read!(&state.db, pool => {
-        sqlx::query_scalar("SELECT notice_id FROM held_rail_notices WHERE status = 'held' LIMIT 1")
-            .fetch_optional(pool)
-            .await
-            .map_err(StoreError::from)?
+        sqlx::query_scalar(&format!(
+            "SELECT notice_id FROM held_rail_notices WHERE {WAITING} LIMIT 1"
+        ))
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?
     });
     if any.is_none() {
         failed.clear();
@@ -384,29 +447,44 @@ async fn round(state: &AppState, failed: &mut HashMap<Uuid, Failed>) -> ApiResul
     }
     // The rail references' read model as of every event appended so far.
     state.projector.catch_up().await?;
+    // Those backed off still come back, so they hold back the later ones of their
+    // reference, without taking the places of notices that can run.
+    let limit = ROUND.saturating_add(i64::try_from(failed.len()).unwrap_or(i64::MAX));
     let due: Vec<(Uuid, Uuid, String, String)> = on_read!(&state.db, pool => {
-        sqlx::query_as(
+        sqlx::query_as(&format!(
             "SELECT h.notice_id, h.tenant_id, h.rail_ref, h.notice FROM held_rail_notices h \
-             WHERE h.status = 'held' AND EXISTS (SELECT 1 FROM payment_rail_refs r \
+             WHERE h.{WAITING} AND EXISTS (SELECT 1 FROM payment_rail_refs r \
              WHERE r.tenant_id = h.tenant_id AND r.rail_ref = h.rail_ref) \
-             ORDER BY h.received_at_us, h.notice_id LIMIT $1",
-        )
-        .bind(ROUND)
+             ORDER BY h.received_at_us, h.notice_id LIMIT $1"
+        ))
+        .bind(limit)
         .fetch_all(pool)
         .await
         .map_err(StoreError::from)?
     });
+    // References with an earlier notice not applied this round: their later notices
+    // wait for it, in the order received.
+    let mut blocked: HashSet<(Uuid, String)> = HashSet::new();
     for (id, tenant, rail_ref, notice) in due {
-        if failed.get(&id).is_some_and(|f| f.again_at > started) {
+        let key = (tenant, rail_ref);
+        if blocked.contains(&key) {
             continue;
         }
-        match apply(state, id, tenant, &rail_ref, &notice).await {
-            Ok(()) => {
+        if failed.get(&id).is_some_and(|f| f.again_at > started) {
+            blocked.insert(key);
+            continue;
+        }
+        match apply(state, id, tenant, &key.1, &notice).await {
+            Ok(Verdict::Settled) => {
                 failed.remove(&id);
+            }
+            Ok(Verdict::Waiting) => {
+                failed.remove(&id);
+                blocked.insert(key);
             }
             Err(e) => {
                 let pause = next_pause(failed.get(&id).map(|f| f.pause), true);
-                tracing::warn!(notice = %id, %rail_ref, error = %e, retry_in = ?pause,
+                tracing::warn!(notice = %id, rail_ref = %key.1, error = %e, retry_in = ?pause,
                     "a held rail notice could not be applied");
                 failed.insert(
                     id,
@@ -415,6 +493,7 @@ async fn round(state: &AppState, failed: &mut HashMap<Uuid, Failed>) -> ApiResul
                         pause,
                     },
                 );
+                blocked.insert(key);
             }
         }
     }
@@ -422,30 +501,92 @@ async fn round(state: &AppState, failed: &mut HashMap<Uuid, Failed>) -> ApiResul
     Ok(())
 }
 
+/// What a round did with one notice.
+enum Verdict {
+    /// Applied or refused (or dismissed before the round claimed it): done with.
+    Settled,
+    /// Still waiting (no payment knows its reference after all).
+    Waiting,
+}
+
 /// Gives one held notice to the payment that recorded its reference and records the
-/// outcome; an error means nothing was decided (tried again later).
+/// outcome. The notice is claimed first (`applying`; a dismissal then waits for the
+/// outcome), and given back (`held`) when nothing was decided: an error (tried again
+/// later) or a reference no payment knows after all.
 async fn apply(
     state: &AppState,
     id: Uuid,
     tenant: Uuid,
     rail_ref: &str,
     notice: &str,
-) -> ApiResult<()> {
+) -> ApiResult<Verdict> {
+    let claimed = on_write!(&state.db, pool => {
+        sqlx::query(&format!(
+            "UPDATE held_rail_notices SET status = 'applying' WHERE notice_id = $1 AND {WAITING}"
+        ))
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected()
+    });
+    if claimed == 0 {
+        // Dismissed (or settled by another round) meanwhile.
+        return Ok(Verdict::Settled);
+    }
+    let outcome = run_claimed(state, id, tenant, rail_ref, notice).await;
+    if !matches!(outcome, Ok(Verdict::Settled)) {
+        let released = on_write!(&state.db, pool => {
+            sqlx::query(
+                "UPDATE held_rail_notices SET status = 'held' \
+                 WHERE notice_id = $1 AND status = 'applying'",
+            )
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        });
+        if let Err(e) = released {
+            // Still `applying`: the next round takes it up as it is.
+            tracing::warn!(notice = %id, error = %e, "a held rail notice stays claimed");
+        }
+    }
+    outcome
+}
+
+/// [`apply`] once claimed: the verdict, recorded.
+async fn run_claimed(
+    state: &AppState,
+    id: Uuid,
+    tenant: Uuid,
+    rail_ref: &str,
+    notice: &str,
+) -> ApiResult<Verdict> {
+    // Applied already (a crash, or a lost connection, between the payment's append and
+    // the notice's outcome): its events are stored under ids derived from its own.
+    let first = derive(id, "event", 0);
+    if let Some(ev) = state.store.read_event(tenant, first).await? {
+        tracing::info!(notice = %id, payment = %ev.stream_id, %rail_ref,
+            "held rail notice found applied already");
+        settle(state, id, HeldStatus::Applied, Some(ev.stream_id), None).await?;
+        return Ok(Verdict::Settled);
+    }
     let notice: RailOutcome = serde_json::from_str(notice)
         .map_err(|e| ApiError::Internal(format!("a held rail notice is unreadable: {e}")))?;
     let payment = match crate::api::payments::payment_of_rail_ref(state, tenant, rail_ref).await {
         Ok(Some(p)) => p,
         // Not known after all (a read model rebuilt meanwhile): held on.
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(Verdict::Waiting),
         Err(e) if e.is_command_result() || e.status().is_client_error() => {
-            return settle(
+            settle(
                 state,
                 id,
                 HeldStatus::Refused,
                 None,
                 Some((e.code(), e.to_string())),
             )
-            .await;
+            .await?;
+            return Ok(Verdict::Settled);
         }
         Err(e) => return Err(e),
     };
@@ -453,7 +594,7 @@ async fn apply(
     match run.await {
         Ok(()) => {
             tracing::info!(notice = %id, %payment, %rail_ref, "held rail notice applied");
-            settle(state, id, HeldStatus::Applied, Some(payment), None).await
+            settle(state, id, HeldStatus::Applied, Some(payment), None).await?;
         }
         // A conflict that outlasted the retries is no verdict: tried again later.
         Err(e)
@@ -468,8 +609,9 @@ async fn apply(
                 Some(payment),
                 Some((e.code(), e.to_string())),
             )
-            .await
+            .await?;
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
     }
+    Ok(Verdict::Settled)
 }

@@ -3236,12 +3236,22 @@ async fn run_sql(database: &str, sql: &str) {
     }
 }
 
+/// `id` as an SQL literal of the server's database (SQLite keeps ids as 16-byte blobs).
+fn uuid_literal(database: &str, id: &str) -> String {
+    let id: uuid::Uuid = id.parse().expect("an id");
+    if database.starts_with("postgres") {
+        format!("'{id}'")
+    } else {
+        format!("X'{}'", id.simple())
+    }
+}
+
 /// The held notice `id` once the server settled it (applied or refused), within 10 s.
 async fn settled_notice(c: &common::scenario::Client, key: &str, id: &str) -> Value {
     for _ in 0..200 {
         let r = c.get(&format!("/v1/rail-notices/{id}"), key).await;
         assert_eq!(r.status, 200, "{}", r.body);
-        if r.body["status"] != "held" {
+        if r.body["status"] != "held" && r.body["status"] != "applying" {
             return r.body;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -3412,19 +3422,52 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
         .filter(|e| e["event"]["actor"]["role"] == "rail")
         .count();
     assert_eq!(rail_events, 2, "{}", h.body);
+    // Each by its own notice, in the order received.
+    let causes: Vec<&str> = h.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event"]["actor"]["role"] == "rail")
+        .filter_map(|e| e["event"]["causation"].as_str())
+        .collect();
+    assert_eq!(causes, [ids[0].as_str(), ids[1].as_str()], "{}", h.body);
     let r = c.get("/v1/rail-notices?status=held", &key).await;
     assert_eq!(r.body["rail_notices"], json!([]), "{}", r.body);
 
-    // A crash between a held notice's append and its status update (here: both
-    // applied notices set back to held, as the crash would have left them): run again,
-    // each finds its events stored, records nothing new and ends applied.
+    // A crash between a held notice's append and its status update (here: the applied
+    // notices set back as the crash would have left them, claimed or not), and since
+    // then a second payment used the same reference: run again, each finds its events
+    // stored, records nothing new and ends applied to its payment (not refused as
+    // ambiguous).
+    let g = open_and_join(c, &key).await.expect("open");
+    common::scenario::agree(c, &key, &g).await.expect("agree");
+    c.command(&key, &g.payment, Some(&g.buyer), "buyer", json!({"type": "AttachFundingMethod",
+        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
+        .await
+        .expect("method");
+    c.command(
+        &key,
+        &g.payment,
+        Some(&g.buyer),
+        "buyer",
+        json!({"type": "SubmitFunding",
+        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-9"}),
+    )
+    .await
+    .expect("submit on a second payment");
     let version = h.body["events"].as_array().map(Vec::len);
-    let reset = "UPDATE held_rail_notices SET status = 'held', payment_id = NULL, \
-                 settled_at_us = NULL WHERE rail_ref = 'ACH-9' AND status = 'applied'";
-    run_sql(&srv.database, reset).await;
+    for (id, left) in [(&ids[0], "applying"), (&ids[1], "held")] {
+        let reset = format!(
+            "UPDATE held_rail_notices SET status = '{left}', payment_id = NULL, \
+             settled_at_us = NULL WHERE notice_id = {}",
+            uuid_literal(&srv.database, id)
+        );
+        run_sql(&srv.database, &reset).await;
+    }
     for id in &ids[..2] {
         let again = settled_notice(c, &key, id).await;
         assert_eq!(again["status"], "applied", "{again}");
+        assert_eq!(again["payment_id"], p, "{again}");
     }
     let h = c.get(&format!("/v1/payments/{p}/events"), &key).await;
     assert_eq!(
@@ -3489,6 +3532,176 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
 }
 
 on_both_engines!(early_rail_notices_are_held_then_applied);
+
+/// What a held notice says alone is checked on arrival (422, nothing kept). Notices
+/// for one reference are applied in the order received: a notice whose run failed holds
+/// back the later ones of its reference, and a notice that arrives for a reference a
+/// payment knows by then, while earlier ones still wait for it, is held behind them
+/// (not applied ahead). A notice being applied cannot be dismissed.
+async fn held_notices_keep_their_order(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    common::scenario::agree(c, &key, &f).await.expect("agree");
+    let p = f.payment.as_str();
+    c.command(&key, p, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
+        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
+        .await
+        .expect("method");
+
+    // Checked on arrival: none of these could ever apply, none is kept.
+    let long = "A".repeat(5000);
+    for (rail_ref, notice, code) in [
+        ("   ", json!({"kind": "settled"}), "invalid_rail_ref"),
+        (long.as_str(), json!({"kind": "settled"}), "text_too_long"),
+        (
+            "ACH-X",
+            json!({"kind": "returned", "code": "ZZZ"}),
+            "invalid_return_code",
+        ),
+        (
+            "ACH-X",
+            json!({"kind": "returned", "code": "R01", "amount": {"amount": "-5.00", "currency": "USD"}}),
+            "non_positive_amount",
+        ),
+    ] {
+        let r = c
+            .post(
+                "/v1/rail-notices",
+                &key,
+                &json!({"rail_ref": rail_ref, "notice": notice}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (422, Some(code)),
+            "{}",
+            r.body
+        );
+    }
+    let r = c.get("/v1/rail-notices", &key).await;
+    assert_eq!(r.body["rail_notices"], json!([]), "{}", r.body);
+
+    // The first notice about ACH-7 is held, and its run will fail (the server cannot
+    // read it back: as a database that fails would); the transfer is then recorded.
+    let first = c
+        .post(
+            "/v1/rail-notices",
+            &key,
+            &json!({"rail_ref": "ACH-7", "notice": {"kind": "settled"}}),
+        )
+        .await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let first = first.body["id"].as_str().expect("id").to_owned();
+    let lit = uuid_literal(&srv.database, &first);
+    run_sql(
+        &srv.database,
+        &format!(
+            "UPDATE held_rail_notices SET notice = '{{\"kind\":\"garbled\"}}' \
+             WHERE notice_id = {lit}"
+        ),
+    )
+    .await;
+    c.command(
+        &key,
+        p,
+        Some(&f.buyer),
+        "buyer",
+        json!({"type": "SubmitFunding",
+        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-7"}),
+    )
+    .await
+    .expect("submit");
+    // A return about ACH-7: a payment knows the reference, but the settlement before it
+    // still waits, so the return is held behind it.
+    let second = c
+        .post(
+            "/v1/rail-notices",
+            &key,
+            &json!({"rail_ref": "ACH-7",
+            "notice": {"kind": "returned", "code": "R01", "reason": "insufficient funds"}}),
+        )
+        .await;
+    assert_eq!(second.status, 202, "{}", second.body);
+    assert_eq!(second.body["status"], "held");
+    let second = second.body["id"].as_str().expect("id").to_owned();
+    // Rounds run (every second here) and fail the first; the second stays behind it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for id in [&first, &second] {
+        let r = c.get(&format!("/v1/rail-notices/{id}"), &key).await;
+        assert_eq!(r.body["status"], "held", "{}", r.body);
+    }
+    let h = c.get(&format!("/v1/payments/{p}/events"), &key).await;
+    let last = h.body["events"].as_array().and_then(|e| e.last()).cloned();
+    assert_eq!(
+        last.as_ref().map(|e| &e["event"]["type"]),
+        Some(&json!("FundingSubmitted")),
+        "a notice was applied ahead of the one that failed: {}",
+        h.body
+    );
+
+    // Being applied (claimed by a round; here set so by hand): not dismissed.
+    run_sql(
+        &srv.database,
+        &format!("UPDATE held_rail_notices SET status = 'applying' WHERE notice_id = {lit}"),
+    )
+    .await;
+    let r = c
+        .raw(
+            "DELETE",
+            &format!("/v1/rail-notices/{first}"),
+            Some(&key),
+            &[],
+            None,
+        )
+        .await
+        .expect("delete");
+    expect_member(&r, 409, "code", "rail_notice_applying");
+    let r = c.get("/v1/rail-notices?status=applying", &key).await;
+    assert_eq!(
+        r.body["rail_notices"][0]["id"],
+        first.as_str(),
+        "{}",
+        r.body
+    );
+
+    // The first can be read again: both are applied, in the order received.
+    run_sql(
+        &srv.database,
+        &format!(
+            "UPDATE held_rail_notices SET notice = '{{\"kind\":\"settled\"}}' WHERE notice_id = {lit}"
+        ),
+    )
+    .await;
+    for id in [&first, &second] {
+        let r = settled_notice(c, &key, id).await;
+        assert_eq!(r["status"], "applied", "{r}");
+    }
+    let h = c.get(&format!("/v1/payments/{p}/events"), &key).await;
+    let rail: Vec<(&str, &str)> = h.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event"]["actor"]["role"] == "rail")
+        .filter_map(|e| {
+            Some((
+                e["event"]["type"].as_str()?,
+                e["event"]["causation"].as_str()?,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        rail,
+        [
+            ("FundingSettled", first.as_str()),
+            ("FundingReturned", second.as_str())
+        ],
+        "{}",
+        h.body
+    );
+    srv.finish().await;
+}
+on_both_engines!(held_notices_keep_their_order);
 
 /// A tenant's queue of held notices is bounded: past 10,000 waiting a notice is 422
 /// `too_many_held_notices`, and that answer is not kept under its `Idempotency-Key`: the

@@ -201,7 +201,7 @@ impl Demo {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let held = loop {
             let h = self.client.held_rail_notice(id).await?;
-            if h.status != HeldStatus::Held || std::time::Instant::now() > deadline {
+            if !h.status.is_waiting() || std::time::Instant::now() > deadline {
                 break h;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -968,7 +968,8 @@ struct RailNoticeRequest {
 /// reference no payment of the tenant used yet (the notice overtook the submission) is
 /// held: 202 with the held notice (`status: "held"`), applied when a payment records
 /// the transfer ([`crate::rail_notices`]); a signed answer about no payment (the nil
-/// id). One used by more than one payment is 409 `ambiguous_rail_ref` (send it to the
+/// id). So is one for a reference that earlier held notices still wait for (it is
+/// applied after them). What a held notice says alone is checked first (422). One used by more than one payment is 409 `ambiguous_rail_ref` (send it to the
 /// payment's own commands route).
 pub async fn post_rail_notice(
     State(state): State<AppState>,
@@ -991,12 +992,20 @@ pub async fn post_rail_notice(
         }))
         .map_err(|e| ApiError::Internal(e.to_string()))
         .and_then(|bytes| Command::from_json(&bytes).map_err(ApiError::from_core))?;
-        let Some(payment) = payment_of_rail_ref(&state, tenant, &req.rail_ref).await? else {
+        let payment = payment_of_rail_ref(&state, tenant, &req.rail_ref).await?;
+        // Behind the notices still waiting for this reference, in the order received.
+        let behind = match payment {
+            Some(_) => crate::rail_notices::waiting_for(&state, tenant, &req.rail_ref).await?,
+            None => true,
+        };
+        let (false, Some(payment)) = (behind, payment) else {
             let Command::RailNotice { rail_ref, notice } = &command else {
                 return Err(ApiError::Internal(
                     "a rail notice read as another command".into(),
                 ));
             };
+            // One that could never apply is refused now, not kept to fail later.
+            trustfold_core::decide::check_alone(&command).map_err(ApiError::from_core)?;
             let held =
                 crate::rail_notices::hold(&state, tenant, command_id.uuid(), rail_ref, notice)
                     .await?;

@@ -14,7 +14,7 @@ use super::{json, limit_param, params, parse_id, AppState, Params};
 use crate::rail_notices::{dismiss, list, read, HeldStatus};
 
 /// `GET /v1/rail-notices?status=&rail_ref=&after=&limit=`: the tenant's held rail
-/// notices, oldest first (`status`: `held`, `applied`, `refused` or `dismissed`; `after`: the
+/// notices, oldest first (`status`: `held`, `applying`, `applied`, `refused` or `dismissed`; `after`: the
 /// `next` of the page before). With an API key only.
 pub async fn list_rail_notices(
     State(state): State<AppState>,
@@ -31,7 +31,7 @@ pub async fn list_rail_notices(
                     "invalid_parameter",
                     "status",
                     format!(
-                        "`status` must be held, applied, refused or dismissed, got `{}`",
+                        "`status` must be held, applying, applied, refused or dismissed, got `{}`",
                         trustfold_core::error::echo(s)
                     ),
                 )
