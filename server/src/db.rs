@@ -22,6 +22,9 @@ pub enum Db {
         writer: SqlitePool,
         /// Read-only connections.
         reader: SqlitePool,
+        /// Set while the writer connection runs a read model's transaction at
+        /// `synchronous = NORMAL` ([`crate::sqlite::SqliteStore::lowered`]).
+        lowered: std::sync::Arc<std::sync::atomic::AtomicBool>,
     },
     /// PostgreSQL: one pool for everything.
     Postgres(PgPool),
@@ -297,6 +300,7 @@ impl Db {
             AnyStore::Sqlite(s) => Db::Sqlite {
                 writer: s.writer_pool().clone(),
                 reader: s.reader_pool().clone(),
+                lowered: s.lowered().clone(),
             },
             AnyStore::Postgres(s) => Db::Postgres(s.pool().clone()),
         }
