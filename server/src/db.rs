@@ -22,9 +22,6 @@ pub enum Db {
         writer: SqlitePool,
         /// Read-only connections.
         reader: SqlitePool,
-        /// Set while the writer connection runs a read model's transaction at
-        /// `synchronous = NORMAL` ([`crate::sqlite::SqliteStore::lowered`]).
-        lowered: std::sync::Arc<std::sync::atomic::AtomicBool>,
     },
     /// PostgreSQL: one pool for everything.
     Postgres(PgPool),
@@ -300,7 +297,6 @@ impl Db {
             AnyStore::Sqlite(s) => Db::Sqlite {
                 writer: s.writer_pool().clone(),
                 reader: s.reader_pool().clone(),
-                lowered: s.lowered().clone(),
             },
             AnyStore::Postgres(s) => Db::Postgres(s.pool().clone()),
         }

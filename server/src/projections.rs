@@ -422,14 +422,11 @@ impl Projector {
     /// commit does not wait for its own fsync (`synchronous_commit = off`, for this
     /// transaction only): read models are derived data, rows and checkpoint still commit
     /// atomically, and a crash can only lose the last projection commits, which the next
-    /// catch-up replays from the older checkpoint. On SQLite likewise: the single writer
-    /// connection runs this transaction at `synchronous = NORMAL` (no fsync of its own;
-    /// WAL mode keeps it atomic, and the next append's `FULL` fsync covers it) and is
-    /// back at `FULL` before any append can use it; a connection that could not be put
-    /// back is closed, not reused ([`crate::sqlite::SqliteStore::lowered`]). With one
-    /// client this halves the fsyncs per command (one for the append, none for its read
-    /// models). The events themselves are always durable before anyone is told about
-    /// them.
+    /// catch-up replays from the older checkpoint. On SQLite the writer connection stays
+    /// at `synchronous = FULL` (a per-connection setting: lowering it here would risk an
+    /// append committing with it lowered); the background projector batches, so its
+    /// fsyncs are few. The events themselves are always durable before anyone is told
+    /// about them.
     async fn commit(&self, old: &[u64], new: &[u64], ops: Vec<Op>) -> Result<bool, LoadError> {
         let begin = if self.db.is_postgres() {
             "BEGIN"
@@ -437,19 +434,9 @@ impl Projector {
             "BEGIN IMMEDIATE"
         };
         let postgres = self.db.is_postgres();
-        let lowered = match &self.db {
-            Db::Sqlite { lowered, .. } => Some(lowered.clone()),
-            Db::Postgres(_) => None,
-        };
         let ok = on_write!(&self.db, pool => {
             async {
                 let mut conn = pool.acquire().await?;
-                if let Some(flag) = &lowered {
-                    // Set before lowering: if this task stops before `FULL` is back, the
-                    // connection is closed on release, never reused by an append.
-                    flag.store(true, Ordering::SeqCst);
-                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                }
                 let done = async {
                 let mut tx = conn.begin_with(begin).await?;
                 if postgres {
@@ -587,12 +574,6 @@ impl Projector {
                 Ok(true)
                 }
                 .await;
-                if let (Some(flag), Ok(_)) = (&lowered, &done) {
-                    // Back to `FULL` before the connection is given back; if this fails
-                    // the flag stays set and the connection is closed on release.
-                    sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
-                    flag.store(false, Ordering::SeqCst);
-                }
                 done
             }
             .await
@@ -972,75 +953,5 @@ fn project(
             }
         }
         _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sqlite::SqliteStore;
-
-    /// A projector over a new SQLite file, its server tables made.
-    async fn sqlite(dir: &tempfile::TempDir) -> (Projector, SqliteStore) {
-        let store = SqliteStore::open(dir.path().join("t.db"))
-            .await
-            .expect("open");
-        let any = AnyStore::Sqlite(store.clone());
-        let db = Db::of(&any);
-        db.migrate().await.expect("migrate");
-        let p = Projector::new(any, db);
-        p.init().await.expect("checkpoints");
-        (p, store)
-    }
-
-    /// The writer connection's `synchronous` (2 = FULL, 1 = NORMAL).
-    async fn synchronous(store: &SqliteStore) -> i64 {
-        let mut conn = store.writer_pool().acquire().await.expect("writer");
-        sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&mut *conn)
-            .await
-            .expect("pragma")
-    }
-
-    /// A read model's commit runs at `NORMAL` and gives the writer back at `FULL`,
-    /// whether the checkpoint moved or another projector won it.
-    #[tokio::test]
-    async fn the_writer_is_back_at_full_after_a_read_model_commit() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (p, store) = sqlite(&dir).await;
-        assert_eq!(synchronous(&store).await, 2);
-        let moved = p
-            .commit(&[0, 0, 0, 0, 0], &[1, 0, 0, 0, 0], Vec::new())
-            .await
-            .expect("commit");
-        assert!(moved);
-        assert_eq!(synchronous(&store).await, 2);
-        assert!(!store.lowered().load(Ordering::SeqCst));
-        // A stale checkpoint: rolled back, and still given back at FULL.
-        let moved = p
-            .commit(&[0, 0, 0, 0, 0], &[2, 0, 0, 0, 0], Vec::new())
-            .await
-            .expect("commit");
-        assert!(!moved);
-        assert_eq!(synchronous(&store).await, 2);
-    }
-
-    /// A connection given back while lowered (the commit's task stopped before `FULL`
-    /// was restored) is closed, not reused: the next one is opened at `FULL`.
-    #[tokio::test]
-    async fn a_connection_left_lowered_is_closed() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (_p, store) = sqlite(&dir).await;
-        {
-            let mut conn = store.writer_pool().acquire().await.expect("writer");
-            store.lowered().store(true, Ordering::SeqCst);
-            sqlx::query("PRAGMA synchronous = NORMAL")
-                .execute(&mut *conn)
-                .await
-                .expect("lower");
-        }
-        // The release runs on a task of its own: the next acquire waits for it.
-        assert_eq!(synchronous(&store).await, 2);
-        assert!(!store.lowered().load(Ordering::SeqCst));
     }
 }

@@ -3,8 +3,6 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -104,10 +102,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// **Durability.** The file is in WAL mode with `synchronous = FULL`: every commit
 /// fsyncs the WAL before `append` returns, so an acknowledged append survives a power
 /// loss, not only a crash of the process. (`NORMAL` would be faster but may lose the
-/// last commits on power loss, which an acknowledged payment command must not.) Only
-/// the read models' transactions, derived data replayed from the log, run at `NORMAL`
-/// on the same connection and put `FULL` back before an append can use it
-/// ([`SqliteStore::lowered`]).
+/// last commits on power loss, which an acknowledged payment command must not.)
 ///
 /// Reads use a separate pool of read-only connections and never block the writer.
 #[derive(Debug, Clone)]
@@ -115,7 +110,6 @@ pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
     appender: Appender,
-    lowered: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -149,8 +143,6 @@ impl SqliteStore {
             .foreign_keys(true);
         // No ping before each use (`test_before_acquire`): it would cost a hand-off to
         // the connection thread per statement, and a file connection does not go stale.
-        let lowered = Arc::new(AtomicBool::new(false));
-        let released = lowered.clone();
         let writer = SqlitePoolOptions::new()
             .test_before_acquire(false)
             // SQLite rolls a transaction back by itself when the disk fails under it
@@ -159,14 +151,7 @@ impl SqliteStore {
             // `BEGIN IMMEDIATE` refused). Such a connection is closed on release and the
             // pool opens a fresh one. (A rollback still queued when the connection comes
             // back also closes it: only after a failed transaction, so rarely.)
-            //
-            // A connection released while `lowered` is set (a read model's transaction
-            // at `synchronous = NORMAL` that never restored `FULL`: it failed, or its
-            // task was cancelled) is closed too, so no append ever commits on it.
-            .after_release(move |conn, _| {
-                let lowered = released.swap(false, Ordering::SeqCst);
-                Box::pin(async move { Ok(!conn.is_in_transaction() && !lowered) })
-            })
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(60))
@@ -189,19 +174,7 @@ impl SqliteStore {
             writer,
             readers,
             appender,
-            lowered,
         })
-    }
-
-    /// Set while the writer connection runs at `synchronous = NORMAL`: only a read
-    /// model's transaction (rows and checkpoint; derived data that the next catch-up
-    /// replays if a power loss takes its last commits) lowers it, and restores `FULL`
-    /// before it gives the connection back. A connection released with this still set is
-    /// closed instead of reused (and the flag cleared), so every append commits at
-    /// `FULL`. In WAL mode the next `FULL` commit's fsync also makes the lowered
-    /// commits before it durable.
-    pub fn lowered(&self) -> &Arc<AtomicBool> {
-        &self.lowered
     }
 
     /// The pool of the single writer connection, for projections that must commit their
