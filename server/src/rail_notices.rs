@@ -34,6 +34,11 @@
 //!   notice that arrives for a reference while earlier ones still wait for it is held
 //!   behind them (202) even when a payment knows the reference by then. The core
 //!   de-duplicates the same notice sent twice.
+//! - **One runner at a time.** A claim names its runner and lasts 30 s: a notice
+//!   left `applying` by a runner that stopped (a crash, a PostgreSQL leader that lost its
+//!   lock) is taken up by another once the lease lapsed, and an outcome is recorded only
+//!   under the claim that ran it. A notice whose run failed is given back (`held`) only
+//!   when none of its events is stored; otherwise it stays claimed for the next round.
 //! - **Exactly once.** A held notice's command id is the notice's id, so after a crash
 //!   between the append and the status update the round finds the notice's events
 //!   stored, by their ids, and records it applied to their payment without running it
@@ -333,20 +338,22 @@ pub(crate) async fn list(
     Ok((rows.iter().map(to_json).collect(), has_more))
 }
 
-/// Records what became of a held notice the round claimed (only while it is still
-/// `applying`: two rounds never both settle one).
+/// Records what became of a notice `runner` claimed (only while its claim holds: two
+/// runners never both settle one).
 async fn settle(
     state: &AppState,
+    runner: Runner,
     id: Uuid,
     status: HeldStatus,
     payment: Option<Uuid>,
     refusal: Option<(&str, String)>,
 ) -> ApiResult<()> {
     let (code, message) = refusal.map_or((None, None), |(c, m)| (Some(c.to_owned()), Some(m)));
-    on_write!(&state.db, pool => {
+    let settled = on_write!(&state.db, pool => {
         sqlx::query(
             "UPDATE held_rail_notices SET status = $1, payment_id = $2, code = $3, \
-             message = $4, settled_at_us = $5 WHERE notice_id = $6 AND status = 'applying'",
+             message = $4, settled_at_us = $5 WHERE notice_id = $6 AND status = 'applying' \
+             AND claimed_by = $7",
         )
         .bind(status.as_str())
         .bind(payment)
@@ -354,10 +361,18 @@ async fn settle(
         .bind(message)
         .bind(now_us())
         .bind(id)
+        .bind(runner.0)
         .execute(pool)
         .await
-        .map_err(StoreError::from)?;
+        .map_err(StoreError::from)?
+        .rows_affected()
     });
+    if settled == 0 {
+        // Its claim lapsed and another runner took it up: that one records the outcome
+        // (the payment finds the notice applied already, by its events' ids).
+        tracing::warn!(notice = %id, status = status.as_str(),
+            "a held rail notice's claim lapsed before its outcome was recorded");
+    }
     Ok(())
 }
 
@@ -366,6 +381,20 @@ async fn settle(
 /// `rail_notice_applying`, one applied or refused meanwhile 409 `rail_notice_settled`;
 /// one dismissed already is answered as it is.
 pub(crate) async fn dismiss(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<Option<Value>> {
+    // A held notice whose events are stored changed a payment already (its outcome not
+    // yet recorded: a runner stopped between the two), so it is not dismissed.
+    let Some(before) = read_from_writer(state, tenant, id).await? else {
+        return Ok(None);
+    };
+    if before["status"] == "held"
+        && state
+            .store
+            .read_event(tenant, derive(id, "event", 0))
+            .await?
+            .is_some()
+    {
+        return Err(applying(id));
+    }
     on_write!(&state.db, pool => {
         sqlx::query(
             "UPDATE held_rail_notices SET status = 'dismissed', settled_at_us = $1 \
@@ -383,14 +412,7 @@ pub(crate) async fn dismiss(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResu
     };
     match now["status"].as_str() {
         Some("dismissed") => Ok(Some(now)),
-        Some("applying") => Err(ApiError::Conflict {
-            code: "rail_notice_applying",
-            message: format!(
-                "held rail notice {id} is being given to the payment that recorded its \
-                 transfer: read it again in a moment (GET /v1/rail-notices/{id}); only a \
-                 notice still held can be dismissed"
-            ),
-        }),
+        Some("applying") => Err(applying(id)),
         other => Err(ApiError::Conflict {
             code: "rail_notice_settled",
             message: format!(
@@ -402,15 +424,39 @@ pub(crate) async fn dismiss(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResu
     }
 }
 
+fn applying(id: Uuid) -> ApiError {
+    ApiError::Conflict {
+        code: "rail_notice_applying",
+        message: format!(
+            "held rail notice {id} is being given to the payment that recorded its \
+             transfer: read it again in a moment (GET /v1/rail-notices/{id}); only a \
+             notice still held can be dismissed"
+        ),
+    }
+}
+
 /// A notice whose run failed: when to try again, and the pause after that.
 struct Failed {
     again_at: Instant,
     pause: Duration,
 }
 
+/// The process's round runner: its claims carry this id.
+#[derive(Debug, Clone, Copy)]
+struct Runner(Uuid);
+
+/// How long a claim keeps other runners off a notice. A runner that stopped mid-run (a
+/// crash; a PostgreSQL leader that lost its lock) leaves its notices `applying`; another
+/// takes them up after this, and its own rounds at once.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// How long one round goes on applying notices that became due while it ran.
+const ROUND_TIME: Duration = Duration::from_secs(5);
+
 /// Runs the rounds until shutdown: every `every`, the held notices whose transfer a
 /// payment recorded are applied.
 pub(crate) async fn run(state: AppState, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let runner = Runner(Uuid::new_v4());
     let mut failed: HashMap<Uuid, Failed> = HashMap::new();
     loop {
         tokio::select! {
@@ -420,14 +466,19 @@ pub(crate) async fn run(state: AppState, every: Duration, mut shutdown: watch::R
         if *shutdown.borrow() {
             return;
         }
-        if let Err(e) = round(&state, &mut failed).await {
+        if let Err(e) = round(&state, runner, &mut failed).await {
             tracing::warn!(error = %e, "held rail notices could not be applied; trying again");
         }
     }
 }
 
-/// One round: the held notices whose reference a payment now knows, oldest first.
-async fn round(state: &AppState, failed: &mut HashMap<Uuid, Failed>) -> ApiResult<()> {
+/// One round: the held notices whose reference a payment now knows, each reference's
+/// oldest first.
+async fn round(
+    state: &AppState,
+    runner: Runner,
+    failed: &mut HashMap<Uuid, Failed>,
+) -> ApiResult<()> {
     if !state.projector.is_leader().await {
         return Ok(());
     }
@@ -447,54 +498,70 @@ async fn round(state: &AppState, failed: &mut HashMap<Uuid, Failed>) -> ApiResul
     }
     // The rail references' read model as of every event appended so far.
     state.projector.catch_up().await?;
-    // Those backed off still come back, so they hold back the later ones of their
-    // reference, without taking the places of notices that can run.
-    let limit = ROUND.saturating_add(i64::try_from(failed.len()).unwrap_or(i64::MAX));
-    let due: Vec<(Uuid, Uuid, String, String)> = on_read!(&state.db, pool => {
-        sqlx::query_as(&format!(
-            "SELECT h.notice_id, h.tenant_id, h.rail_ref, h.notice FROM held_rail_notices h \
-             WHERE h.{WAITING} AND EXISTS (SELECT 1 FROM payment_rail_refs r \
-             WHERE r.tenant_id = h.tenant_id AND r.rail_ref = h.rail_ref) \
-             ORDER BY h.received_at_us, h.notice_id LIMIT $1"
-        ))
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?
-    });
-    // References with an earlier notice not applied this round: their later notices
-    // wait for it, in the order received.
+    // References whose head notice is not applied this round (backed off after a
+    // failure, claimed by another runner, or unknown after all): their later notices
+    // wait behind it, in the order received.
     let mut blocked: HashSet<(Uuid, String)> = HashSet::new();
-    for (id, tenant, rail_ref, notice) in due {
-        let key = (tenant, rail_ref);
-        if blocked.contains(&key) {
-            continue;
-        }
-        if failed.get(&id).is_some_and(|f| f.again_at > started) {
-            blocked.insert(key);
-            continue;
-        }
-        match apply(state, id, tenant, &key.1, &notice).await {
-            Ok(Verdict::Settled) => {
-                failed.remove(&id);
+    loop {
+        // Only each reference's head (its oldest waiting notice): a reference with many
+        // notices behind a blocked head does not fill the page.
+        let limit = ROUND.saturating_add(i64::try_from(blocked.len()).unwrap_or(i64::MAX));
+        let heads: Vec<(Uuid, Uuid, String, String)> = on_read!(&state.db, pool => {
+            sqlx::query_as(&format!(
+                "SELECT h.notice_id, h.tenant_id, h.rail_ref, h.notice FROM held_rail_notices h \
+                 WHERE h.{WAITING} AND EXISTS (SELECT 1 FROM payment_rail_refs r \
+                 WHERE r.tenant_id = h.tenant_id AND r.rail_ref = h.rail_ref) \
+                 AND NOT EXISTS (SELECT 1 FROM held_rail_notices e \
+                 WHERE e.tenant_id = h.tenant_id AND e.rail_ref = h.rail_ref AND e.{WAITING} \
+                 AND (e.received_at_us < h.received_at_us OR (e.received_at_us = \
+                 h.received_at_us AND e.notice_id < h.notice_id))) \
+                 ORDER BY h.received_at_us, h.notice_id LIMIT $1"
+            ))
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::from)?
+        });
+        let mut applied = false;
+        for (id, tenant, rail_ref, notice) in heads {
+            let key = (tenant, rail_ref);
+            if blocked.contains(&key) {
+                continue;
             }
-            Ok(Verdict::Waiting) => {
-                failed.remove(&id);
+            if failed.get(&id).is_some_and(|f| f.again_at > started) {
                 blocked.insert(key);
+                continue;
             }
-            Err(e) => {
-                let pause = next_pause(failed.get(&id).map(|f| f.pause), true);
-                tracing::warn!(notice = %id, rail_ref = %key.1, error = %e, retry_in = ?pause,
-                    "a held rail notice could not be applied");
-                failed.insert(
-                    id,
-                    Failed {
-                        again_at: Instant::now() + pause,
-                        pause,
-                    },
-                );
-                blocked.insert(key);
+            match apply(state, runner, id, tenant, &key.1, &notice).await {
+                Ok(Verdict::Settled) => {
+                    failed.remove(&id);
+                    applied = true;
+                }
+                Ok(Verdict::Waiting) => {
+                    failed.remove(&id);
+                    blocked.insert(key);
+                }
+                Ok(Verdict::Busy) => {
+                    blocked.insert(key);
+                }
+                Err(e) => {
+                    let pause = next_pause(failed.get(&id).map(|f| f.pause), true);
+                    tracing::warn!(notice = %id, rail_ref = %key.1, error = %e,
+                        retry_in = ?pause, "a held rail notice could not be applied");
+                    failed.insert(
+                        id,
+                        Failed {
+                            again_at: Instant::now() + pause,
+                            pause,
+                        },
+                    );
+                    blocked.insert(key);
+                }
             }
+        }
+        // The notices behind those settled are heads now: on while there is progress.
+        if !applied || started.elapsed() > ROUND_TIME {
+            break;
         }
     }
     failed.retain(|_, f| f.again_at > started);
@@ -507,47 +574,82 @@ enum Verdict {
     Settled,
     /// Still waiting (no payment knows its reference after all).
     Waiting,
+    /// Claimed by another runner.
+    Busy,
 }
 
 /// Gives one held notice to the payment that recorded its reference and records the
-/// outcome. The notice is claimed first (`applying`; a dismissal then waits for the
-/// outcome), and given back (`held`) when nothing was decided: an error (tried again
-/// later) or a reference no payment knows after all.
+/// outcome. The notice is claimed first (`applying`, for [`LEASE`]; a dismissal then
+/// waits for the outcome), and given back (`held`) when nothing was decided and nothing
+/// recorded: a reference no payment knows after all, or an error before the payment
+/// stored anything. One whose events may be stored stays claimed, for the next round.
 async fn apply(
     state: &AppState,
+    runner: Runner,
     id: Uuid,
     tenant: Uuid,
     rail_ref: &str,
     notice: &str,
 ) -> ApiResult<Verdict> {
+    let now = now_us();
+    let lapsed = now.saturating_sub(i64::try_from(LEASE.as_micros()).unwrap_or(i64::MAX));
     let claimed = on_write!(&state.db, pool => {
-        sqlx::query(&format!(
-            "UPDATE held_rail_notices SET status = 'applying' WHERE notice_id = $1 AND {WAITING}"
-        ))
+        sqlx::query(
+            "UPDATE held_rail_notices SET status = 'applying', claimed_by = $2, \
+             claimed_at_us = $3 WHERE notice_id = $1 AND (status = 'held' OR \
+             (status = 'applying' AND (claimed_by = $2 OR claimed_by IS NULL \
+             OR claimed_at_us IS NULL OR claimed_at_us < $4)))",
+        )
         .bind(id)
+        .bind(runner.0)
+        .bind(now)
+        .bind(lapsed)
         .execute(pool)
         .await
         .map_err(StoreError::from)?
         .rows_affected()
     });
     if claimed == 0 {
-        // Dismissed (or settled by another round) meanwhile.
-        return Ok(Verdict::Settled);
+        // Dismissed or settled meanwhile, or another runner's claim holds: settled
+        // notices leave the heads, a claimed one blocks its reference.
+        let still: Option<String> = on_write!(&state.db, pool => {
+            sqlx::query_scalar("SELECT status FROM held_rail_notices WHERE notice_id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(StoreError::from)?
+        });
+        return Ok(match still.as_deref() {
+            Some("applying") => Verdict::Busy,
+            _ => Verdict::Settled,
+        });
     }
-    let outcome = run_claimed(state, id, tenant, rail_ref, notice).await;
-    if !matches!(outcome, Ok(Verdict::Settled)) {
+    let outcome = run_claimed(state, runner, id, tenant, rail_ref, notice).await;
+    let give_back = match &outcome {
+        Ok(Verdict::Waiting) => true,
+        Ok(_) => false,
+        // The payment may have stored it (a commit whose answer was lost, or the
+        // outcome's update failed): given back only when its first event is not stored.
+        Err(_) => matches!(
+            state.store.read_event(tenant, derive(id, "event", 0)).await,
+            Ok(None)
+        ),
+    };
+    if give_back {
         let released = on_write!(&state.db, pool => {
             sqlx::query(
-                "UPDATE held_rail_notices SET status = 'held' \
-                 WHERE notice_id = $1 AND status = 'applying'",
+                "UPDATE held_rail_notices SET status = 'held', claimed_by = NULL, \
+                 claimed_at_us = NULL WHERE notice_id = $1 AND status = 'applying' \
+                 AND claimed_by = $2",
             )
             .bind(id)
+            .bind(runner.0)
             .execute(pool)
             .await
             .map(|_| ())
         });
         if let Err(e) = released {
-            // Still `applying`: the next round takes it up as it is.
+            // Still claimed: this runner's next round takes it up as it is.
             tracing::warn!(notice = %id, error = %e, "a held rail notice stays claimed");
         }
     }
@@ -557,6 +659,7 @@ async fn apply(
 /// [`apply`] once claimed: the verdict, recorded.
 async fn run_claimed(
     state: &AppState,
+    runner: Runner,
     id: Uuid,
     tenant: Uuid,
     rail_ref: &str,
@@ -566,9 +669,36 @@ async fn run_claimed(
     // the notice's outcome): its events are stored under ids derived from its own.
     let first = derive(id, "event", 0);
     if let Some(ev) = state.store.read_event(tenant, first).await? {
-        tracing::info!(notice = %id, payment = %ev.stream_id, %rail_ref,
-            "held rail notice found applied already");
-        settle(state, id, HeldStatus::Applied, Some(ev.stream_id), None).await?;
+        if is_notice_event(state, tenant, rail_ref, &ev).await? {
+            tracing::info!(notice = %id, payment = %ev.stream_id, %rail_ref,
+                "held rail notice found applied already");
+            settle(
+                state,
+                runner,
+                id,
+                HeldStatus::Applied,
+                Some(ev.stream_id),
+                None,
+            )
+            .await?;
+        } else {
+            // The notice's id is another command's: its Idempotency-Key had been used
+            // for another request (refused at the door since; kept for rows from before).
+            settle(
+                state,
+                runner,
+                id,
+                HeldStatus::Refused,
+                None,
+                Some((
+                    "idempotency_key_reused",
+                    "the notice's Idempotency-Key was used for another request: send the \
+                     notice again under a new key"
+                        .to_owned(),
+                )),
+            )
+            .await?;
+        }
         return Ok(Verdict::Settled);
     }
     let notice: RailOutcome = serde_json::from_str(notice)
@@ -580,6 +710,7 @@ async fn run_claimed(
         Err(e) if e.is_command_result() || e.status().is_client_error() => {
             settle(
                 state,
+                runner,
                 id,
                 HeldStatus::Refused,
                 None,
@@ -594,7 +725,7 @@ async fn run_claimed(
     match run.await {
         Ok(()) => {
             tracing::info!(notice = %id, %payment, %rail_ref, "held rail notice applied");
-            settle(state, id, HeldStatus::Applied, Some(payment), None).await?;
+            settle(state, runner, id, HeldStatus::Applied, Some(payment), None).await?;
         }
         // A conflict that outlasted the retries is no verdict: tried again later.
         Err(e)
@@ -604,6 +735,7 @@ async fn run_claimed(
                 "held rail notice refused by the payment");
             settle(
                 state,
+                runner,
                 id,
                 HeldStatus::Refused,
                 Some(payment),
@@ -614,4 +746,32 @@ async fn run_claimed(
         Err(e) => return Err(e),
     }
     Ok(Verdict::Settled)
+}
+
+/// Whether `ev`, stored under a held notice's first event id, is that notice's: the
+/// rail's, in a payment that recorded a transfer under `rail_ref`.
+async fn is_notice_event(
+    state: &AppState,
+    tenant: Uuid,
+    rail_ref: &str,
+    ev: &crate::StoredEvent,
+) -> ApiResult<bool> {
+    let env = trustfold_core::envelope::Envelope::from_json(&ev.body)
+        .map_err(|e| ApiError::Internal(format!("a stored event does not read: {e}")))?;
+    if env.actor != trustfold_core::envelope::Actor::rail() {
+        return Ok(false);
+    }
+    let known: Option<Uuid> = on_read!(&state.db, pool => {
+        sqlx::query_scalar(
+            "SELECT payment_id FROM payment_rail_refs WHERE tenant_id = $1 AND rail_ref = $2 \
+             AND payment_id = $3",
+        )
+        .bind(tenant)
+        .bind(rail_ref)
+        .bind(ev.stream_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    Ok(known.is_some())
 }

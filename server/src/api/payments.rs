@@ -1006,6 +1006,14 @@ pub async fn post_rail_notice(
             };
             // One that could never apply is refused now, not kept to fail later.
             trustfold_core::decide::check_alone(&command).map_err(ApiError::from_core)?;
+            // A key used before is answered from its record (a retry: the same answer;
+            // another request: 422) before anything is held: the notice's id is the
+            // key's command id, which the other request's events carry.
+            if let Some(i) = key.as_ref() {
+                if idem_lookup(&state, &principal, i).await?.is_some() {
+                    return Ok(Executed::KeyTaken);
+                }
+            }
             let held =
                 crate::rail_notices::hold(&state, tenant, command_id.uuid(), rail_ref, notice)
                     .await?;
