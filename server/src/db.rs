@@ -229,18 +229,24 @@ CREATE TABLE held_rail_notices (
 CREATE INDEX held_rail_notices_list ON held_rail_notices (tenant_id, received_at_us, notice_id);
 CREATE INDEX held_rail_notices_waiting ON held_rail_notices (tenant_id, received_at_us) WHERE status = 'held'
 "#,
-    // Held rail notices being applied (`status = 'applying'`: claimed by a round, its
-    // runner `claimed_by` since `claimed_at_us`, before it runs one, so a dismissal
-    // cannot slip between the payment's append and the notice's outcome); the round's own index over every tenant's waiting notices,
+    // Held rail notices being applied (`status = 'applying'`: claimed by a round before
+    // it runs one, so a dismissal cannot slip between the payment's append and the
+    // notice's outcome); the round's own index over every tenant's waiting notices,
     // oldest first; a tenant's notices by reference (a new notice waits behind those
     // held for its reference; the list's `rail_ref` filter).
     r#"
 DROP INDEX held_rail_notices_waiting;
 CREATE INDEX held_rail_notices_waiting ON held_rail_notices (tenant_id, received_at_us) WHERE status IN ('held', 'applying');
 CREATE INDEX held_rail_notices_due ON held_rail_notices (received_at_us, notice_id) WHERE status IN ('held', 'applying');
-CREATE INDEX held_rail_notices_ref ON held_rail_notices (tenant_id, rail_ref, received_at_us, notice_id);
+CREATE INDEX held_rail_notices_ref ON held_rail_notices (tenant_id, rail_ref, received_at_us, notice_id)
+"#,
+    // Claims of held rail notices: the round's runner and when it claimed (a lease other
+    // runners wait out); the waiting notices of a reference in the order received (a
+    // round's heads).
+    r#"
 ALTER TABLE held_rail_notices ADD COLUMN claimed_by {UUID};
-ALTER TABLE held_rail_notices ADD COLUMN claimed_at_us {INT}
+ALTER TABLE held_rail_notices ADD COLUMN claimed_at_us {INT};
+CREATE INDEX held_rail_notices_heads ON held_rail_notices (tenant_id, rail_ref, received_at_us, notice_id) WHERE status IN ('held', 'applying')
 "#,
 ];
 

@@ -193,20 +193,24 @@ pub(crate) async fn hold(
         return Err(too_many(held));
     }
     let text = serde_json::to_string(notice).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // The time received orders a reference's notices: on PostgreSQL the database's clock,
+    // one for every server process (theirs may differ); SQLite's processes share a host.
+    let received = if state.db.is_postgres() {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
+    } else {
+        "$5"
+    };
+    let sql = format!(
+        "INSERT INTO held_rail_notices (notice_id, tenant_id, rail_ref, notice, \
+         received_at_us, status) VALUES ($1, $2, $3, $4, {received}, 'held') \
+         ON CONFLICT DO NOTHING"
+    );
     on_write!(&state.db, pool => {
-        sqlx::query(
-            "INSERT INTO held_rail_notices (notice_id, tenant_id, rail_ref, notice, \
-             received_at_us, status) VALUES ($1, $2, $3, $4, $5, 'held') \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(tenant)
-        .bind(rail_ref)
-        .bind(&text)
-        .bind(now_us())
-        .execute(pool)
-        .await
-        .map_err(StoreError::from)?;
+        let mut q = sqlx::query(&sql).bind(id).bind(tenant).bind(rail_ref).bind(&text);
+        if !state.db.is_postgres() {
+            q = q.bind(now_us());
+        }
+        q.execute(pool).await.map_err(StoreError::from)?;
     });
     let stored = read_from_writer(state, tenant, id).await?.ok_or_else(|| {
         // The id is another tenant's (ids are random or derived per tenant): never.
@@ -386,14 +390,17 @@ pub(crate) async fn dismiss(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResu
     let Some(before) = read_from_writer(state, tenant, id).await? else {
         return Ok(None);
     };
-    if before["status"] == "held"
-        && state
+    if before["status"] == "held" {
+        if let Some(ev) = state
             .store
             .read_event(tenant, derive(id, "event", 0))
             .await?
-            .is_some()
-    {
-        return Err(applying(id));
+        {
+            let rail_ref = before["rail_ref"].as_str().unwrap_or_default();
+            if is_notice_event(state, tenant, rail_ref, &ev).await? {
+                return Err(applying(id));
+            }
+        }
     }
     on_write!(&state.db, pool => {
         sqlx::query(
@@ -505,7 +512,9 @@ async fn round(
     loop {
         // Only each reference's head (its oldest waiting notice): a reference with many
         // notices behind a blocked head does not fill the page.
-        let limit = ROUND.saturating_add(i64::try_from(blocked.len()).unwrap_or(i64::MAX));
+        // Room for the heads that cannot run (backed off, or claimed elsewhere).
+        let waiting = blocked.len().saturating_add(failed.len());
+        let limit = ROUND.saturating_add(i64::try_from(waiting).unwrap_or(i64::MAX));
         let heads: Vec<(Uuid, Uuid, String, String)> = on_read!(&state.db, pool => {
             sqlx::query_as(&format!(
                 "SELECT h.notice_id, h.tenant_id, h.rail_ref, h.notice FROM held_rail_notices h \
@@ -513,8 +522,7 @@ async fn round(
                  WHERE r.tenant_id = h.tenant_id AND r.rail_ref = h.rail_ref) \
                  AND NOT EXISTS (SELECT 1 FROM held_rail_notices e \
                  WHERE e.tenant_id = h.tenant_id AND e.rail_ref = h.rail_ref AND e.{WAITING} \
-                 AND (e.received_at_us < h.received_at_us OR (e.received_at_us = \
-                 h.received_at_us AND e.notice_id < h.notice_id))) \
+                 AND (e.received_at_us, e.notice_id) < (h.received_at_us, h.notice_id)) \
                  ORDER BY h.received_at_us, h.notice_id LIMIT $1"
             ))
             .bind(limit)
@@ -522,7 +530,7 @@ async fn round(
             .await
             .map_err(StoreError::from)?
         });
-        let mut applied = false;
+        let (mut applied, full, before) = (false, heads.len() as i64 >= limit, blocked.len());
         for (id, tenant, rail_ref, notice) in heads {
             let key = (tenant, rail_ref);
             if blocked.contains(&key) {
@@ -559,8 +567,10 @@ async fn round(
                 }
             }
         }
-        // The notices behind those settled are heads now: on while there is progress.
-        if !applied || started.elapsed() > ROUND_TIME {
+        // The notices behind those settled are heads now, and a full page whose heads
+        // were blocked hides others: on while there is progress.
+        let progress = applied || (full && blocked.len() > before);
+        if !progress || started.elapsed() > ROUND_TIME {
             break;
         }
     }
@@ -731,6 +741,26 @@ async fn run_claimed(
         Err(e)
             if e.status().is_client_error() && !matches!(e, ApiError::VersionConflict { .. }) =>
         {
+            // Another runner may have stored it meanwhile (a claim that outlasted its
+            // lease): what is stored is the outcome.
+            if let Some(ev) = state
+                .store
+                .read_event(tenant, derive(id, "event", 0))
+                .await?
+            {
+                if is_notice_event(state, tenant, rail_ref, &ev).await? {
+                    settle(
+                        state,
+                        runner,
+                        id,
+                        HeldStatus::Applied,
+                        Some(ev.stream_id),
+                        None,
+                    )
+                    .await?;
+                    return Ok(Verdict::Settled);
+                }
+            }
             tracing::info!(notice = %id, %payment, %rail_ref, code = e.code(),
                 "held rail notice refused by the payment");
             settle(

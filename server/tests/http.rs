@@ -3246,9 +3246,10 @@ fn uuid_literal(database: &str, id: &str) -> String {
     }
 }
 
-/// The held notice `id` once the server settled it (applied or refused), within 10 s.
+/// The held notice `id` once the server settled it (applied or refused), within 40 s (a
+/// notice whose run failed is tried again after a pause doubling from 1 s).
 async fn settled_notice(c: &common::scenario::Client, key: &str, id: &str) -> Value {
-    for _ in 0..200 {
+    for _ in 0..800 {
         let r = c.get(&format!("/v1/rail-notices/{id}"), key).await;
         assert_eq!(r.status, 200, "{}", r.body);
         if r.body["status"] != "held" && r.body["status"] != "applying" {
