@@ -391,15 +391,9 @@ pub(crate) async fn dismiss(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResu
         return Ok(None);
     };
     if before["status"] == "held" {
-        if let Some(ev) = state
-            .store
-            .read_event(tenant, derive(id, "event", 0))
-            .await?
-        {
-            let rail_ref = before["rail_ref"].as_str().unwrap_or_default();
-            if is_notice_event(state, tenant, rail_ref, &ev).await? {
-                return Err(applying(id));
-            }
+        let rail_ref = before["rail_ref"].as_str().unwrap_or_default();
+        if let Stored::Own(_) = stored(state, tenant, id, rail_ref).await? {
+            return Err(applying(id));
         }
     }
     on_write!(&state.db, pool => {
@@ -622,15 +616,9 @@ async fn apply(
     if claimed == 0 {
         // Dismissed or settled meanwhile, or another runner's claim holds: settled
         // notices leave the heads, a claimed one blocks its reference.
-        let still: Option<String> = on_write!(&state.db, pool => {
-            sqlx::query_scalar("SELECT status FROM held_rail_notices WHERE notice_id = $1")
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-                .map_err(StoreError::from)?
-        });
-        return Ok(match still.as_deref() {
-            Some("applying") => Verdict::Busy,
+        let still = read_from_writer(state, tenant, id).await?;
+        return Ok(match still {
+            Some(n) if n["status"] == "applying" => Verdict::Busy,
             _ => Verdict::Settled,
         });
     }
@@ -640,10 +628,7 @@ async fn apply(
         Ok(_) => false,
         // The payment may have stored it (a commit whose answer was lost, or the
         // outcome's update failed): given back only when its first event is not stored.
-        Err(_) => matches!(
-            state.store.read_event(tenant, derive(id, "event", 0)).await,
-            Ok(None)
-        ),
+        Err(_) => matches!(stored(state, tenant, id, rail_ref).await, Ok(Stored::None)),
     };
     if give_back {
         let released = on_write!(&state.db, pool => {
@@ -677,21 +662,15 @@ async fn run_claimed(
 ) -> ApiResult<Verdict> {
     // Applied already (a crash, or a lost connection, between the payment's append and
     // the notice's outcome): its events are stored under ids derived from its own.
-    let first = derive(id, "event", 0);
-    if let Some(ev) = state.store.read_event(tenant, first).await? {
-        if is_notice_event(state, tenant, rail_ref, &ev).await? {
-            tracing::info!(notice = %id, payment = %ev.stream_id, %rail_ref,
+    match stored(state, tenant, id, rail_ref).await? {
+        Stored::None => {}
+        Stored::Own(payment) => {
+            tracing::info!(notice = %id, %payment, %rail_ref,
                 "held rail notice found applied already");
-            settle(
-                state,
-                runner,
-                id,
-                HeldStatus::Applied,
-                Some(ev.stream_id),
-                None,
-            )
-            .await?;
-        } else {
+            settle(state, runner, id, HeldStatus::Applied, Some(payment), None).await?;
+            return Ok(Verdict::Settled);
+        }
+        Stored::Other => {
             // The notice's id is another command's: its Idempotency-Key had been used
             // for another request (refused at the door since; kept for rows from before).
             settle(
@@ -708,8 +687,8 @@ async fn run_claimed(
                 )),
             )
             .await?;
+            return Ok(Verdict::Settled);
         }
-        return Ok(Verdict::Settled);
     }
     let notice: RailOutcome = serde_json::from_str(notice)
         .map_err(|e| ApiError::Internal(format!("a held rail notice is unreadable: {e}")))?;
@@ -743,23 +722,9 @@ async fn run_claimed(
         {
             // Another runner may have stored it meanwhile (a claim that outlasted its
             // lease): what is stored is the outcome.
-            if let Some(ev) = state
-                .store
-                .read_event(tenant, derive(id, "event", 0))
-                .await?
-            {
-                if is_notice_event(state, tenant, rail_ref, &ev).await? {
-                    settle(
-                        state,
-                        runner,
-                        id,
-                        HeldStatus::Applied,
-                        Some(ev.stream_id),
-                        None,
-                    )
-                    .await?;
-                    return Ok(Verdict::Settled);
-                }
+            if let Stored::Own(stored) = stored(state, tenant, id, rail_ref).await? {
+                settle(state, runner, id, HeldStatus::Applied, Some(stored), None).await?;
+                return Ok(Verdict::Settled);
             }
             tracing::info!(notice = %id, %payment, %rail_ref, code = e.code(),
                 "held rail notice refused by the payment");
@@ -778,18 +743,30 @@ async fn run_claimed(
     Ok(Verdict::Settled)
 }
 
-/// Whether `ev`, stored under a held notice's first event id, is that notice's: the
-/// rail's, in a payment that recorded a transfer under `rail_ref`.
-async fn is_notice_event(
-    state: &AppState,
-    tenant: Uuid,
-    rail_ref: &str,
-    ev: &crate::StoredEvent,
-) -> ApiResult<bool> {
+/// What is stored under a held notice's first event id.
+enum Stored {
+    /// Nothing: the notice changed no payment.
+    None,
+    /// The notice's own event (the rail's, in this payment, which knows its reference):
+    /// the notice was applied.
+    Own(Uuid),
+    /// Another command's (its `Idempotency-Key` had been used for another request).
+    Other,
+}
+
+/// Looks the notice `id` up among the stored events, by its first event's derived id.
+async fn stored(state: &AppState, tenant: Uuid, id: Uuid, rail_ref: &str) -> ApiResult<Stored> {
+    let Some(ev) = state
+        .store
+        .read_event(tenant, derive(id, "event", 0))
+        .await?
+    else {
+        return Ok(Stored::None);
+    };
     let env = trustfold_core::envelope::Envelope::from_json(&ev.body)
         .map_err(|e| ApiError::Internal(format!("a stored event does not read: {e}")))?;
     if env.actor != trustfold_core::envelope::Actor::rail() {
-        return Ok(false);
+        return Ok(Stored::Other);
     }
     let known: Option<Uuid> = on_read!(&state.db, pool => {
         sqlx::query_scalar(
@@ -803,5 +780,5 @@ async fn is_notice_event(
         .await
         .map_err(StoreError::from)?
     });
-    Ok(known.is_some())
+    Ok(known.map_or(Stored::Other, Stored::Own))
 }

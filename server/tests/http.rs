@@ -3236,6 +3236,37 @@ async fn run_sql(database: &str, sql: &str) {
     }
 }
 
+/// A payment agreed by its parties, with the buyer's ACH method attached: ready for
+/// `SubmitFunding`.
+async fn ach_payment(c: &common::scenario::Client, key: &str) -> common::scenario::Flow {
+    let f = open_and_join(c, key).await.expect("open");
+    common::scenario::agree(c, key, &f).await.expect("agree");
+    c.command(key, &f.payment, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
+        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
+        .await
+        .expect("method");
+    f
+}
+
+/// The buyer of `f` submits the whole 5,000.00 USD over ACH under `rail_ref`.
+async fn submit_ach(
+    c: &common::scenario::Client,
+    key: &str,
+    f: &common::scenario::Flow,
+    rail_ref: &str,
+) {
+    c.command(
+        key,
+        &f.payment,
+        Some(&f.buyer),
+        "buyer",
+        json!({"type": "SubmitFunding",
+        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": rail_ref}),
+    )
+    .await
+    .expect("submit");
+}
+
 /// `id` as an SQL literal of the server's database (SQLite keeps ids as 16-byte blobs).
 fn uuid_literal(database: &str, id: &str) -> String {
     let id: uuid::Uuid = id.parse().expect("an id");
@@ -3277,13 +3308,8 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
         .expect("hex")
         .parse()
         .expect("key");
-    let f = open_and_join(c, &key).await.expect("open");
-    common::scenario::agree(c, &key, &f).await.expect("agree");
+    let f = ach_payment(c, &key).await;
     let p = f.payment.as_str();
-    c.command(&key, p, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
-        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
-        .await
-        .expect("method");
 
     // Three notices about ACH-9 before the buyer's SubmitFunding is recorded.
     let nonce = "cccccccccccccccccccccccccccccccc";
@@ -3369,16 +3395,7 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
     expect_member(&r, 403, "code", "token_scope");
 
     // The transfer is recorded: the server applies the notices in the order received.
-    c.command(
-        &key,
-        p,
-        Some(&f.buyer),
-        "buyer",
-        json!({"type": "SubmitFunding",
-        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-9"}),
-    )
-    .await
-    .expect("submit");
+    submit_ach(c, &key, &f, "ACH-9").await;
     let outcomes = [
         settled_notice(c, &key, &ids[0]).await,
         settled_notice(c, &key, &ids[1]).await,
@@ -3440,22 +3457,8 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
     // then a second payment used the same reference: run again, each finds its events
     // stored, records nothing new and ends applied to its payment (not refused as
     // ambiguous).
-    let g = open_and_join(c, &key).await.expect("open");
-    common::scenario::agree(c, &key, &g).await.expect("agree");
-    c.command(&key, &g.payment, Some(&g.buyer), "buyer", json!({"type": "AttachFundingMethod",
-        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
-        .await
-        .expect("method");
-    c.command(
-        &key,
-        &g.payment,
-        Some(&g.buyer),
-        "buyer",
-        json!({"type": "SubmitFunding",
-        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-9"}),
-    )
-    .await
-    .expect("submit on a second payment");
+    let g = ach_payment(c, &key).await;
+    submit_ach(c, &key, &g, "ACH-9").await;
     let version = h.body["events"].as_array().map(Vec::len);
     for (id, left) in [(&ids[0], "applying"), (&ids[1], "held")] {
         let reset = format!(
@@ -3542,13 +3545,8 @@ on_both_engines!(early_rail_notices_are_held_then_applied);
 async fn held_notices_keep_their_order(srv: Server) {
     let c = &srv.client;
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
-    let f = open_and_join(c, &key).await.expect("open");
-    common::scenario::agree(c, &key, &f).await.expect("agree");
+    let f = ach_payment(c, &key).await;
     let p = f.payment.as_str();
-    c.command(&key, p, Some(&f.buyer), "buyer", json!({"type": "AttachFundingMethod",
-        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
-        .await
-        .expect("method");
 
     // Checked on arrival: none of these could ever apply, none is kept.
     let long = "A".repeat(5000);
@@ -3603,16 +3601,7 @@ async fn held_notices_keep_their_order(srv: Server) {
         ),
     )
     .await;
-    c.command(
-        &key,
-        p,
-        Some(&f.buyer),
-        "buyer",
-        json!({"type": "SubmitFunding",
-        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-7"}),
-    )
-    .await
-    .expect("submit");
+    submit_ach(c, &key, &f, "ACH-7").await;
     // A return about ACH-7: a payment knows the reference, but the settlement before it
     // still waits, so the return is held behind it.
     let second = c
@@ -3694,12 +3683,7 @@ async fn held_notices_keep_their_order(srv: Server) {
         )
     };
     run_sql(&srv.database, &fill).await;
-    let g = open_and_join(c, &key).await.expect("open");
-    common::scenario::agree(c, &key, &g).await.expect("agree");
-    c.command(&key, &g.payment, Some(&g.buyer), "buyer", json!({"type": "AttachFundingMethod",
-        "method": {"rail": "ach", "institution": "First Bank", "account_last4": "4321", "holder": "Bo"}}))
-        .await
-        .expect("method");
+    let g = ach_payment(c, &key).await;
     let other_ref = c
         .post(
             "/v1/rail-notices",
@@ -3708,16 +3692,7 @@ async fn held_notices_keep_their_order(srv: Server) {
         )
         .await;
     assert_eq!(other_ref.status, 202, "{}", other_ref.body);
-    c.command(
-        &key,
-        &g.payment,
-        Some(&g.buyer),
-        "buyer",
-        json!({"type": "SubmitFunding",
-        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-8"}),
-    )
-    .await
-    .expect("submit ACH-8");
+    submit_ach(c, &key, &g, "ACH-8").await;
     let r = settled_notice(c, &key, other_ref.body["id"].as_str().expect("id")).await;
     assert_eq!(r["status"], "applied", "{r}");
     assert_eq!(r["payment_id"], g.payment.as_str(), "{r}");
@@ -3834,16 +3809,7 @@ async fn held_notice_outcomes_survive_failures(srv: Server) {
     for sql in block {
         run_sql(&srv.database, sql).await;
     }
-    c.command(
-        &key,
-        p,
-        Some(&f.buyer),
-        "buyer",
-        json!({"type": "SubmitFunding",
-        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "ach", "rail_ref": "ACH-5"}),
-    )
-    .await
-    .expect("submit");
+    submit_ach(c, &key, &f, "ACH-5").await;
     // The payment records the settlement; the notice stays claimed.
     let mut recorded = false;
     for _ in 0..200 {
