@@ -338,6 +338,10 @@ impl Db {
     }
 }
 
+/// The database's clock in µs since the Unix epoch, as PostgreSQL SQL: one clock for every
+/// server process over the database (their own clocks may differ).
+pub(crate) const PG_NOW_US: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint";
+
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
     let d = std::time::SystemTime::now()

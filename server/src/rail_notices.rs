@@ -36,7 +36,8 @@
 //!   de-duplicates the same notice sent twice.
 //! - **One runner at a time.** A claim names its runner and lasts 30 s: a notice
 //!   left `applying` by a runner that stopped (a crash, a PostgreSQL leader that lost its
-//!   lock) is taken up by another once the lease lapsed, and an outcome is recorded only
+//!   lock) is taken up by another once the lease lapsed (on PostgreSQL timed by the
+//!   database's clock, as the time received), and an outcome is recorded only
 //!   under the claim that ran it. A notice whose run failed is given back (`held`) only
 //!   when none of its events is stored; otherwise it stays claimed for the next round.
 //! - **Exactly once.** A held notice's command id is the notice's id, so after a crash
@@ -68,7 +69,7 @@ use uuid::Uuid;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::AppState;
 use crate::clock::next_pause;
-use crate::db::{now_us, on_read, on_write};
+use crate::db::{now_us, on_read, on_write, PG_NOW_US};
 use crate::webhooks::time_us;
 use crate::{EventStore, StoreError};
 
@@ -196,7 +197,7 @@ pub(crate) async fn hold(
     // The time received orders a reference's notices: on PostgreSQL the database's clock,
     // one for every server process (theirs may differ); SQLite's processes share a host.
     let received = if state.db.is_postgres() {
-        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
+        PG_NOW_US
     } else {
         "$5"
     };
@@ -595,23 +596,26 @@ async fn apply(
     rail_ref: &str,
     notice: &str,
 ) -> ApiResult<Verdict> {
-    let now = now_us();
-    let lapsed = now.saturating_sub(i64::try_from(LEASE.as_micros()).unwrap_or(i64::MAX));
+    // Claims are timed by the clock that orders the notices: on PostgreSQL the database's
+    // (one for every server process, whose own clocks may differ by more than the lease).
+    let pg = state.db.is_postgres();
+    let now = if pg { PG_NOW_US } else { "$3" };
+    let lease_us = LEASE.as_micros();
+    let sql = format!(
+        "UPDATE held_rail_notices SET status = 'applying', claimed_by = $2, \
+         claimed_at_us = {now} WHERE notice_id = $1 AND (status = 'held' OR \
+         (status = 'applying' AND (claimed_by = $2 OR claimed_by IS NULL \
+         OR claimed_at_us IS NULL OR claimed_at_us < {now} - {lease_us})))"
+    );
     let claimed = on_write!(&state.db, pool => {
-        sqlx::query(
-            "UPDATE held_rail_notices SET status = 'applying', claimed_by = $2, \
-             claimed_at_us = $3 WHERE notice_id = $1 AND (status = 'held' OR \
-             (status = 'applying' AND (claimed_by = $2 OR claimed_by IS NULL \
-             OR claimed_at_us IS NULL OR claimed_at_us < $4)))",
-        )
-        .bind(id)
-        .bind(runner.0)
-        .bind(now)
-        .bind(lapsed)
-        .execute(pool)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected()
+        let mut q = sqlx::query(&sql).bind(id).bind(runner.0);
+        if !pg {
+            q = q.bind(now_us());
+        }
+        q.execute(pool)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected()
     });
     if claimed == 0 {
         // Dismissed or settled meanwhile, or another runner's claim holds: settled
