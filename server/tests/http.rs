@@ -3906,6 +3906,76 @@ async fn held_notices_are_bounded(srv: Server) {
 }
 on_both_engines!(held_notices_are_bounded);
 
+/// A round's page leaves room for heads it cannot run: 300 references whose head
+/// another runner holds (a live claim), all older than a notice whose payment is known,
+/// do not keep that notice waiting (a page of 256 full of blocked heads is followed by
+/// the next one).
+async fn blocked_heads_leave_room_for_others(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let g = ach_payment(c, &key).await;
+    let good = c
+        .post(
+            "/v1/rail-notices",
+            &key,
+            &json!({"rail_ref": "GOOD-1", "notice": {"kind": "settled"}}),
+        )
+        .await;
+    assert_eq!(good.status, 202, "{}", good.body);
+    let id = good.body["id"].as_str().expect("id");
+    let lit = uuid_literal(&srv.database, id);
+    let other = uuid_literal(&srv.database, &uuid::Uuid::new_v4().to_string());
+    let payment = uuid_literal(&srv.database, &g.payment);
+    let (rows, new_id) = if srv.database.starts_with("postgres") {
+        ("generate_series(1, 300) AS n(i)", "gen_random_uuid()")
+    } else {
+        (
+            "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) \
+             SELECT i FROM n) AS n",
+            "randomblob(16)",
+        )
+    };
+    run_sql(
+        &srv.database,
+        &format!(
+            "INSERT INTO held_rail_notices (notice_id, tenant_id, rail_ref, notice, \
+             received_at_us, status, claimed_by, claimed_at_us) SELECT {new_id}, h.tenant_id, \
+             'BLK-' || n.i, h.notice, h.received_at_us - 1000000 - n.i, 'applying', {other}, \
+             9000000000000000 FROM {rows}, held_rail_notices h WHERE h.notice_id = {lit}"
+        ),
+    )
+    .await;
+    run_sql(
+        &srv.database,
+        &format!(
+            "INSERT INTO payment_rail_refs (tenant_id, rail_ref, payment_id) \
+             SELECT tenant_id, rail_ref, {payment} FROM held_rail_notices \
+             WHERE rail_ref LIKE 'BLK-%'"
+        ),
+    )
+    .await;
+    let blocked = c.get("/v1/rail-notices?status=applying", &key).await;
+    assert_eq!(blocked.status, 200, "{}", blocked.body);
+    assert!(
+        blocked.body["rail_notices"].as_array().map(Vec::len) > Some(0),
+        "{}",
+        blocked.body
+    );
+
+    submit_ach(c, &key, &g, "GOOD-1").await;
+    let r = settled_notice(c, &key, id).await;
+    assert_eq!(r["status"], "applied", "{r}");
+    assert_eq!(r["payment_id"], g.payment.as_str(), "{r}");
+    let still = c.get("/v1/rail-notices?status=applying", &key).await;
+    assert_eq!(
+        still.body["rail_notices"].as_array().map(Vec::len),
+        blocked.body["rail_notices"].as_array().map(Vec::len),
+        "another runner's live claims are left alone: {}",
+        still.body
+    );
+}
+on_both_engines!(blocked_heads_leave_room_for_others);
+
 /// Revoking a party's tokens: the tokens minted until then are refused everywhere
 /// (reads, commands, new streams: 401 `token_revoked`) and an open stream ends; a token
 /// minted afterwards works; API keys only; idempotent under its key.
