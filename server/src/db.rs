@@ -51,7 +51,8 @@ pub(crate) use on_read;
 
 /// The server schema, one entry per version (after the event store's own schema).
 /// `{UUID}`, `{INT}`, `{BLOB}` are replaced by each engine's column types. Never edit a
-/// released entry: add a new one.
+/// released entry: add a new one (`tests/webhooks.rs` starts on databases as earlier
+/// builds left them). An `ALTER TABLE … ADD COLUMN` is skipped when the column exists.
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE server_keys (
@@ -248,11 +249,47 @@ ALTER TABLE held_rail_notices ADD COLUMN claimed_by {UUID};
 ALTER TABLE held_rail_notices ADD COLUMN claimed_at_us {INT};
 CREATE INDEX held_rail_notices_heads ON held_rail_notices (tenant_id, rail_ref, received_at_us, notice_id) WHERE status IN ('held', 'applying')
 "#,
+    // Repair of databases left by a build whose schema 3 kept one retired webhook secret
+    // (`previous_secret`, `previous_until_us`, still there and unused): the list of
+    // retired secrets every later build reads. Elsewhere the column exists and this
+    // step is skipped.
+    r#"
+ALTER TABLE webhooks ADD COLUMN previous_secrets TEXT NOT NULL DEFAULT '[]'
+"#,
 ];
+
+/// Whether `table` has `column`, as SQL with those two parameters, per engine: the
+/// migration runner skips an `ALTER TABLE … ADD COLUMN` whose column exists already.
+const SQLITE_HAS_COLUMN: &str = "SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2";
+const PG_HAS_COLUMN: &str = "SELECT COUNT(*) FROM information_schema.columns \
+     WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2";
+
+/// The table and column of an `ALTER TABLE t ADD COLUMN c …` statement.
+fn added_column(stmt: &str) -> Option<(&str, &str)> {
+    let mut words = stmt.split_ascii_whitespace();
+    let head: Vec<&str> = words.by_ref().take(2).collect();
+    if !head
+        .iter()
+        .map(|w| w.to_ascii_uppercase())
+        .eq(["ALTER", "TABLE"])
+    {
+        return None;
+    }
+    let table = words.next()?;
+    let add: Vec<&str> = words.by_ref().take(2).collect();
+    if !add
+        .iter()
+        .map(|w| w.to_ascii_uppercase())
+        .eq(["ADD", "COLUMN"])
+    {
+        return None;
+    }
+    Some((table, words.next()?))
+}
 
 /// The migration steps, written once for both engines' transactions.
 macro_rules! migrate_in {
-    ($tx:expr, $uuid:expr, $int:expr, $blob:expr) => {{
+    ($tx:expr, $uuid:expr, $int:expr, $blob:expr, $has_column:expr) => {{
         let tx = $tx;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS trustfold_server_schema \
@@ -284,6 +321,19 @@ macro_rules! migrate_in {
                 .replace("{INT}", $int)
                 .replace("{BLOB}", $blob);
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                // A column that is there already (a database left by a build whose
+                // migration added it earlier) is not added again.
+                if let Some((table, column)) = added_column(stmt) {
+                    let n: i64 = sqlx::query_scalar($has_column)
+                        .bind(table)
+                        .bind(column)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    if n > 0 {
+                        tracing::info!(table, column, "column exists already: not added again");
+                        continue;
+                    }
+                }
                 sqlx::query(stmt).execute(&mut **tx).await?;
             }
             sqlx::query("UPDATE trustfold_server_schema SET version = $1 WHERE id = 1")
@@ -321,7 +371,7 @@ impl Db {
             Db::Sqlite { writer, .. } => {
                 let mut conn = writer.acquire().await?;
                 let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                migrate_in!(&mut tx, "BLOB", "INTEGER", "BLOB");
+                migrate_in!(&mut tx, "BLOB", "INTEGER", "BLOB", SQLITE_HAS_COLUMN);
                 tx.commit().await?;
             }
             Db::Postgres(pool) => {
@@ -330,7 +380,7 @@ impl Db {
                     .bind(PG_MIGRATION_LOCK)
                     .execute(&mut *tx)
                     .await?;
-                migrate_in!(&mut tx, "uuid", "bigint", "bytea");
+                migrate_in!(&mut tx, "uuid", "bigint", "bytea", PG_HAS_COLUMN);
                 tx.commit().await?;
             }
         }
@@ -491,4 +541,24 @@ pub async fn server_secret(db: &Db, at_rest: &AtRest) -> Result<[u8; 32], StoreE
     secret
         .try_into()
         .map_err(|_| StoreError::Corrupt("the server key is not 32 bytes".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::added_column;
+
+    #[test]
+    fn added_columns_are_found() {
+        assert_eq!(
+            added_column("ALTER TABLE webhooks ADD COLUMN deliveries {INT} NOT NULL DEFAULT 0"),
+            Some(("webhooks", "deliveries"))
+        );
+        assert_eq!(
+            added_column("alter  table t\n add column c TEXT"),
+            Some(("t", "c"))
+        );
+        assert_eq!(added_column("ALTER TABLE t DROP COLUMN c"), None);
+        assert_eq!(added_column("CREATE TABLE t (c TEXT)"), None);
+        assert_eq!(added_column("ALTER TABLE t ADD COLUMN"), None);
+    }
 }

@@ -1244,6 +1244,87 @@ async fn an_upgraded_database_logs_deliveries(database: &str) {
 
 common::on_both_databases!(an_upgraded_database_logs_deliveries);
 
+/// A database as a build whose schema 3 kept one retired secret per endpoint left it
+/// (`previous_secret`, `previous_until_us`; later builds keep a list,
+/// `previous_secrets`): it is upgraded, and its endpoint rotates and delivers.
+async fn a_database_of_the_first_webhooks_schema_is_repaired(database: &str) {
+    let (running, c) = serve(database).await;
+    let key = c.tenant(ADMIN, "Early Escrow").await.expect("tenant");
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
+    running.shutdown().await.expect("shutdown");
+    let (blob, int) = if database.starts_with("postgres") {
+        ("bytea", "bigint")
+    } else {
+        ("BLOB", "INTEGER")
+    };
+    let old_secret = format!("ALTER TABLE webhooks ADD COLUMN previous_secret {blob}");
+    let old_until = format!("ALTER TABLE webhooks ADD COLUMN previous_until_us {int}");
+    on_the_database(
+        database,
+        &[
+            "DROP TABLE held_rail_notices",
+            "DROP TABLE token_revocations",
+            "DROP TABLE payment_rail_refs",
+            "DELETE FROM projection_checkpoints WHERE name = 'rail_refs'",
+            "DROP TABLE webhook_deliveries",
+            "ALTER TABLE webhooks DROP COLUMN deliveries",
+            "ALTER TABLE webhooks DROP COLUMN previous_secrets",
+            &old_secret,
+            &old_until,
+            "UPDATE trustfold_server_schema SET version = 3",
+        ],
+    )
+    .await;
+    let (running, c) = serve(database).await;
+    let r = c
+        .post(
+            &format!("/v1/webhooks/{webhook}/rotate-secret"),
+            &key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    open_and_join(&c, &key).await.expect("open");
+    receiver.wait("seven events", |g| g.len() >= 7).await;
+    running.shutdown().await.expect("shutdown");
+}
+
+common::on_both_databases!(a_database_of_the_first_webhooks_schema_is_repaired);
+
+/// A database of server schema 8 as the build that first claimed held rail notices left
+/// it (its migration 8 also added the claim columns, which schema 9 adds now): it
+/// starts, and takes notices.
+async fn a_database_with_early_claim_columns_starts(database: &str) {
+    let (running, c) = serve(database).await;
+    let key = c.tenant(ADMIN, "Claimed Escrow").await.expect("tenant");
+    running.shutdown().await.expect("shutdown");
+    on_the_database(
+        database,
+        &[
+            "DROP INDEX held_rail_notices_heads",
+            "UPDATE trustfold_server_schema SET version = 8",
+        ],
+    )
+    .await;
+    let (running, c) = serve(database).await;
+    let r = c
+        .post(
+            "/v1/rail-notices",
+            &key,
+            &json!({"rail_ref": "ACH-EARLY", "notice": {"kind": "settled"}}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["status"], "held", "{}", r.body);
+    running.shutdown().await.expect("shutdown");
+}
+
+common::on_both_databases!(a_database_with_early_claim_columns_starts);
+
 /// A backlog sent to a host name goes over one kept-alive connection: the endpoint's
 /// client, pinned to the checked address, is kept (the receiver counts the
 /// connections by the peer's address).
