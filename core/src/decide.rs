@@ -2103,6 +2103,18 @@ fn resolve_dispute(
         if em.state.requests.contains_key(r) {
             return reject("request_exists", format!("request {r} exists"));
         }
+        // A release or refund decided now would pay out what is available and leave
+        // the funding still clearing or on its rail outside the decision.
+        let coming = em.state.funding_in_progress();
+        if !coming.is_zero() {
+            return reject(
+                "funds_in_flight",
+                format!(
+                    "{coming} of funding is still on a rail or clearing: resolve with \
+                     resume, or decide the release or refund once it is available (or failed)"
+                ),
+            );
+        }
         // The resolution replaces any request waiting for approvals.
         if let Some((id, open)) = em.state.open_request() {
             if open.status == RequestStatus::AwaitingApprovals {

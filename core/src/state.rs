@@ -632,10 +632,14 @@ impl PaymentState {
             if !escrow.posted.is_zero() {
                 return Status::Held;
             }
+            // Finished only when no money is still on its way in: funding clearing or
+            // on a rail after a release or refund was paid out (say, one a dispute
+            // decided) is still to be made available and paid out in turn.
+            let coming = !clearing.posted.is_zero() || !clearing.pending_in.is_zero();
             match self.last_settled {
-                Some(RequestKind::Refund) => return Status::Refunded,
-                Some(RequestKind::Release) => return Status::Completed,
-                None => {}
+                Some(RequestKind::Refund) if !coming => return Status::Refunded,
+                Some(RequestKind::Release) if !coming => return Status::Completed,
+                _ => {}
             }
         }
         if self

@@ -1135,6 +1135,137 @@ fn funds_arriving_after_expiry_wait_for_an_open_dispute() {
 }
 
 #[test]
+fn a_dispute_decides_money_only_once_none_is_clearing() {
+    // Wire 20,000 available, ACH 40,000 settled and clearing (good funds later): a
+    // release or refund decided now would pay out the 20,000 and end the payment with
+    // 40,000 still to come, which nothing could then refund or release.
+    let mut s = milestones(134);
+    ok(&mut s, client(), funding("20000.00", Rail::Wire, "wire-a"));
+    ok(&mut s, Actor::rail(), notice("wire-a", settled()));
+    ok(&mut s, client(), funding("40000.00", Rail::Ach, "ach-b"));
+    ok(&mut s, Actor::rail(), notice("ach-b", settled()));
+    assert_eq!(s.balance(Account::Clearing), "40000.00");
+    ok(
+        &mut s,
+        contractor(),
+        Command::OpenDispute {
+            dispute: rid(9),
+            reason: "the client stopped the job".into(),
+        },
+    );
+    let refund = || Command::ResolveDispute {
+        dispute: rid(9),
+        outcome: DisputeOutcome::Refund,
+        request: Some(rid(4)),
+        allocations: Vec::new(),
+        amount: None,
+        note: "the job never started".into(),
+    };
+    refuse(
+        &mut s,
+        as_(ARBITER, "arbiter"),
+        refund(),
+        "funds_in_flight",
+        "40000.00 USD of funding is still on a rail or clearing",
+    );
+    // Good funds: then the whole 60,000 is decided.
+    for _ in 0..5 {
+        s.hours(24);
+        s.tick().expect("tick");
+    }
+    assert_eq!(s.balance(Account::Clearing), "0.00");
+    ok(&mut s, as_(ARBITER, "arbiter"), refund());
+    let (_, r) = s.state().open_request().expect("the refund");
+    assert_eq!(r.amount, usd("60000.00"));
+}
+
+#[test]
+fn a_payment_is_not_finished_while_funding_is_clearing() {
+    // A history recorded before `decide` refused it (see the test above): the dispute
+    // refunded the available 20,000 while 40,000 was clearing, and the refund was paid
+    // out. The payment is not Refunded (an end no good funds could follow) but Funded,
+    // waiting for the 40,000 to become available.
+    use support::forge::forge_each;
+    use trustfold_core::event::{
+        refund_hash, DisbursementSettled, DisbursementSubmitted, DisputeResolved, Event,
+        RefundAuthorized, RefundRequested,
+    };
+    let mut s = milestones(135);
+    ok(&mut s, client(), funding("20000.00", Rail::Wire, "wire-a"));
+    ok(&mut s, Actor::rail(), notice("wire-a", settled()));
+    ok(&mut s, client(), funding("40000.00", Rail::Ach, "ach-b"));
+    ok(&mut s, Actor::rail(), notice("ach-b", settled()));
+    ok(
+        &mut s,
+        contractor(),
+        Command::OpenDispute {
+            dispute: rid(9),
+            reason: "the client stopped the job".into(),
+        },
+    );
+    let arbiter = as_(ARBITER, "arbiter");
+    let (decided, paid, settled_by) = (
+        Some(uuid::Uuid::from_bytes([0xd1; 16])),
+        Some(uuid::Uuid::from_bytes([0xd2; 16])),
+        Some(uuid::Uuid::from_bytes([0xd3; 16])),
+    );
+    let amount = usd("20000.00");
+    let history = forge_each(
+        &s,
+        vec![
+            (
+                arbiter.clone(),
+                decided,
+                Event::DisputeResolved(DisputeResolved {
+                    dispute: rid(9),
+                    outcome: DisputeOutcome::Refund,
+                    request: Some(rid(4)),
+                    note: "the job never started".into(),
+                }),
+            ),
+            (
+                arbiter.clone(),
+                decided,
+                Event::RefundRequested(RefundRequested {
+                    request: rid(4),
+                    allocations_hash: refund_hash(&amount),
+                    amount,
+                }),
+            ),
+            (
+                arbiter.clone(),
+                decided,
+                Event::RefundAuthorized(RefundAuthorized { request: rid(4) }),
+            ),
+            (
+                arbiter,
+                paid,
+                Event::DisbursementSubmitted(DisbursementSubmitted {
+                    request: rid(4),
+                    rail: Rail::Wire,
+                    rail_ref: "refund-1".into(),
+                }),
+            ),
+            (
+                Actor::rail(),
+                settled_by,
+                Event::DisbursementSettled(DisbursementSettled {
+                    request: rid(4),
+                    rail_ref: "refund-1".into(),
+                }),
+            ),
+        ],
+    );
+    let st = trustfold_core::fold::replay(&history).expect("the history folds");
+    assert_eq!(st.ledger.balance(&Account::Escrow).posted, usd("0.00"));
+    assert_eq!(
+        st.ledger.balance(&Account::Clearing).posted,
+        usd("40000.00")
+    );
+    assert_eq!(st.status, Status::Funded, "40,000 is still clearing");
+}
+
+#[test]
 fn a_leg_is_reversed_once() {
     // A refund sent back by the payer's bank is recorded once; again would put the same
     // money into escrow a second time (the payer's account has no balance to stop it).
