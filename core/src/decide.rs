@@ -642,21 +642,21 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
             }
             Ok(())
         }
-        CommandKind::RecordShortfallRecovery => need(
-            st == Status::Shortfall,
-            "invalid_state",
-            "there is no shortfall",
-        ),
-        CommandKind::WriteOffShortfall => {
+        CommandKind::RecordShortfallRecovery | CommandKind::WriteOffShortfall => {
             need(
                 st == Status::Shortfall,
                 "invalid_state",
                 "there is no shortfall",
             )?;
-            // A write-off ends the payment, and an ended payment takes no more money:
-            // a transfer still on a rail (a funding that may yet settle, a release
-            // that may yet fail back into escrow) could change the shortfall, so its
-            // outcome comes first.
+            // Recovering or writing off ends the shortfall, and an ended payment takes no
+            // more money: a transfer still on a rail (a funding that may yet settle, a
+            // release that may yet fail back into escrow and cover the shortfall itself)
+            // could change it, so its outcome comes first.
+            let what = if kind == CommandKind::WriteOffShortfall {
+                "write the shortfall off"
+            } else {
+                "record a recovery"
+            };
             match s
                 .ledger
                 .legs
@@ -666,8 +666,8 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
                 Some(leg) => reject(
                     "transfer_in_flight",
                     format!(
-                        "leg {} ({} → {}, {}) is still pending: write the shortfall off once \
-                         the rail has reported its outcome",
+                        "leg {} ({} → {}, {}) is still pending: {what} once the rail has \
+                         reported its outcome",
                         leg.id, leg.from, leg.to, leg.amount
                     ),
                 ),

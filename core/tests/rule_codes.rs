@@ -953,7 +953,8 @@ fn a_payout_sent_back_after_completion_is_recorded_as_a_reversal() {
 /// Found by `random_commands_milestone_escrow` at 100,000 cases (it reached the
 /// shortfall by reversing a funding leg, which `not_reversible` now refuses): a shortfall
 /// was written off while a funding was still on its rail, and that funding then settled.
-/// A write-off waits for every pending leg's outcome, and the settlement is then taken.
+/// A write-off (and a recovery) waits for every pending leg's outcome, and the
+/// settlement is then taken.
 #[test]
 fn a_write_off_waits_for_transfers_in_flight() {
     let mut s = milestones_held(128);
@@ -985,6 +986,18 @@ fn a_write_off_waits_for_transfers_in_flight() {
         reason: "uncollectable".into(),
     };
     refuse(&mut s, arbiter(), write_off(), "transfer_in_flight", "");
+    // Nor is a recovery recorded (a payout failing back into escrow covers the
+    // shortfall itself: collected again from the payer, it would be collected twice).
+    refuse(
+        &mut s,
+        arbiter(),
+        Command::RecordShortfallRecovery {
+            amount: usd("1000.00"),
+            rail_ref: "recovery-1".into(),
+        },
+        "transfer_in_flight",
+        "record a recovery once the rail has reported its outcome",
+    );
     // The payout settles: recorded, although the payment is short.
     ok(&mut s, Actor::rail(), notice("out-2", settled()));
     assert!(s
