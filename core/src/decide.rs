@@ -1763,15 +1763,19 @@ fn deadline_watched(s: &PaymentState) -> Option<Timestamp> {
         .filter(|_| waiting && !s.funding.deadline_missed && !s.expired && !s.cancelled)
 }
 
-/// A policy's automatic release that this payment may take: when, how much, to whom.
+/// A policy's automatic release that this payment may take: when, how much (gross,
+/// before payee-borne fees), to whom.
 struct AutoRelease {
     due: Timestamp,
-    available: Money,
+    gross: Money,
     payees: Vec<PartyId>,
 }
 
 /// The automatic release of `s`, when its policy has one and it could be taken now or
-/// later without another event: held funds, no open request or dispute, someone to pay.
+/// later without another event: held funds, no open request or dispute, someone to pay,
+/// and something payable once the payer-borne fees are met (what cannot pay them — a
+/// cent left after a refund under a fixed fee — waits for a request or refund instead
+/// of failing every tick).
 fn auto_release(s: &PaymentState) -> Option<AutoRelease> {
     let hours = s.policy_doc.release.auto_release_after_hours?;
     let since = s.held_since?;
@@ -1798,9 +1802,23 @@ fn auto_release(s: &PaymentState) -> Option<AutoRelease> {
             }
             v
         });
-    (available.is_positive() && !payees.is_empty()).then(|| AutoRelease {
+    if !available.is_positive() || payees.is_empty() {
+        return None;
+    }
+    let mut gross = gross_for_full_release(s, available).ok()?;
+    // The policy's cap per release holds for its own release too: what is left is
+    // released by the next ticks, one capped release at a time.
+    if let (Some(max), true) = (
+        s.policy_doc.release.max_per_release,
+        s.policy_doc.release.partial,
+    ) {
+        if gross.amount() > max {
+            gross = Money::from_decimal(max, gross.currency()).ok()?;
+        }
+    }
+    gross.is_positive().then(|| AutoRelease {
         due: since.add_hours(i64::from(hours)),
-        available,
+        gross,
         payees,
     })
 }
@@ -1838,22 +1856,9 @@ fn tick(em: &mut Emitter<'_>) -> Result<()> {
         }
     }
     // Automatic release.
-    if let Some(AutoRelease {
-        available, payees, ..
-    }) = auto_release(&em.state).filter(|r| now >= r.due)
+    if let Some(AutoRelease { gross, payees, .. }) =
+        auto_release(&em.state).filter(|r| now >= r.due)
     {
-        let s = &em.state;
-        let mut gross = gross_for_full_release(s, available)?;
-        // The policy's cap per release holds for its own release too: what is
-        // left is released by the next ticks, one capped release at a time.
-        if let (Some(max), true) = (
-            s.policy_doc.release.max_per_release,
-            s.policy_doc.release.partial,
-        ) {
-            if gross.amount() > max {
-                gross = Money::from_decimal(max, gross.currency())?;
-            }
-        }
         let parts = gross.allocate(&vec![1; payees.len()])?;
         let allocations: Vec<Allocation> = payees
             .into_iter()

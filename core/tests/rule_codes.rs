@@ -1717,6 +1717,40 @@ fn the_automatic_release_keeps_the_cap_per_release() {
 }
 
 #[test]
+fn the_automatic_release_waits_when_what_is_left_cannot_pay_its_fees() {
+    // A payer-borne fixed fee of 2.00; a refund leaves 1.00 held, which cannot pay it:
+    // the automatic release is not due (the clock does not come back for it) and a tick
+    // still does its other work instead of failing.
+    let mut doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../examples/policies/marketplace.json"))
+            .expect("marketplace policy json");
+    doc["fees"].as_array_mut().expect("fees").push(
+        serde_json::json!({"name": "handling", "to_role": "platform", "bps": 0,
+            "fixed": "2.00", "borne_by": "payer"}),
+    );
+    let p = Policy::from_json(&serde_json::to_string(&doc).expect("json")).expect("policy");
+    let mut s = scenarios::market_with(149, p).expect("held");
+    let platform = || as_(PLATFORM, "platform");
+    ok(
+        &mut s,
+        platform(),
+        Command::RequestRefund {
+            request: rid(3),
+            amount: Some(usd("119.00")),
+        },
+    );
+    ok(&mut s, platform(), disbursement(3, "refund-1"));
+    ok(&mut s, Actor::rail(), notice("refund-1", settled()));
+    assert_eq!(s.balance(Account::Escrow), "1.00");
+    assert_eq!(s.status(), Status::Held);
+    assert_eq!(trustfold_core::decide::next_tick(s.state()), None);
+    s.hours(73);
+    ok(&mut s, Actor::system(), Command::Tick);
+    assert!(s.state().open_request().is_none());
+    assert_eq!(s.balance(Account::Escrow), "1.00");
+}
+
+#[test]
 fn the_automatic_release_pays_no_payer() {
     // A policy naming the buyer a payee too, as a payment opened before `validate_new`
     // refused that can pin: the automatic release goes to the seller alone.
