@@ -1224,6 +1224,14 @@ async fn cors_grants_the_configured_origins_only() {
     }
     let other = preflight(&c, &path, "https://evil.example").await;
     assert!(other.headers.get("access-control-allow-origin").is_none());
+    // Every method the API has: DELETE too (webhooks, held rail notices).
+    let methods = ok.headers["access-control-allow-methods"]
+        .to_str()
+        .expect("methods")
+        .to_ascii_uppercase();
+    for m in ["GET", "POST", "DELETE"] {
+        assert!(methods.contains(m), "{m} in {methods}");
+    }
     // A read from the allowed origin can see its ETag; from another, no grant.
     let state = format!("/v1/payments/{}", f.payment);
     let r = read(&c, &state, &key, "https://shop.example").await;
@@ -1238,6 +1246,53 @@ async fn cors_grants_the_configured_origins_only() {
         .contains("etag"));
     let r = read(&c, &state, &key, "https://evil.example").await;
     assert!(r.headers.get("access-control-allow-origin").is_none());
+    running.shutdown().await.expect("shutdown");
+}
+
+/// A body that stops arriving is the client's doing: 408 `request_timeout` after half
+/// the request deadline, not the 503 `database_unavailable` of the deadline itself.
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_a_408() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = dir.path().join("trustfold.db").display().to_string();
+    let mut config = common::config(&database);
+    config.http.request_timeout = Duration::from_secs(4);
+    let running = common::serve(config).await;
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let mut tcp = tokio::net::TcpStream::connect(running.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/policies HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "before the request deadline: {:?}",
+        started.elapsed()
+    );
+    // The server is fine, and kept nothing.
+    let r = c.get("/v1/policies", &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     running.shutdown().await.expect("shutdown");
 }
 

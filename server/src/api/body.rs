@@ -30,8 +30,8 @@ use serde_json::{Map, Value};
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 
-/// A request body, read up to the limit (413 beyond it); 415 when it is declared as
-/// something other than JSON.
+/// A request body, read up to the limit (413 beyond it) within [`body_wait`] (408
+/// `request_timeout` after it); 415 when it is declared as something other than JSON.
 pub struct Body(pub Bytes);
 
 impl FromRequest<AppState> for Body {
@@ -42,7 +42,16 @@ impl FromRequest<AppState> for Body {
             .headers()
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("?").to_owned());
-        let body = match Bytes::from_request(req, state).await {
+        // A body that trickles in (or stops) is the client's doing: 408, answered before
+        // the request's own deadline would call it the database's (503).
+        let wait = body_wait(state.config.request_timeout);
+        let read = tokio::time::timeout(wait, Bytes::from_request(req, state)).await;
+        let Ok(read) = read else {
+            return Err(ApiError::BodyTimeout {
+                seconds: wait.as_secs(),
+            });
+        };
+        let body = match read {
             Ok(b) => b,
             Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 return Err(ApiError::PayloadTooLarge {
@@ -62,6 +71,12 @@ impl FromRequest<AppState> for Body {
             _ => Ok(Body(body)),
         }
     }
+}
+
+/// How long a request body may take to arrive: half the request's deadline (at least
+/// 1 s), which leaves the other half to run the request once it is here.
+pub fn body_wait(request_timeout: std::time::Duration) -> std::time::Duration {
+    (request_timeout / 2).max(std::time::Duration::from_secs(1))
 }
 
 /// `application/json`, with parameters if any (a `charset`, if given, must be UTF-8:

@@ -85,6 +85,13 @@ pub enum ApiError {
         "the request body is declared as `{0}`; send JSON with Content-Type: application/json"
     )]
     UnsupportedMediaType(String),
+    /// The body did not arrive in time (408 `request_timeout`): the client sent it too
+    /// slowly, or stopped sending it; nothing was done.
+    #[error("the request body did not arrive within {seconds} s; send it again, whole")]
+    BodyTimeout {
+        /// How long the server waited.
+        seconds: u64,
+    },
     /// The body is larger than the limit (413).
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -153,6 +160,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::VersionConflict { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -177,6 +185,7 @@ impl ApiError {
             ApiError::TokenRevoked(_) => "token_revoked",
             ApiError::VersionConflict { .. } => "version_conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::BodyTimeout { .. } => "request_timeout",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
