@@ -1757,6 +1757,66 @@ async fn sse_events(res: &mut reqwest::Response, n: usize, buf: &mut String) -> 
     out
 }
 
+/// A stream opened with an API key ends once the key is rotated out (expired): it
+/// delivers nothing appended after that, and a reconnect with the key is refused.
+#[tokio::test]
+async fn an_api_keys_stream_ends_when_the_key_is_rotated_out() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let old = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &old).await.expect("open");
+    let p = &f.payment;
+    let url = format!("{}/v1/payments/{p}/stream", c.base);
+    let mut res = c
+        .http
+        .get(&url)
+        .bearer_auth(&old)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(res.status(), 200);
+    let mut buf = String::new();
+    let first = sse_events(&mut res, 7, &mut buf).await;
+    assert_eq!(first.len(), 7);
+    let r = c
+        .post(
+            "/v1/api-keys",
+            &old,
+            &json!({"expire_others_after_seconds": 0}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let new = r.body["api_key"].as_str().expect("new key").to_owned();
+    c.command(
+        &new,
+        p,
+        Some(&f.agent),
+        "listing_agent",
+        json!({"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["brokerage"]}),
+    )
+    .await
+    .expect("invite");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, res.chunk())
+            .await
+            .expect("the stream ends in time");
+        match chunk {
+            Ok(Some(bytes)) => buf.push_str(&String::from_utf8_lossy(&bytes)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(!buf.contains("id: 8"), "nothing after the rotation: {buf}");
+    let again = c
+        .http
+        .get(&url)
+        .bearer_auth(&old)
+        .send()
+        .await
+        .expect("reconnect");
+    assert_eq!(again.status(), 401);
+}
+
 #[tokio::test]
 async fn sse_delivers_live_and_resumes_with_last_event_id() {
     let srv = common::sqlite().await;

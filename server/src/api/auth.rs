@@ -216,7 +216,12 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
 
 /// The bearer credential of a request, if any.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    bearer_in(&parts.headers)
+}
+
+/// The bearer credential in `headers`, if any.
+pub fn bearer_in(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get(axum::http::header::AUTHORIZATION)?;
     let v = v.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
@@ -274,7 +279,9 @@ impl ApiKeyCache {
     }
 }
 
-async fn check_api_key(state: &AppState, key: &str) -> Result<Uuid, ApiError> {
+/// The tenant of API key `key`: 401 `unauthorized` unless it is valid now (its row
+/// cached for at most [`API_KEY_CACHE_TTL`]).
+pub(crate) async fn check_api_key(state: &AppState, key: &str) -> Result<Uuid, ApiError> {
     let bad = || ApiError::Unauthorized("the API key is invalid, expired or revoked".into());
     let rest = key.strip_prefix("tfk_").ok_or_else(bad)?;
     let (id, _) = rest.split_once('_').ok_or_else(bad)?;

@@ -44,6 +44,9 @@ struct Cursor {
     /// A participant's token: checked again whenever new events arrive, so the stream
     /// of a party that is removed ends.
     token: Option<TokenClaims>,
+    /// A tenant's API key: checked again whenever new events arrive, so the stream
+    /// opened with a key that expired or was rotated out ends.
+    api_key: Option<String>,
     /// The buffer was just filled from this process's own notice: no need to read the
     /// store before waiting again.
     delivered: bool,
@@ -82,6 +85,9 @@ impl Cursor {
                     return false;
                 }
             }
+        }
+        if !self.key_holds().await {
+            return false;
         }
         // Bounded like a request: a read that a silent database never answers ends the
         // stream (the client reconnects with `Last-Event-ID`) instead of holding it.
@@ -166,6 +172,23 @@ impl Cursor {
         }
     }
 
+    /// Whether the stream's API key (if it was opened with one) is still valid: one
+    /// expired or rotated out since the stream opened ends it (a reconnect with it is
+    /// refused). Checked before every delivery, from the store or from a notice.
+    async fn key_holds(&self) -> bool {
+        let Some(key) = &self.api_key else {
+            return true;
+        };
+        match super::auth::check_api_key(&self.state, key).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(payment = %self.payment, error = %e,
+                    "live stream's API key no longer holds; ending the stream");
+                false
+            }
+        }
+    }
+
     /// Delivers the events of this process's own append straight from its notice when
     /// they continue the stream (full views only); anything else (another process's
     /// append, a gap, a redacted view) is read from the store by the next `fill`.
@@ -197,6 +220,9 @@ impl Cursor {
             tokio::select! {
                 r = self.rx.recv() => match r {
                     Ok(n) if n.stream == self.payment && n.version > self.last => {
+                        if !self.key_holds().await {
+                            return false;
+                        }
                         self.take(&n);
                         return true;
                     }
@@ -245,6 +271,10 @@ pub async fn stream(
         .load(&state.store, tenant, payment)
         .await?
         .ok_or_else(|| ApiError::unknown_payment(payment))?;
+    let api_key = match &principal {
+        Principal::Tenant { .. } => super::auth::bearer_in(&headers).map(str::to_owned),
+        Principal::Participant(_) => None,
+    };
     let (view, token) = match &principal {
         Principal::Tenant { .. } => (None, None),
         Principal::Participant(c) => {
@@ -266,6 +296,7 @@ pub async fn stream(
         buf: VecDeque::new(),
         view,
         token,
+        api_key,
         delivered: false,
     };
     let events = stream::unfold(cursor, |mut c| async move {
