@@ -32,6 +32,24 @@ pub fn state_view(state: &PaymentState, roles: &[Role]) -> Value {
     redact_state(v, &vis)
 }
 
+/// The status the given roles' view shows: the payment's own, unless the view hides
+/// what it tells (a dispute, a request), then the status it would have without that.
+///
+/// ```
+/// use trustfold_core::{fold::replay, policy::Role, state::Status, view::shown_status};
+/// // Disputed while its disbursement was on the rail; a lender's view hides disputes.
+/// let history = include_bytes!("../tests/vectors/em_dispute_during_disbursement.history.json");
+/// let s = trustfold_core::fold::replay_at(history, 24)?;
+/// assert_eq!(s.status, Status::Disputed);
+/// assert_eq!(shown_status(&s, &[Role::new("buyer")]), Status::Disputed);
+/// assert_ne!(shown_status(&s, &[Role::new("lender")]), Status::Disputed);
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+pub fn shown_status(state: &PaymentState, roles: &[Role]) -> crate::state::Status {
+    let vis = state.policy_doc.visibility_for(roles);
+    shown_state(state, &vis).status
+}
+
 /// The state with a status that tells no more than the view shows: a view that hides
 /// disputes does not read `Disputed`, one that hides requests does not read
 /// `AwaitingApprovals`, `Disbursing` or `Refunding`; it reads the status the payment

@@ -1064,6 +1064,65 @@ async fn a_removed_participants_token_reads_nothing_more() {
     srv.finish().await;
 }
 
+/// A participant whose view hides disputes is not told of one by a rule's refusal: the
+/// message names the status its view shows, and a refusal because of the dispute reads
+/// as `invalid_state`. The tenant reads the payment's own.
+#[tokio::test]
+async fn refusals_tell_a_participant_no_more_than_its_view() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    fund(c, &key, &f).await.expect("fund");
+    let p = f.payment.as_str();
+    let lender = invite_lender(c, &key, &f).await;
+    c.command(&key, p, Some(&lender), "lender", json!({"type": "Join"}))
+        .await
+        .expect("lender joins");
+    c.command(
+        &key,
+        p,
+        Some(&f.buyer),
+        "buyer",
+        json!({"type": "OpenDispute", "dispute": uuid::Uuid::new_v4(), "reason": "inspection"}),
+    )
+    .await
+    .expect("dispute");
+    let token = token_for(c, &key, p, &lender).await;
+    let seen = c.get(&format!("/v1/payments/{p}"), &token).await;
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    let shown = seen.body["status"].as_str().expect("status").to_owned();
+    assert_ne!(shown, "Disputed");
+    let cmds = format!("/v1/payments/{p}/commands");
+    let r = c
+        .post(&cmds, &token, &json!({"command": {"type": "Join"}}))
+        .await;
+    expect_member(&r, 422, "code", "already_joined");
+    let message = r.body["detail"].as_str().unwrap_or_default().to_owned()
+        + r.body["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("Disputed"), "{}", r.body);
+    assert!(
+        message.contains(&format!("payment is {shown}")),
+        "{}",
+        r.body
+    );
+    // The tenant (and a party that sees disputes) reads the payment's own status.
+    let r = c
+        .post(
+            &cmds,
+            &key,
+            &json!({"command": {"type": "Join"}, "actor": {"party": lender, "role": "lender"}}),
+        )
+        .await;
+    expect_member(&r, 422, "code", "already_joined");
+    assert!(
+        r.body.to_string().contains("payment is Disputed"),
+        "{}",
+        r.body
+    );
+    srv.finish().await;
+}
+
 #[tokio::test]
 async fn a_participants_inbox_holds_only_what_its_roles_may_see() {
     let srv = common::sqlite().await;

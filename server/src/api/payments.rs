@@ -685,39 +685,88 @@ fn expected_version(headers: &HeaderMap, body_value: Option<u64>) -> ApiResult<O
     }
 }
 
-/// A rejection as a participant may read it: when its view hides amounts, the amounts
-/// a rule's message quotes (`only 4321.98 USD is available`) are masked.
+/// A rejection as a participant may read it, telling no more than its view shows: when
+/// the view hides amounts, the amounts a rule's message quotes (`only 4321.98 USD is
+/// available`) and the digests over them (`terms_hash`, `allocations_hash`) are masked;
+/// when it hides what the payment's status tells (a dispute, a request), the message
+/// names the status the view shows; and a view that hides disputes reads a refusal
+/// because of one (`payment_disputed`, `dispute_open`) as `invalid_state`.
 async fn hide_amounts(state: &AppState, c: &TokenClaims, e: ApiError) -> ApiError {
-    let hides = match load_state(state, c.tenant, c.payment).await {
-        Ok(st) => {
-            let roles = participant_roles(&st, c).unwrap_or_default();
-            st.policy_doc
-                .visibility_for(&roles)
-                .hide
-                .contains(&trustfold_core::policy::Hidden::Amounts)
+    let Ok(st) = load_state(state, c.tenant, c.payment).await else {
+        // Not known what the view hides: nothing but the code.
+        return match e {
+            ApiError::Unprocessable { code, field, .. } => ApiError::Unprocessable {
+                code,
+                message: "refused by the payment's rules".into(),
+                field,
+            },
+            other => other,
+        };
+    };
+    let roles = participant_roles(&st, c).unwrap_or_default();
+    let vis = st.policy_doc.visibility_for(&roles);
+    use trustfold_core::policy::Hidden;
+    let amounts = vis.hide.contains(&Hidden::Amounts);
+    let disputes = vis.hide.contains(&Hidden::Disputes);
+    let shown = trustfold_core::view::shown_status(&st, &roles);
+    let tell = |code: &'static str, message: String| -> (&'static str, String) {
+        if disputes && matches!(code, "payment_disputed" | "dispute_open") {
+            return (
+                "invalid_state",
+                format!("not possible while the payment is {shown:?}"),
+            );
         }
-        Err(_) => true,
+        let mut m = message;
+        if shown != st.status {
+            m = m.replace(
+                &format!("payment is {:?}", st.status),
+                &format!("payment is {shown:?}"),
+            );
+        }
+        if amounts {
+            m = mask_digests(&mask_amounts(&m));
+        }
+        (code, m)
     };
     match e {
         ApiError::Unprocessable {
             code,
             message,
             field,
-        } if hides => ApiError::Unprocessable {
-            code,
-            message: mask_amounts(&message),
-            field,
-        },
-        ApiError::Forbidden { code, message } if hides => ApiError::Forbidden {
-            code,
-            message: mask_amounts(&message),
-        },
-        ApiError::Refused { code, message } if hides => ApiError::Refused {
-            code,
-            message: mask_amounts(&message),
-        },
+        } => {
+            let (code, message) = tell(code, message);
+            ApiError::Unprocessable {
+                code,
+                message,
+                field,
+            }
+        }
+        ApiError::Forbidden { code, message } => {
+            let (code, message) = tell(code, message);
+            ApiError::Forbidden { code, message }
+        }
+        ApiError::Refused { code, message } => {
+            let (code, message) = tell(code, message);
+            ApiError::Refused { code, message }
+        }
         other => other,
     }
+}
+
+/// Words of 64 hex digits (a SHA-256 digest such as `terms_hash`) → `[digest hidden]`.
+fn mask_digests(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|w| {
+            let core = w.trim_matches(|ch: char| !ch.is_ascii_alphanumeric());
+            if core.len() == 64 && core.bytes().all(|b| b.is_ascii_hexdigit()) {
+                w.replace(core, "[digest hidden]")
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `… 4321.98 USD …` → `… [amount hidden] …`: a number followed by a currency code.
@@ -2155,7 +2204,19 @@ pub async fn revoke_tokens(
 
 #[cfg(test)]
 mod tests {
-    use super::{mask_amounts, page_len, PAGE_BYTES};
+    use super::{mask_amounts, mask_digests, page_len, PAGE_BYTES};
+
+    #[test]
+    fn digests_in_messages_are_masked() {
+        let h = "ab".repeat(32);
+        assert_eq!(
+            mask_digests(&format!("terms_hash {h} does not match; agree to {h}.")),
+            "terms_hash [digest hidden] does not match; agree to [digest hidden]."
+        );
+        assert_eq!(mask_digests("request 12ab is open"), "request 12ab is open");
+        let id = "01a225ad-1e5c-74a4-8311-02d890976a49";
+        assert_eq!(mask_digests(id), id, "ids are not digests");
+    }
 
     #[test]
     fn pages_end_at_the_limit_or_the_byte_budget() {
