@@ -369,6 +369,14 @@ impl Verifier {
                 error,
             })
         })?;
+        if self.payment.is_some_and(|p| p != state.payment) {
+            return Err(Error::Usage(format!(
+                "payment {} is not in {} (it holds payment {})",
+                self.payment.map(|p| p.to_string()).unwrap_or_default(),
+                path.display(),
+                state.payment
+            )));
+        }
         f(&state)?;
         let mut statuses = BTreeMap::new();
         statuses.insert(state.status, 1);
@@ -1009,28 +1017,44 @@ impl Scanner {
     }
 
     /// Takes the signed head for a new export group; heads before it are payments
-    /// missing from the export.
+    /// missing from the export (or, with a payment selected, other payments' heads,
+    /// passed over). A single head given for an export is the head of the payment it
+    /// names; every other payment in the export then has none.
     fn head_for(&mut self, g: &mut Group) -> Result<Option<Broken>> {
-        let HeadSource::File(r) = &mut self.heads else {
-            return Ok(None);
-        };
         let stream = g.stream;
-        if let Some(h) = r.peek()? {
-            if Some(h.stream) < stream {
-                let h = r.take();
-                return Ok(h.map(|(h, _)| removed_payment(&h)));
-            }
-            if Some(h.stream) == stream {
-                if let Some((h, ok)) = r.take() {
-                    g.head = Some(h);
-                    g.head_ok = ok;
+        let source = match &mut self.heads {
+            HeadSource::None => return Ok(None),
+            HeadSource::One(h) => {
+                if h.as_ref().is_some_and(|h| Some(h.stream) == stream) {
+                    g.head = h.take();
                 }
+                "no signed head was given for it"
             }
-        }
+            HeadSource::File(r) => {
+                while let Some(h) = r.peek()? {
+                    if Some(h.stream) >= stream {
+                        break;
+                    }
+                    let h = r.take();
+                    if self.payment.is_none() {
+                        return Ok(h.map(|(h, _)| removed_payment(&h)));
+                    }
+                }
+                if let Some(h) = r.peek()? {
+                    if Some(h.stream) == stream {
+                        if let Some((h, ok)) = r.take() {
+                            g.head = Some(h);
+                            g.head_ok = ok;
+                        }
+                    }
+                }
+                "it has no signed head in the heads file"
+            }
+        };
         if g.head.is_none() {
             g.head_err = Some((
                 CoreError::BadSignature(format!(
-                    "payment {} has no signed head in the heads file, so nothing shows the server wrote it",
+                    "payment {}: {source}, so nothing shows the server wrote it",
                     stream.map(|p| p.to_string()).unwrap_or_default()
                 )),
                 None,
@@ -1041,18 +1065,20 @@ impl Scanner {
     }
 
     fn leftover_head(&mut self, _: Option<()>) -> Option<Broken> {
-        let HeadSource::File(r) = &mut self.heads else {
-            return None;
-        };
-        match r.peek() {
-            Ok(Some(_)) => r.take().map(|(h, _)| removed_payment(&h)),
-            Ok(None) => None,
-            Err(e) => Some(Broken {
-                stream: None,
-                seq: None,
-                line: None,
-                error: CoreError::MalformedJson(e.to_string()),
-            }),
+        match &mut self.heads {
+            // A single head for a payment the export does not hold.
+            HeadSource::One(h) => h.take().map(|h| removed_payment(&h)),
+            HeadSource::None => None,
+            HeadSource::File(r) => match r.peek() {
+                Ok(Some(_)) => r.take().map(|(h, _)| removed_payment(&h)),
+                Ok(None) => None,
+                Err(e) => Some(Broken {
+                    stream: None,
+                    seq: None,
+                    line: None,
+                    error: CoreError::MalformedJson(e.to_string()),
+                }),
+            },
         }
     }
 
