@@ -96,3 +96,28 @@ fn a_payment_asked_for_is_the_one_verified_in_every_layout() {
         .expect_err("another payment was asked for");
     assert!(e.to_string().contains(&other.to_string()), "{e}");
 }
+
+#[test]
+fn a_payment_of_an_export_is_verified_against_its_own_head() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let events = tmp.path().join("export.ndjson");
+    let heads = tmp.path().join("heads.ndjson");
+    support::write_export(&events, &heads, 300);
+    let listed = std::fs::read_to_string(&heads).expect("heads");
+    let second: SignedHead = SignedHead::from_json(
+        listed
+            .lines()
+            .nth(1)
+            .expect("two payments or more")
+            .as_bytes(),
+    )
+    .expect("a head");
+    let report = Verifier::new()
+        .key(support::key())
+        .heads_file(&heads)
+        .payment(second.stream)
+        .verify_path(&events)
+        .expect("the second payment verifies against its head");
+    assert_eq!((report.payments, report.signed), (1, 1));
+    assert_eq!(report.last.map(|s| s.payment), Some(second.stream));
+}
