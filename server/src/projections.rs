@@ -178,7 +178,15 @@ impl Projector {
         }
         leader.tried = Some(Instant::now());
         if leader.conn.is_none() {
-            let options = (*pool.connect_options()).clone();
+            // The database ends the leader's session (and so frees the lock) ~25 s after
+            // its host died or was cut off, instead of after the kernel's default TCP
+            // keepalive (about 2 hours) with nobody leading meanwhile.
+            let options = (*pool.connect_options()).clone().options([
+                ("tcp_keepalives_idle", "10"),
+                ("tcp_keepalives_interval", "5"),
+                ("tcp_keepalives_count", "3"),
+                ("tcp_user_timeout", "25000"),
+            ]);
             let connect = sqlx::PgConnection::connect_with(&options);
             leader.conn = match tokio::time::timeout(LEADER_DEADLINE, connect).await {
                 Ok(Ok(c)) => Some(c),
