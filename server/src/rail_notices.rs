@@ -39,7 +39,8 @@
 //!   lock) is taken up by another once the lease lapsed (on PostgreSQL timed by the
 //!   database's clock, as the time received), and an outcome is recorded only
 //!   under the claim that ran it. A notice whose run failed is given back (`held`) only
-//!   when none of its events is stored; otherwise it stays claimed for the next round.
+//!   when none of its events is stored and the database answered (after a 503-like
+//!   failure a commit may still land); otherwise it stays claimed for the next round.
 //! - **Exactly once.** A held notice's command id is the notice's id, so after a crash
 //!   between the append and the status update the round finds the notice's events
 //!   stored, by their ids, and records it applied to their payment without running it
@@ -630,6 +631,11 @@ async fn apply(
     let give_back = match &outcome {
         Ok(Verdict::Waiting) => true,
         Ok(_) => false,
+        // The database was unavailable or did not answer in time: a commit may still
+        // land after this (the appender's deadline passed while PostgreSQL finishes it),
+        // so the notice stays claimed — never dismissed meanwhile — and this runner's
+        // next round runs it again (the same ids: stored once).
+        Err(ApiError::Unavailable(_)) => false,
         // The payment may have stored it (a commit whose answer was lost, or the
         // outcome's update failed): given back only when its first event is not stored.
         Err(_) => matches!(stored(state, tenant, id, rail_ref).await, Ok(Stored::None)),
