@@ -627,6 +627,18 @@ impl PgCommitter {
 
     async fn try_commit(&self, batch: &[Request]) -> Result<Vec<Outcome>> {
         let mut tx = self.pool.begin().await?;
+        // Lock the existing streams in id order (processes never deadlock on them) before
+        // reading the ids: under READ COMMITTED each statement sees what committed before
+        // it began, so a retry that waited here for its own first try (still committing
+        // in another transaction) then finds that try's events and gets its result, not a
+        // version conflict.
+        let locked: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+            "SELECT stream_id, tenant_id, version FROM streams WHERE stream_id = ANY($1) \
+             ORDER BY stream_id FOR UPDATE",
+        )
+        .bind(Writes::streams_of(batch))
+        .fetch_all(&mut *tx)
+        .await?;
         let ids = Writes::ids(batch);
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1) ORDER BY position"
@@ -636,14 +648,6 @@ impl PgCommitter {
         for row in &rows {
             found.push(raw_event_from_row!(row));
         }
-        // Lock the existing streams in id order (processes never deadlock on them).
-        let locked: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
-            "SELECT stream_id, tenant_id, version FROM streams WHERE stream_id = ANY($1) \
-             ORDER BY stream_id FOR UPDATE",
-        )
-        .bind(Writes::streams_of(batch))
-        .fetch_all(&mut *tx)
-        .await?;
         let mut heads = Heads::new();
         for (stream, owner, v) in locked {
             heads.insert(stream, (owner, u64::try_from(v).unwrap_or(0)));
