@@ -586,22 +586,30 @@ async fn round(
             if sending.endpoints.contains_key(&row.0) {
                 continue;
             }
-            let ep = match Endpoint::of(row, &state.at_rest) {
-                Ok(ep) => ep,
-                Err(e) => {
-                    // A secret sealed under a key this process does not have (another
-                    // process of the database was given one): not sent from here.
-                    tracing::error!(webhook = %after.1, error = %e,
-                        "webhooks: cannot open an endpoint's secret; not sending to it");
-                    continue;
-                }
-            };
-            let id = ep.webhook_id;
+            if let Err(e) = Endpoint::of(row, &state.at_rest) {
+                // A secret sealed under a key this process does not have (another
+                // process of the database was given one): not sent from here.
+                tracing::error!(webhook = %after.1, error = %e,
+                    "webhooks: cannot open an endpoint's secret; not sending to it");
+                continue;
+            }
+            let id = after.1;
             let (state, config, client) = (state.clone(), config.clone(), client.clone());
             let permits = sending.permits.clone();
             let task = sending.tasks.spawn(async move {
                 let Ok(_permit) = permits.acquire().await else {
                     return id;
+                };
+                // Read again once its turn came (it may have waited behind slow
+                // receivers): an endpoint deleted meanwhile gets nothing, one whose
+                // secret was rotated is signed with the new one.
+                let ep = match endpoint_now(&state, id).await {
+                    Ok(Some(ep)) => ep,
+                    Ok(None) => return id,
+                    Err(e) => {
+                        tracing::warn!(webhook = %id, error = %e, "webhooks: could not read an endpoint");
+                        return id;
+                    }
                 };
                 if let Err(e) = serve(&state, &config, &client, ep).await {
                     tracing::warn!(webhook = %id, error = %e, "webhooks: could not serve an endpoint");
@@ -615,6 +623,21 @@ async fn round(
         }
     }
     Ok(true)
+}
+
+/// Endpoint `id` as it is stored now; `None` once deleted.
+async fn endpoint_now(state: &AppState, id: Uuid) -> Result<Option<Endpoint>, ApiError> {
+    let row: Option<EndpointRow> = on_read!(&state.db, pool => {
+        sqlx::query_as(
+            "SELECT webhook_id, tenant_id, url, event_types, secret, previous_secrets, \
+             position, attempts, next_attempt_at_us FROM webhooks WHERE webhook_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(crate::StoreError::from)?
+    });
+    Ok(row.map(|r| Endpoint::of(r, &state.at_rest)).transpose()?)
 }
 
 /// Sends one endpoint the events after its position, page after page, until one fails,

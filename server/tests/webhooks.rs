@@ -1244,6 +1244,60 @@ async fn an_upgraded_database_logs_deliveries(database: &str) {
 
 common::on_both_databases!(an_upgraded_database_logs_deliveries);
 
+/// An endpoint deleted while its turn waits behind slow receivers (every sender busy)
+/// gets nothing once its turn comes: the sender reads the endpoint again first.
+async fn an_endpoint_deleted_while_waiting_gets_nothing(database: &str) {
+    let (running, c) = serve(database).await;
+    let slow = Receiver::default();
+    slow.delay_ms
+        .store(4000, std::sync::atomic::Ordering::Relaxed);
+    let slow_url = slow.start().await;
+    let busy = c.tenant(ADMIN, "Busy Escrow").await.expect("tenant");
+    for n in 0..8 {
+        let r = c
+            .post(
+                "/v1/webhooks",
+                &busy,
+                &json!({ "url": format!("{slow_url}?n={n}") }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    open_and_join(&c, &busy).await.expect("open");
+    // All eight senders are busy with the slow receiver.
+    slow.wait("eight slow requests", |g| g.len() >= 8).await;
+    let fast = Receiver::default();
+    let fast_url = fast.start().await;
+    let other = c.tenant(ADMIN, "Other Escrow").await.expect("tenant");
+    let r = c
+        .post("/v1/webhooks", &other, &json!({ "url": fast_url }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
+    open_and_join(&c, &other).await.expect("open");
+    // Its turn is taken (a round comes every second) and waits for a sender.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = c
+        .raw(
+            "DELETE",
+            &format!("/v1/webhooks/{webhook}"),
+            Some(&other),
+            &[],
+            None,
+        )
+        .await
+        .expect("delete");
+    assert_eq!(r.status, 204, "{}", r.body);
+    slow.delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    slow.wait("every slow endpoint's events", |g| g.len() >= 8 * 7)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fast.got().len(), 0, "the deleted endpoint got events");
+    running.shutdown().await.expect("shutdown");
+}
+
+common::on_both_databases!(an_endpoint_deleted_while_waiting_gets_nothing);
+
 /// A database as a build whose schema 3 kept one retired secret per endpoint left it
 /// (`previous_secret`, `previous_until_us`; later builds keep a list,
 /// `previous_secrets`): it is upgraded, and its endpoint rotates and delivers.
