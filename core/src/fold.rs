@@ -319,6 +319,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
     check_actor_role(s, env)?;
     check_standing(s, env)?;
     check_roster(s, env)?;
+    check_money_moves(s, env)?;
     match &env.event {
         Event::PaymentInitiated(_) => return Err(bad("PaymentInitiated may only come first")),
         Event::ParticipantInvited(e) => {
@@ -969,11 +970,41 @@ fn check_actor(env: &Envelope) -> Result<()> {
                 env.event_type().name()
             )))
         }
-        Event::FundsAvailable(_) | Event::FundingDeadlineMissed(_)
+        Event::FundsAvailable(_) | Event::FundingDeadlineMissed(_) | Event::PaymentExpired(_)
             if role != "rail" && role != "system" =>
         {
             Err(bad(format!(
                 "{} must come from the rail or the clock",
+                env.event_type().name()
+            )))
+        }
+        // What only a participant's command records: the platform (the rail's notices,
+        // the clock's ticks) never opens, joins, agrees, submits, pays out, disputes,
+        // decides a dispute, cancels, corrects or closes anything.
+        Event::PaymentInitiated(_)
+        | Event::ParticipantInvited(_)
+        | Event::ParticipantJoined(_)
+        | Event::ParticipantRemoved(_)
+        | Event::TermsAgreed(_)
+        | Event::FundingDeadlineSet(_)
+        | Event::FundingMethodAttached(_)
+        | Event::FundingSubmitted(_)
+        | Event::ApprovalGranted(_)
+        | Event::ApprovalDenied(_)
+        | Event::ApprovalWithdrawn(_)
+        | Event::ReleaseAmended(_)
+        | Event::DisbursementSubmitted(_)
+        | Event::DisputeOpened(_)
+        | Event::DisputeResolved(_)
+        | Event::PaymentCancelled(_)
+        | Event::ReversalRecorded(_)
+        | Event::ShortfallRecovered(_)
+        | Event::ShortfallWrittenOff(_)
+        | Event::PaymentClosed(_)
+            if env.actor.party.is_none() && matches!(role, "rail" | "system") =>
+        {
+            Err(bad(format!(
+                "{} is recorded by a participant, not by the platform (`{role}`)",
                 env.event_type().name()
             )))
         }
@@ -1055,6 +1086,59 @@ fn check_standing(s: &PaymentState, env: &Envelope) -> Result<()> {
             "role `{who}` may not record {} under the payment's policy",
             env.event_type().name()
         )))
+    }
+}
+
+/// What `decide` lets move money, as the fold holds a v2 payment to it (a server
+/// holding the key could otherwise record it): a cancellation while money is held
+/// only where the policy's refunds need no approvals (the refund it mandates then skips
+/// them), an expiry only when the deadline or the attempts say so, and a reversal only
+/// of a release's or refund's leg, never one that takes money out of escrow while a
+/// dispute is open.
+fn check_money_moves(s: &PaymentState, env: &Envelope) -> Result<()> {
+    if s.opened_under < 2 {
+        return Ok(());
+    }
+    match &env.event {
+        Event::PaymentCancelled(_)
+            if s.ledger.balance(&Account::Escrow).posted.is_positive()
+                && !matches!(
+                    s.policy_doc.refund.approvals,
+                    crate::policy::Approvals::None
+                ) =>
+        {
+            Err(bad(
+                "a payment holding money is cancelled only where refunds need no approvals \
+                 (refund_approvals_required)",
+            ))
+        }
+        // An expiry mandates refunds without approvals: only when `decide` expires a
+        // payment, its funding deadline missed under a policy that expires then, or
+        // its funding attempts used up.
+        Event::PaymentExpired(_) => {
+            let f = &s.policy_doc.funding;
+            let missed = s.funding.deadline_missed
+                && f.on_deadline_missed == crate::policy::OnDeadlineMissed::Expire;
+            if missed || s.funding.failed_attempts >= f.max_attempts {
+                Ok(())
+            } else {
+                Err(bad(
+                    "a payment expires only once its funding deadline was missed (under a \
+                     policy that expires then) or its funding attempts ran out",
+                ))
+            }
+        }
+        Event::ReversalRecorded(e) => match s.ledger.leg(e.leg) {
+            Some(l) if l.group.is_none() => Err(bad(format!(
+                "leg {} is not a release's or refund's: it cannot be reversed (not_reversible)",
+                e.leg
+            ))),
+            Some(l) if l.to == Account::Escrow && s.open_dispute().is_some() => Err(bad(
+                "nothing leaves escrow while disputed (payment_disputed)",
+            )),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
     }
 }
 

@@ -367,3 +367,96 @@ fn non_money_roles_still_change_while_held() {
     );
     folds_every_way(&s);
 }
+
+/// The platform (`rail`, `system`) records rail outcomes and the clock's work, nothing
+/// a participant's command records: a history where the clock opens and decides a
+/// dispute, or pays out, does not fold (it would release the deposit with nobody's
+/// approval).
+#[test]
+fn the_platform_records_no_participants_work() {
+    use trustfold_core::event::{DisbursementSubmitted, DisputeOpened};
+    let s = earnest_held(73).expect("held");
+    let v = s.state().version;
+    refused_at(
+        &forge(
+            &s,
+            Actor::system(),
+            vec![Event::DisputeOpened(DisputeOpened {
+                dispute: rid(9),
+                reason: "the clock disputes".into(),
+            })],
+        ),
+        v + 1,
+        "recorded by a participant, not by the platform (`system`)",
+    );
+    refused_at(
+        &forge(
+            &s,
+            Actor::rail(),
+            vec![Event::DisbursementSubmitted(DisbursementSubmitted {
+                request: rid(1),
+                rail: Rail::Wire,
+                rail_ref: "out-9".into(),
+            })],
+        ),
+        v + 1,
+        "not by the platform (`rail`)",
+    );
+}
+
+/// Money moves the fold holds a v2 payment to as `decide` does: no cancellation while
+/// money is held under refunds that need approvals (its refund would skip them), no
+/// expiry a party records or that neither the deadline nor the attempts called for, no
+/// reversal of a funding leg.
+#[test]
+fn no_way_around_the_refund_approvals() {
+    use trustfold_core::event::{PaymentCancelled, PaymentExpired, ReversalRecorded};
+    let s = earnest_held(74).expect("held");
+    let v = s.state().version;
+    refused_at(
+        &forge(
+            &s,
+            as_(LISTING_AGENT, "listing_agent"),
+            vec![Event::PaymentCancelled(PaymentCancelled {
+                reason: "deal fell through".into(),
+            })],
+        ),
+        v + 1,
+        "refund_approvals_required",
+    );
+    let expired = || {
+        vec![Event::PaymentExpired(PaymentExpired {
+            reason: "deadline_missed".into(),
+        })]
+    };
+    refused_at(
+        &forge(&s, as_(BUYER, "buyer"), expired()),
+        v + 1,
+        "must come from the rail or the clock",
+    );
+    refused_at(
+        &forge(&s, Actor::system(), expired()),
+        v + 1,
+        "expires only once",
+    );
+    let funding_leg = s
+        .state()
+        .ledger
+        .legs
+        .iter()
+        .find(|l| l.group.is_none())
+        .map(|l| l.id)
+        .expect("a funding leg");
+    refused_at(
+        &forge(
+            &s,
+            as_(ESCROW, "escrow_holder"),
+            vec![Event::ReversalRecorded(ReversalRecorded {
+                leg: funding_leg,
+                reason: "undo the deposit".into(),
+            })],
+        ),
+        v + 1,
+        "not_reversible",
+    );
+}
