@@ -39,6 +39,8 @@ pub const MAX_DEADLINE_DAYS: u32 = 3650;
 pub const MAX_GOOD_FUNDS_DAYS: u32 = 365;
 /// The most holidays a policy may list (about a century of a bank calendar).
 pub const MAX_HOLIDAYS: usize = 1500;
+/// Most entries of an `all_of` approval rule.
+pub const MAX_ALL_OF: usize = 64;
 
 /// The longest policy id, in characters.
 pub const ID_MAX: usize = 100;
@@ -1201,6 +1203,18 @@ impl Policy {
                     return Err(Error::policy(
                         format!("{field}.all_of"),
                         "name at least one role (or use \"none\")",
+                    ));
+                }
+                // Each entry needs a party of its own, found by a search as deep as
+                // the list is long: bounded, so no history can exhaust a verifier's stack.
+                if roles.len() > MAX_ALL_OF {
+                    return Err(Error::policy(
+                        format!("{field}.all_of"),
+                        format!(
+                            "at most {MAX_ALL_OF} approvals can be required by name ({} listed): \
+                             use n_of for larger groups",
+                            roles.len()
+                        ),
                     ));
                 }
                 self.known_all(&|| format!("{field}.all_of"), roles)

@@ -568,3 +568,24 @@ fn holidays_are_dates_in_order() {
         .unwrap()
         .contains("holidays"));
 }
+
+/// An `all_of` list is bounded (each entry is matched to a party of its own by a search
+/// as deep as the list): a longer one is refused when stored policies are checked too,
+/// so no history can make a verifier recurse without bound.
+#[test]
+fn all_of_lists_are_bounded() {
+    let mut doc = example("earnest-money");
+    doc["roles"]["buyer"]["max"] = Value::Null;
+    doc["release"]["approvals"] = json!({"all_of": vec!["buyer"; 65]});
+    let e = Policy::from_json(&doc.to_string()).expect_err("65 named approvals");
+    assert_eq!(
+        (e.code(), e.field()),
+        ("invalid_policy", Some("release.approvals.all_of")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("at most 64"), "{e}");
+    let stored: Policy = serde_json::from_value(doc.clone()).expect("parses");
+    assert!(stored.validate().is_err(), "refused as a stored policy too");
+    doc["release"]["approvals"] = json!({"all_of": vec!["buyer"; 64]});
+    accepted(&doc);
+}
