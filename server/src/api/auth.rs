@@ -508,17 +508,52 @@ pub fn loggable_uri(uri: &axum::http::Uri) -> String {
     let Some(query) = uri.query() else {
         return uri.to_string();
     };
-    if !query.contains(ACCESS_TOKEN) {
+    // The name as the server reads it (percent-decoded, `+` as a space): an encoded
+    // `access%5Ftoken` is the same parameter, and its value is kept out of logs too.
+    let is_token = |k: &str| {
+        (k.contains('%') || k.contains('+') || k == ACCESS_TOKEN)
+            && url_decoded(k).as_deref() == Some(ACCESS_TOKEN)
+    };
+    if !query
+        .split('&')
+        .any(|kv| is_token(kv.split('=').next().unwrap_or(kv)))
+    {
         return uri.to_string();
     }
     let redacted: Vec<String> = query
         .split('&')
         .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k == ACCESS_TOKEN => format!("{k}=…"),
+            Some((k, _)) if is_token(k) => format!("{k}=…"),
             _ => kv.to_owned(),
         })
         .collect();
     format!("{}?{}", uri.path(), redacted.join("&"))
+}
+
+/// A query string's name, percent-decoded with `+` as a space; `None` if it is not
+/// UTF-8 once decoded.
+fn url_decoded(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -596,5 +631,15 @@ mod tests {
         );
         let plain: axum::http::Uri = "/v1/payments?limit=2".parse().expect("uri");
         assert_eq!(loggable_uri(&plain), "/v1/payments?limit=2");
+        // Encoded names are the same parameter to the server, and hidden too.
+        let encoded: axum::http::Uri = "/s?access%5Ftoken=tft_secret&%61ccess_token=tft_2&a=%"
+            .parse()
+            .expect("uri");
+        assert_eq!(
+            loggable_uri(&encoded),
+            "/s?access%5Ftoken=…&%61ccess_token=…&a=%"
+        );
+        assert_eq!(url_decoded("a%2"), Some("a%2".into()));
+        assert_eq!(url_decoded("x+y%41"), Some("x yA".into()));
     }
 }
