@@ -1970,6 +1970,66 @@ async fn token_for(c: &Client, key: &str, payment: &str, party: &str) -> String 
     t.body["token"].as_str().expect("token").to_owned()
 }
 
+/// Live streams are counted per party of a payment (and per tenant): one more than the
+/// limit is 429 `too_many_streams`, and a closed stream gives its place back.
+#[tokio::test]
+async fn live_streams_are_bounded_per_party() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = dir.path().join("trustfold.db").display().to_string();
+    let mut config = common::config(&database);
+    config.http.max_streams_per_party = 2;
+    config.http.heartbeat = Duration::from_millis(100);
+    let running = common::serve(config).await;
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(&c, &key).await.expect("open");
+    let token = token_for(&c, &key, &f.payment, &f.buyer).await;
+    let url = format!("{}/v1/payments/{}/stream", c.base, f.payment);
+    let open = || c.http.get(&url).bearer_auth(&token).send();
+    let first = open().await.expect("first");
+    let second = open().await.expect("second");
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let third = open().await.expect("third");
+    assert_eq!(third.status(), 429);
+    let body: Value = third.json().await.expect("problem");
+    assert_eq!(body["code"], "too_many_streams", "{body}");
+    // Another party, and the tenant, still stream.
+    let seller = token_for(&c, &key, &f.payment, &f.seller).await;
+    let other = c
+        .http
+        .get(&url)
+        .bearer_auth(&seller)
+        .send()
+        .await
+        .expect("seller");
+    assert_eq!(other.status(), 200);
+    let tenant = c
+        .http
+        .get(&url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("tenant");
+    assert_eq!(tenant.status(), 200);
+    // Closed: its place is given back (noticed at the next heartbeat).
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = open().await.expect("again");
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((second, other, tenant));
+    running.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test]
 async fn sse_takes_a_participant_token_as_access_token() {
     let srv = common::sqlite().await;

@@ -118,6 +118,10 @@ pub enum ApiError {
         /// How long until a request may pass.
         retry_after: std::time::Duration,
     },
+    /// Too many live streams open at once for one party of a payment, or for one
+    /// tenant (429 `too_many_streams`): close one first.
+    #[error("{0}")]
+    TooManyStreams(String),
     /// Our bug or an outage (500). The message is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -164,7 +168,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyStreams(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) | ApiError::StorageFull(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -189,6 +195,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::Internal(_) => "internal_error",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::StorageFull(_) => "storage_full",

@@ -76,6 +76,12 @@ pub struct HttpConfig {
     /// Failed authentications one client address may make before its requests are
     /// refused (see [`limits`]); `None`: not limited.
     pub failed_auth_rate: Option<limits::Rate>,
+    /// Live streams one party of a payment may hold open in this process at once
+    /// (its tabs and devices); more is 429 `too_many_streams`.
+    pub max_streams_per_party: usize,
+    /// Live streams a tenant (its API keys and its participants' tokens together) may
+    /// hold open in this process at once.
+    pub max_streams_per_tenant: usize,
 }
 
 /// What every handler shares.
@@ -101,6 +107,8 @@ pub struct AppState {
     pub projector: Arc<Projector>,
     /// Tunables.
     pub config: Arc<HttpConfig>,
+    /// The live streams open in this process, counted per party and per tenant.
+    pub streams: Arc<sse::OpenStreams>,
     /// Turns `true` when the server shuts down (ends live streams).
     pub shutdown: watch::Receiver<bool>,
     /// The time commands are judged and dated at.

@@ -12,8 +12,9 @@
 //! handled by another process reaches this stream); a poll every `poll_interval` covers
 //! anything else. Idle streams get `: heartbeat` comments.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -50,6 +51,91 @@ struct Cursor {
     /// The buffer was just filled from this process's own notice: no need to read the
     /// store before waiting again.
     delivered: bool,
+    /// Its places in the counts of open streams, given back when the stream ends.
+    _slots: Vec<StreamSlot>,
+}
+
+/// Whose open streams are counted: a party of a payment, a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Owner {
+    Party(Uuid, Uuid),
+    Tenant(Uuid),
+}
+
+/// The live streams open in this process, per party of a payment and per tenant
+/// ([`super::HttpConfig::max_streams_per_party`], `max_streams_per_tenant`): each open
+/// stream re-reads the store and its credential on every poll, so a token (or a key)
+/// may not open them without bound.
+#[derive(Debug, Default)]
+pub struct OpenStreams {
+    counts: std::sync::Mutex<HashMap<Owner, usize>>,
+}
+
+/// One open stream's place in a count; given back when dropped.
+#[derive(Debug)]
+struct StreamSlot {
+    streams: Arc<OpenStreams>,
+    owner: Owner,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.streams.counts.lock() {
+            if let Some(n) = counts.get_mut(&self.owner) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.owner);
+                }
+            }
+        }
+    }
+}
+
+impl OpenStreams {
+    /// Places for a new stream of `principal` (its party's and its tenant's), or 429
+    /// `too_many_streams` naming the limit reached.
+    fn take(
+        self: &Arc<Self>,
+        principal: &Principal,
+        config: &super::HttpConfig,
+    ) -> ApiResult<Vec<StreamSlot>> {
+        let tenant = (
+            Owner::Tenant(principal.tenant()),
+            config.max_streams_per_tenant,
+        );
+        let party = match principal {
+            Principal::Participant(c) => Some((
+                Owner::Party(c.payment, c.party),
+                config.max_streams_per_party,
+            )),
+            Principal::Tenant { .. } => None,
+        };
+        let mut counts = self
+            .counts
+            .lock()
+            .map_err(|_| ApiError::Internal("the open streams' count is poisoned".into()))?;
+        for (owner, max) in party.iter().chain(std::iter::once(&tenant)) {
+            if counts.get(owner).copied().unwrap_or(0) >= *max {
+                let whose = match owner {
+                    Owner::Party(..) => "this party of the payment",
+                    Owner::Tenant(_) => "this tenant",
+                };
+                return Err(ApiError::TooManyStreams(format!(
+                    "{whose} has {max} live streams open already (the most at once): close \
+                     one (an EventSource's close()) before opening another"
+                )));
+            }
+        }
+        let mut slots = Vec::new();
+        for (owner, _) in party.into_iter().chain(std::iter::once(tenant)) {
+            *counts.entry(owner).or_insert(0) += 1;
+            slots.push(StreamSlot {
+                streams: self.clone(),
+                owner,
+            });
+        }
+        Ok(slots)
+    }
 }
 
 /// The SSE event of a history record `{"hash":"…","event":…}`, byte for byte.
@@ -286,7 +372,9 @@ pub async fn stream(
             }
         }
     };
+    let slots = state.streams.take(&principal, &state.config)?;
     let cursor = Cursor {
+        _slots: slots,
         shutdown: state.shutdown.clone(),
         state: state.clone(),
         tenant,
