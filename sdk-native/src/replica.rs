@@ -10,13 +10,16 @@
 //! signed head must be the replica's last event: events past it (sent by the server
 //! or streamed) are refused or, when streamed, checked against a newly fetched head
 //! before the caller sees them, since anyone can extend a hash chain.
+//! [`Replica::new`] pins the trusted key into its client ([`Client::pin`]), so every
+//! head is signed for a fresh nonce of its request and an older head replayed on the
+//! way (with the pages cut to match) is refused as `bad_signature`.
 //!
 //! ```no_run
 //! # async fn demo() -> trustfold::Result<()> {
 //! use trustfold::{client::Client, replica::Replica};
 //! let client = Client::new("http://127.0.0.1:8080")?.api_key("tfk_…");
 //! let key = "2152f8d19b791d24453242e15f2eab6cb7cffa7b6a5ed30097960e069881db12".parse()?;
-//! let mut r = Replica::new(client, "5f0c1a52-3c1e-4a8e-9c1e-2b7f7c0e5a11".parse()?, key);
+//! let mut r = Replica::new(client, "5f0c1a52-3c1e-4a8e-9c1e-2b7f7c0e5a11".parse()?, key)?;
 //! let new = r.sync().await?;
 //! println!("{new} new events; {:?}", r.state().map(|s| s.status));
 //! assert!(r.diff().await?.is_empty(), "the server's read model agrees");
@@ -53,15 +56,38 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// An empty replica of `payment`, trusting heads signed by `key`.
-    pub fn new(client: Client, payment: PaymentId, key: PublicKey) -> Self {
-        Replica {
-            client,
+    /// An empty replica of `payment`, trusting heads signed by `key`, which it pins
+    /// into `client` ([`Client::pin`]): every head must then be signed for a fresh
+    /// nonce of its request, so an older head cannot be replayed to it. A client
+    /// already pinned to another key is refused ([`Error::KeyMismatch`]).
+    ///
+    /// ```
+    /// use trustfold::{client::Client, history::PublicKey, replica::Replica};
+    /// let key = PublicKey::from_secret(&[7u8; 32]);
+    /// let payment = "5f0c1a52-3c1e-4a8e-9c1e-2b7f7c0e5a11".parse()?;
+    /// let client = Client::new("http://127.0.0.1:8080")?;
+    /// assert!(Replica::new(client.clone(), payment, key).is_ok());
+    /// let other = client.pin(PublicKey::from_secret(&[9u8; 32]));
+    /// let e = Replica::new(other, payment, key).unwrap_err();
+    /// assert_eq!(e.code(), "key_mismatch");
+    /// # Ok::<(), trustfold::Error>(())
+    /// ```
+    pub fn new(client: Client, payment: PaymentId, key: PublicKey) -> Result<Self> {
+        if let Some(pinned) = client.pinned() {
+            if *pinned != key {
+                return Err(Error::KeyMismatch {
+                    pinned: *pinned,
+                    key,
+                });
+            }
+        }
+        Ok(Replica {
+            client: client.pin(key),
             payment,
             key,
             state: None,
             recent: VecDeque::new(),
-        }
+        })
     }
 
     /// The verified state, once something was fetched.
