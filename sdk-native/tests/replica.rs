@@ -1,6 +1,9 @@
 //! The replica against a real server (in-process, loopback HTTP, SQLite) seen through
-//! a small proxy on loopback that plays the man in the middle: it replays an older
-//! genuine head with the event pages cut to match. The replica must not take it.
+//! a small proxy on loopback that plays the man in the middle: it appends a forged
+//! event to the event pages or to the live stream, replays an older genuine head with
+//! the pages cut to match, or breaks the head's answers. The replica must never keep
+//! an event no signed head covers, must stay usable after such a sync, and must not
+//! take a replayed head.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,10 +14,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
+use futures_util::StreamExt;
 use serde_json::{json, value::RawValue, Value};
 use trustfold::client::Client;
+use trustfold::command::{Command, Context};
+use trustfold::envelope::Actor;
 use trustfold::history::PublicKey;
-use trustfold::id::PaymentId;
+use trustfold::id::{CommandId, PartyId, PaymentId};
 use trustfold::replica::Replica;
 use trustfold_server::app::{start, Config, Running};
 
@@ -26,9 +32,15 @@ enum Tamper {
     /// Nothing.
     #[default]
     None,
+    /// Appends this record (`{"hash","event"}`) to the last page of the event pages.
+    AppendEvent(String),
+    /// Sends this record as the live stream's first message, then the real stream.
+    StreamEvent(String),
     /// Answers `/head` with the last genuine one it passed on (before this mode), and
     /// cuts the event pages at that head's seq.
     ReplayHead,
+    /// Breaks the next this many `/head` answers mid-body (a transport error).
+    BreakHeads(usize),
 }
 
 /// A `/head` answer as the server gave it.
@@ -91,6 +103,7 @@ fn page(events: &[&RawValue], has_more: bool, next: u64) -> Vec<u8> {
 struct RawPage<'a> {
     #[serde(borrow)]
     events: Vec<&'a RawValue>,
+    has_more: bool,
     next: u64,
 }
 
@@ -106,11 +119,22 @@ async fn forward(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     );
     if path.ends_with("/head") {
         p.heads.fetch_add(1, Ordering::SeqCst);
-        if let Tamper::ReplayHead = tamper {
-            let saved = p.saved.lock().expect("lock").clone().expect("a saved head");
-            let mut res = Response::new(Body::from(saved.body));
-            *res.headers_mut() = saved.headers;
-            return res;
+        match tamper {
+            Tamper::ReplayHead => {
+                let saved = p.saved.lock().expect("lock").clone().expect("a saved head");
+                let mut res = Response::new(Body::from(saved.body));
+                *res.headers_mut() = saved.headers;
+                return res;
+            }
+            Tamper::BreakHeads(n) if n > 0 => {
+                p.set(Tamper::BreakHeads(n - 1));
+                let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                    Ok(Bytes::from_static(b"{\"stream\":")),
+                    Err(std::io::Error::other("cut")),
+                ];
+                return Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+            }
+            _ => {}
         }
     }
     let method = req.method().clone();
@@ -153,7 +177,17 @@ async fn forward(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     };
     if path.ends_with("/stream") {
         let upstream = res.bytes_stream();
-        return answer(headers, Body::from_stream(upstream));
+        let body = match tamper {
+            Tamper::StreamEvent(rec) if status.is_success() => {
+                let first = Bytes::from(format!("id: forged\ndata: {rec}\n\n"));
+                Body::from_stream(
+                    futures_util::stream::once(async move { Ok::<_, reqwest::Error>(first) })
+                        .chain(upstream),
+                )
+            }
+            _ => Body::from_stream(upstream),
+        };
+        return answer(headers, body);
     }
     let bytes = res.bytes().await.unwrap_or_default();
     if !status.is_success() {
@@ -168,20 +202,30 @@ async fn forward(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     }
     if path.ends_with("/events") {
         let raw: RawPage<'_> = serde_json::from_slice(&bytes).expect("events page");
-        if let Tamper::ReplayHead = tamper {
-            let upto = p.saved.lock().expect("lock").as_ref().expect("saved").seq;
-            let kept: Vec<&RawValue> = raw
-                .events
-                .iter()
-                .copied()
-                .filter(|r| {
-                    let v: Value = serde_json::from_str(r.get()).expect("record");
-                    v["event"]["seq"].as_u64().expect("seq") <= upto
-                })
-                .collect();
-            let next = raw.next.min(upto);
-            headers.remove("trustfold-signature");
-            return answer(headers, Body::from(page(&kept, false, next)));
+        match tamper {
+            Tamper::AppendEvent(rec) if !raw.has_more => {
+                let forged: Box<RawValue> = RawValue::from_string(rec).expect("record");
+                let mut events = raw.events.clone();
+                events.push(&forged);
+                headers.remove("trustfold-signature");
+                return answer(headers, Body::from(page(&events, false, raw.next + 1)));
+            }
+            Tamper::ReplayHead => {
+                let upto = p.saved.lock().expect("lock").as_ref().expect("saved").seq;
+                let kept: Vec<&RawValue> = raw
+                    .events
+                    .iter()
+                    .copied()
+                    .filter(|r| {
+                        let v: Value = serde_json::from_str(r.get()).expect("record");
+                        v["event"]["seq"].as_u64().expect("seq") <= upto
+                    })
+                    .collect();
+                let next = raw.next.min(upto);
+                headers.remove("trustfold-signature");
+                return answer(headers, Body::from(page(&kept, false, next)));
+            }
+            _ => {}
         }
     }
     answer(headers, Body::from(bytes))
@@ -252,6 +296,27 @@ async fn setup(base: &str) -> Setup {
     }
 }
 
+/// A `Join` of `buyer` the server never saw, decided and sealed by the core on the
+/// replica's state: valid under every rule and linked to the replica's last event, as
+/// a man in the middle can make one (nothing but the signed head tells it apart).
+fn forged_join(rep: &Replica, buyer: &str) -> String {
+    let state = rep.state().expect("state");
+    let ctx = Context {
+        command_id: CommandId::from_bytes(*uuid::Uuid::new_v4().as_bytes()),
+        actor: Actor::party(buyer.parse::<PartyId>().expect("party"), "buyer"),
+        now: state.updated_at,
+        correlation: None,
+    };
+    let cmd = Command::from_json(br#"{"type":"Join"}"#).expect("join");
+    let d = trustfold::decide::handle(Some(state), &cmd, &ctx).expect("a valid join");
+    let sealed = &d.sealed[0];
+    format!(
+        "{{\"hash\":\"{}\",\"event\":{}}}",
+        sealed.hash,
+        std::str::from_utf8(&sealed.body).expect("utf-8")
+    )
+}
+
 async fn join(c: &Client, p: PaymentId, buyer: &str) {
     c.send_command(
         p,
@@ -262,6 +327,146 @@ async fn join(c: &Client, p: PaymentId, buyer: &str) {
     )
     .await
     .expect("join");
+}
+
+/// A forged event appended to the event pages is refused (the signed head is behind
+/// it) and not kept: the replica stays at its verified version, and the next sync
+/// against the genuine server (which has its own, different event 3 by then) works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_refused_by_the_signed_head_keeps_nothing_and_the_next_one_works() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let upstream = format!("http://{}", running.addr);
+    let Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    } = setup(&upstream).await;
+    let (base, px) = proxy(&upstream).await;
+    let via = Client::new(&base).expect("client").api_key(&api_key);
+    let mut rep = Replica::new(via, p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), 2);
+
+    px.set(Tamper::AppendEvent(forged_join(&rep, &buyer)));
+    let e = rep.sync().await.expect_err("an event past the signed head");
+    assert_eq!(e.code(), "chain_broken", "{e}");
+    assert_eq!(rep.version(), 2, "the forged event is not kept");
+
+    // The public head check on its own keeps nothing unsigned either.
+    rep.check_head().await.expect("the head still verifies");
+    assert_eq!(rep.version(), 2);
+
+    px.set(Tamper::None);
+    join(&c, p, &buyer).await;
+    assert_eq!(rep.sync().await.expect("the genuine history syncs"), 1);
+    assert_eq!(rep.version(), 3);
+    assert!(
+        rep.diff().await.expect("diff").is_empty(),
+        "replica = read model"
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// A forged event on the live stream is refused by the head `follow` fetches for it,
+/// and is not kept: `follow` ends with the error, the replica at its verified version,
+/// and a later sync works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_event_the_signed_head_refuses_is_not_kept() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let upstream = format!("http://{}", running.addr);
+    let Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    } = setup(&upstream).await;
+    let (base, px) = proxy(&upstream).await;
+    let via = Client::new(&base).expect("client").api_key(&api_key);
+    let mut rep = Replica::new(via, p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), 2);
+
+    px.set(Tamper::StreamEvent(forged_join(&rep, &buyer)));
+    let mut seen = Vec::new();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        rep.follow(|s| {
+            seen.push(s.version);
+            true
+        }),
+    )
+    .await
+    .expect("follow ends");
+    let e = r.expect_err("the forged event is refused");
+    assert_eq!(e.code(), "chain_broken", "{e}");
+    assert!(seen.is_empty(), "the caller never saw it");
+    assert_eq!(rep.version(), 2, "the forged event is not kept");
+
+    px.set(Tamper::None);
+    join(&c, p, &buyer).await;
+    assert_eq!(rep.sync().await.expect("the genuine history syncs"), 1);
+    assert!(
+        rep.diff().await.expect("diff").is_empty(),
+        "replica = read model"
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// A head check that gets no answer while following (a transport error) is a reason
+/// to reconnect, not to end `follow` with the streamed event kept unsigned: the event
+/// is streamed again and counts once a head covers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_reconnects_when_the_head_check_gets_no_answer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let upstream = format!("http://{}", running.addr);
+    let Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    } = setup(&upstream).await;
+    let (base, px) = proxy(&upstream).await;
+    let via = Client::new(&base).expect("client").api_key(&api_key);
+    let mut rep = Replica::new(via, p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), 2);
+
+    // As many as the client tries one request (it retries a broken answer itself):
+    // the first head check fails with a transport error.
+    let broken = usize::try_from(trustfold::client::ATTEMPTS).expect("attempts");
+    px.set(Tamper::BreakHeads(broken));
+    let heads_before = px.heads.load(Ordering::SeqCst);
+    let follower = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            rep.follow(|s| {
+                seen.push(s.version);
+                s.version < 3
+            }),
+        )
+        .await;
+        (r, seen, rep)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    join(&c, p, &buyer).await;
+    let (r, seen, rep) = follower.await.expect("follower");
+    assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+    assert_eq!(seen, vec![3], "seen once, when a head covered it");
+    assert_eq!(rep.version(), 3);
+    assert!(
+        px.heads.load(Ordering::SeqCst) - heads_before > broken,
+        "the broken head answers, then a good one"
+    );
+    assert!(
+        rep.diff().await.expect("diff").is_empty(),
+        "replica = read model"
+    );
+    running.shutdown().await.expect("shutdown");
 }
 
 /// `Replica::new` pins its key into the client, so a head recorded earlier and
