@@ -36,7 +36,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use reqwest::Method;
 
-use crate::client::{Client, Record};
+use crate::client::{Client, Record, MAX_RATE_LIMIT_WAIT};
 use crate::envelope::Envelope;
 use crate::error::{Broken, Error, Result};
 use crate::fold;
@@ -309,8 +309,11 @@ impl Replica {
     /// `Last-Event-ID` (the local version), with backoff, after a dropped connection,
     /// a 5xx, or a head check that failed for a reason that may pass (no answer, a 5xx,
     /// the rate limit: the event is dropped and streamed again); after a rate limit's
-    /// 429 once its `Retry-After` has passed. An event or head that does not verify
-    /// ends it with that error, the replica unchanged.
+    /// 429 once its `Retry-After` has passed (waiting at most [`MAX_RATE_LIMIT_WAIT`]
+    /// before asking again). Other refusals end it with the server's typed error:
+    /// [`Error::Auth`] for 401/403 with its code (`token_expired`, `token_revoked`,
+    /// `participant_removed`, …), [`Error::NotFound`] for 404; an event or head that
+    /// does not verify ends it with that error, the replica unchanged.
     pub async fn follow<F>(&mut self, mut on_event: F) -> Result<()>
     where
         F: FnMut(&PaymentState) -> bool,
@@ -333,9 +336,12 @@ impl Replica {
             let res = match res {
                 Ok(r) if r.status().is_success() => r,
                 // Over the server's rate limit: nothing ran, so the stream is opened
-                // again once `Retry-After` has passed (a live feed outlasts any wait).
+                // again once `Retry-After` has passed (a live feed outlasts any wait),
+                // or after the longest wait this client makes, to ask again.
                 Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                    let wait = crate::client::retry_after(r.headers()).unwrap_or(delay);
+                    let wait = crate::client::retry_after(r.headers())
+                        .unwrap_or(delay)
+                        .min(MAX_RATE_LIMIT_WAIT);
                     tokio::time::sleep(wait.max(delay)).await;
                     delay = (delay * 2).min(MAX_BACKOFF);
                     continue;
@@ -346,13 +352,9 @@ impl Replica {
                     continue;
                 }
                 Ok(r) => {
-                    let status = r.status().as_u16();
-                    let text = r.text().await.unwrap_or_default();
-                    return Err(Error::Http {
-                        status,
-                        code: format!("http_{status}"),
-                        message: text,
-                    });
+                    let status = r.status();
+                    let body = r.bytes().await.unwrap_or_default();
+                    return Err(crate::client::problem(status, &body));
                 }
                 Err(_) => {
                     tokio::time::sleep(delay).await;

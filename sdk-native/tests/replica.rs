@@ -2,8 +2,8 @@
 //! a small proxy on loopback that plays the man in the middle: it appends a forged
 //! event to the event pages or to the live stream, replays an older genuine head with
 //! the pages cut to match, or breaks the head's answers. The replica must never keep
-//! an event no signed head covers, must stay usable after such a sync, and must not
-//! take a replayed head.
+//! an event no signed head covers, must stay usable after such a sync, must not take
+//! a replayed head, and `follow` must keep the server's error codes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -509,5 +509,44 @@ async fn a_replayed_older_head_is_refused_and_a_client_pinned_elsewhere_too() {
     assert!(
         matches!(e, trustfold::Error::KeyMismatch { pinned, key: k } if pinned == other && k == key)
     );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// `follow` refused by the server keeps the server's code: a revoked participant
+/// token is `Error::Auth` with `token_revoked`, an unknown payment `not_found`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_keeps_the_servers_error_codes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let base = format!("http://{}", running.addr);
+    let Setup {
+        c, p, buyer, key, ..
+    } = setup(&base).await;
+    let party: PartyId = buyer.parse().expect("party");
+    let token = c
+        .create_token(p, party, None, None)
+        .await
+        .expect("token")
+        .token;
+    c.revoke_tokens(p, party).await.expect("revoke");
+    let as_buyer = Client::new(&base).expect("client").token(&token);
+    let mut rep = Replica::new(as_buyer, p, key).expect("replica");
+    let e = tokio::time::timeout(Duration::from_secs(20), rep.follow(|_| true))
+        .await
+        .expect("follow ends")
+        .expect_err("revoked");
+    assert_eq!(e.code(), "token_revoked", "{e}");
+    assert!(
+        matches!(e, trustfold::Error::Auth { status: 401, .. }),
+        "{e:?}"
+    );
+
+    let unknown = PaymentId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+    let mut rep = Replica::new(c.clone(), unknown, key).expect("replica");
+    let e = tokio::time::timeout(Duration::from_secs(20), rep.follow(|_| true))
+        .await
+        .expect("follow ends")
+        .expect_err("unknown payment");
+    assert_eq!(e.code(), "not_found", "{e}");
     running.shutdown().await.expect("shutdown");
 }
