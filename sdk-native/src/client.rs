@@ -1509,7 +1509,6 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// Maps an error response (RFC 9457 problem details) to a typed error.
 /// The longest `Retry-After` (of a rate limit, or of a 503) this client waits out
 /// before sending a request again; a longer one is returned as the error
 /// (`rate_limited`, `storage_full`).
@@ -1527,7 +1526,12 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .map(Duration::from_secs)
 }
 
-fn problem(status: StatusCode, body: &[u8]) -> Error {
+/// Maps an error response (RFC 9457 problem details) to a typed error: 401/403 to
+/// [`Error::Auth`] with the server's code (`token_expired`, `token_revoked`,
+/// `participant_removed`, …), 404 to [`Error::NotFound`], 409 `version_conflict` to
+/// [`Error::VersionConflict`], 422 to [`Error::Rejected`], anything else to
+/// [`Error::Http`] with the problem's code (or `http_<status>`).
+pub(crate) fn problem(status: StatusCode, body: &[u8]) -> Error {
     let p: Option<Problem> = serde_json::from_slice(body).ok();
     let code = p.as_ref().and_then(|p| p.code.clone());
     let message = p

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::history::PublicKey;
 use crate::id::PaymentId;
 use crate::CoreError;
 
@@ -116,6 +117,18 @@ pub enum Error {
     /// after the retries.
     #[error("transport: {0}")]
     Transport(String),
+    /// A replica was given a client pinned to another server key than the one it was
+    /// told to trust (`Replica::new`): pin one key, or pass the client's.
+    #[error(
+        "the client is pinned to server key {pinned}, the replica was given {key}: \
+         pass the key the client is pinned to (Client::pinned), or a client without one"
+    )]
+    KeyMismatch {
+        /// The key the client is pinned to.
+        pinned: PublicKey,
+        /// The key the replica was given.
+        key: PublicKey,
+    },
     /// A webhook whose signature or timestamp does not verify.
     #[error("webhook: {0}")]
     Webhook(String),
@@ -150,6 +163,7 @@ impl Error {
             Error::Auth { code, .. } => code,
             Error::NotFound { .. } => "not_found",
             Error::Transport(_) => "transport",
+            Error::KeyMismatch { .. } => "key_mismatch",
             Error::Webhook(_) => "webhook_invalid",
             Error::RedactedHistory => "redacted_history",
         }

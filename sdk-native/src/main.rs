@@ -513,7 +513,7 @@ async fn tail(
     key: &str,
 ) -> Result<ExitCode, Error> {
     let key = parse_key(key)?;
-    let mut r = trustfold::replica::Replica::new(client(server, api_key)?.pin(key), payment, key);
+    let mut r = trustfold::replica::Replica::new(client(server, api_key)?, payment, key)?;
     let n = r.sync().await?;
     if let Some(s) = r.state() {
         say!(

@@ -67,3 +67,32 @@ async fn a_short_wait_is_waited_out_and_the_request_sent_again() {
     // Each wait was the server's second, not the client's first backoff (100 ms).
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
 }
+
+const EXPIRED: &str = r#"{"code":"token_expired","detail":"the participant token has expired"}"#;
+
+/// `Replica::follow` over its rate limit waits the server's `Retry-After` out only up to
+/// the client's longest wait (`MAX_RATE_LIMIT_WAIT`) before asking again (a day-long
+/// one stalled it for a day), and a refusal that follows keeps the server's code.
+#[tokio::test]
+async fn follow_caps_a_rate_limits_wait_and_keeps_the_servers_code() {
+    use trustfold::client::MAX_RATE_LIMIT_WAIT;
+    use trustfold::history::PublicKey;
+    use trustfold::replica::Replica;
+
+    let (base, seen) = serve(vec![(429, "86400", LIMITED), (401, "", EXPIRED)]);
+    let payment = "5f0c1a52-3c1e-4a8e-9c1e-2b7f7c0e5a11".parse().expect("id");
+    let key = PublicKey::from_secret(&[7; 32]);
+    let mut rep = Replica::new(Client::new(&base).expect("client"), payment, key).expect("new");
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(MAX_RATE_LIMIT_WAIT * 2, rep.follow(|_| true))
+        .await
+        .expect("asked again within the client's longest wait")
+        .expect_err("the token expired");
+    assert!(started.elapsed() <= MAX_RATE_LIMIT_WAIT + std::time::Duration::from_secs(2));
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    assert_eq!(e.code(), "token_expired", "{e}");
+    assert!(
+        matches!(e, trustfold::Error::Auth { status: 401, .. }),
+        "{e:?}"
+    );
+}

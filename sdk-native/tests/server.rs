@@ -142,7 +142,7 @@ async fn client_replica_subscription_and_fetch(database: &str, dir: &std::path::
 
     // The replica: verified against the pinned key, same as the read model.
     let key = anon.server_key().await.expect("key");
-    let mut rep = Replica::new(c.clone(), p, key);
+    let mut rep = Replica::new(c.clone(), p, key).expect("replica");
     assert_eq!(rep.sync().await.expect("sync"), 2);
     assert!(rep.diff().await.expect("diff").is_empty());
     let join = json!({"type": "Join"});
@@ -165,6 +165,7 @@ async fn client_replica_subscription_and_fetch(database: &str, dir: &std::path::
     // A replica pinned to another key refuses the server's head.
     let wrong = trustfold::history::PublicKey::from_secret(&[9; 32]);
     let e = Replica::new(c.clone(), p, wrong)
+        .expect("replica")
         .sync()
         .await
         .expect_err("wrong key");
@@ -917,7 +918,7 @@ async fn follow_resumes_after_a_server_restart(database: &str) {
         .expect("open")
         .payment_id;
     let key = anon.server_key().await.expect("key");
-    let mut rep = Replica::new(c.clone(), p, key);
+    let mut rep = Replica::new(c.clone(), p, key).expect("replica");
     assert_eq!(rep.sync().await.expect("sync"), 1);
 
     let follower = tokio::spawn(async move {
@@ -1080,7 +1081,7 @@ async fn follow_waits_out_a_rate_limit() {
         .expect("open")
         .payment_id;
     let key = anon.server_key().await.expect("key");
-    let mut rep = Replica::new(c.clone(), p, key);
+    let mut rep = Replica::new(c.clone(), p, key).expect("replica");
     assert_eq!(rep.sync().await.expect("sync"), 1);
     // The budget is spent: the stream's opening is refused at first.
     let http = reqwest::Client::new();

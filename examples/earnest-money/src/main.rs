@@ -358,7 +358,7 @@ async fn run() -> Res<()> {
     let payment = opened.payment_id;
     println!("payment {payment}\n");
     let mut demo = Demo {
-        replica: Replica::new(client.clone(), payment, key),
+        replica: Replica::new(client.clone(), payment, key)?,
         client: client.clone(),
         payment,
         step: 1,
@@ -532,7 +532,7 @@ async fn run() -> Res<()> {
 
 /// The replica against the signed head and the server's read model.
 async fn check(demo: &Demo, state: &PaymentState, key: &PublicKey) -> Res<()> {
-    let mut fresh = Replica::new(demo.client.clone(), demo.payment, *key);
+    let mut fresh = Replica::new(demo.client.clone(), demo.payment, *key)?;
     let n = fresh.sync().await?;
     let rebuilt = fresh.state().ok_or("a fresh replica fetched nothing")?;
     if rebuilt.to_json() != state.to_json() {

@@ -1,0 +1,552 @@
+//! The replica against a real server (in-process, loopback HTTP, SQLite) seen through
+//! a small proxy on loopback that plays the man in the middle: it appends a forged
+//! event to the event pages or to the live stream, replays an older genuine head with
+//! the pages cut to match, or breaks the head's answers. The replica must never keep
+//! an event no signed head covers, must stay usable after such a sync, must not take
+//! a replayed head, and `follow` must keep the server's error codes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use futures_util::StreamExt;
+use serde_json::{json, value::RawValue, Value};
+use trustfold::client::Client;
+use trustfold::command::{Command, Context};
+use trustfold::envelope::Actor;
+use trustfold::history::PublicKey;
+use trustfold::id::{CommandId, PartyId, PaymentId};
+use trustfold::replica::Replica;
+use trustfold_server::app::{start, Config, Running};
+
+const ADMIN: &str = "admin-secret-for-tests";
+
+/// What the proxy does to the answers it passes on.
+#[derive(Clone, Debug, Default)]
+enum Tamper {
+    /// Nothing.
+    #[default]
+    None,
+    /// Appends this record (`{"hash","event"}`) to the last page of the event pages.
+    AppendEvent(String),
+    /// Sends this record as the live stream's first message, then the real stream.
+    StreamEvent(String),
+    /// Answers `/head` with the last genuine one it passed on (before this mode), and
+    /// cuts the event pages at that head's seq.
+    ReplayHead,
+    /// Breaks the next this many `/head` answers mid-body (a transport error).
+    BreakHeads(usize),
+}
+
+/// A `/head` answer as the server gave it.
+#[derive(Clone, Debug)]
+struct SavedHead {
+    headers: HeaderMap,
+    body: Bytes,
+    seq: u64,
+}
+
+struct Proxy {
+    upstream: String,
+    http: reqwest::Client,
+    tamper: Mutex<Tamper>,
+    saved: Mutex<Option<SavedHead>>,
+    heads: AtomicUsize,
+}
+
+impl Proxy {
+    fn set(&self, t: Tamper) {
+        *self.tamper.lock().expect("lock") = t;
+    }
+}
+
+/// Starts a proxy to `upstream`; returns its base URL and its handle.
+async fn proxy(upstream: &str) -> (String, Arc<Proxy>) {
+    let p = Arc::new(Proxy {
+        upstream: upstream.to_string(),
+        http: reqwest::Client::new(),
+        tamper: Mutex::new(Tamper::None),
+        saved: Mutex::new(None),
+        heads: AtomicUsize::new(0),
+    });
+    let app = axum::Router::new().fallback(forward).with_state(p.clone());
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("proxy") });
+    (base, p)
+}
+
+/// The seq of a signed head's JSON.
+fn head_seq(body: &[u8]) -> u64 {
+    let v: Value = serde_json::from_slice(body).expect("head json");
+    v.get("head").unwrap_or(&v)["seq"].as_u64().expect("seq")
+}
+
+/// An event page rebuilt from records kept byte for byte.
+fn page(events: &[&RawValue], has_more: bool, next: u64) -> Vec<u8> {
+    let list: Vec<&str> = events.iter().map(|r| r.get()).collect();
+    format!(
+        "{{\"events\":[{}],\"has_more\":{has_more},\"next\":{next}}}",
+        list.join(",")
+    )
+    .into_bytes()
+}
+
+#[derive(serde::Deserialize)]
+struct RawPage<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+    has_more: bool,
+    next: u64,
+}
+
+async fn forward(State(p): State<Arc<Proxy>>, req: Request) -> Response {
+    let tamper = p.tamper.lock().expect("lock").clone();
+    let path = req.uri().path().to_string();
+    let target = format!(
+        "{}{}",
+        p.upstream,
+        req.uri()
+            .path_and_query()
+            .map_or(path.as_str(), |x| x.as_str())
+    );
+    if path.ends_with("/head") {
+        p.heads.fetch_add(1, Ordering::SeqCst);
+        match tamper {
+            Tamper::ReplayHead => {
+                let saved = p.saved.lock().expect("lock").clone().expect("a saved head");
+                let mut res = Response::new(Body::from(saved.body));
+                *res.headers_mut() = saved.headers;
+                return res;
+            }
+            Tamper::BreakHeads(n) if n > 0 => {
+                p.set(Tamper::BreakHeads(n - 1));
+                let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                    Ok(Bytes::from_static(b"{\"stream\":")),
+                    Err(std::io::Error::other("cut")),
+                ];
+                return Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+            }
+            _ => {}
+        }
+    }
+    let method = req.method().clone();
+    let mut headers = req.headers().clone();
+    for h in [header::HOST, header::CONTENT_LENGTH, header::CONNECTION] {
+        headers.remove(h);
+    }
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .expect("request body");
+    let res = match p
+        .http
+        .request(method, target)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let mut res = Response::new(Body::from(e.to_string()));
+            *res.status_mut() = StatusCode::BAD_GATEWAY;
+            return res;
+        }
+    };
+    let status = res.status();
+    let mut headers = res.headers().clone();
+    for h in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+    ] {
+        headers.remove(h);
+    }
+    let answer = |headers: HeaderMap, body: Body| {
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        *r.headers_mut() = headers;
+        r
+    };
+    if path.ends_with("/stream") {
+        let upstream = res.bytes_stream();
+        let body = match tamper {
+            Tamper::StreamEvent(rec) if status.is_success() => {
+                let first = Bytes::from(format!("id: forged\ndata: {rec}\n\n"));
+                Body::from_stream(
+                    futures_util::stream::once(async move { Ok::<_, reqwest::Error>(first) })
+                        .chain(upstream),
+                )
+            }
+            _ => Body::from_stream(upstream),
+        };
+        return answer(headers, body);
+    }
+    let bytes = res.bytes().await.unwrap_or_default();
+    if !status.is_success() {
+        return answer(headers, Body::from(bytes));
+    }
+    if path.ends_with("/head") {
+        *p.saved.lock().expect("lock") = Some(SavedHead {
+            headers: headers.clone(),
+            body: bytes.clone(),
+            seq: head_seq(&bytes),
+        });
+    }
+    if path.ends_with("/events") {
+        let raw: RawPage<'_> = serde_json::from_slice(&bytes).expect("events page");
+        match tamper {
+            Tamper::AppendEvent(rec) if !raw.has_more => {
+                let forged: Box<RawValue> = RawValue::from_string(rec).expect("record");
+                let mut events = raw.events.clone();
+                events.push(&forged);
+                headers.remove("trustfold-signature");
+                return answer(headers, Body::from(page(&events, false, raw.next + 1)));
+            }
+            Tamper::ReplayHead => {
+                let upto = p.saved.lock().expect("lock").as_ref().expect("saved").seq;
+                let kept: Vec<&RawValue> = raw
+                    .events
+                    .iter()
+                    .copied()
+                    .filter(|r| {
+                        let v: Value = serde_json::from_str(r.get()).expect("record");
+                        v["event"]["seq"].as_u64().expect("seq") <= upto
+                    })
+                    .collect();
+                let next = raw.next.min(upto);
+                headers.remove("trustfold-signature");
+                return answer(headers, Body::from(page(&kept, false, next)));
+            }
+            _ => {}
+        }
+    }
+    answer(headers, Body::from(bytes))
+}
+
+/// A server on a fresh SQLite file.
+async fn server(dir: &std::path::Path) -> Running {
+    let mut c = Config::new(dir.join("t.db").display().to_string());
+    c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.http.admin_token = Some(ADMIN.into());
+    c.http.heartbeat = Duration::from_millis(300);
+    c.http.poll_interval = Duration::from_millis(100);
+    start(c).await.expect("server starts")
+}
+
+fn id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A tenant with the earnest-money policy and a payment opened by an agent who invited
+/// a buyer (version 2).
+struct Setup {
+    /// A client of the server itself, with the tenant's API key.
+    c: Client,
+    api_key: String,
+    p: PaymentId,
+    buyer: String,
+    key: PublicKey,
+}
+
+async fn setup(base: &str) -> Setup {
+    let anon = Client::new(base).expect("client");
+    let t = anon.create_tenant(ADMIN, "Acme").await.expect("tenant");
+    let api_key = t["api_key"].as_str().expect("api key").to_string();
+    let c = Client::new(base).expect("client").api_key(&api_key);
+    let policy: Value =
+        serde_json::from_str(include_str!("../../examples/policies/earnest-money.json"))
+            .expect("policy");
+    c.create_policy(&policy).await.expect("policy");
+    let (agent, buyer) = (id(), id());
+    let open = json!({
+        "policy": "earnest-money",
+        "amount": {"amount": "5000.00", "currency": "USD"},
+        "initiator": {"party": agent, "roles": ["listing_agent"]}
+    });
+    let p = c
+        .create_payment(&open, None)
+        .await
+        .expect("open")
+        .payment_id;
+    let invite = json!({"type": "Invite", "party": buyer, "roles": ["buyer"]});
+    c.send_command(
+        p,
+        &invite,
+        Some(&json!({"party": agent, "role": "listing_agent"})),
+        Some(1),
+        None,
+    )
+    .await
+    .expect("invite");
+    let key = anon.server_key().await.expect("key");
+    Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    }
+}
+
+/// A `Join` of `buyer` the server never saw, decided and sealed by the core on the
+/// replica's state: valid under every rule and linked to the replica's last event, as
+/// a man in the middle can make one (nothing but the signed head tells it apart).
+fn forged_join(rep: &Replica, buyer: &str) -> String {
+    let state = rep.state().expect("state");
+    let ctx = Context {
+        command_id: CommandId::from_bytes(*uuid::Uuid::new_v4().as_bytes()),
+        actor: Actor::party(buyer.parse::<PartyId>().expect("party"), "buyer"),
+        now: state.updated_at,
+        correlation: None,
+    };
+    let cmd = Command::from_json(br#"{"type":"Join"}"#).expect("join");
+    let d = trustfold::decide::handle(Some(state), &cmd, &ctx).expect("a valid join");
+    let sealed = &d.sealed[0];
+    format!(
+        "{{\"hash\":\"{}\",\"event\":{}}}",
+        sealed.hash,
+        std::str::from_utf8(&sealed.body).expect("utf-8")
+    )
+}
+
+async fn join(c: &Client, p: PaymentId, buyer: &str) {
+    c.send_command(
+        p,
+        &json!({"type": "Join"}),
+        Some(&json!({"party": buyer, "role": "buyer"})),
+        None,
+        None,
+    )
+    .await
+    .expect("join");
+}
+
+/// A forged event appended to the event pages is refused (the signed head is behind
+/// it) and not kept: the replica stays at its verified version, and the next sync
+/// against the genuine server (which has its own, different event 3 by then) works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_refused_by_the_signed_head_keeps_nothing_and_the_next_one_works() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let upstream = format!("http://{}", running.addr);
+    let Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    } = setup(&upstream).await;
+    let (base, px) = proxy(&upstream).await;
+    let via = Client::new(&base).expect("client").api_key(&api_key);
+    let mut rep = Replica::new(via, p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), 2);
+
+    px.set(Tamper::AppendEvent(forged_join(&rep, &buyer)));
+    let e = rep.sync().await.expect_err("an event past the signed head");
+    assert_eq!(e.code(), "chain_broken", "{e}");
+    assert_eq!(rep.version(), 2, "the forged event is not kept");
+
+    // The public head check on its own keeps nothing unsigned either.
+    rep.check_head().await.expect("the head still verifies");
+    assert_eq!(rep.version(), 2);
+
+    px.set(Tamper::None);
+    join(&c, p, &buyer).await;
+    assert_eq!(rep.sync().await.expect("the genuine history syncs"), 1);
+    assert_eq!(rep.version(), 3);
+    assert!(
+        rep.diff().await.expect("diff").is_empty(),
+        "replica = read model"
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// A forged event on the live stream is refused by the head `follow` fetches for it,
+/// and is not kept: `follow` ends with the error, the replica at its verified version,
+/// and a later sync works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_event_the_signed_head_refuses_is_not_kept() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let upstream = format!("http://{}", running.addr);
+    let Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    } = setup(&upstream).await;
+    let (base, px) = proxy(&upstream).await;
+    let via = Client::new(&base).expect("client").api_key(&api_key);
+    let mut rep = Replica::new(via, p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), 2);
+
+    px.set(Tamper::StreamEvent(forged_join(&rep, &buyer)));
+    let mut seen = Vec::new();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        rep.follow(|s| {
+            seen.push(s.version);
+            true
+        }),
+    )
+    .await
+    .expect("follow ends");
+    let e = r.expect_err("the forged event is refused");
+    assert_eq!(e.code(), "chain_broken", "{e}");
+    assert!(seen.is_empty(), "the caller never saw it");
+    assert_eq!(rep.version(), 2, "the forged event is not kept");
+
+    px.set(Tamper::None);
+    join(&c, p, &buyer).await;
+    assert_eq!(rep.sync().await.expect("the genuine history syncs"), 1);
+    assert!(
+        rep.diff().await.expect("diff").is_empty(),
+        "replica = read model"
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// A head check that gets no answer while following (a transport error) is a reason
+/// to reconnect, not to end `follow` with the streamed event kept unsigned: the event
+/// is streamed again and counts once a head covers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_reconnects_when_the_head_check_gets_no_answer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let upstream = format!("http://{}", running.addr);
+    let Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    } = setup(&upstream).await;
+    let (base, px) = proxy(&upstream).await;
+    let via = Client::new(&base).expect("client").api_key(&api_key);
+    let mut rep = Replica::new(via, p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), 2);
+
+    // As many as the client tries one request (it retries a broken answer itself):
+    // the first head check fails with a transport error.
+    let broken = usize::try_from(trustfold::client::ATTEMPTS).expect("attempts");
+    px.set(Tamper::BreakHeads(broken));
+    let heads_before = px.heads.load(Ordering::SeqCst);
+    let follower = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            rep.follow(|s| {
+                seen.push(s.version);
+                s.version < 3
+            }),
+        )
+        .await;
+        (r, seen, rep)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    join(&c, p, &buyer).await;
+    let (r, seen, rep) = follower.await.expect("follower");
+    assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+    assert_eq!(seen, vec![3], "seen once, when a head covered it");
+    assert_eq!(rep.version(), 3);
+    assert!(
+        px.heads.load(Ordering::SeqCst) - heads_before > broken,
+        "the broken head answers, then a good one"
+    );
+    assert!(
+        rep.diff().await.expect("diff").is_empty(),
+        "replica = read model"
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// `Replica::new` pins its key into the client, so a head recorded earlier and
+/// replayed on the way (with the pages cut at it, hiding a newer event) is refused: it
+/// is not signed for this request's nonce. A client pinned to another key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_older_head_is_refused_and_a_client_pinned_elsewhere_too() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let upstream = format!("http://{}", running.addr);
+    let Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    } = setup(&upstream).await;
+    let (base, px) = proxy(&upstream).await;
+    // Not pinned: the replica pins it.
+    let via = Client::new(&base).expect("client").api_key(&api_key);
+    assert!(via.pinned().is_none());
+    let mut rep = Replica::new(via.clone(), p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), 2);
+
+    // The payment moves on; the proxy replays the head it saw at version 2.
+    join(&c, p, &buyer).await;
+    px.set(Tamper::ReplayHead);
+    let e = rep.sync().await.expect_err("a replayed head");
+    assert_eq!(e.code(), "bad_signature", "{e}");
+    assert_eq!(rep.version(), 2);
+    px.set(Tamper::None);
+    assert_eq!(rep.sync().await.expect("the genuine head"), 1);
+    assert_eq!(rep.version(), 3);
+
+    // The same key pinned already is fine; another one is refused, typed.
+    Replica::new(via.clone().pin(key), p, key).expect("the same key");
+    let other = PublicKey::from_secret(&[9; 32]);
+    let e = Replica::new(via.pin(other), p, key).expect_err("another key");
+    assert_eq!(e.code(), "key_mismatch", "{e}");
+    assert!(
+        matches!(e, trustfold::Error::KeyMismatch { pinned, key: k } if pinned == other && k == key)
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// `follow` refused by the server keeps the server's code: a revoked participant
+/// token is `Error::Auth` with `token_revoked`, an unknown payment `not_found`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_keeps_the_servers_error_codes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let base = format!("http://{}", running.addr);
+    let Setup {
+        c, p, buyer, key, ..
+    } = setup(&base).await;
+    let party: PartyId = buyer.parse().expect("party");
+    let token = c
+        .create_token(p, party, None, None)
+        .await
+        .expect("token")
+        .token;
+    c.revoke_tokens(p, party).await.expect("revoke");
+    let as_buyer = Client::new(&base).expect("client").token(&token);
+    let mut rep = Replica::new(as_buyer, p, key).expect("replica");
+    let e = tokio::time::timeout(Duration::from_secs(20), rep.follow(|_| true))
+        .await
+        .expect("follow ends")
+        .expect_err("revoked");
+    assert_eq!(e.code(), "token_revoked", "{e}");
+    assert!(
+        matches!(e, trustfold::Error::Auth { status: 401, .. }),
+        "{e:?}"
+    );
+
+    let unknown = PaymentId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+    let mut rep = Replica::new(c.clone(), unknown, key).expect("replica");
+    let e = tokio::time::timeout(Duration::from_secs(20), rep.follow(|_| true))
+        .await
+        .expect("follow ends")
+        .expect_err("unknown payment");
+    assert_eq!(e.code(), "not_found", "{e}");
+    running.shutdown().await.expect("shutdown");
+}
