@@ -519,7 +519,10 @@ export class Client {
       throw failure("malformed_json", "the server's answer to the command is not JSON");
     }
     const r = result as Partial<CommandResult> | null;
-    if (typeof r !== "object" || r === null || typeof r.version !== "number" || !Array.isArray(r.events)) {
+    if (
+      typeof r !== "object" || r === null || typeof r.version !== "number" || !Array.isArray(r.events) ||
+      typeof r.payment_id !== "string" || typeof r.state !== "object" || r.state === null
+    ) {
       throw failure("malformed_json", "the server's answer to the command is not {payment_id, version, events, state}");
     }
     return r as CommandResult;

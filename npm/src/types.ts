@@ -284,14 +284,16 @@ export interface PolicyDocument {
 }
 
 /**
- * The server's answer to a command sent with a participant token: the events it
- * appended and the state after them, as the participant may see them (redacted as in
- * `PaymentView` when the policy hides something from the participant's roles).
+ * The server's answer to a command: the events it appended and the state after them.
+ * Sent with a participant token, the events are envelopes and the state is what the
+ * participant may see (redacted as in `PaymentView` when the policy hides something
+ * from the participant's roles); sent with an API key, the events are history records
+ * (`{hash, event}`) and the state is whole.
  */
 export interface CommandResult {
   payment_id: Uuid;
   version: number;
-  events: EventEnvelope[];
+  events: (EventEnvelope | HistoryRecord)[];
   state: PaymentState;
 }
 

@@ -66,15 +66,32 @@ impl Checkpoint for FileCheckpoint {
         }
     }
 
+    /// Written whole or not at all: into a temporary file of its own next to the
+    /// checkpoint (its full name, this process and a counter: two checkpoints `feed.a`
+    /// and `feed.b`, or two subscriptions, never share one), synced, renamed over the
+    /// checkpoint, and the directory synced so the rename survives a crash.
     fn save(&mut self, position: u64) -> Result<()> {
-        let tmp = self.path.with_extension("tmp");
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.{n}.tmp", std::process::id()));
+        let tmp = self.path.with_file_name(name);
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(position.to_string().as_bytes())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
+            std::fs::rename(&tmp, &self.path)?;
+            let dir = match self.path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            std::fs::File::open(dir)?.sync_all()
         };
-        write().map_err(|e| Error::io(&self.path, e))
+        let done = write();
+        if done.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        done.map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -169,6 +186,32 @@ impl<C: Checkpoint> Subscription<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoints_side_by_side_keep_their_own_positions() {
+        // `feed.a` and `feed.b` once shared the temporary file `feed.tmp`: saved at
+        // once, one could take the other's position.
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("feed.a"), dir.path().join("feed.b"));
+        let saver = |path: std::path::PathBuf, base: u64| {
+            std::thread::spawn(move || {
+                let mut c = FileCheckpoint::new(path);
+                for i in 0..300 {
+                    c.save(base + i).unwrap();
+                }
+            })
+        };
+        let (a, b) = (saver(pa.clone(), 1_000), saver(pb.clone(), 5_000));
+        a.join().unwrap();
+        b.join().unwrap();
+        assert_eq!(FileCheckpoint::new(pa).load().unwrap(), 1_299);
+        assert_eq!(FileCheckpoint::new(pb).load().unwrap(), 5_299);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no temporary files left: {left:?}");
+    }
 
     #[test]
     fn file_checkpoint_round_trips() {

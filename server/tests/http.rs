@@ -1988,7 +1988,10 @@ async fn live_streams_are_bounded_per_party() {
     let open = || c.http.get(&url).bearer_auth(&token).send();
     let first = open().await.expect("first");
     let second = open().await.expect("second");
-    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
     let third = open().await.expect("third");
     assert_eq!(third.status(), 429);
     let body: Value = third.json().await.expect("problem");
