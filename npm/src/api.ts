@@ -525,7 +525,15 @@ export class Client {
     ) {
       throw failure("malformed_json", "the server's answer to the command is not {payment_id, version, events, state}");
     }
-    return r as CommandResult;
+    // An API key's answer carries history records ({hash, event}): their envelopes.
+    const events = r.events.map((e: unknown) => {
+      const rec = e as { hash?: unknown; event?: unknown } | null;
+      return typeof rec === "object" && rec !== null && typeof rec.hash === "string" &&
+        typeof rec.event === "object" && rec.event !== null
+        ? (rec.event as EventEnvelope)
+        : (e as EventEnvelope);
+    });
+    return { ...(r as CommandResult), events };
   }
 }
 

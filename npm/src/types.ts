@@ -284,16 +284,16 @@ export interface PolicyDocument {
 }
 
 /**
- * The server's answer to a command: the events it appended and the state after them.
- * Sent with a participant token, the events are envelopes and the state is what the
- * participant may see (redacted as in `PaymentView` when the policy hides something
- * from the participant's roles); sent with an API key, the events are history records
- * (`{hash, event}`) and the state is whole.
+ * The server's answer to a command: the events it appended (envelopes; the server's
+ * answer to an API key carries them as history records, whose envelopes these are)
+ * and the state after them — sent with a participant token, as the participant may see
+ * it (redacted as in `PaymentView` when the policy hides something from the
+ * participant's roles).
  */
 export interface CommandResult {
   payment_id: Uuid;
   version: number;
-  events: (EventEnvelope | HistoryRecord)[];
+  events: EventEnvelope[];
   state: PaymentState;
 }
 

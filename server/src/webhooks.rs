@@ -493,6 +493,11 @@ pub(crate) async fn run(
         while let Some(done) = sending.tasks.try_join_next() {
             sending.done(done);
         }
+        // Pauses long over (an endpoint deleted, or served since by another process).
+        let now = std::time::Instant::now();
+        sending
+            .paused
+            .retain(|_, (until, _)| now < *until + Duration::from_secs(120));
         client.pins.expire();
         match round(&state, &config, &client, &mut sending).await {
             Ok(found) => any = found,
@@ -504,9 +509,15 @@ pub(crate) async fn run(
 
 /// The endpoints being served, each by one task, at most [`CONCURRENT`] sending at once.
 struct Sending {
-    tasks: JoinSet<Uuid>,
+    /// Each task yields its endpoint and whether its bookkeeping failed.
+    tasks: JoinSet<(Uuid, bool)>,
     endpoints: std::collections::HashMap<Uuid, tokio::task::Id>,
     permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Endpoints whose last turn could not record what it did (the database refused a
+    /// write: its position, its failure): left alone until then, the pause doubling
+    /// from 1 s to a minute — else each round, every second, would send the same event
+    /// again, or retry a failing receiver without its backoff.
+    paused: std::collections::HashMap<Uuid, (std::time::Instant, Duration)>,
 }
 
 impl Default for Sending {
@@ -515,16 +526,29 @@ impl Default for Sending {
             tasks: JoinSet::new(),
             endpoints: std::collections::HashMap::new(),
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT)),
+            paused: std::collections::HashMap::new(),
         }
     }
 }
 
 impl Sending {
     /// Notes that an endpoint's task ended.
-    fn done(&mut self, done: Result<Uuid, tokio::task::JoinError>) {
+    fn done(&mut self, done: Result<(Uuid, bool), tokio::task::JoinError>) {
         match done {
-            Ok(id) => {
+            Ok((id, failed)) => {
                 self.endpoints.remove(&id);
+                if failed {
+                    let pause = self
+                        .paused
+                        .get(&id)
+                        .map_or(Duration::from_secs(1), |(_, p)| {
+                            (*p * 2).min(Duration::from_secs(60))
+                        });
+                    self.paused
+                        .insert(id, (std::time::Instant::now() + pause, pause));
+                } else {
+                    self.paused.remove(&id);
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "webhooks: a sending task failed");
@@ -583,7 +607,12 @@ async fn round(
         let last_page = due.len() < usize::try_from(DUE_PAGE).unwrap_or(usize::MAX);
         for row in due {
             after = (row.8, row.0);
-            if sending.endpoints.contains_key(&row.0) {
+            if sending.endpoints.contains_key(&row.0)
+                || sending
+                    .paused
+                    .get(&row.0)
+                    .is_some_and(|(until, _)| *until > std::time::Instant::now())
+            {
                 continue;
             }
             if let Err(e) = Endpoint::of(row, &state.at_rest) {
@@ -598,23 +627,26 @@ async fn round(
             let permits = sending.permits.clone();
             let task = sending.tasks.spawn(async move {
                 let Ok(_permit) = permits.acquire().await else {
-                    return id;
+                    return (id, false);
                 };
                 // Read again once its turn came (it may have waited behind slow
                 // receivers): an endpoint deleted meanwhile gets nothing, one whose
                 // secret was rotated is signed with the new one.
                 let ep = match endpoint_now(&state, id).await {
                     Ok(Some(ep)) => ep,
-                    Ok(None) => return id,
+                    Ok(None) => return (id, false),
                     Err(e) => {
                         tracing::warn!(webhook = %id, error = %e, "webhooks: could not read an endpoint");
-                        return id;
+                        return (id, true);
                     }
                 };
-                if let Err(e) = serve(&state, &config, &client, ep).await {
-                    tracing::warn!(webhook = %id, error = %e, "webhooks: could not serve an endpoint");
+                match serve(&state, &config, &client, ep).await {
+                    Ok(()) => (id, false),
+                    Err(e) => {
+                        tracing::warn!(webhook = %id, error = %e, "webhooks: could not serve an endpoint; pausing it");
+                        (id, true)
+                    }
                 }
-                id
             });
             sending.endpoints.insert(id, task.id());
         }

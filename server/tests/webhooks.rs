@@ -1298,6 +1298,44 @@ async fn an_endpoint_deleted_while_waiting_gets_nothing(database: &str) {
 
 common::on_both_databases!(an_endpoint_deleted_while_waiting_gets_nothing);
 
+/// An endpoint whose progress cannot be recorded (the database refuses the write) is
+/// paused, the pause doubling from 1 s: its event is not sent again every second.
+#[tokio::test]
+async fn an_endpoint_whose_progress_cannot_be_recorded_backs_off() {
+    let (_dir, database) = common::sqlite_file();
+    let (running, c) = serve(&database).await;
+    let key = c.tenant(ADMIN, "Stuck Escrow").await.expect("tenant");
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    on_the_database(
+        &database,
+        &[
+            "CREATE TRIGGER no_progress BEFORE UPDATE OF position ON webhooks \
+           BEGIN SELECT RAISE(ABORT, 'progress refused'); END",
+        ],
+    )
+    .await;
+    open_and_join(&c, &key).await.expect("open");
+    receiver.wait("the first event", |g| !g.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let sent = receiver.got().len();
+    // Every second that would be 8 or more; paused 1, 2 and 4 s, about 4.
+    assert!(sent <= 5, "the same event was sent {sent} times in 8 s");
+    on_the_database(&database, &["DROP TRIGGER no_progress"]).await;
+    receiver
+        .wait("all seven events", |g| {
+            g.iter()
+                .map(|x| x.id.clone())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= 7
+        })
+        .await;
+    running.shutdown().await.expect("shutdown");
+}
+
 /// A database as a build whose schema 3 kept one retired secret per endpoint left it
 /// (`previous_secret`, `previous_until_us`; later builds keep a list,
 /// `previous_secrets`): it is upgraded, and its endpoint rotates and delivers.
