@@ -933,7 +933,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             }
         }
         Event::PaymentClosed(_) => {
-            if !s.status.is_terminal() || s.closed {
+            if !(s.status.is_terminal() || s.finished_as_recorded()) || s.closed {
                 return Err(bad("only a finished payment can be closed"));
             }
             s.closed = true;
@@ -1100,6 +1100,10 @@ fn check_money_moves(s: &PaymentState, env: &Envelope) -> Result<()> {
         return Ok(());
     }
     match &env.event {
+        Event::PaymentCancelled(_) if !s.funding_in_progress().is_zero() => Err(bad(
+            "a payment is not cancelled while its funding is on a rail or clearing \
+             (funds_in_flight): the refund it mandates would skip the approvals",
+        )),
         Event::PaymentCancelled(_)
             if s.ledger.balance(&Account::Escrow).posted.is_positive()
                 && !matches!(

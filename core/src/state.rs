@@ -583,6 +583,18 @@ impl PaymentState {
 
     /// The lifecycle state implied by the facts folded so far.
     pub(crate) fn derive_status(&self) -> Status {
+        self.status_waiting_for_clearing(true)
+    }
+
+    /// Whether the payment counted as finished when it was recorded, before a payment
+    /// with funding still clearing or on a rail stopped counting as `Completed` or
+    /// `Refunded` (such a payment may have been closed then, and its history still
+    /// folds).
+    pub(crate) fn finished_as_recorded(&self) -> bool {
+        self.status_waiting_for_clearing(false).is_terminal()
+    }
+
+    fn status_waiting_for_clearing(&self, wait: bool) -> Status {
         // A late return (R10 comes up to 60 days later) reopens even a closed payment as
         // a shortfall, to be recovered or written off; closed again after that.
         let loss = self.ledger.balance(&Account::LossReturns).posted;
@@ -635,7 +647,7 @@ impl PaymentState {
             // Finished only when no money is still on its way in: funding clearing or
             // on a rail after a release or refund was paid out (say, one a dispute
             // decided) is still to be made available and paid out in turn.
-            let coming = !clearing.posted.is_zero() || !clearing.pending_in.is_zero();
+            let coming = wait && (!clearing.posted.is_zero() || !clearing.pending_in.is_zero());
             match self.last_settled {
                 Some(RequestKind::Refund) if !coming => return Status::Refunded,
                 Some(RequestKind::Release) if !coming => return Status::Completed,

@@ -439,6 +439,34 @@ fn no_way_around_the_refund_approvals() {
         v + 1,
         "expires only once",
     );
+    // Nor while funding is still clearing (escrow empty): the refund of that money
+    // once available would be mandated by the cancellation, skipping the approvals.
+    let mut clearing = support::scenarios::earnest(75).expect("earnest");
+    clearing
+        .run(
+            as_(BUYER, "buyer"),
+            Command::SubmitFunding {
+                amount: usd("5000.00"),
+                rail: Rail::Ach,
+                rail_ref: "ach-1".into(),
+            },
+        )
+        .expect("submitted");
+    clearing
+        .notice("ach-1", RailOutcome::Settled)
+        .expect("settled, clearing");
+    let cv = clearing.state().version;
+    refused_at(
+        &forge(
+            &clearing,
+            as_(LISTING_AGENT, "listing_agent"),
+            vec![Event::PaymentCancelled(PaymentCancelled {
+                reason: "deal fell through".into(),
+            })],
+        ),
+        cv + 1,
+        "funds_in_flight",
+    );
     let funding_leg = s
         .state()
         .ledger

@@ -1201,7 +1201,7 @@ fn a_payment_is_not_finished_while_funding_is_clearing() {
     use support::forge::forge_each;
     use trustfold_core::event::{
         refund_hash, DisbursementSettled, DisbursementSubmitted, DisputeResolved, Event,
-        RefundAuthorized, RefundRequested,
+        PaymentClosed, RefundAuthorized, RefundRequested,
     };
     let mut s = milestones(135);
     ok(&mut s, client(), funding("20000.00", Rail::Wire, "wire-a"));
@@ -1216,59 +1216,58 @@ fn a_payment_is_not_finished_while_funding_is_clearing() {
             reason: "the client stopped the job".into(),
         },
     );
-    let arbiter = as_(ARBITER, "arbiter");
+    let arbiter_actor = || as_(ARBITER, "arbiter");
+    let arbiter = arbiter_actor();
     let (decided, paid, settled_by) = (
         Some(uuid::Uuid::from_bytes([0xd1; 16])),
         Some(uuid::Uuid::from_bytes([0xd2; 16])),
         Some(uuid::Uuid::from_bytes([0xd3; 16])),
     );
     let amount = usd("20000.00");
-    let history = forge_each(
-        &s,
-        vec![
-            (
-                arbiter.clone(),
-                decided,
-                Event::DisputeResolved(DisputeResolved {
-                    dispute: rid(9),
-                    outcome: DisputeOutcome::Refund,
-                    request: Some(rid(4)),
-                    note: "the job never started".into(),
-                }),
-            ),
-            (
-                arbiter.clone(),
-                decided,
-                Event::RefundRequested(RefundRequested {
-                    request: rid(4),
-                    allocations_hash: refund_hash(&amount),
-                    amount,
-                }),
-            ),
-            (
-                arbiter.clone(),
-                decided,
-                Event::RefundAuthorized(RefundAuthorized { request: rid(4) }),
-            ),
-            (
-                arbiter,
-                paid,
-                Event::DisbursementSubmitted(DisbursementSubmitted {
-                    request: rid(4),
-                    rail: Rail::Wire,
-                    rail_ref: "refund-1".into(),
-                }),
-            ),
-            (
-                Actor::rail(),
-                settled_by,
-                Event::DisbursementSettled(DisbursementSettled {
-                    request: rid(4),
-                    rail_ref: "refund-1".into(),
-                }),
-            ),
-        ],
-    );
+    let mut events = vec![
+        (
+            arbiter.clone(),
+            decided,
+            Event::DisputeResolved(DisputeResolved {
+                dispute: rid(9),
+                outcome: DisputeOutcome::Refund,
+                request: Some(rid(4)),
+                note: "the job never started".into(),
+            }),
+        ),
+        (
+            arbiter.clone(),
+            decided,
+            Event::RefundRequested(RefundRequested {
+                request: rid(4),
+                allocations_hash: refund_hash(&amount),
+                amount,
+            }),
+        ),
+        (
+            arbiter.clone(),
+            decided,
+            Event::RefundAuthorized(RefundAuthorized { request: rid(4) }),
+        ),
+        (
+            arbiter,
+            paid,
+            Event::DisbursementSubmitted(DisbursementSubmitted {
+                request: rid(4),
+                rail: Rail::Wire,
+                rail_ref: "refund-1".into(),
+            }),
+        ),
+        (
+            Actor::rail(),
+            settled_by,
+            Event::DisbursementSettled(DisbursementSettled {
+                request: rid(4),
+                rail_ref: "refund-1".into(),
+            }),
+        ),
+    ];
+    let history = forge_each(&s, events.clone());
     let st = trustfold_core::fold::replay(&history).expect("the history folds");
     assert_eq!(st.ledger.balance(&Account::Escrow).posted, usd("0.00"));
     assert_eq!(
@@ -1276,6 +1275,17 @@ fn a_payment_is_not_finished_while_funding_is_clearing() {
         usd("40000.00")
     );
     assert_eq!(st.status, Status::Funded, "40,000 is still clearing");
+    // Such a payment counted as Refunded when it was recorded, and may have been closed
+    // then (as the rules of the day allowed): that history still folds, Closed.
+    events.push((
+        arbiter_actor(),
+        Some(uuid::Uuid::from_bytes([0xd4; 16])),
+        Event::PaymentClosed(PaymentClosed {
+            reason: "file closed".into(),
+        }),
+    ));
+    let closed = trustfold_core::fold::replay(&forge_each(&s, events)).expect("still folds");
+    assert_eq!(closed.status, Status::Closed);
 }
 
 #[test]
