@@ -81,11 +81,17 @@ impl Checkpoint for FileCheckpoint {
             f.write_all(position.to_string().as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
-            let dir = match self.path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => std::path::Path::new("."),
-            };
-            std::fs::File::open(dir)?.sync_all()
+            // The rename made durable (a directory is opened and synced this way on
+            // Unix; elsewhere the rename is left to the file system).
+            #[cfg(unix)]
+            {
+                let dir = match self.path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => std::path::Path::new("."),
+                };
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         };
         let done = write();
         if done.is_err() {

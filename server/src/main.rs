@@ -52,6 +52,14 @@ struct Cli {
     /// `database_unavailable` (the database stopped answering).
     #[arg(long, default_value_t = 10)]
     request_timeout_seconds: u64,
+    /// Live streams one party of a payment may hold open at once in this process (its
+    /// tabs and devices); more is 429 `too_many_streams`.
+    #[arg(long, default_value_t = 16)]
+    max_streams_per_party: usize,
+    /// Live streams a tenant (its keys and its participants together) may hold open at
+    /// once in this process.
+    #[arg(long, default_value_t = 5000)]
+    max_streams_per_tenant: usize,
     /// Milliseconds between the clock's looks for payments with something due
     /// (deadlines, good funds, automatic releases); 0: no clock, send `Tick` yourself.
     #[arg(long, default_value_t = 1000)]
@@ -177,6 +185,8 @@ fn main() -> ExitCode {
                 config.http.poll_interval = Duration::from_millis(cli.poll_ms.max(10));
                 config.http.request_timeout =
                     Duration::from_secs(cli.request_timeout_seconds.max(1));
+                config.http.max_streams_per_party = cli.max_streams_per_party.max(1);
+                config.http.max_streams_per_tenant = cli.max_streams_per_tenant.max(1);
                 config.webhooks.allow_private = cli.webhooks_allow_private;
                 config.http.tenant_rate =
                     (cli.rate_limit_tenant > 0).then(|| Rate::per_second(cli.rate_limit_tenant));

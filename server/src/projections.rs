@@ -181,16 +181,29 @@ impl Projector {
             // The database ends the leader's session (and so frees the lock) ~25 s after
             // its host died or was cut off, instead of after the kernel's default TCP
             // keepalive (about 2 hours) with nobody leading meanwhile.
-            let options = (*pool.connect_options()).clone().options([
+            let plain = (*pool.connect_options()).clone();
+            let kept_alive = plain.clone().options([
                 ("tcp_keepalives_idle", "10"),
                 ("tcp_keepalives_interval", "5"),
                 ("tcp_keepalives_count", "3"),
                 ("tcp_user_timeout", "25000"),
             ]);
-            let connect = sqlx::PgConnection::connect_with(&options);
+            let connect = sqlx::PgConnection::connect_with(&kept_alive);
             leader.conn = match tokio::time::timeout(LEADER_DEADLINE, connect).await {
                 Ok(Ok(c)) => Some(c),
-                _ => None,
+                // Refused with them (PostgreSQL before 12 has no `tcp_user_timeout`; a
+                // pooler may refuse startup options): connected without, and said so.
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the projection leader's connection was \
+                        refused with TCP keepalive settings; connecting without them (a dead \
+                        leader's lock then lasts until the kernel's keepalive)");
+                    let connect = sqlx::PgConnection::connect_with(&plain);
+                    match tokio::time::timeout(LEADER_DEADLINE, connect).await {
+                        Ok(Ok(c)) => Some(c),
+                        _ => None,
+                    }
+                }
+                Err(_) => None,
             };
         }
         let Some(conn) = leader.conn.as_mut() else {

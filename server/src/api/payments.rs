@@ -694,12 +694,15 @@ fn expected_version(headers: &HeaderMap, body_value: Option<u64>) -> ApiResult<O
 async fn hide_amounts(state: &AppState, c: &TokenClaims, e: ApiError) -> ApiError {
     let Ok(st) = load_state(state, c.tenant, c.payment).await else {
         // Not known what the view hides: nothing but the code.
+        let message = "refused by the payment's rules".to_owned();
         return match e {
             ApiError::Unprocessable { code, field, .. } => ApiError::Unprocessable {
                 code,
-                message: "refused by the payment's rules".into(),
+                message,
                 field,
             },
+            ApiError::Forbidden { code, .. } => ApiError::Forbidden { code, message },
+            ApiError::Refused { code, .. } => ApiError::Refused { code, message },
             other => other,
         };
     };
@@ -710,17 +713,22 @@ async fn hide_amounts(state: &AppState, c: &TokenClaims, e: ApiError) -> ApiErro
     let disputes = vis.hide.contains(&Hidden::Disputes);
     let shown = trustfold_core::view::shown_status(&st, &roles);
     let tell = |code: &'static str, message: String| -> (&'static str, String) {
-        if disputes && matches!(code, "payment_disputed" | "dispute_open") {
-            return (
-                "invalid_state",
-                format!("not possible while the payment is {shown:?}"),
-            );
-        }
         let mut m = message;
         if shown != st.status {
             m = m.replace(
                 &format!("payment is {:?}", st.status),
                 &format!("payment is {shown:?}"),
+            );
+        }
+        // A refusal because of a dispute (or naming one: a request that carries out a
+        // dispute's resolution) where the view hides disputes.
+        if disputes
+            && (matches!(code, "payment_disputed" | "dispute_open")
+                || m.to_ascii_lowercase().contains("dispute"))
+        {
+            return (
+                "invalid_state",
+                format!("not possible while the payment is {shown:?}"),
             );
         }
         if amounts {
