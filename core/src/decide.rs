@@ -1634,7 +1634,7 @@ fn cancel_unfunded_request(em: &mut Emitter<'_>) -> Result<()> {
     Ok(())
 }
 
-fn good_funds_due(s: &PaymentState, a: &FundingAttempt) -> Option<Timestamp> {
+pub(crate) fn good_funds_due(s: &PaymentState, a: &FundingAttempt) -> Option<Timestamp> {
     let days = s
         .policy_doc
         .funding

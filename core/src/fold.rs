@@ -428,6 +428,20 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             s.ledger.post(e.leg, seq)?;
         }
         Event::FundsAvailable(e) => {
+            // Good funds only once the policy's days for the rail have passed since the
+            // settlement (v2 payments; `decide` makes funds available no earlier).
+            let due = s
+                .funding
+                .attempts
+                .iter()
+                .find(|a| a.leg == e.leg)
+                .and_then(|a| crate::decide::good_funds_due(s, a));
+            if let Some(due) = due.filter(|d| s.opened_under >= 2 && env.at < *d) {
+                return Err(bad(format!(
+                    "funding leg {} is good funds only from {due}, not at {}",
+                    e.leg, env.at
+                )));
+            }
             let a = attempt_mut(s, e.leg)?;
             if a.status != FundingStatus::Settled || a.kept() != e.amount {
                 return Err(bad(format!(

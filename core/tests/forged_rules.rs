@@ -488,3 +488,40 @@ fn no_way_around_the_refund_approvals() {
         "not_reversible",
     );
 }
+
+/// ACH money becomes good funds only after the policy's business days: a history that
+/// makes it available at its settlement (so it could be released before a return can
+/// still come) does not fold; at the due time it does.
+#[test]
+fn good_funds_come_no_earlier_than_the_policy_says() {
+    use trustfold_core::event::FundsAvailable;
+    let mut s = support::scenarios::earnest(76).expect("earnest");
+    s.run(
+        as_(BUYER, "buyer"),
+        Command::SubmitFunding {
+            amount: usd("5000.00"),
+            rail: Rail::Ach,
+            rail_ref: "ach-1".into(),
+        },
+    )
+    .expect("submitted");
+    s.notice("ach-1", RailOutcome::Settled).expect("settled");
+    let a = s.state().funding.attempts[0].clone();
+    let early = forge(
+        &s,
+        Actor::system(),
+        vec![Event::FundsAvailable(FundsAvailable {
+            leg: a.leg,
+            amount: a.kept(),
+        })],
+    );
+    refused_at(&early, s.state().version + 1, "is good funds only from");
+    // The clock's own tick, once due, folds.
+    s.hours(24 * 4);
+    s.tick().expect("tick");
+    assert_eq!(
+        s.state().funding.attempts[0].status,
+        trustfold_core::state::FundingStatus::Available
+    );
+    replay(&s.d.history()).expect("the honest history folds");
+}
