@@ -441,20 +441,7 @@ fn no_way_around_the_refund_approvals() {
     );
     // Nor while funding is still clearing (escrow empty): the refund of that money
     // once available would be mandated by the cancellation, skipping the approvals.
-    let mut clearing = support::scenarios::earnest(75).expect("earnest");
-    clearing
-        .run(
-            as_(BUYER, "buyer"),
-            Command::SubmitFunding {
-                amount: usd("5000.00"),
-                rail: Rail::Ach,
-                rail_ref: "ach-1".into(),
-            },
-        )
-        .expect("submitted");
-    clearing
-        .notice("ach-1", RailOutcome::Settled)
-        .expect("settled, clearing");
+    let clearing = ach_clearing(75);
     let cv = clearing.state().version;
     refused_at(
         &forge(
@@ -495,17 +482,7 @@ fn no_way_around_the_refund_approvals() {
 #[test]
 fn good_funds_come_no_earlier_than_the_policy_says() {
     use trustfold_core::event::FundsAvailable;
-    let mut s = support::scenarios::earnest(76).expect("earnest");
-    s.run(
-        as_(BUYER, "buyer"),
-        Command::SubmitFunding {
-            amount: usd("5000.00"),
-            rail: Rail::Ach,
-            rail_ref: "ach-1".into(),
-        },
-    )
-    .expect("submitted");
-    s.notice("ach-1", RailOutcome::Settled).expect("settled");
+    let mut s = ach_clearing(76);
     let a = s.state().funding.attempts[0].clone();
     let early = forge(
         &s,
@@ -524,4 +501,22 @@ fn good_funds_come_no_earlier_than_the_policy_says() {
         trustfold_core::state::FundingStatus::Available
     );
     replay(&s.d.history()).expect("the honest history folds");
+}
+
+/// Earnest money whose whole 5,000.00 USD came by ACH and settled: clearing, not yet
+/// good funds.
+fn ach_clearing(n: u8) -> Sim {
+    let mut s = support::scenarios::earnest(n).expect("earnest");
+    s.run(
+        as_(BUYER, "buyer"),
+        Command::SubmitFunding {
+            amount: usd("5000.00"),
+            rail: Rail::Ach,
+            rail_ref: "ach-1".into(),
+        },
+    )
+    .expect("submitted");
+    s.notice("ach-1", RailOutcome::Settled)
+        .expect("settled, clearing");
+    s
 }

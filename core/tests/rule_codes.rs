@@ -1147,16 +1147,22 @@ fn funds_arriving_after_expiry_wait_for_an_open_dispute() {
     assert_eq!(refund.status, RequestStatus::Authorized);
 }
 
+/// Milestones funded by wire 20,000 (available) and ACH 40,000 (settled, clearing).
+fn milestones_partly_clearing(n: u8) -> Sim {
+    let mut s = milestones(n);
+    ok(&mut s, client(), funding("20000.00", Rail::Wire, "wire-a"));
+    ok(&mut s, Actor::rail(), notice("wire-a", settled()));
+    ok(&mut s, client(), funding("40000.00", Rail::Ach, "ach-b"));
+    ok(&mut s, Actor::rail(), notice("ach-b", settled()));
+    s
+}
+
 #[test]
 fn a_dispute_decides_money_only_once_none_is_clearing() {
     // Wire 20,000 available, ACH 40,000 settled and clearing (good funds later): a
     // release or refund decided now would pay out the 20,000 and end the payment with
     // 40,000 still to come, which nothing could then refund or release.
-    let mut s = milestones(134);
-    ok(&mut s, client(), funding("20000.00", Rail::Wire, "wire-a"));
-    ok(&mut s, Actor::rail(), notice("wire-a", settled()));
-    ok(&mut s, client(), funding("40000.00", Rail::Ach, "ach-b"));
-    ok(&mut s, Actor::rail(), notice("ach-b", settled()));
+    let mut s = milestones_partly_clearing(134);
     assert_eq!(s.balance(Account::Clearing), "40000.00");
     ok(
         &mut s,
@@ -1203,11 +1209,7 @@ fn a_payment_is_not_finished_while_funding_is_clearing() {
         refund_hash, DisbursementSettled, DisbursementSubmitted, DisputeResolved, Event,
         PaymentClosed, RefundAuthorized, RefundRequested,
     };
-    let mut s = milestones(135);
-    ok(&mut s, client(), funding("20000.00", Rail::Wire, "wire-a"));
-    ok(&mut s, Actor::rail(), notice("wire-a", settled()));
-    ok(&mut s, client(), funding("40000.00", Rail::Ach, "ach-b"));
-    ok(&mut s, Actor::rail(), notice("ach-b", settled()));
+    let mut s = milestones_partly_clearing(135);
     ok(
         &mut s,
         contractor(),

@@ -296,6 +296,41 @@ async fn setup(base: &str) -> Setup {
     }
 }
 
+/// A server in `dir`, its payment as [`setup`] makes it, and a replica of it through
+/// the tampering proxy, synced (2 events).
+struct Proxied {
+    running: Running,
+    c: Client,
+    p: PaymentId,
+    buyer: String,
+    px: Arc<Proxy>,
+    rep: Replica,
+}
+
+async fn proxied(dir: &std::path::Path) -> Proxied {
+    let running = server(dir).await;
+    let upstream = format!("http://{}", running.addr);
+    let Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    } = setup(&upstream).await;
+    let (base, px) = proxy(&upstream).await;
+    let via = Client::new(&base).expect("client").api_key(&api_key);
+    let mut rep = Replica::new(via, p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), 2);
+    Proxied {
+        running,
+        c,
+        p,
+        buyer,
+        px,
+        rep,
+    }
+}
+
 /// A `Join` of `buyer` the server never saw, decided and sealed by the core on the
 /// replica's state: valid under every rule and linked to the replica's last event, as
 /// a man in the middle can make one (nothing but the signed head tells it apart).
@@ -335,19 +370,14 @@ async fn join(c: &Client, p: PaymentId, buyer: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_refused_by_the_signed_head_keeps_nothing_and_the_next_one_works() {
     let dir = tempfile::tempdir().expect("tmp");
-    let running = server(dir.path()).await;
-    let upstream = format!("http://{}", running.addr);
-    let Setup {
+    let Proxied {
+        running,
         c,
-        api_key,
         p,
         buyer,
-        key,
-    } = setup(&upstream).await;
-    let (base, px) = proxy(&upstream).await;
-    let via = Client::new(&base).expect("client").api_key(&api_key);
-    let mut rep = Replica::new(via, p, key).expect("replica");
-    assert_eq!(rep.sync().await.expect("sync"), 2);
+        px,
+        mut rep,
+    } = proxied(dir.path()).await;
 
     px.set(Tamper::AppendEvent(forged_join(&rep, &buyer)));
     let e = rep.sync().await.expect_err("an event past the signed head");
@@ -375,19 +405,14 @@ async fn a_sync_refused_by_the_signed_head_keeps_nothing_and_the_next_one_works(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_event_the_signed_head_refuses_is_not_kept() {
     let dir = tempfile::tempdir().expect("tmp");
-    let running = server(dir.path()).await;
-    let upstream = format!("http://{}", running.addr);
-    let Setup {
+    let Proxied {
+        running,
         c,
-        api_key,
         p,
         buyer,
-        key,
-    } = setup(&upstream).await;
-    let (base, px) = proxy(&upstream).await;
-    let via = Client::new(&base).expect("client").api_key(&api_key);
-    let mut rep = Replica::new(via, p, key).expect("replica");
-    assert_eq!(rep.sync().await.expect("sync"), 2);
+        px,
+        mut rep,
+    } = proxied(dir.path()).await;
 
     px.set(Tamper::StreamEvent(forged_join(&rep, &buyer)));
     let mut seen = Vec::new();
@@ -421,19 +446,14 @@ async fn a_streamed_event_the_signed_head_refuses_is_not_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_reconnects_when_the_head_check_gets_no_answer() {
     let dir = tempfile::tempdir().expect("tmp");
-    let running = server(dir.path()).await;
-    let upstream = format!("http://{}", running.addr);
-    let Setup {
+    let Proxied {
+        running,
         c,
-        api_key,
         p,
         buyer,
-        key,
-    } = setup(&upstream).await;
-    let (base, px) = proxy(&upstream).await;
-    let via = Client::new(&base).expect("client").api_key(&api_key);
-    let mut rep = Replica::new(via, p, key).expect("replica");
-    assert_eq!(rep.sync().await.expect("sync"), 2);
+        px,
+        mut rep,
+    } = proxied(dir.path()).await;
 
     // As many as the client tries one request (it retries a broken answer itself):
     // the first head check fails with a transport error.

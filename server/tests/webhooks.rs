@@ -1204,6 +1204,22 @@ async fn a_page_is_at_most_a_thousand(database: &str) {
 
 common::on_both_databases!(a_page_is_at_most_a_thousand);
 
+/// Takes the server's database back to schema 3 (what the later schemas added dropped),
+/// with `also` run before the version is set.
+async fn back_to_schema_3(database: &str, also: &[&str]) {
+    let mut statements = vec![
+        "DROP TABLE held_rail_notices",
+        "DROP TABLE token_revocations",
+        "DROP TABLE payment_rail_refs",
+        "DELETE FROM projection_checkpoints WHERE name = 'rail_refs'",
+        "DROP TABLE webhook_deliveries",
+        "ALTER TABLE webhooks DROP COLUMN deliveries",
+    ];
+    statements.extend_from_slice(also);
+    statements.push("UPDATE trustfold_server_schema SET version = 3");
+    on_the_database(database, &statements).await;
+}
+
 /// A database of server schema 3 (webhooks, no delivery log) is upgraded: its endpoint
 /// keeps its place and its tries are logged from then on.
 async fn an_upgraded_database_logs_deliveries(database: &str) {
@@ -1216,19 +1232,7 @@ async fn an_upgraded_database_logs_deliveries(database: &str) {
     let webhook = r.body["webhook_id"].as_str().expect("id").to_owned();
     running.shutdown().await.expect("shutdown");
     // Back to schema 3, as the previous release left it.
-    on_the_database(
-        database,
-        &[
-            "DROP TABLE held_rail_notices",
-            "DROP TABLE token_revocations",
-            "DROP TABLE payment_rail_refs",
-            "DELETE FROM projection_checkpoints WHERE name = 'rail_refs'",
-            "DROP TABLE webhook_deliveries",
-            "ALTER TABLE webhooks DROP COLUMN deliveries",
-            "UPDATE trustfold_server_schema SET version = 3",
-        ],
-    )
-    .await;
+    back_to_schema_3(database, &[]).await;
     let (running, c) = serve(database).await;
     open_and_join(&c, &key).await.expect("open");
     receiver.wait("seven events", |g| g.len() >= 7).await;
@@ -1355,19 +1359,12 @@ async fn a_database_of_the_first_webhooks_schema_is_repaired(database: &str) {
     };
     let old_secret = format!("ALTER TABLE webhooks ADD COLUMN previous_secret {blob}");
     let old_until = format!("ALTER TABLE webhooks ADD COLUMN previous_until_us {int}");
-    on_the_database(
+    back_to_schema_3(
         database,
         &[
-            "DROP TABLE held_rail_notices",
-            "DROP TABLE token_revocations",
-            "DROP TABLE payment_rail_refs",
-            "DELETE FROM projection_checkpoints WHERE name = 'rail_refs'",
-            "DROP TABLE webhook_deliveries",
-            "ALTER TABLE webhooks DROP COLUMN deliveries",
             "ALTER TABLE webhooks DROP COLUMN previous_secrets",
             &old_secret,
             &old_until,
-            "UPDATE trustfold_server_schema SET version = 3",
         ],
     )
     .await;
