@@ -530,30 +530,12 @@ pub fn loggable_uri(uri: &axum::http::Uri) -> String {
     format!("{}?{}", uri.path(), redacted.join("&"))
 }
 
-/// A query string's name, percent-decoded with `+` as a space; `None` if it is not
-/// UTF-8 once decoded.
+/// A query string's name as the server reads it: percent-decoded, `+` as a space
+/// (`application/x-www-form-urlencoded`, by the `url` crate's parser).
 fn url_decoded(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    url::form_urlencoded::parse(s.as_bytes())
+        .next()
+        .map(|(name, _)| name.into_owned())
 }
 
 #[cfg(test)]
