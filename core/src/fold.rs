@@ -1156,8 +1156,45 @@ fn check_money_moves(s: &PaymentState, env: &Envelope) -> Result<()> {
             )),
             _ => Ok(()),
         },
+        // The policy's cap per release binds what participants ask for and what the
+        // automatic release of a partial policy takes; a dispute's resolver is above it.
+        Event::ReleaseRequested(e) => {
+            let capped = match mandate_for(s, env, &e.request, RequestKind::Release) {
+                None => true,
+                Some(Mandate::AutoRelease) => s.policy_doc.release.partial,
+                Some(_) => false,
+            };
+            if capped {
+                within_release_cap(s, &e.allocations)
+            } else {
+                Ok(())
+            }
+        }
+        Event::ReleaseAmended(e) => match s.requests.get(&e.request) {
+            Some(r) if r.mandate.is_none() => within_release_cap(s, &e.allocations),
+            _ => Ok(()),
+        },
         _ => Ok(()),
     }
+}
+
+/// A release's allocations total at most the policy's `release.max_per_release`.
+fn within_release_cap(s: &PaymentState, allocations: &[Allocation]) -> Result<()> {
+    let Some(cap) = s.policy_doc.release.max_per_release else {
+        return Ok(());
+    };
+    let mut total = Money::zero(s.amount.currency());
+    for a in allocations {
+        same_currency(s, &a.amount)?;
+        total = total.checked_add(&a.amount)?;
+    }
+    if total.amount() > cap {
+        return Err(bad(format!(
+            "a release of {total} is above the policy's cap of {cap} per release \
+             (limit_exceeded)"
+        )));
+    }
+    Ok(())
 }
 
 /// In a payment opened with `PaymentInitiated` v2, every event is written with at

@@ -520,3 +520,59 @@ fn ach_clearing(n: u8) -> Sim {
         .expect("settled, clearing");
     s
 }
+
+/// The policy's cap per release binds the releases participants ask for in the fold as
+/// in `decide`: a history that asks for (or amends to) more does not fold; one within
+/// the cap does.
+#[test]
+fn a_release_stays_within_the_policy_cap() {
+    use trustfold_core::event::{allocations_hash, ReleaseAmended, ReleaseRequested};
+    let mut p = policy("earnest-money");
+    p.release.max_per_release = Some("1000.00".parse().expect("decimal"));
+    let mut s = earnest_held_with(77, p).expect("held");
+    let v = s.state().version;
+    let to_seller = |amount: &str| {
+        vec![Allocation {
+            party: pid(SELLER),
+            amount: usd(amount),
+        }]
+    };
+    let asked = |request: u8, amount: &str| {
+        let allocations = to_seller(amount);
+        Event::ReleaseRequested(ReleaseRequested {
+            request: rid(request),
+            allocations_hash: allocations_hash(&allocations),
+            allocations,
+        })
+    };
+    let escrow = || as_(ESCROW, "escrow_holder");
+    refused_at(
+        &forge(&s, escrow(), vec![asked(1, "1000.01")]),
+        v + 1,
+        "limit_exceeded",
+    );
+    replay(&forge(&s, escrow(), vec![asked(1, "1000.00")])).expect("within the cap");
+    // `decide` asks within the cap; an amendment above it is refused by the fold.
+    s.run(
+        escrow(),
+        Command::RequestRelease {
+            request: rid(1),
+            allocations: to_seller("1000.00"),
+        },
+    )
+    .expect("within the cap");
+    let more = to_seller("2500.00");
+    refused_at(
+        &forge(
+            &s,
+            escrow(),
+            vec![Event::ReleaseAmended(ReleaseAmended {
+                request: rid(1),
+                allocations_hash: allocations_hash(&more),
+                allocations: more,
+            })],
+        ),
+        s.state().version + 1,
+        "limit_exceeded",
+    );
+}
