@@ -702,6 +702,9 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             if r.mandate.is_none() && !met {
                 return Err(Error::rejected("quorum_not_met", "quorum not met"));
             }
+            if want == RequestKind::Release && s.opened_under >= 2 {
+                check_fees_assessed(s, &r)?;
+            }
             let legs = disbursement_legs(&r)?;
             let mut ids = Vec::with_capacity(legs.len());
             for (i, (to, amount)) in legs.into_iter().enumerate() {
@@ -1176,6 +1179,40 @@ fn check_money_moves(s: &PaymentState, env: &Envelope) -> Result<()> {
         },
         _ => Ok(()),
     }
+}
+
+/// In a v2 payment a release is authorized with every fee of the policy that comes to
+/// more than zero assessed, each at exactly what `decide` charges: the fee's basis
+/// points of the gross, plus its fixed part while no settled release has paid it.
+/// Without this a signed history could leave out a brokerage's commission.
+fn check_fees_assessed(s: &PaymentState, r: &Request) -> Result<()> {
+    for rule in &s.policy_doc.fees {
+        let mut due = r.amount.bps(rule.bps)?;
+        if let Some(fixed) = rule.fixed {
+            if !s.fixed_fees_charged.contains(&rule.name) {
+                due = due.checked_add(&Money::from_decimal(fixed, due.currency())?)?;
+            }
+        }
+        let assessed = r.fees.iter().find(|f| f.fee == rule.name).map(|f| f.amount);
+        match assessed {
+            None if due.is_positive() => {
+                return Err(bad(format!(
+                    "the release is authorized without the policy's fee `{}` of {due} \
+                     assessed (fee_missing)",
+                    rule.name
+                )))
+            }
+            Some(amount) if amount != due => {
+                return Err(bad(format!(
+                    "fee `{}` is assessed at {amount}, but the policy charges {due} on this \
+                     release",
+                    rule.name
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A release's allocations total at most the policy's `release.max_per_release`.

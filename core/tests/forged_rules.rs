@@ -576,3 +576,88 @@ fn a_release_stays_within_the_policy_cap() {
         "limit_exceeded",
     );
 }
+
+/// A release is authorized only with the policy's fees assessed as `decide` assesses
+/// them: a history that leaves the platform's 10 % out, or the first release's fixed
+/// part of a fee, does not fold.
+#[test]
+fn a_release_carries_every_fee_of_the_policy() {
+    use support::scenarios::{market_with, milestones, ms_fund, ms_release, CLIENT, INSPECTOR};
+    use trustfold_core::event::FeeAssessed;
+    // The events `honest` recorded after version `v`, as (actor, causation, event).
+    let recorded_after = |honest: &Sim, v: u64| -> Vec<(Actor, Option<uuid::Uuid>, Event)> {
+        honest.d.envelopes()[usize::try_from(v).expect("small")..]
+            .iter()
+            .map(|e| (e.actor.clone(), e.causation, e.event.clone()))
+            .collect()
+    };
+    let approve = |s: &mut Sim, n: u8, role: &str| {
+        let h = s.state().requests[&rid(1)].allocations_hash;
+        s.run(
+            as_(n, role),
+            Command::Approve {
+                request: rid(1),
+                allocations_hash: h,
+            },
+        )
+        .expect("approved");
+    };
+
+    let base = || market_with(79, policy("marketplace")).expect("market");
+    let mut honest = base();
+    let v = honest.state().version;
+    honest
+        .run(
+            as_(SELLER, "seller"),
+            Command::RequestRelease {
+                request: rid(1),
+                allocations: vec![Allocation {
+                    party: pid(SELLER),
+                    amount: usd("120.00"),
+                }],
+            },
+        )
+        .expect("requested");
+    approve(&mut honest, BUYER, "buyer");
+    let recorded = recorded_after(&honest, v);
+    assert!(
+        matches!(recorded[1].2, Event::FeeAssessed(_)),
+        "{recorded:?}"
+    );
+    let s = base();
+    replay(&forge_each(&s, recorded.clone())).expect("the honest events fold");
+    let mut without = recorded;
+    without.remove(1);
+    refused_at(&forge_each(&s, without), v + 3, "fee_missing");
+
+    // The escrow fee of the milestone policy: 0.5 % plus 25.00 on the first release.
+    let base = || {
+        let mut s = milestones(80).expect("milestones");
+        ms_fund(&mut s, "wire-1", "30000.00").expect("funded");
+        ms_fund(&mut s, "wire-2", "30000.00").expect("funded");
+        s
+    };
+    let mut honest = base();
+    let v = honest.state().version;
+    ms_release(&mut honest, 1, "10000.00").expect("requested");
+    approve(&mut honest, CLIENT, "client");
+    approve(&mut honest, INSPECTOR, "inspector");
+    let recorded = recorded_after(&honest, v);
+    let s = base();
+    replay(&forge_each(&s, recorded.clone())).expect("the honest events fold");
+    let mut no_fixed = recorded;
+    let Event::FeeAssessed(f) = &mut no_fixed[1].2 else {
+        panic!("a fee after the request: {no_fixed:?}")
+    };
+    assert_eq!(f.amount, usd("75.00"), "50 bps of 10,000.00 + 25.00");
+    *f = FeeAssessed {
+        amount: usd("50.00"),
+        ..f.clone()
+    };
+    let authorized = no_fixed.len() as u64;
+    refused_at(
+        &forge_each(&s, no_fixed),
+        v + authorized,
+        "the policy charges 75.00 USD",
+    );
+}

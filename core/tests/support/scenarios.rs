@@ -1365,7 +1365,7 @@ pub fn mp_card_declined_twice_expires() -> R<Vector> {
 
 // ---------------------------------------------------------------- milestones
 
-fn milestones(n: u8) -> R<Sim> {
+pub fn milestones(n: u8) -> R<Sim> {
     let mut s = Sim::new("milestone-escrow", n);
     let cl = || as_(CLIENT, "client");
     s.run(
@@ -1389,7 +1389,7 @@ fn milestones(n: u8) -> R<Sim> {
     Ok(s)
 }
 
-fn ms_fund(s: &mut Sim, r: &str, amount: &str) -> R {
+pub fn ms_fund(s: &mut Sim, r: &str, amount: &str) -> R {
     s.run(
         as_(CLIENT, "client"),
         Command::SubmitFunding {
@@ -1401,7 +1401,7 @@ fn ms_fund(s: &mut Sim, r: &str, amount: &str) -> R {
     s.notice(r, settled())
 }
 
-fn ms_release(s: &mut Sim, req: u8, amount: &str) -> R {
+pub fn ms_release(s: &mut Sim, req: u8, amount: &str) -> R {
     s.run(
         as_(CONTRACTOR, "contractor"),
         Command::RequestRelease {
