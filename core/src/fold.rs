@@ -18,7 +18,7 @@ use crate::history::{self, RawRecord};
 use crate::id::{derive, LegId, PartyId};
 use crate::ledger::{Account, Ledger};
 use crate::money::Money;
-use crate::policy::BorneBy;
+use crate::policy::{BorneBy, OnDeadlineMissed};
 use crate::state::*;
 
 /// From this instant (2026-11-28T00:00:00Z) payments are opened with
@@ -392,6 +392,9 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             }
             if s.rail_refs.contains_key(&e.rail_ref) {
                 return Err(bad(format!("rail reference `{}` already used", e.rail_ref)));
+            }
+            if s.opened_under >= 2 {
+                check_funding_taken(s, env, e)?;
             }
             // Notices the rail sent before this transfer was recorded are applied by the
             // events that follow in the same command (as the rail's).
@@ -1213,6 +1216,38 @@ fn check_fees_assessed(s: &PaymentState, r: &Request) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// In a v2 payment, funding as `submit_funding` takes it: after the terms and until
+/// fully funded, not once wound down, the whole remainder where the policy takes no
+/// partial funding, and not after a deadline that expires the payment.
+fn check_funding_taken(s: &PaymentState, env: &Envelope, e: &FundingSubmitted) -> Result<()> {
+    let f = &s.policy_doc.funding;
+    let open = matches!(
+        s.status,
+        Status::AwaitingFunds | Status::FundingInFlight | Status::Funded
+    );
+    if !open || s.cancelled || s.expired {
+        return Err(bad(format!(
+            "funding is accepted once terms are agreed and until fully funded, not while \
+             the payment is {:?} (invalid_state)",
+            s.status
+        )));
+    }
+    let remaining = s.remaining_to_fund()?;
+    if !f.allow_partial && e.amount != remaining {
+        return Err(bad(format!(
+            "funding of {} where the policy takes the whole {remaining} at once \
+             (partial_funding_not_allowed)",
+            e.amount
+        )));
+    }
+    match s.funding.deadline {
+        Some(d) if env.at > d && f.on_deadline_missed == OnDeadlineMissed::Expire => Err(bad(
+            format!("funding submitted after the deadline {d} (deadline_passed)"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A release's allocations total at most the policy's `release.max_per_release`.

@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::forge::{auto_released, auto_released_with, forge, forge_each};
+use support::forge::{auto_released, auto_released_with, forge, forge_at, forge_each};
 use support::scenarios::{
     as_, earnest_held, earnest_held_with, pid, policy, refunds_without_approvals, rid, usd, Sim,
     BUYER, BUYER_AGENT, ESCROW, LISTING_AGENT, SELLER,
@@ -659,5 +659,73 @@ fn a_release_carries_every_fee_of_the_policy() {
         &forge_each(&s, no_fixed),
         v + authorized,
         "the policy charges 75.00 USD",
+    );
+}
+
+/// Funding comes as `decide` takes it: the whole remainder where the policy takes no
+/// partial funding, after the terms are agreed, and not after a deadline that expires
+/// the payment. Histories recording otherwise do not fold.
+#[test]
+fn funding_comes_as_the_policy_takes_it() {
+    use support::scenarios::{earnest_with, Sim};
+    use trustfold_core::event::FundingSubmitted;
+    use trustfold_core::policy::OnDeadlineMissed;
+    let funded = |amount: &str, r: &str| {
+        Event::FundingSubmitted(FundingSubmitted {
+            leg: trustfold_core::id::LegId::from_bytes([0x1e; 16]),
+            amount: usd(amount),
+            rail: Rail::Wire,
+            rail_ref: r.into(),
+        })
+    };
+    let buyer = || as_(BUYER, "buyer");
+    let last_at = |s: &Sim| s.d.envelopes().last().expect("events").at;
+    let mut p = policy("earnest-money");
+    p.funding.on_deadline_missed = OnDeadlineMissed::Expire;
+    let s = earnest_with(81, p).expect("agreed");
+    let v = s.state().version;
+    let deadline = s.state().funding.deadline.expect("a deadline once agreed");
+    // The whole 5,000.00 at once, before the deadline: folds.
+    replay(&forge(&s, buyer(), vec![funded("5000.00", "w-1")])).expect("honest");
+    refused_at(
+        &forge(&s, buyer(), vec![funded("1000.00", "w-1")]),
+        v + 1,
+        "partial_funding_not_allowed",
+    );
+    refused_at(
+        &forge_at(
+            &s,
+            deadline.add_hours(1),
+            buyer(),
+            vec![funded("5000.00", "w-1")],
+        ),
+        v + 1,
+        "deadline_passed",
+    );
+    assert!(last_at(&s) <= deadline);
+    // Before the terms are agreed.
+    let mut draft = Sim::new("earnest-money", 82);
+    draft
+        .run(
+            as_(LISTING_AGENT, "listing_agent"),
+            Command::Initiate {
+                payment: draft.d.payment(),
+                tenant: TenantId::from_bytes([0x7e; 16]),
+                policy: Box::new(policy("earnest-money")),
+                amount: usd("5000.00"),
+                description: "123 Main St".into(),
+                roles: vec![Role::new("listing_agent")],
+                name: "Lee Lister".into(),
+            },
+        )
+        .expect("opened");
+    refused_at(
+        &forge(
+            &draft,
+            as_(LISTING_AGENT, "listing_agent"),
+            vec![funded("5000.00", "w-1")],
+        ),
+        2,
+        "not while the payment is Draft (invalid_state)",
     );
 }

@@ -25,6 +25,22 @@ pub fn forge(s: &Sim, actor: Actor, events: Vec<Event>) -> Vec<u8> {
 
 /// [`forge`] with each event's own actor and causation.
 pub fn forge_each(s: &Sim, events: Vec<(Actor, Option<uuid::Uuid>, Event)>) -> Vec<u8> {
+    let last = s.d.envelopes().last().expect("events").at;
+    forge_each_at(s, last, events)
+}
+
+/// [`forge`] recorded at `at` (the others take the time of the last event of `s`).
+pub fn forge_at(s: &Sim, at: Timestamp, actor: Actor, events: Vec<Event>) -> Vec<u8> {
+    let cause = Some(uuid::Uuid::from_bytes([0xcc; 16]));
+    let events = events.into_iter().map(|e| (actor.clone(), cause, e));
+    forge_each_at(s, at, events.collect())
+}
+
+fn forge_each_at(
+    s: &Sim,
+    at: Timestamp,
+    events: Vec<(Actor, Option<uuid::Uuid>, Event)>,
+) -> Vec<u8> {
     let mut sealed = s.d.sealed().to_vec();
     let last = s.d.envelopes().last().expect("events").clone();
     for (i, (actor, causation, event)) in events.into_iter().enumerate() {
@@ -36,6 +52,7 @@ pub fn forge_each(s: &Sim, events: Vec<(Actor, Option<uuid::Uuid>, Event)>) -> V
             actor,
             causation,
             event,
+            at,
             ..last.clone()
         };
         sealed.push(env.seal());
