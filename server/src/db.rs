@@ -256,6 +256,14 @@ CREATE INDEX held_rail_notices_heads ON held_rail_notices (tenant_id, rail_ref, 
     r#"
 ALTER TABLE webhooks ADD COLUMN previous_secrets TEXT NOT NULL DEFAULT '[]'
 "#,
+    // The format the read models were built in (`projections::READ_MODEL_FORMAT`): a
+    // build whose fold or state JSON reads stored events differently rebuilds them.
+    r#"
+CREATE TABLE projection_format (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    format {INT} NOT NULL
+)
+"#,
 ];
 
 /// Whether `table` has `column`, as SQL with those two parameters, per engine: the

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
@@ -72,6 +72,13 @@ fn tables_of(name: &str) -> &'static [&'static str] {
 /// Events read per projection batch.
 const BATCH: u32 = 256;
 
+/// The format of the read models. Bump it with any change to what they hold for events
+/// already stored: the fold's rules (a status or balance a stored history now folds
+/// to), the state JSON, or a projection's rows. A server finding read models of an
+/// older format at start rebuilds them from the log (see [`Projector::init`]);
+/// databases before this mark have none and are rebuilt once.
+pub const READ_MODEL_FORMAT: i64 = 1;
+
 /// One row change.
 #[derive(Debug, Clone)]
 enum Op {
@@ -116,6 +123,9 @@ pub struct Projector {
     appended: AtomicU64,
     /// PostgreSQL: whether this process holds [`LEADER_LOCK`], on which connection.
     leader: Mutex<Leader>,
+    /// Whether `leader` holds the lock, readable without waiting for the mutex (which
+    /// is held through the leader's network round trips).
+    leads: AtomicBool,
 }
 
 /// The projection leadership of a PostgreSQL process.
@@ -144,6 +154,7 @@ impl Projector {
             done: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             leader: Mutex::new(Leader::default()),
+            leads: AtomicBool::new(false),
         }
     }
 
@@ -172,6 +183,7 @@ impl Projector {
             }
             tracing::warn!("lost the projection leader's connection");
             *leader = Leader::default();
+            self.leads.store(false, Ordering::Release);
         }
         if leader.tried.is_some_and(|t| t.elapsed() < LEADER_RETRY) {
             return false;
@@ -220,6 +232,7 @@ impl Projector {
             Ok(true) => {
                 tracing::info!("this process now runs the background projection");
                 leader.holds = true;
+                self.leads.store(true, Ordering::Release);
                 true
             }
             Ok(false) => false,
@@ -240,8 +253,55 @@ impl Projector {
         self.catch_up().await
     }
 
-    /// Makes sure every projection has a checkpoint row.
+    /// Makes sure every projection has a checkpoint row, and rebuilds the read models
+    /// (from the next catch-up) when they were built in a format older than
+    /// [`READ_MODEL_FORMAT`].
     pub async fn init(&self) -> Result<(), LoadError> {
+        self.init_checkpoints().await?;
+        let stored: Option<i64> = on_read!(&self.db, pool => {
+            sqlx::query_scalar("SELECT format FROM projection_format WHERE id = 1")
+                .fetch_optional(pool)
+                .await
+                .map_err(crate::StoreError::from)?
+        });
+        match stored {
+            Some(f) if f == READ_MODEL_FORMAT => {}
+            // A newer build wrote them (a rolling upgrade, or a rollback): left alone,
+            // so two builds on one database do not take turns wiping them.
+            Some(f) if f > READ_MODEL_FORMAT => {
+                tracing::warn!(
+                    stored = f,
+                    ours = READ_MODEL_FORMAT,
+                    "the read models were built by a newer server; left as they are"
+                );
+            }
+            _ => {
+                tracing::info!(
+                    stored = ?stored,
+                    ours = READ_MODEL_FORMAT,
+                    "the read models were built in an older format: rebuilding them from \
+                     the log"
+                );
+                // Reset first, then the mark: a crash between the two resets again at
+                // the next start, never leaves old rows marked as current.
+                self.reset(PROJECTIONS).await?;
+                on_write!(&self.db, pool => {
+                    sqlx::query(
+                        "INSERT INTO projection_format (id, format) VALUES (1, $1) \
+                         ON CONFLICT (id) DO UPDATE SET format = excluded.format \
+                         WHERE projection_format.format < excluded.format",
+                    )
+                    .bind(READ_MODEL_FORMAT)
+                    .execute(pool)
+                    .await
+                    .map_err(crate::StoreError::from)?;
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn init_checkpoints(&self) -> Result<(), LoadError> {
         for name in PROJECTIONS {
             on_write!(&self.db, pool => {
                 sqlx::query(
@@ -284,7 +344,7 @@ impl Projector {
         if self.done.load(Ordering::Acquire) >= position {
             return Ok(());
         }
-        if self.db.is_postgres() && !self.leader.lock().await.holds {
+        if self.db.is_postgres() && !self.leads.load(Ordering::Acquire) {
             // Another process projects: give it a moment to pass `position`.
             let start = Instant::now();
             loop {
@@ -332,8 +392,8 @@ impl Projector {
                 .map_err(crate::StoreError::from)?
         });
         let last = last.and_then(|p| u64::try_from(p).ok()).unwrap_or(0);
-        self.catch_up_to(last.max(self.appended.load(Ordering::Acquire)))
-            .await
+        // `last` covers this process's own appends of the tenant too.
+        self.catch_up_to(last).await
     }
 
     /// Applies every event after the checkpoints; returns how many events were read.
@@ -351,6 +411,11 @@ impl Projector {
             let old = self.checkpoints().await?;
             let from = old.iter().copied().min().unwrap_or(0);
             self.done.fetch_max(from, Ordering::AcqRel);
+            // A read waits for its position only: another process (or pass) may have
+            // got there, and the rest of the log is the background projector's.
+            if upto.is_some_and(|p| from >= p) {
+                return Ok(total);
+            }
             let events = self.store.read_all_tenants(from, BATCH).await?;
             if events.is_empty() {
                 return Ok(total);
@@ -376,6 +441,9 @@ impl Projector {
             }
             let reached = new.iter().copied().min().unwrap_or(0);
             self.done.fetch_max(reached, Ordering::AcqRel);
+            if upto.is_some_and(|p| reached >= p) {
+                return Ok(total);
+            }
             // A short page was the end of the log when it was read.
             if events.len() < BATCH as usize {
                 return Ok(total);

@@ -1391,12 +1391,9 @@ pub async fn get_payment(
     let tenant = principal.tenant();
     let (version, body) = match &principal {
         Principal::Tenant { .. } => {
-            // The state has the log to fall back on (below): a read model that cannot
-            // be brought up to date (a projection failing to write) costs this read a
-            // fold, not an error.
-            if let Err(e) = state.projector.read_own_writes().await {
-                tracing::warn!(error = %e, "read models not caught up; the state is folded from the log");
-            }
+            // No wait for the read models: a summary behind the stream's head gives way
+            // to the state folded from the log (below), so a projection running late
+            // (or failing to write) costs this read a fold, not a wait or an error.
             let row: Option<(i64, String)> = on_read!(&state.db, pool => {
                 sqlx::query_as(
                     "SELECT version, state FROM payment_summary WHERE payment_id = $1 \
@@ -1410,11 +1407,10 @@ pub async fn get_payment(
             });
             let projected = match row {
                 Some((v, s)) => {
-                    // The read model waits for this process's own appends only: another
-                    // process's command, acknowledged a moment ago, may not be projected
-                    // yet. A summary behind the stream's head gives way to the state
-                    // folded from the log, so a read after a command sees it whichever
-                    // process took the command.
+                    // A command acknowledged a moment ago (by this process or another)
+                    // may not be projected yet: a summary behind the stream's head gives
+                    // way to the state folded from the log, so a read after a command
+                    // sees it whichever process took the command.
                     let v = u64::try_from(v).unwrap_or(0);
                     let head = state.store.stream_head(tenant, payment).await?;
                     head.is_none_or(|h| h.version <= v)
