@@ -1065,18 +1065,40 @@ fn rules(em: &mut Emitter<'_>, cmd: &Command) -> Result<()> {
             })
         }
         Command::CancelRequest { request, reason } => {
-            match em.state.requests.get(request) {
+            let kind = match em.state.requests.get(request) {
                 Some(r)
                     if matches!(
                         r.status,
                         RequestStatus::AwaitingApprovals | RequestStatus::Authorized
-                    ) => {}
+                    ) =>
+                {
+                    r.kind
+                }
                 _ => {
                     return reject(
                         "unknown_request",
                         format!("request {request} cannot be cancelled"),
                     )
                 }
+            };
+            // Only a role that may ask for this kind of request calls one off: a role
+            // that may only ask for refunds does not undo a release its approvers
+            // authorized, nor the other way round.
+            let perms = &em.state.policy_doc.permissions;
+            let (may, what) = match kind {
+                RequestKind::Release => (&perms.request_release, "release"),
+                RequestKind::Refund => (&perms.request_refund, "refund"),
+            };
+            if !may.contains(&em.ctx.actor.role) {
+                return reject(
+                    "not_permitted",
+                    format!(
+                        "role `{}` may not cancel a {what}: only a role that may request \
+                         one ({})",
+                        em.ctx.actor.role,
+                        may.iter().map(Role::as_str).collect::<Vec<_>>().join(", ")
+                    ),
+                );
             }
             em.emit(RequestCancelled {
                 request: *request,

@@ -1975,3 +1975,54 @@ fn role_locked_also_for_a_party_invited_before_the_money_that_joins_after() {
         },
     );
 }
+
+// ---------------------------------------------------------------- calling requests off
+
+#[test]
+fn not_permitted_to_cancel_another_kind_of_request() {
+    // The client may ask for refunds, the contractor for releases: neither calls off the
+    // other's request, least of all one its approvers authorized.
+    let mut s = milestones_held(130);
+    ok(
+        &mut s,
+        contractor(),
+        release(1, &[(CONTRACTOR, "20000.00")]),
+    );
+    for approver in [client(), as_(INSPECTOR, "inspector")] {
+        let a = approval(&s, 1);
+        ok(&mut s, approver, a);
+    }
+    assert_eq!(
+        s.state().requests[&rid(1)].status,
+        RequestStatus::Authorized
+    );
+    let cancel = |n: u8| Command::CancelRequest {
+        request: rid(n),
+        reason: "changed my mind".into(),
+    };
+    refuse(
+        &mut s,
+        client(),
+        cancel(1),
+        "not_permitted",
+        "may not cancel a release: only a role that may request one (contractor)",
+    );
+    // Its own kind it may: the contractor calls the release off.
+    ok(&mut s, contractor(), cancel(1));
+    ok(
+        &mut s,
+        client(),
+        Command::RequestRefund {
+            request: rid(2),
+            amount: Some(usd("1000.00")),
+        },
+    );
+    refuse(
+        &mut s,
+        contractor(),
+        cancel(2),
+        "not_permitted",
+        "may not cancel a refund: only a role that may request one (client)",
+    );
+    ok(&mut s, client(), cancel(2));
+}
