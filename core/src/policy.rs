@@ -733,7 +733,11 @@ impl Policy {
     ///   `funding.amount.min` above `limits.max_payment`, a funding deadline of 0 days, or
     ///   one anchored on `agreed` with no `agreement` role (it would never be set);
     /// - a fee to an optional role (`fees[i].to_role`): every release fails
-    ///   (`fee_recipient_missing`) while nobody holds it.
+    ///   (`fee_recipient_missing`) while nobody holds it;
+    /// - an `all_of` approval naming an optional role, an `n_of` with fewer than `n`
+    ///   required roles (`release.approvals`, `refund.approvals`), or disputes with no
+    ///   required resolving role (`permissions.resolve`): nobody may join a role that
+    ///   approves or resolves once money is held (`role_locked`).
     ///
     /// [`Policy::check_payment_amount`] refuses, when a payment is opened, an amount not
     /// above the policy's fixed fees.
@@ -941,6 +945,61 @@ impl Policy {
                     ),
                 ));
             }
+        }
+        self.check_money_roles_held()
+    }
+
+    /// The roles whose say money waits for are held once money is in: no one may be
+    /// invited into them then (`role_locked`), so an optional approver or resolver
+    /// left unheld would hold the money for good. An `all_of` names required roles
+    /// only, an `n_of` at least `n` of them, and a dispute has a required resolver.
+    fn check_money_roles_held(&self) -> Result<()> {
+        let required = |r: &Role| self.roles.get(r).is_some_and(|rule| rule.required);
+        for (field, approvals) in [
+            ("release.approvals", &self.release.approvals),
+            ("refund.approvals", &self.refund.approvals),
+        ] {
+            match approvals {
+                Approvals::None => {}
+                Approvals::AllOf(roles) => {
+                    if let Some(role) = roles.iter().find(|r| !required(r)) {
+                        return Err(Error::policy(
+                            field,
+                            format!(
+                                "role `{role}` is optional, but every role of all_of must \
+                                 approve and nobody may join it once money is held \
+                                 (role_locked): while no party holds it the money could \
+                                 never move; make `{role}` required or drop it"
+                            ),
+                        ));
+                    }
+                }
+                Approvals::NOf { n, roles } => {
+                    let held = roles.iter().filter(|r| required(r)).count();
+                    if held < usize::try_from(*n).unwrap_or(usize::MAX) {
+                        return Err(Error::policy(
+                            field,
+                            format!(
+                                "n_of needs {n} approvals but only {held} of its roles are \
+                                 required: nobody may join a role that approves once money \
+                                 is held (role_locked), so with the optional ones unheld \
+                                 the money could never move; make at least {n} of them \
+                                 required"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let p = &self.permissions;
+        if !p.dispute.is_empty() && !p.resolve.iter().any(required) {
+            return Err(Error::policy(
+                "permissions.resolve",
+                "no role here is required: a dispute holds the money until it is resolved, \
+                 and nobody may join a resolving role once money is held (role_locked), so \
+                 a dispute with no resolver held would keep the funds for good; make a \
+                 resolving role required",
+            ));
         }
         Ok(())
     }

@@ -160,9 +160,29 @@ fn the_roles_that_move_money_can_be_held() {
     p["permissions"]["request_refund"] = json!(["client"]);
     p["permissions"]["resolve"] = json!(["platform"]);
     refused(&p, "permissions.resolve", "make `platform` required");
-    // An optional role is fine once some role may invite.
+    // An optional role is fine once some role may invite…
     p["permissions"]["invite"] = json!(["client"]);
+    p["permissions"]["resolve"] = json!(["arbiter"]);
+    p["permissions"]["request_refund"] = json!(["platform"]);
     accepted(&p);
+    // …but not where money waits for it: nobody may join a resolving or approving role
+    // once money is held (role_locked), so left unheld it would keep the money.
+    p["permissions"]["resolve"] = json!(["platform"]);
+    refused(&p, "permissions.resolve", "make a resolving role required");
+    p["permissions"]["resolve"] = json!(["platform", "arbiter"]);
+    accepted(&p);
+    p["release"]["approvals"] = json!({"n_of": {"n": 2, "roles": ["client", "platform"]}});
+    refused(
+        &p,
+        "release.approvals",
+        "n_of needs 2 approvals but only 1 of its roles are required",
+    );
+    p["release"]["approvals"] =
+        json!({"n_of": {"n": 2, "roles": ["client", "inspector", "platform"]}});
+    accepted(&p);
+    let mut p = example("earnest-money");
+    p["refund"]["approvals"] = json!({"all_of": ["buyer", "buyer_agent"]});
+    refused(&p, "refund.approvals", "role `buyer_agent` is optional");
 }
 
 // ---------------------------------------------------------------- approvals and views

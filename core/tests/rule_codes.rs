@@ -1862,20 +1862,43 @@ fn a_stored_authorization_by_one_party_in_two_roles_still_folds() {
 
 #[test]
 fn all_of_over_many_interchangeable_roles_is_decided_at_once() {
-    // Twelve roles every approver holds, plus one nobody holds: a search that tried
-    // every assignment would take 12! steps on each approval (hours: the test would
-    // not end); the matching by augmenting paths takes a few hundred.
+    // Twelve roles every approver holds, plus one whose holder does not approve: a
+    // search that tried every assignment would take 12! steps on each approval (hours:
+    // the test would not end); the matching by augmenting paths takes a few hundred.
     let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
     let mut doc = serde_json::to_value(policy("earnest-money")).expect("json");
     for n in &names {
-        doc["roles"][n] = serde_json::json!({"required": false, "max": 12});
+        doc["roles"][n] = serde_json::json!({"required": true, "max": 12});
     }
-    doc["roles"]["x"] = serde_json::json!({"required": false, "max": 1});
+    doc["roles"]["x"] = serde_json::json!({"required": true, "max": 1});
     let mut all: Vec<String> = names.clone();
     all.push("x".into());
     doc["release"]["approvals"] = serde_json::json!({ "all_of": all });
     let p: Policy = serde_json::from_value(doc).expect("policy");
-    let mut s = scenarios::earnest_with(150, p).expect("awaiting funds");
+    // Every role is required: the payment waits in Draft until all are held.
+    let mut s = Sim::new("earnest-money", 150);
+    let payment = s.d.payment();
+    ok(
+        &mut s,
+        listing_agent(),
+        Command::Initiate {
+            payment,
+            tenant: TenantId::from_bytes([0x7e; 16]),
+            policy: Box::new(p),
+            amount: usd("5000.00"),
+            description: "Earnest money, 12 Elm St".into(),
+            roles: vec![Role::new("listing_agent")],
+            name: "Lee Listing".into(),
+        },
+    );
+    for (n, role, name) in [
+        (BUYER, "buyer", "Bea Buyer"),
+        (SELLER, "seller", "Sol Seller"),
+        (ESCROW, "escrow_holder", "Esme Escrow"),
+    ] {
+        s.invite_join(listing_agent(), n, role, name)
+            .expect("invited");
+    }
     let roles: Vec<Role> = names.iter().map(Role::new).collect();
     for k in 0..12u8 {
         ok(
@@ -1890,6 +1913,11 @@ fn all_of_over_many_interchangeable_roles_is_decided_at_once() {
         );
         ok(&mut s, as_(60 + k, "r0"), Command::Join);
     }
+    s.invite_join(listing_agent(), 59, "x", "Party X")
+        .expect("invited");
+    s.agree(BUYER, "buyer").expect("agreed");
+    s.agree(SELLER, "seller").expect("agreed");
+    assert_eq!(s.status(), Status::AwaitingFunds);
     ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-1"));
     ok(&mut s, Actor::rail(), notice("wire-1", settled()));
     ok(&mut s, escrow(), release(1, &[(SELLER, "5000.00")]));
@@ -1897,7 +1925,7 @@ fn all_of_over_many_interchangeable_roles_is_decided_at_once() {
         let a = approval(&s, 1);
         ok(&mut s, as_(60 + k, "r0"), a);
     }
-    // Every listed role but `x` has a party of its own: not yet authorized.
+    // Every listed role but `x` has an approving party of its own: not yet authorized.
     assert_eq!(
         s.state().requests[&rid(1)].status,
         RequestStatus::AwaitingApprovals
