@@ -732,6 +732,8 @@ impl Policy {
     ///   `max_per_release` below the largest payment allowed (or with no largest one),
     ///   `funding.amount.min` above `limits.max_payment`, a funding deadline of 0 days, or
     ///   one anchored on `agreed` with no `agreement` role (it would never be set);
+    /// - refunds that need approvals while no role may request one
+    ///   (`permissions.request_refund`): cancelling is refused with money held;
     /// - a fee to an optional role (`fees[i].to_role`): every release fails
     ///   (`fee_recipient_missing`) while nobody holds it;
     /// - an `all_of` approval naming an optional role, an `n_of` with fewer than `n`
@@ -1029,6 +1031,15 @@ impl Policy {
                 "permissions.request_refund",
                 "name at least one role here or in permissions.cancel: nobody could refund \
                  or cancel, so held funds could never go back to the payer",
+            ));
+        }
+        if p.request_refund.is_empty() && !matches!(self.refund.approvals, Approvals::None) {
+            return Err(Error::policy(
+                "permissions.request_refund",
+                "name at least one role, or set refund.approvals to none: refunds need \
+                 approvals, so a payment holding money is not cancelled \
+                 (refund_approvals_required), and with nobody to request a refund held \
+                 funds could go back to the payer only through a dispute",
             ));
         }
         if let (Some(opener), true) = (p.dispute.first(), p.resolve.is_empty()) {

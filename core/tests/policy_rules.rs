@@ -110,6 +110,14 @@ fn someone_must_be_able_to_release_unless_the_policy_releases_by_itself() {
 fn someone_must_be_able_to_refund_or_cancel() {
     let mut p = example("earnest-money");
     p["permissions"]["request_refund"] = json!([]);
+    // Refunds need the buyer's and seller's approval: a payment holding money is then
+    // not cancelled (refund_approvals_required), and nobody could ask for a refund.
+    refused(
+        &p,
+        "permissions.request_refund",
+        "or set refund.approvals to none",
+    );
+    p["refund"]["approvals"] = json!("none");
     accepted(&p); // cancelling refunds what is held
     p["permissions"]["cancel"] = json!([]);
     refused(
