@@ -1900,45 +1900,51 @@ fn tick(em: &mut Emitter<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The gross to allocate so that gross plus payer-borne fees uses what is available.
+/// The gross to allocate so that gross plus payer-borne fees uses what is available:
+/// the largest gross whose total fits (fees round, so the total may fall a minor unit
+/// or so short of `available`).
 fn gross_for_full_release(s: &PaymentState, available: Money) -> Result<Money> {
-    let payer_borne: Vec<_> = s
+    if !s
         .policy_doc
         .fees
         .iter()
-        .filter(|f| f.borne_by == BorneBy::Payer)
-        .collect();
-    if payer_borne.is_empty() {
+        .any(|f| f.borne_by == BorneBy::Payer)
+    {
         return Ok(available);
     }
-    // Search down from `available` for the largest gross whose total fits.
-    let mut gross = available;
-    let unit = Money::from_decimal(
-        rust_decimal::Decimal::new(1, available.currency().minor_units()),
-        available.currency(),
-    )?;
-    for _ in 0..10_000 {
-        let fees =
-            fee_lines(s, &gross)?
-                .iter()
-                .try_fold(Money::zero(gross.currency()), |acc, f| {
-                    if f.borne_by == BorneBy::Payer {
-                        acc.checked_add(&f.amount)
-                    } else {
-                        Ok(acc)
-                    }
-                })?;
-        if gross.checked_add(&fees)? <= available {
-            return Ok(gross);
-        }
-        // Jump close to the answer first, then step by the minor unit.
-        let over = gross.checked_add(&fees)?.checked_sub(&available)?;
-        gross = gross.checked_sub(if over > unit { &over } else { &unit })?;
-        if !gross.is_positive() {
-            break;
+    let currency = available.currency();
+    let scale = currency.minor_units();
+    let at = |minor: i128| -> Result<Money> {
+        let amount = rust_decimal::Decimal::try_from_i128_with_scale(minor, scale)
+            .map_err(|_| Error::Overflow)?;
+        Money::from_decimal(amount, currency)
+    };
+    let fits = |gross: &Money| -> Result<bool> {
+        let fees = fee_lines(s, gross)?
+            .iter()
+            .filter(|f| f.borne_by == BorneBy::Payer)
+            .try_fold(Money::zero(currency), |acc, f| acc.checked_add(&f.amount))?;
+        Ok(gross.checked_add(&fees)? <= available)
+    };
+    // A total grows with the gross: search the minor units for the last that fits
+    // (`lo` always fits or is 0, `hi` never fits).
+    let whole = available.amount();
+    let whole = whole.mantissa() * 10i128.pow(scale.saturating_sub(whole.scale()));
+    let (mut lo, mut hi) = (0i128, whole + 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(&at(mid)?)? {
+            lo = mid;
+        } else {
+            hi = mid;
         }
     }
-    reject("insufficient_funds", "held funds do not cover the fees")
+    let gross = at(lo)?;
+    if gross.is_positive() {
+        Ok(gross)
+    } else {
+        reject("insufficient_funds", "held funds do not cover the fees")
+    }
 }
 
 fn fee_lines(s: &PaymentState, gross: &Money) -> Result<Vec<FeeLine>> {
@@ -2077,10 +2083,22 @@ fn check_release(s: &PaymentState, allocations: &[Allocation], by_resolver: bool
                 acc.checked_add(&f.amount)
             })?;
         let uses = total.checked_add(&payer_fees)?;
-        if !s.policy_doc.release.partial && uses != available && total != available {
+        // Everything at once: the gross plus its payer-borne fees use what is held, or
+        // the gross is the largest whose total fits (rounding may leave no gross whose
+        // total is exact, as the automatic release finds too).
+        let full = gross_for_full_release(s, available).ok();
+        if !s.policy_doc.release.partial
+            && uses != available
+            && total != available
+            && full != Some(total)
+        {
             return reject(
                 "partial_release_not_allowed",
-                format!("the policy releases everything at once: allocate {available}"),
+                format!(
+                    "the policy releases everything at once: allocate {} (what is held, \
+                     {available}, less the fees the payer bears)",
+                    full.unwrap_or(available)
+                ),
             );
         }
     }

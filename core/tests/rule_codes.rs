@@ -2054,3 +2054,47 @@ fn not_permitted_to_cancel_another_kind_of_request() {
     );
     ok(&mut s, client(), cancel(2));
 }
+
+// ---------------------------------------------------------------- everything at once
+
+#[test]
+fn partial_release_not_allowed_accepts_the_largest_gross_that_fits() {
+    // 13 % borne by the payer on 120.00 held: no gross plus its rounded fee comes to
+    // exactly 120.00 (106.19 + 13.80 = 119.99, 106.20 + 13.81 = 120.01), so "everything
+    // at once" is the largest gross that fits, as the automatic release takes it.
+    let mut p = policy("marketplace");
+    p.fees[0].bps = 1300;
+    p.fees[0].borne_by = trustfold_core::policy::BorneBy::Payer;
+    let mut s = scenarios::market_with(131, p).expect("held");
+    assert_eq!(s.balance(Account::Escrow), "120.00");
+    refuse(
+        &mut s,
+        seller(),
+        release(1, &[(SELLER, "100.00")]),
+        "partial_release_not_allowed",
+        "releases everything at once",
+    );
+    refuse(
+        &mut s,
+        seller(),
+        release(1, &[(SELLER, "106.20")]),
+        "partial_release_not_allowed",
+        "allocate 106.19 USD (what is held, 120.00 USD, less the fees the payer bears)",
+    );
+    ok(&mut s, seller(), release(1, &[(SELLER, "106.19")]));
+}
+
+#[test]
+fn the_automatic_release_takes_the_largest_gross_that_fits() {
+    // As above, by the clock: 106.19 + 13.80 of the 120.00 held (a search that jumped
+    // down by the overshoot stopped at 104.40, leaving 2.03 behind).
+    let mut p = policy("marketplace");
+    p.fees[0].bps = 1300;
+    p.fees[0].borne_by = trustfold_core::policy::BorneBy::Payer;
+    let mut s = scenarios::market_with(132, p).expect("held");
+    s.hours(72);
+    ok(&mut s, Actor::system(), Command::Tick);
+    let (_, r) = s.state().open_request().expect("the automatic release");
+    assert_eq!(r.amount, usd("106.19"));
+    assert_eq!(r.fees[0].amount, usd("13.80"));
+}
