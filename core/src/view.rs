@@ -199,6 +199,10 @@ const REQUEST_EVENTS: &[&str] = &[
     "RefundAuthorized",
     "RequestCancelled",
     "FeeAssessed",
+    // A disbursement carries out a request (its id, rail and any failure).
+    "DisbursementSubmitted",
+    "DisbursementSettled",
+    "DisbursementFailed",
 ];
 /// A request's `mandate` when it carries out a dispute's resolution.
 const DISPUTE_MANDATE: &str = "dispute_resolution";

@@ -95,7 +95,13 @@ fn hiding_requests_or_disputes_hides_their_events_too() {
     .expect("json");
     let seen = types(&seen);
     assert!(seen.contains(&"DisputeOpened".to_owned()), "{seen:?}");
-    for hidden in ["ReleaseRequested", "ApprovalGranted", "ReleaseAuthorized"] {
+    for hidden in [
+        "ReleaseRequested",
+        "ApprovalGranted",
+        "ReleaseAuthorized",
+        "DisbursementSubmitted",
+        "DisbursementSettled",
+    ] {
         assert!(!seen.iter().any(|t| t == hidden), "{hidden} in {seen:?}");
     }
     policy.visibility.insert(
