@@ -1476,6 +1476,48 @@ fn signed_json(
 /// (each `PaymentInitiated` embeds its policy) ends early, with `has_more`.
 const PAGE_BYTES: usize = 4 << 20;
 
+/// Reads the events of a page of at most `limit` after `after` (plus one, to tell
+/// whether there are more) in chunks, stopping once their bodies pass [`PAGE_BYTES`]:
+/// a page of large events (policies embedded) no longer loads a thousand of them to
+/// answer sixteen. `fetch(after, n)` reads `n` events after a key; `key` is an event's
+/// key (its `seq` in a stream, its `position` in the feed).
+async fn read_page<F, Fut>(
+    mut fetch: F,
+    after: u64,
+    limit: u32,
+    key: fn(&StoredEvent) -> u64,
+) -> Result<Vec<StoredEvent>, StoreError>
+where
+    F: FnMut(u64, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<StoredEvent>, StoreError>>,
+{
+    /// The first chunk: a page of 100 ordinary events is read in two reads, and one
+    /// of the largest events (policies of up to 256 KiB) loads at most 16 MiB.
+    const FIRST: usize = 64;
+    let want = limit as usize + 1;
+    let (mut out, mut bytes, mut from) = (Vec::new(), 0usize, after);
+    let mut n = want.min(FIRST);
+    loop {
+        let chunk = fetch(from, u32::try_from(n).unwrap_or(u32::MAX)).await?;
+        let short = chunk.len() < n;
+        for e in chunk {
+            bytes = bytes.saturating_add(e.body.len());
+            from = key(&e);
+            out.push(e);
+        }
+        if short || out.len() >= want || bytes > PAGE_BYTES {
+            return Ok(out);
+        }
+        // As many more as the budget left holds at the average size so far (and one
+        // more, to pass it), but never more than read so far: small events then large
+        // ones load at most about twice what a page holds.
+        let average = (bytes / out.len()).max(1);
+        n = ((PAGE_BYTES - bytes) / average + 1)
+            .min(out.len())
+            .clamp(1, want - out.len());
+    }
+}
+
 /// How many of the fetched events (bodies of these sizes) a page of at most `limit`
 /// takes: all up to the limit, unless their bodies pass [`PAGE_BYTES`].
 fn page_len(sizes: impl Iterator<Item = usize>, limit: u32) -> usize {
@@ -1520,10 +1562,14 @@ pub async fn get_events(
             Some((st, roles))
         }
     };
-    let mut events = state
-        .store
-        .read_stream(tenant, payment, after, limit + 1)
-        .await?;
+    let store = &state.store;
+    let mut events = read_page(
+        |from, n| store.read_stream(tenant, payment, from, n),
+        after,
+        limit,
+        |e| e.seq,
+    )
+    .await?;
     let keep = page_len(events.iter().map(|e| e.body.len()), limit);
     let has_more = events.len() > keep;
     events.truncate(keep);
@@ -1688,7 +1734,14 @@ pub async fn get_feed(
     let q = params(query)?;
     let after = param_u64(&q, "after")?.unwrap_or(0);
     let limit = limit_param(&q, 100, 1000)?;
-    let mut events = state.store.read_all(tenant, after, limit + 1).await?;
+    let store = &state.store;
+    let mut events = read_page(
+        |from, n| store.read_all(tenant, from, n),
+        after,
+        limit,
+        |e| e.position,
+    )
+    .await?;
     let keep = page_len(events.iter().map(|e| e.body.len()), limit);
     let has_more = events.len() > keep;
     events.truncate(keep);
@@ -2208,7 +2261,74 @@ pub async fn revoke_tokens(
 
 #[cfg(test)]
 mod tests {
-    use super::{mask_amounts, mask_digests, page_len, PAGE_BYTES};
+    use super::{mask_amounts, mask_digests, page_len, read_page, PAGE_BYTES};
+    use crate::StoredEvent;
+
+    /// `read_page` over a log of events with these body sizes (keys 1, 2, …), then
+    /// `page_len`: the page's keys, whether more were read, and the rows fetched.
+    async fn paged(sizes: &[usize], after: u64, limit: u32) -> (Vec<u64>, bool, usize) {
+        let fetched = std::cell::Cell::new(0usize);
+        let log: Vec<StoredEvent> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| StoredEvent {
+                tenant_id: uuid::Uuid::nil(),
+                stream_id: uuid::Uuid::nil(),
+                seq: i as u64 + 1,
+                event_id: uuid::Uuid::nil(),
+                event_type: "X".into(),
+                schema_version: 1,
+                body: vec![b' '; size],
+                hash: [0; 32],
+                recorded_at: std::time::UNIX_EPOCH,
+                position: i as u64 + 1,
+            })
+            .collect();
+        let read = read_page(
+            |from, n| {
+                let chunk: Vec<StoredEvent> = log
+                    .iter()
+                    .filter(|e| e.seq > from)
+                    .take(n as usize)
+                    .cloned()
+                    .collect();
+                fetched.set(fetched.get() + chunk.len());
+                async move { Ok(chunk) }
+            },
+            after,
+            limit,
+            |e| e.seq,
+        )
+        .await
+        .expect("read");
+        let keep = page_len(read.iter().map(|e| e.body.len()), limit);
+        let seqs = read[..keep].iter().map(|e| e.seq).collect();
+        (seqs, read.len() > keep, fetched.get())
+    }
+
+    #[tokio::test]
+    async fn pages_are_read_in_chunks_up_to_the_byte_budget() {
+        // A thousand events of 256 KiB (a policy as large as a body may be): a page of
+        // 1,000 holds 16 (4 MiB) and reads a few more, not 1,001.
+        let (seqs, more, fetched) = paged(&[256 << 10; 1000], 0, 1000).await;
+        assert_eq!((seqs, more), ((1..=16).collect::<Vec<_>>(), true));
+        assert_eq!(fetched, 64);
+        // Small ones: the whole page and one more (to tell there are more), in order.
+        let (seqs, more, fetched) = paged(&[500; 3000], 10, 1000).await;
+        assert_eq!((seqs, more), ((11..=1010).collect::<Vec<_>>(), true));
+        assert_eq!(fetched, 1001);
+        // The end of the log.
+        assert_eq!(
+            paged(&[500; 30], 25, 100).await,
+            (vec![26, 27, 28, 29, 30], false, 5)
+        );
+        // Small, then large: a chunk is never larger than what was read before it.
+        let mut sizes = vec![100; 40];
+        sizes.extend([256 << 10; 100]);
+        let (seqs, more, fetched) = paged(&sizes, 0, 1000).await;
+        assert_eq!((seqs.len(), more), (40 + 15, true));
+        assert!(fetched < 80, "{fetched} rows fetched");
+    }
 
     #[test]
     fn digests_in_messages_are_masked() {
