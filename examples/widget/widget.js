@@ -104,15 +104,26 @@ export async function mountPaymentWidget(root, options) {
           }
         });
     }
-    // A server view: no history to decide against; offer what the state suggests.
+    // A server view: no history to decide against; offer what the state and the
+    // payment's policy (in its opening event, when the view shows it) let this role
+    // do, and only commands whose fields the view holds (a view hiding amounts has no
+    // terms or allocations digests to agree to or approve).
     const me = s.participants?.[party];
+    const policy = viewFeed.view()?.events?.find((e) => e.type === "PaymentInitiated")?.data?.policy;
+    const approvers = (kind) => {
+      const a = policy?.[kind]?.approvals;
+      return a?.all_of ?? a?.n_of?.roles ?? [];
+    };
     const kinds = [];
     if (me && !me.joined) kinds.push("Join");
-    if (me?.joined && !me.agreed && ["Draft", "AwaitingAgreement"].includes(s.status)) kinds.push("AgreeToTerms");
+    if (me?.joined && !me.agreed && ["Draft", "AwaitingAgreement"].includes(s.status) &&
+      s.terms_hash && policy?.agreement?.includes(role)) kinds.push("AgreeToTerms");
     if (me?.joined && awaiting.length) kinds.push("Approve", "WithdrawApproval");
     return kinds.flatMap(build).filter((c) => {
       if (!c.request) return true;
-      const mine = s.requests[c.request].approvals?.[party] !== undefined;
+      const r = s.requests[c.request];
+      if (!r.allocations_hash || !approvers(r.kind).includes(role)) return false;
+      const mine = r.approvals?.[party] !== undefined;
       return c.kind === "Approve" ? !mine : mine;
     });
   }
@@ -135,11 +146,14 @@ export async function mountPaymentWidget(root, options) {
     } catch (e) {
       const code = isTrustfoldError(e) ? e.code : "error";
       stale = code === "version_conflict";
-      if (code !== "network_error") ui.pending = undefined;
+      // Not knowing whether it was applied (the request or its answer lost, an answer
+      // whose signature did not check, a gateway's 5xx): the same action keeps its key.
+      const unknown = code === "network_error" || code === "bad_signature" || (e?.status ?? 0) >= 500;
+      if (!unknown) ui.pending = undefined;
       ui.message = code === "version_conflict"
         ? "The payment changed meanwhile: here is its current state; try again if it still applies."
-        : code === "network_error"
-          ? `Not confirmed (${e.message}): try again; it will not be applied twice.`
+        : unknown
+          ? `Not confirmed (${code}: ${e.message}): try again; it will not be applied twice.`
           : `Refused (${code}): ${e.message}`;
     }
     ui.busy = false;

@@ -316,7 +316,26 @@ function liveCallbacks(onUpdate: unknown, onError: unknown): ((e: Error) => void
   if (onError !== undefined && typeof onError !== "function") {
     throw invalid(`onError must be a function or undefined, got ${describe(onError)}`);
   }
-  return onError === undefined ? undefined : (e: Error) => (onError as (e: TrustfoldError) => void)(e as TrustfoldError);
+  return onError === undefined
+    ? undefined
+    : surfaced((e: Error) => (onError as (e: TrustfoldError) => void)(e as TrustfoldError));
+}
+
+/**
+ * `f`, with what it throws thrown again on its own (an uncaught error in the page or
+ * process, as a throwing event listener's is) instead of into the module, whose glue
+ * would swallow it: a widget whose `onUpdate` fails must not freeze silently.
+ */
+function surfaced<A extends unknown[]>(f: (...args: A) => void): (...args: A) => void {
+  return (...args: A) => {
+    try {
+      f(...args);
+    } catch (e) {
+      queueMicrotask(() => {
+        throw e;
+      });
+    }
+  };
 }
 
 /**
@@ -384,9 +403,10 @@ export class PaymentFeed {
    */
   live(onUpdate: (state: PaymentState, seq: number) => void, onError?: (error: TrustfoldError) => void): void {
     const errors = liveCallbacks(onUpdate, onError);
+    const update = surfaced(onUpdate);
     beforeLive();
     this.#raw.live(
-      (json: string, seq: number) => onUpdate(JSON.parse(json) as PaymentState, seq),
+      (json: string, seq: number) => update(JSON.parse(json) as PaymentState, seq),
       errors,
     );
   }
@@ -437,9 +457,10 @@ export class PaymentViewFeed {
    */
   live(onUpdate: (view: PaymentView) => void, onError?: (error: TrustfoldError) => void): void {
     const errors = liveCallbacks(onUpdate, onError);
+    const update = surfaced(onUpdate);
     beforeLive();
     this.#raw.live(
-      (json: string) => onUpdate(JSON.parse(json) as PaymentView),
+      (json: string) => update(JSON.parse(json) as PaymentView),
       errors,
     );
   }

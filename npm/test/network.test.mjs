@@ -537,6 +537,11 @@ test("Node (the eventsource package): a live stream gone silent is caught by a r
     assert.deepEqual(updates, [v]);
     assert.equal(view.version, v, `the view caught up: ${views}`);
     assert.deepEqual(views, [v]);
+    // Each feed found the payment moved on past its silent stream, so it opened a new
+    // one (the first two streams, then one more each).
+    const opened = Date.now() + 5_000;
+    while (proxy.state.streams < 4 && Date.now() < opened) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(proxy.state.streams, 4, "both feeds reconnected after the silence");
   } finally {
     await done();
   }

@@ -183,6 +183,15 @@ test("a release approved from the widgets: the buyer's verified one, then the se
   // Approved: withdrawing is offered; approving again or denying (withdraw first) is not.
   assert.deepEqual(await buttons(buyer.tab), ["WithdrawApproval"]);
 
+  // The listing agent (a server view: bank details hidden) is no approver under the
+  // policy: nothing to approve is offered to it.
+  const agent = await open(p.agent);
+  await until(agent.tab, "the listing agent's view", () => document.querySelector(".tf-widget")?.dataset.mode === "server-view");
+  await atVersion(agent.tab, asked.state.version + 1);
+  assert.deepEqual(await buttons(agent.tab), []);
+  assert.deepEqual(agent.errors, []);
+  await agent.tab.close();
+
   const seller = await open(p.seller);
   await until(seller.tab, "the seller's view", () => document.querySelector(".tf-widget")?.dataset.mode === "server-view");
   assert.deepEqual(await buttons(seller.tab), ["Approve"]);

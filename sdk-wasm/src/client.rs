@@ -1411,8 +1411,18 @@ impl PaymentViewFeed {
                         }
                         // A silent stream may be a dead one, or the events were hidden
                         // from this participant (they send nothing): read the view
-                        // again either way, and keep the stream.
-                        Heard::Silence => feed.refresh().await,
+                        // again either way. If it moved on, the stream may have missed
+                        // it: reconnect after (a live stream costs one reconnect).
+                        Heard::Silence => match feed.refresh().await {
+                            Ok(true) => {
+                                backoff_ms = 250.0; // the server answers: no failure
+                                if !run.stopped() {
+                                    update(&feed);
+                                }
+                                break;
+                            }
+                            other => other,
+                        },
                     };
                     if run.stopped() {
                         break 'run; // closed meanwhile: nothing more is reported
