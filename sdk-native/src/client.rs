@@ -156,7 +156,8 @@ pub struct FeedPage {
     pub events: Vec<FeedEvent>,
     /// More after `next`.
     pub has_more: bool,
-    /// The cursor (global position) to continue after.
+    /// The cursor to continue after: a global position with an API key, the
+    /// payment's sequence number with a participant token.
     pub next: u64,
 }
 
@@ -380,8 +381,11 @@ pub struct Notification {
     pub payment_id: PaymentId,
     /// The event's sequence number in the payment.
     pub seq: u64,
-    /// The event's global position (the inbox cursor).
-    pub position: u64,
+    /// The event's global position (the inbox cursor of a tenant's API key); none for
+    /// a participant token, whose cursor is `seq` (positions count every tenant's
+    /// events).
+    #[serde(default)]
+    pub position: Option<u64>,
     /// The event type.
     #[serde(rename = "type")]
     pub event_type: String,

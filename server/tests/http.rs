@@ -1181,6 +1181,37 @@ async fn a_participants_inbox_holds_only_what_its_roles_may_see() {
     let mine = notice_types(&r);
     assert!(mine.iter().any(|t| t == "FundsAvailable"), "{mine:?}");
     assert!(!mine.iter().any(|t| t == "ReleaseRequested"), "{mine:?}");
+    // No global positions for a token (they count every tenant's events): its cursor
+    // is the payment's sequence, and paging by it gives the same notices.
+    let notices = r.body["notifications"].as_array().expect("notifications");
+    assert!(
+        notices.iter().all(|n| n.get("position").is_none()),
+        "{}",
+        r.body
+    );
+    let last = notices.last().expect("a notice")["seq"]
+        .as_u64()
+        .expect("seq");
+    // (Past the last shown: notices of events hidden from it are passed over.)
+    let next = r.body["next"].as_u64().expect("next");
+    assert!(next >= last && next < 100, "{}", r.body);
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = c
+            .get(&format!("{path}?after={after}&limit=1"), &token)
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        paged.extend(notice_types(&page));
+        after = page.body["next"].as_u64().expect("next");
+        if page.body["has_more"] != true {
+            break;
+        }
+    }
+    assert_eq!(paged, mine);
+    // The tenant's key keeps positions.
+    let tenant_view = c.get(&path, &key).await;
+    assert!(tenant_view.body["notifications"][0]["position"].is_u64());
     srv.finish().await;
 }
 

@@ -2032,11 +2032,13 @@ pub async fn get_inbox(
         }
     }
     type Row = (Uuid, i64, i64, String, String, String);
+    // A participant's cursor is the payment's own sequence: global positions count
+    // every tenant's events, which are no business of a browser holding a token.
     let mut rows: Vec<Row> = on_read!(&state.db, pool => {
         let sql = if only_payment.is_some() {
             "SELECT payment_id, seq, position, event_type, roles, at FROM inbox WHERE \
-             tenant_id = $1 AND party_id = $2 AND position > $3 AND payment_id = $5 \
-             ORDER BY position LIMIT $4"
+             tenant_id = $1 AND party_id = $2 AND seq > $3 AND payment_id = $5 \
+             ORDER BY seq LIMIT $4"
         } else {
             "SELECT payment_id, seq, position, event_type, roles, at FROM inbox WHERE \
              tenant_id = $1 AND party_id = $2 AND position > $3 ORDER BY position LIMIT $4"
@@ -2053,7 +2055,9 @@ pub async fn get_inbox(
     });
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let next = rows.last().map_or(after, |r| r.2);
+    let next = rows
+        .last()
+        .map_or(after, |r| if only_payment.is_some() { r.1 } else { r.2 });
     let items: Vec<_> = rows
         .into_iter()
         .filter_map(|(payment, seq, position, ty, roles, at)| {
@@ -2064,10 +2068,13 @@ pub async fn get_inbox(
                     return None;
                 }
             }
-            Some(serde_json::json!({
-                "payment_id": payment, "seq": seq, "position": position, "type": ty,
-                "roles": roles, "at": at,
-            }))
+            let mut item = serde_json::json!({
+                "payment_id": payment, "seq": seq, "type": ty, "roles": roles, "at": at,
+            });
+            if only_payment.is_none() {
+                item["position"] = position.into();
+            }
+            Some(item)
         })
         .collect();
     Ok(json(
