@@ -425,3 +425,44 @@ async fn the_binary_takes_rate_limit_failed_auth_and_0_turns_it_off() {
         assert!(undocumented.is_empty(), "{}", undocumented.join("\n"));
     }
 }
+
+/// `--max-streams-per-party` and `--max-streams-per-tenant` reach the server: with 1
+/// and 2, a party's second live stream and the tenant's third are 429
+/// `too_many_streams`.
+#[tokio::test]
+async fn the_binary_takes_the_live_stream_limits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("trustfold.db").display().to_string();
+    let (child, url) = common::spawn_binary(
+        &db,
+        ADMIN,
+        &[
+            "--max-streams-per-party",
+            "1",
+            "--max-streams-per-tenant",
+            "2",
+        ],
+    );
+    let _child = Killed(child);
+    let c = Client::new(url);
+    let key = c.tenant(ADMIN, "a").await.expect("tenant");
+    let f = open_and_join(&c, &key).await.expect("open");
+    let stream = format!("{}/v1/payments/{}/stream", c.base, f.payment);
+    let open = |bearer: String| {
+        let req = c.http.get(&stream).bearer_auth(bearer);
+        async move { req.send().await.expect("stream") }
+    };
+    let buyer = c.participant_token(&key, &f.payment, &f.buyer, 60).await;
+    let seller = c.participant_token(&key, &f.payment, &f.seller, 60).await;
+    let first = open(buyer.clone()).await;
+    assert_eq!(first.status(), 200);
+    let again = open(buyer).await;
+    assert_eq!(again.status(), 429, "one stream per party");
+    let body: serde_json::Value = again.json().await.expect("problem");
+    assert_eq!(body["code"], "too_many_streams", "{body}");
+    let second = open(seller).await;
+    assert_eq!(second.status(), 200, "another party's");
+    let third = open(key.clone()).await;
+    assert_eq!(third.status(), 429, "two streams per tenant");
+    drop((first, second));
+}
