@@ -1153,6 +1153,51 @@ async fn refusals_tell_a_participant_no_more_than_its_view() {
     srv.finish().await;
 }
 
+/// A refusal because of a dispute, to a participant whose view hides disputes, reads
+/// `invalid_state` with the status its view shows, not `payment_disputed`.
+#[tokio::test]
+async fn a_dispute_hidden_from_the_view_is_not_named_by_a_refusal() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let mut policy = earnest_money_v2();
+    policy["visibility"]["listing_agent"]["hide"] = json!(["bank_details", "disputes"]);
+    let published = c.post("/v1/policies", &key, &policy).await;
+    assert_eq!(published.status, 201, "{}", published.body);
+    let f = open_and_join(c, &key).await.expect("open");
+    fund(c, &key, &f).await.expect("fund");
+    let p = f.payment.as_str();
+    c.command(
+        &key,
+        p,
+        Some(&f.buyer),
+        "buyer",
+        json!({"type": "OpenDispute", "dispute": uuid::Uuid::new_v4(), "reason": "inspection"}),
+    )
+    .await
+    .expect("dispute");
+    let release = json!({"type": "RequestRelease", "request": uuid::Uuid::new_v4(),
+        "allocations": [{"party": f.seller, "amount": {"amount": "5000.00", "currency": "USD"}}]});
+    let cmds = format!("/v1/payments/{p}/commands");
+    // The tenant acting for the listing agent reads the rule's own code…
+    let r = c
+        .post(
+            &cmds,
+            &key,
+            &json!({"command": release, "actor": {"party": f.agent, "role": "listing_agent"}}),
+        )
+        .await;
+    expect_member(&r, 422, "code", "payment_disputed");
+    // …the listing agent's own token a refusal that names no dispute.
+    let token = token_for(c, &key, p, &f.agent).await;
+    let r = c.post(&cmds, &token, &json!({"command": release})).await;
+    expect_member(&r, 422, "code", "invalid_state");
+    let text = r.body.to_string().to_ascii_lowercase();
+    assert!(!text.contains("disput"), "{}", r.body);
+    assert!(text.contains("payment is held"), "{}", r.body);
+    srv.finish().await;
+}
+
 #[tokio::test]
 async fn a_participants_inbox_holds_only_what_its_roles_may_see() {
     let srv = common::sqlite().await;
