@@ -1116,3 +1116,23 @@ test("Node: a command's answer that is not a command result is refused by name",
     }
   }
 });
+
+test("an API key's command ({command, actor}): the answer's history records come back as envelopes", async () => {
+  const [buyer, seller, agent] = [uuid(), uuid(), uuid()];
+  const p = await srv.openPayment(key, { agent, invite: [[buyer, "buyer"], [seller, "seller"]] });
+  const client = new t.Client({ baseUrl: srv.base, token: key, serverKey });
+  const party = uuid();
+  const sent = await client.sendCommand(
+    p,
+    { command: { type: "Invite", party, roles: ["lender"], name: "Len" }, actor: { party: agent, role: "listing_agent" } },
+    `invite-${uuid()}`,
+  );
+  assert.equal(sent.payment_id, p);
+  assert.equal(sent.events.length, 1, JSON.stringify(sent.events));
+  const [e] = sent.events;
+  assert.equal(e.type, "ParticipantInvited");
+  assert.equal(e.seq, sent.version);
+  assert.deepEqual(e.actor, { party: agent, role: "listing_agent" });
+  assert.equal(e.hash, undefined, "an envelope, not a {hash, event} record");
+  assert.equal(sent.state.participants[party].roles[0], "lender");
+});
