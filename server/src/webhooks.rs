@@ -681,22 +681,35 @@ async fn serve(
     mut ep: Endpoint,
 ) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
+    // Events the endpoint does not want are passed over in one move per run of them
+    // (made before the next wanted one is sent, or at the end of the page or turn),
+    // not one compare-and-set each.
+    let mut passed: Option<i64> = None;
+    macro_rules! pass_over {
+        () => {
+            if let Some(position) = passed.take() {
+                if !moved(state, config, &ep, position, None).await? {
+                    return Ok(());
+                }
+                ep.position = position;
+            }
+        };
+    }
     loop {
         let after = u64::try_from(ep.position).unwrap_or(0);
         let events = state.store.read_all(ep.tenant_id, after, PER_READ).await?;
         for e in &events {
             if started.elapsed() >= SERVE_FOR {
                 // The next round goes on; other endpoints take their turn meanwhile.
+                pass_over!();
                 return Ok(());
             }
             let position = i64::try_from(e.position).unwrap_or(i64::MAX);
             if !ep.wants(&e.event_type) {
-                if !moved(state, config, &ep, position, None).await? {
-                    return Ok(());
-                }
-                ep.position = position;
+                passed = Some(position);
                 continue;
             }
+            pass_over!();
             let started_at_us = now_us();
             let clock = std::time::Instant::now();
             let sent = send(client, config, &ep, e).await;
@@ -726,6 +739,7 @@ async fn serve(
                 }
             }
         }
+        pass_over!();
         if events.len() < usize::try_from(PER_READ).unwrap_or(usize::MAX) {
             return Ok(());
         }

@@ -249,6 +249,7 @@ async fn an_upgraded_database_fills_the_clock_from_history() {
         "DROP TABLE webhook_deliveries",
         "DROP TABLE webhooks",
         "DROP TABLE payment_clock",
+        "DROP TABLE projection_format",
         "DELETE FROM projection_checkpoints WHERE name IN ('clock', 'rail_refs')",
         "UPDATE trustfold_server_schema SET version = 1",
     ];

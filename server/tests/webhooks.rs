@@ -354,8 +354,20 @@ async fn failing_endpoints_catch_up_after_a_restart() {
         "{}",
         settled.signature
     );
-    let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
-    assert_eq!(r.body["status"], "delivering", "{}", r.body);
+    // The receiver has the request before the server has its answer on record.
+    let start = Instant::now();
+    loop {
+        let r = c.get(&format!("/v1/webhooks/{webhook}"), &key).await;
+        if r.body["status"] == "delivering" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still not delivering: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Deleted: nothing more arrives.
     let r = c
         .raw(
@@ -1214,6 +1226,7 @@ async fn back_to_schema_3(database: &str, also: &[&str]) {
         "DELETE FROM projection_checkpoints WHERE name = 'rail_refs'",
         "DROP TABLE webhook_deliveries",
         "ALTER TABLE webhooks DROP COLUMN deliveries",
+        "DROP TABLE projection_format",
     ];
     statements.extend_from_slice(also);
     statements.push("UPDATE trustfold_server_schema SET version = 3");
@@ -1395,6 +1408,7 @@ async fn a_database_with_early_claim_columns_starts(database: &str) {
         database,
         &[
             "DROP INDEX held_rail_notices_heads",
+            "DROP TABLE projection_format",
             "UPDATE trustfold_server_schema SET version = 8",
         ],
     )
