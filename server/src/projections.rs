@@ -24,7 +24,7 @@
 //! whichever process ([`Projector::read_committed`]): it waits briefly for the
 //! checkpoints to pass the tenant's last position, and catches up itself if they do not.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -138,6 +138,17 @@ struct Leader {
     /// When the lock was last tried, so that a follower tries at most every
     /// [`LEADER_RETRY`].
     tried: Option<Instant>,
+}
+
+/// What a projection commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    /// The rows and checkpoints were written.
+    Done,
+    /// A checkpoint was moved by another process meanwhile: nothing written.
+    Moved,
+    /// A newer build marked the read models as its format: nothing written.
+    Superseded,
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -341,6 +352,13 @@ impl Projector {
     /// when a catch-up (of any caller) already got there, so concurrent commands share one
     /// catch-up instead of queueing for one each.
     pub async fn catch_up_to(&self, position: u64) -> Result<(), LoadError> {
+        if self.db.is_postgres() {
+            // Another process may have emptied the read models (a newer build rebuilding
+            // them at start): the checkpoints, not this process's memory of them, say
+            // how far they are. One read of a five-row table.
+            let reached = self.checkpoints().await?.into_iter().min().unwrap_or(0);
+            self.done.fetch_min(reached, Ordering::AcqRel);
+        }
         if self.done.load(Ordering::Acquire) >= position {
             return Ok(());
         }
@@ -422,12 +440,33 @@ impl Projector {
             }
             let mut new = old.clone();
             let mut ops = Vec::new();
+            // Payments whose stored history does not fold (edited by hand, or recorded
+            // under rules since tightened): their events are passed over, so one such
+            // payment stops neither the read models of every other nor a start.
+            let mut unreadable: HashSet<Uuid> = HashSet::new();
             for ev in &events {
-                let (env, state, changed) = self.state_after(&mut folds, ev).await?;
+                let folded = if unreadable.contains(&ev.stream_id) {
+                    None
+                } else {
+                    match self.state_after(&mut folds, ev).await {
+                        Ok(f) => Some(f),
+                        Err(LoadError::Fold { stream, seq, error }) => {
+                            tracing::error!(tenant = %ev.tenant_id, payment = %stream, seq,
+                                error = %error, "a stored payment history does not fold: \
+                                its events are left out of the read models");
+                            unreadable.insert(stream);
+                            None
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 for (i, name) in PROJECTIONS.iter().enumerate() {
-                    if ev.position > old[i] {
-                        project(name, ev, &env, &state, changed, &mut ops);
-                        new[i] = ev.position;
+                    if ev.position <= old[i] {
+                        continue;
+                    }
+                    new[i] = ev.position;
+                    if let Some((env, state, changed)) = &folded {
+                        project(name, ev, env, state, *changed, &mut ops);
                     }
                 }
             }
@@ -435,9 +474,22 @@ impl Projector {
                 folds.clear();
             }
             total += events.len() as u64;
-            if !self.commit(&old, &new, coalesce(ops)).await? {
-                tracing::debug!("projection checkpoint moved by another process; reading again");
-                continue;
+            match self.commit(&old, &new, coalesce(ops)).await? {
+                Committed::Done => {}
+                Committed::Moved => {
+                    tracing::debug!(
+                        "projection checkpoint moved by another process; reading again"
+                    );
+                    continue;
+                }
+                Committed::Superseded => {
+                    tracing::warn!(
+                        ours = READ_MODEL_FORMAT,
+                        "a newer server build keeps the read models of this database: this \
+                         one no longer writes them"
+                    );
+                    return Ok(total);
+                }
             }
             let reached = new.iter().copied().min().unwrap_or(0);
             self.done.fetch_max(reached, Ordering::AcqRel);
@@ -516,7 +568,7 @@ impl Projector {
     /// append committing with it lowered); the background projector batches, so its
     /// fsyncs are few. The events themselves are always durable before anyone is told
     /// about them.
-    async fn commit(&self, old: &[u64], new: &[u64], ops: Vec<Op>) -> Result<bool, LoadError> {
+    async fn commit(&self, old: &[u64], new: &[u64], ops: Vec<Op>) -> Result<Committed, LoadError> {
         let begin = if self.db.is_postgres() {
             "BEGIN"
         } else {
@@ -530,6 +582,18 @@ impl Projector {
                 let mut tx = conn.begin_with(begin).await?;
                 if postgres {
                     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+                }
+                // A newer build marked the read models as its own (a rolling upgrade on
+                // one database): this one writes them no more, in its older format.
+                let newer: Option<i64> = sqlx::query_scalar(
+                    "SELECT format FROM projection_format WHERE id = 1 AND format > $1",
+                )
+                .bind(READ_MODEL_FORMAT)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if newer.is_some() {
+                    tx.rollback().await?;
+                    return Ok::<Committed, sqlx::Error>(Committed::Superseded);
                 }
                 for (i, name) in PROJECTIONS.iter().enumerate() {
                     if old[i] == new[i] {
@@ -546,7 +610,7 @@ impl Projector {
                     .await?;
                     if moved.rows_affected() != 1 {
                         tx.rollback().await?;
-                        return Ok::<bool, sqlx::Error>(false);
+                        return Ok(Committed::Moved);
                     }
                 }
                 // One multi-row statement per table and chunk: each statement is a round
@@ -660,7 +724,7 @@ impl Projector {
                     q.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-                Ok(true)
+                Ok(Committed::Done)
                 }
                 .await;
                 done
