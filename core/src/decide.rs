@@ -797,6 +797,14 @@ pub fn allowed_commands(s: &PaymentState, ctx: &Context) -> Vec<CommandKind> {
                 .party
                 .and_then(|p| s.participants.get(&p))
                 .is_some_and(|p| !p.agreed),
+            // Calling a request off is offered to the roles that may ask for its kind.
+            CommandKind::CancelRequest => s.open_request().is_some_and(|(_, r)| {
+                let p = &s.policy_doc.permissions;
+                match r.kind {
+                    RequestKind::Release => p.request_release.contains(&ctx.actor.role),
+                    RequestKind::Refund => p.request_refund.contains(&ctx.actor.role),
+                }
+            }),
             _ => true,
         })
         .collect()

@@ -2035,6 +2035,18 @@ fn not_permitted_to_cancel_another_kind_of_request() {
         "not_permitted",
         "may not cancel a release: only a role that may request one (contractor)",
     );
+    let offered = |n: u8, role: &str| {
+        let ctx = Context {
+            command_id: CommandId::from_bytes([0x0c; 16]),
+            actor: as_(n, role),
+            now: s.d.now(),
+            correlation: None,
+        };
+        trustfold_core::decide::allowed_commands(s.state(), &ctx)
+            .contains(&CommandKind::CancelRequest)
+    };
+    assert!(!offered(CLIENT, "client"), "not offered what is refused");
+    assert!(offered(CONTRACTOR, "contractor"));
     // Its own kind it may: the contractor calls the release off.
     ok(&mut s, contractor(), cancel(1));
     ok(

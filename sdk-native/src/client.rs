@@ -156,8 +156,7 @@ pub struct FeedPage {
     pub events: Vec<FeedEvent>,
     /// More after `next`.
     pub has_more: bool,
-    /// The cursor to continue after: a global position with an API key, the
-    /// payment's sequence number with a participant token.
+    /// The cursor (global position) to continue after.
     pub next: u64,
 }
 
@@ -400,11 +399,13 @@ pub struct Notification {
 pub struct InboxPage {
     /// The party.
     pub party_id: PartyId,
-    /// The notifications, in global order.
+    /// The notifications, in global order (with a participant token: in the payment's
+    /// order).
     pub notifications: Vec<Notification>,
     /// More after `next`.
     pub has_more: bool,
-    /// The cursor (global position) to continue after.
+    /// The cursor to continue after: a global position with an API key, the
+    /// payment's sequence number with a participant token.
     pub next: u64,
 }
 

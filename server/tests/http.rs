@@ -1309,6 +1309,10 @@ async fn a_participants_inbox_holds_only_what_its_roles_may_see() {
         }
     }
     assert_eq!(paged, mine);
+    // A cursor past the payment's last event (a global position kept from before) is
+    // refused, not answered with empty pages for ever.
+    let r = c.get(&format!("{path}?after=100000"), &token).await;
+    expect_member(&r, 400, "code", "invalid_parameter");
     // The tenant's key keeps positions.
     let tenant_view = c.get(&path, &key).await;
     assert!(tenant_view.body["notifications"][0]["position"].is_u64());

@@ -1990,12 +1990,14 @@ pub async fn get_inbox(
     // A participant's token reads its own payment's notices, only those for the roles
     // it holds now, and only of events those roles may see.
     let mut seen: Option<(Vec<Role>, trustfold_core::policy::Visibility)> = None;
+    let mut head = 0u64;
     let only_payment = match &principal {
         Principal::Tenant { .. } => None,
         Principal::Participant(c) if c.party == party => {
             let st = load_state(&state, c.tenant, c.payment).await?;
             let roles = participant_roles(&st, c)?;
             seen = Some((roles.clone(), st.policy_doc.visibility_for(&roles)));
+            head = st.version;
             Some(c.payment)
         }
         Principal::Participant(_) => {
@@ -2006,7 +2008,20 @@ pub async fn get_inbox(
         }
     };
     let q = params(query)?;
-    let after = i64::try_from(param_u64(&q, "after")?.unwrap_or(0)).unwrap_or(i64::MAX);
+    let after = param_u64(&q, "after")?.unwrap_or(0);
+    if only_payment.is_some() && after > head {
+        // A cursor past the payment's last event: not one this inbox gave (a global
+        // position kept from before tokens paged by seq would otherwise page nothing).
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "after",
+            format!(
+                "after={after} is past the payment's last event (seq {head}): a participant's \
+                 inbox pages by the payment's seq; start again from 0"
+            ),
+        ));
+    }
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
     let limit = limit_param(&q, 100, 1000)?;
     state.projector.read_committed(tenant).await?;
     if only_payment.is_none() {
