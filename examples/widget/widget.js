@@ -15,7 +15,8 @@
 //   details from sellers, amounts from lenders): the server sends a redacted view, which
 //   cannot be verified. The widget shows it as the server's view, reads it again
 //   whenever the payment's live stream shows the participant a new event, and offers
-//   the commands the state suggests; the server judges them.
+//   the commands the state suggests for the participant's role under the payment's
+//   policy (when the view shows its opening event); the server judges them.
 //
 // Every command carries an idempotency key (kept for a retry of the same action) and
 // the version it was decided on, so a concurrent change loses cleanly (409) instead of
@@ -110,19 +111,21 @@ export async function mountPaymentWidget(root, options) {
     // terms or allocations digests to agree to or approve).
     const me = s.participants?.[party];
     const policy = viewFeed.view()?.events?.find((e) => e.type === "PaymentInitiated")?.data?.policy;
-    const approvers = (kind) => {
-      const a = policy?.[kind]?.approvals;
-      return a?.all_of ?? a?.n_of?.roles ?? [];
+    // Without the opening event in the view, the server judges who may (as before).
+    const approves = (kind) => {
+      if (!policy) return true;
+      const a = policy[kind]?.approvals;
+      return (a?.all_of ?? a?.n_of?.roles ?? []).includes(role);
     };
     const kinds = [];
     if (me && !me.joined) kinds.push("Join");
     if (me?.joined && !me.agreed && ["Draft", "AwaitingAgreement"].includes(s.status) &&
-      s.terms_hash && policy?.agreement?.includes(role)) kinds.push("AgreeToTerms");
+      s.terms_hash && (!policy || policy.agreement?.includes(role))) kinds.push("AgreeToTerms");
     if (me?.joined && awaiting.length) kinds.push("Approve", "WithdrawApproval");
     return kinds.flatMap(build).filter((c) => {
       if (!c.request) return true;
       const r = s.requests[c.request];
-      if (!r.allocations_hash || !approvers(r.kind).includes(role)) return false;
+      if (!r.allocations_hash || !approves(r.kind)) return false;
       const mine = r.approvals?.[party] !== undefined;
       return c.kind === "Approve" ? !mine : mine;
     });

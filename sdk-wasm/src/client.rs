@@ -1205,15 +1205,20 @@ impl Link {
 
     /// After `run`'s stream ended: `false` if the run was stopped; else the drop is
     /// reported and the backoff waited (and doubled for the next, up to 30 s).
+    /// Closes `run`'s stream (a new one is opened next), reporting nothing.
+    fn let_go(&self, run: &Run) {
+        if self.is_current(run) {
+            self.es.borrow_mut().take();
+        }
+    }
+
     async fn dropped(
         &self,
         run: &Run,
         on_error: &Option<js_sys::Function>,
         backoff_ms: &mut f64,
     ) -> bool {
-        if self.is_current(run) {
-            self.es.borrow_mut().take();
-        }
+        self.let_go(run);
         if run.stopped() {
             return false;
         }
@@ -1393,6 +1398,8 @@ impl PaymentViewFeed {
                 else {
                     break;
                 };
+                // Left to open a new stream from a view just read, not after a failure.
+                let mut quiet = false;
                 loop {
                     let heard = next_or_silence(&mut messages, feed.conn.live_check_ms).await;
                     if run.stopped() {
@@ -1412,13 +1419,16 @@ impl PaymentViewFeed {
                         // A silent stream may be a dead one, or the events were hidden
                         // from this participant (they send nothing): read the view
                         // again either way. If it moved on, the stream may have missed
-                        // it: reconnect after (a live stream costs one reconnect).
+                        // it: open a new one from there, at once and without reporting
+                        // an error (hidden events are no failure; a live stream costs
+                        // one reconnect per check).
                         Heard::Silence => match feed.refresh().await {
                             Ok(true) => {
                                 backoff_ms = 250.0; // the server answers: no failure
                                 if !run.stopped() {
                                     update(&feed);
                                 }
+                                quiet = true;
                                 break;
                             }
                             other => other,
@@ -1443,6 +1453,11 @@ impl PaymentViewFeed {
                             break 'run;
                         }
                     }
+                }
+                if quiet {
+                    feed.link.let_go(&run);
+                    read_first = false;
+                    continue;
                 }
                 if !feed.link.dropped(&run, &on_error, &mut backoff_ms).await {
                     break;
