@@ -194,7 +194,10 @@ fn settle(
             tracing::debug!(%payment, "clock tick");
         }
         Ok((payment, Err(e))) => {
-            let failed = e.status().is_server_error();
+            // A tick that kept losing the version race to other commands was refused by
+            // no rule: it is tried again as soon as a failure is.
+            let failed =
+                e.status().is_server_error() || matches!(e, ApiError::VersionConflict { .. });
             let pause = next_pause(refused.get(&payment).map(|r| r.pause), failed);
             if failed {
                 // The database or the stored payment, not a rule: tried again sooner.
@@ -232,5 +235,25 @@ mod tests {
         assert_eq!(next_pause(Some(RETRY_MAX), false), RETRY_MAX);
         // A refusal after failures starts at the refusal's own first pause.
         assert_eq!(next_pause(Some(FAILED_FIRST), false), RETRY_FIRST);
+    }
+
+    #[test]
+    fn a_tick_that_lost_the_version_race_is_tried_again_soon() {
+        let mut refused = HashMap::new();
+        let payment = Uuid::from_bytes([1; 16]);
+        let lost = ApiError::VersionConflict {
+            expected: 3,
+            current: 4,
+        };
+        settle(Ok((payment, Err(lost))), &mut refused);
+        assert_eq!(refused[&payment].pause, FAILED_FIRST);
+        let rule = ApiError::Unprocessable {
+            code: "fee_recipient_missing",
+            message: "x".into(),
+            field: None,
+        };
+        let other = Uuid::from_bytes([2; 16]);
+        settle(Ok((other, Err(rule))), &mut refused);
+        assert_eq!(refused[&other].pause, RETRY_FIRST);
     }
 }

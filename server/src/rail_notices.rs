@@ -180,7 +180,7 @@ pub(crate) async fn hold(
     notice: &RailOutcome,
 ) -> ApiResult<Vec<u8>> {
     if let Some(stored) = read(state, tenant, id).await? {
-        return Ok(serde_json::to_vec(&stored).unwrap_or_default());
+        return as_stored(stored, rail_ref, notice);
     }
     let held: i64 = on_read!(&state.db, pool => {
         sqlx::query_scalar(&format!(
@@ -218,6 +218,24 @@ pub(crate) async fn hold(
         // The id is another tenant's (ids are random or derived per tenant): never.
         ApiError::Internal("a held rail notice's id is taken by another tenant".into())
     })?;
+    as_stored(stored, rail_ref, notice)
+}
+
+/// The answer for a notice held under an id: the stored one, when it is this request's
+/// (a retry, or a concurrent twin); `idempotency_key_reused` when the id's key was
+/// given with another notice (two requests under one key racing past its check).
+fn as_stored(stored: Value, rail_ref: &str, notice: &RailOutcome) -> ApiResult<Vec<u8>> {
+    let same = stored.get("rail_ref").and_then(Value::as_str) == Some(rail_ref)
+        && stored.get("notice") == serde_json::to_value(notice).ok().as_ref();
+    if !same {
+        return Err(ApiError::Unprocessable {
+            code: "idempotency_key_reused",
+            message: "this Idempotency-Key was already used with a different request; use a \
+                      new key for a new request"
+                .into(),
+            field: Some("Idempotency-Key".into()),
+        });
+    }
     Ok(serde_json::to_vec(&stored).unwrap_or_default())
 }
 

@@ -3693,6 +3693,41 @@ async fn settled_notice(c: &common::scenario::Client, key: &str, id: &str) -> Va
     panic!("the held notice {id} was never applied");
 }
 
+/// Two different notices sent at once under one Idempotency-Key, before any payment
+/// knows the reference: each answer that is not a refusal holds its own request's
+/// notice, and exactly one of the two is held (the other is 422
+/// `idempotency_key_reused`).
+#[tokio::test]
+async fn one_key_racing_with_two_held_notices_answers_each_its_own() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    for i in 0..12 {
+        let rail_ref = format!("RACE-{i}");
+        let settled = json!({"rail_ref": rail_ref, "notice": {"kind": "settled"}});
+        let failed = json!({"rail_ref": rail_ref,
+            "notice": {"kind": "failed", "code": "R03", "reason": "no account"}});
+        let idem = format!("race-{i}");
+        let (a, b) = tokio::join!(
+            c.post_idem("/v1/rail-notices", &key, &idem, &settled),
+            c.post_idem("/v1/rail-notices", &key, &idem, &failed),
+        );
+        let mut held = 0;
+        for (r, sent) in [(&a, &settled), (&b, &failed)] {
+            match r.status {
+                202 => {
+                    assert_eq!(r.body["notice"], sent["notice"], "{}", r.body);
+                    held += 1;
+                }
+                422 => assert_eq!(r.body["code"], "idempotency_key_reused", "{}", r.body),
+                _ => panic!("{} {}", r.status, r.body),
+            }
+        }
+        assert_eq!(held, 1, "one of {} / {}", a.body, b.body);
+    }
+    srv.finish().await;
+}
+
 /// A bank's notices that overtake the transfer's submission are held (202, signed about
 /// no payment; the same key replays the held answer) and, once the payment records the
 /// transfer, applied by the server in the order received: here a settlement and then a
