@@ -878,6 +878,53 @@ async fn invite_lender(c: &Client, key: &str, f: &common::scenario::Flow) -> Str
     lender
 }
 
+/// A token's command without an actor acts in a role the party still holds: a party
+/// removed and invited again in fewer roles keeps its token (minted for both), and its
+/// `Join` acts as the role it holds now, not the first the token names.
+#[tokio::test]
+async fn a_tokens_default_role_is_one_the_party_still_holds() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let p = f.payment.as_str();
+    let party = uuid::Uuid::new_v4().to_string();
+    let agent = |cmd: Value| c.command(&key, p, Some(&f.agent), "listing_agent", cmd);
+    agent(json!({"type": "Invite", "party": party, "roles": ["buyer_agent", "lender"], "name": "Pat"}))
+        .await
+        .expect("invite");
+    let token = token_for(c, &key, p, &party).await;
+    agent(json!({"type": "Remove", "party": party, "reason": "wrong roles"}))
+        .await
+        .expect("remove");
+    agent(json!({"type": "Invite", "party": party, "roles": ["lender"], "name": "Pat"}))
+        .await
+        .expect("invite again");
+    let r = c
+        .post_idem(
+            &format!("/v1/payments/{p}/commands"),
+            &token,
+            "join-1",
+            &json!({"command": {"type": "Join"}}),
+        )
+        .await;
+    assert!(
+        r.status == 200 || r.status == 201,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    // (The lender's view shows no joins: the tenant reads what was recorded.)
+    let v = r.body["version"].as_u64().expect("version");
+    let page = c
+        .get(&format!("/v1/payments/{p}/events?after={}", v - 1), &key)
+        .await;
+    let joined = &page.body["events"][0]["event"];
+    assert_eq!(joined["type"], "ParticipantJoined", "{}", page.body);
+    assert_eq!(joined["actor"]["role"], "lender", "{}", page.body);
+    srv.finish().await;
+}
+
 /// Participant tokens on either engine (a participant's idempotency key is stored
 /// scoped to it: PostgreSQL's text refused the NUL that once parted the two).
 async fn participant_tokens(srv: &Server) {

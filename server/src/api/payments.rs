@@ -913,7 +913,18 @@ pub async fn send_command(
             });
         }
         let expected = expected_version(&headers, req.expected_version)?;
-        let actor = check_actor(&principal, req.actor)?;
+        let actor = match (&principal, req.actor) {
+            // A token's command without an actor acts in the first of its roles the
+            // party still holds (one it lost would refuse the command, and a refusal
+            // under an Idempotency-Key is kept for every retry).
+            (Principal::Participant(c), None) => {
+                let st = load_state(&state, c.tenant, c.payment).await?;
+                let held = participant_roles(&st, c)?;
+                let role = held.first().map_or("", Role::as_str);
+                check_actor(&principal, Some(Actor::party(PartyId(c.party), role)))?
+            }
+            (_, actor) => check_actor(&principal, actor)?,
+        };
         let outcome = execute(
             &state,
             &principal,
