@@ -705,20 +705,7 @@ fn funding_comes_as_the_policy_takes_it() {
     assert!(last_at(&s) <= deadline);
     // Before the terms are agreed.
     let mut draft = Sim::new("earnest-money", 82);
-    draft
-        .run(
-            as_(LISTING_AGENT, "listing_agent"),
-            Command::Initiate {
-                payment: draft.d.payment(),
-                tenant: TenantId::from_bytes([0x7e; 16]),
-                policy: Box::new(policy("earnest-money")),
-                amount: usd("5000.00"),
-                description: "123 Main St".into(),
-                roles: vec![Role::new("listing_agent")],
-                name: "Lee Lister".into(),
-            },
-        )
-        .expect("opened");
+    support::scenarios::open_earnest(&mut draft, policy("earnest-money")).expect("opened");
     refused_at(
         &forge(
             &draft,

@@ -1877,20 +1877,7 @@ fn all_of_over_many_interchangeable_roles_is_decided_at_once() {
     let p: Policy = serde_json::from_value(doc).expect("policy");
     // Every role is required: the payment waits in Draft until all are held.
     let mut s = Sim::new("earnest-money", 150);
-    let payment = s.d.payment();
-    ok(
-        &mut s,
-        listing_agent(),
-        Command::Initiate {
-            payment,
-            tenant: TenantId::from_bytes([0x7e; 16]),
-            policy: Box::new(p),
-            amount: usd("5000.00"),
-            description: "Earnest money, 12 Elm St".into(),
-            roles: vec![Role::new("listing_agent")],
-            name: "Lee Listing".into(),
-        },
-    );
+    scenarios::open_earnest(&mut s, p).expect("opened");
     for (n, role, name) in [
         (BUYER, "buyer", "Bea Buyer"),
         (SELLER, "seller", "Sol Seller"),
@@ -2069,15 +2056,20 @@ fn not_permitted_to_cancel_another_kind_of_request() {
 
 // ---------------------------------------------------------------- everything at once
 
+/// A marketplace order of 120.00 held, whose platform fee is 13 % borne by the payer.
+fn market_with_payer_fee(n: u8) -> Sim {
+    let mut p = policy("marketplace");
+    p.fees[0].bps = 1300;
+    p.fees[0].borne_by = trustfold_core::policy::BorneBy::Payer;
+    scenarios::market_with(n, p).expect("held")
+}
+
 #[test]
 fn partial_release_not_allowed_accepts_the_largest_gross_that_fits() {
     // 13 % borne by the payer on 120.00 held: no gross plus its rounded fee comes to
     // exactly 120.00 (106.19 + 13.80 = 119.99, 106.20 + 13.81 = 120.01), so "everything
     // at once" is the largest gross that fits, as the automatic release takes it.
-    let mut p = policy("marketplace");
-    p.fees[0].bps = 1300;
-    p.fees[0].borne_by = trustfold_core::policy::BorneBy::Payer;
-    let mut s = scenarios::market_with(131, p).expect("held");
+    let mut s = market_with_payer_fee(131);
     assert_eq!(s.balance(Account::Escrow), "120.00");
     refuse(
         &mut s,
@@ -2100,10 +2092,7 @@ fn partial_release_not_allowed_accepts_the_largest_gross_that_fits() {
 fn the_automatic_release_takes_the_largest_gross_that_fits() {
     // As above, by the clock: 106.19 + 13.80 of the 120.00 held (a search that jumped
     // down by the overshoot stopped at 104.40, leaving 2.03 behind).
-    let mut p = policy("marketplace");
-    p.fees[0].bps = 1300;
-    p.fees[0].borne_by = trustfold_core::policy::BorneBy::Payer;
-    let mut s = scenarios::market_with(132, p).expect("held");
+    let mut s = market_with_payer_fee(132);
     s.hours(72);
     ok(&mut s, Actor::system(), Command::Tick);
     let (_, r) = s.state().open_request().expect("the automatic release");

@@ -228,13 +228,7 @@ fn as_stored(stored: Value, rail_ref: &str, notice: &RailOutcome) -> ApiResult<V
     let same = stored.get("rail_ref").and_then(Value::as_str) == Some(rail_ref)
         && stored.get("notice") == serde_json::to_value(notice).ok().as_ref();
     if !same {
-        return Err(ApiError::Unprocessable {
-            code: "idempotency_key_reused",
-            message: "this Idempotency-Key was already used with a different request; use a \
-                      new key for a new request"
-                .into(),
-            field: Some("Idempotency-Key".into()),
-        });
+        return Err(crate::api::payments::key_reused());
     }
     Ok(serde_json::to_vec(&stored).unwrap_or_default())
 }

@@ -1211,15 +1211,7 @@ async fn refusals_tell_a_participant_no_more_than_its_view() {
     c.command(&key, p, Some(&lender), "lender", json!({"type": "Join"}))
         .await
         .expect("lender joins");
-    c.command(
-        &key,
-        p,
-        Some(&f.buyer),
-        "buyer",
-        json!({"type": "OpenDispute", "dispute": uuid::Uuid::new_v4(), "reason": "inspection"}),
-    )
-    .await
-    .expect("dispute");
+    buyer_disputes(c, &key, &f).await;
     let token = token_for(c, &key, p, &lender).await;
     let seen = c.get(&format!("/v1/payments/{p}"), &token).await;
     assert_eq!(seen.status, 200, "{}", seen.body);
@@ -1255,6 +1247,19 @@ async fn refusals_tell_a_participant_no_more_than_its_view() {
     srv.finish().await;
 }
 
+/// The buyer opens a dispute over `f`'s payment ("inspection").
+async fn buyer_disputes(c: &Client, key: &str, f: &common::scenario::Flow) {
+    c.command(
+        key,
+        &f.payment,
+        Some(&f.buyer),
+        "buyer",
+        json!({"type": "OpenDispute", "dispute": uuid::Uuid::new_v4(), "reason": "inspection"}),
+    )
+    .await
+    .expect("dispute");
+}
+
 /// A refusal because of a dispute, to a participant whose view hides disputes, reads
 /// `invalid_state` with the status its view shows, not `payment_disputed`.
 #[tokio::test]
@@ -1269,15 +1274,7 @@ async fn a_dispute_hidden_from_the_view_is_not_named_by_a_refusal() {
     let f = open_and_join(c, &key).await.expect("open");
     fund(c, &key, &f).await.expect("fund");
     let p = f.payment.as_str();
-    c.command(
-        &key,
-        p,
-        Some(&f.buyer),
-        "buyer",
-        json!({"type": "OpenDispute", "dispute": uuid::Uuid::new_v4(), "reason": "inspection"}),
-    )
-    .await
-    .expect("dispute");
+    buyer_disputes(c, &key, &f).await;
     let release = json!({"type": "RequestRelease", "request": uuid::Uuid::new_v4(),
         "allocations": [{"party": f.seller, "amount": {"amount": "5000.00", "currency": "USD"}}]});
     let cmds = format!("/v1/payments/{p}/commands");

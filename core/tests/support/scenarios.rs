@@ -228,13 +228,14 @@ pub fn earnest_with(n: u8, pinned: Policy) -> R<Sim> {
     earnest_on(Sim::new("earnest-money", n), pinned)
 }
 
-/// [`earnest_with`] on `s` (whose clock may have been set).
-fn earnest_on(mut s: Sim, pinned: Policy) -> R<Sim> {
-    let la = || as_(LISTING_AGENT, "listing_agent");
+/// The listing agent opens `s`'s earnest-money payment of 5,000.00 USD under `pinned`
+/// (nobody else invited yet: Draft).
+pub fn open_earnest(s: &mut Sim, pinned: Policy) -> R {
+    let payment = s.d.payment();
     s.run(
-        la(),
+        as_(LISTING_AGENT, "listing_agent"),
         Command::Initiate {
-            payment: s.d.payment(),
+            payment,
             tenant: TenantId::from_bytes([0x7e; 16]),
             policy: Box::new(pinned),
             amount: usd("5000.00"),
@@ -242,7 +243,13 @@ fn earnest_on(mut s: Sim, pinned: Policy) -> R<Sim> {
             roles: vec![Role::new("listing_agent")],
             name: "Lee Listing".into(),
         },
-    )?;
+    )
+}
+
+/// [`earnest_with`] on `s` (whose clock may have been set).
+fn earnest_on(mut s: Sim, pinned: Policy) -> R<Sim> {
+    let la = || as_(LISTING_AGENT, "listing_agent");
+    open_earnest(&mut s, pinned)?;
     assert_eq!(s.status(), Status::Draft);
     s.invite_join(la(), BUYER, "buyer", "Bea Buyer")?;
     s.invite_join(la(), SELLER, "seller", "Sol Seller")?;

@@ -167,7 +167,7 @@ fn replayed(status: i32, body: Vec<u8>) -> Response {
     res
 }
 
-fn key_reused() -> ApiError {
+pub(crate) fn key_reused() -> ApiError {
     ApiError::Unprocessable {
         code: "idempotency_key_reused",
         message: "this Idempotency-Key was already used with a different request; use a new key \
