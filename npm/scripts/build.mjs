@@ -158,6 +158,11 @@ if (publicApi(pkgDir) !== publicApi(nodeDir)) {
   console.error(`build: the ${node.name} module declares another API than the ${browser.name} module (compare ${relative(root, nodeDir)}/trustfold_wasm.d.ts)`);
   process.exit(1);
 }
+// The package's own declarations (src/api.ts, src/module.ts) take the glue's types from
+// this file, the public API without wasm-bindgen's init types: those name the DOM's
+// `RequestInfo`, `BufferSource` and the `WebAssembly` namespace, which a Node project
+// without the DOM library (`lib: ["ES2022"]`, `types: ["node"]`) does not have.
+writeFileSync(join(pkgDir, "trustfold_api.d.ts"), publicApi(pkgDir));
 const wasmPath = (m) => join(pkgDir, m.file);
 const afterBindgen = Object.fromEntries(modules.map((m) => [m.name, statSync(wasmPath(m)).size]));
 

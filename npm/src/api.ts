@@ -3,15 +3,15 @@
  * Every function throws a {@link TrustfoldError} (`code`, `message`, `seq?`, `field?`)
  * on failure, with the same code and message as the Rust core.
  */
-import type * as Raw from "../pkg/trustfold_wasm.js";
+import type * as Raw from "../pkg/trustfold_api.js";
 import { beforeLive, isReady, raw } from "./module.js";
 import type {
   Actor, Command, CommandContext, CommandKind, CommandResult, EventEnvelope, PaymentState,
   PaymentView, PolicyDocument,
 } from "./types.js";
 
-export type { HistoryInput, VerifyResult, PolicySummary, ClientOptions } from "../pkg/trustfold_wasm.js";
-import type { HistoryInput, VerifyResult, PolicySummary, ClientOptions } from "../pkg/trustfold_wasm.js";
+export type { HistoryInput, VerifyResult, PolicySummary, ClientOptions } from "../pkg/trustfold_api.js";
+import type { HistoryInput, VerifyResult, PolicySummary, ClientOptions } from "../pkg/trustfold_api.js";
 
 /** The error every trustfold function throws. */
 export interface TrustfoldError extends Error {

@@ -3,7 +3,7 @@
  * not re-exported by the package (only `isReady`, through api.ts), so no caller can
  * swap in another module.
  */
-import type * as Raw from "../pkg/trustfold_wasm.js";
+import type * as Raw from "../pkg/trustfold_api.js";
 
 /** The wasm-bindgen glue of one instantiated module. */
 export type RawModule = typeof Raw;

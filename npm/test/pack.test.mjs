@@ -107,6 +107,51 @@ export function feeds(client: Client, paymentId: string): boolean {
   assert.equal(r.status, 0, `tsc found errors in the consumer or in the package's declarations:\n${r.stdout}${r.stderr}`);
 });
 
+test("installed into a Node TypeScript project (Node types, no DOM), its declarations type-check", () => {
+  // A server project's settings: ES2022 without the DOM library, @types/node, NodeNext
+  // resolution (the package's "node" condition), skipLibCheck off.
+  const dir = project("ts-node-consumer", {
+    "package.json": JSON.stringify({ name: "ts-node-consumer", private: true, type: "module" }),
+    "tsconfig.json": JSON.stringify({
+      compilerOptions: {
+        target: "ES2022", module: "NodeNext", moduleResolution: "NodeNext", lib: ["ES2022"],
+        types: ["node"], typeRoots: [join(npmDir, "node_modules", "@types")],
+        strict: true, skipLibCheck: false, noEmit: true,
+      },
+      include: ["main.ts"],
+    }),
+    "main.ts": `
+import { randomUUID } from "node:crypto";
+import {
+  init, Client, replay, verify, view, allowedCommands, decide, validatePolicy, formatMoney, moneyAllocate,
+  isTrustfoldError, type PaymentState, type TrustfoldError, type VerifyResult, type HistoryInput,
+} from "trustfold";
+declare const token: string, serverKey: string, paymentId: string, buyerId: string, history: HistoryInput;
+export async function main(): Promise<void> {
+  await init();
+  const client = new Client({ baseUrl: "http://127.0.0.1:8080", token, serverKey });
+  const feed = client.payment(paymentId);
+  const state: PaymentState | undefined = await feed.sync();
+  feed.live((s: PaymentState, seq: number) => console.log(s.status, seq), (err: TrustfoldError) => console.warn(err.code));
+  if (state?.terms_hash) {
+    const r = await client.sendCommand(paymentId, { type: "AgreeToTerms", terms_hash: state.terms_hash }, randomUUID(), state.version);
+    console.log(r.version);
+  }
+  const v: VerifyResult = verify(history);
+  if (!v.ok) console.log(v.code, v.seq);
+  console.log(replay(history).status, view(history, ["lender"]).events.length, validatePolicy("{}"));
+  const can: string[] = allowedCommands(history, { party: buyerId, role: "buyer" });
+  console.log(can, decide(history, { type: "Join" }, { command_id: randomUUID(), actor: { party: buyerId, role: "buyer" }, now: new Date().toISOString() }));
+  console.log(formatMoney("1", "USD"), moneyAllocate("1.00", "USD", [1, 2]));
+  try { replay("[]"); } catch (e) { if (isTrustfoldError(e)) console.log(e.code); }
+}
+`,
+  });
+  const tsc = join(npmDir, "node_modules", "typescript", "bin", "tsc");
+  const r = spawnSync(process.execPath, [tsc, "-p", dir], { cwd: dir, encoding: "utf8" });
+  assert.equal(r.status, 0, `tsc found errors in the consumer or in the package's declarations:\n${r.stdout}${r.stderr}`);
+});
+
 test("installed into a Vite page, it runs in Chromium", async () => {
   const dir = project("vite-page", {
     "package.json": JSON.stringify({ name: "page", private: true, type: "module" }),
