@@ -45,7 +45,9 @@
 //!   to send (all of them, page by page; an idle endpoint costs an indexed look) and
 //!   starts a task for each that has none ([`CONCURRENT`] send at once, each for at
 //!   most [`SERVE_FOR`], page after page of its backlog); it does not wait for them, so
-//!   a slow receiver holds back only itself.
+//!   a slow receiver holds back only itself. At most [`PER_TENANT`] of one tenant's
+//!   endpoints send at once (its others wait their turn, in order): one tenant's slow
+//!   receivers (it may register 16) cannot take every slot from the other tenants.
 //! - **One sender per database**: the projection leader (see [`crate::projections`]);
 //!   positions move by compare-and-set, so an endpoint is never moved twice, and after
 //!   a change of leader an event may be sent again (at least once).
@@ -114,6 +116,8 @@ const DUE_PAGE: i64 = 1000;
 const PER_READ: u32 = 100;
 /// Endpoints served at once.
 const CONCURRENT: usize = 8;
+/// Endpoints of one tenant served at once (of [`CONCURRENT`]).
+const PER_TENANT: usize = 2;
 /// How long one endpoint is sent to before its turn ends (it goes on in the next round).
 const SERVE_FOR: Duration = Duration::from_secs(5);
 /// How long a client pinned to a host's checked address is kept ([`Pins`]).
@@ -511,8 +515,12 @@ pub(crate) async fn run(
 struct Sending {
     /// Each task yields its endpoint and whether its bookkeeping failed.
     tasks: JoinSet<(Uuid, bool)>,
-    endpoints: std::collections::HashMap<Uuid, tokio::task::Id>,
+    /// Each endpoint's task and the endpoint's tenant.
+    endpoints: std::collections::HashMap<Uuid, (tokio::task::Id, Uuid)>,
     permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Each tenant's slots ([`PER_TENANT`]), taken before one of `permits`, while the
+    /// tenant has tasks: its endpoints queue there, first come first served.
+    tenants: std::collections::HashMap<Uuid, std::sync::Arc<tokio::sync::Semaphore>>,
     /// Endpoints whose last turn could not record what it did (the database refused a
     /// write: its position, its failure): left alone until then, the pause doubling
     /// from 1 s to a minute — else each round, every second, would send the same event
@@ -526,6 +534,7 @@ impl Default for Sending {
             tasks: JoinSet::new(),
             endpoints: std::collections::HashMap::new(),
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT)),
+            tenants: std::collections::HashMap::new(),
             paused: std::collections::HashMap::new(),
         }
     }
@@ -552,9 +561,20 @@ impl Sending {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "webhooks: a sending task failed");
-                self.endpoints.retain(|_, task| *task != e.id());
+                self.endpoints.retain(|_, (task, _)| *task != e.id());
             }
         }
+        let endpoints = &self.endpoints;
+        self.tenants
+            .retain(|tenant, _| endpoints.values().any(|(_, t)| t == tenant));
+    }
+
+    /// The slots of `tenant`'s endpoints.
+    fn tenant_permits(&mut self, tenant: Uuid) -> std::sync::Arc<tokio::sync::Semaphore> {
+        self.tenants
+            .entry(tenant)
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(PER_TENANT)))
+            .clone()
     }
 }
 
@@ -607,6 +627,7 @@ async fn round(
         let last_page = due.len() < usize::try_from(DUE_PAGE).unwrap_or(usize::MAX);
         for row in due {
             after = (row.8, row.0);
+            let row_tenant = row.1;
             if sending.endpoints.contains_key(&row.0)
                 || sending
                     .paused
@@ -622,10 +643,16 @@ async fn round(
                     "webhooks: cannot open an endpoint's secret; not sending to it");
                 continue;
             }
-            let id = after.1;
+            let (id, tenant) = (after.1, row_tenant);
             let (state, config, client) = (state.clone(), config.clone(), client.clone());
-            let permits = sending.permits.clone();
+            let (permits, tenant_permits) =
+                (sending.permits.clone(), sending.tenant_permits(tenant));
             let task = sending.tasks.spawn(async move {
+                // The tenant's slot first: while waiting for it, a task holds none of
+                // the slots the other tenants share.
+                let Ok(_slot) = tenant_permits.acquire().await else {
+                    return (id, false);
+                };
                 let Ok(_permit) = permits.acquire().await else {
                     return (id, false);
                 };
@@ -648,7 +675,7 @@ async fn round(
                     }
                 }
             });
-            sending.endpoints.insert(id, task.id());
+            sending.endpoints.insert(id, (task.id(), tenant));
         }
         if last_page {
             break;

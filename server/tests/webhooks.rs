@@ -636,6 +636,52 @@ async fn a_slow_receiver_does_not_hold_back_the_others() {
     running.shutdown().await.expect("shutdown");
 }
 
+/// A tenant's many slow receivers (eight endpoints, 8 s an answer, each with a payment's
+/// events to take) do not take every sending slot: another tenant's endpoint is sent
+/// its events meanwhile.
+#[tokio::test]
+async fn one_tenants_slow_receivers_do_not_hold_back_other_tenants() {
+    let (_dir, db) = common::sqlite_file();
+    let (running, c) = serve(&db).await;
+    let slow_key = c.tenant(ADMIN, "Busy Escrow").await.expect("tenant");
+    let key = c.tenant(ADMIN, "Quick Escrow").await.expect("tenant");
+    let slow = Receiver::default();
+    slow.delay_ms
+        .store(8000, std::sync::atomic::Ordering::Relaxed);
+    let slow_url = slow.start().await;
+    for i in 0..8 {
+        let url = format!("{slow_url}?endpoint={i}");
+        let r = c
+            .post("/v1/webhooks", &slow_key, &json!({ "url": url }))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let quick = Receiver::default();
+    let url = quick.start().await;
+    let r = c.post("/v1/webhooks", &key, &json!({ "url": url })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    open_and_join(&c, &slow_key).await.expect("open");
+    slow.wait("the slow receivers' first request", |g| !g.is_empty())
+        .await;
+    // Give every slow endpoint's round time to start (a round a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let f = open_and_join(&c, &key).await.expect("open");
+    let appended = Instant::now();
+    quick
+        .wait("the quick receiver's first event", |g| {
+            !types_of(g, &f.payment).is_empty()
+        })
+        .await;
+    let waited = appended.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the quick receiver waited {waited:?} behind the other tenant's slow receivers \
+         ({} requests taken by them)",
+        slow.got().len()
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
 /// Addresses in odd spellings (the `url` crate normalises `0x7f.1`, `127.1` and
 /// `2130706433` to 127.0.0.1) and IPv4 addresses carried in IPv6 (mapped, compatible,
 /// NAT64, 6to4) are refused like the plain ones; public ones in the same forms are not.
@@ -1269,18 +1315,24 @@ async fn an_endpoint_deleted_while_waiting_gets_nothing(database: &str) {
     slow.delay_ms
         .store(4000, std::sync::atomic::Ordering::Relaxed);
     let slow_url = slow.start().await;
-    let busy = c.tenant(ADMIN, "Busy Escrow").await.expect("tenant");
-    for n in 0..8 {
-        let r = c
-            .post(
-                "/v1/webhooks",
-                &busy,
-                &json!({ "url": format!("{slow_url}?n={n}") }),
-            )
-            .await;
-        assert_eq!(r.status, 201, "{}", r.body);
+    // Four tenants of two endpoints each (a tenant is served at most two at once).
+    for t in 0..4 {
+        let busy = c
+            .tenant(ADMIN, &format!("Busy Escrow {t}"))
+            .await
+            .expect("tenant");
+        for n in 0..2 {
+            let r = c
+                .post(
+                    "/v1/webhooks",
+                    &busy,
+                    &json!({ "url": format!("{slow_url}?t={t}&n={n}") }),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.body);
+        }
+        open_and_join(&c, &busy).await.expect("open");
     }
-    open_and_join(&c, &busy).await.expect("open");
     // All eight senders are busy with the slow receiver.
     slow.wait("eight slow requests", |g| g.len() >= 8).await;
     let fast = Receiver::default();
