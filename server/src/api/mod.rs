@@ -48,7 +48,9 @@ pub struct Notice {
     pub version: u64,
     /// The appended events (the last `events.len()` sequence numbers up to `version`),
     /// when this process appended them: live streams deliver them without reading the
-    /// store. `None` for another process's appends (heard through `LISTEN`).
+    /// store. `None` for another process's appends (heard through `LISTEN`) and for an
+    /// append of more than 8 KiB (the channel keeps its last notices alive for a stream
+    /// that stopped reading, so each is kept small).
     pub events: Option<std::sync::Arc<Vec<crate::NewEvent>>>,
 }
 

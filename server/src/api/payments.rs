@@ -642,12 +642,29 @@ async fn execute(
 /// the other processes by `NOTIFY` after the commit: see `PostgresStore`.)
 fn after_append(state: &AppState, payment: Uuid, result: AppendResult, events: Vec<NewEvent>) {
     state.projector.appended(result.last_position);
-    let _ = state.notices.send(Notice {
-        stream: payment,
-        version: result.new_version,
-        events: Some(std::sync::Arc::new(events)),
-    });
+    let _ = state
+        .notices
+        .send(notice(payment, result.new_version, events));
 }
+
+/// The notice of an append: with its events when they are at most [`NOTICE_BYTES`]. A
+/// live stream whose client stopped reading keeps the channel's last notices alive
+/// (4,096 of them, every tenant's), so what each holds is bounded; the streams read a
+/// larger append from the store.
+fn notice(payment: Uuid, version: u64, events: Vec<NewEvent>) -> Notice {
+    let bytes: usize = events
+        .iter()
+        .map(|e| e.body.len() + e.event_type.len() + 64)
+        .sum();
+    Notice {
+        stream: payment,
+        version,
+        events: (bytes <= NOTICE_BYTES).then(|| std::sync::Arc::new(events)),
+    }
+}
+
+/// The most event bytes a notice carries to this process's live streams.
+const NOTICE_BYTES: usize = 8 * 1024;
 
 fn expected_version(headers: &HeaderMap, body_value: Option<u64>) -> ApiResult<Option<u64>> {
     let header = match headers.get(header::IF_MATCH) {
@@ -2294,8 +2311,40 @@ pub async fn revoke_tokens(
 
 #[cfg(test)]
 mod tests {
-    use super::{mask_amounts, mask_digests, page_len, read_page, PAGE_BYTES};
-    use crate::StoredEvent;
+    use super::{mask_amounts, mask_digests, notice, page_len, read_page, PAGE_BYTES};
+    use crate::{NewEvent, StoredEvent};
+
+    /// A notice carries an append's events to the live streams only while they are
+    /// small: a stalled stream keeps the channel's last 4,096 notices alive.
+    #[test]
+    fn notices_carry_small_appends_only() {
+        let events = |sizes: &[usize]| {
+            sizes
+                .iter()
+                .map(|&size| NewEvent {
+                    event_id: uuid::Uuid::nil(),
+                    event_type: "ApprovalGranted".into(),
+                    schema_version: 1,
+                    body: vec![b' '; size],
+                    hash: [0; 32],
+                })
+                .collect::<Vec<_>>()
+        };
+        let p = uuid::Uuid::nil();
+        let small = notice(p, 3, events(&[600, 500, 2_700]));
+        assert_eq!(small.events.map(|e| e.len()), Some(3));
+        let large = notice(p, 3, events(&[600, 500, 256 * 1024]));
+        assert!(
+            large.events.is_none(),
+            "a 256 KiB append is read from the store"
+        );
+        let many = notice(p, 40, events(&[500; 40]));
+        assert!(
+            many.events.is_none(),
+            "40 events of 500 bytes are read from the store"
+        );
+        assert_eq!((large.version, large.stream), (3, p));
+    }
 
     /// `read_page` over a log of events with these body sizes (keys 1, 2, …), then
     /// `page_len`: the page's keys, whether more were read, and the rows fetched.
