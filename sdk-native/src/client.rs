@@ -103,6 +103,12 @@ pub struct EventsPage {
     pub has_more: bool,
     /// The cursor (sequence number) to continue after.
     pub next: u64,
+    /// The server's flag for a redacted view (a participant token whose roles the
+    /// policy hides something from). [`Client::events`] never returns such a page: it
+    /// fails with [`Error::RedactedHistory`] instead, even when every event of the
+    /// page is hidden and the page would otherwise read as an empty one.
+    #[serde(default)]
+    pub redacted: bool,
 }
 
 /// One item of a history page as a participant whose roles the policy hides something
@@ -1069,8 +1075,9 @@ impl Client {
 
     /// `GET /v1/payments/{id}/events?after=&limit=`: a page of the history as verifiable
     /// records (what an API key, or a participant whose roles see everything, gets).
-    /// A participant token that gets a redacted view fails with
-    /// [`Error::RedactedHistory`]; read that view with [`Client::events_view`].
+    /// A participant token that gets a redacted view (the server flags the page
+    /// `"redacted": true`) fails with [`Error::RedactedHistory`], also when the page's
+    /// events are all hidden from it; read that view with [`Client::events_view`].
     pub async fn events(&self, payment: PaymentId, after: u64, limit: u32) -> Result<EventsPage> {
         let b = self
             .send(
@@ -1082,6 +1089,9 @@ impl Client {
             )
             .await?;
         match serde_json::from_slice::<EventsPage>(&b.bytes) {
+            // A view the server says is redacted cannot be verified, even when every
+            // event of the page is hidden (no items: it parses as an empty page).
+            Ok(page) if page.redacted => Err(Error::RedactedHistory),
             Ok(page) => Ok(page),
             Err(e) => match serde_json::from_slice::<ViewPage>(&b.bytes) {
                 Ok(view) if view.events.iter().any(|i| i.hash.is_none()) => {

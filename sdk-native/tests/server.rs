@@ -1119,3 +1119,72 @@ async fn follow_waits_out_a_rate_limit() {
     assert_eq!(seen, vec![2]);
     running.shutdown().await.expect("shutdown");
 }
+
+/// A page of a redacted view whose events are all hidden from the participant (the
+/// lender sees none of an invitation and a join) has no items, but the server flags it
+/// `"redacted": true`: `Client::events` says `redacted_history`, not "no events".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redacted_page_with_every_event_hidden_is_redacted_history() {
+    use trustfold::id::PartyId;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let base = format!("http://{}", running.addr);
+    let anon = Client::new(&base).expect("client");
+    let t = anon.create_tenant(ADMIN, "Hidden").await.expect("tenant");
+    let api_key = t["api_key"].as_str().expect("api key").to_string();
+    let c = Client::new(&base).expect("client").api_key(&api_key);
+    let policy: Value =
+        serde_json::from_str(include_str!("../../examples/policies/earnest-money.json"))
+            .expect("policy");
+    c.create_policy(&policy).await.expect("policy");
+    let (agent, lender) = (id(), PartyId::from_uuid(uuid::Uuid::new_v4()));
+    let open = json!({
+        "policy": "earnest-money",
+        "amount": {"amount": "900.00", "currency": "USD"},
+        "initiator": {"party": agent, "roles": ["listing_agent"]}
+    });
+    let p = c
+        .create_payment(&open, None)
+        .await
+        .expect("open")
+        .payment_id;
+    let invite = json!({"type": "Invite", "party": lender, "roles": ["lender"]});
+    c.send_command(
+        p,
+        &invite,
+        Some(&json!({"party": agent, "role": "listing_agent"})),
+        Some(1),
+        None,
+    )
+    .await
+    .expect("invite");
+    c.send_command(
+        p,
+        &json!({"type": "Join"}),
+        Some(&json!({"party": lender, "role": "lender"})),
+        Some(2),
+        None,
+    )
+    .await
+    .expect("join");
+    let tok = c
+        .create_token(p, lender, None, None)
+        .await
+        .expect("token")
+        .token;
+    let as_lender = Client::new(&base).expect("client").token(&tok);
+    // The view after the opening: both events hidden, no items at all.
+    let view = as_lender.events_view(p, 1, 100).await.expect("view");
+    assert!(view.events.is_empty(), "{:?}", view.events);
+    let e = as_lender
+        .events(p, 1, 100)
+        .await
+        .expect_err("a redacted page is not an empty history");
+    assert_eq!(e.code(), "redacted_history", "{e}");
+    // The tenant's key gets the verifiable records of the same events.
+    let page = c.events(p, 1, 100).await.expect("records");
+    assert_eq!(page.events.len(), 2);
+    assert!(!page.redacted);
+    running.shutdown().await.expect("shutdown");
+}
