@@ -1436,7 +1436,9 @@ impl Client {
     /// The whole history of a payment and its signed head: `GET /v1/payments/{id}/head`,
     /// then pages of `GET /v1/payments/{id}/events` up to the head's seq (events
     /// appended meanwhile are left out, so the pair matches; pages that do not advance
-    /// are a transport error).
+    /// are a transport error). Pages that end before the head's seq (a server, or
+    /// someone on the way, cutting the history's end) are [`Error::Broken`] with
+    /// `chain_broken`, with or without a pinned key: a short history is never returned.
     /// The document is written exactly as [`crate::history::write`] writes one (one
     /// record per line, each event's bytes as received), ready for the
     /// [`Verifier`](crate::verify::Verifier) with the head. Needs a view that can be
@@ -1476,6 +1478,22 @@ impl Client {
             if !page.has_more || page.events.is_empty() {
                 break;
             }
+        }
+        if n != head.seq {
+            // The pages ended before the signed head: the history would be cut short.
+            return Err(Error::from(crate::error::Broken {
+                stream: Some(payment),
+                seq: Some(head.seq),
+                line: None,
+                error: CoreError::ChainBroken {
+                    seq: head.seq,
+                    reason: format!(
+                        "the signed head is at seq {} but the server sent only {n} events: \
+                         events were cut from the history's end (fetch again)",
+                        head.seq
+                    ),
+                },
+            }));
         }
         body.extend_from_slice(b"\n]\n");
         Ok((body, head))

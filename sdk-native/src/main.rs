@@ -81,7 +81,11 @@ enum Cmd {
     },
     /// Download a payment's history (and its signed head) from a server: the head
     /// first, then the events it signs. The files are replaced only by a complete
-    /// download (verified first, with --key); otherwise they stay as they were.
+    /// download (as many events as the signed head's seq; verified first, with --key);
+    /// otherwise they stay as they were.
+    ///
+    /// Exit status: 0 fetched, 1 the download is short of the signed head or does not
+    /// verify, 2 a usage, I/O or network error.
     Fetch {
         /// The payment id.
         payment: PaymentId,
@@ -450,7 +454,22 @@ async fn fetch(
     if let Some(k) = pinned {
         c = c.pin(k);
     }
-    let (body, head) = c.fetch_history(payment).await?;
+    let (body, head) = match c.fetch_history(payment).await {
+        Ok(pair) => pair,
+        // The download does not hold together (its pages end before the signed head):
+        // nothing is written, as for a download that does not verify.
+        Err(Error::Broken(b)) => {
+            say_err!("FAILED: {b}");
+            say_err!("code: {}", b.error.code());
+            say_err!(
+                "{} and {}.head.json left as they were",
+                out.display(),
+                out.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e),
+    };
     let n = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body)
         .map_err(|e| Error::Transport(format!("bad history: {e}")))?
         .len();

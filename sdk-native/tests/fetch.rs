@@ -161,6 +161,72 @@ fn fetch_stops_at_the_signed_head_and_replaces_files_only_when_verified() {
     assert_eq!(history::parse(&all).expect("parse").len(), n);
 }
 
+/// Without `--key` nothing is verified, but a download short of the signed head (the
+/// pages end, `has_more: false`, before the head's seq) is still refused: exit 1, and
+/// the files of the last good fetch stay as they were.
+#[test]
+fn fetch_without_a_key_refuses_pages_that_end_before_the_signed_head() {
+    let vector =
+        std::fs::read(support::vectors_dir().join("em_happy_wire.history.json")).expect("vector");
+    let records = history::parse(&vector).expect("parse");
+    let n = records.len();
+    let stream = records[0].envelope().expect("envelope").stream;
+    let lines: Vec<String> = records
+        .iter()
+        .map(|r| format!("{{\"hash\":\"{}\",\"event\":{}}}", r.hash, r.event.get()))
+        .collect();
+    let head = serde_json::to_string(&SignedHead::sign(
+        stream,
+        n as u64,
+        records[n - 1].hash,
+        &support::SECRET,
+    ))
+    .expect("head");
+    let script = Arc::new(Mutex::new(Script {
+        records: lines.clone(),
+        head,
+    }));
+    let base = serve(script.clone());
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("p.json");
+    let head_file = dir.path().join("p.json.head.json");
+    let payment = stream.to_string();
+    let fetch_unchecked = || {
+        Command::new(env!("CARGO_BIN_EXE_trustfold"))
+            .args(["fetch", &payment, "--server", &base, "--out"])
+            .arg(&out)
+            .output()
+            .expect("run trustfold fetch")
+    };
+    let o = fetch_unchecked();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let good = std::fs::read(&out).expect("history");
+    let good_head = std::fs::read(&head_file).expect("head");
+    assert_eq!(history::parse(&good).expect("parse").len(), n);
+
+    // The last two events cut from the pages, the head still signed at n.
+    script.lock().expect("script").records.truncate(n - 2);
+    let o = fetch_unchecked();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("code: chain_broken"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "signed head is at seq {n} but the server sent only {}",
+            n - 2
+        )),
+        "{err}"
+    );
+    assert!(err.contains("left as they were"), "{err}");
+    assert_eq!(std::fs::read(&out).expect("history"), good);
+    assert_eq!(std::fs::read(&head_file).expect("head"), good_head);
+    assert!(std::fs::read_dir(dir.path()).expect("dir").all(|e| !e
+        .expect("entry")
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp-")));
+}
+
 #[test]
 fn closed_output_pipes_are_no_panic() {
     // `trustfold verify … 2>&1 | true`: both outputs are gone before the failure is
