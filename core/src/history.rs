@@ -431,6 +431,30 @@ impl SignedHead {
         })
     }
 
+    /// Checks that this is the head of `payment`, the history's payment: another
+    /// payment's head is `bad_signature` naming both payments (its length and hash say
+    /// nothing about this history). [`SignedHead::verify_against`] checks this, and a
+    /// verifier that reads a history line by line calls it with the first event's
+    /// payment, so both report the same.
+    ///
+    /// ```
+    /// use trustfold_core::{hash::Hash, history::SignedHead, id::PaymentId};
+    /// let (a, b) = (PaymentId::from_bytes([1; 16]), PaymentId::from_bytes([2; 16]));
+    /// let head = SignedHead::sign(a, 1, Hash::ZERO, &[7; 32]);
+    /// assert!(head.check_payment(a).is_ok());
+    /// assert_eq!(head.check_payment(b).unwrap_err().code(), "bad_signature");
+    /// ```
+    pub fn check_payment(&self, payment: PaymentId) -> Result<()> {
+        if payment == self.stream {
+            return Ok(());
+        }
+        Err(Error::BadSignature(format!(
+            "it is the head of payment {}, but the history is of payment {payment}: check \
+             the history against its own payment's head",
+            self.stream
+        )))
+    }
+
     /// Checks the signature, that the history's event at `seq` has the signed hash, and
     /// that it is the history's last event: the chain's hashes are public arithmetic, so
     /// events after the signed one could have been added by anyone (`chain_broken` at
@@ -441,13 +465,7 @@ impl SignedHead {
         self.verify(key)?;
         // The first record's stream (a record that does not parse is the fold's to report).
         if let Some(Ok(first)) = records.first().map(RawRecord::envelope) {
-            if first.stream != self.stream {
-                return Err(Error::BadSignature(format!(
-                    "it is the head of payment {}, but the history is of payment {}: check \
-                     the history against its own payment's head",
-                    self.stream, first.stream
-                )));
-            }
+            self.check_payment(first.stream)?;
         }
         if (records.len() as u64) > self.seq {
             return Err(Error::ChainBroken {

@@ -939,6 +939,14 @@ impl Scanner {
                     if let HeadSource::One(h) = &mut self.heads {
                         g.head = h.take();
                         self.check_signature(&mut g);
+                        // Another payment's head, validly signed: named as such, as the
+                        // core's `SignedHead::verify_against` does, not misread as
+                        // events cut from (or added to) this history's end.
+                        if let (Some(h), Some(stream), None) = (&g.head, g.stream, &g.head_err) {
+                            if let Err(e) = h.check_payment(stream) {
+                                g.head_err = Some((e, None));
+                            }
+                        }
                     }
                     rt.begin();
                     group = Some(g);
@@ -959,7 +967,10 @@ impl Scanner {
                     stopped = true;
                     continue;
                 }
-                if g.head.as_ref().is_some_and(|h| h.seq == seq) {
+                if g.head
+                    .as_ref()
+                    .is_some_and(|h| h.seq == seq && Some(h.stream) == g.stream)
+                {
                     g.head_line = Some(line_no);
                     if g.head.as_ref().is_some_and(|h| h.hash != hash) && g.head_err.is_none() {
                         g.head_err = Some((

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use trustfold::history::{PublicKey, SignedHead};
 use trustfold::id::PaymentId;
-use trustfold::verify::Verifier;
+use trustfold::verify::{Layout, Verifier};
 
 /// A golden vector with a signed head: its records (verbatim, one per element), its key
 /// and head.
@@ -120,4 +120,53 @@ fn a_payment_of_an_export_is_verified_against_its_own_head() {
         .expect("the second payment verifies against its head");
     assert_eq!((report.payments, report.signed), (1, 1));
     assert_eq!(report.last.map(|s| s.payment), Some(second.stream));
+}
+
+/// Another payment's head, validly signed by the same key, given for a history: the
+/// line-per-record layout (streamed) reports what the core's whole-document path
+/// reports, `bad_signature` naming both payments, not events cut from the end.
+#[test]
+fn another_payments_head_is_bad_signature_in_both_layouts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (records, key, own) = vector("em_happy_wire");
+    let (_, other_key, other) = vector("em_ach_good_funds");
+    assert_eq!(key, other_key, "the vectors share a key");
+    assert_ne!(own.stream, other.stream);
+    // One record per line, as trustfold writes a history: streamed.
+    let lines = tmp.path().join("lines.json");
+    std::fs::write(&lines, format!("[\n{}\n]\n", records.join(",\n"))).expect("write");
+    // All on one line: read whole by the core.
+    let one = tmp.path().join("one.json");
+    std::fs::write(&one, format!("[{}]", records.join(","))).expect("write");
+    let run = |p: &Path| {
+        Verifier::new()
+            .key(key)
+            .head(other.clone())
+            .verify_path(p)
+            .expect_err("another payment's head")
+    };
+    let (streamed, whole) = (run(&lines), run(&one));
+    let (s, w) = (
+        streamed.broken().expect("broken"),
+        whole.broken().expect("broken"),
+    );
+    assert_eq!(w.error.code(), "bad_signature", "{whole}");
+    assert_eq!(s.error.code(), w.error.code(), "{streamed} / {whole}");
+    assert_eq!(s.error.to_string(), w.error.to_string());
+    assert!(
+        s.error
+            .to_string()
+            .contains(&format!("it is the head of payment {}", other.stream)),
+        "{streamed}"
+    );
+    assert_eq!((s.stream, s.seq), (w.stream, w.seq));
+    // Its own head verifies in both, each read as said.
+    for (p, layout) in [(&lines, Layout::History), (&one, Layout::Whole)] {
+        let r = Verifier::new()
+            .key(key)
+            .head(own.clone())
+            .verify_path(p)
+            .expect("its own head");
+        assert_eq!(r.layout, layout);
+    }
 }
