@@ -103,6 +103,10 @@ enum Cmd {
         key: Option<String>,
     },
     /// Follow a payment live: verify and fold each new event, print one line each.
+    ///
+    /// Exit status: 0 the output was closed, 1 the history or a new event does not
+    /// verify (in the first sync as while following; the broken event is printed), 2 a
+    /// usage, I/O or network error, or the server's refusal.
     Tail {
         /// The payment id.
         payment: PaymentId,
@@ -533,7 +537,17 @@ async fn tail(
 ) -> Result<ExitCode, Error> {
     let key = parse_key(key)?;
     let mut r = trustfold::replica::Replica::new(client(server, api_key)?, payment, key)?;
-    let n = r.sync().await?;
+    // A history that does not verify is the same failure in the first sync as while
+    // following: FAILED and exit 1 (2 is for usage, I/O and network errors).
+    let n = match r.sync().await {
+        Ok(n) => n,
+        Err(Error::Broken(b)) => {
+            say_err!("FAILED: {b}");
+            say_err!("code: {}", b.error.code());
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(s) = r.state() {
         say!(
             "{payment}: {n} events verified, {:?} at version {}",
@@ -559,6 +573,7 @@ async fn tail(
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(Error::Broken(b)) => {
             say_err!("FAILED: {b}");
+            say_err!("code: {}", b.error.code());
             Ok(ExitCode::from(1))
         }
         Err(e) => Err(e),

@@ -3,7 +3,8 @@
 //! event to the event pages or to the live stream, replays an older genuine head with
 //! the pages cut to match, or breaks the head's answers. The replica must never keep
 //! an event no signed head covers, must stay usable after such a sync, must not take
-//! a replayed head, and `follow` must keep the server's error codes.
+//! a replayed head, and `follow` must keep the server's error codes. `trustfold tail`
+//! runs through the same proxy.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -568,5 +569,47 @@ async fn follow_keeps_the_servers_error_codes() {
         .expect("follow ends")
         .expect_err("unknown payment");
     assert_eq!(e.code(), "not_found", "{e}");
+    running.shutdown().await.expect("shutdown");
+}
+
+/// `trustfold tail` whose first sync meets a forged event (appended to the pages, past
+/// the signed head) fails as it does for one met while following: `FAILED` with the
+/// core's code and exit 1, not 2 (kept for usage, I/O and network errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_exits_1_when_its_first_sync_does_not_verify() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let upstream = format!("http://{}", running.addr);
+    let Setup {
+        api_key,
+        p,
+        buyer,
+        key,
+        ..
+    } = setup(&upstream).await;
+    let (base, px) = proxy(&upstream).await;
+    let mut rep = Replica::new(
+        Client::new(&base).expect("client").api_key(&api_key),
+        p,
+        key,
+    )
+    .expect("replica");
+    rep.sync().await.expect("sync");
+    px.set(Tamper::AppendEvent(forged_join(&rep, &buyer)));
+    let (base, payment, key) = (base.clone(), p.to_string(), key.to_string());
+    let o = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trustfold"))
+            .args(["tail", &payment, "--server", &base, "--key", &key])
+            .env("TRUSTFOLD_API_KEY", &api_key)
+            .output()
+            .expect("run trustfold tail")
+    })
+    .await
+    .expect("tail");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("FAILED: "), "{err}");
+    assert!(err.contains("code: chain_broken"), "{err}");
+    assert!(o.stdout.is_empty(), "nothing verified to print");
     running.shutdown().await.expect("shutdown");
 }
