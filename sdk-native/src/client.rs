@@ -981,9 +981,10 @@ impl Client {
     }
 
     /// `DELETE /v1/rail-notices/{id}`: dismisses a held notice whose transfer will never
-    /// be recorded here ([`HeldStatus::Dismissed`]; the record stays). A notice applied
-    /// or refused already: [`Error::Conflict`] (`rail_notice_settled`); one being
-    /// applied right now: [`Error::Conflict`] (`rail_notice_applying`, read it again).
+    /// be recorded here ([`HeldStatus::Dismissed`]; the record stays; dismissing again
+    /// answers the same). A notice applied or refused already: [`Error::Http`] with
+    /// status 409 and code `rail_notice_settled`; one being applied right now: 409
+    /// `rail_notice_applying` (read it again with [`Client::held_rail_notice`]).
     pub async fn dismiss_rail_notice(&self, id: uuid::Uuid) -> Result<HeldRailNotice> {
         let b = self
             .send(

@@ -79,7 +79,16 @@ pub enum Error {
         field: Option<String>,
     },
     /// Another writer changed the payment first (HTTP 409): reload and retry.
-    #[error("version conflict: the payment is at version {current_version:?}: {message}")]
+    ///
+    /// ```
+    /// use trustfold::Error;
+    /// let e = Error::VersionConflict { current_version: Some(7), message: "reload".into() };
+    /// assert_eq!(e.to_string(), "version conflict: the payment is at version 7: reload");
+    /// ```
+    #[error(
+        "version conflict: the payment is at version {}: {message}",
+        version_or_unknown(*.current_version)
+    )]
     VersionConflict {
         /// The payment's current version, as the server reported it.
         current_version: Option<u64>,
@@ -144,6 +153,11 @@ pub enum Error {
     RedactedHistory,
 }
 
+/// A version as a number, or `unknown` when the server did not say.
+fn version_or_unknown(v: Option<u64>) -> String {
+    v.map_or_else(|| "unknown".into(), |v| v.to_string())
+}
+
 impl Error {
     /// A stable machine-readable code.
     ///
@@ -193,3 +207,28 @@ impl From<Broken> for Error {
 
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_conflict_prints_the_version_or_unknown() {
+        let e = Error::VersionConflict {
+            current_version: Some(7),
+            message: "reload the payment and try again".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "version conflict: the payment is at version 7: reload the payment and try again"
+        );
+        let e = Error::VersionConflict {
+            current_version: None,
+            message: "x".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "version conflict: the payment is at version unknown: x"
+        );
+    }
+}
