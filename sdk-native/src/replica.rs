@@ -196,7 +196,7 @@ impl Replica {
                 break;
             }
         }
-        self.verify_head(&mut staged).await?;
+        self.verify_head(&mut staged, None).await?;
         let n = staged.version().saturating_sub(self.version());
         self.chain = staged;
         Ok(n)
@@ -206,14 +206,19 @@ impl Replica {
     /// events, catching up to it when it is newer (kept only if the head passes).
     pub async fn check_head(&mut self) -> Result<()> {
         let mut staged = self.chain.clone();
-        self.verify_head(&mut staged).await?;
+        self.verify_head(&mut staged, None).await?;
         self.chain = staged;
         Ok(())
     }
 
     /// Fetches the signed head and checks `staged` against it, first fetching and
-    /// folding into `staged` the events up to it when it is newer.
-    async fn verify_head(&self, staged: &mut Chain) -> Result<()> {
+    /// folding into `staged` the events up to it when it is newer (and handing those
+    /// records to `caught`, in order, when given).
+    async fn verify_head(
+        &self,
+        staged: &mut Chain,
+        mut caught: Option<&mut Vec<Record>>,
+    ) -> Result<()> {
         let head = self.client.head(self.payment).await?;
         let broken = |error: CoreError| {
             Error::from(Broken {
@@ -240,10 +245,14 @@ impl Replica {
                 .events(self.payment, staged.version(), limit)
                 .await?;
             let take = usize::try_from(wanted).unwrap_or(usize::MAX);
-            for r in page.events.iter().take(take) {
-                staged.apply(self.payment, r)?;
+            let empty = page.events.is_empty();
+            for r in page.events.into_iter().take(take) {
+                staged.apply(self.payment, &r)?;
+                if let Some(c) = caught.as_deref_mut() {
+                    c.push(r);
+                }
             }
-            if page.events.is_empty() {
+            if empty {
                 break;
             }
         }
@@ -301,11 +310,17 @@ impl Replica {
         Ok(out)
     }
 
-    /// Follows the live stream, calling `on_event` with the new state each time a
-    /// streamed event is verified. Returns when `on_event` returns `false`.
+    /// Follows the live stream, calling `on_event` once for every new event, in order,
+    /// with the state after it, once it is verified. Returns when `on_event` returns
+    /// `false` (the replica keeps every event verified by then, possibly a few past the
+    /// last one reported).
     ///
     /// A streamed event is folded on a copy and kept only once a signed head fetched
-    /// for it covers it (catching up when the head is newer). It reconnects with
+    /// for it covers it (catching up when the head is newer). The server signs heads
+    /// where a command ended, so a command that appended several events (an approval
+    /// reaching its quorum: `ApprovalGranted` and `ReleaseAuthorized`) is verified
+    /// whole, and then reported event by event: `on_event` sees the state after each,
+    /// the states within the command included. It reconnects with
     /// `Last-Event-ID` (the local version), with backoff, after a dropped connection,
     /// a 5xx, or a head check that failed for a reason that may pass (no answer, a 5xx,
     /// the rate limit: the event is dropped and streamed again); after a rate limit's
@@ -390,11 +405,9 @@ impl Replica {
                             // if newer); until then it lives on a copy.
                             let mut staged = self.chain.clone();
                             staged.apply(self.payment, &rec)?;
-                            match self.verify_head(&mut staged).await {
-                                Ok(()) => {
-                                    self.chain = staged;
-                                    head_delay = FIRST_BACKOFF;
-                                }
+                            let mut caught = Vec::new();
+                            match self.verify_head(&mut staged, Some(&mut caught)).await {
+                                Ok(()) => head_delay = FIRST_BACKOFF,
                                 Err(e) if may_pass(&e) => {
                                     // Dropped: streamed again from the local version.
                                     tokio::time::sleep(head_delay).await;
@@ -402,6 +415,23 @@ impl Replica {
                                     continue 'connect;
                                 }
                                 Err(e) => return Err(e),
+                            }
+                            // Everything up to the head is verified and kept. The
+                            // caller hears of each event in turn: when the head covered
+                            // events after this one (a command's second event, say),
+                            // the states before the last are folded again one by one
+                            // from the state before them (the head covers them too).
+                            let before = std::mem::replace(&mut self.chain, staged);
+                            if let Some((_, within)) = caught.split_last() {
+                                let mut walk = before;
+                                for r in std::iter::once(&rec).chain(within) {
+                                    walk.apply(self.payment, r)?;
+                                    if let Some(s) = &walk.state {
+                                        if !on_event(s) {
+                                            return Ok(());
+                                        }
+                                    }
+                                }
                             }
                             if let Some(s) = &self.chain.state {
                                 if !on_event(s) {

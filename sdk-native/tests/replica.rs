@@ -613,3 +613,73 @@ async fn tail_exits_1_when_its_first_sync_does_not_verify() {
     assert!(o.stdout.is_empty(), "nothing verified to print");
     running.shutdown().await.expect("shutdown");
 }
+
+/// A command that appends two events (the second agreement: `TermsAgreed` and
+/// `FundingDeadlineSet`) is covered by one signed head, fetched for its first streamed
+/// event; `follow` still reports each event, with the state after it: versions v+1 and
+/// v+2, not v+2 alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_reports_each_event_of_a_command_that_appends_two() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server(dir.path()).await;
+    let base = format!("http://{}", running.addr);
+    let Setup {
+        c, p, buyer, key, ..
+    } = setup(&base).await;
+    let (agent, seller, escrow) = {
+        let (_, st) = c.payment(p).await.expect("state");
+        let agent = st["participants"]
+            .as_object()
+            .and_then(|m| m.keys().find(|k| **k != buyer).cloned())
+            .expect("the agent");
+        (agent, id(), id())
+    };
+    let run = |cmd: Value, party: &str, role: &str| {
+        let (c, actor) = (c.clone(), json!({"party": party, "role": role}));
+        async move {
+            c.send_command(p, &cmd, Some(&actor), None, None)
+                .await
+                .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+        }
+    };
+    run(json!({"type": "Join"}), &buyer, "buyer").await;
+    for (who, role) in [(&seller, "seller"), (&escrow, "escrow_holder")] {
+        run(
+            json!({"type": "Invite", "party": who, "roles": [role]}),
+            &agent,
+            "listing_agent",
+        )
+        .await;
+        run(json!({"type": "Join"}), who, role).await;
+    }
+    let (_, st) = c.payment(p).await.expect("state");
+    let terms = json!({"type": "AgreeToTerms", "terms_hash": st["terms_hash"]});
+    let v = run(terms.clone(), &buyer, "buyer").await.version;
+
+    let mut rep = Replica::new(c.clone(), p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), v);
+    let follower = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            rep.follow(|s| {
+                seen.push(s.version);
+                s.version < v + 2
+            }),
+        )
+        .await;
+        (r, seen, rep)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = run(terms, &seller, "seller").await;
+    assert_eq!(r.version, v + 2, "two events: {:?}", r.events);
+    let (r, seen, rep) = follower.await.expect("follower");
+    assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+    assert_eq!(seen, vec![v + 1, v + 2], "one call per event");
+    assert_eq!(rep.version(), v + 2);
+    assert!(
+        rep.diff().await.expect("diff").is_empty(),
+        "replica = read model"
+    );
+    running.shutdown().await.expect("shutdown");
+}
