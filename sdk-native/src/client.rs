@@ -15,6 +15,9 @@
 //!   answered at once with a typed [`Error`]: [`Error::Rejected`] (422, with the
 //!   domain rule's `code`), [`Error::VersionConflict`] (409, with `current_version`),
 //!   [`Error::Auth`] (401/403), [`Error::NotFound`] (404), [`Error::Http`] otherwise.
+//! - Answers are read chunk by chunk up to [`MAX_BODY`] (an error's body up to
+//!   [`MAX_ERROR_BODY`]): a server that sends more (or never ends) is refused with
+//!   [`Error::TooLarge`] before more is held in memory.
 //!
 //! ```no_run
 //! # async fn demo() -> trustfold::Result<()> {
@@ -53,6 +56,15 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest one request (not a live stream) may take in all, however its server
 /// trickles the bytes.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The most bytes of an answer this client reads: a page of events is at most 4 MiB
+/// plus one event (of at most about 256 KiB) from a trustfold server; a longer one is
+/// [`Error::TooLarge`], refused before more is held in memory.
+pub const MAX_BODY: usize = 16 << 20;
+
+/// The most bytes of an error answer's body this client reads (a problem details
+/// document is a few hundred); a longer one is [`Error::TooLarge`].
+pub const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// What the server signs a command's answer as (before the request's nonce): its
 /// answers to commands, opening a payment included, are signed for `/commands?nonce=N`
@@ -776,14 +788,14 @@ impl Client {
                 Ok(res) if res.status() == StatusCode::TOO_MANY_REQUESTS => {
                     let status = res.status();
                     let wait = retry_after(res.headers());
-                    let text = res.text().await.unwrap_or_default();
+                    let text = error_body(res).await?;
                     match wait {
                         Some(w) if attempt < ATTEMPTS && w <= MAX_RATE_LIMIT_WAIT => {
                             tokio::time::sleep(w.max(delay)).await;
                             delay = delay.saturating_mul(2);
                             continue;
                         }
-                        _ => return Err(problem(status, text.as_bytes())),
+                        _ => return Err(problem(status, &text)),
                     }
                 }
                 // A 5xx: sent again after the backoff, or the server's `Retry-After` if
@@ -792,9 +804,9 @@ impl Client {
                 Ok(res) if res.status().is_server_error() && idempotent => {
                     let status = res.status();
                     let wait = retry_after(res.headers());
-                    let text = res.text().await.unwrap_or_default();
+                    let text = error_body(res).await?;
                     if attempt >= ATTEMPTS || wait.is_some_and(|w| w > MAX_RATE_LIMIT_WAIT) {
-                        return Err(problem(status, text.as_bytes()));
+                        return Err(problem(status, &text));
                     }
                     if let Some(w) = wait.filter(|w| *w > delay) {
                         tokio::time::sleep(w).await;
@@ -806,13 +818,13 @@ impl Client {
                 Ok(res) => {
                     let status = res.status();
                     let headers = res.headers().clone();
-                    let bytes = res.bytes().await.map_err(|e| transport(&e))?;
                     if !status.is_success() {
-                        return Err(problem(status, &bytes));
+                        return Err(problem(status, &error_body(res).await?));
                     }
+                    let bytes = read_body(res, MAX_BODY, "answer").await?;
                     return Ok(bytes_body::Body {
                         status: status.as_u16(),
-                        bytes: bytes.to_vec(),
+                        bytes,
                         etag: headers
                             .get("etag")
                             .and_then(|v| v.to_str().ok())
@@ -1527,6 +1539,44 @@ fn transport(e: &reqwest::Error) -> Error {
         source = cause.source();
     }
     Error::Transport(message)
+}
+
+/// Reads `res`'s body chunk by chunk, refusing one longer than `limit` bytes
+/// ([`Error::TooLarge`] about `what`) before holding more than that.
+pub(crate) async fn read_body(
+    mut res: reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let too_large = || Error::TooLarge {
+        what: what.to_string(),
+        limit,
+    };
+    if res
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+    {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| transport(&e))? {
+        if chunk.len() > limit - out.len() {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// An error answer's body (at most [`MAX_ERROR_BODY`] bytes; a longer one is
+/// [`Error::TooLarge`]); empty when it could not be read (the status says enough).
+pub(crate) async fn error_body(res: reqwest::Response) -> Result<Vec<u8>> {
+    let what = format!("error body (HTTP {})", res.status().as_u16());
+    match read_body(res, MAX_ERROR_BODY, &what).await {
+        Err(e @ Error::TooLarge { .. }) => Err(e),
+        Err(_) => Ok(Vec::new()),
+        Ok(b) => Ok(b),
+    }
 }
 
 /// Percent-encodes a path segment or query value (everything but RFC 3986's

@@ -138,6 +138,21 @@ pub enum Error {
         /// The key the replica was given.
         key: PublicKey,
     },
+    /// An answer longer than a trustfold server ever sends ([`crate::client::MAX_BODY`]
+    /// for a page or any other answer, [`crate::client::MAX_ERROR_BODY`] for an error's
+    /// body, [`crate::replica::MAX_SSE_EVENT`] for a line or an event of the live
+    /// stream): refused before more of it is held in memory (not retried, and `follow`
+    /// ends). The URL is not a trustfold server's, or something on the way sends it.
+    #[error(
+        "the server's {what} passed {limit} bytes, more than a trustfold server sends: \
+         refused unread (check the server URL and any proxy on the way)"
+    )]
+    TooLarge {
+        /// What was being read (`answer`, `error body (HTTP 503)`, `live-stream event`…).
+        what: String,
+        /// The most bytes read of it.
+        limit: usize,
+    },
     /// A webhook whose signature or timestamp does not verify.
     #[error("webhook: {0}")]
     Webhook(String),
@@ -178,6 +193,7 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::Transport(_) => "transport",
             Error::KeyMismatch { .. } => "key_mismatch",
+            Error::TooLarge { .. } => "response_too_large",
             Error::Webhook(_) => "webhook_invalid",
             Error::RedactedHistory => "redacted_history",
         }

@@ -52,6 +52,13 @@ const RECENT: usize = 1024;
 /// The most events asked for in one page.
 const PAGE: u32 = 1000;
 
+/// The longest line, and the longest event (its `data:` lines together), `follow`
+/// reads from the live stream: an event is one record, at most a little over the
+/// server's request body limit (a policy embedded in the opening; 256 KiB by default).
+/// Longer is [`Error::TooLarge`]: a server run with `--body-limit` over about 1 MiB
+/// may store an opening event that `follow` refuses (`sync` reads it, in a page).
+pub const MAX_SSE_EVENT: usize = 1 << 20;
+
 /// The first pause before `follow` opens the stream again (doubled while it keeps
 /// failing, up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -328,7 +335,9 @@ impl Replica {
     /// before asking again). Other refusals end it with the server's typed error:
     /// [`Error::Auth`] for 401/403 with its code (`token_expired`, `token_revoked`,
     /// `participant_removed`, …), [`Error::NotFound`] for 404; an event or head that
-    /// does not verify ends it with that error, the replica unchanged.
+    /// does not verify ends it with that error, the replica unchanged; a line or an
+    /// event of the stream longer than [`MAX_SSE_EVENT`] ends it with
+    /// [`Error::TooLarge`].
     pub async fn follow<F>(&mut self, mut on_event: F) -> Result<()>
     where
         F: FnMut(&PaymentState) -> bool,
@@ -368,7 +377,7 @@ impl Replica {
                 }
                 Ok(r) => {
                     let status = r.status();
-                    let body = r.bytes().await.unwrap_or_default();
+                    let body = crate::client::error_body(r).await?;
                     return Err(crate::client::problem(status, &body));
                 }
                 Err(_) => {
@@ -380,6 +389,10 @@ impl Replica {
             let mut body = res.bytes_stream();
             let mut buf: Vec<u8> = Vec::new();
             let mut data = String::new();
+            let too_large = |what: &str| Error::TooLarge {
+                what: what.into(),
+                limit: MAX_SSE_EVENT,
+            };
             while let Some(chunk) = body.next().await {
                 let Ok(chunk) = chunk else { break };
                 // The stream works (an event or a heartbeat): the next drop waits briefly.
@@ -444,8 +457,16 @@ impl Replica {
                             data.push('\n');
                         }
                         data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                        if data.len() > MAX_SSE_EVENT {
+                            // `data:` lines that never end in an event.
+                            return Err(too_large("live-stream event"));
+                        }
                     }
                     // `id:`, `event:` and `:` comments (heartbeats) need nothing.
+                }
+                if buf.len() > MAX_SSE_EVENT {
+                    // What is left is one line that has not ended yet.
+                    return Err(too_large("live-stream line"));
                 }
             }
             // Dropped or ended: reconnect from our version, after a pause that grows
