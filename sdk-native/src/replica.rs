@@ -55,9 +55,9 @@ const PAGE: u32 = 1000;
 /// The longest line, and the longest event (its `data:` lines together), `follow`
 /// reads from the live stream: an event is one record, at most a little over the
 /// server's request body limit (a policy embedded in the opening; 256 KiB by default).
-/// Longer is [`Error::TooLarge`]: a server run with `--body-limit` over about 1 MiB
-/// may store an opening event that `follow` refuses (`sync` reads it, in a page).
-pub const MAX_SSE_EVENT: usize = 1 << 20;
+/// Longer is [`Error::TooLarge`]. The same as a page's cap ([`crate::client::MAX_BODY`]),
+/// so a record `sync` reads in a page is never refused by `follow`.
+pub const MAX_SSE_EVENT: usize = crate::client::MAX_BODY;
 
 /// The first pause before `follow` opens the stream again (doubled while it keeps
 /// failing, up to [`MAX_BACKOFF`]).
