@@ -117,7 +117,10 @@ fn augment(
 }
 
 /// True while the request could still reach quorum if every eligible party who has
-/// not denied it approved.
+/// not denied it approved. In payments opened with `PaymentInitiated` v2, whose
+/// authorization needs a party of its own for each role of an `all_of`
+/// ([`quorum_met`]), so does this: a party holding two listed roles covers one.
+/// (Earlier payments keep the count their histories were folded with.)
 pub fn quorum_possible(state: &PaymentState, req: &Request) -> bool {
     let eligible: SortedSet<PartyId> = state
         .participants
@@ -125,7 +128,7 @@ pub fn quorum_possible(state: &PaymentState, req: &Request) -> bool {
         .filter(|(id, p)| !p.removed && p.joined && !req.denials.contains_key(id))
         .map(|(id, _)| *id)
         .collect();
-    count_ok(state, rule(state, req), &eligible, false)
+    count_ok(state, rule(state, req), &eligible, state.opened_under >= 2)
 }
 
 /// True when `party` may approve requests of this kind (holds an approving role).

@@ -44,7 +44,7 @@ pub struct Decision {
 
 /// What a command says alone, before any payment's state is known: its text (lengths
 /// and characters, as [`handle`] checks them first), and for a `RailNotice` the shape
-/// of its reference (1 to 128 characters, not blank) and of a return (a code `R` and two
+/// of its reference (1 to 128 bytes, not blank) and of a return (a code `R` and two
 /// digits, a positive amount). A server that keeps a notice for a transfer no payment
 /// recorded yet checks it with this, so a notice that could never apply is refused on
 /// arrival instead of waiting; [`handle`] finds the same errors when the command runs.
@@ -1289,12 +1289,12 @@ fn open_awaiting<'a>(s: &'a PaymentState, request: &RequestId) -> Result<&'a Req
     }
 }
 
-/// A rail reference's shape: 1 to 128 characters, not blank.
+/// A rail reference's shape: 1 to 128 bytes, not blank.
 fn check_rail_ref_shape(rail_ref: &str) -> Result<()> {
     if rail_ref.trim().is_empty() || rail_ref.len() > 128 {
         return reject(
             "invalid_rail_ref",
-            "a rail reference is 1 to 128 characters",
+            "a rail reference is 1 to 128 bytes, not blank",
         );
     }
     Ok(())

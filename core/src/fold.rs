@@ -69,6 +69,7 @@ pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
     e.amount
         .require_positive()
         .map_err(|err| Error::history(1, err.to_string()))?;
+    check_opener(env, e)?;
     let currency = e.amount.currency();
     let mut participants = crate::map::SortedMap::new();
     participants.insert(
@@ -898,6 +899,11 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
         }
         Event::ShortfallRecovered(e) => {
             same_currency(s, &e.amount)?;
+            // A reference already used would take over its transfer's later notices
+            // (`decide` refuses it; v2 payments are held to that).
+            if s.opened_under >= 2 && s.rail_refs.contains_key(&e.rail_ref) {
+                return Err(bad(format!("rail reference `{}` already used", e.rail_ref)));
+            }
             let loss = s.ledger.balance(&Account::LossReturns).posted;
             if e.amount > loss.neg() {
                 return Err(bad("recovery exceeds the shortfall"));
@@ -964,6 +970,45 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
 
 /// Facts only certain actors can state: rail outcomes come from the rail, a party's own
 /// approvals, agreement and joining from that party.
+/// The opening is recorded by its initiator, in one of the roles it gives itself, all of
+/// them the policy's (what `decide` has always required of `Initiate`): not by the
+/// platform, nor by someone else in the initiator's name.
+fn check_opener(env: &Envelope, e: &PaymentInitiated) -> Result<()> {
+    if env.actor.party != Some(e.initiator) {
+        return Err(Error::history(
+            1,
+            format!(
+                "PaymentInitiated for initiator {} was recorded by {}: a payment is opened by \
+                 its initiator",
+                e.initiator,
+                env.actor
+                    .party
+                    .map_or_else(|| "the platform".to_owned(), |p| format!("party {p}"))
+            ),
+        ));
+    }
+    if !e.initiator_roles.contains(&env.actor.role) {
+        return Err(Error::history(
+            1,
+            format!(
+                "PaymentInitiated was recorded in role `{}`, not one of the initiator's roles",
+                env.actor.role
+            ),
+        ));
+    }
+    if let Some(r) = e
+        .initiator_roles
+        .iter()
+        .find(|r| !e.policy.roles.contains_key(*r))
+    {
+        return Err(Error::history(
+            1,
+            format!("the initiator's role `{r}` is not in the embedded policy"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_actor(env: &Envelope) -> Result<()> {
     let role = env.actor.role.as_str();
     let own = |party: &PartyId| -> Result<()> {

@@ -115,6 +115,53 @@ fn a_party_cannot_call_off_a_mandated_request_without_a_dispute() {
 /// Folded one event at a time (as the server's cache, the Rust replica and the wasm
 /// feed do), a cut history is caught by `check_complete` at the signed head.
 #[test]
+fn a_payment_is_opened_by_its_initiator_in_its_own_role() {
+    let honest = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/vectors/em_happy_wire.history.json"
+    ))
+    .expect("vector");
+    let agent =
+        r#""actor":{"party":"a0000000-0000-4000-8000-000000000001","role":"listing_agent"}"#;
+    let opening = |from: &str, to: &str| {
+        support::forge::rewrite(&honest, |i, t| {
+            if i == 0 {
+                assert!(t.contains(from), "{from} in the opening");
+                t.replacen(from, to, 1)
+            } else {
+                t
+            }
+        })
+    };
+    // The honest opening, re-sealed unchanged, folds.
+    assert!(replay(&opening(agent, agent)).is_ok());
+    for (to, needle) in [
+        (
+            r#""actor":{"party":null,"role":"system"}"#,
+            "recorded by the platform",
+        ),
+        (
+            r#""actor":{"party":"a0000000-0000-4000-8000-000000000002","role":"listing_agent"}"#,
+            "recorded by party a0000000-0000-4000-8000-000000000002",
+        ),
+        (
+            r#""actor":{"party":"a0000000-0000-4000-8000-000000000001","role":"buyer"}"#,
+            "not one of the initiator's roles",
+        ),
+    ] {
+        refused_at(&opening(agent, to), 1, needle);
+    }
+    refused_at(
+        &opening(
+            r#""initiator_roles":["listing_agent"]"#,
+            r#""initiator_roles":["listing_agent","auditor"]"#,
+        ),
+        1,
+        "role `auditor` is not in the embedded policy",
+    );
+}
+
+#[test]
 fn one_event_at_a_time_the_end_is_checked_at_the_head() {
     let s = auto_released(74);
     let request = s.state().open_request().map(|(id, _)| id).expect("request");

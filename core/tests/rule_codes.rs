@@ -509,6 +509,47 @@ fn not_supported_return_of_a_disbursement() {
 // ---------------------------------------------------------------- shortfalls
 
 #[test]
+fn a_recovery_cannot_take_a_transfers_rail_reference() {
+    let mut s = earnest_ach_held(151);
+    earnest_disbursing(&mut s, "3000.00");
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    s.hours(24 * 20);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("ach-1", returned("R10", None)),
+    );
+    assert_eq!(s.status(), Status::Shortfall);
+    let recovery = |rail_ref: &str| {
+        trustfold_core::event::Event::ShortfallRecovered(
+            trustfold_core::event::ShortfallRecovered {
+                amount: usd("100.00"),
+                rail_ref: rail_ref.into(),
+            },
+        )
+    };
+    let v = s.state().version;
+    // Under a reference of its own, a forged recovery folds (decide would record it)…
+    let own = support::forge::forge(&s, escrow(), vec![recovery("recovery-1")]);
+    assert!(trustfold_core::fold::replay(&own).is_ok());
+    // …under the payout's, it would take over that transfer's later notices.
+    let taken = support::forge::forge(&s, escrow(), vec![recovery("out-1")]);
+    let e = trustfold_core::fold::replay(&taken).expect_err("a used reference");
+    assert_eq!((e.code(), e.seq()), ("invalid_history", Some(v + 1)), "{e}");
+    assert!(e.to_string().contains("already used"), "{e}");
+    refuse(
+        &mut s,
+        escrow(),
+        Command::RecordShortfallRecovery {
+            amount: usd("100.00"),
+            rail_ref: "out-1".into(),
+        },
+        "rail_ref_reused",
+        "already used",
+    );
+}
+
+#[test]
 fn exceeds_shortfall() {
     let mut s = earnest_ach_held(114);
     earnest_disbursing(&mut s, "3000.00");
@@ -1661,6 +1702,39 @@ fn all_of_needs_a_different_party_for_each_role() {
     assert_eq!(
         s.state().requests[&rid(1)].status,
         RequestStatus::Authorized
+    );
+}
+
+#[test]
+fn a_request_no_distinct_parties_can_approve_is_denied() {
+    // The one party left who has not denied holds both roles of the `all_of`: it can
+    // approve for one only, so the request can no longer be authorized.
+    let mut s = dual_party_approved_alone(150);
+    let deny = || Command::Deny {
+        request: rid(1),
+        reason: "not this way".into(),
+    };
+    ok(&mut s, buyer(), deny());
+    assert_eq!(
+        s.state().requests[&rid(1)].status,
+        RequestStatus::AwaitingApprovals,
+        "the seller and the dual party could still approve"
+    );
+    ok(&mut s, seller(), deny());
+    assert_eq!(s.state().requests[&rid(1)].status, RequestStatus::Denied);
+    // A payment opened before distinct parties were needed (v1) folds as it was: the
+    // dual party could still approve for both there.
+    let v1 = support::forge::rewrite(&s.d.history(), |i, t| {
+        if i == 0 {
+            support::forge::opened_as_v1(t)
+        } else {
+            t
+        }
+    });
+    let state = trustfold_core::fold::replay(&v1).expect("folds");
+    assert_eq!(
+        state.requests[&rid(1)].status,
+        RequestStatus::AwaitingApprovals
     );
 }
 
