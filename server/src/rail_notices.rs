@@ -70,12 +70,28 @@ use uuid::Uuid;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::AppState;
 use crate::clock::next_pause;
-use crate::db::{now_us, on_read, on_write, PG_NOW_US};
+use crate::db::{now_us, on_read, on_write, Db, PG_NOW_US};
 use crate::webhooks::time_us;
 use crate::{EventStore, StoreError};
 
 /// Most notices waiting for their transfer per tenant.
 pub const MAX_HELD_PER_TENANT: i64 = 10_000;
+/// The first key of the PostgreSQL advisory lock that stamps a tenant's held notices in
+/// commit order (the second is [`tenant_lock_key`]; two-key locks do not meet the
+/// one-key locks used elsewhere).
+const HOLD_LOCK: i32 = 0x7466_686e;
+
+/// A tenant's second key of [`HOLD_LOCK`].
+fn tenant_lock_key(tenant: Uuid) -> i32 {
+    let b = tenant.as_bytes();
+    i32::from_be_bytes([
+        b[0] ^ b[4] ^ b[8] ^ b[12],
+        b[1] ^ b[5] ^ b[9] ^ b[13],
+        b[2] ^ b[6] ^ b[10] ^ b[14],
+        b[3] ^ b[7] ^ b[11] ^ b[15],
+    ])
+}
+
 /// Held notices looked at per round (besides those backed off after a failure).
 const ROUND: i64 = 256;
 /// The statuses of a notice still waiting for its transfer, as SQL.
@@ -197,23 +213,55 @@ pub(crate) async fn hold(
     let text = serde_json::to_string(notice).map_err(|e| ApiError::Internal(e.to_string()))?;
     // The time received orders a reference's notices: on PostgreSQL the database's clock,
     // one for every server process (theirs may differ); SQLite's processes share a host.
-    let received = if state.db.is_postgres() {
-        PG_NOW_US
+    // It is also the list's cursor, so it is stamped in commit order: after the tenant's
+    // latest notice, in the write itself (SQLite writes one at a time; on PostgreSQL a
+    // lock per tenant is held until the commit). A notice stamped before one already
+    // listed but stored after it would never be listed by the pages after that one.
+    let sql = if state.db.is_postgres() {
+        format!(
+            "INSERT INTO held_rail_notices (notice_id, tenant_id, rail_ref, notice, \
+             received_at_us, status) SELECT $1, $2, $3, $4, \
+             GREATEST({PG_NOW_US}, COALESCE(MAX(received_at_us), 0) + 1), 'held' \
+             FROM held_rail_notices WHERE tenant_id = $2 ON CONFLICT DO NOTHING"
+        )
     } else {
-        "$5"
-    };
-    let sql = format!(
         "INSERT INTO held_rail_notices (notice_id, tenant_id, rail_ref, notice, \
-         received_at_us, status) VALUES ($1, $2, $3, $4, {received}, 'held') \
-         ON CONFLICT DO NOTHING"
-    );
-    on_write!(&state.db, pool => {
-        let mut q = sqlx::query(&sql).bind(id).bind(tenant).bind(rail_ref).bind(&text);
-        if !state.db.is_postgres() {
-            q = q.bind(now_us());
+         received_at_us, status) SELECT $1, $2, $3, $4, \
+         MAX($5, COALESCE(MAX(received_at_us), 0) + 1), 'held' \
+         FROM held_rail_notices WHERE tenant_id = $2 ON CONFLICT DO NOTHING"
+            .to_owned()
+    };
+    match &state.db {
+        Db::Sqlite { writer, .. } => {
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(tenant)
+                .bind(rail_ref)
+                .bind(&text)
+                .bind(now_us())
+                .execute(writer)
+                .await
+                .map_err(StoreError::from)?;
         }
-        q.execute(pool).await.map_err(StoreError::from)?;
-    });
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await.map_err(StoreError::from)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(HOLD_LOCK)
+                .bind(tenant_lock_key(tenant))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(tenant)
+                .bind(rail_ref)
+                .bind(&text)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            tx.commit().await.map_err(StoreError::from)?;
+        }
+    }
     let stored = read_from_writer(state, tenant, id).await?.ok_or_else(|| {
         // The id is another tenant's (ids are random or derived per tenant): never.
         ApiError::Internal("a held rail notice's id is taken by another tenant".into())

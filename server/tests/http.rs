@@ -4018,6 +4018,74 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
 
 on_both_engines!(early_rail_notices_are_held_then_applied);
 
+/// Held notices are listed by the time received, which is stamped in commit order: 200
+/// held at once are each listed once, in the order they were stored (on SQLite, the
+/// rows' insertion order). A notice stamped before another but stored after it would be
+/// missed by a page read between the two.
+async fn held_notices_are_stamped_in_commit_order(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let holds = (0..200).map(|i| {
+        let key = key.clone();
+        async move {
+            let body = json!({"rail_ref": format!("EARLY-{i}"), "notice": {"kind": "settled"}});
+            let r = c.post("/v1/rail-notices", &key, &body).await;
+            assert_eq!(r.status, 202, "{}", r.body);
+            r.body["id"].as_str().expect("id").to_owned()
+        }
+    });
+    let mut held: Vec<String> = futures_util::future::join_all(holds).await;
+    held.sort();
+    let mut listed: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let q = after.map_or_else(String::new, |a| format!("&after={a}"));
+        let page = c.get(&format!("/v1/rail-notices?limit=7{q}"), &key).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let notices = page.body["rail_notices"].as_array().expect("list");
+        listed.extend(
+            notices
+                .iter()
+                .map(|n| n["id"].as_str().expect("id").to_owned()),
+        );
+        if page.body["has_more"] != true {
+            break;
+        }
+        after = page.body["next"].as_str().map(str::to_owned);
+    }
+    let mut once = listed.clone();
+    once.sort();
+    assert_eq!(once, held, "each held notice listed once");
+    if srv.database.starts_with("postgres") {
+        return;
+    }
+    let (_store, db, _projector) = open(&srv.database).await.expect("open");
+    let trustfold_server::db::Db::Sqlite { reader, .. } = &db else {
+        unreachable!("a SQLite database");
+    };
+    let stored: Vec<(uuid::Uuid,)> =
+        sqlx::query_as("SELECT notice_id FROM held_rail_notices ORDER BY rowid")
+            .fetch_all(reader)
+            .await
+            .expect("rows");
+    let stored: Vec<String> = stored.into_iter().map(|(id,)| id.to_string()).collect();
+    assert_eq!(listed, stored, "listed in the order stored");
+}
+
+mod held_notices_are_stamped_in_commit_order {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        super::held_notices_are_stamped_in_commit_order(super::common::sqlite().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        if let Some(srv) = super::common::postgres().await {
+            super::held_notices_are_stamped_in_commit_order(srv).await;
+        }
+    }
+}
+
 /// What a held notice says alone is checked on arrival (422, nothing kept). Notices
 /// for one reference are applied in the order received: a notice whose run failed holds
 /// back the later ones of its reference, and a notice that arrives for a reference a
