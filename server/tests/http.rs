@@ -693,6 +693,45 @@ async fn a_key_keeps_rule_rejections_but_not_version_conflicts() {
     srv.finish().await;
 }
 
+/// A party whose roles do not count toward a request's quorum (the escrow holder, who
+/// approves refunds here, on a release the buyer and seller approve) approving it is
+/// refused for who is acting: 403 `not_an_approver`, like the core's other actor
+/// errors, not a 422.
+#[tokio::test]
+async fn approving_without_counting_toward_the_quorum_is_403() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let mut policy = earnest_money_v2();
+    policy["refund"]["approvals"] = json!({"all_of": ["buyer", "escrow_holder"]});
+    let published = c.post("/v1/policies", &key, &policy).await;
+    assert_eq!(published.status, 201, "{}", published.body);
+    let f = open_and_join(c, &key).await.expect("open");
+    fund(c, &key, &f).await.expect("fund");
+    let r = c
+        .command(
+            &key,
+            &f.payment,
+            Some(&f.escrow),
+            "escrow_holder",
+            json!({"type": "RequestRelease", "request": f.request, "allocations": [
+                {"party": f.seller, "amount": {"amount": "5000.00", "currency": "USD"}}]}),
+        )
+        .await
+        .expect("request release");
+    let hash = r.body["state"]["requests"][&f.request]["allocations_hash"].clone();
+    let path = format!("/v1/payments/{}/commands", f.payment);
+    let approve = json!({"command": {"type": "Approve", "request": f.request, "allocations_hash": hash},
+                         "actor": {"party": f.escrow, "role": "escrow_holder"}});
+    let refused = c.post_idem(&path, &key, "k-approve", &approve).await;
+    expect_member(&refused, 403, "code", "not_an_approver");
+    // The payment's answer to the command: replayed for the same key.
+    let again = c.post_idem(&path, &key, "k-approve", &approve).await;
+    assert_eq!((again.status, &again.bytes), (403, &refused.bytes));
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    srv.finish().await;
+}
+
 #[tokio::test]
 async fn version_conflict_is_409_with_current_version() {
     let srv = common::sqlite().await;

@@ -251,15 +251,6 @@ impl ApiError {
         }
     }
 
-    /// The core's refusals that are forbidden actions (the actor may not issue this
-    /// command now), answered 403.
-    const RULE_FORBIDDEN: &'static [&'static str] = &[
-        "not_permitted",
-        "unknown_participant",
-        "actor_required",
-        "not_joined",
-    ];
-
     /// Whether this is the payment's answer to the command itself — a rejection by the
     /// core's rules (422, or 403 for an action the actor may not take) or an invalid
     /// command — which the same request gets again, so it is stored under its
@@ -278,12 +269,15 @@ impl ApiError {
         }
     }
 
-    /// Maps a core error: rejections by rule, input codes, everything else.
+    /// Maps a core error: rejections by rule, input codes, everything else. The core
+    /// says which refusals are about who is acting ([`trustfold_core::Error::is_forbidden`]):
+    /// those are 403, the rest of its rejections 422.
     pub fn from_core(e: trustfold_core::Error) -> Self {
         use trustfold_core::Error as E;
+        let forbidden = e.is_forbidden();
         match e {
             E::Rejected { code, message } => match code {
-                c if Self::RULE_FORBIDDEN.contains(&c) => ApiError::Refused { code, message },
+                _ if forbidden => ApiError::Refused { code, message },
                 "unknown_payment" => ApiError::NotFound { code, message },
                 _ => ApiError::Unprocessable {
                     code,
