@@ -283,6 +283,35 @@ async fn after_too_many_failed_authentications_an_address_is_refused_whatever_it
     srv.finish().await;
 }
 
+/// A tenant's valid API key (or a participant token) sent to `POST /v1/tenants` is a
+/// known caller without the right, 403 `admin_token_required`, not a failed
+/// authentication: however often it is sent, the address is not refused.
+#[tokio::test]
+async fn a_valid_key_in_place_of_the_admin_token_is_403_and_does_not_count() {
+    let (dir, database) = common::sqlite_file();
+    let mut config = common::config(&database);
+    config.http.failed_auth_rate = Some(per_minute(3));
+    let srv = serve(config, dir).await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "a").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let token = c.participant_token(&key, &f.payment, &f.buyer, 600).await;
+    for _ in 0..5 {
+        let r = c.post("/v1/tenants", &key, &json!({"name": "b"})).await;
+        expect_code(&r, 403, "admin_token_required");
+        let r = c.post("/v1/tenants", &token, &json!({"name": "b"})).await;
+        expect_code(&r, 403, "admin_token_required");
+    }
+    let r = c.get("/v1/payments", &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A wrong admin token is still a failed authentication.
+    let r = c
+        .post("/v1/tenants", "not-the-admin-token", &json!({"name": "b"}))
+        .await;
+    expect_code(&r, 401, "unauthorized");
+    srv.finish().await;
+}
+
 #[tokio::test]
 async fn a_refused_address_is_let_in_again_after_retry_after_and_expired_tokens_do_not_count() {
     let (dir, database) = common::sqlite_file();

@@ -679,8 +679,37 @@ async fn create_tenant(
     };
     match given {
         Some(t) if secrets_equal(t, admin) => {}
-        // A wrong admin token counts against the caller's address, a missing one not.
-        Some(_) => return auth::count_failure(&state, client, Err(refused())),
+        Some(t) => {
+            // A credential of another kind this server issued (a tenant's API key, a
+            // participant token) authenticates: the caller is known but may not create
+            // tenants, a 403 that is not a failed authentication. Anything else is a
+            // wrong admin token and counts against the caller's address (a missing one
+            // not).
+            let valid = if t.starts_with("tft_") {
+                // Signed by this server (past its expiry or revoked, it is still not a
+                // guess at the admin token).
+                matches!(
+                    state.token_key.verify(t),
+                    Ok(_) | Err(ApiError::TokenExpired(_))
+                )
+            } else {
+                match auth::check_api_key(&state, t).await {
+                    Ok(_) => true,
+                    Err(ApiError::Unauthorized(_)) => false,
+                    Err(e) => return Err(e),
+                }
+            };
+            if valid {
+                return Err(ApiError::Forbidden {
+                    code: "admin_token_required",
+                    message: "creating a tenant needs the admin token as \
+                              `Authorization: Bearer …`, not a tenant's API key or a \
+                              participant token"
+                        .into(),
+                });
+            }
+            return auth::count_failure(&state, client, Err(refused()));
+        }
         None => return Err(refused()),
     }
     not_idempotent(
