@@ -168,6 +168,7 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
                 header::ETAG,
                 HeaderName::from_static("idempotent-replayed"),
                 header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
                 HeaderName::from_static(crate::api::payments::SIGNATURE_HEADER),
             ])
             .max_age(Duration::from_secs(600)),

@@ -1556,6 +1556,94 @@ async fn cors_grants_the_configured_origins_only() {
     running.shutdown().await.expect("shutdown");
 }
 
+/// Every 401 carries the RFC 6750 challenge: `WWW-Authenticate: Bearer …`, with
+/// `error="invalid_token"` when a credential was sent but is no good (a guessed key, an
+/// expired or a revoked token), none when no credential was sent; and a page on an
+/// allowed CORS origin may read it.
+#[tokio::test]
+async fn a_401_carries_a_bearer_challenge() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = dir.path().join("trustfold.db").display().to_string();
+    let mut config = common::config(&database);
+    config.cors_origins = vec!["https://shop.example".into()];
+    let running = common::serve(config).await;
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(&c, &key).await.expect("open");
+    let payment = format!("/v1/payments/{}", f.payment);
+    fn challenge(r: &common::scenario::Reply) -> String {
+        assert_eq!(r.status, 401, "{}", r.body);
+        r.headers
+            .get("www-authenticate")
+            .unwrap_or_else(|| panic!("no WWW-Authenticate on {}", r.body))
+            .to_str()
+            .expect("text")
+            .to_owned()
+    }
+    let none = c.raw("GET", &payment, None, &[], None).await.expect("GET");
+    let ch = challenge(&none);
+    assert!(ch.starts_with("Bearer"), "{ch}");
+    assert!(!ch.contains("error="), "no credential, no error: {ch}");
+    let guessed = format!("tfk_{}_{}", uuid::Uuid::new_v4().simple(), "A".repeat(43));
+    let ch = challenge(&c.get(&payment, &guessed).await);
+    assert!(
+        ch.starts_with("Bearer") && ch.contains("error=\"invalid_token\""),
+        "{ch}"
+    );
+    let ch = challenge(
+        &c.post("/v1/tenants", "not-the-admin", &json!({"name": "x"}))
+            .await,
+    );
+    assert!(ch.contains("error=\"invalid_token\""), "{ch}");
+    let short = c.participant_token(&key, &f.payment, &f.buyer, 1).await;
+    let by = std::time::Instant::now() + Duration::from_secs(10);
+    let expired = loop {
+        let r = c.get(&payment, &short).await;
+        if r.status != 200 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < by, "the token of 1 s expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    expect_member(&expired, 401, "code", "token_expired");
+    let ch = challenge(&expired);
+    assert!(
+        ch.starts_with("Bearer") && ch.contains("error=\"invalid_token\""),
+        "{ch}"
+    );
+    let token = c.participant_token(&key, &f.payment, &f.seller, 600).await;
+    let r = c
+        .post(
+            &format!("{payment}/tokens/revoke"),
+            &key,
+            &json!({"party": f.seller}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let revoked = c.get(&payment, &token).await;
+    expect_member(&revoked, 401, "code", "token_revoked");
+    assert!(challenge(&revoked).contains("error=\"invalid_token\""));
+    // Readable by a page on an allowed origin.
+    let r = c
+        .raw(
+            "GET",
+            &payment,
+            None,
+            &[("origin", "https://shop.example")],
+            None,
+        )
+        .await
+        .expect("GET");
+    challenge(&r);
+    assert!(r.headers["access-control-expose-headers"]
+        .to_str()
+        .expect("expose")
+        .to_ascii_lowercase()
+        .contains("www-authenticate"));
+    assert!(c.undocumented().is_empty(), "{:?}", c.undocumented());
+    running.shutdown().await.expect("shutdown");
+}
+
 /// A body that stops arriving is the client's doing: 408 `request_timeout` after half
 /// the request deadline, not the 503 `database_unavailable` of the deadline itself.
 #[tokio::test]

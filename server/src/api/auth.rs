@@ -369,7 +369,7 @@ impl FromRequestParts<AppState> for Principal {
         // An address that failed too often is refused before its credential is looked at.
         let AdmittedClient(client) = AdmittedClient::from_request_parts(parts, state).await?;
         let Some(cred) = bearer(parts) else {
-            return Err(ApiError::Unauthorized(
+            return Err(ApiError::NoCredential(
                 "send an API key or participant token as `Authorization: Bearer …`".into(),
             ));
         };

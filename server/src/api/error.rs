@@ -26,9 +26,14 @@ pub enum ApiError {
         /// The offending field or parameter.
         field: Option<String>,
     },
-    /// No or a bad credential (401).
+    /// A bad credential (401 `unauthorized`): a key or token this server did not issue,
+    /// tampered with, or a key that expired or was revoked.
     #[error("{0}")]
     Unauthorized(String),
+    /// No credential at all (401 `unauthorized`, like a bad one; its challenge names no
+    /// error, RFC 6750 §3.1).
+    #[error("{0}")]
+    NoCredential(String),
     /// A participant token past its expiry (401 `token_expired`): mint a new one.
     #[error("{0}")]
     TokenExpired(String),
@@ -157,9 +162,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) | ApiError::TokenExpired(_) | ApiError::TokenRevoked(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::Unauthorized(_)
+            | ApiError::NoCredential(_)
+            | ApiError::TokenExpired(_)
+            | ApiError::TokenRevoked(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } | ApiError::Refused { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::VersionConflict { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -186,7 +192,7 @@ impl ApiError {
             | ApiError::NotFound { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. } => code,
-            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Unauthorized(_) | ApiError::NoCredential(_) => "unauthorized",
             ApiError::TokenExpired(_) => "token_expired",
             ApiError::TokenRevoked(_) => "token_revoked",
             ApiError::VersionConflict { .. } => "version_conflict",
@@ -240,6 +246,28 @@ impl ApiError {
             },
         };
         serde_json::to_vec(&problem).unwrap_or_default()
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750 §3): the Bearer scheme, with
+    /// `error="invalid_token"` when a credential was sent but is not good (invalid,
+    /// expired, revoked).
+    fn challenge(&self) -> Option<&'static str> {
+        match self {
+            ApiError::NoCredential(_) => Some("Bearer realm=\"trustfold\""),
+            ApiError::Unauthorized(_) => Some(
+                "Bearer realm=\"trustfold\", error=\"invalid_token\", \
+                 error_description=\"the credential is invalid, expired or revoked\"",
+            ),
+            ApiError::TokenExpired(_) => Some(
+                "Bearer realm=\"trustfold\", error=\"invalid_token\", \
+                 error_description=\"the participant token has expired\"",
+            ),
+            ApiError::TokenRevoked(_) => Some(
+                "Bearer realm=\"trustfold\", error=\"invalid_token\", \
+                 error_description=\"the participant token was revoked\"",
+            ),
+            _ => None,
+        }
     }
 
     /// `Retry-After` of a 503, in seconds: a moment for an outage, longer for a full disk
@@ -380,6 +408,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(challenge) = self.challenge() {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         if res.status() == StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut().insert(
                 header::RETRY_AFTER,

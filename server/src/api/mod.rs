@@ -710,7 +710,11 @@ async fn create_tenant(
             }
             return auth::count_failure(&state, client, Err(refused()));
         }
-        None => return Err(refused()),
+        None => {
+            return Err(ApiError::NoCredential(
+                "creating a tenant needs the admin token as `Authorization: Bearer …`".into(),
+            ))
+        }
     }
     not_idempotent(
         &headers,
