@@ -4,9 +4,10 @@
 //!   the server's request shape.
 //! - Every POST carries an `Idempotency-Key` (a fresh UUID unless you give one), the
 //!   same on every retry, so a retry after a network error never runs a command twice;
-//!   except the three the server refuses a key on ([`Client::create_tenant`],
-//!   [`Client::rotate_api_key`], [`Client::rotate_webhook_secret`]), which are retried
-//!   only when no connection was made (or the server refused them for its rate limit).
+//!   except the five the server refuses a key on ([`Client::create_tenant`],
+//!   [`Client::rotate_api_key`], [`Client::rotate_webhook_secret`],
+//!   [`Client::create_token`], [`Client::retry_webhook`]), which are retried only when
+//!   no connection was made (or the server refused them for its rate limit).
 //! - Retries with exponential backoff on connection errors and 5xx, waiting longer when
 //!   the server's `Retry-After` asks (up to [`MAX_RATE_LIMIT_WAIT`]: a longer wait, such
 //!   as a full disk's, is returned at once as the error); a 429 (`rate_limited`: nothing
@@ -1296,7 +1297,9 @@ impl Client {
     /// each must be held) valid for `ttl` (whole seconds; default 15 minutes, at most
     /// a day). A domain refusal (`unknown_participant`, `role_not_held`,
     /// `duplicate_role`, `invalid_ttl`) is an [`Error::Rejected`]; a party that was
-    /// removed from the payment is refused with 403 `participant_removed`.
+    /// removed from the payment is refused with 403 `participant_removed`. Sent without
+    /// an `Idempotency-Key` (the server keeps no token to replay): after a lost answer,
+    /// mint another.
     pub async fn create_token(
         &self,
         payment: PaymentId,
@@ -1311,7 +1314,7 @@ impl Client {
         if let Some(t) = ttl {
             body["ttl_seconds"] = t.as_secs().into();
         }
-        self.post_json(&format!("/v1/payments/{payment}/tokens"), &body, None)
+        self.post_json_unkeyed(&format!("/v1/payments/{payment}/tokens"), &body)
             .await
     }
 
@@ -1436,14 +1439,12 @@ impl Client {
         self.get_json(&path).await
     }
 
-    /// `POST /v1/webhooks/{id}/retry`: a failing endpoint is tried again now.
+    /// `POST /v1/webhooks/{id}/retry`: a failing endpoint is tried again now. Sent
+    /// without an `Idempotency-Key` (the server stores no answer to replay; sending it
+    /// again is safe).
     pub async fn retry_webhook(&self, id: uuid::Uuid) -> Result<WebhookEndpoint> {
-        self.post_json(
-            &format!("/v1/webhooks/{id}/retry"),
-            &serde_json::json!({}),
-            None,
-        )
-        .await
+        self.post_json_unkeyed(&format!("/v1/webhooks/{id}/retry"), &serde_json::json!({}))
+            .await
     }
 
     /// The whole history of a payment and its signed head: `GET /v1/payments/{id}/head`,
@@ -1510,6 +1511,18 @@ impl Client {
         }
         body.extend_from_slice(b"\n]\n");
         Ok((body, head))
+    }
+
+    /// [`Client::post_json`] for a POST the server takes no `Idempotency-Key` on.
+    async fn post_json_unkeyed<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T> {
+        let b = self
+            .send_with(Method::POST, path, Some(body), None, None, false)
+            .await?;
+        serde_json::from_slice(&b.bytes).map_err(|e| Error::Transport(format!("bad response: {e}")))
     }
 
     async fn post_json<T: serde::de::DeserializeOwned>(

@@ -462,6 +462,84 @@ async fn idempotency_replays_and_rejects_reuse() {
     srv.finish().await;
 }
 
+/// `POST /v1/policies` takes an `Idempotency-Key` like the other POSTs: the same key
+/// and body replay the first answer (its 201, though the version is stored by then);
+/// the key with another body is 422 `idempotency_key_reused` and publishes nothing.
+#[tokio::test]
+async fn publishing_a_policy_takes_an_idempotency_key() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let policy = earnest_money_v2();
+    let first = c.post_idem("/v1/policies", &key, "pol-1", &policy).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let again = c.post_idem("/v1/policies", &key, "pol-1", &policy).await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert!(again.bytes == first.bytes, "replayed byte for byte");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let mut v3 = earnest_money_v2();
+    v3["version"] = 3.into();
+    let reused = c.post_idem("/v1/policies", &key, "pol-1", &v3).await;
+    expect_member(&reused, 422, "code", "idempotency_key_reused");
+    let r = c.get("/v1/policies/earnest-money?version=3", &key).await;
+    assert_eq!(r.status, 404, "nothing was published: {}", r.body);
+    // A refused policy is the request's answer too; a malformed key is a 400.
+    let mut bad = earnest_money_v2();
+    bad["payer_role"] = "nobody".into();
+    let r1 = c.post_idem("/v1/policies", &key, "pol-bad", &bad).await;
+    expect_member(&r1, 422, "code", "invalid_policy");
+    let r2 = c.post_idem("/v1/policies", &key, "pol-bad", &bad).await;
+    assert_eq!(r2.status, 422, "{}", r2.body);
+    assert!(r2.bytes == r1.bytes, "replayed byte for byte");
+    assert_eq!(r2.headers["idempotent-replayed"], "true");
+    let r = c.post_idem("/v1/policies", &key, "a\tb", &v3).await;
+    expect_member(&r, 400, "code", "invalid_idempotency_key");
+    srv.finish().await;
+}
+
+/// Minting a participant token (its answer a bearer credential, not kept at rest) and
+/// retrying a webhook endpoint (nothing stored to replay) refuse an `Idempotency-Key`
+/// rather than ignore it, like the other routes whose answers are not stored: 400
+/// `route_not_idempotent`, and nothing is done.
+#[tokio::test]
+async fn tokens_and_webhook_retries_refuse_an_idempotency_key() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    let tokens = format!("/v1/payments/{}/tokens", f.payment);
+    let r = c
+        .post_idem(
+            &tokens,
+            &key,
+            "tok-1",
+            &json!({"party": f.buyer, "ttl_seconds": 60}),
+        )
+        .await;
+    expect_member(&r, 400, "code", "route_not_idempotent");
+    assert_eq!(r.body["field"], "Idempotency-Key");
+    assert!(r.body.get("token").is_none());
+    let hook = c
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({"url": "https://example.com/hooks"}),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.body);
+    let id = hook.body["webhook_id"].as_str().expect("id");
+    let retry = format!("/v1/webhooks/{id}/retry");
+    let r = c.post_idem(&retry, &key, "retry-1", &json!({})).await;
+    expect_member(&r, 400, "code", "route_not_idempotent");
+    let r = c
+        .raw("POST", &retry, Some(&key), &[], None)
+        .await
+        .expect("retry");
+    assert_eq!(r.status, 200, "{}", r.body);
+    srv.finish().await;
+}
+
 /// An `Idempotency-Key` compares requests by meaning: the same JSON pretty-printed, with
 /// its keys in another order and other string escapes, is the same request and gets the
 /// first answer replayed; another body is still a 422.

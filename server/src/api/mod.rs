@@ -604,14 +604,21 @@ async fn server_key(State(state): State<AppState>) -> Response {
     )
 }
 
-/// Refuses an `Idempotency-Key` on a route whose answer cannot be replayed (400
-/// `route_not_idempotent`): creating a tenant and rotating a key answer with a new API
-/// key, which the server keeps only as a hash (storing the answer to replay it would
-/// keep the secret in the clear). Ignoring the header would let a client believe a
-/// retry is safe when it makes a second tenant or key.
+/// Why a route's answer holds a new secret and cannot be stored to be replayed.
+pub(crate) const HOLDS_A_SECRET: &str =
+    "its answer holds a new secret, which is not stored to be replayed";
+
+/// Refuses an `Idempotency-Key` on a route whose answer is not stored to be replayed
+/// (400 `route_not_idempotent`): creating a tenant and rotating a key answer with a new
+/// API key, which the server keeps only as a hash (storing the answer to replay it
+/// would keep the secret in the clear), minting a participant token answers with a
+/// bearer credential (not kept at rest either), and retrying a webhook endpoint stores
+/// nothing to replay. Ignoring the header would let a client believe a retry is
+/// replayed when it runs again. `why` says why the route stores no answer.
 pub(crate) fn not_idempotent(
     headers: &HeaderMap,
     route: &str,
+    why: &str,
     after_a_lost_answer: &str,
 ) -> ApiResult<()> {
     if headers.contains_key("idempotency-key") {
@@ -619,8 +626,7 @@ pub(crate) fn not_idempotent(
             "route_not_idempotent",
             "Idempotency-Key",
             format!(
-                "{route} does not take an Idempotency-Key: its answer holds a new secret, \
-                 which is not stored to be replayed; send it without the header \
+                "{route} does not take an Idempotency-Key: {why}; send it without the header \
                  ({after_a_lost_answer})"
             ),
         ));
@@ -719,6 +725,7 @@ async fn create_tenant(
     not_idempotent(
         &headers,
         "POST /v1/tenants",
+        HOLDS_A_SECRET,
         "if an answer was lost, the tenant made then has a key nobody received and stays \
          unused: create the tenant again",
     )?;
@@ -780,6 +787,7 @@ async fn rotate_api_key(
     not_idempotent(
         &headers,
         "POST /v1/api-keys",
+        HOLDS_A_SECRET,
         "if an answer was lost, the key made then reached nobody: the keys you hold keep \
          working (until the overlap you asked for ends), so rotate again with one of them",
     )?;
@@ -837,29 +845,53 @@ async fn rotate_api_key(
     ))
 }
 
-fn policy_response(status: StatusCode, body: &str, hash: &[u8]) -> ApiResult<Response> {
+fn policy_response(
+    status: StatusCode,
+    body: &str,
+    hash: &[u8],
+) -> ApiResult<(StatusCode, Vec<u8>)> {
     let policy: serde_json::Value =
         serde_json::from_str(body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(json(
-        status,
-        &serde_json::json!({
-            "id": policy.get("id"),
-            "version": policy.get("version"),
-            "hash": hex::encode(hash),
-            "policy": policy,
-        }),
-    ))
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": policy.get("id"),
+        "version": policy.get("version"),
+        "hash": hex::encode(hash),
+        "policy": policy,
+    }))
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((status, body))
 }
 
+/// `POST /v1/policies`, under its `Idempotency-Key` if it has one (see
+/// [`payments::idempotent_request`]).
 async fn create_policy(
     State(state): State<AppState>,
     principal: Principal,
+    headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
-    let text = std::str::from_utf8(&body)
+    let run = publish_policy(&state, tenant, &body);
+    payments::idempotent_request(
+        &state,
+        &principal,
+        &headers,
+        "POST /v1/policies",
+        &body,
+        run,
+    )
+    .await
+}
+
+/// Stores a policy version (201), or finds the same one stored (200).
+async fn publish_policy(
+    state: &AppState,
+    tenant: Uuid,
+    body: &[u8],
+) -> ApiResult<(StatusCode, Vec<u8>)> {
+    let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::MalformedJson("the body is not UTF-8".into()))?;
-    body::strict_value(&body)?;
+    body::strict_value(body)?;
     let policy = Policy::from_json(text).map_err(ApiError::from_core)?;
     check_policy_id(&policy.id)?;
     let canonical = String::from_utf8(policy.canonical_json())
@@ -1063,5 +1095,5 @@ async fn get_policy(
                 None => format!("no policy {id}"),
             },
         })?;
-    policy_response(StatusCode::OK, &body, &hash)
+    policy_response(StatusCode::OK, &body, &hash).map(|(status, body)| json_bytes(status, body))
 }

@@ -314,6 +314,34 @@ async fn with_idempotency(
     }
 }
 
+/// Runs a request that is not a payment command (publishing a policy) under its
+/// `Idempotency-Key`, as [`with_idempotency`] runs commands: a response stored under
+/// the key is replayed (`Idempotent-Replayed: true`; another request with the key is
+/// 422 `idempotency_key_reused`) before anything runs, since `run`'s writes are not
+/// made in one commit with the key's record; otherwise `run`'s answer, and a rejection
+/// that is the request's answer ([`ApiError::is_command_result`]), is stored under the
+/// key. Without a key, `run` simply runs.
+pub(crate) async fn idempotent_request(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+    run: impl std::future::Future<Output = ApiResult<(StatusCode, Vec<u8>)>>,
+) -> ApiResult<Response> {
+    let idem = idempotency(headers, principal, route, body)?;
+    if let Some(i) = &idem {
+        if let Some(stored) = idem_lookup(state, principal, i).await? {
+            return Ok(stored);
+        }
+    }
+    let run = async move {
+        let (status, body) = run.await?;
+        Ok(Executed::Answer(status, body))
+    };
+    with_idempotency(state, principal, idem, run).await
+}
+
 /// The command's id: derived from the `Idempotency-Key` (a retry gets the same id, so the
 /// same event ids), or else a fresh time-ordered UUID (version 7), whose events get
 /// time-ordered ids too (`trustfold_core::id::derive`), so the stores' unique index on
@@ -2144,10 +2172,18 @@ pub async fn create_token(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let payment = parse_id(&id, "payment_id")?;
     let tenant = principal.require_tenant()?;
+    super::not_idempotent(
+        &headers,
+        "POST /v1/payments/{payment_id}/tokens",
+        "its answer is a bearer credential, which is not stored at rest to be replayed",
+        "after a lost answer, mint another: the one made then reached nobody and expires \
+         on its own, or revoke the party's tokens",
+    )?;
     let req: NewToken = parse_json(&body)?;
     let st = load_state(&state, tenant, payment).await?;
     let p = st

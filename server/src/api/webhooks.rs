@@ -421,6 +421,7 @@ pub async fn rotate_secret(
     super::not_idempotent(
         &headers,
         "POST /v1/webhooks/{webhook_id}/rotate-secret",
+        super::HOLDS_A_SECRET,
         "after a lost answer, rotate again: the secret the receivers know keeps signing \
          until the overlap ends",
     )?;
@@ -507,9 +508,17 @@ pub async fn retry_webhook(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
     let id = parse_id(&id, "webhook_id")?;
+    super::not_idempotent(
+        &headers,
+        "POST /v1/webhooks/{webhook_id}/retry",
+        "it stores no answer to replay, and needs none: it only moves the endpoint's next \
+         attempt to now",
+        "sending it again is safe: it answers the endpoint as it is then",
+    )?;
     on_the_row(
         &state,
         "UPDATE webhooks SET next_attempt_at_us = 0 WHERE tenant_id = $1 AND webhook_id = $2",
