@@ -1861,6 +1861,13 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
         ("bad amount scale", "POST", "/v1/payments".into(), Some(&key),
             Some(json!({"policy": "earnest-money", "amount": {"amount": "100.001", "currency": "USD"},
                         "initiator": {"party": f.agent, "roles": ["listing_agent"]}}).to_string().into_bytes()), 422, "invalid_amount_scale"),
+        ("bad amount scale in a command", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "SubmitFunding", "amount": {"amount": "100.001", "currency": "USD"},
+                        "rail": "wire", "rail_ref": "W-1"}, "actor": actor}).to_string().into_bytes()), 422, "invalid_amount_scale"),
+        ("bad currency in an allocation", "POST", cmds.clone(), Some(&key),
+            Some(json!({"command": {"type": "RequestRelease", "request": uuid::Uuid::new_v4(),
+                        "allocations": [{"party": f.seller, "amount": {"amount": "1.00", "currency": "XXQ"}}]},
+                        "actor": actor}).to_string().into_bytes()), 422, "unknown_currency"),
         ("unknown policy", "POST", "/v1/payments".into(), Some(&key),
             Some(json!({"policy": "nope", "amount": {"amount": "100.00", "currency": "USD"},
                         "initiator": {"party": f.agent, "roles": ["listing_agent"]}}).to_string().into_bytes()), 422, "unknown_policy"),
@@ -2014,6 +2021,16 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
             .expect(name);
         assert_eq!(r.status, status, "{name}: {}", r.body);
         assert_eq!(r.body["code"], code, "{name}: {}", r.body);
+        // A value refused inside a body names where it is.
+        let field = match name {
+            "bad amount scale" => Some("amount"),
+            "bad amount scale in a command" => Some("command.amount"),
+            "bad currency in an allocation" => Some("command.allocations[0].amount.currency"),
+            _ => None,
+        };
+        if let Some(field) = field {
+            assert_eq!(r.body["field"], field, "{name}: {}", r.body);
+        }
         assert_eq!(
             r.body["status"], status,
             "{name}: the document's status is the response's"

@@ -100,7 +100,8 @@ fn is_json(content_type: &str) -> bool {
 /// Parses a JSON body into `T`: 400 `malformed_json` for bad syntax, 400
 /// `duplicate_key` for a key given twice, 400 `invalid_request` for the wrong shape
 /// (not an object, a missing or unknown field, a value of the wrong type), 422 with
-/// the core's code (e.g. `invalid_amount_scale`) for values the domain rejects.
+/// the core's code (e.g. `invalid_amount_scale`) for values the domain rejects, with
+/// the value's path as `field` where serde gives one (`amount`).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     let value = strict_value(body)?;
     if !value.is_object() {
@@ -119,9 +120,80 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
                 field: field_at(&path, &m),
                 message: m,
             },
-            other => ApiError::from_core(other),
+            other => at_path(ApiError::from_core(other), &path),
         }
     })
+}
+
+/// A 422 about a value without a field of its own, given the value's `path` (as
+/// `serde_path_to_error` writes it; `.` for the whole document) as its field.
+fn at_path(e: ApiError, path: &str) -> ApiError {
+    match e {
+        ApiError::Unprocessable {
+            code,
+            message,
+            field: None,
+        } if path != "." && !path.is_empty() => ApiError::Unprocessable {
+            code,
+            message,
+            field: Some(path.to_owned()),
+        },
+        other => other,
+    }
+}
+
+/// Where in `value` an amount is that the core refuses with `code` (`invalid_amount`,
+/// `invalid_amount_scale`, `unknown_currency`, ...), as a path the way serde writes
+/// them (`amount`, `allocations[0].amount.currency`): the first object that, read as
+/// [`Money`](trustfold_core::money::Money), is refused with that code. For a value
+/// error found by a reader that says what is wrong but not where (the core's reader of
+/// commands, whose variants serde's path tracking cannot see into); `None` for other
+/// codes, or when no amount is found.
+pub fn refused_amount_at(value: &Value, code: &str) -> Option<String> {
+    fn join(at: &str, name: &str) -> String {
+        match (at.is_empty(), name.is_empty()) {
+            (true, _) => name.to_owned(),
+            (_, true) => at.to_owned(),
+            _ => format!("{at}.{name}"),
+        }
+    }
+    fn walk(v: &Value, at: &str, code: &str) -> Option<String> {
+        match v {
+            Value::Object(m) => {
+                let refused =
+                    serde_path_to_error::deserialize::<_, trustfold_core::money::Money>(v)
+                        .err()
+                        .map(|e| {
+                            let path = e.path().to_string();
+                            let core: trustfold_core::Error = e.into_inner().into();
+                            (core.code(), path)
+                        });
+                if let Some((c, path)) = refused {
+                    if c == code {
+                        return Some(join(at, if path == "." { "" } else { &path }));
+                    }
+                }
+                m.iter().find_map(|(k, x)| walk(x, &join(at, k), code))
+            }
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| walk(x, &format!("{at}[{i}]"), code)),
+            _ => None,
+        }
+    }
+    const AMOUNT_CODES: &[&str] = &[
+        "invalid_amount",
+        "invalid_amount_scale",
+        "non_positive_amount",
+        "unknown_currency",
+        "amount_overflow",
+    ];
+    AMOUNT_CODES
+        .contains(&code)
+        .then(|| walk(value, "", code))
+        .flatten()
+        .filter(|p| !p.is_empty())
 }
 
 /// The body as a JSON value, refusing syntax errors (`malformed_json`) and keys given

@@ -889,6 +889,25 @@ fn check_actor(principal: &Principal, actor: Option<Actor>) -> ApiResult<Actor> 
     }
 }
 
+/// A 422 of the core's reader of commands about one of a command's values names the
+/// field within the command (`amount`); in the request it is `command.amount`. (The
+/// rules' refusals of a command's text and roles name the field alone, `reason`, as
+/// they always have.)
+fn in_command(e: ApiError) -> ApiError {
+    match e {
+        ApiError::Unprocessable {
+            code,
+            message,
+            field: Some(f),
+        } => ApiError::Unprocessable {
+            code,
+            message,
+            field: Some(format!("command.{f}")),
+        },
+        other => other,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CommandRequest {
@@ -947,6 +966,17 @@ pub async fn send_command(
                         message: format!("command: {message}"),
                         field: Some("command".into()),
                     },
+                    // A value the domain refuses, at its place in the command: the
+                    // core's field, or the amount it refuses.
+                    ApiError::Unprocessable {
+                        code,
+                        message,
+                        field,
+                    } => in_command(ApiError::Unprocessable {
+                        code,
+                        message,
+                        field: field.or_else(|| body::refused_amount_at(&req.command, code)),
+                    }),
                     other => other,
                 })
             })?;
