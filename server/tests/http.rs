@@ -2634,6 +2634,75 @@ async fn sse_reaches_a_stream_on_another_process_postgres() {
     srv.finish().await;
 }
 
+/// The codes the API's handlers write as literals (`code: "…"`, `bad_request("…"`, and
+/// `ApiError::code`'s arms `=> "…"`), outside their unit tests.
+fn literal_codes(text: &str, arms: bool) -> Vec<&str> {
+    let mut markers = vec!["code: ", "bad_request("];
+    if arms {
+        markers.push("=> ");
+    }
+    let mut out = Vec::new();
+    for marker in markers {
+        for (i, _) in text.match_indices(marker) {
+            let Some(rest) = text[i + marker.len()..].trim_start().strip_prefix('"') else {
+                continue;
+            };
+            let Some(end) = rest.find('"') else {
+                continue;
+            };
+            let code = &rest[..end];
+            if !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                out.push(code);
+            }
+        }
+    }
+    out
+}
+
+/// Every stable code the server's handlers answer with is in `/openapi.json`: an
+/// integrator reading the document meets every code it can get (where, the operation's
+/// responses say; this checks that none is left out altogether).
+#[test]
+fn every_code_the_api_sends_is_documented() {
+    let doc = include_str!("../src/openapi.json");
+    let word = |b: u8| b.is_ascii_lowercase() || b == b'_';
+    let documented = |code: &str| {
+        doc.match_indices(code).any(|(i, _)| {
+            let before = i.checked_sub(1).map(|j| doc.as_bytes()[j]);
+            let after = doc.as_bytes().get(i + code.len()).copied();
+            !before.is_some_and(word) && !after.is_some_and(word)
+        })
+    };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api");
+    let mut seen = 0;
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("src/api") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("source");
+        let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for code in literal_codes(text, path.ends_with("error.rs")) {
+            seen += 1;
+            if !documented(code) {
+                missing.push(format!("{code} (sent in {})", path.display()));
+            }
+        }
+    }
+    assert!(
+        seen > 40,
+        "only {seen} codes found: is the source where it was?"
+    );
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "codes the server sends that /openapi.json never names:\n{}",
+        missing.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn openapi_documents_every_route_the_server_serves() {
     let srv = common::sqlite().await;
