@@ -117,10 +117,11 @@ fn augment(
 }
 
 /// True while the request could still reach quorum if every eligible party who has
-/// not denied it approved. In payments opened with `PaymentInitiated` v2, whose
-/// authorization needs a party of its own for each role of an `all_of`
-/// ([`quorum_met`]), so does this: a party holding two listed roles covers one.
-/// (Earlier payments keep the count their histories were folded with.)
+/// not denied it approved. A party holding two roles of an `all_of` counts for both
+/// here, though authorization needs a party of its own for each ([`quorum_met`]): a
+/// denial never closed a request that such a party could still approve alone, and a
+/// party who denied may approve after all, so stored histories of v2 payments go on
+/// from such a request (one approved later by distinct parties was authorized).
 pub fn quorum_possible(state: &PaymentState, req: &Request) -> bool {
     let eligible: SortedSet<PartyId> = state
         .participants
@@ -128,7 +129,7 @@ pub fn quorum_possible(state: &PaymentState, req: &Request) -> bool {
         .filter(|(id, p)| !p.removed && p.joined && !req.denials.contains_key(id))
         .map(|(id, _)| *id)
         .collect();
-    count_ok(state, rule(state, req), &eligible, state.opened_under >= 2)
+    count_ok(state, rule(state, req), &eligible, false)
 }
 
 /// True when `party` may approve requests of this kind (holds an approving role).

@@ -968,8 +968,6 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
     Ok(())
 }
 
-/// Facts only certain actors can state: rail outcomes come from the rail, a party's own
-/// approvals, agreement and joining from that party.
 /// The opening is recorded by its initiator, in one of the roles it gives itself, all of
 /// them the policy's (what `decide` has always required of `Initiate`): not by the
 /// platform, nor by someone else in the initiator's name.
@@ -1009,6 +1007,8 @@ fn check_opener(env: &Envelope, e: &PaymentInitiated) -> Result<()> {
     Ok(())
 }
 
+/// Facts only certain actors can state: rail outcomes come from the rail, a party's own
+/// approvals, agreement and joining from that party.
 fn check_actor(env: &Envelope) -> Result<()> {
     let role = env.actor.role.as_str();
     let own = |party: &PartyId| -> Result<()> {

@@ -112,8 +112,6 @@ fn a_party_cannot_call_off_a_mandated_request_without_a_dispute() {
     assert_eq!(st.status, Status::Disputed);
 }
 
-/// Folded one event at a time (as the server's cache, the Rust replica and the wasm
-/// feed do), a cut history is caught by `check_complete` at the signed head.
 #[test]
 fn a_payment_is_opened_by_its_initiator_in_its_own_role() {
     let honest = std::fs::read(concat!(
@@ -161,6 +159,8 @@ fn a_payment_is_opened_by_its_initiator_in_its_own_role() {
     );
 }
 
+/// Folded one event at a time (as the server's cache, the Rust replica and the wasm
+/// feed do), a cut history is caught by `check_complete` at the signed head.
 #[test]
 fn one_event_at_a_time_the_end_is_checked_at_the_head() {
     let s = auto_released(74);

@@ -1706,36 +1706,29 @@ fn all_of_needs_a_different_party_for_each_role() {
 }
 
 #[test]
-fn a_request_no_distinct_parties_can_approve_is_denied() {
-    // The one party left who has not denied holds both roles of the `all_of`: it can
-    // approve for one only, so the request can no longer be authorized.
+fn a_party_who_denied_may_still_approve_while_the_request_is_open() {
+    // The dual party (seller and buyer) approved; the buyer and the seller deny. The
+    // dual party alone could cover both roles as a denial counts them, so the request
+    // stays open (v2 payments were written so), and the buyer may change its mind: with
+    // its approval, two distinct parties approved, and the release is authorized.
     let mut s = dual_party_approved_alone(150);
     let deny = || Command::Deny {
         request: rid(1),
         reason: "not this way".into(),
     };
     ok(&mut s, buyer(), deny());
+    ok(&mut s, seller(), deny());
     assert_eq!(
         s.state().requests[&rid(1)].status,
-        RequestStatus::AwaitingApprovals,
-        "the seller and the dual party could still approve"
-    );
-    ok(&mut s, seller(), deny());
-    assert_eq!(s.state().requests[&rid(1)].status, RequestStatus::Denied);
-    // A payment opened before distinct parties were needed (v1) folds as it was: the
-    // dual party could still approve for both there.
-    let v1 = support::forge::rewrite(&s.d.history(), |i, t| {
-        if i == 0 {
-            support::forge::opened_as_v1(t)
-        } else {
-            t
-        }
-    });
-    let state = trustfold_core::fold::replay(&v1).expect("folds");
-    assert_eq!(
-        state.requests[&rid(1)].status,
         RequestStatus::AwaitingApprovals
     );
+    let a = approval(&s, 1);
+    ok(&mut s, buyer(), a);
+    assert_eq!(
+        s.state().requests[&rid(1)].status,
+        RequestStatus::Authorized
+    );
+    assert!(trustfold_core::fold::replay(&s.d.history()).is_ok());
 }
 
 #[test]

@@ -76,9 +76,8 @@ const BATCH: u32 = 256;
 /// already stored: the fold's rules (a status or balance a stored history now folds
 /// to), the state JSON, or a projection's rows. A server finding read models of an
 /// older format at start rebuilds them from the log (see [`Projector::init`]);
-/// databases before this mark have none and are rebuilt once. 2: a request of a v2
-/// payment that no distinct parties can approve any more folds to `Denied`.
-pub const READ_MODEL_FORMAT: i64 = 2;
+/// databases before this mark have none and are rebuilt once.
+pub const READ_MODEL_FORMAT: i64 = 1;
 
 /// One row change.
 #[derive(Debug, Clone)]
