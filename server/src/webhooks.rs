@@ -117,7 +117,7 @@ const PER_READ: u32 = 100;
 /// Endpoints served at once.
 const CONCURRENT: usize = 8;
 /// Endpoints of one tenant served at once (of [`CONCURRENT`]).
-const PER_TENANT: usize = 2;
+const PER_TENANT: usize = CONCURRENT / 2;
 /// How long one endpoint is sent to before its turn ends (it goes on in the next round).
 const SERVE_FOR: Duration = Duration::from_secs(5);
 /// How long a client pinned to a host's checked address is kept ([`Pins`]).
@@ -518,9 +518,10 @@ struct Sending {
     /// Each endpoint's task and the endpoint's tenant.
     endpoints: std::collections::HashMap<Uuid, (tokio::task::Id, Uuid)>,
     permits: std::sync::Arc<tokio::sync::Semaphore>,
-    /// Each tenant's slots ([`PER_TENANT`]), taken before one of `permits`, while the
-    /// tenant has tasks: its endpoints queue there, first come first served.
-    tenants: std::collections::HashMap<Uuid, std::sync::Arc<tokio::sync::Semaphore>>,
+    /// Each tenant's slots ([`PER_TENANT`]), taken before one of `permits`, and its
+    /// number of tasks (the entry goes with its last task): its endpoints queue there,
+    /// first come first served.
+    tenants: std::collections::HashMap<Uuid, (std::sync::Arc<tokio::sync::Semaphore>, usize)>,
     /// Endpoints whose last turn could not record what it did (the database refused a
     /// write: its position, its failure): left alone until then, the pause doubling
     /// from 1 s to a minute — else each round, every second, would send the same event
@@ -545,7 +546,9 @@ impl Sending {
     fn done(&mut self, done: Result<(Uuid, bool), tokio::task::JoinError>) {
         match done {
             Ok((id, failed)) => {
-                self.endpoints.remove(&id);
+                if let Some((_, tenant)) = self.endpoints.remove(&id) {
+                    self.ended(tenant);
+                }
                 if failed {
                     let pause = self
                         .paused
@@ -561,20 +564,39 @@ impl Sending {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "webhooks: a sending task failed");
-                self.endpoints.retain(|_, (task, _)| *task != e.id());
+                let found = self
+                    .endpoints
+                    .iter()
+                    .find(|(_, (task, _))| *task == e.id())
+                    .map(|(id, (_, tenant))| (*id, *tenant));
+                if let Some((id, tenant)) = found {
+                    self.endpoints.remove(&id);
+                    self.ended(tenant);
+                }
             }
         }
-        let endpoints = &self.endpoints;
-        self.tenants
-            .retain(|tenant, _| endpoints.values().any(|(_, t)| t == tenant));
     }
 
-    /// The slots of `tenant`'s endpoints.
+    /// The slots of `tenant`'s endpoints, for a new task of it.
     fn tenant_permits(&mut self, tenant: Uuid) -> std::sync::Arc<tokio::sync::Semaphore> {
-        self.tenants
-            .entry(tenant)
-            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(PER_TENANT)))
-            .clone()
+        let (slots, tasks) = self.tenants.entry(tenant).or_insert_with(|| {
+            (
+                std::sync::Arc::new(tokio::sync::Semaphore::new(PER_TENANT)),
+                0,
+            )
+        });
+        *tasks += 1;
+        slots.clone()
+    }
+
+    /// Notes that a task of `tenant` ended; its slots go with its last.
+    fn ended(&mut self, tenant: Uuid) {
+        if let Some((_, tasks)) = self.tenants.get_mut(&tenant) {
+            *tasks = tasks.saturating_sub(1);
+            if *tasks == 0 {
+                self.tenants.remove(&tenant);
+            }
+        }
     }
 }
 

@@ -1315,7 +1315,7 @@ async fn an_endpoint_deleted_while_waiting_gets_nothing(database: &str) {
     slow.delay_ms
         .store(4000, std::sync::atomic::Ordering::Relaxed);
     let slow_url = slow.start().await;
-    // Four tenants of two endpoints each (a tenant is served at most two at once).
+    // Four tenants of two endpoints each (no tenant may take every slot).
     for t in 0..4 {
         let busy = c
             .tenant(ADMIN, &format!("Busy Escrow {t}"))
