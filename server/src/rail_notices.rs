@@ -81,6 +81,9 @@ pub const MAX_HELD_PER_TENANT: i64 = 10_000;
 /// one-key locks used elsewhere).
 const HOLD_LOCK: i32 = 0x7466_686e;
 
+/// This process's holds on PostgreSQL, one at a time (see [`hold`]).
+static HOLDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A tenant's second key of [`HOLD_LOCK`].
 fn tenant_lock_key(tenant: Uuid) -> i32 {
     let b = tenant.as_bytes();
@@ -244,6 +247,11 @@ pub(crate) async fn hold(
                 .map_err(StoreError::from)?;
         }
         Db::Postgres(pool) => {
+            // One hold at a time in this process before a connection is taken: holds
+            // waiting for a tenant's lock would each keep a pooled connection meanwhile
+            // (a rail replaying its early notices at once), and every other request
+            // would wait for one.
+            let _one = HOLDING.lock().await;
             let mut tx = pool.begin().await.map_err(StoreError::from)?;
             sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
                 .bind(HOLD_LOCK)

@@ -4309,10 +4309,10 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
 
 on_both_engines!(early_rail_notices_are_held_then_applied);
 
-/// Held notices are listed by the time received, which is stamped in commit order: 200
-/// held at once are each listed once, in the order they were stored (on SQLite, the
-/// rows' insertion order). A notice stamped before another but stored after it would be
-/// missed by a page read between the two.
+/// Held notices are listed by the time received, which is stamped in commit order: a
+/// pager following the list while 200 are held at once sees each once, in the order
+/// they were stored (on SQLite, the rows' insertion order). A notice stamped before
+/// another but stored after it would be missed by a page read between the two.
 async fn held_notices_are_stamped_in_commit_order(srv: Server) {
     let c = &srv.client;
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
@@ -4325,25 +4325,37 @@ async fn held_notices_are_stamped_in_commit_order(srv: Server) {
             r.body["id"].as_str().expect("id").to_owned()
         }
     });
-    let mut held: Vec<String> = futures_util::future::join_all(holds).await;
-    held.sort();
-    let mut listed: Vec<String> = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let q = after.map_or_else(String::new, |a| format!("&after={a}"));
-        let page = c.get(&format!("/v1/rail-notices?limit=7{q}"), &key).await;
-        assert_eq!(page.status, 200, "{}", page.body);
-        let notices = page.body["rail_notices"].as_array().expect("list");
-        listed.extend(
-            notices
-                .iter()
-                .map(|n| n["id"].as_str().expect("id").to_owned()),
-        );
-        if page.body["has_more"] != true {
-            break;
+    // A pager follows the list while the notices are held (as an integrator's sync
+    // would), from the last one it saw: a notice stored after a later-stamped one it
+    // already saw would never reach it.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let holding = async {
+        let held: Vec<String> = futures_util::future::join_all(holds).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        held
+    };
+    let paging = async {
+        let mut listed: Vec<String> = Vec::new();
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            let q = listed
+                .last()
+                .map_or_else(String::new, |a| format!("&after={a}"));
+            let page = c.get(&format!("/v1/rail-notices?limit=7{q}"), &key).await;
+            assert_eq!(page.status, 200, "{}", page.body);
+            let notices = page.body["rail_notices"].as_array().expect("list");
+            listed.extend(
+                notices
+                    .iter()
+                    .map(|n| n["id"].as_str().expect("id").to_owned()),
+            );
+            if finished && page.body["has_more"] != true {
+                return listed;
+            }
         }
-        after = page.body["next"].as_str().map(str::to_owned);
-    }
+    };
+    let (mut held, listed) = tokio::join!(holding, paging);
+    held.sort();
     let mut once = listed.clone();
     once.sort();
     assert_eq!(once, held, "each held notice listed once");
