@@ -236,12 +236,7 @@ impl Replica {
             })
         };
         head.verify(&self.key).map_err(broken)?;
-        if head.stream != self.payment {
-            return Err(broken(CoreError::BadSignature(format!(
-                "the server sent the head of {} for payment {}",
-                head.stream, self.payment
-            ))));
-        }
+        head.check_payment(self.payment).map_err(broken)?;
         while head.seq > staged.version() {
             // Appended since our fetch: catch up, only up to the signed one (later
             // appends are checked with a later head), then check it.
