@@ -46,7 +46,14 @@ function allowStreamListeners(): void {
 }
 setBeforeLive(allowStreamListeners);
 
-/** Resolves at once: in Node the module is ready on import. */
-export async function init(): Promise<void> {}
+/**
+ * What browsers' `init(input)` takes; Node loads its own module from disk and ignores
+ * it (declared here without the DOM's types, so code shared with browsers type-checks
+ * in Node projects too).
+ */
+export type InitInput = unknown;
+
+/** Resolves at once: in Node the module is ready on import (`input` is ignored). */
+export async function init(_input?: InitInput): Promise<void> {}
 
 export * from "./api.js";

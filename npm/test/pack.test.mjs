@@ -124,11 +124,13 @@ test("installed into a Node TypeScript project (Node types, no DOM), its declara
 import { randomUUID } from "node:crypto";
 import {
   init, Client, replay, verify, view, allowedCommands, decide, validatePolicy, formatMoney, moneyAllocate,
-  isTrustfoldError, type PaymentState, type TrustfoldError, type VerifyResult, type HistoryInput,
+  isTrustfoldError, type PaymentState, type TrustfoldError, type VerifyResult, type HistoryInput, type InitInput,
 } from "trustfold";
 declare const token: string, serverKey: string, paymentId: string, buyerId: string, history: HistoryInput;
+// Code shared with browsers passes the module's URL; Node ignores it.
+const wasm: InitInput = new URL("https://cdn.example.com/trustfold_wasm_bg.wasm");
 export async function main(): Promise<void> {
-  await init();
+  await init(wasm);
   const client = new Client({ baseUrl: "http://127.0.0.1:8080", token, serverKey });
   const feed = client.payment(paymentId);
   const state: PaymentState | undefined = await feed.sync();
