@@ -252,9 +252,17 @@ struct CachedKey {
 #[derive(Debug, Default)]
 pub struct ApiKeyCache {
     rows: Mutex<HashMap<Uuid, CachedKey>>,
+    /// Bumped by every [`ApiKeyCache::clear`]: a row read before a rotation's clear
+    /// (its read raced the rotation's commit) is not cached after it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl ApiKeyCache {
+    /// The generation to give [`ApiKeyCache::put`] for a row about to be read.
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn get(&self, key_id: Uuid) -> Option<CachedKey> {
         let rows = self.rows.lock().ok()?;
         rows.get(&key_id)
@@ -262,8 +270,12 @@ impl ApiKeyCache {
             .cloned()
     }
 
-    fn put(&self, key_id: Uuid, row: CachedKey) {
+    /// Caches `row`, read in `generation`, unless the cache was cleared since.
+    fn put(&self, generation: u64, key_id: Uuid, row: CachedKey) {
         if let Ok(mut rows) = self.rows.lock() {
+            if self.generation() != generation {
+                return;
+            }
             if rows.len() >= API_KEY_CACHE_MAX {
                 rows.clear();
             }
@@ -274,6 +286,8 @@ impl ApiKeyCache {
     /// Forgets every cached row (after a rotation changed expiries).
     pub fn clear(&self) {
         if let Ok(mut rows) = self.rows.lock() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             rows.clear();
         }
     }
@@ -289,6 +303,7 @@ pub(crate) async fn check_api_key(state: &AppState, key: &str) -> Result<Uuid, A
     let cached = match state.api_keys.get(key_id) {
         Some(c) => c,
         None => {
+            let generation = state.api_keys.generation();
             let row: Option<(Uuid, Vec<u8>, Option<i64>)> = on_read!(&state.db, pool => {
                 sqlx::query_as(
                     "SELECT tenant_id, key_hash, expires_at_us FROM api_keys WHERE key_id = $1",
@@ -305,7 +320,7 @@ pub(crate) async fn check_api_key(state: &AppState, key: &str) -> Result<Uuid, A
                 expires_at_us,
                 fetched: Instant::now(),
             };
-            state.api_keys.put(key_id, c.clone());
+            state.api_keys.put(generation, key_id, c.clone());
             c
         }
     };
@@ -541,6 +556,27 @@ fn url_decoded(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key's row read while a rotation committed (before its clear) is not cached
+    /// after the clear: the rotated-out key would have held for the cache's 2 s (a
+    /// live stream's poll read it; the stream then took the next event under it).
+    #[test]
+    fn a_row_read_before_a_clear_is_not_cached_after_it() {
+        let cache = ApiKeyCache::default();
+        let id = Uuid::from_u128(7);
+        let row = CachedKey {
+            tenant: Uuid::from_u128(1),
+            hash: vec![0; 32],
+            expires_at_us: None,
+            fetched: Instant::now(),
+        };
+        let read_at = cache.generation();
+        cache.clear();
+        cache.put(read_at, id, row.clone());
+        assert!(cache.get(id).is_none(), "a row read before the clear");
+        cache.put(cache.generation(), id, row);
+        assert!(cache.get(id).is_some(), "a row read after it");
+    }
 
     /// `TokenClaims` as a server process from before `gen` reads them.
     #[derive(Debug, Deserialize)]
