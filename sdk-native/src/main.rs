@@ -29,6 +29,14 @@ macro_rules! say_err {
     }};
 }
 
+/// Says that a history does not verify (and why) and gives the exit status for it, 1
+/// (2 is for usage, I/O and network errors).
+fn failed(b: &trustfold::error::Broken) -> ExitCode {
+    say_err!("FAILED: {b}");
+    say_err!("code: {}", b.error.code());
+    ExitCode::from(1)
+}
+
 /// Verify, replay, fetch and follow trustfold payment histories.
 #[derive(Parser)]
 #[command(name = "trustfold", version, about, long_about = None)]
@@ -260,9 +268,7 @@ fn verify(
                 });
                 let _ = writeln!(out, "{v}");
             }
-            say_err!("FAILED: {b}");
-            say_err!("code: {}", b.error.code());
-            Ok(ExitCode::from(1))
+            Ok(failed(&b))
         }
         Err(e) => Err(e),
     }
@@ -365,9 +371,7 @@ fn replay(
     let r = match v.verify_path(path) {
         Ok(r) => r,
         Err(Error::Broken(b)) => {
-            say_err!("FAILED: {b}");
-            say_err!("code: {}", b.error.code());
-            return Ok(ExitCode::from(1));
+            return Ok(failed(&b));
         }
         Err(e) => return Err(e),
     };
@@ -463,14 +467,13 @@ async fn fetch(
         // The download does not hold together (its pages end before the signed head):
         // nothing is written, as for a download that does not verify.
         Err(Error::Broken(b)) => {
-            say_err!("FAILED: {b}");
-            say_err!("code: {}", b.error.code());
+            let code = failed(&b);
             say_err!(
                 "{} and {}.head.json left as they were",
                 out.display(),
                 out.display()
             );
-            return Ok(ExitCode::from(1));
+            return Ok(code);
         }
         Err(e) => return Err(e),
     };
@@ -542,9 +545,7 @@ async fn tail(
     let n = match r.sync().await {
         Ok(n) => n,
         Err(Error::Broken(b)) => {
-            say_err!("FAILED: {b}");
-            say_err!("code: {}", b.error.code());
-            return Ok(ExitCode::from(1));
+            return Ok(failed(&b));
         }
         Err(e) => return Err(e),
     };
@@ -571,11 +572,7 @@ async fn tail(
         .await;
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(Error::Broken(b)) => {
-            say_err!("FAILED: {b}");
-            say_err!("code: {}", b.error.code());
-            Ok(ExitCode::from(1))
-        }
+        Err(Error::Broken(b)) => Ok(failed(&b)),
         Err(e) => Err(e),
     }
 }
