@@ -34,6 +34,8 @@ test:
 	@printf '\n==> make test: all steps passed\n'
 
 demo:
+	$(call step,toolchain (base: make, a C compiler and linker))
+	scripts/toolchain.sh base
 	$(call step,demo: earnest_money)
 	$(CARGO) run --release -p trustfold-core --example earnest_money
 	$(call run_targets,$(DEMO_TARGETS))

@@ -35,11 +35,15 @@ demo-server:
 	    --bin trustfold-server --bin earnest-money --bin trustfold
 	rm -rf $(DEMO_SERVER_DIR) && mkdir -p $(DEMO_SERVER_DIR)
 	@bin=$(abspath $(SERVER_TARGET_DIR))/release; \
-	( cd $(DEMO_SERVER_DIR) && TRUSTFOLD_ADMIN_TOKEN=demo-admin RUST_LOG=info \
-	    exec "$$bin/trustfold-server" --listen $(DEMO_SERVER_ADDR) ) > $(DEMO_SERVER_DIR)/server.log 2>&1 & \
+	( cd $(DEMO_SERVER_DIR) && exec env -u DATABASE_URL -u TRUSTFOLD_SECRETS_KEY \
+	    -u TRUSTFOLD_SECRETS_KEY_FILE TRUSTFOLD_ADMIN_TOKEN=demo-admin RUST_LOG=info \
+	    "$$bin/trustfold-server" --listen $(DEMO_SERVER_ADDR) --database-url trustfold.db \
+	    ) > $(DEMO_SERVER_DIR)/server.log 2>&1 & \
 	pid=$$!; trap 'kill -TERM $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
-	TRUSTFOLD_URL=http://$(DEMO_SERVER_ADDR) TRUSTFOLD_ADMIN_TOKEN=demo-admin \
-	    "$$bin/earnest-money" --out-dir $(DEMO_OUT_DIR); \
+	if ! env -u TRUSTFOLD_SERVER_KEY TRUSTFOLD_URL=http://$(DEMO_SERVER_ADDR) \
+	    TRUSTFOLD_ADMIN_TOKEN=demo-admin "$$bin/earnest-money" --out-dir $(DEMO_OUT_DIR); then \
+	    echo "demo-server: the demo failed; the end of the server's log ($(DEMO_SERVER_DIR)/server.log):" >&2; \
+	    tail -n 20 $(DEMO_SERVER_DIR)/server.log >&2; exit 1; fi; \
 	out=$(DEMO_OUT_DIR); \
 	printf '\n$$ trustfold verify %s --key %s --head %s\n' \
 	    "$$out/earnest-money.history.json" "$$out/server-key.txt" "$$out/earnest-money.history.json.head.json"; \
@@ -50,7 +54,8 @@ demo-server:
 	    --head "$$out/earnest-money.history.json.head.json" --quiet; then \
 	    echo "demo-server: the tampered copy verified" >&2; exit 1; fi; \
 	echo; echo "demo-server: database $(DEMO_SERVER_DIR)/trustfold.db, server log $(DEMO_SERVER_DIR)/server.log"; \
-	echo "demo-server: serve it again with: cd $(DEMO_SERVER_DIR) && trustfold-server"
+	echo "demo-server: serve it again with: cd $(DEMO_SERVER_DIR) && $$bin/trustfold-server --listen $(DEMO_SERVER_ADDR)"; \
+	echo "demo-server: the demo tenant's API key is in $(DEMO_OUT_DIR)/api-key.txt"
 
 DEMO_TARGETS += demo-server
 

@@ -41,14 +41,19 @@ find_bindir() {
 }
 
 if ! BINDIR="$(find_bindir)"; then
-    if [ "$(id -u)" -ne 0 ]; then
-        log "PostgreSQL server binaries not found; install them (Debian: apt-get install postgresql) or set PG_BINDIR"
+    # As root, or through sudo when available (as scripts/toolchain.sh installs).
+    if [ "$(id -u)" -eq 0 ]; then
+        as_root() { "$@"; }
+    elif command -v sudo >/dev/null 2>&1; then
+        as_root() { sudo -E "$@"; }
+    else
+        log "PostgreSQL server binaries not found, and no root or sudo to install them; install them (Debian: apt-get install postgresql) or set PG_BINDIR"
         exit 1
     fi
     log "PostgreSQL not found; installing it with apt-get"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq postgresql >&2
+    as_root apt-get update -qq >&2
+    as_root apt-get install -y -qq postgresql >&2
     BINDIR="$(find_bindir)" || { log "postgresql installed but initdb still not found"; exit 1; }
 fi
 

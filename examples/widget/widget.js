@@ -8,9 +8,10 @@
 // - **Verified** (the participant's roles see everything, e.g. the buyer and the
 //   escrow holder in examples/policies/earnest-money.json): the widget fetches the
 //   history, checks every record's hash and link, folds it with the core's rules and
-//   checks the server's signed head against the pinned server key. It offers exactly
-//   the commands the rules allow (`allowedCommands`, then `decide` on each candidate
-//   before it is shown) and follows the payment live over Server-Sent Events.
+//   checks the server's signed head against the pinned server key. Of the commands it
+//   can build (BUILDERS: join, agree, approve, withdraw, deny) it offers those the
+//   rules allow (`allowedCommands`, then `decide` on each candidate before it is
+//   shown) and follows the payment live over Server-Sent Events.
 // - **Server view** (the policy hides something from the participant's roles: bank
 //   details from sellers, amounts from lenders): the server sends a redacted view, which
 //   cannot be verified. The widget shows it as the server's view, reads it again

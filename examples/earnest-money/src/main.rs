@@ -28,7 +28,8 @@
 //! At the end it compares the replica with the server's read model (no difference
 //! allowed), exports the history as `trustfold fetch` writes it
 //! (`OUT/earnest-money.history.json` and `OUT/earnest-money.history.json.head.json`,
-//! with the key it trusted in `OUT/server-key.txt`),
+//! with the key it trusted in `OUT/server-key.txt`; the demo tenant's API key is in
+//! `OUT/api-key.txt`),
 //! verifies that file offline with [`trustfold::verify`], shows that a copy with one
 //! digit changed fails at the exact event, and prints the `trustfold verify` command
 //! to check the file yourself. Any failure ends the program with a non-zero status.
@@ -41,7 +42,8 @@
 //! ```text
 //! cargo build --release -p trustfold-server -p earnest-money
 //! (mkdir -p /tmp/tf && cd /tmp/tf && TRUSTFOLD_ADMIN_TOKEN=demo-admin \
-//!     "$OLDPWD/target/release/trustfold-server" --listen 127.0.0.1:8080) &
+//!     "$OLDPWD/target/release/trustfold-server" --listen 127.0.0.1:8080 \
+//!     --database-url trustfold.db) &
 //! TRUSTFOLD_URL=http://127.0.0.1:8080 TRUSTFOLD_ADMIN_TOKEN=demo-admin \
 //!     target/release/earnest-money [--out-dir target/demo]
 //! ```
@@ -322,6 +324,12 @@ async fn run() -> Res<()> {
     let api_key = tenant["api_key"]
         .as_str()
         .ok_or("the tenant response has no api_key")?;
+    // Kept so the demo's data can be read again from the same database (a demo's
+    // throwaway tenant: a real key belongs in a secret store, not a file).
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let key_file = out.join("api-key.txt");
+    std::fs::write(&key_file, format!("{api_key}\n"))
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
     // Pinned: every answer that cannot be checked against the signed head (the state,
     // each command's answer) must be the server's own to that very request.
     let client = Client::new(&base)?.api_key(api_key).pin(key);
