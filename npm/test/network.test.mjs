@@ -610,6 +610,8 @@ async function fakeServer(page) {
   return {
     base: `http://127.0.0.1:${server.address().port}`,
     requests: () => requests,
+    /** Requests left unanswered whose connection is still open. */
+    open: () => hanging.filter((res) => !res.closed).length,
     close: () => {
       for (const res of hanging) res.destroy();
       return new Promise((r) => server.close(r));
@@ -776,6 +778,11 @@ test("Node: a server that never answers fails the request after timeoutMs", asyn
       client.sendCommand("b0000000-0000-4000-8000-000000000001", { type: "Join" }, "k-1"),
       (e) => e.code === "network_error",
     );
+    // The requests given up on are aborted: their connections close (a browser has six
+    // per origin, and each one left hanging would hold one).
+    const deadline = Date.now() + 3000;
+    while (srv.open() !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(srv.open(), 0, "the timed-out requests' connections are closed");
     assert.ok(Date.now() - started < 10_000);
     for (const timeoutMs of [0, -1, NaN, Infinity, 600_001, "100"]) {
       assert.throws(() => new t.Client({ baseUrl: srv.base, timeoutMs }), (e) => e.code === "invalid_input" && /timeoutMs/.test(e.message), String(timeoutMs));

@@ -171,8 +171,9 @@ impl Conn {
     async fn get_signed(&self, payment: &PaymentId, rest: &str) -> Result<String, JsValue> {
         let asked = self.fresh(rest)?;
         let rest = asked.as_str();
-        let request = self.auth(Request::get(&self.url(payment, rest)));
-        let (body, signature) = within(self.timeout_ms, async move {
+        let abort = Abort::new();
+        let request = abort.signal(self.auth(Request::get(&self.url(payment, rest))));
+        let (body, signature) = within(self.timeout_ms, abort, async move {
             let resp = request.send().await.map_err(net)?;
             let signature = resp.headers().get("trustfold-signature");
             Ok((body_or_problem(resp).await?, signature))
@@ -368,15 +369,16 @@ impl Client {
         Ok(future_to_promise(async move {
             // With a pinned key the answer must be the server's to this very request.
             let asked = conn.fresh("/commands")?;
-            let mut b = conn
-                .auth(Request::post(&conn.url(&payment, &asked)))
+            let abort = Abort::new();
+            let mut b = abort
+                .signal(conn.auth(Request::post(&conn.url(&payment, &asked))))
                 .header("Content-Type", "application/json")
                 .header("Idempotency-Key", &idempotency_key);
             if let Some(v) = expected_version {
                 b = b.header("If-Match", &format!("\"{v}\""));
             }
             let request = b.body(request_body(command)?).map_err(net)?;
-            let (text, signature) = within(conn.timeout_ms, async move {
+            let (text, signature) = within(conn.timeout_ms, abort, async move {
                 let resp = request.send().await.map_err(net)?;
                 let signature = resp.headers().get("trustfold-signature");
                 Ok((body_or_problem(resp).await?, signature))
@@ -1538,20 +1540,72 @@ fn base_url(base: &str) -> JsResult<()> {
 
 /// `request` (sent and its answer read), or `network_error` when it takes longer than
 /// `ms` milliseconds: a server that accepts the connection and never answers must not
-/// leave a `sync()` or `sendCommand()` pending forever.
+/// leave a `sync()` or `sendCommand()` pending forever. The request, made with
+/// `abort`'s signal, is aborted then, and when this is dropped before it ends (a feed
+/// closed meanwhile): the platform's `fetch` would otherwise keep its connection and
+/// go on reading the body (a browser has six connections per origin).
 async fn within<T>(
     ms: f64,
+    abort: Abort,
     request: impl std::future::Future<Output = JsResult<T>>,
 ) -> JsResult<T> {
     use futures_util::future::{select, Either};
     let request = std::pin::pin!(request);
     let mut timer = Timer::start(ms);
-    match select(request, &mut timer.0).await {
+    let answer = match select(request, &mut timer.0).await {
         Either::Left((answer, _)) => answer,
         Either::Right(_) => Err(js_error(
             "network_error",
             "the server did not answer within the client's timeoutMs",
         )),
+    };
+    if answer.is_ok() {
+        abort.disarm();
+    }
+    answer
+}
+
+/// An `AbortController` for one request, aborting it when dropped unless disarmed (the
+/// request ended). Without the platform's `AbortController` nothing is aborted.
+struct Abort(Option<JsValue>);
+
+impl Abort {
+    fn new() -> Self {
+        let controller = global_function("AbortController")
+            .and_then(|c| js_sys::Reflect::construct(&c, &js_sys::Array::new()).ok());
+        Abort(controller)
+    }
+
+    /// `builder` with this controller's signal.
+    fn signal(&self, builder: RequestBuilder) -> RequestBuilder {
+        let signal = self
+            .0
+            .as_ref()
+            .and_then(|c| js_sys::Reflect::get(c, &"signal".into()).ok())
+            .filter(|s| !s.is_undefined() && !s.is_null());
+        match signal {
+            Some(s) => builder.abort_signal(Some(s.unchecked_ref())),
+            None => builder,
+        }
+    }
+
+    /// The request ended: nothing to abort.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        let Some(controller) = self.0.take() else {
+            return;
+        };
+        if let Some(abort) = js_sys::Reflect::get(&controller, &"abort".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        {
+            let _ = abort.call0(&controller);
+        }
     }
 }
 
