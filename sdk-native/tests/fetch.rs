@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use trustfold::history::{self, SignedHead, SignedResponse};
+use trustfold::id::PaymentId;
 
 /// What the scripted server answers: the records it pages out and the head it signs.
 struct Script {
@@ -84,22 +85,29 @@ fn fetch(base: &str, payment: &str, out: &Path, key: &str) -> Output {
         .expect("run trustfold fetch")
 }
 
-#[test]
-fn fetch_stops_at_the_signed_head_and_replaces_files_only_when_verified() {
+/// The `em_happy_wire` vector's payment, its records' hashes, and its records, one per
+/// line as served.
+fn happy_wire() -> (PaymentId, Vec<trustfold::hash::Hash>, Vec<String>) {
     let vector =
         std::fs::read(support::vectors_dir().join("em_happy_wire.history.json")).expect("vector");
     let records = history::parse(&vector).expect("parse");
-    let n = records.len();
     let stream = records[0].envelope().expect("envelope").stream;
-    let lines: Vec<String> = records
+    let lines = records
         .iter()
         .map(|r| format!("{{\"hash\":\"{}\",\"event\":{}}}", r.hash, r.event.get()))
         .collect();
+    (stream, records.iter().map(|r| r.hash).collect(), lines)
+}
+
+#[test]
+fn fetch_stops_at_the_signed_head_and_replaces_files_only_when_verified() {
+    let (stream, hashes, lines) = happy_wire();
+    let n = lines.len();
     let sign = |seq: usize| {
         serde_json::to_string(&SignedHead::sign(
             stream,
             seq as u64,
-            records[seq - 1].hash,
+            hashes[seq - 1],
             &support::SECRET,
         ))
         .expect("head")
@@ -166,19 +174,12 @@ fn fetch_stops_at_the_signed_head_and_replaces_files_only_when_verified() {
 /// the files of the last good fetch stay as they were.
 #[test]
 fn fetch_without_a_key_refuses_pages_that_end_before_the_signed_head() {
-    let vector =
-        std::fs::read(support::vectors_dir().join("em_happy_wire.history.json")).expect("vector");
-    let records = history::parse(&vector).expect("parse");
-    let n = records.len();
-    let stream = records[0].envelope().expect("envelope").stream;
-    let lines: Vec<String> = records
-        .iter()
-        .map(|r| format!("{{\"hash\":\"{}\",\"event\":{}}}", r.hash, r.event.get()))
-        .collect();
+    let (stream, hashes, lines) = happy_wire();
+    let n = lines.len();
     let head = serde_json::to_string(&SignedHead::sign(
         stream,
         n as u64,
-        records[n - 1].hash,
+        hashes[n - 1],
         &support::SECRET,
     ))
     .expect("head");

@@ -22,6 +22,14 @@ pub struct NewEvent {
     pub hash: [u8; 32],
 }
 
+impl NewEvent {
+    /// About the memory it takes: its body, its type and a fixed part (what the group
+    /// commit's batches and the live streams' notices are bounded by).
+    pub(crate) fn weight(&self) -> usize {
+        self.body.len() + self.event_type.len() + 64
+    }
+}
+
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {

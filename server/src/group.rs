@@ -56,10 +56,7 @@ pub(crate) struct Request {
 
 impl Request {
     fn bytes(&self) -> usize {
-        self.events
-            .iter()
-            .map(|e| e.body.len() + e.event_type.len() + 64)
-            .sum::<usize>()
+        self.events.iter().map(NewEvent::weight).sum::<usize>()
             + self
                 .record
                 .as_ref()

@@ -1558,10 +1558,15 @@ async fn stored_events_of_an_old_schema_are_upcast_on_read() {
     srv.finish().await;
 }
 
-/// CORS: a widget on an allowed origin may call the server (preflight answered, the
-/// answer readable with its ETag); a page on any other origin gets no CORS grant.
-#[tokio::test]
-async fn cors_grants_the_configured_origins_only() {
+/// A server on a SQLite file that grants CORS to `https://shop.example`, a tenant's key
+/// and a payment opened and joined.
+async fn with_cors_origin() -> (
+    tempfile::TempDir,
+    trustfold_server::app::Running,
+    Client,
+    String,
+    common::scenario::Flow,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
     let database = dir.path().join("trustfold.db").display().to_string();
     let mut config = common::config(&database);
@@ -1570,6 +1575,14 @@ async fn cors_grants_the_configured_origins_only() {
     let c = Client::new(format!("http://{}", running.addr));
     let key = c.tenant(ADMIN, "t").await.expect("tenant");
     let f = open_and_join(&c, &key).await.expect("open");
+    (dir, running, c, key, f)
+}
+
+/// CORS: a widget on an allowed origin may call the server (preflight answered, the
+/// answer readable with its ETag); a page on any other origin gets no CORS grant.
+#[tokio::test]
+async fn cors_grants_the_configured_origins_only() {
+    let (_dir, running, c, key, f) = with_cors_origin().await;
     let path = format!("/v1/payments/{}/commands", f.payment);
     async fn preflight(c: &Client, path: &str, origin: &str) -> common::scenario::Reply {
         let headers = [
@@ -1640,14 +1653,7 @@ async fn cors_grants_the_configured_origins_only() {
 /// allowed CORS origin may read it.
 #[tokio::test]
 async fn a_401_carries_a_bearer_challenge() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database = dir.path().join("trustfold.db").display().to_string();
-    let mut config = common::config(&database);
-    config.cors_origins = vec!["https://shop.example".into()];
-    let running = common::serve(config).await;
-    let c = Client::new(format!("http://{}", running.addr));
-    let key = c.tenant(ADMIN, "t").await.expect("tenant");
-    let f = open_and_join(&c, &key).await.expect("open");
+    let (_dir, running, c, key, f) = with_cors_origin().await;
     let payment = format!("/v1/payments/{}", f.payment);
     fn challenge(r: &common::scenario::Reply) -> String {
         assert_eq!(r.status, 401, "{}", r.body);

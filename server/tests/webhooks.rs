@@ -600,6 +600,19 @@ async fn private_addresses_are_refused_when_sending() {
     running.shutdown().await.expect("shutdown");
 }
 
+/// How long after `key`'s tenant opens a payment its receiver `quick` gets the first
+/// of its events.
+async fn first_event_after(c: &Client, key: &str, quick: &Receiver) -> Duration {
+    let f = open_and_join(c, key).await.expect("open");
+    let appended = Instant::now();
+    quick
+        .wait("the quick receiver's first event", |g| {
+            !types_of(g, &f.payment).is_empty()
+        })
+        .await;
+    appended.elapsed()
+}
+
 /// One tenant's slow receiver (1.5 s an answer, a payment's events to take) does not
 /// hold back another tenant's endpoint: it is sent its events meanwhile.
 #[tokio::test]
@@ -620,14 +633,7 @@ async fn a_slow_receiver_does_not_hold_back_the_others() {
     let s = open_and_join(&c, &slow_key).await.expect("open");
     slow.wait("the slow receiver's first request", |g| !g.is_empty())
         .await;
-    let f = open_and_join(&c, &key).await.expect("open");
-    let appended = Instant::now();
-    quick
-        .wait("the quick receiver's first event", |g| {
-            !types_of(g, &f.payment).is_empty()
-        })
-        .await;
-    let waited = appended.elapsed();
+    let waited = first_event_after(&c, &key, &quick).await;
     assert!(
         waited < Duration::from_secs(4),
         "the quick receiver waited {waited:?} for the slow one ({} of its events sent)",
@@ -665,14 +671,7 @@ async fn one_tenants_slow_receivers_do_not_hold_back_other_tenants() {
         .await;
     // Give every slow endpoint's round time to start (a round a second).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let f = open_and_join(&c, &key).await.expect("open");
-    let appended = Instant::now();
-    quick
-        .wait("the quick receiver's first event", |g| {
-            !types_of(g, &f.payment).is_empty()
-        })
-        .await;
-    let waited = appended.elapsed();
+    let waited = first_event_after(&c, &key, &quick).await;
     assert!(
         waited < Duration::from_secs(4),
         "the quick receiver waited {waited:?} behind the other tenant's slow receivers \

@@ -680,10 +680,7 @@ fn after_append(state: &AppState, payment: Uuid, result: AppendResult, events: V
 /// (4,096 of them, every tenant's), so what each holds is bounded; the streams read a
 /// larger append from the store.
 fn notice(payment: Uuid, version: u64, events: Vec<NewEvent>) -> Notice {
-    let bytes: usize = events
-        .iter()
-        .map(|e| e.body.len() + e.event_type.len() + 64)
-        .sum();
+    let bytes: usize = events.iter().map(NewEvent::weight).sum();
     Notice {
         stream: payment,
         version,
