@@ -588,6 +588,28 @@ test("Node (the eventsource package): a quiet payment's live feeds check over HT
   }
 });
 
+test("Node (the eventsource package): a view that refresh() reads beside a live run is shown to onUpdate", async () => {
+  const { p, agent, proxy, view, done } = await twoFeeds();
+  try {
+    proxy.state.mute = true; // the run hears of the event only by its checks over HTTP
+    const views = [];
+    const errors = [];
+    view.live((v) => views.push(v.state.version), (e) => errors.push(e.code));
+    await new Promise((r) => setTimeout(r, 300));
+    const v = (await srv.command(key, p, agent, "listing_agent", { type: "Invite", party: uuid(), roles: ["lender"], name: "l" })).state.version;
+    // The widget's own refresh() takes the new view first; the run's next read finds
+    // nothing newer than the view held, and still shows it once.
+    assert.equal((await view.refresh()).state.version, v);
+    const deadline = Date.now() + 10_000;
+    while (views.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 1500)); // another check: nothing shown twice
+    assert.deepEqual(views, [v]);
+    assert.deepEqual(errors, []);
+  } finally {
+    await done();
+  }
+});
+
 // A server that misbehaves (the client's side of a broken or hostile server): a plain
 // Node HTTP server answering the events route with pages we write here.
 async function fakeServer(page) {
@@ -597,9 +619,14 @@ async function fakeServer(page) {
   const server = createHttp(async (req, res) => {
     requests += 1;
     const url = new URL(req.url, "http://x");
-    const answer = await page(url);
+    const answer = await page(url, req);
     if (answer === undefined) {
       hanging.push(res); // never answered (until close)
+      return;
+    }
+    if (typeof answer === "function") {
+      hanging.push(res); // written by `answer` itself, ended (or not) when it likes
+      answer(res);
       return;
     }
     const { status, body, headers } = typeof answer === "string" ? { status: 200, body: answer } : answer;
@@ -795,7 +822,7 @@ test("Node: a server that never answers fails the request after timeoutMs", asyn
 test("Node: what a server says in an error is passed on bounded", async () => {
   const srv = await fakeServer(() => ({
     status: 500,
-    body: JSON.stringify({ code: "x".repeat(100_000), detail: "d".repeat(100_000), field: "f".repeat(10_000) }),
+    body: JSON.stringify({ code: "x".repeat(20_000), detail: "d".repeat(20_000), field: "f".repeat(10_000) }),
   }));
   try {
     const feed = new t.Client({ baseUrl: srv.base }).payment("b0000000-0000-4000-8000-000000000001");
@@ -807,6 +834,100 @@ test("Node: what a server says in an error is passed on bounded", async () => {
       return true;
     });
   } finally {
+    await srv.close();
+  }
+});
+
+test("Node: an answer longer than the client reads is refused as it arrives, not held", async () => {
+  const MiB = 1 << 20;
+  const chunk = Buffer.alloc(256 * 1024, 0x20);
+  let endlessSent = 0;
+  const ids = { declared: uuid(), endless: uuid(), error: uuid(), fits: uuid() };
+  const srv = await fakeServer((url) => {
+    const id = url.pathname.split("/")[3];
+    if (id === ids.declared) {
+      // Says 17 MiB up front: refused before a byte of it is read.
+      return (res) => {
+        res.writeHead(200, { "content-type": "application/json", "content-length": String(17 * MiB) });
+        res.write(chunk);
+      };
+    }
+    if (id === ids.endless) {
+      // A page that never ends (chunked, no length): refused once past 16 MiB.
+      return (res) => {
+        res.writeHead(200, { "content-type": "application/json" });
+        const more = () => {
+          while (!res.destroyed && res.write(chunk)) endlessSent += chunk.length;
+          if (!res.destroyed) res.once("drain", more);
+        };
+        more();
+      };
+    }
+    if (id === ids.error) {
+      // An error whose body goes on past 64 KiB (a problem document that would be read
+      // as `database_unavailable` if it were read whole).
+      return (res) => {
+        res.writeHead(503, { "content-type": "application/problem+json" });
+        res.end(`{"code":"database_unavailable","detail":"${"d".repeat(256 * 1024)}"}`);
+      };
+    }
+    // Just under the limit (whitespace around an empty page): read whole.
+    return (res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      for (let i = 0; i < 63; i += 1) res.write(chunk);
+      res.end(`{"events":[],"has_more":false,"next":0}`);
+    };
+  });
+  try {
+    const client = new t.Client({ baseUrl: srv.base, timeoutMs: 20_000 });
+    const tooLarge = (what) => (e) => t.isTrustfoldError(e) && e.code === "response_too_large" && what.test(e.message);
+    await assert.rejects(client.payment(ids.declared).sync(), tooLarge(/answer is longer than 16384 KiB/));
+    const started = Date.now();
+    await assert.rejects(client.payment(ids.endless).sync(), tooLarge(/answer is longer than 16384 KiB/));
+    assert.ok(Date.now() - started < 15_000, "refused as it arrived, not at the deadline");
+    // An error's body past 64 KiB is not read: the status says enough.
+    await assert.rejects(client.payment(ids.error).sync(),
+      (e) => t.isTrustfoldError(e) && e.code === "http_503" && e.status === 503 && /the server answered 503/.test(e.message));
+    const fits = client.payment(ids.fits);
+    await fits.sync();
+    assert.equal(fits.seq, 0);
+    // The refused answers' requests were aborted: their connections closed, and the
+    // endless one's server stopped writing.
+    const deadline = Date.now() + 5_000;
+    while (srv.open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(srv.open(), 0, "the refused answers' connections are closed");
+    assert.ok(endlessSent < 64 * MiB, `the endless answer stopped: ${endlessSent} bytes`);
+  } finally {
+    await srv.close();
+  }
+});
+
+test("Node (the eventsource package): a live message longer than the client takes stops the feed with response_too_large", async () => {
+  const { EventSource } = await import("eventsource");
+  const had = globalThis.EventSource;
+  globalThis.EventSource = EventSource;
+  const srv = await fakeServer((url) => {
+    if (!url.pathname.endsWith("/stream")) return `{"events":[],"has_more":false,"next":0}`;
+    return (res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(`id: 1\ndata: ${"x".repeat(17 << 20)}\n\n`);
+    };
+  });
+  const feed = new t.Client({ baseUrl: srv.base }).payment(uuid());
+  try {
+    const errors = [];
+    const updates = [];
+    feed.live((_, seq) => updates.push(seq), (e) => errors.push(e));
+    const deadline = Date.now() + 15_000;
+    while (errors.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(errors.length, 1, "one error");
+    assert.equal(errors[0].code, "response_too_large", errors[0].message);
+    assert.match(errors[0].message, /live-stream message is longer than 16384 KiB/);
+    assert.equal(errors[0].retrying, false, "the feed stopped");
+    assert.deepEqual(updates, []);
+  } finally {
+    feed.close();
+    globalThis.EventSource = had;
     await srv.close();
   }
 });

@@ -28,6 +28,10 @@
 //!   new stream `after` the last sequence it holds.
 //! - Participant tokens go in `Authorization: Bearer …`, and as `access_token` in the
 //!   stream's query (an `EventSource` cannot send headers).
+//! - Answers are read chunk by chunk up to 16 MiB, a stream's message up to 16 Mi
+//!   UTF-16 units: more is `response_too_large` (a live feed stops with it), before
+//!   more is copied into the module's memory. An error's body past 64 KiB is not read
+//!   (the error is `http_{status}`).
 //!
 //! Every record is verified as it arrives: its bytes hash to its `hash`, its `prev` is
 //! the hash held for the sequence before, and it folds under the rules. Records the
@@ -969,6 +973,7 @@ impl PaymentFeed {
                     let result = match heard {
                         Heard::Ended => break,
                         Heard::Message(seq, data) => live_record(&feed, seq, data).await,
+                        Heard::TooLarge(e) => Err(e),
                         // A silent stream may be a dead one: read over HTTP. If the
                         // payment moved on, the stream missed it: reconnect after.
                         Heard::Silence => match sync_pages(&feed, true).await {
@@ -1368,8 +1373,18 @@ impl PaymentViewFeed {
         let run = self.inner.link.start(&self.inner.conn)?;
         let feed = self.inner.clone();
         spawn_local(async move {
+            // The version last shown to `onUpdate` (at first the one held: the caller has
+            // it). A view newer than it is shown, however it came: this run's read, or a
+            // `refresh()` beside it, which may take the newer view first.
+            let told = Cell::new(feed.version());
             let update = |feed: &ViewFeed| {
+                let version = feed.version();
+                if version <= told.get() {
+                    return false;
+                }
+                told.set(version);
                 let _ = on_update.call1(&JsValue::NULL, &feed.held());
+                true
             };
             let mut backoff_ms = 250.0;
             // Read the view before opening the stream (which starts where the view
@@ -1384,8 +1399,9 @@ impl PaymentViewFeed {
                         break;
                     }
                     match result {
-                        Ok(true) => update(&feed),
-                        Ok(false) => {}
+                        Ok(_) => {
+                            update(&feed);
+                        }
                         Err(e) => {
                             if !fail(&feed.link, &run, &on_error, &e) {
                                 break;
@@ -1409,10 +1425,14 @@ impl PaymentViewFeed {
                     }
                     let result = match heard {
                         Heard::Ended => break,
+                        Heard::TooLarge(e) => Err(e),
                         Heard::Message(seq, _) => {
                             let seq = seq.unwrap_or_else(|| feed.version() + 1);
                             if seq <= feed.version() {
-                                continue; // already in the view held
+                                // Already in the view held (a `refresh()` beside this
+                                // run may have read it): shown if it was not yet.
+                                update(&feed);
+                                continue;
                             }
                             // The server answers a state read from the log when its
                             // read model lags, so one read includes this event.
@@ -1425,7 +1445,7 @@ impl PaymentViewFeed {
                         // an error (hidden events are no failure; a live stream costs
                         // one reconnect per check).
                         Heard::Silence => match feed.refresh().await {
-                            Ok(true) => {
+                            Ok(newer) if newer || feed.version() > told.get() => {
                                 backoff_ms = 250.0; // the server answers: no failure
                                 if !run.stopped() {
                                     update(&feed);
@@ -1440,11 +1460,11 @@ impl PaymentViewFeed {
                         break 'run; // closed meanwhile: nothing more is reported
                     }
                     match result {
-                        Ok(true) => {
-                            backoff_ms = 250.0;
-                            update(&feed);
+                        Ok(_) => {
+                            if update(&feed) {
+                                backoff_ms = 250.0;
+                            }
                         }
-                        Ok(false) => {}
                         Err(e) => {
                             // A failed read: a transient failure reconnects (the read
                             // below tries again); anything else (a view of another
@@ -1613,6 +1633,8 @@ impl Drop for Abort {
 enum Heard {
     /// The message's id (the event's sequence number) and data.
     Message(Option<u64>, String),
+    /// A message longer than [`MAX_STREAM_MESSAGE`]: the run ends with this error.
+    TooLarge(JsValue),
     Ended,
     Silence,
 }
@@ -1622,10 +1644,20 @@ async fn next_or_silence(messages: &mut Messages, ms: f64) -> Heard {
     use futures_util::future::{select, Either};
     let mut timer = Timer::start(ms);
     match select(messages.next(), &mut timer.0).await {
-        Either::Left((Some(Ok((_, msg))), _)) => Heard::Message(
-            msg.last_event_id().parse().ok(),
-            msg.data().as_string().unwrap_or_default(),
-        ),
+        Either::Left((Some(Ok((_, msg))), _)) => {
+            let data = msg.data();
+            let units = data.dyn_ref::<js_sys::JsString>().map_or(0, |d| d.length());
+            if units > MAX_STREAM_MESSAGE {
+                return Heard::TooLarge(too_large(
+                    "live-stream message",
+                    MAX_STREAM_MESSAGE as usize,
+                ));
+            }
+            Heard::Message(
+                msg.last_event_id().parse().ok(),
+                data.as_string().unwrap_or_default(),
+            )
+        }
         Either::Left(_) => Heard::Ended,
         Either::Right(_) => Heard::Silence,
     }
@@ -1711,13 +1743,103 @@ impl Problem {
     }
 }
 
-/// The body of a 2xx response, or the problem details as a thrown error.
+/// The most bytes of an answer this client reads: a page of events from a trustfold
+/// server is at most 4 MiB plus one event, a state far less. A longer answer (or one
+/// that never ends) is `response_too_large`, refused before more is held in memory
+/// (a wasm module's memory never shrinks).
+const MAX_ANSWER: usize = 16 << 20;
+
+/// The most bytes of an error answer's body this client reads (a problem details
+/// document is a few hundred); a longer one is not read, and the error is the status's.
+const MAX_ERROR_ANSWER: usize = 64 << 10;
+
+/// The longest live-stream message this client takes (UTF-16 code units, as the
+/// platform holds it), checked before it is copied into the module: one record.
+const MAX_STREAM_MESSAGE: u32 = 16 << 20;
+
+fn too_large(what: &str, limit: usize) -> JsValue {
+    js_error(
+        "response_too_large",
+        &format!(
+            "the server's {what} is longer than {} KiB, the most this client reads",
+            limit >> 10
+        ),
+    )
+}
+
+/// The body of an answer as text, read chunk by chunk up to `limit` bytes: one whose
+/// `Content-Length` says more is refused before reading, one that goes on past it
+/// (chunked, or never ending) as soon as it does. Bytes that are not UTF-8 are
+/// replaced, as the platform's `text()` does.
+async fn read_text(resp: &Response, limit: usize, what: &str) -> JsResult<String> {
+    let declared = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(what, limit));
+    }
+    let failed = |e: JsValue| {
+        let why = e
+            .dyn_ref::<js_sys::Error>()
+            .map(|e| String::from(e.message()))
+            .unwrap_or_else(|| "unknown error".into());
+        js_error(
+            "network_error",
+            &format!("the server's {what} could not be read: {}", clip(&why)),
+        )
+    };
+    let call = |on: &JsValue, name: &str| -> JsResult<JsValue> {
+        js_sys::Reflect::get(on, &name.into())?
+            .dyn_into::<js_sys::Function>()?
+            .call0(on)
+    };
+    let Some(stream) = resp.body().map(JsValue::from) else {
+        return Ok(String::new()); // no body (204, HEAD)
+    };
+    let reader = call(&stream, "getReader").map_err(failed)?;
+    let mut out: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    loop {
+        let read = call(&reader, "read").map_err(failed)?;
+        let chunk = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::from(read))
+            .await
+            .map_err(failed)?;
+        if js_sys::Reflect::get(&chunk, &"done".into())
+            .map_err(failed)?
+            .is_truthy()
+        {
+            break;
+        }
+        let value = js_sys::Uint8Array::new(
+            &js_sys::Reflect::get(&chunk, &"value".into()).map_err(failed)?,
+        );
+        let (at, len) = (out.len(), value.length() as usize);
+        if at + len > limit {
+            let _ = call(&reader, "cancel");
+            return Err(too_large(what, limit));
+        }
+        out.resize(at + len, 0);
+        value.copy_to(&mut out[at..]);
+    }
+    Ok(match String::from_utf8(out) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
+
+/// The body of a 2xx response (at most [`MAX_ANSWER`] bytes), or the problem details
+/// as a thrown error.
 async fn body_or_problem(resp: Response) -> JsResult<String> {
     let status = resp.status();
-    let text = resp.text().await.map_err(net)?;
     if resp.ok() {
-        return Ok(text);
+        return read_text(&resp, MAX_ANSWER, "answer").await;
     }
+    // An error body too long to read: the status says enough (and a 5xx stays one a
+    // live feed rides out).
+    let text = match read_text(&resp, MAX_ERROR_ANSWER, "error answer").await {
+        Err(e) if code_of(&e).as_deref() == Some("response_too_large") => String::new(),
+        other => other?,
+    };
     let p = Problem::from_json(text.as_bytes());
     // What the server says is passed on bounded: a code only in the codes' own form.
     let code = p
