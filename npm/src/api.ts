@@ -385,7 +385,8 @@ export class PaymentFeed {
 
   /**
    * Fetches new records page by page, verifying each (and, with `serverKey`, the
-   * server's signed head over all of them); resolves to the state. All or nothing.
+   * server's signed head over all of them; without it, that they do not end inside a
+   * command); resolves to the state. All or nothing.
    */
   async sync(): Promise<PaymentState | undefined> {
     const s = await this.#raw.sync();
@@ -395,7 +396,8 @@ export class PaymentFeed {
   /**
    * Follows the payment over Server-Sent Events. `onUpdate` gets the state after new
    * verified records (with `serverKey`: signed too), `seq` always increasing, never
-   * after `close()`. `onError` gets errors with `retrying`: `true` when the feed goes
+   * after `close()`, and never inside a command (a record its command's next one
+   * follows is reported with that one). `onError` gets errors with `retrying`: `true` when the feed goes
    * on (no answer, a 5xx, 408 or 429: it reconnects with backoff, reading what it
    * missed first), `false` when it stopped (a record that does not verify, a refused
    * or expired token). A stream silent for `liveCheckMs` is checked over HTTP. Needs a

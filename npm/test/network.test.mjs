@@ -795,6 +795,71 @@ test("Node: a server that swaps in another payment's history is refused", async 
   }
 });
 
+/**
+ * A server of one golden vector's records (a record per line in its file, kept byte
+ * for byte): its event pages, the first `upto` records, and its stream, every record
+ * after `after` as one message.
+ */
+async function vectorServer(name, upto) {
+  const v = loadVectors().find((x) => x.name === name);
+  const records = v.history.split("\n").filter((l) => l.startsWith("{")).map((l) => l.replace(/,$/, "")).slice(0, upto);
+  const payment = JSON.parse(records[0]).event.stream;
+  const srv = await fakeServer((url) => {
+    const after = Number(url.searchParams.get("after") ?? 0);
+    const rest = records.slice(after);
+    if (!url.pathname.endsWith("/stream")) {
+      return `{"events":[${rest.join(",")}],"has_more":false,"next":${records.length}}`;
+    }
+    return (res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      rest.forEach((r, i) => res.write(`id: ${after + i + 1}\nevent: ${JSON.parse(r).event.type}\ndata: ${r}\n\n`));
+    };
+  });
+  return { srv, payment, records, state: v.state };
+}
+
+test("Node: without a pinned key, a history that ends inside a command is refused", async () => {
+  // Seq 23 (RequestCancelled) and 24 (DisputeOpened) are one command's events.
+  const cut = await vectorServer("em_dispute_over_mandated_release", 23);
+  const whole = await vectorServer("em_dispute_over_mandated_release", 24);
+  try {
+    const feed = new t.Client({ baseUrl: cut.srv.base }).payment(cut.payment);
+    await assert.rejects(feed.sync(),
+      (e) => t.isTrustfoldError(e) && e.code === "invalid_history" && e.seq === 23 && /without opening a dispute/.test(e.message));
+    assert.equal(feed.seq, 0, "nothing kept");
+    const ok = new t.Client({ baseUrl: whole.srv.base }).payment(whole.payment);
+    assert.equal((await ok.sync()).version, 24);
+  } finally {
+    await cut.srv.close();
+    await whole.srv.close();
+  }
+});
+
+test("Node (the eventsource package): without a pinned key, live() reports no state inside a command", async () => {
+  const { EventSource } = await import("eventsource");
+  const had = globalThis.EventSource;
+  globalThis.EventSource = EventSource;
+  const { srv, payment, records, state } = await vectorServer("em_dispute_over_mandated_release");
+  const feed = new t.Client({ baseUrl: srv.base }).payment(payment);
+  try {
+    const updates = [];
+    const errors = [];
+    feed.live((s, seq) => updates.push([seq, s.version]), (e) => errors.push(e.code));
+    const deadline = Date.now() + 15_000;
+    while (feed.seq < records.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 200));
+    // Every record in order, each once, but 23: its command's next event (24) follows.
+    const seqs = records.map((_, i) => i + 1).filter((seq) => seq !== 23);
+    assert.deepEqual(updates, seqs.map((seq) => [seq, seq]));
+    assert.equal(feed.state() && JSON.stringify(feed.state()), JSON.stringify(JSON.parse(state)));
+    assert.deepEqual(errors, []);
+  } finally {
+    feed.close();
+    globalThis.EventSource = had;
+    await srv.close();
+  }
+});
+
 test("Node: a server that never answers fails the request after timeoutMs", async () => {
   const srv = await fakeServer(() => undefined);
   try {

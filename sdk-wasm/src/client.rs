@@ -625,7 +625,9 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
                 if upto.is_some_and(|u| staged.len() >= u) {
                     break; // past the signed head: left for the next sync
                 }
-                if staged.append(r.hash, r.event.get()).js()? {
+                // A state inside a command (it owes the command's next event) is not
+                // reported: the command's last event is.
+                if staged.append(r.hash, r.event.get()).js()? && staged.complete() {
                     added.push((staged.len(), states.then(|| staged.state_json())));
                 }
             }
@@ -643,6 +645,11 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
             }
         }
         let Some(key) = &feed.conn.key else {
+            // No head to check against: the history must at least not end inside a
+            // command (commands are stored whole, so a server's last page never does).
+            if let Some(state) = &staged.state {
+                fold::check_complete(state).js()?;
+            }
             break;
         };
         let head = match kept.take().or(signed) {
@@ -711,6 +718,14 @@ impl Mirror {
 
     fn state_json(&self) -> String {
         self.state.as_ref().map(state_json).unwrap_or_default()
+    }
+
+    /// False while the state is inside a command: its last event owes the next one
+    /// ([`fold::check_complete`]).
+    fn complete(&self) -> bool {
+        self.state
+            .as_ref()
+            .is_none_or(|s| fold::check_complete(s).is_ok())
     }
 
     /// Appends one record after checking its hash, its link and the rules. Returns
@@ -896,8 +911,9 @@ impl PaymentFeed {
     }
 
     /// Fetches the records after the last one held, page by page, verifying each (and,
-    /// with a pinned key, the signed head over all of them); resolves to the state
-    /// JSON. All or nothing: a sync that fails leaves the feed as it was.
+    /// with a pinned key, the signed head over all of them; without one, that they do
+    /// not end inside a command, `invalid_history`); resolves to the state JSON. All or
+    /// nothing: a sync that fails leaves the feed as it was.
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
     pub fn sync(&self) -> js_sys::Promise {
         let feed = self.inner.clone();
@@ -913,8 +929,9 @@ impl PaymentFeed {
     /// pinned key the server's signed head over it (with a key every message makes the
     /// feed sync, so nothing unsigned is ever reported; without one the next record is
     /// taken from the message, and a record out of order makes it sync). Each record
-    /// this run takes gets its own call, in order; records a `sync()` beside it added
-    /// are reported together, as the state after them; `seq` always increases, and
+    /// this run takes gets its own call, in order, but for one inside a command (its
+    /// command owes the next event: reported with that one); records a `sync()` beside
+    /// it added are reported together, as the state after them; `seq` always increases, and
     /// nothing is reported after `close()`. `onError(error)` for a failure that may
     /// pass — no answer (`network_error`), a 5xx, 408 or 429: the feed reconnects with
     /// backoff, first reading what it missed, and resumes after the last record held —
@@ -1032,8 +1049,11 @@ async fn live_record(feed: &Feed, seq: Option<u64>, data: String) -> Result<Adde
         Some(s) if !keyed && s <= held + 1 => {
             let appended = history::record(data.as_bytes())
                 .and_then(|r| feed.mirror.borrow_mut().append(r.hash, r.event.get()));
+            let m = feed.mirror.borrow();
             match appended {
-                Ok(true) => Ok(vec![(held + 1, Some(feed.mirror.borrow().state_json()))]),
+                // Inside a command: reported with the command's last event.
+                Ok(true) if !m.complete() => Ok(Added::new()),
+                Ok(true) => Ok(vec![(held + 1, Some(m.state_json()))]),
                 Ok(false) => Ok(Added::new()),
                 Err(_) if is_redacted_event(data.as_bytes()) => Err(redacted_history()),
                 Err(e) => Err(to_js(&e)),
@@ -1072,7 +1092,10 @@ fn tell(feed: &Feed, run: &Run, on_update: &js_sys::Function, added: Added, told
     }
     let (len, state) = {
         let m = feed.mirror.borrow();
-        (m.len(), (m.len() > *told).then(|| m.state_json()))
+        (
+            m.len(),
+            (m.len() > *told && m.complete()).then(|| m.state_json()),
+        )
     };
     if let Some(state) = state {
         *told = len;

@@ -826,6 +826,56 @@ pub fn em_dispute_before_disbursement() -> R<Vector> {
     ))
 }
 
+/// A dispute's resolution (a release the rules then mandate) disputed again: the buyer's
+/// one command calls the mandated release off and opens the dispute, two events, and
+/// the state between them is inside that command (`fold::check_complete` refuses it).
+pub fn em_dispute_over_mandated_release() -> R<Vector> {
+    let mut s = earnest_held(26)?;
+    s.run(
+        as_(BUYER, "buyer"),
+        Command::OpenDispute {
+            dispute: rid(9),
+            reason: "inspection failed".into(),
+        },
+    )?;
+    let resolve = |s: &mut Sim, dispute: u8, request: u8| {
+        s.run(
+            escrow(),
+            Command::ResolveDispute {
+                dispute: rid(dispute),
+                outcome: DisputeOutcome::Release,
+                request: Some(rid(request)),
+                allocations: vec![Allocation {
+                    party: pid(SELLER),
+                    amount: usd("5000.00"),
+                }],
+                amount: None,
+                note: "repairs made".into(),
+            },
+        )
+    };
+    resolve(&mut s, 9, 1)?;
+    assert!(s.state().open_request().is_some_and(|(_, r)| r.mandate.is_some()));
+    let before = s.state().version;
+    s.run(
+        as_(BUYER, "buyer"),
+        Command::OpenDispute {
+            dispute: rid(10),
+            reason: "repairs not made".into(),
+        },
+    )?;
+    assert_eq!(s.state().version, before + 2, "cancelled and disputed in one command");
+    assert_eq!(s.status(), Status::Disputed);
+    resolve(&mut s, 10, 2)?;
+    disburse(&mut s, 2, escrow(), "out-1")?;
+    s.notice("out-1", settled())?;
+    assert_eq!(s.status(), Status::Completed);
+    Ok(s.vector(
+        "em_dispute_over_mandated_release",
+        "A dispute resolved by a release, disputed again before it is paid: one command calls the mandated release off and opens the dispute (two events); resolved by a release again.",
+    ))
+}
+
 pub fn em_dispute_during_disbursement() -> R<Vector> {
     let mut s = earnest_held(16)?;
     request_release(&mut s, 1, &[(SELLER, "2000.00")])?;
@@ -1811,6 +1861,7 @@ pub fn all() -> R<Vec<Vector>> {
         em_approval_denied()?,
         em_dispute_before_disbursement()?,
         em_dispute_during_disbursement()?,
+        em_dispute_over_mandated_release()?,
         em_cancel_before_funding()?,
         em_cancel_after_funds()?,
         mk_cancel_after_funds()?,
