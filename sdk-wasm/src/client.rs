@@ -586,10 +586,6 @@ fn view_page(
     Ok((count, page.has_more, page.next))
 }
 
-/// What a sync added: each new record's sequence number and the state after it (the
-/// states only when asked for).
-type Added = Vec<(u64, Option<String>)>;
-
 /// `sync()`: fetches the records after the ones held, page by page, into a copy of the
 /// feed's mirror, verifying each; with a pinned key, then the server's signed head,
 /// which must cover every record kept. A head newer than the last page (the payment
@@ -597,10 +593,10 @@ type Added = Vec<(u64, Option<String>)>;
 /// exactly the records it signs (later ones wait for the next sync). The copy replaces
 /// the feed's mirror only if it extends what the feed holds by then (a live stream or
 /// another sync may have added records meanwhile), so a sync that fails changes
-/// nothing, and one that loses a race takes nothing back.
-async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
+/// nothing, and one that loses a race takes nothing back. `true` when the feed holds
+/// more records after it.
+async fn sync_pages(feed: &Feed) -> Result<bool, JsValue> {
     let mut staged = feed.mirror.borrow().clone();
-    let mut added = Added::new();
     // With a head fetched: the sequence it signs, which the records kept must reach.
     let mut upto: Option<u64> = None;
     let mut kept: Option<SignedHead> = None;
@@ -625,11 +621,7 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
                 if upto.is_some_and(|u| staged.len() >= u) {
                     break; // past the signed head: left for the next sync
                 }
-                // A state inside a command (it owes the command's next event) is not
-                // reported: the command's last event is.
-                if staged.append(r.hash, r.event.get()).js()? && staged.complete() {
-                    added.push((staged.len(), states.then(|| staged.state_json())));
-                }
+                staged.append(r.hash, r.event.get()).js()?;
             }
             if page.signed_head.is_some() {
                 signed = page.signed_head;
@@ -680,7 +672,7 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
     let mut m = feed.mirror.borrow_mut();
     let held = m.len();
     if staged.len() < held {
-        return Ok(Added::new()); // the feed got further meanwhile
+        return Ok(false); // the feed got further meanwhile
     }
     if held > 0 && staged.hashes.get(held as usize - 1) != m.hashes.last() {
         return Err(to_js(&Error::ChainBroken {
@@ -689,8 +681,7 @@ async fn sync_pages(feed: &Feed, states: bool) -> Result<Added, JsValue> {
         }));
     }
     *m = staged;
-    added.retain(|(seq, _)| *seq > held);
-    Ok(added)
+    Ok(m.len() > held)
 }
 
 /// The records held of one payment and the state they fold to.
@@ -714,18 +705,6 @@ impl Mirror {
 
     fn len(&self) -> u64 {
         self.hashes.len() as u64
-    }
-
-    fn state_json(&self) -> String {
-        self.state.as_ref().map(state_json).unwrap_or_default()
-    }
-
-    /// False while the state is inside a command: its last event owes the next one
-    /// ([`fold::check_complete`]).
-    fn complete(&self) -> bool {
-        self.state
-            .as_ref()
-            .is_none_or(|s| fold::check_complete(s).is_ok())
     }
 
     /// Appends one record after checking its hash, its link and the rules. Returns
@@ -918,7 +897,7 @@ impl PaymentFeed {
     pub fn sync(&self) -> js_sys::Promise {
         let feed = self.inner.clone();
         future_to_promise(async move {
-            sync_pages(&feed, false).await?;
+            sync_pages(&feed).await?;
             let state = feed.mirror.borrow().state.as_ref().map(state_json);
             Ok(state.map_or(JsValue::UNDEFINED, |s| JsValue::from_str(&s)))
         })
@@ -928,11 +907,12 @@ impl PaymentFeed {
     /// records, each verified first — its hash, its link and the rules, and with a
     /// pinned key the server's signed head over it (with a key every message makes the
     /// feed sync, so nothing unsigned is ever reported; without one the next record is
-    /// taken from the message, and a record out of order makes it sync). Each record
-    /// this run takes gets its own call, in order, but for one inside a command (its
-    /// command owes the next event: reported with that one); records a `sync()` beside
-    /// it added are reported together, as the state after them; `seq` always increases, and
-    /// nothing is reported after `close()`. `onError(error)` for a failure that may
+    /// taken from the message, and a record out of order makes it sync). Each new
+    /// record gets its own call, in order, with the state after it (folded one record
+    /// at a time as it is reported, so a long catch-up holds one state), but for one
+    /// inside a command (its command owes the next event: reported with that one) —
+    /// records of a `sync()` beside the run too; `seq` always increases, and nothing
+    /// is reported after `close()`. `onError(error)` for a failure that may
     /// pass — no answer (`network_error`), a 5xx, 408 or 429: the feed reconnects with
     /// backoff, first reading what it missed, and resumes after the last record held —
     /// and for one that will not (a record that does not verify, an expired or revoked
@@ -952,7 +932,7 @@ impl PaymentFeed {
         let feed = self.inner.clone();
         spawn_local(async move {
             // What this run reported last: the records held when it started are not news.
-            let mut told = feed.mirror.borrow().len();
+            let mut shown = Shown::at(&feed.mirror.borrow());
             let mut backoff_ms = 250.0;
             // Before every reconnect, one authenticated read: an EventSource shows no
             // status, so a token that expired or was revoked must end the run here with
@@ -961,12 +941,12 @@ impl PaymentFeed {
             let mut read_first = false;
             'run: while !run.stopped() {
                 if read_first {
-                    let result = sync_pages(&feed, true).await;
+                    let result = sync_pages(&feed).await;
                     if run.stopped() {
                         break;
                     }
                     match result {
-                        Ok(added) => tell(&feed, &run, &on_update, added, &mut told),
+                        Ok(_) => tell(&feed, &run, &on_update, &mut shown),
                         Err(e) => {
                             if !fail(&feed.link, &run, &on_error, &e) {
                                 break;
@@ -993,11 +973,11 @@ impl PaymentFeed {
                         Heard::TooLarge(e) => Err(e),
                         // A silent stream may be a dead one: read over HTTP. If the
                         // payment moved on, the stream missed it: reconnect after.
-                        Heard::Silence => match sync_pages(&feed, true).await {
-                            Ok(added) if !added.is_empty() => {
+                        Heard::Silence => match sync_pages(&feed).await {
+                            Ok(true) => {
                                 backoff_ms = 250.0; // the server answers: no failure
                                 if !run.stopped() {
-                                    tell(&feed, &run, &on_update, added, &mut told);
+                                    tell(&feed, &run, &on_update, &mut shown);
                                 }
                                 break;
                             }
@@ -1008,11 +988,11 @@ impl PaymentFeed {
                         break 'run; // closed meanwhile: nothing more is reported
                     }
                     match result {
-                        Ok(added) => {
-                            if !added.is_empty() {
+                        Ok(grew) => {
+                            if grew {
                                 backoff_ms = 250.0;
                             }
-                            tell(&feed, &run, &on_update, added, &mut told);
+                            tell(&feed, &run, &on_update, &mut shown);
                         }
                         Err(e) => {
                             if fail(&feed.link, &run, &on_error, &e) {
@@ -1037,69 +1017,98 @@ impl PaymentFeed {
     }
 }
 
-/// One message of a feed's stream (`seq` from its id, `data` the record): the
-/// records it adds, each with its sequence number and the state after it.
-async fn live_record(feed: &Feed, seq: Option<u64>, data: String) -> Result<Added, JsValue> {
+/// One message of a feed's stream (`seq` from its id, `data` the record), taken into
+/// the feed; `true` when the feed holds more records after it.
+async fn live_record(feed: &Feed, seq: Option<u64>, data: String) -> Result<bool, JsValue> {
     let held = feed.mirror.borrow().len();
     let keyed = feed.conn.key.is_some();
     match seq {
         // A record held already (a replay after a resume), signed with the rest.
-        Some(s) if keyed && s <= held => Ok(Added::new()),
+        Some(s) if keyed && s <= held => Ok(false),
         // No key to check: the next record (or a replay) verified from the message.
         Some(s) if !keyed && s <= held + 1 => {
             let appended = history::record(data.as_bytes())
                 .and_then(|r| feed.mirror.borrow_mut().append(r.hash, r.event.get()));
-            let m = feed.mirror.borrow();
             match appended {
-                // Inside a command: reported with the command's last event.
-                Ok(true) if !m.complete() => Ok(Added::new()),
-                Ok(true) => Ok(vec![(held + 1, Some(m.state_json()))]),
-                Ok(false) => Ok(Added::new()),
+                Ok(grew) => Ok(grew),
                 Err(_) if is_redacted_event(data.as_bytes()) => Err(redacted_history()),
                 Err(e) => Err(to_js(&e)),
             }
         }
         // A pinned key (the server's signed head must cover what is reported), or a
         // record out of order: fetch what follows the records held, and verify it.
-        _ => sync_pages(feed, true).await,
+        _ => sync_pages(feed).await,
     }
 }
 
-/// Reports a feed's new records to one live run's `onUpdate`: each record the run
-/// added, with the state after it, then (if the feed got further by other means, a
-/// `sync()` beside it) the state it holds now. `told` is the last sequence reported;
-/// every call's is above it.
-fn tell(feed: &Feed, run: &Run, on_update: &js_sys::Function, added: Added, told: &mut u64) {
-    // `onUpdate` may close the feed (or start another run): checked before every call.
-    let call = |state: String, seq: u64| {
-        let _ = on_update.call2(
-            &JsValue::NULL,
-            &state.into(),
-            &JsValue::from_f64(seq as f64),
-        );
-    };
-    for (seq, state) in added {
+/// What a live run has reported: up to which record, and the state after it. The
+/// states of the records the feed took since are folded from it one record at a time
+/// as they are reported, so a catch-up of thousands of records holds one state, not
+/// one per record.
+struct Shown {
+    seq: u64,
+    state: Option<PaymentState>,
+}
+
+impl Shown {
+    fn at(m: &Mirror) -> Self {
+        Shown {
+            seq: m.len(),
+            state: m.state.clone(),
+        }
+    }
+
+    /// Folds the feed's record after the ones shown (verified when the feed took it);
+    /// the state after it, unless that is inside a command (its next event owed).
+    fn next(&mut self, m: &Mirror) -> Option<String> {
+        let i = self.seq as usize;
+        let folded = match (m.events.get(i), m.hashes.get(i)) {
+            (Some(event), Some(hash)) => {
+                Envelope::from_json(event.as_bytes())
+                    .ok()
+                    .and_then(|env| match &mut self.state {
+                        None => fold::start(&env, *hash).ok().map(|s| self.state = Some(s)),
+                        Some(s) => fold::apply(s, &env, *hash).ok(),
+                    })
+            }
+            _ => None,
+        };
+        match folded {
+            Some(()) => self.seq += 1,
+            // Not expected (the feed verified the record): shown as the feed holds it.
+            None => *self = Shown::at(m),
+        }
+        self.state
+            .as_ref()
+            .filter(|s| fold::check_complete(s).is_ok())
+            .map(state_json)
+    }
+}
+
+/// Reports a feed's new records to one live run's `onUpdate`: each record after the
+/// ones `shown`, in order, with the state after it, but for one inside a command
+/// (reported with the command's last event). `onUpdate` may close the feed, start
+/// another run or call `sync()`: the run is checked before every call, and the feed
+/// read again after each.
+fn tell(feed: &Feed, run: &Run, on_update: &js_sys::Function, shown: &mut Shown) {
+    loop {
         if run.stopped() {
             return;
         }
-        if seq > *told {
-            *told = seq;
-            call(state.unwrap_or_default(), seq);
+        let state = {
+            let m = feed.mirror.borrow();
+            if m.len() <= shown.seq {
+                return;
+            }
+            shown.next(&m)
+        };
+        if let Some(state) = state {
+            let _ = on_update.call2(
+                &JsValue::NULL,
+                &state.into(),
+                &JsValue::from_f64(shown.seq as f64),
+            );
         }
-    }
-    if run.stopped() {
-        return;
-    }
-    let (len, state) = {
-        let m = feed.mirror.borrow();
-        (
-            m.len(),
-            (m.len() > *told && m.complete()).then(|| m.state_json()),
-        )
-    };
-    if let Some(state) = state {
-        *told = len;
-        call(state, len);
     }
 }
 
