@@ -2116,9 +2116,28 @@ async fn bad_input_gets_4xx_with_a_code_never_5xx() {
             long.body["code"].as_str(),
             long.body["field"].as_str()
         ),
-        (422, Some("text_too_long"), Some("reason")),
+        (422, Some("text_too_long"), Some("command.reason")),
         "{}",
         long.body
+    );
+    // So does a role listed twice, at its place in the command.
+    let twice = c
+        .post(
+            &cmds,
+            &key,
+            &json!({"command": {"type": "Invite", "party": uuid::Uuid::new_v4(), "roles": ["lender", "lender"], "name": "l"},
+                "actor": {"party": f.agent, "role": "listing_agent"}}),
+        )
+        .await;
+    assert_eq!(
+        (
+            twice.status,
+            twice.body["code"].as_str(),
+            twice.body["field"].as_str()
+        ),
+        (422, Some("duplicate_role"), Some("command.roles")),
+        "{}",
+        twice.body
     );
     // The last possible version of a policy: a clash says so instead of failing.
     let mut last: Value = serde_json::from_str(common::scenario::EARNEST_MONEY).expect("policy");

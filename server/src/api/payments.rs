@@ -886,23 +886,37 @@ fn check_actor(principal: &Principal, actor: Option<Actor>) -> ApiResult<Actor> 
     }
 }
 
-/// A 422 of the core's reader of commands about one of a command's values names the
-/// field within the command (`amount`); in the request it is `command.amount`. (The
-/// rules' refusals of a command's text and roles name the field alone, `reason`, as
-/// they always have.)
+/// A 422 of the core about one of a command's values names the field within the
+/// command (`amount`, `reason`, `roles`); in the request it is `command.amount`: the
+/// reader's refusals of values, and the rules' refusals of a command's text
+/// (`text_too_long`, `invalid_text`) and roles (`duplicate_role`). (Before 2026-11-29
+/// the rules' refusals named the field alone, `reason`; answers stored under an
+/// `Idempotency-Key` then are replayed as they were.)
 fn in_command(e: ApiError) -> ApiError {
     match e {
         ApiError::Unprocessable {
             code,
             message,
             field: Some(f),
-        } => ApiError::Unprocessable {
+        } if !f.starts_with("command.") => ApiError::Unprocessable {
             code,
             message,
             field: Some(format!("command.{f}")),
         },
         other => other,
     }
+}
+
+/// The rules' refusals that name a field of the command ([`in_command`]).
+fn names_a_command_field(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Unprocessable {
+            code: "text_too_long" | "invalid_text" | "duplicate_role",
+            field: Some(_),
+            ..
+        }
+    )
 }
 
 #[derive(Deserialize)]
@@ -1011,7 +1025,11 @@ pub async fn send_command(
                 idem: key.clone(),
             },
         )
-        .await;
+        .await
+        .map_err(|e| match names_a_command_field(&e) {
+            true => in_command(e),
+            false => e,
+        });
         match (outcome, &principal) {
             // Removed by another process since this one cached the state: the core,
             // judging on the fresh state, did not find the party.
