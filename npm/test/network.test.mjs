@@ -794,21 +794,22 @@ test("Node: a server that swaps in another payment's history is refused", async 
 /**
  * A server of one golden vector's records (a record per line in its file, kept byte
  * for byte): its event pages, the first `upto` records, and its stream, every record
- * after `after` as one message.
+ * after `after` (the first `streamUpto` of them) as one message each.
  */
-async function vectorServer(name, upto) {
+async function vectorServer(name, upto, streamUpto = upto) {
   const v = loadVectors().find((x) => x.name === name);
-  const records = v.history.split("\n").filter((l) => l.startsWith("{")).map((l) => l.replace(/,$/, "")).slice(0, upto);
-  const payment = JSON.parse(records[0]).event.stream;
+  const all = v.history.split("\n").filter((l) => l.startsWith("{")).map((l) => l.replace(/,$/, ""));
+  const records = all.slice(0, upto);
+  const payment = JSON.parse(all[0]).event.stream;
   const srv = await fakeServer((url) => {
     const after = Number(url.searchParams.get("after") ?? 0);
-    const rest = records.slice(after);
     if (!url.pathname.endsWith("/stream")) {
-      return `{"events":[${rest.join(",")}],"has_more":false,"next":${records.length}}`;
+      return `{"events":[${records.slice(after).join(",")}],"has_more":false,"next":${records.length}}`;
     }
     return (res) => {
       res.writeHead(200, { "content-type": "text/event-stream" });
-      rest.forEach((r, i) => res.write(`id: ${after + i + 1}\nevent: ${JSON.parse(r).event.type}\ndata: ${r}\n\n`));
+      all.slice(after, streamUpto)
+        .forEach((r, i) => res.write(`id: ${after + i + 1}\nevent: ${JSON.parse(r).event.type}\ndata: ${r}\n\n`));
     };
   });
   return { srv, payment, records, state: v.state };
@@ -853,6 +854,27 @@ test("Node (the eventsource package): without a pinned key, live() reports no st
     feed.close();
     globalThis.EventSource = had;
     await srv.close();
+  }
+  // A stream that stops inside the command (after seq 23; the pages, read when
+  // messages come out of order, end at 22): the feed shows where the last command
+  // ended, in its seq, state and history alike.
+  globalThis.EventSource = EventSource;
+  const cut = await vectorServer("em_dispute_over_mandated_release", 22, 23);
+  const halted = new t.Client({ baseUrl: cut.srv.base }).payment(cut.payment);
+  try {
+    const seqs = [];
+    halted.live((_, seq) => seqs.push(seq), () => {});
+    const deadline = Date.now() + 15_000;
+    while (seqs.at(-1) !== 22 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 300)); // seq 23 arrives meanwhile
+    assert.deepEqual(seqs, Array.from({ length: 22 }, (_, i) => i + 1));
+    assert.equal(halted.seq, 22);
+    assert.equal(halted.state().version, 22);
+    assert.equal(t.replay(halted.history()).version, 22);
+  } finally {
+    halted.close();
+    globalThis.EventSource = had;
+    await cut.srv.close();
   }
 });
 
@@ -983,7 +1005,7 @@ test("Node (the eventsource package): a live message longer than the client take
     while (errors.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     assert.equal(errors.length, 1, "one error");
     assert.equal(errors[0].code, "response_too_large", errors[0].message);
-    assert.match(errors[0].message, /live-stream message is longer than 16384 KiB/);
+    assert.match(errors[0].message, /live-stream message is longer than 4194304 characters/);
     assert.equal(errors[0].retrying, false, "the feed stopped");
     assert.deepEqual(updates, []);
   } finally {

@@ -28,8 +28,8 @@
 //!   new stream `after` the last sequence it holds.
 //! - Participant tokens go in `Authorization: Bearer …`, and as `access_token` in the
 //!   stream's query (an `EventSource` cannot send headers).
-//! - Answers are read chunk by chunk up to 16 MiB, a stream's message up to 16 Mi
-//!   UTF-16 units: more is `response_too_large` (a live feed stops with it), before
+//! - Answers are read chunk by chunk up to 16 MiB, a stream's message up to 4 Mi
+//!   UTF-16 units (its id up to 20): more is `response_too_large` (a live feed stops with it), before
 //!   more is copied into the module's memory. An error's body past 64 KiB is not read
 //!   (the error is `http_{status}`).
 //!
@@ -691,6 +691,11 @@ struct Mirror {
     hashes: Vec<Hash>,
     events: Vec<String>,
     state: Option<PaymentState>,
+    /// While the last records are inside a command (taken from a stream's messages
+    /// without a key: the command's next event is still to come), the last point where
+    /// a command ended: its length and state. What the feed shows (`seq`, `state()`,
+    /// `history()`, what `sync()` resolves to, where `live()` starts) stops there.
+    settled: Option<(u64, Option<PaymentState>)>,
 }
 
 impl Mirror {
@@ -700,6 +705,20 @@ impl Mirror {
             hashes: Vec::new(),
             events: Vec::new(),
             state: None,
+            settled: None,
+        }
+    }
+
+    /// The records shown: up to the last point where a command ended.
+    fn shown_len(&self) -> u64 {
+        self.settled.as_ref().map_or(self.len(), |(len, _)| *len)
+    }
+
+    /// The state shown: after the last command that ended.
+    fn shown_state(&self) -> Option<&PaymentState> {
+        match &self.settled {
+            Some((_, state)) => state.as_ref(),
+            None => self.state.as_ref(),
         }
     }
 
@@ -751,14 +770,23 @@ impl Mirror {
                 reason: format!("prev is {} but the event before it hashes to {prev}: an event was removed, inserted or reordered here", env.prev),
             });
         }
-        match &mut self.state {
-            None => self.state = Some(fold::start(&env, hash)?),
+        let before = match &self.state {
+            None => self.state.replace(fold::start(&env, hash)?),
             Some(s) => {
                 // `apply` leaves the state unusable on error: apply to a copy.
                 let mut copy = s.clone();
                 fold::apply(&mut copy, &env, hash)?;
-                *s = copy;
+                self.state.replace(copy)
             }
+        };
+        match self.state.as_ref().map(fold::check_complete) {
+            // Inside a command: shown as it was where the command began.
+            Some(Err(_)) => {
+                if self.settled.is_none() {
+                    self.settled = Some((self.len(), before));
+                }
+            }
+            _ => self.settled = None,
         }
         self.hashes.push(hash);
         self.events.push(event.to_string());
@@ -813,11 +841,14 @@ impl Mirror {
         }
     }
 
+    /// The records shown ([`Mirror::shown_len`]) as a history document.
     fn history(&self) -> String {
+        let shown = usize::try_from(self.shown_len()).unwrap_or(usize::MAX);
+        let records = self.hashes.iter().zip(&self.events).take(shown);
         let mut out =
-            String::with_capacity(self.events.iter().map(|e| e.len() + 90).sum::<usize>() + 4);
+            String::with_capacity(records.clone().map(|(_, e)| e.len() + 90).sum::<usize>() + 4);
         out.push_str("[\n");
-        for (i, (h, e)) in self.hashes.iter().zip(&self.events).enumerate() {
+        for (i, (h, e)) in records.enumerate() {
             if i > 0 {
                 out.push_str(",\n");
             }
@@ -873,18 +904,21 @@ impl<'a> Page<'a> {
 
 #[wasm_bindgen]
 impl PaymentFeed {
-    /// The sequence number of the last record held (0 when empty).
+    /// The sequence number of the last record held (0 when empty) where a command
+    /// ended: without a pinned key, records of a command taken from the stream count
+    /// once its last event is held.
     #[wasm_bindgen(getter)]
     pub fn seq(&self) -> f64 {
-        self.inner.mirror.borrow().len() as f64
+        self.inner.mirror.borrow().shown_len() as f64
     }
 
-    /// The state of the records held, as canonical JSON (`undefined` when empty).
+    /// The state at `seq`, as canonical JSON (`undefined` when empty).
     pub fn state(&self) -> Option<String> {
-        self.inner.mirror.borrow().state.as_ref().map(state_json)
+        self.inner.mirror.borrow().shown_state().map(state_json)
     }
 
-    /// The records held as a history document (for `replay`, `view`, `decide`…).
+    /// The records held up to `seq`, as a history document (for `replay`, `view`,
+    /// `decide`…).
     pub fn history(&self) -> String {
         self.inner.mirror.borrow().history()
     }
@@ -898,7 +932,7 @@ impl PaymentFeed {
         let feed = self.inner.clone();
         future_to_promise(async move {
             sync_pages(&feed).await?;
-            let state = feed.mirror.borrow().state.as_ref().map(state_json);
+            let state = feed.mirror.borrow().shown_state().map(state_json);
             Ok(state.map_or(JsValue::UNDEFINED, |s| JsValue::from_str(&s)))
         })
     }
@@ -963,7 +997,7 @@ impl PaymentFeed {
                     break;
                 };
                 loop {
-                    let heard = next_or_silence(&mut messages, feed.conn.live_check_ms).await;
+                    let heard = next_or_silence(&mut messages, feed.conn.live_check_ms, true).await;
                     if run.stopped() {
                         break 'run;
                     }
@@ -1053,8 +1087,8 @@ struct Shown {
 impl Shown {
     fn at(m: &Mirror) -> Self {
         Shown {
-            seq: m.len(),
-            state: m.state.clone(),
+            seq: m.shown_len(),
+            state: m.shown_state().cloned(),
         }
     }
 
@@ -1451,7 +1485,8 @@ impl PaymentViewFeed {
                 // Left to open a new stream from a view just read, not after a failure.
                 let mut quiet = false;
                 loop {
-                    let heard = next_or_silence(&mut messages, feed.conn.live_check_ms).await;
+                    let heard =
+                        next_or_silence(&mut messages, feed.conn.live_check_ms, false).await;
                     if run.stopped() {
                         break 'run;
                     }
@@ -1671,24 +1706,32 @@ enum Heard {
     Silence,
 }
 
-/// The stream's next message, or [`Heard::Silence`] after `ms` without one.
-async fn next_or_silence(messages: &mut Messages, ms: f64) -> Heard {
+/// The stream's next message (its data copied into the module only if `data`), or
+/// [`Heard::Silence`] after `ms` without one. Neither the data nor the id is copied
+/// before its length is checked.
+async fn next_or_silence(messages: &mut Messages, ms: f64, data: bool) -> Heard {
     use futures_util::future::{select, Either};
     let mut timer = Timer::start(ms);
     match select(messages.next(), &mut timer.0).await {
         Either::Left((Some(Ok((_, msg))), _)) => {
-            let data = msg.data();
-            let units = data.dyn_ref::<js_sys::JsString>().map_or(0, |d| d.length());
-            if units > MAX_STREAM_MESSAGE {
+            let units = |v: &JsValue| v.dyn_ref::<js_sys::JsString>().map_or(0, |s| s.length());
+            let body = match data {
+                true => msg.data(),
+                false => JsValue::UNDEFINED,
+            };
+            if units(&body) > MAX_STREAM_MESSAGE {
                 return Heard::TooLarge(too_large(
                     "live-stream message",
-                    MAX_STREAM_MESSAGE as usize,
+                    format!("{MAX_STREAM_MESSAGE} characters"),
                 ));
             }
-            Heard::Message(
-                msg.last_event_id().parse().ok(),
-                data.as_string().unwrap_or_default(),
-            )
+            // An id too long for a sequence number is none (the feed then syncs).
+            let id = js_sys::Reflect::get(&msg, &"lastEventId".into()).unwrap_or_default();
+            let seq = (units(&id) <= MAX_STREAM_ID)
+                .then(|| id.as_string())
+                .flatten()
+                .and_then(|id| id.parse().ok());
+            Heard::Message(seq, body.as_string().unwrap_or_default())
         }
         Either::Left(_) => Heard::Ended,
         Either::Right(_) => Heard::Silence,
@@ -1785,18 +1828,24 @@ const MAX_ANSWER: usize = 16 << 20;
 /// document is a few hundred); a longer one is not read, and the error is the status's.
 const MAX_ERROR_ANSWER: usize = 64 << 10;
 
-/// The longest live-stream message this client takes (UTF-16 code units, as the
-/// platform holds it), checked before it is copied into the module: one record.
-const MAX_STREAM_MESSAGE: u32 = 16 << 20;
+/// The longest live-stream message this client takes, in characters (UTF-16 code
+/// units, as the platform holds it; up to 3 bytes each once copied into the module),
+/// checked before it is copied: one record, whose event is at most the server's body
+/// limit (256 KiB by default).
+const MAX_STREAM_MESSAGE: u32 = 4 << 20;
 
-fn too_large(what: &str, limit: usize) -> JsValue {
+/// The longest message id this client reads: a sequence number has at most 20 digits.
+const MAX_STREAM_ID: u32 = 20;
+
+fn too_large(what: &str, limit: String) -> JsValue {
     js_error(
         "response_too_large",
-        &format!(
-            "the server's {what} is longer than {} KiB, the most this client reads",
-            limit >> 10
-        ),
+        &format!("the server's {what} is longer than {limit}, the most this client reads"),
     )
+}
+
+fn kib(limit: usize) -> String {
+    format!("{} KiB", limit >> 10)
 }
 
 /// The body of an answer as text, read chunk by chunk up to `limit` bytes: one whose
@@ -1809,7 +1858,7 @@ async fn read_text(resp: &Response, limit: usize, what: &str) -> JsResult<String
         .get("content-length")
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large(what, limit));
+        return Err(too_large(what, kib(limit)));
     }
     let failed = |e: JsValue| {
         let why = e
@@ -1848,7 +1897,7 @@ async fn read_text(resp: &Response, limit: usize, what: &str) -> JsResult<String
         let (at, len) = (out.len(), value.length() as usize);
         if at + len > limit {
             let _ = call(&reader, "cancel");
-            return Err(too_large(what, limit));
+            return Err(too_large(what, kib(limit)));
         }
         out.resize(at + len, 0);
         value.copy_to(&mut out[at..]);

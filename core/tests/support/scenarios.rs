@@ -855,7 +855,10 @@ pub fn em_dispute_over_mandated_release() -> R<Vector> {
         )
     };
     resolve(&mut s, 9, 1)?;
-    assert!(s.state().open_request().is_some_and(|(_, r)| r.mandate.is_some()));
+    assert!(s
+        .state()
+        .open_request()
+        .is_some_and(|(_, r)| r.mandate.is_some()));
     let before = s.state().version;
     s.run(
         as_(BUYER, "buyer"),
@@ -864,7 +867,11 @@ pub fn em_dispute_over_mandated_release() -> R<Vector> {
             reason: "repairs not made".into(),
         },
     )?;
-    assert_eq!(s.state().version, before + 2, "cancelled and disputed in one command");
+    assert_eq!(
+        s.state().version,
+        before + 2,
+        "cancelled and disputed in one command"
+    );
     assert_eq!(s.status(), Status::Disputed);
     resolve(&mut s, 10, 2)?;
     disburse(&mut s, 2, escrow(), "out-1")?;
