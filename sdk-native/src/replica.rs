@@ -322,7 +322,16 @@ impl Replica {
     /// where a command ended, so a command that appended several events (an approval
     /// reaching its quorum: `ApprovalGranted` and `ReleaseAuthorized`) is verified
     /// whole, and then reported event by event: `on_event` sees the state after each,
-    /// the states within the command included. It reconnects with
+    /// the states within the command included.
+    ///
+    /// Memory: until that head is checked, the events it covers past the streamed one
+    /// are held as received (one record each, the event's bytes), as nothing of them may
+    /// be reported before the last one is seen to be the signed one. A replica far
+    /// behind the server (never synced, say) so holds every event it is behind by;
+    /// call [`Replica::sync`] first when those need not be reported (it holds a page at
+    /// a time).
+    ///
+    /// It reconnects with
     /// `Last-Event-ID` (the local version), with backoff, after a dropped connection,
     /// a 5xx, or a head check that failed for a reason that may pass (no answer, a 5xx,
     /// the rate limit: the event is dropped and streamed again); after a rate limit's
@@ -424,11 +433,19 @@ impl Replica {
                                 }
                                 Err(e) => return Err(e),
                             }
-                            // Everything up to the head is verified and kept. The
-                            // caller hears of each event in turn: when the head covered
-                            // events after this one (a command's second event, say),
-                            // the states before the last are folded again one by one
-                            // from the state before them (the head covers them too).
+                            // Everything up to the head is verified and kept: the
+                            // copy becomes the replica, its last state reported as is.
+                            // The caller hears of each event in turn: when the head
+                            // covered events after this one (a command's second event,
+                            // a lagging follower's catch-up), the states before the
+                            // last are folded again one by one from the state before
+                            // them (the head covers them too). Cheaper than keeping
+                            // them from the first fold: that holds a state per event,
+                            // larger than the event's record and growing with the
+                            // payment (ledger legs, participants, requests), where the
+                            // second fold costs about 1 µs an event (release build: a
+                            // catch-up of 2,400 events, 2 ms, against 33 ms for its
+                            // pages).
                             let before = std::mem::replace(&mut self.chain, staged);
                             if let Some((_, within)) = caught.split_last() {
                                 let mut walk = before;

@@ -20,6 +20,7 @@ use serde_json::{json, value::RawValue, Value};
 use trustfold::client::Client;
 use trustfold::command::{Command, Context};
 use trustfold::envelope::Actor;
+use trustfold::hash::Hash;
 use trustfold::history::PublicKey;
 use trustfold::id::{CommandId, PartyId, PaymentId};
 use trustfold::replica::Replica;
@@ -682,4 +683,224 @@ async fn follow_reports_each_event_of_a_command_that_appends_two() {
         "replica = read model"
     );
     running.shutdown().await.expect("shutdown");
+}
+
+/// A long catch-up: the replica follows from version 2 while `BEHIND` events wait
+/// (the head fetched for the first streamed event is that far ahead: one catch-up over
+/// several pages), and `LIVE` more are appended while it follows (and lags: more
+/// catch-ups). Every event is reported exactly once, in order, with the state after it
+/// (its version and head hash are the history's; every 250th state and the last one
+/// are the fold's byte for byte), and the replica ends where a fresh sync does.
+/// `trustfold tail`, started after the first `BEHIND`, prints one line per live event,
+/// in order, each with its event's hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_reports_a_long_catch_up_once_each_in_order() {
+    const BEHIND: u64 = 2_400;
+    const LIVE: u64 = 400;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut config = Config::new(dir.path().join("t.db").display().to_string());
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.http.admin_token = Some(ADMIN.into());
+    config.http.heartbeat = Duration::from_millis(300);
+    config.http.poll_interval = Duration::from_millis(100);
+    // Thousands of commands, pages and heads in a few seconds.
+    config.http.tenant_rate = None;
+    let running = start(config).await.expect("server starts");
+    let base = format!("http://{}", running.addr);
+    let Setup {
+        c,
+        api_key,
+        p,
+        buyer,
+        key,
+    } = setup(&base).await;
+    let (_, st) = c.payment(p).await.expect("state");
+    let agent = st["participants"]
+        .as_object()
+        .and_then(|m| m.keys().find(|k| **k != buyer).cloned())
+        .expect("the agent");
+    // One event per command: the same brokerage invited, then removed, again and
+    // again (the state does not grow, so neither does a command's cost).
+    let commands = [
+        json!({"type": "Invite", "party": id(), "roles": ["brokerage"]}),
+        json!({"type": "Remove", "party": ""}),
+    ];
+    let commands = {
+        let [invite, mut remove] = commands;
+        remove["party"] = invite["party"].clone();
+        [invite, remove]
+    };
+    let actor = json!({"party": agent, "role": "listing_agent"});
+    let append = |c: Client, n: u64| {
+        let (actor, commands) = (actor.clone(), commands.clone());
+        async move {
+            for cmd in commands.iter().cycle().take(n as usize) {
+                c.send_command(p, cmd, Some(&actor), None, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+            }
+        }
+    };
+    let mut rep = Replica::new(c.clone(), p, key).expect("replica");
+    assert_eq!(rep.sync().await.expect("sync"), 2);
+    let last = 2 + BEHIND + LIVE;
+    append(c.clone(), BEHIND).await;
+
+    // `trustfold tail`, once synced, follows the live appends too: one line per event.
+    let mut tail = Stopped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_trustfold"))
+            .args(["tail", &p.to_string(), "--server", &base])
+            .args(["--key", &key.to_string()])
+            .env("TRUSTFOLD_API_KEY", &api_key)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run trustfold tail"),
+    );
+    let out = tail.0.stdout.take().expect("tail's output");
+    let (synced, first) = tokio::sync::oneshot::channel();
+    let mut printed = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+        if let Some(Ok(line)) = lines.next() {
+            let _ = synced.send(line);
+        }
+        let mut printed = Vec::new();
+        for line in lines {
+            let Ok(line) = line else { break };
+            let done = line.starts_with(&format!("#{last} "));
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+        printed
+    });
+    let first = tokio::time::timeout(Duration::from_secs(20), first)
+        .await
+        .expect("tail syncs")
+        .expect("tail's first line");
+    assert!(
+        first.ends_with(&format!("at version {}", 2 + BEHIND)),
+        "{first}"
+    );
+    let follower = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut sampled = Vec::new();
+        let r = tokio::time::timeout(
+            Duration::from_secs(240),
+            rep.follow(|s| {
+                seen.push((s.version, s.head));
+                if s.version % 250 == 0 || s.version == last {
+                    sampled.push((s.version, Hash::of(&s.to_json())));
+                }
+                s.version < last
+            }),
+        )
+        .await;
+        (r, seen, sampled, rep)
+    });
+    append(c.clone(), LIVE).await;
+    let (r, seen, sampled, rep) = follower.await.expect("follower");
+    assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+
+    // The history as the server has it, folded here event by event.
+    let (mut records, mut after) = (Vec::new(), 0);
+    loop {
+        let page = c.events(p, after, 1000).await.expect("page");
+        records.extend(page.events);
+        if !page.has_more {
+            break;
+        }
+        after = page.next;
+    }
+    assert_eq!(records.len() as u64, last);
+    let mut expected = Vec::new();
+    let mut folded: Option<trustfold::state::PaymentState> = None;
+    let mut states = Vec::new();
+    for r in &records {
+        let env =
+            trustfold::envelope::Envelope::from_json(r.event.get().as_bytes()).expect("envelope");
+        match &mut folded {
+            None => folded = Some(trustfold::fold::start(&env, r.hash).expect("start")),
+            Some(s) => trustfold::fold::apply(s, &env, r.hash).expect("apply"),
+        }
+        let s = folded.as_ref().expect("folded");
+        if s.version > 2 {
+            expected.push((s.version, r.hash));
+            if s.version % 250 == 0 || s.version == last {
+                states.push((s.version, Hash::of(&s.to_json())));
+            }
+        }
+    }
+    let versions: Vec<u64> = seen.iter().map(|(v, _)| *v).collect();
+    same(
+        "versions reported: each once, in order",
+        &versions,
+        &(3..=last).collect::<Vec<_>>(),
+    );
+    same("each state's head is its event's hash", &seen, &expected);
+    same("the states reported are the fold's", &sampled, &states);
+
+    // tail: one line per event after its first sync, in order, each with its hash.
+    let printed = tokio::time::timeout(Duration::from_secs(120), &mut printed).await;
+    drop(tail);
+    let printed = printed
+        .expect("tail printed the last event")
+        .expect("tail's output");
+    let lines: Vec<(u64, String)> = printed
+        .iter()
+        .map(|l| {
+            let v = l
+                .strip_prefix('#')
+                .and_then(|l| l.split_once(' '))
+                .and_then(|(v, _)| v.parse().ok())
+                .unwrap_or_else(|| panic!("a line of tail: {l}"));
+            let h = l
+                .rsplit_once("(head ")
+                .and_then(|(_, h)| h.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("a line of tail: {l}"));
+            (v, h.to_string())
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = records
+        .iter()
+        .zip(1..)
+        .skip(2 + BEHIND as usize)
+        .map(|(r, v)| (v, r.hash.to_string()))
+        .collect();
+    same("tail: one line per event, in order", &lines, &expected);
+
+    let mut fresh = Replica::new(c.clone(), p, key).expect("replica");
+    assert_eq!(fresh.sync().await.expect("fresh sync"), last);
+    let json = |r: &Replica| r.state().map(|s| s.to_json());
+    assert!(json(&rep) == json(&fresh), "the replica = a fresh replay");
+    assert!(
+        rep.diff().await.expect("diff").is_empty(),
+        "replica = read model"
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+/// A child process, killed and waited for when dropped (a test that fails midway
+/// leaves no `trustfold tail` running).
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Asserts `got == want`, saying where they first differ (not two long lists).
+#[track_caller]
+fn same<T: PartialEq + std::fmt::Debug>(what: &str, got: &[T], want: &[T]) {
+    if let Some(i) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+        panic!(
+            "{what}: {} items, {} expected; first difference at index {i}: {:?}, expected {:?}",
+            got.len(),
+            want.len(),
+            got.get(i),
+            want.get(i)
+        );
+    }
 }
