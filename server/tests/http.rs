@@ -498,6 +498,101 @@ async fn publishing_a_policy_takes_an_idempotency_key() {
     srv.finish().await;
 }
 
+/// Concurrent `POST /v1/policies` under one `Idempotency-Key`, most with another policy
+/// (a few repeat one of them): the policy and the key's record are written in one
+/// commit, so exactly one policy is published (201), the requests with its body get
+/// that answer byte for byte, and every other request is 422 `idempotency_key_reused`
+/// with nothing of it stored. (Publishing, then storing the answer, let several requests
+/// past an empty lookup: each published its policy, and all but one were told 422.)
+async fn concurrent_policies_share_one_key(srv: Server) {
+    const POLICIES: usize = 16;
+    const REPEATS: usize = 4;
+    const ROUNDS: usize = 4;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    for round in 0..ROUNDS {
+        let idem = format!("pol-race-{round}");
+        // Other ids, and every other one another version too: different bodies.
+        let policy = |i: usize| {
+            let mut p = earnest_money_v2();
+            p["id"] = format!("race-{round}-{i}").into();
+            p["version"] = (1 + i % 2).into();
+            p
+        };
+        // Policy 0 sent 1 + REPEATS times, the others once.
+        let sent: Vec<usize> = (0..POLICIES).chain([0; REPEATS]).collect();
+        let tasks: Vec<_> = sent
+            .iter()
+            .map(|&i| {
+                let (c, key, idem, body) = (c.clone(), key.clone(), idem.clone(), policy(i));
+                tokio::spawn(
+                    async move { (i, c.post_idem("/v1/policies", &key, &idem, &body).await) },
+                )
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            let (i, r) = t.await.expect("task");
+            if r.status != 201 {
+                expect_member(&r, 422, "code", "idempotency_key_reused");
+            }
+            answers.push((i, r));
+        }
+        let published: Vec<_> = answers.iter().filter(|(_, r)| r.status == 201).collect();
+        let (winner, first) = published.first().expect("a 201");
+        assert!(
+            answers
+                .iter()
+                .all(|(i, r)| (r.status == 201) == (i == winner)),
+            "round {round}: every request with the winner's body, and only those, got 201"
+        );
+        assert!(
+            published.iter().all(|(_, r)| r.bytes == first.bytes),
+            "round {round}: one answer, byte for byte"
+        );
+        let mut stored = Vec::new();
+        for i in 0..POLICIES {
+            let p = policy(i);
+            let path = format!(
+                "/v1/policies/{}?version={}",
+                p["id"].as_str().expect("id"),
+                p["version"]
+            );
+            let r = c.get(&path, &key).await;
+            assert!(r.status == 200 || r.status == 404, "{}", r.body);
+            if r.status == 200 {
+                stored.push(i);
+            }
+        }
+        assert_eq!(
+            stored,
+            [*winner],
+            "round {round}: only the 201's policy is stored"
+        );
+        // The key keeps the winner's answer.
+        let again = c
+            .post_idem("/v1/policies", &key, &idem, &policy(*winner))
+            .await;
+        assert_eq!((again.status, &again.bytes), (201, &first.bytes));
+        assert_eq!(again.headers["idempotent-replayed"], "true");
+    }
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_policies_share_one_key_sqlite() {
+    let srv = common::sqlite().await;
+    concurrent_policies_share_one_key(srv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_policies_share_one_key_postgres() {
+    let Some(srv) = common::postgres().await else {
+        return;
+    };
+    concurrent_policies_share_one_key(srv).await;
+}
+
 /// Minting a participant token (its answer a bearer credential, not kept at rest) and
 /// retrying a webhook endpoint (nothing stored to replay) refuse an `Idempotency-Key`
 /// rather than ignore it, like the other routes whose answers are not stored: 400

@@ -871,24 +871,30 @@ async fn create_policy(
     Body(body): Body,
 ) -> ApiResult<Response> {
     let tenant = principal.require_tenant()?;
-    let run = publish_policy(&state, tenant, &body);
+    let (st, text) = (&state, &body);
     payments::idempotent_request(
         &state,
         &principal,
         &headers,
         "POST /v1/policies",
         &body,
-        run,
+        move |record| publish_policy(st, tenant, text, record),
     )
     .await
 }
 
-/// Stores a policy version (201), or finds the same one stored (200).
+/// Stores a policy version (201), or finds the same one stored (200); with `record`
+/// (the request's `Idempotency-Key`), the answer is stored under the key in the same
+/// transaction as the policy, or, if another request holds the key, neither is
+/// (`KeyTaken`). A version stored with other content is 409 `policy_version_exists`,
+/// and nothing is written.
 async fn publish_policy(
     state: &AppState,
     tenant: Uuid,
     body: &[u8],
-) -> ApiResult<(StatusCode, Vec<u8>)> {
+    record: Option<payments::KeyRecord>,
+) -> ApiResult<payments::Executed> {
+    use payments::Executed;
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::MalformedJson("the body is not UTF-8".into()))?;
     body::strict_value(body)?;
@@ -897,8 +903,9 @@ async fn publish_policy(
     let canonical = String::from_utf8(policy.canonical_json())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let hash = policy.hash().0;
-    let inserted = on_write!(&state.db, pool => {
-        sqlx::query(
+    on_write!(&state.db, pool => {
+        let mut tx = pool.begin().await.map_err(StoreError::from)?;
+        let inserted = sqlx::query(
             "INSERT INTO policies (tenant_id, policy_id, version, body, hash, created_at_us) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
@@ -908,36 +915,77 @@ async fn publish_policy(
         .bind(&canonical)
         .bind(hash.as_slice())
         .bind(now_us())
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?
-        .rows_affected()
-    });
-    if inserted == 1 {
-        return policy_response(StatusCode::CREATED, &canonical, &hash);
+        .rows_affected();
+        let answer = if inserted == 1 {
+            policy_response(StatusCode::CREATED, &canonical, &hash)
+        } else {
+            // Stored and committed (on PostgreSQL the insert waited for the writer of a
+            // version not committed yet).
+            let stored: Option<(String, Vec<u8>)> = sqlx::query_as(
+                "SELECT body, hash FROM policies WHERE tenant_id = $1 AND policy_id = $2 \
+                 AND version = $3",
+            )
+            .bind(tenant)
+            .bind(&policy.id)
+            .bind(i64::from(policy.version))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            match stored {
+                Some((stored, stored_hash)) if stored_hash == hash => {
+                    policy_response(StatusCode::OK, &stored, &stored_hash)
+                }
+                Some(_) => Err(version_exists(&policy)),
+                None => Err(ApiError::Internal(
+                    "policy insert conflicted but none is stored".into(),
+                )),
+            }
+        };
+        match (answer, record) {
+            (Err(e), _) => {
+                tx.rollback().await.map_err(StoreError::from)?;
+                Err(e)
+            }
+            (Ok((status, body)), None) => {
+                tx.commit().await.map_err(StoreError::from)?;
+                Ok(Executed::Answer(status, body))
+            }
+            (Ok((status, body)), Some(record)) => {
+                // The key's record in the policy's commit: if another request holds the
+                // key, this one's policy is not published either.
+                if payments::insert_key_record!(&mut *tx, record, status, &body) == 0 {
+                    tx.rollback().await.map_err(StoreError::from)?;
+                    Ok(Executed::KeyTaken)
+                } else {
+                    tx.commit().await.map_err(StoreError::from)?;
+                    Ok(Executed::Recorded(status, body))
+                }
+            }
+        }
+    })
+}
+
+/// 409 `policy_version_exists`: `policy`'s version is stored with other content.
+fn version_exists(policy: &Policy) -> ApiError {
+    ApiError::Conflict {
+        code: "policy_version_exists",
+        message: match policy.version.checked_add(1) {
+            Some(next) => format!(
+                "policy {} version {} is already stored with other content; policies \
+                 are immutable, publish version {next}",
+                policy.id, policy.version
+            ),
+            None => format!(
+                "policy {} version {} is already stored with other content; policies \
+                 are immutable and no later version is possible, publish it under a \
+                 new id",
+                policy.id, policy.version
+            ),
+        },
     }
-    let (stored, stored_hash) = load_policy(&state.db, tenant, &policy.id, Some(policy.version))
-        .await?
-        .ok_or_else(|| ApiError::Internal("policy insert conflicted but none is stored".into()))?;
-    if stored_hash != hash {
-        return Err(ApiError::Conflict {
-            code: "policy_version_exists",
-            message: match policy.version.checked_add(1) {
-                Some(next) => format!(
-                    "policy {} version {} is already stored with other content; policies \
-                     are immutable, publish version {next}",
-                    policy.id, policy.version
-                ),
-                None => format!(
-                    "policy {} version {} is already stored with other content; policies \
-                     are immutable and no later version is possible, publish it under a \
-                     new id",
-                    policy.id, policy.version
-                ),
-            },
-        });
-    }
-    policy_response(StatusCode::OK, &stored, &stored_hash)
 }
 
 /// The longest policy id a new policy may have.

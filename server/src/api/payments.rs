@@ -83,18 +83,64 @@ impl Idem {
     fn same_request(&self, stored: &[u8]) -> bool {
         stored == self.request_hash || stored == self.legacy_hash
     }
+
+    /// The record this request stores under the key.
+    fn record(&self, principal: &Principal) -> KeyRecord {
+        KeyRecord {
+            tenant: principal.tenant(),
+            key: self.key.clone(),
+            request_hash: self.request_hash,
+        }
+    }
 }
 
-/// What running a command came to.
-enum Executed {
+/// What running a command (or a request run by [`idempotent_request`]) came to.
+pub(crate) enum Executed {
     /// The response; with an `Idempotency-Key`, [`with_idempotency`] stores it.
     Answer(StatusCode, Vec<u8>),
-    /// The response, already stored under the key in the commit of its events
-    /// ([`EventStore::append_recorded`]).
+    /// The response, already stored under the key in the commit of its writes (a
+    /// command's events: [`EventStore::append_recorded`]; a request's rows:
+    /// [`insert_key_record`]).
     Recorded(StatusCode, Vec<u8>),
-    /// Another request with the same key stored its response first: answer from it.
+    /// Another request with the same key stored its response first, and nothing of this
+    /// one was written: answer from the stored one.
     KeyTaken,
 }
+
+/// An `Idempotency-Key`'s record as a request run by [`idempotent_request`] writes it in
+/// its own transaction, with its answer ([`insert_key_record`]).
+pub(crate) struct KeyRecord {
+    pub(crate) tenant: Uuid,
+    /// The key as stored (see [`Idem`]).
+    pub(crate) key: String,
+    /// The request's fingerprint (see [`Idem`]).
+    pub(crate) request_hash: [u8; 32],
+}
+
+/// Stores an answer under an `Idempotency-Key` ([`KeyRecord`]) on the caller's
+/// connection or transaction (a macro: the statement runs on either engine's), as
+/// `INSERT … ON CONFLICT DO NOTHING`: the rows inserted, 0 when another request holds
+/// the key. On PostgreSQL an insert of a key another transaction inserted and has not
+/// committed waits for that one (and is 0 if it commits); SQLite writes one at a time.
+macro_rules! insert_key_record {
+    ($tx:expr, $record:expr, $status:expr, $body:expr) => {
+        sqlx::query(
+            "INSERT INTO idempotency (tenant_id, idem_key, request_hash, status, body, \
+             created_at_us) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind($record.tenant)
+        .bind(&$record.key)
+        .bind($record.request_hash.as_slice())
+        .bind(i32::from($status.as_u16()))
+        .bind($body)
+        .bind($crate::db::now_us())
+        .execute($tx)
+        .await
+        .map_err($crate::StoreError::from)?
+        .rows_affected()
+    };
+}
+pub(crate) use insert_key_record;
 
 fn idempotency(
     headers: &HeaderMap,
@@ -234,22 +280,9 @@ async fn idem_store(
     status: StatusCode,
     body: Vec<u8>,
 ) -> ApiResult<Response> {
-    let tenant = principal.tenant();
+    let record = idem.record(principal);
     let inserted = on_write!(&state.db, pool => {
-        sqlx::query(
-            "INSERT INTO idempotency (tenant_id, idem_key, request_hash, status, body, \
-             created_at_us) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(&idem.key)
-        .bind(idem.request_hash.as_slice())
-        .bind(i32::from(status.as_u16()))
-        .bind(&body)
-        .bind(now_us())
-        .execute(pool)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected()
+        insert_key_record!(pool, record, status, &body)
     });
     if inserted == 1 {
         return Ok(if status.is_success() {
@@ -315,31 +348,38 @@ async fn with_idempotency(
 }
 
 /// Runs a request that is not a payment command (publishing a policy) under its
-/// `Idempotency-Key`, as [`with_idempotency`] runs commands: a response stored under
-/// the key is replayed (`Idempotent-Replayed: true`; another request with the key is
-/// 422 `idempotency_key_reused`) before anything runs, since `run`'s writes are not
-/// made in one commit with the key's record; otherwise `run`'s answer, and a rejection
-/// that is the request's answer ([`ApiError::is_command_result`]), is stored under the
-/// key. Without a key, `run` simply runs.
-pub(crate) async fn idempotent_request(
+/// `Idempotency-Key`, as [`with_idempotency`] runs commands: an answer stored under the
+/// key is replayed before anything runs. Otherwise `run` is given the key's
+/// record, when there is a key, and writes it ([`insert_key_record`]) in the
+/// transaction of its own writes: `Recorded` when both committed, `KeyTaken` when
+/// another request holds the key (and nothing of this one is written). So of concurrent
+/// requests with one key exactly one writes anything; the others get its response
+/// (`Idempotent-Replayed: true`) or, with another body, 422 `idempotency_key_reused`. A
+/// rejection that is the request's answer ([`ApiError::is_command_result`]) is stored
+/// under the key too. Without a key, `run` gets `None` and simply runs.
+pub(crate) async fn idempotent_request<Run, Fut>(
     state: &AppState,
     principal: &Principal,
     headers: &HeaderMap,
     route: &str,
     body: &[u8],
-    run: impl std::future::Future<Output = ApiResult<(StatusCode, Vec<u8>)>>,
-) -> ApiResult<Response> {
+    run: Run,
+) -> ApiResult<Response>
+where
+    Run: FnOnce(Option<KeyRecord>) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Executed>>,
+{
     let idem = idempotency(headers, principal, route, body)?;
+    // A retry (or a reuse) is answered from the reader, not the writer: the common case
+    // after a lost answer. Not needed for a race: the one that loses it finds the key
+    // taken in its own transaction.
     if let Some(i) = &idem {
         if let Some(stored) = idem_lookup(state, principal, i).await? {
             return Ok(stored);
         }
     }
-    let run = async move {
-        let (status, body) = run.await?;
-        Ok(Executed::Answer(status, body))
-    };
-    with_idempotency(state, principal, idem, run).await
+    let record = idem.as_ref().map(|i| i.record(principal));
+    with_idempotency(state, principal, idem, run(record)).await
 }
 
 /// The command's id: derived from the `Idempotency-Key` (a retry gets the same id, so the
