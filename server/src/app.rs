@@ -175,8 +175,10 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
     ))
 }
 
-/// Starts the server in the background.
-pub async fn start(config: Config) -> Result<Running, ServerError> {
+/// The state the handlers and background tasks share, on the opened database with the
+/// read models caught up (and the server key made on first start); and the sender that
+/// tells them to stop.
+async fn prepare(config: &Config) -> Result<(AppState, watch::Sender<bool>), ServerError> {
     let (store, db, projector) = open(&config.database).await?;
     projector.catch_up().await?;
     let at_rest = AtRest::new(config.secrets_key.clone());
@@ -187,7 +189,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let (stop, shutdown) = watch::channel(false);
     let state = AppState {
         store,
-        db: db.clone(),
+        db,
         secret: Arc::new(secret),
         public_key,
         token_key: TokenKey::derive(&secret),
@@ -206,6 +208,26 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         ),
         at_rest,
     };
+    Ok((state, stop))
+}
+
+/// The state a server on `config` would share, with nothing running: no listener, no
+/// background task. For benchmarks that drive one background step by hand (e.g.
+/// [`crate::rail_notices::Rounds`]); not a way to run a server.
+#[doc(hidden)]
+pub async fn state_without_serving(config: &Config) -> Result<AppState, ServerError> {
+    Ok(prepare(config).await?.0)
+}
+
+/// Starts the server in the background.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let (state, stop) = prepare(&config).await?;
+    let (db, projector, notices) = (
+        state.db.clone(),
+        state.projector.clone(),
+        state.notices.clone(),
+    );
+    let shutdown = state.shutdown.clone();
     let limits = state.limits.clone();
     let sender = (state.clone(), notices.subscribe());
     let clock = config.tick_interval.map(|every| (state.clone(), every));

@@ -527,8 +527,7 @@ const ROUND_TIME: Duration = Duration::from_secs(5);
 /// Runs the rounds until shutdown: every `every`, the held notices whose transfer a
 /// payment recorded are applied.
 pub(crate) async fn run(state: AppState, every: Duration, mut shutdown: watch::Receiver<bool>) {
-    let runner = Runner(Uuid::new_v4());
-    let mut failed: HashMap<Uuid, Failed> = HashMap::new();
+    let mut rounds = Rounds::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -537,9 +536,40 @@ pub(crate) async fn run(state: AppState, every: Duration, mut shutdown: watch::R
         if *shutdown.borrow() {
             return;
         }
-        if let Err(e) = round(&state, runner, &mut failed).await {
+        if let Err(e) = rounds.round(&state).await {
             tracing::warn!(error = %e, "held rail notices could not be applied; trying again");
         }
+    }
+}
+
+/// A runner's rounds: its id (its claims carry it) and what it keeps from one round to
+/// the next. Public for benchmarks that time one round
+/// ([`crate::app::state_without_serving`]); [`run`] is what a server runs.
+#[doc(hidden)]
+pub struct Rounds {
+    runner: Runner,
+    /// Notices whose run failed, backed off.
+    failed: HashMap<Uuid, Failed>,
+}
+
+impl Default for Rounds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rounds {
+    /// A new runner, with nothing kept yet.
+    pub fn new() -> Self {
+        Rounds {
+            runner: Runner(Uuid::new_v4()),
+            failed: HashMap::new(),
+        }
+    }
+
+    /// One round (see [`round`]).
+    pub async fn round(&mut self, state: &AppState) -> ApiResult<()> {
+        round(state, self.runner, &mut self.failed).await
     }
 }
 
