@@ -264,6 +264,18 @@ CREATE TABLE projection_format (
     format {INT} NOT NULL
 )
 "#,
+    // The round of held rail notices looks only at what can have changed
+    // (`crate::rail_notices`): a reference's row carries the position of the event that
+    // recorded it (0 on rows from before), so a round finds the references recorded
+    // since its last one; a waiting notice is `due` (1) until a round finds its
+    // reference unknown, and again once a payment records it. The round's heads are
+    // read among the due notices only.
+    r#"
+ALTER TABLE payment_rail_refs ADD COLUMN position {INT} NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS payment_rail_refs_position ON payment_rail_refs (position);
+ALTER TABLE held_rail_notices ADD COLUMN due {INT} NOT NULL DEFAULT 1;
+CREATE INDEX IF NOT EXISTS held_rail_notices_due_heads ON held_rail_notices (received_at_us, notice_id) WHERE status IN ('held', 'applying') AND due = 1
+"#,
 ];
 
 /// Whether `table` has `column`, as SQL with those two parameters, per engine: the

@@ -101,11 +101,13 @@ enum Op {
         due_at_ms: Option<i64>,
     },
     /// A rail's reference the payment used (rows are only ever added: a reference
-    /// stays the payment's).
+    /// stays the payment's), with the position of the event that recorded it (the round
+    /// of held rail notices looks for the references recorded since its last one).
     RailRef {
         tenant: Uuid,
         rail_ref: String,
         payment: Uuid,
+        position: i64,
     },
 }
 
@@ -712,14 +714,14 @@ impl Projector {
                 }
                 for chunk in rows.rail_refs.chunks(CHUNK) {
                     let sql = multi_row(
-                        "INSERT INTO payment_rail_refs (tenant_id, rail_ref, payment_id)",
-                        3,
+                        "INSERT INTO payment_rail_refs (tenant_id, rail_ref, payment_id, position)",
+                        4,
                         chunk.len(),
                         " ON CONFLICT DO NOTHING",
                     );
                     let mut q = sqlx::query(&sql);
-                    for (tenant, rail_ref, payment) in chunk {
-                        q = q.bind(tenant).bind(rail_ref).bind(payment);
+                    for (tenant, rail_ref, payment, position) in chunk {
+                        q = q.bind(tenant).bind(rail_ref).bind(payment).bind(position);
                     }
                     q.execute(&mut *tx).await?;
                 }
@@ -900,8 +902,8 @@ struct Rows {
     balances: Vec<BalanceRow>,
     /// Payment, tenant, due moment (`None`: delete).
     clock: Vec<(Uuid, Uuid, Option<i64>)>,
-    /// Tenant, reference, payment.
-    rail_refs: Vec<(Uuid, String, Uuid)>,
+    /// Tenant, reference, payment, position.
+    rail_refs: Vec<(Uuid, String, Uuid, i64)>,
 }
 
 impl Rows {
@@ -940,7 +942,8 @@ impl Rows {
                     tenant,
                     rail_ref,
                     payment,
-                } => rows.rail_refs.push((tenant, rail_ref, payment)),
+                    position,
+                } => rows.rail_refs.push((tenant, rail_ref, payment, position)),
             }
         }
         rows
@@ -1093,6 +1096,7 @@ fn project(
                     tenant,
                     rail_ref: rail_ref.clone(),
                     payment,
+                    position: i64_of(ev.position),
                 });
             }
         }

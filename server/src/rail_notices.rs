@@ -49,6 +49,13 @@
 //!   `too_many_held_notices` after that: a reference that never comes is the
 //!   integrator's to look at). A notice whose run failed (the database, not a rule) is
 //!   tried again after a pause doubling from 1 s to a minute.
+//! - **Looked at once while unknown.** A round reads only the notices that are `due`: a
+//!   notice is due from when it is held until a round finds its reference unknown (it is
+//!   set aside, `clear_due`), and again once the read model shows its reference after
+//!   the checkpoint the round read the time before (`mark_due`). Tenants holding
+//!   thousands of notices for references never recorded cost a round a few indexed
+//!   reads, not a scan of them all each second. A new runner, and every runner every
+//!   minute, looks at every waiting notice.
 //!
 //! ```
 //! use trustfold_server::rail_notices::HeldStatus;
@@ -543,13 +550,19 @@ pub(crate) async fn run(state: AppState, every: Duration, mut shutdown: watch::R
 }
 
 /// A runner's rounds: its id (its claims carry it) and what it keeps from one round to
-/// the next. Public for benchmarks that time one round
-/// ([`crate::app::state_without_serving`]); [`run`] is what a server runs.
+/// the next. Public for benchmarks and tests that drive rounds by hand
+/// ([`crate::app::state_without_serving`]); a server runs them in the background.
 #[doc(hidden)]
 pub struct Rounds {
     runner: Runner,
     /// Notices whose run failed, backed off.
     failed: HashMap<Uuid, Failed>,
+    /// The `rail_refs` read model's checkpoint as the last round read it: references
+    /// recorded after it are looked for among the notices set aside (`mark_due`). `None`:
+    /// every waiting notice is looked at (a new runner; nothing waited).
+    seen: Option<i64>,
+    /// When every waiting notice was last looked at (`SWEEP`).
+    swept: Option<Instant>,
 }
 
 impl Default for Rounds {
@@ -564,22 +577,57 @@ impl Rounds {
         Rounds {
             runner: Runner(Uuid::new_v4()),
             failed: HashMap::new(),
+            seen: None,
+            swept: None,
         }
     }
 
-    /// One round (see [`round`]).
+    /// One round: the due held notices whose reference a payment now knows are given
+    /// to it, each reference's oldest first (see the module docs).
     pub async fn round(&mut self, state: &AppState) -> ApiResult<()> {
-        round(state, self.runner, &mut self.failed).await
+        round(state, self).await
     }
+}
+
+/// How often a round looks at every waiting notice, whatever it knows of them: a
+/// bound on how long a notice could wait after its reference was recorded if the marks
+/// below ever missed one (the read models rebuilt while a round ran, say).
+const SWEEP: Duration = Duration::from_secs(60);
+
+/// Notices set aside per statement by [`clear_due`].
+const CLEAR_AT_ONCE: u64 = 2_000;
+
+/// The `rail_refs` read model's checkpoint: its rows are exactly those of the events up
+/// to it (rows and checkpoint commit together, in the order of the log).
+const REFS_CHECKPOINT: &str =
+    "(SELECT position FROM projection_checkpoints WHERE name = 'rail_refs')";
+
+/// A reference's row in the read model, for the notice `h` (SQL).
+const KNOWN: &str = "EXISTS (SELECT 1 FROM payment_rail_refs r WHERE r.tenant_id = h.tenant_id \
+                     AND r.rail_ref = h.rail_ref)";
+
+/// `1` if the reference of the notice `h` has a row in the read model, else `NULL`
+/// (SQL). A correlated scalar subquery with `LIMIT 1` is run per notice, as an index
+/// probe, on both engines, so [`clear_due`]'s pages (a bounded number of notices) cost
+/// that many probes whatever the statistics say: with `NOT EXISTS`, PostgreSQL planned
+/// a hash anti join over both whole tables once a burst of notices was set aside (its
+/// statistics from before), about 5 to 30 ms each second until the next analyze.
+fn ref_row(h: &str) -> String {
+    format!(
+        "(SELECT 1 FROM payment_rail_refs r WHERE r.tenant_id = {h}.tenant_id \
+         AND r.rail_ref = {h}.rail_ref LIMIT 1)"
+    )
 }
 
 /// One round: the held notices whose reference a payment now knows, each reference's
 /// oldest first.
-async fn round(
-    state: &AppState,
-    runner: Runner,
-    failed: &mut HashMap<Uuid, Failed>,
-) -> ApiResult<()> {
+///
+/// A round looks only at the notices that are `due`, not at every one waiting: a notice
+/// is due from when it is held until a round finds its reference unknown
+/// ([`clear_due`]), and again once a payment records the reference ([`mark_due`]). So a
+/// round while thousands of notices wait for references no payment knows costs a few
+/// indexed reads, and each such notice is looked at once, not every second.
+async fn round(state: &AppState, rounds: &mut Rounds) -> ApiResult<()> {
     if !state.projector.is_leader().await {
         return Ok(());
     }
@@ -594,11 +642,158 @@ async fn round(
         .map_err(StoreError::from)?
     });
     if any.is_none() {
-        failed.clear();
+        rounds.failed.clear();
+        // Nothing is left waiting with its reference unknown: the next round looks at
+        // whatever is held by then.
+        rounds.seen = None;
         return Ok(());
     }
     // The rail references' read model as of every event appended so far.
     state.projector.catch_up().await?;
+    let at: i64 = on_read!(&state.db, pool => {
+        sqlx::query_scalar::<_, Option<i64>>(&format!("SELECT {REFS_CHECKPOINT}"))
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from)?
+    })
+    .unwrap_or(0);
+    // A new runner, a sweep due, or a checkpoint that went back (the read models were
+    // rebuilt): every waiting notice whose reference is known is marked due.
+    let sweep = match rounds.seen {
+        None => true,
+        Some(seen) => at < seen || rounds.swept.is_none_or(|t| t.elapsed() >= SWEEP),
+    };
+    mark_due(state, if sweep { None } else { rounds.seen }).await?;
+    if sweep {
+        rounds.swept = Some(Instant::now());
+    }
+    apply_due(state, rounds.runner, &mut rounds.failed, started).await?;
+    clear_due(state, at).await?;
+    rounds.seen = Some(at);
+    Ok(())
+}
+
+/// Marks due the waiting notices not due whose reference is in the read model: those
+/// whose reference's row is after the checkpoint `after` (rows are stamped with the
+/// position of the event that recorded them), or, with no checkpoint, all of them. A
+/// reader finds them first, so a round with nothing to mark does not take the writer.
+async fn mark_due(state: &AppState, after: Option<i64>) -> ApiResult<()> {
+    // Driven by the references recorded since (an index on their position), or by the
+    // waiting notices not due.
+    let found = match after {
+        Some(_) => format!(
+            "SELECT h.notice_id FROM payment_rail_refs r JOIN held_rail_notices h \
+             ON h.tenant_id = r.tenant_id AND h.rail_ref = r.rail_ref \
+             WHERE r.position > $1 AND h.{WAITING} AND h.due = 0"
+        ),
+        None => format!(
+            "SELECT h.notice_id FROM held_rail_notices h WHERE h.{WAITING} AND h.due = 0 \
+             AND {KNOWN}"
+        ),
+    };
+    let probe = format!("{found} LIMIT 1");
+    let any: Option<Uuid> = on_read!(&state.db, pool => {
+        let mut q = sqlx::query_scalar(&probe);
+        if let Some(after) = after {
+            q = q.bind(after);
+        }
+        q.fetch_optional(pool).await.map_err(StoreError::from)?
+    });
+    if any.is_none() {
+        return Ok(());
+    }
+    let mark = format!("UPDATE held_rail_notices SET due = 1 WHERE notice_id IN ({found})");
+    let marked = on_write!(&state.db, pool => {
+        let mut q = sqlx::query(&mark);
+        if let Some(after) = after {
+            q = q.bind(after);
+        }
+        q.execute(pool)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected()
+    });
+    tracing::debug!(
+        marked,
+        "held rail notices whose reference was recorded marked due"
+    );
+    Ok(())
+}
+
+/// Marks not due the due notices whose reference is not in the read model, as of the
+/// checkpoint `at` the round read before it looked: a reference's row the setting-aside
+/// statement does not see is committed after it, so it comes after `at`, where the next
+/// round's [`mark_due`] starts. Only while the read model is at least at `at` (not emptied for a rebuild
+/// meanwhile, its rows not all back). A notice a round claimed and gave back, or one
+/// whose run failed, has a known reference and stays due. The due notices are read a
+/// page at a time (oldest first, their own index) on a reader; the writer is taken only
+/// for those whose reference is unknown, a page at a time.
+async fn clear_due(state: &AppState, at: i64) -> ApiResult<()> {
+    let page_sql = format!(
+        "SELECT h.received_at_us, h.notice_id, {} FROM held_rail_notices h \
+         WHERE h.{WAITING} AND h.due = 1 AND (h.received_at_us, h.notice_id) > ($1, $2) \
+         ORDER BY h.received_at_us, h.notice_id LIMIT {CLEAR_AT_ONCE}",
+        ref_row("h")
+    );
+    let mut after = (i64::MIN, Uuid::nil());
+    loop {
+        let page: Vec<(i64, Uuid, Option<i32>)> = on_read!(&state.db, pool => {
+            sqlx::query_as(&page_sql)
+                .bind(after.0)
+                .bind(after.1)
+                .fetch_all(pool)
+                .await
+                .map_err(StoreError::from)?
+        });
+        let unknown: Vec<Uuid> = page
+            .iter()
+            .filter(|(_, _, known)| known.is_none())
+            .map(|(_, id, _)| *id)
+            .collect();
+        if !unknown.is_empty() {
+            // Looked at again as the row is written: a reference recorded meanwhile (and
+            // marked by another runner) keeps its notices due.
+            let ids = (2..unknown.len() + 2)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let clear = format!(
+                "UPDATE held_rail_notices SET due = 0 WHERE notice_id IN ({ids}) AND due = 1 \
+                 AND {} IS NULL AND {REFS_CHECKPOINT} >= $1",
+                ref_row("held_rail_notices")
+            );
+            let cleared = on_write!(&state.db, pool => {
+                let mut q = sqlx::query(&clear).bind(at);
+                for id in &unknown {
+                    q = q.bind(id);
+                }
+                q.execute(pool)
+                    .await
+                    .map_err(StoreError::from)?
+                    .rows_affected()
+            });
+            tracing::debug!(
+                cleared,
+                "held rail notices whose reference is unknown set aside"
+            );
+        }
+        match page.last() {
+            Some((received, id, _)) if page.len() as u64 >= CLEAR_AT_ONCE => {
+                after = (*received, *id);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Applies the due notices whose reference a payment now knows, each reference's
+/// oldest first, for up to [`ROUND_TIME`].
+async fn apply_due(
+    state: &AppState,
+    runner: Runner,
+    failed: &mut HashMap<Uuid, Failed>,
+    started: Instant,
+) -> ApiResult<()> {
     // References whose head notice is not applied this round (backed off after a
     // failure, claimed by another runner, or unknown after all): their later notices
     // wait behind it, in the order received.
@@ -612,8 +807,7 @@ async fn round(
         let heads: Vec<(Uuid, Uuid, String, String)> = on_read!(&state.db, pool => {
             sqlx::query_as(&format!(
                 "SELECT h.notice_id, h.tenant_id, h.rail_ref, h.notice FROM held_rail_notices h \
-                 WHERE h.{WAITING} AND EXISTS (SELECT 1 FROM payment_rail_refs r \
-                 WHERE r.tenant_id = h.tenant_id AND r.rail_ref = h.rail_ref) \
+                 WHERE h.{WAITING} AND h.due = 1 AND {KNOWN} \
                  AND NOT EXISTS (SELECT 1 FROM held_rail_notices e \
                  WHERE e.tenant_id = h.tenant_id AND e.rail_ref = h.rail_ref AND e.{WAITING} \
                  AND (e.received_at_us, e.notice_id) < (h.received_at_us, h.notice_id)) \
@@ -889,4 +1083,63 @@ async fn stored(state: &AppState, tenant: Uuid, id: Uuid, rail_ref: &str) -> Api
         .map_err(StoreError::from)?
     });
     Ok(known.map_or(Stored::Other, Stored::Own))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn due_of(state: &AppState, id: Uuid) -> i64 {
+        on_read!(&state.db, pool => {
+            sqlx::query_scalar("SELECT due FROM held_rail_notices WHERE notice_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .expect("due")
+        })
+    }
+
+    /// A round sets a notice aside only while the references' read model is at least at
+    /// the checkpoint the round read before it looked: one emptied for a rebuild
+    /// meanwhile (whose rows come back with the positions they had, which later rounds do
+    /// not look for) leaves the notice due.
+    #[tokio::test]
+    async fn notices_are_set_aside_only_while_the_read_model_is_at_the_rounds_checkpoint() {
+        let dir = tempfile::tempdir().expect("dir");
+        let database = dir.path().join("held.db").display().to_string();
+        let state = crate::app::state_without_serving(&crate::app::Config::new(database))
+            .await
+            .expect("state");
+        let id = Uuid::new_v4();
+        on_write!(&state.db, pool => {
+            sqlx::query(
+                "INSERT INTO held_rail_notices (notice_id, tenant_id, rail_ref, notice, \
+                 received_at_us, status) VALUES ($1, $2, 'WIRE-1', '{\"kind\":\"settled\"}', \
+                 1, 'held')",
+            )
+            .bind(id)
+            .bind(Uuid::new_v4())
+            .execute(pool)
+            .await
+            .expect("hold");
+            sqlx::query("UPDATE projection_checkpoints SET position = 5 WHERE name = 'rail_refs'")
+                .execute(pool)
+                .await
+                .expect("checkpoint");
+        });
+        assert_eq!(due_of(&state, id).await, 1, "due when held");
+        // The round read checkpoint 7; the read model is back at 5 (emptied since).
+        clear_due(&state, 7).await.expect("clear");
+        assert_eq!(
+            due_of(&state, id).await,
+            1,
+            "not set aside behind a rebuild"
+        );
+        clear_due(&state, 5).await.expect("clear");
+        assert_eq!(
+            due_of(&state, id).await,
+            0,
+            "set aside: its reference is unknown"
+        );
+    }
 }

@@ -13,9 +13,13 @@
 //! that no payment knows, beside `KNOWN_REFS` (default 100,000) references other
 //! payments of those tenants recorded; then rounds are timed on a state with nothing
 //! serving (no background round runs meanwhile): a new runner's first, the ones after,
-//! after a burst of newly held notices, and the one after a payment recorded the
-//! reference of one held notice (its row written into the read model, the read model's
-//! checkpoint moved). Prints the figures; asserts only that the last notice is taken up.
+//! another runner's first (a sweep), after a burst of newly held notices, and the one
+//! after a payment recorded the reference of one held notice (its row written into the
+//! read model, the read model's checkpoint moved). Prints the figures; asserts only that
+//! the last notice is taken up.
+//!
+//! The tests below the benchmark (not ignored, on both engines) drive rounds by hand the
+//! same way: what a round sets aside, and what it takes up again.
 
 mod common;
 
@@ -193,6 +197,27 @@ async fn status_of(db: &Db, i: usize) -> String {
     }
 }
 
+/// Whether held notice `i` is due (a round looks at it).
+async fn due(db: &Db, i: usize) -> bool {
+    let sql = "SELECT due FROM held_rail_notices WHERE tenant_id = $1 AND rail_ref = $2";
+    let rail_ref = format!("UNKNOWN-{i}");
+    let due: i64 = match db {
+        Db::Sqlite { reader, .. } => sqlx::query_scalar(sql)
+            .bind(tenant_of(i))
+            .bind(&rail_ref)
+            .fetch_one(reader)
+            .await
+            .expect("due"),
+        Db::Postgres(pool) => sqlx::query_scalar(sql)
+            .bind(tenant_of(i))
+            .bind(&rail_ref)
+            .fetch_one(pool)
+            .await
+            .expect("due"),
+    };
+    due == 1
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -240,6 +265,14 @@ async fn bench(engine: &str, database: &str) {
         ms(median),
         ms(max)
     );
+    // Another runner's first round, every notice set aside by then: what a round costs
+    // when it looks at every waiting notice (a sweep, every minute).
+    let t = Instant::now();
+    Rounds::new().round(&state).await.expect("round");
+    println!(
+        "{engine}: a round looking at every waiting notice (a sweep) {}",
+        ms(t.elapsed())
+    );
     // A burst of newly held notices, then rounds again.
     let burst = 1_000.min(n);
     hold(&state.db, n, burst).await;
@@ -268,6 +301,65 @@ async fn bench(engine: &str, database: &str) {
         ms(max)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// What a round looks at: the tests (on both engines) of the notices set aside while no
+// payment knows their reference, each taken up by the round after it is recorded.
+
+/// A state on `database` with nothing serving: the tests drive the rounds by hand.
+async fn quiet(database: &str) -> trustfold_server::api::AppState {
+    state_without_serving(&common::config(database))
+        .await
+        .expect("state")
+}
+
+/// A round sets aside the notices whose reference no payment knows (not looked at
+/// again), and the round after a payment records one's reference takes it up (its
+/// reference's row is after the checkpoint the round last read); the others stay set
+/// aside. A new runner (another leader) looks at every waiting notice once, so it takes
+/// up one set aside by another runner whose reference was recorded since.
+async fn set_aside_until_recorded(database: &str) {
+    let state = quiet(database).await;
+    hold(&state.db, 0, 3).await;
+    let mut rounds = Rounds::new();
+    rounds.round(&state).await.expect("round");
+    for i in 0..3 {
+        assert!(!due(&state.db, i).await, "notice {i} set aside");
+    }
+    record(&state.db, 1).await;
+    rounds.round(&state).await.expect("round");
+    assert_ne!(status_of(&state.db, 1).await, "held", "taken up");
+    assert_eq!(status_of(&state.db, 0).await, "held");
+    assert!(!due(&state.db, 0).await, "still set aside");
+    record(&state.db, 2).await;
+    Rounds::new().round(&state).await.expect("round");
+    assert_ne!(
+        status_of(&state.db, 2).await,
+        "held",
+        "a new runner takes up a notice another one set aside"
+    );
+    assert_eq!(status_of(&state.db, 0).await, "held");
+}
+
+common::on_both_databases!(set_aside_until_recorded);
+
+/// A notice held after the round that saw its reference recorded (the bank's notice
+/// racing the transfer's record) is due from when it is held: the next round takes it
+/// up, though no reference is recorded since.
+async fn held_after_its_reference_was_recorded(database: &str) {
+    let state = quiet(database).await;
+    hold(&state.db, 0, 1).await;
+    let mut rounds = Rounds::new();
+    rounds.round(&state).await.expect("round");
+    record(&state.db, 5).await;
+    rounds.round(&state).await.expect("round");
+    hold(&state.db, 5, 1).await;
+    rounds.round(&state).await.expect("round");
+    assert_ne!(status_of(&state.db, 5).await, "held", "taken up");
+    assert_eq!(status_of(&state.db, 0).await, "held");
+}
+
+common::on_both_databases!(held_after_its_reference_was_recorded);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture (and --release)"]

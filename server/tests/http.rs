@@ -4429,6 +4429,67 @@ async fn early_rail_notices_are_held_then_applied(srv: Server) {
 
 on_both_engines!(early_rail_notices_are_held_then_applied);
 
+/// One integer from `database` (a column of the server's tables a test looks at).
+async fn sql_i64(database: &str, sql: &str) -> i64 {
+    use sqlx::Connection as _;
+    if database.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(database)
+            .await
+            .expect("connect");
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect(sql)
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{database}"))
+            .await
+            .expect("open");
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect(sql)
+    }
+}
+
+/// A held notice whose reference no payment knows is set aside by the round (looked at
+/// once, not every second), and applied once a payment records the transfer: the round
+/// finds it by the reference's row in the read model, stamped with the position of the
+/// event that recorded it, after the checkpoint the round last read.
+async fn a_notice_set_aside_is_applied_when_its_transfer_is_recorded(srv: Server) {
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = ach_payment(c, &key).await;
+    let r = c
+        .post(
+            "/v1/rail-notices",
+            &key,
+            &json!({"rail_ref": "ACH-LATE", "notice": {"kind": "settled"}}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    let due = format!(
+        "SELECT due FROM held_rail_notices WHERE notice_id = {}",
+        uuid_literal(&srv.database, &id)
+    );
+    let mut set_aside = false;
+    for _ in 0..200 {
+        if sql_i64(&srv.database, &due).await == 0 {
+            set_aside = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(set_aside, "a round set the notice aside");
+    submit_ach(c, &key, &f, "ACH-LATE").await;
+    let settled = settled_notice(c, &key, &id).await;
+    assert_eq!(settled["status"], "applied", "{settled}");
+    assert_eq!(settled["payment_id"], f.payment.as_str(), "{settled}");
+    srv.finish().await;
+}
+
+on_both_engines!(a_notice_set_aside_is_applied_when_its_transfer_is_recorded);
+
 /// Held notices are listed by the time received, which is stamped in commit order: a
 /// pager following the list while 200 are held at once sees each once, in the order
 /// they were stored (on SQLite, the rows' insertion order). A notice stamped before

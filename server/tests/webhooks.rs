@@ -1460,6 +1460,10 @@ async fn a_database_with_early_claim_columns_starts(database: &str) {
         &[
             "DROP INDEX held_rail_notices_heads",
             "DROP TABLE projection_format",
+            "DROP INDEX held_rail_notices_due_heads",
+            "ALTER TABLE held_rail_notices DROP COLUMN due",
+            "DROP INDEX payment_rail_refs_position",
+            "ALTER TABLE payment_rail_refs DROP COLUMN position",
             "UPDATE trustfold_server_schema SET version = 8",
         ],
     )
