@@ -77,7 +77,11 @@ const BATCH: u32 = 256;
 /// to), the state JSON, or a projection's rows. A server finding read models of an
 /// older format at start rebuilds them from the log (see [`Projector::init`]);
 /// databases before this mark have none and are rebuilt once.
-pub const READ_MODEL_FORMAT: i64 = 1;
+///
+/// 2: `payment_rail_refs` rows carry the position of the event that recorded them (the
+/// held rail notices' rounds look for those after their last checkpoint; a row an
+/// older build wrote, at 0, would be found only by the minute's sweep).
+pub const READ_MODEL_FORMAT: i64 = 2;
 
 /// One row change.
 #[derive(Debug, Clone)]

@@ -563,6 +563,8 @@ pub struct Rounds {
     seen: Option<i64>,
     /// When every waiting notice was last looked at (`SWEEP`).
     swept: Option<Instant>,
+    /// Since when this runner leads its database's rounds (`None` while it does not).
+    leading: Option<Instant>,
 }
 
 impl Default for Rounds {
@@ -579,6 +581,17 @@ impl Rounds {
             failed: HashMap::new(),
             seen: None,
             swept: None,
+            leading: None,
+        }
+    }
+
+    /// A runner that has led the rounds for a while (past [`TAKING_OVER`]): its rounds
+    /// after the first sweep only when one is due. For tests of the marks by position.
+    #[doc(hidden)]
+    pub fn leading_a_while() -> Self {
+        Rounds {
+            leading: Instant::now().checked_sub(TAKING_OVER),
+            ..Self::new()
         }
     }
 
@@ -593,6 +606,11 @@ impl Rounds {
 /// bound on how long a notice could wait after its reference was recorded if the marks
 /// below ever missed one (the read models rebuilt while a round ran, say).
 const SWEEP: Duration = Duration::from_secs(60);
+
+/// How long a runner that took over the rounds sweeps at every round: another
+/// process's last round (up to [`ROUND_TIME`], and its last statement) may still set
+/// notices aside whose references this runner's first sweep found.
+const TAKING_OVER: Duration = Duration::from_secs(12);
 
 /// Notices set aside per statement by [`clear_due`].
 const CLEAR_AT_ONCE: u64 = 2_000;
@@ -629,8 +647,12 @@ fn ref_row(h: &str) -> String {
 /// indexed reads, and each such notice is looked at once, not every second.
 async fn round(state: &AppState, rounds: &mut Rounds) -> ApiResult<()> {
     if !state.projector.is_leader().await {
+        // Another process runs the rounds meanwhile: what this one read is stale.
+        rounds.seen = None;
+        rounds.leading = None;
         return Ok(());
     }
+    let leading = *rounds.leading.get_or_insert_with(Instant::now);
     let started = Instant::now();
     // Nothing held anywhere (the usual case): one indexed read, no catch-up.
     let any: Option<Uuid> = on_read!(&state.db, pool => {
@@ -657,11 +679,17 @@ async fn round(state: &AppState, rounds: &mut Rounds) -> ApiResult<()> {
             .map_err(StoreError::from)?
     })
     .unwrap_or(0);
-    // A new runner, a sweep due, or a checkpoint that went back (the read models were
-    // rebuilt): every waiting notice whose reference is known is marked due.
+    // A new runner (and for a while after it took over from another process, whose
+    // last round may still be setting notices aside), a sweep due, or a checkpoint that
+    // went back (the read models were rebuilt): every waiting notice whose reference is
+    // known is marked due.
     let sweep = match rounds.seen {
         None => true,
-        Some(seen) => at < seen || rounds.swept.is_none_or(|t| t.elapsed() >= SWEEP),
+        Some(seen) => {
+            at < seen
+                || leading.elapsed() < TAKING_OVER
+                || rounds.swept.is_none_or(|t| t.elapsed() >= SWEEP)
+        }
     };
     mark_due(state, if sweep { None } else { rounds.seen }).await?;
     if sweep {
@@ -724,8 +752,10 @@ async fn mark_due(state: &AppState, after: Option<i64>) -> ApiResult<()> {
 /// checkpoint `at` the round read before it looked: a reference's row the setting-aside
 /// statement does not see is committed after it, so it comes after `at`, where the next
 /// round's [`mark_due`] starts. Only while the read model is at least at `at` (not emptied for a rebuild
-/// meanwhile, its rows not all back). A notice a round claimed and gave back, or one
-/// whose run failed, has a known reference and stays due. The due notices are read a
+/// meanwhile, its rows not all back). A notice a round claimed and gave back after a
+/// failure, or one whose run failed, has a known reference and stays due (one given
+/// back because its reference was unknown after all is set aside, and marked due
+/// again once it is recorded). The due notices are read a
 /// page at a time (oldest first, their own index) on a reader; the writer is taken only
 /// for those whose reference is unknown, a page at a time.
 async fn clear_due(state: &AppState, at: i64) -> ApiResult<()> {

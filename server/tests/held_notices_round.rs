@@ -316,12 +316,13 @@ async fn quiet(database: &str) -> trustfold_server::api::AppState {
 /// A round sets aside the notices whose reference no payment knows (not looked at
 /// again), and the round after a payment records one's reference takes it up (its
 /// reference's row is after the checkpoint the round last read); the others stay set
-/// aside. A new runner (another leader) looks at every waiting notice once, so it takes
-/// up one set aside by another runner whose reference was recorded since.
+/// aside. A new runner (another leader) looks at every waiting notice (at each round
+/// while it is taking over), so it takes up one set aside by another runner whose
+/// reference was recorded since.
 async fn set_aside_until_recorded(database: &str) {
     let state = quiet(database).await;
     hold(&state.db, 0, 3).await;
-    let mut rounds = Rounds::new();
+    let mut rounds = Rounds::leading_a_while();
     rounds.round(&state).await.expect("round");
     for i in 0..3 {
         assert!(!due(&state.db, i).await, "notice {i} set aside");
@@ -349,7 +350,7 @@ common::on_both_databases!(set_aside_until_recorded);
 async fn held_after_its_reference_was_recorded(database: &str) {
     let state = quiet(database).await;
     hold(&state.db, 0, 1).await;
-    let mut rounds = Rounds::new();
+    let mut rounds = Rounds::leading_a_while();
     rounds.round(&state).await.expect("round");
     record(&state.db, 5).await;
     rounds.round(&state).await.expect("round");

@@ -4482,7 +4482,19 @@ async fn a_notice_set_aside_is_applied_when_its_transfer_is_recorded(srv: Server
     }
     assert!(set_aside, "a round set the notice aside");
     submit_ach(c, &key, &f, "ACH-LATE").await;
-    let settled = settled_notice(c, &key, &id).await;
+    // Within a few rounds, found by its reference's position: well before the sweep
+    // that looks at every waiting notice once a minute (which would also apply it).
+    let started = std::time::Instant::now();
+    let mut settled = Value::Null;
+    while started.elapsed() < Duration::from_secs(15) {
+        let r = c.get(&format!("/v1/rail-notices/{id}"), &key).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        settled = r.body;
+        if settled["status"] != "held" && settled["status"] != "applying" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(settled["status"], "applied", "{settled}");
     assert_eq!(settled["payment_id"], f.payment.as_str(), "{settled}");
     srv.finish().await;
