@@ -750,14 +750,14 @@ async fn mark_due(state: &AppState, after: Option<i64>) -> ApiResult<()> {
 
 /// Marks not due the due notices whose reference is not in the read model, as of the
 /// checkpoint `at` the round read before it looked: a reference's row the setting-aside
-/// statement does not see is committed after it, so it comes after `at`, where the next
-/// round's [`mark_due`] starts. Only while the read model is at least at `at` (not emptied for a rebuild
-/// meanwhile, its rows not all back). A notice a round claimed and gave back after a
-/// failure, or one whose run failed, has a known reference and stays due (one given
-/// back because its reference was unknown after all is set aside, and marked due
-/// again once it is recorded). The due notices are read a
-/// page at a time (oldest first, their own index) on a reader; the writer is taken only
-/// for those whose reference is unknown, a page at a time.
+/// statement does not see is committed after it, so it comes after `at`, where the
+/// next round's [`mark_due`] starts. Only while the read model is at least at `at` (not
+/// emptied for a rebuild meanwhile, its rows not all back). A notice a round claimed
+/// and gave back after a failure, or one whose run failed, has a known reference and
+/// stays due (one given back because its reference was unknown after all is set
+/// aside, and marked due again once it is recorded). The due notices are read a page
+/// at a time (oldest first, their own index) on a reader; the writer is taken only for
+/// those whose reference is unknown, a page at a time.
 async fn clear_due(state: &AppState, at: i64) -> ApiResult<()> {
     let page_sql = format!(
         "SELECT h.received_at_us, h.notice_id, {} FROM held_rail_notices h \
