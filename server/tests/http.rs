@@ -593,6 +593,32 @@ async fn concurrent_policies_share_one_key_postgres() {
     concurrent_policies_share_one_key(srv).await;
 }
 
+/// A 409 under an `Idempotency-Key` is not the key's answer: nothing is stored, so the
+/// corrected request under the same key publishes (201), and its retry is replayed.
+#[tokio::test]
+async fn a_policy_refused_409_under_a_key_leaves_the_key_free() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let mut p = earnest_money_v2();
+    p["id"] = "clash".into();
+    assert_eq!(c.post("/v1/policies", &key, &p).await.status, 201);
+    let mut other = p.clone();
+    other["name"] = "other content".into();
+    let clash = c.post_idem("/v1/policies", &key, "fix-it", &other).await;
+    assert_eq!(clash.status, 409, "{}", clash.body);
+    assert_eq!(clash.body["code"], "policy_version_exists");
+    other["version"] = (p["version"].as_u64().expect("version") + 1).into();
+    let fixed = c.post_idem("/v1/policies", &key, "fix-it", &other).await;
+    assert_eq!(fixed.status, 201, "{}", fixed.body);
+    let again = c.post_idem("/v1/policies", &key, "fix-it", &other).await;
+    assert_eq!((again.status, &again.body), (201, &fixed.body));
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let stored = c.get("/v1/policies/clash", &key).await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    srv.finish().await;
+}
+
 /// Minting a participant token (its answer a bearer credential, not kept at rest) and
 /// retrying a webhook endpoint (nothing stored to replay) refuse an `Idempotency-Key`
 /// rather than ignore it, like the other routes whose answers are not stored: 400

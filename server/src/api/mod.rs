@@ -946,7 +946,11 @@ async fn publish_policy(
         };
         match (answer, record) {
             (Err(e), _) => {
-                tx.rollback().await.map_err(StoreError::from)?;
+                // The request's own answer (a 409) even if the rollback fails: the
+                // transaction ends with the connection either way, and nothing is kept.
+                if let Err(r) = tx.rollback().await {
+                    tracing::warn!(error = %r, "a policy transaction could not be rolled back");
+                }
                 Err(e)
             }
             (Ok((status, body)), None) => {

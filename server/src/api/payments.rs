@@ -353,7 +353,7 @@ async fn with_idempotency(
 /// record, when there is a key, and writes it ([`insert_key_record`]) in the
 /// transaction of its own writes: `Recorded` when both committed, `KeyTaken` when
 /// another request holds the key (and nothing of this one is written). So of concurrent
-/// requests with one key exactly one writes anything; the others get its response
+/// requests with one key at most one writes anything; the others get its response
 /// (`Idempotent-Replayed: true`) or, with another body, 422 `idempotency_key_reused`. A
 /// rejection that is the request's answer ([`ApiError::is_command_result`]) is stored
 /// under the key too. Without a key, `run` gets `None` and simply runs.
