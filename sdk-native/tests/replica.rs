@@ -234,13 +234,19 @@ async fn forward(State(p): State<Arc<Proxy>>, req: Request) -> Response {
 }
 
 /// A server on a fresh SQLite file.
-async fn server(dir: &std::path::Path) -> Running {
+/// The test server's configuration: a SQLite file in `dir`, a free loopback port,
+/// quick heartbeats and polls.
+fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::new(dir.join("t.db").display().to_string());
     c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.http.admin_token = Some(ADMIN.into());
     c.http.heartbeat = Duration::from_millis(300);
     c.http.poll_interval = Duration::from_millis(100);
-    start(c).await.expect("server starts")
+    c
+}
+
+async fn server(dir: &std::path::Path) -> Running {
+    start(config(dir)).await.expect("server starts")
 }
 
 fn id() -> String {
@@ -698,11 +704,7 @@ async fn follow_reports_a_long_catch_up_once_each_in_order() {
     const BEHIND: u64 = 2_400;
     const LIVE: u64 = 400;
     let dir = tempfile::tempdir().expect("tmp");
-    let mut config = Config::new(dir.path().join("t.db").display().to_string());
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.http.admin_token = Some(ADMIN.into());
-    config.http.heartbeat = Duration::from_millis(300);
-    config.http.poll_interval = Duration::from_millis(100);
+    let mut config = config(dir.path());
     // Thousands of commands, pages and heads in a few seconds.
     config.http.tenant_rate = None;
     let running = start(config).await.expect("server starts");

@@ -177,45 +177,37 @@ async fn record(db: &Db, i: usize) {
     }
 }
 
-/// The status of held notice `i`.
-async fn status_of(db: &Db, i: usize) -> String {
-    let sql = "SELECT status FROM held_rail_notices WHERE tenant_id = $1 AND rail_ref = $2";
+/// A column of held notice `i` (an SQL expression over its row), as text.
+async fn notice_text(db: &Db, i: usize, column: &str) -> String {
+    let sql = format!(
+        "SELECT CAST({column} AS TEXT) FROM held_rail_notices WHERE tenant_id = $1 \
+         AND rail_ref = $2"
+    );
     let rail_ref = format!("UNKNOWN-{i}");
     match db {
-        Db::Sqlite { reader, .. } => sqlx::query_scalar(sql)
+        Db::Sqlite { reader, .. } => sqlx::query_scalar(&sql)
             .bind(tenant_of(i))
             .bind(&rail_ref)
             .fetch_one(reader)
             .await
-            .expect("status"),
-        Db::Postgres(pool) => sqlx::query_scalar(sql)
+            .expect(column),
+        Db::Postgres(pool) => sqlx::query_scalar(&sql)
             .bind(tenant_of(i))
             .bind(&rail_ref)
             .fetch_one(pool)
             .await
-            .expect("status"),
+            .expect(column),
     }
+}
+
+/// The status of held notice `i`.
+async fn status_of(db: &Db, i: usize) -> String {
+    notice_text(db, i, "status").await
 }
 
 /// Whether held notice `i` is due (a round looks at it).
 async fn due(db: &Db, i: usize) -> bool {
-    let sql = "SELECT due FROM held_rail_notices WHERE tenant_id = $1 AND rail_ref = $2";
-    let rail_ref = format!("UNKNOWN-{i}");
-    let due: i64 = match db {
-        Db::Sqlite { reader, .. } => sqlx::query_scalar(sql)
-            .bind(tenant_of(i))
-            .bind(&rail_ref)
-            .fetch_one(reader)
-            .await
-            .expect("due"),
-        Db::Postgres(pool) => sqlx::query_scalar(sql)
-            .bind(tenant_of(i))
-            .bind(&rail_ref)
-            .fetch_one(pool)
-            .await
-            .expect("due"),
-    };
-    due == 1
+    notice_text(db, i, "due").await == "1"
 }
 
 fn ms(d: Duration) -> String {
