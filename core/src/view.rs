@@ -173,7 +173,33 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
         obj.remove("rail_refs");
         obj.remove("held_notices");
     }
+    if !shows_failures(vis) {
+        if let Some(f) = obj.get_mut("funding").and_then(Value::as_object_mut) {
+            if f.contains_key("failed_attempts") {
+                f.insert("failed_attempts".into(), Value::Null);
+            }
+        }
+    }
     v
+}
+
+/// Whether a view shows the events `funding.failed_attempts` counts (`FundingFailed`
+/// and `FundingReturned`). A view that does not shows the count as `null`: how often a
+/// payer's funding failed or came back is not for a role kept from those events (the
+/// example earnest-money policy's lender sees only that funds are available).
+///
+/// ```
+/// # use trustfold_core::policy::{EventFilter, Visibility};
+/// # use trustfold_core::view::shows_failures;
+/// let lender = Visibility {
+///     events: EventFilter::Only(["FundsAvailable".to_string()].into_iter().collect()),
+///     ..Default::default()
+/// };
+/// assert!(!shows_failures(&lender));
+/// assert!(shows_failures(&Visibility::default()));
+/// ```
+pub fn shows_failures(vis: &Visibility) -> bool {
+    shown(vis, "FundingFailed") && shown(vis, "FundingReturned")
 }
 
 /// The events the given roles may see, each redacted, as JSON envelopes.
@@ -413,6 +439,13 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
     if vis.hide.contains(&Hidden::BankDetails) || vis.hide.contains(&Hidden::Amounts) {
         obj.unset(b"rail_refs");
         obj.unset(b"held_notices");
+    }
+    if !shows_failures(vis) {
+        if let Some(f) = obj.field_mut(b"funding").and_then(|n| n.as_object_mut()) {
+            if f.field_mut(b"failed_attempts").is_some() {
+                f.set(b"failed_attempts", NULL);
+            }
+        }
     }
 }
 

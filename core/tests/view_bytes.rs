@@ -153,3 +153,35 @@ fn hiding_disputes_hides_what_the_requests_tell_of_them() {
     // The requests themselves are still there (only what they say of the dispute left).
     assert!(got.contains("\"ReleaseRequested\""), "{got}");
 }
+
+#[test]
+fn a_view_kept_from_funding_failures_does_not_count_them() {
+    // One failed ACH attempt, then a wire; the example policy's lender sees only the
+    // opening, funds available, cancellation and expiry.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let bytes = std::fs::read(dir.join("em_ach_failure_then_wire.history.json")).expect("vector");
+    let state = replay(&bytes).expect("replay");
+    assert_eq!(state.funding.failed_attempts, 1);
+    let envs: Vec<_> = history::parse(&bytes)
+        .expect("parse")
+        .iter()
+        .map(|r| r.envelope().expect("envelope"))
+        .collect();
+    let count = |roles: &[Role]| {
+        let seen: serde_json::Value =
+            serde_json::from_slice(&view::view_json(&state, &envs, roles)).expect("json");
+        let value = view::state_view(&state, roles);
+        assert_eq!(
+            seen["state"]["funding"]["failed_attempts"],
+            value["funding"]["failed_attempts"]
+        );
+        value["funding"]["failed_attempts"].clone()
+    };
+    assert_eq!(count(&[Role::new("lender")]), serde_json::Value::Null);
+    assert_eq!(count(&[Role::new("buyer")]), serde_json::json!(1));
+    // A party who is lender and buyer sees what the buyer sees.
+    assert_eq!(
+        count(&[Role::new("lender"), Role::new("buyer")]),
+        serde_json::json!(1)
+    );
+}

@@ -64,7 +64,8 @@ export interface Funding {
   method?: FundingMethod;
   deadline?: Timestamp;
   deadline_missed: boolean;
-  failed_attempts: number;
+  /** `null` in views whose events leave out `FundingFailed` or `FundingReturned`. */
+  failed_attempts: number | null;
   /** `null` in views that hide amounts. */
   attempts: FundingAttempt[] | null;
 }
