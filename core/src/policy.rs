@@ -265,7 +265,9 @@ pub struct ReleaseRules {
     #[serde(default)]
     pub partial: bool,
     /// Release everything to the payees automatically this long after funds are
-    /// held, unless disputed.
+    /// held, unless disputed. The hours count from when the payment was first held
+    /// (`held_since`): a return and a new funding do not start them again, since the
+    /// payer may dispute all along, while the money is away too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_release_after_hours: Option<u32>,
     /// Largest single release (before fees).

@@ -455,7 +455,8 @@ pub struct PaymentState {
     pub participants: SortedMap<PartyId, Participant>,
     /// Funding.
     pub funding: Funding,
-    /// When funds became fully held (auto-release counts from here).
+    /// When funds first became fully held (auto-release counts from here; a return
+    /// and a new funding leave it as it is).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_since: Option<Timestamp>,
     /// The ledger.

@@ -1796,6 +1796,72 @@ fn the_automatic_release_keeps_the_cap_per_release() {
 }
 
 #[test]
+fn the_automatic_release_counts_from_the_first_hold() {
+    // The marketplace's 72 hours run from when the funds were first held; a return
+    // and a new payment do not start them again: the buyer could dispute all along,
+    // while the money was away too.
+    let mut s = scenarios::market_with(147, policy("marketplace")).expect("held");
+    let first = s.state().held_since.expect("held since");
+    s.hours(40);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("card-1", returned("R10", None)),
+    );
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    assert_eq!(s.state().held_since, Some(first));
+    ok(&mut s, Actor::system(), Command::Tick);
+    assert!(s.state().open_request().is_none(), "nothing to release");
+    s.hours(10);
+    ok(
+        &mut s,
+        buyer(),
+        Command::OpenDispute {
+            dispute: rid(90),
+            reason: "the lamp is cracked".into(),
+        },
+    );
+    assert_eq!(
+        s.status(),
+        Status::Disputed,
+        "a dispute while the money is away"
+    );
+    ok(
+        &mut s,
+        as_(PLATFORM, "platform"),
+        Command::ResolveDispute {
+            dispute: rid(90),
+            outcome: trustfold_core::event::DisputeOutcome::Resume,
+            request: None,
+            allocations: Vec::new(),
+            amount: None,
+            note: "the seller sends a new lamp".into(),
+        },
+    );
+    ok(&mut s, buyer(), funding("120.00", Rail::Card, "card-2"));
+    ok(&mut s, Actor::rail(), notice("card-2", settled()));
+    assert_eq!(s.status(), Status::Held);
+    assert_eq!(
+        s.state().held_since,
+        Some(first),
+        "the window is not started again"
+    );
+    s.hours(21);
+    ok(&mut s, Actor::system(), Command::Tick);
+    assert!(
+        s.state().open_request().is_none(),
+        "71 hours after the first hold"
+    );
+    s.hours(1);
+    ok(&mut s, Actor::system(), Command::Tick);
+    let (_, r) = s
+        .state()
+        .open_request()
+        .expect("the automatic release at 72 hours");
+    assert_eq!(r.mandate, Some(trustfold_core::state::Mandate::AutoRelease));
+}
+
+#[test]
 fn the_automatic_release_waits_when_what_is_left_cannot_pay_its_fees() {
     // A payer-borne fixed fee of 2.00; a refund leaves 1.00 held, which cannot pay it:
     // the automatic release is not due (the clock does not come back for it) and a tick

@@ -172,6 +172,8 @@ export interface PaymentState {
   terms_hash?: HashHex;
   participants: Record<Uuid, Participant>;
   funding: Funding;
+  /** When funds were first fully held; an automatic release counts from here (a
+   * return and a new funding do not start it again). */
   held_since?: Timestamp;
   /** `null` in views that hide the ledger or amounts. */
   ledger: Ledger | null;
