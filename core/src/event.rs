@@ -163,8 +163,10 @@ events! {
     /// A dispute was resolved.
     DisputeResolved = 1,
     /// A posted leg was reversed by a correcting leg. v2 (same payload): a leg is
-    /// reversed once; v1 did not say so, and is folded so.
-    ReversalRecorded = 2,
+    /// reversed once; v1 did not say so, and is folded so. v3 (same payload): money a
+    /// reversal brings back into escrow covers an open shortfall first; v2 left both
+    /// standing, and is folded so.
+    ReversalRecorded = 3,
     /// A shortfall was (partly) recovered.
     ShortfallRecovered = 1,
     /// A shortfall was written off.

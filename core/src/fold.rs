@@ -187,6 +187,26 @@ pub(crate) fn apply_raw(s: &mut PaymentState, env: &Envelope, hash: Hash) -> Res
     Ok(())
 }
 
+/// Covers an open shortfall (`loss:returns` below zero) from what is available in
+/// escrow, as far as it goes: a posted leg `escrow → loss:returns`, the event's leg
+/// number `leg` (its id derived from the event's).
+fn cover_shortfall(s: &mut PaymentState, env: &Envelope, leg: u32) -> Result<()> {
+    let loss = s.ledger.balance(&Account::LossReturns).posted.neg();
+    let available = s.ledger.available(&Account::Escrow);
+    let cover = if available < loss { available } else { loss };
+    if cover.is_positive() {
+        s.ledger.transfer(
+            leg_id(env, leg),
+            Account::Escrow,
+            Account::LossReturns,
+            cover,
+            None,
+            env.seq,
+        )?;
+    }
+    Ok(())
+}
+
 fn bad(msg: impl Into<String>) -> Error {
     Error::rejected("invalid_event", msg)
 }
@@ -817,24 +837,9 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             }
             // A return that came while this payout was on its rail was booked as a
             // shortfall (the money seemed gone); it is back in escrow now, so it covers
-            // that shortfall first, as a posted leg `escrow → loss:returns` (from v2; a
-            // v1 event left both standing).
-            let loss = if env.schema_version >= 2 {
-                s.ledger.balance(&Account::LossReturns).posted.neg()
-            } else {
-                Money::zero(s.amount.currency())
-            };
-            let available = s.ledger.available(&Account::Escrow);
-            let cover = if available < loss { available } else { loss };
-            if cover.is_positive() {
-                s.ledger.transfer(
-                    leg_id(env, 0),
-                    Account::Escrow,
-                    Account::LossReturns,
-                    cover,
-                    None,
-                    seq,
-                )?;
+            // that shortfall first (from v2; a v1 event left both standing).
+            if env.schema_version >= 2 {
+                cover_shortfall(s, env, 0)?;
             }
         }
         Event::DisputeOpened(e) => {
@@ -896,6 +901,12 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                 .clone();
             s.ledger
                 .transfer(leg_id(env, 0), leg.to, leg.from, leg.amount, leg.group, seq)?;
+            // Money back in escrow (a payout or refund the bank sent back) covers an open
+            // shortfall first: the trust account is short by that much (from v3; a v2 or
+            // v1 event left both standing, the money seemingly free to pay out again).
+            if leg.from == Account::Escrow && env.schema_version >= 3 {
+                cover_shortfall(s, env, 1)?;
+            }
         }
         Event::ShortfallRecovered(e) => {
             same_currency(s, &e.amount)?;

@@ -4,8 +4,8 @@
 //! Each step turns version `n` of one event type into version `n + 1`.
 //! The one change of shape so far: `ParticipantInvited` v1 carried a single `role`;
 //! v2 carries `roles`, a list. `PaymentInitiated`, `FundingReturned`,
-//! `DisbursementFailed` and `ReversalRecorded` went to v2
-//! with the same payload: what they do changed, and the fold applies each as the
+//! `DisbursementFailed` and `ReversalRecorded` went to v2, and `ReversalRecorded` to
+//! v3, with the same payload: what they do changed, and the fold applies each as the
 //! version it was written with (the envelope keeps its stored `schema_version`).
 //!
 //! ```
@@ -49,7 +49,8 @@ fn step(event_type: EventType, version: u16, data: Value) -> Result<Value> {
         (EventType::PaymentInitiated, 1)
         | (EventType::FundingReturned, 1)
         | (EventType::DisbursementFailed, 1)
-        | (EventType::ReversalRecorded, 1) => Ok(data),
+        | (EventType::ReversalRecorded, 1)
+        | (EventType::ReversalRecorded, 2) => Ok(data),
         _ => Err(Error::UnsupportedSchemaVersion {
             event_type: event_type.name().to_string(),
             version,
@@ -98,7 +99,7 @@ pub(crate) fn read(
         (EventType::PaymentInitiated, 1)
         | (EventType::FundingReturned, 1)
         | (EventType::DisbursementFailed, 1)
-        | (EventType::ReversalRecorded, 1) => Event::read_data(event_type, r),
+        | (EventType::ReversalRecorded, 1 | 2) => Event::read_data(event_type, r),
         _ => Err(r.invalid(
             at,
             Error::UnsupportedSchemaVersion {

@@ -1576,6 +1576,29 @@ fn histories_of_earlier_versions_fold_as_they_did() {
         reason: "uncollectable".into(),
     };
     assert!(handle(Some(&old), &write_off, &ctx(&old, escrow())).is_ok());
+
+    // A payout sent back during a shortfall, recorded as v2 (also in a payment opened
+    // with v2): the money back in escrow left the shortfall open, as then.
+    let h = scenarios::em_late_return_payout_reversed()
+        .expect("vector")
+        .history;
+    let new = replay(&h).expect("v3");
+    assert_eq!(loss(&new), usd("0.00"), "v3 covers it");
+    let v2 = first_event_with(
+        &h,
+        "\"type\":\"ReversalRecorded\",\"v\":3",
+        "\"type\":\"ReversalRecorded\",\"v\":2",
+    );
+    assert_ne!(v2, h);
+    let old = replay(&v2).expect("a v2 reversal folds");
+    assert_eq!(loss(&old), usd("-5000.00"));
+    assert_eq!(
+        old.ledger
+            .balance(&trustfold_core::ledger::Account::Escrow)
+            .posted,
+        usd("5000.00")
+    );
+    assert_eq!(old.status, Status::Shortfall);
 }
 
 /// `history` with `edit` applied to every event's bytes and the chain sealed again.
@@ -1620,10 +1643,11 @@ fn a_leg_reversed_twice_folds_only_as_written_before_v2() {
     // Written as v1 (before a leg was reversed once), it folds as it did then.
     let v1 = each_event_with(&before_v2(&twice), |e| {
         e.replace(
-            "\"type\":\"ReversalRecorded\",\"v\":2",
+            "\"type\":\"ReversalRecorded\",\"v\":3",
             "\"type\":\"ReversalRecorded\",\"v\":1",
         )
     });
+    assert_ne!(v1, before_v2(&twice));
     let old = replay(&v1).expect("v1 folds");
     assert_eq!(
         old.ledger

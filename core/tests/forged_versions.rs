@@ -185,16 +185,28 @@ fn a_v2_payment_holds_no_superseded_event_version() {
             assert!(t.contains(r#""type":"PaymentInitiated","v":2"#));
         }
         t.replace(
-            r#""type":"ReversalRecorded","v":2"#,
+            r#""type":"ReversalRecorded","v":3"#,
             r#""type":"ReversalRecorded","v":1"#,
         )
     });
+    assert_ne!(v1, forged);
     let e = replay(&v1).expect_err("a v1 reversal in a v2 payment");
     assert!(
         e.to_string().contains("ReversalRecorded v1 is older"),
         "{e}"
     );
-    let e = replay(&forged).expect_err("at v2 the second reversal of a leg is refused");
+    let e = replay(&forged).expect_err("at v3 the second reversal of a leg is refused");
+    assert!(e.to_string().contains("already reversed"), "{e}");
+    // A v2 reversal (what a server not yet upgraded writes) is not superseded: it
+    // folds in a v2 payment, and refuses the second reversal alike.
+    let v2 = rewrite(&forged, |_, t| {
+        t.replace(
+            r#""type":"ReversalRecorded","v":3"#,
+            r#""type":"ReversalRecorded","v":2"#,
+        )
+    });
+    assert_ne!(v2, forged);
+    let e = replay(&v2).expect_err("at v2 the second reversal of a leg is refused");
     assert!(e.to_string().contains("already reversed"), "{e}");
 }
 

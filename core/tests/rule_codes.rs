@@ -1146,6 +1146,53 @@ fn a_payout_failing_after_a_return_covers_the_shortfall_from_escrow() {
 }
 
 #[test]
+fn a_payout_sent_back_during_a_shortfall_covers_it_and_the_rest_is_held() {
+    // 5000.00 by ACH, paid out in two releases of 2500.00; then the buyer's bank takes
+    // 1000.00 back (a shortfall: nothing is held), and the seller's bank sends the
+    // second payout back. 1000.00 of it covers the shortfall; 1500.00 is held again and
+    // can be paid out — not 2500.00 (which would pay 1000.00 the account does not have).
+    let mut s = earnest_ach_held(133);
+    earnest_disbursing(&mut s, "2500.00");
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    ok(&mut s, escrow(), release(2, &[(SELLER, "2500.00")]));
+    let a = approval(&s, 2);
+    ok(&mut s, buyer(), a);
+    let a = approval(&s, 2);
+    ok(&mut s, seller(), a);
+    ok(&mut s, escrow(), disbursement(2, "out-2"));
+    ok(&mut s, Actor::rail(), notice("out-2", settled()));
+    assert_eq!(s.status(), Status::Completed);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("ach-1", returned("R10", Some(usd("1000.00")))),
+    );
+    assert_eq!(s.status(), Status::Shortfall);
+    assert_eq!(s.balance(Account::LossReturns), "-1000.00");
+    let payout = s.state().requests[&rid(2)].legs[0];
+    ok(
+        &mut s,
+        escrow(),
+        Command::RecordReversal {
+            leg: payout,
+            reason: "beneficiary account closed".into(),
+        },
+    );
+    assert_eq!(s.balance(Account::LossReturns), "0.00");
+    assert_eq!(s.balance(Account::Escrow), "1500.00");
+    assert_eq!(s.balance(Account::Payee(pid(SELLER))), "2500.00");
+    assert_eq!(s.status(), Status::Held);
+    refuse(
+        &mut s,
+        escrow(),
+        release(3, &[(SELLER, "2500.00")]),
+        "insufficient_funds",
+        "only 1500.00 USD is available",
+    );
+    ok(&mut s, escrow(), release(3, &[(SELLER, "1500.00")]));
+}
+
+#[test]
 fn funds_arriving_after_expiry_wait_for_an_open_dispute() {
     let mut s = milestones(132);
     ok(&mut s, client(), funding("30000.00", Rail::Wire, "wire-a"));

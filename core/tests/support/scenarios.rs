@@ -1234,6 +1234,36 @@ pub fn em_reversal_correction() -> R<Vector> {
     ))
 }
 
+pub fn em_late_return_payout_reversed() -> R<Vector> {
+    let mut s = ach_available(25)?;
+    release_all_to_seller(&mut s, 1, "5000.00", "out-1")?;
+    assert_eq!(s.status(), Status::Completed);
+    s.hours(24 * 30);
+    s.notice("ach-1", returned("R10", None))?;
+    assert_eq!(s.status(), Status::Shortfall);
+    assert_eq!(s.balance(Account::LossReturns), "-5000.00");
+    // The seller's bank sends the payout back: the money back in escrow is what the
+    // trust account is short of, so it covers the shortfall instead of waiting to be
+    // paid out a second time.
+    s.hours(24);
+    let leg = s.state().requests[&rid(1)].legs[0];
+    s.run(
+        escrow(),
+        Command::RecordReversal {
+            leg,
+            reason: "payout returned: the seller's account is closed".into(),
+        },
+    )?;
+    assert_eq!(s.balance(Account::LossReturns), "0.00");
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.balance(Account::Payee(pid(SELLER))), "0.00");
+    assert_eq!(s.status(), Status::Completed);
+    Ok(s.vector(
+        "em_late_return_payout_reversed",
+        "R10 return 30 days after the release (a shortfall), then the seller's bank sends the payout back: the reversal's money covers the shortfall first, and nothing is left to pay out twice.",
+    ))
+}
+
 // ---------------------------------------------------------------- marketplace
 
 fn market(n: u8) -> R<Sim> {
@@ -1879,6 +1909,7 @@ pub fn all() -> R<Vec<Vector>> {
         em_duplicate_commands()?,
         em_participant_removed()?,
         em_reversal_correction()?,
+        em_late_return_payout_reversed()?,
         mp_auto_release()?,
         mp_dispute_blocks_auto_release()?,
         mp_buyer_confirms()?,
