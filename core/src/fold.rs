@@ -33,6 +33,18 @@ use crate::state::*;
 pub const V2_OPENINGS_FROM: crate::time::Timestamp =
     crate::time::Timestamp::from_unix_millis(1_795_824_000_000);
 
+/// From this instant (2026-11-30T00:00:00Z) reversals are recorded as
+/// `ReversalRecorded` v3, which covers an open shortfall first: an older version dated
+/// later was written to leave the shortfall open beside the money (a server not yet
+/// upgraded by then writes histories that clients refuse).
+///
+/// ```
+/// use trustfold_core::fold::V3_REVERSALS_FROM;
+/// assert_eq!(V3_REVERSALS_FROM.to_string(), "2026-11-30T00:00:00Z");
+/// ```
+pub const V3_REVERSALS_FROM: crate::time::Timestamp =
+    crate::time::Timestamp::from_unix_millis(1_795_996_800_000);
+
 /// Starts a state from a payment's first event (which must be `PaymentInitiated`).
 pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
     if env.seq != 1 {
@@ -1347,6 +1359,16 @@ fn check_version(s: &PaymentState, env: &Envelope) -> Result<()> {
             env.event_type().name(),
             env.schema_version,
             s.opened_under
+        )));
+    }
+    if env.event_type() == T::ReversalRecorded
+        && env.schema_version < 3
+        && env.at >= V3_REVERSALS_FROM
+    {
+        return Err(bad(format!(
+            "ReversalRecorded v{} dated {}: reversals are recorded with v3 from \
+             {V3_REVERSALS_FROM}, which covers an open shortfall first",
+            env.schema_version, env.at
         )));
     }
     Ok(())

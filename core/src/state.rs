@@ -605,8 +605,19 @@ impl PaymentState {
         if self.closed {
             return Status::Closed;
         }
+        let escrow = self.ledger.balance(&Account::Escrow);
+        let clearing = self.ledger.balance(&Account::Clearing);
+        let holds_money = !escrow.posted.is_zero()
+            || !clearing.posted.is_zero()
+            || !clearing.pending_in.is_zero();
         if let Some(s) = self.shortfall_outcome {
-            return s;
+            // A shortfall's end is the payment's end only while it holds nothing: money
+            // back in escrow after it (a payout the payee's bank sent back) is held, to
+            // be paid out or refunded (as recorded before, that money stayed under the
+            // terminal status, where no command could move it).
+            if !(wait && holds_money) {
+                return s;
+            }
         }
         if self.open_dispute().is_some() {
             return Status::Disputed;
@@ -618,11 +629,6 @@ impl PaymentState {
                 (_, RequestKind::Release) => Status::Disbursing,
             };
         }
-        let escrow = self.ledger.balance(&Account::Escrow);
-        let clearing = self.ledger.balance(&Account::Clearing);
-        let holds_money = !escrow.posted.is_zero()
-            || !clearing.posted.is_zero()
-            || !clearing.pending_in.is_zero();
         if (self.cancelled || self.expired) && !holds_money {
             return if self.cancelled {
                 Status::Cancelled
@@ -641,7 +647,15 @@ impl PaymentState {
             };
         }
         let fully_funded = self.funded_total() >= self.amount;
-        if fully_funded || self.last_settled.is_some() {
+        // Paid out in part, then the rest of the funding came back (or was never all
+        // funded): the payment is short of its amount with nothing held, so it awaits
+        // funds again rather than counting as `Completed` (as recorded before, when no
+        // more could be funded).
+        let short_after_release = wait
+            && !fully_funded
+            && escrow.posted.is_zero()
+            && self.last_settled == Some(RequestKind::Release);
+        if (fully_funded || self.last_settled.is_some()) && !short_after_release {
             if !escrow.posted.is_zero() {
                 return Status::Held;
             }

@@ -255,3 +255,50 @@ fn an_opening_rewritten_as_v1_is_refused_when_dated_after_v2() {
     let e = replay(&honest).expect_err("as v2 the cancellation is refused");
     assert!(e.to_string().contains("without opening a dispute"), "{e}");
 }
+
+/// A reversal dated from `fold::V3_REVERSALS_FROM` is v3 (it covers an open shortfall
+/// first); one written as v2 or v1 then was written to leave the shortfall open.
+#[test]
+fn a_reversal_dated_from_the_v3_release_is_v3() {
+    let s = support::scenarios::refund_reversed(98).expect("reversed");
+    let h = s.d.history();
+    let last = s.d.envelopes().len() - 1;
+    let at = format!(r#""at":"{}""#, s.d.envelopes()[last].at);
+    let later = |t: String, v: &str| {
+        t.replace(&at, r#""at":"2026-11-30T00:00:00Z""#).replace(
+            r#""type":"ReversalRecorded","v":3"#,
+            &format!(r#""type":"ReversalRecorded","v":{v}"#),
+        )
+    };
+    let v3 = rewrite(&h, |i, t| if i == last { later(t, "3") } else { t });
+    assert_ne!(v3, h);
+    replay(&v3).expect("a v3 reversal dated then folds");
+    for v in ["2", "1"] {
+        // A v1 reversal only in a payment opened with v1, as before v2 came.
+        let old = rewrite(&h, |i, t| match i {
+            0 if v == "1" => opened_as_v1(t),
+            i if i == last => later(t, v),
+            _ => t,
+        });
+        let e = replay(&old).expect_err("an older reversal dated then");
+        assert_eq!(e.seq(), Some(last as u64 + 1), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("ReversalRecorded v{v} dated 2026-11-30T00:00:00Z")),
+            "{e}"
+        );
+    }
+    // Dated before, a v2 reversal folds (v1 is older than a v2 payment allows).
+    let before = rewrite(&h, |i, t| {
+        if i == last {
+            t.replace(
+                r#""type":"ReversalRecorded","v":3"#,
+                r#""type":"ReversalRecorded","v":2"#,
+            )
+        } else {
+            t
+        }
+    });
+    assert_ne!(before, h);
+    replay(&before).expect("a v2 reversal dated before folds");
+}

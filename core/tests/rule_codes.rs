@@ -1193,6 +1193,100 @@ fn a_payout_sent_back_during_a_shortfall_covers_it_and_the_rest_is_held() {
 }
 
 #[test]
+fn money_back_after_a_written_off_shortfall_is_held_not_stuck() {
+    // Paid out in full; an R10 return 40 days later is written off; then the seller's
+    // bank sends the payout back. The money is in escrow again: held (to be paid out or
+    // refunded by the policy's rules), not kept under `WrittenOff`, where no command
+    // could move it and closing would have hidden it for good.
+    let mut s = earnest_ach_held(134);
+    earnest_disbursing(&mut s, "5000.00");
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    s.hours(24 * 40);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("ach-1", returned("R10", None)),
+    );
+    assert_eq!(s.status(), Status::Shortfall);
+    ok(
+        &mut s,
+        escrow(),
+        Command::WriteOffShortfall {
+            reason: "uncollectable".into(),
+        },
+    );
+    assert_eq!(s.status(), Status::WrittenOff);
+    let payout = s.state().requests[&rid(1)].legs[0];
+    ok(
+        &mut s,
+        escrow(),
+        Command::RecordReversal {
+            leg: payout,
+            reason: "beneficiary account closed".into(),
+        },
+    );
+    assert_eq!(s.balance(Account::Escrow), "5000.00");
+    assert_eq!(s.status(), Status::Held);
+    // A history recorded before this rule closed such a payment: it still folds.
+    let closed = support::forge::forge(
+        &s,
+        escrow(),
+        vec![trustfold_core::event::Event::PaymentClosed(
+            trustfold_core::event::PaymentClosed {
+                reason: "file closed".into(),
+            },
+        )],
+    );
+    assert_eq!(
+        trustfold_core::fold::replay(&closed)
+            .expect("folds as recorded")
+            .status,
+        Status::Closed
+    );
+    refuse(
+        &mut s,
+        escrow(),
+        Command::Close {
+            reason: "file closed".into(),
+        },
+        "invalid_state",
+        "only a finished payment",
+    );
+    ok(&mut s, escrow(), release(2, &[(SELLER, "5000.00")]));
+    assert_eq!(s.status(), Status::AwaitingApprovals);
+}
+
+#[test]
+fn a_return_after_a_partial_release_awaits_funds_again() {
+    // 2000.00 of 5000.00 paid out; then the payer's bank takes the other 3000.00 back.
+    // Nothing is held and the payment is 3000.00 short: it awaits funds (it read
+    // `Completed` before, and no more could be funded).
+    let mut s = scenarios::earnest_held(135).expect("earnest held");
+    earnest_disbursing(&mut s, "2000.00");
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    assert_eq!(s.status(), Status::Held);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", Some(usd("3000.00")))),
+    );
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.balance(Account::LossReturns), "0.00");
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    refuse(
+        &mut s,
+        buyer(),
+        funding("5000.00", Rail::Wire, "wire-2"),
+        "overfunding",
+        "3000.00",
+    );
+    ok(&mut s, buyer(), funding("3000.00", Rail::Wire, "wire-2"));
+    ok(&mut s, Actor::rail(), notice("wire-2", settled()));
+    assert_eq!(s.status(), Status::Held);
+    assert_eq!(s.balance(Account::Escrow), "3000.00");
+}
+
+#[test]
 fn funds_arriving_after_expiry_wait_for_an_open_dispute() {
     let mut s = milestones(132);
     ok(&mut s, client(), funding("30000.00", Rail::Wire, "wire-a"));

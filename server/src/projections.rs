@@ -81,7 +81,11 @@ const BATCH: u32 = 256;
 /// 2: `payment_rail_refs` rows carry the position of the event that recorded them (the
 /// held rail notices' rounds look for those after their last checkpoint; a row an
 /// older build wrote, at 0, would be found only by the minute's sweep).
-pub const READ_MODEL_FORMAT: i64 = 2;
+///
+/// 3: a shortfall's end no longer hides money held after it (a payout sent back after a
+/// write-off reads `Held`), and a payment paid out in part whose rest of the funding came
+/// back reads `AwaitingFunds`, not `Completed`.
+pub const READ_MODEL_FORMAT: i64 = 3;
 
 /// One row change.
 #[derive(Debug, Clone)]

@@ -1238,7 +1238,7 @@ pub fn em_late_return_payout_reversed() -> R<Vector> {
     let mut s = ach_available(25)?;
     release_all_to_seller(&mut s, 1, "5000.00", "out-1")?;
     assert_eq!(s.status(), Status::Completed);
-    s.hours(24 * 30);
+    s.hours(24 * 20);
     s.notice("ach-1", returned("R10", None))?;
     assert_eq!(s.status(), Status::Shortfall);
     assert_eq!(s.balance(Account::LossReturns), "-5000.00");
@@ -1257,10 +1257,18 @@ pub fn em_late_return_payout_reversed() -> R<Vector> {
     assert_eq!(s.balance(Account::LossReturns), "0.00");
     assert_eq!(s.balance(Account::Escrow), "0.00");
     assert_eq!(s.balance(Account::Payee(pid(SELLER))), "0.00");
-    assert_eq!(s.status(), Status::Completed);
+    // Nothing was kept of the funding and nothing is held: the payment awaits funds
+    // again (not `Completed`: the seller has nothing).
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    assert_eq!(s.state().remaining_to_fund()?, usd("5000.00"));
+    s.hours(2);
+    fund(&mut s, Rail::Wire, "wire-2", "5000.00")?;
+    s.notice("wire-2", settled())?;
+    assert_eq!(s.status(), Status::Held);
+    assert_eq!(s.balance(Account::Escrow), "5000.00");
     Ok(s.vector(
         "em_late_return_payout_reversed",
-        "R10 return 30 days after the release (a shortfall), then the seller's bank sends the payout back: the reversal's money covers the shortfall first, and nothing is left to pay out twice.",
+        "R10 return 20 days after the release (a shortfall), then the seller's bank sends the payout back: the reversal's money covers the shortfall first (nothing is left to pay out twice), and the payment awaits funds again; the buyer wires them and they are held.",
     ))
 }
 
