@@ -132,6 +132,35 @@ pub fn quorum_possible(state: &PaymentState, req: &Request) -> bool {
     count_ok(state, rule(state, req), &eligible, false)
 }
 
+/// True when the payment's joined, active participants could between them give a
+/// request of `kind` the approvals the policy needs, a party of its own for each role
+/// an `all_of` lists (so co-sellers listed as `["seller", "seller"]` need two sellers).
+/// `decide` takes no funding while this is false: once money arrives no one may join an
+/// approving role (`role_locked`), and the request could never be approved.
+///
+/// ```
+/// use trustfold_core::{approval::quorum_reachable, fold::replay, state::RequestKind};
+/// let history = include_bytes!("../tests/vectors/em_happy_wire.history.json");
+/// let s = replay(history)?;
+/// assert!(quorum_reachable(&s, RequestKind::Release));
+/// assert!(quorum_reachable(&s, RequestKind::Refund));
+/// # Ok::<(), trustfold_core::Error>(())
+/// ```
+pub fn quorum_reachable(state: &PaymentState, kind: RequestKind) -> bool {
+    let joined: SortedSet<PartyId> = state
+        .participants
+        .iter()
+        .filter(|(_, p)| !p.removed && p.joined)
+        .map(|(id, _)| *id)
+        .collect();
+    count_ok(
+        state,
+        state.policy_doc.approvals(kind == RequestKind::Refund),
+        &joined,
+        true,
+    )
+}
+
 /// True when `party` may approve requests of this kind (holds an approving role).
 pub fn may_approve(state: &PaymentState, kind: RequestKind, party: &PartyId) -> bool {
     let Some(p) = state.participants.get(party) else {

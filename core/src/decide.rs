@@ -497,14 +497,17 @@ pub fn may(s: &PaymentState, kind: CommandKind, ctx: &Context) -> Result<()> {
             "invalid_state",
             "a funding method is attached before funds are held",
         ),
-        CommandKind::SubmitFunding => need(
-            matches!(
-                st,
-                Status::AwaitingFunds | Status::FundingInFlight | Status::Funded
-            ) && !wound_down,
-            "invalid_state",
-            "funding is accepted once terms are agreed and until fully funded",
-        ),
+        CommandKind::SubmitFunding => {
+            need(
+                matches!(
+                    st,
+                    Status::AwaitingFunds | Status::FundingInFlight | Status::Funded
+                ) && !wound_down,
+                "invalid_state",
+                "funding is accepted once terms are agreed and until fully funded",
+            )?;
+            approvers_joined(s)
+        }
         CommandKind::RequestRelease => {
             need(
                 !disputed,
@@ -727,6 +730,50 @@ pub(crate) fn roster_locked(s: &PaymentState) -> bool {
         && (s.ledger.balance(&Account::Escrow).posted.is_positive()
             || s.ledger.balance(&Account::Clearing).posted.is_positive()
             || !s.funding_in_progress().is_zero())
+}
+
+/// Refuses funding while the joined participants could not approve a release (unless
+/// the policy releases automatically) or a refund: once money arrives no one may join
+/// an approving role ([`roster_locked`]), so the money could leave only by a dispute.
+fn approvers_joined(s: &PaymentState) -> Result<()> {
+    use crate::approval::quorum_reachable;
+    let policy = &s.policy_doc;
+    for (kind, approvals) in [
+        (RequestKind::Release, &policy.release.approvals),
+        (RequestKind::Refund, &policy.refund.approvals),
+    ] {
+        if kind == RequestKind::Release && policy.release.auto_release_after_hours.is_some() {
+            continue;
+        }
+        if !quorum_reachable(s, kind) {
+            let needs = match approvals {
+                crate::policy::Approvals::NOf { n, roles } => {
+                    format!("{n} different parties among {}", quoted(roles))
+                }
+                other => format!("a different party for each of {}", quoted(other.roles())),
+            };
+            let what = if kind == RequestKind::Release {
+                "a release"
+            } else {
+                "a refund"
+            };
+            return reject(
+                "approvers_missing",
+                format!(
+                    "{what} needs approvals from {needs}, more than the joined participants \
+                     can give; no one may join an approving role once money arrives: \
+                     invite them and let them join before funding"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `roles` as `` `a`, `b` ``.
+fn quoted(roles: &[Role]) -> String {
+    let quoted: Vec<String> = roles.iter().map(|r| format!("`{r}`")).collect();
+    quoted.join(", ")
 }
 
 /// Refuses a roster change to `role` while [`roster_locked`].

@@ -1287,6 +1287,78 @@ fn a_return_after_a_partial_release_awaits_funds_again() {
 }
 
 #[test]
+fn approvers_missing_while_co_sellers_have_not_both_joined() {
+    // Both co-sellers must approve a release; one seller has joined. Once money
+    // arrives no one may join an approving role, so the release could never be
+    // approved: funding waits for the second seller.
+    let mut p = policy("earnest-money");
+    p.release.approvals = trustfold_core::policy::Approvals::AllOf(vec![
+        Role::new("buyer"),
+        Role::new("seller"),
+        Role::new("seller"),
+    ]);
+    let mut s = scenarios::earnest_with(136, p).expect("earnest");
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    refuse(
+        &mut s,
+        buyer(),
+        funding("5000.00", Rail::Wire, "wire-1"),
+        "approvers_missing",
+        "a release needs approvals from a different party for each of `buyer`, `seller`, `seller`",
+    );
+    s.invite_join(listing_agent(), 40, "seller", "Cy Coseller")
+        .expect("second seller");
+    if s.status() == Status::AwaitingAgreement {
+        s.agree(40, "seller").expect("agree");
+    }
+    ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-1"));
+}
+
+#[test]
+fn approvers_missing_when_one_party_holds_both_approving_roles() {
+    // Releases and refunds need the buyer's and the seller's approvals, from two
+    // parties; the buyer and the seller left, and one party now holds both roles.
+    let mut s = earnest(137);
+    for party in [BUYER, SELLER] {
+        ok(
+            &mut s,
+            listing_agent(),
+            Command::Remove {
+                party: pid(party),
+                reason: "withdrew".into(),
+            },
+        );
+    }
+    ok(
+        &mut s,
+        listing_agent(),
+        Command::Invite {
+            party: pid(41),
+            roles: vec![Role::new("buyer"), Role::new("seller")],
+            name: "Pat Both".into(),
+            email: None,
+        },
+    );
+    ok(&mut s, as_(41, "seller"), Command::Join);
+    if s.status() == Status::AwaitingAgreement {
+        let terms_hash = s.state().terms_hash;
+        ok(
+            &mut s,
+            as_(41, "seller"),
+            Command::AgreeToTerms { terms_hash },
+        );
+    }
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    refuse(
+        &mut s,
+        as_(41, "buyer"),
+        funding("5000.00", Rail::Wire, "wire-1"),
+        "approvers_missing",
+        "a release needs approvals from a different party for each of `buyer`, `seller`",
+    );
+}
+
+#[test]
 fn funds_arriving_after_expiry_wait_for_an_open_dispute() {
     let mut s = milestones(132);
     ok(&mut s, client(), funding("30000.00", Rail::Wire, "wire-a"));
