@@ -1374,7 +1374,7 @@ fn submit_funding(
         );
     }
     check_rail_ref(s, rail_ref)?;
-    if let Some(d) = s.funding.deadline {
+    if let Some(d) = s.funding.deadline.filter(|_| !s.paid_out()) {
         if em.ctx.now > d && s.policy_doc.funding.on_deadline_missed == OnDeadlineMissed::Expire {
             return reject(
                 "deadline_passed",
@@ -1835,9 +1835,9 @@ fn deadline_watched(s: &PaymentState) -> Option<Timestamp> {
         s.status,
         Status::Draft | Status::AwaitingAgreement | Status::AwaitingFunds
     );
-    s.funding
-        .deadline
-        .filter(|_| waiting && !s.funding.deadline_missed && !s.expired && !s.cancelled)
+    s.funding.deadline.filter(|_| {
+        waiting && !s.funding.deadline_missed && !s.expired && !s.cancelled && !s.paid_out()
+    })
 }
 
 /// A policy's automatic release that this payment may take: when, how much (gross,

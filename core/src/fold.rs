@@ -33,17 +33,18 @@ use crate::state::*;
 pub const V2_OPENINGS_FROM: crate::time::Timestamp =
     crate::time::Timestamp::from_unix_millis(1_795_824_000_000);
 
-/// From this instant (2026-11-30T00:00:00Z) reversals are recorded as
-/// `ReversalRecorded` v3, which covers an open shortfall first: an older version dated
-/// later was written to leave the shortfall open beside the money (a server not yet
-/// upgraded by then writes histories that clients refuse).
+/// From this instant (2026-12-01T00:00:00Z) every reversal covers an open shortfall
+/// first, as `ReversalRecorded` v3 does, whatever version it was written with: an
+/// older version dated later is folded so (not refused: a server not yet upgraded
+/// still writes v2), and a signer cannot leave the shortfall open beside the money by
+/// writing one.
 ///
 /// ```
 /// use trustfold_core::fold::V3_REVERSALS_FROM;
-/// assert_eq!(V3_REVERSALS_FROM.to_string(), "2026-11-30T00:00:00Z");
+/// assert_eq!(V3_REVERSALS_FROM.to_string(), "2026-12-01T00:00:00Z");
 /// ```
 pub const V3_REVERSALS_FROM: crate::time::Timestamp =
-    crate::time::Timestamp::from_unix_millis(1_795_996_800_000);
+    crate::time::Timestamp::from_unix_millis(1_796_083_200_000);
 
 /// Starts a state from a payment's first event (which must be `PaymentInitiated`).
 pub fn start(env: &Envelope, hash: Hash) -> Result<PaymentState> {
@@ -914,9 +915,12 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             s.ledger
                 .transfer(leg_id(env, 0), leg.to, leg.from, leg.amount, leg.group, seq)?;
             // Money back in escrow (a payout or refund the bank sent back) covers an open
-            // shortfall first: the trust account is short by that much (from v3; a v2 or
-            // v1 event left both standing, the money seemingly free to pay out again).
-            if leg.from == Account::Escrow && env.schema_version >= 3 {
+            // shortfall first: the trust account is short by that much (from v3, and for
+            // every reversal dated from `V3_REVERSALS_FROM`; an older one left both
+            // standing, the money seemingly free to pay out again).
+            if leg.from == Account::Escrow
+                && (env.schema_version >= 3 || env.at >= V3_REVERSALS_FROM)
+            {
                 cover_shortfall(s, env, 1)?;
             }
         }
@@ -1311,9 +1315,13 @@ fn check_funding_taken(s: &PaymentState, env: &Envelope, e: &FundingSubmitted) -
         )));
     }
     match s.funding.deadline {
-        Some(d) if env.at > d && f.on_deadline_missed == OnDeadlineMissed::Expire => Err(bad(
-            format!("funding submitted after the deadline {d} (deadline_passed)"),
-        )),
+        Some(d)
+            if env.at > d && f.on_deadline_missed == OnDeadlineMissed::Expire && !s.paid_out() =>
+        {
+            Err(bad(format!(
+                "funding submitted after the deadline {d} (deadline_passed)"
+            )))
+        }
         _ => Ok(()),
     }
 }
@@ -1359,16 +1367,6 @@ fn check_version(s: &PaymentState, env: &Envelope) -> Result<()> {
             env.event_type().name(),
             env.schema_version,
             s.opened_under
-        )));
-    }
-    if env.event_type() == T::ReversalRecorded
-        && env.schema_version < 3
-        && env.at >= V3_REVERSALS_FROM
-    {
-        return Err(bad(format!(
-            "ReversalRecorded v{} dated {}: reversals are recorded with v3 from \
-             {V3_REVERSALS_FROM}, which covers an open shortfall first",
-            env.schema_version, env.at
         )));
     }
     Ok(())

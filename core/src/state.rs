@@ -547,6 +547,15 @@ impl PaymentState {
             })
     }
 
+    /// Whether a release was paid out (settled). The funding deadline is for the funding
+    /// before that: once paid out in part, a payment whose rest came back is funded
+    /// again without it.
+    pub fn paid_out(&self) -> bool {
+        self.requests
+            .values()
+            .any(|r| r.kind == RequestKind::Release && r.status == RequestStatus::Settled)
+    }
+
     /// What is still to be funded: the amount less what is available and what is on
     /// its way (what a new funding may be at most, for `decide` and the fold alike).
     pub fn remaining_to_fund(&self) -> crate::error::Result<Money> {
@@ -647,14 +656,20 @@ impl PaymentState {
             };
         }
         let fully_funded = self.funded_total() >= self.amount;
-        // Paid out in part, then the rest of the funding came back (or was never all
-        // funded): the payment is short of its amount with nothing held, so it awaits
-        // funds again rather than counting as `Completed` (as recorded before, when no
-        // more could be funded).
+        // Paid out in part, then the rest of the funding came back: the payment is short
+        // of its amount with nothing held, so it awaits funds again (the payer funds the
+        // rest, or the payment is cancelled) rather than counting as `Completed` (as
+        // recorded before, when no more could be funded). A payment never funded in
+        // full that paid out what it held (a dispute's release) stays `Completed`.
         let short_after_release = wait
             && !fully_funded
             && escrow.posted.is_zero()
-            && self.last_settled == Some(RequestKind::Release);
+            && self.last_settled == Some(RequestKind::Release)
+            && self
+                .funding
+                .attempts
+                .iter()
+                .any(|a| a.status == FundingStatus::Returned || a.returned.is_some());
         if (fully_funded || self.last_settled.is_some()) && !short_after_release {
             if !escrow.posted.is_zero() {
                 return Status::Held;

@@ -178,15 +178,34 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
             if f.contains_key("failed_attempts") {
                 f.insert("failed_attempts".into(), Value::Null);
             }
+            if let Some(a) = f.get_mut("attempts").and_then(Value::as_array_mut) {
+                a.retain(|a| {
+                    !a.get("status")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| FAILED_ATTEMPTS.contains(&s))
+                });
+                for a in a.iter_mut().filter_map(Value::as_object_mut) {
+                    for k in FAILURE_KEYS {
+                        a.remove(*k);
+                    }
+                }
+            }
         }
     }
     v
 }
 
+/// Statuses of the funding attempts a view kept from failures leaves out.
+const FAILED_ATTEMPTS: &[&str] = &["failed", "returned"];
+/// Fields of a funding attempt that tell of a failure or return.
+const FAILURE_KEYS: &[&str] = &["code", "returned"];
+
 /// Whether a view shows the events `funding.failed_attempts` counts (`FundingFailed`
-/// and `FundingReturned`). A view that does not shows the count as `null`: how often a
-/// payer's funding failed or came back is not for a role kept from those events (the
-/// example earnest-money policy's lender sees only that funds are available).
+/// and `FundingReturned`). A view that does not shows the count as `null`, lists no
+/// failed or returned funding attempt, and no attempt's `code` or `returned`: how
+/// often a payer's funding failed or came back is not for a role kept from those
+/// events (the example earnest-money policy's lender sees only that funds are
+/// available). A view that shows the ledger still shows its voided and returned legs.
 ///
 /// ```
 /// # use trustfold_core::policy::{EventFilter, Visibility};
@@ -444,6 +463,19 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
         if let Some(f) = obj.field_mut(b"funding").and_then(|n| n.as_object_mut()) {
             if f.field_mut(b"failed_attempts").is_some() {
                 f.set(b"failed_attempts", NULL);
+            }
+            if let Some(tree::Node::Arr(a)) = f.field_mut(b"attempts") {
+                a.retain_mut(|a| {
+                    let status = a.as_object_mut().and_then(|a| a.field_mut(b"status"));
+                    !matches!(status, Some(tree::Node::Scalar(b)) if FAILED_ATTEMPTS
+                        .iter()
+                        .any(|s| b.len() == s.len() + 2 && &b[1..b.len() - 1] == s.as_bytes()))
+                });
+                for a in a.iter_mut().filter_map(|a| a.as_object_mut()) {
+                    for k in FAILURE_KEYS {
+                        a.unset(k.as_bytes());
+                    }
+                }
             }
         }
     }

@@ -256,49 +256,60 @@ fn an_opening_rewritten_as_v1_is_refused_when_dated_after_v2() {
     assert!(e.to_string().contains("without opening a dispute"), "{e}");
 }
 
-/// A reversal dated from `fold::V3_REVERSALS_FROM` is v3 (it covers an open shortfall
-/// first); one written as v2 or v1 then was written to leave the shortfall open.
+/// A reversal dated from `fold::V3_REVERSALS_FROM` covers an open shortfall first,
+/// whatever version it was written with (a signer cannot escape the cover by writing
+/// v2 or v1; a server not yet upgraded is not refused).
 #[test]
-fn a_reversal_dated_from_the_v3_release_is_v3() {
-    let s = support::scenarios::refund_reversed(98).expect("reversed");
-    let h = s.d.history();
-    let last = s.d.envelopes().len() - 1;
-    let at = format!(r#""at":"{}""#, s.d.envelopes()[last].at);
-    let later = |t: String, v: &str| {
-        t.replace(&at, r#""at":"2026-11-30T00:00:00Z""#).replace(
-            r#""type":"ReversalRecorded","v":3"#,
-            &format!(r#""type":"ReversalRecorded","v":{v}"#),
-        )
+fn a_reversal_dated_from_the_v3_release_covers_a_shortfall_as_v3() {
+    let h = support::scenarios::em_late_return_payout_reversed()
+        .expect("vector")
+        .history;
+    let envs: Vec<_> = history::parse(&h)
+        .expect("parse")
+        .iter()
+        .map(|r| r.envelope().expect("envelope"))
+        .collect();
+    let at = envs
+        .iter()
+        .position(|e| e.event_type().name() == "ReversalRecorded")
+        .expect("a reversal");
+    let seq = envs[at].seq;
+    let when = format!(r#""at":"{}""#, envs[at].at);
+    let loss = |bytes: &[u8]| {
+        fold::replay_at(bytes, seq)
+            .expect("folds")
+            .ledger
+            .balance(&trustfold_core::ledger::Account::LossReturns)
+            .posted
     };
-    let v3 = rewrite(&h, |i, t| if i == last { later(t, "3") } else { t });
-    assert_ne!(v3, h);
-    replay(&v3).expect("a v3 reversal dated then folds");
-    for v in ["2", "1"] {
-        // A v1 reversal only in a payment opened with v1, as before v2 came.
-        let old = rewrite(&h, |i, t| match i {
-            0 if v == "1" => opened_as_v1(t),
-            i if i == last => later(t, v),
-            _ => t,
-        });
-        let e = replay(&old).expect_err("an older reversal dated then");
-        assert_eq!(e.seq(), Some(last as u64 + 1), "{e}");
-        assert!(
-            e.to_string()
-                .contains(&format!("ReversalRecorded v{v} dated 2026-11-30T00:00:00Z")),
-            "{e}"
+    for v in ["3", "2", "1"] {
+        let edited = |dated: bool| {
+            rewrite(&h, |i, t| match i {
+                // A v1 reversal only in a payment opened with v1, as before v2 came.
+                0 if v == "1" => opened_as_v1(t),
+                i if i == at => {
+                    let t = t.replace(
+                        r#""type":"ReversalRecorded","v":3"#,
+                        &format!(r#""type":"ReversalRecorded","v":{v}"#),
+                    );
+                    if dated {
+                        t.replace(&when, r#""at":"2026-12-01T00:00:00Z""#)
+                    } else {
+                        t
+                    }
+                }
+                _ => t,
+            })
+        };
+        let later = edited(true);
+        assert_ne!(later, h);
+        assert_eq!(
+            loss(&later),
+            usd("0.00"),
+            "v{v} dated from the release covers it"
         );
+        let before = edited(false);
+        let want = if v == "3" { "0.00" } else { "-5000.00" };
+        assert_eq!(loss(&before), usd(want), "v{v} dated before");
     }
-    // Dated before, a v2 reversal folds (v1 is older than a v2 payment allows).
-    let before = rewrite(&h, |i, t| {
-        if i == last {
-            t.replace(
-                r#""type":"ReversalRecorded","v":3"#,
-                r#""type":"ReversalRecorded","v":2"#,
-            )
-        } else {
-            t
-        }
-    });
-    assert_ne!(before, h);
-    replay(&before).expect("a v2 reversal dated before folds");
 }

@@ -1287,6 +1287,58 @@ fn a_return_after_a_partial_release_awaits_funds_again() {
 }
 
 #[test]
+fn a_payment_paid_out_in_part_is_funded_again_past_its_deadline() {
+    // Milestones: 20000.00 paid out (and its 125.00 fee); twelve days later, past the
+    // 10-day deadline of a policy that expires late funding, the client's bank takes
+    // the rest back. The payment awaits funds; the clock neither expires nor flags it
+    // (its deadline was for the funding before anything was paid out), and the client
+    // funds the rest.
+    let mut s = milestones_held(138);
+    let arbiter = || as_(ARBITER, "arbiter");
+    ok(
+        &mut s,
+        contractor(),
+        Command::RequestRelease {
+            request: rid(1),
+            allocations: vec![Allocation {
+                party: pid(CONTRACTOR),
+                amount: usd("20000.00"),
+            }],
+        },
+    );
+    for (n, role) in [(CLIENT, "client"), (INSPECTOR, "inspector")] {
+        let a = approval(&s, 1);
+        ok(&mut s, as_(n, role), a);
+    }
+    ok(
+        &mut s,
+        arbiter(),
+        Command::SubmitDisbursement {
+            request: rid(1),
+            rail: Rail::Wire,
+            rail_ref: "m1".into(),
+        },
+    );
+    ok(&mut s, Actor::rail(), notice("m1", settled()));
+    assert_eq!(s.balance(Account::Escrow), "39875.00");
+    s.hours(24 * 12);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", Some(usd("39875.00")))),
+    );
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    assert_eq!(trustfold_core::decide::next_tick(s.state()), None);
+    let version = s.state().version;
+    ok(&mut s, Actor::system(), Command::Tick);
+    assert_eq!(s.state().version, version, "nothing expires or is flagged");
+    ok(&mut s, client(), funding("39875.00", Rail::Wire, "wire-2"));
+    ok(&mut s, Actor::rail(), notice("wire-2", settled()));
+    assert_eq!(s.status(), Status::Held);
+    assert_eq!(s.balance(Account::Escrow), "39875.00");
+}
+
+#[test]
 fn approvers_missing_while_co_sellers_have_not_both_joined() {
     // Both co-sellers must approve a release; one seller has joined. Once money
     // arrives no one may join an approving role, so the release could never be

@@ -185,3 +185,52 @@ fn a_view_kept_from_funding_failures_does_not_count_them() {
         serde_json::json!(1)
     );
 }
+
+#[test]
+fn a_view_kept_from_funding_failures_lists_no_failed_attempt() {
+    use trustfold_core::policy::{EventFilter, Visibility};
+    // The failed ACH attempt, then the wire; a lender who sees amounts (nothing hidden)
+    // but only the opening and funds available.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let bytes = std::fs::read(dir.join("em_ach_failure_then_wire.history.json")).expect("vector");
+    let mut state = replay(&bytes).expect("replay");
+    let envs: Vec<_> = history::parse(&bytes)
+        .expect("parse")
+        .iter()
+        .map(|r| r.envelope().expect("envelope"))
+        .collect();
+    let lender = Role::new("lender");
+    let mut policy = (*state.policy_doc).clone();
+    policy.visibility.insert(
+        lender.clone(),
+        Visibility {
+            events: EventFilter::Only(
+                ["PaymentInitiated", "FundsAvailable"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            ),
+            hide: Default::default(),
+        },
+    );
+    state.policy_doc = std::sync::Arc::new(policy);
+    let roles = std::slice::from_ref(&lender);
+    let want = serde_json::json!({
+        "state": view::state_view(&state, roles),
+        "events": view::history_view(&state, &envs, roles),
+    })
+    .to_string();
+    let got = String::from_utf8(view::view_json(&state, &envs, roles)).expect("utf8");
+    assert_eq!(got, want);
+    let seen: serde_json::Value = serde_json::from_str(&got).expect("json");
+    let attempts = seen["state"]["funding"]["attempts"]
+        .as_array()
+        .expect("attempts shown");
+    assert_eq!(attempts.len(), 1, "the wire only: {attempts:?}");
+    assert_eq!(attempts[0]["rail"], "wire");
+    assert!(!got.contains("R01"), "{got}");
+    // Everyone else still sees both attempts and the code.
+    let buyer = view::state_view(&state, &[Role::new("buyer")]);
+    assert_eq!(buyer["funding"]["attempts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(buyer["funding"]["attempts"][0]["code"], "R01");
+}

@@ -66,7 +66,9 @@ export interface Funding {
   deadline_missed: boolean;
   /** `null` in views whose events leave out `FundingFailed` or `FundingReturned`. */
   failed_attempts: number | null;
-  /** `null` in views that hide amounts. */
+  /** `null` in views that hide amounts; without failed or returned attempts (and any
+   * attempt's `code` and `returned`) in views whose events leave out `FundingFailed` or
+   * `FundingReturned`. */
   attempts: FundingAttempt[] | null;
 }
 
