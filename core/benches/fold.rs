@@ -144,7 +144,7 @@ fn payment(i: u32, policy: &Policy) -> Vec<trustfold_core::envelope::SealedEvent
         Actor::rail(),
         Command::RailNotice {
             rail_ref: fref,
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
     );
     if ach {
@@ -207,7 +207,7 @@ fn payment(i: u32, policy: &Policy) -> Vec<trustfold_core::envelope::SealedEvent
         Actor::rail(),
         Command::RailNotice {
             rail_ref: dref,
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
     );
     let mut sealed = d.sealed().to_vec();

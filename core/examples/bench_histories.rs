@@ -119,7 +119,7 @@ fn payment(i: u32, policy: &Policy) -> R<Vec<SealedEvent>> {
         Actor::rail(),
         Command::RailNotice {
             rail_ref: fref,
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
     )?;
     if ach {
@@ -182,7 +182,7 @@ fn payment(i: u32, policy: &Policy) -> R<Vec<SealedEvent>> {
         Actor::rail(),
         Command::RailNotice {
             rail_ref: dref,
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
     )?;
     let mut sealed = d.sealed().to_vec();

@@ -134,7 +134,7 @@ fn main() -> Result<(), Box<dyn StdError>> {
         Actor::rail(),
         Command::RailNotice {
             rail_ref: "ach-7781".into(),
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
     )?;
     demo.d.advance_hours(24);
@@ -177,7 +177,7 @@ fn main() -> Result<(), Box<dyn StdError>> {
         Actor::rail(),
         Command::RailNotice {
             rail_ref: "wire-2231".into(),
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
     )?;
 
@@ -233,7 +233,7 @@ fn main() -> Result<(), Box<dyn StdError>> {
         Actor::rail(),
         Command::RailNotice {
             rail_ref: "out-1".into(),
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
     )?;
     let req2 = RequestId::from_bytes([0xc0, 0, 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 2]);
@@ -280,7 +280,7 @@ fn main() -> Result<(), Box<dyn StdError>> {
         Actor::rail(),
         Command::RailNotice {
             rail_ref: "out-2".into(),
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
     )?;
 

@@ -21,7 +21,13 @@ use crate::time::Timestamp;
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RailOutcome {
     /// The transfer settled.
-    Settled,
+    Settled {
+        /// What arrived, when less than the transfer (a wire whose banks on the way took
+        /// their fees); all of it when absent. Funding only: a disbursement settles
+        /// whole.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        amount: Option<Money>,
+    },
     /// The transfer failed before settlement.
     Failed {
         /// The rail's code.
@@ -112,8 +118,8 @@ pub enum Command {
     RailNotice {
         /// The rail's reference.
         rail_ref: String,
-        /// What happened: `{"kind":"settled"}`, `{"kind":"failed","code":"…"}` or
-        /// `{"kind":"returned","code":"R01"}`.
+        /// What happened: `{"kind":"settled"}` (with `"amount"` when less arrived),
+        /// `{"kind":"failed","code":"…"}` or `{"kind":"returned","code":"R01"}`.
         notice: RailOutcome,
     },
     /// The platform's clock: deadlines, good funds, auto-release (acts as role `system`).
@@ -401,7 +407,7 @@ impl Command {
             | Command::SubmitDisbursement { rail_ref, .. }
             | Command::RecordShortfallRecovery { rail_ref, .. } => vec![name("rail_ref", rail_ref)],
             Command::RailNotice { rail_ref, notice } => match notice {
-                RailOutcome::Settled => vec![name("rail_ref", rail_ref)],
+                RailOutcome::Settled { .. } => vec![name("rail_ref", rail_ref)],
                 RailOutcome::Failed { code, reason }
                 | RailOutcome::Returned { code, reason, .. } => {
                     vec![

@@ -236,23 +236,27 @@ impl FromJson for RailOutcome {
         let mut code: Option<String> = None;
         let mut reason: Option<String> = None;
         let mut amount: Option<Option<Money>> = None;
+        // A field's number is its place in the variant's list: a settlement's `amount`
+        // is its second, a return's its fourth.
         let fields: &'static [&'static str] = match kind {
-            0 => &["kind"],
+            0 => &["kind", "amount"],
             1 => &["kind", "code", "reason"],
             _ => &["kind", "code", "reason", "amount"],
         };
-        r.object(fields, &mut |r, k| match k {
-            0 => r.str().map(drop),
-            1 => once(&mut code, r, "code"),
-            2 => once(&mut reason, r, "reason"),
-            _ => once(&mut amount, r, "amount"),
+        r.object(fields, &mut |r, k| match (kind, k) {
+            (_, 0) => r.str().map(drop),
+            (0, _) | (_, 3) => once(&mut amount, r, "amount"),
+            (_, 1) => once(&mut code, r, "code"),
+            _ => once(&mut reason, r, "reason"),
         })?;
         let code = || {
             code.clone()
                 .ok_or_else(|| r.fault(Fault::MissingField("code")))
         };
         Ok(match kind {
-            0 => RailOutcome::Settled,
+            0 => RailOutcome::Settled {
+                amount: amount.flatten(),
+            },
             1 => RailOutcome::Failed {
                 code: code()?,
                 reason: reason.unwrap_or_default(),
@@ -274,7 +278,10 @@ impl crate::json::write::WriteJson for RailOutcome {
         out.push(b'{');
         key(out, "kind");
         match self {
-            RailOutcome::Settled => string(out, "settled"),
+            RailOutcome::Settled { amount } => {
+                string(out, "settled");
+                opt(out, "amount", amount);
+            }
             RailOutcome::Failed { code, reason } => {
                 string(out, "failed");
                 key(out, "code");

@@ -1485,14 +1485,30 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
             };
             let r = rail_ref.to_string();
             match (notice, a.status) {
-                (RailOutcome::Settled, FundingStatus::Submitted) => {
-                    em.emit(FundingSettled { leg, rail_ref: r })?;
+                (RailOutcome::Settled { amount }, FundingStatus::Submitted) => {
+                    let amount = short_settlement(&em.state, &a, amount)?;
+                    em.emit(FundingSettled {
+                        leg,
+                        rail_ref: r,
+                        amount,
+                    })?;
                     make_available_if_due(em, leg)
                 }
                 (
-                    RailOutcome::Settled,
+                    RailOutcome::Settled { amount },
                     FundingStatus::Settled | FundingStatus::Available | FundingStatus::Returned,
-                ) => Ok(()),
+                ) => match amount {
+                    // The same settlement again is a duplicate; one of another amount
+                    // contradicts the first.
+                    Some(m) if *m != a.settled_amount() => reject(
+                        "notice_conflict",
+                        format!(
+                            "the rail already settled {} of this transfer",
+                            a.settled_amount()
+                        ),
+                    ),
+                    _ => Ok(()),
+                },
                 (RailOutcome::Failed { .. }, FundingStatus::Failed) => Ok(()),
                 (RailOutcome::Returned { .. }, FundingStatus::Returned) => Ok(()),
                 (RailOutcome::Failed { code, reason }, FundingStatus::Submitted) => {
@@ -1525,23 +1541,26 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                         };
                     }
                     check_return(&em.state, code, amount)?;
+                    // What settled of it (all of it, unless its settlement was short).
+                    let settled = a.settled_amount();
                     let amount = match amount {
                         Some(m) => {
-                            if *m > a.amount {
+                            if *m > settled {
                                 return reject(
                                     "return_exceeds_funding",
-                                    format!("the transfer was {}", a.amount),
+                                    format!("the transfer brought {settled}"),
                                 );
                             }
                             *m
                         }
-                        None => a.amount,
+                        None => settled,
                     };
                     if a.status == FundingStatus::Submitted {
                         // A return implies the transfer had settled: record both, in order.
                         em.emit(FundingSettled {
                             leg,
                             rail_ref: r.clone(),
+                            amount: None,
                         })?;
                     }
                     let pulled_back = a.status == FundingStatus::Available
@@ -1567,7 +1586,7 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                     "notice_conflict",
                     "a settled transfer cannot fail; a return is reported as returned",
                 ),
-                (RailOutcome::Settled, FundingStatus::Failed)
+                (RailOutcome::Settled { .. }, FundingStatus::Failed)
                 | (RailOutcome::Returned { .. }, FundingStatus::Failed) => reject(
                     "notice_conflict",
                     "the rail already reported this transfer failed",
@@ -1582,8 +1601,15 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                 );
             };
             let r = rail_ref.to_string();
+            if let RailOutcome::Settled { amount: Some(_) } = notice {
+                return reject(
+                    "not_supported",
+                    "a disbursement settles whole: its settlement carries no amount (a payee \
+                     paid short is settled with the payee outside the payment)",
+                );
+            }
             match (notice, req.status) {
-                (RailOutcome::Settled, RequestStatus::Submitted) => {
+                (RailOutcome::Settled { .. }, RequestStatus::Submitted) => {
                     em.emit(DisbursementSettled {
                         request,
                         rail_ref: r,
@@ -1599,7 +1625,7 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
                         reason: reason.clone(),
                     })
                 }
-                (RailOutcome::Settled, RequestStatus::Settled)
+                (RailOutcome::Settled { .. }, RequestStatus::Settled)
                 | (RailOutcome::Failed { .. }, RequestStatus::Failed) => Ok(()),
                 (RailOutcome::Returned { .. }, _) => reject(
                     "not_supported",
@@ -1612,6 +1638,29 @@ fn rail_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
             }
         }
     }
+}
+
+/// What a funding's settlement records of `amount`, the part of the transfer that
+/// arrived: nothing when all of it did (or the notice does not say), the amount when
+/// less did (a wire whose banks on the way took their fees). More than the transfer is
+/// refused (`settlement_exceeds_transfer`).
+fn short_settlement(
+    s: &PaymentState,
+    a: &FundingAttempt,
+    amount: &Option<Money>,
+) -> Result<Option<Money>> {
+    let Some(m) = amount else {
+        return Ok(None);
+    };
+    s.amount.same_currency(m)?;
+    m.require_positive()?;
+    if *m > a.amount {
+        return reject(
+            "settlement_exceeds_transfer",
+            format!("the rail settled {m} of a transfer of {}", a.amount),
+        );
+    }
+    Ok((*m < a.amount).then_some(*m))
 }
 
 /// A notice about a transfer the payment has not recorded yet: held
@@ -1632,8 +1681,13 @@ fn hold_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
     check_rail_ref(s, rail_ref)?;
     // What a notice says is checked now, as if its transfer were known: one held in a
     // wrong currency or with a bad code must not wait to block its transfer.
-    if let RailOutcome::Returned { code, amount, .. } = notice {
-        check_return(s, code, amount)?;
+    match notice {
+        RailOutcome::Returned { code, amount, .. } => check_return(s, code, amount)?,
+        RailOutcome::Settled { amount: Some(m) } => {
+            s.amount.same_currency(m)?;
+            m.require_positive()?;
+        }
+        _ => {}
     }
     if s.held_notices
         .get(rail_ref)

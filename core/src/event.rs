@@ -116,7 +116,10 @@ events! {
     FundingMethodAttached = 1,
     /// Funding was sent on a rail: a pending leg external:payer → clearing.
     FundingSubmitted = 1,
-    /// The rail settled a funding: the pending leg is posted.
+    /// The rail settled a funding: the pending leg is posted. An optional `amount`
+    /// (added without a new version: a payload without it reads as before) says what
+    /// arrived when less than the transfer; the rest goes back out of clearing and is
+    /// funded again.
     FundingSettled = 1,
     /// Settled funds are good: clearing → escrow posted.
     FundsAvailable = 1,
@@ -177,7 +180,8 @@ events! {
     PaymentClosed = 1,
     /// A rail's notice about a transfer the payment has not recorded yet (it came
     /// before the funding or disbursement it is about), held until that transfer is
-    /// recorded and then applied.
+    /// recorded and then applied. A settlement's notice may carry the `amount` that
+    /// arrived (as `FundingSettled` may).
     RailNoticeHeld = 1,
 }
 
@@ -546,10 +550,14 @@ pub struct FundingSettled {
     pub leg: LegId,
     /// The rail's reference.
     pub rail_ref: String,
+    /// What arrived, when less than the transfer (absent: all of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Money>,
 }
 compact_de!(FundingSettled {
     leg: LegId,
-    rail_ref: String
+    rail_ref: String,
+    amount: Option<Money> [skip_none]
 });
 
 /// See [`EventType::FundsAvailable`].

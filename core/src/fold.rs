@@ -451,18 +451,46 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                 status: FundingStatus::Submitted,
                 submitted_at: env.at,
                 settled_at: None,
+                short: None,
                 code: None,
                 returned: None,
             });
         }
         Event::FundingSettled(e) => {
+            // A short settlement: less arrived than was sent (v2).
+            let short = match &e.amount {
+                None => None,
+                Some(m) => {
+                    same_currency(s, m)?;
+                    let sent = attempt_mut(s, e.leg)?.amount;
+                    if !m.is_positive() || *m >= sent {
+                        return Err(bad(format!(
+                            "a settlement of {m} is not short of the transfer of {sent}"
+                        )));
+                    }
+                    Some(sent.checked_sub(m)?)
+                }
+            };
             let a = attempt_mut(s, e.leg)?;
             if a.status != FundingStatus::Submitted {
                 return Err(bad(format!("funding leg {} is not in flight", e.leg)));
             }
             a.status = FundingStatus::Settled;
             a.settled_at = Some(env.at);
+            a.short = short;
             s.ledger.post(e.leg, seq)?;
+            if let Some(short) = short {
+                // What did not arrive goes back out of clearing: the payer's transfer
+                // brought only the rest, and the payer funds the difference again.
+                s.ledger.transfer(
+                    leg_id(env, 0),
+                    Account::Clearing,
+                    Account::ExternalPayer,
+                    short,
+                    None,
+                    seq,
+                )?;
+            }
         }
         Event::FundsAvailable(e) => {
             // Good funds only once the policy's days for the rail have passed since the
@@ -520,12 +548,14 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
                     e.leg
                 )));
             }
-            if e.amount > a.amount || !e.amount.is_positive() {
+            // What settled of it: a short settlement brought less than was sent.
+            let settled = a.settled_amount();
+            if e.amount > settled || !e.amount.is_positive() {
                 return Err(bad("returned amount exceeds the funding"));
             }
             a.code = Some(e.return_code.clone());
             // v1 (before partial returns kept the rest) marked the whole funding returned.
-            if e.amount < a.amount && env.schema_version >= 2 {
+            if e.amount < settled && env.schema_version >= 2 {
                 // Part of it: the rest stays and counts (available, or still clearing).
                 a.returned = Some(e.amount);
             } else {

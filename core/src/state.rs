@@ -202,6 +202,11 @@ pub struct FundingAttempt {
     /// When settled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settled_at: Option<Timestamp>,
+    /// What of it did not arrive, when the rail settled less than the transfer (a
+    /// wire whose banks on the way took their fees): it went back out of clearing, and
+    /// the payer funds it again. See [`FundingAttempt::settled_amount`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short: Option<Money>,
     /// Failure or return code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -213,7 +218,17 @@ pub struct FundingAttempt {
 }
 
 impl FundingAttempt {
-    /// What of this funding stays with the payment: its amount less a partial return.
+    /// What the rail settled of this funding: its amount less what did not arrive
+    /// ([`FundingAttempt::short`]).
+    pub fn settled_amount(&self) -> Money {
+        match &self.short {
+            Some(s) => self.amount.checked_sub(s).unwrap_or(self.amount),
+            None => self.amount,
+        }
+    }
+
+    /// What of this funding stays with the payment: what settled of it less a partial
+    /// return.
     ///
     /// ```
     /// # use trustfold_core::prelude::*;
@@ -227,17 +242,22 @@ impl FundingAttempt {
     ///     status: FundingStatus::Available,
     ///     submitted_at: Timestamp::from_unix_millis(0),
     ///     settled_at: None,
+    ///     short: None,
     ///     code: None,
     ///     returned: None,
     /// };
     /// assert_eq!(a.kept(), usd("5000.00"));
     /// a.returned = Some(usd("1000.00"));
     /// assert_eq!(a.kept(), usd("4000.00"));
+    /// a.short = Some(usd("25.00"));
+    /// assert_eq!(a.settled_amount(), usd("4975.00"));
+    /// assert_eq!(a.kept(), usd("3975.00"));
     /// ```
     pub fn kept(&self) -> Money {
+        let settled = self.settled_amount();
         match &self.returned {
-            Some(r) => self.amount.checked_sub(r).unwrap_or(self.amount),
-            None => self.amount,
+            Some(r) => settled.checked_sub(r).unwrap_or(settled),
+            None => settled,
         }
     }
 }
@@ -796,6 +816,7 @@ impl WriteJson for FundingAttempt {
         write::key(out, "submitted_at");
         self.submitted_at.write_json(out);
         write::opt(out, "settled_at", &self.settled_at);
+        write::opt(out, "short", &self.short);
         write::opt(out, "code", &self.code);
         write::opt(out, "returned", &self.returned);
         out.push(b'}');

@@ -7,6 +7,8 @@
 //! `DisbursementFailed` and `ReversalRecorded` went to v2, and `ReversalRecorded` to
 //! v3, with the same payload: what they do changed, and the fold applies each as the
 //! version it was written with (the envelope keeps its stored `schema_version`).
+//! An optional field added to a payload keeps its version (a payload without it reads
+//! as before): `FundingSettled`'s `amount`, what a short settlement brought.
 //!
 //! ```
 //! use trustfold_core::{event::EventType, upcast::upcast};

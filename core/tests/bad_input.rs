@@ -269,7 +269,7 @@ fn rejections_name_the_rule() {
         as_(ESCROW, "escrow_holder"),
         Command::RailNotice {
             rail_ref: "x".repeat(trustfold_core::command::NAME_MAX + 1),
-            notice: trustfold_core::command::RailOutcome::Settled,
+            notice: trustfold_core::command::RailOutcome::Settled { amount: None },
         },
         "text_too_long",
     );
@@ -345,7 +345,7 @@ fn rejections_name_the_rule() {
         as_(BUYER, "buyer"),
         Command::RailNotice {
             rail_ref: "wire-1".into(),
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
         "not_permitted",
     );
@@ -355,7 +355,7 @@ fn rejections_name_the_rule() {
         Actor::rail(),
         Command::RailNotice {
             rail_ref: "nope".into(),
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
     )
     .expect("held");
@@ -864,7 +864,7 @@ fn actors_outside_the_policy_and_the_platform_are_refused() {
         party_rail,
         Command::RailNotice {
             rail_ref: "r-1".into(),
-            notice: RailOutcome::Settled,
+            notice: RailOutcome::Settled { amount: None },
         },
         "not_permitted",
     );
@@ -1473,7 +1473,8 @@ fn histories_of_earlier_versions_fold_as_they_did() {
         },
     )
     .expect("fund");
-    s.notice("wire-1", RailOutcome::Settled).expect("settled");
+    s.notice("wire-1", RailOutcome::Settled { amount: None })
+        .expect("settled");
     s.notice(
         "wire-1",
         RailOutcome::Returned {
@@ -1663,4 +1664,33 @@ fn a_leg_reversed_twice_folds_only_as_written_before_v2() {
         usd("10000.00"),
         "the money moved twice, as then"
     );
+}
+
+/// A short settlement is less than its transfer, more than nothing, in the payment's
+/// currency: a history that says otherwise was not written by the rules.
+#[test]
+fn a_forged_short_settlement_does_not_fold() {
+    let h = scenarios::em_wire_short_settled().expect("vector").history;
+    let seq = trustfold_core::history::parse(&h)
+        .expect("parse")
+        .iter()
+        .map(|r| r.envelope().expect("envelope"))
+        .find(|e| e.event_type().name() == "FundingSettled")
+        .expect("a settlement")
+        .seq;
+    let settled =
+        "\"rail_ref\":\"wire-1\",\"amount\":{\"amount\":\"4975.00\",\"currency\":\"USD\"}";
+    assert!(replay(&h).is_ok());
+    for (to, needle) in [
+        ("5000.00", "is not short of the transfer of 5000.00 USD"),
+        ("5000.01", "is not short of the transfer of 5000.00 USD"),
+        ("0.00", "is not short"),
+    ] {
+        let forged = first_event_with(&h, settled, &settled.replace("4975.00", to));
+        assert_ne!(forged, h);
+        refused_at(&forged, seq, needle);
+    }
+    let euro = first_event_with(&h, settled, &settled.replace("USD", "EUR"));
+    let e = replay(&euro).unwrap_err();
+    assert_eq!(e.seq(), Some(seq), "{e}");
 }

@@ -563,7 +563,7 @@ fn ach_clearing(n: u8) -> Sim {
         },
     )
     .expect("submitted");
-    s.notice("ach-1", RailOutcome::Settled)
+    s.notice("ach-1", RailOutcome::Settled { amount: None })
         .expect("settled, clearing");
     s
 }

@@ -723,7 +723,7 @@ impl<'a> Run<'a> {
                     .map(|a| a.amount)
                     .unwrap_or(s.amount);
                 let notice = match notice {
-                    Notice::Settled => RailOutcome::Settled,
+                    Notice::Settled => RailOutcome::Settled { amount: None },
                     Notice::Failed => RailOutcome::Failed {
                         code: "R01".into(),
                         reason: "insufficient funds".into(),

@@ -51,7 +51,7 @@ fn ok(s: &mut Sim, actor: Actor, cmd: Command) {
 }
 
 fn settled() -> RailOutcome {
-    RailOutcome::Settled
+    RailOutcome::Settled { amount: None }
 }
 
 fn returned(code: &str, amount: Option<Money>) -> RailOutcome {
@@ -463,7 +463,7 @@ fn return_exceeds_funding() {
         Actor::rail(),
         notice("ach-1", returned("R01", Some(usd("5000.01")))),
         "return_exceeds_funding",
-        "the transfer was 5000.00",
+        "the transfer brought 5000.00",
     );
     assert_eq!(s.balance(Account::Escrow), "5000.00");
 }
@@ -1336,6 +1336,141 @@ fn a_payment_paid_out_in_part_is_funded_again_past_its_deadline() {
     ok(&mut s, Actor::rail(), notice("wire-2", settled()));
     assert_eq!(s.status(), Status::Held);
     assert_eq!(s.balance(Account::Escrow), "39875.00");
+}
+
+/// Runs `cmd`, which must fail with the typed error `code` (not a rule's rejection),
+/// recording nothing.
+fn refuse_typed(s: &mut Sim, actor: Actor, cmd: Command, code: &str) {
+    let version = s.state().version;
+    let e = s.d.run(actor, cmd).expect_err("refused");
+    assert_eq!(e.code(), code, "{e}");
+    assert_eq!(s.state().version, version, "a refusal changes nothing");
+}
+
+fn settled_at(amount: &str) -> RailOutcome {
+    RailOutcome::Settled {
+        amount: Some(usd(amount)),
+    }
+}
+
+#[test]
+fn a_short_settlement_is_at_most_the_transfer_and_said_once() {
+    let mut s = earnest(139);
+    ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-1"));
+    refuse(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", settled_at("5000.01")),
+        "settlement_exceeds_transfer",
+        "settled 5000.01 USD of a transfer of 5000.00 USD",
+    );
+    refuse_typed(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", settled_at("0.00")),
+        "non_positive_amount",
+    );
+    // All of it, said with an amount, is a plain settlement.
+    let mut whole = earnest(140);
+    ok(
+        &mut whole,
+        buyer(),
+        funding("5000.00", Rail::Wire, "wire-1"),
+    );
+    ok(
+        &mut whole,
+        Actor::rail(),
+        notice("wire-1", settled_at("5000.00")),
+    );
+    assert_eq!(whole.state().funding.attempts[0].short, None);
+    assert_eq!(whole.status(), Status::Held);
+    // Short: 4975.00 held; the same notice again records nothing, another amount
+    // contradicts it.
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", settled_at("4975.00")),
+    );
+    assert_eq!(s.state().funding.attempts[0].short, Some(usd("25.00")));
+    assert_eq!(s.balance(Account::Escrow), "4975.00");
+    let version = s.state().version;
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", settled_at("4975.00")),
+    );
+    ok(&mut s, Actor::rail(), notice("wire-1", settled()));
+    assert_eq!(s.state().version, version, "duplicates record nothing");
+    refuse(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", settled_at("4980.00")),
+        "notice_conflict",
+        "already settled 4975.00 USD",
+    );
+    // A return takes at most what arrived.
+    refuse(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", Some(usd("5000.00")))),
+        "return_exceeds_funding",
+        "brought 4975.00 USD",
+    );
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", None)),
+    );
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.balance(Account::ExternalPayer), "0.00");
+    assert_eq!(
+        s.state().remaining_to_fund().expect("remaining"),
+        usd("5000.00")
+    );
+}
+
+#[test]
+fn a_short_settlement_held_before_its_transfer_applies_when_it_is_recorded() {
+    let mut s = earnest(141);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-9", settled_at("4990.00")),
+    );
+    assert_eq!(s.state().held_notices.len(), 1);
+    ok(&mut s, buyer(), funding("5000.00", Rail::Wire, "wire-9"));
+    assert_eq!(s.state().funding.attempts[0].short, Some(usd("10.00")));
+    assert_eq!(s.balance(Account::Escrow), "4990.00");
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    // One held in another currency is refused at once.
+    refuse_typed(
+        &mut s,
+        Actor::rail(),
+        notice(
+            "wire-10",
+            RailOutcome::Settled {
+                amount: Some(
+                    Money::parse("10.00", Currency::new("EUR").expect("EUR")).expect("amount"),
+                ),
+            },
+        ),
+        "currency_mismatch",
+    );
+}
+
+#[test]
+fn a_disbursement_settles_whole() {
+    let mut s = scenarios::earnest_held(142).expect("earnest held");
+    earnest_disbursing(&mut s, "5000.00");
+    refuse(
+        &mut s,
+        Actor::rail(),
+        notice("out-1", settled_at("4990.00")),
+        "not_supported",
+        "a disbursement settles whole",
+    );
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    assert_eq!(s.status(), Status::Completed);
 }
 
 #[test]

@@ -292,11 +292,23 @@ fn funding_attempt() -> impl Strategy<Value = FundingAttempt> {
         status,
         ts(),
         prop::option::of(ts()),
+        prop::option::of(money()),
         prop::option::of(text()),
         prop::option::of(money()),
     )
         .prop_map(
-            |(leg, amount, rail, rail_ref, status, submitted_at, settled_at, code, returned)| {
+            |(
+                leg,
+                amount,
+                rail,
+                rail_ref,
+                status,
+                submitted_at,
+                settled_at,
+                short,
+                code,
+                returned,
+            )| {
                 FundingAttempt {
                     leg,
                     amount,
@@ -305,6 +317,7 @@ fn funding_attempt() -> impl Strategy<Value = FundingAttempt> {
                     status,
                     submitted_at,
                     settled_at,
+                    short,
                     code,
                     returned,
                 }

@@ -231,6 +231,9 @@ fn a_view_kept_from_funding_failures_lists_no_failed_attempt() {
     assert!(!got.contains("R01"), "{got}");
     // Everyone else still sees both attempts and the code.
     let buyer = view::state_view(&state, &[Role::new("buyer")]);
-    assert_eq!(buyer["funding"]["attempts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        buyer["funding"]["attempts"].as_array().map(Vec::len),
+        Some(2)
+    );
     assert_eq!(buyer["funding"]["attempts"][0]["code"], "R01");
 }

@@ -54,6 +54,8 @@ export interface FundingAttempt {
   status: FundingStatus;
   submitted_at: Timestamp;
   settled_at?: Timestamp;
+  /** What did not arrive of it, when the rail settled less (a short settlement). */
+  short?: Money;
   /** Failure or return code. */
   code?: string;
   /** What a return took of it, when it took only part; the rest still counts. */
@@ -238,7 +240,8 @@ export interface HistoryRecord {
 }
 
 export type RailOutcome =
-  | { kind: "settled" }
+  /** `amount`: what arrived, when less than the transfer (a short settlement). */
+  | { kind: "settled"; amount?: Money }
   | { kind: "failed"; code: string; reason?: string }
   | { kind: "returned"; code: string; reason?: string; amount?: Money };
 

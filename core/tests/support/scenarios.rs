@@ -176,7 +176,7 @@ impl Sim {
 }
 
 fn settled() -> RailOutcome {
-    RailOutcome::Settled
+    RailOutcome::Settled { amount: None }
 }
 
 fn failed(code: &str) -> RailOutcome {
@@ -1234,6 +1234,32 @@ pub fn em_reversal_correction() -> R<Vector> {
     ))
 }
 
+pub fn em_wire_short_settled() -> R<Vector> {
+    let mut s = earnest(27)?;
+    fund(&mut s, Rail::Wire, "wire-1", "5000.00")?;
+    // The buyer's wire arrives 25.00 short: a bank on its way took its fee.
+    s.notice(
+        "wire-1",
+        RailOutcome::Settled {
+            amount: Some(usd("4975.00")),
+        },
+    )?;
+    assert_eq!(s.balance(Account::Escrow), "4975.00");
+    assert_eq!(s.balance(Account::Clearing), "0.00");
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    assert_eq!(s.state().remaining_to_fund()?, usd("25.00"));
+    // The policy takes no partial funding: the buyer sends exactly what remains.
+    s.hours(3);
+    fund(&mut s, Rail::Wire, "wire-2", "25.00")?;
+    s.notice("wire-2", settled())?;
+    assert_eq!(s.status(), Status::Held);
+    assert_eq!(s.balance(Account::Escrow), "5000.00");
+    Ok(s.vector(
+        "em_wire_short_settled",
+        "The buyer's wire of 5000.00 settles 25.00 short (an intermediary bank's fee): 4975.00 is held, the payment awaits the rest, and the buyer wires the 25.00.",
+    ))
+}
+
 pub fn em_late_return_payout_reversed() -> R<Vector> {
     let mut s = ach_available(25)?;
     release_all_to_seller(&mut s, 1, "5000.00", "out-1")?;
@@ -1918,6 +1944,7 @@ pub fn all() -> R<Vec<Vector>> {
         em_participant_removed()?,
         em_reversal_correction()?,
         em_late_return_payout_reversed()?,
+        em_wire_short_settled()?,
         mp_auto_release()?,
         mp_dispute_blocks_auto_release()?,
         mp_buyer_confirms()?,

@@ -433,8 +433,12 @@ async fn run() -> Res<()> {
         },
     )
     .await?;
-    demo.bank("bank: ACH settled", "ach-7781", RailOutcome::Settled)
-        .await?;
+    demo.bank(
+        "bank: ACH settled",
+        "ach-7781",
+        RailOutcome::Settled { amount: None },
+    )
+    .await?;
     let ach_returned = RailOutcome::Returned {
         code: "R01".into(),
         reason: "insufficient funds".into(),
@@ -458,7 +462,7 @@ async fn run() -> Res<()> {
         .bank(
             "bank: wire settled, before the transfer is recorded",
             "wire-2231",
-            RailOutcome::Settled,
+            RailOutcome::Settled { amount: None },
         )
         .await?
         .ok_or("the early wire notice was not held")?;
@@ -525,7 +529,7 @@ async fn run() -> Res<()> {
         demo.bank(
             "bank: disbursement settled",
             &rail_ref,
-            RailOutcome::Settled,
+            RailOutcome::Settled { amount: None },
         )
         .await?;
     }
