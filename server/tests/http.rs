@@ -4102,6 +4102,58 @@ async fn rail_notices_by_reference(srv: Server) {
 
 on_both_engines!(rail_notices_by_reference);
 
+/// A wire that arrived short: the bank's notice says what arrived, the funding counts
+/// that much and the payment awaits the rest; a settlement of more than the transfer
+/// is a 422 with the rule's code, and nothing is recorded.
+#[tokio::test]
+async fn a_short_settlement_over_http() {
+    let srv = common::sqlite().await;
+    let c = &srv.client;
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(c, &key).await.expect("open");
+    common::scenario::agree(c, &key, &f).await.expect("agree");
+    let p = f.payment.as_str();
+    c.command(
+        &key,
+        p,
+        Some(&f.buyer),
+        "buyer",
+        json!({"type": "SubmitFunding",
+        "amount": {"amount": "5000.00", "currency": "USD"}, "rail": "wire", "rail_ref": "WIRE-S"}),
+    )
+    .await
+    .expect("submit");
+    let over = c
+        .post(
+            "/v1/rail-notices",
+            &key,
+            &json!({"rail_ref": "WIRE-S", "notice": {"kind": "settled",
+                    "amount": {"amount": "5000.01", "currency": "USD"}}}),
+        )
+        .await;
+    assert_eq!(over.status, 422, "{}", over.body);
+    assert_eq!(over.body["code"], "settlement_exceeds_transfer");
+    let r = c
+        .post(
+            "/v1/rail-notices",
+            &key,
+            &json!({"rail_ref": "WIRE-S", "notice": {"kind": "settled",
+                    "amount": {"amount": "4975.00", "currency": "USD"}}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["events"][0]["event"]["type"], "FundingSettled");
+    assert_eq!(
+        r.body["events"][0]["event"]["data"]["amount"]["amount"],
+        "4975.00"
+    );
+    assert_eq!(r.body["events"][1]["event"]["type"], "FundsAvailable");
+    let state = c.get(&format!("/v1/payments/{p}"), &key).await.body;
+    assert_eq!(state["status"], "AwaitingFunds");
+    assert_eq!(state["funding"]["attempts"][0]["short"]["amount"], "25.00");
+    srv.finish().await;
+}
+
 /// Runs one SQL statement on the server's database, behind its back (a crash's
 /// leftovers).
 async fn run_sql(database: &str, sql: &str) {
