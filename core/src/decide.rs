@@ -65,8 +65,12 @@ pub fn check_alone(cmd: &Command) -> Result<()> {
     check_texts(cmd)?;
     if let Command::RailNotice { rail_ref, notice } = cmd {
         check_rail_ref_shape(rail_ref)?;
-        if let RailOutcome::Returned { code, amount, .. } = notice {
-            check_return_shape(code, amount)?;
+        match notice {
+            RailOutcome::Returned { code, amount, .. } => check_return_shape(code, amount)?,
+            RailOutcome::Settled { amount: Some(m) } => {
+                m.require_positive()?;
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -1374,7 +1378,11 @@ fn submit_funding(
         );
     }
     check_rail_ref(s, rail_ref)?;
-    if let Some(d) = s.funding.deadline.filter(|_| !s.paid_out()) {
+    if let Some(d) = s
+        .funding
+        .deadline
+        .filter(|_| !s.paid_out() && !s.owes_only_shorts())
+    {
         if em.ctx.now > d && s.policy_doc.funding.on_deadline_missed == OnDeadlineMissed::Expire {
             return reject(
                 "deadline_passed",
@@ -1890,7 +1898,12 @@ fn deadline_watched(s: &PaymentState) -> Option<Timestamp> {
         Status::Draft | Status::AwaitingAgreement | Status::AwaitingFunds
     );
     s.funding.deadline.filter(|_| {
-        waiting && !s.funding.deadline_missed && !s.expired && !s.cancelled && !s.paid_out()
+        waiting
+            && !s.funding.deadline_missed
+            && !s.expired
+            && !s.cancelled
+            && !s.paid_out()
+            && !s.owes_only_shorts()
     })
 }
 

@@ -457,7 +457,7 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             });
         }
         Event::FundingSettled(e) => {
-            // A short settlement: less arrived than was sent (v2).
+            // A short settlement: less arrived than was sent (the optional `amount`).
             let short = match &e.amount {
                 None => None,
                 Some(m) => {
@@ -1346,7 +1346,10 @@ fn check_funding_taken(s: &PaymentState, env: &Envelope, e: &FundingSubmitted) -
     }
     match s.funding.deadline {
         Some(d)
-            if env.at > d && f.on_deadline_missed == OnDeadlineMissed::Expire && !s.paid_out() =>
+            if env.at > d
+                && f.on_deadline_missed == OnDeadlineMissed::Expire
+                && !s.paid_out()
+                && !s.owes_only_shorts() =>
         {
             Err(bad(format!(
                 "funding submitted after the deadline {d} (deadline_passed)"

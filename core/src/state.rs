@@ -576,6 +576,30 @@ impl PaymentState {
             .any(|r| r.kind == RequestKind::Release && r.status == RequestStatus::Settled)
     }
 
+    /// Whether all that is still to be funded is what short settlements did not bring
+    /// of fundings sent by the deadline (banks' fees on the way): the payer funded in
+    /// time, so the deadline does not hold the top-up, and the clock neither expires
+    /// nor flags the payment for it.
+    pub fn owes_only_shorts(&self) -> bool {
+        let Some(deadline) = self.funding.deadline else {
+            return false;
+        };
+        let shorts = self
+            .funding
+            .attempts
+            .iter()
+            .filter(|a| {
+                a.submitted_at <= deadline
+                    && matches!(a.status, FundingStatus::Settled | FundingStatus::Available)
+            })
+            .filter_map(|a| a.short)
+            .fold(Money::zero(self.amount.currency()), |acc, m| {
+                acc.checked_add(&m).unwrap_or(acc)
+            });
+        self.remaining_to_fund()
+            .is_ok_and(|r| r.is_positive() && r <= shorts)
+    }
+
     /// What is still to be funded: the amount less what is available and what is on
     /// its way (what a new funding may be at most, for `decide` and the fold alike).
     pub fn remaining_to_fund(&self) -> crate::error::Result<Money> {

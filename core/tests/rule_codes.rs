@@ -1430,6 +1430,60 @@ fn a_short_settlement_is_at_most_the_transfer_and_said_once() {
 }
 
 #[test]
+fn a_short_settlement_is_topped_up_past_an_expiring_deadline() {
+    // Milestones (10-day deadline that expires): all 60000.00 sent on day 9; the wire
+    // settles 10.00 short on day 14. The client funded in time: the 10.00 top-up is
+    // taken after the deadline, and the clock neither expires nor refunds the payment.
+    let mut s = milestones(143);
+    s.hours(24 * 9);
+    ok(&mut s, client(), funding("60000.00", Rail::Wire, "wire-1"));
+    s.hours(24 * 5);
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", settled_at("59990.00")),
+    );
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    assert!(s.state().owes_only_shorts());
+    let version = s.state().version;
+    ok(&mut s, Actor::system(), Command::Tick);
+    assert_eq!(s.state().version, version, "nothing expires");
+    ok(&mut s, client(), funding("10.00", Rail::Wire, "wire-2"));
+    ok(&mut s, Actor::rail(), notice("wire-2", settled()));
+    assert_eq!(s.status(), Status::Held);
+    assert_eq!(s.balance(Account::Escrow), "60000.00");
+    // Sent after the deadline, the same short is owed like any late funding.
+    let mut late = milestones(144);
+    late.hours(24 * 9);
+    ok(
+        &mut late,
+        client(),
+        funding("30000.00", Rail::Wire, "wire-1"),
+    );
+    late.hours(24 * 2);
+    ok(&mut late, Actor::rail(), notice("wire-1", settled()));
+    assert!(
+        !late.state().owes_only_shorts(),
+        "30000.00 was never sent in time"
+    );
+    refuse(
+        &mut late,
+        client(),
+        funding("30000.00", Rail::Wire, "wire-2"),
+        "deadline_passed",
+        "has passed",
+    );
+}
+
+#[test]
+fn a_settlement_of_nothing_is_refused_on_arrival() {
+    let cmd = notice("WIRE-X", settled_at("0.00"));
+    let e = trustfold_core::decide::check_alone(&cmd).expect_err("refused alone");
+    assert_eq!(e.code(), "non_positive_amount", "{e}");
+    assert!(trustfold_core::decide::check_alone(&notice("WIRE-X", settled_at("1.00"))).is_ok());
+}
+
+#[test]
 fn a_short_settlement_held_before_its_transfer_applies_when_it_is_recorded() {
     let mut s = earnest(141);
     ok(
