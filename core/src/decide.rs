@@ -782,8 +782,11 @@ fn quoted(roles: &[Role]) -> String {
 
 /// Refuses a roster change to `role` while [`roster_locked`].
 fn check_roster(s: &PaymentState, role: &Role, change: &str) -> Result<()> {
+    // Paid out in part and awaiting the rest: the payees are still owed it, so the
+    // roles stay as they were (`decide` only: histories from before still fold).
+    let awaiting_rest = s.paid_out() && s.status == Status::AwaitingFunds;
     match money_power(&s.policy_doc, role) {
-        Some(power) if roster_locked(s) => reject(
+        Some(power) if roster_locked(s) || awaiting_rest => reject(
             "role_locked",
             format!(
                 "role `{role}` {power}: while money is in escrow or on its way, {change}; \
@@ -1378,11 +1381,7 @@ fn submit_funding(
         );
     }
     check_rail_ref(s, rail_ref)?;
-    if let Some(d) = s
-        .funding
-        .deadline
-        .filter(|_| !s.paid_out() && !s.owes_only_shorts())
-    {
+    if let Some(d) = funding_deadline(s) {
         if em.ctx.now > d && s.policy_doc.funding.on_deadline_missed == OnDeadlineMissed::Expire {
             return reject(
                 "deadline_passed",
@@ -1897,14 +1896,37 @@ fn deadline_watched(s: &PaymentState) -> Option<Timestamp> {
         s.status,
         Status::Draft | Status::AwaitingAgreement | Status::AwaitingFunds
     );
-    s.funding.deadline.filter(|_| {
-        waiting
-            && !s.funding.deadline_missed
-            && !s.expired
-            && !s.cancelled
-            && !s.paid_out()
-            && !s.owes_only_shorts()
-    })
+    funding_deadline(s)
+        .filter(|_| waiting && !s.funding.deadline_missed && !s.expired && !s.cancelled)
+}
+
+/// The funding deadline that holds for the funding still owed, if any:
+/// - none once a release was paid out of a payment funded in full by its deadline (the
+///   rest came back since; the deadline was for the funding before the payout);
+/// - for what short settlements of fundings sent in time did not bring (banks' fees on
+///   the way), the policy's deadline span again from the last such settlement (or the
+///   deadline itself, when later);
+/// - otherwise the deadline set.
+pub(crate) fn funding_deadline(s: &PaymentState) -> Option<Timestamp> {
+    let deadline = s.funding.deadline?;
+    if s.paid_out() && s.funded_in_time() {
+        return None;
+    }
+    if s.owes_only_shorts() {
+        let last_short = s
+            .funding
+            .attempts
+            .iter()
+            .filter(|a| a.short.is_some())
+            .filter_map(|a| a.settled_at)
+            .max();
+        if let (Some(at), Some(rule)) = (last_short, s.policy_doc.funding.deadline.as_ref()) {
+            if let Ok(again) = deadline_from(at, rule, &s.policy_doc.funding.holidays) {
+                return Some(deadline.max(again));
+            }
+        }
+    }
+    Some(deadline)
 }
 
 /// A policy's automatic release that this payment may take: when, how much (gross,

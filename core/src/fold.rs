@@ -1344,17 +1344,10 @@ fn check_funding_taken(s: &PaymentState, env: &Envelope, e: &FundingSubmitted) -
             e.amount
         )));
     }
-    match s.funding.deadline {
-        Some(d)
-            if env.at > d
-                && f.on_deadline_missed == OnDeadlineMissed::Expire
-                && !s.paid_out()
-                && !s.owes_only_shorts() =>
-        {
-            Err(bad(format!(
-                "funding submitted after the deadline {d} (deadline_passed)"
-            )))
-        }
+    match crate::decide::funding_deadline(s) {
+        Some(d) if env.at > d && f.on_deadline_missed == OnDeadlineMissed::Expire => Err(bad(
+            format!("funding submitted after the deadline {d} (deadline_passed)"),
+        )),
         _ => Ok(()),
     }
 }

@@ -567,19 +567,63 @@ impl PaymentState {
             })
     }
 
-    /// Whether a release was paid out (settled). The funding deadline is for the funding
-    /// before that: once paid out in part, a payment whose rest came back is funded
-    /// again without it.
+    /// Whether a release was paid out (settled).
     pub fn paid_out(&self) -> bool {
         self.requests
             .values()
             .any(|r| r.kind == RequestKind::Release && r.status == RequestStatus::Settled)
     }
 
+    /// Whether the payer sent the whole amount by the funding deadline (whatever came
+    /// of it since: a return, a short settlement); true without a deadline.
+    pub fn funded_in_time(&self) -> bool {
+        let Some(deadline) = self.funding.deadline else {
+            return true;
+        };
+        let sent = self
+            .funding
+            .attempts
+            .iter()
+            .filter(|a| a.submitted_at <= deadline && a.status != FundingStatus::Failed)
+            .fold(Money::zero(self.amount.currency()), |acc, a| {
+                acc.checked_add(&a.amount).unwrap_or(acc)
+            });
+        sent >= self.amount
+    }
+
+    /// Whether money went back to the payer after the last release was paid out: a
+    /// return (out of escrow or clearing, or as a loss), or what a short settlement did
+    /// not bring. A payment then short of its amount with nothing held awaits funds
+    /// again; one whose last move paid out all it held is finished.
+    fn returned_after_payout(&self) -> bool {
+        use crate::ledger::LegStatus;
+        let posted_at = |l: &crate::ledger::Leg| l.resolved_seq.unwrap_or(l.opened_seq);
+        let Some(payout) = self
+            .ledger
+            .legs
+            .iter()
+            .filter(|l| {
+                l.status == LegStatus::Posted
+                    && l.from == Account::Escrow
+                    && matches!(l.to, Account::Payee(_) | Account::Fee(_))
+            })
+            .map(posted_at)
+            .max()
+        else {
+            return false;
+        };
+        self.ledger.legs.iter().any(|l| {
+            l.status == LegStatus::Posted
+                && l.group.is_none()
+                && l.to == Account::ExternalPayer
+                && posted_at(l) > payout
+        })
+    }
+
     /// Whether all that is still to be funded is what short settlements did not bring
     /// of fundings sent by the deadline (banks' fees on the way): the payer funded in
-    /// time, so the deadline does not hold the top-up, and the clock neither expires
-    /// nor flags the payment for it.
+    /// time, so the top-up gets the policy's deadline span again from the settlement
+    /// (see `decide`'s funding deadline).
     pub fn owes_only_shorts(&self) -> bool {
         let Some(deadline) = self.funding.deadline else {
             return false;
@@ -703,17 +747,14 @@ impl PaymentState {
         // Paid out in part, then the rest of the funding came back: the payment is short
         // of its amount with nothing held, so it awaits funds again (the payer funds the
         // rest, or the payment is cancelled) rather than counting as `Completed` (as
-        // recorded before, when no more could be funded). A payment never funded in
-        // full that paid out what it held (a dispute's release) stays `Completed`.
+        // recorded before, when no more could be funded). One whose last move paid out
+        // all it held (a return before it, or a partly funded payment a dispute paid
+        // out) stays `Completed`.
         let short_after_release = wait
             && !fully_funded
             && escrow.posted.is_zero()
             && self.last_settled == Some(RequestKind::Release)
-            && self
-                .funding
-                .attempts
-                .iter()
-                .any(|a| a.status == FundingStatus::Returned || a.returned.is_some());
+            && self.returned_after_payout();
         if (fully_funded || self.last_settled.is_some()) && !short_after_release {
             if !escrow.posted.is_zero() {
                 return Status::Held;

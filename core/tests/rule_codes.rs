@@ -1280,10 +1280,103 @@ fn a_return_after_a_partial_release_awaits_funds_again() {
         "overfunding",
         "3000.00",
     );
+    // The seller is still owed the rest: the roles stay as they are meanwhile.
+    refuse(
+        &mut s,
+        listing_agent(),
+        Command::Remove {
+            party: pid(SELLER),
+            reason: "replaced".into(),
+        },
+        "role_locked",
+        "`seller`",
+    );
     ok(&mut s, buyer(), funding("3000.00", Rail::Wire, "wire-2"));
     ok(&mut s, Actor::rail(), notice("wire-2", settled()));
     assert_eq!(s.status(), Status::Held);
     assert_eq!(s.balance(Account::Escrow), "3000.00");
+}
+
+#[test]
+fn a_payment_never_funded_in_time_keeps_its_deadline_after_a_payout() {
+    // Milestones, partly funded (30000.00 of 60000.00); a dispute's release pays
+    // 20000.00 out, then the bank takes the other 10000.00 back. Nothing is held and the
+    // payment awaits funds; the whole amount was never sent, so its deadline still holds.
+    let mut s = milestones(147);
+    ok(&mut s, client(), funding("30000.00", Rail::Wire, "wire-1"));
+    ok(&mut s, Actor::rail(), notice("wire-1", settled()));
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    ok(
+        &mut s,
+        contractor(),
+        Command::OpenDispute {
+            dispute: rid(9),
+            reason: "the client stopped paying".into(),
+        },
+    );
+    ok(
+        &mut s,
+        as_(ARBITER, "arbiter"),
+        Command::ResolveDispute {
+            dispute: rid(9),
+            outcome: trustfold_core::event::DisputeOutcome::Release,
+            request: Some(rid(2)),
+            allocations: vec![Allocation {
+                party: pid(CONTRACTOR),
+                amount: usd("20000.00"),
+            }],
+            amount: None,
+            note: "the first milestone is done".into(),
+        },
+    );
+    ok(
+        &mut s,
+        as_(ARBITER, "arbiter"),
+        Command::SubmitDisbursement {
+            request: rid(2),
+            rail: Rail::Wire,
+            rail_ref: "m1".into(),
+        },
+    );
+    ok(&mut s, Actor::rail(), notice("m1", settled()));
+    let left = s.state().ledger.balance(&Account::Escrow).posted;
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", Some(left))),
+    );
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    assert!(s.state().paid_out() && !s.state().funded_in_time());
+    let deadline = s.state().funding.deadline.expect("deadline");
+    assert_eq!(
+        trustfold_core::decide::next_tick(s.state()).map(|t| t.unix_millis()),
+        Some(deadline.unix_millis() + 1),
+        "the deadline still holds"
+    );
+}
+
+#[test]
+fn a_return_before_the_last_payout_leaves_the_payment_completed() {
+    // 2000.00 paid out; the bank takes 100.00 back; the 2900.00 left is paid out too.
+    // The last move paid out all that was held: `Completed`, not awaiting funds.
+    let mut s = scenarios::earnest_held(146).expect("earnest held");
+    earnest_disbursing(&mut s, "2000.00");
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", Some(usd("100.00")))),
+    );
+    assert_eq!(s.status(), Status::Held);
+    ok(&mut s, escrow(), release(2, &[(SELLER, "2900.00")]));
+    let a = approval(&s, 2);
+    ok(&mut s, buyer(), a);
+    let a = approval(&s, 2);
+    ok(&mut s, seller(), a);
+    ok(&mut s, escrow(), disbursement(2, "out-2"));
+    ok(&mut s, Actor::rail(), notice("out-2", settled()));
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.status(), Status::Completed);
 }
 
 #[test]
@@ -1452,6 +1545,31 @@ fn a_short_settlement_is_topped_up_past_an_expiring_deadline() {
     ok(&mut s, Actor::rail(), notice("wire-2", settled()));
     assert_eq!(s.status(), Status::Held);
     assert_eq!(s.balance(Account::Escrow), "60000.00");
+    // Never topped up: the policy's 10 days again from the short settlement, then the
+    // payment expires and what is held goes back.
+    let mut never = milestones(145);
+    never.hours(24 * 9);
+    ok(
+        &mut never,
+        client(),
+        funding("60000.00", Rail::Wire, "wire-1"),
+    );
+    never.hours(24 * 5);
+    ok(
+        &mut never,
+        Actor::rail(),
+        notice("wire-1", settled_at("59990.00")),
+    );
+    let due = trustfold_core::decide::next_tick(never.state()).expect("a deadline again");
+    let again = never.state().funding.attempts[0]
+        .settled_at
+        .expect("settled")
+        .add_days(10);
+    assert_eq!(due.unix_millis(), again.unix_millis() + 1);
+    never.hours(24 * 10 + 1);
+    ok(&mut never, Actor::system(), Command::Tick);
+    assert!(never.state().expired);
+    assert_eq!(never.status(), Status::Refunding);
     // Sent after the deadline, the same short is owed like any late funding.
     let mut late = milestones(144);
     late.hours(24 * 9);
