@@ -591,10 +591,11 @@ impl PaymentState {
         sent >= self.amount
     }
 
-    /// Whether money went back to the payer after the last release was paid out: a
-    /// return (out of escrow or clearing, or as a loss), or what a short settlement did
-    /// not bring. A payment then short of its amount with nothing held awaits funds
-    /// again; one whose last move paid out all it held is finished.
+    /// Whether money went back to the payer after the last release that was paid out
+    /// was authorized (when it took its money): a return (out of escrow or clearing, or
+    /// as a loss), or what a short settlement did not bring. A payment then short of its
+    /// amount with nothing held awaits funds again; one whose last release took all it
+    /// held is finished.
     fn returned_after_payout(&self) -> bool {
         use crate::ledger::LegStatus;
         let posted_at = |l: &crate::ledger::Leg| l.resolved_seq.unwrap_or(l.opened_seq);
@@ -607,7 +608,7 @@ impl PaymentState {
                     && l.from == Account::Escrow
                     && matches!(l.to, Account::Payee(_) | Account::Fee(_))
             })
-            .map(posted_at)
+            .map(|l| l.opened_seq)
             .max()
         else {
             return false;

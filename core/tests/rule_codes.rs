@@ -1356,9 +1356,27 @@ fn a_payment_never_funded_in_time_keeps_its_deadline_after_a_payout() {
 }
 
 #[test]
+fn a_return_while_a_partial_release_is_on_its_rail_awaits_funds() {
+    // 2000.00 on its rail; meanwhile the bank takes the other 3000.00 back; then the
+    // payout settles. The payment is 3000.00 short with nothing held: it awaits funds.
+    let mut s = scenarios::earnest_held(148).expect("earnest held");
+    earnest_disbursing(&mut s, "2000.00");
+    ok(
+        &mut s,
+        Actor::rail(),
+        notice("wire-1", returned("R01", Some(usd("3000.00")))),
+    );
+    assert_eq!(s.balance(Account::LossReturns), "0.00");
+    ok(&mut s, Actor::rail(), notice("out-1", settled()));
+    assert_eq!(s.balance(Account::Escrow), "0.00");
+    assert_eq!(s.status(), Status::AwaitingFunds);
+    ok(&mut s, buyer(), funding("3000.00", Rail::Wire, "wire-2"));
+}
+
+#[test]
 fn a_return_before_the_last_payout_leaves_the_payment_completed() {
-    // 2000.00 paid out; the bank takes 100.00 back; the 2900.00 left is paid out too.
-    // The last move paid out all that was held: `Completed`, not awaiting funds.
+    // 2000.00 paid out; the bank takes 100.00 back; the 2900.00 left is then released
+    // and paid out: the last release took all that was held, `Completed`.
     let mut s = scenarios::earnest_held(146).expect("earnest held");
     earnest_disbursing(&mut s, "2000.00");
     ok(&mut s, Actor::rail(), notice("out-1", settled()));
