@@ -780,17 +780,24 @@ fn quoted(roles: &[Role]) -> String {
     quoted.join(", ")
 }
 
-/// Refuses a roster change to `role` while [`roster_locked`].
+/// Refuses a roster change to `role` while [`roster_locked`], and while a payment paid
+/// out in part awaits the rest (its payees are still owed it; `decide` only: histories
+/// from before still fold).
 fn check_roster(s: &PaymentState, role: &Role, change: &str) -> Result<()> {
-    // Paid out in part and awaiting the rest: the payees are still owed it, so the
-    // roles stay as they were (`decide` only: histories from before still fold).
     let awaiting_rest = s.paid_out() && s.status == Status::AwaitingFunds;
     match money_power(&s.policy_doc, role) {
-        Some(power) if roster_locked(s) || awaiting_rest => reject(
+        Some(power) if roster_locked(s) => reject(
             "role_locked",
             format!(
                 "role `{role}` {power}: while money is in escrow or on its way, {change}; \
                  settle it through a dispute, or once the money is out"
+            ),
+        ),
+        Some(power) if awaiting_rest => reject(
+            "role_locked",
+            format!(
+                "role `{role}` {power}: while the payment paid out in part awaits the rest \
+                 of its funding, {change}; cancel the payment first"
             ),
         ),
         _ => Ok(()),
@@ -1917,7 +1924,7 @@ pub(crate) fn funding_deadline(s: &PaymentState) -> Option<Timestamp> {
             .funding
             .attempts
             .iter()
-            .filter(|a| a.short.is_some())
+            .filter(|a| a.submitted_at <= deadline && a.counts_short())
             .filter_map(|a| a.settled_at)
             .max();
         if let (Some(at), Some(rule)) = (last_short, s.policy_doc.funding.deadline.as_ref()) {

@@ -37,7 +37,9 @@ pub const V2_OPENINGS_FROM: crate::time::Timestamp =
 /// first, as `ReversalRecorded` v3 does, whatever version it was written with: an
 /// older version dated later is folded so (not refused: a server not yet upgraded
 /// still writes v2), and a signer cannot leave the shortfall open beside the money by
-/// writing one.
+/// writing one. From then on too, a payment is closed only when its status is final
+/// (`PaymentClosed` of a payment that only counted as finished as recorded before —
+/// money held after a shortfall's end, funding still clearing — is refused).
 ///
 /// ```
 /// use trustfold_core::fold::V3_REVERSALS_FROM;
@@ -1016,7 +1018,10 @@ fn apply_event(s: &mut PaymentState, env: &Envelope) -> Result<()> {
             }
         }
         Event::PaymentClosed(_) => {
-            if !(s.status.is_terminal() || s.finished_as_recorded()) || s.closed {
+            // As recorded (before money held after a shortfall's end, or funding still
+            // clearing, kept a payment open) only before the rules that keep it open.
+            let as_recorded = s.finished_as_recorded() && env.at < V3_REVERSALS_FROM;
+            if !(s.status.is_terminal() || as_recorded) || s.closed {
                 return Err(bad("only a finished payment can be closed"));
             }
             s.closed = true;
@@ -1238,6 +1243,15 @@ fn check_money_moves(s: &PaymentState, env: &Envelope) -> Result<()> {
                  (refund_approvals_required)",
             ))
         }
+        // A deadline is missed once the deadline that holds has passed (none after a
+        // payout of a payment sent in full by it; a short's top-up has its span again).
+        Event::FundingDeadlineMissed(_) => match crate::decide::funding_deadline(s) {
+            Some(d) if env.at > d && !s.funding.deadline_missed => Ok(()),
+            _ => Err(bad(
+                "a funding deadline is missed only once the deadline that holds has passed, \
+                 once",
+            )),
+        },
         // An expiry mandates refunds without approvals: only when `decide` expires a
         // payment, its funding deadline missed under a policy that expires then, or
         // its funding attempts used up.

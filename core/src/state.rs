@@ -227,6 +227,16 @@ impl FundingAttempt {
         }
     }
 
+    /// Whether what a short settlement of it did not bring is still owed: it settled
+    /// short and was not returned whole.
+    pub fn counts_short(&self) -> bool {
+        self.short.is_some()
+            && matches!(
+                self.status,
+                FundingStatus::Settled | FundingStatus::Available
+            )
+    }
+
     /// What of this funding stays with the payment: what settled of it less a partial
     /// return.
     ///
@@ -633,10 +643,7 @@ impl PaymentState {
             .funding
             .attempts
             .iter()
-            .filter(|a| {
-                a.submitted_at <= deadline
-                    && matches!(a.status, FundingStatus::Settled | FundingStatus::Available)
-            })
+            .filter(|a| a.submitted_at <= deadline && a.counts_short())
             .filter_map(|a| a.short)
             .fold(Money::zero(self.amount.currency()), |acc, m| {
                 acc.checked_add(&m).unwrap_or(acc)

@@ -174,6 +174,9 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
         obj.remove("held_notices");
     }
     if !shows_failures(vis) {
+        // Held notices carry failures and returns; the references list failed transfers.
+        obj.remove("rail_refs");
+        obj.remove("held_notices");
         if let Some(f) = obj.get_mut("funding").and_then(Value::as_object_mut) {
             if f.contains_key("failed_attempts") {
                 f.insert("failed_attempts".into(), Value::Null);
@@ -202,7 +205,8 @@ const FAILURE_KEYS: &[&str] = &["code", "returned"];
 
 /// Whether a view shows the events `funding.failed_attempts` counts (`FundingFailed`
 /// and `FundingReturned`). A view that does not shows the count as `null`, lists no
-/// failed or returned funding attempt, and no attempt's `code` or `returned`: how
+/// failed or returned funding attempt, no attempt's `code` or `returned`, and no
+/// `rail_refs` or `held_notices` (which name failed transfers and carry failures): how
 /// often a payer's funding failed or came back is not for a role kept from those
 /// events (the example earnest-money policy's lender sees only that funds are
 /// available). A view that shows the ledger still shows its voided and returned legs.
@@ -460,6 +464,8 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
         obj.unset(b"held_notices");
     }
     if !shows_failures(vis) {
+        obj.unset(b"rail_refs");
+        obj.unset(b"held_notices");
         if let Some(f) = obj.field_mut(b"funding").and_then(|n| n.as_object_mut()) {
             if f.field_mut(b"failed_attempts").is_some() {
                 f.set(b"failed_attempts", NULL);

@@ -763,3 +763,29 @@ fn funding_comes_as_the_policy_takes_it() {
         "not while the payment is Draft (invalid_state)",
     );
 }
+
+/// `FundingDeadlineMissed` only once the deadline that holds has passed: a signer
+/// cannot miss it early (and expire a payment under an expiring policy).
+#[test]
+fn a_funding_deadline_is_missed_only_once_it_passed() {
+    let s = support::scenarios::earnest(99).expect("awaiting funds");
+    let deadline = s.state().funding.deadline.expect("deadline");
+    let missed = || {
+        vec![trustfold_core::event::Event::FundingDeadlineMissed(
+            trustfold_core::event::FundingDeadlineMissed {
+                deadline,
+                outcome: trustfold_core::event::DeadlineOutcome::Flagged,
+            },
+        )]
+    };
+    let early = forge(&s, Actor::system(), missed());
+    let e = replay(&early).expect_err("missed before the deadline");
+    assert!(e.to_string().contains("only once the deadline"), "{e}");
+    let late = forge_at(&s, deadline.add_hours(1), Actor::system(), missed());
+    assert!(
+        replay(&late)
+            .expect("missed after it")
+            .funding
+            .deadline_missed
+    );
+}

@@ -1194,14 +1194,14 @@ fn a_payout_sent_back_during_a_shortfall_covers_it_and_the_rest_is_held() {
 
 #[test]
 fn money_back_after_a_written_off_shortfall_is_held_not_stuck() {
-    // Paid out in full; an R10 return 40 days later is written off; then the seller's
+    // Paid out in full; an R10 return 20 days later is written off; then the seller's
     // bank sends the payout back. The money is in escrow again: held (to be paid out or
     // refunded by the policy's rules), not kept under `WrittenOff`, where no command
     // could move it and closing would have hidden it for good.
     let mut s = earnest_ach_held(134);
     earnest_disbursing(&mut s, "5000.00");
     ok(&mut s, Actor::rail(), notice("out-1", settled()));
-    s.hours(24 * 40);
+    s.hours(24 * 20);
     ok(
         &mut s,
         Actor::rail(),
@@ -1227,22 +1227,31 @@ fn money_back_after_a_written_off_shortfall_is_held_not_stuck() {
     );
     assert_eq!(s.balance(Account::Escrow), "5000.00");
     assert_eq!(s.status(), Status::Held);
-    // A history recorded before this rule closed such a payment: it still folds.
-    let closed = support::forge::forge(
-        &s,
-        escrow(),
+    // A history recorded before this rule closed such a payment: it still folds. Dated
+    // from the rule's release (`fold::V3_REVERSALS_FROM`), such a close is refused.
+    let close = || {
         vec![trustfold_core::event::Event::PaymentClosed(
             trustfold_core::event::PaymentClosed {
                 reason: "file closed".into(),
             },
-        )],
-    );
+        )]
+    };
+    assert!(s.state().updated_at < trustfold_core::fold::V3_REVERSALS_FROM);
+    let closed = support::forge::forge(&s, escrow(), close());
     assert_eq!(
         trustfold_core::fold::replay(&closed)
             .expect("folds as recorded")
             .status,
         Status::Closed
     );
+    let later = support::forge::forge_at(
+        &s,
+        trustfold_core::fold::V3_REVERSALS_FROM,
+        escrow(),
+        close(),
+    );
+    let e = trustfold_core::fold::replay(&later).expect_err("closed with money held");
+    assert!(e.to_string().contains("only a finished payment"), "{e}");
     refuse(
         &mut s,
         escrow(),
@@ -1544,7 +1553,8 @@ fn a_short_settlement_is_at_most_the_transfer_and_said_once() {
 fn a_short_settlement_is_topped_up_past_an_expiring_deadline() {
     // Milestones (10-day deadline that expires): all 60000.00 sent on day 9; the wire
     // settles 10.00 short on day 14. The client funded in time: the 10.00 top-up is
-    // taken after the deadline, and the clock neither expires nor refunds the payment.
+    // taken after the deadline, and the clock does not expire the payment until the
+    // policy's 10 days have passed again from the short settlement.
     let mut s = milestones(143);
     s.hours(24 * 9);
     ok(&mut s, client(), funding("60000.00", Rail::Wire, "wire-1"));
@@ -1588,7 +1598,8 @@ fn a_short_settlement_is_topped_up_past_an_expiring_deadline() {
     ok(&mut never, Actor::system(), Command::Tick);
     assert!(never.state().expired);
     assert_eq!(never.status(), Status::Refunding);
-    // Sent after the deadline, the same short is owed like any late funding.
+    // Only part of the amount sent by the deadline (no short): what remains is owed
+    // like any late funding, and refused after an expiring deadline.
     let mut late = milestones(144);
     late.hours(24 * 9);
     ok(

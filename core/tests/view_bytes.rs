@@ -229,6 +229,9 @@ fn a_view_kept_from_funding_failures_lists_no_failed_attempt() {
     assert_eq!(attempts.len(), 1, "the wire only: {attempts:?}");
     assert_eq!(attempts[0]["rail"], "wire");
     assert!(!got.contains("R01"), "{got}");
+    // Nor the references, which name the failed transfer too.
+    assert!(seen["state"].get("rail_refs").is_none(), "{got}");
+    assert!(!got.contains("ach-1"), "{got}");
     // Everyone else still sees both attempts and the code.
     let buyer = view::state_view(&state, &[Role::new("buyer")]);
     assert_eq!(
