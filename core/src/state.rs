@@ -572,9 +572,8 @@ impl PaymentState {
             .attempts
             .iter()
             .filter(|a| a.status == FundingStatus::Available)
-            .fold(Money::zero(self.amount.currency()), |acc, a| {
-                acc.checked_add(&a.kept()).unwrap_or(acc)
-            })
+            .map(FundingAttempt::kept)
+            .fold(self.no_money(), sum)
     }
 
     /// Whether a release was paid out (settled).
@@ -595,9 +594,8 @@ impl PaymentState {
             .attempts
             .iter()
             .filter(|a| a.submitted_at <= deadline && a.status != FundingStatus::Failed)
-            .fold(Money::zero(self.amount.currency()), |acc, a| {
-                acc.checked_add(&a.amount).unwrap_or(acc)
-            });
+            .map(|a| a.amount)
+            .fold(self.no_money(), sum);
         sent >= self.amount
     }
 
@@ -645,9 +643,7 @@ impl PaymentState {
             .iter()
             .filter(|a| a.submitted_at <= deadline && a.counts_short())
             .filter_map(|a| a.short)
-            .fold(Money::zero(self.amount.currency()), |acc, m| {
-                acc.checked_add(&m).unwrap_or(acc)
-            });
+            .fold(self.no_money(), sum);
         self.remaining_to_fund()
             .is_ok_and(|r| r.is_positive() && r <= shorts)
     }
@@ -666,9 +662,13 @@ impl PaymentState {
             .attempts
             .iter()
             .filter(|a| matches!(a.status, FundingStatus::Submitted | FundingStatus::Settled))
-            .fold(Money::zero(self.amount.currency()), |acc, a| {
-                acc.checked_add(&a.kept()).unwrap_or(acc)
-            })
+            .map(FundingAttempt::kept)
+            .fold(self.no_money(), sum)
+    }
+
+    /// Zero in the payment's currency.
+    fn no_money(&self) -> Money {
+        Money::zero(self.amount.currency())
     }
 
     /// The state serialized as canonical JSON bytes: compact, members in declaration
@@ -871,6 +871,12 @@ impl WriteJson for FundingStatus {
             },
         );
     }
+}
+
+/// `acc + m`, or `acc` where the sum does not fit (amounts of one payment are far below
+/// that; a fold of them keeps going).
+fn sum(acc: Money, m: Money) -> Money {
+    acc.checked_add(&m).unwrap_or(acc)
 }
 
 impl WriteJson for FundingAttempt {
