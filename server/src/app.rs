@@ -88,6 +88,7 @@ impl Config {
                 failed_auth_rate: crate::api::limits::failed_auth_default(),
                 max_streams_per_party: 16,
                 max_streams_per_tenant: 5_000,
+                stalled_connection_timeout: Duration::from_secs(60),
             },
             tick_interval: Some(Duration::from_secs(1)),
             clock: Clock::system(),
@@ -260,10 +261,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     // Answers and live-stream events go out as soon as they are written: with Nagle's
     // algorithm a small SSE frame written while the last one is unacknowledged waits
     // for the peer's delayed ACK (about 40 ms on Linux).
-    let listener = listener.tap_io(|tcp| {
+    let stalled = config.http.stalled_connection_timeout;
+    let listener = listener.tap_io(move |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set on a connection");
         }
+        cut_off_when_stalled(tcp, stalled);
     });
     tracing::info!(%addr, database = %redact_url(&config.database), "trustfold-server listening");
 
@@ -481,4 +484,16 @@ async fn listen(
 pub async fn rebuild_projections(database: &str) -> Result<u64, ServerError> {
     let (_, _, projector) = open(database).await?;
     Ok(projector.rebuild().await?)
+}
+
+/// Sets `TCP_USER_TIMEOUT` on an accepted connection (see
+/// [`HttpConfig::stalled_connection_timeout`]); elsewhere than Linux a stalled client is
+/// cut off only when its TCP gives up.
+fn cut_off_when_stalled(tcp: &tokio::net::TcpStream, after: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(after)) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set on a connection");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, after);
 }

@@ -60,6 +60,11 @@ struct Cli {
     /// once in this process.
     #[arg(long, default_value_t = 5000)]
     max_streams_per_tenant: usize,
+    /// Seconds what the server sent may stay unacknowledged, or unsent because the
+    /// client stopped reading, before the connection is cut (TCP_USER_TIMEOUT, Linux):
+    /// a stalled live-stream client then gives its stream's place back.
+    #[arg(long, default_value_t = 60)]
+    stalled_connection_timeout_seconds: u64,
     /// Milliseconds between the clock's looks for payments with something due
     /// (deadlines, good funds, automatic releases); 0: no clock, send `Tick` yourself.
     #[arg(long, default_value_t = 1000)]
@@ -187,6 +192,8 @@ fn main() -> ExitCode {
                     Duration::from_secs(cli.request_timeout_seconds.max(1));
                 config.http.max_streams_per_party = cli.max_streams_per_party.max(1);
                 config.http.max_streams_per_tenant = cli.max_streams_per_tenant.max(1);
+                config.http.stalled_connection_timeout =
+                    Duration::from_secs(cli.stalled_connection_timeout_seconds.max(1));
                 config.webhooks.allow_private = cli.webhooks_allow_private;
                 config.http.tenant_rate =
                     (cli.rate_limit_tenant > 0).then(|| Rate::per_second(cli.rate_limit_tenant));

@@ -2610,6 +2610,72 @@ async fn live_streams_are_bounded_per_party() {
     running.shutdown().await.expect("shutdown");
 }
 
+/// A client that stops reading its live stream (its window closed) is cut off after
+/// `stalled_connection_timeout` (TCP_USER_TIMEOUT) and its stream's place comes back,
+/// instead of being held for as long as its kernel answers the server's probes.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_stalled_stream_client_gives_its_place_back() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = dir.path().join("trustfold.db").display().to_string();
+    let mut config = common::config(&database);
+    config.http.max_streams_per_party = 1;
+    config.http.heartbeat = Duration::from_millis(100);
+    config.http.stalled_connection_timeout = Duration::from_secs(1);
+    let running = common::serve(config).await;
+    let c = Client::new(format!("http://{}", running.addr));
+    let key = c.tenant(ADMIN, "t").await.expect("tenant");
+    let f = open_and_join(&c, &key).await.expect("open");
+    let token = token_for(&c, &key, &f.payment, &f.buyer).await;
+    // The stalled client: a receive buffer of a few KB that it never reads, asking for
+    // the whole history (more than fits).
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(2048).expect("rcvbuf");
+    socket.connect(&running.addr.into()).expect("connect");
+    let mut stalled: std::net::TcpStream = socket.into();
+    write!(
+        stalled,
+        "GET /v1/payments/{}/stream?after=0 HTTP/1.1\r\nHost: t\r\n\
+         Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n",
+        f.payment
+    )
+    .expect("request");
+    // Its stream is open (the status line read, nothing more)...
+    let stalled = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut head = [0u8; 12];
+        stalled.read_exact(&mut head).expect("status line");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        stalled
+    })
+    .await
+    .expect("read");
+    let url = format!("{}/v1/payments/{}/stream", c.base, f.payment);
+    let open = || c.http.get(&url).bearer_auth(&token).send();
+    // ... and holds the party's only place while it stalls ...
+    let taken = open().await.expect("open");
+    assert_eq!(taken.status(), 429);
+    drop(taken);
+    // ... and comes back once the kernel cut it off, though the client never closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let again = open().await.expect("again");
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled client kept its place"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+    running.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test]
 async fn sse_takes_a_participant_token_as_access_token() {
     let srv = common::sqlite().await;

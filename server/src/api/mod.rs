@@ -84,6 +84,12 @@ pub struct HttpConfig {
     /// Live streams a tenant (its API keys and its participants' tokens together) may
     /// hold open in this process at once.
     pub max_streams_per_tenant: usize,
+    /// How long what the server sent may stay unacknowledged, or unsent because the
+    /// client's window is closed (a client that stopped reading), before the kernel cuts
+    /// the connection (`TCP_USER_TIMEOUT`, Linux): a stalled live-stream client gives
+    /// its stream's place back then, at the stream's next write (a heartbeat at the
+    /// latest), instead of holding it for as long as its kernel answers probes.
+    pub stalled_connection_timeout: Duration,
 }
 
 /// What every handler shares.
