@@ -742,15 +742,12 @@ pub(crate) fn roster_locked(s: &PaymentState) -> bool {
 fn approvers_joined(s: &PaymentState) -> Result<()> {
     use crate::approval::quorum_reachable;
     let policy = &s.policy_doc;
-    for (kind, approvals) in [
-        (RequestKind::Release, &policy.release.approvals),
-        (RequestKind::Refund, &policy.refund.approvals),
-    ] {
+    for kind in [RequestKind::Release, RequestKind::Refund] {
         if kind == RequestKind::Release && policy.release.auto_release_after_hours.is_some() {
             continue;
         }
         if !quorum_reachable(s, kind) {
-            let needs = match approvals {
+            let needs = match policy.approvals(kind == RequestKind::Refund) {
                 crate::policy::Approvals::NOf { n, roles } => {
                     format!("{n} different parties among {}", quoted(roles))
                 }
@@ -1666,8 +1663,7 @@ fn short_settlement(
     let Some(m) = amount else {
         return Ok(None);
     };
-    s.amount.same_currency(m)?;
-    m.require_positive()?;
+    check_settled(s, m)?;
     if *m > a.amount {
         return reject(
             "settlement_exceeds_transfer",
@@ -1675,6 +1671,12 @@ fn short_settlement(
         );
     }
     Ok((*m < a.amount).then_some(*m))
+}
+
+/// A settlement's amount: in the payment's currency, more than nothing.
+fn check_settled(s: &PaymentState, m: &Money) -> Result<()> {
+    s.amount.same_currency(m)?;
+    m.require_positive().map(drop)
 }
 
 /// A notice about a transfer the payment has not recorded yet: held
@@ -1697,10 +1699,7 @@ fn hold_notice(em: &mut Emitter<'_>, rail_ref: &str, notice: &RailOutcome) -> Re
     // wrong currency or with a bad code must not wait to block its transfer.
     match notice {
         RailOutcome::Returned { code, amount, .. } => check_return(s, code, amount)?,
-        RailOutcome::Settled { amount: Some(m) } => {
-            s.amount.same_currency(m)?;
-            m.require_positive()?;
-        }
+        RailOutcome::Settled { amount: Some(m) } => check_settled(s, m)?,
         _ => {}
     }
     if s.held_notices
@@ -1921,10 +1920,8 @@ pub(crate) fn funding_deadline(s: &PaymentState) -> Option<Timestamp> {
     }
     if s.owes_only_shorts() {
         let last_short = s
-            .funding
-            .attempts
-            .iter()
-            .filter(|a| a.submitted_at <= deadline && a.counts_short())
+            .sent_by(deadline)
+            .filter(|a| a.counts_short())
             .filter_map(|a| a.settled_at)
             .max();
         if let (Some(at), Some(rule)) = (last_short, s.policy_doc.funding.deadline.as_ref()) {

@@ -583,6 +583,14 @@ impl PaymentState {
             .any(|r| r.kind == RequestKind::Release && r.status == RequestStatus::Settled)
     }
 
+    /// The funding attempts submitted by `deadline`.
+    pub(crate) fn sent_by(&self, deadline: Timestamp) -> impl Iterator<Item = &FundingAttempt> {
+        self.funding
+            .attempts
+            .iter()
+            .filter(move |a| a.submitted_at <= deadline)
+    }
+
     /// Whether the payer sent the whole amount by the funding deadline (whatever came
     /// of it since: a return, a short settlement); true without a deadline.
     pub fn funded_in_time(&self) -> bool {
@@ -590,10 +598,8 @@ impl PaymentState {
             return true;
         };
         let sent = self
-            .funding
-            .attempts
-            .iter()
-            .filter(|a| a.submitted_at <= deadline && a.status != FundingStatus::Failed)
+            .sent_by(deadline)
+            .filter(|a| a.status != FundingStatus::Failed)
             .map(|a| a.amount)
             .fold(self.no_money(), sum);
         sent >= self.amount
@@ -638,10 +644,8 @@ impl PaymentState {
             return false;
         };
         let shorts = self
-            .funding
-            .attempts
-            .iter()
-            .filter(|a| a.submitted_at <= deadline && a.counts_short())
+            .sent_by(deadline)
+            .filter(|a| a.counts_short())
             .filter_map(|a| a.short)
             .fold(self.no_money(), sum);
         self.remaining_to_fund()

@@ -168,15 +168,11 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
             }
         }
     }
-    // Rail references name bank transfers: shown only to those who see bank details.
-    if vis.hide.contains(&Hidden::BankDetails) || vis.hide.contains(&Hidden::Amounts) {
+    if hides_rail_refs(vis) {
         obj.remove("rail_refs");
         obj.remove("held_notices");
     }
     if !shows_failures(vis) {
-        // Held notices carry failures and returns; the references list failed transfers.
-        obj.remove("rail_refs");
-        obj.remove("held_notices");
         if let Some(f) = obj.get_mut("funding").and_then(Value::as_object_mut) {
             if f.contains_key("failed_attempts") {
                 f.insert("failed_attempts".into(), Value::Null);
@@ -196,6 +192,16 @@ pub fn redact_state(mut v: Value, vis: &Visibility) -> Value {
         }
     }
     v
+}
+
+/// Whether a view drops the state's `rail_refs` and `held_notices`: rail references
+/// name bank transfers (shown only to those who see bank details and amounts), and
+/// held notices and references tell of failed transfers (not for a view kept from
+/// funding failures).
+fn hides_rail_refs(vis: &Visibility) -> bool {
+    vis.hide.contains(&Hidden::BankDetails)
+        || vis.hide.contains(&Hidden::Amounts)
+        || !shows_failures(vis)
 }
 
 /// Statuses of the funding attempts a view kept from failures leaves out.
@@ -439,15 +445,6 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
                         let Some(r) = r.as_object_mut() else {
                             continue;
                         };
-                        let quoted = |n: Option<&mut tree::Node<'_>>, texts: &[&str]| {
-                            matches!(n, Some(tree::Node::Scalar(b))
-                            if texts.iter().any(|t| {
-                                b.len() == t.len() + 2
-                                    && b.starts_with(b"\"")
-                                    && b.ends_with(b"\"")
-                                    && &b[1..b.len() - 1] == t.as_bytes()
-                            }))
-                        };
                         if quoted(r.field_mut(b"mandate"), &[DISPUTE_MANDATE]) {
                             r.unset(b"mandate");
                         }
@@ -459,13 +456,11 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
             }
         }
     }
-    if vis.hide.contains(&Hidden::BankDetails) || vis.hide.contains(&Hidden::Amounts) {
+    if hides_rail_refs(vis) {
         obj.unset(b"rail_refs");
         obj.unset(b"held_notices");
     }
     if !shows_failures(vis) {
-        obj.unset(b"rail_refs");
-        obj.unset(b"held_notices");
         if let Some(f) = obj.field_mut(b"funding").and_then(|n| n.as_object_mut()) {
             if f.field_mut(b"failed_attempts").is_some() {
                 f.set(b"failed_attempts", NULL);
@@ -473,9 +468,7 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
             if let Some(tree::Node::Arr(a)) = f.field_mut(b"attempts") {
                 a.retain_mut(|a| {
                     let status = a.as_object_mut().and_then(|a| a.field_mut(b"status"));
-                    !matches!(status, Some(tree::Node::Scalar(b)) if FAILED_ATTEMPTS
-                        .iter()
-                        .any(|s| b.len() == s.len() + 2 && &b[1..b.len() - 1] == s.as_bytes()))
+                    !quoted(status, FAILED_ATTEMPTS)
                 });
                 for a in a.iter_mut().filter_map(|a| a.as_object_mut()) {
                     for k in FAILURE_KEYS {
@@ -485,6 +478,17 @@ fn redact_state_tree(v: &mut tree::Node<'_>, vis: &Visibility) {
             }
         }
     }
+}
+
+/// Whether `n` is a JSON string, as written, equal to one of `texts`.
+fn quoted(n: Option<&mut tree::Node<'_>>, texts: &[&str]) -> bool {
+    matches!(n, Some(tree::Node::Scalar(b))
+    if texts.iter().any(|t| {
+        b.len() == t.len() + 2
+            && b.starts_with(b"\"")
+            && b.ends_with(b"\"")
+            && &b[1..b.len() - 1] == t.as_bytes()
+    }))
 }
 
 /// [`redact_event`] on a tree.

@@ -2547,6 +2547,25 @@ async fn token_for(c: &Client, key: &str, payment: &str, party: &str) -> String 
     t.body["token"].as_str().expect("token").to_owned()
 }
 
+/// Opens a stream with `open` until it is 200 (not 429 `too_many_streams`) within
+/// `within`, and returns that stream; `what` says what failed otherwise.
+async fn place_comes_back<F, Fut>(open: F, within: Duration, what: &str) -> reqwest::Response
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let again = open().await.expect("again");
+        if again.status() == 200 {
+            return again;
+        }
+        assert_eq!(again.status(), 429);
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Live streams are counted per party of a payment (and per tenant): one more than the
 /// limit is 429 `too_many_streams`, and a closed stream gives its place back.
 #[tokio::test]
@@ -2593,20 +2612,8 @@ async fn live_streams_are_bounded_per_party() {
     assert_eq!(tenant.status(), 200);
     // Closed: its place is given back (noticed at the next heartbeat).
     drop(first);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let again = open().await.expect("again");
-        if again.status() == 200 {
-            break;
-        }
-        assert_eq!(again.status(), 429);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the place never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    drop((second, other, tenant));
+    let again = place_comes_back(open, Duration::from_secs(10), "the place never came back").await;
+    drop((second, other, tenant, again));
     running.shutdown().await.expect("shutdown");
 }
 
@@ -2659,20 +2666,13 @@ async fn a_stalled_stream_client_gives_its_place_back() {
     assert_eq!(taken.status(), 429);
     drop(taken);
     // ... and comes back once the kernel cut it off, though the client never closed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let again = open().await.expect("again");
-        if again.status() == 200 {
-            break;
-        }
-        assert_eq!(again.status(), 429);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalled client kept its place"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    drop(stalled);
+    let again = place_comes_back(
+        open,
+        Duration::from_secs(30),
+        "the stalled client kept its place",
+    )
+    .await;
+    drop((stalled, again));
     running.shutdown().await.expect("shutdown");
 }
 
